@@ -1,0 +1,3 @@
+"""MUHEAM: a shared-disk database cluster manager."""
+
+__version__ = "0.1.0"
