@@ -1,0 +1,3 @@
+from muheam.cli import main
+
+main()

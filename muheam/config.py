@@ -1,0 +1,281 @@
+"""Cluster configuration: a TOML file, overridden by ``MUHEAM_*`` environment variables, overridden by flags.
+
+One file describes the whole cluster, as with Patroni: cluster-wide keys at the top level and one table per node
+under ``[nodes.<id>]``.  Every value is checked here, once, so that the rest of the code can trust it; a bad value
+is reported as one line naming the key and the fix (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import tomli_w
+
+from muheam.errors import ConfigError
+
+#: etcd refuses leases shorter than its minimum TTL (3/2 * election timeout, 1.5 s by default, rounded up).
+ETCD_MIN_TTL = 2
+DEFAULT_TTL = 2
+MAX_NODE_ID = 1023
+ENV_PREFIX = "MUHEAM_"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes"}
+_NODE_KEYS = {"peer_endpoint", "client_endpoint", "host"}
+_EMBEDDED_KEYS = {"client_endpoint", "peer_endpoint", "data_dir"}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: int
+    peer_endpoint: str
+    client_endpoint: str
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class EmbeddedEtcd:
+    """An etcd the project starts itself (``muheam cluster up``); absent when users bring their own."""
+
+    client_endpoint: str
+    peer_endpoint: str
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster_name: str
+    shared_dir: Path
+    run_dir: Path
+    etcd_endpoints: tuple[str, ...]
+    lease_ttl: int = DEFAULT_TTL
+    nodes: Mapping[int, NodeConfig] = field(default_factory=dict)
+    embedded_etcd: EmbeddedEtcd | None = None
+    source: Path | None = None
+
+    def node(self, node_id: int) -> NodeConfig:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            known = ", ".join(str(n) for n in sorted(self.nodes)) or "none"
+            where = f" in {self.source}" if self.source else ""
+            raise ConfigError(
+                f"node {node_id} is not configured{where} (configured nodes: {known}); "
+                f"add a [nodes.{node_id}] table with peer_endpoint and client_endpoint"
+            ) from None
+
+    @property
+    def prefix(self) -> str:
+        """The etcd key prefix of this cluster."""
+        return f"/muheam/{self.cluster_name}/"
+
+    def to_toml(self) -> str:
+        doc: dict[str, Any] = {
+            "cluster_name": self.cluster_name,
+            "shared_dir": str(self.shared_dir),
+            "run_dir": str(self.run_dir),
+            "etcd_endpoints": list(self.etcd_endpoints),
+            "lease_ttl": self.lease_ttl,
+        }
+        if self.embedded_etcd is not None:
+            doc["embedded_etcd"] = {
+                "client_endpoint": self.embedded_etcd.client_endpoint,
+                "peer_endpoint": self.embedded_etcd.peer_endpoint,
+                "data_dir": str(self.embedded_etcd.data_dir),
+            }
+        doc["nodes"] = {
+            str(n.node_id): {"host": n.host, "peer_endpoint": n.peer_endpoint, "client_endpoint": n.client_endpoint}
+            for n in self.nodes.values()
+        }
+        return tomli_w.dumps(doc)
+
+    def as_dict(self) -> dict[str, Any]:
+        return tomllib.loads(self.to_toml())
+
+
+def check_tcp_endpoint(key: str, value: object, scheme: str = "tcp") -> str:
+    """A ``scheme://host:port`` endpoint with a numeric port; ZeroMQ and etcd accept nothing vaguer."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string like '{scheme}://127.0.0.1:5432', got {value!r}")
+    parsed = urlparse(value)
+    schemes = ("http", "https") if scheme == "http" else (scheme,)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme not in schemes or not parsed.hostname or port is None or not 0 < port < 65536:
+        raise ConfigError(
+            f"{key}: {value!r} is not a valid endpoint; write it as '{schemes[0]}://HOST:PORT', "
+            f"e.g. '{schemes[0]}://127.0.0.1:{2379 if scheme == 'http' else 5701}'"
+        )
+    if parsed.path not in ("", "/") or parsed.query:
+        raise ConfigError(f"{key}: {value!r} must not have a path or query; write '{schemes[0]}://HOST:PORT'")
+    return value.rstrip("/")
+
+
+def _check_ttl(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"lease_ttl: expected whole seconds (etcd leases have 1 s granularity), got {value!r}")
+    if value < ETCD_MIN_TTL:
+        raise ConfigError(
+            f"lease_ttl: {value} s is below etcd's minimum lease TTL of {ETCD_MIN_TTL} s; set lease_ttl >= {ETCD_MIN_TTL}"
+        )
+    if value > 600:
+        raise ConfigError(f"lease_ttl: {value} s would delay failure detection by minutes; use at most 600")
+    return value
+
+
+def _check_node_id(key: str, raw: object) -> int:
+    try:
+        node_id = int(str(raw))
+    except ValueError:
+        raise ConfigError(f"{key}: node ids are integers 1..{MAX_NODE_ID}, got {raw!r}") from None
+    if not 1 <= node_id <= MAX_NODE_ID:
+        raise ConfigError(f"{key}: node id {node_id} is out of range; use 1..{MAX_NODE_ID}")
+    return node_id
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``MUHEAM_LEASE_TTL=3``, ``MUHEAM_ETCD_ENDPOINTS=http://a:1,http://b:2``, ``MUHEAM_NODES__2__PEER_ENDPOINT=...``."""
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in ("MUHEAM_CONFIG", "MUHEAM_FULL") or name.startswith("MUHEAM_TEST"):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if path[0] not in _TOP_KEYS:
+            raise ConfigError(
+                f"environment variable {name}: unknown setting {path[0]!r}; known: "
+                + ", ".join("MUHEAM_" + k.upper() for k in sorted(_TOP_KEYS - {"nodes", "embedded_etcd"}))
+            )
+        parsed: Any = value
+        if path == ["etcd_endpoints"]:
+            parsed = [v.strip() for v in value.split(",") if v.strip()]
+        cursor = out
+        for part in path[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[path[-1]] = parsed
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    require_shared_dir: bool = True,
+) -> Config:
+    """Read the config file (or ``$MUHEAM_CONFIG``), apply environment and flag overrides, validate everything."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source: Path | None = None
+    if path is None and env.get("MUHEAM_CONFIG"):
+        path = env["MUHEAM_CONFIG"]
+    if path is not None:
+        source = Path(path).expanduser().resolve()
+        try:
+            raw = tomllib.loads(source.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist; pass -c with the path of muheam.toml") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {source} cannot be read: {exc.strerror}") from None
+    raw = _merge(raw, _env_overrides(env))
+    raw = _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate(raw, source=source, require_shared_dir=require_shared_dir)
+
+
+def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_dir: bool = True) -> Config:
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{key}: unknown setting; known settings are " + ", ".join(sorted(_TOP_KEYS)))
+    name = raw.get("cluster_name", "muheam")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"cluster_name: {name!r} is not valid; use letters, digits, '.', '_' or '-' (max 63)")
+    base = source.parent if source else Path.cwd()
+
+    if "shared_dir" not in raw:
+        raise ConfigError("shared_dir: missing; set shared_dir in the config file or MUHEAM_SHARED_DIR")
+    shared = (base / Path(str(raw["shared_dir"])).expanduser()).resolve()
+    if require_shared_dir and not shared.is_dir():
+        raise ConfigError(
+            f"shared_dir: {shared} does not exist; create the cluster with 'muheam cluster init' or fix the path"
+        )
+    run_dir = (base / Path(str(raw.get("run_dir", base))).expanduser()).resolve()
+
+    endpoints_raw = raw.get("etcd_endpoints", ["http://127.0.0.1:2379"])
+    if isinstance(endpoints_raw, str):
+        endpoints_raw = [endpoints_raw]
+    if not isinstance(endpoints_raw, list) or not endpoints_raw:
+        raise ConfigError("etcd_endpoints: expected a non-empty list like ['http://127.0.0.1:2379']")
+    endpoints = tuple(check_tcp_endpoint("etcd_endpoints", e, "http") for e in endpoints_raw)
+
+    embedded = None
+    if "embedded_etcd" in raw:
+        emb = raw["embedded_etcd"]
+        if not isinstance(emb, Mapping):
+            raise ConfigError("embedded_etcd: expected a table with client_endpoint, peer_endpoint, data_dir")
+        bad = set(emb) - _EMBEDDED_KEYS
+        if bad:
+            raise ConfigError(f"embedded_etcd.{sorted(bad)[0]}: unknown setting; known: {', '.join(sorted(_EMBEDDED_KEYS))}")
+        for key in _EMBEDDED_KEYS:
+            if key not in emb:
+                raise ConfigError(f"embedded_etcd.{key}: missing")
+        embedded = EmbeddedEtcd(
+            client_endpoint=check_tcp_endpoint("embedded_etcd.client_endpoint", emb["client_endpoint"], "http"),
+            peer_endpoint=check_tcp_endpoint("embedded_etcd.peer_endpoint", emb["peer_endpoint"], "http"),
+            data_dir=(base / Path(str(emb["data_dir"]))).resolve(),
+        )
+
+    nodes_raw = raw.get("nodes", {})
+    if not isinstance(nodes_raw, Mapping):
+        raise ConfigError("nodes: expected tables like [nodes.1] with peer_endpoint and client_endpoint")
+    nodes: dict[int, NodeConfig] = {}
+    seen: dict[str, str] = {}
+    for key, value in nodes_raw.items():
+        node_id = _check_node_id(f"nodes.{key}", key)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"nodes.{key}: expected a table with peer_endpoint and client_endpoint")
+        bad = set(value) - _NODE_KEYS
+        if bad:
+            raise ConfigError(f"nodes.{key}.{sorted(bad)[0]}: unknown setting; known: {', '.join(sorted(_NODE_KEYS))}")
+        for part in ("peer_endpoint", "client_endpoint"):
+            if part not in value:
+                raise ConfigError(f"nodes.{key}.{part}: missing; write it as 'tcp://HOST:PORT'")
+        peer = check_tcp_endpoint(f"nodes.{key}.peer_endpoint", value["peer_endpoint"])
+        client = check_tcp_endpoint(f"nodes.{key}.client_endpoint", value["client_endpoint"])
+        for label, ep in (("peer_endpoint", peer), ("client_endpoint", client)):
+            if ep in seen:
+                raise ConfigError(f"nodes.{key}.{label}: {ep} is already used by {seen[ep]}; give every endpoint its own port")
+            seen[ep] = f"nodes.{key}.{label}"
+        host = value.get("host", urlparse(peer).hostname or "127.0.0.1")
+        nodes[node_id] = NodeConfig(node_id, peer, client, str(host))
+
+    return Config(
+        cluster_name=name,
+        shared_dir=shared,
+        run_dir=run_dir,
+        etcd_endpoints=endpoints,
+        lease_ttl=_check_ttl(raw.get("lease_ttl", DEFAULT_TTL)),
+        nodes=nodes,
+        embedded_etcd=embedded,
+        source=source,
+    )

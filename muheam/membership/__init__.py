@@ -1,0 +1,134 @@
+"""Cluster membership: who is in the cluster, under which epoch, and what happens when that changes.
+
+One interface (``MembershipBackend``) and one module per backend, as Patroni does for its DCS; etcd
+(``muheam.membership.etcd``) is the only backend today.  Nothing outside this package imports an etcd client.
+
+Key layout under ``/muheam/<cluster>/``:
+
+* ``cluster``          JSON identity (cluster id, shared dir, block size), created once by ``cluster init``
+* ``state``            ``starting`` | ``running`` | ``stopping`` | ``stopped``
+* ``epoch``            the cluster-wide incarnation counter, bumped atomically at every node start
+* ``members/<id>``     JSON ``Member`` attached to that node's lease: it vanishes when the lease ends
+* ``fenced/<id>``      epochs fenced by recovery (later issues)
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+CLUSTER_STATES = ("starting", "running", "stopping", "stopped")
+#: Member states.  ``stopping`` is written just before a graceful stop revokes the lease, which is how a
+#: watcher tells ``left`` (graceful) from ``expired`` (lease ran out) when the key disappears.
+MEMBER_STATES = ("starting", "running", "stopping")
+
+
+@dataclass(frozen=True)
+class Member:
+    node_id: int
+    host: str
+    peer_endpoint: str
+    client_endpoint: str
+    epoch: int
+    pid: int
+    state: str
+    started_at: float
+    lease_id: int = 0
+    stop_mode: str = ""
+    revision: int = field(default=0, compare=False)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data.pop("revision")
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, revision: int = 0) -> "Member":
+        data: dict[str, Any] = json.loads(raw)
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "revision"}
+        return cls(**known, revision=revision)
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    """``joined`` | ``updated`` | ``left`` (graceful) | ``expired`` (lease lost) at etcd revision ``revision``."""
+
+    kind: str
+    member: Member
+    revision: int
+
+
+class Lease(ABC):
+    id: int
+    ttl: int
+
+    @abstractmethod
+    def refresh(self) -> int:
+        """Renew once; return the TTL etcd granted (0: the lease is gone).  Raise EtcdUnavailable on failure."""
+
+    @abstractmethod
+    def revoke(self) -> None:
+        """End the lease now so that watchers learn at once."""
+
+
+class MembershipBackend(ABC):
+    """What the node agent and the CLI need from the membership store."""
+
+    endpoints: Sequence[str]
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # cluster registry ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def get_cluster(self, cluster: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def register_cluster(self, cluster: str, identity: dict[str, Any]) -> dict[str, Any]:
+        """Create the identity if absent; return what is registered (ours or the one already there)."""
+
+    @abstractmethod
+    def get_state(self, cluster: str) -> str | None: ...
+
+    @abstractmethod
+    def set_state(self, cluster: str, state: str) -> None: ...
+
+    @abstractmethod
+    def lock(self, cluster: str, name: str, ttl: int = 10) -> AbstractContextManager[None]:
+        """A cluster-wide mutex (e.g. around writes of ``global/control``)."""
+
+    # members ------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def grant_lease(self, ttl: int) -> Lease: ...
+
+    @abstractmethod
+    def join(self, cluster: str, member: Member, lease: Lease) -> Member:
+        """Bump the epoch and create ``members/<id>`` on ``lease`` in one transaction; raise NodeIdInUse."""
+
+    @abstractmethod
+    def update_member(self, cluster: str, member: Member, lease: Lease) -> None: ...
+
+    @abstractmethod
+    def members(self, cluster: str) -> tuple[list[Member], int]:
+        """The live members and the etcd revision of that view."""
+
+    @abstractmethod
+    def lease_ttl_left(self, lease_id: int) -> int: ...
+
+    @abstractmethod
+    def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:
+        """Member events from ``start_revision`` on; yields None every ``poll`` seconds while idle.
+        Raises EtcdUnavailable when the watch breaks (the caller resumes from its last revision + 1)."""
+
+
+def connect(endpoints: Sequence[str], timeout: float = 2.0) -> MembershipBackend:
+    """The backend for ``endpoints`` (today always etcd)."""
+    from muheam.membership.etcd import EtcdBackend
+
+    return EtcdBackend(endpoints, timeout=timeout)

@@ -1,0 +1,205 @@
+"""etcd backend for membership, through ``etcd-sdk-python`` (``pyetcd``).
+
+Every call that can fail because etcd is down or slow raises ``EtcdUnavailable`` naming the endpoints, so the
+CLI and the node agent can report it in one line and decide what to do (retry, fence, exit).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+from urllib.parse import urlparse
+
+import grpc
+import pyetcd
+import pyetcd.exceptions as etcd_exc
+from pyetcd.events import DeleteEvent, PutEvent
+
+from muheam.errors import EtcdUnavailable, NodeIdInUse
+from muheam.membership import Lease, Member, MemberEvent, MembershipBackend
+
+T = TypeVar("T")
+_ETCD_ERRORS = (etcd_exc.Etcd3Exception, grpc.RpcError)
+
+
+class EtcdLease(Lease):
+    def __init__(self, backend: "EtcdBackend", lease: Any, ttl: int) -> None:
+        self._backend = backend
+        self._lease = lease
+        self.id = int(lease.id)
+        self.ttl = ttl
+
+    def refresh(self) -> int:
+        responses = self._backend._call(lambda c: list(c.refresh_lease(self.id)))
+        return int(responses[0].TTL) if responses else 0
+
+    def revoke(self) -> None:
+        self._backend._call(lambda c: c.revoke_lease(self.id))
+
+
+class EtcdBackend(MembershipBackend):
+    def __init__(self, endpoints: Sequence[str], timeout: float = 2.0) -> None:
+        self.endpoints = tuple(endpoints)
+        self.timeout = timeout
+        eps = []
+        for url in self.endpoints:
+            parsed = urlparse(url)
+            eps.append(pyetcd.Endpoint(parsed.hostname, parsed.port, secure=parsed.scheme == "https", time_retry=0.5))
+        try:
+            self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        except _ETCD_ERRORS as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> EtcdUnavailable:
+        detail = type(exc).__name__
+        if isinstance(exc, grpc.RpcError):
+            detail = str(exc.code()) if hasattr(exc, "code") else detail
+        return EtcdUnavailable(
+            f"etcd at {', '.join(self.endpoints)} is unreachable or not answering ({detail}); "
+            "start it (muheam cluster up starts an embedded one) or fix etcd_endpoints"
+        )
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        """Run one request, trying every endpoint once before giving up."""
+        last: BaseException | None = None
+        for _ in range(max(1, len(self.endpoints))):
+            try:
+                return fn(self._client)
+            except _ETCD_ERRORS as exc:
+                last = exc
+        assert last is not None
+        raise self._unavailable(last) from None
+
+    def ping(self) -> bool:
+        try:
+            self._call(lambda c: c.status())
+            return True
+        except EtcdUnavailable:
+            return False
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing a broken channel must not mask the real error
+            pass
+
+    # cluster registry ---------------------------------------------------------------------------------------
+    def get_cluster(self, cluster: str) -> dict[str, Any] | None:
+        value, _ = self._call(lambda c: c.get(f"/muheam/{cluster}/cluster"))
+        return None if value is None else dict(json.loads(value))
+
+    def register_cluster(self, cluster: str, identity: dict[str, Any]) -> dict[str, Any]:
+        key = f"/muheam/{cluster}/cluster"
+        self._call(lambda c: c.put_if_not_exists(key, json.dumps(identity, sort_keys=True)))
+        registered = self.get_cluster(cluster)
+        assert registered is not None
+        return registered
+
+    def get_state(self, cluster: str) -> str | None:
+        value, _ = self._call(lambda c: c.get(f"/muheam/{cluster}/state"))
+        return None if value is None else value.decode()
+
+    def set_state(self, cluster: str, state: str) -> None:
+        self._call(lambda c: c.put(f"/muheam/{cluster}/state", state))
+
+    @contextmanager
+    def lock(self, cluster: str, name: str, ttl: int = 10) -> Iterator[None]:
+        lock = self._call(lambda c: c.lock(f"muheam/{cluster}/{name}", ttl=ttl))
+        if not self._call(lambda c: lock.acquire(timeout=max(ttl, 5))):
+            raise EtcdUnavailable(f"could not take the etcd lock {name!r} of cluster {cluster} within {ttl} s; "
+                                  "another command holds it; retry when it has finished")
+        try:
+            yield
+        finally:
+            try:
+                self._call(lambda c: lock.release())
+            except EtcdUnavailable:
+                pass  # the lock's lease expires by itself
+
+    # members ------------------------------------------------------------------------------------------------
+    def grant_lease(self, ttl: int) -> Lease:
+        return EtcdLease(self, self._call(lambda c: c.lease(ttl)), ttl)
+
+    def join(self, cluster: str, member: Member, lease: Lease) -> Member:
+        key = f"/muheam/{cluster}/members/{member.node_id}"
+        epoch_key = f"/muheam/{cluster}/epoch"
+        for _ in range(50):
+            raw, meta = self._call(lambda c: c.get(epoch_key))
+            current = int(raw) if raw is not None else 0
+            joined = Member(**{**member.__dict__, "epoch": current + 1, "lease_id": lease.id})
+            tx = self._client.transactions
+            epoch_cmp = tx.version(epoch_key) == 0 if raw is None else tx.mod(epoch_key) == meta.mod_revision
+            ok, responses = self._call(
+                lambda c: c.transaction(
+                    compare=[tx.version(key) == 0, epoch_cmp],
+                    success=[tx.put(epoch_key, str(current + 1)), tx.put(key, joined.to_json(), lease=lease.id)],
+                    failure=[tx.get(key)],
+                )
+            )
+            if ok:
+                return joined
+            held = responses[0][0] if responses and responses[0] else None
+            if held is not None:
+                other = Member.from_json(held[0])
+                raise NodeIdInUse(
+                    f"node id {member.node_id} is held by a live node (host {other.host}, pid {other.pid}, "
+                    f"epoch {other.epoch}); stop it with 'muheam node stop --node-id {member.node_id}' "
+                    f"or start this node with another id"
+                )
+        raise EtcdUnavailable("could not bump the cluster epoch after 50 tries (heavy contention); retry")
+
+    def update_member(self, cluster: str, member: Member, lease: Lease) -> None:
+        self._call(lambda c: c.put(f"/muheam/{cluster}/members/{member.node_id}", member.to_json(), lease=lease.id))
+
+    def members(self, cluster: str) -> tuple[list[Member], int]:
+        prefix = f"/muheam/{cluster}/members/"
+        resp = self._call(lambda c: c.get_prefix_response(prefix))
+        out = [Member.from_json(kv.value, kv.mod_revision) for kv in resp.kvs]
+        return sorted(out, key=lambda m: m.node_id), int(resp.header.revision)
+
+    def lease_ttl_left(self, lease_id: int) -> int:
+        info = self._call(lambda c: c.get_lease_info(lease_id))
+        return max(0, int(info.TTL))
+
+    def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:
+        prefix = f"/muheam/{cluster}/members/"
+        responses: queue.Queue[Any] = queue.Queue()
+        watch_id = self._call(
+            lambda c: c.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision, prev_kv=True)
+        )
+        try:
+            while True:
+                try:
+                    item = responses.get(timeout=poll)
+                except queue.Empty:
+                    yield None
+                    continue
+                if isinstance(item, BaseException):
+                    raise self._unavailable(item)
+                for event in item.events:
+                    converted = _convert(event)
+                    if converted is not None:
+                        yield converted
+        finally:
+            try:
+                threading.Thread(target=self._client.cancel_watch, args=(watch_id,), daemon=True).start()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _convert(event: Any) -> MemberEvent | None:
+    revision = int(event.mod_revision)
+    if isinstance(event, PutEvent):
+        member = Member.from_json(event.value, revision)
+        kind = "joined" if event.create_revision == event.mod_revision else "updated"
+        return MemberEvent(kind, member, revision)
+    if isinstance(event, DeleteEvent):
+        try:
+            previous = Member.from_json(event.prev_value, revision)
+        except ValueError:
+            return None
+        return MemberEvent("left" if previous.state == "stopping" else "expired", previous, revision)
+    return None

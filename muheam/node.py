@@ -1,0 +1,269 @@
+"""The node agent: joins the cluster under a fresh epoch, keeps its lease, serves peers and clients.
+
+Lifecycle: verify the shared directory belongs to the cluster registered in etcd -> refuse a node id that a live
+lease holds -> bind the peer and client ports -> grant a lease and join (epoch bump + member key, one etcd
+transaction) -> run the event loop until stopped or fenced.  The loop owns every ZeroMQ socket; the lease keeper
+and the membership watcher are threads that only feed it.
+
+Stop modes follow ``pg_ctl``: ``smart`` waits for clients to finish, ``fast`` aborts them, ``immediate`` quits
+without a clean shutdown.  All three mark the member ``stopping`` and revoke the lease, so peers learn at once
+(a crash is the only way to leave by lease expiry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from locking.clock import LamportClock
+from muheam import control
+from muheam.config import Config
+from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, NodeIdInUse
+from muheam.fence import Fence, LeaseKeeper
+from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
+from muheam.server import ClientPort
+from muheam.transport import Mesh
+
+log = logging.getLogger("muheam.node")
+
+STOP_SIGNALS = {signal.SIGTERM: "smart", signal.SIGINT: "fast", signal.SIGQUIT: "immediate"}
+SIGNAL_FOR_MODE = {mode: sig for sig, mode in STOP_SIGNALS.items()}
+EXIT_FENCED = 3
+
+
+class NodeAgent:
+    def __init__(self, cfg: Config, node_id: int) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.node_cfg = cfg.node(node_id)
+        self.clock = LamportClock(node_id)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.wake_endpoint = f"inproc://wake-{id(self)}"
+        self.events: queue.Queue[MemberEvent] = queue.Queue()
+        self.stop_mode: str | None = None
+        self.state = "starting"
+        self.members: dict[int, Member] = {}
+        self.backend: MembershipBackend | None = None
+        self.lease: Lease | None = None
+        self.fence: Fence | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.member: Member | None = None
+        self.mesh: Mesh | None = None
+        self.port: ClientPort | None = None
+        self._stopping = threading.Event()
+
+    # startup ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        self.backend = backend = connect(cfg.etcd_endpoints, timeout=2.0)
+        registered = backend.get_cluster(cfg.cluster_name)
+        if registered is None:
+            raise ClusterStateError(
+                f"cluster {cfg.cluster_name!r} is not registered in etcd at {', '.join(cfg.etcd_endpoints)}; "
+                "run 'muheam cluster init' first or fix cluster_name/etcd_endpoints"
+            )
+        control.verify_member_dir(cfg.shared_dir, registered)
+        self._refuse_duplicate(backend)
+        try:
+            self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint)
+            self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint)
+        except zmq.ZMQError as exc:
+            raise ClusterStateError(
+                f"node {self.node_id} cannot listen on its endpoints ({exc}); another process holds the port — "
+                "stop it or change peer_endpoint/client_endpoint"
+            ) from None
+        self.port.register("ping", lambda req: {"node_id": self.node_id, "epoch": self.mesh_epoch})
+        self.port.register("status", lambda req: self.status())
+        self.mesh.on("hello", lambda msg: None)  # carries only its stamp: the clock merge is the point
+
+        keeper_backend = connect(cfg.etcd_endpoints, timeout=min(1.0, cfg.lease_ttl / 4))
+        granted_at = time.monotonic()
+        self.lease = keeper_backend.grant_lease(cfg.lease_ttl)
+        self.fence = Fence(cfg.lease_ttl, granted_at)
+        proposal = Member(
+            node_id=self.node_id, host=self.node_cfg.host or socket.gethostname(),
+            peer_endpoint=self.node_cfg.peer_endpoint, client_endpoint=self.node_cfg.client_endpoint,
+            epoch=0, pid=os.getpid(), state="starting", started_at=time.time(),
+        )
+        try:
+            self.member = backend.join(cfg.cluster_name, proposal, self.lease)
+        except NodeIdInUse:
+            self.lease.revoke()
+            raise
+        self.mesh.epoch = self.member.epoch
+        self.keeper = LeaseKeeper(self.lease, self.fence, self._wake)
+        self.keeper.start()
+
+        snapshot, revision = backend.members(cfg.cluster_name)
+        for member in snapshot:
+            self._apply(MemberEvent("joined", member, member.revision))
+        threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
+        self._set_state("running")
+        log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
+                 self.member.epoch, self.node_cfg.peer_endpoint, self.node_cfg.client_endpoint, self.lease.id,
+                 cfg.lease_ttl)
+
+    def _refuse_duplicate(self, backend: MembershipBackend) -> None:
+        for member in backend.members(self.cfg.cluster_name)[0]:
+            if member.node_id == self.node_id:
+                raise NodeIdInUse(
+                    f"node id {self.node_id} is held by a live node (host {member.host}, pid {member.pid}, epoch "
+                    f"{member.epoch}); stop it with 'muheam node stop --node-id {self.node_id}' or use another id"
+                )
+
+    @property
+    def mesh_epoch(self) -> int:
+        return self.member.epoch if self.member else 0
+
+    def _set_state(self, state: str, stop_mode: str = "") -> None:
+        assert self.backend and self.member and self.lease and self.fence
+        self.fence.check()
+        self.state = state
+        self.member = Member(**{**self.member.__dict__, "state": state, "stop_mode": stop_mode})
+        self.backend.update_member(self.cfg.cluster_name, self.member, self.lease)
+
+    # membership ---------------------------------------------------------------------------------------------
+    def _watch(self, revision: int) -> None:
+        """Feed member events to the loop; after losing etcd resume from the next revision, missing nothing."""
+        wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
+        wake.connect(self.wake_endpoint)
+        backend: MembershipBackend | None = None
+        while not self._stopping.is_set():
+            try:
+                backend = backend or connect(self.cfg.etcd_endpoints, timeout=2.0)
+                for event in backend.watch_members(self.cfg.cluster_name, revision):
+                    if self._stopping.is_set():
+                        break
+                    if event is not None:
+                        self.events.put(event)
+                        revision = event.revision + 1
+                        wake.send(b"", zmq.NOBLOCK)
+            except EtcdUnavailable as exc:
+                log.warning("membership watch lost (%s); resuming from revision %d", exc, revision)
+                self._stopping.wait(0.5)
+        wake.close(0)
+
+    def _wake(self) -> None:
+        """Called from the keeper thread; the loop polls at least every 100 ms, so a no-op is enough."""
+
+    def _apply(self, event: MemberEvent) -> None:
+        assert self.mesh is not None
+        member = event.member
+        if member.node_id == self.node_id:
+            return
+        if event.kind in ("joined", "updated") and member.state in ("starting", "running"):
+            self.members[member.node_id] = member
+            self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
+        elif event.kind in ("left", "expired") or member.state == "stopping":
+            known = self.members.get(member.node_id)
+            if known is None or known.epoch <= member.epoch:
+                self.members.pop(member.node_id, None)
+                self.mesh.drop(member.node_id, member.epoch)
+            if event.kind in ("left", "expired"):
+                log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
+                         event.revision)
+
+    # the loop -----------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        assert self.mesh and self.port and self.fence
+        return {
+            "node_id": self.node_id, "epoch": self.mesh_epoch, "state": self.state, "pid": os.getpid(),
+            "lamport": self.clock.time, "peers": sorted(self.mesh.peers),
+            "fence_remaining_s": round(self.fence.remaining(), 3),
+            "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters)},
+        }
+
+    def run(self) -> int:
+        """Serve until stopped (exit 0) or fenced (exit 3)."""
+        assert self.mesh and self.port and self.fence
+        wake: zmq.Socket[Any] = self.ctx.socket(zmq.PULL)
+        wake.bind(self.wake_endpoint)
+        poller = zmq.Poller()
+        for sock in (self.mesh.router, self.mesh.monitor, self.port.sock, self.port.monitor, wake):
+            poller.register(sock, zmq.POLLIN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        try:
+            while True:
+                if self.fence.fenced:
+                    return self._self_fence()
+                if self.stop_mode is not None:
+                    return self._shutdown(self.stop_mode)
+                ready = dict(poller.poll(100))
+                while True:
+                    try:
+                        self._apply(self.events.get_nowait())
+                    except queue.Empty:
+                        break
+                if self.fence.fenced:
+                    return self._self_fence()
+                if wake in ready:
+                    while wake.poll(0):
+                        wake.recv()
+                if self.mesh.router in ready:
+                    self.mesh.receive_ready()
+                if self.port.sock in ready:
+                    self.port.receive_ready()
+                if self.mesh.monitor in ready:
+                    self.mesh.drain_monitor()
+                if self.port.monitor in ready:
+                    self.port.drain_monitor()
+        finally:
+            wake.close(0)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        mode = STOP_SIGNALS.get(signal.Signals(signum), "fast")
+        # a second, harsher signal upgrades the mode, as with pg_ctl
+        order = ["smart", "fast", "immediate"]
+        if self.stop_mode is None or order.index(mode) > order.index(self.stop_mode):
+            self.stop_mode = mode
+
+    def _self_fence(self) -> int:
+        assert self.fence is not None
+        self.state = "fenced"
+        self._close_ports()
+        log.critical("SELF-FENCING node %d epoch %d: %s; stopped serving and touching the shared directory; "
+                     "exiting with code %d — restart the node once etcd is reachable", self.node_id,
+                     self.mesh_epoch, self.fence.reason, EXIT_FENCED)
+        return EXIT_FENCED
+
+    def _shutdown(self, mode: str) -> int:
+        assert self.lease and self.keeper
+        log.info("node %d stopping (%s)", self.node_id, mode)
+        try:
+            self._set_state("stopping", mode)
+        except (EtcdUnavailable, Fenced) as exc:
+            log.warning("could not mark node stopping in etcd: %s", exc)
+        self._close_ports()
+        self.keeper.stop()
+        try:
+            self.lease.revoke()
+        except EtcdUnavailable as exc:
+            log.warning("could not revoke lease %x (%s); peers will see it expire after the TTL", self.lease.id, exc)
+        log.info("node %d stopped (%s)", self.node_id, mode)
+        return 0
+
+    def _close_ports(self) -> None:
+        self._stopping.set()
+        if self.mesh is not None:
+            self.mesh.close()
+        if self.port is not None:
+            self.port.close()
+
+
+def run_node(cfg: Config, node_id: int) -> int:
+    agent = NodeAgent(cfg, node_id)
+    try:
+        agent.start()
+    except BaseException:
+        agent._close_ports()
+        raise
+    return agent.run()
