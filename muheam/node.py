@@ -29,6 +29,7 @@ from muheam.config import Config
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, NodeIdInUse
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
+from muheam.procs import pid_alive
 from muheam.server import ClientPort
 from muheam.transport import Mesh
 
@@ -112,7 +113,19 @@ class NodeAgent:
                  cfg.lease_ttl)
 
     def _refuse_duplicate(self, backend: MembershipBackend) -> None:
-        for member in backend.members(self.cfg.cluster_name)[0]:
+        """Refuse an id held by a live lease; wait out the lease of our own dead predecessor on this host."""
+        deadline = time.monotonic() + self.cfg.lease_ttl + 2
+        while True:
+            held = [m for m in backend.members(self.cfg.cluster_name)[0] if m.node_id == self.node_id]
+            if not held:
+                return
+            member = held[0]
+            stale = member.host == self.node_cfg.host and not pid_alive(member.pid)
+            if stale and time.monotonic() < deadline:
+                log.info("node id %d is still held by the lease of a dead process (pid %d, epoch %d); waiting for "
+                         "it to expire", self.node_id, member.pid, member.epoch)
+                time.sleep(0.2)
+                continue
             if member.node_id == self.node_id:
                 raise NodeIdInUse(
                     f"node id {self.node_id} is held by a live node (host {member.host}, pid {member.pid}, epoch "
