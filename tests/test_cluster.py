@@ -149,3 +149,63 @@ def test_etcd_paused_past_ttl_every_node_self_fences(local_cluster: Start) -> No
     proc = run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=60)
     assert proc.returncode == 0
     assert wait_until(lambda: sorted(m["node_id"] for m in c.members()) == [1, 2, 3], 15)
+
+
+def test_watch_resumes_after_losing_etcd_without_missing_or_repeating(local_cluster: Start) -> None:
+    c = local_cluster(2, lease_ttl=2)
+    etcd_cmd = (Path("/proc") / str(c.etcd_pid) / "cmdline").read_bytes().split(b"\0")[:-1]
+    with Watcher(c.config) as w:
+        w.wait_for("member", 1, 10)
+        w.wait_for("member", 2, 10)
+        os.kill(c.etcd_pid, signal.SIGTERM)  # etcd goes away; the nodes fence themselves and exit
+        for n in (1, 2):
+            pid = c.node_pid(n)
+            assert pid and wait_until(lambda: not pid_alive(pid), 10)
+        assert wait_until(lambda: not pid_alive(c.etcd_pid), 10)
+        log = open(c.dir / "etcd" / "etcd.log", "ab")
+        etcd = subprocess.Popen([a.decode() for a in etcd_cmd], stdout=log, stderr=log, start_new_session=True)
+        try:
+            (c.dir / "etcd" / "etcd.pid").write_text(f"{etcd.pid}\n")
+            # the fenced nodes' leases survive the etcd restart and then expire: the watcher must see both
+            w.wait_for("expired", 1, 15)
+            w.wait_for("expired", 2, 15)
+            c.cli("node", "start", "--node-id", "1", "--daemon")
+            w.wait_for("joined", 1, 15)
+            time.sleep(0.5)
+        finally:
+            log.close()
+        err = w.stop()
+        while not w.lines.empty():
+            w.seen.append(w.lines.get()[1])
+    assert "resuming from revision" in err
+    events = [r for r in w.seen if r["event"] != "member"]
+    revisions = [r["revision"] for r in events]
+    assert revisions == sorted(set(revisions)), f"repeated or out of order: {revisions}"
+    assert [(r["event"], r["node_id"]) for r in events if r["event"] != "updated"] == [
+        ("expired", 1), ("expired", 2), ("joined", 1)] or [
+        (r["event"], r["node_id"]) for r in events if r["event"] != "updated"] == [
+        ("expired", 2), ("expired", 1), ("joined", 1)]
+
+
+def test_operator_scripts_start_and_stop_a_cluster(tmp_path: Path) -> None:
+    env = {**os.environ, "MUHEAM": f"{MUHEAM[0]} -m muheam"}
+    root = Path(__file__).resolve().parent.parent / "scripts"
+    directory = tmp_path / "scripted"
+    try:
+        up = subprocess.run([str(root / "start_cluster"), str(directory), "2"], env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0, up.stderr
+        cfg = str(directory / "muheam.toml")
+        stop = subprocess.run([str(root / "stop_node"), "-c", cfg, "--node-id", "2"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert stop.returncode == 0 and "node 2 stopped" in stop.stdout
+        start = subprocess.run([str(root / "start_node"), "-c", cfg, "--node-id", "2"], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert start.returncode == 0 and "node 2 started" in start.stdout, start.stderr
+        down = subprocess.run([str(root / "stop_cluster"), str(directory)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert down.returncode == 0 and "stopped nodes [1, 2]" in down.stdout
+    finally:
+        from tests.conftest import kill_leftovers
+
+        kill_leftovers(directory)

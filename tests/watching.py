@@ -19,6 +19,7 @@ class Watcher:
                                       *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
+        self._unclaimed: list[tuple[float, dict[str, Any]]] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -27,16 +28,19 @@ class Watcher:
             self.lines.put((time.monotonic(), json.loads(line)))
 
     def wait_for(self, event: str, node_id: int, timeout: float) -> tuple[float, dict[str, Any]]:
+        """The first not-yet-claimed line for ``event`` on ``node_id`` (lines may arrive in any order)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            for i, (at, record) in enumerate(self._unclaimed):
+                if record["event"] == event and record["node_id"] == node_id:
+                    del self._unclaimed[i]
+                    return at, record
             try:
                 at, record = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
-                break
+                raise AssertionError(f"no {event!r} for node {node_id} within {timeout} s; saw {self.seen}") from None
             self.seen.append(record)
-            if record["event"] == event and record["node_id"] == node_id:
-                return at, record
-        raise AssertionError(f"no {event!r} for node {node_id} within {timeout} s; saw {self.seen}")
+            self._unclaimed.append((at, record))
 
     def stop(self) -> str:
         self.proc.kill()
