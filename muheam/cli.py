@@ -129,7 +129,7 @@ def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> N
         table.add_column(col)
     for n in result["nodes"]:
         table.add_row(str(n["node_id"]), str(n["pid"]), str(n["epoch"]), n["peer_endpoint"], n["client_endpoint"])
-    Console().print(table)
+    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
     click.echo(f"config: {result['config_file']}   (try: muheam list -c {result['config_file']})")
 
 

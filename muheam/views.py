@@ -49,7 +49,7 @@ def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if clear:
         console.clear()
     table = Table(title=f"+ Cluster: {cfg.cluster_name} ({len(rows)} members)")

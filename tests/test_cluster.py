@@ -209,3 +209,14 @@ def test_operator_scripts_start_and_stop_a_cluster(tmp_path: Path) -> None:
         from tests.conftest import kill_leftovers
 
         kill_leftovers(directory)
+
+
+def test_bench_membership_prints_its_json() -> None:
+    import json
+
+    proc = run_cli("bench", "membership", "--json", "--kills", "1", "--stops", "1", timeout=120)
+    result = json.loads(proc.stdout)
+    assert set(result) >= {"ttl_ms", "detect_kill_ms", "detect_stop_ms"}
+    assert result["ttl_ms"] == 2000
+    # a stop is announced by revoking the lease; a kill can only be noticed when the lease runs out
+    assert 0 < result["detect_stop_ms"] < result["detect_kill_ms"]
