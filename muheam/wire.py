@@ -33,7 +33,8 @@ class PeerMessage:
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(frame: bytes, limit: int) -> Any:
