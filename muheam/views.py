@@ -45,6 +45,14 @@ def member_rows(cfg: Config) -> list[dict[str, Any]]:
         backend.close()
 
 
+def cluster_state(cfg: Config) -> str:
+    backend = connect(cfg.etcd_endpoints, timeout=2.0)
+    try:
+        return backend.get_state(cfg.cluster_name) or "unregistered"
+    finally:
+        backend.close()
+
+
 def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -52,7 +60,7 @@ def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) 
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if clear:
         console.clear()
-    table = Table(title=f"+ Cluster: {cfg.cluster_name} ({len(rows)} members)")
+    table = Table(title=f"+ Cluster: {cfg.cluster_name} ({cluster_state(cfg)}, {len(rows)} members)")
     for col in ("Node", "Host", "Peer endpoint", "State", "Epoch", "Lease TTL", "Lamport"):
         table.add_column(col)
     for r in rows:
