@@ -3,10 +3,11 @@
 ``append`` writes the record into the (zero-filled, preallocated) segment file at once with ``pwrite``, so a
 process crash loses nothing that ``append`` returned; only ``flush`` makes records survive a power loss.
 
-Group commit (leader/follower): ``flush(lsn)`` returns at once if ``lsn`` is already durable; otherwise the
-caller queues on one I/O lock.  Whoever gets it first is the leader: it fsyncs everything written so far (not
-just its own record) and publishes the new durable LSN.  The others, getting the lock in turn, find their LSN
-already durable and return without an fsync.  One fsync therefore covers every commit that arrived while the
+Group commit (leader/follower): ``flush(lsn)`` returns at once if ``lsn`` is already durable.  Otherwise, if
+no fsync is running, the caller becomes the leader: it fsyncs everything written so far (not just its own
+record), publishes the new durable LSN and wakes all waiters.  If an fsync is running, the caller waits for it;
+woken, it finds its LSN durable and returns, or (its record came after the running fsync started) becomes the
+next leader, covering everyone who appended meanwhile.  One fsync therefore covers every commit that arrived while the
 previous fsync was running.  ``fsync_count`` counts every fsync the writer issues (benchmarks report fsyncs per
 commit); ``flush_count`` only those done by ``flush`` leaders.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Callable
@@ -65,6 +67,8 @@ class WalWriter:
         self.torn_at_open: TornTail | None = None
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._leader = False
         self._failed: WalWriteError | None = None
         self._closed = False
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,9 @@ class WalWriter:
             self._fd, self._path, self._seg_start = fd, path, start
             self._pos = start + SEGMENT_HEADER_SIZE
             self._tail = (fd, self._pos)
-            self._flushed = self._pos
+            with self._cond:
+                self._flushed = self._pos
+                self._cond.notify_all()
 
     # --- durability -----------------------------------------------------------------------------------------
 
@@ -227,11 +233,21 @@ class WalWriter:
         """Make the stream durable at least up to ``up_to_lsn`` (default: everything appended); return the
         durable LSN.  Concurrent callers share fsyncs (group commit, see module docstring)."""
         target = self._tail[1] if up_to_lsn is None else up_to_lsn
-        while self._flushed < target:
-            with self._io_lock:
+        if self._flushed >= target:
+            return self._flushed
+        with self._cond:
+            while True:
                 if self._flushed >= target:
-                    break
+                    return self._flushed
                 self._check_usable()
+                if not self._leader:
+                    self._leader = True
+                    break
+                self._cond.wait()  # a leader's fsync is running; it may cover us
+        time.sleep(0)  # let followers woken by the last leader append first, so this fsync covers them too
+        synced = self._flushed
+        try:
+            with self._io_lock:
                 fd, end = self._tail
                 if target > end:
                     raise ValueError(f"cannot flush to {format_lsn(target)}: only {format_lsn(end)} was appended")
@@ -242,7 +258,12 @@ class WalWriter:
                     raise self._failed from e
                 self.fsync_count += 1
                 self.flush_count += 1
-                self._flushed = end
+                synced = end
+        finally:
+            with self._cond:
+                self._flushed = max(self._flushed, synced)
+                self._leader = False
+                self._cond.notify_all()
         return self._flushed
 
     def _check_usable(self) -> None:
