@@ -13,10 +13,11 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+import google_crc32c
 import numpy as np
 import numpy.typing as npt
 
-from walmerge.record import ALIGN, HEADER_DTYPE, HEADER_SIZE, NODE_BITS, MAX_NODE_ID, compute_crc
+from walmerge.record import ALIGN, CRC_OFFSET, HEADER_DTYPE, HEADER_SIZE, MAX_NODE_ID, NODE_BITS, compute_crc
 
 SECTOR = 512
 """Unit of atomic writes assumed when telling a torn write from corruption (see reader)."""
@@ -102,7 +103,10 @@ def _fast_chain(buf: Buf, start: int, base_lsn: int, segment_size: int) -> npt.N
 
 
 def gather_headers(buf: Buf, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.void]:
-    raw = _u8(buf)[offsets[:, None] + np.arange(HEADER_SIZE)]
+    """Copy the headers at ``offsets`` (8-aligned, fully inside ``buf``) into one ``HEADER_DTYPE`` array,
+    gathering 7 u64 words per record rather than 56 bytes."""
+    words = np.frombuffer(buf, dtype="<u8", count=len(buf) // 8)
+    raw = words[(offsets // 8)[:, None] + np.arange(HEADER_SIZE // 8)]
     return np.ascontiguousarray(raw).view(HEADER_DTYPE).reshape(len(offsets))
 
 
@@ -181,17 +185,25 @@ def validate(
         if 0 <= i < first:
             first, reason = i, why
     if verify_crc:
-        stored = h["crc"]
-        lens = h["total_len"]
-        for i in range(min(first + 1, n)):
-            o = int(off[i])
-            if compute_crc(buf, o, int(lens[i])) != int(stored[i]):
-                got = compute_crc(buf, o, int(lens[i]))
-                return i, f"CRC mismatch (stored {int(stored[i]):08x}, computed {got:08x})"
+        bad = _first_bad_crc(buf, off[: first + 1].tolist(), h["total_len"][: first + 1].tolist(),
+                             h["crc"][: first + 1].tolist())
+        if bad >= 0:
+            o, tl = int(off[bad]), int(h["total_len"][bad])
+            return bad, f"CRC mismatch (stored {int(h['crc'][bad]):08x}, computed {compute_crc(buf, o, tl):08x})"
     if first < n:
         g = int(glsn[first])
         reason += f" (lsn {int(lsn[first]):#x}, prev {int(prev[first]):#x}, GLSN {g >> NODE_BITS}/{g & MAX_NODE_ID})"
     return first, reason
+
+
+def _first_bad_crc(buf: Buf, offs: list[int], lens: list[int], crcs: list[int]) -> int:
+    """Index of the first record whose CRC is wrong, or -1.  The one per-record loop of the read path."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)  # google_crc32c takes only bytes
+    value, extend = google_crc32c.value, google_crc32c.extend
+    for i, (o, tl, crc) in enumerate(zip(offs, lens, crcs)):
+        if extend(value(data[o + HEADER_SIZE: o + tl]), data[o: o + CRC_OFFSET]) != crc:
+            return i
+    return -1
 
 
 def _bad_padding(buf: Buf, off: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
