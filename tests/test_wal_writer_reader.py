@@ -416,3 +416,26 @@ def test_numpy_scan_of_a_real_segment(tmp_path: Path) -> None:
     (batch,) = list(r.batches())
     assert len(batch.offsets) == 200
     assert np.all(np.diff(batch.headers["glsn"].astype(np.int64)) > 0)
+
+
+def test_read_from_a_checkpoint_lsn_and_stop_lsn(tmp_path: Path) -> None:
+    pos = write(tmp_path, [(RecordKind.HEAP_INSERT, bytes([i + 1]) * 500, False) for i in range(30)])
+    recs = list(WalReader(tmp_path, node_id=NODE, system_id=SYSID, start_lsn=pos[11][0]))
+    assert [x.lsn for x in recs] == [p[0] for p in pos[11:]]
+    r = WalReader(tmp_path, node_id=NODE, system_id=SYSID, start_lsn=pos[11][0], stop_lsn=pos[20][0])
+    assert [x.lsn for x in r] == [p[0] for p in pos[11:20]] and r.end_lsn == align8(pos[19][1])
+    # Old segments removed after a checkpoint: the first remaining segment's header still anchors the chain.
+    first_kept = list_segments(tmp_path)[2]
+    for _, p in list_segments(tmp_path)[:2]:
+        os.unlink(p)
+    recs = read_wal(tmp_path, node_id=NODE, system_id=SYSID)
+    assert recs[0].lsn == first_kept[0] + SEGMENT_HEADER_SIZE and recs[-1].lsn == pos[-1][0]
+
+
+def test_leftover_temp_segment_is_removed_on_open(tmp_path: Path) -> None:
+    write(tmp_path, [(RecordKind.COMMIT, b"t", True)])
+    (tmp_path / (segment_name(SEG) + ".tmp")).write_bytes(b"half a segment")
+    with WalWriter(tmp_path, node_id=NODE, system_id=SYSID, epoch=2) as w:
+        w.append(RecordKind.COMMIT, b"u", lamport=5)
+    assert sorted(os.listdir(tmp_path)) == [segment_name(0)]
+    assert [x.payload for x in read_wal(tmp_path, node_id=NODE, system_id=SYSID)] == [b"t", b"u"]

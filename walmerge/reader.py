@@ -249,7 +249,8 @@ def truncate_at(directory: str | os.PathLike[str], lsn: int, *, node_id: int, sy
 
     Every record before ``lsn`` must be valid and ``lsn`` must be a record boundary.  Discarded data is copied
     to ``<dir>/discarded-<lsn>-<time>/`` first (unless ``keep_copies`` is false); then the rest of the segment
-    containing ``lsn`` is zeroed and later segments are moved away.  Only an operator decision should call this.
+    containing ``lsn`` is zeroed and later segments are moved away.  Only an operator decision should call this,
+    and only while no writer has the directory open (the node is stopped).
     """
     directory = Path(directory)
     lsn = align8(lsn)
