@@ -197,7 +197,9 @@ def _lin_table() -> npt.NDArray[np.uint32]:
     return table
 
 
-def fold_crc(old_crc: int, old_head: bytes | memoryview, new_head: bytes | memoryview) -> int:
+def fold_crc(
+    old_crc: int, old_head: bytes | bytearray | memoryview, new_head: bytes | bytearray | memoryview
+) -> int:
     """CRC of a record whose first 52 header bytes changed from ``old_head`` to ``new_head``; payload untouched."""
     delta = np.frombuffer(bytes(old_head[:CRC_OFFSET]), np.uint8) ^ np.frombuffer(
         bytes(new_head[:CRC_OFFSET]), np.uint8
