@@ -1,0 +1,441 @@
+"""8 KiB heap pages as numpy structured arrays over one bytearray.
+
+A page is the unit of shared-disk I/O, of block ownership (invariant I2) and of redo, so everything about it
+lives in its 8192 bytes: a 64-byte header, then ``nslots`` fixed-size tuple slots, then zero padding.  Both the
+header and the slot array are numpy views of the same buffer, so a key search or a visibility check over the
+whole page is one vectorised expression, and ``encode`` is a checksum plus a copy.
+
+Header (little-endian, ``HEADER_DTYPE``, 64 bytes)::
+
+    off size field       meaning
+      0   4  checksum    CRC-32C of bytes 4..8191 (computed by encode, verified by decode)
+      4   4  magic       0x4D484850 ("PHHM" on disk: MUHEAM heap page)
+      8   1  version     page format version (1)
+      9   1  kind        1 meta, 2 hash bucket, 3 overflow
+     10   2  flags       reserved, 0
+     12   4  table_id    relation the block belongs to
+     16   8  glsn        GLSN of the last change, packed (lamport << 16) | node
+     24   4  blkno       this block's number in its relation file
+     28   4  next_block  next overflow block of this hash chain, 0 = end of chain
+     32   2  nslots      slot capacity (derived from the row width)
+     34   2  nused       slots in use
+     36   2  free_hint   every slot below this index is in use
+     38   2  slot_size   bytes per slot
+     40   2  row_width   bytes of row data per slot (schema row width)
+     42   2  reserved
+     44   4  schema_crc  ``Schema.fingerprint`` of the table (0 on meta pages)
+     48   4  payload_len meta pages: bytes of payload after the header; 0 otherwise
+     52  12  reserved, 0
+
+Slot (``slot_dtype``, ``layout.slot_size(row_width)`` bytes, starting at offset 64)::
+
+      0   8  key         int64 primary key
+      8   8  xmin        uint64 creating XID
+     16   8  xmax        uint64 deleting/updating/locking XID, 0 = none
+     24   4  ctid_block  block of the newer version (if SLOT_UPDATED)
+     28   2  ctid_slot   slot of the newer version (if SLOT_UPDATED)
+     30   1  flags       SLOT_USED | SLOT_LOCK_ONLY | SLOT_UPDATED (see ``mvcc``)
+     31   1  reserved
+     32   W  row         the schema's ``row_dtype`` (W = row_width), then zero padding to a multiple of 8
+
+A free slot is all zeros.  Visibility rules are in ``muheam.storage.mvcc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Mapping, NamedTuple
+
+import google_crc32c
+import numpy as np
+from numpy.typing import NDArray
+
+from muheam.storage import mvcc
+from muheam.storage.errors import GlsnRegression, PageCorrupt, PageFull, PageZeroed, SlotError
+from muheam.storage.layout import BLOCK_SIZE, PAGE_HEADER_SIZE, SLOT_HEADER_SIZE, slot_size, slots_per_page
+from muheam.storage.mvcc import SLOT_KNOWN_FLAGS, SLOT_LOCK_ONLY, SLOT_UPDATED, SLOT_USED, Snapshot, StatusFn
+from muheam.storage.schema import Row, Schema, check_key
+
+PAGE_MAGIC: Final = 0x4D484850
+PAGE_VERSION: Final = 1
+KIND_META: Final = 1
+KIND_BUCKET: Final = 2
+KIND_OVERFLOW: Final = 3
+_KIND_NAMES: Final = {KIND_META: "meta", KIND_BUCKET: "bucket", KIND_OVERFLOW: "overflow"}
+NO_BLOCK: Final = 0
+"""``next_block`` value ending a chain (block 0 is the meta page, so it is never an overflow block)."""
+MAX_BLOCK: Final = 0xFFFFFFFF
+MAX_META_PAYLOAD: Final = BLOCK_SIZE - PAGE_HEADER_SIZE
+
+HEADER_DTYPE: Final = np.dtype({
+    "names": ["checksum", "magic", "version", "kind", "flags", "table_id", "glsn", "blkno", "next_block",
+              "nslots", "nused", "free_hint", "slot_size", "row_width", "reserved0", "schema_crc",
+              "payload_len"],
+    "formats": ["<u4", "<u4", "u1", "u1", "<u2", "<u4", "<u8", "<u4", "<u4",
+                "<u2", "<u2", "<u2", "<u2", "<u2", "<u2", "<u4", "<u4"],
+    "offsets": [0, 4, 8, 9, 10, 12, 16, 24, 28, 32, 34, 36, 38, 40, 42, 44, 48],
+    "itemsize": PAGE_HEADER_SIZE,
+})
+
+
+def slot_dtype(schema: Schema) -> np.dtype[Any]:
+    """The structured dtype of one tuple slot of ``schema``'s pages (layout in the module docstring)."""
+    return np.dtype({
+        "names": ["key", "xmin", "xmax", "ctid_block", "ctid_slot", "flags", "row"],
+        "formats": ["<i8", "<u8", "<u8", "<u4", "<u2", "u1", schema.row_dtype],
+        "offsets": [0, 8, 16, 24, 28, 30, SLOT_HEADER_SIZE],
+        "itemsize": slot_size(schema.row_width),
+    })
+
+
+def page_checksum(buf: bytes | bytearray | memoryview) -> int:
+    """CRC-32C over everything but the checksum field itself."""
+    return int(google_crc32c.value(bytes(memoryview(buf)[4:])))
+
+
+class TupleId(NamedTuple):
+    """Where a row version lives: (block number, slot index), like PostgreSQL's ctid."""
+
+    block: int
+    slot: int
+
+
+class Version(NamedTuple):
+    """One row version as plain Python values (for callers and tests; hot paths use the arrays)."""
+
+    tid: TupleId
+    key: int
+    xmin: int
+    xmax: int
+    flags: int
+    ctid: TupleId | None
+    row: Row
+
+    @property
+    def lock_only(self) -> bool:
+        return bool(self.flags & SLOT_LOCK_ONLY)
+
+
+class PruneResult(NamedTuple):
+    """What ``Page.prune`` changed, slot numbers in ascending order, so the caller can WAL-log exactly that."""
+
+    freed: tuple[int, ...]
+    xmax_cleared: tuple[int, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.freed or self.xmax_cleared)
+
+
+def _where(what: str, block: int) -> str:
+    return f"block {block}: {what}"
+
+
+class Page:
+    """A tuple page (hash bucket or overflow block) of one table; build with ``new`` or ``decode``."""
+
+    __slots__ = ("schema", "buf", "header", "slots", "_h")
+
+    schema: Schema
+    buf: bytearray
+    header: NDArray[Any]
+    slots: NDArray[Any]
+
+    def __init__(self, schema: Schema, buf: bytearray) -> None:
+        if len(buf) != BLOCK_SIZE:
+            raise ValueError(f"a page buffer is {BLOCK_SIZE} bytes, got {len(buf)}")
+        self.schema = schema
+        self.buf = buf
+        self.header = np.frombuffer(buf, dtype=HEADER_DTYPE, count=1)
+        self._h = self.header[0]
+        self.slots = np.frombuffer(buf, dtype=slot_dtype(schema), count=slots_per_page(schema.row_width),
+                                   offset=PAGE_HEADER_SIZE)
+
+    @classmethod
+    def new(cls, schema: Schema, *, block: int, kind: int = KIND_BUCKET, table_id: int = 0) -> "Page":
+        """An empty page; ``glsn`` 0 until the first change is stamped."""
+        if kind not in (KIND_BUCKET, KIND_OVERFLOW):
+            raise ValueError(f"tuple pages are bucket or overflow pages, not kind {kind}")
+        if not 0 <= block <= MAX_BLOCK:
+            raise ValueError(f"block number {block} out of range")
+        page = cls(schema, bytearray(BLOCK_SIZE))
+        h = page._h
+        h["magic"], h["version"], h["kind"], h["table_id"] = PAGE_MAGIC, PAGE_VERSION, kind, table_id
+        h["blkno"], h["nslots"], h["slot_size"] = block, page.slots.size, page.slots.dtype.itemsize
+        h["row_width"], h["schema_crc"] = schema.row_width, schema.fingerprint
+        return page
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview, schema: Schema, *, block: int,
+               table_id: int | None = None, path: Any = None) -> "Page":
+        """Verify and load a block read from disk; raises ``PageCorrupt`` (or ``PageZeroed``) naming the block."""
+        _verify_common(data, block, table_id, path)
+        page = cls(schema, bytearray(data))
+        h = page._h
+        kind = int(h["kind"])
+        if kind not in (KIND_BUCKET, KIND_OVERFLOW):
+            raise PageCorrupt(_where(f"is a {_KIND_NAMES.get(kind, kind)} page, expected a tuple page", block),
+                              block=block, path=path)
+        if (int(h["row_width"]), int(h["schema_crc"])) != (schema.row_width, schema.fingerprint):
+            raise PageCorrupt(_where(f"was written for another schema (row width {int(h['row_width'])}, "
+                                     f"fingerprint {int(h['schema_crc']):08x}) than {schema!r}", block),
+                              block=block, path=path)
+        if (int(h["nslots"]), int(h["slot_size"])) != (page.slots.size, page.slots.dtype.itemsize):
+            raise PageCorrupt(_where("slot geometry does not match the schema", block), block=block, path=path)
+        flags = page.slots["flags"]
+        if np.any(flags & ~np.uint8(SLOT_KNOWN_FLAGS)):
+            raise PageCorrupt(_where("a slot has unknown flag bits", block), block=block, path=path)
+        used = int(np.count_nonzero(flags & SLOT_USED))
+        if used != int(h["nused"]) or int(h["free_hint"]) > page.slots.size:
+            raise PageCorrupt(_where(f"header says {int(h['nused'])} slots used, slots say {used}", block),
+                              block=block, path=path)
+        return page
+
+    def encode(self) -> bytes:
+        """The block's on-disk bytes, with a fresh checksum (also stored in this page's header)."""
+        self._h["checksum"] = page_checksum(self.buf)
+        return bytes(self.buf)
+
+    def copy(self) -> "Page":
+        return Page(self.schema, bytearray(self.buf))
+
+    # -- header ---------------------------------------------------------------------------------------------------
+
+    @property
+    def block(self) -> int:
+        return int(self._h["blkno"])
+
+    @property
+    def kind(self) -> int:
+        return int(self._h["kind"])
+
+    @property
+    def table_id(self) -> int:
+        return int(self._h["table_id"])
+
+    @property
+    def glsn(self) -> int:
+        """Packed GLSN of the last change (``locking.glsn.Glsn.unpack`` splits it)."""
+        return int(self._h["glsn"])
+
+    def stamp(self, glsn: int) -> None:
+        """Record that a change with this GLSN was applied; GLSNs of a block only grow (invariant I2)."""
+        if glsn < self.glsn:
+            raise GlsnRegression(f"block {self.block}: refusing to stamp GLSN {glsn:#x} over newer "
+                                 f"{self.glsn:#x}; the change was ordered before the block's last change")
+        self._h["glsn"] = glsn
+
+    @property
+    def next_block(self) -> int:
+        return int(self._h["next_block"])
+
+    @next_block.setter
+    def next_block(self, block: int) -> None:
+        if not 0 <= block <= MAX_BLOCK or (block != NO_BLOCK and block == self.block):
+            raise ValueError(f"block {self.block}: invalid next overflow block {block}")
+        self._h["next_block"] = block
+
+    @property
+    def nslots(self) -> int:
+        return int(self.slots.size)
+
+    @property
+    def nused(self) -> int:
+        return int(self._h["nused"])
+
+    @property
+    def nfree(self) -> int:
+        return self.nslots - self.nused
+
+    # -- reading --------------------------------------------------------------------------------------------------
+
+    def used_mask(self) -> NDArray[np.bool_]:
+        mask: NDArray[np.bool_] = (self.slots["flags"] & SLOT_USED) != 0
+        return mask
+
+    def find(self, key: int) -> NDArray[np.intp]:
+        """Slot indices of every version (visible or not) of ``key`` on this page, ascending."""
+        return np.flatnonzero((self.slots["key"] == key) & self.used_mask())
+
+    def visible_mask(self, snap: Snapshot, status: StatusFn) -> NDArray[np.bool_]:
+        s = self.slots
+        return mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
+
+    def visible_slot(self, key: int, snap: Snapshot, status: StatusFn) -> int | None:
+        """The slot of the version of ``key`` that ``snap`` sees, or ``None``."""
+        idx = self.find(key)
+        if idx.size == 0:
+            return None
+        s = self.slots[idx]
+        vis = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
+        hits = idx[vis]
+        return int(hits[0]) if hits.size else None
+
+    def _check_slot(self, slot: int, *, used: bool) -> None:
+        if not 0 <= slot < self.nslots:
+            raise SlotError(f"block {self.block}: slot {slot} out of range 0..{self.nslots - 1}")
+        if bool(self.slots["flags"][slot] & SLOT_USED) != used:
+            raise SlotError(f"block {self.block}: slot {slot} is {'free' if used else 'in use'}")
+
+    def version(self, slot: int) -> Version:
+        self._check_slot(slot, used=True)
+        s = self.slots[slot]
+        flags = int(s["flags"])
+        ctid = TupleId(int(s["ctid_block"]), int(s["ctid_slot"])) if flags & SLOT_UPDATED else None
+        return Version(TupleId(self.block, slot), int(s["key"]), int(s["xmin"]), int(s["xmax"]), flags, ctid,
+                       self.schema.from_record(s["row"]))
+
+    def versions(self, key: int | None = None) -> list[Version]:
+        """Every used version (of ``key`` if given), in slot order."""
+        idx = self.find(key) if key is not None else np.flatnonzero(self.used_mask())
+        return [self.version(int(i)) for i in idx]
+
+    # -- changing -------------------------------------------------------------------------------------------------
+
+    def insert(self, key: int, row: Mapping[str, object] | NDArray[Any] | np.void | bytes, xmin: int, *,
+               slot: int | None = None) -> int:
+        """Put a new version in the lowest free slot (or exactly ``slot``, for redo); returns the slot.
+
+        ``row`` is a dict (validated against the schema), or an already-encoded record / row bytes (trusted).
+        Raises ``PageFull`` when no slot is free.
+        """
+        key = check_key(key, self.schema.name)
+        if xmin == mvcc.INVALID_XID:
+            raise ValueError("a tuple version needs a creating XID (xmin), not 0")
+        if isinstance(row, Mapping):
+            rec: Any = self.schema.to_record(row)
+        elif isinstance(row, (bytes, bytearray, memoryview)):
+            if len(row) != self.schema.row_width:
+                raise ValueError(f"row bytes are {len(row)} long, table {self.schema.name!r} needs "
+                                 f"{self.schema.row_width}")
+            rec = np.frombuffer(bytes(row), dtype=self.schema.row_dtype, count=1)[0]
+        else:
+            rec = row
+        if slot is None:
+            hint = int(self._h["free_hint"])
+            free = np.flatnonzero((self.slots["flags"][hint:] & SLOT_USED) == 0)
+            if free.size == 0:
+                raise PageFull(f"block {self.block}: all {self.nslots} slots are in use")
+            slot = hint + int(free[0])
+        else:
+            self._check_slot(slot, used=False)
+        s = self.slots
+        s["key"][slot], s["xmin"][slot], s["xmax"][slot] = key, xmin, 0
+        s["ctid_block"][slot], s["ctid_slot"][slot], s["flags"][slot] = 0, 0, SLOT_USED
+        s["row"][slot] = rec
+        self._h["nused"] += 1
+        if slot == int(self._h["free_hint"]):
+            self._h["free_hint"] = slot + 1
+        return slot
+
+    def set_xmax(self, slot: int, xid: int, *, lock_only: bool = False, ctid: TupleId | None = None) -> None:
+        """Mark a version deleted (or updated, with ``ctid`` of the new version, or row-locked) by ``xid``.
+
+        Raw: the caller has already checked ``mvcc.write_conflict`` under the row's block ownership.
+        """
+        self._check_slot(slot, used=True)
+        if xid < mvcc.FIRST_NORMAL_XID:
+            raise ValueError(f"xmax must be a normal XID (>= {mvcc.FIRST_NORMAL_XID}), got {xid}")
+        if lock_only and ctid is not None:
+            raise ValueError("a row lock does not point to a newer version")
+        s = self.slots
+        s["xmax"][slot] = xid
+        flags = (int(s["flags"][slot]) & SLOT_USED) | (SLOT_LOCK_ONLY if lock_only else 0)
+        if ctid is not None:
+            flags |= SLOT_UPDATED
+            s["ctid_block"][slot], s["ctid_slot"][slot] = ctid.block, ctid.slot
+        else:
+            s["ctid_block"][slot], s["ctid_slot"][slot] = 0, 0
+        s["flags"][slot] = flags
+
+    def clear_xmax(self, slot: int) -> None:
+        """Forget an aborted or finished-lock xmax (the version is live again for every later writer)."""
+        self._check_slot(slot, used=True)
+        self._clear_xmax(np.array([slot]))
+
+    def _clear_xmax(self, idx: NDArray[np.intp]) -> None:
+        s = self.slots
+        s["xmax"][idx] = 0
+        s["ctid_block"][idx] = 0
+        s["ctid_slot"][idx] = 0
+        s["flags"][idx] = SLOT_USED
+
+    def free(self, slots: Any) -> None:
+        """Reclaim slots (zero them); used by ``prune`` and by redo of a logged prune."""
+        idx = np.unique(np.asarray(slots, dtype=np.intp))
+        if idx.size == 0:
+            return
+        if idx[0] < 0 or idx[-1] >= self.nslots or not np.all(self.used_mask()[idx]):
+            raise SlotError(f"block {self.block}: cannot free slots {idx.tolist()}: out of range or not in use")
+        raw = self.slots.view(np.uint8).reshape(self.nslots, -1)
+        raw[idx] = 0
+        self._h["nused"] -= idx.size
+        self._h["free_hint"] = min(int(self._h["free_hint"]), int(idx[0]))
+
+    def prune(self, oldest_xmin: int, status: StatusFn) -> PruneResult:
+        """Reclaim versions no snapshot at or above ``oldest_xmin`` can see; clear stale xmax values.
+
+        Returns exactly what changed so the caller can WAL-log it (redo: ``free`` + ``clear_xmax``) and stamp
+        the page; an empty result means the page is unchanged and need not be written.
+        """
+        st = mvcc.checked(status)
+        s = self.slots
+        dead = mvcc.dead_mask(s["xmin"], s["xmax"], s["flags"], oldest_xmin, st)
+        stale = mvcc.stale_xmax_mask(s["xmax"], s["flags"], st) & ~dead
+        freed = np.flatnonzero(dead)
+        cleared = np.flatnonzero(stale)
+        self.free(freed)
+        if cleared.size:
+            self._clear_xmax(cleared)
+        return PruneResult(tuple(int(i) for i in freed), tuple(int(i) for i in cleared))
+
+
+# -- meta pages ---------------------------------------------------------------------------------------------------
+
+def _verify_common(data: bytes | bytearray | memoryview, block: int, table_id: int | None, path: Any) -> None:
+    if len(data) != BLOCK_SIZE:
+        raise PageCorrupt(_where(f"is {len(data)} bytes, expected {BLOCK_SIZE} (truncated file?)", block),
+                          block=block, path=path)
+    if not any(data):
+        raise PageZeroed(_where("is all zeros: never written (torn extension?); redo it from the WAL", block),
+                         block=block, path=path)
+    h = np.frombuffer(bytes(data[:PAGE_HEADER_SIZE]), dtype=HEADER_DTYPE, count=1)[0]
+    if int(h["magic"]) != PAGE_MAGIC:
+        raise PageCorrupt(_where(f"bad magic {int(h['magic']):#010x}: not a MUHEAM heap page", block),
+                          block=block, path=path)
+    crc = page_checksum(data)
+    if crc != int(h["checksum"]):
+        raise PageCorrupt(_where(f"checksum mismatch (stored {int(h['checksum']):08x}, computed {crc:08x}): "
+                                 f"the block is damaged; restore it by redo from the merged WAL or a backup",
+                                 block), block=block, path=path)
+    if int(h["version"]) != PAGE_VERSION:
+        raise PageCorrupt(_where(f"page format version {int(h['version'])}, this build reads {PAGE_VERSION}",
+                                 block), block=block, path=path)
+    if int(h["blkno"]) != block:
+        raise PageCorrupt(_where(f"holds block {int(h['blkno'])}'s image: misplaced write", block),
+                          block=block, path=path)
+    if table_id is not None and int(h["table_id"]) != table_id:
+        raise PageCorrupt(_where(f"belongs to table id {int(h['table_id'])}, not {table_id}", block),
+                          block=block, path=path)
+
+
+def encode_meta_page(payload: bytes, *, table_id: int, glsn: int = 0) -> bytes:
+    """Block 0 of a relation file: a header plus an opaque payload (the heap stores its msgpack'd metadata)."""
+    if len(payload) > MAX_META_PAYLOAD:
+        raise ValueError(f"meta payload is {len(payload)} bytes, at most {MAX_META_PAYLOAD} fit")
+    buf = bytearray(BLOCK_SIZE)
+    h = np.frombuffer(buf, dtype=HEADER_DTYPE, count=1)
+    h["magic"], h["version"], h["kind"], h["table_id"] = PAGE_MAGIC, PAGE_VERSION, KIND_META, table_id
+    h["glsn"], h["blkno"], h["payload_len"] = glsn, 0, len(payload)
+    buf[PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + len(payload)] = payload
+    h["checksum"] = page_checksum(buf)
+    return bytes(buf)
+
+
+def decode_meta_page(data: bytes | bytearray | memoryview, *, table_id: int | None = None,
+                     path: Any = None) -> bytes:
+    """Verify block 0 and return its payload."""
+    _verify_common(data, 0, table_id, path)
+    h = np.frombuffer(bytes(data[:PAGE_HEADER_SIZE]), dtype=HEADER_DTYPE, count=1)[0]
+    n = int(h["payload_len"])
+    if int(h["kind"]) != KIND_META or n > MAX_META_PAYLOAD:
+        raise PageCorrupt(_where("is not a valid meta page (wrong kind or payload length)", 0), block=0, path=path)
+    return bytes(data[PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + n])
