@@ -19,7 +19,7 @@ Header (little-endian, ``HEADER_DTYPE``, 64 bytes)::
      28   4  next_block  next overflow block of this hash chain, 0 = end of chain
      32   2  nslots      slot capacity (derived from the row width)
      34   2  nused       slots in use
-     36   2  free_hint   every slot below this index is in use
+     36   2  free_hint   lowest free slot, nslots if none (canonical: redo yields identical bytes)
      38   2  slot_size   bytes per slot
      40   2  row_width   bytes of row data per slot (schema row width)
      42   2  reserved
@@ -183,9 +183,13 @@ class Page:
         flags = page.slots["flags"]
         if np.any(flags & ~np.uint8(SLOT_KNOWN_FLAGS)):
             raise PageCorrupt(_where("a slot has unknown flag bits", block), block=block, path=path)
-        used = int(np.count_nonzero(flags & SLOT_USED))
-        if used != int(h["nused"]) or int(h["free_hint"]) > page.slots.size:
-            raise PageCorrupt(_where(f"header says {int(h['nused'])} slots used, slots say {used}", block),
+        used = flags & SLOT_USED
+        nused = int(np.count_nonzero(used))
+        free = np.flatnonzero(used == 0)
+        lowest_free = int(free[0]) if free.size else page.slots.size
+        if nused != int(h["nused"]) or int(h["free_hint"]) != lowest_free:
+            raise PageCorrupt(_where(f"header says {int(h['nused'])} slots used and slot {int(h['free_hint'])} "
+                                     f"the first free one; the slots say {nused} and {lowest_free}", block),
                               block=block, path=path)
         return page
 
@@ -294,6 +298,9 @@ class Page:
                slot: int | None = None) -> int:
         """Put a new version in the lowest free slot (or exactly ``slot``, for redo); returns the slot.
 
+        The page bytes depend only on the slots' contents, never on the order of operations, so replaying a
+        change onto an older image yields byte-identical pages (and checksums) on every node.
+
         ``row`` is a dict (validated against the schema), or an already-encoded record / row bytes (trusted).
         Raises ``PageFull`` when no slot is free.
         """
@@ -309,12 +316,11 @@ class Page:
             rec = np.frombuffer(bytes(row), dtype=self.schema.row_dtype, count=1)[0]
         else:
             rec = row
+        hint = int(self._h["free_hint"])
         if slot is None:
-            hint = int(self._h["free_hint"])
-            free = np.flatnonzero((self.slots["flags"][hint:] & SLOT_USED) == 0)
-            if free.size == 0:
+            if hint >= self.nslots:
                 raise PageFull(f"block {self.block}: all {self.nslots} slots are in use")
-            slot = hint + int(free[0])
+            slot = hint
         else:
             self._check_slot(slot, used=False)
         s = self.slots
@@ -322,8 +328,9 @@ class Page:
         s["ctid_block"][slot], s["ctid_slot"][slot], s["flags"][slot] = 0, 0, SLOT_USED
         s["row"][slot] = rec
         self._h["nused"] += 1
-        if slot == int(self._h["free_hint"]):
-            self._h["free_hint"] = slot + 1
+        if slot == hint:
+            rest = np.flatnonzero((s["flags"][slot + 1:] & SLOT_USED) == 0)
+            self._h["free_hint"] = slot + 1 + int(rest[0]) if rest.size else self.nslots
         return slot
 
     def set_xmax(self, slot: int, xid: int, *, lock_only: bool = False, ctid: TupleId | None = None) -> None:

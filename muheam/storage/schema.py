@@ -15,7 +15,6 @@ form (columns as an ordered list of pairs) so the catalog can be WAL-logged and 
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Iterable, Mapping, Union
 
@@ -168,10 +167,10 @@ class Schema:
         if kind == "float64":
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise self._bad(col, f"expected float64, got {type(v).__name__} {v!r}")
-            f = float(v)
-            if math.isinf(f) and not isinstance(v, (float, np.floating)):
-                raise self._bad(col, f"{v} is too large for float64")
-            return f
+            try:
+                return float(v)
+            except OverflowError:
+                raise self._bad(col, f"integer {v} is too large for float64") from None
         if not isinstance(v, str):
             raise self._bad(col, f"expected text({width}), got {type(v).__name__} {v!r}")
         if "\x00" in v:
@@ -215,7 +214,7 @@ class Schema:
         if isinstance(rec, (bytes, bytearray, memoryview)):
             if len(rec) != self.row_width:
                 raise self._bad(None, f"row bytes are {len(rec)} long, the schema needs {self.row_width}")
-            rec = np.frombuffer(bytes(rec), dtype=self.row_dtype)[0]
+            rec = np.frombuffer(bytes(rec), dtype=self.row_dtype, count=1)[0]
         elif isinstance(rec, np.ndarray):
             rec = rec[()]
         out: Row = {}
