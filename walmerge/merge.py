@@ -1,0 +1,287 @@
+"""Batch merge: every node's WAL under a shared directory -> one merged stream in GLSN order (DESIGN.md 7).
+
+The merge is a sort of already-sorted runs, done a window at a time so memory stays at about one segment per
+node.  Each node's validated segments come from the ordinary ``WalReader`` (same checks as recovery: CRC,
+chain, missing segments, torn tail vs corruption) as numpy header arrays.  A window ends at
+``bound`` = the smallest "last GLSN loaded" among nodes that still have unread WAL: nothing unread can sort
+below it, so every loaded record with GLSN <= bound can be emitted.  The records of a window are ordered by
+one stable ``argsort`` on the packed uint64 GLSN (the node id is in the low bits, so two nodes never tie, and
+stability keeps a node's own order), and handed to ``MergedSink`` which re-serialises them in bulk.
+
+Fencing (I6): ``fences[node]`` lists ``(epoch, fence_glsn)`` pairs; a record of that node written under that
+epoch with a GLSN above ``fence_glsn`` is left out.  The caller reads the fence records (etcd / FENCE records);
+this module only applies them.  ``stop_glsn`` ends the merge after that GLSN (a recovery target).
+
+On error (``WalCorruption`` in an input...) the exception propagates; the segments already published in the
+output directory are a valid prefix of the merged stream, and the partial last segment is not written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from walmerge.errors import WalError
+from walmerge.reader import TornTail, WalReader
+from walmerge.segment import DEFAULT_SEGMENT_SIZE, SEGMENT_HEADER_SIZE, list_segments
+from walmerge.sink import MergedSink
+
+Fences = Mapping[int, Iterable[tuple[int, int]]]
+"""``node -> [(epoch, fence_glsn), ...]``: records of ``node`` with that epoch and GLSN > fence_glsn are ignored."""
+Progress = Callable[[int, int], None]
+"""``progress(bytes_done, bytes_total)`` over the input segment files."""
+
+_NODE_DIR = re.compile(r"^node-(\d+)$")
+
+
+def node_dirs(shared_root: str | os.PathLike[str]) -> dict[int, Path]:
+    """``{node_id: <shared>/wal/node-<id>}`` for every node WAL directory present."""
+    wal = Path(shared_root) / "wal"
+    out: dict[int, Path] = {}
+    if wal.is_dir():
+        for entry in sorted(wal.iterdir()):
+            m = _NODE_DIR.match(entry.name)
+            if m and entry.is_dir():
+                out[int(m.group(1))] = entry
+    return out
+
+
+def detect_system_id(directory: Path) -> int | None:
+    """System id from the first segment header of a stream (None if there is no segment)."""
+    segs = list_segments(directory)
+    if not segs:
+        return None
+    with open(segs[0][1], "rb") as f:
+        head = f.read(SEGMENT_HEADER_SIZE)
+    return int.from_bytes(head[32:40], "little") if len(head) >= 40 else None
+
+
+def detect_segment_size(directory: Path) -> int | None:
+    segs = list_segments(directory)
+    if not segs:
+        return None
+    with open(segs[0][1], "rb") as f:
+        head = f.read(SEGMENT_HEADER_SIZE)
+    return int.from_bytes(head[16:20], "little") if len(head) >= 20 else None
+
+
+def fence_mask(node: int, headers: npt.NDArray[np.void], fences: Fences | None,
+               stop_glsn: int | None = None) -> npt.NDArray[np.bool_] | None:
+    """Which records to drop (fenced, or past ``stop_glsn``); None if none can be."""
+    entries = list(fences.get(node, ())) if fences else []
+    if not entries and stop_glsn is None:
+        return None
+    glsn = headers["glsn"]
+    drop = np.zeros(len(headers), dtype=bool)
+    for epoch, fence_glsn in entries:
+        drop |= (headers["epoch"] == epoch) & (glsn > np.uint64(fence_glsn))
+    if stop_glsn is not None:
+        drop |= glsn > np.uint64(stop_glsn)
+    return drop
+
+
+@dataclass
+class Chunk:
+    """The not yet emitted records of one input segment (after fencing)."""
+
+    node: int
+    data: bytes
+    offsets: npt.NDArray[np.int64]
+    headers: npt.NDArray[np.void]
+    file_bytes: int
+    pos: int = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.offsets) - self.pos
+
+    @property
+    def last_glsn(self) -> int:
+        return int(self.headers["glsn"][-1])
+
+
+@dataclass
+class MergeSummary:
+    """What a merge did (the CLI prints it; tests check it)."""
+
+    records: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    record_bytes: int = 0
+    per_node: dict[int, int] = field(default_factory=dict)
+    first_glsn: int | None = None
+    last_glsn: int | None = None
+    segments: list[str] = field(default_factory=list)
+    skipped_fenced: int = 0
+    end_lsn: int = 0
+    torn: dict[int, TornTail] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+
+class WindowMerger:
+    """The windowed k-way merge over per-node chunk sources, shared by ``merge`` and follow mode.
+
+    ``emit_window(bound)`` emits every held record with GLSN <= ``bound`` in GLSN order into the sink.
+    """
+
+    def __init__(self, sink: MergedSink, summary: MergeSummary) -> None:
+        self.sink = sink
+        self.summary = summary
+        self.held: dict[int, list[Chunk]] = {}
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.left:
+            self.held.setdefault(chunk.node, []).append(chunk)
+
+    def emit_window(self, bound: int | None) -> int:
+        """Emit held records with GLSN <= bound (all of them if bound is None); return how many."""
+        pieces: list[tuple[Chunk, int, int]] = []
+        for chunks in self.held.values():
+            for c in chunks:
+                g = c.headers["glsn"]
+                stop = len(g) if bound is None else int(np.searchsorted(g, np.uint64(bound), side="right"))
+                if stop > c.pos:
+                    pieces.append((c, c.pos, stop))
+                if stop < len(g):
+                    break  # later chunks of this node are above the bound too
+        if not pieces:
+            return 0
+        heads = np.concatenate([c.headers[a:b] for c, a, b in pieces]) if len(pieces) > 1 else \
+            pieces[0][0].headers[pieces[0][1]:pieces[0][2]]
+        offs = np.concatenate([c.offsets[a:b] for c, a, b in pieces])
+        src = np.concatenate([np.full(b - a, i, dtype=np.int32) for i, (c, a, b) in enumerate(pieces)])
+        order = np.argsort(heads["glsn"], kind="stable")
+        if len(pieces) > 1:
+            heads, offs, src = heads[order], offs[order], src[order]
+        self.sink.append(heads, src, offs, [c.data for c, _, _ in pieces])
+        s = self.summary
+        n = len(heads)
+        s.records += n
+        s.record_bytes += int(heads["total_len"].sum(dtype=np.int64))
+        if s.first_glsn is None:
+            s.first_glsn = int(heads["glsn"][0])
+        s.last_glsn = int(heads["glsn"][-1])
+        for c, a, b in pieces:
+            s.per_node[c.node] = s.per_node.get(c.node, 0) + (b - a)
+            c.pos = b
+        for node in list(self.held):
+            self.held[node] = [c for c in self.held[node] if c.left]
+            if not self.held[node]:
+                del self.held[node]
+        s.end_lsn = self.sink.end_lsn
+        return n
+
+
+def _chunks(node: int, reader: WalReader, fences: Fences | None, stop_glsn: int | None,
+            summary: MergeSummary) -> Iterator[Chunk]:
+    for batch in reader.batches():
+        heads, offs = batch.headers, batch.offsets
+        drop = fence_mask(node, heads, fences, stop_glsn)
+        if drop is not None and drop.any():
+            if stop_glsn is not None:
+                summary.skipped_fenced += int((drop & (heads["glsn"] <= np.uint64(stop_glsn))).sum())
+            else:
+                summary.skipped_fenced += int(drop.sum())
+            heads, offs = heads[~drop], offs[~drop]
+        yield Chunk(node, batch.data, offs, heads, len(batch.data))
+    if reader.torn is not None:
+        summary.torn[node] = reader.torn
+
+
+def merge(shared_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, system_id: int | None = None,
+          start_lsns: Mapping[int, int] | None = None, fences: Fences | None = None, stop_glsn: int | None = None,
+          nodes: Sequence[int] | None = None, segment_size: int | None = None, epoch: int = 0,
+          verify_crc: bool = True, fsync: bool = True, progress: Progress | None = None) -> MergeSummary:
+    """Merge the WAL of every node under ``shared_root`` into a new merged stream in ``out_dir``.
+
+    ``start_lsns[node]`` is where that node's stream starts (a checkpoint's redo LSN; default: its first
+    segment).  ``system_id`` defaults to the one in the first segment found (every stream must agree).
+    ``segment_size`` defaults to the inputs'.  ``out_dir`` must not already hold WAL segments.  ``fsync=False``
+    skips syncing the output (benchmarks and throwaway copies only).  Returns a ``MergeSummary``.
+    """
+    t0 = time.perf_counter()
+    dirs = node_dirs(shared_root)
+    if nodes is not None:
+        missing = [n for n in nodes if n not in dirs]
+        if missing:
+            raise WalError(f"no WAL directory for node(s) {missing} under {Path(shared_root) / 'wal'}")
+        dirs = {n: dirs[n] for n in nodes}
+    if system_id is None:
+        for d in dirs.values():
+            system_id = detect_system_id(d)
+            if system_id is not None:
+                break
+    if segment_size is None:
+        sizes = [s for s in (detect_segment_size(d) for d in dirs.values()) if s]
+        segment_size = max(sizes) if sizes else DEFAULT_SEGMENT_SIZE
+    out = Path(out_dir)
+    if out.is_dir() and list_segments(out):
+        raise WalError(f"{out} already holds WAL segments; merge into an empty directory")
+    summary = MergeSummary()
+    if system_id is None:  # no input segment at all: an empty merged stream
+        system_id = 0
+    total = _input_bytes(dirs, start_lsns)
+    sink = MergedSink(out, system_id=system_id, segment_size=segment_size, epoch=epoch, fsync=fsync)
+    wm = WindowMerger(sink, summary)
+    sources: dict[int, Iterator[Chunk]] = {}
+    for node, d in dirs.items():
+        start = (start_lsns or {}).get(node)
+        reader = WalReader(d, node_id=node, system_id=system_id, start_lsn=start, verify_crc=verify_crc)
+        sources[node] = _chunks(node, reader, fences, stop_glsn, summary)
+    last_loaded: dict[int, int] = {}
+    done = 0
+    while True:
+        for node in list(sources):
+            if node in wm.held:
+                continue
+            chunk = next(sources[node], None)
+            while chunk is not None and not chunk.left:
+                done += chunk.file_bytes
+                chunk = next(sources[node], None)
+            if chunk is None:
+                del sources[node]
+                continue
+            done += chunk.file_bytes
+            wm.add(chunk)
+            last_loaded[node] = chunk.last_glsn
+        if not wm.held:
+            break
+        live = [last_loaded[n] for n in sources]
+        wm.emit_window(min(live) if live else None)
+        if progress is not None:
+            progress(min(done, total), total)
+    sink.close()
+    summary.segments = sink.segments
+    summary.bytes_out = sink.bytes_written
+    summary.bytes_in = done
+    summary.end_lsn = sink.end_lsn
+    summary.seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(total, total)
+    return summary
+
+
+def _input_bytes(dirs: Mapping[int, Path], start_lsns: Mapping[int, int] | None) -> int:
+    total = 0
+    for node, d in dirs.items():
+        start = (start_lsns or {}).get(node, 0)
+        for seg_start, path in list_segments(d):
+            size = path.stat().st_size
+            if seg_start + size > start:
+                total += size
+    return total
+
+
+__all__ = ["Chunk", "Fences", "MergeSummary", "Progress", "WindowMerger", "detect_system_id", "fence_mask",
+           "merge", "node_dirs"]
