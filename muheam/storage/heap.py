@@ -227,35 +227,52 @@ def find_space(start: int, read: ReadPage, *, max_blocks: int | None = None) -> 
     return None, last
 
 
-def unique_conflict(versions: list[Version], xid: int, status: StatusFn) -> tuple[int, bool] | None:
-    """Does an existing version stop ``xid`` inserting this key?  ``(blocker, committed)`` or ``None``.
+DUPLICATE = "duplicate"
+WAIT = "wait"
+SERIALIZE = "serialize"
 
-    ``blocker == xid`` means our own live version.  A version whose creator or deleter is still running
-    blocks with ``committed=False`` (wait and retry, like PostgreSQL's unique check); a live committed version
-    blocks with ``committed=True`` (duplicate key).  Versions created by aborted XIDs or deleted by committed
-    ones, or by ourselves, do not block.
+
+def unique_conflict(versions: list[Version], snap: Snapshot, status: StatusFn) -> tuple[str, int] | None:
+    """Can transaction ``snap.xid`` insert this key?  ``None``, or ``(verdict, blocking xid)``.
+
+    Verdicts, strongest first (the first that applies to any version wins, so chain order does not matter):
+
+    * ``SERIALIZE`` -- a transaction the snapshot does not see committed a write to this key (created or
+      deleted a version): under REPEATABLE READ the inserter must roll back and retry (first committer wins);
+    * ``WAIT`` -- a transaction still running created or deleted a version: wait for it, then retry;
+    * ``DUPLICATE`` -- a live version exists that the snapshot sees (ours or committed): unique violation.
+
+    Versions created by aborted transactions, and versions we or a visible transaction deleted, do not count.
     """
     st = mvcc.checked(status)
+    xid = snap.xid
+    found: dict[str, int] = {}
     for v in versions:
-        if v.xmin == xid:
-            creator = mvcc.COMMITTED
-        elif v.xmin < mvcc.FIRST_NORMAL_XID:
-            creator = mvcc.COMMITTED
-        else:
+        if v.xmin != xid and v.xmin >= mvcc.FIRST_NORMAL_XID:
             creator = st(v.xmin)
-        if creator == mvcc.ABORTED:
-            continue
-        if creator == mvcc.IN_PROGRESS:
-            return v.xmin, False
-        if v.xmax and not v.lock_only:
-            if v.xmax == xid:
+            if creator == mvcc.ABORTED:
                 continue
+            if creator == mvcc.IN_PROGRESS:
+                found.setdefault(WAIT, v.xmin)
+                continue
+            if not mvcc.xid_visible(v.xmin, snap, st):
+                found.setdefault(SERIALIZE, v.xmin)
+                continue
+        if v.xmax and not v.lock_only and v.xmax != xid:
             deleter = st(v.xmax)
-            if deleter == mvcc.COMMITTED:
-                continue
             if deleter == mvcc.IN_PROGRESS:
-                return v.xmax, False
-        return (xid, True) if v.xmin == xid else (v.xmin, True)
+                found.setdefault(WAIT, v.xmax)
+                continue
+            if deleter == mvcc.COMMITTED:
+                if not mvcc.xid_visible(v.xmax, snap, st):
+                    found.setdefault(SERIALIZE, v.xmax)
+                continue
+        elif v.xmax == xid and not v.lock_only:
+            continue
+        found.setdefault(DUPLICATE, v.xmin)
+    for verdict in (SERIALIZE, WAIT, DUPLICATE):
+        if verdict in found:
+            return verdict, found[verdict]
     return None
 
 
@@ -424,28 +441,36 @@ class Heap:
         self._changed(last, glsn)
         return page
 
-    def insert(self, key: int, row: Mapping[str, object], xid: int, status: StatusFn, *,
+    def insert(self, key: int, row: Mapping[str, object], snap: Snapshot, status: StatusFn, *,
                glsn: int | None = None, oldest_xmin: int | None = None) -> TupleId:
-        """Insert a new row; raises ``DuplicateKey`` or ``RowConflict`` (wait) if the key is taken.
+        """Insert a new row by ``snap.xid``; raises ``DuplicateKey``, or ``RowConflict`` (see ``unique_conflict``).
 
         With ``oldest_xmin``, a full chain is pruned before a new overflow block is allocated.
         """
+        xid = self._check_writer(snap)
         key = check_key(key, self.schema.name)
         rec = self.schema.to_record(row)
-        blocker = unique_conflict(self.versions(key), xid, status)
+        blocker = unique_conflict(self.versions(key), snap, status)
         if blocker is not None:
-            who, committed = blocker
-            if committed:
-                raise DuplicateKey(f"table {self.schema.name!r}: key {key} already exists", key=key)
-            raise RowConflict(f"table {self.schema.name!r}: key {key} is being inserted or deleted by "
-                              f"transaction {who}; wait for it to finish and retry", key=key, blocker=who,
-                              committed=False)
+            verdict, who = blocker
+            name = self.schema.name
+            if verdict == DUPLICATE:
+                raise DuplicateKey(f"table {name!r}: key {key} already exists", key=key)
+            if verdict == WAIT:
+                raise RowConflict(f"table {name!r}: key {key} is being inserted or deleted by transaction "
+                                  f"{who}; wait for it to finish and retry", key=key, blocker=who, committed=False)
+            raise RowConflict(f"table {name!r}: transaction {who} changed key {key} after this transaction's "
+                              f"snapshot; roll back and retry the transaction", key=key, blocker=who,
+                              committed=True)
         return self._place(key, rec, xid, glsn, oldest_xmin, status)
 
-    def _writable(self, key: int, xid: int, snap: Snapshot, status: StatusFn) -> tuple[Page, int]:
-        if xid != snap.xid or xid < mvcc.FIRST_NORMAL_XID:
-            raise ValueError(f"writes need the snapshot of the writing transaction: xid {xid}, snapshot xid "
-                             f"{snap.xid}")
+    def _check_writer(self, snap: Snapshot) -> int:
+        if snap.xid < mvcc.FIRST_NORMAL_XID:
+            raise ValueError(f"writes need the snapshot of a transaction with an XID, got xid {snap.xid}")
+        return snap.xid
+
+    def _writable(self, key: int, snap: Snapshot, status: StatusFn) -> tuple[Page, int]:
+        xid = self._check_writer(snap)
         key = check_key(key, self.schema.name)
         hit = find_visible(self.bucket_block(key), key, snap, status, self.read_page,
                            max_blocks=self.file.nblocks())
@@ -467,25 +492,25 @@ class Heap:
                glsn: int | None = None, oldest_xmin: int | None = None) -> TupleId:
         """Replace the visible version of ``key`` by a new one written by ``snap.xid``; returns its id."""
         xid = snap.xid
-        page, slot = self._writable(key, xid, snap, status)
+        page, slot = self._writable(key, snap, status)
         rec = self.schema.to_record(row)
         new = self._place(key, rec, xid, glsn, None, None)
-        if new.block == page.block:
-            page = self.read_page(page.block)      # _place rewrote this very page; take its new image
+        # _place may have rewritten this very block (new version or overflow link): never write a stale image.
+        page = self.read_page(page.block)
         page.set_xmax(slot, xid, ctid=new)
         self._changed(page, glsn)
         return new
 
     def delete(self, key: int, snap: Snapshot, status: StatusFn, *, glsn: int | None = None) -> TupleId:
         """Mark the visible version of ``key`` deleted by ``snap.xid``."""
-        page, slot = self._writable(key, snap.xid, snap, status)
+        page, slot = self._writable(key, snap, status)
         page.set_xmax(slot, snap.xid)
         self._changed(page, glsn)
         return TupleId(page.block, slot)
 
     def lock_row(self, key: int, snap: Snapshot, status: StatusFn, *, glsn: int | None = None) -> TupleId:
         """SELECT ... FOR UPDATE: lock the visible version of ``key`` for ``snap.xid`` (exclusive)."""
-        page, slot = self._writable(key, snap.xid, snap, status)
+        page, slot = self._writable(key, snap, status)
         if int(page.slots["xmax"][slot]) != snap.xid:
             page.set_xmax(slot, snap.xid, lock_only=True)
             self._changed(page, glsn)
