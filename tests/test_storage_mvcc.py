@@ -29,7 +29,10 @@ C, A, R = "committed", "aborted", "in_progress"
 def test_rules_on_hand_picked_cases() -> None:
     status = {10: C, 11: A, 12: R, 13: C, 14: C}.__getitem__
     snap = Snapshot(xmin=12, xmax=14, running=frozenset({12}), xid=12)   # 13 committed before, 14 after
-    vis = lambda xmin, xmax=0, flags=SLOT_USED: version_visible(xmin, xmax, flags, snap, status)  # noqa: E731
+
+    def vis(xmin: int, xmax: int = 0, flags: int = SLOT_USED) -> bool:
+        return version_visible(xmin, xmax, flags, snap, status)
+
     assert vis(10) and vis(13) and vis(FROZEN_XID)
     assert not vis(11)                          # aborted creator
     assert vis(12)                              # our own insert

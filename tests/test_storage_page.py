@@ -25,7 +25,9 @@ def row(i: int) -> dict[str, Any]:
 
 def test_header_layout_is_the_documented_one() -> None:
     assert HEADER_DTYPE.itemsize == PAGE_HEADER_SIZE == 64
-    offsets = {name: HEADER_DTYPE.fields[name][1] for name in HEADER_DTYPE.names}
+    fields = HEADER_DTYPE.fields
+    assert fields is not None
+    offsets = {name: spec[1] for name, spec in fields.items()}
     assert offsets == {"checksum": 0, "magic": 4, "version": 8, "kind": 9, "flags": 10, "table_id": 12,
                        "glsn": 16, "blkno": 24, "next_block": 28, "nslots": 32, "nused": 34, "free_hint": 36,
                        "slot_size": 38, "row_width": 40, "reserved0": 42, "schema_crc": 44, "payload_len": 48}
@@ -62,7 +64,8 @@ def filled_pages(draw: st.DrawFn) -> Page:
         elif choice == 3:
             page.set_xmax(slot, draw(st.integers(3, 2 ** 64 - 1)),
                           ctid=TupleId(draw(st.integers(0, 2 ** 32 - 1)), draw(st.integers(0, page.nslots - 1))))
-    if rows and draw(st.booleans()):
+    drop = draw(st.booleans())
+    if rows and drop:
         page.free(draw(st.lists(st.sampled_from(list(np.flatnonzero(page.used_mask()))), unique=True)))
     page.stamp(draw(st.integers(0, 2 ** 64 - 1)))
     page.next_block = draw(st.sampled_from([0, page.block + 1]))

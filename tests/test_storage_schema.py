@@ -34,7 +34,7 @@ def schemas(draw: st.DrawFn, max_columns: int = 6) -> Schema:
 
 
 def _text(n: int) -> st.SearchStrategy[str]:
-    alphabet = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+    alphabet = st.characters(codec="utf-8", exclude_characters="\x00")
     return st.text(alphabet, max_size=n).map(lambda s: s.encode()[:n].decode("utf-8", errors="ignore"))
 
 
