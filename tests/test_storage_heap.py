@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 import numpy as np
@@ -9,14 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from muheam.storage import (BLOCK_SIZE, DuplicateKey, Heap, KeyNotFound, Page, PageCorrupt, RelationFileError,
-                            RowConflict, Schema, Snapshot, bucket_block, bucket_of, buckets_of, default_nbuckets,
-                            find_visible, relation_path, walk_chain)
+from muheam.storage import (BLOCK_SIZE, DuplicateKey, GlsnRegression, Heap, KeyNotFound, Page, PageCorrupt,
+                            RelationFileError, RowConflict, Schema, Snapshot, bucket_block, bucket_of, buckets_of,
+                            default_nbuckets, find_visible, relation_path, walk_chain)
 from muheam.storage.layout import slots_per_page
 from muheam.storage.page import KIND_BUCKET, KIND_OVERFLOW
 
 SCHEMA = Schema("acct", {"bal": "int64", "who": "text(24)"})
 COMMITTED = "committed"
+_ids = itertools.count()
 
 
 def committed(_: int) -> str:
@@ -32,8 +34,9 @@ READ_ALL = Snapshot(1 << 40, 1 << 40)
 
 def test_bucket_placement_is_stable_and_spread() -> None:
     # Fixed values: the hash is part of the on-disk format, changing it would strand every stored row.
-    assert [bucket_of(k, 64) for k in (0, 1, 2, -1, 1 << 62)] == \
-        [int(b) for b in buckets_of(np.array([0, 1, 2, -1, 1 << 62]), 64)]
+    assert [bucket_of(k, 64) for k in (0, 1, 2, -1, 1 << 62)] == [0, 37, 10, 59, 5]
+    assert [bucket_of(k, 1000) for k in (0, 1, 2, -1)] == [0, 789, 730, 67]
+    assert buckets_of(np.array([0, 1, 2, -1, 1 << 62]), 64).tolist() == [0, 37, 10, 59, 5]
     assert bucket_block(12345, 64) == 1 + bucket_of(12345, 64)
     counts = np.bincount(buckets_of(np.arange(64_000), 64), minlength=64)
     assert counts.min() > 800 and counts.max() < 1200
@@ -67,7 +70,7 @@ def test_create_open_and_refusals(tmp_path: Path) -> None:
 def test_many_keys_across_buckets_and_overflow_chains(tmp_path: Path, keys: set[int], nbuckets: int,
                                                       width: int) -> None:
     schema = Schema("wide", {"n": "int64", "t": f"text({width})"})
-    path = tmp_path / f"rel-{len(keys)}-{nbuckets}-{width}-{abs(hash(frozenset(keys)))}"
+    path = tmp_path / f"rel-{next(_ids)}"
     with Heap.create(path, schema, table_id=1, nbuckets=nbuckets, fsync=False) as heap:
         for i, k in enumerate(sorted(keys)):
             heap.insert(k, {"n": i, "t": "x" * (i % (width + 1))}, writer(3), committed)
@@ -181,6 +184,17 @@ def test_full_chain_is_pruned_before_growing(tmp_path: Path) -> None:
         assert heap.file.nblocks() == 2            # reused a pruned slot instead of adding a block
         heap.insert(11, {"t": "b"}, writer(5), status.__getitem__, oldest_xmin=5)
         assert heap.file.nblocks() == 2
+
+
+def test_changes_stamp_the_glsn_and_never_go_back(tmp_path: Path) -> None:
+    with Heap.create(tmp_path / "r", SCHEMA, table_id=1, nbuckets=1, fsync=False) as heap:
+        heap.insert(1, {"bal": 1, "who": ""}, writer(3), committed, glsn=(5 << 16) | 1)
+        assert heap.read_page(1).glsn == (5 << 16) | 1
+        heap.update(1, {"bal": 2, "who": ""}, writer(4), committed, glsn=(6 << 16) | 2)
+        assert heap.read_page(1).glsn == (6 << 16) | 2
+        with pytest.raises(GlsnRegression, match="block 1"):
+            heap.delete(1, writer(5), committed, glsn=(6 << 16) | 1)
+        assert heap.get(1, READ_ALL, committed) == {"bal": 2, "who": ""}   # the refused change was not written
 
 
 def test_corrupt_or_broken_blocks_are_reported_with_their_number(tmp_path: Path) -> None:

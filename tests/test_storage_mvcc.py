@@ -176,7 +176,7 @@ class History:
             if op == "insert":
                 self.heap.insert(key, row, tx.snap, self.status_fn, oldest_xmin=self.horizon())
             elif op == "update":
-                self.heap.update(key, row, tx.snap, self.status_fn)
+                self.heap.update(key, row, tx.snap, self.status_fn, oldest_xmin=self.horizon())
             elif op == "delete":
                 self.heap.delete(key, tx.snap, self.status_fn)
             else:

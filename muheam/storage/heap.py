@@ -186,8 +186,14 @@ class RelationFile:
 
 # -- chain logic over an injected page reader ------------------------------------------------------------------
 
-def walk_chain(start: int, read: ReadPage, *, max_blocks: int | None = None) -> Iterator[Page]:
-    """The bucket page ``start`` and then its overflow pages, checking kinds and catching cycles."""
+def walk_chain(start: int, read: ReadPage, *, max_blocks: int | None = None,
+               first_overflow: int | None = None) -> Iterator[Page]:
+    """The bucket page ``start`` and then its overflow pages, checking kinds and catching cycles.
+
+    ``max_blocks`` (the file's length) bounds pointers and hops; ``first_overflow`` (``nbuckets + 1``) refuses
+    pointers back into the bucket area.  Both are optional so a buffer cache can walk without a file at hand.
+    """
+    lowest = start + 1 if first_overflow is None else first_overflow
     block, hops = start, 0
     while True:
         page = read(block)
@@ -200,26 +206,27 @@ def walk_chain(start: int, read: ReadPage, *, max_blocks: int | None = None) -> 
         if nxt == NO_BLOCK:
             return
         hops += 1
-        if nxt <= start or (max_blocks is not None and (nxt >= max_blocks or hops >= max_blocks)):
+        if nxt < lowest or (max_blocks is not None and (nxt >= max_blocks or hops >= max_blocks)):
             raise PageCorrupt(f"block {block}: overflow pointer to block {nxt} is invalid or loops (chain of "
                               f"bucket block {start}); rebuild the chain by redo from the WAL", block=block)
         block = nxt
 
 
 def find_visible(start: int, key: int, snap: Snapshot, status: StatusFn, read: ReadPage, *,
-                 max_blocks: int | None = None) -> tuple[Page, int] | None:
+                 max_blocks: int | None = None, first_overflow: int | None = None) -> tuple[Page, int] | None:
     """(page, slot) of the version of ``key`` that ``snap`` sees, or ``None``."""
-    for page in walk_chain(start, read, max_blocks=max_blocks):
+    for page in walk_chain(start, read, max_blocks=max_blocks, first_overflow=first_overflow):
         slot = page.visible_slot(key, snap, status)
         if slot is not None:
             return page, slot
     return None
 
 
-def find_space(start: int, read: ReadPage, *, max_blocks: int | None = None) -> tuple[Page | None, Page]:
+def find_space(start: int, read: ReadPage, *, max_blocks: int | None = None,
+               first_overflow: int | None = None) -> tuple[Page | None, Page]:
     """(first page of the chain with a free slot or ``None``, last page of the chain)."""
     last: Page | None = None
-    for page in walk_chain(start, read, max_blocks=max_blocks):
+    for page in walk_chain(start, read, max_blocks=max_blocks, first_overflow=first_overflow):
         if page.nfree:
             return page, page
         last = page
@@ -361,8 +368,12 @@ class Heap:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def walk(self, start: int) -> Iterator[Page]:
+        """The chain of bucket block ``start``, read from the file and fully checked."""
+        return walk_chain(start, self.read_page, max_blocks=self.file.nblocks(), first_overflow=self.nbuckets + 1)
+
     def chain(self, key: int) -> Iterator[Page]:
-        return walk_chain(self.bucket_block(key), self.read_page, max_blocks=self.file.nblocks())
+        return self.walk(self.bucket_block(key))
 
     def _changed(self, page: Page, glsn: int | None) -> None:
         if glsn is not None:
@@ -375,7 +386,7 @@ class Heap:
         """The version of ``key`` visible to ``snap`` (reads the bucket block and its overflow chain)."""
         key = check_key(key, self.schema.name)
         hit = find_visible(self.bucket_block(key), key, snap, status, self.read_page,
-                           max_blocks=self.file.nblocks())
+                           max_blocks=self.file.nblocks(), first_overflow=self.nbuckets + 1)
         return None if hit is None else hit[0].version(hit[1])
 
     def get(self, key: int, snap: Snapshot, status: StatusFn) -> Row | None:
@@ -389,9 +400,8 @@ class Heap:
 
     def scan(self, snap: Snapshot, status: StatusFn) -> Iterator[tuple[NDArray[np.int64], NDArray[Any]]]:
         """Visible (keys, rows) per page, bucket by bucket: exactly what lookups see, as numpy arrays."""
-        nblocks = self.file.nblocks()
         for b in range(1, self.nbuckets + 1):
-            for page in walk_chain(b, self.read_page, max_blocks=nblocks):
+            for page in self.walk(b):
                 mask = page.visible_mask(snap, status)
                 if mask.any():
                     sel = page.slots[mask]
@@ -413,10 +423,10 @@ class Heap:
     def _place(self, key: int, row: Mapping[str, object] | NDArray[Any] | np.void, xid: int, glsn: int | None,
                oldest_xmin: int | None, status: StatusFn | None) -> TupleId:
         start = self.bucket_block(key)
-        nblocks = self.file.nblocks()
-        page, last = find_space(start, self.read_page, max_blocks=nblocks)
+        page, last = find_space(start, self.read_page, max_blocks=self.file.nblocks(),
+                                first_overflow=self.nbuckets + 1)
         if page is None and oldest_xmin is not None and status is not None:
-            for candidate in walk_chain(start, self.read_page, max_blocks=nblocks):
+            for candidate in self.walk(start):
                 if candidate.prune(oldest_xmin, status):
                     self._changed(candidate, glsn)
                 if candidate.nfree:
@@ -473,7 +483,7 @@ class Heap:
         xid = self._check_writer(snap)
         key = check_key(key, self.schema.name)
         hit = find_visible(self.bucket_block(key), key, snap, status, self.read_page,
-                           max_blocks=self.file.nblocks())
+                           max_blocks=self.file.nblocks(), first_overflow=self.nbuckets + 1)
         if hit is None:
             raise KeyNotFound(f"table {self.schema.name!r}: no row with key {key} is visible to transaction "
                               f"{xid}", key=key)
@@ -490,11 +500,14 @@ class Heap:
 
     def update(self, key: int, row: Mapping[str, object], snap: Snapshot, status: StatusFn, *,
                glsn: int | None = None, oldest_xmin: int | None = None) -> TupleId:
-        """Replace the visible version of ``key`` by a new one written by ``snap.xid``; returns its id."""
+        """Replace the visible version of ``key`` by a new one written by ``snap.xid``; returns its id.
+
+        Raises ``KeyNotFound`` or ``RowConflict`` (see ``mvcc.write_conflict``); ``oldest_xmin`` as for insert.
+        """
         xid = snap.xid
         page, slot = self._writable(key, snap, status)
         rec = self.schema.to_record(row)
-        new = self._place(key, rec, xid, glsn, None, None)
+        new = self._place(key, rec, xid, glsn, oldest_xmin, status)
         # _place may have rewritten this very block (new version or overflow link): never write a stale image.
         page = self.read_page(page.block)
         page.set_xmax(slot, xid, ctid=new)
