@@ -17,6 +17,7 @@ import google_crc32c
 import numpy as np
 import numpy.typing as npt
 
+from walmerge.crcfast import first_bad_crc
 from walmerge.record import ALIGN, CRC_OFFSET, HEADER_DTYPE, HEADER_SIZE, MAX_NODE_ID, NODE_BITS, compute_crc
 
 SECTOR = 512
@@ -185,8 +186,7 @@ def validate(
         if 0 <= i < first:
             first, reason = i, why
     if verify_crc:
-        bad = _first_bad_crc(buf, off[: first + 1].tolist(), h["total_len"][: first + 1].tolist(),
-                             h["crc"][: first + 1].tolist())
+        bad = first_bad_crc(buf, off[: first + 1], h[: first + 1])
         if bad >= 0:
             o, tl = int(off[bad]), int(h["total_len"][bad])
             return bad, f"CRC mismatch (stored {int(h['crc'][bad]):08x}, computed {compute_crc(buf, o, tl):08x})"
@@ -197,7 +197,8 @@ def validate(
 
 
 def _first_bad_crc(buf: Buf, offs: list[int], lens: list[int], crcs: list[int]) -> int:
-    """Index of the first record whose CRC is wrong, or -1.  The one per-record loop of the read path."""
+    """Index of the first record whose CRC is wrong, or -1: the plain two-calls-per-record reference that
+    ``crcfast.first_bad_crc`` (used by ``validate``) must agree with."""
     data = buf if isinstance(buf, bytes) else bytes(buf)  # google_crc32c takes only bytes
     value, extend = google_crc32c.value, google_crc32c.extend
     for i, (o, tl, crc) in enumerate(zip(offs, lens, crcs)):

@@ -31,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from walmerge.errors import RecordTooLarge
-from walmerge.record import HEADER_DTYPE, HEADER_SIZE, fold_crcs
+from walmerge.crcfast import fold_fields
+from walmerge.record import HEADER_DTYPE, HEADER_SIZE
 from walmerge.segment import (
     FLAG_MERGED, FORMAT_VERSION, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader, check_segment_size,
     create_segment_file, encode_segment_header, fsync_dir, segment_name, write_all,
@@ -140,17 +141,23 @@ class MergedSink:
         ends[:-1] = starts[1:]
         ends[-1] = n
         last = ends - 1
-        # copy up to the unaligned end of each run's last record, then zero its padding ourselves: the source
-        # file may end before the padding (a torn tail cut inside it) and the buffer is reused
-        lengths = (off[last] + total[last] - off[starts]).tolist()
-        pad_at = (dst[last] + total[last]).tolist()
-        pad_len = (aligned[last] - total[last]).tolist()
-        mv = self._mv
-        for s, o, d, ln, pa, pl in zip(src[starts].tolist(), off[starts].tolist(), dst[starts].tolist(), lengths,
-                                       pad_at, pad_len):
-            mv[d: d + ln] = views[s][o: o + ln]
-            if pl:
-                mv[pa: pa + pl] = bytes(pl)
+        # runs are copied with their records' zero padding (validated by the reader); a source buffer that ends
+        # inside the last padding (a torn tail cut there) gets the missing zeros written explicitly
+        src_len = np.fromiter((len(v) for v in views), dtype=np.int64, count=len(views))
+        o0 = off[starts]
+        want = off[last] + aligned[last] - o0
+        have = np.minimum(want, src_len[src[starts]] - o0)
+        d0 = dst[starts]
+        # runs are back to back in the output: one join (a C loop of memcpy) builds the whole region
+        joined = b"".join([views[s][o: o + ln] for s, o, ln in zip(src[starts].tolist(), o0.tolist(),
+                                                                     have.tolist())])
+        a0 = int(d0[0])
+        self._mv[a0: a0 + len(joined)] = joined
+        if len(joined) != int(want.sum()):  # a clipped padding shifted what follows: place runs one by one
+            mv = self._mv
+            for s, o, d, ln, w in zip(src[starts].tolist(), o0.tolist(), d0.tolist(), have.tolist(), want.tolist()):
+                mv[d: d + ln] = views[s][o: o + ln]
+                mv[d + ln: d + w] = bytes(w - ln)
 
     def _put_headers(self, old: npt.NDArray[np.void], lsns: npt.NDArray[np.uint64],
                      dst: npt.NDArray[np.int64]) -> None:
@@ -162,7 +169,7 @@ class MergedSink:
             new["durable_lsn"] = self._durable
         else:
             new["durable_lsn"] = lsns
-        new["crc"] = fold_crcs(old["crc"], old, new)
+        new["crc"] = fold_fields(old["crc"], old, new)
         words = np.ascontiguousarray(new).view("<u8").reshape(-1, HEADER_SIZE // 8)
         self._u64[(dst // 8)[:, None] + _HEADER_WORDS] = words
 
