@@ -63,9 +63,15 @@ def buckets_of(keys: NDArray[Any], nbuckets: int) -> NDArray[np.int64]:
     return result
 
 
+_U64 = (1 << 64) - 1
+
+
 def bucket_of(key: int, nbuckets: int) -> int:
-    """Bucket index (0-based) of one key."""
-    return int(buckets_of(np.array([key], dtype=np.int64), nbuckets)[0])
+    """Bucket index (0-based) of one key: the same mix as ``hash_keys`` in plain integers (faster for one)."""
+    z = key & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return (z ^ (z >> 31)) % nbuckets
 
 
 def bucket_block(key: int, nbuckets: int) -> int:

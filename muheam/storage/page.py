@@ -43,6 +43,7 @@ A free slot is all zeros.  Visibility rules are in ``muheam.storage.mvcc``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final, Mapping, NamedTuple
 
 import google_crc32c
@@ -77,6 +78,7 @@ HEADER_DTYPE: Final = np.dtype({
 })
 
 
+@functools.lru_cache(maxsize=256)
 def slot_dtype(schema: Schema) -> np.dtype[Any]:
     """The structured dtype of one tuple slot of ``schema``'s pages (layout in the module docstring)."""
     return np.dtype({
@@ -191,6 +193,10 @@ class Page:
             raise PageCorrupt(_where(f"header says {int(h['nused'])} slots used and slot {int(h['free_hint'])} "
                                      f"the first free one; the slots say {nused} and {lowest_free}", block),
                               block=block, path=path)
+        raw = page.slots.view(np.uint8).reshape(page.slots.size, -1)
+        if raw[free].any():
+            raise PageCorrupt(_where("a free slot holds data (free slots are all zeros)", block),
+                              block=block, path=path)
         return page
 
     def encode(self) -> bytes:
@@ -269,6 +275,12 @@ class Page:
         if idx.size == 0:
             return None
         s = self.slots[idx]
+        if idx.size <= 4:   # the usual case: a few versions, where plain Python beats numpy's set-up cost
+            for i, xmin, xmax, flags in zip(idx.tolist(), s["xmin"].tolist(), s["xmax"].tolist(),
+                                            s["flags"].tolist()):
+                if mvcc.version_visible(xmin, xmax, flags, snap, mvcc.checked(status)):
+                    return int(i)
+            return None
         vis = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
         hits = idx[vis]
         return int(hits[0]) if hits.size else None
