@@ -30,7 +30,9 @@ from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, NodeIdInUs
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
-from muheam.server import ClientPort
+from muheam.locks import LockService
+from muheam.server import ClientPort, Deferred, RequestError
+from muheam.xids import XidService
 from muheam.transport import Mesh
 
 log = logging.getLogger("muheam.node")
@@ -60,6 +62,9 @@ class NodeAgent:
         self.mesh: Mesh | None = None
         self.port: ClientPort | None = None
         self._stopping = threading.Event()
+        self.locks: LockService | None = None
+        self.xids: XidService | None = None
+        self.xid_batch = (1, 1 << 16)
 
     # startup ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,8 +109,16 @@ class NodeAgent:
         self.keeper.start()
 
         snapshot, revision = backend.members(cfg.cluster_name)
+        peers = {m.node_id: m.epoch for m in snapshot
+                 if m.node_id != self.node_id and m.state in ("starting", "running")}
         for member in snapshot:
-            self._apply(MemberEvent("joined", member, member.revision))
+            if member.node_id in peers:
+                self.members[member.node_id] = member
+                self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
+        self.locks = LockService(self.mesh, self.clock, self.member.epoch, peers)
+        self.xids = XidService(self.locks, cfg.shared_dir, self.node_id, self.fence.check,
+                               min_batch=self.xid_batch[0], max_batch=self.xid_batch[1])
+        self.port.register("xid", self._op_xid)
         threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
         self._set_state("running")
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
@@ -172,17 +185,39 @@ class NodeAgent:
         member = event.member
         if member.node_id == self.node_id:
             return
+        known = self.members.get(member.node_id)
         if event.kind in ("joined", "updated") and member.state in ("starting", "running"):
+            if known is not None and known.epoch < member.epoch:
+                self._remove(known)  # a restart whose expiry we have not seen yet
             self.members[member.node_id] = member
             self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
-        elif event.kind in ("left", "expired") or member.state == "stopping":
-            known = self.members.get(member.node_id)
-            if known is None or known.epoch <= member.epoch:
-                self.members.pop(member.node_id, None)
-                self.mesh.drop(member.node_id, member.epoch)
+            if self.locks is not None:
+                self.locks.member_added(member.node_id, member.epoch)
+        elif event.kind in ("left", "expired"):
+            # only the lease's end removes a member: until then it may still hold locks (I6)
+            if known is not None and known.epoch <= member.epoch:
+                self._remove(known)
             if event.kind in ("left", "expired"):
                 log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
                          event.revision)
+
+    def _remove(self, member: Member) -> None:
+        assert self.mesh is not None
+        self.members.pop(member.node_id, None)
+        self.mesh.drop(member.node_id, member.epoch)
+        if self.locks is not None:
+            self.locks.member_removed(member.node_id, member.epoch)
+
+    def _op_xid(self, request: dict[str, Any]) -> Deferred:
+        """Allocate ``count`` global XIDs; the reply lists ranges ``[first, count]`` and the lock wait in us."""
+        assert self.xids is not None and self.fence is not None
+        count = request.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
+            raise RequestError("bad_request", "count must be an integer in 1..1000000")
+        self.fence.check()
+        reply = Deferred()
+        self.xids.allocate(count, lambda ranges, waited_us: reply.resolve({"ranges": ranges, "wait_us": waited_us}))
+        return reply
 
     # the loop -----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -191,7 +226,9 @@ class NodeAgent:
             "node_id": self.node_id, "epoch": self.mesh_epoch, "state": self.state, "pid": os.getpid(),
             "lamport": self.clock.time, "peers": sorted(self.mesh.peers),
             "fence_remaining_s": round(self.fence.remaining(), 3),
-            "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters)},
+            "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
+                         "locks": self.locks.stats() if self.locks else {},
+                         "xids": dict(self.xids.counters) if self.xids else {}},
         }
 
     def run(self) -> int:

@@ -58,11 +58,15 @@ class Mesh:
         self.monitor = monitor(self.router)
         self.peers: dict[int, tuple[int, zmq.Socket[Any]]] = {}
         self.handlers: dict[str, Handler] = {}
+        self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.last_heard: dict[int, int] = {}
 
-    def on(self, kind: str, handler: Handler) -> None:
+    def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
+        """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
         self.handlers[kind] = handler
+        if not clocked:
+            self.self_clocked.add(kind)
 
     # membership ---------------------------------------------------------------------------------------------
     def connect(self, node_id: int, epoch: int, endpoint: str) -> None:
@@ -96,11 +100,15 @@ class Mesh:
 
     # traffic ------------------------------------------------------------------------------------------------
     def send(self, dest: int, kind: str, body: Any) -> bool:
+        return self.send_stamped(dest, kind, body, None)
+
+    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None) -> bool:
+        """Send with a stamp the caller already took from the clock (None: take one now)."""
         peer = self.peers.get(dest)
         if peer is None:
             self.counters["send_no_peer"] += 1
             return False
-        frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send(), kind, body)
+        frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body)
         try:
             peer[1].send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -148,7 +156,8 @@ class Mesh:
         if known is not None and msg.epoch < known:
             self.counters["stale_epoch"] += 1
             return
-        self.clock.receive(msg.stamp)
+        if msg.kind not in self.self_clocked:
+            self.clock.receive(msg.stamp)
         self.last_heard[msg.sender] = msg.stamp
         self.counters["received"] += 1
         handler = self.handlers.get(msg.kind)
