@@ -513,6 +513,8 @@ class Heap:
         xid = snap.xid
         page, slot = self._writable(key, snap, status)
         rec = self.schema.to_record(row)
+        if glsn is not None:
+            page.stamp(glsn)    # refuse a GLSN regression before writing anything (this image is not written)
         new = self._place(key, rec, xid, glsn, oldest_xmin, status)
         # _place may have rewritten this very block (new version or overflow link): never write a stale image.
         page = self.read_page(page.block)
