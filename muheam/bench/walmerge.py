@@ -1,7 +1,7 @@
 """``muheam bench walmerge``: merge throughput against ``heapq.merge`` and ``cp`` of the same bytes.
 
-Input: ``nodes`` node WALs written with the real ``WalWriter`` (16 MiB segments), records of 100-2000 payload
-bytes (mostly small heap-like records, some large ones, a COMMIT every few records), stamped with Lamport
+Input: ``nodes`` node WALs written with the real ``WalWriter`` (16 MiB segments), heap-like records of 100-2000
+payload bytes (uniform) and a 16-byte COMMIT ending a transaction every few records, stamped with Lamport
 clocks as real nodes produce them: each node ticks its own clock per record and, now and then, receives a
 message from another node (``L = max(L, L_other) + 1``), so the streams interleave finely in GLSN order.
 
@@ -47,7 +47,6 @@ def generate(root: Path, total_bytes: int, nodes: int, payload: tuple[int, int] 
     rnd = random.Random(seed)
     pool = rnd.randbytes(1 << 22)
     lo, hi = payload
-    mid = lo + (hi - lo) // 5
     writers = [WalWriter(root / "wal" / f"node-{k}", node_id=k, system_id=SYSTEM_ID, epoch=1,
                          segment_size=SEGMENT) for k in range(1, nodes + 1)]
     clocks = [0] * nodes
@@ -61,14 +60,16 @@ def generate(root: Path, total_bytes: int, nodes: int, payload: tuple[int, int] 
                 clocks[k] = max(clocks[k], clocks[rnd.randrange(nodes)])
             for _ in range(rnd.randint(1, 8)):  # a short burst from one node, then another node runs
                 clocks[k] += 1
-                n = rnd.randint(lo, mid) if rnd.random() < 0.75 else rnd.randint(mid, hi)
+                n = rnd.randint(lo, hi)
                 o = rnd.randrange(len(pool) - n)
-                if rnd.random() < 0.15:
+                commit = rnd.random() < 0.15
+                if commit:
                     kind, data = RecordKind.COMMIT, pool[o: o + 16]
-                    xid[k] += 1
                 else:
                     kind, data = heap_kinds[rnd.randrange(3)], pool[o: o + n]
                 writers[k].append(kind, data, lamport=clocks[k], xid=xid[k])
+                if commit:
+                    xid[k] += 1
                 written += 56 + len(data)
                 records += 1
         for w in writers:
