@@ -267,6 +267,29 @@ def bench_membership(as_json: bool, kills: int, stops: int, lease_ttl: int) -> N
     emit(run(kills=kills, stops=stops, lease_ttl=lease_ttl), "json")
 
 
+@bench.command("xid")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@click.option("--nodes", type=click.IntRange(1, 8), default=3, show_default=True)
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="Length of the throughput phase.")
+@click.option("--per-request", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="XIDs a client asks for per request in the throughput phase.")
+def bench_xid(as_json: bool, nodes: int, seconds: float, per_request: int) -> None:
+    """Global XID allocation: throughput, unbatched latency, messages per allocation, vs a ZeroMQ round trip."""
+    from muheam.bench.xid import run
+
+    emit(run(nodes=nodes, seconds=seconds, per_request=per_request), "json")
+
+
+@bench.command("lock")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@click.option("--transfers", type=click.IntRange(10, 100_000), default=500, show_default=True)
+def bench_lock(as_json: bool, transfers: int) -> None:
+    """A lock bouncing between two nodes: re-acquire and transfer cost vs a ZeroMQ round trip."""
+    from muheam.bench.lock import run
+
+    emit(run(transfers=transfers), "json")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -24,6 +24,8 @@ from typing import Any
 import zmq
 
 from locking.clock import LamportClock
+from locking.effects import Granted
+from locking.messages import Mode
 from muheam import control
 from muheam.config import Config
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, NodeIdInUse
@@ -119,6 +121,7 @@ class NodeAgent:
         self.xids = XidService(self.locks, cfg.shared_dir, self.node_id, self.fence.check,
                                min_batch=self.xid_batch[0], max_batch=self.xid_batch[1])
         self.port.register("xid", self._op_xid)
+        self.port.register("lock_cycle", self._op_lock_cycle)
         threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
         self._set_state("running")
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
@@ -217,6 +220,25 @@ class NodeAgent:
         self.fence.check()
         reply = Deferred()
         self.xids.allocate(count, lambda ranges, waited_us: reply.resolve({"ranges": ranges, "wait_us": waited_us}))
+        return reply
+
+    def _op_lock_cycle(self, request: dict[str, Any]) -> Deferred:
+        """Benchmarks and tests: take a ``bench/...`` lock exclusively and release it (ownership stays cached)."""
+        assert self.locks is not None
+        resource = request.get("resource")
+        if not isinstance(resource, bytes) or not resource.startswith(b"bench/") or len(resource) > 64:
+            raise RequestError("bad_request", "resource must be bytes starting with b'bench/' (at most 64)")
+        reply = Deferred()
+        t0 = time.perf_counter_ns()
+        sent0 = self.locks.counters["sent"]
+
+        def granted(grant: Granted) -> None:
+            assert self.locks is not None
+            self.locks.release(resource)
+            reply.resolve({"wait_us": (time.perf_counter_ns() - t0) // 1000, "valid": grant.valid,
+                           "sent_by_requester": self.locks.counters["sent"] - sent0})
+
+        self.locks.acquire(resource, Mode.EXCLUSIVE, granted)
         return reply
 
     # the loop -----------------------------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+"""A throw-away local cluster for benchmarks, and the per-node counters they read before and after."""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from muheam import cluster as cluster_mod
+from muheam.client import request
+
+
+@contextmanager
+def temp_cluster(nodes: int, lease_ttl: int = 2) -> Iterator[dict[int, str]]:
+    """Start ``nodes`` real nodes with embedded etcd in a temp dir; yield node id -> client endpoint."""
+    with tempfile.TemporaryDirectory(prefix="muheam-bench-") as tmp:
+        directory = Path(tmp) / "cluster"
+        try:
+            info = cluster_mod.cluster_up(directory, nodes, lease_ttl)
+            yield {n["node_id"]: n["client_endpoint"] for n in info["nodes"]}
+        finally:
+            if (directory / cluster_mod.CONFIG_NAME).exists():
+                cluster_mod.cluster_down(directory, "immediate")
+
+
+def lock_messages(endpoints: dict[int, str]) -> int:
+    """Lock-protocol messages sent so far, summed over the nodes."""
+    total = 0
+    for ep in endpoints.values():
+        total += int(request(ep, "status")["counters"]["locks"].get("sent", 0))
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def status(endpoint: str) -> Any:
+    return request(endpoint, "status")
