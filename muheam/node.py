@@ -67,6 +67,8 @@ class NodeAgent:
         self.locks: LockService | None = None
         self.xids: XidService | None = None
         self.xid_batch = (1, 1 << 16)
+        self._ping_seq = 0
+        self._pings: dict[int, tuple[int, Deferred]] = {}
 
     # startup ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,6 +124,9 @@ class NodeAgent:
                                min_batch=self.xid_batch[0], max_batch=self.xid_batch[1])
         self.port.register("xid", self._op_xid)
         self.port.register("lock_cycle", self._op_lock_cycle)
+        self.port.register("peer_ping", self._op_peer_ping)
+        self.mesh.on("ping", lambda msg: self.mesh.send(msg.sender, "pong", msg.body))
+        self.mesh.on("pong", self._on_pong)
         threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
         self._set_state("running")
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
@@ -221,6 +226,23 @@ class NodeAgent:
         reply = Deferred()
         self.xids.allocate(count, lambda ranges, waited_us: reply.resolve({"ranges": ranges, "wait_us": waited_us}))
         return reply
+
+    def _op_peer_ping(self, request: dict[str, Any]) -> Deferred:
+        """Round trip to a peer through both nodes' event loops: the mesh's own latency, for benchmarks."""
+        assert self.mesh is not None
+        peer = request.get("node_id")
+        if not isinstance(peer, int) or peer not in self.mesh.peers:
+            raise RequestError("bad_request", f"node_id must be a connected peer: {sorted(self.mesh.peers)}")
+        self._ping_seq += 1
+        reply = Deferred()
+        self._pings[self._ping_seq] = (time.perf_counter_ns(), reply)
+        self.mesh.send(peer, "ping", self._ping_seq)
+        return reply
+
+    def _on_pong(self, msg: Any) -> None:
+        started = self._pings.pop(msg.body, None) if isinstance(msg.body, int) else None
+        if started is not None:
+            started[1].resolve({"rtt_us": (time.perf_counter_ns() - started[0]) // 1000})
 
     def _op_lock_cycle(self, request: dict[str, Any]) -> Deferred:
         """Benchmarks and tests: take a ``bench/...`` lock exclusively and release it (ownership stays cached)."""
