@@ -135,6 +135,7 @@ class Simulation:
             self._check_exclusion()
         self._check_end()
         self.result.steps = self.step
+        self.result.cached_grants = sum(node.mgr.stats["cached_grants"] for node in self.nodes.values())
         return self.result
 
     def _enabled(self) -> list[tuple[str, object]]:
