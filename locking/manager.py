@@ -56,6 +56,21 @@ Pending requests of older members also need n's ACK (n acks the pending entries 
 of the joiner's initial view is removed before its HELLO arrives, the joiner cannot know what that member held,
 so it sets a global mark at its current GLSN: values are invalid for it until rewritten by a later grant.
 Members of one bootstrap (``bootstrap=True``, same initial view, empty state) skip the HELLO exchange.
+
+Ordering of XIDs (the ``counter`` value block)
+----------------------------------------------
+``Granted.glsn`` is the queue entry the grant is ordered by.  Conflicting grants happen in entry-GLSN order and a
+cached re-acquire reuses its entry, so XIDs handed out under the lock are ordered by (entry GLSN, local order);
+the simulator asserts exactly that.  A re-acquire of a cached lock is ordered at the point the cluster agreed to
+(its entry), not at the local moment of the call: without a message it cannot be ordered against a concurrent
+remote request.
+
+Limits
+------
+HELLO carries every version this node knows (bytes only for small values), so its size grows with the number of
+resources ever touched; a future ``forget`` for values safely on disk would bound it.  Messages from a node
+that is not (yet) a member are buffered up to ``max_buffered``; beyond that ``on_message`` raises ValueError
+and FIFO for that node is broken, so the transport should only accept peers etcd has announced.
 """
 
 from __future__ import annotations
