@@ -5,6 +5,8 @@ What is checked, and why it is sound:
 * Per stream, everything the ordinary reader checks (segment headers, CRC, prev chain, LSN positions, node
   and epoch fields, padding; torn tail vs corruption).  After damage the stream cannot be trusted up to the
   next segment, so verification resumes there (the problem names the file, offset and LSN) and goes on.
+* A torn tail is reported too (``allow_torn_tail=True`` after a crash): a flipped byte in a stream's last
+  unsynced record looks exactly like an interrupted write, and ``verify`` must not call such damage clean.
 * Missing segments: a gap between segment files is reported as "first missing WAL segment is <name>", like
   Barman.  A stream whose first segments were removed after a checkpoint is *not* a problem unless
   ``start_lsns`` asks for a segment that is gone.
@@ -142,6 +144,8 @@ class _Reporter:
         self.counts: dict[tuple[str, str], int] = {}
 
     def add(self, stream: str, check: str, problem: Problem) -> None:
+        if problem in self.report.problems:
+            return  # the same damage met again while resuming
         key = (stream, check)
         self.counts[key] = self.counts.get(key, 0) + 1
         if self.counts[key] <= MAX_PER_CHECK:
@@ -151,7 +155,7 @@ class _Reporter:
 
 
 def _read_stream(rep: _Reporter, name: str, directory: Path, node_id: int, system_id: int,
-                 start_lsn: int | None) -> tuple[StreamInfo, _Cols]:
+                 start_lsn: int | None, allow_torn_tail: bool) -> tuple[StreamInfo, _Cols]:
     """Read a stream with the validating reader, resuming after damage at the next segment."""
     info = StreamInfo(name, directory)
     cols = _Cols()
@@ -173,11 +177,16 @@ def _read_stream(rep: _Reporter, name: str, directory: Path, node_id: int, syste
             resume_after = int(e.path.name, 16) if e.path.name.isalnum() else None
         info.torn = reader.torn
         info.end_lsn = reader.end_lsn
+        if reader.torn is not None and not allow_torn_tail:
+            t = reader.torn
+            rep.add(name, "torn", Problem(f"torn tail: {t.reason}; {t.nonzero_bytes_dropped} non-zero bytes after the "
+                                          f"last valid record (normal after a crash of this node: allow_torn_tail)",
+                                          file=t.path.name, offset=t.offset, lsn=t.lsn, stream=name))
         if resume_after is None:
             break
-        later = [s for s, _ in segs if s > resume_after]
+        later = [s for s, _ in segs if s > resume_after and (start is None or s > start)]
         if not later:
-            break
+            break  # (the reader needs the first segment's header; if that is what is damaged, stop here)
         start = later[0]
     c = cols.cat()
     info.records = len(c["glsn"])
@@ -290,8 +299,13 @@ def verify(shared_root: str | os.PathLike[str] | None = None, output: str | os.P
            system_id: int | None = None, start_lsns: Mapping[int, int] | None = None, fences: Fences | None = None,
            block_of: Callable[[Record], Hashable | None] | None = None,
            waits_of: Callable[[Record], Iterable[int]] | None = None,
-           begins_xid: Callable[[Record], int | None] | None = None, compare: bool = True) -> VerifyReport:
-    """Verify the node WALs under ``shared_root`` and/or the merged stream in ``output``; see module docstring."""
+           begins_xid: Callable[[Record], int | None] | None = None, compare: bool = True,
+           allow_torn_tail: bool = False) -> VerifyReport:
+    """Verify the node WALs under ``shared_root`` and/or the merged stream in ``output``; see module docstring.
+
+    A torn tail (what the reader accepts as an interrupted last write) is a problem unless ``allow_torn_tail``:
+    after a node crash it is expected, in an archive of a cleanly stopped cluster it is damage.
+    """
     report = VerifyReport()
     rep = _Reporter(report)
     dirs = node_dirs(shared_root) if shared_root is not None else {}
@@ -314,12 +328,13 @@ def verify(shared_root: str | os.PathLike[str] | None = None, output: str | os.P
     inputs: list[tuple[int, StreamInfo, _Cols]] = []
     try:
         for node, d in dirs.items():
-            info, cols = _read_stream(rep, f"node-{node}", d, node, system_id, (start_lsns or {}).get(node))
+            info, cols = _read_stream(rep, f"node-{node}", d, node, system_id, (start_lsns or {}).get(node),
+                                       allow_torn_tail)
             report.streams.append(info)
             inputs.append((node, info, cols))
         out_cols: _Cols | None = None
         if out is not None:
-            info, out_cols = _read_stream(rep, "merged", out, MERGED_NODE_ID, system_id, None)
+            info, out_cols = _read_stream(rep, "merged", out, MERGED_NODE_ID, system_id, None, allow_torn_tail)
             report.streams.append(info)
     except (WalMismatch, OSError) as e:
         report.unusable.append(str(e))
