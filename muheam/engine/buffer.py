@@ -1,0 +1,191 @@
+"""Bounded buffer cache of 8 KiB pages with LRU eviction, dirty tracking and the WAL-before-data rule (I3).
+
+Every page access of the engine goes through ``read`` (to look) or ``modify`` (to change), so block ownership
+(fetch the latest image from the node that last changed the block, DESIGN I2) can later be added by wrapping
+these two calls.  A changed page is reported with ``mark_dirty(table, block, lsn)`` where ``lsn`` is the end of
+the WAL record of the change; before the page is written to its relation file the cache makes the WAL durable
+up to that LSN (``wal_flush``), whether it is written by eviction or by a checkpoint.
+
+Eviction only happens in ``trim()``, which the engine calls between operations: an operation may hold several
+``Page`` objects at once (an update touches two blocks), and a page evicted under its feet would silently lose
+the change.  The cache may therefore exceed ``capacity`` by the few pages one operation touches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+from muheam.storage import PageZeroed, RelationFile, RelationFileError, Schema
+from muheam.storage.heap import relation_path
+from muheam.storage.page import Page
+
+Key = tuple[int, int]
+WriteHook = Callable[[int, int, int, int], None]
+"""``hook(table_id, block, page_lsn, wal_flushed_lsn)`` called just before each page write (tests check I3)."""
+
+
+class _Frame:
+    __slots__ = ("page", "dirty", "lsn")
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.dirty = False
+        self.lsn = 0
+
+
+class _Rel:
+    __slots__ = ("schema", "file", "nblocks")
+
+    def __init__(self, schema: Schema, file: RelationFile) -> None:
+        self.schema = schema
+        self.file = file
+        self.nblocks = file.nblocks()
+
+
+class BufferCache:
+    """Pages of every table of one node, at most ``capacity`` between operations (see module docstring)."""
+
+    def __init__(self, shared: Path, capacity: int, *, wal_flush: Callable[[int], int],
+                 flushed_lsn: Callable[[], int]) -> None:
+        if capacity < 4:
+            raise ValueError(f"buffer cache capacity must be at least 4 pages, got {capacity}")
+        self.shared = shared
+        self.capacity = capacity
+        self._wal_flush = wal_flush
+        self._flushed_lsn = flushed_lsn
+        self._frames: OrderedDict[Key, _Frame] = OrderedDict()
+        self._rels: dict[int, _Rel] = {}
+        self.write_hook: WriteHook | None = None
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+        self.evictions = 0
+
+    # -- relations -----------------------------------------------------------------------------------------------
+
+    def attach(self, table_id: int, schema: Schema) -> None:
+        """Open ``base/<table_id>`` for this cache (the file must exist)."""
+        if table_id not in self._rels:
+            self._rels[table_id] = _Rel(schema, RelationFile(relation_path(self.shared, table_id)))
+
+    def detach(self, table_id: int) -> None:
+        """Forget a relation whose file is about to be recreated (its cached pages are dropped unwritten)."""
+        rel = self._rels.pop(table_id, None)
+        for k in [k for k in self._frames if k[0] == table_id]:
+            del self._frames[k]
+        if rel is not None:
+            rel.file.close()
+
+    def nblocks(self, table_id: int) -> int:
+        """Blocks of the relation including allocated blocks not yet written."""
+        return self._rels[table_id].nblocks
+
+    # -- page access ---------------------------------------------------------------------------------------------
+
+    def read(self, table_id: int, block: int) -> Page:
+        """The current image of a block, for reading only."""
+        key = (table_id, block)
+        fr = self._frames.get(key)
+        if fr is not None:
+            self.hits += 1
+            self._frames.move_to_end(key)
+            return fr.page
+        rel = self._rels[table_id]
+        self.misses += 1
+        page = Page.decode(rel.file.read_block(block), rel.schema, block=block, table_id=table_id,
+                           path=rel.file.path)
+        self._frames[key] = _Frame(page)
+        return page
+
+    modify = read
+    """The image of a block the caller is about to change (the seam for cluster block ownership)."""
+
+    def try_read(self, table_id: int, block: int) -> Page | None:
+        """Like ``read`` but ``None`` for a block past the end of the file or never written (redo of a
+        freshly allocated block)."""
+        if (table_id, block) in self._frames:
+            return self.read(table_id, block)
+        try:
+            return self.read(table_id, block)
+        except (RelationFileError, PageZeroed):
+            return None
+
+    def install(self, table_id: int, page: Page) -> Page:
+        """Put a freshly initialised block (new overflow page) in the cache; it is dirty once changed."""
+        rel = self._rels[table_id]
+        self._frames[(table_id, page.block)] = _Frame(page)
+        rel.nblocks = max(rel.nblocks, page.block + 1)
+        return page
+
+    def mark_dirty(self, table_id: int, block: int, lsn: int) -> None:
+        """The block was changed by the WAL record ending at ``lsn`` (must be in the cache)."""
+        fr = self._frames[(table_id, block)]
+        fr.dirty = True
+        if lsn > fr.lsn:
+            fr.lsn = lsn
+
+    # -- writing -------------------------------------------------------------------------------------------------
+
+    def _write(self, key: Key, fr: _Frame) -> None:
+        """Write one dirty frame; the caller has made the WAL durable up to ``fr.lsn`` (I3)."""
+        flushed = self._flushed_lsn()
+        if flushed < fr.lsn:
+            flushed = self._wal_flush(fr.lsn)
+        if self.write_hook is not None:
+            self.write_hook(key[0], key[1], fr.lsn, flushed)
+        self._rels[key[0]].file.write_block(key[1], fr.page.encode())
+        fr.dirty = False
+        self.writes += 1
+
+    def trim(self) -> None:
+        """Evict least recently used pages until at most ``capacity`` remain (one WAL flush for them all)."""
+        excess = len(self._frames) - self.capacity
+        if excess <= 0:
+            return
+        victims = []
+        it = iter(self._frames.items())
+        for _ in range(excess):
+            victims.append(next(it))
+        need = max((fr.lsn for _, fr in victims if fr.dirty), default=0)
+        if need > self._flushed_lsn():
+            self._wal_flush(need)
+        for key, fr in victims:
+            if fr.dirty:
+                self._write(key, fr)
+            del self._frames[key]
+            self.evictions += 1
+
+    def flush_all(self) -> int:
+        """Write every dirty page (checkpoint); returns how many were written.  Does not fsync."""
+        dirty = [(k, fr) for k, fr in self._frames.items() if fr.dirty]
+        need = max((fr.lsn for _, fr in dirty), default=0)
+        if need > self._flushed_lsn():
+            self._wal_flush(need)
+        for key, fr in sorted(dirty, key=lambda kf: kf[0]):
+            self._write(key, fr)
+        return len(dirty)
+
+    def sync(self) -> None:
+        """fsync every relation file (after ``flush_all``, before the checkpoint pointer moves)."""
+        for rel in self._rels.values():
+            rel.file.fsync()
+
+    @property
+    def dirty_count(self) -> int:
+        return sum(1 for fr in self._frames.values() if fr.dirty)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def discard(self) -> None:
+        """Drop every page unwritten and close the files (after a failure, or a simulated crash in tests)."""
+        self._frames.clear()
+        for rel in self._rels.values():
+            rel.file.close()
+        self._rels.clear()
+
+    def close(self) -> None:
+        """Close the files; dirty pages must have been flushed (``flush_all``) or are lost to redo."""
+        self.discard()

@@ -1,0 +1,505 @@
+"""The single-node storage engine: catalog, transactions, buffer cache, WAL, checkpoints and crash recovery.
+
+The node agent drives it from one event loop; ``commit`` may also be called from several threads at once (the
+WAL flush happens outside the engine lock, so concurrent commits share fsyncs).  A caller that batches requests
+can commit many transactions with one fsync through ``commit_batch``.
+
+Injected from outside (the seams the cluster work replaces): the Lamport clock (``lamport``), transaction
+snapshots (``begin(xid, snapshot)``), the commit-status callback (``status``) and the pruning horizon
+(``horizon``).  Block access goes through ``BufferCache.read``/``modify`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from muheam.engine import statefiles, walrec
+from muheam.engine.buffer import BufferCache
+from muheam.engine.errors import (Deadlock, EngineStopped, NoSuchTable, SerializationFailure, TableExists,
+                                  TransactionError)
+from muheam.engine.heapops import HeapOps, Table
+from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
+from muheam.storage.heap import default_nbuckets, relation_path
+from muheam.storage.schema import Row, check_name
+from walmerge import WalWriter, pack_glsn, unpack_glsn
+
+log = logging.getLogger("muheam.engine")
+
+Status = str
+EndCallback = Callable[[int, str, frozenset[int]], None]
+"""``on_end(xid, "committed" | "aborted", woken_xids)``: called after a transaction finished."""
+
+
+@dataclass
+class EngineConfig:
+    """Tunables (defaults suit a benchmark node; tests shrink them)."""
+
+    cache_pages: int = 8192
+    checkpoint_interval: float = 300.0
+    checkpoint_wal_bytes: int = 256 * 1024 * 1024
+    segment_size: int | None = None
+    system_id: int = 0
+    epoch: int = 1
+
+
+@dataclass
+class RecoveryReport:
+    """What ``Engine.open`` found and did (also logged)."""
+
+    redo_start: int | None = None
+    records_replayed: int = 0
+    pages_changed: int = 0
+    torn_tail: str | None = None
+    data_loss: str | None = None
+    records_lost: int = 0
+    bytes_lost: int = 0
+    aborted_in_flight: list[int] = field(default_factory=list)
+
+
+class Transaction:
+    """One transaction of this engine; the XID and snapshot come from the caller."""
+
+    __slots__ = ("engine", "xid", "snapshot", "wrote", "state")
+
+    def __init__(self, engine: "Engine", xid: int, snapshot: Snapshot) -> None:
+        self.engine = engine
+        self.xid = xid
+        self.snapshot = snapshot
+        self.wrote = False
+        self.state = mvcc.IN_PROGRESS
+
+    def get(self, table: str | int, key: int) -> Row | None:
+        return self.engine._get(self, table, key)
+
+    def insert(self, table: str | int, key: int, row: Mapping[str, Any]) -> TupleId:
+        return self.engine._write(self, table, key, "insert", dict(row))
+
+    def update(self, table: str | int, key: int, changes: Mapping[str, Any]) -> TupleId:
+        return self.engine._write(self, table, key, "update", dict(changes))
+
+    def add(self, table: str | int, key: int, column: str, delta: int | float) -> TupleId:
+        return self.engine._write(self, table, key, "add", (column, delta))
+
+    def delete(self, table: str | int, key: int) -> TupleId:
+        return self.engine._write(self, table, key, "delete", None)
+
+    def lock(self, table: str | int, key: int) -> TupleId:
+        """SELECT ... FOR UPDATE on one row (exclusive row lock until the transaction ends)."""
+        return self.engine._write(self, table, key, "lock", None)
+
+    def scan(self, table: str | int) -> Iterator[tuple[int, Row]]:
+        t = self.engine.table(table)
+        for keys, recs in self.engine.scan_arrays(self, table):
+            for k, r in zip(keys.tolist(), recs):
+                yield k, t.schema.from_record(r)
+
+    def commit(self) -> frozenset[int]:
+        return self.engine.commit(self)
+
+    def abort(self) -> frozenset[int]:
+        return self.engine.abort(self)
+
+
+class Engine:
+    """Open with ``Engine.open``; see the package docstring for the API."""
+
+    def __init__(self, shared: Path, node_id: int, config: EngineConfig,
+                 lamport: Callable[[], int] | None) -> None:
+        self.shared = shared
+        self.node_id = node_id
+        self.config = config
+        self._lock = threading.RLock()
+        self._external_clock = lamport
+        self._clock = 0
+        self._last_lamport = 0
+        self._wal: WalWriter | None = None
+        self.cache = BufferCache(shared, config.cache_pages, wal_flush=self._wal_flush,
+                                 flushed_lsn=self._wal_flushed)
+        self.ops = HeapOps(self.cache, self._log, lambda: self.horizon())
+        self.tables_by_name: dict[str, Table] = {}
+        self.tables_by_id: dict[int, Table] = {}
+        self.committed: set[int] = set()
+        self.aborted: set[int] = set()
+        self.running: dict[int, Transaction] = {}
+        self._committing: set[int] = set()
+        self.max_xid = mvcc.FIRST_NORMAL_XID - 1
+        self._waits_for: dict[int, int] = {}
+        self._waiters: dict[int, set[int]] = {}
+        self.on_end: EndCallback | None = None
+        self.status: Callable[[int], str] = self.local_status
+        self.horizon: Callable[[], int] = self.local_horizon
+        self._failed: BaseException | None = None
+        self._last_checkpoint_time: float | None = None
+        self._checkpoint_lsn = 0
+        self.recovery = RecoveryReport()
+
+    @classmethod
+    def open(cls, shared: str | Path, node_id: int, *, lamport: Callable[[], int] | None = None,
+             seed_clock: Callable[[int], None] | None = None, config: EngineConfig | None = None,
+             accept_data_loss: bool = False) -> "Engine":
+        """Recover this node's state (checkpoint + redo of its WAL) and open for work.
+
+        ``lamport`` is the node's clock tick (default: an internal counter continuing after the WAL's last GLSN);
+        ``seed_clock(lamport_value)`` is called with the WAL's last Lamport time before anything is appended, so
+        an external clock can move above it.  Raises ``WalDamaged`` on mid-stream WAL corruption unless
+        ``accept_data_loss`` (then the damaged tail is cut off and ``engine.recovery`` says what was lost).
+        """
+        from muheam.engine.recovery import recover
+        eng = cls(Path(shared), node_id, config or EngineConfig(), lamport)
+        recover(eng, seed_clock=seed_clock, accept_data_loss=accept_data_loss)
+        return eng
+
+    # -- WAL plumbing --------------------------------------------------------------------------------------------
+
+    def _tick(self) -> int:
+        if self._external_clock is not None:
+            self._last_lamport = self._external_clock()
+        else:
+            self._clock += 1
+            self._last_lamport = self._clock
+        return self._last_lamport
+
+    def _writer(self) -> WalWriter:
+        if self._failed is not None:
+            raise EngineStopped(f"node {self.node_id}'s engine stopped after an earlier failure ({self._failed}); "
+                                f"restart the node so recovery rebuilds its state from the WAL")
+        assert self._wal is not None
+        return self._wal
+
+    def _log(self, kind: int, payload: bytes, xid: int) -> tuple[int, int]:
+        """Append one record; returns ``(glsn, end_lsn)``.  A failure stops the engine: a page may already
+        carry the unlogged change, so no page may be written any more."""
+        wal = self._writer()
+        try:
+            _, end = wal.append(kind, payload, lamport=self._tick, xid=xid)
+        except BaseException as e:
+            self._fail(e)
+            raise
+        return pack_glsn(self._last_lamport, self.node_id), end
+
+    def _fail(self, e: BaseException) -> None:
+        log.critical("node %d: engine stopped: %s", self.node_id, e)
+        self._failed = e
+        self.cache.discard()
+
+    def _wal_flush(self, lsn: int) -> int:
+        return self._writer().flush(lsn)
+
+    def _wal_flushed(self) -> int:
+        return self._wal.flushed_lsn if self._wal is not None else 0
+
+    @property
+    def wal(self) -> WalWriter:
+        return self._writer()
+
+    # -- catalog -------------------------------------------------------------------------------------------------
+
+    def create_table(self, name: str, columns: Mapping[str, str], *, expected_rows: int = 0) -> Table:
+        """Create a table (WAL-logged and durable when this returns); raises ``TableExists``, ``SchemaError``."""
+        with self._lock:
+            check_name(name, "table")
+            if name in self.tables_by_name:
+                raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
+                                  f"pick another name")
+            schema = Schema(name, columns)
+            nbuckets = default_nbuckets(schema, expected_rows)
+            table_id = max(self.tables_by_id, default=0) + 1
+            _, end = self._log(walrec.CATALOG_CREATE, walrec.encode_create_table(table_id, nbuckets,
+                                                                                  schema.to_dict()), 0)
+            self._wal_flush(end)
+            t = Table(table_id, name, schema, nbuckets)
+            self.add_table(t)
+            self.write_catalog()
+            return t
+
+    def add_table(self, t: Table) -> None:
+        """Register a catalog entry, creating (or re-creating, if unusable) its relation file."""
+        path = relation_path(self.shared, t.table_id)
+        try:
+            Heap.open(path, table_id=t.table_id).close()
+        except Exception as e:
+            if path.exists():
+                log.warning("node %d: relation file %s of table %r is unusable (%s); re-creating it empty, redo "
+                            "refills it", self.node_id, path, t.name, e)
+                path.unlink()
+            Heap.create(path, t.schema, table_id=t.table_id, nbuckets=t.nbuckets).close()
+        self.cache.attach(t.table_id, t.schema)
+        self.tables_by_name[t.name] = t
+        self.tables_by_id[t.table_id] = t
+
+    def write_catalog(self) -> None:
+        statefiles.write_state(statefiles.catalog_path(self.shared), {"tables": [
+            {"table_id": t.table_id, "nbuckets": t.nbuckets, "schema": t.schema.to_dict()}
+            for t in self.tables_by_id.values()]})
+
+    def tables(self) -> list[Table]:
+        return sorted(self.tables_by_id.values(), key=lambda t: t.table_id)
+
+    def table(self, name_or_id: str | int) -> Table:
+        t = (self.tables_by_name.get(name_or_id) if isinstance(name_or_id, str)
+             else self.tables_by_id.get(name_or_id))
+        if t is None:
+            raise NoSuchTable(f"no table {name_or_id!r}; existing tables: {sorted(self.tables_by_name)}")
+        return t
+
+    # -- status, snapshots, horizon ------------------------------------------------------------------------------
+
+    def local_status(self, xid: int) -> str:
+        """Commit status from this engine's own records: running, committed, else aborted (an XID this node
+        never saw finish committed did not commit here)."""
+        if xid in self.running:
+            return mvcc.IN_PROGRESS
+        return mvcc.COMMITTED if xid in self.committed else mvcc.ABORTED
+
+    def local_snapshot(self, xid: int) -> Snapshot:
+        """A REPEATABLE READ snapshot from this engine's running set (single node only)."""
+        nxt = max(self.max_xid, xid) + 1
+        running = frozenset(x for x in self.running if x != xid)
+        xmin = min(running | {xid})
+        return Snapshot(xmin, nxt, running, xid)
+
+    def local_horizon(self) -> int:
+        """Oldest snapshot xmin in use here: versions deleted by commits below it may be pruned."""
+        if self.running:
+            return min(t.snapshot.xmin for t in self.running.values())
+        return self.max_xid + 1
+
+    # -- transactions --------------------------------------------------------------------------------------------
+
+    def begin(self, xid: int, snapshot: Snapshot | None = None) -> Transaction:
+        """Start transaction ``xid`` (from the global XID service) with ``snapshot`` (default: ``local_snapshot``)."""
+        with self._lock:
+            self._writer()
+            if xid < mvcc.FIRST_NORMAL_XID:
+                raise TransactionError(f"XID {xid} is reserved; transactions use XIDs >= {mvcc.FIRST_NORMAL_XID}")
+            if xid in self.running or xid in self.committed or xid in self.aborted:
+                raise TransactionError(f"XID {xid} was already used on node {self.node_id}; the XID service "
+                                       f"handed it out twice (invariant I1) -- do not reuse XIDs")
+            snap = snapshot if snapshot is not None else self.local_snapshot(xid)
+            if snap.xid != xid:
+                raise TransactionError(f"snapshot belongs to XID {snap.xid}, not {xid}")
+            txn = Transaction(self, xid, snap)
+            self.running[xid] = txn
+            self.max_xid = max(self.max_xid, xid)
+            return txn
+
+    def transaction(self, xid: int) -> Transaction:
+        txn = self.running.get(xid)
+        if txn is None:
+            raise TransactionError(f"transaction {xid} is not running on node {self.node_id}")
+        return txn
+
+    def _check(self, txn: Transaction) -> None:
+        if txn.state != mvcc.IN_PROGRESS or self.running.get(txn.xid) is not txn:
+            raise TransactionError(f"transaction {txn.xid} already {txn.state}; begin a new one")
+        if txn.xid in self._committing:
+            raise TransactionError(f"transaction {txn.xid} is committing; it takes no more work")
+
+    def _get(self, txn: Transaction, table: str | int, key: int) -> Row | None:
+        with self._lock:
+            self._check(txn)
+            return self.ops.get(self.table(table), key, txn.snapshot, self.status)
+
+    def scan_arrays(self, txn: Transaction, table: str | int) -> Iterator[tuple[NDArray[np.int64], NDArray[Any]]]:
+        """Visible rows as numpy (keys, rows) per bucket chain; the cache may change between chunks."""
+        t = self.table(table)
+        for b in range(1, t.nbuckets + 1):
+            with self._lock:
+                self._check(txn)
+                chunk = self.ops.scan_bucket(t, b, txn.snapshot, self.status)
+                self.cache.trim()
+            if chunk is not None:
+                yield chunk
+
+    def _write(self, txn: Transaction, table: str | int, key: int, op: str, arg: Any) -> TupleId:
+        with self._lock:
+            self._check(txn)
+            self._writer()
+            t = self.table(table)
+            xid, snap, status = txn.xid, txn.snapshot, self.status
+            self._stop_waiting(xid)
+            try:
+                if op == "insert":
+                    tid = self.ops.insert(t, key, arg, snap, status)
+                elif op == "update":
+                    tid = self.ops.update(t, key, lambda old: {**old, **arg}, snap, status)
+                elif op == "add":
+                    tid = self.ops.update(t, key, _adder(t, *arg), snap, status)
+                else:
+                    tid = self.ops.delete(t, key, snap, status, lock_only=op == "lock")
+            except RowConflict as e:
+                if e.committed:
+                    raise SerializationFailure(
+                        f"could not serialize access due to concurrent update: {e}; abort transaction {xid} and "
+                        f"retry it with a new XID and snapshot", key=e.key, blocker=e.blocker) from e
+                self._start_waiting(xid, e.blocker)
+                raise
+            finally:
+                if self._failed is None:
+                    self.cache.trim()
+            txn.wrote = True
+            return tid
+
+    def _start_waiting(self, xid: int, blocker: int) -> None:
+        b: int | None = blocker
+        while b is not None:
+            if b == xid:
+                raise Deadlock(f"deadlock: transaction {xid} would wait for {blocker}, which (transitively) waits "
+                               f"for {xid}; abort transaction {xid} and retry it", xid=xid, blocker=blocker)
+            b = self._waits_for.get(b)
+        self._waits_for[xid] = blocker
+        self._waiters.setdefault(blocker, set()).add(xid)
+
+    def _stop_waiting(self, xid: int) -> None:
+        b = self._waits_for.pop(xid, None)
+        if b is not None:
+            self._waiters.get(b, set()).discard(xid)
+
+    def _finish(self, txn: Transaction, outcome: str) -> frozenset[int]:
+        """Publish the outcome (caller holds the lock); returns the XIDs that were waiting for ``txn``."""
+        xid = txn.xid
+        (self.committed if outcome == mvcc.COMMITTED else self.aborted).add(xid)
+        self._committing.discard(xid)
+        txn.state = outcome
+        del self.running[xid]
+        self._stop_waiting(xid)
+        woken = frozenset(self._waiters.pop(xid, ()))
+        for w in woken:
+            self._waits_for.pop(w, None)
+        if self.on_end is not None:
+            self.on_end(xid, outcome, woken)
+        return woken
+
+    def commit(self, txn: Transaction) -> frozenset[int]:
+        """Commit; returns only after the COMMIT record is durable (I7).  Returns the XIDs woken."""
+        return self.commit_batch([txn])
+
+    def commit_batch(self, txns: Iterable[Transaction]) -> frozenset[int]:
+        """Commit several transactions with one WAL flush (group commit for a batching caller)."""
+        todo = list(txns)
+        end = 0
+        with self._lock:
+            for txn in todo:
+                self._check(txn)
+            for txn in todo:
+                if txn.wrote:
+                    _, e = self._log(walrec.COMMIT, b"", txn.xid)
+                    end = max(end, e)
+                self._committing.add(txn.xid)
+        if end:
+            try:
+                self._writer().flush(end)
+            except BaseException as e:
+                with self._lock:
+                    self._fail(e)
+                raise
+        woken: set[int] = set()
+        with self._lock:
+            for txn in todo:
+                woken |= self._finish(txn, mvcc.COMMITTED)
+        return frozenset(woken)
+
+    def abort(self, txn: Transaction) -> frozenset[int]:
+        """Roll back: an ABORT record (no flush needed: a lost ABORT reads as aborted after recovery too)."""
+        with self._lock:
+            self._check(txn)
+            if txn.wrote and self._failed is None:
+                self._log(walrec.ABORT, b"", txn.xid)
+            return self._finish(txn, mvcc.ABORTED)
+
+    # -- checkpoints and shutdown --------------------------------------------------------------------------------
+
+    def checkpoint(self) -> int:
+        """Write every dirty page (WAL first), fsync the relation files, log CHECKPOINT and persist the redo
+        start point; returns the redo LSN.  Transactions may stay open across it."""
+        with self._lock:
+            wal = self._writer()
+            try:
+                self.cache.flush_all()
+                self.cache.sync()
+                running = tuple(self.running)
+                lsn, end = wal.append(walrec.CHECKPOINT, walrec.encode_checkpoint(wal.end_lsn, running),
+                                      lamport=self._tick)
+                wal.flush(end)
+            except BaseException as e:
+                self._fail(e)
+                raise
+            # every COMMIT appended so far is durable now: committing transactions count as committed
+            statefiles.write_xact(self.shared, self.node_id, self.committed | self._committing, self.aborted)
+            self.write_catalog()
+            statefiles.write_checkpoint(self.shared, self.node_id, statefiles.CheckpointPointer(
+                lsn, pack_glsn(self._last_lamport, self.node_id)))
+            self._checkpoint_lsn = lsn
+            log.info("node %d: checkpoint at LSN %#x", self.node_id, lsn)
+            return lsn
+
+    def maybe_checkpoint(self, now: float) -> bool:
+        """Checkpoint if ``checkpoint_interval`` seconds (of the caller's clock) passed since the last one, or
+        ``checkpoint_wal_bytes`` of WAL were written; returns whether it did."""
+        if self._last_checkpoint_time is None:
+            self._last_checkpoint_time = now
+        due = (now - self._last_checkpoint_time >= self.config.checkpoint_interval
+               or self._writer().end_lsn - self._checkpoint_lsn >= self.config.checkpoint_wal_bytes)
+        if due:
+            self.checkpoint()
+            self._last_checkpoint_time = now
+        return due
+
+    def close(self) -> None:
+        """Clean shutdown: running transactions are aborted, then a final checkpoint."""
+        with self._lock:
+            if self._wal is None:
+                return
+            if self._failed is None:
+                for txn in list(self.running.values()):
+                    if txn.xid not in self._committing:
+                        self.abort(txn)
+                self.checkpoint()
+                self._wal.close()
+            self.cache.close()
+            self._wal = None
+
+    def crash(self) -> None:
+        """Testing aid: stop like a killed process (no checkpoint, no flush, dirty pages lost)."""
+        with self._lock:
+            self.cache.discard()
+            if self._wal is not None:
+                self._wal._closed = True
+                import os
+                os.close(self._wal._fd)
+                self._wal = None
+
+    @property
+    def last_lamport(self) -> int:
+        return unpack_glsn(self._wal.last_glsn)[0] if self._wal is not None else self._last_lamport
+
+
+def _adder(t: Table, column: str, delta: int | float) -> Callable[[Row], Row]:
+    if column not in t.schema.column_names:
+        raise RowValueError(f"table {t.name!r} has no column {column!r}; columns: {list(t.schema.column_names)}",
+                            table=t.name, column=column)
+    kind = dict(t.schema.columns)[column]
+    if kind == "int64" and (isinstance(delta, bool) or not isinstance(delta, (int, np.integer))):
+        raise RowValueError(f"table {t.name!r}, column {column!r}: add needs an integer delta for int64, got "
+                            f"{delta!r}", table=t.name, column=column)
+    if kind.startswith("text"):
+        raise RowValueError(f"table {t.name!r}, column {column!r}: cannot add to a text column", table=t.name,
+                            column=column)
+
+    def change(old: Row) -> Row:
+        v = old[column]
+        assert not isinstance(v, str)
+        old[column] = v + delta
+        return old
+
+    return change
+
+
+__all__ = ["Engine", "EngineConfig", "RecoveryReport", "SchemaError", "Transaction"]

@@ -1,0 +1,73 @@
+"""Typed engine errors.  Each message names the table, key, XID or WAL position and says what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from muheam.storage.errors import StorageError
+
+
+class EngineError(StorageError):
+    """Base class of every error raised by ``muheam.engine`` (storage errors pass through unchanged)."""
+
+
+class NoSuchTable(EngineError, LookupError):
+    """A table name or id is not in the catalog."""
+
+    exit_code = 2
+
+
+class TableExists(EngineError):
+    """``create_table`` with a name that is already taken."""
+
+    exit_code = 2
+
+
+class TransactionError(EngineError):
+    """A transaction was used wrongly: unknown or finished XID, XID reused, engine stopped, ..."""
+
+
+class SerializationFailure(TransactionError):
+    """First-updater-wins: a transaction the snapshot does not see changed the row and committed.
+
+    The transaction must be rolled back and retried from the start with a new XID and snapshot.
+    """
+
+    def __init__(self, message: str, *, key: int, blocker: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.blocker = blocker
+
+
+class Deadlock(TransactionError):
+    """Waiting for ``blocker`` would close a cycle of waiting transactions; abort this one and retry."""
+
+    def __init__(self, message: str, *, xid: int, blocker: int) -> None:
+        super().__init__(message)
+        self.xid = xid
+        self.blocker = blocker
+
+
+class EngineStopped(EngineError):
+    """An earlier WAL or data-file failure stopped the engine (like a PostgreSQL PANIC): restart the node."""
+
+
+class WalDamaged(EngineError):
+    """Recovery met corruption in the middle of this node's WAL and refused to open.
+
+    ``path``/``offset``/``lsn`` say where; the message tells the operator the two ways on.
+    """
+
+    def __init__(self, message: str, *, path: Path, offset: int, lsn: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+        self.lsn = lsn
+
+
+class StateFileCorrupt(EngineError):
+    """A catalog, checkpoint or xact status file failed its checksum or could not be parsed."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,0 +1,258 @@
+"""Heap changes through the buffer cache: the do path (find, check, change, WAL-log, stamp) and physical redo.
+
+Both paths change pages with the same ``Page`` methods (``insert(slot=...)``, ``set_xmax``, ``free``,
+``clear_xmax``), so redo reproduces the exact bytes the engine produced.  The do path changes the page first
+and logs second: the slot number is only known after the change, and a failed append stops the engine (the
+changed page is then never written, like a PostgreSQL PANIC inside a critical section).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+
+from muheam.engine import walrec
+from muheam.engine.buffer import BufferCache
+from muheam.storage import KeyNotFound, RowConflict, Schema, Snapshot, StatusFn, TupleId
+from muheam.storage import mvcc
+from muheam.storage.heap import (DUPLICATE, WAIT, bucket_block, find_space, find_visible, unique_conflict,
+                                 walk_chain)
+from muheam.storage.page import KIND_OVERFLOW, Page
+from muheam.storage.schema import Row, check_key
+from walmerge import Record
+
+Log = Callable[[int, bytes, int], tuple[int, int]]
+"""``log(kind, payload, xid) -> (glsn, end_lsn)``: append one WAL record (the engine's writer)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A catalog entry."""
+
+    table_id: int
+    name: str
+    schema: Schema
+    nbuckets: int
+
+
+class HeapOps:
+    """Row operations of one node over its buffer cache; every change is WAL-logged before it returns."""
+
+    def __init__(self, cache: BufferCache, log: Log, horizon: Callable[[], int]) -> None:
+        self.cache = cache
+        self.log = log
+        self.horizon = horizon
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _chain(self, t: Table, start: int) -> Iterator[Page]:
+        tid = t.table_id
+        return walk_chain(start, lambda b: self.cache.modify(tid, b), max_blocks=self.cache.nblocks(tid),
+                          first_overflow=t.nbuckets + 1)
+
+    def _done(self, t: Table, pages: list[Page], glsn: int, end_lsn: int) -> None:
+        seen: set[int] = set()
+        for p in pages:
+            if p.block not in seen:
+                seen.add(p.block)
+                p.stamp(glsn)
+                self.cache.mark_dirty(t.table_id, p.block, end_lsn)
+
+    def _place(self, t: Table, key: int, status: StatusFn) -> tuple[Page, Page | None]:
+        """A page with a free slot in ``key``'s chain (pruning a full chain first, then extending it);
+        returns ``(page, link_from)`` where ``link_from`` is set if ``page`` is a new overflow block."""
+        start = bucket_block(key, t.nbuckets)
+        page, last = find_space(start, lambda b: self.cache.modify(t.table_id, b),
+                                max_blocks=self.cache.nblocks(t.table_id), first_overflow=t.nbuckets + 1)
+        if page is not None:
+            return page, None
+        horizon = self.horizon()
+        for cand in self._chain(t, start):
+            res = cand.prune(horizon, status)
+            if res:
+                glsn, end = self.log(walrec.HEAP_PRUNE,
+                                     walrec.encode_prune(t.table_id, cand.block, res.freed, res.xmax_cleared), 0)
+                self._done(t, [cand], glsn, end)
+            if cand.nfree:
+                return cand, None
+        block = self.cache.nblocks(t.table_id)
+        new = self.cache.install(t.table_id, Page.new(t.schema, block=block, kind=KIND_OVERFLOW,
+                                                      table_id=t.table_id))
+        last.next_block = block
+        return new, last
+
+    def _writable(self, t: Table, key: int, snap: Snapshot, status: StatusFn) -> tuple[Page, int]:
+        hit = find_visible(bucket_block(key, t.nbuckets), key, snap, status,
+                           lambda b: self.cache.modify(t.table_id, b), max_blocks=self.cache.nblocks(t.table_id),
+                           first_overflow=t.nbuckets + 1)
+        if hit is None:
+            raise KeyNotFound(f"table {t.name!r}: no row with key {key} is visible to transaction {snap.xid}",
+                              key=key)
+        page, slot = hit
+        s = page.slots[slot]
+        blocker = mvcc.write_conflict(int(s["xmax"]), int(s["flags"]), snap.xid, status)
+        if blocker is not None:
+            who, committed = blocker
+            what = ("changed it after this transaction's snapshot; roll back and retry the transaction"
+                    if committed else "is changing or locking it; wait for it to finish and retry")
+            raise RowConflict(f"table {t.name!r}, key {key}: transaction {who} {what}", key=key, blocker=who,
+                              committed=committed)
+        return page, slot
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+
+    def get(self, t: Table, key: int, snap: Snapshot, status: StatusFn) -> Row | None:
+        key = check_key(key, t.name)
+        tid = t.table_id
+        hit = find_visible(bucket_block(key, t.nbuckets), key, snap, status, lambda b: self.cache.read(tid, b),
+                           max_blocks=self.cache.nblocks(tid), first_overflow=t.nbuckets + 1)
+        if hit is None:
+            return None
+        return t.schema.from_record(hit[0].slots["row"][hit[1]])
+
+    def scan_bucket(self, t: Table, bucket: int, snap: Snapshot,
+                    status: StatusFn) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
+        """Visible (keys, rows) of one bucket chain (bucket is 1-based: its block number), or ``None``."""
+        tid = t.table_id
+        keys, rows = [], []
+        for page in walk_chain(bucket, lambda b: self.cache.read(tid, b), max_blocks=self.cache.nblocks(tid),
+                               first_overflow=t.nbuckets + 1):
+            mask = page.visible_mask(snap, status)
+            if mask.any():
+                sel = page.slots[mask]
+                keys.append(sel["key"].copy())
+                rows.append(sel["row"].copy())
+        if not keys:
+            return None
+        if len(keys) == 1:
+            return keys[0], rows[0]
+        return np.concatenate(keys), np.concatenate(rows)
+
+    # -- writes --------------------------------------------------------------------------------------------------
+
+    def insert(self, t: Table, key: int, row: Row, snap: Snapshot, status: StatusFn) -> TupleId:
+        key = check_key(key, t.name)
+        rec = t.schema.to_record(row)
+        versions = [v for p in self._chain(t, bucket_block(key, t.nbuckets)) for v in p.versions(key)]
+        verdict = unique_conflict(versions, snap, status) if versions else None
+        if verdict is not None:
+            what, who = verdict
+            if what == DUPLICATE:
+                from muheam.storage import DuplicateKey
+                raise DuplicateKey(f"table {t.name!r}: key {key} already exists", key=key)
+            if what == WAIT:
+                raise RowConflict(f"table {t.name!r}: key {key} is being inserted or deleted by transaction "
+                                  f"{who}; wait for it to finish and retry", key=key, blocker=who, committed=False)
+            raise RowConflict(f"table {t.name!r}: transaction {who} changed key {key} after this transaction's "
+                              f"snapshot; roll back and retry the transaction", key=key, blocker=who,
+                              committed=True)
+        page, link = self._place(t, key, status)
+        slot = page.insert(key, rec, snap.xid)
+        flags = walrec.NEW_PAGE if link is not None else 0
+        glsn, end = self.log(walrec.HEAP_INSERT, walrec.encode_insert(
+            t.table_id, page.block, slot, flags, link.block if link is not None else 0, key, rec.tobytes()),
+            snap.xid)
+        self._done(t, [page] if link is None else [page, link], glsn, end)
+        return TupleId(page.block, slot)
+
+    def update(self, t: Table, key: int, change: Callable[[Row], Row], snap: Snapshot,
+               status: StatusFn) -> TupleId:
+        """Replace the visible version of ``key`` by ``change(old_row)``."""
+        key = check_key(key, t.name)
+        old, oslot = self._writable(t, key, snap, status)
+        rec = t.schema.to_record(change(t.schema.from_record(old.slots["row"][oslot])))
+        page, link = self._place(t, key, status)
+        nslot = page.insert(key, rec, snap.xid)
+        old.set_xmax(oslot, snap.xid, ctid=TupleId(page.block, nslot))
+        flags = walrec.NEW_PAGE if link is not None else 0
+        glsn, end = self.log(walrec.HEAP_UPDATE, walrec.encode_update(
+            t.table_id, page.block, nslot, flags, link.block if link is not None else 0, key, old.block, oslot,
+            rec.tobytes()), snap.xid)
+        self._done(t, [page, old] if link is None else [page, old, link], glsn, end)
+        return TupleId(page.block, nslot)
+
+    def delete(self, t: Table, key: int, snap: Snapshot, status: StatusFn, *, lock_only: bool = False) -> TupleId:
+        key = check_key(key, t.name)
+        page, slot = self._writable(t, key, snap, status)
+        if lock_only and int(page.slots["xmax"][slot]) == snap.xid:
+            return TupleId(page.block, slot)       # already locked (or deleted) by us
+        page.set_xmax(slot, snap.xid, lock_only=lock_only)
+        glsn, end = self.log(walrec.HEAP_LOCK if lock_only else walrec.HEAP_DELETE,
+                             walrec.encode_delete(t.table_id, page.block, slot, key), snap.xid)
+        self._done(t, [page], glsn, end)
+        return TupleId(page.block, slot)
+
+
+# -- redo ----------------------------------------------------------------------------------------------------------
+
+def _fresh(cache: BufferCache, t: Table, block: int, glsn: int) -> Page | None:
+    """The page a NEW_PAGE record allocated: the cached/disk image if it already has this change, else a
+    newly initialised block (whatever an unreached disk image held predates the allocation)."""
+    page = cache.try_read(t.table_id, block)
+    if page is not None and page.glsn >= glsn:
+        return None
+    return cache.install(t.table_id, Page.new(t.schema, block=block, kind=KIND_OVERFLOW, table_id=t.table_id))
+
+
+def redo_heap(cache: BufferCache, t: Table, rec: Record) -> int:
+    """Apply one heap record to the pages that do not have it yet (page GLSN < record GLSN); returns how
+    many pages changed (0: everything was already there)."""
+    glsn, xid, kind = rec.glsn, rec.xid, rec.kind
+    tid = t.table_id
+    todo: dict[int, Page] = {}
+
+    def want(block: int) -> Page | None:
+        if block in todo:
+            return todo[block]
+        page = cache.modify(tid, block)
+        if page.glsn < glsn:
+            todo[block] = page
+            return page
+        return None
+
+    if kind == walrec.HEAP_INSERT or kind == walrec.HEAP_UPDATE:
+        r: walrec.Insert | walrec.Update
+        if kind == walrec.HEAP_INSERT:
+            r = walrec.decode_insert(rec.payload)
+            block, slot = r.block, r.slot
+        else:
+            r = walrec.decode_update(rec.payload)
+            block, slot = r.new_block, r.new_slot
+        if r.flags & walrec.NEW_PAGE:
+            fresh = _fresh(cache, t, block, glsn)
+            if fresh is not None:
+                todo[block] = fresh
+            link = want(r.link_from)
+            if link is not None:
+                link.next_block = block
+            page = todo.get(block)
+        else:
+            page = want(block)
+        if page is not None:
+            page.insert(r.key, r.row, xid, slot=slot)
+        if isinstance(r, walrec.Update):
+            old = want(r.old_block)
+            if old is not None:
+                old.set_xmax(r.old_slot, xid, ctid=TupleId(block, slot))
+    elif kind == walrec.HEAP_DELETE or kind == walrec.HEAP_LOCK:
+        d = walrec.decode_delete(rec.payload)
+        page = want(d.block)
+        if page is not None:
+            page.set_xmax(d.slot, xid, lock_only=kind == walrec.HEAP_LOCK)
+    elif kind == walrec.HEAP_PRUNE:
+        p = walrec.decode_prune(rec.payload)
+        page = want(p.block)
+        if page is not None:
+            page.free(list(p.freed))
+            for s in p.cleared:
+                page.clear_xmax(s)
+    else:
+        raise ValueError(f"record kind {kind} is not a heap record")
+    end = rec.end_lsn
+    for b, page in todo.items():
+        page.stamp(glsn)
+        cache.mark_dirty(tid, b, end)
+    return len(todo)

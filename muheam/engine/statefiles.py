@@ -1,0 +1,117 @@
+"""Small durable state files, each rewritten whole and atomically (temp file, fsync, rename, dir fsync).
+
+* ``global/catalog``                -- every table: id, bucket count, schema (rewritten at create and checkpoint)
+* ``global/checkpoint-node-<id>``   -- this node's redo start point (LSN of its last CHECKPOINT record)
+* ``xact/node-<id>``                -- commit status of this node's XIDs up to its last checkpoint
+
+Per-node names mean two nodes never write the same file (DESIGN section 6).  Layout of each file: 4-byte magic,
+4-byte CRC-32C of the rest, then a msgpack map.  A file that fails its CRC raises ``StateFileCorrupt``: it is
+never silently replaced, because the WAL from its checkpoint on may no longer exist.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import msgpack
+import numpy as np
+
+from muheam.engine.errors import StateFileCorrupt
+
+MAGIC = b"MHS1"
+FORMAT = 1
+
+
+def catalog_path(shared: Path) -> Path:
+    return shared / "global" / "catalog"
+
+
+def checkpoint_path(shared: Path, node_id: int) -> Path:
+    return shared / "global" / f"checkpoint-node-{node_id}"
+
+
+def xact_path(shared: Path, node_id: int) -> Path:
+    return shared / "xact" / f"node-{node_id}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_state(path: Path, value: dict[str, Any]) -> None:
+    """Replace ``path`` atomically and durably with ``value``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body: bytes = msgpack.packb({"format": FORMAT, **value}, use_bin_type=True)
+    data = MAGIC + int(google_crc32c.value(body)).to_bytes(4, "little") + body
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The stored map, or ``None`` if the file does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    advice = "restore it from a backup (or, if this node's WAL is complete from its start, delete it to redo all)"
+    if len(data) < 8 or data[:4] != MAGIC:
+        raise StateFileCorrupt(f"{path} is not a MUHEAM state file (bad magic or truncated); {advice}", path=path)
+    body = data[8:]
+    if int(google_crc32c.value(body)) != int.from_bytes(data[4:8], "little"):
+        raise StateFileCorrupt(f"{path} fails its CRC-32C check: the file is damaged; {advice}", path=path)
+    try:
+        value = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise StateFileCorrupt(f"{path} cannot be parsed ({e}); {advice}", path=path) from e
+    if not isinstance(value, dict) or value.get("format") != FORMAT:
+        raise StateFileCorrupt(f"{path} has an unknown format; upgrade muheam or {advice}", path=path)
+    return value
+
+
+@dataclass(frozen=True)
+class CheckpointPointer:
+    redo_lsn: int
+    glsn: int
+
+
+def read_checkpoint(shared: Path, node_id: int) -> CheckpointPointer | None:
+    d = read_state(checkpoint_path(shared, node_id))
+    return None if d is None else CheckpointPointer(int(d["redo_lsn"]), int(d["glsn"]))
+
+
+def write_checkpoint(shared: Path, node_id: int, ptr: CheckpointPointer) -> None:
+    write_state(checkpoint_path(shared, node_id), {"redo_lsn": ptr.redo_lsn, "glsn": ptr.glsn})
+
+
+def read_xact(shared: Path, node_id: int) -> tuple[set[int], set[int]]:
+    """(committed XIDs, aborted XIDs) as of this node's last checkpoint."""
+    d = read_state(xact_path(shared, node_id))
+    if d is None:
+        return set(), set()
+    return (set(np.frombuffer(d["committed"], "<u8").tolist()),
+            set(np.frombuffer(d["aborted"], "<u8").tolist()))
+
+
+def write_xact(shared: Path, node_id: int, committed: set[int], aborted: set[int]) -> None:
+    c = np.fromiter(committed, dtype="<u8", count=len(committed))
+    a = np.fromiter(aborted, dtype="<u8", count=len(aborted))
+    c.sort()
+    a.sort()
+    write_state(xact_path(shared, node_id), {"committed": c.tobytes(), "aborted": a.tobytes()})
