@@ -1,0 +1,228 @@
+"""Engine: catalog, transactions, conflicts and waits, group commit, WAL damage at open, state-file checks."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from muheam.engine import (Deadlock, Engine, EngineConfig, NoSuchTable, SerializationFailure, StateFileCorrupt,
+                           TableExists, TransactionError, WalDamaged)
+from muheam.engine import statefiles
+from muheam.storage import DuplicateKey, KeyNotFound, RowConflict, RowValueError, SchemaError
+from walmerge import RecordKind, WalReader, node_wal_dir, segment_name
+
+COLS = {"balance": "int64", "name": "text(16)", "x": "float64"}
+
+
+def cfg(**kw: object) -> EngineConfig:
+    base: dict[str, object] = {"cache_pages": 16, "segment_size": 1 << 16}
+    base.update(kw)
+    return EngineConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def eng(shared: Path) -> Iterator[Engine]:
+    e = Engine.open(shared, 1, config=cfg())
+    yield e
+    e.crash()
+
+
+def row(b: int, name: str = "n", x: float = 0.5) -> dict[str, object]:
+    return {"balance": b, "name": name, "x": x}
+
+
+def test_catalog_create_list_lookup_and_recover(shared: Path) -> None:
+    e = Engine.open(shared, 1, config=cfg())
+    t = e.create_table("accounts", COLS, expected_rows=1000)
+    e.create_table("other", {"v": "int64"})
+    assert [x.name for x in e.tables()] == ["accounts", "other"]
+    assert e.table("accounts") == t and e.table(t.table_id) == t
+    with pytest.raises(TableExists, match="accounts"):
+        e.create_table("accounts", COLS)
+    with pytest.raises(NoSuchTable, match="nope"):
+        e.table("nope")
+    with pytest.raises(SchemaError):
+        e.create_table("bad", {"a": "int32"})
+    e.crash()
+    statefiles.catalog_path(shared).unlink()     # the catalog comes back from the WAL alone
+    e = Engine.open(shared, 1, config=cfg())
+    assert [(x.table_id, x.name, x.schema, x.nbuckets) for x in e.tables()] == \
+        [(t.table_id, "accounts", t.schema, t.nbuckets), (2, "other", e.table("other").schema, 1)]
+    e.close()
+    e = Engine.open(shared, 1, config=cfg())
+    assert len(e.tables()) == 2
+    e.close()
+
+
+def test_crud_visibility_and_errors(eng: Engine) -> None:
+    eng.create_table("a", COLS)
+    t1 = eng.begin(10)
+    t1.insert("a", 1, row(100, "one"))
+    t1.insert("a", 2, row(200))
+    with pytest.raises(DuplicateKey):
+        t1.insert("a", 1, row(1))
+    with pytest.raises(RowValueError):
+        t1.insert("a", 3, {"balance": "x", "name": "n", "x": 1.0})
+    with pytest.raises(KeyNotFound):
+        t1.update("a", 99, {"balance": 1})
+    t1.add("a", 1, "balance", 5)
+    t1.add("a", 1, "x", 1.5)
+    assert t1.get("a", 1) == {"balance": 105, "name": "one", "x": 2.0}
+    with pytest.raises(RowValueError):
+        t1.add("a", 1, "name", 1)
+    reader = eng.begin(11)                # snapshot while 10 runs: sees nothing of it
+    assert reader.get("a", 1) is None
+    assert t1.commit() == frozenset()
+    assert reader.get("a", 1) is None      # repeatable read
+    reader.commit()
+    t2 = eng.begin(12)
+    assert t2.get("a", 1) == {"balance": 105, "name": "one", "x": 2.0}
+    t2.delete("a", 2)
+    t2.update("a", 1, {"name": "uno"})
+    assert sorted(t2.scan("a")) == [(1, {"balance": 105, "name": "uno", "x": 2.0})]
+    t2.abort()
+    t3 = eng.begin(13)
+    assert sorted(k for k, _ in t3.scan("a")) == [1, 2]
+    assert t3.get("a", 1)["name"] == "one"  # type: ignore[index]
+    t3.commit()
+    with pytest.raises(TransactionError, match="already committed"):
+        t3.get("a", 1)
+    with pytest.raises(TransactionError, match="already used"):
+        eng.begin(13)
+
+
+def test_row_conflict_wait_wake_serialization_and_deadlock(eng: Engine) -> None:
+    eng.create_table("a", COLS)
+    t = eng.begin(3)
+    t.insert("a", 1, row(0))
+    t.insert("a", 2, row(0))
+    t.commit()
+    woken: list[tuple[int, str, frozenset[int]]] = []
+    eng.on_end = lambda x, outcome, w: woken.append((x, outcome, w))
+    a, b = eng.begin(4), eng.begin(5)
+    a.add("a", 1, "balance", 1)
+    b.add("a", 2, "balance", 1)
+    with pytest.raises(RowConflict) as ei:
+        b.add("a", 1, "balance", 1)       # 5 waits for 4
+    assert ei.value.blocker == 4 and not ei.value.committed
+    with pytest.raises(Deadlock):
+        a.add("a", 2, "balance", 1)       # 4 -> 5 -> 4
+    assert a.abort() == frozenset({5})
+    assert woken[-1] == (4, "aborted", frozenset({5}))
+    b.add("a", 1, "balance", 1)           # the blocker aborted: retry succeeds
+    c = eng.begin(6)
+    with pytest.raises(RowConflict):
+        c.delete("a", 1)
+    assert b.commit() == frozenset({6})
+    with pytest.raises(SerializationFailure, match="roll back|retry"):
+        c.delete("a", 1)                  # first updater won
+    c.abort()
+    d = eng.begin(7)
+    d.lock("a", 1)
+    e = eng.begin(8)
+    with pytest.raises(RowConflict):
+        e.update("a", 1, {"balance": 9})
+    d.commit()                            # a finished lock does not block
+    e.update("a", 1, {"balance": 9})
+    e.commit()
+    f = eng.begin(9)
+    assert f.get("a", 1) == row(9)
+    assert f.get("a", 2) == row(1)
+    f.commit()
+
+
+def test_group_commit_batch_and_threads(eng: Engine) -> None:
+    eng.create_table("a", COLS)
+    txns = [eng.begin(x) for x in range(3, 53)]
+    for i, t in enumerate(txns):
+        t.insert("a", i, row(i))
+    before = eng.wal.fsync_count
+    eng.commit_batch(txns)
+    assert eng.wal.fsync_count - before == 1
+    n, xid = 200, iter(range(100, 100 + 400))
+    lock = threading.Lock()
+    before = eng.wal.fsync_count
+
+    def worker(k0: int) -> None:
+        for k in range(k0, k0 + n // 4):
+            with lock:
+                t = eng.begin(next(xid))
+            t.insert("a", 1000 + k, row(k))
+            t.commit()
+
+    ths = [threading.Thread(target=worker, args=(i * n // 4,)) for i in range(4)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert eng.wal.fsync_count - before <= n
+    t = eng.begin(999)
+    assert sum(1 for _ in t.scan("a")) == 50 + n
+
+
+def _commits(shared: Path, n: int) -> list[int]:
+    e = Engine.open(shared, 1, config=cfg())
+    e.create_table("a", COLS)
+    for i in range(n):
+        t = e.begin(3 + i)
+        t.insert("a", i, row(i))
+        t.commit()
+    e.crash()
+    recs = WalReader(node_wal_dir(shared, 1), node_id=1, system_id=0).read_all()
+    return [r.lsn for r in recs if r.kind == RecordKind.COMMIT]
+
+
+def test_corrupt_wal_refuses_then_accepts_data_loss(shared: Path) -> None:
+    commits = _commits(shared, 40)
+    bad = commits[20]
+    seg = bad - bad % (1 << 16)
+    path = node_wal_dir(shared, 1) / segment_name(seg)
+    data = bytearray(path.read_bytes())
+    data[bad - seg + 9] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalDamaged) as ei:
+        Engine.open(shared, 1, config=cfg())
+    assert ei.value.path == path and ei.value.offset == bad - seg
+    assert str(path) in str(ei.value) and f"offset {bad - seg}" in str(ei.value)
+    e = Engine.open(shared, 1, config=cfg(), accept_data_loss=True)
+    assert e.recovery.data_loss and e.recovery.records_lost >= 19 and e.recovery.bytes_lost > 0
+    t = e.begin(1000)
+    assert sorted(k for k, _ in t.scan("a")) == list(range(20))
+    t.commit()
+    e.close()
+    e = Engine.open(shared, 1, config=cfg())    # clean from now on
+    assert e.recovery.data_loss is None
+    e.close()
+
+
+def test_torn_tail_is_cut_and_logged(shared: Path, caplog: pytest.LogCaptureFixture) -> None:
+    commits = _commits(shared, 10)
+    last = commits[-1]
+    seg = last - last % (1 << 16)
+    path = node_wal_dir(shared, 1) / segment_name(seg)
+    data = bytearray(path.read_bytes())
+    data[last - seg + 20: last - seg + 40] = bytes(20)     # the last record half written
+    path.write_bytes(bytes(data))
+    e = Engine.open(shared, 1, config=cfg())
+    assert e.recovery.torn_tail and "torn" in caplog.text
+    t = e.begin(1000)
+    assert sorted(k for k, _ in t.scan("a")) == list(range(9))
+    e.close()
+
+
+def test_damaged_state_file_is_refused(shared: Path) -> None:
+    Engine.open(shared, 1, config=cfg()).close()
+    p = statefiles.checkpoint_path(shared, 1)
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 1
+    p.write_bytes(bytes(data))
+    with pytest.raises(StateFileCorrupt, match="CRC"):
+        Engine.open(shared, 1, config=cfg())
