@@ -12,6 +12,7 @@ snapshots (``begin(xid, snapshot)``), the commit-status callback (``status``) an
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,11 @@ class Engine:
         """
         from muheam.engine.recovery import recover
         eng = cls(Path(shared), node_id, config or EngineConfig(), lamport)
-        recover(eng, seed_clock=seed_clock, accept_data_loss=accept_data_loss)
+        try:
+            recover(eng, seed_clock=seed_clock, accept_data_loss=accept_data_loss)
+        except BaseException:
+            eng.crash()          # release files; nothing half-recovered is written
+            raise
         return eng
 
     # -- WAL plumbing --------------------------------------------------------------------------------------------
@@ -472,7 +477,6 @@ class Engine:
             self.cache.discard()
             if self._wal is not None:
                 self._wal._closed = True
-                import os
                 os.close(self._wal._fd)
                 self._wal = None
 

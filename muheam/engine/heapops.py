@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from muheam.engine import walrec
 from muheam.engine.buffer import BufferCache
-from muheam.storage import KeyNotFound, RowConflict, Schema, Snapshot, StatusFn, TupleId
+from muheam.storage import DuplicateKey, KeyNotFound, RowConflict, Schema, Snapshot, StatusFn, TupleId
 from muheam.storage import mvcc
 from muheam.storage.heap import (DUPLICATE, WAIT, bucket_block, find_space, find_visible, unique_conflict,
                                  walk_chain)
@@ -141,7 +141,6 @@ class HeapOps:
         if verdict is not None:
             what, who = verdict
             if what == DUPLICATE:
-                from muheam.storage import DuplicateKey
                 raise DuplicateKey(f"table {t.name!r}: key {key} already exists", key=key)
             if what == WAIT:
                 raise RowConflict(f"table {t.name!r}: key {key} is being inserted or deleted by transaction "
