@@ -256,3 +256,20 @@ def test_redo_from_an_older_checkpoint_is_idempotent(shared: Path) -> None:
     assert dict(t.scan("a")) == want
     t.commit()
     e.close()
+
+
+def test_maybe_checkpoint_by_time_and_by_wal_volume(shared: Path) -> None:
+    e = Engine.open(shared, 1, config=cfg(checkpoint_interval=10.0, checkpoint_wal_bytes=1 << 20))
+    e.create_table("a", COLS)
+    assert not e.maybe_checkpoint(100.0)
+    assert not e.maybe_checkpoint(105.0)
+    assert e.maybe_checkpoint(110.5)
+    ptr = statefiles.read_checkpoint(shared, 1)
+    assert ptr is not None and ptr.redo_lsn == e.wal.last_lsn
+    e.config.checkpoint_wal_bytes = 2000
+    t = e.begin(3)
+    for k in range(40):
+        t.insert("a", k, row(k))
+    t.commit()
+    assert e.maybe_checkpoint(111.0)
+    e.close()
