@@ -125,7 +125,7 @@ class NodeAgent:
         self.port.register("xid", self._op_xid)
         self.port.register("lock_cycle", self._op_lock_cycle)
         self.port.register("peer_ping", self._op_peer_ping)
-        self.mesh.on("ping", lambda msg: self.mesh.send(msg.sender, "pong", msg.body))
+        self.mesh.on("ping", self._on_ping)
         self.mesh.on("pong", self._on_pong)
         threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
         self._set_state("running")
@@ -238,6 +238,10 @@ class NodeAgent:
         self._pings[self._ping_seq] = (time.perf_counter_ns(), reply)
         self.mesh.send(peer, "ping", self._ping_seq)
         return reply
+
+    def _on_ping(self, msg: Any) -> None:
+        assert self.mesh is not None
+        self.mesh.send(msg.sender, "pong", msg.body)
 
     def _on_pong(self, msg: Any) -> None:
         started = self._pings.pop(msg.body, None) if isinstance(msg.body, int) else None
