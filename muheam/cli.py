@@ -160,8 +160,11 @@ def node() -> None:
 @click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), required=True)
 @click.option("--daemon", is_flag=True, help="Run in the background with pid and log files under run_dir.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
+@click.option("--accept-data-loss", is_flag=True,
+              help="Start even though the WAL is corrupt in the middle: cut it at the last valid record and "
+                   "log what was lost. Only after saving a copy of the WAL directory.")
 @config_options
-def node_start(node_id: int, daemon: bool, log_file: str | None, **kw: Any) -> None:
+def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_loss: bool, **kw: Any) -> None:
     """Join the cluster under a new epoch and serve until stopped or fenced (exit 3 when self-fenced)."""
     cfg = load_config(kw)
     cfg.node(node_id)
@@ -171,7 +174,7 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, **kw: Any) -> N
 
         backend = connect(cfg.etcd_endpoints)
         try:
-            member = start_node_daemon(cfg, node_id, backend)
+            member = start_node_daemon(cfg, node_id, backend, accept_data_loss=accept_data_loss)
         finally:
             backend.close()
         click.echo(f"node {node_id} started: pid {member.pid}, epoch {member.epoch}")
@@ -182,7 +185,7 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, **kw: Any) -> N
     from muheam.node import run_node
 
     try:
-        code = run_node(cfg, node_id)
+        code = run_node(cfg, node_id, accept_data_loss)
     except MuheamError as exc:
         logging.getLogger("muheam.node").error("%s", exc)
         raise

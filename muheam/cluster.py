@@ -113,7 +113,8 @@ def running_pid(cfg: Config, node_id: int) -> int | None:
     return pid if pid is not None and pid_alive(pid) else None
 
 
-def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, timeout: float = 30.0) -> Member:
+def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, timeout: float = 60.0,
+                      accept_data_loss: bool = False) -> Member:
     """Start ``muheam node start`` detached, with pid and log files; return its member entry once running."""
     cfg.node(node_id)
     if cfg.source is None:
@@ -124,7 +125,7 @@ def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, tim
     log_path = log_file(cfg, node_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "muheam", "node", "start", "--node-id", str(node_id), "-c", str(cfg.source),
-           "--log-file", str(log_path)]
+           "--log-file", str(log_path)] + (["--accept-data-loss"] if accept_data_loss else [])
     env = {k: v for k, v in os.environ.items()}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

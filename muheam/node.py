@@ -28,7 +28,9 @@ from locking.effects import Granted
 from locking.messages import Mode
 from muheam import control
 from muheam.config import Config
-from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, NodeIdInUse
+from muheam.engine import Engine, EngineConfig
+from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
+from muheam.sessions import Sessions
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
@@ -68,6 +70,9 @@ class NodeAgent:
         self.xids: XidService | None = None
         self.xid_batch = (1, 1 << 16)
         self._ping_seq = 0
+        self.accept_data_loss = False
+        self.engine: Engine | None = None
+        self.sessions: Sessions | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
 
     # startup ------------------------------------------------------------------------------------------------
@@ -123,6 +128,13 @@ class NodeAgent:
         self.xids = XidService(self.locks, cfg.shared_dir, self.node_id, self.fence.check,
                                min_batch=self.xid_batch[0], max_batch=self.xid_batch[1])
         self.port.register("xid", self._op_xid)
+        self.engine = Engine.open(cfg.shared_dir, self.node_id, lamport=lambda: self.clock.tick().lamport,
+                                  seed_clock=self.clock.observe, accept_data_loss=self.accept_data_loss,
+                                  config=EngineConfig(epoch=self.member.epoch))
+        if self.engine.recovery.data_loss:
+            log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
+        self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check,
+                                 lambda: not self.members)
         self.port.register("lock_cycle", self._op_lock_cycle)
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
@@ -289,6 +301,7 @@ class NodeAgent:
             poller.register(sock, zmq.POLLIN)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+        next_tick = 0.0
         try:
             while True:
                 if self.fence.fenced:
@@ -310,6 +323,13 @@ class NodeAgent:
                     self.mesh.receive_ready()
                 if self.port.sock in ready:
                     self.port.receive_ready()
+                if self.sessions is not None:
+                    if self.sessions.commits:
+                        self.sessions.flush_commits()
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        next_tick = now + 0.2
+                        self.sessions.tick(now)
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()
                 if self.port.monitor in ready:
@@ -341,6 +361,12 @@ class NodeAgent:
         except (EtcdUnavailable, Fenced) as exc:
             log.warning("could not mark node stopping in etcd: %s", exc)
         self._close_ports()
+        if self.engine is not None and mode != "immediate":
+            try:
+                self.fence.check() if self.fence else None
+                self.engine.close()  # aborts what is running and takes the shutdown checkpoint
+            except MuheamError as exc:
+                log.error("clean shutdown of the engine failed (%s); recovery will redo the WAL at next start", exc)
         self.keeper.stop()
         try:
             self.lease.revoke()
@@ -357,8 +383,9 @@ class NodeAgent:
             self.port.close()
 
 
-def run_node(cfg: Config, node_id: int) -> int:
+def run_node(cfg: Config, node_id: int, accept_data_loss: bool = False) -> int:
     agent = NodeAgent(cfg, node_id)
+    agent.accept_data_loss = accept_data_loss
     try:
         agent.start()
     except BaseException:
