@@ -288,8 +288,17 @@ class NodeAgent:
             "fence_remaining_s": round(self.fence.remaining(), 3),
             "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
                          "locks": self.locks.stats() if self.locks else {},
-                         "xids": dict(self.xids.counters) if self.xids else {}},
+                         "xids": dict(self.xids.counters) if self.xids else {},
+                         "sessions": dict(self.sessions.counters) if self.sessions else {},
+                         "wal": self._wal_stats()},
         }
+
+    def _wal_stats(self) -> dict[str, int]:
+        if self.engine is None:
+            return {}
+        wal = self.engine.wal
+        return {"end_lsn": wal.end_lsn, "flushed_lsn": wal.flushed_lsn, "fsyncs": wal.fsync_count,
+                "flushes": wal.flush_count, "records": wal.records_appended}
 
     def run(self) -> int:
         """Serve until stopped (exit 0) or fenced (exit 3)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import socket
 import time
@@ -11,8 +12,38 @@ from pathlib import Path
 from typing import Callable
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out on ``host``; free at the time of the call."""
+    """A port that is free on ``host`` now and lies outside the kernel's ephemeral range.
+
+    Ports the kernel hands out with ``bind(0)`` come from the same range as the source ports of outgoing
+    connections, so a port found that way can be taken by some client before our server binds it.  Ports below
+    the ephemeral range are only ever taken by servers that ask for them by number.
+    """
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(floor, max(floor + 1000, low))
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
