@@ -252,6 +252,163 @@ def watch_cmd(fmt: str, count: int | None, timeout: float | None, **kw: Any) -> 
     watch_events(cfg, fmt, count, timeout)
 
 
+# tables and rows -------------------------------------------------------------------------------------------
+node_choice = click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), default=None,
+                           help="Node to talk to (default: the lowest configured node id).")
+
+
+def _connection(kw: dict[str, Any]) -> Any:
+    from muheam.client import connect
+
+    node_id = kw.pop("node_id", None)
+    cfg = load_config(kw, require_shared_dir=False)
+    if not cfg.nodes:
+        raise ConfigError("nodes: no node configured; add [nodes.N] tables or use the config 'cluster up' wrote")
+    return connect(cfg.node(node_id if node_id is not None else min(cfg.nodes)).client_endpoint, timeout=10)
+
+
+def _coerce(columns: list[list[str]], assignments: tuple[str, ...]) -> dict[str, Any]:
+    types = dict((name, typ) for name, typ in columns)
+    row: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in types:
+            raise click.UsageError(f"{item!r}: write COLUMN=VALUE with a column of {', '.join(types)}")
+        typ = types[name]
+        try:
+            row[name] = int(raw) if typ == "int64" else float(raw) if typ == "float64" else raw
+        except ValueError:
+            raise click.UsageError(f"{item!r}: {name} is {typ}") from None
+    return row
+
+
+@cli.group()
+def table() -> None:
+    """Create and list tables."""
+
+
+@table.command("create")
+@click.argument("name")
+@click.argument("columns", nargs=-1, required=True)
+@click.option("--expected-rows", type=int, default=0, help="Sizes the hash buckets.")
+@node_choice
+@config_options
+def table_create(name: str, columns: tuple[str, ...], expected_rows: int, **kw: Any) -> None:
+    """Create table NAME with COLUMN:TYPE ... (types: int64, float64, text(N)); the key is an implicit int64."""
+    cols = {}
+    for spec in columns:
+        col, sep, typ = spec.partition(":")
+        if not sep:
+            raise click.UsageError(f"{spec!r}: write COLUMN:TYPE, e.g. balance:int64 or name:text(16)")
+        cols[col] = typ
+    with _connection(kw) as conn:
+        info = conn.create_table(name, cols, expected_rows)
+    click.echo(f"table {info['name']} created (id {info['table_id']})")
+
+
+@table.command("list")
+@format_option
+@node_choice
+@config_options
+def table_list(fmt: str, **kw: Any) -> None:
+    """List tables and their columns."""
+    with _connection(kw) as conn:
+        tables = conn.tables()
+    if fmt == "json":
+        emit(tables, fmt)
+        return
+    for t in tables:
+        click.echo(f"{t['table_id']:>4}  {t['name']:<20} key:int64 " + " ".join(f"{c}:{ty}" for c, ty in t["columns"]))
+
+
+@cli.command("get")
+@click.argument("table_name")
+@click.argument("key", type=int)
+@node_choice
+@config_options
+def get_cmd(table_name: str, key: int, **kw: Any) -> None:
+    """Print one row as JSON (exit 1 if there is none)."""
+    with _connection(kw) as conn, conn.transaction() as tx:
+        row = tx.get(table_name, key)
+    if row is None:
+        raise MuheamError(f"no row with key {key} in {table_name}")
+    click.echo(json.dumps({"key": key, **row}, sort_keys=True))
+
+
+@cli.command("put")
+@click.argument("table_name")
+@click.argument("key", type=int)
+@click.argument("values", nargs=-1, required=True)
+@node_choice
+@config_options
+def put_cmd(table_name: str, key: int, values: tuple[str, ...], **kw: Any) -> None:
+    """Insert or update one row: muheam put TABLE KEY col=value ... (one transaction)."""
+    with _connection(kw) as conn:
+        columns = next((t["columns"] for t in conn.tables() if t["name"] == table_name), None)
+        if columns is None:
+            raise MuheamError(f"table {table_name!r} does not exist; create it with 'muheam table create'")
+        row = _coerce(columns, values)
+        with conn.transaction() as tx:
+            if tx.get(table_name, key) is None:
+                tx.insert(table_name, key, row)
+            else:
+                tx.update(table_name, key, row)
+    click.echo(f"put {table_name} {key}")
+
+
+@cli.command("scan")
+@click.argument("table_name")
+@format_option
+@node_choice
+@config_options
+def scan_cmd(table_name: str, fmt: str, **kw: Any) -> None:
+    """Print every row of a table (one snapshot), ordered by key."""
+    with _connection(kw) as conn, conn.transaction() as tx:
+        rows = sorted(tx.scan(table_name))
+    if fmt == "json":
+        emit([{"key": k, **r} for k, r in rows], fmt)
+        return
+    for k, r in rows:
+        click.echo(f"{k}\t" + "\t".join(f"{c}={v}" for c, v in r.items()))
+
+
+@cli.command("waldump")
+@click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), required=True, help="Whose WAL.")
+@click.option("--xid", type=int, default=None, help="Only records of this transaction.")
+@click.option("--kind", default=None, help="Only records of this kind (e.g. COMMIT, HEAP_INSERT).")
+@click.option("--stats", is_flag=True, help="Summary per record kind instead of records.")
+@click.option("--limit", type=int, default=None, help="Stop after this many records.")
+@format_option
+@config_options
+def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, limit: int | None, fmt: str,
+                **kw: Any) -> None:
+    """Print a node's WAL records (lsn, prev, glsn, xid, node, epoch, kind, length), like pg_waldump."""
+    from itertools import islice
+
+    from muheam import waldump
+
+    cfg = load_config(kw)
+    rows = waldump.records(cfg.shared_dir, node_id, xid, waldump.parse_kind(kind) if kind else None)
+    if stats:
+        summary = waldump.stats(rows)
+        if fmt == "json":
+            emit(summary, fmt)
+        else:
+            click.echo(f"records {summary['records']}  bytes {summary['bytes']}  transactions "
+                       f"{summary['transactions']}")
+            for name, v in summary["by_kind"].items():
+                click.echo(f"  {name:<22} {v['records']:>10} records {v['bytes']:>12} bytes")
+        return
+    for row in islice(rows, limit):
+        if fmt == "json":
+            emit(row, fmt)
+        elif "torn_tail" in row:
+            click.echo(f"torn tail: {row['torn_tail']}")
+        else:
+            click.echo(f"lsn: {row['lsn']}, prev {row['prev']}, glsn: {row['glsn']}, tx: {row['xid']}, "
+                       f"node: {row['node']}, epoch: {row['epoch']}, len: {row['len']}, desc: {row['kind']}")
+
+
 # bench ------------------------------------------------------------------------------------------------------
 @cli.group()
 def bench() -> None:
@@ -291,6 +448,17 @@ def bench_lock(as_json: bool, transfers: int) -> None:
     from muheam.bench.lock import run
 
     emit(run(transfers=transfers), "json")
+
+
+@bench.command("kv")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--seconds", type=float, default=5.0, show_default=True)
+def bench_kv(as_json: bool, clients: int, seconds: float) -> None:
+    """One node: commits/s and gets/s with concurrent clients, WAL MB/s, fsyncs per commit (group commit)."""
+    from muheam.bench.kv import run
+
+    emit(run(clients=clients, seconds=seconds), "json")
 
 
 def main() -> None:

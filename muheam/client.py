@@ -6,6 +6,7 @@ deadline: a node that died gives ``NodeUnavailable``, never a hang.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import zmq
@@ -27,12 +28,15 @@ class RequestFailed(MuheamError):
 
 
 _ctx: zmq.Context[Any] | None = None
+_ctx_pid = 0
 
 
 def _context() -> zmq.Context[Any]:
-    global _ctx
-    if _ctx is None:
-        _ctx = zmq.Context.instance()
+    """One context per process: a context inherited across fork() must not be used (its I/O thread is gone)."""
+    global _ctx, _ctx_pid
+    if _ctx is None or _ctx_pid != os.getpid():
+        _ctx = zmq.Context()
+        _ctx_pid = os.getpid()
     return _ctx
 
 

@@ -68,6 +68,8 @@ class RecordKind(enum.IntEnum):
     HEAP_INSERT = 1
     HEAP_UPDATE = 2
     HEAP_DELETE = 3
+    HEAP_LOCK = 4
+    HEAP_PRUNE = 5
     CATALOG_CREATE_TABLE = 16
     CATALOG_DROP_TABLE = 17
     COMMIT = 32
