@@ -104,6 +104,7 @@ class Writer(threading.Thread):
         self.ep, self.model, self.rng, self.stop = ep, model, random.Random(seed), stop
         self.in_doubt: dict[int, dict[str, Any] | None] | None = None
         self.acked = 0
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         conn = connect(self.ep, timeout=2)
@@ -128,7 +129,8 @@ class Writer(threading.Thread):
                         changes[key] = {**current, "balance": seq, "name": f"u{seq}"}
                 self.in_doubt = changes
                 tx.commit()
-            except MuheamError:
+            except MuheamError as exc:
+                self.error = exc
                 return  # the node died under us: stop; whatever was in doubt stays in doubt
             self.in_doubt = None
             self.acked += 1
@@ -156,6 +158,8 @@ def test_kill_9_under_write_load_loses_no_acknowledged_commit(local_cluster: Sta
         assert pid
         os.kill(pid, signal.SIGKILL)
         writer.join(10)
+        assert not writer.is_alive(), "a client of a dead node must not hang"
+        assert isinstance(writer.error, client.NodeUnavailable), writer.error
         stop.set()
         assert wait_until(lambda: not pid_alive(pid), 5)
         total_acked += writer.acked
@@ -195,7 +199,7 @@ def test_corrupt_wal_byte_refuses_start_until_data_loss_is_accepted(local_cluste
     assert segment.stat().st_size == size
     proc = c.cli("node", "start", "--node-id", "1", "--daemon", check=False, timeout=90)
     assert proc.returncode != 0
-    assert segment.name in proc.stderr, proc.stderr
+    assert segment.name in proc.stderr and "offset" in proc.stderr, proc.stderr
     proc = c.cli("node", "start", "--node-id", "1", "--daemon", "--accept-data-loss", timeout=90)
     log = c.log(1)
     assert "lost" in log.lower() or "discard" in log.lower(), log[-2000:]
