@@ -15,8 +15,7 @@ import zmq
 
 from muheam import wire
 from muheam.errors import MuheamError
-from muheam.transport import HANDSHAKE_FAILURES, harden, monitor
-from zmq.utils.monitor import parse_monitor_message
+from muheam.transport import count_handshake_failures, harden, monitor
 
 log = logging.getLogger("muheam.server")
 
@@ -138,13 +137,7 @@ class ClientPort:
         self._reply(envelope, wire.reply_ok(result))
 
     def drain_monitor(self) -> None:
-        while True:
-            try:
-                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if event["event"] & HANDSHAKE_FAILURES:
-                self.counters["handshake_failed"] += 1
+        count_handshake_failures(self.monitor, self.counters)
 
     def close(self) -> None:
         self.sock.disable_monitor()

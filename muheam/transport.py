@@ -44,6 +44,17 @@ def monitor(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
     return sock.get_monitor_socket(HANDSHAKE_FAILURES)
 
 
+def count_handshake_failures(monitor_sock: zmq.Socket[Any], counters: "Counter[str]") -> None:
+    """Drain a socket monitor; garbage that never completed a ZeroMQ handshake shows up only here."""
+    while True:
+        try:
+            event = parse_monitor_message(monitor_sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        if event["event"] & HANDSHAKE_FAILURES:
+            counters["handshake_failed"] += 1
+
+
 class Mesh:
     def __init__(self, ctx: zmq.Context[Any], node_id: int, clock: LamportClock, endpoint: str) -> None:
         self.ctx = ctx
@@ -172,13 +183,7 @@ class Mesh:
             log.warning("dropped %s from node %d: %s", msg.kind, msg.sender, exc)
 
     def drain_monitor(self) -> None:
-        while True:
-            try:
-                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if event["event"] & HANDSHAKE_FAILURES:
-                self.counters["handshake_failed"] += 1
+        count_handshake_failures(self.monitor, self.counters)
 
     def close(self) -> None:
         for _, sock in self.peers.values():

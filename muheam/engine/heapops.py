@@ -16,9 +16,9 @@ from numpy.typing import NDArray
 
 from muheam.engine import walrec
 from muheam.engine.buffer import BufferCache
-from muheam.storage import DuplicateKey, KeyNotFound, RowConflict, Schema, Snapshot, StatusFn, TupleId
+from muheam.storage import KeyNotFound, RowConflict, Schema, Snapshot, StatusFn, TupleId
 from muheam.storage import mvcc
-from muheam.storage.heap import (DUPLICATE, WAIT, bucket_block, find_space, find_visible, unique_conflict,
+from muheam.storage.heap import (raise_insert_conflict, bucket_block, find_space, find_visible, unique_conflict,
                                  walk_chain)
 from muheam.storage.page import KIND_OVERFLOW, Page
 from muheam.storage.schema import Row, check_key
@@ -139,15 +139,7 @@ class HeapOps:
         versions = [v for p in self._chain(t, bucket_block(key, t.nbuckets)) for v in p.versions(key)]
         verdict = unique_conflict(versions, snap, status) if versions else None
         if verdict is not None:
-            what, who = verdict
-            if what == DUPLICATE:
-                raise DuplicateKey(f"table {t.name!r}: key {key} already exists", key=key)
-            if what == WAIT:
-                raise RowConflict(f"table {t.name!r}: key {key} is being inserted or deleted by transaction "
-                                  f"{who}; wait for it to finish and retry", key=key, blocker=who, committed=False)
-            raise RowConflict(f"table {t.name!r}: transaction {who} changed key {key} after this transaction's "
-                              f"snapshot; roll back and retry the transaction", key=key, blocker=who,
-                              committed=True)
+            raise_insert_conflict(t.name, key, *verdict)
         page, link = self._place(t, key, status)
         slot = page.insert(key, rec, snap.xid)
         flags = walrec.NEW_PAGE if link is not None else 0

@@ -289,6 +289,17 @@ def unique_conflict(versions: list[Version], snap: Snapshot, status: StatusFn) -
     return None
 
 
+def raise_insert_conflict(table: str, key: int, verdict: str, who: int) -> None:
+    """Turn a ``unique_conflict`` verdict into the error the caller acts on (wait, retry, or give up)."""
+    if verdict == DUPLICATE:
+        raise DuplicateKey(f"table {table!r}: key {key} already exists", key=key)
+    if verdict == WAIT:
+        raise RowConflict(f"table {table!r}: key {key} is being inserted or deleted by transaction "
+                          f"{who}; wait for it to finish and retry", key=key, blocker=who, committed=False)
+    raise RowConflict(f"table {table!r}: transaction {who} changed key {key} after this transaction's "
+                      f"snapshot; roll back and retry the transaction", key=key, blocker=who, committed=True)
+
+
 # -- the heap used directly ----------------------------------------------------------------------------------------
 
 class Heap:
@@ -468,16 +479,7 @@ class Heap:
         rec = self.schema.to_record(row)
         blocker = unique_conflict(self.versions(key), snap, status)
         if blocker is not None:
-            verdict, who = blocker
-            name = self.schema.name
-            if verdict == DUPLICATE:
-                raise DuplicateKey(f"table {name!r}: key {key} already exists", key=key)
-            if verdict == WAIT:
-                raise RowConflict(f"table {name!r}: key {key} is being inserted or deleted by transaction "
-                                  f"{who}; wait for it to finish and retry", key=key, blocker=who, committed=False)
-            raise RowConflict(f"table {name!r}: transaction {who} changed key {key} after this transaction's "
-                              f"snapshot; roll back and retry the transaction", key=key, blocker=who,
-                              committed=True)
+            raise_insert_conflict(self.schema.name, key, *blocker)
         return self._place(key, rec, xid, glsn, oldest_xmin, status)
 
     def _check_writer(self, snap: Snapshot) -> int:
