@@ -330,6 +330,8 @@ class NodeAgent:
                         wake.recv()
                 if self.mesh.router in ready:
                     self.mesh.receive_ready()
+                    if self.locks is not None:
+                        self.locks.flush()
                 if self.port.sock in ready:
                     self.port.receive_ready()
                 if self.sessions is not None:
