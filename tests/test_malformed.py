@@ -46,6 +46,8 @@ def zmq_abuse(ctx: zmq.Context[Any], endpoint: str, peer: bool, rng: random.Rand
         [msgpack.packb({"op": "no-such-op"})],
         [wire.encode_peer(99, 5, 10, "hello", {})],  # claims node 99 under node 1's routing id
         [wire.encode_peer(1, 1, 2**62, "no-such-kind", None)],
+        [wire.encode_peer(1, 1, 5, "lock", ["not", "a", "lock", "message"])],  # valid frame, bad lock body
+        [wire.encode_peer(1, 1, 6, "lockb", [[7, [99]], "junk"])],  # bad lock batch
         [b"x" * (limit + 1)],  # oversized
     ]
     for parts in frames:
@@ -87,6 +89,8 @@ def test_garbage_on_every_port_is_counted_and_nodes_keep_serving(local_cluster: 
         assert peer.get("oversized") == 1 and peer.get("spoofed") == 1
         assert peer.get("malformed_frame_count", 0) >= 1  # raw garbage may also parse as ZMTP/1.0 frames
         assert peer.get("unknown_kind", 0) >= 1
+        if row["node_id"] != 1:  # node 1 would not accept its own id from outside
+            assert peer.get("rejected_body", 0) >= 1
         assert client.get("malformed", 0) >= 8
         assert peer.get("handshake_failed", 0) + client.get("handshake_failed", 0) >= 1
         assert request(row["client_endpoint"], "ping")["node_id"] == row["node_id"]
