@@ -310,6 +310,12 @@ class NodeAgent:
             poller.register(sock, zmq.POLLIN)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+        # a stop signal must wake the poll at once, not at its next timeout: peers learn of a stop sooner
+        sig_r, sig_w = socket.socketpair()
+        sig_r.setblocking(False)
+        sig_w.setblocking(False)
+        signal.set_wakeup_fd(sig_w.fileno(), warn_on_full_buffer=False)
+        poller.register(sig_r.fileno(), zmq.POLLIN)
         next_tick = 0.0
         try:
             while True:
@@ -328,6 +334,11 @@ class NodeAgent:
                 if wake in ready:
                     while wake.poll(0):
                         wake.recv()
+                if sig_r.fileno() in ready:
+                    try:
+                        sig_r.recv(512)
+                    except BlockingIOError:
+                        pass
                 if self.mesh.router in ready:
                     self.mesh.receive_ready()
                     if self.locks is not None:
@@ -346,6 +357,9 @@ class NodeAgent:
                 if self.port.monitor in ready:
                     self.port.drain_monitor()
         finally:
+            signal.set_wakeup_fd(-1)
+            sig_r.close()
+            sig_w.close()
             wake.close(0)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
