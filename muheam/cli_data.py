@@ -1,0 +1,242 @@
+"""``muheam`` commands for data: tables, rows, the WAL dump and the WAL merge."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from muheam import config as config_mod
+from muheam.cli import cli, config_options, emit, format_option, load_config
+from muheam.errors import ConfigError, MuheamError
+
+# tables and rows -------------------------------------------------------------------------------------------
+node_choice = click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), default=None,
+                           help="Node to talk to (default: the lowest configured node id).")
+
+
+def _connection(kw: dict[str, Any]) -> Any:
+    from muheam.client import connect
+
+    node_id = kw.pop("node_id", None)
+    cfg = load_config(kw, require_shared_dir=False)
+    if not cfg.nodes:
+        raise ConfigError("nodes: no node configured; add [nodes.N] tables or use the config 'cluster up' wrote")
+    return connect(cfg.node(node_id if node_id is not None else min(cfg.nodes)).client_endpoint, timeout=10)
+
+
+def _coerce(columns: list[list[str]], assignments: tuple[str, ...]) -> dict[str, Any]:
+    types = dict((name, typ) for name, typ in columns)
+    row: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in types:
+            raise click.UsageError(f"{item!r}: write COLUMN=VALUE with a column of {', '.join(types)}")
+        typ = types[name]
+        try:
+            row[name] = int(raw) if typ == "int64" else float(raw) if typ == "float64" else raw
+        except ValueError:
+            raise click.UsageError(f"{item!r}: {name} is {typ}") from None
+    return row
+
+
+@cli.group()
+def table() -> None:
+    """Create and list tables."""
+
+
+@table.command("create")
+@click.argument("name")
+@click.argument("columns", nargs=-1, required=True)
+@click.option("--expected-rows", type=int, default=0, help="Sizes the hash buckets.")
+@node_choice
+@config_options
+def table_create(name: str, columns: tuple[str, ...], expected_rows: int, **kw: Any) -> None:
+    """Create table NAME with COLUMN:TYPE ... (types: int64, float64, text(N)); the key is an implicit int64."""
+    cols = {}
+    for spec in columns:
+        col, sep, typ = spec.partition(":")
+        if not sep:
+            raise click.UsageError(f"{spec!r}: write COLUMN:TYPE, e.g. balance:int64 or name:text(16)")
+        cols[col] = typ
+    with _connection(kw) as conn:
+        info = conn.create_table(name, cols, expected_rows)
+    click.echo(f"table {info['name']} created (id {info['table_id']})")
+
+
+@table.command("list")
+@format_option
+@node_choice
+@config_options
+def table_list(fmt: str, **kw: Any) -> None:
+    """List tables and their columns."""
+    with _connection(kw) as conn:
+        tables = conn.tables()
+    if fmt == "json":
+        emit(tables, fmt)
+        return
+    for t in tables:
+        click.echo(f"{t['table_id']:>4}  {t['name']:<20} key:int64 " + " ".join(f"{c}:{ty}" for c, ty in t["columns"]))
+
+
+@cli.command("get")
+@click.argument("table_name")
+@click.argument("key", type=int)
+@node_choice
+@config_options
+def get_cmd(table_name: str, key: int, **kw: Any) -> None:
+    """Print one row as JSON (exit 1 if there is none)."""
+    with _connection(kw) as conn, conn.transaction() as tx:
+        row = tx.get(table_name, key)
+    if row is None:
+        raise MuheamError(f"no row with key {key} in {table_name}")
+    click.echo(json.dumps({"key": key, **row}, sort_keys=True))
+
+
+@cli.command("put")
+@click.argument("table_name")
+@click.argument("key", type=int)
+@click.argument("values", nargs=-1, required=True)
+@node_choice
+@config_options
+def put_cmd(table_name: str, key: int, values: tuple[str, ...], **kw: Any) -> None:
+    """Insert or update one row: muheam put TABLE KEY col=value ... (one transaction)."""
+    with _connection(kw) as conn:
+        columns = next((t["columns"] for t in conn.tables() if t["name"] == table_name), None)
+        if columns is None:
+            raise MuheamError(f"table {table_name!r} does not exist; create it with 'muheam table create'")
+        row = _coerce(columns, values)
+        with conn.transaction() as tx:
+            if tx.get(table_name, key) is None:
+                tx.insert(table_name, key, row)
+            else:
+                tx.update(table_name, key, row)
+    click.echo(f"put {table_name} {key}")
+
+
+@cli.command("scan")
+@click.argument("table_name")
+@format_option
+@node_choice
+@config_options
+def scan_cmd(table_name: str, fmt: str, **kw: Any) -> None:
+    """Print every row of a table (one snapshot), ordered by key."""
+    with _connection(kw) as conn, conn.transaction() as tx:
+        rows = sorted(tx.scan(table_name))
+    if fmt == "json":
+        emit([{"key": k, **r} for k, r in rows], fmt)
+        return
+    for k, r in rows:
+        click.echo(f"{k}\t" + "\t".join(f"{c}={v}" for c, v in r.items()))
+
+
+@cli.command("waldump")
+@click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), required=True, help="Whose WAL.")
+@click.option("--xid", type=int, default=None, help="Only records of this transaction.")
+@click.option("--kind", default=None, help="Only records of this kind (e.g. COMMIT, HEAP_INSERT).")
+@click.option("--stats", is_flag=True, help="Summary per record kind instead of records.")
+@click.option("--limit", type=int, default=None, help="Stop after this many records.")
+@format_option
+@config_options
+def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, limit: int | None, fmt: str,
+                **kw: Any) -> None:
+    """Print a node's WAL records (lsn, prev, glsn, xid, node, epoch, kind, length), like pg_waldump."""
+    from itertools import islice
+
+    from muheam import waldump
+
+    cfg = load_config(kw)
+    rows = waldump.records(cfg.shared_dir, node_id, xid, waldump.parse_kind(kind) if kind else None)
+    if stats:
+        summary = waldump.stats(rows)
+        if fmt == "json":
+            emit(summary, fmt)
+        else:
+            click.echo(f"records {summary['records']}  bytes {summary['bytes']}  transactions "
+                       f"{summary['transactions']}")
+            for name, v in summary["by_kind"].items():
+                click.echo(f"  {name:<22} {v['records']:>10} records {v['bytes']:>12} bytes")
+        return
+    for row in islice(rows, limit):
+        if fmt == "json":
+            emit(row, fmt)
+        elif "torn_tail" in row:
+            click.echo(f"torn tail: {row['torn_tail']}")
+        else:
+            click.echo(f"lsn: {row['lsn']}, prev {row['prev']}, glsn: {row['glsn']}, tx: {row['xid']}, "
+                       f"node: {row['node']}, epoch: {row['epoch']}, len: {row['len']}, desc: {row['kind']}")
+
+
+# walmerge ---------------------------------------------------------------------------------------------------
+@cli.command("walmerge")
+@click.option("--shared-dir", "shared", type=click.Path(file_okay=False), default=None,
+              help="Shared directory whose wal/node-*/ streams are merged (default: shared_dir of the config).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write the merged stream here (a new or empty directory).")
+@click.option("--verify", "verify_", is_flag=True,
+              help="Check the inputs (and --out, or --merged) for CRC, chain, order, missing segments.")
+@click.option("--merged", type=click.Path(file_okay=False), default=None, help="Verify this merged stream.")
+@click.option("--allow-torn-tail", is_flag=True, help="A torn last record (after a crash) is not a problem.")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="MUHEAM_CONFIG",
+              help="Cluster config file (for shared_dir).")
+@format_option
+def walmerge_cmd(shared: str | None, out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool,
+                 config_path: str | None, fmt: str) -> None:
+    """Merge every node's WAL into one stream in GLSN order, in the very format of one node's WAL.
+
+    Exit codes with --verify: 0 clean, 1 problems found, 2 unusable input.
+    """
+    from walmerge.merge import merge
+    from walmerge.verify import verify
+
+    if shared is None and merged is None:
+        shared = str(load_config({"config_path": config_path}, require_shared_dir=True).shared_dir)
+    if shared is not None and not Path(shared).is_dir():
+        raise ConfigError(f"--shared-dir: {shared} does not exist")
+    if out is None and not verify_:
+        raise click.UsageError("give --out DIR to merge, or --verify to check")
+    result: dict[str, Any] = {}
+    if out is not None:
+        assert shared is not None
+        summary = _merge_with_progress(merge, shared, out, fmt == "table" and sys.stderr.isatty())
+        result["merge"] = {
+            "records": summary.records, "bytes_in": summary.bytes_in, "bytes_out": summary.bytes_out,
+            "per_node": summary.per_node, "segments": len(summary.segments), "skipped_fenced": summary.skipped_fenced,
+            "first_glsn": summary.first_glsn, "last_glsn": summary.last_glsn, "seconds": round(summary.seconds, 3),
+            "mb_per_s": round(summary.mb_per_s, 1), "out": str(out),
+        }
+        if fmt == "table":
+            click.echo(f"merged {summary.records} records from {len(summary.per_node)} nodes "
+                       f"({summary.bytes_in / 1e6:.1f} MB in, {len(summary.segments)} segments out) "
+                       f"in {summary.seconds:.2f} s into {out}")
+    code = 0
+    if verify_:
+        report = verify(shared, out or merged, allow_torn_tail=allow_torn_tail)
+        code = report.exit_code
+        result["verify"] = {"status": str(report.status.value) if hasattr(report.status, "value") else
+                            str(report.status), "problems": [str(p) for p in report.problems],
+                            "unusable": list(report.unusable)}
+        if fmt == "table":
+            for line in report.unusable:
+                click.echo(f"unusable: {line}")
+            for problem in report.problems:
+                click.echo(f"problem: {problem}")
+            click.echo(f"verify: {result['verify']['status']}")
+    if fmt == "json":
+        emit(result, fmt)
+    if code:
+        sys.exit(code)
+
+
+def _merge_with_progress(merge: Any, shared: str, out: str, bar: bool) -> Any:
+    if not bar:
+        return merge(shared, out)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task("merging WAL", total=None)
+        return merge(shared, out, progress=lambda done, total: progress.update(task, completed=done, total=total))
