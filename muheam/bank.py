@@ -148,7 +148,7 @@ class BankResult:
     transfers: int = 0
     retries: dict[str, int] = field(default_factory=dict)
     sums: int = 0
-    violations: list[dict[str, int]] = field(default_factory=list)
+    violations: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, list[str]] = field(default_factory=dict)
     error_count: int = 0
     elapsed: float = 0.0
