@@ -142,11 +142,12 @@ class NodeTail:
             nxt = self._path(self._seg_start + self.segment_size)
             if not nxt.exists():
                 later = [s for s, _ in list_segments(self.directory) if s > self._seg_start]
-                if later:
+                if not later:
+                    if self.pending is not None:
+                        self._check_damage(out)
+                    return out
+                if not nxt.exists():  # checked after the listing: the writer creates segments in order
                     raise WalMissingSegment(path=nxt, lsn=self._seg_start + self._off)
-                if self.pending is not None:
-                    self._check_damage(out)
-                return out
             # The writer fsynced this segment in full before creating the next: read it to its end.
             self._read(out, final=True, max_bytes=None)
             if self.pending is not None:
@@ -426,8 +427,9 @@ class Follower:
 
     @property
     def end_lsn(self) -> int:
-        """Merged LSN just past the last record placed (resume here to continue with no gap)."""
-        return self._pos
+        """Merged LSN just past the last record emitted (resume here to continue with no gap); while a resumed
+        follower is still re-deriving what precedes its resume LSN, that LSN."""
+        return max(self._pos, self._resume)
 
     def _fence(self, node: int, chunk: Chunk) -> Chunk:
         heads, offs = chunk.headers[chunk.pos:], chunk.offsets[chunk.pos:]
@@ -449,26 +451,39 @@ class Follower:
         self._held.setdefault(node, []).append(chunk)
 
     def poll(self) -> list[Emitted]:
-        """Read what the nodes appended, emit every record at or below the watermark (in GLSN order)."""
+        """Read what the nodes appended, emit every record at or below the watermark (in GLSN order).
+
+        Catching up on a backlog goes in rounds of at most ``read_bytes`` per node (a node already holding that
+        much is not read: memory stays bounded, as in the bulk merge); a poll returns after a round that read
+        no backlog (the tails are caught up), or after ``poll_bytes``.  It does not chase writers that keep
+        appending: call it again.
+        """
         out: list[Emitted] = []
         budget = self.poll_bytes
         while True:
-            read = 0
+            read, backlog = 0, False
             for node in sorted(self.live):
-                if node in self._held:
-                    continue  # its held records are above the watermark: it is not the node holding it back
+                if self._held_bytes(node) >= self.read_bytes:
+                    backlog = True  # above the watermark: this node is not the one holding it back
+                    continue
+                got = 0
                 for chunk in self._tails[node].poll(self.read_bytes):
-                    read += int(chunk.headers["total_len"].sum(dtype=np.int64))
+                    got += int(chunk.headers["total_len"].sum(dtype=np.int64))
                     self._take(node, chunk)
+                read += got
+                backlog |= got >= self.read_bytes
             wm = self.watermark
             if wm is not None:
                 self._emit(wm, out)
             budget -= read
-            if read == 0 or budget <= 0:
+            if read == 0 or budget <= 0 or not backlog:
                 break
         if self._out is not None:
             self._out.flush()
         return out
+
+    def _held_bytes(self, node: int) -> int:
+        return sum(int(c.headers["total_len"][c.pos:].sum(dtype=np.int64)) for c in self._held.get(node, ()))
 
     def _emit(self, bound: int, out: list[Emitted]) -> None:
         pieces: list[tuple[Chunk, int, int]] = []
