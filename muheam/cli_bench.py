@@ -68,3 +68,15 @@ def bench_walmerge(as_json: bool, mb: int, nodes: int) -> None:
     from muheam.bench.walmerge import run
 
     emit(run(total_bytes=mb << 20, nodes=nodes), "json")
+
+
+@bench.command("bank")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
+def bench_bank(as_json: bool, seconds: float, clients: int, accounts: int) -> None:
+    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run."""
+    from muheam.bench.bank import run
+
+    emit(run(seconds=seconds, clients=clients, accounts=accounts), "json")

@@ -94,13 +94,17 @@ class LockTimeout(ClientError):
     """A row stayed locked by another transaction for longer than the lock timeout."""
 
 
+class NoSuchTransaction(ClientError):
+    """The transaction is not running on that node (it ended, or was rolled back after an error or timeout)."""
+
+
 class NotSupported(ClientError):
     """The node cannot do this in its current configuration; the message says why."""
 
 
 _ERRORS: dict[str, type[ClientError]] = {
     cls.__name__: cls for cls in (SerializationFailure, DeadlockDetected, NoSuchTable, TableExists, DuplicateKey,
-                                  KeyNotFound, LockTimeout, NotSupported)
+                                  KeyNotFound, LockTimeout, NoSuchTransaction, NotSupported)
 }
 
 

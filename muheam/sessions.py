@@ -231,7 +231,12 @@ class Sessions:
         if not self.commits:
             return
         batch, self.commits = self.commits, []
-        live = [(tx, reply) for tx, reply in batch if self.txns.pop(tx.txn.xid, None) is not None]
+        live = []
+        for tx, reply in batch:
+            if self.txns.pop(tx.txn.xid, None) is not None:
+                live.append((tx, reply))
+            else:  # rolled back between the commit request and this flush (an error, the idle timeout)
+                reply.fail("NoSuchTransaction", f"transaction {tx.txn.xid} was rolled back before it could commit")
         try:
             woken = self.engine.commit_batch([tx.txn for tx, _ in live])
         except MuheamError as exc:
