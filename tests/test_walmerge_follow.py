@@ -20,6 +20,7 @@ from walmerge.follow import Emitted, Follower, NodeTail
 from walmerge.merge import Chunk, merge
 from walmerge.record import Record, record_from
 from walmerge.segment import list_segments
+from walmerge.verify import Status, verify
 
 SYS = 0xF011
 SEG = 4096
@@ -169,6 +170,35 @@ def test_tail_reports_damage_only_once_proven(tmp_path: Path) -> None:
         NodeTail(d2, node_id=2, system_id=SYS).poll()
 
 
+def test_tail_reads_records_larger_than_its_window_across_segments(tmp_path: Path) -> None:
+    d = tmp_path / "wal" / "node-1"
+    tail = NodeTail(d, node_id=1, system_id=SYS, window=64)
+    assert tail.poll() == [] and tail.next_lsn is None  # no WAL yet: nothing, no error
+    sizes = [0, 3000, 10, 1500, 2900, 7, 0, 2000]
+    with WalWriter(d, node_id=1, system_id=SYS, epoch=1, segment_size=SEG) as w:
+        for i, n in enumerate(sizes):
+            w.append(1, bytes([i]) * n, lamport=i + 1)
+            if i % 3 == 0:
+                assert tail.poll(max_bytes=1) is not None
+    while True:
+        if not tail.poll():
+            break
+    assert tail.records == len(sizes) and len(list_segments(d)) > 2
+    t2 = NodeTail(d, node_id=1, system_id=SYS, window=64)
+    assert [len(r.payload) for c in t2.poll() for r in _records(c)] == sizes
+
+
+def test_tail_reports_a_missing_segment(tmp_path: Path) -> None:
+    d = tmp_path / "wal" / "node-1"
+    with WalWriter(d, node_id=1, system_id=SYS, epoch=1, segment_size=SEG) as w:
+        for i in range(30):
+            w.append(1, bytes(400), lamport=i + 1)
+    segs = list_segments(d)
+    segs[1][1].unlink()
+    with pytest.raises(WalCorruption, match="missing"):
+        NodeTail(d, node_id=1, system_id=SYS).poll()
+
+
 # --- follower = bulk merge ------------------------------------------------------------------------------------
 
 Step = tuple[int, str, int]
@@ -177,7 +207,7 @@ steps_st = st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["rec", "rec", 
                               st.integers(0, 900)), max_size=90)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=steps_st, to_files=st.booleans())
 def test_follow_equals_bulk_merge(steps: list[Step], to_files: bool) -> None:
     """Interleaved appends, heartbeats, polls and follower restarts; at the end the concatenation of all that
@@ -222,7 +252,7 @@ def test_concurrent_writers_and_follower(tmp_path: Path) -> None:
 
     def write(k: int, n: int, seed: int) -> None:
         rnd = random.Random(seed)
-        own = [0]
+        own = [1]  # above the first heartbeat
 
         def tick() -> int:
             with lock:
@@ -266,6 +296,7 @@ def test_concurrent_writers_and_follower(tmp_path: Path) -> None:
     assert live_polls > 1  # records went out while the writers were still writing
     assert pairs(got) == bulk(tmp_path, tmp_path / "bulk")
     same_files(tmp_path / "follow", tmp_path / "bulk")
+    assert verify(tmp_path, tmp_path / "follow").status is Status.CLEAN
 
 
 # --- watermarks -----------------------------------------------------------------------------------------------
