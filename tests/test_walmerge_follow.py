@@ -394,7 +394,9 @@ def test_resume_from_a_merged_lsn_without_output(tmp_path: Path) -> None:
     for k in (1, 2, 3):
         c.hb(k)
     g = Follower(tmp_path, system_id=SYS, nodes=[1, 2, 3], segment_size=SEG, resume_lsn=stop)
+    assert g.resuming and g.end_lsn == stop
     more = g.poll()
+    assert not g.resuming
     assert more and more[0].lsn >= stop
     # a subscriber that is behind resumes at the LSN of a record it wants again
     back = Follower(tmp_path, system_id=SYS, nodes=[1, 2, 3], segment_size=SEG, resume_lsn=got[5].lsn)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -226,7 +226,8 @@ class NodeTail:
 
 
 class Emitted(NamedTuple):
-    """One record of the merged stream: its merged LSN, origin GLSN/node, and its bytes (no padding)."""
+    """One record of the merged stream: its merged LSN, origin GLSN/node, and its bytes (``total_len`` of them;
+    a consumer writing its own segments puts them at ``lsn`` and pads with zeros to 8 bytes)."""
 
     lsn: int
     glsn: int
@@ -332,7 +333,7 @@ class Follower:
 
     def __init__(self, shared_root: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *,
                  system_id: int, nodes: Iterable[int] | None = None, resume_lsn: int | None = None,
-                 start_lsns: dict[int, int] | None = None, fences: Fences | None = None,
+                 start_lsns: Mapping[int, int] | None = None, fences: Fences | None = None,
                  segment_size: int | None = None, epoch: int = 0, fsync: bool = True,
                  poll_bytes: int = 64 << 20, read_bytes: int = 4 << 20) -> None:
         self.root = Path(shared_root)
@@ -430,6 +431,11 @@ class Follower:
         """Merged LSN just past the last record emitted (resume here to continue with no gap); while a resumed
         follower is still re-deriving what precedes its resume LSN, that LSN."""
         return max(self._pos, self._resume)
+
+    @property
+    def resuming(self) -> bool:
+        """Still re-deriving the stream below the resume LSN (polls emit nothing until it is reached)."""
+        return self._resume != 0
 
     def _fence(self, node: int, chunk: Chunk) -> Chunk:
         heads, offs = chunk.headers[chunk.pos:], chunk.offsets[chunk.pos:]
