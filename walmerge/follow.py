@@ -50,7 +50,7 @@ from walmerge.scan import END, Expect, scan_headers, valid_records_after, valida
 from walmerge.segment import (
     DEFAULT_SEGMENT_SIZE, FLAG_MERGED, FORMAT_VERSION, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader,
     check_segment_size, create_segment_file, decode_segment_header, fsync_dir, list_segments, node_wal_dir,
-    segment_name, write_all, zero_fill,
+    segment_name, write_all, zero_tail,
 )
 
 WINDOW = 256 * 1024
@@ -312,12 +312,7 @@ def cut_output(out_dir: Path, lsn: int, segment_size: int) -> None:
         if start > seg or (start == seg and lsn - seg <= SEGMENT_HEADER_SIZE):
             path.unlink()
         elif start == seg:
-            fd = os.open(path, os.O_RDWR)
-            try:
-                zero_fill(fd, lsn - seg, segment_size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            zero_tail(path, lsn - seg, segment_size)
     fsync_dir(out_dir)
 
 

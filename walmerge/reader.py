@@ -41,7 +41,7 @@ from walmerge.record import Record, align8, record_from
 from walmerge.scan import END, Expect, looks_torn, scan_headers, valid_records_after, validate
 from walmerge.segment import (
     SEGMENT_HEADER_SIZE, SegmentHeader, decode_segment_header, fsync_dir, list_segments, segment_name,
-    zero_fill,
+    zero_tail,
 )
 
 
@@ -303,11 +303,6 @@ def truncate_at(directory: str | os.PathLike[str], lsn: int, *, node_id: int, sy
         for p in removed:
             os.unlink(p)
     if partial is not None:
-        fd = os.open(partial, os.O_RDWR)
-        try:
-            zero_fill(fd, lsn - seg_start, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        zero_tail(partial, lsn - seg_start, size)
     fsync_dir(directory)
     return TruncateReport(lsn, records, last_end - lsn, [p.name for p in removed], saved)

@@ -174,6 +174,16 @@ def zero_fill(fd: int, start: int, stop: int) -> None:
         pos += n
 
 
+def zero_tail(path: str | os.PathLike[str], start: int, stop: int) -> None:
+    """Zero ``[start, stop)`` of an existing segment file and make it durable (cutting a stream back)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        zero_fill(fd, start, stop)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def create_segment_file(directory: Path, header: SegmentHeader) -> Path:
     """Create a full-size, zero-filled, fsynced segment atomically (temp file + rename + directory fsync).
 
