@@ -41,23 +41,9 @@ def _context() -> zmq.Context[Any]:
 
 
 def request(endpoint: str, op: str, timeout: float = 2.0, **args: Any) -> Any:
-    sock: zmq.Socket[Any] = _context().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart([b"", wire.pack({"op": op, **args})])
-        if not sock.poll(int(timeout * 1000)):
-            raise NodeUnavailable(f"node at {endpoint} did not answer {op!r} within {timeout:g} s")
-        frames = sock.recv_multipart()
-    finally:
-        sock.close(0)
-    reply = wire.unpack(frames[-1], wire.MAX_CLIENT_FRAME)
-    if not isinstance(reply, dict):
-        raise RequestFailed("malformed", f"node at {endpoint} sent a malformed reply")
-    if not reply.get("ok"):
-        err = reply.get("error") or {}
-        raise RequestFailed(str(err.get("code", "error")), str(err.get("message", "unknown error")))
-    return reply.get("result")
+    """One request on a throw-away connection (the CLI's ``status`` for ``muheam list``)."""
+    with Connection(endpoint, timeout) as conn:
+        return conn.call(op, **args)
 
 
 # --- the client library ----------------------------------------------------------------------------------------

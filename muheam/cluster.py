@@ -126,10 +126,9 @@ def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, tim
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "muheam", "node", "start", "--node-id", str(node_id), "-c", str(cfg.source),
            "--log-file", str(log_path)] + (["--accept-data-loss"] if accept_data_loss else [])
-    env = {k: v for k, v in os.environ.items()}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+                                start_new_session=True)
     write_pid(pid_file(cfg, node_id), proc.pid)
     found: list[Member] = []
 

@@ -68,13 +68,12 @@ class Fence:
 class LeaseKeeper(threading.Thread):
     """Renews the lease in the background and feeds the ``Fence``; never fences by itself beyond recording why."""
 
-    def __init__(self, lease: Lease, fence: Fence, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, lease: Lease, fence: Fence) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.lease = lease
         self.fence = fence
         self.interval = max(0.1, lease.ttl / 4)
         self._stop = threading.Event()
-        self._on_change = on_change or (lambda: None)
 
     def run(self) -> None:
         while not self._stop.is_set() and not self.fence.fenced:
@@ -90,10 +89,8 @@ class LeaseKeeper(threading.Thread):
             elif granted > 0:
                 self.fence.renewed(sent, granted)
             if self.fence.fenced:
-                self._on_change()
                 return
             self._stop.wait(max(0.0, min(self.interval - (time.monotonic() - sent), self.fence.remaining())))
-        self._on_change()
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,6 +12,7 @@ without a clean shutdown.  All three mark the member ``stopping`` and revoke the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -114,7 +115,7 @@ class NodeAgent:
             self.lease.revoke()
             raise
         self.mesh.epoch = self.member.epoch
-        self.keeper = LeaseKeeper(self.lease, self.fence, self._wake)
+        self.keeper = LeaseKeeper(self.lease, self.fence)  # the loop reads the fence deadline every turn
         self.keeper.start()
 
         snapshot, revision = backend.members(cfg.cluster_name)
@@ -173,7 +174,7 @@ class NodeAgent:
         assert self.backend and self.member and self.lease and self.fence
         self.fence.check()
         self.state = state
-        self.member = Member(**{**self.member.__dict__, "state": state, "stop_mode": stop_mode})
+        self.member = dataclasses.replace(self.member, state=state, stop_mode=stop_mode)
         self.backend.update_member(self.cfg.cluster_name, self.member, self.lease)
 
     # membership ---------------------------------------------------------------------------------------------
@@ -196,9 +197,6 @@ class NodeAgent:
                 log.warning("membership watch lost (%s); resuming from revision %d", exc, revision)
                 self._stopping.wait(0.5)
         wake.close(0)
-
-    def _wake(self) -> None:
-        """Called from the keeper thread; the loop polls at least every 100 ms, so a no-op is enough."""
 
     def _apply(self, event: MemberEvent) -> None:
         assert self.mesh is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from muheam.engine import Engine
@@ -43,7 +43,6 @@ class _Parked:
     deadline: float
     reply: Deferred
     xid: int
-    woken: bool = field(default=False)
 
 
 class LockTimeout(MuheamError):

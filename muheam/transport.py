@@ -71,7 +71,6 @@ class Mesh:
         self.handlers: dict[str, Handler] = {}
         self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
-        self.last_heard: dict[int, int] = {}
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
@@ -103,7 +102,6 @@ class Mesh:
         if current is not None and (epoch is None or current[0] <= epoch):
             current[1].close(0)
             del self.peers[node_id]
-            self.last_heard.pop(node_id, None)
 
     def peer_epoch(self, node_id: int) -> int | None:
         current = self.peers.get(node_id)
@@ -169,7 +167,6 @@ class Mesh:
             return
         if msg.kind not in self.self_clocked:
             self.clock.receive(msg.stamp)
-        self.last_heard[msg.sender] = msg.stamp
         self.counters["received"] += 1
         handler = self.handlers.get(msg.kind)
         if handler is None:

@@ -6,6 +6,7 @@ CLI and the node agent can report it in one line and decide what to do (retry, f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import threading
@@ -129,7 +130,7 @@ class EtcdBackend(MembershipBackend):
         for _ in range(50):
             raw, meta = self._call(lambda c: c.get(epoch_key))
             current = int(raw) if raw is not None else 0
-            joined = Member(**{**member.__dict__, "epoch": current + 1, "lease_id": lease.id})
+            joined = dataclasses.replace(member, epoch=current + 1, lease_id=lease.id)
             tx = self._client.transactions
             epoch_cmp = tx.version(epoch_key) == 0 if raw is None else tx.mod(epoch_key) == meta.mod_revision
             ok, responses = self._call(
