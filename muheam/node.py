@@ -31,7 +31,13 @@ from muheam import control
 from muheam.config import Config
 from muheam.engine import Engine, EngineConfig
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
-from muheam.sessions import Sessions
+from muheam.commits import CommitService
+from muheam.engine import statefiles
+from muheam.ownership import Ownership
+from muheam.sessions import Cluster, Sessions
+from muheam.txstate import TxTable
+from muheam.xidstore import cluster_floor
+from walmerge import pack_glsn
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
@@ -74,6 +80,8 @@ class NodeAgent:
         self.accept_data_loss = False
         self.engine: Engine | None = None
         self.sessions: Sessions | None = None
+        self.commits: CommitService | None = None
+        self.ownership: Ownership | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
 
     # startup ------------------------------------------------------------------------------------------------
@@ -125,6 +133,8 @@ class NodeAgent:
             if member.node_id in peers:
                 self.members[member.node_id] = member
                 self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
+        # every XID below the floor was handed out before any live node started: decided, none running
+        table = TxTable(cluster_floor(cfg.shared_dir) if not peers else 3)
         self.locks = LockService(self.mesh, self.clock, self.member.epoch, peers)
         self.xids = XidService(self.locks, cfg.shared_dir, self.node_id, self.fence.check,
                                min_batch=self.xid_batch[0], max_batch=self.xid_batch[1])
@@ -134,8 +144,19 @@ class NodeAgent:
                                   config=EngineConfig(epoch=self.member.epoch))
         if self.engine.recovery.data_loss:
             log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
-        self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check,
-                                 lambda: not self.members)
+        self.engine.cache.forget_all()  # recovery ended with a checkpoint; we own no block yet
+        for path in sorted((cfg.shared_dir / "xact").glob("node-*")):
+            if path.name[5:].isdigit():
+                table.load(*statefiles.read_xact(cfg.shared_dir, int(path.name[5:])))
+        table.load(self.engine.committed, self.engine.aborted)
+        self.ownership = Ownership(self.locks, self.engine)
+        self.commits = CommitService(self.mesh, table, lambda: list(self.members),
+                                     lambda ended: self.sessions.on_outcome(ended) if self.sessions else None)
+        self.commits.sync(peers)
+        cluster = Cluster(table, self.commits, self.ownership,
+                          stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
+                          now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
+        self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster)
         self.port.register("lock_cycle", self._op_lock_cycle)
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
@@ -211,6 +232,8 @@ class NodeAgent:
             self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
             if self.locks is not None:
                 self.locks.member_added(member.node_id, member.epoch)
+            if self.commits is not None:
+                self.commits.member_added(member.node_id)
         elif event.kind in ("left", "expired"):
             # only the lease's end removes a member: until then it may still hold locks (I6)
             if known is not None and known.epoch <= member.epoch:
@@ -225,6 +248,8 @@ class NodeAgent:
         self.mesh.drop(member.node_id, member.epoch)
         if self.locks is not None:
             self.locks.member_removed(member.node_id, member.epoch)
+        if self.commits is not None:
+            self.commits.member_removed(member.node_id)
 
     def _op_xid(self, request: dict[str, Any]) -> Deferred:
         """Allocate ``count`` global XIDs; the reply lists ranges ``[first, count]`` and the lock wait in us."""
@@ -288,6 +313,8 @@ class NodeAgent:
                          "locks": self.locks.stats() if self.locks else {},
                          "xids": dict(self.xids.counters) if self.xids else {},
                          "sessions": dict(self.sessions.counters) if self.sessions else {},
+                         "ownership": self.ownership.stats() if self.ownership else {},
+                         "commits": dict(self.commits.counters) if self.commits else {},
                          "wal": self._wal_stats()},
         }
 
@@ -344,8 +371,9 @@ class NodeAgent:
                 if self.port.sock in ready:
                     self.port.receive_ready()
                 if self.sessions is not None:
-                    if self.sessions.commits:
-                        self.sessions.flush_commits()
+                    self.sessions.pump()
+                    if self.locks is not None:
+                        self.locks.flush()
                     now = time.monotonic()
                     if now >= next_tick:
                         next_tick = now + 0.2
@@ -383,6 +411,8 @@ class NodeAgent:
             self._set_state("stopping", mode)
         except (EtcdUnavailable, Fenced) as exc:
             log.warning("could not mark node stopping in etcd: %s", exc)
+        if mode != "immediate":
+            self._finish_rounds()
         self._close_ports()
         if self.engine is not None and mode != "immediate":
             try:
@@ -397,6 +427,21 @@ class NodeAgent:
             log.warning("could not revoke lease %x (%s); peers will see it expire after the TTL", self.lease.id, exc)
         log.info("node %d stopped (%s)", self.node_id, mode)
         return 0
+
+    def _finish_rounds(self, timeout: float = 2.0) -> None:
+        """Roll back what runs here and let the other members hear every outcome before we leave: a member
+        that never learns the fate of one of our XIDs would treat rows it touched as locked."""
+        if self.sessions is None or self.commits is None or self.mesh is None:
+            return
+        self.sessions.abort_all()
+        deadline = time.monotonic() + timeout
+        while (self.commits.rounds or self.sessions.prepared or self.sessions.commits) \
+                and time.monotonic() < deadline:
+            if self.mesh.router.poll(20):
+                self.mesh.receive_ready()
+                if self.locks is not None:
+                    self.locks.flush()
+            self.sessions.pump()
 
     def _close_ports(self) -> None:
         self._stopping.set()

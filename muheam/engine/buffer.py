@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from muheam.storage import PageZeroed, RelationFile, RelationFileError, Schema
-from muheam.storage.heap import relation_path
+from muheam.storage.heap import relation_path, walk_chain
 from muheam.storage.page import Page
 
 Key = tuple[int, int]
@@ -79,8 +79,65 @@ class BufferCache:
             rel.file.close()
 
     def nblocks(self, table_id: int) -> int:
-        """Blocks of the relation including allocated blocks not yet written."""
-        return self._rels[table_id].nblocks
+        """Blocks of the relation including allocated blocks not yet written (here, or by another node that
+        has written them since: the file may have grown)."""
+        rel = self._rels[table_id]
+        size = rel.file.nblocks()
+        if size > rel.nblocks:
+            rel.nblocks = size
+        return rel.nblocks
+
+    def grow(self, table_id: int, nblocks: int) -> None:
+        """Another node allocated blocks up to ``nblocks`` (the relation-extension lock's value)."""
+        rel = self._rels[table_id]
+        rel.nblocks = max(rel.nblocks, nblocks)
+
+    # -- cluster block ownership (cache fusion) -----------------------------------------------------------------
+
+    def chain_blocks(self, table_id: int, bucket: int, nbuckets: int) -> list[int]:
+        """Block numbers of one bucket chain, walked through the cache (the caller owns the chain)."""
+        return [p.block for p in walk_chain(bucket, lambda b: self.read(table_id, b),
+                                            max_blocks=self.nblocks(table_id), first_overflow=nbuckets + 1)]
+
+    def export(self, table_id: int, blocks: list[int]) -> list[tuple[int, bytes]]:
+        """Images of ``blocks`` for shipping to the next owner: the WAL is made durable up to their changes
+        and the dirty ones are written to the shared file first (I3: log, then data, then ship), so a checkpoint
+        of this node never depends on pages now in another node's cache."""
+        frames = [(b, self._frames.get((table_id, b))) for b in blocks]
+        dirty = [(b, fr) for b, fr in frames if fr is not None and fr.dirty]
+        need = max((fr.lsn for _, fr in dirty), default=0)
+        if need > self._flushed_lsn():
+            self._wal_flush(need)
+        for b, fr in dirty:
+            self._write((table_id, b), fr)
+        return [(b, (fr.page if fr is not None else self.read(table_id, b)).encode()) for b, fr in frames]
+
+    def forget(self, table_id: int, blocks: list[int]) -> None:
+        """Drop cached images (ownership moved away); they must have been exported (written) if dirty."""
+        for b in blocks:
+            fr = self._frames.pop((table_id, b), None)
+            if fr is not None and fr.dirty:
+                raise AssertionError(f"dropping dirty block {b} of relation {table_id} unwritten")
+
+    def adopt(self, table_id: int, images: list[tuple[int, bytes]]) -> None:
+        """Install images shipped by the previous owner (clean: the sender wrote them to the shared file)."""
+        rel = self._rels[table_id]
+        for block, data in images:
+            page = Page.decode(data, rel.schema, block=block, table_id=table_id, path=rel.file.path)
+            old = self._frames.get((table_id, block))
+            if old is not None and old.dirty:
+                raise AssertionError(f"adopting block {block} of relation {table_id} over a dirty image")
+            self._frames[(table_id, block)] = _Frame(page)
+            rel.nblocks = max(rel.nblocks, block + 1)
+
+    def cached(self, table_id: int, block: int) -> bool:
+        return (table_id, block) in self._frames
+
+    def forget_all(self) -> None:
+        """Drop every (clean) page: a cluster node owns nothing when it starts serving."""
+        if self.dirty_count:
+            raise AssertionError("forget_all with dirty pages")
+        self._frames.clear()
 
     # -- page access ---------------------------------------------------------------------------------------------
 

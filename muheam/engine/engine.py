@@ -4,9 +4,11 @@ The node agent drives it from one event loop; ``commit`` may also be called from
 WAL flush happens outside the engine lock, so concurrent commits share fsyncs).  A caller that batches requests
 can commit many transactions with one fsync through ``commit_batch``.
 
-Injected from outside (the seams the cluster work replaces): the Lamport clock (``lamport``), transaction
-snapshots (``begin(xid, snapshot)``), the commit-status callback (``status``) and the pruning horizon
-(``horizon``).  Block access goes through ``BufferCache.read``/``modify`` only.
+Injected from outside (the seams the cluster work fills): the Lamport clock (``lamport``), transaction
+snapshots (``begin(xid, snapshot)``), the commit-status callback (``status``), the pruning rule (``prune_rule``)
+and block ownership (``owner``: asked before a bucket chain is read or changed, a relation extended or the
+catalog changed; it raises ``NeedOwnership`` when the node must first acquire it).  Block access goes through
+``BufferCache.read``/``modify`` only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,8 +29,8 @@ from muheam.engine.errors import (Deadlock, EngineStopped, NoSuchTable, Serializ
                                   TransactionError)
 from muheam.engine.heapops import HeapOps, Table
 from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
-from muheam.storage.heap import default_nbuckets, relation_path
-from muheam.storage.schema import Row, check_name
+from muheam.storage.heap import bucket_block, default_nbuckets, relation_path
+from muheam.storage.schema import Row, check_key, check_name
 from walmerge import WalWriter, pack_glsn, unpack_glsn
 
 log = logging.getLogger("muheam.engine")
@@ -36,6 +38,17 @@ log = logging.getLogger("muheam.engine")
 Status = str
 EndCallback = Callable[[int, str, frozenset[int]], None]
 """``on_end(xid, "committed" | "aborted", woken_xids)``: called after a transaction finished."""
+
+
+class Owner(Protocol):
+    """Cluster block ownership as the engine sees it: each call returns if this node may go on, else raises
+    ``NeedOwnership`` (the caller acquires what it names and retries the whole operation)."""
+
+    def chain(self, table_id: int, bucket: int, write: bool) -> None: ...
+
+    def extend(self, table_id: int) -> None: ...
+
+    def catalog(self) -> None: ...
 
 
 @dataclass
@@ -67,7 +80,7 @@ class RecoveryReport:
 class Transaction:
     """One transaction of this engine; the XID and snapshot come from the caller."""
 
-    __slots__ = ("engine", "xid", "snapshot", "wrote", "state")
+    __slots__ = ("engine", "xid", "snapshot", "wrote", "state", "commit_glsn")
 
     def __init__(self, engine: "Engine", xid: int, snapshot: Snapshot) -> None:
         self.engine = engine
@@ -75,6 +88,7 @@ class Transaction:
         self.snapshot = snapshot
         self.wrote = False
         self.state = mvcc.IN_PROGRESS
+        self.commit_glsn = 0
 
     def get(self, table: str | int, key: int) -> Row | None:
         return self.engine._get(self, table, key)
@@ -123,7 +137,7 @@ class Engine:
         self._wal: WalWriter | None = None
         self.cache = BufferCache(shared, config.cache_pages, wal_flush=self._wal_flush,
                                  flushed_lsn=self._wal_flushed)
-        self.ops = HeapOps(self.cache, self._log, lambda: self.horizon())
+        self.ops = HeapOps(self.cache, self._log, lambda: self.prune_rule(), self._check_extend)
         self.tables_by_name: dict[str, Table] = {}
         self.tables_by_id: dict[int, Table] = {}
         self.committed: set[int] = set()
@@ -136,6 +150,9 @@ class Engine:
         self.on_end: EndCallback | None = None
         self.status: Callable[[int], str] = self.local_status
         self.horizon: Callable[[], int] = self.local_horizon
+        self.prune_rule: Callable[[], tuple[int, Callable[[int], str]]] = lambda: (self.horizon(), self.status)
+        self.owner: Owner | None = None
+        self._catalog_dirty = False
         self._failed: BaseException | None = None
         self._last_checkpoint_time: float | None = None
         self._checkpoint_lsn = 0
@@ -178,6 +195,10 @@ class Engine:
         assert self._wal is not None
         return self._wal
 
+    def _check_extend(self, table_id: int) -> None:
+        if self.owner is not None:
+            self.owner.extend(table_id)
+
     def _log(self, kind: int, payload: bytes, xid: int) -> tuple[int, int]:
         """Append one record; returns ``(glsn, end_lsn)``.  A failure stops the engine: a page may already
         carry the unlogged change, so no page may be written any more."""
@@ -210,6 +231,9 @@ class Engine:
         """Create a table (WAL-logged and durable when this returns); raises ``TableExists``, ``SchemaError``."""
         with self._lock:
             check_name(name, "table")
+            if self.owner is not None:
+                self.owner.catalog()
+                self.reload_catalog()
             if name in self.tables_by_name:
                 raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
                                   f"pick another name")
@@ -222,6 +246,7 @@ class Engine:
             t = Table(table_id, name, schema, nbuckets)
             self.add_table(t)
             self.write_catalog()
+            self._catalog_dirty = False
             return t
 
     def add_table(self, t: Table) -> None:
@@ -240,9 +265,24 @@ class Engine:
         self.tables_by_id[t.table_id] = t
 
     def write_catalog(self) -> None:
-        statefiles.write_state(statefiles.catalog_path(self.shared), {"tables": [
-            {"table_id": t.table_id, "nbuckets": t.nbuckets, "schema": t.schema.to_dict()}
-            for t in self.tables_by_id.values()]})
+        """Rewrite ``global/catalog`` as the union of the file and this node's tables (in a cluster only the
+        holder of the catalog lock creates tables, so the union loses nobody's table)."""
+        entries = {int(d["table_id"]): d for d in (statefiles.read_state(statefiles.catalog_path(self.shared))
+                                                   or {}).get("tables", [])}
+        for t in self.tables_by_id.values():
+            entries[t.table_id] = {"table_id": t.table_id, "nbuckets": t.nbuckets, "schema": t.schema.to_dict()}
+        statefiles.write_state(statefiles.catalog_path(self.shared),
+                               {"tables": [entries[k] for k in sorted(entries)]})
+
+    def reload_catalog(self) -> int:
+        """Learn tables other nodes created (from ``global/catalog``); returns how many were new."""
+        new = 0
+        for d in (statefiles.read_state(statefiles.catalog_path(self.shared)) or {}).get("tables", []):
+            if int(d["table_id"]) not in self.tables_by_id:
+                schema = Schema.from_dict(d["schema"])
+                self.add_table(Table(int(d["table_id"]), schema.name, schema, int(d["nbuckets"])))
+                new += 1
+        return new
 
     def tables(self) -> list[Table]:
         return sorted(self.tables_by_id.values(), key=lambda t: t.table_id)
@@ -250,6 +290,8 @@ class Engine:
     def table(self, name_or_id: str | int) -> Table:
         t = (self.tables_by_name.get(name_or_id) if isinstance(name_or_id, str)
              else self.tables_by_id.get(name_or_id))
+        if t is None and self.owner is not None and self.reload_catalog():
+            return self.table(name_or_id)  # created on another node since we last looked
         if t is None:
             raise NoSuchTable(f"no table {name_or_id!r}; existing tables: {sorted(self.tables_by_name)}")
         return t
@@ -310,18 +352,29 @@ class Engine:
     def _get(self, txn: Transaction, table: str | int, key: int) -> Row | None:
         with self._lock:
             self._check(txn)
-            return self.ops.get(self.table(table), key, txn.snapshot, self.status)
+            t = self.table(table)
+            if self.owner is not None:
+                self.owner.chain(t.table_id, bucket_block(check_key(key, t.name), t.nbuckets), False)
+            return self.ops.get(t, key, txn.snapshot, self.status)
 
     def scan_arrays(self, txn: Transaction, table: str | int) -> Iterator[tuple[NDArray[np.int64], NDArray[Any]]]:
         """Visible rows as numpy (keys, rows) per bucket chain; the cache may change between chunks."""
         t = self.table(table)
         for b in range(1, t.nbuckets + 1):
-            with self._lock:
-                self._check(txn)
-                chunk = self.ops.scan_bucket(t, b, txn.snapshot, self.status)
-                self.cache.trim()
+            chunk = self.scan_bucket(txn, t, b)
             if chunk is not None:
                 yield chunk
+
+    def scan_bucket(self, txn: Transaction, t: Table, bucket: int) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
+        """Visible rows of one bucket chain (1-based); a cluster scan goes chain by chain, resuming after
+        ``NeedOwnership`` (each chain image is at least as new as the snapshot, which is all MVCC needs)."""
+        with self._lock:
+            self._check(txn)
+            if self.owner is not None:
+                self.owner.chain(t.table_id, bucket, False)
+            chunk = self.ops.scan_bucket(t, bucket, txn.snapshot, self.status)
+            self.cache.trim()
+            return chunk
 
     def _write(self, txn: Transaction, table: str | int, key: int, op: str, arg: Any) -> TupleId:
         with self._lock:
@@ -329,6 +382,8 @@ class Engine:
             self._writer()
             t = self.table(table)
             xid, snap, status = txn.xid, txn.snapshot, self.status
+            if self.owner is not None:
+                self.owner.chain(t.table_id, bucket_block(check_key(key, t.name), t.nbuckets), True)
             self._stop_waiting(xid)
             try:
                 if op == "insert":
@@ -395,7 +450,7 @@ class Engine:
                 self._check(txn)
             for txn in todo:
                 if txn.wrote:
-                    _, e = self._log(walrec.COMMIT, b"", txn.xid)
+                    txn.commit_glsn, e = self._log(walrec.COMMIT, b"", txn.xid)
                     end = max(end, e)
                 self._committing.add(txn.xid)
         if end:
@@ -438,7 +493,9 @@ class Engine:
                 raise
             # every COMMIT appended so far is durable now: committing transactions count as committed
             statefiles.write_xact(self.shared, self.node_id, self.committed | self._committing, self.aborted)
-            self.write_catalog()
+            if self._catalog_dirty:
+                self.write_catalog()
+                self._catalog_dirty = False
             statefiles.write_checkpoint(self.shared, self.node_id, statefiles.CheckpointPointer(
                 lsn, pack_glsn(self._last_lamport, self.node_id)))
             self._checkpoint_lsn = lsn

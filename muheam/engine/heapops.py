@@ -41,10 +41,15 @@ class Table:
 class HeapOps:
     """Row operations of one node over its buffer cache; every change is WAL-logged before it returns."""
 
-    def __init__(self, cache: BufferCache, log: Log, horizon: Callable[[], int]) -> None:
+    def __init__(self, cache: BufferCache, log: Log, prune_rule: Callable[[], tuple[int, StatusFn]],
+                 before_extend: Callable[[int], None] = lambda table_id: None) -> None:
+        """``prune_rule() -> (oldest_xmin, status)`` says what pruning may reclaim (``mvcc.dead_mask``);
+        ``before_extend(table_id)`` runs before a new overflow block is allocated (cluster: may raise to
+        acquire the relation-extension lock first; nothing has been changed at that point but pruning)."""
         self.cache = cache
         self.log = log
-        self.horizon = horizon
+        self.prune_rule = prune_rule
+        self.before_extend = before_extend
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
@@ -69,15 +74,16 @@ class HeapOps:
                                 max_blocks=self.cache.nblocks(t.table_id), first_overflow=t.nbuckets + 1)
         if page is not None:
             return page, None
-        horizon = self.horizon()
+        horizon, prune_status = self.prune_rule()
         for cand in self._chain(t, start):
-            res = cand.prune(horizon, status)
+            res = cand.prune(horizon, prune_status)
             if res:
                 glsn, end = self.log(walrec.HEAP_PRUNE,
                                      walrec.encode_prune(t.table_id, cand.block, res.freed, res.xmax_cleared), 0)
                 self._done(t, [cand], glsn, end)
             if cand.nfree:
                 return cand, None
+        self.before_extend(t.table_id)
         block = self.cache.nblocks(t.table_id)
         new = self.cache.install(t.table_id, Page.new(t.schema, block=block, kind=KIND_OVERFLOW,
                                                       table_id=t.table_id))

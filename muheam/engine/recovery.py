@@ -112,6 +112,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
             if c.table_id not in eng.tables_by_id:
                 schema = Schema.from_dict(c.schema)
                 eng.add_table(Table(c.table_id, schema.name, schema, c.nbuckets))
+                eng._catalog_dirty = True
         eng.max_xid = max(eng.max_xid, xid)
         eng.cache.trim()
 

@@ -1,0 +1,178 @@
+"""Cluster block ownership (cache fusion): bucket-chain locks whose value block is the chain's page images.
+
+A heap table is a set of bucket chains (a bucket page and its overflow pages), and every row operation touches
+exactly one chain, so the unit of ownership is the chain: lock resource ``blk:<table>:<bucket>``.  Exclusive
+ownership allows changing the chain's pages (I2); shared ownership allows reading them.  The grant carries the
+latest images (value block, DESIGN.md section 5), so the new owner never reads a stale page; when no image
+travels (first use, or after a failure) the shared file is current, because an exclusive owner writes its dirty
+pages through to the file -- after flushing its WAL up to them (I3) -- before it lets go.
+
+Ownership is kept until another node asks (no messages for repeated local work): the lock stays *held* and is
+given up only on ``ReleaseDemanded``.  Allocating a new overflow block takes the relation-extension lock
+``ext:<table>`` (value: the relation's length in blocks); creating a table takes ``catalog``.
+
+The engine asks through the ``Owner`` protocol (``chain``/``extend``/``catalog``); if this node does not own what
+is needed it raises ``NeedOwnership`` before changing anything, and the session layer calls ``acquire`` and
+re-runs the operation from the grant callback.  Every operation needs at most one chain (plus the extension
+lock), so a retry runs as soon as its one lock is granted: no operation waits holding one lock for another.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from typing import Callable
+
+from locking.effects import Granted
+from locking.messages import Mode
+from muheam.engine import Engine
+from muheam.locks import LockService
+
+log = logging.getLogger("muheam.ownership")
+
+CHAIN = b"blk:"
+EXTEND = b"ext:"
+CATALOG = b"catalog"
+_CHAIN = struct.Struct(">II")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct("<Q")
+_IMAGE = struct.Struct("<II")
+
+
+class NeedOwnership(Exception):
+    """Raised inside an engine operation: acquire ``resource`` in ``mode`` and run the operation again."""
+
+    def __init__(self, resource: bytes, mode: Mode) -> None:
+        super().__init__(f"need {mode.name.lower()} ownership of {resource!r}")
+        self.resource = resource
+        self.mode = mode
+
+
+def chain_resource(table_id: int, bucket: int) -> bytes:
+    return CHAIN + _CHAIN.pack(table_id, bucket)
+
+
+def extend_resource(table_id: int) -> bytes:
+    return EXTEND + _U32.pack(table_id)
+
+
+def encode_images(images: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(_IMAGE.pack(block, len(data)) + data for block, data in images)
+
+
+def decode_images(value: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(value):
+        if pos + _IMAGE.size > len(value):
+            raise ValueError("truncated chain image value")
+        block, size = _IMAGE.unpack_from(value, pos)
+        pos += _IMAGE.size
+        if pos + size > len(value):
+            raise ValueError("truncated chain image value")
+        out.append((block, value[pos:pos + size]))
+        pos += size
+    return out
+
+
+class Ownership:
+    """One node's block ownership; installed as ``engine.owner``.  Runs in the node's event loop."""
+
+    def __init__(self, locks: LockService, engine: Engine) -> None:
+        self.locks = locks
+        self.engine = engine
+        self.held: dict[bytes, Mode] = {}
+        self.asking: dict[bytes, Mode] = {}
+        self.waiters: dict[bytes, list[Callable[[], None]]] = {}
+        self.counters: Counter[str] = Counter()
+        for prefix in (CHAIN, EXTEND, CATALOG):
+            locks.on_demand(prefix, self._demanded)
+        engine.owner = self
+
+    # -- the engine's questions ------------------------------------------------------------------------------
+    def _need(self, resource: bytes, mode: Mode) -> None:
+        held = self.held.get(resource)
+        if held is Mode.EXCLUSIVE or held is mode:
+            self.counters["owned"] += 1
+            return
+        raise NeedOwnership(resource, mode)
+
+    def chain(self, table_id: int, bucket: int, write: bool) -> None:
+        self._need(chain_resource(table_id, bucket), Mode.EXCLUSIVE if write else Mode.SHARED)
+
+    def extend(self, table_id: int) -> None:
+        self._need(extend_resource(table_id), Mode.EXCLUSIVE)
+
+    def catalog(self) -> None:
+        self._need(CATALOG, Mode.EXCLUSIVE)
+
+    # -- acquiring -------------------------------------------------------------------------------------------
+    def acquire(self, resource: bytes, mode: Mode, then: Callable[[], None]) -> None:
+        """Get ``resource`` in ``mode`` (at least), then call ``then`` (which re-checks and may ask again)."""
+        self.waiters.setdefault(resource, []).append(then)
+        if resource in self.asking:
+            return
+        held = self.held.pop(resource, None)
+        if held is not None:  # shared -> exclusive: let go of the shared copy, ask again
+            self._drop_images(resource)
+            self.locks.release(resource)
+            self.counters["upgrades"] += 1
+        self.asking[resource] = mode
+        self.counters["acquires"] += 1
+        self.locks.acquire(resource, mode, lambda grant: self._granted(resource, grant))
+
+    def _granted(self, resource: bytes, grant: Granted) -> None:
+        self.asking.pop(resource, None)
+        if resource.startswith(CHAIN):
+            table_id, _ = _CHAIN.unpack_from(resource, len(CHAIN))
+            self._drop_images(resource)
+            if grant.valid and grant.value:
+                self.engine.cache.adopt(table_id, decode_images(grant.value))
+                self.counters["images_received"] += 1
+            else:
+                self.counters["read_from_disk"] += 1
+        elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:
+            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
+            self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
+        self.held[resource] = grant.mode
+        for then in self.waiters.pop(resource, []):
+            then()
+
+    # -- giving up -------------------------------------------------------------------------------------------
+    def _chain_blocks(self, resource: bytes) -> tuple[int, list[int]]:
+        table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
+        t = self.engine.table(table_id)
+        return table_id, self.engine.cache.chain_blocks(table_id, bucket, t.nbuckets)
+
+    def _drop_images(self, resource: bytes) -> None:
+        """Forget cached pages of a chain we do not own exclusively (they are clean)."""
+        if not resource.startswith(CHAIN):
+            return
+        table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
+        cache = self.engine.cache
+        blocks, block = [], bucket
+        while cache.cached(table_id, block) and block not in blocks:
+            blocks.append(block)
+            block = cache.read(table_id, block).next_block
+        cache.forget(table_id, blocks)
+
+    def _demanded(self, resource: bytes) -> None:
+        """Another node waits: hand over (WAL flushed, dirty pages written, images in the value) and let go."""
+        mode = self.held.pop(resource, None)
+        if mode is None:
+            return  # not ours in use (an upgrade already let it go)
+        value: bytes | None = None
+        if resource.startswith(CHAIN):
+            table_id, blocks = self._chain_blocks(resource)
+            if mode is Mode.EXCLUSIVE:
+                value = encode_images(self.engine.cache.export(table_id, blocks))
+                self.counters["images_sent"] += 1
+            self.engine.cache.forget(table_id, blocks)
+        elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE:
+            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
+            value = _U64.pack(self.engine.cache.nblocks(table_id))
+        self.counters["given_up"] += 1
+        self.locks.release(resource, value)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "held": len(self.held), "asking": len(self.asking)}
