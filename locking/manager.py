@@ -82,7 +82,7 @@ from typing import Iterable
 
 from locking.clock import LamportClock
 from locking.effects import Effect, Granted, NeedsRecovery, ReleaseDemanded, Send, Ticket
-from locking.glsn import Glsn
+from locking.glsn import MAX_LAMPORT, Glsn
 from locking.messages import (MAX_RESOURCE, MAX_VALUE, Ack, Hello, HelloEntry, Message, Mode, Release, Request,
                               Version, ZERO_VERSION, from_wire)
 from locking.queue import Entry, ResourceState
@@ -186,7 +186,7 @@ class LockManager:
 
     def on_wire(self, sender: int, stamp: int, wire: object) -> None:
         """Decode (raising ``ValueError`` on malformed input) and handle a message."""
-        if isinstance(stamp, bool) or not isinstance(stamp, int) or stamp < 0:
+        if isinstance(stamp, bool) or not isinstance(stamp, int) or not 0 <= stamp <= MAX_LAMPORT:
             raise ValueError(f"bad Lamport stamp {stamp!r}")
         self.on_message(sender, stamp, from_wire(wire))
 

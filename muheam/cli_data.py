@@ -52,9 +52,11 @@ def table() -> None:
 @click.argument("name")
 @click.argument("columns", nargs=-1, required=True)
 @click.option("--expected-rows", type=int, default=0, help="Sizes the hash buckets.")
+@click.option("--buckets", type=click.IntRange(min=0), default=0,
+              help="Hash chains (0: from --expected-rows); chains are the unit of block ownership between nodes.")
 @node_choice
 @config_options
-def table_create(name: str, columns: tuple[str, ...], expected_rows: int, **kw: Any) -> None:
+def table_create(name: str, columns: tuple[str, ...], expected_rows: int, buckets: int, **kw: Any) -> None:
     """Create table NAME with COLUMN:TYPE ... (types: int64, float64, text(N)); the key is an implicit int64."""
     cols = {}
     for spec in columns:
@@ -63,7 +65,7 @@ def table_create(name: str, columns: tuple[str, ...], expected_rows: int, **kw: 
             raise click.UsageError(f"{spec!r}: write COLUMN:TYPE, e.g. balance:int64 or name:text(16)")
         cols[col] = typ
     with _connection(kw) as conn:
-        info = conn.create_table(name, cols, expected_rows)
+        info = conn.create_table(name, cols, expected_rows, buckets)
     click.echo(f"table {info['name']} created (id {info['table_id']})")
 
 

@@ -139,8 +139,9 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_table(self, name: str, columns: dict[str, str], expected_rows: int = 0) -> Any:
-        return self.call("create_table", name=name, columns=columns, expected_rows=expected_rows)
+    def create_table(self, name: str, columns: dict[str, str], expected_rows: int = 0, buckets: int = 0) -> Any:
+        """``buckets``: hash chains (0: sized from ``expected_rows``); chains are the unit of block ownership."""
+        return self.call("create_table", name=name, columns=columns, expected_rows=expected_rows, buckets=buckets)
 
     def tables(self) -> Any:
         return self.call("tables")

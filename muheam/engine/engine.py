@@ -29,7 +29,7 @@ from muheam.engine.errors import (Deadlock, EngineStopped, NoSuchTable, Serializ
                                   TransactionError)
 from muheam.engine.heapops import HeapOps, Table
 from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
-from muheam.storage.heap import bucket_block, default_nbuckets, relation_path
+from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
 from muheam.storage.schema import Row, check_key, check_name
 from walmerge import WalWriter, pack_glsn, unpack_glsn
 
@@ -227,8 +227,12 @@ class Engine:
 
     # -- catalog -------------------------------------------------------------------------------------------------
 
-    def create_table(self, name: str, columns: Mapping[str, str], *, expected_rows: int = 0) -> Table:
-        """Create a table (WAL-logged and durable when this returns); raises ``TableExists``, ``SchemaError``."""
+    def create_table(self, name: str, columns: Mapping[str, str], *, expected_rows: int = 0,
+                     buckets: int = 0) -> Table:
+        """Create a table (WAL-logged and durable when this returns); raises ``TableExists``, ``SchemaError``.
+
+        ``buckets`` (0: sized from ``expected_rows``) sets the number of hash chains.  In a cluster a chain is
+        the unit of block ownership, so hot rows spread over many chains move between nodes independently."""
         with self._lock:
             check_name(name, "table")
             if self.owner is not None:
@@ -238,7 +242,10 @@ class Engine:
                 raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
                                   f"pick another name")
             schema = Schema(name, columns)
-            nbuckets = default_nbuckets(schema, expected_rows)
+            if not 0 <= buckets <= MAX_BUCKETS:
+                raise SchemaError(f"buckets must be between 1 and {MAX_BUCKETS} (0: sized from expected_rows), "
+                                  f"got {buckets}")
+            nbuckets = buckets or default_nbuckets(schema, expected_rows)
             table_id = max(self.tables_by_id, default=0) + 1
             _, end = self._log(walrec.CATALOG_CREATE, walrec.encode_create_table(table_id, nbuckets,
                                                                                   schema.to_dict()), 0)
