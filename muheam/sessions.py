@@ -406,15 +406,15 @@ class Sessions:
             tx = self.txns.get(victim)
             if tx is None:
                 continue
-            for waiting in self.parked.values():
-                for p in waiting:
-                    if p.xid == victim and not p.reply.done:
-                        self.counters["deadlocks"] += 1
-                        self._fail_tx(tx, p.reply, Deadlock(
-                            f"deadlock detected: transaction {victim} waits in a cycle across nodes "
-                            f"({' -> '.join(map(str, path))} -> {start}); it was chosen as the victim; retry it",
-                            xid=victim, blocker=graph[victim]))
-                        return
+            parked = [p for waiting in self.parked.values() for p in waiting
+                      if p.xid == victim and not p.reply.done]
+            if parked:
+                self.counters["deadlocks"] += 1
+                self._fail_tx(tx, parked[0].reply, Deadlock(
+                    f"deadlock detected: transaction {victim} waits in a cycle across nodes "
+                    f"({' -> '.join(map(str, path))} -> {start}); it was chosen as the victim; retry it",
+                    xid=victim, blocker=graph[victim]))
+                return
 
     def tick(self, now: float) -> None:
         """Lock timeouts, idle transactions, deadlocks, gossip; called by the loop a few times a second."""

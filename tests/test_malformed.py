@@ -45,7 +45,8 @@ def zmq_abuse(ctx: zmq.Context[Any], endpoint: str, peer: bool, rng: random.Rand
         [msgpack.packb({"op": 7})],
         [msgpack.packb({"op": "no-such-op"})],
         [wire.encode_peer(99, 5, 10, "hello", {})],  # claims node 99 under node 1's routing id
-        [wire.encode_peer(1, 1, 2**62, "no-such-kind", None)],
+        [wire.encode_peer(1, 1, 7, "no-such-kind", None)],
+        [wire.encode_peer(1, 1, 2**62, "hello", {})],  # a stamp beyond the GLSN range: must not reach the clock
         [wire.encode_peer(1, 1, 5, "lock", ["not", "a", "lock", "message"])],  # valid frame, bad lock body
         [wire.encode_peer(1, 1, 6, "lockb", [[7, [99]], "junk"])],  # bad lock batch
         [b"x" * (limit + 1)],  # oversized
