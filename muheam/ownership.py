@@ -43,10 +43,12 @@ _IMAGE = struct.Struct("<II")
 class NeedOwnership(Exception):
     """Raised inside an engine operation: acquire ``resource`` in ``mode`` and run the operation again."""
 
-    def __init__(self, resource: bytes, mode: Mode) -> None:
+    def __init__(self, resource: bytes, mode: Mode, keep: bytes | None = None) -> None:
         super().__init__(f"need {mode.name.lower()} ownership of {resource!r}")
         self.resource = resource
         self.mode = mode
+        self.keep = keep
+        """A chain the operation already holds and must keep until this grant (see ``Ownership.acquire``)."""
 
 
 def chain_resource(table_id: int, bucket: int) -> bytes:
@@ -84,6 +86,9 @@ class Ownership:
         self.held: dict[bytes, Mode] = {}
         self.asking: dict[bytes, Mode] = {}
         self.waiters: dict[bytes, list[Callable[[], None]]] = {}
+        self.pinned: dict[bytes, bytes] = {}     # chain -> the extension lock an operation on it waits for
+        self.deferred: set[bytes] = set()        # demands of pinned chains, honoured when unpinned
+        self._writing: bytes | None = None
         self.counters: Counter[str] = Counter()
         for prefix in (CHAIN, EXTEND, CATALOG):
             locks.on_demand(prefix, self._demanded)
@@ -98,17 +103,31 @@ class Ownership:
         raise NeedOwnership(resource, mode)
 
     def chain(self, table_id: int, bucket: int, write: bool) -> None:
-        self._need(chain_resource(table_id, bucket), Mode.EXCLUSIVE if write else Mode.SHARED)
+        resource = chain_resource(table_id, bucket)
+        self._need(resource, Mode.EXCLUSIVE if write else Mode.SHARED)
+        if write:
+            self._writing = resource
 
     def extend(self, table_id: int) -> None:
-        self._need(extend_resource(table_id), Mode.EXCLUSIVE)
+        """The operation holding the chain last checked for writing needs a new block.  That chain is kept
+        (its demands deferred) until the extension lock arrives: handing either lock over while waiting for the
+        other let two nodes growing one chain take turns for ever.  No node waits for a chain while holding
+        the extension lock for an operation, so chain -> extension is deadlock-free."""
+        resource = extend_resource(table_id)
+        held = self.held.get(resource)
+        if held is Mode.EXCLUSIVE:
+            return
+        raise NeedOwnership(resource, Mode.EXCLUSIVE, keep=self._writing)
 
     def catalog(self) -> None:
         self._need(CATALOG, Mode.EXCLUSIVE)
 
     # -- acquiring -------------------------------------------------------------------------------------------
-    def acquire(self, resource: bytes, mode: Mode, then: Callable[[], None]) -> None:
-        """Get ``resource`` in ``mode`` (at least), then call ``then`` (which re-checks and may ask again)."""
+    def acquire(self, resource: bytes, mode: Mode, then: Callable[[], None], keep: bytes | None = None) -> None:
+        """Get ``resource`` in ``mode`` (at least), then call ``then`` (which re-checks and may ask again);
+        ``keep``: a held chain not to give up before then."""
+        if keep is not None and keep in self.held:
+            self.pinned[keep] = resource
         self.waiters.setdefault(resource, []).append(then)
         if resource in self.asking:
             return
@@ -137,6 +156,11 @@ class Ownership:
         self.held[resource] = grant.mode
         for then in self.waiters.pop(resource, []):
             then()
+        for chain in [c for c, r in self.pinned.items() if r == resource]:
+            del self.pinned[chain]
+            if chain in self.deferred:
+                self.deferred.discard(chain)
+                self._demanded(chain)
 
     # -- giving up -------------------------------------------------------------------------------------------
     def _chain_blocks(self, resource: bytes) -> tuple[int, list[int]]:
@@ -158,6 +182,10 @@ class Ownership:
 
     def _demanded(self, resource: bytes) -> None:
         """Another node waits: hand over (WAL flushed, dirty pages written, images in the value) and let go."""
+        if resource in self.pinned:
+            self.deferred.add(resource)
+            self.counters["deferred_demands"] += 1
+            return
         mode = self.held.pop(resource, None)
         if mode is None:
             return  # not ours in use (an upgrade already let it go)

@@ -191,7 +191,7 @@ class Sessions:
                 result = action(tx.txn)
             except NeedOwnership as need:
                 self.counters["ownership_waits"] += 1
-                self.cluster.ownership.acquire(need.resource, need.mode, attempt)
+                self.cluster.ownership.acquire(need.resource, need.mode, attempt, need.keep)
                 return
             except RowConflict as conflict:
                 if conflict.committed:
@@ -264,8 +264,7 @@ class Sessions:
         def scan(txn: Transaction) -> list[list[Any]]:
             t = self.engine.table(table)
             while at[0] <= t.nbuckets:
-                chunk = self.engine.scan_bucket(txn, t, at[0])
-                at[0] += 1
+                chunk, at[0] = self.engine.scan_from(txn, t, at[0])
                 if chunk is None:
                     continue
                 for key, rec in zip(chunk[0].tolist(), chunk[1]):
@@ -381,10 +380,14 @@ class Sessions:
                     parked.retry()
 
     # periodic -----------------------------------------------------------------------------------------------
+    def local_horizon(self) -> int:
+        """The oldest snapshot timestamp this node may still use (what it gossips)."""
+        now = self.cluster.now_glsn()
+        return min(min((tx.sts for tx in self.txns.values()), default=now), now)
+
     def horizon(self) -> int:
         """The pruning horizon: the oldest snapshot timestamp in use anywhere in the cluster."""
-        local = min((tx.sts for tx in self.txns.values()), default=self.cluster.now_glsn())
-        return self.cluster.commits.horizon(min(local, self.cluster.now_glsn()))
+        return self.cluster.commits.horizon(self.local_horizon())
 
     def _waits(self, now: float, older_than: float) -> list[tuple[int, int]]:
         return sorted((p.xid, blocker) for blocker, waiting in self.parked.items() for p in waiting
@@ -442,6 +445,6 @@ class Sessions:
             self._abort(tx)
         self._find_deadlocks(now)
         waits = self._waits(now, self.deadlock_timeout)
-        self.cluster.commits.publish(self.horizon(), waits, waits != self.published_waits)
+        self.cluster.commits.publish(self.local_horizon(), waits, waits != self.published_waits)
         self.published_waits = waits
         self.engine.maybe_checkpoint(time.time())

@@ -373,15 +373,33 @@ class Engine:
                 yield chunk
 
     def scan_bucket(self, txn: Transaction, t: Table, bucket: int) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
-        """Visible rows of one bucket chain (1-based); a cluster scan goes chain by chain, resuming after
-        ``NeedOwnership`` (each chain image is at least as new as the snapshot, which is all MVCC needs)."""
+        """Visible rows of one bucket chain (1-based)."""
+        return self.scan_from(txn, t, bucket, bucket)[0]
+
+    def scan_from(self, txn: Transaction, t: Table, first: int, last: int | None = None,
+                  ) -> tuple[tuple[NDArray[np.int64], NDArray[Any]] | None, int]:
+        """Visible rows of the chains ``first..last`` (default: to the end) that this node may read without
+        waiting, and the next bucket to scan.  A cluster scan resumes there after ``NeedOwnership`` (raised
+        only when ``first`` itself is not readable): each chain image is at least as new as the snapshot,
+        which is all MVCC needs, so chains may be read at different moments."""
+        end = t.nbuckets if last is None else last
+        batch: list[int] = []
         with self._lock:
             self._check(txn)
-            if self.owner is not None:
-                self.owner.chain(t.table_id, bucket, False)
-            chunk = self.ops.scan_bucket(t, bucket, txn.snapshot, self.status)
+            for b in range(first, end + 1):
+                if self.owner is not None:
+                    try:
+                        self.owner.chain(t.table_id, b, False)
+                    except Exception:
+                        if not batch:
+                            raise
+                        break
+                batch.append(b)
+                if len(batch) >= 256:
+                    break
+            chunk = self.ops.scan_buckets(t, batch, txn.snapshot, self.status)
             self.cache.trim()
-            return chunk
+            return chunk, first + len(batch)
 
     def _write(self, txn: Transaction, table: str | int, key: int, op: str, arg: Any) -> TupleId:
         with self._lock:

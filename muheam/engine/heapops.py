@@ -24,6 +24,9 @@ from muheam.storage.page import KIND_OVERFLOW, Page
 from muheam.storage.schema import Row, check_key
 from walmerge import Record
 
+PRUNE_HINT = 24
+"""An update prunes the page of the version it replaces once that page holds this many versions."""
+
 Log = Callable[[int, bytes, int], tuple[int, int]]
 """``log(kind, payload, xid) -> (glsn, end_lsn)``: append one WAL record (the engine's writer)."""
 
@@ -66,6 +69,13 @@ class HeapOps:
                 p.stamp(glsn)
                 self.cache.mark_dirty(t.table_id, p.block, end_lsn)
 
+    def _prune(self, t: Table, page: Page, rule: tuple[int, StatusFn]) -> None:
+        res = page.prune(*rule)
+        if res:
+            glsn, end = self.log(walrec.HEAP_PRUNE,
+                                 walrec.encode_prune(t.table_id, page.block, res.freed, res.xmax_cleared), 0)
+            self._done(t, [page], glsn, end)
+
     def _place(self, t: Table, key: int, status: StatusFn) -> tuple[Page, Page | None]:
         """A page with a free slot in ``key``'s chain (pruning a full chain first, then extending it);
         returns ``(page, link_from)`` where ``link_from`` is set if ``page`` is a new overflow block."""
@@ -74,13 +84,9 @@ class HeapOps:
                                 max_blocks=self.cache.nblocks(t.table_id), first_overflow=t.nbuckets + 1)
         if page is not None:
             return page, None
-        horizon, prune_status = self.prune_rule()
+        rule = self.prune_rule()
         for cand in self._chain(t, start):
-            res = cand.prune(horizon, prune_status)
-            if res:
-                glsn, end = self.log(walrec.HEAP_PRUNE,
-                                     walrec.encode_prune(t.table_id, cand.block, res.freed, res.xmax_cleared), 0)
-                self._done(t, [cand], glsn, end)
+            self._prune(t, cand, rule)
             if cand.nfree:
                 return cand, None
         self.before_extend(t.table_id)
@@ -122,20 +128,32 @@ class HeapOps:
     def scan_bucket(self, t: Table, bucket: int, snap: Snapshot,
                     status: StatusFn) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
         """Visible (keys, rows) of one bucket chain (bucket is 1-based: its block number), or ``None``."""
+        return self.scan_buckets(t, [bucket], snap, status)
+
+    def scan_buckets(self, t: Table, buckets: list[int], snap: Snapshot,
+                     status: StatusFn) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
+        """Visible (keys, rows) of several bucket chains, with one vectorised visibility pass over all their
+        slots (per-page passes made a scan of a many-chain table cost a pass per chain)."""
         tid = t.table_id
-        keys, rows = [], []
-        for page in walk_chain(bucket, lambda b: self.cache.read(tid, b), max_blocks=self.cache.nblocks(tid),
-                               first_overflow=t.nbuckets + 1):
-            mask = page.visible_mask(snap, status)
-            if mask.any():
-                sel = page.slots[mask]
-                keys.append(sel["key"].copy())
-                rows.append(sel["row"].copy())
-        if not keys:
+        nblocks = self.cache.nblocks(tid)
+        slots = [page.slots[page.used_mask()] for bucket in buckets
+                 for page in walk_chain(bucket, lambda b: self.cache.read(tid, b), max_blocks=nblocks,
+                                        first_overflow=t.nbuckets + 1)]
+        if not slots:
             return None
-        if len(keys) == 1:
-            return keys[0], rows[0]
-        return np.concatenate(keys), np.concatenate(rows)
+        if len(slots) == 1:
+            s = slots[0]
+        else:  # slice assignment: np.concatenate of structured arrays re-derives the dtype per array (slow)
+            s = np.empty(sum(len(x) for x in slots), dtype=slots[0].dtype)
+            pos = 0
+            for x in slots:
+                s[pos:pos + len(x)] = x
+                pos += len(x)
+        mask = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
+        if not mask.any():
+            return None
+        sel = s[mask]
+        return sel["key"].copy(), sel["row"].copy()
 
     # -- writes --------------------------------------------------------------------------------------------------
 
@@ -160,6 +178,10 @@ class HeapOps:
         """Replace the visible version of ``key`` by ``change(old_row)``."""
         key = check_key(key, t.name)
         old, oslot = self._writable(t, key, snap, status)
+        if old.nused >= PRUNE_HINT:
+            # prune before the page is full, so readers do not wade through a page of dead versions of hot rows
+            # (the version we are about to replace is live for us, hence not prunable: oslot stays valid)
+            self._prune(t, old, self.prune_rule())
         rec = t.schema.to_record(change(t.schema.from_record(old.slots["row"][oslot])))
         page, link = self._place(t, key, status)
         nslot = page.insert(key, rec, snap.xid)
