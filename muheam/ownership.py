@@ -27,6 +27,7 @@ from typing import Callable
 from locking.effects import Granted
 from locking.messages import Mode
 from muheam.engine import Engine
+from muheam.engine.errors import NeedOwnership
 from muheam.locks import LockService
 
 log = logging.getLogger("muheam.ownership")
@@ -38,17 +39,6 @@ _CHAIN = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct("<Q")
 _IMAGE = struct.Struct("<II")
-
-
-class NeedOwnership(Exception):
-    """Raised inside an engine operation: acquire ``resource`` in ``mode`` and run the operation again."""
-
-    def __init__(self, resource: bytes, mode: Mode, keep: bytes | None = None) -> None:
-        super().__init__(f"need {mode.name.lower()} ownership of {resource!r}")
-        self.resource = resource
-        self.mode = mode
-        self.keep = keep
-        """A chain the operation already holds and must keep until this grant (see ``Ownership.acquire``)."""
 
 
 def chain_resource(table_id: int, bucket: int) -> bytes:

@@ -29,7 +29,8 @@ from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError
 from muheam.engine.engine import Transaction
 from muheam.errors import MuheamError
-from muheam.ownership import NeedOwnership, Ownership
+from muheam.engine.errors import NeedOwnership
+from muheam.ownership import Ownership
 from muheam.server import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.txstate import HORIZON_ALL, TxTable

@@ -25,8 +25,8 @@ from numpy.typing import NDArray
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
-from muheam.engine.errors import (Deadlock, EngineStopped, NoSuchTable, SerializationFailure, TableExists,
-                                  TransactionError)
+from muheam.engine.errors import (Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
+                                  TableExists, TransactionError)
 from muheam.engine.heapops import HeapOps, Table
 from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
 from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
@@ -390,7 +390,7 @@ class Engine:
                 if self.owner is not None:
                     try:
                         self.owner.chain(t.table_id, b, False)
-                    except Exception:
+                    except NeedOwnership:
                         if not batch:
                             raise
                         break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from muheam.storage.errors import StorageError
 
@@ -71,3 +72,14 @@ class StateFileCorrupt(EngineError):
     def __init__(self, message: str, *, path: Path) -> None:
         super().__init__(message)
         self.path = path
+
+
+class NeedOwnership(Exception):
+    """Raised inside an engine operation: acquire ``resource`` in ``mode`` and run the operation again."""
+
+    def __init__(self, resource: bytes, mode: Any, keep: bytes | None = None) -> None:
+        super().__init__(f"need {getattr(mode, 'name', mode)!s} ownership of {resource!r}")
+        self.resource = resource
+        self.mode = mode
+        self.keep = keep
+        """A chain the operation already holds and must keep until this grant (see ``Ownership.acquire``)."""
