@@ -145,9 +145,7 @@ class NodeAgent:
         if self.engine.recovery.data_loss:
             log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
         self.engine.cache.forget_all()  # recovery ended with a checkpoint; we own no block yet
-        for path in sorted((cfg.shared_dir / "xact").glob("node-*")):
-            if path.name[5:].isdigit():
-                table.load(*statefiles.read_xact(cfg.shared_dir, int(path.name[5:])))
+        table.load(*statefiles.read_all_xact(cfg.shared_dir))
         table.load(self.engine.committed, self.engine.aborted)
         self.ownership = Ownership(self.locks, self.engine)
         self.commits = CommitService(self.mesh, table, lambda: list(self.members),

@@ -367,14 +367,11 @@ class Engine:
     def scan_arrays(self, txn: Transaction, table: str | int) -> Iterator[tuple[NDArray[np.int64], NDArray[Any]]]:
         """Visible rows as numpy (keys, rows) per bucket chain; the cache may change between chunks."""
         t = self.table(table)
-        for b in range(1, t.nbuckets + 1):
-            chunk = self.scan_bucket(txn, t, b)
+        nxt = 1
+        while nxt <= t.nbuckets:
+            chunk, nxt = self.scan_from(txn, t, nxt)
             if chunk is not None:
                 yield chunk
-
-    def scan_bucket(self, txn: Transaction, t: Table, bucket: int) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
-        """Visible rows of one bucket chain (1-based)."""
-        return self.scan_from(txn, t, bucket, bucket)[0]
 
     def scan_from(self, txn: Transaction, t: Table, first: int, last: int | None = None,
                   ) -> tuple[tuple[NDArray[np.int64], NDArray[Any]] | None, int]:

@@ -125,11 +125,6 @@ class HeapOps:
             return None
         return t.schema.from_record(hit[0].slots["row"][hit[1]])
 
-    def scan_bucket(self, t: Table, bucket: int, snap: Snapshot,
-                    status: StatusFn) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
-        """Visible (keys, rows) of one bucket chain (bucket is 1-based: its block number), or ``None``."""
-        return self.scan_buckets(t, [bucket], snap, status)
-
     def scan_buckets(self, t: Table, buckets: list[int], snap: Snapshot,
                      status: StatusFn) -> tuple[NDArray[np.int64], NDArray[Any]] | None:
         """Visible (keys, rows) of several bucket chains, with one vectorised visibility pass over all their

@@ -109,6 +109,18 @@ def read_xact(shared: Path, node_id: int) -> tuple[set[int], set[int]]:
             set(np.frombuffer(d["aborted"], "<u8").tolist()))
 
 
+def read_all_xact(shared: Path) -> tuple[set[int], set[int]]:
+    """(committed, aborted) XIDs of every node's ``xact`` file: outcomes as of each node's last checkpoint."""
+    committed: set[int] = set()
+    aborted: set[int] = set()
+    for path in sorted((shared / "xact").glob("node-*")):
+        if path.name[5:].isdigit():
+            c, a = read_xact(shared, int(path.name[5:]))
+            committed |= c
+            aborted |= a
+    return committed, aborted
+
+
 def write_xact(shared: Path, node_id: int, committed: set[int], aborted: set[int]) -> None:
     c = np.fromiter(committed, dtype="<u8", count=len(committed))
     a = np.fromiter(aborted, dtype="<u8", count=len(aborted))
