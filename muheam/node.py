@@ -51,6 +51,8 @@ log = logging.getLogger("muheam.node")
 STOP_SIGNALS = {signal.SIGTERM: "smart", signal.SIGINT: "fast", signal.SIGQUIT: "immediate"}
 SIGNAL_FOR_MODE = {mode: sig for sig, mode in STOP_SIGNALS.items()}
 EXIT_FENCED = 3
+HEARTBEAT_IDLE = 0.25
+"""Seconds without a WAL record after which the node logs a HEARTBEAT (follow-mode merges wait for idle nodes)."""
 
 
 class NodeAgent:
@@ -376,6 +378,8 @@ class NodeAgent:
                     if now >= next_tick:
                         next_tick = now + 0.2
                         self.sessions.tick(now)
+                        if self.engine is not None:
+                            self.engine.heartbeat(HEARTBEAT_IDLE, now)
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()
                 if self.port.monitor in ready:

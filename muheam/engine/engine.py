@@ -156,6 +156,8 @@ class Engine:
         self._failed: BaseException | None = None
         self._last_checkpoint_time: float | None = None
         self._checkpoint_lsn = 0
+        self._hb_records = -1
+        self._hb_time = 0.0
         self.recovery = RecoveryReport()
 
     @classmethod
@@ -523,6 +525,26 @@ class Engine:
             self._checkpoint_lsn = lsn
             log.info("node %d: checkpoint at LSN %#x", self.node_id, lsn)
             return lsn
+
+    def heartbeat(self, idle_for: float, now: float) -> bool:
+        """Log and flush a HEARTBEAT record if nothing was appended for ``idle_for`` seconds (of ``now``'s
+        clock); returns whether it did.  Follow-mode merging emits a record only once every live node's WAL has
+        passed its GLSN, so an idle node must keep moving its stream forward (DESIGN.md section 7)."""
+        with self._lock:
+            wal = self._writer()
+            if wal.records_appended != self._hb_records:
+                self._hb_records, self._hb_time = wal.records_appended, now
+                return False
+            if now - self._hb_time < idle_for:
+                return False
+            try:
+                _, end = wal.append(walrec.HEARTBEAT, b"", lamport=self._tick)
+                wal.flush(end)
+            except BaseException as e:
+                self._fail(e)
+                raise
+            self._hb_records, self._hb_time = wal.records_appended, now
+            return True
 
     def maybe_checkpoint(self, now: float) -> bool:
         """Checkpoint if ``checkpoint_interval`` seconds (of the caller's clock) passed since the last one, or

@@ -17,6 +17,7 @@ HEAP_PRUNE           5   ``<IIHH`` table_id, block, nfreed, ncleared; then nfree
 CATALOG_CREATE      16   msgpack ``{"table_id", "nbuckets", "schema": Schema.to_dict()}``
 COMMIT / ABORT   32/33   empty (the header's xid is the transaction)
 CHECKPOINT          48   ``<QI`` redo_lsn, nrunning; then nrunning ``<u8`` XIDs that were running
+HEARTBEAT           49   empty: an idle node's stream moves on (follow-mode watermark); redo ignores it
 =================  ====  =====================================================================================
 
 ``flags & NEW_PAGE``: the change went to a freshly allocated overflow block ``block`` that was linked after
@@ -43,6 +44,7 @@ CATALOG_CREATE = int(RecordKind.CATALOG_CREATE_TABLE)
 COMMIT = int(RecordKind.COMMIT)
 ABORT = int(RecordKind.ABORT)
 CHECKPOINT = int(RecordKind.CHECKPOINT)
+HEARTBEAT = int(RecordKind.HEARTBEAT)
 
 
 def heap_table_id(payload: bytes) -> int:
