@@ -276,4 +276,4 @@ def main() -> None:
 
 
 # Commands defined in sibling modules register themselves on import (kept apart to keep modules small).
-from muheam import cli_bench, cli_data  # noqa: E402,F401  isort: skip
+from muheam import cli_bench, cli_data, cli_recover  # noqa: E402,F401  isort: skip

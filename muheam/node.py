@@ -33,6 +33,7 @@ from muheam.engine import Engine, EngineConfig
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
 from muheam.commits import CommitService
 from muheam.engine import statefiles
+from muheam.engine.replay import redo_cluster
 from muheam.ownership import Ownership
 from muheam.sessions import Cluster, Sessions
 from muheam.txstate import TxTable
@@ -128,9 +129,11 @@ class NodeAgent:
         self.keeper = LeaseKeeper(self.lease, self.fence)  # the loop reads the fence deadline every turn
         self.keeper.start()
 
-        snapshot, revision = backend.members(cfg.cluster_name)
+        snapshot, revision = self._live_members(backend)
         peers = {m.node_id: m.epoch for m in snapshot
                  if m.node_id != self.node_id and m.state in ("starting", "running")}
+        if not any(m.state == "running" for m in snapshot if m.node_id in peers):
+            self._redo_cluster(backend)
         for member in snapshot:
             if member.node_id in peers:
                 self.members[member.node_id] = member
@@ -186,6 +189,31 @@ class NodeAgent:
                     f"node id {self.node_id} is held by a live node (host {member.host}, pid {member.pid}, epoch "
                     f"{member.epoch}); stop it with 'muheam node stop --node-id {self.node_id}' or use another id"
                 )
+
+    def _live_members(self, backend: MembershipBackend) -> tuple[list[Member], int]:
+        """The member snapshot, after waiting out members on this host whose process is gone (a whole-cluster
+        crash leaves their keys until their leases expire; they must not count as live peers)."""
+        deadline = time.monotonic() + self.cfg.lease_ttl + 2
+        while True:
+            snapshot, revision = backend.members(self.cfg.cluster_name)
+            dead = [m for m in snapshot if m.node_id != self.node_id and m.host == self.node_cfg.host
+                    and not pid_alive(m.pid)]
+            if not dead or time.monotonic() >= deadline:
+                return snapshot, revision
+            log.info("waiting for the lease(s) of dead node(s) %s to expire", [m.node_id for m in dead])
+            time.sleep(0.2)
+
+    def _redo_cluster(self, backend: MembershipBackend) -> None:
+        """No node is serving: replay the merged WAL of every node before this one serves (whole-cluster crash
+        recovery).  Idempotent, so a second node starting at the same time redoes nothing new."""
+        assert self.fence is not None
+        with backend.lock(self.cfg.cluster_name, "recovery", ttl=max(60, 4 * self.cfg.lease_ttl)):
+            self.fence.check()
+            t0 = time.monotonic()
+            rep = redo_cluster(self.cfg.shared_dir, EngineConfig().system_id, accept_data_loss=self.accept_data_loss)
+        self.clock.observe(rep.max_lamport)
+        log.info("node %d: whole-cluster redo took %.2f s: %d merged records, %d page changes", self.node_id,
+                 time.monotonic() - t0, rep.records, rep.pages_changed)
 
     @property
     def mesh_epoch(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
@@ -472,9 +473,10 @@ class Engine:
         with self._lock:
             for txn in todo:
                 self._check(txn)
+            stamp = walrec.encode_commit(time.time_ns() // 1000)
             for txn in todo:
                 if txn.wrote:
-                    txn.commit_glsn, e = self._log(walrec.COMMIT, b"", txn.xid)
+                    txn.commit_glsn, e = self._log(walrec.COMMIT, stamp, txn.xid)
                     end = max(end, e)
                 self._committing.add(txn.xid)
         if end:

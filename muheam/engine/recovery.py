@@ -117,7 +117,8 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         eng.cache.trim()
 
     last = unpack_glsn(wal.last_glsn)[0]
-    eng._clock = eng._last_lamport = max(last, unpack_glsn(ptr.glsn)[0] if ptr is not None else 0)
+    eng._clock = eng._last_lamport = max(last, unpack_glsn(ptr.glsn)[0] if ptr is not None else 0,
+                                         statefiles.read_glsn_floor(shared))
     if seed_clock is not None:
         seed_clock(eng._clock)
     for xid in sorted(in_flight):

@@ -3,6 +3,7 @@
 * ``global/catalog``                -- every table: id, bucket count, schema (rewritten at create and checkpoint)
 * ``global/checkpoint-node-<id>``   -- this node's redo start point (LSN of its last CHECKPOINT record)
 * ``xact/node-<id>``                -- commit status of this node's XIDs up to its last checkpoint
+* ``global/glsn-floor``             -- after point-in-time recovery: every GLSN a node generates must be above it
 
 Per-node names mean two nodes never write the same file (DESIGN section 6).  Layout of each file: 4-byte magic,
 4-byte CRC-32C of the rest, then a msgpack map.  A file that fails its CRC raises ``StateFileCorrupt``: it is
@@ -127,3 +128,18 @@ def write_xact(shared: Path, node_id: int, committed: set[int], aborted: set[int
     c.sort()
     a.sort()
     write_state(xact_path(shared, node_id), {"committed": c.tobytes(), "aborted": a.tobytes()})
+
+
+def glsn_floor_path(shared: Path) -> Path:
+    return shared / "global" / "glsn-floor"
+
+
+def read_glsn_floor(shared: Path) -> int:
+    """Lamport time every new change must exceed (0: none).  Point-in-time recovery starts every node's WAL
+    afresh, so the clock can no longer be seeded from the WAL, while the pages carry the old GLSNs."""
+    d = read_state(glsn_floor_path(shared))
+    return 0 if d is None else int(d["lamport"])
+
+
+def write_glsn_floor(shared: Path, lamport: int) -> None:
+    write_state(glsn_floor_path(shared), {"lamport": max(lamport, read_glsn_floor(shared))})

@@ -15,7 +15,9 @@ HEAP_DELETE          3   ``<IIH2xq`` table_id, block, slot, key (sets xmax=xid)
 HEAP_LOCK            4   same as HEAP_DELETE (sets xmax=xid, LOCK_ONLY)
 HEAP_PRUNE           5   ``<IIHH`` table_id, block, nfreed, ncleared; then nfreed + ncleared ``<u2`` slots
 CATALOG_CREATE      16   msgpack ``{"table_id", "nbuckets", "schema": Schema.to_dict()}``
-COMMIT / ABORT   32/33   empty (the header's xid is the transaction)
+COMMIT              32   ``<q`` commit time, microseconds since the Unix epoch (empty in old WAL); the header's
+                         xid is the transaction.  Point-in-time recovery (``--until-time``) reads it
+ABORT               33   empty (the header's xid is the transaction)
 CHECKPOINT          48   ``<QI`` redo_lsn, nrunning; then nrunning ``<u8`` XIDs that were running
 HEARTBEAT           49   empty: an idle node's stream moves on (follow-mode watermark); redo ignores it
 =================  ====  =====================================================================================
@@ -61,6 +63,7 @@ _UPDATE = struct.Struct("<IIHHIqIH2x")
 _DELETE = struct.Struct("<IIH2xq")
 _PRUNE = struct.Struct("<IIHH")
 _CHECKPOINT = struct.Struct("<QI")
+_COMMIT = struct.Struct("<q")
 
 
 class Insert(NamedTuple):
@@ -148,6 +151,15 @@ def decode_prune(p: bytes) -> Prune:
     table_id, block, nf, nc = _PRUNE.unpack_from(p)
     slots = np.frombuffer(p, dtype="<u2", offset=_PRUNE.size, count=nf + nc).tolist()
     return Prune(table_id, block, tuple(slots[:nf]), tuple(slots[nf:]))
+
+
+def encode_commit(time_us: int) -> bytes:
+    return _COMMIT.pack(time_us)
+
+
+def decode_commit_time(p: bytes) -> int | None:
+    """Commit time in microseconds since the epoch, or ``None`` for a COMMIT written without one."""
+    return _COMMIT.unpack_from(p)[0] if len(p) >= _COMMIT.size else None
 
 
 def encode_checkpoint(redo_lsn: int, running: tuple[int, ...]) -> bytes:

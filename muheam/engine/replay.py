@@ -1,0 +1,268 @@
+"""Replay of a merged WAL stream onto the shared data files (DESIGN.md I4).
+
+One code path serves three jobs:
+
+* **whole-cluster crash recovery** (``redo_cluster``): the first node to start after every node died merges every
+  node's WAL from that node's last checkpoint and replays the merged stream before anyone serves.  A node's own
+  redo is not enough once pages move between nodes: the latest change of a page may sit in another node's WAL;
+* **point-in-time recovery** (``muheam recover --from-merged``): replay an archived merged stream onto a base
+  copy of the shared directory, stopping at a target XID, GLSN or commit time (``find_stop``);
+* replay-equivalence checks: the merged stream replayed onto an empty cluster gives the live cluster's rows.
+
+Redo is physical and idempotent: a heap record changes a page only if the page's GLSN is below the record's, so
+replaying a stretch that is already on disk changes nothing.  Outcomes go into each origin node's ``xact`` file
+(the origin is the node part of the record's GLSN); an XID with changes but no outcome in the replayed stretch
+is recorded as aborted there, so the origin node, when it starts, finds it decided and writes no second outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from muheam.engine import statefiles, walrec
+from muheam.engine.buffer import BufferCache
+from muheam.engine.errors import StateFileCorrupt, WalDamaged
+from muheam.engine.heapops import Table, redo_heap
+from muheam.storage import Heap, Schema
+from muheam.storage.heap import relation_path
+from walmerge import MERGED_NODE_ID, Record, WalCorruption, WalReader, format_lsn, unpack_glsn
+from walmerge.merge import merge, node_dirs
+from walmerge.reader import truncate_at
+
+log = logging.getLogger("muheam.engine.replay")
+
+NO_FLUSH_NEEDED = (1 << 63) - 1
+"""The replayed WAL is already durable: pages redone from it may be written at once (I3 holds)."""
+
+
+class TargetNotReached(Exception):
+    """The merged stream does not contain the recovery target; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where point-in-time recovery stops; at most one field is set (none: replay everything).
+
+    ``xid``: up to and including that transaction's outcome record.  ``glsn``: every record with a GLSN at or
+    below it.  ``time_us``: every transaction that committed at or before that time (the stop is the first COMMIT
+    stamped later), as PostgreSQL's ``recovery_target_time`` with ``recovery_target_inclusive``."""
+
+    xid: int | None = None
+    glsn: int | None = None
+    time_us: int | None = None
+
+    def describe(self) -> str:
+        if self.xid is not None:
+            return f"XID {self.xid}"
+        if self.glsn is not None:
+            lam, node = unpack_glsn(self.glsn)
+            return f"GLSN {lam}.{node}"
+        if self.time_us is not None:
+            return f"commit time {self.time_us / 1e6:.6f}"
+        return "end of stream"
+
+
+@dataclass
+class Stop:
+    """The first record *not* replayed (``lsn`` None: replay to the end), the last GLSN replayed, the target
+    record reached, and the whole stream's highest XID and Lamport time (a restored cluster must stay above
+    both: XIDs and GLSNs of the abandoned history are never reused)."""
+
+    lsn: int | None
+    glsn: int
+    xid: int = 0
+    time_us: int | None = None
+    max_xid: int = 0
+    max_lamport: int = 0
+
+
+@dataclass
+class ReplayReport:
+    records: int = 0
+    pages_changed: int = 0
+    committed: dict[int, set[int]] = field(default_factory=dict)
+    aborted: dict[int, set[int]] = field(default_factory=dict)
+    no_outcome: dict[int, set[int]] = field(default_factory=dict)
+    tables_created: list[str] = field(default_factory=list)
+    max_lamport: int = 0
+    max_xid: int = 0
+    last_glsn: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records, "pages_changed": self.pages_changed,
+            "committed": sum(len(v) for v in self.committed.values()),
+            "aborted": sum(len(v) for v in self.aborted.values()),
+            "aborted_without_outcome": sum(len(v) for v in self.no_outcome.values()),
+            "tables_created": self.tables_created, "max_xid": self.max_xid, "max_lamport": self.max_lamport,
+        }
+
+
+def merged_records(merged_dir: Path, system_id: int, stop_lsn: int | None = None) -> Iterable[Record]:
+    """The merged stream, read and checked by the ordinary reader (length, prev chain, CRC)."""
+    return WalReader(merged_dir, node_id=MERGED_NODE_ID, system_id=system_id, stop_lsn=stop_lsn)
+
+
+def find_stop(merged_dir: Path, system_id: int, target: Target) -> Stop:
+    """Scan the whole stream once (nothing is changed yet) for where ``target`` stops replay."""
+    stop: Stop | None = None
+    last_glsn = max_xid = max_lamport = 0
+    for rec in merged_records(merged_dir, system_id):
+        max_xid = max(max_xid, rec.xid)
+        max_lamport = max(max_lamport, unpack_glsn(rec.glsn)[0])
+        if stop is not None:
+            continue
+        if target.glsn is not None and rec.glsn > target.glsn:
+            stop = Stop(rec.lsn, last_glsn)
+        elif target.time_us is not None and rec.kind == walrec.COMMIT and \
+                (walrec.decode_commit_time(rec.payload) or 0) > target.time_us:
+            stop = Stop(rec.lsn, last_glsn, rec.xid, walrec.decode_commit_time(rec.payload))
+        elif target.xid is not None and rec.xid == target.xid and rec.kind in (walrec.COMMIT, walrec.ABORT):
+            if rec.kind == walrec.ABORT:
+                raise TargetNotReached(f"transaction {target.xid} aborted (its ABORT is at merged LSN "
+                                       f"{format_lsn(rec.lsn)}); pick a committed XID as the target")
+            stop = Stop(rec.end_lsn, rec.glsn, rec.xid, walrec.decode_commit_time(rec.payload))
+        last_glsn = rec.glsn if stop is None else last_glsn
+    if stop is None:
+        if target.xid is not None:
+            raise TargetNotReached(f"transaction {target.xid} has no COMMIT in the merged stream in {merged_dir}; "
+                                   f"check the XID, or merge more of the WAL (a later archive)")
+        stop = Stop(None, last_glsn)
+    stop.max_xid, stop.max_lamport = max_xid, max_lamport
+    return stop
+
+
+class Replayer:
+    """Applies merged records to the shared directory's pages through a cache that never waits for a WAL flush."""
+
+    def __init__(self, shared: Path, cache_pages: int = 4096) -> None:
+        self.shared = shared
+        self.cache = BufferCache(shared, cache_pages, wal_flush=lambda lsn: lsn, flushed_lsn=lambda: NO_FLUSH_NEEDED)
+        self.tables: dict[int, Table] = {}
+        self.report = ReplayReport()
+        self._data_xids: dict[int, set[int]] = {}
+        self._catalog_dirty = False
+        for d in (statefiles.read_state(statefiles.catalog_path(shared)) or {}).get("tables", []):
+            schema = Schema.from_dict(d["schema"])
+            self._attach(Table(int(d["table_id"]), schema.name, schema, int(d["nbuckets"])))
+
+    def _attach(self, t: Table) -> None:
+        path = relation_path(self.shared, t.table_id)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Heap.create(path, t.schema, table_id=t.table_id, nbuckets=t.nbuckets).close()
+        self.cache.attach(t.table_id, t.schema)
+        self.tables[t.table_id] = t
+
+    def apply(self, rec: Record) -> None:
+        rep = self.report
+        rep.records += 1
+        lam, origin = unpack_glsn(rec.glsn)
+        rep.max_lamport = max(rep.max_lamport, lam)
+        rep.max_xid = max(rep.max_xid, rec.xid)
+        rep.last_glsn = rec.glsn
+        kind, xid = rec.kind, rec.xid
+        if kind in walrec.HEAP_KINDS:
+            t = self.tables.get(walrec.heap_table_id(rec.payload))
+            if t is None:
+                raise StateFileCorrupt(f"merged record at LSN {format_lsn(rec.lsn)} changes a table neither the "
+                                       f"catalog nor the stream creates; the replay target is not a copy of this "
+                                       f"cluster's data (or its global/catalog is newer than its tables)",
+                                       path=statefiles.catalog_path(self.shared))
+            rep.pages_changed += redo_heap(self.cache, t, rec)
+            if xid:
+                self._data_xids.setdefault(origin, set()).add(xid)
+            self.cache.trim()
+        elif kind == walrec.COMMIT:
+            rep.committed.setdefault(origin, set()).add(xid)
+        elif kind == walrec.ABORT:
+            rep.aborted.setdefault(origin, set()).add(xid)
+        elif kind == walrec.CHECKPOINT:
+            running = walrec.decode_checkpoint(rec.payload).running
+            if running:
+                self._data_xids.setdefault(origin, set()).update(running)
+        elif kind == walrec.CATALOG_CREATE:
+            c = walrec.decode_create_table(rec.payload)
+            if c.table_id not in self.tables:
+                schema = Schema.from_dict(c.schema)
+                self._attach(Table(c.table_id, schema.name, schema, c.nbuckets))
+                rep.tables_created.append(schema.name)
+                self._catalog_dirty = True
+
+    def finish(self) -> ReplayReport:
+        """Write the redone pages (and fsync), the catalog, and every origin node's outcomes."""
+        rep = self.report
+        self.cache.flush_all()
+        self.cache.sync()
+        if self._catalog_dirty:
+            entries = {int(d["table_id"]): d for d in (statefiles.read_state(statefiles.catalog_path(self.shared))
+                                                       or {}).get("tables", [])}
+            for t in self.tables.values():
+                entries[t.table_id] = {"table_id": t.table_id, "nbuckets": t.nbuckets, "schema": t.schema.to_dict()}
+            statefiles.write_state(statefiles.catalog_path(self.shared),
+                                   {"tables": [entries[k] for k in sorted(entries)]})
+        for origin in sorted(set(rep.committed) | set(rep.aborted) | set(self._data_xids)):
+            committed, aborted = statefiles.read_xact(self.shared, origin)
+            committed |= rep.committed.get(origin, set())
+            aborted |= rep.aborted.get(origin, set())
+            open_ = self._data_xids.get(origin, set()) - committed - aborted
+            if open_:
+                rep.no_outcome[origin] = open_
+            statefiles.write_xact(self.shared, origin, committed, aborted | open_)
+        self.cache.close()
+        return rep
+
+
+def replay(shared: Path, merged_dir: Path, system_id: int, stop_lsn: int | None = None) -> ReplayReport:
+    """Replay the merged stream in ``merged_dir`` (up to ``stop_lsn``, exclusive) onto ``shared``."""
+    r = Replayer(shared)
+    for rec in merged_records(merged_dir, system_id, stop_lsn):
+        r.apply(rec)
+    return r.finish()
+
+
+def _check_stream(shared: Path, node: int, system_id: int, start: int | None, accept_data_loss: bool) -> None:
+    """Refuse mid-stream corruption in a node's WAL before anything is redone (or cut it, if accepted)."""
+    wal_dir = node_dirs(shared)[node]
+    reader = WalReader(wal_dir, node_id=node, system_id=system_id, start_lsn=start)
+    try:
+        for _ in reader.batches():
+            pass
+    except WalCorruption as e:
+        if not accept_data_loss:
+            raise WalDamaged(
+                f"the cluster cannot start: node {node}'s WAL is damaged in segment {e.path} at offset {e.offset} "
+                f"(LSN {format_lsn(e.lsn)}): {e.reason}. Whole-cluster recovery needs every node's WAL. Restore "
+                f"the segment from a copy, or start with --accept-data-loss to lose node {node}'s changes from that "
+                f"LSN on", path=e.path, offset=e.offset, lsn=e.lsn) from e
+        report = truncate_at(wal_dir, e.lsn, node_id=node, system_id=system_id)
+        log.error("cluster recovery: accepted data loss in node %d's WAL: %s; %s", node, e, report)
+
+
+def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False) -> ReplayReport:
+    """Whole-cluster crash recovery: merge every node's WAL from its last checkpoint and replay it."""
+    starts: dict[int, int] = {}
+    for node in sorted(node_dirs(shared)):
+        ptr = statefiles.read_checkpoint(shared, node)
+        if ptr is not None:
+            starts[node] = ptr.redo_lsn
+        _check_stream(shared, node, system_id, starts.get(node), accept_data_loss)
+    work = shared / "recovery" / "merged"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        summary = merge(shared, work, system_id=system_id, start_lsns=starts, fsync=False)
+        rep = replay(shared, work, system_id)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for node, torn in summary.torn.items():
+        log.warning("cluster recovery: node %d's WAL ends in a torn record (%s); it is cut when the node starts",
+                    node, torn)
+    log.info("cluster recovery: replayed %d merged records of %d node(s) from their checkpoints: %d page changes, "
+             "%d transactions without an outcome recorded as aborted", rep.records, len(node_dirs(shared)),
+             rep.pages_changed, sum(len(v) for v in rep.no_outcome.values()))
+    return rep
