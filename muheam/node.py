@@ -86,6 +86,7 @@ class NodeAgent:
         self.commits: CommitService | None = None
         self.ownership: Ownership | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
+        self._decided: set[int] = set()
 
     # startup ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +148,8 @@ class NodeAgent:
         self.engine = Engine.open(cfg.shared_dir, self.node_id, lamport=lambda: self.clock.tick().lamport,
                                   seed_clock=self.clock.observe, accept_data_loss=self.accept_data_loss,
                                   config=EngineConfig(epoch=self.member.epoch))
+        if self._decided:
+            self.engine.log_decided_aborts(self._decided)
         if self.engine.recovery.data_loss:
             log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
         self.engine.cache.forget_all()  # recovery ended with a checkpoint; we own no block yet
@@ -212,6 +215,7 @@ class NodeAgent:
             t0 = time.monotonic()
             rep = redo_cluster(self.cfg.shared_dir, EngineConfig().system_id, accept_data_loss=self.accept_data_loss)
         self.clock.observe(rep.max_lamport)
+        self._decided = {x for xids in rep.no_outcome.values() for x in xids}
         log.info("node %d: whole-cluster redo took %.2f s: %d merged records, %d page changes", self.node_id,
                  time.monotonic() - t0, rep.records, rep.pages_changed)
 

@@ -31,7 +31,8 @@ from muheam.client import (
 )
 from muheam.engine import walrec
 from muheam.procs import stop_pid
-from walmerge import MERGED_NODE_ID, WalReader
+from muheam.walcheck import Waits, block_of
+from walmerge import MERGED_NODE_ID, WalReader, verify
 from walmerge.merge import detect_system_id
 from tests.conftest import FULL, LocalCluster, run_cli
 
@@ -146,6 +147,13 @@ def test_kill_all_nodes_under_bank_load(local_cluster: Start) -> None:
         assert len(balances) == accounts and sum(balances) == 0, f"{ep}: bank sum {sum(balances)}"
     digests = {ep: all_digests(ep) for ep in eps}
     assert len({json.dumps(d, sort_keys=True) for d in digests.values()}) == 1, digests
+
+    # the history across the crashes is one consistent merged stream: per-block order, and every change that
+    # depended on another transaction (including the ones recovery aborted) comes after that one's outcome
+    assert run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=120,
+                   check=False).returncode == 0
+    report = verify(Path(c.info["config"]["shared_dir"]), block_of=block_of, waits_of=Waits())
+    assert report.exit_code == 0, [str(p) for p in report.problems[:10]] + report.unusable
 
 
 class RandomOps(threading.Thread):

@@ -528,6 +528,16 @@ class Engine:
             log.info("node %d: checkpoint at LSN %#x", self.node_id, lsn)
             return lsn
 
+    def log_decided_aborts(self, xids: Iterable[int]) -> None:
+        """Log (and flush) ABORT records for other nodes' XIDs that recovery decided: their node died before an
+        outcome, so the merged history must say how they ended before any later change that waited on them."""
+        with self._lock:
+            end = 0
+            for xid in sorted(xids):
+                _, end = self._log(walrec.ABORT, b"", xid)
+            if end:
+                self._wal_flush(end)
+
     def heartbeat(self, idle_for: float, now: float) -> bool:
         """Log and flush a HEARTBEAT record if nothing was appended for ``idle_for`` seconds (of ``now``'s
         clock); returns whether it did.  Follow-mode merging emits a record only once every live node's WAL has
