@@ -31,6 +31,7 @@ from muheam.client import (
     Connection, DeadlockDetected, LockTimeout, NoSuchTransaction, SerializationFailure, TableExists, connect, request,
 )
 from muheam.engine import walrec
+from muheam.walcheck import Waits, block_of
 from walmerge import WalReader, verify
 from walmerge.merge import detect_system_id
 from tests.conftest import FULL, LocalCluster, run_cli
@@ -147,7 +148,9 @@ def test_bank_three_nodes(local_cluster: Start) -> None:
         assert per_node, f"node {node_id} committed nothing although it served transfer clients"
     assert len(all_commits) >= result.transfers, (len(all_commits), result.transfers)
 
-    report = verify(shared)  # the consolidator's own checks over the inputs (XID rules, GLSN order, CRCs)
+    # the consolidator's own checks over the inputs (XID rules, GLSN order, CRCs), per-block modification order
+    # and waited-on outcomes first (I4)
+    report = verify(shared, block_of=block_of, waits_of=Waits())
     assert report.exit_code == 0, [str(p) for p in report.problems[:10]] + report.unusable
 
 
