@@ -56,6 +56,7 @@ class CommitService:
         self.horizons: dict[int, int] = {}
         self.waits: dict[int, list[tuple[int, int]]] = {}
         self.counters: Counter[str] = Counter()
+        self.prepared_from: dict[int, set[int]] = {}  # XIDs a peer prepared and has not decided (for recovery)
         mesh.on(KIND, self._on_message)
 
     # -- join ------------------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ class CommitService:
 
     def member_removed(self, node: int) -> None:
         self.deferred.pop(node, None)
+        self.prepared_from.pop(node, None)
         self.pending_sync.discard(node)
         self.horizons.pop(node, None)
         self.waits.pop(node, None)
@@ -169,6 +171,7 @@ class CommitService:
             self._acked(body[1], sender)
         elif op == "prep" and len(body) == 3 and _xids(body[2]):
             self.table.prepare(body[2])
+            self.prepared_from.setdefault(sender, set()).update(body[2])
             self._send(sender, ["ack", body[1]])
         elif op == "done" and len(body) == 4 and _pairs(body[2]) and _xids(body[3]):
             ended: set[int] = set()
@@ -178,6 +181,9 @@ class CommitService:
             for xid in body[3]:
                 self.table.abort(xid)
                 ended.add(xid)
+            mine = self.prepared_from.get(sender)
+            if mine:
+                mine -= ended
             self._send(sender, ["ack", body[1]])
             self.on_outcome(ended)
         elif op == "sync" and len(body) == 1:

@@ -34,11 +34,12 @@ from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamErro
 from muheam.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.replay import redo_cluster
+from muheam.survivors import Survivors
 from muheam.ownership import Ownership
 from muheam.sessions import Cluster, Sessions
 from muheam.txstate import TxTable
 from muheam.xidstore import cluster_floor
-from walmerge import pack_glsn
+from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
@@ -87,6 +88,7 @@ class NodeAgent:
         self.ownership: Ownership | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
         self._decided: set[int] = set()
+        self.survivors: Survivors | None = None
 
     # startup ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +137,8 @@ class NodeAgent:
                  if m.node_id != self.node_id and m.state in ("starting", "running")}
         if not any(m.state == "running" for m in snapshot if m.node_id in peers):
             self._redo_cluster(backend)
+        else:
+            self._await_own_recovery()
         for member in snapshot:
             if member.node_id in peers:
                 self.members[member.node_id] = member
@@ -163,6 +167,9 @@ class NodeAgent:
                           stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
                           now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster)
+        self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
+                                   lambda: backend, self.lease, self.sessions.on_outcome,
+                                   EngineConfig().system_id)
         self.port.register("lock_cycle", self._op_lock_cycle)
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
@@ -219,6 +226,38 @@ class NodeAgent:
         log.info("node %d: whole-cluster redo took %.2f s: %d merged records, %d page changes", self.node_id,
                  time.monotonic() - t0, rep.records, rep.pages_changed)
 
+    def _await_own_recovery(self) -> None:
+        """After a crash, running peers recover our previous incarnation (its WAL onto the chains it held); we
+        must not redo that WAL ourselves onto pages others may have changed since, so wait until they moved our
+        checkpoint pointer to the WAL's end."""
+        shared = self.cfg.shared_dir
+        ptr = statefiles.read_checkpoint(shared, self.node_id)
+        if ptr is None:
+            return
+        reader = WalReader(node_wal_dir(shared, self.node_id), node_id=self.node_id,
+                           system_id=EngineConfig().system_id, start_lsn=ptr.redo_lsn, verify_crc=False)
+        try:
+            count = sum(1 for _ in reader)
+        except WalError:
+            return  # damaged: the engine's own recovery reports it
+        if count <= 1 or reader.last is None:
+            return  # only the checkpoint record: a clean stop
+        end = reader.last.end_lsn
+        deadline = time.monotonic() + 4 * self.cfg.lease_ttl + 60
+        log.info("node %d: waiting for the survivors to recover its previous incarnation (WAL up to %#x)",
+                 self.node_id, end)
+        while time.monotonic() < deadline:
+            ptr = statefiles.read_checkpoint(shared, self.node_id)
+            if ptr is not None and ptr.redo_lsn >= end:
+                return
+            assert self.fence is not None
+            self.fence.check()
+            time.sleep(0.2)
+        raise ClusterStateError(f"node {self.node_id}: the running nodes did not recover its previous incarnation "
+                                f"within {4 * self.cfg.lease_ttl + 60} s; check their logs ('recovering node "
+                                f"{self.node_id}'), or stop every node and start the cluster again (whole-cluster "
+                                f"recovery)")
+
     @property
     def mesh_epoch(self) -> int:
         return self.member.epoch if self.member else 0
@@ -269,10 +308,18 @@ class NodeAgent:
         elif event.kind in ("left", "expired"):
             # only the lease's end removes a member: until then it may still hold locks (I6)
             if known is not None and known.epoch <= member.epoch:
+                crashed = event.kind == "expired" or member.stop_mode == "immediate"
+                if crashed and self.survivors is not None:
+                    self.survivors.expired(member.node_id, member.epoch)  # before anyone may take its chains
                 self._remove(known)
+                if crashed and self.survivors is not None:
+                    self.survivors.claim_all()
             if event.kind in ("left", "expired"):
                 log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
                          event.revision)
+
+        elif event.kind == "recovered" and self.survivors is not None:
+            self.survivors.recovered(member.node_id, member.epoch)
 
     def _remove(self, member: Member) -> None:
         assert self.mesh is not None
@@ -347,6 +394,7 @@ class NodeAgent:
                          "sessions": dict(self.sessions.counters) if self.sessions else {},
                          "ownership": self.ownership.stats() if self.ownership else {},
                          "commits": dict(self.commits.counters) if self.commits else {},
+                         "survivors": self.survivors.stats() if self.survivors else {},
                          "wal": self._wal_stats()},
         }
 

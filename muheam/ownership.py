@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter
-from typing import Callable
+from typing import Callable, Protocol
 
 from locking.effects import Granted
 from locking.messages import Mode
@@ -39,6 +39,16 @@ _CHAIN = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct("<Q")
 _IMAGE = struct.Struct("<II")
+
+
+class Repair(Protocol):
+    """Rebuilds what a dead member may have left unwritten when its lock comes back marked invalid."""
+
+    def chain(self, table_id: int, head: int) -> int:
+        """The chain (just read from the shared file) gets the dead nodes' changes; returns page changes."""
+
+    def extend(self, table_id: int) -> None:
+        """The relation's size must cover the blocks the dead nodes allocated."""
 
 
 def chain_resource(table_id: int, bucket: int) -> bytes:
@@ -80,6 +90,7 @@ class Ownership:
         self.deferred: set[bytes] = set()        # demands of pinned chains, honoured when unpinned
         self._writing: bytes | None = None
         self.counters: Counter[str] = Counter()
+        self.repair: Repair | None = None
         for prefix in (CHAIN, EXTEND, CATALOG):
             locks.on_demand(prefix, self._demanded)
         engine.owner = self
@@ -140,9 +151,13 @@ class Ownership:
                 self.counters["images_received"] += 1
             else:
                 self.counters["read_from_disk"] += 1
+                if not grant.valid and self.repair is not None:
+                    self.counters["repaired"] += self.repair.chain(table_id, _CHAIN.unpack_from(resource, len(CHAIN))[1])
         elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
             self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
+        elif resource.startswith(EXTEND) and not grant.valid and self.repair is not None:
+            self.repair.extend(_U32.unpack_from(resource, len(EXTEND))[0])
         self.held[resource] = grant.mode
         for then in self.waiters.pop(resource, []):
             then()

@@ -71,17 +71,35 @@ def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) 
     console.print(table)
 
 
-def _line(kind: str, event_member: Any, revision: int, fmt: str) -> None:
+def _recovery_text(info: dict[str, Any]) -> str:
+    parts = [f"by node {info.get('by')}"]
+    for key, label in (("detect_ms", "detected after"), ("decided_ms", "transactions decided after"),
+                       ("duration_ms", "took")):
+        if info.get(key) is not None:
+            parts.append(f"{label} {info[key]:.0f} ms")
+    if info.get("chains") is not None:
+        parts.append(f"{info['chains']} chains, {info.get('records', 0)} records, "
+                     f"{info.get('aborted', 0)} transactions aborted")
+    return ", ".join(parts)
+
+
+def _line(kind: str, event_member: Any, revision: int, fmt: str, info: dict[str, Any] | None = None) -> None:
     now = time.time()
     if fmt == "json":
         record = {"event": kind, "node_id": event_member.node_id, "epoch": event_member.epoch,
                   "state": event_member.state, "pid": event_member.pid, "host": event_member.host,
                   "peer_endpoint": event_member.peer_endpoint, "revision": revision, "time": now}
+        if info is not None:
+            record["recovery"] = info
         click.echo(json.dumps(record, sort_keys=True))
     else:
         stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        click.echo(f"{stamp}  {kind:<8} node {event_member.node_id:<4} epoch {event_member.epoch:<6} "
-                   f"state {event_member.state:<9} rev {revision}")
+        if info is not None:
+            click.echo(f"{stamp}  {kind:<10} node {event_member.node_id:<4} epoch {event_member.epoch:<6} "
+                       f"{_recovery_text(info)} rev {revision}")
+        else:
+            click.echo(f"{stamp}  {kind:<10} node {event_member.node_id:<4} epoch {event_member.epoch:<6} "
+                       f"state {event_member.state:<9} rev {revision}")
     sys.stdout.flush()
 
 
@@ -101,7 +119,7 @@ def watch_events(cfg: Config, fmt: str, count: int | None, timeout: float | None
             for event in backend.watch_members(cfg.cluster_name, revision):
                 if event is not None:
                     if event.kind != "updated" or fmt == "json":
-                        _line(event.kind, event.member, event.revision, fmt)
+                        _line(event.kind, event.member, event.revision, fmt, event.info)
                     revision = event.revision + 1
                     if event.kind != "updated":
                         seen += 1

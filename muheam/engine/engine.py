@@ -528,6 +528,12 @@ class Engine:
             log.info("node %d: checkpoint at LSN %#x", self.node_id, lsn)
             return lsn
 
+    def log_fence(self, node: int, epoch: int, end_lsn: int, last_glsn: int) -> None:
+        """Record (durably) that a dead incarnation was recovered up to ``end_lsn``: later writes of it are void."""
+        with self._lock:
+            _, end = self._log(walrec.FENCE, walrec.encode_fence(node, epoch, end_lsn, last_glsn), 0)
+            self._wal_flush(end)
+
     def log_decided_aborts(self, xids: Iterable[int]) -> None:
         """Log (and flush) ABORT records for other nodes' XIDs that recovery decided: their node died before an
         outcome, so the merged history must say how they ended before any later change that waited on them."""

@@ -211,9 +211,10 @@ def _fresh(cache: BufferCache, t: Table, block: int, glsn: int) -> Page | None:
     return cache.install(t.table_id, Page.new(t.schema, block=block, kind=KIND_OVERFLOW, table_id=t.table_id))
 
 
-def redo_heap(cache: BufferCache, t: Table, rec: Record) -> int:
+def redo_heap(cache: BufferCache, t: Table, rec: Record, dirty_lsn: int | None = None) -> int:
     """Apply one heap record to the pages that do not have it yet (page GLSN < record GLSN); returns how
-    many pages changed (0: everything was already there)."""
+    many pages changed (0: everything was already there).  ``dirty_lsn``: the WAL position the changed pages
+    wait for before they are written (default the record's end; 0 for another node's WAL, already durable)."""
     glsn, xid, kind = rec.glsn, rec.xid, rec.kind
     tid = t.table_id
     todo: dict[int, Page] = {}
@@ -265,7 +266,7 @@ def redo_heap(cache: BufferCache, t: Table, rec: Record) -> int:
                 page.clear_xmax(s)
     else:
         raise ValueError(f"record kind {kind} is not a heap record")
-    end = rec.end_lsn
+    end = rec.end_lsn if dirty_lsn is None else dirty_lsn
     for b, page in todo.items():
         page.stamp(glsn)
         cache.mark_dirty(tid, b, end)

@@ -78,7 +78,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
     wal = WalWriter(node_wal_dir(shared, node), node_id=node, system_id=cfg.system_id, epoch=cfg.epoch,
                     segment_size=cfg.segment_size)
     eng._wal = wal
-    if ptr is not None and wal.end_lsn <= ptr.redo_lsn:
+    if ptr is not None and wal.end_lsn < ptr.redo_lsn:  # equal: recovered by others up to the WAL's end
         raise StateFileCorrupt(f"{statefiles.checkpoint_path(shared, node)} points at LSN "
                                f"{format_lsn(ptr.redo_lsn)} but node {node}'s WAL ends at "
                                f"{format_lsn(wal.end_lsn)}; restore the WAL segments (or the data files and "

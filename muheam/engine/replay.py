@@ -225,8 +225,10 @@ def replay(shared: Path, merged_dir: Path, system_id: int, stop_lsn: int | None 
     return r.finish()
 
 
-def _check_stream(shared: Path, node: int, system_id: int, start: int | None, accept_data_loss: bool) -> None:
-    """Refuse mid-stream corruption in a node's WAL before anything is redone (or cut it, if accepted)."""
+def _check_stream(shared: Path, node: int, system_id: int, start: int | None,
+                  accept_data_loss: bool) -> tuple[int, int] | None:
+    """Refuse mid-stream corruption in a node's WAL before anything is redone (or cut it, if accepted); returns
+    the end LSN and last GLSN of the valid stream (``None``: nothing from ``start``)."""
     wal_dir = node_dirs(shared)[node]
     reader = WalReader(wal_dir, node_id=node, system_id=system_id, start_lsn=start)
     try:
@@ -241,16 +243,23 @@ def _check_stream(shared: Path, node: int, system_id: int, start: int | None, ac
                 f"LSN on", path=e.path, offset=e.offset, lsn=e.lsn) from e
         report = truncate_at(wal_dir, e.lsn, node_id=node, system_id=system_id)
         log.error("cluster recovery: accepted data loss in node %d's WAL: %s; %s", node, e, report)
+        return _check_stream(shared, node, system_id, start, False)
+    if reader.last is None:
+        return None
+    return reader.last.end_lsn, reader.last.glsn
 
 
 def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False) -> ReplayReport:
     """Whole-cluster crash recovery: merge every node's WAL from its last checkpoint and replay it."""
     starts: dict[int, int] = {}
+    ends: dict[int, tuple[int, int]] = {}
     for node in sorted(node_dirs(shared)):
         ptr = statefiles.read_checkpoint(shared, node)
         if ptr is not None:
             starts[node] = ptr.redo_lsn
-        _check_stream(shared, node, system_id, starts.get(node), accept_data_loss)
+        end = _check_stream(shared, node, system_id, starts.get(node), accept_data_loss)
+        if end is not None:
+            ends[node] = end
     work = shared / "recovery" / "merged"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -259,6 +268,10 @@ def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False
         rep = replay(shared, work, system_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for node, (end_lsn, last_glsn) in ends.items():
+        # every node's WAL is applied to the end: a node starting later must not redo it onto pages that
+        # others may have changed by then
+        statefiles.write_checkpoint(shared, node, statefiles.CheckpointPointer(end_lsn, last_glsn))
     for node, torn in summary.torn.items():
         log.warning("cluster recovery: node %d's WAL ends in a torn record (%s); it is cut when the node starts",
                     node, torn)

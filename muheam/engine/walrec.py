@@ -20,6 +20,8 @@ COMMIT              32   ``<q`` commit time, microseconds since the Unix epoch (
 ABORT               33   empty (the header's xid is the transaction)
 CHECKPOINT          48   ``<QI`` redo_lsn, nrunning; then nrunning ``<u8`` XIDs that were running
 HEARTBEAT           49   empty: an idle node's stream moves on (follow-mode watermark); redo ignores it
+FENCE               51   ``<IIQQ`` node, epoch, end_lsn, last_glsn: a survivor recovered that dead incarnation up to
+                         there; anything it wrote later is ignored (I6)
 =================  ====  =====================================================================================
 
 ``flags & NEW_PAGE``: the change went to a freshly allocated overflow block ``block`` that was linked after
@@ -47,6 +49,7 @@ COMMIT = int(RecordKind.COMMIT)
 ABORT = int(RecordKind.ABORT)
 CHECKPOINT = int(RecordKind.CHECKPOINT)
 HEARTBEAT = int(RecordKind.HEARTBEAT)
+FENCE = int(RecordKind.FENCE)
 
 
 def heap_table_id(payload: bytes) -> int:
@@ -64,6 +67,7 @@ _DELETE = struct.Struct("<IIH2xq")
 _PRUNE = struct.Struct("<IIHH")
 _CHECKPOINT = struct.Struct("<QI")
 _COMMIT = struct.Struct("<q")
+_FENCE = struct.Struct("<IIQQ")
 
 
 class Insert(NamedTuple):
@@ -160,6 +164,21 @@ def encode_commit(time_us: int) -> bytes:
 def decode_commit_time(p: bytes) -> int | None:
     """Commit time in microseconds since the epoch, or ``None`` for a COMMIT written without one."""
     return _COMMIT.unpack_from(p)[0] if len(p) >= _COMMIT.size else None
+
+
+class Fence(NamedTuple):
+    node: int
+    epoch: int
+    end_lsn: int
+    last_glsn: int
+
+
+def encode_fence(node: int, epoch: int, end_lsn: int, last_glsn: int) -> bytes:
+    return _FENCE.pack(node, epoch, end_lsn, last_glsn)
+
+
+def decode_fence(p: bytes) -> Fence:
+    return Fence(*_FENCE.unpack_from(p))
 
 
 def encode_checkpoint(redo_lsn: int, running: tuple[int, ...]) -> bytes:

@@ -54,11 +54,20 @@ class Member:
 
 @dataclass(frozen=True)
 class MemberEvent:
-    """``joined`` | ``updated`` | ``left`` (graceful) | ``expired`` (lease lost) at etcd revision ``revision``."""
+    """``joined`` | ``updated`` | ``left`` (graceful) | ``expired`` (lease lost) at etcd revision ``revision``;
+    also ``recovering`` | ``recovered`` for a dead node's recovery by the survivors (``info``: its record, with
+    durations; ``member`` then carries only the node id and the recovered epoch)."""
 
     kind: str
     member: Member
     revision: int
+    info: dict[str, Any] | None = None
+
+
+def recovery_member(node_id: int, epoch: int, state: str) -> Member:
+    """The stand-in member of a recovery event."""
+    return Member(node_id=node_id, host="", peer_endpoint="", client_endpoint="", epoch=epoch, pid=0, state=state,
+                  started_at=0.0)
 
 
 class Lease(ABC):
@@ -120,6 +129,18 @@ class MembershipBackend(ABC):
 
     @abstractmethod
     def lease_ttl_left(self, lease_id: int) -> int: ...
+
+    @abstractmethod
+    def claim(self, cluster: str, name: str, value: dict[str, Any], lease: Lease) -> dict[str, Any] | None:
+        """Create ``claims/<name>`` on ``lease`` unless it exists: ``None`` if we won, else the holder's value.
+        The claim vanishes with the lease, so a dead claimant's work can be taken over."""
+
+    @abstractmethod
+    def put_recovery(self, cluster: str, node_id: int, info: dict[str, Any]) -> None:
+        """Publish the survivors' recovery state of ``node_id`` (``recovery/<id>``, watched as events)."""
+
+    @abstractmethod
+    def get_recovery(self, cluster: str, node_id: int) -> dict[str, Any] | None: ...
 
     @abstractmethod
     def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:

@@ -20,7 +20,7 @@ import pyetcd.exceptions as etcd_exc
 from pyetcd.events import DeleteEvent, PutEvent
 
 from muheam.errors import EtcdUnavailable, NodeIdInUse
-from muheam.membership import Lease, Member, MemberEvent, MembershipBackend
+from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, recovery_member
 
 T = TypeVar("T")
 _ETCD_ERRORS = (etcd_exc.Etcd3Exception, grpc.RpcError)
@@ -165,8 +165,26 @@ class EtcdBackend(MembershipBackend):
         info = self._call(lambda c: c.get_lease_info(lease_id))
         return max(0, int(info.TTL))
 
+    def claim(self, cluster: str, name: str, value: dict[str, Any], lease: Lease) -> dict[str, Any] | None:
+        key = f"/muheam/{cluster}/claims/{name}"
+        raw = json.dumps(value, sort_keys=True)
+        tx = self._client.transactions
+        ok, responses = self._call(lambda c: c.transaction(
+            compare=[tx.version(key) == 0], success=[tx.put(key, raw, lease=lease.id)], failure=[tx.get(key)]))
+        if ok:
+            return None
+        held = responses[0][0] if responses and responses[0] else None
+        return dict(json.loads(held[0])) if held is not None else {}
+
+    def put_recovery(self, cluster: str, node_id: int, info: dict[str, Any]) -> None:
+        self._call(lambda c: c.put(f"/muheam/{cluster}/recovery/{node_id}", json.dumps(info, sort_keys=True)))
+
+    def get_recovery(self, cluster: str, node_id: int) -> dict[str, Any] | None:
+        raw, _ = self._call(lambda c: c.get(f"/muheam/{cluster}/recovery/{node_id}"))
+        return None if raw is None else dict(json.loads(raw))
+
     def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:
-        prefix = f"/muheam/{cluster}/members/"
+        prefix = f"/muheam/{cluster}/"
         responses: queue.Queue[Any] = queue.Queue()
         watch_id = self._call(
             lambda c: c.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision, prev_kv=True)
@@ -193,8 +211,24 @@ class EtcdBackend(MembershipBackend):
 
 def _convert(event: Any) -> MemberEvent | None:
     revision = int(event.mod_revision)
+    key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else str(event.key)
+    section = key.rsplit("/", 2)[-2] if key.count("/") >= 2 else ""
+    if section == "recovery":
+        if not isinstance(event, PutEvent):
+            return None
+        try:
+            info = dict(json.loads(event.value))
+            member = recovery_member(int(info["node_id"]), int(info["epoch"]), str(info["state"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return MemberEvent(member.state, member, revision, info)
+    if section != "members":
+        return None
     if isinstance(event, PutEvent):
-        member = Member.from_json(event.value, revision)
+        try:
+            member = Member.from_json(event.value, revision)
+        except (ValueError, TypeError):
+            return None
         kind = "joined" if event.create_revision == event.mod_revision else "updated"
         return MemberEvent(kind, member, revision)
     if isinstance(event, DeleteEvent):

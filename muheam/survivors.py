@@ -1,0 +1,205 @@
+"""Survivor-driven recovery of a dead node (DESIGN.md section 8), run inside each survivor's event loop.
+
+When node X's lease expires, every survivor, *before* its lock manager drops X:
+
+1. reads X's WAL from X's last checkpoint (``deadwal.load``); X fenced itself before its lease could run out,
+   so the WAL is final.  From then on any chain whose ownership comes back marked invalid is rebuilt at once
+   (``Repair.chain``: the shared file plus X's records for that chain, then written through), so blocks X did
+   not hold stay usable throughout and blocks it held are usable as soon as someone asks for them;
+2. tries to claim X's recovery in etcd (``claims/recover-<X>-<epoch>``, on its own lease).  The winner, the
+   *recoverer*:
+   a. publishes ``recovery/<X>`` = recovering; logs a FENCE record (X's epoch, X's WAL end) and an ABORT for
+      every X transaction without an outcome (changes or running at its checkpoint, or prepared to us), then
+      announces every outcome in one ``done`` round (commits found in X's WAL keep their COMMIT's GLSN as
+      commit timestamp); waiters on X's transactions wake;
+   b. takes every chain X's records touch exclusively (each comes back rebuilt, or valid from whoever rebuilt it
+      first) and writes it through to the shared file;
+   c. records X's outcomes in ``xact/node-<X>``, moves X's checkpoint pointer to X's WAL end (so X, restarting,
+      redoes nothing it no longer owns), and publishes ``recovered`` with durations.
+   If the recoverer dies, its claim vanishes with its lease; at that expiry every survivor tries again for
+   every dead node still not recovered, and the new winner repeats the (idempotent) work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from locking.messages import Mode
+from muheam import deadwal
+from muheam.engine import statefiles
+from muheam.errors import EtcdUnavailable
+from muheam.ownership import chain_resource
+
+if TYPE_CHECKING:
+    from muheam.commits import CommitService
+    from muheam.engine import Engine
+    from muheam.membership import Lease, MembershipBackend
+    from muheam.ownership import Ownership
+
+log = logging.getLogger("muheam.survivors")
+
+
+@dataclass
+class _Job:
+    dead: deadwal.DeadWal
+    expired_at: float
+    started: float
+    committed: list[tuple[int, int]] = field(default_factory=list)
+    aborted: list[int] = field(default_factory=list)
+    chains: list[tuple[int, int]] = field(default_factory=list)
+    pending: int = 0
+    decided_at: float = 0.0
+
+
+class Survivors:
+    def __init__(self, node_id: int, cluster: str, engine: "Engine", ownership: "Ownership",
+                 commits: "CommitService", backend: Callable[[], "MembershipBackend"], lease: "Lease",
+                 on_outcome: Callable[[set[int]], None], system_id: int = 0) -> None:
+        self.node_id = node_id
+        self.cluster = cluster
+        self.engine = engine
+        self.ownership = ownership
+        self.commits = commits
+        self.backend = backend
+        self.lease = lease
+        self.on_outcome = on_outcome
+        self.system_id = system_id
+        self.dead: dict[int, deadwal.DeadWal] = {}
+        self.expired_at: dict[int, float] = {}
+        self.prepared: dict[int, set[int]] = {}
+        self.jobs: dict[int, _Job] = {}
+        self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0}
+        ownership.repair = self
+
+    # -- membership events (called by the node loop) -----------------------------------------------------------
+    def expired(self, node: int, epoch: int) -> None:
+        """``node`` lost its lease: index its WAL before the lock manager lets anyone take what it held."""
+        t0 = time.monotonic()
+        self.expired_at[node] = time.time()
+        self.prepared[node] = set(self.commits.prepared_from.get(node, ()))
+        dead = deadwal.load(self.engine.shared, node, epoch, self.system_id, self.engine.tables_by_id.get)
+        self.dead[node] = dead
+        log.info("node %d (epoch %d) expired: read %d bytes of its WAL in %.3f s (%d chains, %d undecided "
+                 "transactions)", node, epoch, dead.bytes_read, time.monotonic() - t0, len(dead.chains),
+                 len(dead.undecided()))
+
+    def recovered(self, node: int, epoch: int) -> None:
+        dead = self.dead.get(node)
+        if dead is not None and dead.epoch <= epoch and node not in self.jobs:
+            del self.dead[node]
+
+    def claim_all(self) -> None:
+        """Try to become the recoverer of every dead node nobody has finished (after any expiry)."""
+        for node, dead in sorted(self.dead.items()):
+            if node in self.jobs:
+                continue
+            try:
+                backend = self.backend()
+                done = backend.get_recovery(self.cluster, node)
+                if done and done.get("state") == "recovered" and int(done.get("epoch", 0)) >= dead.epoch:
+                    del self.dead[node]
+                    continue
+                holder = backend.claim(self.cluster, f"recover-{node}-{dead.epoch}",
+                                       {"by": self.node_id, "at": time.time()}, self.lease)
+            except EtcdUnavailable as e:
+                log.warning("cannot claim the recovery of node %d now (%s); retrying at the next event", node, e)
+                continue
+            if holder is None:
+                self._start(dead)
+
+    # -- Repair (called by Ownership on invalid grants) --------------------------------------------------------
+    def chain(self, table_id: int, head: int) -> int:
+        deads = [d for d in self.dead.values() if d.by_block]
+        if not deads:
+            return 0
+        t = self.engine.tables_by_id.get(table_id)
+        if t is None:
+            return 0
+        cache = self.engine.cache
+        changed = deadwal.redo_chain(cache, t, head, deads)
+        if changed:
+            # the rebuilt pages go to the shared file now: identical on every node that rebuilds them, and
+            # nobody else can hold the chain exclusively meanwhile
+            cache.export(table_id, cache.chain_blocks(table_id, head, t.nbuckets))
+            self.counters["repaired_chains"] += 1
+            self.counters["repair_changes"] += changed
+        return changed
+
+    def extend(self, table_id: int) -> None:
+        top = max((d.max_block.get(table_id, -1) for d in self.dead.values()), default=-1)
+        if top >= 0:
+            self.engine.cache.grow(table_id, max(self.engine.cache.nblocks(table_id), top + 1))
+
+    # -- the recoverer ---------------------------------------------------------------------------------------
+    def _publish(self, dead: deadwal.DeadWal, state: str, **extra: Any) -> None:
+        info = {"node_id": dead.node, "epoch": dead.epoch, "state": state, "by": self.node_id,
+                "expired_at": self.expired_at.get(dead.node), **extra}
+        try:
+            self.backend().put_recovery(self.cluster, dead.node, info)
+        except EtcdUnavailable as e:
+            log.warning("could not publish the recovery state of node %d (%s)", dead.node, e)
+
+    def _start(self, dead: deadwal.DeadWal) -> None:
+        job = _Job(dead, self.expired_at.get(dead.node, time.time()), time.monotonic())
+        self.jobs[dead.node] = job
+        self._publish(dead, "recovering", started_at=time.time())
+        log.info("recovering node %d (epoch %d): WAL %s..%#x", dead.node, dead.epoch, dead.start_lsn, dead.end_lsn)
+        table = self.commits.table
+        job.committed = sorted((x, g) for x, g in dead.committed.items() if x not in table.committed)
+        undecided = (dead.undecided() | self.prepared.get(dead.node, set())) - set(dead.committed)
+        job.aborted = sorted(x for x in undecided if x not in table.committed and x not in table.aborted)
+        self.engine.log_fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn)
+        self.engine.log_decided_aborts(job.aborted)
+        self.commits.finish(job.committed, job.aborted, lambda: self._decided(job))
+        self.on_outcome({x for x, _ in job.committed} | set(job.aborted))
+
+    def _decided(self, job: _Job) -> None:
+        job.decided_at = time.monotonic()
+        job.chains = sorted(job.dead.chains)
+        job.pending = len(job.chains)
+        if not job.chains:
+            self._finish(job)
+            return
+        for table_id, head in job.chains:
+            resource = chain_resource(table_id, head)
+            if self.ownership.held.get(resource) is Mode.EXCLUSIVE:
+                self._chain_done(job, table_id, head)
+            else:
+                self.ownership.acquire(resource, Mode.EXCLUSIVE, partial(self._chain_done, job, table_id, head))
+
+    def _chain_done(self, job: _Job, table_id: int, head: int) -> None:
+        t = self.engine.tables_by_id.get(table_id)
+        if t is not None:
+            cache = self.engine.cache
+            cache.export(table_id, cache.chain_blocks(table_id, head, t.nbuckets))
+        job.pending -= 1
+        if job.pending == 0:
+            self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        dead, shared = job.dead, self.engine.shared
+        self.engine.cache.sync()
+        committed, aborted = statefiles.read_xact(shared, dead.node)
+        committed |= set(dead.committed)
+        aborted |= set(job.aborted)
+        statefiles.write_xact(shared, dead.node, committed, aborted - committed)
+        statefiles.write_checkpoint(shared, dead.node, statefiles.CheckpointPointer(dead.end_lsn, dead.last_glsn))
+        now = time.monotonic()
+        duration_ms = (now - job.started) * 1000
+        self._publish(dead, "recovered", finished_at=time.time(), duration_ms=round(duration_ms, 1),
+                      decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(job.chains),
+                      records=len(dead.records), aborted=len(job.aborted), committed=len(job.committed),
+                      bytes=dead.bytes_read, damage=dead.damage or None)
+        del self.jobs[dead.node]
+        self.dead.pop(dead.node, None)
+        self.counters["recovered"] += 1
+        log.info("recovered node %d (epoch %d) in %.0f ms: %d chains, %d records, %d aborted, %d committed",
+                 dead.node, dead.epoch, duration_ms, len(job.chains), len(dead.records), len(job.aborted),
+                 len(job.committed))
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "dead": len(self.dead), "recovering": len(self.jobs)}
