@@ -242,14 +242,14 @@ class NodeAgent:
             return  # damaged: the engine's own recovery reports it
         if count <= 1 or reader.last is None:
             return  # only the checkpoint record: a clean stop
-        end = reader.last.end_lsn
+        end, first = reader.last.end_lsn, ptr.redo_lsn
         deadline = time.monotonic() + 4 * self.cfg.lease_ttl + 60
         log.info("node %d: waiting for the survivors to recover its previous incarnation (WAL up to %#x)",
                  self.node_id, end)
         while time.monotonic() < deadline:
             ptr = statefiles.read_checkpoint(shared, self.node_id)
-            if ptr is not None and ptr.redo_lsn >= end:
-                return
+            if ptr is not None and (ptr.redo_lsn >= end or ptr.redo_lsn > first):
+                return  # moved by the recoverer (to where it fenced us, if a zombie wrote beyond)
             assert self.fence is not None
             self.fence.check()
             time.sleep(0.2)

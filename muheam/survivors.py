@@ -153,6 +153,7 @@ class Survivors:
         undecided = (dead.undecided() | self.prepared.get(dead.node, set())) - set(dead.committed)
         job.aborted = sorted(x for x in undecided if x not in table.committed and x not in table.aborted)
         self.engine.log_fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn)
+        statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
         self.engine.log_decided_aborts(job.aborted)
         self.commits.finish(job.committed, job.aborted, lambda: self._decided(job))
         self.on_outcome({x for x, _ in job.committed} | set(job.aborted))
@@ -193,7 +194,8 @@ class Survivors:
         self._publish(dead, "recovered", finished_at=time.time(), duration_ms=round(duration_ms, 1),
                       decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(job.chains),
                       records=len(dead.records), aborted=len(job.aborted), committed=len(job.committed),
-                      bytes=dead.bytes_read, damage=dead.damage or None)
+                      bytes=dead.bytes_read, end_lsn=dead.end_lsn, fence_glsn=dead.last_glsn,
+                      damage=dead.damage or None)
         del self.jobs[dead.node]
         self.dead.pop(dead.node, None)
         self.counters["recovered"] += 1

@@ -119,3 +119,78 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
                    check=False).returncode == 0
     report = verify(Path(c.info["config"]["shared_dir"]), block_of=block_of, waits_of=Waits())
     assert report.exit_code == 0, [str(p) for p in report.problems[:10]] + report.unusable
+
+
+@pytest.mark.timeout(300)
+def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> None:
+    c = local_cluster(3)
+    eps = endpoints(c)
+    accounts = 30
+    bank.create_accounts(eps[0], accounts)
+    from muheam.client import connect
+    from muheam.engine import statefiles
+    from walmerge import WalReader
+    from walmerge.merge import merge
+    import subprocess
+    import sys
+    with connect(eps[0]) as conn:
+        conn.create_table("acks", {"v": "int64"}, buckets=64)
+    result_box: dict[str, Any] = {}
+    loader = threading.Thread(target=lambda: result_box.setdefault("bank", bank.run(
+        eps, seconds=20, transfer_clients=3, readers=2, accounts=accounts, seed=4, timeout=3.0)), daemon=True)
+    loader.start()
+    stop = threading.Event()
+    ackers = [Acker(ep, 10_000_000 * (i + 1), stop) for i, ep in enumerate(eps)]
+    for a in ackers:
+        a.start()
+    watch = subprocess.Popen([sys.executable, "-m", "muheam", "watch", "-c", str(c.config), "--format", "json",
+                              "--timeout", "25"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        victim = 2
+        epoch = {int(m["node_id"]): int(m["epoch"]) for m in c.members()}[victim]
+        pid = c.node_pid(victim)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        info = wait_recovered(c, victim, epoch, 60)
+        acked_before = sum(len(a.acked) for i, a in enumerate(ackers) if i + 1 != victim)
+        time.sleep(1)
+        assert sum(len(a.acked) for i, a in enumerate(ackers) if i + 1 != victim) > acked_before
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and \
+                "zombie" not in Path(f"/proc/{pid}/status").read_text(errors="replace").lower():
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), \
+            "the paused node kept running after it resumed past its lease"
+        assert "SELF-FENCING" in c.log(victim)
+        # whatever the zombie wrote after the fence point is void for recovery and for the merge (I6)
+        shared = Path(c.info["config"]["shared_dir"])
+        fences = statefiles.read_fences(shared)
+        assert (epoch, int(info["fence_glsn"])) in fences[victim]
+        beyond = [r for r in WalReader(shared / "wal" / f"node-{victim}", node_id=victim, system_id=0)
+                  if r.epoch == epoch and r.glsn > int(info["fence_glsn"])]
+        summary = merge(shared, c.dir / "merged-check", fences=fences, fsync=False)
+        assert summary.skipped_fenced == len(beyond)
+        proc = run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=180, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        time.sleep(3)
+    finally:
+        stop.set()
+        for a in ackers:
+            a.join(30)
+        loader.join(90)
+        out, _ = watch.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    mine = [e["event"] for e in events if e["node_id"] == victim and e["event"] in
+            ("expired", "recovering", "recovered", "joined")]
+    assert mine[:4] == ["expired", "recovering", "recovered", "joined"], mine
+    rec = next(e for e in events if e["event"] == "recovered" and e["node_id"] == victim)
+    assert rec["recovery"]["duration_ms"] >= 0 and rec["recovery"]["by"] in (1, 3)
+    res = result_box["bank"]
+    assert res.sum_violations == 0 and res.transfers > 0, res.to_dict()
+    acked = {k for a in ackers for k in a.acked}
+    for ep in endpoints(c):
+        with connect(ep, 30) as conn, conn.transaction() as tx:
+            present = {k for k, _ in tx.scan("acks")}
+        assert not (acked - present), f"{ep} lost {len(acked - present)} acknowledged commits"

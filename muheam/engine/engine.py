@@ -70,6 +70,7 @@ class RecoveryReport:
 
     redo_start: int | None = None
     records_replayed: int = 0
+    fenced_skipped: int = 0
     pages_changed: int = 0
     torn_tail: str | None = None
     data_loss: str | None = None

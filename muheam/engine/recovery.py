@@ -87,7 +87,11 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
     in_flight: set[int] = set()
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=cfg.system_id, start_lsn=start,
                        verify_crc=False)
+    fences = statefiles.read_fences(shared).get(node, [])
     for rec in reader:
+        if fences and any(rec.epoch == e and rec.glsn > g for e, g in fences):
+            rep.fenced_skipped += 1  # written by a zombie incarnation after survivors recovered it (I6)
+            continue
         kind, xid = rec.kind, rec.xid
         rep.records_replayed += 1
         if kind in walrec.HEAP_KINDS:

@@ -264,7 +264,8 @@ def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        summary = merge(shared, work, system_id=system_id, start_lsns=starts, fsync=False)
+        summary = merge(shared, work, system_id=system_id, start_lsns=starts, fsync=False,
+                        fences=statefiles.read_fences(shared))
         rep = replay(shared, work, system_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)

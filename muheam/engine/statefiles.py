@@ -4,6 +4,7 @@
 * ``global/checkpoint-node-<id>``   -- this node's redo start point (LSN of its last CHECKPOINT record)
 * ``xact/node-<id>``                -- commit status of this node's XIDs up to its last checkpoint
 * ``global/glsn-floor``             -- after point-in-time recovery: every GLSN a node generates must be above it
+* ``global/fence-node-<id>``        -- incarnations of the node recovered by survivors, and up to where (I6)
 
 Per-node names mean two nodes never write the same file (DESIGN section 6).  Layout of each file: 4-byte magic,
 4-byte CRC-32C of the rest, then a msgpack map.  A file that fails its CRC raises ``StateFileCorrupt``: it is
@@ -143,3 +144,25 @@ def read_glsn_floor(shared: Path) -> int:
 
 def write_glsn_floor(shared: Path, lamport: int) -> None:
     write_state(glsn_floor_path(shared), {"lamport": max(lamport, read_glsn_floor(shared))})
+
+
+def fence_path(shared: Path, node_id: int) -> Path:
+    return shared / "global" / f"fence-node-{node_id}"
+
+
+def read_fences(shared: Path) -> dict[int, list[tuple[int, int]]]:
+    """``node -> [(epoch, fence_glsn), ...]``: records of that incarnation above the GLSN are void (a zombie's
+    writes after survivors recovered it), for recovery and for every merge."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for path in sorted((shared / "global").glob("fence-node-*")):
+        if path.name[11:].isdigit():
+            d = read_state(path) or {}
+            out[int(path.name[11:])] = [(int(e), int(g)) for e, g, _ in d.get("fences", [])]
+    return out
+
+
+def add_fence(shared: Path, node_id: int, epoch: int, glsn: int, end_lsn: int) -> None:
+    """Only the survivor that won the recovery claim of ``node_id`` writes its file."""
+    path = fence_path(shared, node_id)
+    fences = [f for f in (read_state(path) or {}).get("fences", []) if int(f[0]) != epoch]
+    write_state(path, {"fences": sorted(fences + [[epoch, glsn, end_lsn]])})
