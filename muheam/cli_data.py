@@ -174,32 +174,117 @@ def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, li
 
 # walmerge ---------------------------------------------------------------------------------------------------
 @cli.command("walmerge")
-@click.option("--shared-dir", "shared", type=click.Path(file_okay=False), default=None,
-              help="Shared directory whose wal/node-*/ streams are merged (default: shared_dir of the config).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write the merged stream here (a new or empty directory).")
+              help="Write the merged stream here (bulk: a new or empty directory; --follow/--subscribe: resumed at "
+                   "the end of what it holds).")
 @click.option("--verify", "verify_", is_flag=True,
               help="Check the inputs (and --out, or --merged) for CRC, chain, order, missing segments.")
 @click.option("--merged", type=click.Path(file_okay=False), default=None, help="Verify this merged stream.")
 @click.option("--allow-torn-tail", is_flag=True, help="A torn last record (after a crash) is not a problem.")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), envvar="MUHEAM_CONFIG",
-              help="Cluster config file (for shared_dir).")
+@click.option("--follow", is_flag=True,
+              help="Follow mode: merge the node WALs as they grow (live nodes from etcd) until stopped.")
+@click.option("--publish", default=None, metavar="ENDPOINT",
+              help="With --follow: serve the stream to subscribers on this ZeroMQ endpoint (tcp://HOST:PORT).")
+@click.option("--subscribe", default=None, metavar="ENDPOINT",
+              help="Copy the stream a 'walmerge --follow --publish' serves into --out, resuming where it stops.")
+@click.option("--from-lsn", default=None, metavar="LSN",
+              help="With --follow/--subscribe: cut --out back to this merged LSN (HI/LO hex as printed, 0x hex or "
+                   "decimal) and continue from there.")
+@click.option("--poll-interval", type=click.FloatRange(0.001, 60), default=0.05, show_default=True,
+              help="With --follow: seconds between polls of the node WALs.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --follow/--subscribe: stop after this many seconds.")
+@click.option("--until-idle", is_flag=True,
+              help="With --follow: stop once no node is live and every WAL has been merged to its end.")
+@config_options
 @format_option
-def walmerge_cmd(shared: str | None, out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool,
-                 config_path: str | None, fmt: str) -> None:
+def walmerge_cmd(out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool, follow: bool,
+                 publish: str | None, subscribe: str | None, from_lsn: str | None, poll_interval: float,
+                 duration: float | None, until_idle: bool, fmt: str, **kw: Any) -> None:
     """Merge every node's WAL into one stream in GLSN order, in the very format of one node's WAL.
 
-    Exit codes with --verify: 0 clean, 1 problems found, 2 unusable input.
+    \b
+    Bulk:      muheam walmerge --out DIR [--verify]        (--verify [--merged DIR] only checks)
+    Follow:    muheam walmerge --follow --out DIR [--publish tcp://HOST:PORT] [--from-lsn LSN]
+                               [--poll-interval S] [--duration S | --until-idle]
+    Subscribe: muheam walmerge --subscribe tcp://HOST:PORT --out DIR [--duration S]
+
+    Follow mode learns the live nodes from etcd (-c/--config, MUHEAM_* and --etcd/--cluster-name), writes what
+    every live node's WAL has passed to --out (resuming at its end after a restart), and stops cleanly on
+    SIGINT/SIGTERM; --format json prints a summary at exit.  Subscribers get the records from any merged LSN on
+    (see docs/architecture.md, "Follow mode").
+
+    Exit codes: 0 clean (or stopped), 1 problems found or the operation failed, 2 unusable input or bad usage.
     """
+    from muheam.walstream import parse_lsn
+
+    modes = [name for name, on in (("--follow", follow), ("--subscribe", subscribe is not None),
+                                   ("--verify", verify_)) if on]
+    if follow and subscribe is not None or verify_ and (follow or subscribe is not None):
+        raise click.UsageError(f"{' and '.join(modes)} do not go together")
+    if publish is not None and not follow:
+        raise click.UsageError("--publish needs --follow")
+    if not follow and subscribe is None:
+        for name, value in (("--from-lsn", from_lsn), ("--duration", duration), ("--until-idle", until_idle)):
+            if value:
+                raise click.UsageError(f"{name} goes with --follow or --subscribe")
+    if until_idle and not follow:
+        raise click.UsageError("--until-idle goes with --follow")
+    start = parse_lsn(from_lsn) if from_lsn is not None else None
+    if follow or subscribe is not None:
+        if out is None:
+            raise click.UsageError(f"{modes[0]} needs --out DIR")
+        _walmerge_stream(Path(out), subscribe, publish, start, poll_interval, duration, until_idle, fmt, kw)
+        return
+    _walmerge_bulk(kw.get("shared_dir"), out, verify_, merged, allow_torn_tail, fmt, kw)
+
+
+def _walmerge_stream(out: Path, subscribe: str | None, publish: str | None, start: int | None,
+                     poll_interval: float, duration: float | None, until_idle: bool, fmt: str,
+                     kw: dict[str, Any]) -> None:
+    from muheam.walstream_follow import FollowRun, StopFlag, isatty_stderr, run_subscribe, stderr_note
+
+    note = stderr_note(fmt == "table")
+    with StopFlag() as stop:
+        if subscribe is not None:
+            result = run_subscribe(subscribe, out, from_lsn=start, duration=duration, stop=stop, note=note)
+            if fmt == "json":
+                emit(result, fmt)
+            else:
+                click.echo(f"copied {result['records']} records into {out}; resume at {result['next_lsn_text']} "
+                           f"(stopped: {result['stopped']})")
+            if not result["caught_up"]:
+                sys.exit(1)
+            return
+        from muheam.membership import connect
+
+        cfg = load_config(kw, require_shared_dir=True)
+        backend = connect(cfg.etcd_endpoints, timeout=2.0)
+        try:
+            run = FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=publish, from_lsn=start,
+                            poll_interval=poll_interval, duration=duration, until_idle=until_idle, stop=stop,
+                            note=note, progress=fmt == "table" and isatty_stderr())
+            result = run.run()
+        finally:
+            backend.close()
+    if fmt == "json":
+        emit(result, fmt)
+    else:
+        click.echo(f"followed {result['records']} records into {out} up to LSN {result['end_lsn_text']} "
+                   f"(stopped: {result['stopped']})")
+
+
+def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool,
+                   fmt: str, kw: dict[str, Any]) -> None:
     from walmerge.merge import merge
     from walmerge.verify import verify
 
     if shared is None and merged is None:
-        shared = str(load_config({"config_path": config_path}, require_shared_dir=True).shared_dir)
+        shared = str(load_config(kw, require_shared_dir=True).shared_dir)
     if shared is not None and not Path(shared).is_dir():
         raise ConfigError(f"--shared-dir: {shared} does not exist")
     if out is None and not verify_:
-        raise click.UsageError("give --out DIR to merge, or --verify to check")
+        raise click.UsageError("give --out DIR to merge, --verify to check, or --follow --out DIR to follow")
     result: dict[str, Any] = {}
     if out is not None:
         assert shared is not None

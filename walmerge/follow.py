@@ -235,9 +235,11 @@ class Emitted(NamedTuple):
     data: bytes
 
 
-class _MergedOut:
+class MergedOut:
     """Writes emitted records into merged segment files: created zero-filled (like ``WalWriter``), records
-    ``pwrite``n run by run, fdatasync'ed on ``flush``."""
+    ``pwrite``n run by run, fdatasync'ed on ``flush``.  ``add(lsn, prev_lsn, data)`` takes a record at its merged
+    LSN (``prev_lsn`` is its header's, which a new segment's header repeats); ``muheam walmerge --subscribe``
+    builds its copy of a published stream with it, so the copy is byte for byte the follower's output."""
 
     def __init__(self, directory: Path, *, system_id: int, segment_size: int, epoch: int, fsync: bool) -> None:
         self.directory = directory
@@ -357,7 +359,7 @@ class Follower:
         self._pos = SEGMENT_HEADER_SIZE  # merged LSN where the next record would start
         self._last_lsn = 0
         self._check_last: tuple[int, int] | None = None
-        self._out: _MergedOut | None = None
+        self._out: MergedOut | None = None
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +370,7 @@ class Follower:
                 raise WalError(f"cannot resume at merged LSN {format_lsn(resume_lsn)}: the output in {out} is "
                                f"valid only up to {format_lsn(end)}")
             cut_output(out, resume_lsn, segment_size)
-            self._out = _MergedOut(out, system_id=system_id, segment_size=segment_size, epoch=epoch, fsync=fsync)
+            self._out = MergedOut(out, system_id=system_id, segment_size=segment_size, epoch=epoch, fsync=fsync)
             if resume_lsn <= SEGMENT_HEADER_SIZE:
                 self._out.open_segment(0, 0)  # like the bulk merge, an empty stream still has its first segment
         self._resume = resume_lsn or 0
@@ -594,4 +596,4 @@ class Follower:
             fsync_dir(self._out.directory)
 
 
-__all__ = ["Emitted", "Follower", "NO_LIVE_NODE", "NodeTail", "cut_output", "valid_output_end"]
+__all__ = ["Emitted", "Follower", "MergedOut", "NO_LIVE_NODE", "NodeTail", "cut_output", "valid_output_end"]
