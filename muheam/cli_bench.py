@@ -80,3 +80,17 @@ def bench_bank(as_json: bool, seconds: float, clients: int, accounts: int) -> No
     from muheam.bench.bank import run
 
     emit(run(seconds=seconds, clients=clients, accounts=accounts), "json")
+
+
+@bench.command("recovery")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@click.option("--wal-mb", type=click.FloatRange(0.1, 2000), default=20.0, show_default=True,
+              help="WAL the killed node writes before the kill (what the survivors redo).")
+@click.option("--seconds-before", type=click.FloatRange(1, 600), default=4.0, show_default=True,
+              help="Bank load before the kill (the throughput baseline).")
+@click.option("--lease-ttl", type=click.IntRange(config_mod.ETCD_MIN_TTL, 60), default=config_mod.DEFAULT_TTL)
+def bench_recovery(as_json: bool, wal_mb: float, seconds_before: float, lease_ttl: int) -> None:
+    """Kill one of three nodes under the bank load: detection, block availability, redo speed, throughput."""
+    from muheam.bench.recovery import run
+
+    emit(run(seconds_before=seconds_before, wal_mb=wal_mb, lease_ttl=lease_ttl), "json")

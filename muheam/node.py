@@ -33,7 +33,7 @@ from muheam.engine import Engine, EngineConfig
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
 from muheam.commits import CommitService
 from muheam.engine import statefiles
-from muheam.engine.replay import redo_cluster
+from muheam.engine.replay import redo_cluster, wal_tails_lamport
 from muheam.survivors import Survivors
 from muheam.ownership import Ownership
 from muheam.sessions import Cluster, Sessions
@@ -139,6 +139,9 @@ class NodeAgent:
             self._redo_cluster(backend)
         else:
             self._await_own_recovery()
+            # the records our own recovery writes (its checkpoint, aborts) come before any peer message: their
+            # GLSNs must still be above everything the running nodes have logged
+            self.clock.observe(wal_tails_lamport(cfg.shared_dir, EngineConfig().system_id))
         for member in snapshot:
             if member.node_id in peers:
                 self.members[member.node_id] = member

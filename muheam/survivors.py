@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("muheam.survivors")
 
+SWEEP_WINDOW = 4
+"""Chains the recoverer asks for at once."""
+
 
 @dataclass
 class _Job:
@@ -52,6 +55,7 @@ class _Job:
     aborted: list[int] = field(default_factory=list)
     chains: list[tuple[int, int]] = field(default_factory=list)
     pending: int = 0
+    todo: list[tuple[int, int]] = field(default_factory=list)
     decided_at: float = 0.0
 
 
@@ -81,7 +85,9 @@ class Survivors:
         t0 = time.monotonic()
         self.expired_at[node] = time.time()
         self.prepared[node] = set(self.commits.prepared_from.get(node, ()))
+        self.engine.reload_catalog()  # tables the dead node created and we never used: its chains need them
         dead = deadwal.load(self.engine.shared, node, epoch, self.system_id, self.engine.tables_by_id.get)
+        dead.read_ms = (time.monotonic() - t0) * 1000
         self.dead[node] = dead
         log.info("node %d (epoch %d) expired: read %d bytes of its WAL in %.3f s (%d chains, %d undecided "
                  "transactions)", node, epoch, dead.bytes_read, time.monotonic() - t0, len(dead.chains),
@@ -113,7 +119,7 @@ class Survivors:
 
     # -- Repair (called by Ownership on invalid grants) --------------------------------------------------------
     def chain(self, table_id: int, head: int) -> int:
-        deads = [d for d in self.dead.values() if d.by_block]
+        deads = [d for d in self.dead.values() if d.nrecords]
         if not deads:
             return 0
         t = self.engine.tables_by_id.get(table_id)
@@ -165,14 +171,23 @@ class Survivors:
         if not job.chains:
             self._finish(job)
             return
-        for table_id, head in job.chains:
+        job.todo = list(reversed(job.chains))
+        for _ in range(SWEEP_WINDOW):
+            self._next_chain(job)
+
+    def _next_chain(self, job: _Job) -> None:
+        """Take the next chain of the sweep.  A few at a time: each grant redoes one chain inside the event loop,
+        and the loop must keep serving (and acknowledging the other survivors' commit rounds) in between."""
+        while job.todo:
+            table_id, head = job.todo.pop()
             resource = chain_resource(table_id, head)
             if self.ownership.held.get(resource) is Mode.EXCLUSIVE:
-                self._chain_done(job, table_id, head)
-            else:
-                self.ownership.acquire(resource, Mode.EXCLUSIVE, partial(self._chain_done, job, table_id, head))
+                self._chain_done(job, table_id, head, more=False)
+                continue
+            self.ownership.acquire(resource, Mode.EXCLUSIVE, partial(self._chain_done, job, table_id, head))
+            return
 
-    def _chain_done(self, job: _Job, table_id: int, head: int) -> None:
+    def _chain_done(self, job: _Job, table_id: int, head: int, more: bool = True) -> None:
         t = self.engine.tables_by_id.get(table_id)
         if t is not None:
             cache = self.engine.cache
@@ -180,6 +195,8 @@ class Survivors:
         job.pending -= 1
         if job.pending == 0:
             self._finish(job)
+        elif more:
+            self._next_chain(job)
 
     def _finish(self, job: _Job) -> None:
         dead, shared = job.dead, self.engine.shared
@@ -193,14 +210,15 @@ class Survivors:
         duration_ms = (now - job.started) * 1000
         self._publish(dead, "recovered", finished_at=time.time(), duration_ms=round(duration_ms, 1),
                       decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(job.chains),
-                      records=len(dead.records), aborted=len(job.aborted), committed=len(job.committed),
-                      bytes=dead.bytes_read, end_lsn=dead.end_lsn, fence_glsn=dead.last_glsn,
+                      records=dead.nrecords, aborted=len(job.aborted), committed=len(job.committed),
+                      bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), end_lsn=dead.end_lsn,
+                      fence_glsn=dead.last_glsn,
                       damage=dead.damage or None)
         del self.jobs[dead.node]
         self.dead.pop(dead.node, None)
         self.counters["recovered"] += 1
         log.info("recovered node %d (epoch %d) in %.0f ms: %d chains, %d records, %d aborted, %d committed",
-                 dead.node, dead.epoch, duration_ms, len(job.chains), len(dead.records), len(job.aborted),
+                 dead.node, dead.epoch, duration_ms, len(job.chains), dead.nrecords, len(job.aborted),
                  len(job.committed))
 
     def stats(self) -> dict[str, int]:

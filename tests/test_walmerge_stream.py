@@ -614,10 +614,6 @@ def test_follow_cli_refuses_bad_usage(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(reason="a restarted node stamps its recovery checkpoint from its own WAL's clock, below what the "
-                          "other nodes reached (node.py seeds the clock only from its own WAL), so the follower "
-                          "refuses the record ('below the merged stream's frontier'); needs the node to seed its "
-                          "clock from the cluster before it writes", strict=False)
 def test_restarted_node_rejoins_the_followed_stream(local_cluster: Start, procs: Procs, tmp_path: Path) -> None:
     c = local_cluster(3)
     eps = endpoints(c)

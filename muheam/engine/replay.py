@@ -29,7 +29,8 @@ from muheam.engine.errors import StateFileCorrupt, WalDamaged
 from muheam.engine.heapops import Table, redo_heap
 from muheam.storage import Heap, Schema
 from muheam.storage.heap import relation_path
-from walmerge import MERGED_NODE_ID, Record, WalCorruption, WalReader, format_lsn, unpack_glsn
+from walmerge import MERGED_NODE_ID, Record, WalCorruption, WalError, WalReader, format_lsn, unpack_glsn
+from walmerge.segment import list_segments
 from walmerge.merge import merge, node_dirs
 from walmerge.reader import truncate_at
 
@@ -280,3 +281,21 @@ def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False
              "%d transactions without an outcome recorded as aborted", rep.records, len(node_dirs(shared)),
              rep.pages_changed, sum(len(v) for v in rep.no_outcome.values()))
     return rep
+
+
+def wal_tails_lamport(shared: Path, system_id: int) -> int:
+    """The highest Lamport time in the last segment of every node's WAL (running nodes log at least a heartbeat
+    every fraction of a second, so this is close to the cluster's clock)."""
+    top = 0
+    for node, directory in node_dirs(shared).items():
+        segs = list_segments(directory)
+        if not segs:
+            continue
+        reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=segs[-1][0], verify_crc=False)
+        try:
+            for batch in reader.batches():
+                if len(batch.headers):
+                    top = max(top, int(batch.headers["glsn"].max()) >> 16)
+        except WalError:
+            continue  # a damaged tail: its owner's recovery deals with it
+    return top
