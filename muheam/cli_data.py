@@ -286,9 +286,14 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
     if out is None and not verify_:
         raise click.UsageError("give --out DIR to merge, --verify to check, or --follow --out DIR to follow")
     result: dict[str, Any] = {}
+    from muheam.engine.statefiles import read_fences
+    from muheam.walcheck import Waits, block_of
+
+    # incarnations the survivors recovered: what a zombie wrote after the fence point is not history (I6)
+    fences = read_fences(Path(shared)) if shared is not None else {}
     if out is not None:
         assert shared is not None
-        summary = _merge_with_progress(merge, shared, out, fmt == "table" and sys.stderr.isatty())
+        summary = _merge_with_progress(merge, shared, out, fmt == "table" and sys.stderr.isatty(), fences)
         result["merge"] = {
             "records": summary.records, "bytes_in": summary.bytes_in, "bytes_out": summary.bytes_out,
             "per_node": summary.per_node, "segments": len(summary.segments), "skipped_fenced": summary.skipped_fenced,
@@ -301,7 +306,8 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
                        f"in {summary.seconds:.2f} s into {out}")
     code = 0
     if verify_:
-        report = verify(shared, out or merged, allow_torn_tail=allow_torn_tail)
+        report = verify(shared, out or merged, allow_torn_tail=allow_torn_tail, fences=fences, block_of=block_of,
+                        waits_of=Waits())
         code = report.exit_code
         result["verify"] = {"status": str(report.status.value) if hasattr(report.status, "value") else
                             str(report.status), "problems": [str(p) for p in report.problems],
@@ -318,12 +324,13 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
         sys.exit(code)
 
 
-def _merge_with_progress(merge: Any, shared: str, out: str, bar: bool) -> Any:
+def _merge_with_progress(merge: Any, shared: str, out: str, bar: bool, fences: Any) -> Any:
     if not bar:
-        return merge(shared, out)
+        return merge(shared, out, fences=fences)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), transient=True) as progress:
         task = progress.add_task("merging WAL", total=None)
-        return merge(shared, out, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        return merge(shared, out, fences=fences,
+                     progress=lambda done, total: progress.update(task, completed=done, total=total))
