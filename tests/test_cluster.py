@@ -70,11 +70,11 @@ def test_kill_expires_within_ttl_stop_leaves_fast_restart_gets_higher_epoch(loca
 def test_duplicate_node_id_refused_and_nothing_changed(local_cluster: Start) -> None:
     c = local_cluster(2)
     shared = Path(c.info["config"]["shared_dir"])
-    before = snapshot_tree(shared)
+    before = snapshot_tree(shared, live_wal=True)
     proc = c.cli("node", "start", "--node-id", "1", check=False, timeout=30)
     assert proc.returncode != 0
     assert "node id 1 is held by a live node" in proc.stderr and "Traceback" not in proc.stderr
-    assert snapshot_tree(shared) == before
+    assert snapshot_tree(shared, live_wal=True) == before
     assert [m["state"] for m in c.members()] == ["running", "running"]
 
 
@@ -82,7 +82,7 @@ def test_foreign_and_unrelated_directories_refused(local_cluster: Start, tmp_pat
     a = local_cluster(1, name="a")
     b = local_cluster(1, name="b")
     b_shared = Path(b.info["config"]["shared_dir"])
-    before = snapshot_tree(b_shared)
+    before = snapshot_tree(b_shared, live_wal=True)
     # a node of cluster a pointed at cluster b's shared directory
     a.cli("node", "stop", "--node-id", "1")
     proc = a.cli("node", "start", "--node-id", "1", "--shared-dir", str(b_shared), check=False, timeout=30)
@@ -90,7 +90,7 @@ def test_foreign_and_unrelated_directories_refused(local_cluster: Start, tmp_pat
     # cluster init of a new name onto b's directory
     proc = a.cli("cluster", "init", "--cluster-name", "other", "--shared-dir", str(b_shared), check=False)
     assert proc.returncode != 0 and "belongs to another cluster" in proc.stderr, proc.stderr
-    assert snapshot_tree(b_shared) == before
+    assert snapshot_tree(b_shared, live_wal=True) == before
     # cluster init onto a directory with unrelated files
     junk = tmp_path / "junk"
     junk.mkdir()
@@ -104,7 +104,7 @@ def test_foreign_and_unrelated_directories_refused(local_cluster: Start, tmp_pat
 def test_unreachable_etcd_refused_clearly(local_cluster: Start) -> None:
     c = local_cluster(1)
     shared = Path(c.info["config"]["shared_dir"])
-    before = snapshot_tree(shared)
+    before = snapshot_tree(shared, live_wal=True)
     dead = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     proc = c.cli("node", "start", "--node-id", "1", "--etcd", dead, check=False, timeout=60)
@@ -114,7 +114,7 @@ def test_unreachable_etcd_refused_clearly(local_cluster: Start) -> None:
     proc = c.cli("cluster", "init", "--etcd", dead, "--cluster-name", "x", "--shared-dir", str(shared / "new"),
                  check=False, timeout=60)
     assert proc.returncode == 1 and "unreachable" in proc.stderr
-    assert snapshot_tree(shared) == before
+    assert snapshot_tree(shared, live_wal=True) == before
 
 
 def test_etcd_paused_past_ttl_every_node_self_fences(local_cluster: Start) -> None:
