@@ -84,6 +84,39 @@ class Acker(threading.Thread):
                 time.sleep(0.05)
 
 
+class Load:
+    """The bank workload on ``eps`` (in a thread) plus one ``Acker`` per node, over fresh tables."""
+
+    def __init__(self, eps: list[str], seconds: float, seed: int, accounts: int = 30,
+                 ack_base: int = 10_000_000) -> None:
+        self.accounts = accounts
+        bank.create_accounts(eps[0], accounts)
+        with connect(eps[0]) as conn:
+            conn.create_table("acks", {"v": "int64"}, buckets=64)
+        self.result: dict[str, Any] = {}
+        self.loader = threading.Thread(target=lambda: self.result.setdefault("bank", bank.run(
+            eps, seconds=seconds, transfer_clients=3, readers=2, accounts=accounts, seed=seed, timeout=3.0)),
+            daemon=True)
+        self.stop = threading.Event()
+        self.ackers = [Acker(ep, ack_base * (i + 1), self.stop) for i, ep in enumerate(eps)]
+        self.loader.start()
+        for a in self.ackers:
+            a.start()
+
+    def acked(self) -> set[int]:
+        return {k for a in self.ackers for k in a.acked}
+
+    def finish(self, timeout: float) -> "bank.BankResult":
+        """Stop the writers, wait for the bank run; its result (the run must have reported)."""
+        self.stop.set()
+        for a in self.ackers:
+            a.join(30)
+        self.loader.join(timeout)
+        assert "bank" in self.result, "the bank run did not finish"
+        res: bank.BankResult = self.result["bank"]
+        return res
+
+
 def kill_all(c: LocalCluster) -> None:
     for node_id in (1, 2, 3):
         pid = c.node_pid(node_id)
@@ -99,24 +132,10 @@ def kill_all(c: LocalCluster) -> None:
 def test_kill_all_nodes_under_bank_load(local_cluster: Start) -> None:
     c = local_cluster(3)
     eps = endpoints(c)
-    accounts = 30
-    bank.create_accounts(eps[0], accounts)
-    with connect(eps[0]) as conn:
-        conn.create_table("acks", {"v": "int64"}, buckets=64)
     rounds = 3 if FULL else 1
     seconds_per_round = 12.0
-    result_box: dict[str, Any] = {}
-
-    def load() -> None:
-        result_box["bank"] = bank.run(eps, seconds=seconds_per_round * rounds + 8, transfer_clients=3, readers=2,
-                                      accounts=accounts, seed=11, timeout=3.0)
-
-    loader = threading.Thread(target=load, daemon=True)
-    loader.start()
-    stop = threading.Event()
-    ackers = [Acker(ep, 10_000_000 * (i + 1), stop) for i, ep in enumerate(eps)]
-    for a in ackers:
-        a.start()
+    load = Load(eps, seconds_per_round * rounds + 8, seed=11)
+    ackers, accounts = load.ackers, load.accounts
     for _ in range(rounds):
         time.sleep(5)
         before = sum(len(a.acked) for a in ackers)
@@ -128,11 +147,7 @@ def test_kill_all_nodes_under_bank_load(local_cluster: Start) -> None:
         assert "whole-cluster redo" in logs, "no node ran whole-cluster recovery after every node was killed"
         time.sleep(max(0.0, seconds_per_round - 5))
         assert sum(len(a.acked) for a in ackers) > before, "no commit was acknowledged after the restart"
-    stop.set()
-    for a in ackers:
-        a.join(30)
-    loader.join(seconds_per_round * rounds + 90)
-    res = result_box["bank"]
+    res = load.finish(seconds_per_round * rounds + 90)
     assert res.sum_violations == 0 and res.violations == [], res.to_dict()
     assert res.transfers > 0 and res.sums > 0, res.to_dict()
 

@@ -14,20 +14,23 @@ import json
 import os
 import random
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from muheam import bank
+from muheam.client import connect
+from muheam.engine import statefiles
 from muheam.membership import connect as etcd_connect
 from muheam.procs import stop_pid
 from muheam.walcheck import Waits, block_of
-from walmerge import verify
+from walmerge import WalReader, verify
+from walmerge.merge import merge
 from tests.conftest import FULL, LocalCluster, run_cli
-from tests.test_cluster_recovery import Acker, all_digests, endpoints
+from tests.test_cluster_recovery import Load, all_digests, endpoints
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
@@ -57,22 +60,10 @@ def wait_recovered(c: LocalCluster, node: int, epoch: int, timeout: float) -> di
 def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
     c = local_cluster(3)
     eps = endpoints(c)
-    accounts = 30
-    bank.create_accounts(eps[0], accounts)
-    from muheam.client import connect
-    with connect(eps[0]) as conn:
-        conn.create_table("acks", {"v": "int64"}, buckets=64)
     rng = random.Random(7)
     per_round = 9.0
-    result_box: dict[str, Any] = {}
-    loader = threading.Thread(target=lambda: result_box.setdefault("bank", bank.run(
-        eps, seconds=ROUNDS * per_round + 10, transfer_clients=3, readers=2, accounts=accounts, seed=3,
-        timeout=3.0)), daemon=True)
-    loader.start()
-    stop = threading.Event()
-    ackers = [Acker(ep, 10_000_000 * (i + 1), stop) for i, ep in enumerate(eps)]
-    for a in ackers:
-        a.start()
+    load = Load(eps, ROUNDS * per_round + 10, seed=3)
+    ackers = load.ackers
     time.sleep(2)
     rounds: list[dict[str, Any]] = []
     for r in range(ROUNDS):
@@ -100,16 +91,11 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
         time.sleep(max(0.0, per_round - (time.monotonic() - killed_at)))
         acked = {k for a in ackers for k in a.acked}
         for ep in endpoints(c):
-            from muheam.client import connect as client_connect
-            with client_connect(ep, 30) as conn, conn.transaction() as tx:
+            with connect(ep, 30) as conn, conn.transaction() as tx:
                 present = {k for k, _ in tx.scan("acks")}
             lost = acked - present
             assert not lost, f"round {r} ({rounds[-1]}): {ep} lost {len(lost)} acknowledged commits"
-    stop.set()
-    for a in ackers:
-        a.join(30)
-    loader.join(ROUNDS * per_round + 120)
-    res = result_box["bank"]
+    res = load.finish(ROUNDS * per_round + 120)
     print(json.dumps(rounds))
     assert res.sum_violations == 0 and res.violations == [], res.to_dict()
     assert res.transfers > 0 and res.sums > 0, res.to_dict()
@@ -125,24 +111,8 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
 def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> None:
     c = local_cluster(3)
     eps = endpoints(c)
-    accounts = 30
-    bank.create_accounts(eps[0], accounts)
-    from muheam.client import connect
-    from muheam.engine import statefiles
-    from walmerge import WalReader
-    from walmerge.merge import merge
-    import subprocess
-    import sys
-    with connect(eps[0]) as conn:
-        conn.create_table("acks", {"v": "int64"}, buckets=64)
-    result_box: dict[str, Any] = {}
-    loader = threading.Thread(target=lambda: result_box.setdefault("bank", bank.run(
-        eps, seconds=20, transfer_clients=3, readers=2, accounts=accounts, seed=4, timeout=3.0)), daemon=True)
-    loader.start()
-    stop = threading.Event()
-    ackers = [Acker(ep, 10_000_000 * (i + 1), stop) for i, ep in enumerate(eps)]
-    for a in ackers:
-        a.start()
+    load = Load(eps, 20, seed=4)
+    ackers = load.ackers
     watch = subprocess.Popen([sys.executable, "-m", "muheam", "watch", "-c", str(c.config), "--format", "json",
                               "--timeout", "25"], stdout=subprocess.PIPE, text=True)
     try:
@@ -176,10 +146,7 @@ def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> No
         assert proc.returncode == 0, proc.stdout + proc.stderr
         time.sleep(3)
     finally:
-        stop.set()
-        for a in ackers:
-            a.join(30)
-        loader.join(90)
+        res = load.finish(90)
         out, _ = watch.communicate(timeout=60)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     mine = [e["event"] for e in events if e["node_id"] == victim and e["event"] in
@@ -187,9 +154,8 @@ def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> No
     assert mine[:4] == ["expired", "recovering", "recovered", "joined"], mine
     rec = next(e for e in events if e["event"] == "recovered" and e["node_id"] == victim)
     assert rec["recovery"]["duration_ms"] >= 0 and rec["recovery"]["by"] in (1, 3)
-    res = result_box["bank"]
     assert res.sum_violations == 0 and res.transfers > 0, res.to_dict()
-    acked = {k for a in ackers for k in a.acked}
+    acked = load.acked()
     for ep in endpoints(c):
         with connect(ep, 30) as conn, conn.transaction() as tx:
             present = {k for k, _ in tx.scan("acks")}

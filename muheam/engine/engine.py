@@ -278,12 +278,7 @@ class Engine:
     def write_catalog(self) -> None:
         """Rewrite ``global/catalog`` as the union of the file and this node's tables (in a cluster only the
         holder of the catalog lock creates tables, so the union loses nobody's table)."""
-        entries = {int(d["table_id"]): d for d in (statefiles.read_state(statefiles.catalog_path(self.shared))
-                                                   or {}).get("tables", [])}
-        for t in self.tables_by_id.values():
-            entries[t.table_id] = {"table_id": t.table_id, "nbuckets": t.nbuckets, "schema": t.schema.to_dict()}
-        statefiles.write_state(statefiles.catalog_path(self.shared),
-                               {"tables": [entries[k] for k in sorted(entries)]})
+        statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables_by_id.values()])
 
     def reload_catalog(self) -> int:
         """Learn tables other nodes created (from ``global/catalog``); returns how many were new."""

@@ -40,6 +40,10 @@ class Table:
     schema: Schema
     nbuckets: int
 
+    def catalog_entry(self) -> dict[str, Any]:
+        """This table as a ``global/catalog`` entry."""
+        return {"table_id": self.table_id, "nbuckets": self.nbuckets, "schema": self.schema.to_dict()}
+
 
 class HeapOps:
     """Row operations of one node over its buffer cache; every change is WAL-logged before it returns."""

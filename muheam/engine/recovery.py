@@ -18,6 +18,8 @@ Steps (``recover``):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from muheam.engine import statefiles, walrec
@@ -25,6 +27,7 @@ from muheam.engine.errors import StateFileCorrupt, WalDamaged
 from muheam.engine.heapops import Table, redo_heap
 from muheam.storage import Schema
 from walmerge import WalCorruption, WalReader, WalWriter, format_lsn, node_wal_dir, truncate_at, unpack_glsn
+from walmerge.reader import LastRecord, TornTail
 
 if TYPE_CHECKING:
     from muheam.engine.engine import Engine
@@ -32,30 +35,53 @@ if TYPE_CHECKING:
 log = logging.getLogger("muheam.engine.recovery")
 
 
-def _verify(eng: "Engine", start: int | None, accept_data_loss: bool) -> None:
-    wal_dir = node_wal_dir(eng.shared, eng.node_id)
-    rep = eng.recovery
-    reader = WalReader(wal_dir, node_id=eng.node_id, system_id=eng.config.system_id, start_lsn=start)
+@dataclass
+class WalCheck:
+    """What a full CRC pass over one node's WAL found (``last``: its last valid record)."""
+
+    last: LastRecord | None = None
+    torn: TornTail | None = None
+    data_loss: str | None = None
+    records_lost: int = 0
+    bytes_lost: int = 0
+
+
+def check_wal(shared: Path, node: int, system_id: int, start: int | None, accept_data_loss: bool,
+              refusal: str) -> WalCheck:
+    """Verify a node's WAL from ``start`` before any page is touched.  Mid-stream corruption raises
+    ``WalDamaged`` (``refusal`` says what cannot happen) unless ``accept_data_loss``: then the stream is cut at the
+    last valid record, the discarded bytes are kept beside it, and the check says what was lost."""
+    wal_dir = node_wal_dir(shared, node)
+    reader = WalReader(wal_dir, node_id=node, system_id=system_id, start_lsn=start)
     try:
         for _ in reader.batches():
             pass
     except WalCorruption as e:
         if not accept_data_loss:
             raise WalDamaged(
-                f"node {eng.node_id} will not start: its WAL is damaged in segment {e.path} at offset {e.offset} "
+                f"{refusal}: node {node}'s WAL is damaged in segment {e.path} at offset {e.offset} "
                 f"(LSN {format_lsn(e.lsn)}): {e.reason}. Records before that point are intact. Restore the "
                 f"segment from a copy, or restart with accept_data_loss (the discard-WAL operator flag) to lose "
                 f"every change from that LSN on", path=e.path, offset=e.offset, lsn=e.lsn) from e
-        report = truncate_at(wal_dir, e.lsn, node_id=eng.node_id, system_id=eng.config.system_id)
-        rep.data_loss = f"{e}; {report}"
-        rep.records_lost = report.records_discarded
-        rep.bytes_lost = report.bytes_discarded
-        log.error("node %d: accepted data loss: WAL corruption in %s at offset %d; %s", eng.node_id, e.path,
-                  e.offset, report)
-        return
+        report = truncate_at(wal_dir, e.lsn, node_id=node, system_id=system_id)
+        log.error("node %d: accepted data loss: WAL corruption in %s at offset %d; %s", node, e.path, e.offset,
+                  report)
+        after = check_wal(shared, node, system_id, start, False, refusal)
+        after.data_loss = f"{e}; {report}"
+        after.records_lost, after.bytes_lost = report.records_discarded, report.bytes_discarded
+        return after
     if reader.torn is not None:
-        rep.torn_tail = str(reader.torn)
-        log.warning("node %d: %s (an interrupted write at the crash; it is cut off)", eng.node_id, reader.torn)
+        log.warning("node %d: %s (an interrupted write at the crash; it is cut off)", node, reader.torn)
+    return WalCheck(last=reader.last, torn=reader.torn)
+
+
+def _verify(eng: "Engine", start: int | None, accept_data_loss: bool) -> None:
+    check = check_wal(eng.shared, eng.node_id, eng.config.system_id, start, accept_data_loss,
+                      f"node {eng.node_id} will not start")
+    rep = eng.recovery
+    rep.data_loss, rep.records_lost, rep.bytes_lost = check.data_loss, check.records_lost, check.bytes_lost
+    if check.torn is not None:
+        rep.torn_tail = str(check.torn)
 
 
 def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_data_loss: bool) -> None:

@@ -25,14 +25,14 @@ from typing import Any, Iterable
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
-from muheam.engine.errors import StateFileCorrupt, WalDamaged
+from muheam.engine.errors import StateFileCorrupt
 from muheam.engine.heapops import Table, redo_heap
+from muheam.engine.recovery import check_wal
 from muheam.storage import Heap, Schema
 from muheam.storage.heap import relation_path
-from walmerge import MERGED_NODE_ID, Record, WalCorruption, WalError, WalReader, format_lsn, unpack_glsn
+from walmerge import MERGED_NODE_ID, Record, WalError, WalReader, format_lsn, unpack_glsn
 from walmerge.segment import list_segments
 from walmerge.merge import merge, node_dirs
-from walmerge.reader import truncate_at
 
 log = logging.getLogger("muheam.engine.replay")
 
@@ -200,12 +200,7 @@ class Replayer:
         self.cache.flush_all()
         self.cache.sync()
         if self._catalog_dirty:
-            entries = {int(d["table_id"]): d for d in (statefiles.read_state(statefiles.catalog_path(self.shared))
-                                                       or {}).get("tables", [])}
-            for t in self.tables.values():
-                entries[t.table_id] = {"table_id": t.table_id, "nbuckets": t.nbuckets, "schema": t.schema.to_dict()}
-            statefiles.write_state(statefiles.catalog_path(self.shared),
-                                   {"tables": [entries[k] for k in sorted(entries)]})
+            statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables.values()])
         for origin in sorted(set(rep.committed) | set(rep.aborted) | set(self._data_xids)):
             committed, aborted = statefiles.read_xact(self.shared, origin)
             committed |= rep.committed.get(origin, set())
@@ -226,30 +221,6 @@ def replay(shared: Path, merged_dir: Path, system_id: int, stop_lsn: int | None 
     return r.finish()
 
 
-def _check_stream(shared: Path, node: int, system_id: int, start: int | None,
-                  accept_data_loss: bool) -> tuple[int, int] | None:
-    """Refuse mid-stream corruption in a node's WAL before anything is redone (or cut it, if accepted); returns
-    the end LSN and last GLSN of the valid stream (``None``: nothing from ``start``)."""
-    wal_dir = node_dirs(shared)[node]
-    reader = WalReader(wal_dir, node_id=node, system_id=system_id, start_lsn=start)
-    try:
-        for _ in reader.batches():
-            pass
-    except WalCorruption as e:
-        if not accept_data_loss:
-            raise WalDamaged(
-                f"the cluster cannot start: node {node}'s WAL is damaged in segment {e.path} at offset {e.offset} "
-                f"(LSN {format_lsn(e.lsn)}): {e.reason}. Whole-cluster recovery needs every node's WAL. Restore "
-                f"the segment from a copy, or start with --accept-data-loss to lose node {node}'s changes from that "
-                f"LSN on", path=e.path, offset=e.offset, lsn=e.lsn) from e
-        report = truncate_at(wal_dir, e.lsn, node_id=node, system_id=system_id)
-        log.error("cluster recovery: accepted data loss in node %d's WAL: %s; %s", node, e, report)
-        return _check_stream(shared, node, system_id, start, False)
-    if reader.last is None:
-        return None
-    return reader.last.end_lsn, reader.last.glsn
-
-
 def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False) -> ReplayReport:
     """Whole-cluster crash recovery: merge every node's WAL from its last checkpoint and replay it."""
     starts: dict[int, int] = {}
@@ -258,9 +229,10 @@ def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False
         ptr = statefiles.read_checkpoint(shared, node)
         if ptr is not None:
             starts[node] = ptr.redo_lsn
-        end = _check_stream(shared, node, system_id, starts.get(node), accept_data_loss)
-        if end is not None:
-            ends[node] = end
+        last = check_wal(shared, node, system_id, starts.get(node), accept_data_loss,
+                         "the cluster cannot start (whole-cluster recovery needs every node's WAL)").last
+        if last is not None:
+            ends[node] = (last.end_lsn, last.glsn)
     work = shared / "recovery" / "merged"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -166,3 +166,12 @@ def add_fence(shared: Path, node_id: int, epoch: int, glsn: int, end_lsn: int) -
     path = fence_path(shared, node_id)
     fences = [f for f in (read_state(path) or {}).get("fences", []) if int(f[0]) != epoch]
     write_state(path, {"fences": sorted(fences + [[epoch, glsn, end_lsn]])})
+
+
+def merge_catalog(shared: Path, entries: list[dict[str, Any]]) -> None:
+    """Rewrite ``global/catalog`` as the union of the file and ``entries`` (``table_id``, ``nbuckets``,
+    ``schema``): a table once created is never dropped by a writer that did not know it."""
+    merged = {int(d["table_id"]): d for d in (read_state(catalog_path(shared)) or {}).get("tables", [])}
+    for d in entries:
+        merged[int(d["table_id"])] = d
+    write_state(catalog_path(shared), {"tables": [merged[k] for k in sorted(merged)]})
