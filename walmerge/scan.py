@@ -10,6 +10,7 @@ that happens to contain such a value, or damage) a plain sequential walk takes o
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import NamedTuple
 
@@ -17,7 +18,7 @@ import google_crc32c
 import numpy as np
 import numpy.typing as npt
 
-from walmerge.crcfast import first_bad_crc
+from walmerge.crcfast import c_extend, address, first_bad_crc
 from walmerge.record import ALIGN, CRC_OFFSET, HEADER_DTYPE, HEADER_SIZE, MAX_NODE_ID, NODE_BITS, compute_crc
 
 SECTOR = 512
@@ -43,6 +44,8 @@ class HeaderScan(NamedTuple):
     headers: npt.NDArray[np.void]
     stop: int
     stop_reason: str
+    crc: tuple[int, int] | None = None
+    """``(start, crc)``: the CRC-32C of ``buf[start:]``, taken during the scan for ``validate``'s CRC check."""
 
 
 def _u8(buf: Buf) -> npt.NDArray[np.uint8]:
@@ -80,17 +83,60 @@ def _sequential_walk(buf: Buf, start: int, segment_size: int, out: list[int]) ->
         off = (off + tl + ALIGN - 1) & ~(ALIGN - 1)
 
 
-def _fast_chain(buf: Buf, start: int, base_lsn: int, segment_size: int) -> npt.NDArray[np.int64]:
-    """Offsets of the chain of records starting at ``start`` found by the LSN-field trick (may be short)."""
+_BLOCK = 1 << 17
+"""Words compared per numpy call when looking for LSN fields (temporaries stay in cache)."""
+
+
+@functools.cache
+def _ramp(n: int) -> npt.NDArray[np.uint32]:
+    out: npt.NDArray[np.uint32] = np.arange(n, dtype=np.uint32) * np.uint32(8)
+    return out
+
+
+def _lsn_candidates(buf: Buf, k0: int, n8: int, base_lsn: int) -> tuple[npt.NDArray[np.int64], int | None]:
+    """Word indexes ``k >= k0`` with ``u64 word k + 1 == base_lsn + 8k`` (a record's own LSN field), and the
+    CRC-32C of ``buf[8 * k0:]`` (None without the C function).
+
+    Compared on the low 32 bits (``lo - 8k == base`` wraps correctly mod 2**32), block by block; each block's
+    CRC is taken just before, so the block is read from memory once for both.  The few candidates are then
+    checked on all 64 bits."""
+    u32 = np.frombuffer(buf, dtype="<u4", count=2 * n8)
+    ramp = _ramp(_BLOCK)
+    extend = c_extend()
+    at = address(buf) if extend is not None else 0
+    crc = 0
+    found = []
+    for a in range(k0, n8 - 1, _BLOCK):
+        b = min(a + _BLOCK, n8 - 1)
+        if extend is not None:
+            crc = extend(crc, at + 8 * a, 8 * (b - a))
+        diff = u32[2 * a + 2: 2 * b + 2: 2] - ramp[: b - a]
+        hit = np.flatnonzero(diff == np.uint32((base_lsn + 8 * a) & 0xFFFFFFFF))
+        if len(hit):
+            found.append(hit + a)
+    if extend is not None:
+        crc = extend(crc, at + 8 * max(k0, n8 - 1), len(buf) - 8 * max(k0, n8 - 1))
+    if not found:
+        return np.zeros(0, dtype=np.int64), crc if extend is not None else None
+    cand = np.concatenate(found) if len(found) > 1 else found[0]
+    words = np.frombuffer(buf, dtype="<u8", count=n8)
+    full = words[cand + 1] == cand.astype(np.uint64) * np.uint64(8) + np.uint64(base_lsn)
+    out: npt.NDArray[np.int64] = cand[full].astype(np.int64)
+    return out, crc if extend is not None else None
+
+
+def _fast_chain(buf: Buf, start: int, base_lsn: int, segment_size: int
+                ) -> tuple[npt.NDArray[np.int64], int | None]:
+    """Offsets of the chain of records starting at ``start`` found by the LSN-field trick (may be short), and
+    the CRC-32C of ``buf[start:]`` if it was computed on the way."""
     n8 = len(buf) // 8
     k0 = start // 8
     if n8 - 1 <= k0:
-        return np.zeros(0, dtype=np.int64)
-    words = np.frombuffer(buf, dtype="<u8", count=n8)
-    expect = np.arange(k0, n8 - 1, dtype=np.uint64) * np.uint64(8) + np.uint64(base_lsn)
-    cand = (np.flatnonzero(words[k0 + 1: n8] == expect) + k0) * 8
+        return np.zeros(0, dtype=np.int64), None
+    words, crc = _lsn_candidates(buf, k0, n8, base_lsn)
+    cand = words * 8
     if len(cand) == 0 or cand[0] != start:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), crc
     lens = np.frombuffer(buf, dtype="<u4", count=len(buf) // 4)[cand // 4].astype(np.int64)
     ends = cand + lens
     sane = (lens >= HEADER_SIZE) & (ends <= min(len(buf), segment_size))
@@ -100,15 +146,19 @@ def _fast_chain(buf: Buf, start: int, base_lsn: int, segment_size: int) -> npt.N
     n = int(bad[0]) + 1 if len(bad) else len(cand)
     if not sane[n - 1]:
         n -= 1
-    return cand[:n].astype(np.int64)
+    return cand[:n], crc
 
 
 def gather_headers(buf: Buf, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.void]:
-    """Copy the headers at ``offsets`` (8-aligned, fully inside ``buf``) into one ``HEADER_DTYPE`` array,
-    gathering 7 u64 words per record rather than 56 bytes."""
-    words = np.frombuffer(buf, dtype="<u8", count=len(buf) // 8)
-    raw = words[(offsets // 8)[:, None] + np.arange(HEADER_SIZE // 8)]
-    return np.ascontiguousarray(raw).view(HEADER_DTYPE).reshape(len(offsets))
+    """Copy the headers at ``offsets`` (8-aligned, fully inside ``buf``) into one ``HEADER_DTYPE`` array: one
+    gather of 56-byte items from a view that starts a header at every 8-byte word."""
+    n8 = len(buf) // 8
+    if len(offsets) == 0 or n8 < HEADER_SIZE // 8:
+        return np.zeros(0, dtype=HEADER_DTYPE)
+    view = np.ndarray(shape=(n8 - HEADER_SIZE // 8 + 1,), dtype=np.dtype((np.void, HEADER_SIZE)), buffer=buf,
+                      strides=(8,))
+    out: npt.NDArray[np.void] = view[offsets // 8].view(HEADER_DTYPE)
+    return out
 
 
 def scan_headers(buf: Buf, base_lsn: int, start: int, segment_size: int) -> HeaderScan:
@@ -116,7 +166,7 @@ def scan_headers(buf: Buf, base_lsn: int, start: int, segment_size: int) -> Head
 
     ``base_lsn`` is the segment's start LSN.  Returns the headers as a numpy structured array plus offsets.
     """
-    chain = _fast_chain(buf, start, base_lsn, segment_size)
+    chain, crc = _fast_chain(buf, start, base_lsn, segment_size)
     offsets: list[int] = []
     if len(chain):
         last = int(chain[-1])
@@ -126,7 +176,8 @@ def scan_headers(buf: Buf, base_lsn: int, start: int, segment_size: int) -> Head
         resume = start
     stop, reason = _sequential_walk(buf, resume, segment_size, offsets)
     all_off = np.concatenate([chain, np.asarray(offsets, dtype=np.int64)]) if offsets else chain
-    return HeaderScan(all_off, gather_headers(buf, all_off), stop, reason)
+    known = None if crc is None or start % ALIGN else (start, crc)
+    return HeaderScan(all_off, gather_headers(buf, all_off), stop, reason, known)
 
 
 class Expect(NamedTuple):
@@ -186,7 +237,7 @@ def validate(
         if 0 <= i < first:
             first, reason = i, why
     if verify_crc:
-        bad = first_bad_crc(buf, off[: first + 1], h[: first + 1])
+        bad = first_bad_crc(buf, off[: first + 1], h[: first + 1], scan.crc)
         if bad >= 0:
             o, tl = int(off[bad]), int(h["total_len"][bad])
             return bad, f"CRC mismatch (stored {int(h['crc'][bad]):08x}, computed {compute_crc(buf, o, tl):08x})"

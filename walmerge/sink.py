@@ -4,28 +4,36 @@ The sink takes records as numpy header arrays plus (buffer, offset) pairs, never
 them exactly like ``WalWriter`` would (8-aligned, never spanning segments, each segment opening with a 64-byte
 header), so output LSNs depend only on the order and sizes of the records: a batch merge and a follow-mode
 merge of the same input give the same LSNs.  New ``lsn``/``prev_lsn``/``durable_lsn`` fields are set on the
-header arrays and folded into the old CRCs (``fold_crcs``): the payload is never re-read, and a record that
+header arrays and folded into the old CRCs (``fold_fields``): the payload is never re-read, and a record that
 arrived damaged stays detectably damaged instead of being laundered by a fresh CRC.
 
-Copying: record bytes move with one ``memoryview`` slice assignment per *run* (records adjacent both in the
-source buffer and in the output), not per record.  Measured here, that beats a numpy word gather
-(``np.repeat`` + ``np.take`` over u64 words) by about five times on realistically interleaved input, because
-the gather builds and reads an index word for every 8 data bytes; see ``muheam/bench/walmerge.py``.
+Copying without a per-record Python step.  Merged nodes interleave record by record (each node ticks its own
+Lamport clock), so runs of records adjacent in both source and output are about one record long, and a slice
+per run is a slice per record.  Instead every record of padded length ``A`` moves as two blocks of ``C`` bytes,
+``C`` the power of two with ``A/2 <= C < A``: one at its start and one ending at its end (they overlap and write
+the same bytes there).  All blocks of one size from one source buffer are one numpy gather from a view of the
+source that starts a ``C``-byte item at every 8-byte word, and one scatter into a like view of the output
+(``copy_records``).  The GIL is free while numpy copies.
 
-Two ways to publish segments:
+Bulk mode (``incremental=False``, the batch merge) builds the output a *piece* (about ``PIECE`` bytes of whole
+records) at a time in a small buffer and ``pwrite``s it into ``<segment>.tmp`` at once, so the bytes are still
+in the CPU cache when the kernel copies them; a full segment is zero-filled to its size, (fsynced,) renamed.  A
+segment with its final name is therefore complete, so every record can claim ``durable_lsn`` = its own LSN (the
+reader then calls any later damage corruption, never a torn tail).  On an error the ``.tmp`` file is removed
+(``abort``): published segments stay a prefix of the stream.
 
-* bulk (``incremental=False``, the batch merge): a segment is built in memory and written once, to
-  ``<name>.tmp``, fsynced, renamed.  A segment with its final name is therefore complete, so every record can
-  claim ``durable_lsn`` = its own LSN (the reader then calls any later damage corruption, never a torn tail).
-* incremental (follow mode): the segment file is created zero-filled first (like ``WalWriter``) and records are
-  ``pwrite``-appended on ``flush``; ``durable_lsn`` is the stream position fsynced before the record was added.
+Incremental mode (follow mode): the segment file is created zero-filled first (like ``WalWriter``) and records
+are ``pwrite``-appended on ``flush``; ``durable_lsn`` is the stream position fsynced before the record was added.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -35,11 +43,243 @@ from walmerge.crcfast import fold_fields
 from walmerge.record import HEADER_DTYPE, HEADER_SIZE
 from walmerge.segment import (
     FLAG_MERGED, FORMAT_VERSION, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader, check_segment_size,
-    create_segment_file, encode_segment_header, fsync_dir, segment_name, write_all,
+    create_segment_file, encode_segment_header, fsync_dir, segment_name, write_all, zero_fill,
 )
 
 Buf = bytes | bytearray | memoryview
-_HEADER_WORDS = np.arange(HEADER_SIZE // 8, dtype=np.int64)
+
+PIECE = 4 << 20
+"""Bulk mode builds and writes about this many bytes of records at a time (measured here: 1 MiB pieces pay too
+much per-call numpy overhead, a whole 16 MiB segment falls out of the cache before it is written)."""
+PIECE_SLACK = 64 << 10
+"""A piece is the records starting in a ``PIECE``-sized stretch, so it ends up to one record later."""
+
+
+MIN_BLOCK = 64
+"""Smallest block moved for a record's tail (smaller tails are widened into bytes copied anyway): fewer block
+sizes mean fewer numpy calls."""
+RAW_HEADER = np.dtype((np.void, HEADER_SIZE))
+"""A header as an opaque 56-byte item: numpy copies structured items field by field, these with one memcpy."""
+
+
+@functools.cache
+def _block_dtype(size: int) -> np.dtype[np.void]:
+    return np.dtype((np.void, size))
+
+
+def block_view(buf: Buf, size: int) -> npt.NDArray[np.void]:
+    """``buf`` as overlapping ``size``-byte items, one starting at every 8-byte word (item ``k`` = bytes
+    ``[8k, 8k + size)``); fancy indexing on it moves whole blocks.  Read-only if ``buf`` is."""
+    n = (len(buf) - size) // 8 + 1
+    return np.ndarray(shape=(max(n, 0),), dtype=_block_dtype(size), buffer=buf, strides=(8,))
+
+
+class BlockPlan(NamedTuple):
+    """Every block to move: source and destination word indexes, sorted into groups of one (piece, source
+    buffer, block size); ``groups[g] = (piece, source, size, a, b)`` covers items ``[a, b)``."""
+
+    si: npt.NDArray[np.int64]
+    di: npt.NDArray[np.int64]
+    groups: list[tuple[int, int, int, int, int]]
+
+
+def block_plan(src: npt.NDArray[np.int32], src_off: npt.NDArray[np.int64], dst_off: npt.NDArray[np.int64],
+               aligned: npt.NDArray[np.int64], piece: npt.NDArray[np.int64] | None = None) -> BlockPlan:
+    """Cover each record (padded length ``A``, a multiple of 8, at least 16) with at most two power-of-two
+    blocks: ``C1`` = the largest power of two <= ``A`` at its start, and, if ``A`` is not one, a block ending at
+    its end of the power of two covering the rest (at least ``MIN_BLOCK``, at most ``C1``; it overlaps the first
+    and writes the same bytes there).  About 13% more bytes than the records, two numpy items per record."""
+    lg1 = np.frexp(aligned.astype(np.float64))[1].astype(np.int64) - 1  # 2**lg1 <= A < 2**(lg1 + 1)
+    rest = aligned - (np.int64(1) << lg1)
+    two = np.flatnonzero(rest)
+    lg2 = np.frexp((np.maximum(rest[two], MIN_BLOCK) - 1).astype(np.float64))[1].astype(np.int64)
+    lg2 = np.minimum(lg2, lg1[two])
+    back = aligned[two] - (np.int64(1) << lg2)
+    lg = np.concatenate((lg1, lg2))
+    low = int(lg.min())
+    n_lg, n_src = int(lg.max()) - low + 1, int(src.max()) + 1
+    key = np.concatenate((src, src[two])).astype(np.int64) * n_lg + (lg - low)
+    if piece is not None:
+        key += np.concatenate((piece, piece[two])) * (n_src * n_lg)
+    # group by key; the order inside a group does not matter (16-bit keys sort by radix sort)
+    order = np.argsort(key.astype(np.uint16), kind="stable") if int(key.max()) < 1 << 16 else np.argsort(key)
+    key = key[order]
+    si = (np.concatenate((src_off, src_off[two] + back)) >> 3)[order]
+    di = (np.concatenate((dst_off, dst_off[two] + back)) >> 3)[order]
+    cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), cuts)).tolist()
+    ends = np.append(cuts, len(key)).tolist()
+    groups = [(k // (n_src * n_lg), k // n_lg % n_src, 1 << (k % n_lg + low), a, b)
+              for k, a, b in zip(key[starts].tolist(), starts, ends)]
+    return BlockPlan(si, di, groups)
+
+
+def copy_records(dst: bytearray, dst_off: npt.NDArray[np.int64], buffers: Sequence[Buf],
+                 src: npt.NDArray[np.int32], src_off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64]) -> None:
+    """``dst[dst_off[i]: dst_off[i] + aligned[i]] = buffers[src[i]][src_off[i]: ...]`` for every record, as at
+    most two blocks per record (``block_plan``).  Offsets and lengths are multiples of 8 and ``aligned >= 16``
+    (a record is at least its 56-byte header); every range lies inside its buffer."""
+    if len(src) == 0:
+        return
+    plan = block_plan(src, src_off, dst_off, aligned)
+    run_plan(plan, dst, 0, buffers, 0, len(plan.groups))
+
+
+ViewCache = dict[tuple[int, int], npt.NDArray[np.void]]
+
+
+def run_plan(plan: BlockPlan, dst: bytearray, shift: int, buffers: Sequence[Buf], g0: int, g1: int,
+             views: ViewCache | None = None) -> None:
+    """Move the blocks of groups ``[g0, g1)`` into ``dst`` (destination word indexes minus ``shift``).
+    ``views`` caches block views by ``(id(buffer), size)`` across calls (the buffers must stay alive)."""
+    cache: ViewCache = {} if views is None else views
+    for g in range(g0, g1):
+        _, s, c, a, b = plan.groups[g]
+        buf = buffers[s]
+        sv = cache.get((id(buf), c))
+        if sv is None:
+            sv = cache[(id(buf), c)] = block_view(buf, c)
+        dv = cache.get((id(dst), c))
+        if dv is None:
+            dv = cache[(id(dst), c)] = block_view(dst, c)
+        dv[plan.di[a:b] - shift if shift else plan.di[a:b]] = sv[plan.si[a:b]]
+
+
+class _SegmentFiles:
+    """Bulk publishing: pieces ``pwrite``n into ``<segment>.tmp``, then the segment header, zeros to the end,
+    (fdatasync,) rename.  With ``background`` the file work runs in one thread, in submission order (so the
+    published segments are always a prefix of the stream), while the caller builds the next piece in another
+    buffer of a small pool; ``buffer``/``write``/``seal`` raise an error the thread met."""
+
+    def __init__(self, directory: Path, size: int, *, fsync: bool, background: bool, piece: int,
+                 depth: int = 3) -> None:
+        self.directory = directory
+        self.size = size
+        self.fsync = fsync
+        self.segments: list[str] = []
+        self.bytes_written = 0
+        self.error: BaseException | None = None
+        self._pooled = piece + PIECE_SLACK
+        self._fd: int | None = None
+        self._fd_seg = -1
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(depth if background else 1):
+            self._free.put(bytearray(self._pooled))
+        self._todo: queue.Queue[tuple[object, ...] | None] | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._todo = queue.Queue()
+            self._thread = threading.Thread(target=self._run, name="walmerge-write", daemon=True)
+            self._thread.start()
+
+    def _tmp(self, seg_start: int) -> Path:
+        return self.directory / (segment_name(seg_start) + ".tmp")
+
+    def buffer(self, length: int) -> bytearray:
+        """A piece buffer of at least ``length`` bytes, owned by the caller until passed to ``write``."""
+        while True:
+            self._check()
+            try:
+                buf = self._free.get(timeout=0.1)
+                break
+            except queue.Empty:
+                continue
+        if len(buf) >= length:
+            return buf
+        self._free.put(buf)
+        return bytearray(length)  # a piece holding a record larger than the pool's buffers
+
+    def _release(self, buf: bytearray) -> None:
+        if len(buf) == self._pooled:
+            self._free.put(buf)
+
+    def write(self, seg_start: int, buf: bytearray, length: int, offset: int) -> None:
+        self._submit(("write", seg_start, buf, length, offset))
+
+    def seal(self, seg_start: int, header: bytes, end: int) -> None:
+        """Complete the segment (its records end at offset ``end``) and publish it under its final name."""
+        self._submit(("seal", seg_start, header, end))
+
+    def _submit(self, task: tuple[object, ...]) -> None:
+        self._check()
+        if self._todo is None:
+            self._do(task)
+        else:
+            self._todo.put(task)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        assert self._todo is not None
+        while True:
+            task = self._todo.get()
+            if task is None:
+                return
+            if self.error is None:
+                try:
+                    self._do(task)
+                    continue
+                except BaseException as e:  # handed to the caller by _check()
+                    self.error = e
+            if task[0] == "write":
+                buf = task[2]
+                assert isinstance(buf, bytearray)
+                self._release(buf)
+
+    def _do(self, task: tuple[object, ...]) -> None:
+        kind, seg = task[0], task[1]
+        assert isinstance(seg, int)
+        if self._fd_seg != seg:
+            self._fd = os.open(self._tmp(seg), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
+                               0o600)
+            self._fd_seg = seg
+        assert self._fd is not None
+        if kind == "write":
+            _, _, buf, length, offset = task
+            assert isinstance(buf, bytearray) and isinstance(length, int) and isinstance(offset, int)
+            try:
+                write_all(self._fd, memoryview(buf)[:length], offset)
+            finally:
+                self._release(buf)
+            return
+        _, _, header, end = task
+        assert isinstance(header, bytes) and isinstance(end, int)
+        fd, self._fd, self._fd_seg = self._fd, None, -1
+        try:
+            write_all(fd, header, 0)
+            zero_fill(fd, end, self.size)
+            if self.fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        name = segment_name(seg)
+        os.replace(self._tmp(seg), self.directory / name)
+        self.segments.append(name)
+        self.bytes_written += self.size
+
+    def close(self) -> None:
+        """Wait until every submitted task is done; raise the thread's error if it had one."""
+        if self._thread is not None and self._todo is not None:
+            self._todo.put(None)
+            self._thread.join()
+            self._thread = None
+        self._check()
+
+    def abort(self) -> None:
+        """Stop (whole segments already sealed are still published) and remove the unfinished ``.tmp``."""
+        try:
+            self.close()
+        except BaseException:
+            pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            try:
+                os.unlink(self._tmp(self._fd_seg))
+            except OSError:
+                pass
 
 
 class MergedSink:
@@ -47,11 +287,13 @@ class MergedSink:
 
     ``prev_lsn`` is the LSN of the last record before ``start_lsn`` (0 for a new stream).  For a stream that
     already has segments, the segment holding ``start_lsn`` must exist (incremental mode) and is continued.
+    ``background=True`` (bulk mode) writes the files from a thread while the next piece is built; ``close`` (or
+    ``abort`` on an error path) waits for it.
     """
 
     def __init__(self, directory: Path, *, system_id: int, segment_size: int, epoch: int = 0,
                  start_lsn: int | None = None, prev_lsn: int = 0, incremental: bool = False,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, background: bool = False, piece: int = PIECE) -> None:
         check_segment_size(segment_size)
         self.directory = directory
         self.system_id = system_id
@@ -59,15 +301,18 @@ class MergedSink:
         self.epoch = epoch
         self.incremental = incremental
         self.fsync = fsync
-        self.segments: list[str] = []
-        self.bytes_written = 0
+        self.piece = min(piece, segment_size)
         self.records = 0
-        self._buf = bytearray(segment_size)
-        self._mv = memoryview(self._buf)
-        self._u64 = np.frombuffer(self._buf, dtype="<u8")
         self._last_lsn = prev_lsn
         self._fd: int | None = None
+        self._sealed = 0
+        self._views: ViewCache = {}
         directory.mkdir(parents=True, exist_ok=True)
+        self._files = None if incremental else _SegmentFiles(directory, segment_size, fsync=fsync,
+                                                               background=background, piece=self.piece)
+        self._buf = bytearray(segment_size if incremental else 0)
+        self._inc_segments: list[str] = []
+        self._inc_bytes = 0
         lsn = SEGMENT_HEADER_SIZE if start_lsn is None else start_lsn
         self._seg_start = lsn - lsn % segment_size
         self._pos = lsn - self._seg_start  # next record's offset in the current segment
@@ -78,6 +323,15 @@ class MergedSink:
         self._seg_prev = prev_lsn
         if incremental:
             self._open_incremental(existing=start_lsn is not None and self._pos > SEGMENT_HEADER_SIZE)
+
+    @property
+    def segments(self) -> list[str]:
+        """Names of the segments this sink created (bulk: published so far)."""
+        return self._inc_segments if self._files is None else self._files.segments
+
+    @property
+    def bytes_written(self) -> int:
+        return self._inc_bytes if self._files is None else self._files.bytes_written
 
     # --- placement ------------------------------------------------------------------------------------------
 
@@ -95,7 +349,8 @@ class MergedSink:
         """Append records in the given order; return their new LSNs.
 
         ``headers`` (``HEADER_DTYPE``, copied, not modified) are the records' current headers, ``buffers[src[i]]``
-        holds record ``i`` at byte offset ``src_off[i]`` with zero padding up to the next 8-byte boundary.
+        holds record ``i`` at byte offset ``src_off[i]`` with zero padding up to the next 8-byte boundary (the
+        buffer may end inside that padding).
         """
         n = len(headers)
         out_lsn = np.empty(n, dtype=np.uint64)
@@ -109,7 +364,8 @@ class MergedSink:
         cum = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(aligned, out=cum[1:])
         end_unaligned = cum[:-1] + total  # strictly increasing
-        views = [memoryview(b) for b in buffers]
+        src_off = np.asarray(src_off, dtype=np.int64)
+        views: ViewCache = {}  # block views of this call's source buffers
         i = 0
         while i < n:
             room = self.size - self._pos
@@ -117,61 +373,77 @@ class MergedSink:
             if j == i:
                 self._seal()
                 continue
-            rel = cum[i:j] - cum[i]
-            dst = self._pos + rel
+            dst = self._pos + cum[i:j] - cum[i]
             lsns = (dst + self._seg_start).astype(np.uint64)
             out_lsn[i:j] = lsns
-            self._copy(views, src[i:j], src_off[i:j], aligned[i:j], total[i:j], dst)
-            self._put_headers(headers[i:j], lsns, dst)
+            new = self._new_headers(headers[i:j], lsns)
+            if self._files is None:
+                self._place(self._buf, 0, buffers, src[i:j], src_off[i:j], aligned[i:j], total[i:j], dst, new)
+            else:
+                self._write_pieces(self._files, buffers, src[i:j], src_off[i:j], aligned[i:j], total[i:j], dst,
+                                   new, views)
             self._pos += int(cum[j] - cum[i])
             self._last_lsn = int(lsns[-1])
             i = j
         self.records += n
         return out_lsn
 
-    def _copy(self, views: list[memoryview], src: npt.NDArray[np.int32], off: npt.NDArray[np.int64],
-              aligned: npt.NDArray[np.int64], total: npt.NDArray[np.int64], dst: npt.NDArray[np.int64]) -> None:
-        """Copy record bytes run by run (a run: consecutive in the source buffer and in the output)."""
-        n = len(src)
-        brk = np.ones(n, dtype=bool)
-        if n > 1:
-            brk[1:] = (src[1:] != src[:-1]) | (off[1:] != off[:-1] + aligned[:-1])
-        starts = np.flatnonzero(brk)
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:]
-        ends[-1] = n
-        last = ends - 1
-        # runs are copied with their records' zero padding (validated by the reader); a source buffer that ends
-        # inside the last padding (a torn tail cut there) gets the missing zeros written explicitly
-        src_len = np.fromiter((len(v) for v in views), dtype=np.int64, count=len(views))
-        o0 = off[starts]
-        want = off[last] + aligned[last] - o0
-        have = np.minimum(want, src_len[src[starts]] - o0)
-        d0 = dst[starts]
-        # runs are back to back in the output: one join (a C loop of memcpy) builds the whole region
-        joined = b"".join([views[s][o: o + ln] for s, o, ln in zip(src[starts].tolist(), o0.tolist(),
-                                                                     have.tolist())])
-        a0 = int(d0[0])
-        self._mv[a0: a0 + len(joined)] = joined
-        if len(joined) != int(want.sum()):  # a clipped padding shifted what follows: place runs one by one
-            mv = self._mv
-            for s, o, d, ln, w in zip(src[starts].tolist(), o0.tolist(), d0.tolist(), have.tolist(), want.tolist()):
-                mv[d: d + ln] = views[s][o: o + ln]
-                mv[d + ln: d + w] = bytes(w - ln)
-
-    def _put_headers(self, old: npt.NDArray[np.void], lsns: npt.NDArray[np.uint64],
-                     dst: npt.NDArray[np.int64]) -> None:
-        new = old.copy()
+    def _new_headers(self, old: npt.NDArray[np.void], lsns: npt.NDArray[np.uint64]) -> npt.NDArray[np.void]:
+        new = old.view(RAW_HEADER).copy().view(HEADER_DTYPE)
         new["lsn"] = lsns
         new["prev_lsn"][0] = self._last_lsn
         new["prev_lsn"][1:] = lsns[:-1]
-        if self.incremental:
-            new["durable_lsn"] = self._durable
-        else:
-            new["durable_lsn"] = lsns
+        new["durable_lsn"] = self._durable if self.incremental else lsns
         new["crc"] = fold_fields(old["crc"], old, new)
-        words = np.ascontiguousarray(new).view("<u8").reshape(-1, HEADER_SIZE // 8)
-        self._u64[(dst // 8)[:, None] + _HEADER_WORDS] = words
+        return new
+
+    def _place(self, target: bytearray, base: int, buffers: Sequence[Buf], src: npt.NDArray[np.int32],
+               off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64], total: npt.NDArray[np.int64],
+               dst: npt.NDArray[np.int64], new: npt.NDArray[np.void]) -> None:
+        """Put records (with their zero padding) and their new headers at ``dst - base`` in ``target``.
+
+        A record whose buffer ends inside its padding (a torn tail cut there: at most one per buffer) is copied
+        on its own, its padding written as zeros."""
+        rel = dst - base
+        clipped = _clipped(buffers, src, off, aligned)
+        if clipped is None:
+            copy_records(target, rel, buffers, src, off, aligned)
+        else:
+            mv = memoryview(target)
+            for i in np.flatnonzero(clipped).tolist():
+                o, d, t, a = int(off[i]), int(rel[i]), int(total[i]), int(aligned[i])
+                mv[d: d + t] = memoryview(buffers[int(src[i])])[o: o + t]
+                mv[d + t: d + a] = bytes(a - t)
+            keep = ~clipped
+            copy_records(target, rel[keep], buffers, src[keep], off[keep], aligned[keep])
+        block_view(target, HEADER_SIZE)[rel // 8] = new.view(RAW_HEADER)
+
+    def _write_pieces(self, files: _SegmentFiles, buffers: Sequence[Buf], src: npt.NDArray[np.int32],
+                      off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64], total: npt.NDArray[np.int64],
+                      dst: npt.NDArray[np.int64], new: npt.NDArray[np.void], views: ViewCache) -> None:
+        """Bulk mode: build the records a piece at a time and hand each piece to the segment files."""
+        piece = (dst - dst[0]) // self.piece
+        ends = np.append(np.flatnonzero(piece[1:] != piece[:-1]) + 1, len(dst)).tolist()
+        starts = [0] + ends[:-1]
+        plan = block_plan(src, off, dst, aligned, piece) if _clipped(buffers, src, off, aligned) is None else None
+        g = 0
+        for p, (a, b) in enumerate(zip(starts, ends)):
+            base = int(dst[a])
+            length = int(dst[b - 1] + aligned[b - 1]) - base
+            buf = files.buffer(length)
+            if plan is None:
+                self._place(buf, base, buffers, src[a:b], off[a:b], aligned[a:b], total[a:b], dst[a:b], new[a:b])
+            else:
+                g1 = g
+                while g1 < len(plan.groups) and plan.groups[g1][0] == p:
+                    g1 += 1
+                run_plan(plan, buf, base >> 3, buffers, g, g1, views)
+                g = g1
+                hv = views.get((id(buf), HEADER_SIZE))
+                if hv is None:
+                    hv = views[(id(buf), HEADER_SIZE)] = block_view(buf, HEADER_SIZE)
+                hv[(dst[a:b] - base) >> 3] = new[a:b].view(RAW_HEADER)
+            files.write(self._seg_start, buf, length, base)
 
     # --- publishing -----------------------------------------------------------------------------------------
 
@@ -185,7 +457,7 @@ class MergedSink:
             create_segment_file(self.directory, SegmentHeader(FORMAT_VERSION, FLAG_MERGED, MERGED_NODE_ID, self.size,
                                                               self._seg_start, self.system_id, self._seg_prev,
                                                               self.epoch))
-            self.segments.append(path.name)
+            self._inc_segments.append(path.name)
         self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
 
     def flush(self) -> int:
@@ -194,8 +466,8 @@ class MergedSink:
             return self._seg_start + self._written
         assert self._fd is not None
         if self._pos > self._written:
-            write_all(self._fd, self._mv[self._written: self._pos], self._written)
-            self.bytes_written += self._pos - self._written
+            write_all(self._fd, memoryview(self._buf)[self._written: self._pos], self._written)
+            self._inc_bytes += self._pos - self._written
             self._written = self._pos
             if self.fsync:
                 os.fdatasync(self._fd)
@@ -204,13 +476,14 @@ class MergedSink:
 
     def _seal(self) -> None:
         """The current segment is full: publish it and start the next one."""
-        if self.incremental:
+        if self._files is None:
             self.flush()
             assert self._fd is not None
             os.close(self._fd)
             self._fd = None
         else:
-            self._write_bulk()
+            self._files.seal(self._seg_start, self._header(), self._pos)
+            self._sealed += 1
         self._seg_start += self.size
         self._seg_prev = self._last_lsn
         self._pos = self._written = SEGMENT_HEADER_SIZE
@@ -218,33 +491,37 @@ class MergedSink:
             self._open_incremental(existing=False)
             self._durable = self._seg_start + SEGMENT_HEADER_SIZE
 
-    def _write_bulk(self) -> None:
-        self._mv[self._pos:] = bytes(self.size - self._pos)
-        self._mv[:SEGMENT_HEADER_SIZE] = self._header()
-        name = segment_name(self._seg_start)
-        tmp = self.directory / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            write_all(fd, self._mv, 0)
-            if self.fsync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.directory / name)
-        self.segments.append(name)
-        self.bytes_written += self.size
-
     def close(self) -> None:
         """Publish the last (partial) segment.  A stream with no record still gets its first segment."""
-        if self.incremental:
+        if self._files is None:
             self.flush()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-        elif self._pos > SEGMENT_HEADER_SIZE or not self.segments:
-            self._write_bulk()
+        else:
+            if self._pos > SEGMENT_HEADER_SIZE or not self._sealed:
+                self._files.seal(self._seg_start, self._header(), self._pos)
+                self._sealed += 1
+            self._files.close()
         if self.fsync:
             fsync_dir(self.directory)
+
+    def abort(self) -> None:
+        """Error path: stop without publishing the partial segment (bulk: its ``.tmp`` file is removed; whole
+        segments already sealed are published, so the output stays a prefix of the stream)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._files is not None:
+            self._files.abort()
+
+
+def _clipped(buffers: Sequence[Buf], src: npt.NDArray[np.int32], off: npt.NDArray[np.int64],
+             aligned: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_] | None:
+    """Which records' padding runs past the end of their buffer (None: none)."""
+    src_len = np.fromiter((len(b) for b in buffers), dtype=np.int64, count=len(buffers))
+    clipped = off + aligned > src_len[src]
+    return clipped if clipped.any() else None
 
 
 def empty_headers() -> npt.NDArray[np.void]:
