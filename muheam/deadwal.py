@@ -60,6 +60,7 @@ class DeadWal:
     bytes_read: int = 0
     read_ms: float = 0.0
     damage: str = ""
+    torn: str = ""
     _bufs: list[bytes] = field(default_factory=list)
     _rec_buf: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
     _rec_off: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -125,6 +126,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
         log.error("node %d's WAL is damaged at %s (LSN %s): %s; recovering it up to there", node, e.path,
                   format_lsn(e.lsn), e.reason)
     if reader.torn is not None:
+        dead.torn = str(reader.torn)
         log.warning("node %d's WAL ends in a torn record (%s): an interrupted write, ignored", node, reader.torn)
     if dead.end_lsn == 0 and dead.start_lsn is not None:
         dead.end_lsn = dead.start_lsn

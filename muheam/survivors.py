@@ -57,6 +57,7 @@ class _Job:
     pending: int = 0
     todo: list[tuple[int, int]] = field(default_factory=list)
     decided_at: float = 0.0
+    known_committed: list[int] = field(default_factory=list)
 
 
 class Survivors:
@@ -155,14 +156,29 @@ class Survivors:
         self._publish(dead, "recovering", started_at=time.time())
         log.info("recovering node %d (epoch %d): WAL %s..%#x", dead.node, dead.epoch, dead.start_lsn, dead.end_lsn)
         table = self.commits.table
-        job.committed = sorted((x, g) for x, g in dead.committed.items() if x not in table.committed)
+        found = sorted(dead.committed.items())
+        job.committed = [(x, g) for x, g in found if x not in table.committed]
+        # a COMMIT the cluster acknowledged (its outcome round reached every member) but that X's WAL no longer
+        # holds: the record was in a damaged or torn tail.  The outcome is certain; it must outlive the members'
+        # memory, so it goes into X's outcome file with the others (a later whole-cluster recovery reads it)
+        job.known_committed = sorted(x for x in dead.started if x in table.committed and x not in dead.committed)
+        if job.known_committed:
+            log.warning("node %d's WAL lacks the COMMIT of %d transaction(s) the cluster knows committed (%s); "
+                        "its tail was damaged (%s): they stay committed", dead.node, len(job.known_committed),
+                        job.known_committed[:10], dead.damage or dead.torn or "no damage reported")
         undecided = (dead.undecided() | self.prepared.get(dead.node, set())) - set(dead.committed)
         job.aborted = sorted(x for x in undecided if x not in table.committed and x not in table.aborted)
         self.engine.log_fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn)
         statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
         self.engine.log_decided_aborts(job.aborted)
-        self.commits.finish(job.committed, job.aborted, lambda: self._decided(job))
-        self.on_outcome({x for x, _ in job.committed} | set(job.aborted))
+        # X may have died while sending an outcome round, reaching some members and not others: announce every
+        # outcome of X's transactions, not only the ones this node lacked, or a member that missed one would
+        # treat the XID as running for ever (its rows locked, begins waiting on it)
+        known = set(job.known_committed)
+        announce_committed = found + [(x, table.committed[x]) for x in job.known_committed]
+        announce_aborted = sorted(set(job.aborted) | (dead.aborted - set(dead.committed) - known))
+        self.commits.finish(announce_committed, announce_aborted, lambda: self._decided(job))
+        self.on_outcome({x for x, _ in announce_committed} | set(announce_aborted))
 
     def _decided(self, job: _Job) -> None:
         job.decided_at = time.monotonic()
@@ -202,7 +218,7 @@ class Survivors:
         dead, shared = job.dead, self.engine.shared
         self.engine.cache.sync()
         committed, aborted = statefiles.read_xact(shared, dead.node)
-        committed |= set(dead.committed)
+        committed |= set(dead.committed) | set(job.known_committed)
         aborted |= set(job.aborted)
         statefiles.write_xact(shared, dead.node, committed, aborted - committed)
         statefiles.write_checkpoint(shared, dead.node, statefiles.CheckpointPointer(dead.end_lsn, dead.last_glsn))
@@ -212,8 +228,8 @@ class Survivors:
                       decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(job.chains),
                       records=dead.nrecords, aborted=len(job.aborted), committed=len(job.committed),
                       bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), end_lsn=dead.end_lsn,
-                      fence_glsn=dead.last_glsn,
-                      damage=dead.damage or None)
+                      fence_glsn=dead.last_glsn, damage=dead.damage or None, torn=dead.torn or None,
+                      known_committed=len(job.known_committed))
         del self.jobs[dead.node]
         self.dead.pop(dead.node, None)
         self.counters["recovered"] += 1
