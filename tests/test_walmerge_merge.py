@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from walmerge import MERGED_NODE_ID, SEGMENT_HEADER_SIZE, Record, WalCorruption, WalError, WalReader, WalWriter
 from walmerge.crcfast import aggregate_ok, first_bad_crc, zshift
-from walmerge.merge import Prefetch, merge
+from walmerge.merge import ReadAhead, merge
 from walmerge.scan import Expect, _first_bad_crc, scan_headers, validate
 from walmerge.segment import list_segments
 from walmerge.sink import MergedSink, copy_records
@@ -228,22 +228,20 @@ def test_corrupt_input_leaves_a_valid_prefix(tmp_path: Path, threads: bool) -> N
     assert got and [r.glsn for r in got] == sorted(r.glsn for r in got)
 
 
-def test_prefetch_passes_items_then_the_error_and_stops_early() -> None:
+def test_read_ahead_passes_items_then_the_error_and_stops_early() -> None:
     def items() -> Iterator[int]:
         yield 1
         yield 2
         raise WalError("boom")
 
-    p = Prefetch(items())
-    assert [next(p), next(p)] == [1, 2]
+    ahead = ReadAhead([items(), iter([7]), itertools.count()], depth=1)
+    first, second, endless = ahead.source(0), ahead.source(1), ahead.source(2)
+    assert [next(first), next(first), next(second), next(endless), next(endless)] == [1, 2, 7, 0, 1]
     with pytest.raises(WalError, match="boom"):
-        next(p)
-    with pytest.raises(StopIteration):
-        next(p)
-    endless = Prefetch(itertools.count(), depth=1)
-    assert next(endless) == 0
-    endless.close()
-    assert not endless._thread.is_alive()
+        next(first)
+    assert list(second) == []
+    ahead.close()
+    assert not ahead._thread.is_alive()
 
 
 @settings(max_examples=80, deadline=None)

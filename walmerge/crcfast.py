@@ -225,15 +225,19 @@ def fold_fields(old_crcs: npt.NDArray[np.uint32], old: npt.NDArray[np.void], new
                 words: tuple[int, ...] = (4, 5, 6, 7, 8, 9, 10, 11, 20, 21, 22, 23)) -> npt.NDArray[np.uint32]:
     """``fold_crcs`` for headers that differ only in the given u16 words (default: ``lsn``, ``prev_lsn``,
     ``durable_lsn``, what re-serialising changes): one table gather per record for each word that changed in
-    any record (the high words of an LSN rarely do)."""
-    ow = np.ascontiguousarray(old).view(np.uint16).reshape(-1, HEADER_SIZE // 2)
-    nw = np.ascontiguousarray(new).view(np.uint16).reshape(-1, HEADER_SIZE // 2)
+    any record (the high words of an LSN rarely do; changes are found per u64 field, one pass each)."""
+    n = len(old)
+    ow = np.ascontiguousarray(old).view("<u8").reshape(n, HEADER_SIZE // 8)
+    nw = np.ascontiguousarray(new).view("<u8").reshape(n, HEADER_SIZE // 8)
     table = _lin52_u16_tables()
     acc = np.array(old_crcs, dtype=np.uint32)
-    for i in words:
-        delta = ow[:, i] ^ nw[:, i]
-        if delta.any():
-            acc ^= table[i][delta]
+    for j in sorted({i // 4 for i in words}):
+        delta = ow[:, j] ^ nw[:, j]
+        changed = int(np.bitwise_or.reduce(delta)) if n else 0
+        parts = delta.view(np.uint16).reshape(n, 4)
+        for i in words:
+            if i // 4 == j and changed >> (16 * (i % 4)) & 0xFFFF:
+                acc ^= table[i][parts[:, i % 4]]
     return acc
 
 

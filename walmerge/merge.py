@@ -18,6 +18,7 @@ output directory are a valid prefix of the merged stream, and the partial last s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -198,61 +199,77 @@ class WindowMerger:
 T = TypeVar("T")
 
 
-class Prefetch(Generic[T]):
-    """Runs an iterator (a node's ``WalReader.batches()``: file read, scan, CRC check) in a thread, up to
-    ``depth`` items ahead.  The heavy parts (``read``, the CRC-32C C function, numpy) release the GIL, so
-    reading overlaps with merging on another core.  Items and then the iterator's exception, if any, come out
-    in order; ``close`` stops the thread early."""
+class ReadAhead(Generic[T]):
+    """One thread reading ahead in several iterators (a ``WalReader.batches()`` per node: file read, scan, CRC
+    check), at most ``depth`` items per iterator, always serving the one with the fewest items waiting.
 
-    def __init__(self, it: Iterator[T], depth: int = 2, name: str = "walmerge-read") -> None:
-        self._q: queue.Queue[tuple[int, T | BaseException | None]] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._done = False
-        self._thread = threading.Thread(target=self._run, args=(it,), name=name, daemon=True)
+    The heavy parts (``read``, the CRC-32C C function, numpy loops) release the GIL, so reading overlaps with
+    merging on another core; one thread for all nodes keeps the GIL hand-offs (and memory arenas) few.
+    ``source(i)`` yields iterator ``i``'s items and then raises its exception, if any, in order; ``close``
+    stops the thread early."""
+
+    def __init__(self, its: Sequence[Iterator[T]], depth: int = 2, name: str = "walmerge-read") -> None:
+        self._its = list(its)
+        self._depth = depth
+        self._queues: list[collections.deque[tuple[int, T | BaseException | None]]] = [
+            collections.deque() for _ in self._its]
+        self._ended = [False] * len(self._its)
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _put(self, item: tuple[int, T | BaseException | None]) -> bool:
-        while not self._stop.is_set():
+    def _next_source(self) -> int | None:
+        """Index of the source to read next (None: nothing to do now); called with the lock held."""
+        best = None
+        for i, q in enumerate(self._queues):
+            if not self._ended[i] and len(q) < self._depth and (best is None or len(q) < len(self._queues[best])):
+                best = i
+        return best
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stop:
+                        return
+                    i = self._next_source()
+                    if i is not None:
+                        break
+                    if all(self._ended):
+                        return
+                    self._cond.wait()
+            entry: tuple[int, T | BaseException | None]
             try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+                entry = (0, next(self._its[i]))
+            except StopIteration:
+                entry = (2, None)
+            except BaseException as e:  # handed to the consumer in order
+                entry = (1, e)
+            with self._cond:
+                self._queues[i].append(entry)
+                self._ended[i] = entry[0] != 0
+                self._cond.notify_all()
 
-    def _run(self, it: Iterator[T]) -> None:
-        try:
-            for item in it:
-                if not self._put((0, item)):
-                    return
-        except BaseException as e:  # handed to the consumer in order
-            self._put((1, e))
-            return
-        self._put((2, None))
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        if self._done:
-            raise StopIteration
-        kind, value = self._q.get()
-        if kind == 0:
-            return value  # type: ignore[return-value]
-        self._done = True
-        self._thread.join()
-        if isinstance(value, BaseException):
-            raise value
-        raise StopIteration
+    def source(self, i: int) -> Iterator[T]:
+        while True:
+            with self._cond:
+                while not self._queues[i]:
+                    self._cond.wait()
+                kind, value = self._queues[i].popleft()
+                self._cond.notify_all()
+            if kind == 0:
+                yield value  # type: ignore[misc]
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                return
 
     def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._done = True
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 def _chunks(node: int, reader: WalReader, batches: Iterable[SegmentBatch], fences: Fences | None,
@@ -271,7 +288,7 @@ def _chunks(node: int, reader: WalReader, batches: Iterable[SegmentBatch], fence
         summary.torn[node] = reader.torn
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _tuned = 0
 _tune_lock = threading.Lock()
 
@@ -291,10 +308,12 @@ def keep_freed_memory() -> Iterator[None]:
 
     The merge allocates and frees a segment-sized buffer per input segment (in the reader threads) and numpy
     temporaries per window.  By default glibc serves such blocks with ``mmap`` and gives them back on ``free``
-    (or trims its heap), so the next one page-faults fresh zero-filled pages in again: measured here, 50-80k
-    faults and about half a second of system time per GB merged with the reader threads.  Inside, blocks up to
-    32 MiB come from the heap and up to 1 GiB of free heap is kept; on exit glibc's static defaults (128 KiB)
-    are restored, so the memory is trimmed again.  A no-op where ``mallopt`` is unavailable (not glibc).
+    (or trims its heap, or drops a thread arena's heap), so the next one page-faults fresh zero-filled pages in
+    again: measured here, 20-80k faults and 0.2-0.5 s of system time per GB merged with the reader threads.
+    Inside, blocks up to 32 MiB come from the heap, up to 1 GiB of free heap is kept, and new threads share the
+    main arena (the reader threads free each other's buffers); on exit glibc's static defaults (128 KiB) and
+    its default arena limit are restored, so the memory is trimmed again.  A no-op where ``mallopt`` is
+    unavailable (not glibc).
     """
     global _tuned
     mallopt = _mallopt()
@@ -302,6 +321,7 @@ def keep_freed_memory() -> Iterator[None]:
         if _tuned == 0 and mallopt is not None:
             mallopt(_M_MMAP_THRESHOLD, 32 << 20)
             mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+            mallopt(_M_ARENA_MAX, 1)
         _tuned += 1
     try:
         yield
@@ -309,6 +329,7 @@ def keep_freed_memory() -> Iterator[None]:
         with _tune_lock:
             _tuned -= 1
             if _tuned == 0 and mallopt is not None:
+                mallopt(_M_ARENA_MAX, 0)
                 mallopt(_M_TRIM_THRESHOLD, 128 << 10)
                 mallopt(_M_MMAP_THRESHOLD, 128 << 10)
 
@@ -354,24 +375,24 @@ def merge(shared_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
                           background=threads)
         wm = WindowMerger(sink, summary)
         sources: dict[int, Iterator[Chunk]] = {}
-        prefetch: list[Prefetch[SegmentBatch]] = []
+        ahead: ReadAhead[SegmentBatch] | None = None
         try:
-            for node, d in dirs.items():
-                start = (start_lsns or {}).get(node)
-                reader = WalReader(d, node_id=node, system_id=system_id, start_lsn=start, verify_crc=verify_crc)
-                batches: Iterator[SegmentBatch] = reader.batches()
-                if threads:
-                    batches = Prefetch(batches, name=f"walmerge-read-{node}")
-                    prefetch.append(batches)
+            readers = {node: WalReader(d, node_id=node, system_id=system_id, start_lsn=(start_lsns or {}).get(node),
+                                       verify_crc=verify_crc) for node, d in dirs.items()}
+            if threads:
+                ahead = ReadAhead([r.batches() for r in readers.values()])
+            for k, (node, reader) in enumerate(readers.items()):
+                batches = reader.batches() if ahead is None else ahead.source(k)
                 sources[node] = _chunks(node, reader, batches, fences, stop_glsn, summary)
             done = _merge_loop(wm, sources, total, progress)
             sink.close()
         except BaseException:
-            for p in prefetch:
-                p.close()
             sink.abort()
             raise
-        del wm, sources, prefetch
+        finally:
+            if ahead is not None:
+                ahead.close()
+        del wm, sources
     summary.segments = sink.segments
     summary.bytes_out = sink.bytes_written
     summary.bytes_in = done
