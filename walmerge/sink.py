@@ -9,11 +9,12 @@ arrived damaged stays detectably damaged instead of being laundered by a fresh C
 
 Copying without a per-record Python step.  Merged nodes interleave record by record (each node ticks its own
 Lamport clock), so runs of records adjacent in both source and output are about one record long, and a slice
-per run is a slice per record.  Instead every record of padded length ``A`` moves as two blocks of ``C`` bytes,
-``C`` the power of two with ``A/2 <= C < A``: one at its start and one ending at its end (they overlap and write
-the same bytes there).  All blocks of one size from one source buffer are one numpy gather from a view of the
-source that starts a ``C``-byte item at every 8-byte word, and one scatter into a like view of the output
-(``copy_records``).  The GIL is free while numpy copies.
+per run is a slice per record.  Instead every record of padded length ``A`` moves as at most two power-of-two
+blocks (``block_plan``): the largest that fits at its start, and one ending at its end that covers the rest
+(they overlap and write the same bytes there; about 12% more bytes than the records).  All blocks of one size
+from one source buffer are one numpy gather from a view of the source that starts a block-sized item at every
+8-byte word, and one scatter into a like view of the output (``copy_records``): a few numpy calls per (piece,
+source, block size), and the GIL is free while numpy copies.
 
 Bulk mode (``incremental=False``, the batch merge) builds the output a *piece* (about ``PIECE`` bytes of whole
 records) at a time in a small buffer and ``pwrite``s it into ``<segment>.tmp`` at once, so the bytes are still
@@ -30,8 +31,6 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
-import threading
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -146,133 +145,55 @@ def run_plan(plan: BlockPlan, dst: bytearray, shift: int, buffers: Sequence[Buf]
 
 
 class _SegmentFiles:
-    """Bulk publishing: pieces ``pwrite``n into ``<segment>.tmp``, then the segment header, zeros to the end,
-    (fdatasync,) rename.  With ``background`` the file work runs in one thread, in submission order (so the
-    published segments are always a prefix of the stream), while the caller builds the next piece in another
-    buffer of a small pool; ``buffer``/``write``/``seal`` raise an error the thread met."""
+    """Bulk publishing: pieces ``pwrite``n into ``<segment>.tmp`` as they are built, then the segment header,
+    zeros to the segment's size, (fdatasync,) rename.  One reused piece buffer (measured here, a writer thread
+    saved no wall time on two cores but cost CPU: the piece left the cache of the core that built it)."""
 
-    def __init__(self, directory: Path, size: int, *, fsync: bool, background: bool, piece: int,
-                 depth: int = 3) -> None:
+    def __init__(self, directory: Path, size: int, *, fsync: bool, piece: int) -> None:
         self.directory = directory
         self.size = size
         self.fsync = fsync
         self.segments: list[str] = []
         self.bytes_written = 0
-        self.error: BaseException | None = None
-        self._pooled = piece + PIECE_SLACK
+        self._buf = bytearray(piece + PIECE_SLACK)
         self._fd: int | None = None
         self._fd_seg = -1
-        self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(depth if background else 1):
-            self._free.put(bytearray(self._pooled))
-        self._todo: queue.Queue[tuple[object, ...] | None] | None = None
-        self._thread: threading.Thread | None = None
-        if background:
-            self._todo = queue.Queue()
-            self._thread = threading.Thread(target=self._run, name="walmerge-write", daemon=True)
-            self._thread.start()
 
     def _tmp(self, seg_start: int) -> Path:
         return self.directory / (segment_name(seg_start) + ".tmp")
 
     def buffer(self, length: int) -> bytearray:
-        """A piece buffer of at least ``length`` bytes, owned by the caller until passed to ``write``."""
-        while True:
-            self._check()
-            try:
-                buf = self._free.get(timeout=0.1)
-                break
-            except queue.Empty:
-                continue
-        if len(buf) >= length:
-            return buf
-        self._free.put(buf)
-        return bytearray(length)  # a piece holding a record larger than the pool's buffers
-
-    def _release(self, buf: bytearray) -> None:
-        if len(buf) == self._pooled:
-            self._free.put(buf)
+        """The piece buffer, at least ``length`` bytes (grown for a piece holding a very large record)."""
+        if len(self._buf) < length:
+            self._buf = bytearray(length)
+        return self._buf
 
     def write(self, seg_start: int, buf: bytearray, length: int, offset: int) -> None:
-        self._submit(("write", seg_start, buf, length, offset))
+        if self._fd_seg != seg_start:
+            self._fd = os.open(self._tmp(seg_start), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                               | getattr(os, "O_CLOEXEC", 0), 0o600)
+            self._fd_seg = seg_start
+        assert self._fd is not None
+        write_all(self._fd, memoryview(buf)[:length], offset)
 
     def seal(self, seg_start: int, header: bytes, end: int) -> None:
         """Complete the segment (its records end at offset ``end``) and publish it under its final name."""
-        self._submit(("seal", seg_start, header, end))
-
-    def _submit(self, task: tuple[object, ...]) -> None:
-        self._check()
-        if self._todo is None:
-            self._do(task)
-        else:
-            self._todo.put(task)
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        assert self._todo is not None
-        while True:
-            task = self._todo.get()
-            if task is None:
-                return
-            if self.error is None:
-                try:
-                    self._do(task)
-                    continue
-                except BaseException as e:  # handed to the caller by _check()
-                    self.error = e
-            if task[0] == "write":
-                buf = task[2]
-                assert isinstance(buf, bytearray)
-                self._release(buf)
-
-    def _do(self, task: tuple[object, ...]) -> None:
-        kind, seg = task[0], task[1]
-        assert isinstance(seg, int)
-        if self._fd_seg != seg:
-            self._fd = os.open(self._tmp(seg), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
-                               0o600)
-            self._fd_seg = seg
+        self.write(seg_start, bytearray(header), len(header), 0)
         assert self._fd is not None
-        if kind == "write":
-            _, _, buf, length, offset = task
-            assert isinstance(buf, bytearray) and isinstance(length, int) and isinstance(offset, int)
-            try:
-                write_all(self._fd, memoryview(buf)[:length], offset)
-            finally:
-                self._release(buf)
-            return
-        _, _, header, end = task
-        assert isinstance(header, bytes) and isinstance(end, int)
         fd, self._fd, self._fd_seg = self._fd, None, -1
         try:
-            write_all(fd, header, 0)
             zero_fill(fd, end, self.size)
             if self.fsync:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
-        name = segment_name(seg)
-        os.replace(self._tmp(seg), self.directory / name)
+        name = segment_name(seg_start)
+        os.replace(self._tmp(seg_start), self.directory / name)
         self.segments.append(name)
         self.bytes_written += self.size
 
-    def close(self) -> None:
-        """Wait until every submitted task is done; raise the thread's error if it had one."""
-        if self._thread is not None and self._todo is not None:
-            self._todo.put(None)
-            self._thread.join()
-            self._thread = None
-        self._check()
-
     def abort(self) -> None:
-        """Stop (whole segments already sealed are still published) and remove the unfinished ``.tmp``."""
-        try:
-            self.close()
-        except BaseException:
-            pass
+        """Remove the unfinished ``.tmp`` (segments already sealed stay: a prefix of the stream)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -287,13 +208,11 @@ class MergedSink:
 
     ``prev_lsn`` is the LSN of the last record before ``start_lsn`` (0 for a new stream).  For a stream that
     already has segments, the segment holding ``start_lsn`` must exist (incremental mode) and is continued.
-    ``background=True`` (bulk mode) writes the files from a thread while the next piece is built; ``close`` (or
-    ``abort`` on an error path) waits for it.
     """
 
     def __init__(self, directory: Path, *, system_id: int, segment_size: int, epoch: int = 0,
                  start_lsn: int | None = None, prev_lsn: int = 0, incremental: bool = False,
-                 fsync: bool = True, background: bool = False, piece: int = PIECE) -> None:
+                 fsync: bool = True, piece: int = PIECE) -> None:
         check_segment_size(segment_size)
         self.directory = directory
         self.system_id = system_id
@@ -308,8 +227,7 @@ class MergedSink:
         self._sealed = 0
         self._views: ViewCache = {}
         directory.mkdir(parents=True, exist_ok=True)
-        self._files = None if incremental else _SegmentFiles(directory, segment_size, fsync=fsync,
-                                                               background=background, piece=self.piece)
+        self._files = None if incremental else _SegmentFiles(directory, segment_size, fsync=fsync, piece=self.piece)
         self._buf = bytearray(segment_size if incremental else 0)
         self._inc_segments: list[str] = []
         self._inc_bytes = 0
@@ -502,7 +420,6 @@ class MergedSink:
             if self._pos > SEGMENT_HEADER_SIZE or not self._sealed:
                 self._files.seal(self._seg_start, self._header(), self._pos)
                 self._sealed += 1
-            self._files.close()
         if self.fsync:
             fsync_dir(self.directory)
 

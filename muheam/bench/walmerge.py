@@ -13,8 +13,8 @@ the next measurement and one unmeasured copy first (on this VM the first write t
 times a later one: whoever wrote first into never-used memory used to be charged for it, and that was ``cp``),
 all in one process under the merge's allocator setting (``keep_freed_memory``):
 
-* ``mb_per_s``: ``walmerge.merge`` (input CRCs verified, as recovery would; reader and writer threads as the
-  merge uses by default); ``mb_per_s_no_crc`` without the CRC check.
+* ``mb_per_s``: ``walmerge.merge`` (input CRCs verified, as recovery would; with its read-ahead thread, as by
+  default); ``mb_per_s_no_crc`` without the CRC check.
 * ``heapq_mb_per_s``: ``heapq.merge`` over the records read with the ordinary ``WalReader`` and re-serialised
   with the ordinary ``WalWriter``, measured on the first ``heapq_sample_bytes`` of input and scaled (it is
   per-record Python; running it on 1 GB would only take longer and say the same).
