@@ -25,6 +25,7 @@ records escape only if their 32-bit syndromes cancel exactly.  On a mismatch the
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 from typing import Callable
@@ -125,8 +126,11 @@ def zxor(k: npt.NDArray[np.int64], v: npt.NDArray[np.uint32]) -> int:
     k = np.asarray(k, dtype=np.int64)
     v = np.asarray(v, dtype=np.uint32)
     for level in range(_LEVELS):
-        if len(v) == 0:
-            return 0
+        if len(v) <= 8:  # a few terms left: plain Python beats a numpy call per digit
+            acc = 0
+            for kk, vv in zip(k.tolist(), v.tolist()):
+                acc ^= _zscalar(kk, vv)
+            return acc
         digit = (k >> (_DIGIT_BITS * level)) & 63
         if digit.any():
             v = _zdigit(level, digit, v)
@@ -140,8 +144,24 @@ def zxor(k: npt.NDArray[np.int64], v: npt.NDArray[np.uint32]) -> int:
     return int(np.bitwise_xor.reduce(v)) if len(v) else 0
 
 
+@functools.cache
+def _scalar_tables() -> array.array[int]:
+    return array.array("I", _flat_shift_tables().tobytes())
+
+
 def _zscalar(k: int, v: int) -> int:
-    return int(zshift(np.array([k], dtype=np.int64), np.array([v], dtype=np.uint32))[0])
+    """``Z_k(v)`` for one value, in plain Python (a numpy call per digit would cost more than the lookups)."""
+    flat = _scalar_tables()
+    level = 0
+    while k:
+        digit = k & 63
+        if digit:
+            base = ((level << _DIGIT_BITS) + digit) * _ROW
+            v = (flat[base + (v & 0xFF)] ^ flat[base + 256 + (v >> 8 & 0xFF)] ^ flat[base + 512 + (v >> 16 & 0xFF)]
+                 ^ flat[base + 768 + (v >> 24)])
+        k >>= _DIGIT_BITS
+        level += 1
+    return v
 
 
 @functools.cache

@@ -232,10 +232,14 @@ def validate(
         checks.append((ep < prev_ep, "epoch lower than the previous record's"))
     checks.append((_bad_padding(buf, off, h["total_len"].astype(np.int64)), "non-zero alignment padding"))
     first, reason = n, ""
-    for mask, why in checks:
-        i = _first(mask)
-        if 0 <= i < first:
-            first, reason = i, why
+    anything = checks[0][0].copy()
+    for mask, _ in checks[1:]:
+        anything |= mask
+    if anything.any():  # the usual clean buffer costs one flag pass, not a search per check
+        for mask, why in checks:
+            i = _first(mask)
+            if 0 <= i < first:
+                first, reason = i, why
     if verify_crc:
         bad = first_bad_crc(buf, off[: first + 1], h[: first + 1], scan.crc)
         if bad >= 0:
