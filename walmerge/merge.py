@@ -1,7 +1,7 @@
 """Batch merge: every node's WAL under a shared directory -> one merged stream in GLSN order (DESIGN.md 7).
 
 The merge is a sort of already-sorted runs, done a window at a time so memory stays at about one segment per
-node.  Each node's validated segments come from the ordinary ``WalReader`` (same checks as recovery: CRC,
+node (plus up to two per node read ahead).  Each node's validated segments come from the ordinary ``WalReader`` (same checks as recovery: CRC,
 chain, missing segments, torn tail vs corruption) as numpy header arrays.  A window ends at
 ``bound`` = the smallest "last GLSN loaded" among nodes that still have unread WAL: nothing unread can sort
 below it, so every loaded record with GLSN <= bound can be emitted.  The records of a window are ordered by
