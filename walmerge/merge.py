@@ -317,9 +317,11 @@ def keep_freed_memory() -> Iterator[None]:
     (or trims its heap, or drops a thread arena's heap), so the next one page-faults fresh zero-filled pages in
     again: measured here, 20-80k faults and 0.2-0.5 s of system time per GB merged with the reader threads.
     Inside, blocks up to 32 MiB come from the heap, up to 1 GiB of free heap is kept, and new threads share the
-    main arena (the reader threads free each other's buffers); on exit glibc's static defaults (128 KiB) and
-    its default arena limit are restored, so the memory is trimmed again.  A no-op where ``mallopt`` is
-    unavailable (not glibc).
+    main arena (the reader threads free each other's buffers).  On exit the arena limit goes back to glibc's
+    default and the trim threshold to 64 MiB; the mmap threshold stays at 32 MiB: that is where glibc's own
+    adaptive thresholds end up in a process that frees blocks this large (setting them turns the adaptation
+    off, and going back to the 128 KiB start value would make every later segment read fault its pages in).
+    A no-op where ``mallopt`` is unavailable (not glibc).
     """
     global _tuned
     mallopt = _mallopt()
@@ -336,8 +338,7 @@ def keep_freed_memory() -> Iterator[None]:
             _tuned -= 1
             if _tuned == 0 and mallopt is not None:
                 mallopt(_M_ARENA_MAX, 0)
-                mallopt(_M_TRIM_THRESHOLD, 128 << 10)
-                mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+                mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
 def merge(shared_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, system_id: int | None = None,
