@@ -147,7 +147,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``MUHEAM_LEASE_TTL=3``, ``MUHEAM_ETCD_ENDPOINTS=http://a:1,http://b:2``, ``MUHEAM_NODES__2__PEER_ENDPOINT=...``."""
     out: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in ("MUHEAM_CONFIG", "MUHEAM_FULL") or name.startswith("MUHEAM_TEST"):
+        if not name.startswith(ENV_PREFIX) or name in ("MUHEAM_CONFIG", "MUHEAM_FULL", "MUHEAM_DEBUG") or name.startswith("MUHEAM_TEST"):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         if path[0] not in _TOP_KEYS:

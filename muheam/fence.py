@@ -65,6 +65,10 @@ class Fence:
         return self.deadline - self._clock()
 
 
+RETRY_AFTER_FAILURE = 0.25
+"""Seconds between lease renewal attempts while etcd does not answer."""
+
+
 class LeaseKeeper(threading.Thread):
     """Renews the lease in the background and feeds the ``Fence``; never fences by itself beyond recording why."""
 
@@ -90,7 +94,10 @@ class LeaseKeeper(threading.Thread):
                 self.fence.renewed(sent, granted)
             if self.fence.fenced:
                 return
-            self._stop.wait(max(0.0, min(self.interval - (time.monotonic() - sent), self.fence.remaining())))
+            # after a failure retry soon: waiting a whole interval can put the last try on the fence deadline
+            # although etcd came back long before it
+            pause = self.interval if granted > 0 else min(self.interval, RETRY_AFTER_FAILURE)
+            self._stop.wait(max(0.0, min(pause - (time.monotonic() - sent), self.fence.remaining())))
 
     def stop(self) -> None:
         self._stop.set()

@@ -453,6 +453,11 @@ class NodeAgent:
                         self.locks.flush()
                 if self.port.sock in ready:
                     self.port.receive_ready()
+                if self.engine is not None and self.engine.failed is not None and self.stop_mode is None:
+                    log.critical("node %d: its engine stopped (%s); stopping at once so that the other nodes "
+                                 "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
+                                 "start it again)", self.node_id, self.engine.failed)
+                    self.stop_mode = "immediate"
                 if self.sessions is not None:
                     self.sessions.pump()
                     if self.locks is not None:

@@ -28,6 +28,7 @@ from muheam.commits import CommitService
 from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError
 from muheam.engine.engine import Transaction
+from walmerge import WalError
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.ownership import Ownership
@@ -132,7 +133,7 @@ class Sessions:
             except NeedOwnership as need:
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt)
                 return
-            except (MuheamError, ValueError, TypeError) as exc:
+            except (MuheamError, WalError, ValueError, TypeError) as exc:
                 reply.fail(error_code(exc), str(exc))
                 return
             reply.resolve({"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]})
@@ -202,7 +203,7 @@ class Sessions:
                 self.parked.setdefault(conflict.blocker, []).append(
                     _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic()))
                 return
-            except (MuheamError, ValueError, TypeError) as exc:
+            except (MuheamError, WalError, ValueError, TypeError) as exc:
                 self._fail_tx(tx, reply, exc)
                 return
             reply.resolve(result)
@@ -344,6 +345,14 @@ class Sessions:
         except MuheamError as exc:
             for tx, reply in live:
                 reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
+            return
+        except WalError as exc:
+            # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
+            # and the node stops so that the survivors decide it from what the WAL really holds
+            for tx, reply in live:
+                reply.fail("StorageFailed", f"commit outcome unknown: this node cannot write its WAL ({exc}); it "
+                                            f"stops now and the other nodes recover its work: look the change up "
+                                            f"on another node")
             return
         self.counters["commits"] += len(live)
         self.counters["commit_batches"] += 1

@@ -454,10 +454,7 @@ def test_wal_file_system_full_on_one_node(local_cluster: Start) -> None:
         kill_leftovers(c.dir)
         umount(wal3)
     assert not os.path.ismount(wal3)
-    if not clear_errors:
-        pytest.xfail("safety held, but no client was told why its commit failed: the WalWriteError escapes the "
-                     "node's event loop and the process exits as an 'internal error' (clients time out); see the "
-                     "fault-suite report")
+    assert clear_errors, "no client of the node with the full WAL file system was told why its work failed"
 
 
 # -- 4. a node cut off from etcd only, then from its peers only ---------------------------------------------------

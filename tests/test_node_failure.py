@@ -114,7 +114,7 @@ def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> No
     load = Load(eps, 20, seed=4)
     ackers = load.ackers
     watch = subprocess.Popen([sys.executable, "-m", "muheam", "watch", "-c", str(c.config), "--format", "json",
-                              "--timeout", "25"], stdout=subprocess.PIPE, text=True)
+                              "--count", "4", "--timeout", "60"], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(3)
         victim = 2

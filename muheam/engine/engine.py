@@ -226,6 +226,11 @@ class Engine:
         return self._wal.flushed_lsn if self._wal is not None else 0
 
     @property
+    def failed(self) -> BaseException | None:
+        """Why the engine stopped accepting changes (a WAL write failed), or ``None``."""
+        return self._failed
+
+    @property
     def wal(self) -> WalWriter:
         return self._writer()
 

@@ -24,6 +24,10 @@ from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, rec
 
 T = TypeVar("T")
 _ETCD_ERRORS = (etcd_exc.Etcd3Exception, grpc.RpcError)
+_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 500)]
+"""gRPC's default reconnect backoff grows to minutes: after an etcd restart a lease renewal would keep failing
+at once although etcd is back, and the node would fence itself for nothing."""
 
 
 class EtcdLease(Lease):
@@ -48,7 +52,8 @@ class EtcdBackend(MembershipBackend):
         eps = []
         for url in self.endpoints:
             parsed = urlparse(url)
-            eps.append(pyetcd.Endpoint(parsed.hostname, parsed.port, secure=parsed.scheme == "https", time_retry=0.5))
+            eps.append(pyetcd.Endpoint(parsed.hostname, parsed.port, secure=parsed.scheme == "https", time_retry=0.5,
+                                       opts=_CHANNEL_OPTIONS))
         try:
             self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
         except _ETCD_ERRORS as exc:
