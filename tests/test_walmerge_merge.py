@@ -5,6 +5,7 @@ record copy, threads and piece sizes change no byte; a corrupt input leaves a va
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from walmerge import MERGED_NODE_ID, SEGMENT_HEADER_SIZE, Record, WalCorruption, WalError, WalReader, WalWriter
 from walmerge.crcfast import aggregate_ok, first_bad_crc, zshift
 from walmerge.merge import ReadAhead, merge
+from walmerge.record import align8
 from walmerge.scan import Expect, _first_bad_crc, scan_headers, validate
 from walmerge.segment import list_segments
 from walmerge.sink import MergedSink, copy_records
@@ -263,3 +265,54 @@ def test_crc_taken_during_the_scan_agrees(seed: int) -> None:
         expect = Expect(None, 0, 0)
         assert validate(data, sc, 0, expect, stream_node=3) == validate(data, sc._replace(crc=None), 0, expect,
                                                                         stream_node=3)
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_input_cut_inside_the_last_padding_and_records_larger_than_a_piece(tmp_path: Path, threads: bool) -> None:
+    """A last segment file that ends inside its last record's padding (torn there) and records larger than the
+    piece buffer are copied like the rest."""
+    with WalWriter(tmp_path / "wal" / "node-1", node_id=1, system_id=SYS, epoch=1, segment_size=1 << 18) as w:
+        for i in range(40):
+            w.append(1, bytes([i]) * (150_000 if i % 9 == 4 else 13 + 40 * i), lamport=2 * i + 1)
+        end = w.end_lsn
+    with WalWriter(tmp_path / "wal" / "node-2", node_id=2, system_id=SYS, epoch=1, segment_size=1 << 18) as w:
+        for i in range(40):
+            w.append(2, bytes([100 + i]) * (21 + 32 * i), lamport=2 * i + 2)
+    last = list_segments(tmp_path / "wal" / "node-1")[-1][1]
+    recs = list(WalReader(tmp_path / "wal" / "node-1", node_id=1, system_id=SYS))
+    assert align8(recs[-1].end_lsn) == end and recs[-1].end_lsn % 8  # the last record has padding
+    os.truncate(last, recs[-1].end_lsn % (1 << 18) + 1)  # the file ends inside that padding
+    summary = merge(tmp_path, tmp_path / "out", threads=threads)
+    assert 1 in summary.torn
+    got = read_merged(tmp_path / "out")
+    want = sorted(list(WalReader(tmp_path / "wal" / "node-1", node_id=1, system_id=SYS))
+                  + list(WalReader(tmp_path / "wal" / "node-2", node_id=2, system_id=SYS)), key=lambda r: r.glsn)
+    assert [(r.glsn, r.payload) for r in got] == [(r.glsn, r.payload) for r in want]
+    batches = list(WalReader(tmp_path / "out", node_id=MERGED_NODE_ID, system_id=SYS).batches())
+    sink = MergedSink(tmp_path / "again", system_id=SYS, segment_size=1 << 18, piece=4096)
+    for b in batches:
+        sink.append(b.headers, np.zeros(len(b.offsets), dtype=np.int32), b.offsets, [b.data])
+    sink.close()
+    assert _tree(tmp_path / "again") == _tree(tmp_path / "out")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(0, 30_000), min_size=1, max_size=40),
+       piece=st.sampled_from([64, 1000, 4096, 20_000]), split=st.integers(1, 9))
+def test_bulk_sink_pieces_change_no_byte(sizes: list[int], piece: int, split: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        with WalWriter(d / "in", node_id=1, system_id=SYS, epoch=1, segment_size=1 << 16) as w:
+            for i, n in enumerate(sizes):
+                w.append(1 + i % 3, bytes([i % 251]) * n, lamport=i + 1)
+        batches = list(WalReader(d / "in", node_id=1, system_id=SYS).batches())
+        for name, p in (("small", piece), ("whole", 1 << 30)):
+            sink = MergedSink(d / name, system_id=SYS, segment_size=1 << 16, piece=p)
+            for b in batches:
+                for k in range(0, len(b.offsets), split):  # several appends per input segment
+                    sink.append(b.headers[k: k + split], np.zeros(len(b.offsets[k: k + split]), dtype=np.int32),
+                                b.offsets[k: k + split], [b.data])
+            sink.close()
+        assert _tree(d / "small") == _tree(d / "whole")
+        got = list(WalReader(d / "small", node_id=MERGED_NODE_ID, system_id=SYS))
+        assert [r.payload for r in got] == [bytes([i % 251]) * n for i, n in enumerate(sizes)]

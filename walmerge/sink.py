@@ -340,8 +340,11 @@ class MergedSink:
                       off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64], total: npt.NDArray[np.int64],
                       dst: npt.NDArray[np.int64], new: npt.NDArray[np.void], views: ViewCache) -> None:
         """Bulk mode: build the records a piece at a time and hand each piece to the segment files."""
-        piece = (dst - dst[0]) // self.piece
-        ends = np.append(np.flatnonzero(piece[1:] != piece[:-1]) + 1, len(dst)).tolist()
+        stretch = (dst - dst[0]) // self.piece  # a piece: the records that start in one stretch of PIECE bytes
+        new_piece = stretch[1:] != stretch[:-1]
+        piece = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(new_piece)))  # numbered 0, 1, 2... (a
+        # record larger than PIECE leaves stretches without a start)
+        ends = np.append(np.flatnonzero(new_piece) + 1, len(dst)).tolist()
         starts = [0] + ends[:-1]
         plan = block_plan(src, off, dst, aligned, piece) if _clipped(buffers, src, off, aligned) is None else None
         g = 0
