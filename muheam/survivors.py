@@ -167,7 +167,9 @@ class Survivors:
                         "its tail was damaged (%s): they stay committed", dead.node, len(job.known_committed),
                         job.known_committed[:10], dead.damage or dead.torn or "no damage reported")
         undecided = (dead.undecided() | self.prepared.get(dead.node, set())) - set(dead.committed)
-        job.aborted = sorted(x for x in undecided if x not in table.committed and x not in table.aborted)
+        # an ABORT in some WAL for each, even if X announced the abort before it died (its engine had failed and
+        # logged nothing): the merged history must show the end of every transaction others may have waited on
+        job.aborted = sorted(x for x in undecided if x not in table.committed)
         self.engine.log_fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn)
         statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
         self.engine.log_decided_aborts(job.aborted)
