@@ -301,9 +301,12 @@ class Sessions:
         except EngineError as exc:
             log.error("abort of %d failed: %s", xid, exc)
             woken = frozenset()
-        if tx.txn.wrote:  # others may hold its XID in their pages: tell them (nobody needs to wait for that)
+        if tx.txn.wrote and self.engine.failed is None:
+            # others may hold its XID in their pages: tell them (nobody needs to wait for that)
             self.cluster.commits.finish([], [xid], then or (lambda: None))
         elif then is not None:
+            # a failed engine logged no ABORT: the outcome is announced by the node that recovers this one,
+            # after it logged the ABORT, so no change that waited on the XID precedes its end in the history
             then()
         self._wake({xid, *woken})
 
