@@ -109,7 +109,10 @@ def test_bank_three_nodes(local_cluster: Start) -> None:
     accounts = 30
     seconds = 300 if FULL else 30
     bank.create_accounts(eps[0], accounts)
-    result = bank.run(eps, seconds=seconds, transfer_clients=6, readers=3, accounts=accounts, seed=3)
+    # the client waits longer than the node's lock timeout (10 s): a row wait is the node's to end, with
+    # LockTimeout; only a node that does not answer at all may show up as NodeUnavailable
+    result = bank.run(eps, seconds=seconds, transfer_clients=6, readers=3, accounts=accounts, seed=3,
+                      timeout=15.0)
     summary = result.to_dict()
     assert result.violations == [] and result.sum_violations == 0, summary
     assert result.errors == {} and result.error_count == 0, summary
