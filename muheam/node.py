@@ -156,7 +156,7 @@ class NodeAgent:
                                   seed_clock=self.clock.observe, accept_data_loss=self.accept_data_loss,
                                   config=EngineConfig(epoch=self.member.epoch))
         if self._decided:
-            self.engine.log_decided_aborts(self._decided)
+            self.engine.log_decided(self._decided)
         if self.engine.recovery.data_loss:
             log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
         self.engine.cache.forget_all()  # recovery ended with a checkpoint; we own no block yet

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from locking.messages import Mode
 from muheam import deadwal
-from muheam.engine import statefiles
+from muheam.engine import statefiles, walrec
 from muheam.errors import EtcdUnavailable
 from muheam.ownership import chain_resource
 
@@ -170,9 +170,8 @@ class Survivors:
         # an ABORT in some WAL for each, even if X announced the abort before it died (its engine had failed and
         # logged nothing): the merged history must show the end of every transaction others may have waited on
         job.aborted = sorted(x for x in undecided if x not in table.committed)
-        self.engine.log_fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn)
+        self.engine.log_decided(job.aborted, walrec.Fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn))
         statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
-        self.engine.log_decided_aborts(job.aborted)
         # X may have died while sending an outcome round, reaching some members and not others: announce every
         # outcome of X's transactions, not only the ones this node lacked, or a member that missed one would
         # treat the XID as running for ever (its rows locked, begins waiting on it)

@@ -28,7 +28,7 @@ from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import (Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
                                   TableExists, TransactionError)
-from muheam.engine.heapops import HeapOps, Table
+from muheam.engine.heapops import HeapOps, Table, catalog_tables
 from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
 from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
 from muheam.storage.schema import Row, check_key, check_name
@@ -222,6 +222,15 @@ class Engine:
     def _wal_flush(self, lsn: int) -> int:
         return self._writer().flush(lsn)
 
+    def _durable(self, end: int) -> None:
+        """Flush the WAL up to ``end``; a failed flush stops the engine like a failed append."""
+        try:
+            self._writer().flush(end)
+        except BaseException as e:
+            with self._lock:
+                self._fail(e)
+            raise
+
     def _wal_flushed(self) -> int:
         return self._wal.flushed_lsn if self._wal is not None else 0
 
@@ -287,13 +296,10 @@ class Engine:
 
     def reload_catalog(self) -> int:
         """Learn tables other nodes created (from ``global/catalog``); returns how many were new."""
-        new = 0
-        for d in (statefiles.read_state(statefiles.catalog_path(self.shared)) or {}).get("tables", []):
-            if int(d["table_id"]) not in self.tables_by_id:
-                schema = Schema.from_dict(d["schema"])
-                self.add_table(Table(int(d["table_id"]), schema.name, schema, int(d["nbuckets"])))
-                new += 1
-        return new
+        new = [t for t in catalog_tables(self.shared) if t.table_id not in self.tables_by_id]
+        for t in new:
+            self.add_table(t)
+        return len(new)
 
     def tables(self) -> list[Table]:
         return sorted(self.tables_by_id.values(), key=lambda t: t.table_id)
@@ -481,12 +487,7 @@ class Engine:
                     end = max(end, e)
                 self._committing.add(txn.xid)
         if end:
-            try:
-                self._writer().flush(end)
-            except BaseException as e:
-                with self._lock:
-                    self._fail(e)
-                raise
+            self._durable(end)
         woken: set[int] = set()
         with self._lock:
             for txn in todo:
@@ -529,21 +530,18 @@ class Engine:
             log.info("node %d: checkpoint at LSN %#x", self.node_id, lsn)
             return lsn
 
-    def log_fence(self, node: int, epoch: int, end_lsn: int, last_glsn: int) -> None:
-        """Record (durably) that a dead incarnation was recovered up to ``end_lsn``: later writes of it are void."""
-        with self._lock:
-            _, end = self._log(walrec.FENCE, walrec.encode_fence(node, epoch, end_lsn, last_glsn), 0)
-            self._wal_flush(end)
-
-    def log_decided_aborts(self, xids: Iterable[int]) -> None:
-        """Log (and flush) ABORT records for other nodes' XIDs that recovery decided: their node died before an
-        outcome, so the merged history must say how they ended before any later change that waited on them."""
+    def log_decided(self, aborts: Iterable[int], fence: walrec.Fence | None = None) -> None:
+        """Log, durably and with one flush, what recovery decided for other incarnations: the FENCE of a dead one
+        (recovered up to there; its later writes are void) and ABORT for XIDs whose node died before an outcome
+        -- the merged history must say how they ended before any later change that waited on them."""
         with self._lock:
             end = 0
-            for xid in sorted(xids):
+            if fence is not None:
+                _, end = self._log(walrec.FENCE, walrec.encode_fence(*fence), 0)
+            for xid in sorted(aborts):
                 _, end = self._log(walrec.ABORT, b"", xid)
             if end:
-                self._wal_flush(end)
+                self._durable(end)
 
     def heartbeat(self, idle_for: float, now: float) -> bool:
         """Log and flush a HEARTBEAT record if nothing was appended for ``idle_for`` seconds (of ``now``'s
@@ -556,12 +554,8 @@ class Engine:
                 return False
             if now - self._hb_time < idle_for:
                 return False
-            try:
-                _, end = wal.append(walrec.HEARTBEAT, b"", lamport=self._tick)
-                wal.flush(end)
-            except BaseException as e:
-                self._fail(e)
-                raise
+            _, end = self._log(walrec.HEARTBEAT, b"", 0)
+            self._durable(end)
             self._hb_records, self._hb_time = wal.records_appended, now
             return True
 

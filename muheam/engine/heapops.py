@@ -9,12 +9,13 @@ changed page is then never written, like a PostgreSQL PANIC inside a critical se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
-from muheam.engine import walrec
+from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.storage import KeyNotFound, RowConflict, Schema, Snapshot, StatusFn, TupleId
 from muheam.storage import mvcc
@@ -43,6 +44,18 @@ class Table:
     def catalog_entry(self) -> dict[str, Any]:
         """This table as a ``global/catalog`` entry."""
         return {"table_id": self.table_id, "nbuckets": self.nbuckets, "schema": self.schema.to_dict()}
+
+    @classmethod
+    def from_entry(cls, table_id: int, nbuckets: int, schema: dict[str, Any]) -> "Table":
+        """The table of a ``global/catalog`` entry or a CATALOG_CREATE record."""
+        s = Schema.from_dict(schema)
+        return cls(int(table_id), s.name, s, int(nbuckets))
+
+
+def catalog_tables(shared: Path) -> list[Table]:
+    """Every table ``global/catalog`` lists."""
+    return [Table.from_entry(d["table_id"], d["nbuckets"], d["schema"])
+            for d in (statefiles.read_state(statefiles.catalog_path(shared)) or {}).get("tables", [])]
 
 
 class HeapOps:

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.errors import StateFileCorrupt, WalDamaged
-from muheam.engine.heapops import Table, redo_heap
-from muheam.storage import Schema
+from muheam.engine.heapops import Table, catalog_tables, redo_heap
 from walmerge import WalCorruption, WalReader, WalWriter, format_lsn, node_wal_dir, truncate_at, unpack_glsn
 from walmerge.reader import LastRecord, TornTail
 
@@ -92,10 +91,8 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
     start = ptr.redo_lsn if ptr is not None else None
     rep = eng.recovery
     rep.redo_start = start
-    cat = statefiles.read_state(statefiles.catalog_path(shared))
-    for d in (cat or {}).get("tables", []):
-        schema = Schema.from_dict(d["schema"])
-        eng.add_table(Table(int(d["table_id"]), schema.name, schema, int(d["nbuckets"])))
+    for known in catalog_tables(shared):
+        eng.add_table(known)
     eng.committed, eng.aborted = statefiles.read_xact(shared, node)
     eng.max_xid = max(eng.max_xid, max(eng.committed, default=0), max(eng.aborted, default=0))
 
@@ -140,8 +137,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
             if c.table_id not in eng.tables_by_id:
-                schema = Schema.from_dict(c.schema)
-                eng.add_table(Table(c.table_id, schema.name, schema, c.nbuckets))
+                eng.add_table(Table.from_entry(c.table_id, c.nbuckets, c.schema))
                 eng._catalog_dirty = True
         eng.max_xid = max(eng.max_xid, xid)
         eng.cache.trim()

@@ -26,9 +26,9 @@ from typing import Any, Iterable
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import StateFileCorrupt
-from muheam.engine.heapops import Table, redo_heap
+from muheam.engine.heapops import Table, catalog_tables, redo_heap
 from muheam.engine.recovery import check_wal
-from muheam.storage import Heap, Schema
+from muheam.storage import Heap
 from muheam.storage.heap import relation_path
 from walmerge import MERGED_NODE_ID, Record, WalError, WalReader, format_lsn, unpack_glsn
 from walmerge.segment import list_segments
@@ -147,9 +147,8 @@ class Replayer:
         self.report = ReplayReport()
         self._data_xids: dict[int, set[int]] = {}
         self._catalog_dirty = False
-        for d in (statefiles.read_state(statefiles.catalog_path(shared)) or {}).get("tables", []):
-            schema = Schema.from_dict(d["schema"])
-            self._attach(Table(int(d["table_id"]), schema.name, schema, int(d["nbuckets"])))
+        for t in catalog_tables(shared):
+            self._attach(t)
 
     def _attach(self, t: Table) -> None:
         path = relation_path(self.shared, t.table_id)
@@ -189,9 +188,9 @@ class Replayer:
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
             if c.table_id not in self.tables:
-                schema = Schema.from_dict(c.schema)
-                self._attach(Table(c.table_id, schema.name, schema, c.nbuckets))
-                rep.tables_created.append(schema.name)
+                t = Table.from_entry(c.table_id, c.nbuckets, c.schema)
+                self._attach(t)
+                rep.tables_created.append(t.name)
                 self._catalog_dirty = True
 
     def finish(self) -> ReplayReport:
