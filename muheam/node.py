@@ -132,7 +132,7 @@ class NodeAgent:
         self.keeper = LeaseKeeper(self.lease, self.fence)  # the loop reads the fence deadline every turn
         self.keeper.start()
 
-        snapshot, revision = self._live_members(backend)
+        snapshot, revision = backend.members(cfg.cluster_name)
         peers = {m.node_id: m.epoch for m in snapshot
                  if m.node_id != self.node_id and m.state in ("starting", "running")}
         if not any(m.state == "running" for m in snapshot if m.node_id in peers):
@@ -184,37 +184,25 @@ class NodeAgent:
                  cfg.lease_ttl)
 
     def _refuse_duplicate(self, backend: MembershipBackend) -> None:
-        """Refuse an id held by a live lease; wait out the lease of our own dead predecessor on this host."""
+        """Wait out the leases of members on this host whose process is gone -- our own dead predecessor, or
+        peers after a whole-cluster crash (they must not count as live) -- then refuse an id a live node holds."""
         deadline = time.monotonic() + self.cfg.lease_ttl + 2
         while True:
-            held = [m for m in backend.members(self.cfg.cluster_name)[0] if m.node_id == self.node_id]
-            if not held:
-                return
-            member = held[0]
-            stale = member.host == self.node_cfg.host and not pid_alive(member.pid)
+            members = backend.members(self.cfg.cluster_name)[0]
+            stale = [m for m in members if m.host == self.node_cfg.host and not pid_alive(m.pid)]
             if stale and time.monotonic() < deadline:
-                log.info("node id %d is still held by the lease of a dead process (pid %d, epoch %d); waiting for "
-                         "it to expire", self.node_id, member.pid, member.epoch)
+                log.info("waiting for the lease(s) of dead process(es) of node(s) %s to expire",
+                         [m.node_id for m in stale])
                 time.sleep(0.2)
                 continue
-            if member.node_id == self.node_id:
+            held = [m for m in members if m.node_id == self.node_id]
+            if held:
+                member = held[0]
                 raise NodeIdInUse(
                     f"node id {self.node_id} is held by a live node (host {member.host}, pid {member.pid}, epoch "
                     f"{member.epoch}); stop it with 'muheam node stop --node-id {self.node_id}' or use another id"
                 )
-
-    def _live_members(self, backend: MembershipBackend) -> tuple[list[Member], int]:
-        """The member snapshot, after waiting out members on this host whose process is gone (a whole-cluster
-        crash leaves their keys until their leases expire; they must not count as live peers)."""
-        deadline = time.monotonic() + self.cfg.lease_ttl + 2
-        while True:
-            snapshot, revision = backend.members(self.cfg.cluster_name)
-            dead = [m for m in snapshot if m.node_id != self.node_id and m.host == self.node_cfg.host
-                    and not pid_alive(m.pid)]
-            if not dead or time.monotonic() >= deadline:
-                return snapshot, revision
-            log.info("waiting for the lease(s) of dead node(s) %s to expire", [m.node_id for m in dead])
-            time.sleep(0.2)
+            return
 
     def _redo_cluster(self, backend: MembershipBackend) -> None:
         """No node is serving: replay the merged WAL of every node before this one serves (whole-cluster crash

@@ -49,11 +49,9 @@ SWEEP_WINDOW = 4
 @dataclass
 class _Job:
     dead: deadwal.DeadWal
-    expired_at: float
     started: float
     committed: list[tuple[int, int]] = field(default_factory=list)
     aborted: list[int] = field(default_factory=list)
-    chains: list[tuple[int, int]] = field(default_factory=list)
     pending: int = 0
     todo: list[tuple[int, int]] = field(default_factory=list)
     decided_at: float = 0.0
@@ -138,8 +136,7 @@ class Survivors:
 
     def extend(self, table_id: int) -> None:
         top = max((d.max_block.get(table_id, -1) for d in self.dead.values()), default=-1)
-        if top >= 0:
-            self.engine.cache.grow(table_id, max(self.engine.cache.nblocks(table_id), top + 1))
+        self.engine.cache.grow(table_id, top + 1)  # grow never shrinks
 
     # -- the recoverer ---------------------------------------------------------------------------------------
     def _publish(self, dead: deadwal.DeadWal, state: str, **extra: Any) -> None:
@@ -151,7 +148,7 @@ class Survivors:
             log.warning("could not publish the recovery state of node %d (%s)", dead.node, e)
 
     def _start(self, dead: deadwal.DeadWal) -> None:
-        job = _Job(dead, self.expired_at.get(dead.node, time.time()), time.monotonic())
+        job = _Job(dead, time.monotonic())
         self.jobs[dead.node] = job
         self._publish(dead, "recovering", started_at=time.time())
         log.info("recovering node %d (epoch %d): WAL %s..%#x", dead.node, dead.epoch, dead.start_lsn, dead.end_lsn)
@@ -183,12 +180,11 @@ class Survivors:
 
     def _decided(self, job: _Job) -> None:
         job.decided_at = time.monotonic()
-        job.chains = sorted(job.dead.chains)
-        job.pending = len(job.chains)
-        if not job.chains:
+        job.todo = sorted(job.dead.chains, reverse=True)
+        job.pending = len(job.todo)
+        if not job.todo:
             self._finish(job)
             return
-        job.todo = list(reversed(job.chains))
         for _ in range(SWEEP_WINDOW):
             self._next_chain(job)
 
@@ -226,7 +222,7 @@ class Survivors:
         now = time.monotonic()
         duration_ms = (now - job.started) * 1000
         self._publish(dead, "recovered", finished_at=time.time(), duration_ms=round(duration_ms, 1),
-                      decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(job.chains),
+                      decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(dead.chains),
                       records=dead.nrecords, aborted=len(job.aborted), committed=len(job.committed),
                       bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), end_lsn=dead.end_lsn,
                       fence_glsn=dead.last_glsn, damage=dead.damage or None, torn=dead.torn or None,
@@ -235,7 +231,7 @@ class Survivors:
         self.dead.pop(dead.node, None)
         self.counters["recovered"] += 1
         log.info("recovered node %d (epoch %d) in %.0f ms: %d chains, %d records, %d aborted, %d committed",
-                 dead.node, dead.epoch, duration_ms, len(job.chains), dead.nrecords, len(job.aborted),
+                 dead.node, dead.epoch, duration_ms, len(dead.chains), dead.nrecords, len(job.aborted),
                  len(job.committed))
 
     def stats(self) -> dict[str, int]:

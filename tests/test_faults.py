@@ -132,7 +132,7 @@ def test_recoverer_announces_every_outcome_and_keeps_acknowledged_commits_whose_
 
     engine = SimpleNamespace(shared=tmp_path, reload_catalog=lambda: None, tables_by_id={},
                              cache=SimpleNamespace(sync=lambda: None),
-                             log_fence=lambda *a: None, log_decided_aborts=lambda xids: logged_aborts.extend(xids))
+                             log_decided=lambda xids, fence=None: logged_aborts.extend(xids))
     commits = SimpleNamespace(table=table, prepared_from={}, finish=finish)
     backend = SimpleNamespace(put_recovery=lambda *a: None)
     s = Survivors(1, "c", engine, SimpleNamespace(), commits, lambda: backend, SimpleNamespace(),  # type: ignore
