@@ -25,7 +25,7 @@ from muheam.engine import statefiles
 from muheam.engine.replay import Stop, Target, TargetNotReached, find_stop, replay
 from muheam.errors import MuheamError
 from muheam.xidstore import XidCeiling, cluster_floor
-from walmerge import format_lsn, unpack_glsn
+from walmerge import format_glsn, format_lsn
 from walmerge.merge import detect_system_id, node_dirs
 from walmerge.segment import list_segments
 
@@ -34,14 +34,9 @@ class RestoreError(MuheamError):
     """The restore cannot run as asked; nothing was changed."""
 
 
-def _glsn_str(glsn: int) -> str:
-    lam, node = unpack_glsn(glsn)
-    return f"{lam}.{node}"
-
-
 def _move_aside(shared: Path) -> Path | None:
     """Move every node WAL directory and checkpoint pointer into ``pre-recovery-<time>/``."""
-    moved = [d for d in node_dirs(shared).values()]
+    moved = list(node_dirs(shared).values())
     pointers = sorted((shared / "global").glob("checkpoint-node-*"))
     if not moved and not pointers:
         return None
@@ -85,7 +80,7 @@ def restore(shared: Path, merged: Path, target: Target) -> dict[str, Any]:
     return {
         "target": target.describe(),
         "stopped_before_lsn": None if stop.lsn is None else format_lsn(stop.lsn),
-        "last_glsn_replayed": _glsn_str(stop.glsn),
+        "last_glsn_replayed": format_glsn(stop.glsn),
         "target_xid": stop.xid or None,
         "target_commit_time": None if stop.time_us is None else stop.time_us / 1e6,
         "old_wal_moved_to": None if aside is None else str(aside),
@@ -100,7 +95,7 @@ def _refuse_newer_base(shared: Path, stop: Stop) -> None:
         if ptr is not None and ptr.glsn > stop.glsn and stop.lsn is not None:
             raise RestoreError(
                 f"the base copy in {shared} is newer than the target: node {node}'s last checkpoint is at GLSN "
-                f"{_glsn_str(ptr.glsn)}, past the target's {_glsn_str(stop.glsn)}; its pages may hold later "
+                f"{format_glsn(ptr.glsn)}, past the target's {format_glsn(stop.glsn)}; its pages may hold later "
                 f"changes. Restore from an older base copy; nothing was changed")
 
 

@@ -10,7 +10,7 @@ from walmerge import RecordKind, WalReader
 from walmerge.errors import WalCorruption, WalError
 from walmerge.merge import detect_system_id
 from walmerge.errors import format_lsn
-from walmerge.record import HEADER_SIZE, unpack_glsn
+from walmerge.record import HEADER_SIZE, format_glsn
 from walmerge.segment import node_wal_dir
 
 from muheam.errors import ClusterStateError
@@ -41,8 +41,7 @@ def records(shared: Path, node_id: int, xid: int | None = None, kind: int | None
         for rec in reader:
             if (xid is not None and rec.xid != xid) or (kind is not None and rec.kind != kind):
                 continue
-            lamport, node = unpack_glsn(rec.glsn)
-            yield {"lsn": format_lsn(rec.lsn), "prev": format_lsn(rec.prev_lsn), "glsn": f"{lamport}/{node}",
+            yield {"lsn": format_lsn(rec.lsn), "prev": format_lsn(rec.prev_lsn), "glsn": format_glsn(rec.glsn),
                    "xid": rec.xid, "node": rec.node, "epoch": rec.epoch, "kind": kind_name(rec.kind),
                    "len": HEADER_SIZE + len(rec.payload)}
     except WalCorruption as exc:

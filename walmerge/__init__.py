@@ -11,8 +11,8 @@ from walmerge.follow import Emitted, Follower, NodeTail
 from walmerge.merge import MergeSummary, merge
 from walmerge.reader import LastRecord, SegmentBatch, TornTail, TruncateReport, WalReader, read_wal, truncate_at
 from walmerge.record import (
-    HEADER_DTYPE, HEADER_SIZE, Record, RecordKind, encode_record, fold_crc, fold_crcs, pack_glsn, rewrite_header,
-    unpack_glsn,
+    HEADER_DTYPE, HEADER_SIZE, Record, RecordKind, encode_record, fold_crc, fold_crcs, format_glsn, pack_glsn,
+    rewrite_header, unpack_glsn,
 )
 from walmerge.scan import HeaderScan, scan_headers
 from walmerge.segment import (
@@ -26,6 +26,6 @@ __all__ = [
     "HEADER_DTYPE", "HEADER_SIZE", "HeaderScan", "LastRecord", "MERGED_NODE_ID", "Record",
     "RecordKind", "RecordTooLarge", "SEGMENT_HEADER_SIZE", "SegmentBatch", "SegmentHeader", "TornTail",
     "TruncateReport", "WalCorruption", "WalError", "WalMismatch", "WalMissingSegment", "WalReader", "WalWriteError",
-    "WalWriter", "encode_record", "fold_crc", "fold_crcs", "format_lsn", "node_wal_dir", "pack_glsn", "read_wal",
+    "WalWriter", "encode_record", "fold_crc", "fold_crcs", "format_glsn", "format_lsn", "node_wal_dir", "pack_glsn", "read_wal",
     "rewrite_header", "scan_headers", "segment_name", "truncate_at", "unpack_glsn",
 ]

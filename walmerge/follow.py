@@ -45,7 +45,7 @@ from walmerge.crcfast import fold_fields
 from walmerge.errors import RecordTooLarge, WalCorruption, WalError, WalMissingSegment, format_lsn
 from walmerge.merge import Chunk, Fences, detect_segment_size, fence_mask, node_dirs
 from walmerge.reader import WalReader
-from walmerge.record import HEADER_SIZE, NODE_BITS, MAX_NODE_ID, align8
+from walmerge.record import HEADER_SIZE, align8, format_glsn
 from walmerge.scan import END, Expect, scan_headers, valid_records_after, validate
 from walmerge.segment import (
     DEFAULT_SEGMENT_SIZE, FLAG_MERGED, FORMAT_VERSION, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader,
@@ -57,10 +57,6 @@ WINDOW = 256 * 1024
 """First read size at a tail position; grown when a single record is larger."""
 NO_LIVE_NODE = (1 << 64) - 1
 """Watermark when no node is live: everything read is final."""
-
-
-def _glsn_str(glsn: int) -> str:
-    return f"{glsn >> NODE_BITS}/{glsn & MAX_NODE_ID}"
 
 
 class NodeTail:
@@ -404,8 +400,8 @@ class Follower:
         if ep is not None:
             done = self._last_emitted.get(node)
             if done is not None and done[1] == ep and done[0] > recovery_glsn:
-                raise WalError(f"node {node} departed at GLSN {_glsn_str(recovery_glsn)}, but its record at GLSN "
-                               f"{_glsn_str(done[0])} (epoch {ep}) is already in the merged stream")
+                raise WalError(f"node {node} departed at GLSN {format_glsn(recovery_glsn)}, but its record at GLSN "
+                               f"{format_glsn(done[0])} (epoch {ep}) is already in the merged stream")
             self.fences.setdefault(node, []).append((ep, recovery_glsn))
             self._held[node] = [c for c in (self._fence(node, c) for c in self._held.get(node, [])) if c.left]
             if not self._held[node]:
@@ -448,8 +444,8 @@ class Follower:
             return
         first = int(chunk.headers["glsn"][0])
         if first < self._frontier:
-            raise WalError(f"node {node} wrote GLSN {_glsn_str(first)} below the merged stream's frontier "
-                           f"{_glsn_str(self._frontier)}; a node must start its clock above the watermark "
+            raise WalError(f"node {node} wrote GLSN {format_glsn(first)} below the merged stream's frontier "
+                           f"{format_glsn(self._frontier)}; a node must start its clock above the watermark "
                            f"(a joining node: write a heartbeat first and seed its clock from the cluster)")
         self._held.setdefault(node, []).append(chunk)
 
@@ -576,9 +572,9 @@ class Follower:
             hit = np.flatnonzero(lsns == self._check_last[0])
             if len(hit):
                 if int(glsn[hit[0]]) != self._check_last[1]:
-                    raise WalError(f"the re-derived merged stream has GLSN {_glsn_str(int(glsn[hit[0]]))} at LSN "
+                    raise WalError(f"the re-derived merged stream has GLSN {format_glsn(int(glsn[hit[0]]))} at LSN "
                                    f"{format_lsn(self._check_last[0])}, the output has "
-                                   f"{_glsn_str(self._check_last[1])}: the inputs or membership changed")
+                                   f"{format_glsn(self._check_last[1])}: the inputs or membership changed")
                 self._check_last = None
         if k == len(lsns):
             return

@@ -99,6 +99,11 @@ def unpack_glsn(glsn: int) -> tuple[int, int]:
     return glsn >> NODE_BITS, glsn & MAX_NODE_ID
 
 
+def format_glsn(glsn: int) -> str:
+    """``LAMPORT/NODE``, the one way a GLSN is shown (and typed, e.g. ``muheam recover --until-glsn``)."""
+    return f"{glsn >> NODE_BITS}/{glsn & MAX_NODE_ID}"
+
+
 class Record(NamedTuple):
     """One decoded record.  ``end_lsn`` is ``lsn + total_len`` (the next record starts at ``align8(end_lsn)``)."""
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from walmerge.crcfast import c_extend, address, first_bad_crc
-from walmerge.record import ALIGN, CRC_OFFSET, HEADER_DTYPE, HEADER_SIZE, MAX_NODE_ID, NODE_BITS, compute_crc
+from walmerge.record import ALIGN, CRC_OFFSET, HEADER_DTYPE, HEADER_SIZE, MAX_NODE_ID, compute_crc, format_glsn
 
 SECTOR = 512
 """Unit of atomic writes assumed when telling a torn write from corruption (see reader)."""
@@ -246,8 +246,7 @@ def validate(
             o, tl = int(off[bad]), int(h["total_len"][bad])
             return bad, f"CRC mismatch (stored {int(h['crc'][bad]):08x}, computed {compute_crc(buf, o, tl):08x})"
     if first < n:
-        g = int(glsn[first])
-        reason += f" (lsn {int(lsn[first]):#x}, prev {int(prev[first]):#x}, GLSN {g >> NODE_BITS}/{g & MAX_NODE_ID})"
+        reason += f" (lsn {int(lsn[first]):#x}, prev {int(prev[first]):#x}, GLSN {format_glsn(int(glsn[first]))})"
     return first, reason
 
 

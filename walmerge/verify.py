@@ -44,7 +44,7 @@ from walmerge.crcfast import fold_fields
 from walmerge.errors import WalCorruption, WalMismatch, WalMissingSegment, format_lsn
 from walmerge.merge import Fences, detect_system_id, node_dirs
 from walmerge.reader import TornTail, WalReader
-from walmerge.record import NODE_BITS, Record, RecordKind
+from walmerge.record import Record, RecordKind, format_glsn
 from walmerge.segment import MERGED_NODE_ID, list_segments
 
 Arr = npt.NDArray[Any]
@@ -77,7 +77,7 @@ class Problem:
         if self.lsn is not None:
             where.append(f"LSN {format_lsn(self.lsn)}")
         if self.glsn is not None:
-            where.append(f"GLSN {self.glsn >> NODE_BITS}/{self.glsn & 0xFFFF}")
+            where.append(f"GLSN {format_glsn(self.glsn)}")
         return f"{', '.join(where)}: {self.what}" if where else self.what
 
 
@@ -264,7 +264,7 @@ def _callback_checks(rep: _Reporter, name: str, records: Iterable[Record],
                 prev = last_by_block.get(b)
                 if prev is not None and r.glsn <= prev:
                     rep.add(name, "block", Problem(f"block {b!r} changed at GLSN not above its previous change "
-                                                   f"{prev >> NODE_BITS}/{prev & 0xFFFF} (I2/I4)", stream=name,
+                                                   f"{format_glsn(prev)} (I2/I4)", stream=name,
                                                    lsn=r.lsn, glsn=r.glsn))
                 last_by_block[b] = r.glsn
         if waits_of is not None:
@@ -393,7 +393,7 @@ def _compare(rep: _Reporter, cols: _Cols, oc: dict[str, Arr],
     if len(diff):
         i = int(diff[0])
         what = ("record differs from the input record with the same GLSN" if oc["glsn"][i] == mi["glsn"][i] else
-                f"expected the input record with GLSN {int(mi['glsn'][i]) >> NODE_BITS}/{int(mi['glsn'][i]) & 0xFFFF}")
+                f"expected the input record with GLSN {format_glsn(int(mi['glsn'][i]))}")
         rep.add("merged", "compare", _where(cols, oc, i, "merged", what + " (the merge does not match its inputs)"))
     elif n != m:
         rep.add("merged", "compare", Problem(f"merged stream has {n} records, its inputs {m} (after fencing)",

@@ -30,7 +30,7 @@ from muheam.engine.heapops import Table, catalog_tables, redo_heap
 from muheam.engine.recovery import check_wal
 from muheam.storage import Heap
 from muheam.storage.heap import relation_path
-from walmerge import MERGED_NODE_ID, Record, WalError, WalReader, format_lsn, unpack_glsn
+from walmerge import MERGED_NODE_ID, Record, WalError, WalReader, format_glsn, format_lsn, unpack_glsn
 from walmerge.segment import list_segments
 from walmerge.merge import merge, node_dirs
 
@@ -60,8 +60,7 @@ class Target:
         if self.xid is not None:
             return f"XID {self.xid}"
         if self.glsn is not None:
-            lam, node = unpack_glsn(self.glsn)
-            return f"GLSN {lam}.{node}"
+            return f"GLSN {format_glsn(self.glsn)}"
         if self.time_us is not None:
             return f"commit time {self.time_us / 1e6:.6f}"
         return "end of stream"
