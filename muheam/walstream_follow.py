@@ -44,7 +44,8 @@ from muheam.engine.errors import StateFileCorrupt
 from muheam.engine.statefiles import read_fences
 from muheam.errors import EtcdUnavailable, MuheamError
 from muheam.membership import MemberEvent, MembershipBackend
-from muheam.walstream import Publisher, PublisherUnavailable, StreamError, Subscriber
+from muheam.walstream import Publisher, PublisherUnavailable, StreamError
+from muheam.walstream_client import Subscriber
 from walmerge.errors import WalError, format_lsn
 from walmerge.follow import Follower, MergedOut, cut_output, valid_output_end
 from walmerge.merge import detect_segment_size, detect_system_id, node_dirs

@@ -36,7 +36,8 @@ import zmq
 import muheam.walstream as ws
 from muheam import bank
 from muheam.procs import free_port, stop_pid
-from muheam.walstream import Publisher, StreamError, Subscriber, parse_lsn, record_end, request
+from muheam.walstream import Publisher, StreamError, parse_lsn, record_end
+from muheam.walstream_client import Subscriber, request
 from tests.conftest import MUHEAM, LocalCluster, run_cli
 from walmerge import MERGED_NODE_ID, RecordKind, WalReader, WalWriter
 from walmerge.follow import Follower, NodeTail
@@ -366,7 +367,7 @@ def finish(p: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
 
 SUB_SCRIPT = """
 import sys, zlib
-from muheam.walstream import Subscriber
+from muheam.walstream_client import Subscriber
 endpoint, start, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 with open(path, "a") as log, Subscriber(endpoint, start, timeout=30) as sub:
     for batch in sub.batches():
