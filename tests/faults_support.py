@@ -7,6 +7,7 @@ and every loop has a deadline.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -26,12 +27,24 @@ from muheam.client import ClientError, NodeUnavailable, RequestFailed, connect
 from muheam.engine import statefiles
 from muheam.procs import pid_alive
 from muheam.walcheck import Waits, block_of
-from walmerge import HEADER_SIZE, WalReader, encode_record, node_wal_dir, unpack_glsn, verify
+from walmerge import HEADER_SIZE, WalReader, encode_record, node_wal_dir, verify
 from walmerge.segment import list_segments
 from tests.conftest import LocalCluster
-from tests.test_cluster_recovery import all_digests
 
 ACCOUNTS = 30
+
+
+def table_digest(ep: str, table: str) -> tuple[int, str]:
+    """(row count, digest of the sorted rows) read in one snapshot."""
+    with connect(ep, 30) as conn, conn.transaction() as tx:
+        rows = sorted((k, json.dumps(r, sort_keys=True)) for k, r in tx.scan(table))
+    return len(rows), hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def all_digests(ep: str) -> dict[str, tuple[int, str]]:
+    with connect(ep, 10) as conn:
+        names = [t["name"] for t in conn.tables()]
+    return {name: table_digest(ep, name) for name in sorted(names)}
 
 
 # -- the load ---------------------------------------------------------------------------------------------------
@@ -103,7 +116,7 @@ class Load:
 
     @property
     def acked(self) -> dict[int, int]:
-        return {k: x for a in self.ackers for k, x in a.acked.items()}
+        return {k: x for a in self.ackers for k, x in a.acked.copy().items()}  # the writers may still run
 
 
 def setup_tables(ep: str) -> None:
@@ -475,10 +488,5 @@ def garbage_targets(c: LocalCluster) -> Callable[[], list[tuple[str, bool, set[b
     return targets
 
 
-def glsn_str(g: int) -> str:
-    lam, node = unpack_glsn(g)
-    return f"{lam}/{node}"
-
-
 __all__ = ["Acker", "Load", "TcpProxy", "Garbage", "damage_wal", "check_round", "final_verify", "setup_tables",
-           "live_endpoints", "wait_for", "wait_pids_gone", "garbage_targets", "HEADER_SIZE", "glsn_str"]
+           "live_endpoints", "wait_for", "wait_pids_gone", "garbage_targets", "HEADER_SIZE"]

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,14 +19,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from muheam import bank
 from muheam.client import (
-    ClientError, DeadlockDetected, DuplicateKey, KeyNotFound, LockTimeout, NodeUnavailable, RequestFailed,
-    SerializationFailure, connect,
+    ClientError, DeadlockDetected, DuplicateKey, KeyNotFound, LockTimeout, SerializationFailure, connect,
 )
 from muheam.engine import walrec
 from muheam.procs import stop_pid
@@ -35,6 +33,7 @@ from muheam.walcheck import Waits, block_of
 from walmerge import MERGED_NODE_ID, WalReader, verify
 from walmerge.merge import detect_system_id
 from tests.conftest import FULL, LocalCluster, run_cli
+from tests.faults_support import ACCOUNTS, Acker, Load, all_digests, setup_tables
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
@@ -43,78 +42,6 @@ Start = Callable[..., LocalCluster]
 def endpoints(c: LocalCluster) -> list[str]:
     members = sorted(c.members(), key=lambda m: int(m["node_id"]))
     return [str(m["client_endpoint"]) for m in members]
-
-
-def table_digest(ep: str, table: str) -> tuple[int, str]:
-    """(row count, digest of the sorted rows) read in one snapshot."""
-    with connect(ep, 30) as conn, conn.transaction() as tx:
-        rows = sorted((k, json.dumps(r, sort_keys=True)) for k, r in tx.scan(table))
-    return len(rows), hashlib.sha256(repr(rows).encode()).hexdigest()
-
-
-def all_digests(ep: str) -> dict[str, tuple[int, str]]:
-    with connect(ep, 10) as conn:
-        names = [t["name"] for t in conn.tables()]
-    return {name: table_digest(ep, name) for name in sorted(names)}
-
-
-class Acker(threading.Thread):
-    """Inserts unique keys into ``acks`` until told to stop; remembers the keys whose COMMIT returned."""
-
-    def __init__(self, ep: str, base: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.ep, self.base, self.stop_ = ep, base, stop
-        self.acked: list[int] = []
-        self.xids: dict[int, int] = {}
-        self.errors = 0
-
-    def run(self) -> None:
-        key = self.base
-        while not self.stop_.is_set():
-            key += 1
-            try:
-                with connect(self.ep, 3) as conn, conn.transaction() as tx:
-                    tx.insert("acks", key, {"v": key})
-                    xid = tx.xid
-                self.acked.append(key)
-                assert xid is not None
-                self.xids[key] = xid
-            except (ClientError, NodeUnavailable, RequestFailed, OSError):
-                self.errors += 1
-                time.sleep(0.05)
-
-
-class Load:
-    """The bank workload on ``eps`` (in a thread) plus one ``Acker`` per node, over fresh tables."""
-
-    def __init__(self, eps: list[str], seconds: float, seed: int, accounts: int = 30,
-                 ack_base: int = 10_000_000) -> None:
-        self.accounts = accounts
-        bank.create_accounts(eps[0], accounts)
-        with connect(eps[0]) as conn:
-            conn.create_table("acks", {"v": "int64"}, buckets=64)
-        self.result: dict[str, Any] = {}
-        self.loader = threading.Thread(target=lambda: self.result.setdefault("bank", bank.run(
-            eps, seconds=seconds, transfer_clients=3, readers=2, accounts=accounts, seed=seed, timeout=3.0)),
-            daemon=True)
-        self.stop = threading.Event()
-        self.ackers = [Acker(ep, ack_base * (i + 1), self.stop) for i, ep in enumerate(eps)]
-        self.loader.start()
-        for a in self.ackers:
-            a.start()
-
-    def acked(self) -> set[int]:
-        return {k for a in self.ackers for k in a.acked}
-
-    def finish(self, timeout: float) -> "bank.BankResult":
-        """Stop the writers, wait for the bank run; its result (the run must have reported)."""
-        self.stop.set()
-        for a in self.ackers:
-            a.join(30)
-        self.loader.join(timeout)
-        assert "bank" in self.result, "the bank run did not finish"
-        res: bank.BankResult = self.result["bank"]
-        return res
 
 
 def kill_all(c: LocalCluster) -> None:
@@ -134,8 +61,9 @@ def test_kill_all_nodes_under_bank_load(local_cluster: Start) -> None:
     eps = endpoints(c)
     rounds = 3 if FULL else 1
     seconds_per_round = 12.0
-    load = Load(eps, seconds_per_round * rounds + 8, seed=11)
-    ackers, accounts = load.ackers, load.accounts
+    setup_tables(eps[0])
+    load = Load(eps, seconds_per_round * rounds + 8, seed=11, base=10_000_000).start()
+    ackers, accounts = load.ackers, ACCOUNTS
     for _ in range(rounds):
         time.sleep(5)
         before = sum(len(a.acked) for a in ackers)
@@ -147,7 +75,7 @@ def test_kill_all_nodes_under_bank_load(local_cluster: Start) -> None:
         assert "whole-cluster redo" in logs, "no node ran whole-cluster recovery after every node was killed"
         time.sleep(max(0.0, seconds_per_round - 5))
         assert sum(len(a.acked) for a in ackers) > before, "no commit was acknowledged after the restart"
-    res = load.finish(seconds_per_round * rounds + 90)
+    res = load.finish()
     assert res.sum_violations == 0 and res.violations == [], res.to_dict()
     assert res.transfers > 0 and res.sums > 0, res.to_dict()
 
@@ -275,7 +203,7 @@ def test_replay_equivalence_and_point_in_time(local_cluster: Start) -> None:
 
     # 2. point in time: up to one acknowledged XID in the middle of the commit order
     order = merged_commit_order(merged)
-    key_of = {xid: key for a in ackers for key, xid in a.xids.items()}
+    key_of = {xid: key for a in ackers for key, xid in a.acked.items()}
     acked_in_order = [x for x in order if x in key_of]
     assert len(acked_in_order) > 10
     target = acked_in_order[len(acked_in_order) // 2]

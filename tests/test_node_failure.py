@@ -30,7 +30,8 @@ from muheam.walcheck import Waits, block_of
 from walmerge import WalReader, verify
 from walmerge.merge import merge
 from tests.conftest import FULL, LocalCluster, run_cli
-from tests.test_cluster_recovery import Load, all_digests, endpoints
+from tests.faults_support import Load, all_digests, setup_tables
+from tests.test_cluster_recovery import endpoints
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
@@ -62,7 +63,8 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
     eps = endpoints(c)
     rng = random.Random(7)
     per_round = 9.0
-    load = Load(eps, ROUNDS * per_round + 10, seed=3)
+    setup_tables(eps[0])
+    load = Load(eps, ROUNDS * per_round + 10, seed=3, base=10_000_000).start()
     ackers = load.ackers
     time.sleep(2)
     rounds: list[dict[str, Any]] = []
@@ -89,13 +91,13 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
                                                                          ("duration_ms", "chains", "aborted")}})
         assert acked_during > 0, f"round {r}: nothing committed on the survivors while node {victim} was dead"
         time.sleep(max(0.0, per_round - (time.monotonic() - killed_at)))
-        acked = {k for a in ackers for k in a.acked}
+        acked = set(load.acked)
         for ep in endpoints(c):
             with connect(ep, 30) as conn, conn.transaction() as tx:
                 present = {k for k, _ in tx.scan("acks")}
             lost = acked - present
             assert not lost, f"round {r} ({rounds[-1]}): {ep} lost {len(lost)} acknowledged commits"
-    res = load.finish(ROUNDS * per_round + 120)
+    res = load.finish()
     print(json.dumps(rounds))
     assert res.sum_violations == 0 and res.violations == [], res.to_dict()
     assert res.transfers > 0 and res.sums > 0, res.to_dict()
@@ -111,7 +113,8 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
 def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> None:
     c = local_cluster(3)
     eps = endpoints(c)
-    load = Load(eps, 20, seed=4)
+    setup_tables(eps[0])
+    load = Load(eps, 20, seed=4, base=10_000_000).start()
     ackers = load.ackers
     watch = subprocess.Popen([sys.executable, "-m", "muheam", "watch", "-c", str(c.config), "--format", "json",
                               "--count", "4", "--timeout", "60"], stdout=subprocess.PIPE, text=True)
@@ -146,7 +149,7 @@ def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> No
         assert proc.returncode == 0, proc.stdout + proc.stderr
         time.sleep(3)
     finally:
-        res = load.finish(90)
+        res = load.finish()
         out, _ = watch.communicate(timeout=60)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     mine = [e["event"] for e in events if e["node_id"] == victim and e["event"] in
@@ -155,7 +158,7 @@ def test_paused_node_is_fenced_recovered_and_watched(local_cluster: Start) -> No
     rec = next(e for e in events if e["event"] == "recovered" and e["node_id"] == victim)
     assert rec["recovery"]["duration_ms"] >= 0 and rec["recovery"]["by"] in (1, 3)
     assert res.sum_violations == 0 and res.transfers > 0, res.to_dict()
-    acked = load.acked()
+    acked = set(load.acked)
     for ep in endpoints(c):
         with connect(ep, 30) as conn, conn.transaction() as tx:
             present = {k for k, _ in tx.scan("acks")}
