@@ -228,7 +228,7 @@ class NodeAgent:
         reader = WalReader(node_wal_dir(shared, self.node_id), node_id=self.node_id,
                            system_id=EngineConfig().system_id, start_lsn=ptr.redo_lsn, verify_crc=False)
         try:
-            count = sum(1 for _ in reader)
+            count = sum(len(batch.headers) for batch in reader.batches())
         except WalError:
             return  # damaged: the engine's own recovery reports it
         if count <= 1 or reader.last is None:
