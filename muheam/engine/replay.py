@@ -90,7 +90,6 @@ class ReplayReport:
     tables_created: list[str] = field(default_factory=list)
     max_lamport: int = 0
     max_xid: int = 0
-    last_glsn: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,7 +125,7 @@ def find_stop(merged_dir: Path, system_id: int, target: Target) -> Stop:
                 raise TargetNotReached(f"transaction {target.xid} aborted (its ABORT is at merged LSN "
                                        f"{format_lsn(rec.lsn)}); pick a committed XID as the target")
             stop = Stop(rec.end_lsn, rec.glsn, rec.xid, walrec.decode_commit_time(rec.payload))
-        last_glsn = rec.glsn if stop is None else last_glsn
+        last_glsn = rec.glsn  # (once ``stop`` is set it is no longer read)
     if stop is None:
         if target.xid is not None:
             raise TargetNotReached(f"transaction {target.xid} has no COMMIT in the merged stream in {merged_dir}; "
@@ -163,7 +162,6 @@ class Replayer:
         lam, origin = unpack_glsn(rec.glsn)
         rep.max_lamport = max(rep.max_lamport, lam)
         rep.max_xid = max(rep.max_xid, rec.xid)
-        rep.last_glsn = rec.glsn
         kind, xid = rec.kind, rec.xid
         if kind in walrec.HEAP_KINDS:
             t = self.tables.get(walrec.heap_table_id(rec.payload))
