@@ -33,6 +33,7 @@ from muheam.engine import Engine, EngineConfig
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
 from muheam.commits import CommitService
 from muheam.engine import statefiles
+from muheam.engine.errors import StorageFailed
 from muheam.engine.replay import redo_cluster, wal_tails_lamport
 from muheam.survivors import Survivors
 from muheam.ownership import Ownership
@@ -453,9 +454,12 @@ class NodeAgent:
                     now = time.monotonic()
                     if now >= next_tick:
                         next_tick = now + 0.2
-                        self.sessions.tick(now)
-                        if self.engine is not None:
-                            self.engine.heartbeat(HEARTBEAT_IDLE, now)
+                        try:
+                            self.sessions.tick(now)
+                            if self.engine is not None:
+                                self.engine.heartbeat(HEARTBEAT_IDLE, now)
+                        except StorageFailed:
+                            pass  # the engine stopped; the next turn stops the node (engine.failed)
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()
                 if self.port.monitor in ready:

@@ -14,7 +14,6 @@ from typing import Any, Callable
 import zmq
 
 from muheam import wire
-from walmerge import WalError
 from muheam.errors import MuheamError
 from muheam.transport import count_handshake_failures, harden, monitor
 
@@ -131,11 +130,6 @@ class ClientPort:
         except (ValueError, TypeError, KeyError) as exc:
             self.counters["malformed"] += 1
             self._reply(envelope, wire.reply_error("bad_request", f"bad {request['op']} request: {exc!r}"[:500]))
-            return
-        except WalError as exc:  # the node's WAL cannot be written (disk full, I/O error): the node stops
-            self.counters["errors"] += 1
-            self._reply(envelope, wire.reply_error("StorageFailed", f"this node cannot write its WAL ({exc}); it "
-                                                   f"stops now, retry on another node"))
             return
         if isinstance(result, Deferred):
             result._bind(self, envelope)

@@ -26,9 +26,8 @@ from typing import Any, Callable
 
 from muheam.commits import CommitService
 from muheam.engine import Engine
-from muheam.engine.errors import Deadlock, EngineError
+from muheam.engine.errors import Deadlock, EngineError, StorageFailed
 from muheam.engine.engine import Transaction
-from walmerge import WalError
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.ownership import Ownership
@@ -133,7 +132,7 @@ class Sessions:
             except NeedOwnership as need:
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt)
                 return
-            except (MuheamError, WalError, ValueError, TypeError) as exc:
+            except (MuheamError, ValueError, TypeError) as exc:
                 reply.fail(error_code(exc), str(exc))
                 return
             reply.resolve({"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]})
@@ -203,7 +202,7 @@ class Sessions:
                 self.parked.setdefault(conflict.blocker, []).append(
                     _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic()))
                 return
-            except (MuheamError, WalError, ValueError, TypeError) as exc:
+            except (MuheamError, ValueError, TypeError) as exc:
                 self._fail_tx(tx, reply, exc)
                 return
             reply.resolve(result)
@@ -345,17 +344,15 @@ class Sessions:
     def _commit_now(self, live: list[tuple[_Tx, Deferred]]) -> None:
         try:
             woken = self.engine.commit_batch([tx.txn for tx, _ in live])
-        except MuheamError as exc:
-            for tx, reply in live:
-                reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
-            return
-        except WalError as exc:
+        except StorageFailed as exc:
             # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
             # and the node stops so that the survivors decide it from what the WAL really holds
             for tx, reply in live:
-                reply.fail("StorageFailed", f"commit outcome unknown: this node cannot write its WAL ({exc}); it "
-                                            f"stops now and the other nodes recover its work: look the change up "
-                                            f"on another node")
+                reply.fail(error_code(exc), f"commit outcome unknown: {exc}; look the change up on another node")
+            return
+        except MuheamError as exc:
+            for tx, reply in live:
+                reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
             return
         self.counters["commits"] += len(live)
         self.counters["commit_batches"] += 1

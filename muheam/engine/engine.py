@@ -27,12 +27,12 @@ from numpy.typing import NDArray
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import (Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
-                                  TableExists, TransactionError)
+                                  StorageFailed, TableExists, TransactionError)
 from muheam.engine.heapops import HeapOps, Table, catalog_tables
 from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
 from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
 from muheam.storage.schema import Row, check_key, check_name
-from walmerge import WalWriter, pack_glsn, unpack_glsn
+from walmerge import WalError, WalWriter, pack_glsn, unpack_glsn
 
 log = logging.getLogger("muheam.engine")
 
@@ -210,14 +210,20 @@ class Engine:
         try:
             _, end = wal.append(kind, payload, lamport=self._tick, xid=xid)
         except BaseException as e:
-            self._fail(e)
-            raise
+            raise self._fail(e)
         return pack_glsn(self._last_lamport, self.node_id), end
 
-    def _fail(self, e: BaseException) -> None:
+    def _fail(self, e: BaseException) -> BaseException:
+        """Stop the engine for good; returns what to raise: a storage failure (the WAL writer's errors, OS errors)
+        becomes ``StorageFailed``, one of the project's errors, so every caller reports it like any other."""
         log.critical("node %d: engine stopped: %s", self.node_id, e)
         self._failed = e
         self.cache.discard()
+        if isinstance(e, (WalError, OSError)):
+            return StorageFailed(f"node {self.node_id} cannot write its WAL or data files ({e}); it stops now and "
+                                 f"the other nodes recover its work: fix the cause (e.g. free space on that file "
+                                 f"system) and start it again")
+        return e
 
     def _wal_flush(self, lsn: int) -> int:
         return self._writer().flush(lsn)
@@ -228,8 +234,7 @@ class Engine:
             self._writer().flush(end)
         except BaseException as e:
             with self._lock:
-                self._fail(e)
-            raise
+                raise self._fail(e)
 
     def _wal_flushed(self) -> int:
         return self._wal.flushed_lsn if self._wal is not None else 0
@@ -517,8 +522,7 @@ class Engine:
                                       lamport=self._tick)
                 wal.flush(end)
             except BaseException as e:
-                self._fail(e)
-                raise
+                raise self._fail(e)
             # every COMMIT appended so far is durable now: committing transactions count as committed
             statefiles.write_xact(self.shared, self.node_id, self.committed | self._committing, self.aborted)
             if self._catalog_dirty:

@@ -53,6 +53,10 @@ class EngineStopped(EngineError):
     """An earlier WAL or data-file failure stopped the engine (like a PostgreSQL PANIC): restart the node."""
 
 
+class StorageFailed(EngineStopped):
+    """Writing the WAL or a data file just failed (disk full, I/O error): the engine stopped at this error."""
+
+
 class WalDamaged(EngineError):
     """Recovery met corruption in the middle of this node's WAL and refused to open.
 
