@@ -44,6 +44,7 @@ A free slot is all zeros.  Visibility rules are in ``muheam.storage.mvcc``.
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any, Final, Mapping, NamedTuple
 
 import google_crc32c
@@ -67,6 +68,24 @@ NO_BLOCK: Final = 0
 MAX_BLOCK: Final = 0xFFFFFFFF
 MAX_META_PAYLOAD: Final = BLOCK_SIZE - PAGE_HEADER_SIZE
 
+# Hot header fields and slot parts are read and written with ``struct`` at fixed offsets (see the layout in the
+# module docstring): a numpy structured-scalar access costs about a microsecond, and redo does several per record.
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+_OFF_GLSN: Final = 16
+_OFF_BLKNO: Final = 24
+_OFF_NEXT: Final = 28
+_OFF_NUSED: Final = 34
+_OFF_FREE_HINT: Final = 36
+_SLOT_HEAD: Final = struct.Struct("<qQQIHBx")
+"""key, xmin, xmax, ctid_block, ctid_slot, flags, reserved: the first ``SLOT_HEADER_SIZE`` bytes of a slot."""
+_SLOT_XMAX: Final = struct.Struct("<QIHB")
+"""xmax, ctid_block, ctid_slot, flags: bytes 16..30 of a slot."""
+_OFF_SLOT_XMAX: Final = 16
+_OFF_SLOT_FLAGS: Final = 30
+assert _SLOT_HEAD.size == SLOT_HEADER_SIZE
+
 HEADER_DTYPE: Final = np.dtype({
     "names": ["checksum", "magic", "version", "kind", "flags", "table_id", "glsn", "blkno", "next_block",
               "nslots", "nused", "free_hint", "slot_size", "row_width", "reserved0", "schema_crc",
@@ -87,6 +106,20 @@ def slot_dtype(schema: Schema) -> np.dtype[Any]:
         "offsets": [0, 8, 16, 24, 28, 30, SLOT_HEADER_SIZE],
         "itemsize": slot_size(schema.row_width),
     })
+
+
+def slot_images(schema: Schema, keys: NDArray[np.int64], xmins: NDArray[np.uint64],
+                rows: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """The bytes of new versions (``rows``: one row's bytes per line) as ``insert`` writes them into free slots,
+    one slot per line, for ``Page.insert_many``."""
+    dt = slot_dtype(schema)
+    if rows.shape != (len(keys), schema.row_width):
+        raise ValueError(f"rows are {rows.shape[1:]} bytes wide, table {schema.name!r} needs {schema.row_width}")
+    new = np.zeros(len(keys), dtype=dt)
+    new["key"], new["xmin"], new["flags"] = keys, xmins, SLOT_USED
+    images = new.view(np.uint8).reshape(len(keys), dt.itemsize)
+    images[:, SLOT_HEADER_SIZE:SLOT_HEADER_SIZE + schema.row_width] = rows
+    return images
 
 
 def page_checksum(buf: bytes | bytearray | memoryview) -> int:
@@ -134,7 +167,7 @@ def _where(what: str, block: int) -> str:
 class Page:
     """A tuple page (hash bucket or overflow block) of one table; build with ``new`` or ``decode``."""
 
-    __slots__ = ("schema", "buf", "header", "slots", "_h")
+    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw")
 
     schema: Schema
     buf: bytearray
@@ -150,6 +183,10 @@ class Page:
         self._h = self.header[0]
         self.slots = np.frombuffer(buf, dtype=slot_dtype(schema), count=slots_per_page(schema.row_width),
                                    offset=PAGE_HEADER_SIZE)
+        self._ss = int(self.slots.dtype.itemsize)
+        self._nslots = int(self.slots.size)
+        self._raw = self.slots.view(np.uint8).reshape(self._nslots, self._ss)
+        """The slots as raw bytes, one slot per line."""
 
     @classmethod
     def new(cls, schema: Schema, *, block: int, kind: int = KIND_BUCKET, table_id: int = 0) -> "Page":
@@ -211,11 +248,11 @@ class Page:
 
     @property
     def block(self) -> int:
-        return int(self._h["blkno"])
+        return int(_U32.unpack_from(self.buf, _OFF_BLKNO)[0])
 
     @property
     def kind(self) -> int:
-        return int(self._h["kind"])
+        return self.buf[9]
 
     @property
     def table_id(self) -> int:
@@ -224,32 +261,32 @@ class Page:
     @property
     def glsn(self) -> int:
         """Packed GLSN of the last change (``locking.glsn.Glsn.unpack`` splits it)."""
-        return int(self._h["glsn"])
+        return int(_U64.unpack_from(self.buf, _OFF_GLSN)[0])
 
     def stamp(self, glsn: int) -> None:
         """Record that a change with this GLSN was applied; GLSNs of a block only grow (invariant I2)."""
         if glsn < self.glsn:
             raise GlsnRegression(f"block {self.block}: refusing to stamp GLSN {glsn:#x} over newer "
                                  f"{self.glsn:#x}; the change was ordered before the block's last change")
-        self._h["glsn"] = glsn
+        _U64.pack_into(self.buf, _OFF_GLSN, glsn)
 
     @property
     def next_block(self) -> int:
-        return int(self._h["next_block"])
+        return int(_U32.unpack_from(self.buf, _OFF_NEXT)[0])
 
     @next_block.setter
     def next_block(self, block: int) -> None:
         if not 0 <= block <= MAX_BLOCK or (block != NO_BLOCK and block == self.block):
             raise ValueError(f"block {self.block}: invalid next overflow block {block}")
-        self._h["next_block"] = block
+        _U32.pack_into(self.buf, _OFF_NEXT, block)
 
     @property
     def nslots(self) -> int:
-        return int(self.slots.size)
+        return self._nslots
 
     @property
     def nused(self) -> int:
-        return int(self._h["nused"])
+        return int(_U16.unpack_from(self.buf, _OFF_NUSED)[0])
 
     @property
     def nfree(self) -> int:
@@ -285,11 +322,14 @@ class Page:
         hits = idx[vis]
         return int(hits[0]) if hits.size else None
 
-    def _check_slot(self, slot: int, *, used: bool) -> None:
-        if not 0 <= slot < self.nslots:
-            raise SlotError(f"block {self.block}: slot {slot} out of range 0..{self.nslots - 1}")
-        if bool(self.slots["flags"][slot] & SLOT_USED) != used:
+    def _check_slot(self, slot: int, *, used: bool) -> int:
+        """The slot's byte offset in the page, after checking it is in range and used (or free)."""
+        if not 0 <= slot < self._nslots:
+            raise SlotError(f"block {self.block}: slot {slot} out of range 0..{self._nslots - 1}")
+        base = PAGE_HEADER_SIZE + int(slot) * self._ss
+        if bool(self.buf[base + _OFF_SLOT_FLAGS] & SLOT_USED) != used:
             raise SlotError(f"block {self.block}: slot {slot} is {'free' if used else 'in use'}")
+        return base
 
     def version(self, slot: int) -> Version:
         self._check_slot(slot, used=True)
@@ -319,56 +359,86 @@ class Page:
         key = check_key(key, self.schema.name)
         if xmin == mvcc.INVALID_XID:
             raise ValueError("a tuple version needs a creating XID (xmin), not 0")
+        width = self.schema.row_width
         if isinstance(row, Mapping):
-            rec: Any = self.schema.to_record(row)
+            data = self.schema.to_record(row).tobytes()
         elif isinstance(row, (bytes, bytearray, memoryview)):
-            if len(row) != self.schema.row_width:
-                raise ValueError(f"row bytes are {len(row)} long, table {self.schema.name!r} needs "
-                                 f"{self.schema.row_width}")
-            rec = np.frombuffer(bytes(row), dtype=self.schema.row_dtype, count=1)[0]
+            data = bytes(row)
+            if len(data) != width:
+                raise ValueError(f"row bytes are {len(data)} long, table {self.schema.name!r} needs {width}")
         else:
-            rec = row
-        hint = int(self._h["free_hint"])
+            data = np.asarray(row, dtype=self.schema.row_dtype).tobytes()
+        buf, n, ss = self.buf, self._nslots, self._ss
+        hint = _U16.unpack_from(buf, _OFF_FREE_HINT)[0]
         if slot is None:
-            if hint >= self.nslots:
-                raise PageFull(f"block {self.block}: all {self.nslots} slots are in use")
+            if hint >= n:
+                raise PageFull(f"block {self.block}: all {n} slots are in use")
             slot = hint
+            base = PAGE_HEADER_SIZE + slot * ss
         else:
-            self._check_slot(slot, used=False)
-        s = self.slots
-        s["key"][slot], s["xmin"][slot], s["xmax"][slot] = key, xmin, 0
-        s["ctid_block"][slot], s["ctid_slot"][slot], s["flags"][slot] = 0, 0, SLOT_USED
-        s["row"][slot] = rec
-        self._h["nused"] += 1
-        if slot == hint:
-            rest = np.flatnonzero((s["flags"][slot + 1:] & SLOT_USED) == 0)
-            self._h["free_hint"] = slot + 1 + int(rest[0]) if rest.size else self.nslots
+            slot = int(slot)
+            base = self._check_slot(slot, used=False)
+        _SLOT_HEAD.pack_into(buf, base, key, xmin, 0, 0, 0, SLOT_USED)
+        buf[base + SLOT_HEADER_SIZE:base + SLOT_HEADER_SIZE + width] = data
+        _U16.pack_into(buf, _OFF_NUSED, _U16.unpack_from(buf, _OFF_NUSED)[0] + 1)
+        if slot == hint:  # the hint stays the lowest free slot: walk to the next free one
+            nxt, flag = slot + 1, base + ss + _OFF_SLOT_FLAGS
+            while nxt < n and buf[flag] & SLOT_USED:
+                nxt, flag = nxt + 1, flag + ss
+            _U16.pack_into(buf, _OFF_FREE_HINT, nxt)
         return slot
+
+    def insert_many(self, slots: NDArray[np.int64], images: NDArray[np.uint8]) -> None:
+        """Redo of many inserts into the given free slots at once; ``images`` are the new slots' bytes, one per
+        line, from ``slot_images``.  The same bytes as ``insert(key, row, xmin, slot=s)`` for each, in one
+        vectorised write.  Anything ``insert`` would refuse (a slot out of range, in use or given twice, xmin 0)
+        raises the same error, before the page changes."""
+        k, n = len(slots), self._nslots
+        if k == 0:
+            return
+        raw = self._raw
+        increasing = k == 1 or bool((slots[1:] > slots[:-1]).all())
+        lo, hi = (int(slots[0]), int(slots[-1])) if increasing else (int(slots.min()), int(slots.max()))
+        if lo < 0 or hi >= n:
+            raise SlotError(f"block {self.block}: slot {lo if lo < 0 else hi} out of range 0..{n - 1}")
+        if images.shape != (k, self._ss):
+            raise ValueError(f"slot images are {images.shape}, block {self.block} needs ({k}, {self._ss})")
+        if not images[:, 8:16].any(axis=1).all():
+            raise ValueError("a tuple version needs a creating XID (xmin), not 0")
+        used = raw[slots, _OFF_SLOT_FLAGS] & SLOT_USED
+        if used.any():
+            raise SlotError(f"block {self.block}: slot {int(slots[used != 0][0])} is in use")
+        if not increasing and np.unique(slots).size != k:
+            raise SlotError(f"block {self.block}: a slot is filled twice by one batch of inserts")
+        raw[slots] = images
+        buf = self.buf
+        _U16.pack_into(buf, _OFF_NUSED, _U16.unpack_from(buf, _OFF_NUSED)[0] + k)
+        hint = _U16.unpack_from(buf, _OFF_FREE_HINT)[0]
+        if hint < n and raw[hint, _OFF_SLOT_FLAGS] & SLOT_USED:  # the lowest free slot was just filled
+            free = np.flatnonzero((raw[hint:, _OFF_SLOT_FLAGS] & SLOT_USED) == 0)
+            _U16.pack_into(buf, _OFF_FREE_HINT, hint + int(free[0]) if free.size else n)
 
     def set_xmax(self, slot: int, xid: int, *, lock_only: bool = False, ctid: TupleId | None = None) -> None:
         """Mark a version deleted (or updated, with ``ctid`` of the new version, or row-locked) by ``xid``.
 
         Raw: the caller has already checked ``mvcc.write_conflict`` under the row's block ownership.
         """
-        self._check_slot(slot, used=True)
+        base = self._check_slot(slot, used=True)
         if xid < mvcc.FIRST_NORMAL_XID:
             raise ValueError(f"xmax must be a normal XID (>= {mvcc.FIRST_NORMAL_XID}), got {xid}")
         if lock_only and ctid is not None:
             raise ValueError("a row lock does not point to a newer version")
-        s = self.slots
-        s["xmax"][slot] = xid
-        flags = (int(s["flags"][slot]) & SLOT_USED) | (SLOT_LOCK_ONLY if lock_only else 0)
+        buf = self.buf
+        flags = (buf[base + _OFF_SLOT_FLAGS] & SLOT_USED) | (SLOT_LOCK_ONLY if lock_only else 0)
         if ctid is not None:
-            flags |= SLOT_UPDATED
-            s["ctid_block"][slot], s["ctid_slot"][slot] = ctid.block, ctid.slot
+            _SLOT_XMAX.pack_into(buf, base + _OFF_SLOT_XMAX, xid, ctid.block, ctid.slot, flags | SLOT_UPDATED)
         else:
-            s["ctid_block"][slot], s["ctid_slot"][slot] = 0, 0
-        s["flags"][slot] = flags
+            _SLOT_XMAX.pack_into(buf, base + _OFF_SLOT_XMAX, xid, 0, 0, flags)
 
     def clear_xmax(self, slot: int) -> None:
         """Forget an aborted or finished-lock xmax (the version is live again for every later writer)."""
-        self._check_slot(slot, used=True)
-        self._clear_xmax(np.array([slot]))
+        base = self._check_slot(slot, used=True)
+        _SLOT_XMAX.pack_into(self.buf, base + _OFF_SLOT_XMAX, 0, 0, 0, SLOT_USED)
 
     def _clear_xmax(self, idx: NDArray[np.intp]) -> None:
         s = self.slots
@@ -386,8 +456,9 @@ class Page:
             raise SlotError(f"block {self.block}: cannot free slots {idx.tolist()}: out of range or not in use")
         raw = self.slots.view(np.uint8).reshape(self.nslots, -1)
         raw[idx] = 0
-        self._h["nused"] -= idx.size
-        self._h["free_hint"] = min(int(self._h["free_hint"]), int(idx[0]))
+        buf = self.buf
+        _U16.pack_into(buf, _OFF_NUSED, _U16.unpack_from(buf, _OFF_NUSED)[0] - idx.size)
+        _U16.pack_into(buf, _OFF_FREE_HINT, min(_U16.unpack_from(buf, _OFF_FREE_HINT)[0], int(idx[0])))
 
     def prune(self, oldest_xmin: int, status: StatusFn) -> PruneResult:
         """Reclaim versions no snapshot at or above ``oldest_xmin`` can see; clear stale xmax values.
