@@ -24,10 +24,11 @@ import numpy.typing as npt
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
-from muheam.engine.heapops import Table, redo_heap
+from muheam.engine.heapops import Table
+from muheam.engine.redo import HeapRun, redo_run
 from muheam.storage.heap import buckets_of
-from walmerge import Record, WalCorruption, WalReader, format_lsn, node_wal_dir
-from walmerge.record import HEADER_SIZE, record_from
+from walmerge import WalCorruption, WalReader, format_lsn, node_wal_dir
+from walmerge.record import record_from
 
 log = logging.getLogger("muheam.deadwal")
 
@@ -35,17 +36,10 @@ _HEAP = np.array(sorted(walrec.HEAP_KINDS), dtype=np.uint8)
 _KEYED = np.array([walrec.HEAP_INSERT, walrec.HEAP_UPDATE, walrec.HEAP_DELETE, walrec.HEAP_LOCK], dtype=np.uint8)
 
 
-def _field(buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], dtype: str) -> npt.NDArray[np.generic]:
-    """One little-endian field of many payloads at once (gathered bytes, reinterpreted)."""
-    width = np.dtype(dtype).itemsize
-    gathered = buf[at[:, None] + np.arange(width)]
-    return np.ascontiguousarray(gathered).view(dtype).ravel()
-
-
 @dataclass
 class DeadWal:
     """The heap records of a dead node's WAL since its checkpoint, indexed by the blocks they touch (vectorised:
-    the index is sorted arrays, and a ``Record`` is only built when its chain is redone)."""
+    the index is sorted arrays; a chain's records go to ``redo.redo_run`` as columns over the WAL buffers)."""
 
     node: int
     epoch: int
@@ -59,19 +53,18 @@ class DeadWal:
     max_block: dict[int, int] = field(default_factory=dict)
     bytes_read: int = 0
     read_ms: float = 0.0
+    redo_ms: float = 0.0
     damage: str = ""
     torn: str = ""
-    _bufs: list[bytes] = field(default_factory=list)
-    _rec_buf: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
-    _rec_off: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    _rec_glsn: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    run: HeapRun | None = None
+    """Every heap record, in WAL order, decoded once (``redo.HeapRun``)."""
     _rec_new: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     _keys: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
     _key_rec: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def nrecords(self) -> int:
-        return len(self._rec_off)
+        return 0 if self.run is None else len(self.run)
 
     def undecided(self) -> set[int]:
         return self.started - set(self.committed) - self.aborted
@@ -83,15 +76,6 @@ class DeadWal:
         hi = int(np.searchsorted(self._keys, k, side="right"))
         return self._key_rec[lo:hi]
 
-    def new_block(self, i: int) -> int:
-        """The block record ``i`` allocated (-1: none)."""
-        return int(self._rec_new[i])
-
-    def glsn(self, i: int) -> int:
-        return int(self._rec_glsn[i])
-
-    def record(self, i: int) -> Record:
-        return record_from(self._bufs[int(self._rec_buf[i])], int(self._rec_off[i]))
 
 
 def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable[[int], Table | None]) -> DeadWal:
@@ -100,8 +84,8 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     ptr = statefiles.read_checkpoint(shared, node)
     dead = DeadWal(node, epoch, start_lsn=ptr.redo_lsn if ptr is not None else None)
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn)
-    parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("buf", "off", "glsn", "new", "key", "rec")}
-    nrec = 0
+    bufs: list[bytes] = []
+    parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("buf", "off", "glsn")}
     try:
         for batch in reader.batches():
             h, offs = batch.headers, batch.offsets
@@ -120,7 +104,10 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
             if not heap.any():
                 continue
             dead.started.update(x for x in np.unique(xids[heap]).tolist() if x)
-            nrec = _index_batch(dead, batch.data, offs[heap], kinds[heap], glsns[heap], parts, nrec, table_of)
+            parts["buf"].append(np.full(int(heap.sum()), len(bufs), np.int32))
+            parts["off"].append(offs[heap].astype(np.int64))
+            parts["glsn"].append(glsns[heap])
+            bufs.append(batch.data)
     except WalCorruption as e:
         dead.damage = str(e)
         log.error("node %d's WAL is damaged at %s (LSN %s): %s; recovering it up to there", node, e.path,
@@ -130,63 +117,39 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
         log.warning("node %d's WAL ends in a torn record (%s): an interrupted write, ignored", node, reader.torn)
     if dead.end_lsn == 0 and dead.start_lsn is not None:
         dead.end_lsn = dead.start_lsn
-    if nrec:
-        dead._rec_buf = np.concatenate(parts["buf"]).astype(np.int32)
-        dead._rec_off = np.concatenate(parts["off"]).astype(np.int64)
-        dead._rec_glsn = np.concatenate(parts["glsn"]).astype(np.uint64)
-        dead._rec_new = np.concatenate(parts["new"]).astype(np.int64)
-        keys = np.concatenate(parts["key"]).astype(np.uint64)
-        recs = np.concatenate(parts["rec"]).astype(np.int64)
-        order = np.lexsort((recs, keys))
-        dead._keys, dead._key_rec = keys[order], recs[order]
+    if parts["buf"]:
+        run = HeapRun.of_wal(bufs, *(np.concatenate(parts[k]) for k in ("buf", "off", "glsn")))
+        _index(dead, run, table_of)
     return dead
 
 
-def _index_batch(dead: DeadWal, data: bytes, offs: npt.NDArray[np.int64], kinds: npt.NDArray[np.uint8],
-                 glsns: npt.NDArray[np.uint64], parts: dict[str, list[npt.NDArray[np.generic]]], nrec: int,
-                 table_of: Callable[[int], Table | None]) -> int:
-    buf = np.frombuffer(data, dtype=np.uint8)
-    at = offs.astype(np.int64) + HEADER_SIZE
-    n = len(at)
-
-    def masked(mask: npt.NDArray[np.bool_], shift: int, dtype: str, default: int) -> npt.NDArray[np.int64]:
-        out = np.full(n, default, dtype=np.int64)
-        if mask.any():
-            out[mask] = _field(buf, at[mask] + shift, dtype).astype(np.int64)
-        return out
-
-    every = np.ones(n, dtype=bool)
-    table = masked(every, 0, "<u4", 0)
-    block = masked(every, 4, "<u4", 0)
-    ins_upd = (kinds == walrec.HEAP_INSERT) | (kinds == walrec.HEAP_UPDATE)
-    newpage = ins_upd & ((masked(ins_upd, 10, "<u2", 0) & walrec.NEW_PAGE) != 0)
-    link = masked(newpage, 12, "<u4", -1)
-    old = masked(kinds == walrec.HEAP_UPDATE, 24, "<u4", -1)
-    is_del = (kinds == walrec.HEAP_DELETE) | (kinds == walrec.HEAP_LOCK)
-    key = masked(ins_upd, 16, "<i8", 0) + masked(is_del, 12, "<i8", 0)
-    idx = np.arange(nrec, nrec + n, dtype=np.int64)
-    parts["buf"].append(np.full(n, len(dead._bufs), np.int32))
-    dead._bufs.append(data)
-    parts["off"].append(offs.astype(np.int64))
-    parts["glsn"].append(glsns)
-    parts["new"].append(np.where(newpage, block, -1))
-    for blocks, sel in ((block, every), (old, (old >= 0) & (old != block)), (link, link >= 0)):
-        parts["key"].append(((table[sel] << 32) | blocks[sel]).astype(np.uint64))
-        parts["rec"].append(idx[sel])
+def _index(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None]) -> None:
+    """Index ``run`` by the blocks each record touches, and find the chains (bucket heads) it changed."""
+    dead.run = run
+    d, kinds, n = run.decoded(), run.kind, len(run)
+    table, block, old, link = d.table, d.block, d.old_block, d.link
+    dead._rec_new = np.where(d.fresh, block, -1)
+    idx = np.arange(n, dtype=np.int64)
+    keys, recs = [], []
+    for blocks, sel in ((block, np.ones(n, bool)), (old, (old >= 0) & (old != block)), (link, link >= 0)):
+        keys.append(((table[sel] << 32) | blocks[sel]).astype(np.uint64))
+        recs.append(idx[sel])
+    key_all, rec_all = np.concatenate(keys), np.concatenate(recs)
+    order = np.lexsort((rec_all, key_all))
+    dead._keys, dead._key_rec = key_all[order], rec_all[order]
     touched = np.concatenate([block, old[old >= 0], link[link >= 0]])
     tables = np.concatenate([table, table[old >= 0], table[link >= 0]])
     for tid in np.unique(table).tolist():
-        dead.max_block[tid] = max(dead.max_block.get(tid, 0), int(touched[tables == tid].max()))
+        dead.max_block[tid] = int(touched[tables == tid].max())
         t = table_of(tid)
         if t is None:
             continue
         mine = table == tid
         keyed = mine & np.isin(kinds, _KEYED)
-        heads = np.unique(buckets_of(key[keyed], t.nbuckets) + 1).tolist()
+        heads = np.unique(buckets_of(d.key[keyed], t.nbuckets) + 1).tolist()
         pruned = block[mine & (kinds == walrec.HEAP_PRUNE)]
         heads += [b for b in np.unique(pruned).tolist() if 1 <= b <= t.nbuckets]
         dead.chains.update((tid, int(hd)) for hd in heads)
-    return nrec + n
 
 
 def redo_chain(cache: BufferCache, t: Table, head: int, deads: list[DeadWal]) -> int:
@@ -194,20 +157,20 @@ def redo_chain(cache: BufferCache, t: Table, head: int, deads: list[DeadWal]) ->
     number of page changes.  The caller owns the chain."""
     tid = t.table_id
     blocks = set(cache.chain_blocks(tid, head, t.nbuckets))
-    picked: set[tuple[int, int]] = set()
+    picked: list[list[npt.NDArray[np.int64]]] = [[] for _ in deads]
     todo = list(blocks)
-    while todo:
+    while todo:  # the chain's blocks, plus every block the dead nodes appended to it (transitively)
         b = todo.pop()
         for k, dead in enumerate(deads):
-            for i in dead.records_for(tid, b).tolist():
-                if (k, i) in picked:
-                    continue
-                picked.add((k, i))
-                new = dead.new_block(i)
+            recs = dead.records_for(tid, b)
+            picked[k].append(recs)
+            for new in np.unique(dead._rec_new[recs]).tolist():
                 if new >= 0 and new not in blocks:
                     blocks.add(new)
                     todo.append(new)
-    changed = 0
-    for k, i in sorted(picked, key=lambda ki: deads[ki[0]].glsn(ki[1])):
-        changed += redo_heap(cache, t, deads[k].record(i), dirty_lsn=0)
-    return changed
+    runs = [dead.run.take(np.unique(np.concatenate(chosen)))
+            for dead, chosen in zip(deads, picked) if dead.run is not None and chosen]
+    if not runs:
+        return 0
+    run = HeapRun.concat(runs)
+    return redo_run(cache, t, run.take(np.argsort(run.glsn, kind="stable")))

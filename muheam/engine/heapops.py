@@ -23,7 +23,6 @@ from muheam.storage.heap import (raise_insert_conflict, bucket_block, find_space
                                  walk_chain)
 from muheam.storage.page import KIND_OVERFLOW, Page
 from muheam.storage.schema import Row, check_key
-from walmerge import Record
 
 PRUNE_HINT = 24
 """An update prunes the page of the version it replaces once that page holds this many versions."""
@@ -215,76 +214,3 @@ class HeapOps:
                              walrec.encode_delete(t.table_id, page.block, slot, key), snap.xid)
         self._done(t, [page], glsn, end)
         return TupleId(page.block, slot)
-
-
-# -- redo ----------------------------------------------------------------------------------------------------------
-
-def _fresh(cache: BufferCache, t: Table, block: int, glsn: int) -> Page | None:
-    """The page a NEW_PAGE record allocated: the cached/disk image if it already has this change, else a
-    newly initialised block (whatever an unreached disk image held predates the allocation)."""
-    page = cache.try_read(t.table_id, block)
-    if page is not None and page.glsn >= glsn:
-        return None
-    return cache.install(t.table_id, Page.new(t.schema, block=block, kind=KIND_OVERFLOW, table_id=t.table_id))
-
-
-def redo_heap(cache: BufferCache, t: Table, rec: Record, dirty_lsn: int | None = None) -> int:
-    """Apply one heap record to the pages that do not have it yet (page GLSN < record GLSN); returns how
-    many pages changed (0: everything was already there).  ``dirty_lsn``: the WAL position the changed pages
-    wait for before they are written (default the record's end; 0 for another node's WAL, already durable)."""
-    glsn, xid, kind = rec.glsn, rec.xid, rec.kind
-    tid = t.table_id
-    todo: dict[int, Page] = {}
-
-    def want(block: int) -> Page | None:
-        if block in todo:
-            return todo[block]
-        page = cache.modify(tid, block)
-        if page.glsn < glsn:
-            todo[block] = page
-            return page
-        return None
-
-    if kind == walrec.HEAP_INSERT or kind == walrec.HEAP_UPDATE:
-        r: walrec.Insert | walrec.Update
-        if kind == walrec.HEAP_INSERT:
-            r = walrec.decode_insert(rec.payload)
-            block, slot = r.block, r.slot
-        else:
-            r = walrec.decode_update(rec.payload)
-            block, slot = r.new_block, r.new_slot
-        if r.flags & walrec.NEW_PAGE:
-            fresh = _fresh(cache, t, block, glsn)
-            if fresh is not None:
-                todo[block] = fresh
-            link = want(r.link_from)
-            if link is not None:
-                link.next_block = block
-            page = todo.get(block)
-        else:
-            page = want(block)
-        if page is not None:
-            page.insert(r.key, r.row, xid, slot=slot)
-        if isinstance(r, walrec.Update):
-            old = want(r.old_block)
-            if old is not None:
-                old.set_xmax(r.old_slot, xid, ctid=TupleId(block, slot))
-    elif kind == walrec.HEAP_DELETE or kind == walrec.HEAP_LOCK:
-        d = walrec.decode_delete(rec.payload)
-        page = want(d.block)
-        if page is not None:
-            page.set_xmax(d.slot, xid, lock_only=kind == walrec.HEAP_LOCK)
-    elif kind == walrec.HEAP_PRUNE:
-        p = walrec.decode_prune(rec.payload)
-        page = want(p.block)
-        if page is not None:
-            page.free(list(p.freed))
-            for s in p.cleared:
-                page.clear_xmax(s)
-    else:
-        raise ValueError(f"record kind {kind} is not a heap record")
-    end = rec.end_lsn if dirty_lsn is None else dirty_lsn
-    for b, page in todo.items():
-        page.stamp(glsn)
-        cache.mark_dirty(tid, b, end)
-    return len(todo)

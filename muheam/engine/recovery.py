@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Callable
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.errors import StateFileCorrupt, WalDamaged
-from muheam.engine.heapops import Table, catalog_tables, redo_heap
+from muheam.engine.heapops import Table, catalog_tables
+from muheam.engine.redo import Batcher
 from walmerge import WalCorruption, WalReader, WalWriter, format_lsn, node_wal_dir, truncate_at, unpack_glsn
 from walmerge.reader import LastRecord, TornTail
 
@@ -111,6 +112,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=cfg.system_id, start_lsn=start,
                        verify_crc=False)
     fences = statefiles.read_fences(shared).get(node, [])
+    batch = Batcher(eng.cache)
     for rec in reader:
         if fences and any(rec.epoch == e and rec.glsn > g for e, g in fences):
             rep.fenced_skipped += 1  # written by a zombie incarnation after survivors recovered it (I6)
@@ -123,7 +125,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
                 raise StateFileCorrupt(f"WAL record at LSN {format_lsn(rec.lsn)} changes a table the catalog does "
                                        f"not know; the catalog file is older than the WAL: restore it",
                                        path=statefiles.catalog_path(shared))
-            rep.pages_changed += redo_heap(eng.cache, t, rec)
+            rep.pages_changed += batch.add(t, rec)
             if xid and xid not in eng.committed and xid not in eng.aborted:
                 in_flight.add(xid)
         elif kind == walrec.COMMIT:
@@ -141,6 +143,8 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
                 eng._catalog_dirty = True
         eng.max_xid = max(eng.max_xid, xid)
         eng.cache.trim()
+    rep.pages_changed += batch.flush()
+    eng.cache.trim()
 
     last = unpack_glsn(wal.last_glsn)[0]
     eng._clock = eng._last_lamport = max(last, unpack_glsn(ptr.glsn)[0] if ptr is not None else 0,

@@ -26,7 +26,8 @@ from typing import Any, Iterable
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import StateFileCorrupt
-from muheam.engine.heapops import Table, catalog_tables, redo_heap
+from muheam.engine.heapops import Table, catalog_tables
+from muheam.engine.redo import Batcher
 from muheam.engine.recovery import check_wal
 from muheam.storage import Heap
 from muheam.storage.heap import relation_path
@@ -145,6 +146,7 @@ class Replayer:
         self.report = ReplayReport()
         self._data_xids: dict[int, set[int]] = {}
         self._catalog_dirty = False
+        self._batch = Batcher(self.cache)
         for t in catalog_tables(shared):
             self._attach(t)
 
@@ -170,7 +172,7 @@ class Replayer:
                                        f"catalog nor the stream creates; the replay target is not a copy of this "
                                        f"cluster's data (or its global/catalog is newer than its tables)",
                                        path=statefiles.catalog_path(self.shared))
-            rep.pages_changed += redo_heap(self.cache, t, rec)
+            rep.pages_changed += self._batch.add(t, rec)
             if xid:
                 self._data_xids.setdefault(origin, set()).add(xid)
             self.cache.trim()
@@ -193,6 +195,7 @@ class Replayer:
     def finish(self) -> ReplayReport:
         """Write the redone pages (and fsync), the catalog, and every origin node's outcomes."""
         rep = self.report
+        rep.pages_changed += self._batch.flush()
         self.cache.flush_all()
         self.cache.sync()
         if self._catalog_dirty:
