@@ -75,7 +75,7 @@ class Survivors:
         self.expired_at: dict[int, float] = {}
         self.prepared: dict[int, set[int]] = {}
         self.jobs: dict[int, _Job] = {}
-        self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0}
+        self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0}
         ownership.repair = self
 
     # -- membership events (called by the node loop) -----------------------------------------------------------
@@ -125,7 +125,12 @@ class Survivors:
         if t is None:
             return 0
         cache = self.engine.cache
+        t0 = time.perf_counter()
         changed = deadwal.redo_chain(cache, t, head, deads)
+        spent = time.perf_counter() - t0
+        self.counters["repair_us"] += int(spent * 1e6)
+        for d in deads:  # time spent redoing, per dead node (shared evenly when two died together)
+            d.redo_ms += spent * 1000 / len(deads)
         if changed:
             # the rebuilt pages go to the shared file now: identical on every node that rebuilds them, and
             # nobody else can hold the chain exclusively meanwhile
@@ -224,7 +229,8 @@ class Survivors:
         self._publish(dead, "recovered", finished_at=time.time(), duration_ms=round(duration_ms, 1),
                       decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(dead.chains),
                       records=dead.nrecords, aborted=len(job.aborted), committed=len(job.committed),
-                      bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), end_lsn=dead.end_lsn,
+                      bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), redo_ms=round(dead.redo_ms, 1),
+                      end_lsn=dead.end_lsn,
                       fence_glsn=dead.last_glsn, damage=dead.damage or None, torn=dead.torn or None,
                       known_committed=len(job.known_committed))
         del self.jobs[dead.node]
