@@ -123,6 +123,15 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     kill_leftovers(directory)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI timeout, ``kill``) ends the session like Ctrl-C, so fixtures and ``pytest_sessionfinish``
+    still stop every node and etcd the tests started."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for directory in _started_dirs:
         kill_leftovers(directory)
