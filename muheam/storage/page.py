@@ -122,6 +122,19 @@ def slot_images(schema: Schema, keys: NDArray[np.int64], xmins: NDArray[np.uint6
     return images
 
 
+@functools.lru_cache(maxsize=256)
+def _empty_image(schema: Schema, kind: int, table_id: int) -> bytes:
+    """The bytes of an empty tuple page of ``schema`` (block number 0): ``Page.new`` copies them (redo creates a
+    page per allocated overflow block, and setting the header field by field costs more than the copy)."""
+    buf = bytearray(BLOCK_SIZE)
+    h = np.frombuffer(buf, dtype=HEADER_DTYPE, count=1)
+    dt = slot_dtype(schema)
+    h["magic"], h["version"], h["kind"], h["table_id"] = PAGE_MAGIC, PAGE_VERSION, kind, table_id
+    h["nslots"], h["slot_size"] = slots_per_page(schema.row_width), dt.itemsize
+    h["row_width"], h["schema_crc"] = schema.row_width, schema.fingerprint
+    return bytes(buf)
+
+
 def page_checksum(buf: bytes | bytearray | memoryview) -> int:
     """CRC-32C over everything but the checksum field itself."""
     return int(google_crc32c.value(bytes(memoryview(buf)[4:])))
@@ -195,12 +208,9 @@ class Page:
             raise ValueError(f"tuple pages are bucket or overflow pages, not kind {kind}")
         if not 0 <= block <= MAX_BLOCK:
             raise ValueError(f"block number {block} out of range")
-        page = cls(schema, bytearray(BLOCK_SIZE))
-        h = page._h
-        h["magic"], h["version"], h["kind"], h["table_id"] = PAGE_MAGIC, PAGE_VERSION, kind, table_id
-        h["blkno"], h["nslots"], h["slot_size"] = block, page.slots.size, page.slots.dtype.itemsize
-        h["row_width"], h["schema_crc"] = schema.row_width, schema.fingerprint
-        return page
+        buf = bytearray(_empty_image(schema, kind, table_id))
+        _U32.pack_into(buf, _OFF_BLKNO, block)
+        return cls(schema, buf)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview, schema: Schema, *, block: int,
