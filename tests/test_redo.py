@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from muheam.engine import Engine, EngineConfig
+from muheam.engine.redo import gather
 from muheam.engine.replay import Replayer
 from muheam.storage import Schema, SlotError
 from muheam.storage.page import Page, slot_images
@@ -129,3 +130,10 @@ def test_insert_many_refuses_xmin_zero() -> None:
     with pytest.raises(ValueError, match="xmin"):
         page.insert_many(np.array([0], np.int64), images)
     assert page.encode() == before
+
+
+def test_gather_lines_from_several_buffers_padding_past_the_end() -> None:
+    bufs = [b"abcdefgh", b"xyz"]
+    got = gather(bufs, np.array([0, 1, 0, 1], np.int32), np.array([0, 0, 6, 2]), 4)
+    assert [bytes(line) for line in got] == [b"abcd", b"xyz\0", b"gh\0\0", b"z\0\0\0"]
+    assert bytes(gather([b"ab"], np.array([0], np.int32), np.array([1]), 4)[0]) == b"b\0\0\0"
