@@ -27,7 +27,7 @@ from typing import Any, Callable
 from muheam.commits import CommitService
 from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError, StorageFailed
-from muheam.engine.engine import Transaction
+from muheam.engine import Transaction
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.ownership import Ownership

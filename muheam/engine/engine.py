@@ -29,7 +29,8 @@ from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import (Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
                                   StorageFailed, TableExists, TransactionError)
 from muheam.engine.heapops import HeapOps, Table, catalog_tables
-from muheam.storage import Heap, RowConflict, RowValueError, Schema, SchemaError, Snapshot, TupleId, mvcc
+from muheam.engine.txn import Transaction, adder
+from muheam.storage import Heap, RowConflict, Schema, SchemaError, Snapshot, TupleId, mvcc
 from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
 from muheam.storage.schema import Row, check_key, check_name
 from walmerge import WalError, WalWriter, pack_glsn, unpack_glsn
@@ -77,51 +78,6 @@ class RecoveryReport:
     records_lost: int = 0
     bytes_lost: int = 0
     aborted_in_flight: list[int] = field(default_factory=list)
-
-
-class Transaction:
-    """One transaction of this engine; the XID and snapshot come from the caller."""
-
-    __slots__ = ("engine", "xid", "snapshot", "wrote", "state", "commit_glsn")
-
-    def __init__(self, engine: "Engine", xid: int, snapshot: Snapshot) -> None:
-        self.engine = engine
-        self.xid = xid
-        self.snapshot = snapshot
-        self.wrote = False
-        self.state = mvcc.IN_PROGRESS
-        self.commit_glsn = 0
-
-    def get(self, table: str | int, key: int) -> Row | None:
-        return self.engine._get(self, table, key)
-
-    def insert(self, table: str | int, key: int, row: Mapping[str, Any]) -> TupleId:
-        return self.engine._write(self, table, key, "insert", dict(row))
-
-    def update(self, table: str | int, key: int, changes: Mapping[str, Any]) -> TupleId:
-        return self.engine._write(self, table, key, "update", dict(changes))
-
-    def add(self, table: str | int, key: int, column: str, delta: int | float) -> TupleId:
-        return self.engine._write(self, table, key, "add", (column, delta))
-
-    def delete(self, table: str | int, key: int) -> TupleId:
-        return self.engine._write(self, table, key, "delete", None)
-
-    def lock(self, table: str | int, key: int) -> TupleId:
-        """SELECT ... FOR UPDATE on one row (exclusive row lock until the transaction ends)."""
-        return self.engine._write(self, table, key, "lock", None)
-
-    def scan(self, table: str | int) -> Iterator[tuple[int, Row]]:
-        t = self.engine.table(table)
-        for keys, recs in self.engine.scan_arrays(self, table):
-            for k, r in zip(keys.tolist(), recs):
-                yield k, t.schema.from_record(r)
-
-    def commit(self) -> frozenset[int]:
-        return self.engine.commit(self)
-
-    def abort(self) -> frozenset[int]:
-        return self.engine.abort(self)
 
 
 class Engine:
@@ -428,7 +384,7 @@ class Engine:
                 elif op == "update":
                     tid = self.ops.update(t, key, lambda old: {**old, **arg}, snap, status)
                 elif op == "add":
-                    tid = self.ops.update(t, key, _adder(t, *arg), snap, status)
+                    tid = self.ops.update(t, key, adder(t, *arg), snap, status)
                 else:
                     tid = self.ops.delete(t, key, snap, status, lock_only=op == "lock")
             except RowConflict as e:
@@ -601,27 +557,6 @@ class Engine:
     @property
     def last_lamport(self) -> int:
         return unpack_glsn(self._wal.last_glsn)[0] if self._wal is not None else self._last_lamport
-
-
-def _adder(t: Table, column: str, delta: int | float) -> Callable[[Row], Row]:
-    if column not in t.schema.column_names:
-        raise RowValueError(f"table {t.name!r} has no column {column!r}; columns: {list(t.schema.column_names)}",
-                            table=t.name, column=column)
-    kind = dict(t.schema.columns)[column]
-    if kind == "int64" and (isinstance(delta, bool) or not isinstance(delta, (int, np.integer))):
-        raise RowValueError(f"table {t.name!r}, column {column!r}: add needs an integer delta for int64, got "
-                            f"{delta!r}", table=t.name, column=column)
-    if kind.startswith("text"):
-        raise RowValueError(f"table {t.name!r}, column {column!r}: cannot add to a text column", table=t.name,
-                            column=column)
-
-    def change(old: Row) -> Row:
-        v = old[column]
-        assert not isinstance(v, str)
-        old[column] = v + delta
-        return old
-
-    return change
 
 
 __all__ = ["Engine", "EngineConfig", "RecoveryReport", "SchemaError", "Transaction"]
