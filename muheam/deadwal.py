@@ -118,7 +118,9 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     if dead.end_lsn == 0 and dead.start_lsn is not None:
         dead.end_lsn = dead.start_lsn
     if parts["buf"]:
-        run = HeapRun.of_wal(bufs, *(np.concatenate(parts[k]) for k in ("buf", "off", "glsn")))
+        run = HeapRun.of_wal(bufs, np.concatenate(parts["buf"]).astype(np.int32),
+                             np.concatenate(parts["off"]).astype(np.int64),
+                             np.concatenate(parts["glsn"]).astype(np.uint64))
         _index(dead, run, table_of)
     return dead
 

@@ -15,13 +15,14 @@ dead node's chains, a node redoing its own WAL and a whole-cluster replay all go
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from muheam.engine import walrec
-from muheam.engine.errors import WalDamaged
+from muheam.engine import statefiles, walrec
+from muheam.engine.errors import StateFileCorrupt
 from muheam.storage import TupleId
 from muheam.storage.layout import SLOT_HEADER_SIZE
 from muheam.storage.page import KIND_OVERFLOW, Page, slot_images
@@ -158,10 +159,11 @@ class HeapRun:
         for r in runs:
             shifted.append(r.buf + len(bufs))
             bufs.extend(r.bufs)
-        cat = [np.concatenate([getattr(r, f) for r in runs]) for f in ("kind", "glsn", "xid", "end_lsn")]
         decoded = [r.decoded() for r in runs]
-        return HeapRun(*cat, bufs, np.concatenate(shifted).astype(np.int32),
-                       np.concatenate([r.at for r in runs]), np.concatenate([r.plen for r in runs]),
+        return HeapRun(np.concatenate([r.kind for r in runs]), np.concatenate([r.glsn for r in runs]),
+                       np.concatenate([r.xid for r in runs]), np.concatenate([r.end_lsn for r in runs]), bufs,
+                       np.concatenate(shifted).astype(np.int32), np.concatenate([r.at for r in runs]),
+                       np.concatenate([r.plen for r in runs]),
                        Decoded(*(np.concatenate([getattr(d, f) for d in decoded]) for f in _DECODED)))
 
     def rows(self, which: I64, rel: I64, width: int) -> npt.NDArray[np.uint8]:
@@ -186,7 +188,7 @@ class _Ops:
     key: I64   # _PUT: the row's key
 
 
-def _operations(run: HeapRun, t: "Table") -> _Ops:
+def _operations(run: HeapRun, t: "Table", catalog: Path) -> _Ops:
     kind = run.kind.astype(np.int64)
     n = len(run)
     ins, upd = kind == walrec.HEAP_INSERT, kind == walrec.HEAP_UPDATE
@@ -199,8 +201,9 @@ def _operations(run: HeapRun, t: "Table") -> _Ops:
     row_at = np.where(upd, _UPDATE_ROW, _INSERT_ROW)
     if (put & (run.plen != row_at + width)).any():
         i = int(np.flatnonzero(put & (run.plen != row_at + width))[0])
-        raise WalDamaged(f"heap record {i} of a redo run carries a {int(run.plen[i] - row_at[i])}-byte row; table "
-                         f"{t.name!r} has {width}-byte rows: the WAL does not match the catalog")
+        raise StateFileCorrupt(f"a WAL record to redo carries a {int(run.plen[i] - row_at[i])}-byte row; table "
+                               f"{t.name!r} has {width}-byte rows in the catalog: the catalog does not belong to "
+                               f"this WAL (restore the shared directory's global/catalog)", path=catalog)
     d = run.decoded()
     block, slot, fresh, link, key = d.block, d.slot, d.fresh, d.link, d.key
     old_block, old_slot = d.old_block, d.old_slot
@@ -305,7 +308,7 @@ def redo_run(cache: "BufferCache", t: "Table", run: HeapRun) -> int:
     (record, page) changes made, 0 when every page already had every record."""
     if not len(run):
         return 0
-    app = _Apply(cache, t, run, _operations(run, t))
+    app = _Apply(cache, t, run, _operations(run, t, statefiles.catalog_path(cache.shared)))
     page_of, rec_of, kind_of, glsn, end = app.page, app.rec, app.kind, app.glsn, app.end
     tid, n = t.table_id, len(page_of)
     changes = 0
