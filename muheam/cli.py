@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
@@ -189,8 +189,19 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
     except MuheamError as exc:
         logging.getLogger("muheam.node").error("%s", exc)
         raise
+    leave(code)  # gRPC threads must not delay the exit of a stopped or fenced node
+
+
+def leave(code: int) -> NoReturn:
+    """Flush and exit at once, skipping the interpreter's shutdown: a process that used an etcd watch can hang
+    for ever in gRPC's clean-up at exit (a stopped node; ``walmerge --follow`` after its summary was printed)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     logging.shutdown()
-    os._exit(code)  # gRPC threads must not delay the exit of a stopped or fenced node
+    os._exit(code)
 
 
 @node.command("stop")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from muheam import config as config_mod
-from muheam.cli import cli, config_options, emit, format_option, load_config
+from muheam.cli import cli, config_options, emit, format_option, leave, load_config
 from muheam.errors import ConfigError, MuheamError
 
 # tables and rows -------------------------------------------------------------------------------------------
@@ -272,6 +272,7 @@ def _walmerge_stream(out: Path, subscribe: str | None, publish: str | None, star
     else:
         click.echo(f"followed {result['records']} records into {out} up to LSN {result['end_lsn_text']} "
                    f"(stopped: {result['stopped']})")
+    leave(0)  # the etcd watch the follower used must not hold the process at exit
 
 
 def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool,
