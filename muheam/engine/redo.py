@@ -5,7 +5,7 @@ must be applied, i.e. GLSN order) is split into page operations -- initialise a 
 put a version in a slot, set or clear an xmax, free slots -- grouped by page, keeping the run's order within
 each page.  A page takes a record's operations only if the record's GLSN is above the page's GLSN at that point
 (its starting GLSN, or the last record applied to it before): the ordinary idempotent redo rule, so the result
-is byte for byte what applying the records one at a time gives (``heapops.redo_heap`` is this with one record).
+is byte for byte what applying the records one at a time gives (a run of one record is exactly that).
 
 What makes it fast is that consecutive inserts into one page become one vectorised ``Page.insert_many``, and
 each page is fetched, stamped and marked dirty once per run instead of once per record: a survivor rebuilding a
