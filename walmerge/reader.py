@@ -26,6 +26,7 @@ record is appended after their flush.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import time
@@ -37,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from walmerge.errors import WalCorruption, WalError, WalMissingSegment, format_lsn
+from walmerge.jit import scan_clean
 from walmerge.record import Record, align8, record_from
 from walmerge.scan import END, Expect, looks_torn, scan_headers, valid_records_after, validate
 from walmerge.segment import (
@@ -63,18 +65,26 @@ class TornTail:
 
 
 @dataclass(frozen=True)
-class SegmentBatch:
-    """The validated records of one segment: raw buffer + numpy headers/offsets (the merge's input)."""
+class ValidatedSegment:
+    """The validated records of one segment: its bytes + numpy headers/offsets (the merge's input).  ``data`` is
+    the file's bytes, or a read-only map of the file (``WalReader.segments(mapped=True)``)."""
 
     path: Path
     header: SegmentHeader
-    data: bytes
+    data: bytes | memoryview
     offsets: npt.NDArray[np.int64]
     headers: npt.NDArray[np.void]
 
     def records(self) -> Iterator[Record]:
         for off in self.offsets.tolist():
             yield record_from(self.data, off)
+
+
+@dataclass(frozen=True)
+class SegmentBatch(ValidatedSegment):
+    """A ``ValidatedSegment`` read into ``bytes`` (what ``WalReader.batches`` yields)."""
+
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -93,16 +103,20 @@ class WalReader:
     (where the next record would go), ``last`` describes the last valid record, ``torn`` is set if the read
     stopped at a torn tail.  ``stop_lsn`` stops before the first record at or after it (nothing later is
     checked).  ``start_lsn`` must be a record start or a segment start; by default the first segment present.
+    ``compiled``: check clean segments with the compiled walk (``walmerge.jit``; the bulk merge uses it, the
+    nodes do not, to keep numba out of their start-up); the answers are the same.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, node_id: int, system_id: int,
-                 start_lsn: int | None = None, stop_lsn: int | None = None, verify_crc: bool = True) -> None:
+                 start_lsn: int | None = None, stop_lsn: int | None = None, verify_crc: bool = True,
+                 compiled: bool = False) -> None:
         self.directory = Path(directory)
         self.node_id = node_id
         self.system_id = system_id
         self.start_lsn = start_lsn
         self.stop_lsn = stop_lsn
         self.verify_crc = verify_crc
+        self.compiled = compiled
         self.segment_size: int | None = None
         self.end_lsn: int | None = None
         self.last: LastRecord | None = None
@@ -117,6 +131,14 @@ class WalReader:
         return list(self)
 
     def batches(self) -> Iterator[SegmentBatch]:
+        for seg in self.segments():
+            assert isinstance(seg, SegmentBatch)
+            yield seg
+
+    def segments(self, *, mapped: bool = False) -> Iterator[ValidatedSegment]:
+        """Like ``batches``; ``mapped``: map complete segment files read-only instead of reading them
+        (``map_segment``), saving a copy of every byte.  Every check is the same.  The last segment of the
+        stream, which a live writer may still be filling, and any file not of full segment size are read."""
         segs = list_segments(self.directory) if self.directory.is_dir() else []
         if not segs:
             self.end_lsn = self.start_lsn or 0
@@ -145,10 +167,11 @@ class WalReader:
                 raise WalMissingSegment(path=self.directory / segment_name(missing), lsn=self.end_lsn)
             if self.stop_lsn is not None and start + SEGMENT_HEADER_SIZE > self.stop_lsn and i > idx:
                 return
-            data = path.read_bytes()
+            last_seg = i == len(segs) - 1
+            mv = map_segment(path, size) if mapped and not last_seg else None
+            data: bytes | memoryview = path.read_bytes() if mv is None else mv
             hdr = decode_segment_header(data, path, node_id=self.node_id, system_id=self.system_id,
                                         segment_size=size)
-            last_seg = i == len(segs) - 1
             if not last_seg and len(data) != size:
                 raise WalCorruption(f"segment file is {len(data)} bytes, expected {size} (truncated) and later "
                                     f"segments exist", path=path, offset=len(data), lsn=start + len(data))
@@ -167,9 +190,14 @@ class WalReader:
                     offset=self.end_lsn - segs[i - 1][0], lsn=self.end_lsn)
             if self.end_lsn is None or i > idx:
                 self.end_lsn = start + off0
-            scan = scan_headers(data, start, off0, size)
             stream_node = None if hdr.merged else self.node_id
-            n_ok, why = validate(data, scan, start, expect, stream_node=stream_node, verify_crc=self.verify_crc)
+            clean = scan_clean(data, start, off0, size, expect, stream_node=stream_node,
+                               verify_crc=self.verify_crc) if self.compiled else None
+            if clean is not None:
+                scan, n_ok, why = clean, len(clean.offsets), ""
+            else:
+                scan = scan_headers(data, start, off0, size)
+                n_ok, why = validate(data, scan, start, expect, stream_node=stream_node, verify_crc=self.verify_crc)
             damage: tuple[int, str] | None = None
             if n_ok < len(scan.offsets):
                 damage = int(scan.offsets[n_ok]), why
@@ -189,14 +217,17 @@ class WalReader:
                 self.end_lsn = align8(end)
                 expect = Expect(lsn, int(h["glsn"]), int(h["epoch"]))
                 self.records_read += n_ok
-                yield SegmentBatch(path, hdr, data, scan.offsets[:n_ok], scan.headers[:n_ok])
+                if isinstance(data, bytes):
+                    yield SegmentBatch(path, hdr, data, scan.offsets[:n_ok], scan.headers[:n_ok])
+                else:
+                    yield ValidatedSegment(path, hdr, data, scan.offsets[:n_ok], scan.headers[:n_ok])
             if stopped:
                 return
             if damage is not None:
                 self._classify(data, path, start, size, damage[0], damage[1], last_seg)
                 return
 
-    def _classify(self, data: bytes, path: Path, start: int, size: int, off: int, reason: str,
+    def _classify(self, data: bytes | memoryview, path: Path, start: int, size: int, off: int, reason: str,
                   last_seg: bool) -> None:
         """Apply the torn-tail-or-corruption rules of the module docstring; raise or set ``self.torn``."""
         lsn = start + off
@@ -215,6 +246,26 @@ class WalReader:
                 f"zero-filled, so this is not an interrupted write", path=path, offset=off, lsn=lsn)
         nonzero = int(np.count_nonzero(np.frombuffer(data, np.uint8)[off:]))
         self.torn = TornTail(lsn, path, off, reason, len(after), nonzero)
+
+
+def map_segment(path: Path, size: int) -> memoryview | None:
+    """``path`` mapped read-only (and its pages mapped in at once) if the file is exactly ``size`` bytes, else
+    None (then read it).  Segment files are created at full size and never truncated (``truncate_at`` zeroes and
+    moves them), so a map of a full-size file cannot run past its end and fault.  The map is unmapped when the
+    last reference to the view (or to a numpy array over it) goes away."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size != size:
+            return None
+        m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return memoryview(m)
 
 
 def read_wal(directory: str | os.PathLike[str], *, node_id: int, system_id: int) -> list[Record]:

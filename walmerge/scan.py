@@ -106,12 +106,16 @@ def _lsn_candidates(buf: Buf, k0: int, n8: int, base_lsn: int) -> tuple[npt.NDAr
     at = address(buf) if extend is not None else 0
     crc = 0
     found = []
+    diff = np.empty(min(_BLOCK, n8), dtype=np.uint32)  # reused for every block: no allocation per numpy call
+    same = np.empty(len(diff), dtype=np.bool_)
     for a in range(k0, n8 - 1, _BLOCK):
         b = min(a + _BLOCK, n8 - 1)
         if extend is not None:
             crc = extend(crc, at + 8 * a, 8 * (b - a))
-        diff = u32[2 * a + 2: 2 * b + 2: 2] - ramp[: b - a]
-        hit = np.flatnonzero(diff == np.uint32((base_lsn + 8 * a) & 0xFFFFFFFF))
+        d, m = diff[: b - a], same[: b - a]
+        np.subtract(u32[2 * a + 2: 2 * b + 2: 2], ramp[: b - a], out=d)
+        np.equal(d, np.uint32((base_lsn + 8 * a) & 0xFFFFFFFF), out=m)
+        hit = np.flatnonzero(m)
         if len(hit):
             found.append(hit + a)
     if extend is not None:

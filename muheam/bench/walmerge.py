@@ -10,8 +10,9 @@ machine is shared and noisy), page cache warm for all three (every input file is
 measurement), nobody fsyncs (``cp`` does not, so the merge runs with ``fsync=False`` and the heapq baseline
 with the writer's syncs stubbed out), output on the same file system as the input, every output deleted before
 the next measurement and one unmeasured copy first (on this VM the first write to a page of RAM costs several
-times a later one: whoever wrote first into never-used memory used to be charged for it, and that was ``cp``),
-all in one process under the merge's allocator setting (``keep_freed_memory``):
+times a later one: whoever wrote first into never-used memory used to be charged for it, and that was ``cp``)
+and one unmeasured merge (it loads the compiled kernels of ``walmerge.jit``), all in one process under the
+merge's allocator setting (``keep_freed_memory``):
 
 * ``mb_per_s``: ``walmerge.merge`` (input CRCs verified, as recovery would; with its read-ahead thread, as by
   default); ``mb_per_s_no_crc`` without the CRC check.
@@ -22,7 +23,8 @@ all in one process under the merge's allocator setting (``keep_freed_memory``):
 
 MB/s are input segment bytes (10^6) per second.  Ratios: ``ratio_vs_cp = mb_per_s / cp_mb_per_s`` (goal >= 0.5),
 ``ratio_vs_heapq = mb_per_s / heapq_mb_per_s`` (goal >= 20).  ``cpu_seconds`` (user + system, all threads, of
-each best run) and ``cpu_mb_per_s`` say how much of a wall-clock figure was CPU this process got.
+each best run) and ``cpu_mb_per_s`` say how much of a wall-clock figure was CPU this process got;
+``compiled`` whether the merge ran its compiled kernels (``MUHEAM_NO_JIT=1`` measures the numpy reference).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from unittest import mock
 
-from walmerge import MERGED_NODE_ID, Record, RecordKind, WalReader, WalWriter
+from walmerge import MERGED_NODE_ID, Record, RecordKind, WalReader, WalWriter, jit
 import walmerge.writer as writer_mod
 from walmerge.merge import keep_freed_memory, merge, node_dirs
 from walmerge.segment import list_segments
@@ -161,6 +163,10 @@ def run(total_bytes: int = 1 << 30, nodes: int = 3, payload: tuple[int, int] = (
         # One unmeasured copy first: on a fresh VM the first write of each page of RAM is several times slower
         # than later ones (the page-cache pages of whatever runs first would pay it).  Every output is deleted
         # before the next measurement, so all contenders write into recycled memory.
+        # (After one unmeasured merge, which loads the compiled kernels of walmerge.jit: compiling them takes
+        # seconds on a machine's first run.)
+        merge(root, fresh("merged"), system_id=SYSTEM_ID, fsync=False)
+        shutil.rmtree(Path(tmp) / "merged")
         _cp(root, fresh("cp"))
         shutil.rmtree(Path(tmp) / "cp")
         with keep_freed_memory():  # the merge's allocator setting, for every contender in this process
@@ -208,6 +214,7 @@ def run(total_bytes: int = 1 << 30, nodes: int = 3, payload: tuple[int, int] = (
             "cores": os.cpu_count(),
             "generate_seconds": round(gen_s, 1),
             "fsync": False,
+            "compiled": jit.enabled(),
             "page_cache": "warm (inputs read right before each measurement); outputs into recycled memory",
         }
 
