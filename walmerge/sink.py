@@ -154,9 +154,10 @@ def run_plan(plan: BlockPlan, dst: bytearray, shift: int, buffers: Sequence[Buf]
 
 class _SegmentFiles:
     """Bulk publishing: pieces ``pwrite``n into ``<segment>.tmp`` as they are built, then the segment header,
-    zeros to the segment's size, (fdatasync,) rename.  Safe to use from several threads: each has its own
-    reused piece buffer (so a piece is written from the cache of the core that built it), and pieces of one
-    segment may be written in any order; ``seal`` must come after them (``_WriteBehind`` orders it)."""
+    zeros to the segment's size, (fdatasync,) rename.  Safe to use from several threads: a thread that builds
+    and writes its pieces has its own reused buffer (``buffer``); pieces built in one thread and written in
+    another come from a pool (``take``, ``write_and_give``).  Pieces of one segment may be written in any
+    order; ``seal`` must come after them (``_WriteBehind`` orders it)."""
 
     def __init__(self, directory: Path, size: int, *, fsync: bool, piece: int) -> None:
         self.directory = directory
@@ -168,6 +169,7 @@ class _SegmentFiles:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}  # seg_start -> fd of its .tmp file, until sealed
+        self._free: list[bytearray] = []  # piece buffers built by the caller, back from the write-behind thread
 
     def _tmp(self, seg_start: int) -> Path:
         return self.directory / (segment_name(seg_start) + ".tmp")
@@ -179,6 +181,22 @@ class _SegmentFiles:
         if buf is None or len(buf) < length:
             buf = self._local.buf = bytearray(max(length, self._piece))
         return buf
+
+    def take(self, length: int) -> bytearray:
+        """A free piece buffer of at least ``length`` bytes (hand it back with ``write_and_give``)."""
+        with self._lock:
+            buf = self._free.pop() if self._free else None
+        if buf is None or len(buf) < length:
+            buf = bytearray(max(length, self._piece))
+        return buf
+
+    def write_and_give(self, seg_start: int, buf: bytearray, length: int, offset: int) -> None:
+        """``write``, then put ``buf`` back among the free piece buffers."""
+        try:
+            self.write(seg_start, buf, length, offset)
+        finally:
+            with self._lock:
+                self._free.append(buf)
 
     def _fd(self, seg_start: int) -> int:
         with self._lock:
@@ -236,7 +254,8 @@ def _preallocate(fd: int, size: int) -> None:
 
 
 class _WriteBehind:
-    """Worker threads building and writing the bulk sink's pieces while the caller merges the next window.
+    """Worker threads writing (and, on the numpy path, building) the bulk sink's pieces while the caller merges
+    the next window.
 
     Copying records into a piece and the kernel's copy of it into the page cache both run without the GIL, so
     they overlap with the merge and the reader thread (measured here on two cores: one worker is best, a second
@@ -432,10 +451,14 @@ class MergedSink:
     def _write_pieces(self, files: _SegmentFiles, buffers: Sequence[Buf], headers: npt.NDArray[np.void],
                       src: npt.NDArray[np.int32], off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64],
                       total: npt.NDArray[np.int64], dst: npt.NDArray[np.int64], lsns: npt.NDArray[np.uint64]) -> None:
-        """Bulk mode: cut the records into pieces (those that start in one stretch of ``piece`` bytes) and build
-        and write each piece (in the write-behind thread if there is one: a job holds ``buffers``, so mapped
-        input stays mapped until its records are copied).  Compiled (``jit.build_piece``) when it is on and no
-        record is cut inside its padding; else through a block plan, with the new headers made here."""
+        """Bulk mode: cut the records into pieces (those that start in one stretch of ``piece`` bytes), build each
+        and write it (in the write-behind thread if there is one).
+
+        Compiled (``jit.build_piece``) when it is on and no record is cut inside its padding: the piece is built
+        here, in a buffer of the pool, and only its ``pwrite`` goes behind (measured here: the merging thread
+        waited for the write-behind thread when that built the pieces too).  Else through a block plan and
+        numpy, with the new headers made here, built and written behind (a job holds ``buffers``, so mapped
+        input stays mapped until its records are copied)."""
         stretch = (dst - dst[0]) // self.piece
         new_piece = stretch[1:] != stretch[:-1]
         piece = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(new_piece)))  # numbered 0, 1, 2... (a
@@ -443,15 +466,18 @@ class MergedSink:
         starts = np.concatenate(([0], np.flatnonzero(new_piece) + 1)).tolist()
         ends = starts[1:] + [len(dst)]
         clipped = _clipped(buffers, src, off, aligned)
-        jobs: list[Callable[[], None]] = []
         if clipped is None and jit.enabled():
             prevs = np.empty(len(lsns), dtype=np.uint64)
             prevs[0] = self._last_lsn
             prevs[1:] = lsns[:-1]
             addresses = np.fromiter((jit.address(b) for b in buffers), dtype=np.int64, count=len(buffers))
             for a, b in zip(starts, ends):
-                jobs.append(functools.partial(self._build_compiled, files, self._seg_start, buffers, addresses,
-                                              src[a:b], off[a:b], aligned[a:b], dst[a:b], lsns[a:b], prevs[a:b]))
+                base = int(dst[a])
+                length = int(dst[b - 1] + aligned[b - 1]) - base
+                buf = files.take(length)
+                jit.build_piece(buf, base, addresses, src[a:b], off[a:b], aligned[a:b], dst[a:b], lsns[a:b],
+                                prevs[a:b])
+                self._run(functools.partial(files.write_and_give, self._seg_start, buf, length, base))
         else:
             new = self._new_headers(headers, lsns)
             plan = block_plan(src, off, dst, aligned, piece) if clipped is None else None
@@ -461,26 +487,16 @@ class MergedSink:
                 if plan is not None:
                     while g1 < len(plan.groups) and plan.groups[g1][0] == p:
                         g1 += 1
-                jobs.append(functools.partial(self._build_piece, files, self._seg_start, buffers, plan, g, g1,
-                                              src[a:b], off[a:b], aligned[a:b], total[a:b], dst[a:b], new[a:b]))
+                self._run(functools.partial(self._build_piece, files, self._seg_start, buffers, plan, g, g1,
+                                            src[a:b], off[a:b], aligned[a:b], total[a:b], dst[a:b], new[a:b]))
                 g = g1
-        for job in jobs:
-            if self._behind is None:
-                job()
-            else:
-                self._behind.piece(job)
 
-    @staticmethod
-    def _build_compiled(files: _SegmentFiles, seg_start: int, buffers: Sequence[Buf],
-                        addresses: npt.NDArray[np.int64], src: npt.NDArray[np.int32], off: npt.NDArray[np.int64],
-                        aligned: npt.NDArray[np.int64], dst: npt.NDArray[np.int64], lsns: npt.NDArray[np.uint64],
-                        prevs: npt.NDArray[np.uint64]) -> None:
-        """``_build_piece`` in one compiled call (``buffers`` is held only to keep ``addresses`` valid)."""
-        base = int(dst[0])
-        length = int(dst[-1] + aligned[-1]) - base
-        buf = files.buffer(length)
-        jit.build_piece(buf, base, addresses, src, off, aligned, dst, lsns, prevs)
-        files.write(seg_start, buf, length, base)
+    def _run(self, job: Callable[[], None]) -> None:
+        """Run a piece job here, or hand it to the write-behind thread."""
+        if self._behind is None:
+            job()
+        else:
+            self._behind.piece(job)
 
     def _build_piece(self, files: _SegmentFiles, seg_start: int, buffers: Sequence[Buf], plan: BlockPlan | None,
                      g0: int, g1: int, src: npt.NDArray[np.int32], off: npt.NDArray[np.int64],
