@@ -98,3 +98,27 @@ def test_torn_tail_and_fences_give_the_same_bytes(tmp_path: Path, monkeypatch: p
     fences = {1: [(1, (40 << 16) | 1)]}
     a, b = _both(tmp_path, monkeypatch, fences=fences)
     assert a == b and a
+
+
+def test_a_kernel_that_cannot_load_falls_back_to_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """numba failing to compile or cache (it raises RuntimeError, not ImportError) turns the kernels off with one
+    warning; the merge then runs on the reference and writes the same bytes."""
+    write_cluster(tmp_path, [(i % 3, i % 5 == 0, 40 * i % 700, False) for i in range(120)], seg=1 << 14)
+    merge(tmp_path, tmp_path / "jit")
+
+    def broken(_k: object) -> None:
+        raise RuntimeError("cannot cache function 'walk_clean': no locator available")
+
+    monkeypatch.setattr(jit, "_warm_up", broken)
+    jit.kernels.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="walmerge.jit"):
+            assert not jit.enabled()
+        assert "no locator available" in caplog.text and "numpy" in caplog.text
+        merge(tmp_path, tmp_path / "fallback")
+    finally:
+        monkeypatch.undo()
+        jit.kernels.cache_clear()
+    assert jit.enabled()
+    assert _tree(tmp_path / "fallback") == _tree(tmp_path / "jit")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ from walmerge.record import HEADER_DTYPE, HEADER_SIZE
 
 if TYPE_CHECKING:
     from walmerge.scan import Expect, HeaderScan
+
+log = logging.getLogger("walmerge.jit")
 
 Buf = bytes | bytearray | memoryview
 _WORDS = HEADER_SIZE // 8
@@ -55,9 +58,36 @@ def kernels() -> ModuleType | None:
             return None
         llvm.add_symbol("crc32c_extend", address)
         from walmerge import _kernels
-    except (ImportError, OSError, AttributeError):
+
+        _warm_up(_kernels)
+    except Exception as e:  # noqa: BLE001 - numba raises RuntimeError too (e.g. no writable cache directory)
+        log.warning("compiled merge kernels unavailable (%s: %s); using the numpy code (about half the speed)",
+                    type(e).__name__, e)
         return None
     return _kernels
+
+
+def _warm_up(k: ModuleType) -> None:
+    """Compile (or load from the cache) both kernels now, for the argument types the merge passes, so that a
+    failure shows here (and turns them off) rather than in the middle of a merge."""
+    zero = bytes(64)
+    k.walk_clean(_ro(zero, np.uint8), _ro(zero, np.uint64), address(zero), 8, np.uint64(0), 64, False,
+                 np.uint64(0), np.uint64(0), np.uint64(0), -1, True, np.empty(2, np.int64),
+                 np.empty(2 * _WORDS, np.uint64))
+    dst = bytearray(64)
+    i64 = np.zeros(0, np.int64)
+    u64 = np.zeros(0, np.uint64)
+    from walmerge.record import _lin_table
+
+    k.build_piece(np.frombuffer(dst, np.uint8), _u64(dst), 0, i64, np.zeros(0, np.int32), i64, i64, i64, u64, u64,
+                  _lin_table())
+
+
+def _ro(buf: Buf, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
+    """``buf`` as a read-only array (one compiled variant, whether the bytes are ``bytes``, a map or not)."""
+    a = np.frombuffer(buf, dtype=dtype, count=len(buf) // np.dtype(dtype).itemsize)
+    a.flags.writeable = False
+    return a
 
 
 def enabled() -> bool:
@@ -85,7 +115,7 @@ def scan_clean(buf: Buf, base_lsn: int, start: int, segment_size: int, expect: E
     offsets = np.empty(room, dtype=np.int64)
     heads = np.empty(room * _WORDS, dtype=np.uint64)
     n, stop = k.walk_clean(
-        np.frombuffer(buf, dtype=np.uint8), _u64(buf), address(buf), start, np.uint64(base_lsn), segment_size,
+        _ro(buf, np.uint8), _ro(buf, np.uint64), address(buf), start, np.uint64(base_lsn), segment_size,
         expect.prev_lsn is not None, np.uint64(expect.prev_lsn or 0), np.uint64(expect.glsn), np.uint64(expect.epoch),
         -1 if stream_node is None else stream_node, verify_crc, offsets, heads)
     if n < 0:
