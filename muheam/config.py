@@ -24,6 +24,9 @@ ETCD_MIN_TTL = 2
 DEFAULT_TTL = 2
 MAX_NODE_ID = 1023
 ENV_PREFIX = "MUHEAM_"
+NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FULL", "MUHEAM_NO_JIT", "MUHEAM_SIM_EXAMPLES"})
+"""``MUHEAM_*`` variables that are not cluster settings: the config file, tracebacks (cli), the long test runs
+(tests), numpy instead of compiled walmerge kernels (``walmerge.jit``); ``MUHEAM_TEST*`` is the tests' too."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes"}
@@ -147,7 +150,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``MUHEAM_LEASE_TTL=3``, ``MUHEAM_ETCD_ENDPOINTS=http://a:1,http://b:2``, ``MUHEAM_NODES__2__PEER_ENDPOINT=...``."""
     out: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in ("MUHEAM_CONFIG", "MUHEAM_FULL", "MUHEAM_DEBUG") or name.startswith("MUHEAM_TEST"):
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS or name.startswith("MUHEAM_TEST"):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         if path[0] not in _TOP_KEYS:

@@ -68,6 +68,9 @@ def test_environment_overrides_file_and_flags_override_environment(tmp_path: Pat
     assert config.load(path, env=env, overrides={"lease_ttl": 7}).lease_ttl == 7
     with pytest.raises(ConfigError, match="MUHEAM_COLOUR"):
         config.load(path, env={"MUHEAM_COLOUR": "x"})
+    # the switches the README documents are not settings, and must not be refused as unknown ones
+    for name in ("MUHEAM_DEBUG", "MUHEAM_NO_JIT", "MUHEAM_FULL", "MUHEAM_CONFIG"):
+        assert config.load(path, env={name: "1"}).lease_ttl == 5
 
 
 def test_cli_reports_bad_config_in_one_line_with_exit_2(tmp_path: Path) -> None:
