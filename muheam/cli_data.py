@@ -12,6 +12,7 @@ import click
 from muheam import config as config_mod
 from muheam.cli import cli, config_options, emit, format_option, leave, load_config
 from muheam.errors import ConfigError, MuheamError
+from walmerge.record import format_glsn
 
 # tables and rows -------------------------------------------------------------------------------------------
 node_choice = click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), default=None,
@@ -209,6 +210,10 @@ def walmerge_cmd(out: str | None, verify_: bool, merged: str | None, allow_torn_
                                [--poll-interval S] [--duration S | --until-idle]
     Subscribe: muheam walmerge --subscribe tcp://HOST:PORT --out DIR [--duration S]
 
+    Bulk mode with -c/--config asks etcd which nodes are running and merges only up to the GLSN all their WALs
+    have passed (a consistent cut; JSON: running_nodes, cut_glsn); with --shared-dir and no config every WAL is
+    merged to its end (stop the nodes first).
+
     Follow mode learns the live nodes from etcd (-c/--config, MUHEAM_* and --etcd/--cluster-name), writes what
     every live node's WAL has passed to --out (resuming at its end after a restart), and stops cleanly on
     SIGINT/SIGTERM; --format json prints a summary at exit.  Subscribers get the records from any merged LSN on
@@ -280,8 +285,10 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
     from walmerge.merge import merge
     from walmerge.verify import verify
 
+    cfg = None
     if shared is None and merged is None:
-        shared = str(load_config(kw, require_shared_dir=True).shared_dir)
+        cfg = load_config(kw, require_shared_dir=True)
+        shared = str(cfg.shared_dir)
     if shared is not None and not Path(shared).is_dir():
         raise ConfigError(f"--shared-dir: {shared} does not exist")
     if out is None and not verify_:
@@ -292,14 +299,19 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
 
     # incarnations the survivors recovered: what a zombie wrote after the fence point is not history (I6)
     fences = read_fences(Path(shared)) if shared is not None else {}
+    live: list[int] = []
+    cut: int | None = None
+    if out is not None and cfg is not None:
+        live, cut = _running_cut(cfg, Path(cfg.shared_dir), fmt)
     if out is not None:
         assert shared is not None
-        summary = _merge_with_progress(merge, shared, out, fmt == "table" and sys.stderr.isatty(), fences)
+        summary = _merge_with_progress(merge, shared, out, fmt == "table" and sys.stderr.isatty(), fences, cut)
         result["merge"] = {
             "records": summary.records, "bytes_in": summary.bytes_in, "bytes_out": summary.bytes_out,
             "per_node": summary.per_node, "segments": len(summary.segments), "skipped_fenced": summary.skipped_fenced,
             "first_glsn": summary.first_glsn, "last_glsn": summary.last_glsn, "seconds": round(summary.seconds, 3),
-            "mb_per_s": round(summary.mb_per_s, 1), "out": str(out),
+            "mb_per_s": round(summary.mb_per_s, 1), "out": str(out), "running_nodes": live,
+            "cut_glsn": cut, "cut_glsn_text": format_glsn(cut) if cut is not None else None,
         }
         if fmt == "table":
             click.echo(f"merged {summary.records} records from {len(summary.per_node)} nodes "
@@ -307,8 +319,9 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
                        f"in {summary.seconds:.2f} s into {out}")
     code = 0
     if verify_:
-        report = verify(shared, out or merged, allow_torn_tail=allow_torn_tail, fences=fences, block_of=block_of,
-                        waits_of=Waits())
+        # a running node may be half-way through writing its last record: that is no damage
+        report = verify(shared, out or merged, allow_torn_tail=allow_torn_tail or bool(live), fences=fences,
+                        block_of=block_of, waits_of=Waits(), stop_glsn=cut)
         code = report.exit_code
         result["verify"] = {"status": str(report.status.value) if hasattr(report.status, "value") else
                             str(report.status), "problems": [str(p) for p in report.problems],
@@ -321,17 +334,56 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
             click.echo(f"verify: {result['verify']['status']}")
     if fmt == "json":
         emit(result, fmt)
+    if cfg is not None:
+        leave(code)  # etcd was asked (the running nodes): gRPC's clean-up must not hold the process at exit
     if code:
         sys.exit(code)
 
 
-def _merge_with_progress(merge: Any, shared: str, out: str, bar: bool, fences: Any) -> Any:
+def _running_cut(cfg: Any, shared: Path, fmt: str) -> tuple[list[int], int | None]:
+    """The nodes etcd lists as members and the GLSN every one of their WALs has passed.  Merging only up to there
+    gives a consistent cut of a running cluster: a running node's next records have higher GLSNs than its last
+    one, so nothing can later appear below the cut (without it the output could miss a record of one node
+    between two of another's, and ``--verify`` would report the merge wrong).  Returns ``([], None)`` when no
+    node runs."""
+    from muheam.engine.replay import wal_tail_glsns
+    from muheam.errors import EtcdUnavailable
+    from muheam.membership import connect
+    from walmerge.merge import detect_system_id, node_dirs
+
+    try:
+        backend = connect(cfg.etcd_endpoints, timeout=2.0)
+        try:
+            members, _ = backend.members(cfg.cluster_name)
+        finally:
+            backend.close()
+    except EtcdUnavailable as e:
+        click.echo(f"muheam: warning: cannot ask etcd which nodes are running ({e}); merging every WAL to its end. "
+                   "If nodes are running the last records may not form a consistent cut: stop them, or retry "
+                   "with etcd up", err=True)
+        return [], None
+    live = sorted({m.node_id for m in members})
+    if not live:
+        return [], None
+    system_id = next((sid for d in node_dirs(shared).values() if (sid := detect_system_id(d)) is not None), None)
+    tails = wal_tail_glsns(shared, system_id) if system_id is not None else {}
+    ends = [tails[n] for n in live if n in tails]
+    if not ends:
+        return live, None
+    cut = min(ends)
+    if fmt == "table":
+        click.echo(f"nodes {', '.join(map(str, live))} are running: merging up to GLSN {format_glsn(cut)}, which "
+                   "all their WALs have passed (later records go into the next merge)", err=True)
+    return live, cut
+
+
+def _merge_with_progress(merge: Any, shared: str, out: str, bar: bool, fences: Any, cut: int | None) -> Any:
     if not bar:
-        return merge(shared, out, fences=fences)
+        return merge(shared, out, fences=fences, stop_glsn=cut)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), transient=True) as progress:
         task = progress.add_task("merging WAL", total=None)
-        return merge(shared, out, fences=fences,
+        return merge(shared, out, fences=fences, stop_glsn=cut,
                      progress=lambda done, total: progress.update(task, completed=done, total=total))

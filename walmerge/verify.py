@@ -300,11 +300,13 @@ def verify(shared_root: str | os.PathLike[str] | None = None, output: str | os.P
            block_of: Callable[[Record], Hashable | None] | None = None,
            waits_of: Callable[[Record], Iterable[int]] | None = None,
            begins_xid: Callable[[Record], int | None] | None = None, compare: bool = True,
-           allow_torn_tail: bool = False) -> VerifyReport:
+           allow_torn_tail: bool = False, stop_glsn: int | None = None) -> VerifyReport:
     """Verify the node WALs under ``shared_root`` and/or the merged stream in ``output``; see module docstring.
 
     A torn tail (what the reader accepts as an interrupted last write) is a problem unless ``allow_torn_tail``:
     after a node crash it is expected, in an archive of a cleanly stopped cluster it is damage.
+    ``stop_glsn``: the output was merged up to this GLSN (``merge(stop_glsn=...)``, a cut of running nodes'
+    WAL); it is compared with the inputs' records up to there.
     """
     report = VerifyReport()
     rep = _Reporter(report)
@@ -346,7 +348,11 @@ def verify(shared_root: str | os.PathLike[str] | None = None, output: str | os.P
         oc = out_cols.cat()
         _check_xids(rep, "merged", oc["glsn"], oc["node"], oc["xid"], oc["kind"])
         if inputs and compare:
-            _compare(rep, out_cols, oc, merged_in)
+            upto = merged_in
+            if stop_glsn is not None:
+                keep = merged_in["glsn"] <= np.uint64(stop_glsn)
+                upto = {k: v[keep] for k, v in merged_in.items()}
+            _compare(rep, out_cols, oc, upto)
     if block_of or waits_of or begins_xid:
         if out is not None:
             recs: Iterable[Record] = _safe_iter(WalReader(out, node_id=MERGED_NODE_ID, system_id=system_id))

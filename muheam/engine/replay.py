@@ -254,19 +254,26 @@ def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False
     return rep
 
 
+def wal_tail_glsns(shared: Path, system_id: int) -> dict[int, int]:
+    """The last GLSN in every node's WAL (read from its last segment that holds a record; nodes with no record
+    are left out).  A running node's later records have higher GLSNs than its last one: the bulk merge's
+    consistent cut rests on it."""
+    out: dict[int, int] = {}
+    for node, directory in node_dirs(shared).items():
+        for start, _ in reversed(list_segments(directory)):
+            reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=start, verify_crc=False)
+            try:
+                for batch in reader.batches():
+                    if len(batch.headers):
+                        out[node] = max(out.get(node, 0), int(batch.headers["glsn"].max()))
+            except WalError:
+                break  # a damaged tail: its owner's recovery deals with it
+            if node in out:
+                break
+    return out
+
+
 def wal_tails_lamport(shared: Path, system_id: int) -> int:
     """The highest Lamport time in the last segment of every node's WAL (running nodes log at least a heartbeat
     every fraction of a second, so this is close to the cluster's clock)."""
-    top = 0
-    for node, directory in node_dirs(shared).items():
-        segs = list_segments(directory)
-        if not segs:
-            continue
-        reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=segs[-1][0], verify_crc=False)
-        try:
-            for batch in reader.batches():
-                if len(batch.headers):
-                    top = max(top, int(batch.headers["glsn"].max()) >> 16)
-        except WalError:
-            continue  # a damaged tail: its owner's recovery deals with it
-    return top
+    return max(wal_tail_glsns(shared, system_id).values(), default=0) >> 16
