@@ -75,7 +75,8 @@ class Survivors:
         self.expired_at: dict[int, float] = {}
         self.prepared: dict[int, set[int]] = {}
         self.jobs: dict[int, _Job] = {}
-        self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0}
+        self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0,
+                                         "repair_calls": 0}
         ownership.repair = self
 
     # -- membership events (called by the node loop) -----------------------------------------------------------
@@ -126,6 +127,7 @@ class Survivors:
             return 0
         cache = self.engine.cache
         t0 = time.perf_counter()
+        self.counters["repair_calls"] += 1
         changed = deadwal.redo_chain(cache, t, head, deads)
         spent = time.perf_counter() - t0
         self.counters["repair_us"] += int(spent * 1e6)

@@ -16,7 +16,9 @@ job: the outcome round, ``outcomes_ms``, then taking every chain the dead node t
 protocol, rebuilding and writing it through), ``recovery_mb_per_s`` (the same bytes over ``read_ms`` plus
 ``recovery_ms``: redo with every wait of the job included), ``tps_during_recovery_ratio`` (survivor commits per second from the detection to the end of
 recovery over the same rate in the seconds before the kill; between the kill and the detection the commit and lock
-rounds wait for the silent member, which ``stall_ms`` reports), ``sum_violations`` (must be 0).
+rounds wait for the silent member, which ``stall_ms`` reports), ``sum_violations`` (must be 0), and
+``repair_calls`` / ``repaired_chains`` (summed over the survivors: chains they looked at to rebuild, and rebuilt;
+equal to ``chains`` when no chain is rebuilt twice or looked at for nothing).
 """
 
 from __future__ import annotations
@@ -138,9 +140,13 @@ def _measure(directory: Path, info: dict[str, Any], seconds_before: float, wal_m
     finally:
         backend.close()
     repair_us = 0  # every survivor's time rebuilding the dead node's chains (the recoverer's sweep and on demand)
+    repairs = {"repair_calls": 0, "repaired_chains": 0}
     for node, ep in eps.items():
         if node != VICTIM:
-            repair_us += int(request(ep, "status", timeout=5.0)["counters"]["survivors"].get("repair_us", 0))
+            counters = request(ep, "status", timeout=5.0)["counters"]["survivors"]
+            repair_us += int(counters.get("repair_us", 0))
+            for k in repairs:
+                repairs[k] += int(counters.get(k, 0))
     loader.join(total + 90)
     stop.set()
     sampler.join(5)
@@ -170,6 +176,7 @@ def _measure(directory: Path, info: dict[str, Any], seconds_before: float, wal_m
         "apply_ms": round(repair_us / 1000, 1),
         "outcomes_ms": rec.get("decided_ms"),
         "chains": rec.get("chains"),
+        **repairs,
         "aborted": rec.get("aborted"),
         "stall_ms": round((detected_at - kill_at) * 1000, 1),
         "tps_before": round(tps_before, 1),
