@@ -348,15 +348,11 @@ def _running_cut(cfg: Any, shared: Path, fmt: str) -> tuple[list[int], int | Non
     node runs."""
     from muheam.engine.replay import wal_tail_glsns
     from muheam.errors import EtcdUnavailable
-    from muheam.membership import connect
+    from muheam.membership import current_members
     from walmerge.merge import detect_system_id, node_dirs
 
     try:
-        backend = connect(cfg.etcd_endpoints, timeout=2.0)
-        try:
-            members, _ = backend.members(cfg.cluster_name)
-        finally:
-            backend.close()
+        members = current_members(cfg.etcd_endpoints, cfg.cluster_name)
     except EtcdUnavailable as e:
         click.echo(f"muheam: warning: cannot ask etcd which nodes are running ({e}); merging every WAL to its end. "
                    "If nodes are running the last records may not form a consistent cut: stop them, or retry "

@@ -46,14 +46,10 @@ def _refuse_running(cfg: Any, skip: bool) -> None:
     """Recovery rewrites pages under the nodes' feet: refuse while any node of the cluster is a member."""
     if skip:
         return
-    from muheam.membership import connect
+    from muheam.membership import current_members
 
     try:
-        backend = connect(cfg.etcd_endpoints, timeout=2.0)
-        try:
-            members, _ = backend.members(cfg.cluster_name)
-        finally:
-            backend.close()
+        members = current_members(cfg.etcd_endpoints, cfg.cluster_name)
     except EtcdUnavailable as e:
         raise EtcdUnavailable(f"{e}; recover must check that no node runs: start etcd (the cluster's 'muheam "
                               f"cluster up' starts it), or pass --skip-etcd-check if you are sure every node is "

@@ -153,3 +153,13 @@ def connect(endpoints: Sequence[str], timeout: float = 2.0) -> MembershipBackend
     from muheam.membership.etcd import EtcdBackend
 
     return EtcdBackend(endpoints, timeout=timeout)
+
+
+def current_members(endpoints: Sequence[str], cluster: str, timeout: float = 2.0) -> list[Member]:
+    """The cluster's members now, over a connection of its own (for one-shot CLI checks); raises
+    ``EtcdUnavailable``."""
+    backend = connect(endpoints, timeout=timeout)
+    try:
+        return backend.members(cluster)[0]
+    finally:
+        backend.close()
