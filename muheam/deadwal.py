@@ -28,7 +28,7 @@ from muheam.engine.heapops import Table
 from muheam.engine.redo import HeapRun, redo_run
 from muheam.storage.heap import buckets_of
 from walmerge import WalCorruption, WalReader, format_lsn, node_wal_dir
-from walmerge.record import record_from
+from walmerge.record import HEADER_SIZE, record_from
 
 log = logging.getLogger("muheam.deadwal")
 
@@ -71,6 +71,8 @@ class DeadWal:
 
     def records_for(self, table_id: int, block: int) -> npt.NDArray[np.int64]:
         """Indexes of the records touching ``(table_id, block)``."""
+        if self.run is not None and len(self._keys) == 0:
+            _index_blocks(self, self.run)
         k = np.uint64((table_id << 32) | block)
         lo = int(np.searchsorted(self._keys, k, side="left"))
         hi = int(np.searchsorted(self._keys, k, side="right"))
@@ -85,7 +87,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     dead = DeadWal(node, epoch, start_lsn=ptr.redo_lsn if ptr is not None else None)
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn)
     bufs: list[bytes] = []
-    parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("buf", "off", "glsn")}
+    parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("buf", "off", "head")}
     try:
         for batch in reader.batches():
             h, offs = batch.headers, batch.offsets
@@ -106,7 +108,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
             dead.started.update(x for x in np.unique(xids[heap]).tolist() if x)
             parts["buf"].append(np.full(int(heap.sum()), len(bufs), np.int32))
             parts["off"].append(offs[heap].astype(np.int64))
-            parts["glsn"].append(glsns[heap])
+            parts["head"].append(h[heap])
             bufs.append(batch.data)
     except WalCorruption as e:
         dead.damage = str(e)
@@ -118,17 +120,19 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     if dead.end_lsn == 0 and dead.start_lsn is not None:
         dead.end_lsn = dead.start_lsn
     if parts["buf"]:
-        run = HeapRun.of_wal(bufs, np.concatenate(parts["buf"]).astype(np.int32),
-                             np.concatenate(parts["off"]).astype(np.int64),
-                             np.concatenate(parts["glsn"]).astype(np.uint64))
-        _index(dead, run, table_of)
+        head = np.concatenate(parts["head"])
+        off = np.concatenate(parts["off"])
+        run = HeapRun(head["kind"].copy(), head["glsn"].astype(np.uint64), head["xid"].astype(np.uint64),
+                      np.zeros(len(head), np.int64), bufs, np.concatenate(parts["buf"]), off + HEADER_SIZE,
+                      head["total_len"].astype(np.int64) - HEADER_SIZE)  # durable already: pages wait for nothing
+        _chains(dead, run, table_of)
     return dead
 
 
-def _index(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None]) -> None:
-    """Index ``run`` by the blocks each record touches, and find the chains (bucket heads) it changed."""
-    dead.run = run
-    d, kinds, n = run.decoded(), run.kind, len(run)
+def _index_blocks(dead: DeadWal, run: HeapRun) -> None:
+    """Index ``run`` by the blocks each record touches (for ``records_for``: built when first needed, since
+    the recoverer's rebuild of every chain at once does without it)."""
+    d, n = run.decoded(), len(run)
     table, block, old, link = d.table, d.block, d.old_block, d.link
     dead._rec_new = np.where(d.fresh, block, -1)
     idx = np.arange(n, dtype=np.int64)
@@ -139,6 +143,13 @@ def _index(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None])
     key_all, rec_all = np.concatenate(keys), np.concatenate(recs)
     order = np.lexsort((rec_all, key_all))
     dead._keys, dead._key_rec = key_all[order], rec_all[order]
+
+
+def _chains(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None]) -> None:
+    """Find the chains (bucket heads) ``run`` changed, and the highest block it touched per table."""
+    dead.run = run
+    d, kinds = run.decoded(), run.kind
+    table, block, old, link = d.table, d.block, d.old_block, d.link
     touched = np.concatenate([block, old[old >= 0], link[link >= 0]])
     tables = np.concatenate([table, table[old >= 0], table[link >= 0]])
     for tid in np.unique(table).tolist():

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from locking.messages import Mode
-from muheam import deadwal
+from muheam import deadwal, staging
 from muheam.engine import statefiles, walrec
 from muheam.errors import EtcdUnavailable
 from muheam.ownership import chain_resource
@@ -76,7 +76,10 @@ class Survivors:
         self.prepared: dict[int, set[int]] = {}
         self.jobs: dict[int, _Job] = {}
         self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0,
-                                         "repair_calls": 0}
+                                         "repair_calls": 0, "staged_pages": 0, "staged_chains": 0}
+        self.staging: staging.Staging | None = None
+        """The recoverer's rebuild of every page the dead nodes touched (``muheam.staging``), during its sweep."""
+        self._written: set[tuple[int, int]] = set()
         ownership.repair = self
 
     # -- membership events (called by the node loop) -----------------------------------------------------------
@@ -128,18 +131,30 @@ class Survivors:
         cache = self.engine.cache
         t0 = time.perf_counter()
         self.counters["repair_calls"] += 1
-        changed = deadwal.redo_chain(cache, t, head, deads)
-        spent = time.perf_counter() - t0
-        self.counters["repair_us"] += int(spent * 1e6)
-        for d in deads:  # time spent redoing, per dead node (shared evenly when two died together)
-            d.redo_ms += spent * 1000 / len(deads)
+        written = None
+        if self.staging is not None and self.staging.key == staging.key_of(deads):
+            written = staging.write_chain(self.staging, cache, t, head)
+        if written is not None:  # the rebuilt pages are in the shared file already
+            changed = written
+            self.counters["staged_chains"] += 1
+            self._written.add((table_id, head))
+        else:
+            changed = deadwal.redo_chain(cache, t, head, deads)
+            if changed:
+                # the rebuilt pages go to the shared file now: identical on every node that rebuilds them, and
+                # nobody else can hold the chain exclusively meanwhile
+                cache.export(table_id, cache.chain_blocks(table_id, head, t.nbuckets))
+        self._spent(deads, time.perf_counter() - t0)
         if changed:
-            # the rebuilt pages go to the shared file now: identical on every node that rebuilds them, and
-            # nobody else can hold the chain exclusively meanwhile
-            cache.export(table_id, cache.chain_blocks(table_id, head, t.nbuckets))
             self.counters["repaired_chains"] += 1
             self.counters["repair_changes"] += changed
         return changed
+
+    def _spent(self, deads: list[deadwal.DeadWal], seconds: float) -> None:
+        """Time spent redoing, per dead node (shared evenly when several died together)."""
+        self.counters["repair_us"] += int(seconds * 1e6)
+        for d in deads:
+            d.redo_ms += seconds * 1000 / len(deads)
 
     def extend(self, table_id: int) -> None:
         top = max((d.max_block.get(table_id, -1) for d in self.dead.values()), default=-1)
@@ -192,6 +207,13 @@ class Survivors:
         if not job.todo:
             self._finish(job)
             return
+        deads = [d for d in self.dead.values() if d.nrecords]
+        if deads:  # every page the sweep will need, rebuilt at once (each grant then writes its chain's pages)
+            self.staging = staging.stage(self.engine.cache, self.engine.tables_by_id.get, deads)
+            self._spent(deads, self.staging.ms / 1000)
+            self.counters["staged_pages"] += self.staging.pages
+            log.info("rebuilt %d pages of the chains of node(s) %s in %.0f ms", self.staging.pages,
+                     sorted(d.node for d in deads), self.staging.ms)
         for _ in range(SWEEP_WINDOW):
             self._next_chain(job)
 
@@ -209,7 +231,9 @@ class Survivors:
 
     def _chain_done(self, job: _Job, table_id: int, head: int, more: bool = True) -> None:
         t = self.engine.tables_by_id.get(table_id)
-        if t is not None:
+        if (table_id, head) in self._written:  # just written whole from the staging, and held since
+            self._written.discard((table_id, head))
+        elif t is not None:
             cache = self.engine.cache
             cache.export(table_id, cache.chain_blocks(table_id, head, t.nbuckets))
         job.pending -= 1
@@ -237,6 +261,9 @@ class Survivors:
                       known_committed=len(job.known_committed))
         del self.jobs[dead.node]
         self.dead.pop(dead.node, None)
+        if not self.jobs:
+            self.staging = None
+            self._written.clear()
         self.counters["recovered"] += 1
         log.info("recovered node %d (epoch %d) in %.0f ms: %d chains, %d records, %d aborted, %d committed",
                  dead.node, dead.epoch, duration_ms, len(dead.chains), dead.nrecords, len(job.aborted),

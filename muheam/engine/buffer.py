@@ -78,6 +78,10 @@ class BufferCache:
         if rel is not None:
             rel.file.close()
 
+    def relation_file(self, table_id: int) -> RelationFile:
+        """The open file of an attached relation (for a caller that writes whole rebuilt blocks itself)."""
+        return self._rels[table_id].file
+
     def nblocks(self, table_id: int) -> int:
         """Blocks of the relation including allocated blocks not yet written (here, or by another node that
         has written them since: the file may have grown)."""

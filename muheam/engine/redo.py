@@ -51,20 +51,29 @@ its first ones: table, block, slot; a delete's or lock's key is ``del_key``)."""
 
 def gather(bufs: Sequence[bytes], buf: npt.NDArray[np.int32], starts: I64, width: int) -> npt.NDArray[np.uint8]:
     """``width`` bytes from ``bufs[buf[i]]`` at ``starts[i]`` for every i, one per line (zero-padded past a
-    buffer's end), copied as whole lines through a sliding-window view: no per-record Python, no per-byte index."""
-    out = np.zeros((len(starts), width), np.uint8)
-    for b in (np.unique(buf).tolist() if len(buf) else []):
-        sel = np.flatnonzero(buf == b) if len(bufs) > 1 else np.arange(len(buf))
+    buffer's end): every ``width``-byte window of a buffer is viewed as one opaque item, so the gather copies
+    whole lines (a ``memcpy`` each), with no per-record Python and no per-byte index."""
+    n = len(starts)
+    if width == 0 or n == 0:
+        return np.zeros((n, width), np.uint8)
+    item = np.dtype((np.void, width))
+    out = np.empty((n, width), np.uint8)
+    lines = out.view(item).ravel()
+    for b in (np.unique(buf).tolist() if len(bufs) > 1 else [0]):
+        sel = np.flatnonzero(buf == b) if len(bufs) > 1 else np.arange(n)
         data = np.frombuffer(bufs[b], np.uint8)
         at = starts[sel]
         inside = at <= len(data) - width
-        if inside.all():
-            out[sel] = np.lib.stride_tricks.sliding_window_view(data, width)[at]
-            continue
         if inside.any():
-            out[sel[inside]] = np.lib.stride_tricks.sliding_window_view(data, width)[at[inside]]
+            windows = np.ndarray((len(data) - width + 1,), item, data, 0, (1,))
+            lo, hi = int(sel[0]), int(sel[-1]) + 1
+            if hi - lo == len(sel) and inside.all():  # the usual case: one stretch of lines from one buffer
+                lines[lo:hi] = windows[at]
+                continue
+            lines[sel[inside]] = windows[at[inside]]
         for i, a in zip(sel[~inside].tolist(), at[~inside].tolist()):
             tail = data[a:a + width]
+            out[i] = 0
             out[i, :len(tail)] = tail
     return out
 
@@ -225,7 +234,10 @@ def _operations(run: HeapRun, t: "Table", catalog: Path) -> _Ops:
     arg = np.concatenate([a[m] for m, _, _, _, a, _ in parts])
     arg2 = np.concatenate([a[m] for m, *_, a in parts])
     keys = key[rec]
-    order = np.lexsort((typ, rec, page))
+    if len(page) and int(page.max()) < 1 << 28 and n < 1 << 32:  # one sort of one packed key (unique keys)
+        order = np.argsort((page << 35) | (rec << 3) | typ)
+    else:
+        order = np.lexsort((typ, rec, page))
     return _Ops(page[order], rec[order], typ[order], slots[order], arg[order], arg2[order], keys[order])
 
 
@@ -248,6 +260,26 @@ class _Apply:
         self.images = slot_images(t.schema, ops.key[puts], run.xid[recs], run.rows(recs, ops.arg[puts],
                                                                                    t.schema.row_width))
         self.image_at = (np.cumsum(is_put) - 1).tolist()
+
+    def applying(self, lo: int, hi: int, above: int) -> tuple[list[int], int, int]:
+        """Which of the operations ``lo:hi`` (one page's) apply to a page whose GLSN is ``above`` (-1: no page):
+        a record applies if its GLSN is above the page's, i.e. its own or that of the latest record applied to
+        it; returns them, the page's GLSN after, and how many records applied."""
+        rec_of, glsn = self.rec, self.glsn
+        take: list[int] = []
+        last_rec = -1
+        records = 0
+        for j in range(lo, hi):
+            r = rec_of[j]
+            if r != last_rec:
+                last_rec = r
+                if glsn[r] > above:
+                    above = glsn[r]
+                    records += 1
+                    take.append(j)
+            elif take and take[-1] == j - 1:
+                take.append(j)
+        return take, above, records
 
     def page_ops(self, take: list[int], page: Page | None) -> Page:
         """Apply the operations ``take`` (all on one page, in order) and return the page."""
@@ -309,7 +341,7 @@ def redo_run(cache: "BufferCache", t: "Table", run: HeapRun) -> int:
     if not len(run):
         return 0
     app = _Apply(cache, t, run, _operations(run, t, statefiles.catalog_path(cache.shared)))
-    page_of, rec_of, kind_of, glsn, end = app.page, app.rec, app.kind, app.glsn, app.end
+    page_of, rec_of, kind_of, end = app.page, app.rec, app.kind, app.end
     tid, n = t.table_id, len(page_of)
     changes = 0
     lo = 0
@@ -319,20 +351,8 @@ def redo_run(cache: "BufferCache", t: "Table", run: HeapRun) -> int:
         while hi < n and page_of[hi] == block:
             hi += 1
         page = cache.try_read(tid, block) if kind_of[lo] == _FRESH else cache.modify(tid, block)
-        # a record applies if its GLSN is above the page's: its own, or that of the latest record applied to it
-        above = -1 if page is None else page.glsn
-        take: list[int] = []
-        last_rec = -1
-        for j in range(lo, hi):
-            r = rec_of[j]
-            if r != last_rec:
-                last_rec = r
-                if glsn[r] > above:
-                    above = glsn[r]
-                    changes += 1
-                    take.append(j)
-            elif take and take[-1] == j - 1:
-                take.append(j)
+        take, above, records = app.applying(lo, hi, -1 if page is None else page.glsn)
+        changes += records
         if take:
             page = app.page_ops(take, page)
             page.stamp(above)

@@ -1,0 +1,291 @@
+"""Redo of a whole run of another node's heap records onto one table's pages at once, as array operations.
+
+``redo.redo_run`` applies a run page by page with a few numpy calls and some Python per page and per operation:
+right for a node replaying its own WAL, and for a survivor rebuilding one chain of a dead node's on demand.  The
+recoverer, though, rebuilds *every* chain the dead node touched, and doing that chain by chain costs about a
+millisecond per chain.  Here the same redo is done for all of a table's pages in one pass:
+
+* the pages the run touches are read from the relation file into one ``(n, 8192)`` array (one read per stretch
+  of consecutive blocks) and verified with the checks ``Page.decode`` makes, over all of them at once;
+* a record applies to a page iff its GLSN is above the page's: the run is in GLSN order, so once one record
+  applies to a page every later one does too, and the ordinary idempotent rule ("above the page's GLSN or the
+  last record applied to it") reduces to one comparison per operation;
+* without a prune, a slot is filled at most once per run and an xmax is whole (``set_xmax`` rewrites every field
+  it touches), so every insert is one scatter of slot images, every xmax the last one set per slot, and the
+  header fields (``nused``, ``free_hint``, ``next_block``, GLSN, checksum) are computed per page afterwards.
+
+The result is byte for byte what ``redo_run`` gives (``tests/test_rebuild.py`` compares them on a random history).
+Pages where that argument does not hold -- a prune among their operations, a page initialised twice or after other
+changes, a page that fails verification, an operation the page would refuse -- are left out (``excluded``):
+whoever needs them runs the page-by-page redo, which also names any problem.
+
+Only for records of another node's WAL: those are durable already, so the rebuilt pages need no WAL flush
+before they are written (I3).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from muheam.engine.redo import _FRESH, _LINK, _PRUNE, _PUT, _XMAX, HeapRun, _Apply, _operations, _Ops
+from muheam.storage import StorageError, mvcc
+from muheam.storage.heap import RelationFile
+from muheam.storage.layout import BLOCK_SIZE, PAGE_HEADER_SIZE
+from muheam.storage.page import (HEADER_DTYPE, KIND_BUCKET, KIND_OVERFLOW, MAX_BLOCK, PAGE_MAGIC, PAGE_VERSION,
+                                 Page, _empty_image, slot_dtype, slot_images)
+from walmerge.crcfast import crc_lines
+
+if TYPE_CHECKING:
+    from muheam.engine.heapops import Table
+
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+
+@dataclass
+class Rebuilt:
+    """One table's pages after a run: ``images[i]`` is block ``blocks[i]`` (sorted), checksummed; ``base[i]`` the
+    GLSN the page had before (-1: absent, i.e. past the file's end or never written); ``changed[i]`` whether the
+    run changed it.  ``excluded`` lists blocks the run touches that were not rebuilt here (see the module
+    docstring); ``changes`` counts (record, page) changes like ``redo_run``."""
+
+    table_id: int
+    blocks: I64
+    base: I64
+    images: npt.NDArray[np.uint8]
+    changed: Mask
+    excluded: I64
+    changes: int
+
+    def row(self, block: int) -> int:
+        """Index of ``block`` in ``blocks``, or -1."""
+        i = int(np.searchsorted(self.blocks, block))
+        return i if i < len(self.blocks) and int(self.blocks[i]) == block else -1
+
+    def is_excluded(self, block: int) -> bool:
+        i = int(np.searchsorted(self.excluded, block))
+        return i < len(self.excluded) and int(self.excluded[i]) == block
+
+
+def read_pages(file: RelationFile, blocks: I64, out: npt.NDArray[np.uint8]) -> Mask:
+    """Read ``blocks`` (sorted, unique) into the lines of ``out`` with one ``preadv`` per stretch of consecutive
+    blocks; returns which lines hold a page (a block past the file's end, or all zeros, holds none)."""
+    fd = file._fd()
+    inside = blocks < os.fstat(fd).st_size // BLOCK_SIZE
+    idx = np.flatnonzero(inside)
+    if len(idx):
+        breaks = np.flatnonzero(np.diff(blocks[idx]) != 1) + 1
+        for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(idx)].tolist()):
+            a, b = int(idx[lo]), int(idx[hi - 1]) + 1
+            want = (b - a) * BLOCK_SIZE
+            got = os.preadv(fd, [memoryview(out[a:b]).cast("B")], int(blocks[a]) * BLOCK_SIZE)
+            if got != want:
+                raise OSError(f"{file.path}: short read of {got} of {want} bytes at block {int(blocks[a])}")
+    present = inside.copy()
+    magic = out[:, 4:8].copy().view("<u4").ravel()
+    unsure = np.flatnonzero(present & (magic == 0))
+    if len(unsure):  # no magic: all zeros is a never-written block; anything else fails verification
+        present[unsure] = out[unsure].any(axis=1)
+    return present
+
+
+def _header(images: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+    return images[:, :PAGE_HEADER_SIZE].view(HEADER_DTYPE)[:, 0]
+
+
+def _slots(images: npt.NDArray[np.uint8], t: "Table") -> npt.NDArray[Any]:
+    dt = slot_dtype(t.schema)
+    nslots = (BLOCK_SIZE - PAGE_HEADER_SIZE) // dt.itemsize
+    return images[:, PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + nslots * dt.itemsize].view(dt)
+
+
+def verify(images: npt.NDArray[np.uint8], present: Mask, blocks: I64, t: "Table") -> Mask:
+    """Which present pages pass every check ``Page.decode`` makes of a tuple page of ``t``."""
+    ok = np.zeros(len(images), bool)
+    rows = np.flatnonzero(present)
+    if len(rows):
+        ok[rows] = _verify(images, rows, blocks[rows], t)
+    return ok
+
+
+def _verify(all_images: npt.NDArray[np.uint8], rows: I64, blocks: I64, t: "Table") -> Mask:
+    images = all_images[rows]
+    h = _header(images)
+    s = _slots(images, t)
+    nslots = s.shape[1]
+    ok = (h["magic"] == PAGE_MAGIC) & (h["version"] == PAGE_VERSION) & (h["blkno"] == blocks)
+    ok &= (h["table_id"] == t.table_id) & ((h["kind"] == KIND_BUCKET) | (h["kind"] == KIND_OVERFLOW))
+    ok &= (h["row_width"] == t.schema.row_width) & (h["schema_crc"] == t.schema.fingerprint)
+    ok &= (h["nslots"] == nslots) & (h["slot_size"] == s.dtype.itemsize)
+    flags = s["flags"]
+    ok &= ~(flags & np.uint8(~mvcc.SLOT_KNOWN_FLAGS & 0xFF)).any(axis=1)
+    free = (flags & mvcc.SLOT_USED) == 0
+    ok &= (nslots - free.sum(axis=1)) == h["nused"]
+    ok &= np.where(free.any(axis=1), free.argmax(axis=1), nslots) == h["free_hint"]
+    raw = images[:, PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + nslots * s.dtype.itemsize].reshape(len(images), nslots, -1)
+    ok &= ~(raw.any(axis=2) & free).any(axis=1)
+    sure = np.flatnonzero(ok)
+    ok[sure] = np.array(crc_lines(images, sure.tolist(), 4, BLOCK_SIZE), np.uint32) == h["checksum"][sure]
+    return ok
+
+
+def _first_per_group(group: I64) -> Mask:
+    first = np.ones(len(group), bool)
+    first[1:] = group[1:] != group[:-1]
+    return first
+
+
+def _last_per_group(group: I64) -> Mask:
+    last = np.ones(len(group), bool)
+    last[:-1] = group[1:] != group[:-1]
+    return last
+
+
+class _Install:
+    """What ``redo._Apply`` needs of a buffer cache to initialise a page: here the page stays where it is."""
+
+    @staticmethod
+    def install(table_id: int, page: Page) -> Page:
+        return page
+
+
+def _serial(images: npt.NDArray[np.uint8], present: Mask, good: Mask, changed: Mask, serial: Mask, prow: I64,
+            ops: _Ops, t: "Table", run: HeapRun) -> int:
+    """Apply the operations of the ``serial`` pages one by one with ``redo``'s page code, on ``Page`` objects over
+    copies of the lines; a page that refuses one is marked not ``good``.  Returns the (record, page) changes."""
+    sel = np.flatnonzero(serial[prow])
+    if not len(sel):
+        return 0
+    sub = _Ops(*(getattr(ops, f.name)[sel] for f in fields(_Ops)))
+    app = _Apply(_Install(), t, run, sub)  # type: ignore[arg-type]
+    rows = prow[sel].tolist()
+    changes, lo, n = 0, 0, len(rows)
+    while lo < n:
+        i = rows[lo]
+        hi = lo + 1
+        while hi < n and rows[hi] == i:
+            hi += 1
+        page = Page(t.schema, bytearray(images[i].tobytes())) if present[i] else None
+        take, above, records = app.applying(lo, hi, -1 if page is None else page.glsn)
+        if take:
+            try:
+                page = app.page_ops(take, page)
+                page.stamp(above)
+            except (StorageError, ValueError):
+                good[i] = False  # the page-by-page redo at the chain's grant names the problem
+            else:
+                images[i] = np.frombuffer(page.buf, np.uint8)
+                changed[i] = True
+                changes += records
+        lo = hi
+    return changes
+
+
+def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -> Rebuilt:
+    """Apply ``run`` (records of ``t`` from another node's WAL, in GLSN order) to ``t``'s pages as they are in
+    ``file``; nothing is written."""
+    ops = _operations(run, t, catalog)  # sorted by page
+    first = _first_per_group(ops.page)
+    blocks = ops.page[first]
+    prow = np.cumsum(first) - 1
+    n = len(blocks)
+    images = np.zeros((n, BLOCK_SIZE), np.uint8)
+    present = read_pages(file, blocks, images)
+    good = np.ones(n, bool)
+    good[present & ~verify(images, present, blocks, t)] = False
+    kind, rec, xid = ops.kind, ops.rec, run.xid
+    fresh = kind == _FRESH
+    good[prow[first & ~fresh & ~present[prow]]] = False  # a change to a page that does not exist
+    # pages whose operations must run one by one: a prune, or a page initialised after other changes
+    serial = np.zeros(n, bool)
+    serial[prow[(kind == _PRUNE) | (fresh & ~first)]] = True
+    serial &= good
+    changed = np.zeros(n, bool)
+    changes = _serial(images, present, good, changed, serial, prow, ops, t, run)
+
+    vec = good & ~serial  # the rest: as arrays
+    base = np.full(n, -1, np.int64)
+    h = _header(images)
+    base[present] = h["glsn"][present].astype(np.int64)
+    applies = (run.glsn[rec].astype(np.int64) > base[prow]) & vec[prow]
+    fresh_page = np.zeros(n, bool)
+    fresh_page[prow[fresh & applies]] = True
+    s = _slots(images, t)
+    nslots = s.shape[1]
+    sink = n * nslots  # the flat slot index of every out-of-range slot (their pages are refused)
+    flat = lambda rows, slots: np.where((slots >= 0) & (slots < nslots), rows * nslots + slots, sink)
+    was_used = np.zeros(sink + 1, bool)
+    was_used[:-1] = ((s["flags"] & mvcc.SLOT_USED) != 0).ravel() & ~np.repeat(fresh_page, nslots)
+    put = np.flatnonzero((kind == _PUT) & applies)
+    xmax = np.flatnonzero((kind == _XMAX) & applies)
+    link = np.flatnonzero((kind == _LINK) & applies)
+    # what Page.insert refuses: a slot out of range, in use, or filled twice; xmin 0
+    put_at = flat(prow[put], ops.slot[put])
+    bad = (put_at == sink) | was_used[put_at] | (xid[rec[put]] == mvcc.INVALID_XID)
+    by_slot = np.argsort(put_at, kind="stable")
+    bad[by_slot[1:][put_at[by_slot][1:] == put_at[by_slot][:-1]]] = True
+    vec[prow[put[bad]]] = False
+    # what Page.set_xmax refuses: a slot out of range, or free when it comes (no prune here: a slot of this run
+    # is filled once, by the operation ``filled_by``); an XID below the first normal one
+    xmax_at = flat(prow[xmax], ops.slot[xmax])
+    filled_by = np.full(sink + 1, len(kind), np.int64)
+    filled_by[put_at] = put
+    used_then = was_used[xmax_at] | (filled_by[xmax_at] < xmax)
+    bad = (xmax_at == sink) | ~used_then | (xid[rec[xmax]] < mvcc.FIRST_NORMAL_XID)
+    vec[prow[xmax[bad]]] = False
+    nxt = ops.arg[link]
+    bad = (nxt < 0) | (nxt > MAX_BLOCK) | ((nxt != 0) & (nxt == blocks[prow[link]]))  # Page.next_block's checks
+    vec[prow[link[bad]]] = False
+    good &= vec | serial
+
+    xmax_at = xmax_at[vec[prow[xmax]]]
+    put, xmax, link = (sel[vec[prow[sel]]] for sel in (put, xmax, link))
+    fresh_page &= vec
+    template = np.frombuffer(_empty_image(t.schema, KIND_OVERFLOW, t.table_id), np.uint8)
+    images[fresh_page & present] = template  # re-initialised; a page that was absent is zeros past its header
+    images[fresh_page & ~present, :PAGE_HEADER_SIZE] = template[:PAGE_HEADER_SIZE]
+    assert not template[PAGE_HEADER_SIZE:].any()
+    h["blkno"][fresh_page] = blocks[fresh_page]
+    if len(put):
+        r = rec[put]
+        raw = images[:, PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + nslots * s.dtype.itemsize].view()
+        raw.shape = (n, nslots, s.dtype.itemsize)  # a view (setting .shape never copies)
+        raw[prow[put], ops.slot[put]] = slot_images(t.schema, ops.key[put], xid[r],
+                                                    run.rows(r, ops.arg[put], t.schema.row_width))
+    if len(xmax):  # set_xmax rewrites every field it touches: the last one per slot decides
+        by_slot = np.argsort(xmax_at, kind="stable")
+        last = xmax[by_slot[_last_per_group(xmax_at[by_slot])]]
+        rows, slots, ctid_block, ctid_slot = prow[last], ops.slot[last], ops.arg[last], ops.arg2[last]
+        update = ctid_block >= 0
+        s["xmax"][rows, slots] = xid[rec[last]]
+        s["ctid_block"][rows, slots] = np.where(update, ctid_block, 0)
+        s["ctid_slot"][rows, slots] = np.where(update, ctid_slot, 0)
+        s["flags"][rows, slots] = (mvcc.SLOT_USED | np.where(ctid_slot == -2, mvcc.SLOT_LOCK_ONLY, 0)
+                                   | np.where(update, mvcc.SLOT_UPDATED, 0))
+    if len(link):
+        last = link[_last_per_group(prow[link])]
+        h["next_block"][prow[last]] = ops.arg[last]
+    h["nused"] += np.bincount(prow[put], minlength=n).astype(np.uint16)
+
+    taken = np.flatnonzero(applies & vec[prow])
+    rows = np.unique(prow[taken])
+    if len(rows):
+        changed[rows] = True
+        last = taken[_last_per_group(prow[taken])]
+        h["glsn"][prow[last]] = run.glsn[rec[last]]
+        free = (s["flags"][rows] & mvcc.SLOT_USED) == 0
+        h["free_hint"][rows] = np.where(free.any(axis=1), free.argmax(axis=1), nslots)
+        pairs = prow[taken] * (len(run) + 1) + rec[taken]
+        changes += int(np.count_nonzero(_first_per_group(pairs)))
+    changed &= good
+    rows = np.flatnonzero(changed)
+    h["checksum"][rows] = crc_lines(images, rows.tolist(), 4, BLOCK_SIZE)
+    if good.all():
+        return Rebuilt(t.table_id, blocks, base, images, changed, blocks[:0], changes)
+    return Rebuilt(t.table_id, blocks[good], base[good], images[good], changed[good], blocks[~good], changes)

@@ -1,0 +1,141 @@
+"""Whole-table redo as array operations (``muheam.engine.rebuild``): every page it rebuilds is byte for byte the
+page the page-by-page redo (and so the live engine) produced; what it cannot take it leaves out, and a second
+run over the result changes nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from muheam.engine import Engine, EngineConfig, statefiles, walrec
+from muheam.engine.heapops import Table, catalog_tables
+from muheam.engine.rebuild import Rebuilt, rebuild_table
+from muheam.engine.redo import HeapRun
+from muheam.engine.replay import Replayer
+from muheam.storage import RelationFile, mvcc, relation_path
+from muheam.storage.layout import BLOCK_SIZE
+from tests.test_redo import history  # noqa: F401 - the fixture: a base copy and a live run with prunes
+from walmerge import WalReader
+
+
+def _runs(shared: Path) -> dict[int, HeapRun]:
+    recs = [r for r in WalReader(shared / "wal" / "node-1", node_id=1, system_id=0) if r.kind in walrec.HEAP_KINDS]
+    by_table: dict[int, list] = {}
+    for r in recs:
+        by_table.setdefault(int.from_bytes(r.payload[:4], "little"), []).append(r)
+    return {tid: HeapRun.of_records(rs, dirty_lsn=0) for tid, rs in by_table.items()}
+
+
+def _rebuild(target: Path, t: Table, run: HeapRun) -> Rebuilt:
+    f = RelationFile(relation_path(target, t.table_id))
+    try:
+        return rebuild_table(f, t, run, statefiles.catalog_path(target))
+    finally:
+        f.close()
+
+
+def _replayed_changes(base: Path, shared: Path, target: Path) -> int:
+    """(record, page) changes of the page-by-page redo of ``shared``'s WAL onto a copy of ``base``."""
+    shutil.copytree(base, target)
+    replay = Replayer(target)
+    for rec in WalReader(shared / "wal" / "node-1", node_id=1, system_id=0):
+        replay.apply(rec)
+    return replay.finish().pages_changed
+
+
+def _block(shared: Path, table_id: int, block: int) -> bytes:
+    data = relation_path(shared, table_id).read_bytes()
+    return data[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]
+
+
+def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+    shared, base = history
+    target = tmp_path / "t"
+    shutil.copytree(base, target)
+    tables = {t.table_id: t for t in catalog_tables(shared)}
+    runs = _runs(shared)
+    assert set(runs) == set(tables)
+    rebuilt_pages = excluded = changes = 0
+    for tid, run in runs.items():
+        r = _rebuild(target, tables[tid], run)
+        for i, block in enumerate(r.blocks.tolist()):
+            assert bytes(r.images[i]) == _block(shared, tid, block), f"table {tid} block {block}"
+        assert r.changed.all()  # the base copy is empty: every page the history touched changed
+        rebuilt_pages += len(r.blocks)
+        excluded += len(r.excluded)
+        changes += r.changes
+    assert rebuilt_pages > 5 and excluded == 0  # buckets and overflow blocks, prunes included
+    assert changes == _replayed_changes(base, shared, tmp_path / "replay")
+
+
+def test_second_rebuild_changes_nothing(history: tuple[Path, Path]) -> None:  # noqa: F811
+    shared, _ = history
+    tables = {t.table_id: t for t in catalog_tables(shared)}
+    for tid, run in _runs(shared).items():
+        r = _rebuild(shared, tables[tid], run)
+        assert not r.changed.any() and r.changes == 0
+        for i, block in enumerate(r.blocks.tolist()):
+            assert bytes(r.images[i]) == _block(shared, tid, block)
+
+
+@pytest.fixture(scope="module")
+def no_prune(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Inserts, updates, deletes and row locks, and no prune (nothing is ever old enough to reclaim): every
+    page is rebuilt as arrays, none one operation at a time."""
+    root = tmp_path_factory.mktemp("inserts")
+    shared = root / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    e = Engine.open(shared, 1, config=EngineConfig(cache_pages=32, segment_size=1 << 20))
+    e.create_table("t", {"pad": "text(100)", "n": "int64"}, buckets=4)
+    e.checkpoint()
+    e.prune_rule = lambda: (0, lambda xid: mvcc.IN_PROGRESS)  # nothing dead, no lock stale: no prune
+    base = root / "base"
+    shutil.copytree(shared, base)
+    for xid in range(101, 161):
+        txn = e.begin(xid)
+        for k in range(20):
+            txn.insert("t", xid * 100 + k, {"pad": "x" * (k * 5), "n": k})
+        if xid > 101:
+            txn.update("t", (xid - 1) * 100, {"pad": "u", "n": -1})
+            txn.lock("t", (xid - 1) * 100 + 1)
+            txn.delete("t", (xid - 1) * 100 + 2)
+        e.commit(txn)
+    e.checkpoint()
+    e.close()
+    return shared, base
+
+
+def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Path], tmp_path: Path) -> None:
+    shared, base = no_prune
+    target = tmp_path / "t"
+    shutil.copytree(base, target)
+    (t,) = catalog_tables(shared)
+    (run,) = _runs(shared).values()
+    assert walrec.HEAP_PRUNE not in run.kind and {walrec.HEAP_UPDATE, walrec.HEAP_LOCK, walrec.HEAP_DELETE} <= set(
+        run.kind.tolist())
+    r = _rebuild(target, t, run)
+    assert len(r.excluded) == 0 and len(r.blocks) > 4 * 2  # overflow blocks too
+    assert (r.base[r.blocks > t.nbuckets] == -1).all()     # appended blocks were not in the base copy
+    for i, block in enumerate(r.blocks.tolist()):
+        assert bytes(r.images[i]) == _block(shared, t.table_id, block)
+    assert r.changes == _replayed_changes(base, shared, tmp_path / "replay")
+
+
+def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, Path], tmp_path: Path) -> None:
+    shared, base = no_prune
+    target = tmp_path / "t"
+    shutil.copytree(shared, target)
+    (t,) = catalog_tables(shared)
+    path = relation_path(target, t.table_id)
+    data = bytearray(path.read_bytes())
+    data[2 * BLOCK_SIZE + 100] ^= 0xFF  # block 2: checksum mismatch
+    path.write_bytes(bytes(data))
+    (run,) = _runs(shared).values()
+    r = _rebuild(target, t, run)
+    assert r.is_excluded(2) and r.row(2) == -1
+    assert r.row(1) >= 0 and not r.changed.any()
+    assert np.array_equal(np.sort(np.r_[r.blocks, r.excluded]), np.unique(np.r_[r.blocks, r.excluded]))
