@@ -27,7 +27,7 @@ from muheam.engine.buffer import BufferCache
 from muheam.engine.heapops import Table
 from muheam.engine.redo import HeapRun, redo_run
 from muheam.storage.heap import buckets_of
-from walmerge import WalCorruption, WalReader, format_lsn, node_wal_dir
+from walmerge import WalCorruption, WalReader, format_lsn, jit, node_wal_dir
 from walmerge.record import HEADER_SIZE, record_from
 
 log = logging.getLogger("muheam.deadwal")
@@ -56,6 +56,8 @@ class DeadWal:
     redo_ms: float = 0.0
     damage: str = ""
     torn: str = ""
+    loaded: bool = True
+    """False until the WAL is read (``Survivors`` reads it when first needed)."""
     run: HeapRun | None = None
     """Every heap record, in WAL order, decoded once (``redo.HeapRun``)."""
     _rec_new: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -80,18 +82,38 @@ class DeadWal:
 
 
 
-def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable[[int], Table | None]) -> DeadWal:
-    """Read ``node``'s WAL from its checkpoint to its end (a torn tail ends it; corruption is logged and ends it:
-    what lies beyond cannot be trusted, and the survivors must go on)."""
+def checkpoint_lsn(shared: Path, node: int) -> int | None:
+    """Where ``node``'s redo starts: its checkpoint pointer (None: from its first segment)."""
     ptr = statefiles.read_checkpoint(shared, node)
-    dead = DeadWal(node, epoch, start_lsn=ptr.redo_lsn if ptr is not None else None)
-    reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn)
-    bufs: list[bytes] = []
+    return ptr.redo_lsn if ptr is not None else None
+
+
+def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable[[int], Table | None],
+         start_lsn: int | None | bool = True) -> DeadWal:
+    """Read ``node``'s WAL of incarnation ``epoch`` from ``start_lsn`` (True: its checkpoint pointer now) to its
+    end (a torn tail ends it; corruption is logged and ends it: what lies beyond cannot be trusted, and the
+    survivors must go on).  Records of a later incarnation (the node restarted) or past this incarnation's fence
+    (a recoverer has fenced it: a zombie's writes) end it too, so it may be read at any time after the expiry."""
+    start = checkpoint_lsn(shared, node) if start_lsn is True else start_lsn
+    assert not isinstance(start, bool)
+    dead = DeadWal(node, epoch, start_lsn=start)
+    fence = min((g for e, g in statefiles.read_fences(shared).get(node, []) if e == epoch), default=None)
+    reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn,
+                       compiled=jit.ready())  # the compiled walk if the node has loaded it (same answers)
+    bufs: list[bytes | memoryview] = []
     parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("buf", "off", "head")}
     try:
-        for batch in reader.batches():
+        for batch in reader.segments(arrays=True):
             h, offs = batch.headers, batch.offsets
+            beyond = h["epoch"] > epoch
+            if fence is not None:
+                beyond |= (h["epoch"] == epoch) & (h["glsn"] > fence)
+            cut = int(np.argmax(beyond)) if beyond.any() else -1
+            if cut >= 0:
+                h, offs = h[:cut], offs[:cut]
             if not len(h):
+                if cut >= 0:
+                    break
                 continue
             dead.end_lsn = int(h["lsn"][-1]) + int(h["total_len"][-1])
             dead.last_glsn = int(h["glsn"][-1])
@@ -103,13 +125,16 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
             for off in offs[kinds == walrec.CHECKPOINT].tolist():
                 dead.started.update(walrec.decode_checkpoint(record_from(batch.data, off).payload).running)
             heap = np.isin(kinds, _HEAP)
-            if not heap.any():
-                continue
-            dead.started.update(x for x in np.unique(xids[heap]).tolist() if x)
-            parts["buf"].append(np.full(int(heap.sum()), len(bufs), np.int32))
-            parts["off"].append(offs[heap].astype(np.int64))
-            parts["head"].append(h[heap])
-            bufs.append(batch.data)
+            if heap.any():
+                x = xids[heap]  # one transaction's records mostly follow one another: keep one per stretch
+                dead.started.update(x[np.r_[True, x[1:] != x[:-1]]].tolist())
+                dead.started.discard(0)
+                parts["buf"].append(np.full(int(heap.sum()), len(bufs), np.int32))
+                parts["off"].append(offs[heap].astype(np.int64))
+                parts["head"].append(h[heap])
+                bufs.append(batch.data)
+            if cut >= 0:
+                break
     except WalCorruption as e:
         dead.damage = str(e)
         log.error("node %d's WAL is damaged at %s (LSN %s): %s; recovering it up to there", node, e.path,
@@ -141,7 +166,7 @@ def _index_blocks(dead: DeadWal, run: HeapRun) -> None:
         keys.append(((table[sel] << 32) | blocks[sel]).astype(np.uint64))
         recs.append(idx[sel])
     key_all, rec_all = np.concatenate(keys), np.concatenate(recs)
-    order = np.lexsort((rec_all, key_all))
+    order = np.argsort(key_all, kind="stable")  # the order of a block's records does not matter: redo_chain sorts
     dead._keys, dead._key_rec = key_all[order], rec_all[order]
 
 

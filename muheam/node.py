@@ -27,6 +27,7 @@ import zmq
 from locking.clock import LamportClock
 from locking.effects import Granted
 from locking.messages import Mode
+from muheam import workmem
 from muheam import control
 from muheam.config import Config
 from muheam.engine import Engine, EngineConfig
@@ -40,7 +41,7 @@ from muheam.ownership import Ownership
 from muheam.sessions import Cluster, Sessions
 from muheam.txstate import TxTable
 from muheam.xidstore import cluster_floor
-from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
+from walmerge import WalError, WalReader, jit, node_wal_dir, pack_glsn
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
@@ -180,6 +181,10 @@ class NodeAgent:
         self.mesh.on("pong", self._on_pong)
         threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
         self._set_state("running")
+        # the compiled WAL walk makes reading a dead peer's WAL several times faster; numba's start-up (about
+        # half a second, ~100 MB) is paid now, in the background, not when a peer dies (MUHEAM_NO_JIT=1: off)
+        jit.warm_up_in_background()
+        workmem.reserve()
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
                  self.member.epoch, self.node_cfg.peer_endpoint, self.node_cfg.client_endpoint, self.lease.id,
                  cfg.lease_ttl)

@@ -43,7 +43,6 @@ MAX_PAGES = 65536
 """Pages (512 MiB of images) above which a table's chains are left to the page-by-page redo."""
 
 _KIND, _NEXT, _GLSN, _MAGIC = 9, 28, 16, 4
-_ZERO = bytes(BLOCK_SIZE)
 
 
 def key_of(deads: list["DeadWal"]) -> frozenset[tuple[int, int, int]]:
@@ -156,8 +155,10 @@ def write_chain(staging: Staging, cache: "BufferCache", t: "Table", head: int) -
 def _unchanged(fd: int, size: int, block: int, base: int) -> bool:
     """Whether the file still holds what the page was rebuilt from: a page with GLSN ``base``, or (-1) none."""
     at = block * BLOCK_SIZE
-    if base < 0:
-        return at + BLOCK_SIZE > size or os.pread(fd, BLOCK_SIZE, at) == _ZERO
+    if base < 0 and at + BLOCK_SIZE > size:
+        return True
     head = os.pread(fd, _GLSN + 8, at)
-    return (len(head) == _GLSN + 8 and int.from_bytes(head[_MAGIC:_MAGIC + 4], "little") == PAGE_MAGIC
-            and int.from_bytes(head[_GLSN:], "little") == base)
+    magic = int.from_bytes(head[_MAGIC:_MAGIC + 4], "little") if len(head) == _GLSN + 8 else -1
+    if base < 0:  # it was all zeros when rebuilt; anybody's write since would have put a page header there
+        return magic == 0
+    return magic == PAGE_MAGIC and int.from_bytes(head[_GLSN:], "little") == base

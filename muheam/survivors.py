@@ -56,6 +56,8 @@ class _Job:
     todo: list[tuple[int, int]] = field(default_factory=list)
     decided_at: float = 0.0
     known_committed: list[int] = field(default_factory=list)
+    staged_ms: float = 0.0
+    staged_pages: int = 0
 
 
 class Survivors:
@@ -84,17 +86,35 @@ class Survivors:
 
     # -- membership events (called by the node loop) -----------------------------------------------------------
     def expired(self, node: int, epoch: int) -> None:
-        """``node`` lost its lease: index its WAL before the lock manager lets anyone take what it held."""
-        t0 = time.monotonic()
+        """``node`` lost its lease: note where its redo starts (before the lock manager lets anyone take what it
+        held, and before a recoverer moves the pointer).  Its WAL is read when first needed: by the recoverer
+        once it wins the claim, by another survivor the first time it must rebuild one of its chains (most never
+        do), so the survivors do not all read the same WAL at the same moment."""
         self.expired_at[node] = time.time()
         self.prepared[node] = set(self.commits.prepared_from.get(node, ()))
+        self.dead[node] = deadwal.DeadWal(node, epoch, start_lsn=deadwal.checkpoint_lsn(self.engine.shared, node),
+                                          loaded=False)
+
+    def _loaded(self, dead: deadwal.DeadWal) -> deadwal.DeadWal:
+        """``dead`` with its WAL read (a dead node's WAL stays final: it fenced itself before its lease ran out,
+        and ``deadwal.load`` stops at a later incarnation's records and at a recoverer's fence)."""
+        if dead.loaded:
+            return dead
+        t0 = time.monotonic()
         self.engine.reload_catalog()  # tables the dead node created and we never used: its chains need them
-        dead = deadwal.load(self.engine.shared, node, epoch, self.system_id, self.engine.tables_by_id.get)
-        dead.read_ms = (time.monotonic() - t0) * 1000
-        self.dead[node] = dead
-        log.info("node %d (epoch %d) expired: read %d bytes of its WAL in %.3f s (%d chains, %d undecided "
-                 "transactions)", node, epoch, dead.bytes_read, time.monotonic() - t0, len(dead.chains),
-                 len(dead.undecided()))
+        full = deadwal.load(self.engine.shared, dead.node, dead.epoch, self.system_id, self.engine.tables_by_id.get,
+                            start_lsn=dead.start_lsn)
+        full.read_ms = (time.monotonic() - t0) * 1000
+        if self.dead.get(dead.node) is dead:
+            self.dead[dead.node] = full
+        log.info("read %d bytes of node %d's WAL (epoch %d) in %.3f s (%d chains, %d undecided transactions)",
+                 full.bytes_read, dead.node, dead.epoch, time.monotonic() - t0, len(full.chains),
+                 len(full.undecided()))
+        return full
+
+    def _deads(self) -> list[deadwal.DeadWal]:
+        """Every dead node not yet recovered that left records to redo (read now if not yet)."""
+        return [d for d in (self._loaded(d) for d in list(self.dead.values())) if d.nrecords]
 
     def recovered(self, node: int, epoch: int) -> None:
         dead = self.dead.get(node)
@@ -118,18 +138,20 @@ class Survivors:
                 log.warning("cannot claim the recovery of node %d now (%s); retrying at the next event", node, e)
                 continue
             if holder is None:
-                self._start(dead)
+                self._start(self._loaded(dead))
 
     # -- Repair (called by Ownership on invalid grants) --------------------------------------------------------
     def chain(self, table_id: int, head: int) -> int:
-        deads = [d for d in self.dead.values() if d.nrecords]
+        if not self.dead:
+            return 0
+        t0 = time.perf_counter()
+        deads = self._deads()
         if not deads:
             return 0
         t = self.engine.tables_by_id.get(table_id)
         if t is None:
             return 0
         cache = self.engine.cache
-        t0 = time.perf_counter()
         self.counters["repair_calls"] += 1
         written = None
         if self.staging is not None and self.staging.key == staging.key_of(deads):
@@ -157,7 +179,7 @@ class Survivors:
             d.redo_ms += seconds * 1000 / len(deads)
 
     def extend(self, table_id: int) -> None:
-        top = max((d.max_block.get(table_id, -1) for d in self.dead.values()), default=-1)
+        top = max((d.max_block.get(table_id, -1) for d in self._deads()), default=-1)
         self.engine.cache.grow(table_id, top + 1)  # grow never shrinks
 
     # -- the recoverer ---------------------------------------------------------------------------------------
@@ -207,9 +229,10 @@ class Survivors:
         if not job.todo:
             self._finish(job)
             return
-        deads = [d for d in self.dead.values() if d.nrecords]
+        deads = self._deads()
         if deads:  # every page the sweep will need, rebuilt at once (each grant then writes its chain's pages)
             self.staging = staging.stage(self.engine.cache, self.engine.tables_by_id.get, deads)
+            job.staged_ms, job.staged_pages = self.staging.ms, self.staging.pages
             self._spent(deads, self.staging.ms / 1000)
             self.counters["staged_pages"] += self.staging.pages
             log.info("rebuilt %d pages of the chains of node(s) %s in %.0f ms", self.staging.pages,
@@ -256,6 +279,7 @@ class Survivors:
                       decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(dead.chains),
                       records=dead.nrecords, aborted=len(job.aborted), committed=len(job.committed),
                       bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), redo_ms=round(dead.redo_ms, 1),
+                      staged_ms=round(job.staged_ms, 1), staged_pages=job.staged_pages,
                       end_lsn=dead.end_lsn,
                       fence_glsn=dead.last_glsn, damage=dead.damage or None, torn=dead.torn or None,
                       known_committed=len(job.known_committed))

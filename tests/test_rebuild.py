@@ -139,3 +139,35 @@ def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, P
     assert r.is_excluded(2) and r.row(2) == -1
     assert r.row(1) >= 0 and not r.changed.any()
     assert np.array_equal(np.sort(np.r_[r.blocks, r.excluded]), np.unique(np.r_[r.blocks, r.excluded]))
+
+
+def test_staging_writes_a_chain_only_while_the_file_holds_what_it_was_built_from(
+        no_prune: tuple[Path, Path], tmp_path: Path) -> None:
+    """``staging.write_chain`` writes a chain's rebuilt pages (the live ones, byte for byte) and refuses -- leaving
+    the chain to the page-by-page redo -- a chain whose page in the file changed since the rebuild."""
+    from types import SimpleNamespace
+
+    from muheam import staging
+    from muheam.engine.buffer import BufferCache
+
+    shared, base = no_prune
+    target = tmp_path / "t"
+    shutil.copytree(base, target)
+    (t,) = catalog_tables(shared)
+    (run,) = _runs(shared).values()
+    cache = BufferCache(target, 64, wal_flush=lambda lsn: lsn, flushed_lsn=lambda: 1 << 62)
+    cache.attach(t.table_id, t.schema)
+    dead = SimpleNamespace(node=1, epoch=1, nrecords=len(run), run=run)
+    st = staging.stage(cache, {t.table_id: t}.get, [dead])  # type: ignore[list-item]
+    assert st.pages > t.nbuckets and st.key == staging.key_of([dead])  # type: ignore[list-item]
+    assert staging.write_chain(st, cache, t, 1) is not None
+    for block in cache.chain_blocks(t.table_id, 1, t.nbuckets):
+        assert _block(target, t.table_id, block) == _block(shared, t.table_id, block)
+    path = relation_path(target, t.table_id)
+    data = bytearray(path.read_bytes())
+    data[2 * BLOCK_SIZE + 16] ^= 1  # bucket block 2's GLSN: somebody wrote the page since
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    assert staging.write_chain(st, cache, t, 2) is None
+    assert path.read_bytes() == before
+    cache.close()

@@ -26,6 +26,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -43,9 +44,28 @@ Buf = bytes | bytearray | memoryview
 _WORDS = HEADER_SIZE // 8
 
 
+_ready = False
+
+
+def ready() -> bool:
+    """Whether the kernels are loaded already (never loads them: for callers that must not wait for numba)."""
+    return _ready
+
+
+def warm_up_in_background() -> threading.Thread | None:
+    """Load the kernels in a daemon thread, so that a later ``ready()`` caller (a node's recovery of a dead
+    peer) finds them loaded without paying numba's start-up (about half a second) at that moment."""
+    if _ready or os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0"):
+        return None
+    thread = threading.Thread(target=kernels, name="jit-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 @functools.cache
 def kernels() -> ModuleType | None:
     """The compiled kernels (``walmerge._kernels``), or None if turned off or numba cannot be loaded."""
+    global _ready
     if os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0"):
         return None
     try:
@@ -60,6 +80,7 @@ def kernels() -> ModuleType | None:
         from walmerge import _kernels
 
         _warm_up(_kernels)
+        _ready = True
     except Exception as e:  # noqa: BLE001 - numba raises RuntimeError too (e.g. no writable cache directory)
         log.warning("compiled merge kernels unavailable (%s: %s); using the numpy code (about half the speed)",
                     type(e).__name__, e)

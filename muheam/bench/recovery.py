@@ -18,7 +18,10 @@ protocol, rebuilding and writing it through), ``recovery_mb_per_s`` (the same by
 recovery over the same rate in the seconds before the kill; between the kill and the detection the commit and lock
 rounds wait for the silent member, which ``stall_ms`` reports), ``sum_violations`` (must be 0), and
 ``repair_calls`` / ``repaired_chains`` (summed over the survivors: chains they looked at to rebuild, and rebuilt;
-equal to ``chains`` when no chain is rebuilt twice or looked at for nothing).
+equal to ``chains`` when no chain is rebuilt twice or looked at for nothing), ``staged_chains`` (of those, written
+from the recoverer's rebuild of every page at once, ``muheam.staging``), ``stage_ms`` (that rebuild's time, part of
+``apply_ms``), ``apply_ms_by_node`` and ``recoverer``.  A survivor other than the recoverer that must rebuild a
+chain first reads the dead node's WAL itself: that read counts in its ``apply_ms``.
 """
 
 from __future__ import annotations
@@ -140,11 +143,13 @@ def _measure(directory: Path, info: dict[str, Any], seconds_before: float, wal_m
     finally:
         backend.close()
     repair_us = 0  # every survivor's time rebuilding the dead node's chains (the recoverer's sweep and on demand)
-    repairs = {"repair_calls": 0, "repaired_chains": 0}
+    repairs = {"repair_calls": 0, "repaired_chains": 0, "staged_chains": 0}
+    apply_by_node: dict[str, float] = {}
     for node, ep in eps.items():
         if node != VICTIM:
             counters = request(ep, "status", timeout=5.0)["counters"]["survivors"]
             repair_us += int(counters.get("repair_us", 0))
+            apply_by_node[str(node)] = round(int(counters.get("repair_us", 0)) / 1000, 1)
             for k in repairs:
                 repairs[k] += int(counters.get(k, 0))
     loader.join(total + 90)
@@ -174,6 +179,9 @@ def _measure(directory: Path, info: dict[str, Any], seconds_before: float, wal_m
         "recovery_ms": rec.get("duration_ms"),
         "read_ms": rec.get("read_ms"),
         "apply_ms": round(repair_us / 1000, 1),
+        "apply_ms_by_node": apply_by_node,
+        "stage_ms": rec.get("staged_ms"),
+        "recoverer": rec.get("by"),
         "outcomes_ms": rec.get("decided_ms"),
         "chains": rec.get("chains"),
         **repairs,
