@@ -2,18 +2,20 @@
 
 When node X's lease expires, every survivor, *before* its lock manager drops X:
 
-1. reads X's WAL from X's last checkpoint (``deadwal.load``); X fenced itself before its lease could run out,
-   so the WAL is final.  From then on any chain whose ownership comes back marked invalid is rebuilt at once
-   (``Repair.chain``: the shared file plus X's records for that chain, then written through), so blocks X did
-   not hold stay usable throughout and blocks it held are usable as soon as someone asks for them;
+1. notes X's checkpoint pointer; X fenced itself before its lease could run out, so X's WAL from there is final.
+   It is read (``deadwal.load``) when first needed.  From then on any chain whose ownership comes back marked
+   invalid is rebuilt at once (``Repair.chain``: the shared file plus X's records for that chain, then written
+   through), so blocks X did not hold stay usable throughout and blocks it held are usable as soon as someone
+   asks for them;
 2. tries to claim X's recovery in etcd (``claims/recover-<X>-<epoch>``, on its own lease).  The winner, the
-   *recoverer*:
+   *recoverer*, reads X's WAL and:
    a. publishes ``recovery/<X>`` = recovering; logs a FENCE record (X's epoch, X's WAL end) and an ABORT for
       every X transaction without an outcome (changes or running at its checkpoint, or prepared to us), then
       announces every outcome in one ``done`` round (commits found in X's WAL keep their COMMIT's GLSN as
       commit timestamp); waiters on X's transactions wake;
-   b. takes every chain X's records touch exclusively (each comes back rebuilt, or valid from whoever rebuilt it
-      first) and writes it through to the shared file;
+   b. rebuilds every page X's records touch at once (``muheam.staging``), then takes every chain they touch
+      exclusively (each invalid grant writes the chain's rebuilt pages, or rebuilds it chain by chain if the
+      file changed since; a valid one comes from whoever rebuilt it first) and writes it through;
    c. records X's outcomes in ``xact/node-<X>``, moves X's checkpoint pointer to X's WAL end (so X, restarting,
       redoes nothing it no longer owns), and publishes ``recovered`` with durations.
    If the recoverer dies, its claim vanishes with its lease; at that expiry every survivor tries again for
