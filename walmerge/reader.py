@@ -102,14 +102,14 @@ def read_segment(path: Path) -> memoryview:
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         buf = np.empty(size, np.uint8)
-        got = f.readinto(memoryview(buf))
+        got = f.readinto(buf.data) or 0
         while got < size:
-            more = f.readinto(memoryview(buf)[got:])
+            more = f.readinto(buf.data[got:])
             if not more:
                 break
             got += more
     buf.flags.writeable = False
-    return memoryview(buf)[:got]
+    return buf.data[:got]
 
 
 class WalReader:

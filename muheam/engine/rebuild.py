@@ -84,7 +84,7 @@ def read_pages(file: RelationFile, blocks: I64, out: npt.NDArray[np.uint8]) -> M
         for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(idx)].tolist()):
             a, b = int(idx[lo]), int(idx[hi - 1]) + 1
             want = (b - a) * BLOCK_SIZE
-            got = os.preadv(fd, [memoryview(out[a:b]).cast("B")], int(blocks[a]) * BLOCK_SIZE)
+            got = os.preadv(fd, [out[a:b].data.cast("B")], int(blocks[a]) * BLOCK_SIZE)
             if got != want:
                 raise OSError(f"{file.path}: short read of {got} of {want} bytes at block {int(blocks[a])}")
     present = inside.copy()
@@ -119,7 +119,7 @@ def _verify(all_images: npt.NDArray[np.uint8], rows: I64, blocks: I64, t: "Table
     h = _header(images)
     s = _slots(images, t)
     nslots = s.shape[1]
-    ok = (h["magic"] == PAGE_MAGIC) & (h["version"] == PAGE_VERSION) & (h["blkno"] == blocks)
+    ok: Mask = (h["magic"] == PAGE_MAGIC) & (h["version"] == PAGE_VERSION) & (h["blkno"] == blocks)
     ok &= (h["table_id"] == t.table_id) & ((h["kind"] == KIND_BUCKET) | (h["kind"] == KIND_OVERFLOW))
     ok &= (h["row_width"] == t.schema.row_width) & (h["schema_crc"] == t.schema.fingerprint)
     ok &= (h["nslots"] == nslots) & (h["slot_size"] == s.dtype.itemsize)
@@ -219,7 +219,11 @@ def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -
     s = _slots(images, t)
     nslots = s.shape[1]
     sink = n * nslots  # the flat slot index of every out-of-range slot (their pages are refused)
-    flat = lambda rows, slots: np.where((slots >= 0) & (slots < nslots), rows * nslots + slots, sink)
+
+    def flat(rows: I64, slots: I64) -> I64:
+        at: I64 = np.where((slots >= 0) & (slots < nslots), rows * nslots + slots, sink)
+        return at
+
     was_used = np.zeros(sink + 1, bool)
     was_used[:-1] = ((s["flags"] & mvcc.SLOT_USED) != 0).ravel() & ~np.repeat(fresh_page, nslots)
     put = np.flatnonzero((kind == _PUT) & applies)
@@ -253,11 +257,15 @@ def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -
     assert not template[PAGE_HEADER_SIZE:].any()
     h["blkno"][fresh_page] = blocks[fresh_page]
     if len(put):
-        r = rec[put]
+        # in record order (a record has one put at most): the rows are then read from the WAL front to back
+        of_rec = np.full(len(run), -1, np.int64)
+        of_rec[rec[put]] = put
+        r = np.flatnonzero(of_rec >= 0)
+        p = of_rec[r]
         raw = images[:, PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + nslots * s.dtype.itemsize].view()
         raw.shape = (n, nslots, s.dtype.itemsize)  # a view (setting .shape never copies)
-        raw[prow[put], ops.slot[put]] = slot_images(t.schema, ops.key[put], xid[r],
-                                                    run.rows(r, ops.arg[put], t.schema.row_width))
+        raw[prow[p], ops.slot[p]] = slot_images(t.schema, ops.key[p], xid[r],
+                                                run.rows(r, ops.arg[p], t.schema.row_width))
     if len(xmax):  # set_xmax rewrites every field it touches: the last one per slot decides
         by_slot = np.argsort(xmax_at, kind="stable")
         last = xmax[by_slot[_last_per_group(xmax_at[by_slot])]]

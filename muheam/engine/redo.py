@@ -37,6 +37,8 @@ BATCH_RECORDS = 4096
 """Records a ``Batcher`` holds before applying them: enough to amortise the set-up, few enough pages to hold."""
 
 I64 = npt.NDArray[np.int64]
+Buf = bytes | memoryview
+"""A WAL buffer: the bytes of a segment, or a view of a numpy buffer holding them."""
 
 _FRESH, _LINK, _PUT, _XMAX, _PRUNE = 0, 1, 2, 3, 4
 """Page operation types, in the order one record's operations on one page are applied."""
@@ -49,7 +51,7 @@ _FIXED = np.dtype({"names": ["table", "block", "slot", "flags", "link", "key", "
 its first ones: table, block, slot; a delete's or lock's key is ``del_key``)."""
 
 
-def gather(bufs: Sequence[bytes], buf: npt.NDArray[np.int32], starts: I64, width: int) -> npt.NDArray[np.uint8]:
+def gather(bufs: Sequence[Buf], buf: npt.NDArray[np.int32], starts: I64, width: int) -> npt.NDArray[np.uint8]:
     """``width`` bytes from ``bufs[buf[i]]`` at ``starts[i]`` for every i, one per line (zero-padded past a
     buffer's end): every ``width``-byte window of a buffer is viewed as one opaque item, so the gather copies
     whole lines (a ``memcpy`` each), with no per-record Python and no per-byte index."""
@@ -107,7 +109,7 @@ class HeapRun:
     glsn: npt.NDArray[np.uint64]
     xid: npt.NDArray[np.uint64]
     end_lsn: I64
-    bufs: Sequence[bytes]
+    bufs: Sequence[Buf]
     buf: npt.NDArray[np.int32]
     at: I64
     plen: I64
@@ -126,7 +128,7 @@ class HeapRun:
                    np.zeros(len(recs), np.int32), starts, lens)
 
     @classmethod
-    def of_wal(cls, bufs: Sequence[bytes], buf: npt.NDArray[np.int32], rec_off: I64, glsn: npt.NDArray[np.uint64],
+    def of_wal(cls, bufs: Sequence[Buf], buf: npt.NDArray[np.int32], rec_off: I64, glsn: npt.NDArray[np.uint64],
                dirty_lsn: int = 0) -> "HeapRun":
         """Records found in raw WAL buffers: ``rec_off[i]`` is where record i's header starts in
         ``bufs[buf[i]]`` (another node's WAL: already durable, so the pages wait for ``dirty_lsn``)."""
@@ -163,7 +165,7 @@ class HeapRun:
         """One run of several (each keeps its own buffers)."""
         if len(runs) == 1:
             return runs[0]
-        bufs: list[bytes] = []
+        bufs: list[Buf] = []
         shifted = []
         for r in runs:
             shifted.append(r.buf + len(bufs))
@@ -181,7 +183,7 @@ class HeapRun:
 
     def payload(self, i: int) -> bytes:
         a = int(self.at[i])
-        return self.bufs[int(self.buf[i])][a:a + int(self.plen[i])]
+        return bytes(self.bufs[int(self.buf[i])][a:a + int(self.plen[i])])
 
 
 @dataclass
