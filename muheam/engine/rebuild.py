@@ -257,15 +257,11 @@ def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -
     assert not template[PAGE_HEADER_SIZE:].any()
     h["blkno"][fresh_page] = blocks[fresh_page]
     if len(put):
-        # in record order (a record has one put at most): the rows are then read from the WAL front to back
-        of_rec = np.full(len(run), -1, np.int64)
-        of_rec[rec[put]] = put
-        r = np.flatnonzero(of_rec >= 0)
-        p = of_rec[r]
+        r = rec[put]
         raw = images[:, PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + nslots * s.dtype.itemsize].view()
         raw.shape = (n, nslots, s.dtype.itemsize)  # a view (setting .shape never copies)
-        raw[prow[p], ops.slot[p]] = slot_images(t.schema, ops.key[p], xid[r],
-                                                run.rows(r, ops.arg[p], t.schema.row_width))
+        raw[prow[put], ops.slot[put]] = slot_images(t.schema, ops.key[put], xid[r],
+                                                    run.rows(r, ops.arg[put], t.schema.row_width))
     if len(xmax):  # set_xmax rewrites every field it touches: the last one per slot decides
         by_slot = np.argsort(xmax_at, kind="stable")
         last = xmax[by_slot[_last_per_group(xmax_at[by_slot])]]
