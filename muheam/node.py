@@ -28,6 +28,7 @@ from locking.clock import LamportClock
 from locking.effects import Granted
 from locking.messages import Mode
 from muheam import workmem
+from muheam.engine import rebuild
 from muheam import control
 from muheam.config import Config
 from muheam.engine import Engine, EngineConfig
@@ -185,6 +186,10 @@ class NodeAgent:
         # half a second, ~100 MB) is paid now, in the background, not when a peer dies (MUHEAM_NO_JIT=1: off)
         jit.warm_up_in_background()
         workmem.reserve()
+        try:  # the first real rebuild of a dead peer's pages should not pay numpy's first-call costs
+            rebuild.warm_up()
+        except Exception as e:  # noqa: BLE001 - a warm-up only; the recovery path reports its own errors
+            log.warning("could not warm up the redo of a dead peer's pages (%s: %s)", type(e).__name__, e)
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
                  self.member.epoch, self.node_cfg.peer_endpoint, self.node_cfg.client_endpoint, self.lease.id,
                  cfg.lease_ttl)

@@ -171,3 +171,11 @@ def test_staging_writes_a_chain_only_while_the_file_holds_what_it_was_built_from
     assert staging.write_chain(st, cache, t, 2) is None
     assert path.read_bytes() == before
     cache.close()
+
+
+def test_warm_up_runs_the_array_path_on_every_page() -> None:
+    """What a node runs at start so that its first rebuild of a dead peer does not pay numpy's first calls:
+    an insert, an update onto a new overflow block and a lock, every page rebuilt as arrays (none left out)."""
+    from muheam.engine.rebuild import warm_up
+
+    assert warm_up() == 2
