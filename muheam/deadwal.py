@@ -60,6 +60,8 @@ class DeadWal:
     """False until the WAL is read (``Survivors`` reads it when first needed)."""
     run: HeapRun | None = None
     """Every heap record, in WAL order, decoded once (``redo.HeapRun``)."""
+    table_of: Callable[[int], Table | None] | None = None
+    _chains_found: bool = False
     _rec_new: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     _keys: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
     _key_rec: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -67,6 +69,14 @@ class DeadWal:
     @property
     def nrecords(self) -> int:
         return 0 if self.run is None else len(self.run)
+
+    def find_chains(self) -> set[tuple[int, int]]:
+        """The chains (bucket heads) the records changed: what the recoverer sweeps (found on the first call;
+        a survivor that only rebuilds a chain on demand never needs them)."""
+        if not self._chains_found and self.run is not None and self.table_of is not None:
+            _find_chains(self, self.run, self.table_of)
+        self._chains_found = True
+        return self.chains
 
     def undecided(self) -> set[int]:
         return self.started - set(self.committed) - self.aborted
@@ -96,7 +106,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     (a recoverer has fenced it: a zombie's writes) end it too, so it may be read at any time after the expiry."""
     start = checkpoint_lsn(shared, node) if start_lsn is True else start_lsn
     assert not isinstance(start, bool)
-    dead = DeadWal(node, epoch, start_lsn=start)
+    dead = DeadWal(node, epoch, start_lsn=start, table_of=table_of)
     fence = min((g for e, g in statefiles.read_fences(shared).get(node, []) if e == epoch), default=None)
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn,
                        compiled=jit.ready())  # the compiled walk if the node has loaded it (same answers)
@@ -150,7 +160,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
         run = HeapRun(head["kind"].copy(), head["glsn"].astype(np.uint64), head["xid"].astype(np.uint64),
                       np.zeros(len(head), np.int64), bufs, np.concatenate(parts["buf"]), off + HEADER_SIZE,
                       head["total_len"].astype(np.int64) - HEADER_SIZE)  # durable already: pages wait for nothing
-        _chains(dead, run, table_of)
+        _max_blocks(dead, run)
     return dead
 
 
@@ -170,15 +180,22 @@ def _index_blocks(dead: DeadWal, run: HeapRun) -> None:
     dead._keys, dead._key_rec = key_all[order], rec_all[order]
 
 
-def _chains(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None]) -> None:
-    """Find the chains (bucket heads) ``run`` changed, and the highest block it touched per table."""
+def _max_blocks(dead: DeadWal, run: HeapRun) -> None:
+    """The highest block ``run`` touched per table (a relation-extension grant grows the relation past it)."""
     dead.run = run
-    d, kinds = run.decoded(), run.kind
+    d = run.decoded()
     table, block, old, link = d.table, d.block, d.old_block, d.link
     touched = np.concatenate([block, old[old >= 0], link[link >= 0]])
     tables = np.concatenate([table, table[old >= 0], table[link >= 0]])
     for tid in np.unique(table).tolist():
         dead.max_block[tid] = int(touched[tables == tid].max())
+
+
+def _find_chains(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None]) -> None:
+    """Find the chains (bucket heads) ``run`` changed."""
+    d, kinds = run.decoded(), run.kind
+    table, block = d.table, d.block
+    for tid in np.unique(table).tolist():
         t = table_of(tid)
         if t is None:
             continue

@@ -109,8 +109,8 @@ class Survivors:
         full.read_ms = (time.monotonic() - t0) * 1000
         if self.dead.get(dead.node) is dead:
             self.dead[dead.node] = full
-        log.info("read %d bytes of node %d's WAL (epoch %d) in %.3f s (%d chains, %d undecided transactions)",
-                 full.bytes_read, dead.node, dead.epoch, time.monotonic() - t0, len(full.chains),
+        log.info("read %d bytes of node %d's WAL (epoch %d) in %.3f s (%d records, %d undecided transactions)",
+                 full.bytes_read, dead.node, dead.epoch, time.monotonic() - t0, full.nrecords,
                  len(full.undecided()))
         return full
 
@@ -194,6 +194,7 @@ class Survivors:
             log.warning("could not publish the recovery state of node %d (%s)", dead.node, e)
 
     def _start(self, dead: deadwal.DeadWal) -> None:
+        dead.find_chains()
         job = _Job(dead, time.monotonic())
         self.jobs[dead.node] = job
         self._publish(dead, "recovering", started_at=time.time())
