@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muheam.engine import Engine, EngineConfig, statefiles, walrec
+from muheam.engine import statefiles, walrec
 from muheam.engine.heapops import Table, catalog_tables
 from muheam.engine.rebuild import Rebuilt, rebuild_table
 from muheam.engine.redo import HeapRun
@@ -18,6 +18,7 @@ from muheam.engine.replay import Replayer
 from muheam.storage import RelationFile, mvcc, relation_path
 from muheam.storage.layout import BLOCK_SIZE
 from tests.test_redo import history  # noqa: F401 - the fixture: a base copy and a live run with prunes
+from tests.test_redo import new_engine
 from walmerge import WalReader
 
 
@@ -86,10 +87,7 @@ def no_prune(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Inserts, updates, deletes and row locks, and no prune (nothing is ever old enough to reclaim): every
     page is rebuilt as arrays, none one operation at a time."""
     root = tmp_path_factory.mktemp("inserts")
-    shared = root / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    e = Engine.open(shared, 1, config=EngineConfig(cache_pages=32, segment_size=1 << 20))
+    e, shared = new_engine(root, 32)
     e.create_table("t", {"pad": "text(100)", "n": "int64"}, buckets=4)
     e.checkpoint()
     e.prune_rule = lambda: (0, lambda xid: mvcc.IN_PROGRESS)  # nothing dead, no lock stale: no prune

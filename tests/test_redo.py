@@ -26,15 +26,20 @@ def _relations(shared: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((shared / "base").iterdir()) if p.is_file()}
 
 
+def new_engine(root: Path, cache_pages: int) -> tuple[Engine, Path]:
+    """A one-node engine on an empty shared directory under ``root`` (small segments), and that directory."""
+    shared = root / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    return Engine.open(shared, 1, config=EngineConfig(cache_pages=cache_pages, segment_size=1 << 20)), shared
+
+
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A base copy (tables created, empty), then a random insert/update/delete/lock run on small buckets, so
     there are overflow blocks, prunes and many versions per page; the live pages checkpointed."""
     root = tmp_path_factory.mktemp("redo")
-    shared = root / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    e = Engine.open(shared, 1, config=EngineConfig(cache_pages=64, segment_size=1 << 20))
+    e, shared = new_engine(root, 64)
     e.create_table("wide", {"pad": "text(300)", "n": "int64"}, buckets=3)
     e.create_table("narrow", {"v": "int64"}, buckets=2)
     e.checkpoint()
