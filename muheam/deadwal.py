@@ -28,7 +28,7 @@ from muheam.engine.heapops import Table
 from muheam.engine.redo import HeapRun, redo_run
 from muheam.storage.heap import buckets_of
 from walmerge import WalCorruption, WalReader, format_lsn, jit, node_wal_dir
-from walmerge.record import HEADER_SIZE, record_from
+from walmerge.record import record_from
 
 log = logging.getLogger("muheam.deadwal")
 
@@ -155,11 +155,8 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     if dead.end_lsn == 0 and dead.start_lsn is not None:
         dead.end_lsn = dead.start_lsn
     if parts["buf"]:
-        head = np.concatenate(parts["head"])
-        off = np.concatenate(parts["off"])
-        run = HeapRun(head["kind"].copy(), head["glsn"].astype(np.uint64), head["xid"].astype(np.uint64),
-                      np.zeros(len(head), np.int64), bufs, np.concatenate(parts["buf"]), off + HEADER_SIZE,
-                      head["total_len"].astype(np.int64) - HEADER_SIZE)  # durable already: pages wait for nothing
+        run = HeapRun.of_headers(bufs, np.concatenate(parts["buf"]), np.concatenate(parts["off"]),
+                                 np.concatenate(parts["head"]))
         _max_blocks(dead, run)
     return dead
 

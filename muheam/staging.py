@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from muheam.engine.rebuild import Rebuilt, rebuild_table
 from muheam.engine.redo import HeapRun
 from muheam.storage import StorageError
 from muheam.storage.layout import BLOCK_SIZE
-from muheam.storage.page import KIND_BUCKET, KIND_OVERFLOW, NO_BLOCK, PAGE_MAGIC
+from muheam.storage.page import HEADER_DTYPE, KIND_BUCKET, KIND_OVERFLOW, NO_BLOCK, PAGE_MAGIC
 
 if TYPE_CHECKING:
     from muheam.deadwal import DeadWal
@@ -42,7 +42,9 @@ log = logging.getLogger("muheam.staging")
 MAX_PAGES = 65536
 """Pages (512 MiB of images) above which a table's chains are left to the page-by-page redo."""
 
-_KIND, _NEXT, _GLSN, _MAGIC = 9, 28, 16, 4
+_FIELDS: Mapping[str, Any] = HEADER_DTYPE.fields or {}
+_KIND, _NEXT, _GLSN, _MAGIC = (int(_FIELDS[f][1]) for f in ("kind", "next_block", "glsn", "magic"))
+"""Where the page header fields the chain walk and the unchanged-page check read lie (``page.HEADER_DTYPE``)."""
 
 
 def key_of(deads: list["DeadWal"]) -> frozenset[tuple[int, int, int]]:

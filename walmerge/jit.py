@@ -47,6 +47,10 @@ _WORDS = HEADER_SIZE // 8
 _ready = False
 
 
+def _turned_off() -> bool:
+    return os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0")
+
+
 def ready() -> bool:
     """Whether the kernels are loaded already (never loads them: for callers that must not wait for numba)."""
     return _ready
@@ -55,7 +59,7 @@ def ready() -> bool:
 def warm_up_in_background() -> threading.Thread | None:
     """Load the kernels in a daemon thread, so that a later ``ready()`` caller (a node's recovery of a dead
     peer) finds them loaded without paying numba's start-up (about half a second) at that moment."""
-    if _ready or os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0"):
+    if _ready or _turned_off():
         return None
     thread = threading.Thread(target=kernels, name="jit-warm-up", daemon=True)
     thread.start()
@@ -66,7 +70,7 @@ def warm_up_in_background() -> threading.Thread | None:
 def kernels() -> ModuleType | None:
     """The compiled kernels (``walmerge._kernels``), or None if turned off or numba cannot be loaded."""
     global _ready
-    if os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0"):
+    if _turned_off():
         return None
     try:
         import llvmlite.binding as llvm  # numba's own dependency

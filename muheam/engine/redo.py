@@ -26,7 +26,7 @@ from muheam.engine.errors import StateFileCorrupt
 from muheam.storage import TupleId
 from muheam.storage.layout import SLOT_HEADER_SIZE
 from muheam.storage.page import KIND_OVERFLOW, Page, slot_images
-from walmerge.record import HEADER_DTYPE, HEADER_SIZE
+from walmerge.record import HEADER_SIZE
 
 if TYPE_CHECKING:
     from muheam.engine.buffer import BufferCache
@@ -128,13 +128,13 @@ class HeapRun:
                    np.zeros(len(recs), np.int32), starts, lens)
 
     @classmethod
-    def of_wal(cls, bufs: Sequence[Buf], buf: npt.NDArray[np.int32], rec_off: I64, glsn: npt.NDArray[np.uint64],
-               dirty_lsn: int = 0) -> "HeapRun":
-        """Records found in raw WAL buffers: ``rec_off[i]`` is where record i's header starts in
-        ``bufs[buf[i]]`` (another node's WAL: already durable, so the pages wait for ``dirty_lsn``)."""
-        h = gather(bufs, buf, rec_off, HEADER_SIZE).view(HEADER_DTYPE).ravel()
-        return cls(h["kind"].copy(), glsn, h["xid"].copy(), np.full(len(buf), dirty_lsn, np.int64), bufs, buf,
-                   rec_off + HEADER_SIZE, h["total_len"].astype(np.int64) - HEADER_SIZE)
+    def of_headers(cls, bufs: Sequence[Buf], buf: npt.NDArray[np.int32], rec_off: I64,
+                   head: npt.NDArray[np.void]) -> "HeapRun":
+        """Records of another node's WAL as a reader found them: ``head[i]`` is record i's header, which starts at
+        ``rec_off[i]`` in ``bufs[buf[i]]``.  Already durable, so the pages wait for no WAL flush."""
+        return cls(head["kind"].copy(), head["glsn"].astype(np.uint64), head["xid"].astype(np.uint64),
+                   np.zeros(len(head), np.int64), bufs, buf, rec_off + HEADER_SIZE,
+                   head["total_len"].astype(np.int64) - HEADER_SIZE)
 
     def __len__(self) -> int:
         return len(self.kind)
