@@ -42,7 +42,7 @@ from muheam.ownership import Ownership
 from muheam.sessions import Cluster, Sessions
 from muheam.txstate import TxTable
 from muheam.xidstore import cluster_floor
-from walmerge import WalError, WalReader, jit, node_wal_dir, pack_glsn
+from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
@@ -182,9 +182,10 @@ class NodeAgent:
         self.mesh.on("pong", self._on_pong)
         threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
         self._set_state("running")
-        # the compiled WAL walk makes reading a dead peer's WAL several times faster; numba's start-up (about
-        # half a second, ~100 MB) is paid now, in the background, not when a peer dies (MUHEAM_NO_JIT=1: off)
-        jit.warm_up_in_background()
+        # the compiled WAL walk and page redo make reading and redoing a dead peer's WAL several times faster;
+        # numba's start-up (about half a second, ~100 MB) is paid now, in the background, not when a peer dies
+        # (MUHEAM_NO_JIT=1: off)
+        rebuild.warm_up_in_background()
         workmem.reserve()
         try:  # the first real rebuild of a dead peer's pages should not pay numpy's first-call costs
             rebuild.warm_up()

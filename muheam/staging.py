@@ -57,7 +57,8 @@ class _Pages:
 
     def __init__(self, rb: Rebuilt) -> None:
         self.rb = rb
-        self.row = dict(zip(rb.blocks.tolist(), range(len(rb.blocks))))
+        self.blocks: list[int] = rb.blocks.tolist()
+        self.row = dict(zip(self.blocks, range(len(self.blocks))))
         self.excluded = set(rb.excluded.tolist())
         self.kind = rb.images[:, _KIND].tolist()
         self.next = rb.images[:, _NEXT:_NEXT + 4].copy().view("<u4").ravel().tolist()
@@ -146,10 +147,16 @@ def write_chain(staging: Staging, cache: "BufferCache", t: "Table", head: int) -
             return None
         block = nxt
     written = 0
-    images, blocks = pages.rb.images, pages.rb.blocks
+    images, blocks = pages.rb.images, pages.blocks
     for i in staged:
         if pages.changed[i]:
-            rel.write_block(int(blocks[i]), images[i])
+            at = blocks[i] * BLOCK_SIZE
+            try:  # one call per page (this is most of the sweep's time): write_block only to finish or report
+                done = os.pwrite(fd, images[i], at)
+            except OSError:
+                done = 0
+            if done != BLOCK_SIZE:
+                rel.write_block(blocks[i], images[i])
             written += 1
     return written
 

@@ -1,6 +1,6 @@
-"""Whole-table redo as array operations (``muheam.engine.rebuild``): every page it rebuilds is byte for byte the
-page the page-by-page redo (and so the live engine) produced; what it cannot take it leaves out, and a second
-run over the result changes nothing."""
+"""Whole-table redo at once (``muheam.engine.rebuild``), with numpy arrays and with the compiled kernel: every page
+it rebuilds is byte for byte the page the page-by-page redo (and so the live engine) produced; what it cannot
+take it leaves out, and a second run over the result changes nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.heapops import Table, catalog_tables
+from muheam.engine import rebuild
 from muheam.engine.rebuild import Rebuilt, rebuild_table
 from muheam.engine.redo import HeapRun
 from muheam.engine.replay import Replayer
@@ -30,10 +31,19 @@ def _runs(shared: Path) -> dict[int, HeapRun]:
     return {tid: HeapRun.of_records(rs, dirty_lsn=0) for tid, rs in by_table.items()}
 
 
-def _rebuild(target: Path, t: Table, run: HeapRun) -> Rebuilt:
+@pytest.fixture(params=["arrays", "compiled"])
+def compiled(request: pytest.FixtureRequest) -> bool:
+    """Both ways of rebuilding; the compiled kernel must load (numba is a dependency)."""
+    if request.param == "compiled":
+        assert rebuild.load_kernel(), "the compiled page redo did not load; is MUHEAM_NO_JIT set?"
+        return True
+    return False
+
+
+def _rebuild(target: Path, t: Table, run: HeapRun, compiled: bool) -> Rebuilt:
     f = RelationFile(relation_path(target, t.table_id))
     try:
-        return rebuild_table(f, t, run, statefiles.catalog_path(target))
+        return rebuild_table(f, t, run, statefiles.catalog_path(target), compiled=compiled)
     finally:
         f.close()
 
@@ -52,7 +62,7 @@ def _block(shared: Path, table_id: int, block: int) -> bytes:
     return data[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]
 
 
-def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path: Path, compiled: bool) -> None:  # noqa: F811
     shared, base = history
     target = tmp_path / "t"
     shutil.copytree(base, target)
@@ -61,7 +71,7 @@ def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path:
     assert set(runs) == set(tables)
     rebuilt_pages = excluded = changes = 0
     for tid, run in runs.items():
-        r = _rebuild(target, tables[tid], run)
+        r = _rebuild(target, tables[tid], run, compiled)
         for i, block in enumerate(r.blocks.tolist()):
             assert bytes(r.images[i]) == _block(shared, tid, block), f"table {tid} block {block}"
         assert r.changed.all()  # the base copy is empty: every page the history touched changed
@@ -72,11 +82,11 @@ def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path:
     assert changes == _replayed_changes(base, shared, tmp_path / "replay")
 
 
-def test_second_rebuild_changes_nothing(history: tuple[Path, Path]) -> None:  # noqa: F811
+def test_second_rebuild_changes_nothing(history: tuple[Path, Path], compiled: bool) -> None:  # noqa: F811
     shared, _ = history
     tables = {t.table_id: t for t in catalog_tables(shared)}
     for tid, run in _runs(shared).items():
-        r = _rebuild(shared, tables[tid], run)
+        r = _rebuild(shared, tables[tid], run, compiled)
         assert not r.changed.any() and r.changes == 0
         for i, block in enumerate(r.blocks.tolist()):
             assert bytes(r.images[i]) == _block(shared, tid, block)
@@ -107,7 +117,7 @@ def no_prune(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return shared, base
 
 
-def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Path], tmp_path: Path) -> None:
+def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Path], tmp_path: Path, compiled: bool) -> None:
     shared, base = no_prune
     target = tmp_path / "t"
     shutil.copytree(base, target)
@@ -115,7 +125,7 @@ def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Pa
     (run,) = _runs(shared).values()
     assert walrec.HEAP_PRUNE not in run.kind and {walrec.HEAP_UPDATE, walrec.HEAP_LOCK, walrec.HEAP_DELETE} <= set(
         run.kind.tolist())
-    r = _rebuild(target, t, run)
+    r = _rebuild(target, t, run, compiled)
     assert len(r.excluded) == 0 and len(r.blocks) > 4 * 2  # overflow blocks too
     assert (r.base[r.blocks > t.nbuckets] == -1).all()     # appended blocks were not in the base copy
     for i, block in enumerate(r.blocks.tolist()):
@@ -123,7 +133,7 @@ def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Pa
     assert r.changes == _replayed_changes(base, shared, tmp_path / "replay")
 
 
-def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, Path], tmp_path: Path, compiled: bool) -> None:
     shared, base = no_prune
     target = tmp_path / "t"
     shutil.copytree(shared, target)
@@ -133,7 +143,7 @@ def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, P
     data[2 * BLOCK_SIZE + 100] ^= 0xFF  # block 2: checksum mismatch
     path.write_bytes(bytes(data))
     (run,) = _runs(shared).values()
-    r = _rebuild(target, t, run)
+    r = _rebuild(target, t, run, compiled)
     assert r.is_excluded(2) and r.row(2) == -1
     assert r.row(1) >= 0 and not r.changed.any()
     assert np.array_equal(np.sort(np.r_[r.blocks, r.excluded]), np.unique(np.r_[r.blocks, r.excluded]))
@@ -171,9 +181,30 @@ def test_staging_writes_a_chain_only_while_the_file_holds_what_it_was_built_from
     cache.close()
 
 
-def test_warm_up_runs_the_array_path_on_every_page() -> None:
-    """What a node runs at start so that its first rebuild of a dead peer does not pay numpy's first calls:
-    an insert, an update onto a new overflow block and a lock, every page rebuilt as arrays (none left out)."""
-    from muheam.engine.rebuild import warm_up
+def test_an_operation_the_page_refuses_leaves_the_page_out(no_prune: tuple[Path, Path], tmp_path: Path,
+                                                            compiled: bool) -> None:
+    """An insert into a slot already in use (the first insert of the history, again with a later GLSN): its page
+    is left out for the page-by-page redo to report, and the other pages are rebuilt as without it."""
+    shared, base = no_prune
+    target = tmp_path / "t"
+    shutil.copytree(base, target)
+    (t,) = catalog_tables(shared)
+    recs = [r for r in WalReader(shared / "wal" / "node-1", node_id=1, system_id=0) if r.kind in walrec.HEAP_KINDS]
+    first = next(r for r in recs if r.kind == walrec.HEAP_INSERT)
+    again = first._replace(glsn=max(r.glsn for r in recs) + 1)
+    r = _rebuild(target, t, HeapRun.of_records([*recs, again], dirty_lsn=0), compiled)
+    block = int.from_bytes(first.payload[4:8], "little")
+    assert r.is_excluded(block) and r.row(block) == -1 and len(r.excluded) == 1
+    for i, b in enumerate(r.blocks.tolist()):
+        assert bytes(r.images[i]) == _block(shared, t.table_id, b)
 
-    assert warm_up() == 2
+
+def test_warm_up_runs_the_array_path_on_every_page() -> None:
+    """What a node runs at start so that its first rebuild of a dead peer does not pay the first calls of the
+    code it goes through: an insert, an update onto a new overflow block and a lock, every page rebuilt (none
+    left out), with numpy arrays and with the compiled kernel."""
+    from muheam.engine import _rebuild_kernel
+
+    assert rebuild.warm_up() == 2
+    assert rebuild.load_kernel()
+    assert rebuild.warm_up(_rebuild_kernel) == 2

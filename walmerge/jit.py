@@ -47,7 +47,8 @@ _WORDS = HEADER_SIZE // 8
 _ready = False
 
 
-def _turned_off() -> bool:
+def turned_off() -> bool:
+    """``MUHEAM_NO_JIT=1`` (or any value but 0): compiled code stays off."""
     return os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0")
 
 
@@ -59,7 +60,7 @@ def ready() -> bool:
 def warm_up_in_background() -> threading.Thread | None:
     """Load the kernels in a daemon thread, so that a later ``ready()`` caller (a node's recovery of a dead
     peer) finds them loaded without paying numba's start-up (about half a second) at that moment."""
-    if _ready or _turned_off():
+    if _ready or turned_off():
         return None
     thread = threading.Thread(target=kernels, name="jit-warm-up", daemon=True)
     thread.start()
@@ -70,7 +71,7 @@ def warm_up_in_background() -> threading.Thread | None:
 def kernels() -> ModuleType | None:
     """The compiled kernels (``walmerge._kernels``), or None if turned off or numba cannot be loaded."""
     global _ready
-    if _turned_off():
+    if turned_off():
         return None
     try:
         import llvmlite.binding as llvm  # numba's own dependency

@@ -25,27 +25,37 @@ before they are written (I3).
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from muheam.engine.redo import _FRESH, _LINK, _PRUNE, _PUT, _XMAX, HeapRun, _Apply, _operations, _Ops
+from muheam.engine import walrec
+from muheam.engine.redo import _FRESH, _LINK, _PRUNE, _PUT, _XMAX, HeapRun, _Apply, _operations, _Ops, check_run
 from muheam.storage import StorageError, mvcc
 from muheam.storage.heap import RelationFile
 from muheam.storage.layout import BLOCK_SIZE, PAGE_HEADER_SIZE
 from muheam.storage.page import (HEADER_DTYPE, KIND_BUCKET, KIND_OVERFLOW, MAX_BLOCK, PAGE_MAGIC, PAGE_VERSION,
                                  Page, _empty_image, slot_dtype, slot_images)
+from walmerge import jit
 from walmerge.crcfast import crc_lines
 
 if TYPE_CHECKING:
     from muheam.engine.heapops import Table
 
+log = logging.getLogger("muheam.rebuild")
+
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
+
+_kernel: ModuleType | None = None
+"""``_rebuild_kernel`` once ``load_kernel`` has loaded and run it."""
 
 
 @dataclass
@@ -187,9 +197,68 @@ def _serial(images: npt.NDArray[np.uint8], present: Mask, good: Mask, changed: M
     return changes
 
 
-def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -> Rebuilt:
+def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path, compiled: bool = True) -> Rebuilt:
     """Apply ``run`` (records of ``t`` from another node's WAL, in GLSN order) to ``t``'s pages as they are in
-    ``file``; nothing is written."""
+    ``file``; nothing is written.  ``compiled``: with the compiled kernel if ``warm_up`` has loaded it (the same
+    pages, several times faster), else with numpy arrays."""
+    k = _kernel if compiled else None
+    return _rebuild_arrays(file, t, run, catalog) if k is None else _rebuild_compiled(k, file, t, run, catalog)
+
+
+def _rebuild_compiled(k: ModuleType, file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -> Rebuilt:
+    """``rebuild_table`` with ``_rebuild_kernel``: one pass over the records in GLSN order, each applied straight
+    to its pages (so a page initialised twice takes this path too); pages with a prune go to ``_serial``."""
+    check_run(run, t, catalog)
+    d = run.decoded()
+    kind = run.kind
+    upd, prune = kind == walrec.HEAP_UPDATE, kind == walrec.HEAP_PRUNE
+    blocks = np.unique(np.concatenate([d.block, d.link[d.fresh], d.old_block[upd]]))
+    n = len(blocks)
+    images = np.zeros((n, BLOCK_SIZE), np.uint8)
+    present = read_pages(file, blocks, images)
+    good = np.ones(n, bool)
+    good[present & ~verify(images, present, blocks, t)] = False
+    base = np.full(n, -1, np.int64)
+    base[present] = _header(images)["glsn"][present].astype(np.int64)
+    serial = np.zeros(n, bool)
+    if prune.any():
+        serial[np.searchsorted(blocks, d.block[prune])] = True
+        serial &= good
+    changed = np.zeros(n, bool)
+    top = base.copy()
+    per_row = np.zeros(n, np.int64)
+    schema = t.schema
+    ss = slot_dtype(schema).itemsize
+    nslots = (BLOCK_SIZE - PAGE_HEADER_SIZE) // ss
+    template = np.frombuffer(_empty_image(schema, KIND_OVERFLOW, t.table_id), np.uint8).copy()
+    sources = [np.frombuffer(b, np.uint8) for b in run.bufs]  # held until the kernel returns
+    addresses = np.array([int(a.ctypes.data) if len(a) else 0 for a in sources], np.int64)
+    c = np.ascontiguousarray
+    img_addr = int(images.ctypes.data)
+    u16, u32, u64, i64 = (images.view(dt) for dt in (np.uint16, np.uint32, np.uint64, np.int64))
+    k.apply_run(images, u16, u32, u64, i64, img_addr, blocks, present.copy(), good, serial, base, template,
+                c(kind), c(run.glsn), c(run.xid), c(d.block), c(d.slot), c(d.fresh), c(d.link), c(d.key),
+                c(d.old_block), c(d.old_slot), addresses, c(run.buf), c(run.at), schema.row_width, ss, nslots,
+                changed, top, per_row)
+    del sources
+    changes = int(per_row[good & ~serial].sum())
+    if serial.any():  # the records touching a page with a prune, page by page
+        on_serial = serial[np.searchsorted(blocks, d.block)]
+        on_serial[d.fresh] |= serial[np.searchsorted(blocks, d.link[d.fresh])]
+        on_serial[upd] |= serial[np.searchsorted(blocks, d.old_block[upd])]
+        sub = run.take(np.flatnonzero(on_serial))
+        ops = _operations(sub, t, catalog)
+        changes += _serial(images, present, good, changed, serial, np.searchsorted(blocks, ops.page), ops, t, sub)
+    changed &= good
+    top[serial] = _header(images)["glsn"][serial].astype(np.int64)  # stamped by the page-by-page code
+    k.finish_pages(images, u16, u32, u64, img_addr, np.flatnonzero(changed), top, ss, nslots)
+    if good.all():
+        return Rebuilt(t.table_id, blocks, base, images, changed, blocks[:0], changes)
+    return Rebuilt(t.table_id, blocks[good], base[good], images[good], changed[good], blocks[~good], changes)
+
+
+def _rebuild_arrays(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -> Rebuilt:
+    """``rebuild_table`` with numpy arrays: the reference, and the path while the kernel is not loaded."""
     ops = _operations(run, t, catalog)  # sorted by page
     first = _first_per_group(ops.page)
     blocks = ops.page[first]
@@ -295,15 +364,46 @@ def rebuild_table(file: RelationFile, t: "Table", run: HeapRun, catalog: Path) -
     return Rebuilt(t.table_id, blocks[good], base[good], images[good], changed[good], blocks[~good], changes)
 
 
-def warm_up() -> int:
-    """Run the array redo once on a tiny table in a scratch file (an insert, an update onto a new overflow
-    block, a row lock), so that a node's first real rebuild -- a dead peer's recovery, timed in tens of
-    milliseconds -- does not also pay the first-call costs of the numpy code it goes through (measured here at
-    15-80 ms).  Returns the pages rebuilt (2)."""
+def load_kernel() -> bool:
+    """Load the compiled kernel (numba, from its on-disk cache after the first time; a node calls this in a
+    background thread at start, see ``warm_up_in_background``) and run it once; from then on ``rebuild_table``
+    uses it.  Returns whether it is loaded; a failure is logged, and the numpy code stays in use."""
+    global _kernel
+    if _kernel is not None:
+        return True
+    if jit.kernels() is None:  # turned off (MUHEAM_NO_JIT) or numba unusable: logged there
+        return False
+    try:
+        from muheam.engine import _rebuild_kernel
+
+        warm_up(_rebuild_kernel)
+    except Exception as e:  # noqa: BLE001 - numba raises RuntimeError too (e.g. no writable cache directory)
+        log.warning("compiled page redo unavailable (%s: %s); a dead peer's pages are rebuilt with numpy "
+                    "(about half the speed)", type(e).__name__, e)
+        return False
+    _kernel = _rebuild_kernel
+    return True
+
+
+def warm_up_in_background() -> threading.Thread | None:
+    """``load_kernel`` in a daemon thread (after ``walmerge.jit``'s kernels, which bind the C functions it
+    calls), so that a node's first recovery of a dead peer finds it loaded; None if compiled code is off."""
+    if _kernel is not None or jit.turned_off():
+        return None
+    thread = threading.Thread(target=load_kernel, name="jit-warm-up-rebuild", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_up(kernel: ModuleType | None = None) -> int:
+    """Run the redo once (with numpy arrays, or with ``kernel``) on a tiny table in a scratch file (an insert,
+    an update onto a new overflow block, a row lock), so that a node's first real rebuild -- a dead peer's
+    recovery, timed in tens of milliseconds -- does not also pay the first-call costs of the code it goes
+    through (measured here at 15-80 ms for numpy; numba compiles or loads its cache).  Returns the pages
+    rebuilt (2)."""
     import tempfile
 
     from muheam.engine.heapops import Table
-    from muheam.engine import walrec
     from muheam.storage import Schema
     from walmerge.record import Record
 
@@ -319,7 +419,9 @@ def warm_up() -> int:
             f.write(bytes(BLOCK_SIZE) + Page.new(t.schema, block=1, table_id=1).encode())
         file = RelationFile(path)
         try:
-            rebuilt = rebuild_table(file, t, HeapRun.of_records(recs, dirty_lsn=0), Path(tmp) / "catalog")
+            run, catalog = HeapRun.of_records(recs, dirty_lsn=0), Path(tmp) / "catalog"
+            rebuilt = (_rebuild_arrays(file, t, run, catalog) if kernel is None
+                       else _rebuild_compiled(kernel, file, t, run, catalog))
         finally:
             file.close()
     return len(rebuilt.blocks)

@@ -199,22 +199,33 @@ class _Ops:
     key: I64   # _PUT: the row's key
 
 
-def _operations(run: HeapRun, t: "Table", catalog: Path) -> _Ops:
-    kind = run.kind.astype(np.int64)
-    n = len(run)
+def check_run(run: HeapRun, t: "Table", catalog: Path) -> None:
+    """Refuse a run that is not all heap records of ``t`` as the catalog describes it (rows of another width)."""
+    kind = run.kind
     ins, upd = kind == walrec.HEAP_INSERT, kind == walrec.HEAP_UPDATE
     dele = (kind == walrec.HEAP_DELETE) | (kind == walrec.HEAP_LOCK)
     prune = kind == walrec.HEAP_PRUNE
     if not (ins | upd | dele | prune).all():
         raise ValueError(f"record kinds {sorted(set(kind[~(ins | upd | dele | prune)].tolist()))} are not heap records")
     width = t.schema.row_width
-    put = ins | upd
     row_at = np.where(upd, _UPDATE_ROW, _INSERT_ROW)
-    if (put & (run.plen != row_at + width)).any():
-        i = int(np.flatnonzero(put & (run.plen != row_at + width))[0])
+    wrong = (ins | upd) & (run.plen != row_at + width)
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
         raise StateFileCorrupt(f"a WAL record to redo carries a {int(run.plen[i] - row_at[i])}-byte row; table "
                                f"{t.name!r} has {width}-byte rows in the catalog: the catalog does not belong to "
                                f"this WAL (restore the shared directory's global/catalog)", path=catalog)
+
+
+def _operations(run: HeapRun, t: "Table", catalog: Path) -> _Ops:
+    check_run(run, t, catalog)
+    kind = run.kind.astype(np.int64)
+    n = len(run)
+    ins, upd = kind == walrec.HEAP_INSERT, kind == walrec.HEAP_UPDATE
+    dele = (kind == walrec.HEAP_DELETE) | (kind == walrec.HEAP_LOCK)
+    prune = kind == walrec.HEAP_PRUNE
+    put = ins | upd
+    row_at = np.where(upd, _UPDATE_ROW, _INSERT_ROW)
     d = run.decoded()
     block, slot, fresh, link, key = d.block, d.slot, d.fresh, d.link, d.key
     old_block, old_slot = d.old_block, d.old_slot
