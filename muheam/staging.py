@@ -102,6 +102,9 @@ def stage(cache: "BufferCache", table_of: Callable[[int], "Table | None"], deads
             log.warning("table %s: cannot rebuild the dead node's pages at once (%s); chain by chain instead",
                         t.name, e)
             continue
+        new = rebuilt.blocks[(rebuilt.base < 0) & rebuilt.changed]
+        if len(new):  # most are blocks the dead node appended: never written, and about to be, page by page
+            cache.relation_file(tid).preallocate(int(new.min()), int(new.max()) + 1)
         staging.tables[tid] = _Pages(rebuilt)
         staging.pages += len(rebuilt.blocks)
     staging.ms = (time.perf_counter() - t0) * 1000

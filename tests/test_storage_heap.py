@@ -239,3 +239,23 @@ def test_relation_file_io(tmp_path: Path) -> None:
     with pytest.raises(RelationFileError, match="closed"):
         f.read_block(0)
 
+
+
+def test_preallocate_reserves_space_and_changes_no_byte(tmp_path: Path) -> None:
+    """What the recoverer does before writing a dead node's appended blocks: disk space for them, while the
+    file's size and every byte in it stay as they were (another node may be reading or writing them)."""
+    import sys
+
+    from muheam.storage import RelationFile
+    with RelationFile.create(tmp_path / "f") as f:
+        f.write_block(0, b"\1" * BLOCK_SIZE)
+        f.write_block(3, b"\2" * BLOCK_SIZE)  # blocks 1 and 2: a hole
+        before = (tmp_path / "f").read_bytes()
+        allocated = os.fstat(f._fd()).st_blocks
+        ok = f.preallocate(1, 64)
+        assert (tmp_path / "f").read_bytes() == before and f.nblocks() == 4
+        if sys.platform == "linux":
+            assert ok and os.fstat(f._fd()).st_blocks * 512 >= allocated * 512 + 60 * BLOCK_SIZE
+        assert not f.preallocate(5, 5)
+        f.write_block(40, b"\3" * BLOCK_SIZE)
+        assert f.nblocks() == 41 and f.read_block(40) == b"\3" * BLOCK_SIZE and f.read_block(39) == bytes(BLOCK_SIZE)

@@ -20,6 +20,8 @@ extension lock while appending an overflow block (two nodes appending at once wo
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,21 @@ def default_nbuckets(schema: Schema, expected_rows: int) -> int:
 def relation_path(shared: Path | str, table_id: int) -> Path:
     """``<shared>/base/<table_id>``, as in DESIGN.md section 6."""
     return Path(shared) / "base" / str(table_id)
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``fallocate`` (Linux), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,16 @@ class RelationFile:
                                         f"free space and the shared mount, then redo from the WAL",
                                         path=self.path) from e
             done += n
+
+    def preallocate(self, lo: int, hi: int) -> bool:
+        """Reserve disk space for blocks ``lo..hi-1`` without changing the file's size or any byte of it (Linux
+        ``fallocate`` with ``FALLOC_FL_KEEP_SIZE``), so that writing many pages there later skips the file
+        system's block allocation page by page.  Best effort: False where the system or file system lacks it
+        (never glibc's ``posix_fallocate`` emulation, which writes bytes another node may be writing too)."""
+        fn = _fallocate()
+        if fn is None or hi <= lo:
+            return False
+        return fn(self._fd(), _FALLOC_FL_KEEP_SIZE, lo * BLOCK_SIZE, (hi - lo) * BLOCK_SIZE) == 0
 
     def fsync(self) -> None:
         os.fsync(self._fd())
