@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,10 @@ from walmerge import WalCorruption, WalReader, format_lsn, jit, node_wal_dir
 from walmerge.record import record_from
 
 log = logging.getLogger("muheam.deadwal")
+
+SCAN_CHAINS = 4
+"""Chains whose records a survivor finds by scanning the run before it indexes the run by block: most survivors
+rebuild one chain or two, and the index (a sort of every block reference) costs about four scans."""
 
 _HEAP = np.array(sorted(walrec.HEAP_KINDS), dtype=np.uint8)
 _KEYED = np.array([walrec.HEAP_INSERT, walrec.HEAP_UPDATE, walrec.HEAP_DELETE, walrec.HEAP_LOCK], dtype=np.uint8)
@@ -62,6 +66,7 @@ class DeadWal:
     """Every heap record, in WAL order, decoded once (``redo.HeapRun``)."""
     table_of: Callable[[int], Table | None] | None = None
     _chains_found: bool = False
+    _scans: int = 0
     _rec_new: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     _keys: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
     _key_rec: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -90,6 +95,26 @@ class DeadWal:
         hi = int(np.searchsorted(self._keys, k, side="right"))
         return self._key_rec[lo:hi]
 
+    def chain_records(self, table_id: int, blocks: set[int]) -> npt.NDArray[np.int64]:
+        """Indexes of the records touching a chain of ``table_id`` whose blocks in the shared file are
+        ``blocks``, after adding to ``blocks`` every block the records appended to the chain (transitively):
+        by scanning the run for the first ``SCAN_CHAINS`` chains, then through the block index."""
+        if self.run is None:
+            return np.zeros(0, np.int64)
+        if len(self._keys) == 0 and self._scans < SCAN_CHAINS:
+            self._scans += 1
+            return _scan_chain(self.run, table_id, blocks)
+        picked = []
+        todo = list(blocks)
+        while todo:
+            recs = self.records_for(table_id, todo.pop())
+            picked.append(recs)
+            for new in np.unique(self._rec_new[recs]).tolist():
+                if new >= 0 and new not in blocks:
+                    blocks.add(new)
+                    todo.append(new)
+        return np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
 
 
 def checkpoint_lsn(shared: Path, node: int) -> int | None:
@@ -111,7 +136,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn,
                        compiled=jit.ready())  # the compiled walk if the node has loaded it (same answers)
     bufs: list[bytes | memoryview] = []
-    parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("buf", "off", "head")}
+    parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in ("buf", "off", "kind", "glsn", "xid", "len")}
     try:
         for batch in reader.segments(arrays=True):
             h, offs = batch.headers, batch.offsets
@@ -141,7 +166,10 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
                 dead.started.discard(0)
                 parts["buf"].append(np.full(int(heap.sum()), len(bufs), np.int32))
                 parts["off"].append(offs[heap].astype(np.int64))
-                parts["head"].append(h[heap])
+                parts["kind"].append(kinds[heap])  # the columns redo needs, not whole headers
+                parts["glsn"].append(glsns[heap].astype(np.uint64, copy=False))
+                parts["xid"].append(x.astype(np.uint64, copy=False))
+                parts["len"].append(h["total_len"][heap].astype(np.int64))
                 bufs.append(batch.data)
             if cut >= 0:
                 break
@@ -155,8 +183,8 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     if dead.end_lsn == 0 and dead.start_lsn is not None:
         dead.end_lsn = dead.start_lsn
     if parts["buf"]:
-        run = HeapRun.of_headers(bufs, np.concatenate(parts["buf"]), np.concatenate(parts["off"]),
-                                 np.concatenate(parts["head"]))
+        run = HeapRun.of_headers(bufs, *(np.concatenate(parts[k]) for k in ("buf", "off", "kind", "glsn", "xid",
+                                                                             "len")))
         _max_blocks(dead, run)
     return dead
 
@@ -188,6 +216,30 @@ def _max_blocks(dead: DeadWal, run: HeapRun) -> None:
         dead.max_block[tid] = int(touched[tables == tid].max())
 
 
+def _scan_chain(run: HeapRun, table_id: int, blocks: set[int]) -> npt.NDArray[np.int64]:
+    """``DeadWal.chain_records`` without the index: a block joins the chain if a NEW_PAGE record linked it from
+    a chain block, or put a version updated from a chain block there (as ``records_for`` finds them)."""
+    d = run.decoded()
+    mine = d.table == table_id
+    fresh = np.flatnonzero(mine & d.fresh)
+    children: dict[int, list[int]] = {}
+    for parent, child in zip(d.link[fresh].tolist(), d.block[fresh].tolist()):
+        children.setdefault(parent, []).append(child)
+    todo = list(blocks)
+    while True:
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in blocks:
+                    blocks.add(child)
+                    todo.append(child)
+        chain = np.fromiter(blocks, np.int64, len(blocks))
+        hit = mine & (np.isin(d.block, chain) | np.isin(d.old_block, chain) | np.isin(d.link, chain))
+        todo = [b for b in set(d.block[hit & d.fresh].tolist()) if b not in blocks]
+        if not todo:
+            return np.flatnonzero(hit)
+        blocks.update(todo)
+
+
 def _find_chains(dead: DeadWal, run: HeapRun, table_of: Callable[[int], Table | None]) -> None:
     """Find the chains (bucket heads) ``run`` changed."""
     d, kinds = run.decoded(), run.kind
@@ -209,19 +261,12 @@ def redo_chain(cache: BufferCache, t: Table, head: int, deads: list[DeadWal]) ->
     number of page changes.  The caller owns the chain."""
     tid = t.table_id
     blocks = set(cache.chain_blocks(tid, head, t.nbuckets))
-    picked: list[list[npt.NDArray[np.int64]]] = [[] for _ in deads]
-    todo = list(blocks)
-    while todo:  # the chain's blocks, plus every block the dead nodes appended to it (transitively)
-        b = todo.pop()
-        for k, dead in enumerate(deads):
-            recs = dead.records_for(tid, b)
-            picked[k].append(recs)
-            for new in np.unique(dead._rec_new[recs]).tolist():
-                if new >= 0 and new not in blocks:
-                    blocks.add(new)
-                    todo.append(new)
-    runs = [dead.run.take(np.unique(np.concatenate(chosen)))
-            for dead, chosen in zip(deads, picked) if dead.run is not None and chosen]
+    while True:  # the chain's blocks, plus every block the dead nodes appended to it (transitively)
+        size = len(blocks)
+        picked = [dead.chain_records(tid, blocks) for dead in deads]
+        if len(deads) == 1 or len(blocks) == size:  # one node's records were followed to the end already
+            break
+    runs = [dead.run.take(chosen) for dead, chosen in zip(deads, picked) if dead.run is not None and len(chosen)]
     if not runs:
         return 0
     run = HeapRun.concat(runs)

@@ -208,3 +208,29 @@ def test_warm_up_runs_the_array_path_on_every_page() -> None:
     assert rebuild.warm_up() == 2
     assert rebuild.load_kernel()
     assert rebuild.warm_up(_rebuild_kernel) == 2
+
+
+def test_a_chains_records_by_scan_equal_those_by_the_block_index(no_prune: tuple[Path, Path]) -> None:
+    """A survivor finds a dead node's records for its first chains by scanning, later through a block index:
+    both follow the blocks the node appended to the chain (here every overflow block: the base copy has only
+    the buckets) and pick the same records, and the blocks are the chain the live engine ended with."""
+    from muheam import deadwal
+    from muheam.storage import Page, walk_chain
+
+    shared, base = no_prune
+    (t,) = catalog_tables(shared)
+    dead = deadwal.load(shared, 1, 1 << 30, 0, {t.table_id: t}.get, start_lsn=None)
+    assert dead.run is not None
+    heap = RelationFile(relation_path(shared, t.table_id))
+    try:
+        for head in range(1, t.nbuckets + 1):
+            by_scan, by_index = {head}, {head}
+            dead._scans = 0
+            scanned = dead.chain_records(t.table_id, by_scan)
+            dead._scans = deadwal.SCAN_CHAINS
+            indexed = dead.chain_records(t.table_id, by_index)
+            assert by_scan == by_index and np.array_equal(scanned, indexed) and len(scanned)
+            live = {p.block for p in walk_chain(head, lambda b: Page.decode(heap.read_block(b), t.schema, block=b))}
+            assert by_scan == live and len(live) > 1
+    finally:
+        heap.close()

@@ -128,13 +128,13 @@ class HeapRun:
                    np.zeros(len(recs), np.int32), starts, lens)
 
     @classmethod
-    def of_headers(cls, bufs: Sequence[Buf], buf: npt.NDArray[np.int32], rec_off: I64,
-                   head: npt.NDArray[np.void]) -> "HeapRun":
-        """Records of another node's WAL as a reader found them: ``head[i]`` is record i's header, which starts at
-        ``rec_off[i]`` in ``bufs[buf[i]]``.  Already durable, so the pages wait for no WAL flush."""
-        return cls(head["kind"].copy(), head["glsn"].astype(np.uint64), head["xid"].astype(np.uint64),
-                   np.zeros(len(head), np.int64), bufs, buf, rec_off + HEADER_SIZE,
-                   head["total_len"].astype(np.int64) - HEADER_SIZE)
+    def of_headers(cls, bufs: Sequence[Buf], buf: npt.NDArray[np.int32], rec_off: I64, kind: npt.NDArray[np.uint8],
+                   glsn: npt.NDArray[np.uint64], xid: npt.NDArray[np.uint64], total_len: I64) -> "HeapRun":
+        """Records of another node's WAL as a reader found them: record i's header starts at ``rec_off[i]`` in
+        ``bufs[buf[i]]`` and holds ``kind[i]`` .. ``total_len[i]``.  Already durable, so the pages wait for no WAL
+        flush."""
+        return cls(kind, glsn, xid, np.zeros(len(kind), np.int64), bufs, buf, rec_off + HEADER_SIZE,
+                   total_len - HEADER_SIZE)
 
     def __len__(self) -> int:
         return len(self.kind)
