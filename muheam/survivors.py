@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from locking.messages import Mode
 from muheam import deadwal, staging
-from muheam.engine import statefiles, walrec
+from muheam.engine import rebuild, statefiles, walrec
 from muheam.errors import EtcdUnavailable
 from muheam.ownership import chain_resource
 
@@ -282,7 +282,7 @@ class Survivors:
                       decided_ms=round((job.decided_at - job.started) * 1000, 1), chains=len(dead.chains),
                       records=dead.nrecords, aborted=len(job.aborted), committed=len(job.committed),
                       bytes=dead.bytes_read, read_ms=round(dead.read_ms, 1), redo_ms=round(dead.redo_ms, 1),
-                      staged_ms=round(job.staged_ms, 1), staged_pages=job.staged_pages,
+                      staged_ms=round(job.staged_ms, 1), staged_pages=job.staged_pages, compiled=rebuild.compiled(),
                       end_lsn=dead.end_lsn,
                       fence_glsn=dead.last_glsn, damage=dead.damage or None, torn=dead.torn or None,
                       known_committed=len(job.known_committed))

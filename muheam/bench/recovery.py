@@ -20,7 +20,8 @@ rounds wait for the silent member, which ``stall_ms`` reports), ``sum_violations
 ``repair_calls`` / ``repaired_chains`` (summed over the survivors: chains they looked at to rebuild, and rebuilt;
 equal to ``chains`` when no chain is rebuilt twice or looked at for nothing), ``staged_chains`` (of those, written
 from the recoverer's rebuild of every page at once, ``muheam.staging``), ``stage_ms`` (that rebuild's time, part of
-``apply_ms``), ``apply_ms_by_node`` and ``recoverer``.  A survivor other than the recoverer that must rebuild a
+``apply_ms``; ``compiled``: whether the recoverer ran that rebuild with the compiled kernel, which a node loads in
+the background at start, or with numpy), ``apply_ms_by_node`` and ``recoverer``.  A survivor other than the recoverer that must rebuild a
 chain first reads the dead node's WAL itself: that read counts in its ``apply_ms``.
 """
 
@@ -181,6 +182,7 @@ def _measure(directory: Path, info: dict[str, Any], seconds_before: float, wal_m
         "apply_ms": round(repair_us / 1000, 1),
         "apply_ms_by_node": apply_by_node,
         "stage_ms": rec.get("staged_ms"),
+        "compiled": rec.get("compiled"),
         "recoverer": rec.get("by"),
         "outcomes_ms": rec.get("decided_ms"),
         "chains": rec.get("chains"),

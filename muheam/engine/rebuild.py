@@ -1,9 +1,18 @@
-"""Redo of a whole run of another node's heap records onto one table's pages at once, as array operations.
+"""Redo of a whole run of another node's heap records onto one table's pages at once.
 
 ``redo.redo_run`` applies a run page by page with a few numpy calls and some Python per page and per operation:
 right for a node replaying its own WAL, and for a survivor rebuilding one chain of a dead node's on demand.  The
 recoverer, though, rebuilds *every* chain the dead node touched, and doing that chain by chain costs about a
-millisecond per chain.  Here the same redo is done for all of a table's pages in one pass:
+millisecond per chain.  Here the same redo is done for all of a table's pages in one pass, two ways:
+
+**Compiled** (``_rebuild_kernel``, numba; the default once ``load_kernel`` has run, which a node does in a
+background thread at start): the pages are read and verified as below, then one compiled loop applies the records
+in GLSN order straight to the page images, each only to pages whose GLSN before the run is below its own and
+refusing what ``Page`` refuses, and a second sets each changed page's ``nused``, ``free_hint``, GLSN and checksum.
+Only pages with a prune among their operations go through ``redo``'s page code one operation at a time.  About
+2.5 times faster than the arrays on the bench's 17 MB of WAL (12 ms against 31).
+
+**With numpy arrays** (the reference; before the kernel is loaded, or ``MUHEAM_NO_JIT=1``):
 
 * the pages the run touches are read from the relation file into one ``(n, 8192)`` array (one read per stretch
   of consecutive blocks) and verified with the checks ``Page.decode`` makes, over all of them at once;
@@ -14,8 +23,8 @@ millisecond per chain.  Here the same redo is done for all of a table's pages in
   it touches), so every insert is one scatter of slot images, every xmax the last one set per slot, and the
   header fields (``nused``, ``free_hint``, ``next_block``, GLSN, checksum) are computed per page afterwards.
 
-The result is byte for byte what ``redo_run`` gives (``tests/test_rebuild.py`` compares them on a random history).
-Pages where that argument does not hold -- a prune among their operations, a page initialised twice or after other
+The result is byte for byte what ``redo_run`` gives, either way (``tests/test_rebuild.py`` compares them on a
+random history).  Pages where the arrays' argument does not hold -- a prune among their operations, a page initialised twice or after other
 changes, a page that fails verification, an operation the page would refuse -- are left out (``excluded``):
 whoever needs them runs the page-by-page redo, which also names any problem.
 
@@ -362,6 +371,11 @@ def _rebuild_arrays(file: RelationFile, t: "Table", run: HeapRun, catalog: Path)
     if good.all():
         return Rebuilt(t.table_id, blocks, base, images, changed, blocks[:0], changes)
     return Rebuilt(t.table_id, blocks[good], base[good], images[good], changed[good], blocks[~good], changes)
+
+
+def compiled() -> bool:
+    """Whether ``rebuild_table`` runs the compiled kernel now."""
+    return _kernel is not None
 
 
 def load_kernel() -> bool:
