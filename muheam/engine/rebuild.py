@@ -40,7 +40,7 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -399,12 +399,19 @@ def load_kernel() -> bool:
     return True
 
 
-def warm_up_in_background() -> threading.Thread | None:
+def warm_up_in_background(then: Callable[[], object] | None = None) -> threading.Thread | None:
     """``load_kernel`` in a daemon thread (after ``walmerge.jit``'s kernels, which bind the C functions it
-    calls), so that a node's first recovery of a dead peer finds it loaded; None if compiled code is off."""
+    calls), so that a node's first recovery of a dead peer finds it loaded, then ``then()`` in that thread; None
+    (and nothing called) if compiled code is off."""
     if _kernel is not None or jit.turned_off():
         return None
-    thread = threading.Thread(target=load_kernel, name="jit-warm-up-rebuild", daemon=True)
+
+    def run() -> None:
+        load_kernel()
+        if then is not None:
+            then()
+
+    thread = threading.Thread(target=run, name="jit-warm-up-rebuild", daemon=True)
     thread.start()
     return thread
 
