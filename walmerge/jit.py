@@ -26,7 +26,6 @@ import ctypes
 import functools
 import logging
 import os
-import threading
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -55,16 +54,6 @@ def turned_off() -> bool:
 def ready() -> bool:
     """Whether the kernels are loaded already (never loads them: for callers that must not wait for numba)."""
     return _ready
-
-
-def warm_up_in_background() -> threading.Thread | None:
-    """Load the kernels in a daemon thread, so that a later ``ready()`` caller (a node's recovery of a dead
-    peer) finds them loaded without paying numba's start-up (about half a second) at that moment."""
-    if _ready or turned_off():
-        return None
-    thread = threading.Thread(target=kernels, name="jit-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 @functools.cache
