@@ -62,7 +62,8 @@ def _block(shared: Path, table_id: int, block: int) -> bytes:
     return data[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]
 
 
-def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path: Path, compiled: bool) -> None:  # noqa: F811
+def test_rebuilt_pages_equal_the_live_ones(history: tuple[Path, Path], tmp_path: Path,  # noqa: F811
+                                          compiled: bool) -> None:
     shared, base = history
     target = tmp_path / "t"
     shutil.copytree(base, target)
@@ -120,7 +121,8 @@ def no_prune(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return shared, base
 
 
-def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Path], tmp_path: Path, compiled: bool) -> None:
+def test_without_prunes_every_page_is_rebuilt_at_once(no_prune: tuple[Path, Path], tmp_path: Path,
+                                                      compiled: bool) -> None:
     shared, base = no_prune
     target = tmp_path / "t"
     shutil.copytree(base, target)
@@ -136,7 +138,8 @@ def test_without_prunes_every_page_is_rebuilt_as_arrays(no_prune: tuple[Path, Pa
     assert r.changes == _replayed_changes(base, shared, tmp_path / "replay")
 
 
-def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, Path], tmp_path: Path, compiled: bool) -> None:
+def test_a_damaged_page_is_left_to_the_page_by_page_redo(no_prune: tuple[Path, Path], tmp_path: Path,
+                                                         compiled: bool) -> None:
     shared, base = no_prune
     target = tmp_path / "t"
     shutil.copytree(shared, target)
@@ -202,7 +205,7 @@ def test_an_operation_the_page_refuses_leaves_the_page_out(no_prune: tuple[Path,
         assert bytes(r.images[i]) == _block(shared, t.table_id, b)
 
 
-def test_warm_up_runs_the_array_path_on_every_page() -> None:
+def test_warm_up_rebuilds_every_page_both_ways() -> None:
     """What a node runs at start so that its first rebuild of a dead peer does not pay the first calls of the
     code it goes through: an insert, an update onto a new overflow block and a lock, every page rebuilt (none
     left out), with numpy arrays and with the compiled kernel."""

@@ -1,5 +1,5 @@
-"""The numba kernel behind ``muheam.engine.rebuild``'s compiled path (import through ``rebuild.kernel()``, which
-binds the C symbols first: ``memcpy`` and ``crc32c_extend``, as ``walmerge.jit`` does).
+"""The numba kernel behind ``muheam.engine.rebuild``'s compiled path, loaded through ``rebuild.load_kernel()``:
+that loads ``walmerge.jit``'s kernels first, which bind the C symbols it calls (``crc32c_extend``; ``memcpy``).
 
 One pass over a table's run of records in GLSN order, each record's page operations applied straight to the page
 images in the order ``redo`` applies them (initialise, link, put, xmax), each only to a page whose GLSN before
