@@ -89,7 +89,8 @@ def test_kill_one_node_rounds_under_bank_load(local_cluster: Start) -> None:
         rounds.append({"victim": victim, "recovered_s": round(recovered_at - killed_at, 2),
                        "acked_on_survivors_meanwhile": acked_during, **{k: info.get(k) for k in
                                                                          ("duration_ms", "chains", "aborted")}})
-        assert acked_during > 0, f"round {r}: nothing committed on the survivors while node {victim} was dead"
+        assert acked_during > 0, (f"round {r}: nothing committed on the survivors while node {victim} was dead "
+                                  f"({rounds[-1]}; their clients were told {[a.messages[-3:] for a in survivors]})")
         time.sleep(max(0.0, per_round - (time.monotonic() - killed_at)))
         acked = set(load.acked)
         for ep in endpoints(c):
