@@ -142,3 +142,39 @@ def test_gather_lines_from_several_buffers_padding_past_the_end() -> None:
     got = gather(bufs, np.array([0, 1, 0, 1], np.int32), np.array([0, 0, 6, 2]), 4)
     assert [bytes(line) for line in got] == [b"abcd", b"xyz\0", b"gh\0\0", b"z\0\0\0"]
     assert bytes(gather([b"ab"], np.array([0], np.int32), np.array([1]), 4)[0]) == b"b\0\0\0"
+
+
+# -- decoding under the installed numpy ------------------------------------------------------------------------
+
+class _Rec:
+    """The fields ``HeapRun.of_records`` reads from a WAL record."""
+
+    def __init__(self, kind: int, glsn: int, payload: bytes) -> None:
+        self.kind, self.glsn, self.xid, self.payload, self.end_lsn = kind, glsn, 7, payload, 0
+
+
+def test_decoded_sentinels_are_int64_minus_one() -> None:
+    """Fields a kind lacks decode as -1 in int64, never as a wrapped unsigned value.  Under numpy >= 2,
+    ``np.where(mask, uint32_field, -1)`` kept uint32 and gave 4294967295: a dead node's highest block became
+    2^32 - 1 and a survivor grew the relation to 2^32 blocks ("block number 4294967296 out of range")."""
+    from muheam import deadwal
+    from muheam.engine import walrec
+    from muheam.engine.redo import HeapRun
+
+    row = (5).to_bytes(8, "little")
+    recs = [
+        _Rec(walrec.HEAP_INSERT, 1 << 16, walrec.encode_insert(3, 4, 0, 0, 0xFFFFFFFF, 11, row)),  # not a new page
+        _Rec(walrec.HEAP_INSERT, 2 << 16, walrec.encode_insert(3, 9, 0, walrec.NEW_PAGE, 4, 12, row)),
+        _Rec(walrec.HEAP_UPDATE, 3 << 16, walrec.encode_update(3, 4, 1, 0, 0xFFFFFFFF, 11, 6, 2, row)),
+        _Rec(walrec.HEAP_DELETE, 4 << 16, walrec.encode_delete(3, 2, 0, -1)),  # key -1: all ones where link sits
+    ]
+    d = HeapRun.of_records(recs).decoded()
+    for name in ("table", "block", "slot", "link", "key", "old_block", "old_slot"):
+        assert getattr(d, name).dtype == np.int64, name
+    assert d.link.tolist() == [-1, 4, -1, -1]
+    assert d.old_block.tolist() == [-1, -1, 6, -1]
+    assert d.old_slot.tolist() == [-1, -1, 2, -1]
+    assert d.key.tolist() == [11, 12, 11, -1]
+    dead = deadwal.DeadWal(2, 1)
+    deadwal._max_blocks(dead, HeapRun.of_records(recs))
+    assert dead.max_block == {3: 9}

@@ -13,13 +13,16 @@ the change.  The cache may therefore exceed ``capacity`` by the few pages one op
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 from muheam.storage import PageZeroed, RelationFile, RelationFileError, Schema
 from muheam.storage.heap import relation_path, walk_chain
-from muheam.storage.page import Page
+from muheam.storage.page import MAX_BLOCK, Page
+
+log = logging.getLogger("muheam.buffer")
 
 Key = tuple[int, int]
 WriteHook = Callable[[int, int, int, int], None]
@@ -92,8 +95,14 @@ class BufferCache:
         return rel.nblocks
 
     def grow(self, table_id: int, nblocks: int) -> None:
-        """Another node allocated blocks up to ``nblocks`` (the relation-extension lock's value)."""
+        """Another node allocated blocks up to ``nblocks`` (the relation-extension lock's value).  Never past the
+        largest valid block: a size from a peer or a dead node's WAL beyond it is a bug or damage, and taking it
+        would make every later allocation fail on every node that learns the size."""
         rel = self._rels[table_id]
+        if nblocks > MAX_BLOCK + 1:
+            log.error("table %d: refusing to grow the relation to %d blocks (at most %d are valid); keeping %d",
+                      table_id, nblocks, MAX_BLOCK + 1, rel.nblocks)
+            return
         rel.nblocks = max(rel.nblocks, nblocks)
 
     # -- cluster block ownership (cache fusion) -----------------------------------------------------------------

@@ -44,11 +44,19 @@ _FRESH, _LINK, _PUT, _XMAX, _PRUNE = 0, 1, 2, 3, 4
 """Page operation types, in the order one record's operations on one page are applied."""
 _INSERT_ROW = 24   # walrec._INSERT.size: the row follows the fixed part of an insert payload
 _UPDATE_ROW = 32   # walrec._UPDATE.size
-_FIXED = np.dtype({"names": ["table", "block", "slot", "flags", "link", "key", "old_block", "old_slot", "del_key"],
+_FIXED_NAMES = ("table", "block", "slot", "flags", "link", "key", "old_block", "old_slot", "del_key")
+_FIXED = np.dtype({"names": list(_FIXED_NAMES),
                    "formats": ["<u4", "<u4", "<u2", "<u2", "<u4", "<i8", "<u4", "<u2", "<i8"],
                    "offsets": [0, 4, 8, 10, 12, 16, 24, 28, 12], "itemsize": _UPDATE_ROW})
 """The fixed-size fields of heap payloads (``walrec``'s insert/update layout; delete, lock and prune share
 its first ones: table, block, slot; a delete's or lock's key is ``del_key``)."""
+
+
+def _or_minus_one(mask: npt.NDArray[np.bool_], values: I64) -> I64:
+    """``values`` where ``mask``, else -1, as int64 whatever numpy's promotion rules (see ``HeapRun.decoded``)."""
+    out = np.full(len(values), -1, np.int64)
+    out[mask] = values[mask]
+    return out
 
 
 def gather(bufs: Sequence[Buf], buf: npt.NDArray[np.int32], starts: I64, width: int) -> npt.NDArray[np.uint8]:
@@ -148,11 +156,13 @@ class HeapRun:
             upd = kind == walrec.HEAP_UPDATE
             dele = (kind == walrec.HEAP_DELETE) | (kind == walrec.HEAP_LOCK)
             fresh = put & ((f["flags"] & walrec.NEW_PAGE) != 0)
-            self.fields = Decoded(f["table"].astype(np.int64), f["block"].astype(np.int64),
-                                  f["slot"].astype(np.int64), fresh, np.where(fresh, f["link"], -1),
-                                  np.where(put, f["key"], np.where(dele, f["del_key"], 0)),
-                                  np.where(upd, f["old_block"], -1),
-                                  np.where(upd, f["old_slot"], -1))
+            # every field widened to int64 *before* a -1 sentinel is merged in: under numpy >= 2,
+            # np.where(mask, uint32_field, -1) keeps uint32 and turns -1 into 4294967295, a block number that a
+            # dead node's highest block then took for real (the relation grew to 2^32 blocks)
+            wide = {name: f[name].astype(np.int64) for name in _FIXED_NAMES}
+            self.fields = Decoded(wide["table"], wide["block"], wide["slot"], fresh, _or_minus_one(fresh, wide["link"]),
+                                  np.where(put, wide["key"], np.where(dele, wide["del_key"], 0)),
+                                  _or_minus_one(upd, wide["old_block"]), _or_minus_one(upd, wide["old_slot"]))
         return self.fields
 
     def take(self, idx: I64) -> "HeapRun":
