@@ -156,8 +156,15 @@ class Ownership:
         elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
             self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
-        elif resource.startswith(EXTEND) and not grant.valid and self.repair is not None:
-            self.repair.extend(_U32.unpack_from(resource, len(EXTEND))[0])
+        elif resource.startswith(EXTEND) and not grant.valid:
+            # the last size anyone released is still a floor (the dead node may only have grown it further):
+            # taking the dead node's highest block alone could hand a block a live node already allocated to a
+            # second chain
+            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
+            if grant.value and len(grant.value) == 8:
+                self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
+            if self.repair is not None:
+                self.repair.extend(table_id)
         self.held[resource] = grant.mode
         for then in self.waiters.pop(resource, []):
             then()
