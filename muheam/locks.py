@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from locking.clock import LamportClock
 from locking.effects import Granted, NeedsRecovery, ReleaseDemanded, Send
+from locking.glsn import Glsn
 from locking.manager import LockManager
 from locking.messages import Mode
 from muheam import wire
@@ -69,8 +70,10 @@ class LockService:
         self.manager.member_added(epoch)
         self.flush()
 
-    def member_removed(self, node_id: int, epoch: int) -> None:
-        self.manager.member_removed(epoch)
+    def member_removed(self, node_id: int, epoch: int, floor_glsn: int = 0) -> None:
+        """``floor_glsn``: the dead incarnation's last GLSN (its WAL's tail) when it crashed; the clock moves past
+        it before anything is granted or logged on the dead member's behalf (a rebuilt page carries its GLSNs)."""
+        self.manager.member_removed(epoch, Glsn.unpack(floor_glsn) if floor_glsn else None)
         self.flush()
 
     # requests -----------------------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ class NodeAgent:
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster)
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,
-                                   EngineConfig().system_id)
+                                   EngineConfig().system_id, observe=self.clock.observe)
         self.port.register("lock_cycle", self._op_lock_cycle)
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
@@ -323,9 +323,10 @@ class NodeAgent:
             # only the lease's end removes a member: until then it may still hold locks (I6)
             if known is not None and known.epoch <= member.epoch:
                 crashed = event.kind == "expired" or member.stop_mode == "immediate"
+                floor = 0
                 if crashed and self.survivors is not None:
-                    self.survivors.expired(member.node_id, member.epoch)  # before anyone may take its chains
-                self._remove(known)
+                    floor = self.survivors.expired(member.node_id, member.epoch)  # before anyone takes its chains
+                self._remove(known, floor)
                 if crashed and self.survivors is not None:
                     self.survivors.claim_all()
             if event.kind in ("left", "expired"):
@@ -335,12 +336,12 @@ class NodeAgent:
         elif event.kind == "recovered" and self.survivors is not None:
             self.survivors.recovered(member.node_id, member.epoch)
 
-    def _remove(self, member: Member) -> None:
+    def _remove(self, member: Member, floor_glsn: int = 0) -> None:
         assert self.mesh is not None
         self.members.pop(member.node_id, None)
         self.mesh.drop(member.node_id, member.epoch)
         if self.locks is not None:
-            self.locks.member_removed(member.node_id, member.epoch)
+            self.locks.member_removed(member.node_id, member.epoch, floor_glsn)
         if self.commits is not None:
             self.commits.member_removed(member.node_id)
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from locking.messages import Mode
 from muheam import deadwal, staging
-from muheam.engine import rebuild, statefiles, walrec
+from muheam.engine import rebuild, replay, statefiles, walrec
 from muheam.errors import EtcdUnavailable
 from muheam.ownership import chain_resource
 
@@ -65,7 +65,9 @@ class _Job:
 class Survivors:
     def __init__(self, node_id: int, cluster: str, engine: "Engine", ownership: "Ownership",
                  commits: "CommitService", backend: Callable[[], "MembershipBackend"], lease: "Lease",
-                 on_outcome: Callable[[set[int]], None], system_id: int = 0) -> None:
+                 on_outcome: Callable[[set[int]], None], system_id: int = 0,
+                 observe: Callable[[int], None] = lambda lamport: None) -> None:
+        """``observe``: moves the node's Lamport clock to at least a time (past a dead node's records)."""
         self.node_id = node_id
         self.cluster = cluster
         self.engine = engine
@@ -75,6 +77,7 @@ class Survivors:
         self.lease = lease
         self.on_outcome = on_outcome
         self.system_id = system_id
+        self.observe = observe
         self.dead: dict[int, deadwal.DeadWal] = {}
         self.expired_at: dict[int, float] = {}
         self.prepared: dict[int, set[int]] = {}
@@ -87,7 +90,7 @@ class Survivors:
         ownership.repair = self
 
     # -- membership events (called by the node loop) -----------------------------------------------------------
-    def expired(self, node: int, epoch: int) -> None:
+    def expired(self, node: int, epoch: int) -> int:
         """``node`` lost its lease: note where its redo starts (before the lock manager lets anyone take what it
         held, and before a recoverer moves the pointer).  Its WAL is read when first needed: by the recoverer
         once it wins the claim, by another survivor the first time it must rebuild one of its chains (most never
@@ -96,6 +99,13 @@ class Survivors:
         self.prepared[node] = set(self.commits.prepared_from.get(node, ()))
         self.dead[node] = deadwal.DeadWal(node, epoch, start_lsn=deadwal.checkpoint_lsn(self.engine.shared, node),
                                           loaded=False)
+        # the dead node's clock may have run far ahead of ours (local work sends no message): everything logged
+        # or granted on its behalf from now on, and every change to a page rebuilt from its WAL, must sort after
+        # its last record (else a rebuilt page refuses our older GLSN and its rows stay blocked).  Returned as
+        # the lock manager's floor; the clock observes it at once
+        floor = replay.wal_tail_glsn(self.engine.shared, node, self.system_id)
+        self.observe(floor >> 16)
+        return floor
 
     def _loaded(self, dead: deadwal.DeadWal) -> deadwal.DeadWal:
         """``dead`` with its WAL read (a dead node's WAL stays final: it fenced itself before its lease ran out,
@@ -107,6 +117,7 @@ class Survivors:
         full = deadwal.load(self.engine.shared, dead.node, dead.epoch, self.system_id, self.engine.tables_by_id.get,
                             start_lsn=dead.start_lsn)
         full.read_ms = (time.monotonic() - t0) * 1000
+        self.observe(full.last_glsn >> 16)
         if self.dead.get(dead.node) is dead:
             self.dead[dead.node] = full
         log.info("read %d bytes of node %d's WAL (epoch %d) in %.3f s (%d records, %d undecided transactions)",

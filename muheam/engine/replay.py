@@ -31,7 +31,7 @@ from muheam.engine.redo import Batcher
 from muheam.engine.recovery import check_wal
 from muheam.storage import Heap
 from muheam.storage.heap import relation_path
-from walmerge import MERGED_NODE_ID, Record, WalError, WalReader, format_glsn, format_lsn, unpack_glsn
+from walmerge import MERGED_NODE_ID, Record, WalError, WalReader, format_glsn, format_lsn, node_wal_dir, unpack_glsn
 from walmerge.segment import list_segments
 from walmerge.merge import merge, node_dirs
 
@@ -254,23 +254,31 @@ def redo_cluster(shared: Path, system_id: int, *, accept_data_loss: bool = False
     return rep
 
 
+def wal_tail_glsn(shared: Path, node: int, system_id: int) -> int:
+    """The last GLSN in ``node``'s WAL (from its last segment that holds a record; 0 if none, or if the tail is
+    damaged: its owner's recovery deals with that)."""
+    directory = node_wal_dir(shared, node)
+    if not directory.is_dir():
+        return 0
+    for start, _ in reversed(list_segments(directory)):
+        reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=start, verify_crc=False)
+        last = 0
+        try:
+            for batch in reader.batches():
+                if len(batch.headers):
+                    last = max(last, int(batch.headers["glsn"].max()))
+        except WalError:
+            return last
+        if last:
+            return last
+    return 0
+
+
 def wal_tail_glsns(shared: Path, system_id: int) -> dict[int, int]:
-    """The last GLSN in every node's WAL (read from its last segment that holds a record; nodes with no record
-    are left out).  A running node's later records have higher GLSNs than its last one: the bulk merge's
-    consistent cut rests on it."""
-    out: dict[int, int] = {}
-    for node, directory in node_dirs(shared).items():
-        for start, _ in reversed(list_segments(directory)):
-            reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=start, verify_crc=False)
-            try:
-                for batch in reader.batches():
-                    if len(batch.headers):
-                        out[node] = max(out.get(node, 0), int(batch.headers["glsn"].max()))
-            except WalError:
-                break  # a damaged tail: its owner's recovery deals with it
-            if node in out:
-                break
-    return out
+    """The last GLSN in every node's WAL (nodes with no record are left out).  A running node's later records
+    have higher GLSNs than its last one: the bulk merge's consistent cut rests on it."""
+    tails = {node: wal_tail_glsn(shared, node, system_id) for node in node_dirs(shared)}
+    return {node: glsn for node, glsn in tails.items() if glsn}
 
 
 def wal_tails_lamport(shared: Path, system_id: int) -> int:
