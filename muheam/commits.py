@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from muheam import wire
+from muheam import failpoints, wire
 from muheam.transport import Mesh
 from muheam.txstate import TxTable
 
@@ -140,6 +140,8 @@ class CommitService:
     # -- gossip ----------------------------------------------------------------------------------------------
     def publish(self, horizon: int, waits: list[tuple[int, int]], waits_changed: bool) -> None:
         """Periodic: our pruning horizon, and our long row waits when they changed."""
+        if failpoints.hit("commits.gossip"):
+            return
         for node in self.members():
             self._send(node, ["hz", horizon])
             if waits_changed:

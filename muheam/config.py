@@ -24,12 +24,14 @@ ETCD_MIN_TTL = 2
 DEFAULT_TTL = 2
 MAX_NODE_ID = 1023
 ENV_PREFIX = "MUHEAM_"
-NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FULL", "MUHEAM_NO_JIT", "MUHEAM_SIM_EXAMPLES"})
+NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", "MUHEAM_FULL", "MUHEAM_NO_JIT",
+                          "MUHEAM_SIM_EXAMPLES"})
 """``MUHEAM_*`` variables that are not cluster settings: the config file, tracebacks (cli), the long test runs
 (tests), numpy instead of compiled walmerge kernels (``walmerge.jit``); ``MUHEAM_TEST*`` is the tests' too."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes"}
+_TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
+             "fence_command"}
 _NODE_KEYS = {"peer_endpoint", "client_endpoint", "host"}
 _EMBEDDED_KEYS = {"client_endpoint", "peer_endpoint", "data_dir"}
 
@@ -61,6 +63,8 @@ class Config:
     nodes: Mapping[int, NodeConfig] = field(default_factory=dict)
     embedded_etcd: EmbeddedEtcd | None = None
     source: Path | None = None
+    fence_command: str = ""
+    """Shell command that fences a dead node on another host before survivors recover it (``muheam.fence``)."""
 
     def node(self, node_id: int) -> NodeConfig:
         try:
@@ -86,6 +90,8 @@ class Config:
             "etcd_endpoints": list(self.etcd_endpoints),
             "lease_ttl": self.lease_ttl,
         }
+        if self.fence_command:
+            doc["fence_command"] = self.fence_command
         if self.embedded_etcd is not None:
             doc["embedded_etcd"] = {
                 "client_endpoint": self.embedded_etcd.client_endpoint,
@@ -272,7 +278,12 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
         host = value.get("host", urlparse(peer).hostname or "127.0.0.1")
         nodes[node_id] = NodeConfig(node_id, peer, client, str(host))
 
+    fence_command = raw.get("fence_command", "")
+    if not isinstance(fence_command, str):
+        raise ConfigError(f"fence_command: expected a shell command as a string, got {fence_command!r}")
+
     return Config(
+        fence_command=fence_command.strip(),
         cluster_name=name,
         shared_dir=shared,
         run_dir=run_dir,

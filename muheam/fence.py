@@ -6,17 +6,28 @@ is later).  The node's *fence deadline* is therefore ``t0 + T - margin``; when t
 renewal the node stops touching shared storage before etcd can possibly expire the lease and let survivors
 recover it.  The deadline is read by whoever is about to act (``Fence.check``), so a stuck keeper thread cannot
 delay fencing.
+
+Self-fencing alone leaves one window: a node stopped *inside* a loop turn (SIGSTOP, a VM freeze, a long page
+fault) after its last check resumes past its deadline and finishes that turn -- writing pages, a checkpoint, an
+outcome file -- before it checks again.  So the survivors also fence a dead peer from outside before they touch
+anything it held (STONITH): on the same host they SIGKILL its process (identified by pid, command line and start
+time) and wait until it is gone; for a node on another host they run the configured ``fence_command``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from muheam.errors import EtcdUnavailable, Fenced
 from muheam.membership import Lease
+from muheam.procs import pid_alive
 
 log = logging.getLogger("muheam.fence")
 
@@ -101,3 +112,71 @@ class LeaseKeeper(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+
+# -- fencing a dead peer (STONITH) -----------------------------------------------------------------------------
+
+PEER_KILL_WAIT = 10.0
+"""Seconds a survivor waits for a killed peer process to be gone before it goes on regardless (and says so)."""
+
+
+def _proc_start_time(pid: int) -> float | None:
+    """Wall-clock start time of ``pid`` from /proc (None where /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: starttime, in clock ticks after boot
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def is_incarnation(pid: int, node_id: int, started_at: float) -> bool:
+    """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at``: its command line
+    starts that node, and it started no later than it joined (a reused pid belongs to a younger process)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    wanted = str(node_id).encode()
+    named = any(a == b"--node-id" and b == wanted for a, b in zip(argv, argv[1:])) or \
+        b"--node-id=" + wanted in argv
+    began = _proc_start_time(pid)
+    return named and began is not None and began <= started_at + 1.0
+
+
+def kill_incarnation(pid: int, node_id: int, started_at: float, wait: float = PEER_KILL_WAIT) -> str:
+    """SIGKILL node ``node_id``'s process ``pid`` on this host and wait until it is gone.  Returns what happened:
+    ``gone`` (no such process any more), ``killed`` (it was there and is gone now), ``not-ours`` (the pid belongs
+    to another process now), ``still-there`` (it did not go within ``wait``: stuck in the kernel)."""
+    if not pid_alive(pid):
+        return "gone"
+    if not is_incarnation(pid, node_id, started_at):
+        return "not-ours"
+    try:
+        os.kill(pid, signal.SIGKILL)  # a SIGSTOPped process dies too; nothing it does in user space runs again
+    except ProcessLookupError:
+        return "gone"
+    deadline = time.monotonic() + wait
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return "still-there"
+        time.sleep(0.005)
+    return "killed"
+
+
+def run_fence_command(command: str, node_id: int, host: str, pid: int, epoch: int, timeout: float = 60.0) -> bool:
+    """Run the operator's fence agent for a node on another host (as Pacemaker's: power it off, cut its storage
+    path); it learns the node from ``MUHEAM_FENCE_*`` variables and must exit 0 only once the node cannot write."""
+    env = {**os.environ, "MUHEAM_FENCE_NODE_ID": str(node_id), "MUHEAM_FENCE_HOST": host,
+           "MUHEAM_FENCE_PID": str(pid), "MUHEAM_FENCE_EPOCH": str(epoch)}
+    try:
+        proc = subprocess.run(command, shell=True, env=env, timeout=timeout, capture_output=True, text=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.critical("fence command for node %d failed to run: %s", node_id, exc)
+        return False
+    if proc.returncode != 0:
+        log.critical("fence command for node %d exited %d: %s", node_id, proc.returncode,
+                     (proc.stderr or proc.stdout).strip()[-500:])
+    return proc.returncode == 0

@@ -44,6 +44,8 @@ from muheam.sessions import Cluster, Sessions
 from muheam.txstate import TxTable
 from muheam.xidstore import cluster_floor
 from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
+from muheam import fence as fence_mod
+from muheam import failpoints
 from muheam.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
 from muheam.procs import pid_alive
@@ -325,7 +327,8 @@ class NodeAgent:
                 crashed = event.kind == "expired" or member.stop_mode == "immediate"
                 floor = 0
                 if crashed and self.survivors is not None:
-                    floor = self.survivors.expired(member.node_id, member.epoch)  # before anyone takes its chains
+                    self._fence_peer(member)  # before its WAL is read and before anyone takes its chains
+                    floor = self.survivors.expired(member.node_id, member.epoch)
                 self._remove(known, floor)
                 if crashed and self.survivors is not None:
                     self.survivors.claim_all()
@@ -335,6 +338,26 @@ class NodeAgent:
 
         elif event.kind == "recovered" and self.survivors is not None:
             self.survivors.recovered(member.node_id, member.epoch)
+
+    def _fence_peer(self, member: Member) -> None:
+        """Make sure a crashed peer's process can write nothing more (STONITH, ``muheam.fence``): a node stopped
+        inside a loop turn resumes past its lease and finishes the turn -- page write-through, checkpoint, outcome
+        file -- before its own fence check.  Every survivor does it (idempotent) before reading the dead node's WAL
+        tail, so the WAL it reads is final."""
+        assert self.member is not None
+        if member.host == self.member.host:
+            outcome = fence_mod.kill_incarnation(member.pid, member.node_id, member.started_at)
+            log_at = log.critical if outcome == "still-there" else log.info
+            log_at("fenced node %d (epoch %d, pid %d on this host) before recovering it: %s", member.node_id,
+                   member.epoch, member.pid, outcome)
+        elif self.cfg.fence_command:
+            if fence_mod.run_fence_command(self.cfg.fence_command, member.node_id, member.host, member.pid,
+                                           member.epoch):
+                log.info("fenced node %d (epoch %d) on host %s with the fence command", member.node_id,
+                         member.epoch, member.host)
+        else:
+            log.warning("node %d (epoch %d) runs on host %s: not fenced from here (no fence_command); relying on "
+                        "its self-fencing", member.node_id, member.epoch, member.host)
 
     def _remove(self, member: Member, floor_glsn: int = 0) -> None:
         assert self.mesh is not None
@@ -557,6 +580,7 @@ class NodeAgent:
 
 
 def run_node(cfg: Config, node_id: int, accept_data_loss: bool = False) -> int:
+    failpoints.arm_from_env(node_id)
     agent = NodeAgent(cfg, node_id)
     agent.accept_data_loss = accept_data_loss
     try:

@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 
 from locking.effects import Granted
 from locking.messages import Mode
+from muheam import failpoints
 from muheam.engine import Engine
 from muheam.engine.errors import NeedOwnership
 from muheam.locks import LockService
@@ -205,6 +206,7 @@ class Ownership:
         if resource.startswith(CHAIN):
             table_id, blocks = self._chain_blocks(resource)
             if mode is Mode.EXCLUSIVE:
+                failpoints.hit("ownership.export")  # a demand taken, the images not yet written through
                 value = encode_images(self.engine.cache.export(table_id, blocks))
                 self.counters["images_sent"] += 1
             self.engine.cache.forget(table_id, blocks)

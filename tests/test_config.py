@@ -23,6 +23,10 @@ def test_defaults_and_round_trip(tmp_path: Path) -> None:
     path.write_text(cfg.to_toml())
     again = config.load(path, env={})
     assert again.nodes == cfg.nodes and again.shared_dir == cfg.shared_dir
+    assert again.fence_command == ""
+    fenced = config.validate({"shared_dir": str(tmp_path), "fence_command": " ipmitool power off "})
+    path.write_text(fenced.to_toml())
+    assert config.load(path, env={}).fence_command == "ipmitool power off"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +43,7 @@ def test_defaults_and_round_trip(tmp_path: Path) -> None:
         ({"nodes": {"1": {**GOOD_NODE, "peer_endpoint": "udp://1.2.3.4:5"}}}, "nodes.1.peer_endpoint"),
         ({"nodes": {"1": GOOD_NODE, "2": GOOD_NODE}}, "nodes.2.peer_endpoint"),
         ({"cluster_name": "bad name!"}, "cluster_name"),
+        ({"fence_command": ["fence", "node"]}, "fence_command"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, raw: dict[str, object], key: str) -> None:

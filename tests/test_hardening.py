@@ -16,7 +16,7 @@ import pytest
 
 from muheam.client import connect
 from muheam.procs import stop_pid
-from tests.conftest import LocalCluster
+from tests.conftest import LocalCluster, run_cli
 from muheam.storage.layout import BLOCK_SIZE, MAX_ROW_WIDTH, PAGE_HEADER_SIZE, SLOT_HEADER_SIZE
 from tests.test_cluster_txn import endpoints
 from tests.test_node_failure import wait_recovered
@@ -113,3 +113,64 @@ def test_relation_extension_after_the_extending_node_dies(local_cluster: Start) 
     shared = Path(str(c.info["config"]["shared_dir"]))
     sizes = {p.name: p.stat().st_size for p in (shared / "base").iterdir() if p.is_file()}
     assert max(sizes.values()) < 64 << 20, sizes
+
+
+def proc_state(pid: int) -> str:
+    """The process state letter from /proc (``T`` stopped, ``Z`` zombie), or ``-`` when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "-"
+
+
+def update_all(ep: str, keys: range, value: int, timeout: float = 30) -> None:
+    with connect(ep, timeout) as conn, conn.transaction() as tx:
+        for key in keys:
+            tx.update("z", key, {"v": value})
+
+
+@pytest.mark.timeout(240)
+def test_paused_node_cannot_write_back_after_its_recovery(local_cluster: Start,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 2 holds a chain with committed changes not yet written to the shared file; node 1 demands it, and
+    node 2 stops (SIGSTOP, failpoint ``ownership.export``) inside that loop turn, before it writes the chain
+    through.  Its lease expires, the survivors rebuild the chain from its WAL and commit newer changes, which
+    reach the shared file.  Then node 2 is resumed: it must not finish the turn and write its older images over
+    theirs (I6), or a restart of the cluster shows the rows as node 2 left them and the later acknowledged
+    commits are lost (I7)."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "ownership.export@2=1*sigstop")
+    c = local_cluster(3)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = endpoints(c)
+    keys = range(10)
+    with connect(eps[0], 30) as conn:
+        conn.create_table("z", {"v": "int64"}, buckets=1)
+        with conn.transaction() as tx:
+            for key in keys:
+                tx.insert("z", key, {"v": 0})
+    update_all(eps[1], keys, 1)  # node 2 owns the chain now, its pages dirty in its cache
+    before = epochs(c)
+    pid = c.node_pid(2)
+    assert pid is not None
+    update_all(eps[0], keys, 2)  # demands the chain: node 2 stops mid-turn; node 1 goes on once it is recovered
+    assert "failpoint ownership.export" in c.log(2)
+    wait_recovered(c, 2, before[2], 30)
+    update_all(eps[2], keys, 3)  # node 1 writes the chain through when node 3 takes it
+    with connect(eps[0], 30) as conn, conn.transaction() as tx:  # and node 3 when node 1 reads it
+        assert {tx.get("z", k)["v"] for k in keys} == {3}  # type: ignore[index]
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 15
+    while proc_state(pid) not in ("-", "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc_state(pid) in ("-", "Z"), "node 2 kept running after it resumed past its lease"
+    down = run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=90, check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    up = run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=180, check=False)
+    assert up.returncode == 0, up.stdout + up.stderr
+    for ep in endpoints(c):
+        with connect(ep, 30) as conn, conn.transaction() as tx:
+            values = {k: tx.get("z", k) for k in keys}
+        assert values == {k: {"v": 3} for k in keys}, f"{ep}: {values}"
