@@ -148,8 +148,9 @@ class NodeAgent:
         self.keeper.start()
 
         snapshot, revision = backend.members(cfg.cluster_name)
+        # a member that is merely stopping still counts until its lease ends: it may hold locks and run rounds
         peers = {m.node_id: m.epoch for m in snapshot
-                 if m.node_id != self.node_id and m.state in ("starting", "running")}
+                 if m.node_id != self.node_id and m.state in ("starting", "running", "stopping")}
         if not any(m.state == "running" for m in snapshot if m.node_id in peers):
             self._redo_cluster(backend)
         else:
@@ -329,6 +330,8 @@ class NodeAgent:
                 if crashed and self.survivors is not None:
                     self._fence_peer(member)  # before its WAL is read and before anyone takes its chains
                     floor = self.survivors.expired(member.node_id, member.epoch)
+                elif not crashed:
+                    self._learn_outcomes(member.node_id)  # before its sync and rounds stop counting
                 self._remove(known, floor)
                 if crashed and self.survivors is not None:
                     self.survivors.claim_all()
@@ -338,6 +341,32 @@ class NodeAgent:
 
         elif event.kind == "recovered" and self.survivors is not None:
             self.survivors.recovered(member.node_id, member.epoch)
+
+    def _learn_outcomes(self, node_id: int) -> None:
+        """A member that stopped cleanly wrote every outcome it decided into its ``xact`` file (shutdown
+        checkpoint) before revoking its lease.  Its last outcome rounds went only to the members it knew: a node
+        that joined while it was stopping would treat those XIDs as running for ever (rows locked, begins
+        waiting), so every outcome there that we lack is taken from the file now."""
+        if self.commits is None:
+            return
+        table = self.commits.table
+        try:
+            committed, aborted = statefiles.read_xact(self.cfg.shared_dir, node_id)
+        except MuheamError as exc:
+            log.warning("could not read node %d's outcomes after it left (%s)", node_id, exc)
+            return
+        new = {x for x in committed if x not in table.committed} | \
+            {x for x in aborted if x not in table.aborted and x not in table.committed}
+        if not new:
+            return
+        # the commit timestamp of a commit first learned here is taken as now: a snapshot taken meanwhile saw
+        # the XID as running and keeps doing so (REPEATABLE READ); every later one sees it committed
+        table.load(committed - set(table.committed), aborted, cts=pack_glsn(self.clock.tick().lamport, self.node_id))
+        for x in new:
+            table.prepared.discard(x)
+        log.info("learned %d outcome(s) of node %d from its outcome file after it left", len(new), node_id)
+        if self.sessions is not None:
+            self.sessions.on_outcome(new)
 
     def _fence_peer(self, member: Member) -> None:
         """Make sure a crashed peer's process can write nothing more (STONITH, ``muheam.fence``): a node stopped
@@ -502,6 +531,8 @@ class NodeAgent:
                         next_tick = now + 0.2
                         try:
                             self.sessions.tick(now)
+                            if self.survivors is not None:
+                                self.survivors.tick(now)
                             if self.engine is not None:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
                         except StorageFailed:
@@ -561,6 +592,7 @@ class NodeAgent:
         that never learns the fate of one of our XIDs would treat rows it touched as locked."""
         if self.sessions is None or self.commits is None or self.mesh is None:
             return
+        failpoints.hit("node.finish_rounds")  # marked stopping in etcd, nothing rolled back yet
         self.sessions.abort_all()
         deadline = time.monotonic() + timeout
         while (self.commits.rounds or self.sessions.prepared or self.sessions.commits) \

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from locking.messages import Mode
-from muheam import deadwal, staging
+from muheam import deadwal, failpoints, staging
 from muheam.engine import rebuild, replay, statefiles, walrec
 from muheam.errors import EtcdUnavailable
 from muheam.ownership import chain_resource
@@ -46,6 +46,9 @@ log = logging.getLogger("muheam.survivors")
 
 SWEEP_WINDOW = 4
 """Chains the recoverer asks for at once."""
+CLAIM_RETRY = 1.0
+CLAIM_RETRY_MAX = 8.0
+"""Seconds between claims of a dead node nobody has recovered yet (doubling up to the max while etcd fails)."""
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Survivors:
         self.staging: staging.Staging | None = None
         """The recoverer's rebuild of every page the dead nodes touched (``muheam.staging``), during its sweep."""
         self._written: set[tuple[int, int]] = set()
+        self._next_claim = 0.0
+        self._claim_backoff = CLAIM_RETRY
         ownership.repair = self
 
     # -- membership events (called by the node loop) -----------------------------------------------------------
@@ -134,12 +139,27 @@ class Survivors:
         if dead is not None and dead.epoch <= epoch and node not in self.jobs:
             del self.dead[node]
 
-    def claim_all(self) -> None:
-        """Try to become the recoverer of every dead node nobody has finished (after any expiry)."""
+    def tick(self, now: float) -> None:
+        """Periodic (the node loop, a few times a second): while a dead node is neither recovered nor being
+        recovered here, try to claim it again.  A claim that failed on an etcd error, or whose holder died
+        without its expiry reaching us, would otherwise leave the node unrecovered for ever (its chains marked,
+        its prepared transactions undecided).  Backs off while etcd fails, so a loop turn rarely waits on it."""
+        if now < self._next_claim or not any(node not in self.jobs for node in self.dead):
+            return
+        failed = self.claim_all()
+        self._claim_backoff = min(CLAIM_RETRY_MAX, self._claim_backoff * 2) if failed else CLAIM_RETRY
+        self._next_claim = now + self._claim_backoff
+
+    def claim_all(self) -> bool:
+        """Try to become the recoverer of every dead node nobody has finished (after any expiry, and from
+        ``tick`` until it is recovered).  Returns whether etcd failed us for some node."""
+        failed = False
         for node, dead in sorted(self.dead.items()):
             if node in self.jobs:
                 continue
             try:
+                if failpoints.hit("survivors.claim"):
+                    raise EtcdUnavailable("failpoint survivors.claim")
                 backend = self.backend()
                 done = backend.get_recovery(self.cluster, node)
                 if done and done.get("state") == "recovered" and int(done.get("epoch", 0)) >= dead.epoch:
@@ -148,10 +168,12 @@ class Survivors:
                 holder = backend.claim(self.cluster, f"recover-{node}-{dead.epoch}",
                                        {"by": self.node_id, "at": time.time()}, self.lease)
             except EtcdUnavailable as e:
-                log.warning("cannot claim the recovery of node %d now (%s); retrying at the next event", node, e)
+                log.warning("cannot claim the recovery of node %d now (%s); retrying", node, e)
+                failed = True
                 continue
             if holder is None:
                 self._start(self._loaded(dead))
+        return failed
 
     # -- Repair (called by Ownership on invalid grants) --------------------------------------------------------
     def chain(self, table_id: int, head: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from muheam.client import connect
 from muheam.procs import stop_pid
-from tests.conftest import LocalCluster, run_cli
+from tests.conftest import MUHEAM, LocalCluster, run_cli
 from muheam.storage.layout import BLOCK_SIZE, MAX_ROW_WIDTH, PAGE_HEADER_SIZE, SLOT_HEADER_SIZE
 from tests.test_cluster_txn import endpoints
 from tests.test_node_failure import wait_recovered
@@ -174,3 +175,67 @@ def test_paused_node_cannot_write_back_after_its_recovery(local_cluster: Start,
         with connect(ep, 30) as conn, conn.transaction() as tx:
             values = {k: tx.get("z", k) for k in keys}
         assert values == {k: {"v": 3} for k in keys}, f"{ep}: {values}"
+
+
+@pytest.mark.timeout(240)
+def test_joiner_learns_the_outcomes_of_a_member_that_is_stopping(local_cluster: Start,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 3 joins while node 2 is ``stopping`` (failpoint ``node.finish_rounds`` holds node 2 there) with a
+    transaction that changed a row and is then rolled back by the stop.  Node 2's outcome round goes to the
+    members it knew, not to the joiner; node 3 must still learn the abort, or the row stays locked for it for
+    ever (every update fails with a lock timeout)."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "node.finish_rounds@2=1*pause(6)")
+    c = local_cluster(3)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = endpoints(c)
+    c.cli("node", "stop", "--node-id", "3", "--mode", "fast", timeout=60)
+    with connect(eps[0], 30) as conn:
+        conn.create_table("z", {"v": "int64"}, buckets=1)
+        with conn.transaction() as tx:
+            tx.insert("z", 0, {"v": 0})
+    conn2 = connect(eps[1], 30)
+    tx2 = conn2.transaction().__enter__()
+    tx2.update("z", 0, {"v": 2})  # left open: the stop rolls it back
+    stopper = subprocess.Popen([*MUHEAM, "node", "stop", "--node-id", "2", "--mode", "fast", "-c", str(c.config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and \
+                not any(m["node_id"] == 2 and m["state"] == "stopping" for m in c.members()):
+            time.sleep(0.05)
+        assert "failpoint node.finish_rounds" in c.log(2)
+        c.cli("node", "start", "--node-id", "3", "--daemon", timeout=60)
+        stopper.wait(60)
+    finally:
+        stopper.kill()
+        conn2.close()
+    with connect(eps[2], 40) as conn, conn.transaction() as tx:
+        tx.update("z", 0, {"v": 3})
+    with connect(eps[0], 30) as conn, conn.transaction() as tx:
+        assert tx.get("z", 0) == {"v": 3}
+
+
+@pytest.mark.timeout(180)
+def test_recovery_is_claimed_again_after_an_etcd_error(local_cluster: Start,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both survivors' first claim of the dead node's recovery fails on an etcd error (failpoint
+    ``survivors.claim``).  The claim must be retried until some survivor has recovered the node; before, the
+    error was only logged and the node's chains and transactions stayed unrecovered for ever."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "survivors.claim@1=1*drop;survivors.claim@3=1*drop")
+    c = local_cluster(3)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = endpoints(c)
+    with connect(eps[0], 30) as conn:
+        conn.create_table("z", {"v": "int64"}, buckets=1)
+    with connect(eps[1], 30) as conn, conn.transaction() as tx:
+        tx.insert("z", 1, {"v": 1})
+    before = epochs(c)
+    pid = c.node_pid(2)
+    assert pid is not None
+    stop_pid(pid, signal.SIGKILL, 5)
+    wait_recovered(c, 2, before[2], 30)
+    assert all("cannot claim the recovery of node 2 now (failpoint survivors.claim)" in c.log(n) for n in (1, 3))
+    with connect(eps[2], 30) as conn, conn.transaction() as tx:
+        tx.update("z", 1, {"v": 3})
+    with connect(eps[0], 30) as conn, conn.transaction() as tx:
+        assert tx.get("z", 1) == {"v": 3}
