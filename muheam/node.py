@@ -38,6 +38,7 @@ from muheam.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
 from muheam.engine.replay import redo_cluster, wal_tails_lamport
+from muheam.peerwatch import PeerWatch
 from muheam.survivors import Survivors
 from muheam.ownership import Ownership
 from muheam.sessions import Cluster, Sessions
@@ -104,6 +105,7 @@ class NodeAgent:
         self._pings: dict[int, tuple[int, Deferred]] = {}
         self._decided: set[int] = set()
         self.survivors: Survivors | None = None
+        self.peerwatch: PeerWatch | None = None
 
     # startup ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,6 +192,10 @@ class NodeAgent:
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
         self.port.register("lock_cycle", self._op_lock_cycle)
+        self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
+                                   cfg.lease_ttl)
+        for peer in self.members:
+            self.peerwatch.watch(peer)
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
         self.mesh.on("pong", self._on_pong)
@@ -311,6 +317,12 @@ class NodeAgent:
         assert self.mesh is not None
         member = event.member
         if member.node_id == self.node_id:
+            if event.kind in ("left", "expired") and self.member is not None and member.epoch == self.member.epoch \
+                    and self.fence is not None and self.stop_mode is None:
+                # our member key is gone while we run: our peers removed us (we were cut off from them), or the
+                # lease ended; either way others now recover our work, so we must stop touching anything at once
+                self.fence.lost(f"removed from the cluster at etcd revision {event.revision} (cut off from its "
+                                f"peers, or its lease ended)")
             return
         known = self.members.get(member.node_id)
         if event.kind in ("joined", "updated") and member.state in ("starting", "running"):
@@ -318,6 +330,8 @@ class NodeAgent:
                 self._remove(known)  # a restart whose expiry we have not seen yet
             self.members[member.node_id] = member
             self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
+            if self.peerwatch is not None:
+                self.peerwatch.watch(member.node_id)
             if self.locks is not None:
                 self.locks.member_added(member.node_id, member.epoch)
             if self.commits is not None:
@@ -391,6 +405,8 @@ class NodeAgent:
     def _remove(self, member: Member, floor_glsn: int = 0) -> None:
         assert self.mesh is not None
         self.members.pop(member.node_id, None)
+        if self.peerwatch is not None:
+            self.peerwatch.forget(member.node_id)
         self.mesh.drop(member.node_id, member.epoch)
         if self.locks is not None:
             self.locks.member_removed(member.node_id, member.epoch, floor_glsn)
@@ -462,6 +478,7 @@ class NodeAgent:
                          "ownership": self.ownership.stats() if self.ownership else {},
                          "commits": dict(self.commits.counters) if self.commits else {},
                          "survivors": self.survivors.stats() if self.survivors else {},
+                         "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
                          "wal": self._wal_stats()},
         }
 
@@ -533,6 +550,8 @@ class NodeAgent:
                             self.sessions.tick(now)
                             if self.survivors is not None:
                                 self.survivors.tick(now)
+                            if self.peerwatch is not None:
+                                self.peerwatch.tick(now)
                             if self.engine is not None:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
                         except StorageFailed:

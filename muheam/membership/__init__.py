@@ -9,7 +9,9 @@ Key layout under ``/muheam/<cluster>/``:
 * ``state``            ``starting`` | ``running`` | ``stopping`` | ``stopped``
 * ``epoch``            the cluster-wide incarnation counter, bumped atomically at every node start
 * ``members/<id>``     JSON ``Member`` attached to that node's lease: it vanishes when the lease ends
-* ``fenced/<id>``      epochs fenced by recovery (later issues)
+* ``claims/<name>``    who recovers a dead node (on the claimant's lease); ``recovery/<id>`` its progress
+* ``reach/<id>``       the peers a node hears (on its lease), published when that changes (``muheam.partition``)
+* ``evictions/<id>``   why a member was removed by its peers (a peer-only partition)
 """
 
 from __future__ import annotations
@@ -141,6 +143,20 @@ class MembershipBackend(ABC):
 
     @abstractmethod
     def get_recovery(self, cluster: str, node_id: int) -> dict[str, Any] | None: ...
+
+    # peer-only partitions (``muheam.partition``) ------------------------------------------------------------
+    @abstractmethod
+    def put_reach(self, cluster: str, node_id: int, hears: Sequence[int], lease: Lease) -> None:
+        """Publish the peers ``node_id`` hears now (``reach/<id>``, on its lease)."""
+
+    @abstractmethod
+    def reach_view(self, cluster: str) -> tuple[list[Member], dict[int, list[int]], int]:
+        """The members, every published reach report and the revision, read at one revision."""
+
+    @abstractmethod
+    def evict(self, cluster: str, losers: Sequence[Member], view: Sequence[Member], by: int) -> bool:
+        """Remove ``losers`` in one transaction that holds only if no member of ``view`` changed since it was
+        read (else False: decide again), then revoke their leases; watchers see them ``expired``."""
 
     @abstractmethod
     def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:

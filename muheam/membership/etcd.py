@@ -10,6 +10,7 @@ import dataclasses
 import json
 import queue
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlparse
@@ -187,6 +188,41 @@ class EtcdBackend(MembershipBackend):
     def get_recovery(self, cluster: str, node_id: int) -> dict[str, Any] | None:
         raw, _ = self._call(lambda c: c.get(f"/muheam/{cluster}/recovery/{node_id}"))
         return None if raw is None else dict(json.loads(raw))
+
+    def put_reach(self, cluster: str, node_id: int, hears: Sequence[int], lease: Lease) -> None:
+        self._call(lambda c: c.put(f"/muheam/{cluster}/reach/{node_id}", json.dumps(sorted(hears)), lease=lease.id))
+
+    def reach_view(self, cluster: str) -> tuple[list[Member], dict[int, list[int]], int]:
+        members, revision = self.members(cluster)
+        resp = self._call(lambda c: c.get_prefix_response(f"/muheam/{cluster}/reach/", revision=revision))
+        reach: dict[int, list[int]] = {}
+        for kv in resp.kvs:
+            try:
+                node = int(kv.key.decode().rsplit("/", 1)[1])
+                heard = json.loads(kv.value)
+                if isinstance(heard, list) and all(isinstance(n, int) for n in heard):
+                    reach[node] = heard
+            except (ValueError, UnicodeDecodeError):
+                continue  # a malformed report counts as none: that member is taken to hear everyone
+        return members, reach, revision
+
+    def evict(self, cluster: str, losers: Sequence[Member], view: Sequence[Member], by: int) -> bool:
+        tx = self._client.transactions
+        key = f"/muheam/{cluster}/members/"
+        record = json.dumps({"by": by, "reason": "cut off from its peers", "at": time.time()}, sort_keys=True)
+        ok, _ = self._call(lambda c: c.transaction(
+            compare=[tx.mod(f"{key}{m.node_id}") == m.revision for m in view],
+            success=[op for m in losers for op in (tx.delete(f"{key}{m.node_id}"),
+                                                   tx.put(f"/muheam/{cluster}/evictions/{m.node_id}", record))],
+            failure=[]))
+        if ok:
+            for m in losers:
+                if m.lease_id:
+                    try:
+                        self._call(lambda c: c.revoke_lease(m.lease_id))
+                    except EtcdUnavailable:
+                        pass  # its member key is gone already; the lease ends by itself
+        return bool(ok)
 
     def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:
         prefix = f"/muheam/{cluster}/"
