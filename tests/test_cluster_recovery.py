@@ -298,6 +298,10 @@ def test_base_newer_than_the_archive_is_refused_for_every_target(local_cluster: 
         assert "nothing was changed" in lines[0], (form, proc.stderr)
         assert not list(shared.glob("pre-recovery-*")), form
         assert snapshot_tree(shared) == before, form
+    proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", "--until-time", "inf",
+                   check=False)
+    assert proc.returncode == 2 and "finite time" in proc.stderr, proc.stderr
+    assert snapshot_tree(shared) == before
 
     # the refused base is untouched: the cluster starts on it with every row and takes new work
     ep = up()
