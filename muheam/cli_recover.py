@@ -72,7 +72,8 @@ def _refuse_running(cfg: Any, skip: bool) -> None:
 @cli.command("recover")
 @click.option("--from-merged", "merged", type=click.Path(file_okay=False), default=None,
               help="Point-in-time recovery: replay this merged stream (from 'muheam walmerge --out') onto the "
-                   "shared directory, which must be a base copy taken before the target.")
+                   "shared directory, which must be a base copy taken before the target (without one: before "
+                   "the stream's end); a newer base is refused.")
 @click.option("--until-xid", type=click.IntRange(min=1), default=None,
               help="Stop right after this transaction's COMMIT.")
 @click.option("--until-glsn", default=None, help="Stop after the last record at or below this GLSN (LAMPORT/NODE).")
