@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,20 @@ def _parse_glsn(text: str) -> int:
 
 
 def _parse_time(text: str) -> int:
-    """Unix seconds, or ISO 8601 (no zone: local time); returns microseconds since the epoch."""
+    """Unix seconds, or ISO 8601 (no zone: local time); returns microseconds since the epoch.
+
+    A time past every COMMIT (``1e30``) stops nowhere: the whole stream is replayed, and a base copy must then be
+    older than the stream's end.  ``inf`` and ``nan`` are refused as input rather than crashing on the
+    conversion."""
     try:
-        return int(float(text) * 1e6)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise click.BadParameter(f"{text!r}: give a finite time, or no --until-time to replay the whole stream",
+                                     param_hint="--until-time")
+        return int(seconds * 1e6)
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -62,7 +72,8 @@ def _refuse_running(cfg: Any, skip: bool) -> None:
 @cli.command("recover")
 @click.option("--from-merged", "merged", type=click.Path(file_okay=False), default=None,
               help="Point-in-time recovery: replay this merged stream (from 'muheam walmerge --out') onto the "
-                   "shared directory, which must be a base copy taken before the target.")
+                   "shared directory, which must be a base copy taken before the target (without one: before "
+                   "the stream's end); a newer base is refused.")
 @click.option("--until-xid", type=click.IntRange(min=1), default=None,
               help="Stop right after this transaction's COMMIT.")
 @click.option("--until-glsn", default=None, help="Stop after the last record at or below this GLSN (LAMPORT/NODE).")

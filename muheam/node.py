@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import zmq
 
@@ -48,7 +48,7 @@ from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
 from muheam import fence as fence_mod
 from muheam import failpoints
 from muheam.fence import Fence, LeaseKeeper
-from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, connect
+from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
 from muheam.procs import pid_alive
 from muheam.locks import LockService
 from muheam.server import ClientPort, Deferred, RequestError
@@ -199,7 +199,8 @@ class NodeAgent:
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
         self.mesh.on("pong", self._on_pong)
-        threading.Thread(target=self._watch, args=(revision + 1,), name="membership-watch", daemon=True).start()
+        threading.Thread(target=self._watch, args=(revision + 1, snapshot), name="membership-watch",
+                         daemon=True).start()
         self._set_state("running")
         # the compiled WAL walk and page redo make reading and redoing a dead peer's WAL several times faster;
         # numba's start-up (about half a second, ~100 MB) is paid now, in the background, not when a peer dies
@@ -293,23 +294,25 @@ class NodeAgent:
         self.backend.update_member(self.cfg.cluster_name, self.member, self.lease)
 
     # membership ---------------------------------------------------------------------------------------------
-    def _watch(self, revision: int) -> None:
-        """Feed member events to the loop; after losing etcd resume from the next revision, missing nothing."""
+    def _watch(self, revision: int, snapshot: Sequence[Member] = ()) -> None:
+        """Feed member events to the loop; after losing etcd resume from the next revision, missing nothing.  If
+        etcd compacted that revision meanwhile, ``MemberWatch`` turns a fresh listing, against ``snapshot`` (the
+        members at ``revision - 1``) and the events since, into the events missed instead of retrying for ever."""
         wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
         wake.connect(self.wake_endpoint)
         backend: MembershipBackend | None = None
+        watch = MemberWatch(self.cfg.cluster_name, snapshot, revision - 1)
         while not self._stopping.is_set():
             try:
                 backend = backend or connect(self.cfg.etcd_endpoints, timeout=2.0)
-                for event in backend.watch_members(self.cfg.cluster_name, revision):
+                for event in watch.events(backend):
                     if self._stopping.is_set():
                         break
                     if event is not None:
                         self.events.put(event)
-                        revision = event.revision + 1
                         wake.send(b"", zmq.NOBLOCK)
             except EtcdUnavailable as exc:
-                log.warning("membership watch lost (%s); resuming from revision %d", exc, revision)
+                log.warning("membership watch lost (%s); resuming from revision %d", exc, watch.revision + 1)
                 self._stopping.wait(0.5)
         wake.close(0)
 

@@ -5,8 +5,9 @@ or a directory fresh from ``cluster init``).  ``restore`` replays the archived m
 target and leaves a directory the cluster can start on:
 
 1. the target is located first (``find_stop``); a target the stream does not reach changes nothing;
-2. a base newer than the target is refused (a node checkpoint above the stop GLSN: its pages may hold later
-   changes, which replay cannot take back);
+2. a base newer than the target is refused, and "the target" is the stream's end when there is none or the
+   stream ends before it (a node checkpoint or a node WAL record above the last GLSN to replay: its pages may
+   hold later changes, which replay cannot take back, and the new history would start below them);
 3. every node's old WAL and checkpoint pointer move to ``pre-recovery-<time>/`` -- the restored cluster starts a
    new history, as a PostgreSQL timeline does, and the old files stay for the operator;
 4. the stream is replayed up to the target; transactions without a COMMIT by then are recorded as aborted;
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from muheam.engine import statefiles
-from muheam.engine.replay import Stop, Target, TargetNotReached, find_stop, replay
+from muheam.engine.replay import Stop, Target, TargetNotReached, find_stop, replay, wal_tail_glsns
 from muheam.errors import MuheamError
 from muheam.xidstore import XidCeiling, cluster_floor
 from walmerge import format_glsn, format_lsn
@@ -69,7 +70,7 @@ def restore(shared: Path, merged: Path, target: Target) -> dict[str, Any]:
         stop = find_stop(merged, system_id, target)
     except TargetNotReached as e:
         raise RestoreError(f"{e}; nothing was changed") from None
-    _refuse_newer_base(shared, stop)
+    _refuse_newer_base(shared, merged, system_id, stop, target)
     t0 = time.monotonic()
     aside = _move_aside(shared)
     rep = replay(shared, merged, system_id, stop.lsn)
@@ -89,14 +90,35 @@ def restore(shared: Path, merged: Path, target: Target) -> dict[str, Any]:
     }
 
 
-def _refuse_newer_base(shared: Path, stop: Stop) -> None:
+def _refuse_newer_base(shared: Path, merged: Path, system_id: int, stop: Stop, target: Target) -> None:
+    """Refuse a base copy that holds anything past the last record replay would apply.
+
+    Such a base's pages may carry GLSNs above everything replayed, and the new history's GLSN floor is set from
+    the archive: every later write would try to stamp a GLSN below a page's and fail.  This holds just as much
+    when the stop is the stream's end (no target, or a target at or past it) -- the case a copy of the live
+    shared directory hits -- so the check does not depend on where the stop is.  Two signs, both cheap: a node
+    checkpoint above the stop, and a record above it at the tail of a node's WAL in the base (a copy taken while
+    the cluster ran, before the next checkpoint).
+    """
+    tails = wal_tail_glsns(shared, system_id)
     for node in sorted(node_dirs(shared)):
         ptr = statefiles.read_checkpoint(shared, node)
-        if ptr is not None and ptr.glsn > stop.glsn and stop.lsn is not None:
-            raise RestoreError(
-                f"the base copy in {shared} is newer than the target: node {node}'s last checkpoint is at GLSN "
-                f"{format_glsn(ptr.glsn)}, past the target's {format_glsn(stop.glsn)}; its pages may hold later "
-                f"changes. Restore from an older base copy; nothing was changed")
+        checkpoint, tail = (0 if ptr is None else ptr.glsn), tails.get(node, 0)
+        if max(checkpoint, tail) <= stop.glsn:
+            continue
+        if stop.lsn is None or max(checkpoint, tail) > stop.end_glsn:  # another target would not help
+            bound = stop.end_glsn
+            where = f"the end of the merged stream in {merged} (GLSN {format_glsn(bound)})"
+            fix = ("use a base copy taken while the cluster was stopped before the archive's end, or an archive "
+                   "merged after the base copy was taken")
+        else:
+            bound = stop.glsn
+            where = f"the target {target.describe()} (GLSN {format_glsn(bound)})"
+            fix = "use a base copy taken while the cluster was stopped before the target, or a later target"
+        what = (f"node {node}'s last checkpoint is at GLSN {format_glsn(checkpoint)}" if checkpoint > bound else
+                f"node {node}'s WAL holds a record at GLSN {format_glsn(tail)}")
+        raise RestoreError(f"the base copy in {shared} is newer than {where}: {what}, so its pages may hold "
+                           f"changes the replay cannot take back; {fix}; nothing was changed")
 
 
 __all__ = ["RestoreError", "Target", "restore"]

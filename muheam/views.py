@@ -13,7 +13,7 @@ import click
 from muheam.client import request
 from muheam.config import Config
 from muheam.errors import EtcdUnavailable, MuheamError
-from muheam.membership import MemberEvent, MembershipBackend, connect
+from muheam.membership import MemberEvent, MembershipBackend, MemberWatch, connect
 
 
 def member_rows(cfg: Config) -> list[dict[str, Any]]:
@@ -107,28 +107,27 @@ def watch_events(cfg: Config, fmt: str, count: int | None, timeout: float | None
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0
     backend: MembershipBackend | None = None
-    revision: int | None = None
+    watch: MemberWatch | None = None
     while True:
         try:
             backend = backend or connect(cfg.etcd_endpoints, timeout=2.0)
-            if revision is None:
+            if watch is None:
                 members, rev = backend.members(cfg.cluster_name)
                 for m in members:
                     _line("member", m, m.revision, fmt)
-                revision = rev + 1
-            for event in backend.watch_members(cfg.cluster_name, revision):
+                watch = MemberWatch(cfg.cluster_name, members, rev)
+            for event in watch.events(backend):
                 if event is not None:
                     if event.kind != "updated" or fmt == "json":
                         _line(event.kind, event.member, event.revision, fmt, event.info)
-                    revision = event.revision + 1
                     if event.kind != "updated":
                         seen += 1
                 if (count is not None and seen >= count) or (deadline is not None and time.monotonic() >= deadline):
                     return
         except EtcdUnavailable as exc:
-            if revision is None:
+            if watch is None:
                 raise
-            click.echo(f"muheam watch: etcd lost ({exc}); resuming from revision {revision}", err=True)
+            click.echo(f"muheam watch: etcd lost ({exc}); resuming from revision {watch.revision + 1}", err=True)
             if deadline is not None and time.monotonic() >= deadline:
                 return
             time.sleep(0.5)

@@ -43,7 +43,7 @@ import click
 from muheam.engine.errors import StateFileCorrupt
 from muheam.engine.statefiles import read_fences
 from muheam.errors import EtcdUnavailable, MuheamError
-from muheam.membership import MemberEvent, MembershipBackend
+from muheam.membership import MemberEvent, MembershipBackend, MemberWatch
 from muheam.walstream import Publisher, PublisherUnavailable, StreamError
 from muheam.walstream_client import Subscriber
 from walmerge.errors import WalError, format_lsn
@@ -98,20 +98,21 @@ class MembershipFeed:
         members, self.revision = backend.members(cluster)
         self.members = {m.node_id: m for m in members}
         self.etcd_losses = 0
+        # resumes after losing etcd; after a compaction of the revision it would resume from, a fresh listing
+        # stands in for the events missed (a vanished member counts as expired: its stream ends at its WAL's end)
+        self._watch = MemberWatch(cluster, members, self.revision)
         self._events: queue.Queue[MemberEvent] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="walmerge-membership", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        revision = self.revision + 1
         while not self._stop.is_set():
             try:
-                for event in self.backend.watch_members(self.cluster, revision):
+                for event in self._watch.events(self.backend):
                     if self._stop.is_set():
                         return
                     if event is not None:
-                        revision = event.revision + 1
                         self._events.put(event)
             except EtcdUnavailable:
                 self.etcd_losses += 1

@@ -32,7 +32,7 @@ from muheam.procs import stop_pid
 from muheam.walcheck import Waits, block_of
 from walmerge import MERGED_NODE_ID, WalReader, verify
 from walmerge.merge import detect_system_id
-from tests.conftest import FULL, LocalCluster, run_cli
+from tests.conftest import FULL, LocalCluster, run_cli, snapshot_tree
 from tests.faults_support import ACCOUNTS, Acker, Load, all_digests, setup_tables
 
 pytestmark = pytest.mark.integration
@@ -233,3 +233,94 @@ def test_replay_equivalence_and_point_in_time(local_cluster: Start) -> None:
         new_xid = tx.xid
     assert new_xid is not None and new_xid > max(order)
     assert live_dir.is_dir()
+
+
+def _last_commit_and_glsn(merged: Path) -> tuple[int, int]:
+    """The XID of the merged stream's last COMMIT and the stream's last GLSN."""
+    system_id = detect_system_id(merged)
+    assert system_id is not None
+    last_xid = last_glsn = 0
+    for r in WalReader(merged, node_id=MERGED_NODE_ID, system_id=system_id):
+        last_glsn = r.glsn
+        if r.kind == walrec.COMMIT:
+            last_xid = r.xid
+    return last_xid, last_glsn
+
+
+@pytest.mark.timeout(180)
+def test_base_newer_than_the_archive_is_refused_for_every_target(local_cluster: Start) -> None:
+    """Issue 16, item 8: a base copy taken after the archive's end (here the shared directory as it is after more
+    work than the archive holds) must be refused for every target that reaches the stream's end -- none,
+    ``--until-time`` far in the future, ``--until-glsn`` past the end, ``--until-xid`` of the last commit -- with
+    nothing moved; replaying onto it would leave pages newer than the restored history, and every later write
+    failed.  The cluster still starts on the untouched base, and a good base restores with the same archive."""
+    c = local_cluster(1)
+    shared = Path(c.info["config"]["shared_dir"])
+    config = str(c.config)
+
+    def down() -> None:
+        assert run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=120,
+                       check=False).returncode == 0
+
+    def up() -> str:
+        run_cli("cluster", "up", "--dir", str(c.dir), timeout=120)
+        return endpoints(c)[0]
+
+    down()
+    good_base = c.dir / "base-empty"
+    shutil.copytree(shared, good_base)
+    ep = up()
+    with connect(ep, 30) as conn:
+        conn.create_table("t", {"v": "int64"}, buckets=8)
+        for k in range(20):
+            with conn.transaction() as tx:
+                tx.insert("t", k, {"v": k})
+    down()
+    merged = c.dir / "merged"
+    run_cli("walmerge", "--shared-dir", str(shared), "--out", str(merged), "--verify")
+    last_xid, last_glsn = _last_commit_and_glsn(merged)
+    ep = up()
+    with connect(ep, 30) as conn:
+        for k in range(20, 30):
+            with conn.transaction() as tx:
+                tx.insert("t", k, {"v": k})
+    down()
+
+    # the shared directory now holds ten commits the archive does not: as a base it is too new
+    before = snapshot_tree(shared)
+    past_end = f"{(last_glsn >> 16) + 1_000_000}/{last_glsn & 0xFFFF}"
+    for form in ([], ["--until-time", "1e30"], ["--until-glsn", past_end], ["--until-xid", str(last_xid)]):
+        proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", *form,
+                       check=False)
+        assert proc.returncode == 1, (form, proc.returncode, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "newer than" in lines[0] and "base copy" in lines[0], (form, proc.stderr)
+        assert "nothing was changed" in lines[0], (form, proc.stderr)
+        assert not list(shared.glob("pre-recovery-*")), form
+        assert snapshot_tree(shared) == before, form
+    proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", "--until-time", "inf",
+                   check=False)
+    assert proc.returncode == 2 and "finite time" in proc.stderr, proc.stderr
+    assert snapshot_tree(shared) == before
+
+    # the refused base is untouched: the cluster starts on it with every row and takes new work
+    ep = up()
+    with connect(ep, 30) as conn:
+        with conn.transaction() as tx:
+            assert {k for k, _ in tx.scan("t")} == set(range(30))
+        with conn.transaction() as tx:
+            tx.insert("t", 30, {"v": 30})
+    down()
+
+    # positive control: a base taken before the archive, the whole stream by a far-future time
+    swap_in(shared, good_base, "shared-newer")
+    proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", "--until-time",
+                   "1e30", "--format", "json")
+    summary = json.loads(proc.stdout)
+    assert summary["stopped_before_lsn"] is None and summary["committed"] >= 20, summary
+    ep = up()
+    with connect(ep, 30) as conn:
+        with conn.transaction() as tx:
+            assert {k for k, _ in tx.scan("t")} == set(range(20))
+        with conn.transaction() as tx:
+            tx.insert("t", 20, {"v": 20})

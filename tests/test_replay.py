@@ -132,3 +132,36 @@ def test_refusals_change_nothing(history: History, tmp_path: Path) -> None:
     assert snapshot_tree(late) == before
     with pytest.raises(RestoreError, match="not a MUHEAM shared directory"):
         restore(tmp_path / "nothing", history.merged, Target())
+
+
+def test_base_newer_than_the_stream_end_is_refused_for_every_form(history: History, tmp_path: Path) -> None:
+    """Issue 16, item 8: with no target, or one at or past the stream's end, the stop is the end of the stream,
+    and a base copy newer than that end must be refused as one newer than a target is (it was replayed onto and
+    left a cluster whose every write failed).  Newer by its checkpoint, or -- a copy taken while the cluster ran,
+    before its next checkpoint -- by its WAL's tail."""
+    last_xid = history.commit_recs[-1].xid
+    last_glsn = max(r.glsn for r in WalReader(history.merged, node_id=MERGED_NODE_ID, system_id=0))
+    forms = [Target(), Target(time_us=10**36), Target(glsn=last_glsn + (1_000_000 << 16)), Target(xid=last_xid)]
+    late = tmp_path / "late"
+    shutil.copytree(history.shared, late)
+    counter = itertools.count((last_glsn >> 16) + 10)
+    e = Engine.open(late, 1, lamport=lambda: next(counter), config=cfg())
+    txn = e.begin(5000)
+    txn.insert("t1", 1000, {"v": 1})
+    e.commit(txn)
+    e.close()
+    hot = tmp_path / "hot"
+    shutil.copytree(late, hot)
+    for name in ("checkpoint-node-1", "checkpoint-node-2"):  # as if copied before node 1's next checkpoint
+        shutil.copy2(history.shared / "global" / name, hot / "global" / name)
+    for base, sign in ((late, "last checkpoint"), (hot, "WAL holds a record")):
+        before = snapshot_tree(base)
+        for target in forms:
+            with pytest.raises(RestoreError, match=f"newer than the end of the merged stream.*{sign}"):
+                restore(base, history.merged, target)
+            assert snapshot_tree(base) == before, target
+            assert not list(base.glob("pre-recovery-*"))
+    # the same forms onto the base taken before the archive replay the whole stream
+    for target in forms[1:]:
+        _, keys = history.restored(tmp_path / "ok", target)
+        assert keys == {k for _, _, k in history.commits}, target

@@ -71,7 +71,8 @@ class Target:
 class Stop:
     """The first record *not* replayed (``lsn`` None: replay to the end), the last GLSN replayed, the target
     record reached, and the whole stream's highest XID and Lamport time (a restored cluster must stay above
-    both: XIDs and GLSNs of the abandoned history are never reused)."""
+    both: XIDs and GLSNs of the abandoned history are never reused) and its last GLSN (a base copy newer than
+    that needs another archive, not another target)."""
 
     lsn: int | None
     glsn: int
@@ -79,6 +80,7 @@ class Stop:
     time_us: int | None = None
     max_xid: int = 0
     max_lamport: int = 0
+    end_glsn: int = 0
 
 
 @dataclass
@@ -110,10 +112,11 @@ def merged_records(merged_dir: Path, system_id: int, stop_lsn: int | None = None
 def find_stop(merged_dir: Path, system_id: int, target: Target) -> Stop:
     """Scan the whole stream once (nothing is changed yet) for where ``target`` stops replay."""
     stop: Stop | None = None
-    last_glsn = max_xid = max_lamport = 0
+    last_glsn = max_xid = max_lamport = end_glsn = 0
     for rec in merged_records(merged_dir, system_id):
         max_xid = max(max_xid, rec.xid)
         max_lamport = max(max_lamport, unpack_glsn(rec.glsn)[0])
+        end_glsn = max(end_glsn, rec.glsn)
         if stop is not None:
             continue
         if target.glsn is not None and rec.glsn > target.glsn:
@@ -132,7 +135,7 @@ def find_stop(merged_dir: Path, system_id: int, target: Target) -> Stop:
             raise TargetNotReached(f"transaction {target.xid} has no COMMIT in the merged stream in {merged_dir}; "
                                    f"check the XID, or merge more of the WAL (a later archive)")
         stop = Stop(None, last_glsn)
-    stop.max_xid, stop.max_lamport = max_xid, max_lamport
+    stop.max_xid, stop.max_lamport, stop.end_glsn = max_xid, max_lamport, end_glsn
     return stop
 
 

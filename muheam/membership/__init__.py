@@ -16,11 +16,17 @@ Key layout under ``/muheam/<cluster>/``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from muheam.errors import MuheamError
+
+log = logging.getLogger("muheam.membership")
 
 CLUSTER_STATES = ("starting", "running", "stopping", "stopped")
 #: Member states.  ``stopping`` is written just before a graceful stop revokes the lease, which is how a
@@ -70,6 +76,89 @@ def recovery_member(node_id: int, epoch: int, state: str) -> Member:
     """The stand-in member of a recovery event."""
     return Member(node_id=node_id, host="", peer_endpoint="", client_endpoint="", epoch=epoch, pid=0, state=state,
                   started_at=0.0)
+
+
+class WatchCompacted(MuheamError):
+    """The store compacted away the revision a watch was to start from: the events since then cannot be replayed.
+    ``MemberWatch`` lists the members again and derives what was missed (``missed_events``)."""
+
+    def __init__(self, start_revision: int, compacted_revision: int) -> None:
+        super().__init__(f"watch from revision {start_revision}: etcd compacted its history up to revision "
+                         f"{compacted_revision}")
+        self.start_revision = start_revision
+        self.compacted_revision = compacted_revision
+
+
+def missed_events(known: Mapping[int, Member], current: Sequence[Member], revision: int) -> list[MemberEvent]:
+    """The member events a watcher missed, as the difference between the members it knew and a fresh listing
+    taken at ``revision`` (all events carry that revision); in node order, a node's departure before its return.
+
+    Used when the history the watch would have replayed was compacted.  A member that is gone, or is back under a
+    new epoch, departed meanwhile, and the deleted key no longer tells a graceful stop from a lost lease: it is
+    reported ``expired``, never ``left``.  The two mistakes are not alike: a crash taken for ``left`` would leave
+    the dead node's chains and undecided transactions unrecovered (and the node, restarting, would wait for that
+    recovery until it gives up), while a clean stop taken for ``expired`` only makes the survivors recover a node
+    whose WAL ends in its shutdown checkpoint -- nothing to redo, nothing undecided, its pointer moved to the end
+    where it already was -- which is harmless, and repeatable.  A member that joined and went within the gap is
+    invisible here: this node never connected to it, so it holds nothing of ours; if it crashed, only survivors
+    that saw it recover it, and its restart otherwise waits and then names the problem."""
+    now = {m.node_id: m for m in current}
+    out: list[MemberEvent] = []
+    for node in sorted(known.keys() | now.keys()):
+        old, new = known.get(node), now.get(node)
+        if old is not None and (new is None or new.epoch != old.epoch):
+            out.append(MemberEvent("expired", dataclasses.replace(old, revision=revision), revision))
+        if new is not None and (old is None or new.epoch != old.epoch):
+            out.append(MemberEvent("joined", new, revision))
+        elif new is not None and old != new:
+            out.append(MemberEvent("updated", new, revision))
+    return out
+
+
+class MemberWatch:
+    """Member events from a listing on, resumable after losing the store and after a compaction of its history.
+
+    The watch resumes from the last revision seen + 1, so etcd replays what happened meanwhile -- unless etcd
+    compacted that revision away, when resuming would fail again at every try.  Then the members are listed
+    again, the difference against what this watcher knew (the first listing plus every event since) comes out as
+    the events missed (``missed_events``), and the watch goes on from the new listing's revision + 1."""
+
+    def __init__(self, cluster: str, members: Iterable[Member], revision: int) -> None:
+        self.cluster = cluster
+        self.known: dict[int, Member] = {m.node_id: m for m in members}
+        self.revision = revision
+        """The last revision whose events were all passed on: the watch resumes from the next one."""
+        self.resyncs = 0
+
+    def events(self, backend: "MembershipBackend", poll: float = 0.2) -> Iterator[MemberEvent | None]:
+        """Events (None every ``poll`` seconds while idle).  Raises ``EtcdUnavailable`` when the store is lost:
+        call again, with the same or a new backend, to resume."""
+        while True:
+            try:
+                for event in backend.watch_members(self.cluster, self.revision + 1, poll):
+                    if event is not None:
+                        self._note(event)
+                        self.revision = event.revision
+                    yield event
+            except WatchCompacted as exc:
+                members, revision = backend.members(self.cluster)
+                missed = missed_events(self.known, members, revision)
+                self.resyncs += 1
+                log.warning("%s; listed the members again at revision %d: %s", exc, revision,
+                            ", ".join(f"node {e.member.node_id} {e.kind}" for e in missed) or "nothing missed")
+                for event in missed:
+                    self._note(event)
+                    yield event
+                self.revision = revision  # only once every missed event is out: a resume mid-way lists again
+
+    def _note(self, event: MemberEvent) -> None:
+        member = event.member
+        if event.kind in ("joined", "updated"):
+            self.known[member.node_id] = member
+        elif event.kind in ("left", "expired"):
+            held = self.known.get(member.node_id)
+            if held is not None and held.epoch <= member.epoch:
+                del self.known[member.node_id]
 
 
 class Lease(ABC):
@@ -161,7 +250,8 @@ class MembershipBackend(ABC):
     @abstractmethod
     def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:
         """Member events from ``start_revision`` on; yields None every ``poll`` seconds while idle.
-        Raises EtcdUnavailable when the watch breaks (the caller resumes from its last revision + 1)."""
+        Raises EtcdUnavailable when the watch breaks (the caller resumes from its last revision + 1), and
+        WatchCompacted when ``start_revision`` was compacted away (``MemberWatch`` handles both)."""
 
 
 def connect(endpoints: Sequence[str], timeout: float = 2.0) -> MembershipBackend:

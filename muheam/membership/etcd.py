@@ -21,7 +21,7 @@ import pyetcd.exceptions as etcd_exc
 from pyetcd.events import DeleteEvent, PutEvent
 
 from muheam.errors import EtcdUnavailable, NodeIdInUse
-from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, recovery_member
+from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, WatchCompacted, recovery_member
 
 T = TypeVar("T")
 _ETCD_ERRORS = (etcd_exc.Etcd3Exception, grpc.RpcError)
@@ -227,9 +227,15 @@ class EtcdBackend(MembershipBackend):
     def watch_members(self, cluster: str, start_revision: int, poll: float = 0.2) -> Iterator[MemberEvent | None]:
         prefix = f"/muheam/{cluster}/"
         responses: queue.Queue[Any] = queue.Queue()
-        watch_id = self._call(
-            lambda c: c.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision, prev_kv=True)
-        )
+
+        def add(c: Any) -> Any:
+            try:
+                return c.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision,
+                                                   prev_kv=True)
+            except etcd_exc.RevisionCompactedError as exc:  # not a lost etcd: retrying the same revision fails
+                raise WatchCompacted(start_revision, int(exc.compacted_revision)) from None
+
+        watch_id = self._call(add)
         try:
             while True:
                 try:
@@ -237,6 +243,8 @@ class EtcdBackend(MembershipBackend):
                 except queue.Empty:
                     yield None
                     continue
+                if isinstance(item, etcd_exc.RevisionCompactedError):  # a watcher that fell behind a compaction
+                    raise WatchCompacted(start_revision, int(item.compacted_revision))
                 if isinstance(item, BaseException):
                     raise self._unavailable(item)
                 for event in item.events:
