@@ -62,6 +62,9 @@ def test_kill_incarnation_checks_the_process_is_that_node() -> None:
     """Only the process that started node 7 (command line) no later than it joined (start time) is killed."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--node-id", "7"])
     try:
+        deadline = time.monotonic() + 30  # until the child has exec'd (before, /proc shows our command line)
+        while b"--node-id" not in open(f"/proc/{proc.pid}/cmdline", "rb").read() and time.monotonic() < deadline:
+            time.sleep(0.01)
         joined = time.time() + 0.5
         assert is_incarnation(proc.pid, 7, joined)
         assert not is_incarnation(proc.pid, 8, joined)
