@@ -442,7 +442,7 @@ class NodeAgent:
                     return self._self_fence()
                 if self.stop_mode is not None:
                     return self._shutdown(self.stop_mode)
-                ready = dict(poller.poll(100))
+                ready = dict(poller.poll(self._poll_ms()))
                 while True:
                     try:
                         self._apply(self.events.get_nowait())
@@ -482,6 +482,8 @@ class NodeAgent:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
                         except StorageFailed:
                             pass  # the engine stopped; the next turn stops the node (engine.failed)
+                # after the sessions and locks had their say: acknowledgements ride on what they just sent
+                self.mesh.tick(time.monotonic())
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()
                 if self.port.monitor in ready:
@@ -491,6 +493,15 @@ class NodeAgent:
             sig_r.close()
             sig_w.close()
             wake.close(0)
+
+    def _poll_ms(self) -> int:
+        """How long the loop may sleep: 100 ms, or less when the mesh has an acknowledgement or retransmission
+        due sooner (a late acknowledgement would make the peer resend for nothing)."""
+        assert self.mesh is not None
+        due = self.mesh.next_timer()
+        if due is None:
+            return 100
+        return max(0, min(100, int((due - time.monotonic()) * 1000) + 1))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         mode = STOP_SIGNALS.get(signal.Signals(signum), "fast")
@@ -546,6 +557,7 @@ class NodeAgent:
                 if self.locks is not None:
                     self.locks.flush()
             self.sessions.pump()
+            self.mesh.tick(time.monotonic())  # an outcome lost in flight must still reach the others
 
     def _close_ports(self) -> None:
         self._stopping.set()

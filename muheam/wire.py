@@ -1,6 +1,8 @@
 """Frames on the wire: msgpack with hard limits, validated before anything acts on them.
 
-Peer messages are ``[version, sender, epoch, stamp, kind, body]``; client requests are maps with an ``op``.
+Peer messages are ``[version, sender, epoch, dest_epoch, seq, ack, stamp, kind, body]`` (the link fields
+``dest_epoch``, ``seq`` and ``ack`` are explained in ``muheam.peerlink``; ``seq`` 0 with kind ``ack`` and no body
+is an acknowledgement-only frame); client requests are maps with an ``op``.
 Anything else is malformed: it is counted and dropped (peers) or answered with an error (clients), never raised
 into the event loop.
 """
@@ -14,7 +16,9 @@ import msgpack
 
 from locking.glsn import MAX_LAMPORT
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+"""2: sequence numbers and acknowledgements per link (1 had no link fields)."""
+ACK_KIND = "ack"
 MAX_PEER_FRAME = 16 * 1024 * 1024
 MAX_CLIENT_FRAME = 4 * 1024 * 1024
 #: ZeroMQ itself drops connections that send more than this, so a hostile peer cannot exhaust memory.
@@ -32,6 +36,12 @@ class PeerMessage:
     stamp: int
     kind: str
     body: Any
+    dest_epoch: int = 0
+    """The receiver's incarnation the sender addressed: a frame meant for an earlier one is not for us."""
+    seq: int = 0
+    """Position in the (sender, epoch) -> (receiver, dest_epoch) stream; 0: an acknowledgement-only frame."""
+    ack: int = 0
+    """Cumulative acknowledgement of the reverse stream (receiver -> sender): every frame up to it arrived."""
 
 
 def pack(obj: Any) -> bytes:
@@ -48,8 +58,14 @@ def unpack(frame: bytes, limit: int) -> Any:
         raise Malformed(f"not msgpack: {type(exc).__name__}") from None
 
 
-def encode_peer(sender: int, epoch: int, stamp: int, kind: str, body: Any) -> bytes:
-    return pack([WIRE_VERSION, sender, epoch, stamp, kind, body])
+def encode_peer(sender: int, epoch: int, stamp: int, kind: str, body: Any, *, dest_epoch: int = 0, seq: int = 1,
+                ack: int = 0) -> bytes:
+    return pack([WIRE_VERSION, sender, epoch, dest_epoch, seq, ack, stamp, kind, body])
+
+
+def encode_ack(sender: int, epoch: int, dest_epoch: int, ack: int) -> bytes:
+    """An acknowledgement-only frame: no sequence number, no stamp, no body."""
+    return pack([WIRE_VERSION, sender, epoch, dest_epoch, 0, ack, 0, ACK_KIND, None])
 
 
 def _is_uint(value: Any) -> bool:
@@ -58,16 +74,18 @@ def _is_uint(value: Any) -> bool:
 
 def decode_peer(frame: bytes) -> PeerMessage:
     msg = unpack(frame, MAX_PEER_FRAME)
-    if not isinstance(msg, list) or len(msg) != 6:
-        raise Malformed("peer message must be a 6-element list")
-    version, sender, epoch, stamp, kind, body = msg
+    if not isinstance(msg, list) or len(msg) != 9:
+        raise Malformed("peer message must be a 9-element list")
+    version, sender, epoch, dest_epoch, seq, ack, stamp, kind, body = msg
     if version != WIRE_VERSION:
         raise Malformed(f"unsupported wire version {version!r}")
-    if not (_is_uint(sender) and _is_uint(epoch) and _is_uint(stamp)) or not isinstance(kind, str):
-        raise Malformed("sender, epoch and stamp must be unsigned integers and kind a string")
+    if not all(_is_uint(v) for v in (sender, epoch, dest_epoch, seq, ack, stamp)) or not isinstance(kind, str):
+        raise Malformed("sender, epochs, seq, ack and stamp must be unsigned integers and kind a string")
     if stamp > MAX_LAMPORT:  # merged into the clock, it would push every later GLSN out of range
         raise Malformed(f"Lamport stamp {stamp} exceeds the largest GLSN time {MAX_LAMPORT}")
-    return PeerMessage(sender, epoch, stamp, kind, body)
+    if (seq == 0) != (kind == ACK_KIND) or (seq == 0 and (body is not None or stamp != 0)):
+        raise Malformed("seq 0 is for acknowledgement-only frames (kind 'ack', stamp 0, no body) and only them")
+    return PeerMessage(sender, epoch, stamp, kind, body, dest_epoch, seq, ack)
 
 
 def decode_request(frame: bytes) -> dict[str, Any]:
