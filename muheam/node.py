@@ -400,14 +400,14 @@ class NodeAgent:
         assert self.mesh and self.port and self.fence
         return {
             "node_id": self.node_id, "epoch": self.mesh_epoch, "state": self.state, "pid": os.getpid(),
-            "lamport": self.clock.time, "peers": sorted(self.mesh.peers),
+            "lamport": self.clock.time, "peers": sorted(self.mesh.peers), "links": self.mesh.link_state(),
             "fence_remaining_s": round(self.fence.remaining(), 3),
             "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
                          "locks": self.locks.stats() if self.locks else {},
                          "xids": dict(self.xids.counters) if self.xids else {},
                          "sessions": dict(self.sessions.counters) if self.sessions else {},
                          "ownership": self.ownership.stats() if self.ownership else {},
-                         "commits": dict(self.commits.counters) if self.commits else {},
+                         "commits": self.commits.stats() if self.commits else {},
                          "survivors": self.survivors.stats() if self.survivors else {},
                          "wal": self._wal_stats()},
         }

@@ -60,6 +60,7 @@ class Outbound:
         self.rttvar = 0.0
         self.probe: tuple[int, float] | None = None  # (seq, first send time) of the frame being timed
         self.timeouts = 0
+        self.stalled = 0                     # timeouts since an acknowledgement last advanced
         self.retransmitted = 0
 
     def push(self, frame: bytes) -> int:
@@ -109,6 +110,7 @@ class Outbound:
             self._sample(now - self.probe[1])
             self.probe = None
         self.rto = self._base_rto()
+        self.stalled = 0
         self.deadline = now + self.rto if self.high > self.acked else None
         return True
 
@@ -117,6 +119,7 @@ class Outbound:
         if self.deadline is None or now < self.deadline or self.high <= self.acked:
             return False
         self.timeouts += 1
+        self.stalled += 1
         self.sent_to = self.acked
         self.rto = min(self.rto * 2, self.rto_max)
         self.deadline = None

@@ -64,10 +64,11 @@ def count_handshake_failures(monitor_sock: zmq.Socket[Any], counters: "Counter[s
 class Link:
     """The outgoing side of one peer incarnation: its DEALER and the frames it still owes the peer."""
 
-    __slots__ = ("epoch", "sock", "out", "warned")
+    __slots__ = ("epoch", "endpoint", "sock", "out", "warned")
 
-    def __init__(self, epoch: int, sock: zmq.Socket[Any]) -> None:
+    def __init__(self, epoch: int, endpoint: str, sock: zmq.Socket[Any]) -> None:
         self.epoch = epoch
+        self.endpoint = endpoint
         self.sock = sock
         self.out = Outbound()
         self.warned = False
@@ -83,6 +84,8 @@ class Stream:
         self.inbound: Inbound[wire.PeerMessage] = Inbound()
 
 
+STALLED_TIMEOUTS = 2
+"""Retransmission timeouts in a row, with no acknowledgement between them, after which a link redials."""
 MAX_STRANGERS = 64
 """Incoming streams kept for senders that are not (or no longer) peers: garbage cannot make the table grow."""
 
@@ -129,14 +132,17 @@ class Mesh:
         stream = self.streams.get(node_id)
         if stream is not None and stream.epoch < epoch:
             del self.streams[node_id]
+        self.peers[node_id] = Link(epoch, endpoint, self._dealer(endpoint))
+        self.send(node_id, "hello", {"endpoint": self.endpoint})
+
+    def _dealer(self, endpoint: str) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, routing_id(self.node_id, self.epoch))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.IMMEDIATE, 0)
         sock.connect(endpoint)
-        self.peers[node_id] = Link(epoch, sock)
-        self.send(node_id, "hello", {"endpoint": self.endpoint})
+        return sock
 
     def drop(self, node_id: int, epoch: int | None = None) -> None:
         """Forget a peer incarnation (it left the membership): its socket, the frames it never acknowledged and
@@ -206,6 +212,8 @@ class Mesh:
             out = link.out
             if out.expire(now):
                 self.counters["rto_expired"] += 1
+                if out.stalled >= STALLED_TIMEOUTS:
+                    self._redial(link)
             if out.unsent:
                 self._pump(link, now)
             if link.warned and not out.over_bound:
@@ -224,6 +232,18 @@ class Mesh:
                 inbound.take_ack()
                 self.counters["ack_sent"] += 1
 
+    def _redial(self, link: Link) -> None:
+        """Replace the link's socket by a fresh one (the link's numbering and frames stay as they are).
+
+        After a TCP reset, a DEALER whose queue held frames at that moment can come back connected but never send
+        again: the new connection carries the ZeroMQ handshake and nothing else, so resending into that socket
+        is in vain.  A link whose timeouts repeat without any acknowledgement gets a new socket; the receiver's
+        ROUTER hands the routing id over to the new connection."""
+        link.sock.close(0)
+        link.sock = self._dealer(link.endpoint)
+        link.out.stalled = 0
+        self.counters["redialed"] += 1
+
     def next_timer(self) -> float | None:
         """The earliest time ``tick`` has something to do (monotonic seconds), None if nothing is pending."""
         when: float | None = None
@@ -238,6 +258,19 @@ class Mesh:
             if t is not None and sender in self.peers and (when is None or t < when):
                 when = t
         return when
+
+    def link_state(self) -> dict[str, Any]:
+        """Per peer: where its outgoing and incoming streams stand (status output; diagnosing a stalled round)."""
+        state: dict[str, Any] = {}
+        for node, link in self.peers.items():
+            out = link.out
+            state[str(node)] = {"epoch": link.epoch, "next_seq": out.next_seq, "acked": out.acked,
+                                "unacked_bytes": out.bytes, "rto_ms": round(out.rto * 1000), "timeouts": out.timeouts}
+        for node, stream in self.streams.items():
+            inbound = stream.inbound
+            state.setdefault(str(node), {})["in"] = {"epoch": stream.epoch, "delivered": inbound.delivered,
+                                                     "held": len(inbound.held)}
+        return state
 
     def receive_ready(self) -> int:
         """Drain the ROUTER without blocking; returns the number of frames handled."""
