@@ -39,6 +39,8 @@ ACK_DELAY = 0.02
 """Seconds an acknowledgement may wait for a data frame to ride on before it goes out alone."""
 HOLD_MAX = 4096
 """Frames held back after a gap, per sender; more come again with the sender's retransmission."""
+HOLD_BYTES = 64 * 1024 * 1024
+"""Bytes held back after a gap, per sender (the same rule)."""
 UNACKED_BOUND = 64 * 1024 * 1024
 """Bytes kept for one peer past which the link reports itself over its bound (it still drops nothing)."""
 
@@ -146,26 +148,30 @@ class Outbound:
 class Inbound(Generic[T]):
     """Delivers one sender incarnation's frames in order, once each; keeps the acknowledgement owed."""
 
-    def __init__(self, hold_max: int = HOLD_MAX, ack_delay: float = ACK_DELAY) -> None:
-        self.hold_max, self.ack_delay = hold_max, ack_delay
+    def __init__(self, hold_max: int = HOLD_MAX, ack_delay: float = ACK_DELAY, hold_bytes: int = HOLD_BYTES) -> None:
+        self.hold_max, self.ack_delay, self.hold_bytes = hold_max, ack_delay, hold_bytes
         self.delivered = 0
-        self.held: dict[int, T] = {}
+        self.held: dict[int, tuple[T, int]] = {}
+        self.held_size = 0
         self.owed_since: float | None = None
         self.duplicates = 0
         self.held_back = 0
         self.hold_dropped = 0
 
-    def accept(self, seq: int, item: T, now: float) -> list[T]:
-        """Frame ``seq`` arrived: the items now deliverable, in order (often just ``item``; none after a gap)."""
+    def accept(self, seq: int, item: T, now: float, size: int = 0) -> list[T]:
+        """Frame ``seq`` (of ``size`` bytes) arrived: the items now deliverable, in order (often just ``item``;
+        none after a gap)."""
         if seq <= self.delivered or seq in self.held:
             self.duplicates += 1
             self._owe(now)
             return []
         if seq != self.delivered + 1:
-            if len(self.held) >= self.hold_max or seq - self.delivered > self.hold_max + 1:
+            if len(self.held) >= self.hold_max or seq - self.delivered > self.hold_max + 1 \
+                    or self.held_size + size > self.hold_bytes:
                 self.hold_dropped += 1
             else:
-                self.held[seq] = item
+                self.held[seq] = (item, size)
+                self.held_size += size
                 self.held_back += 1
             return []
         out = [item]
@@ -174,7 +180,8 @@ class Inbound(Generic[T]):
             nxt = self.held.pop(self.delivered + 1, None)
             if nxt is None:
                 break
-            out.append(nxt)
+            out.append(nxt[0])
+            self.held_size -= nxt[1]
             self.delivered += 1
         self._owe(now)
         return out
@@ -201,3 +208,4 @@ class Inbound(Generic[T]):
     def forget_held(self) -> None:
         """The sender is gone: what waits behind a gap will never be delivered."""
         self.held.clear()
+        self.held_size = 0

@@ -330,7 +330,7 @@ class Mesh:
             return
         inbound = stream.inbound
         dup, held, lost = inbound.duplicates, inbound.held_back, inbound.hold_dropped
-        ready = inbound.accept(msg.seq, msg, now)
+        ready = inbound.accept(msg.seq, msg, now, len(frame))
         if not ready:
             self.counters["duplicate"] += inbound.duplicates - dup
             self.counters["held_back"] += inbound.held_back - held

@@ -77,11 +77,18 @@ def test_hold_back_is_bounded_and_what_did_not_fit_is_taken_again_later() -> Non
     assert inb.accept(5, 5, 0.0) == [5]  # the retransmission of a dropped frame
 
 
+def test_hold_back_is_bounded_in_bytes_too() -> None:
+    inb: Inbound[str] = Inbound(hold_bytes=100)
+    assert inb.accept(2, "b", 0.0, 60) == [] and inb.accept(3, "c", 0.0, 60) == []
+    assert list(inb.held) == [2] and inb.hold_dropped == 1 and inb.held_size == 60
+    assert inb.accept(1, "a", 0.0, 60) == ["a", "b"] and inb.held_size == 0
+
+
 def test_forget_held_frees_what_a_departed_sender_left_behind_a_gap() -> None:
     inb: Inbound[str] = Inbound()
     inb.accept(2, "b", 0.0)
     inb.forget_held()
-    assert not inb.held and inb.accept(1, "a", 0.0) == ["a"]
+    assert not inb.held and inb.held_size == 0 and inb.accept(1, "a", 0.0) == ["a"]
 
 
 # -- sender -----------------------------------------------------------------------------------------------------
@@ -290,3 +297,17 @@ def test_peer_frames_carry_dest_epoch_seq_and_ack_and_acks_have_their_own_shape(
 def test_frames_with_bad_link_fields_are_malformed(fields: list[object]) -> None:
     with pytest.raises(wire.Malformed):
         wire.decode_peer(wire.pack(fields))
+
+
+def test_timeouts_in_a_row_without_an_ack_are_counted_until_one_advances() -> None:
+    """The mesh redials a link whose timeouts repeat with no acknowledgement (``Outbound.stalled``)."""
+    out = Outbound()
+    push(out, "a")
+    push(out, "b")
+    send_all(out, 0.0)
+    t = 0.0
+    for expected in (1, 2):
+        t += 10.0
+        assert out.expire(t) and out.stalled == expected
+        send_all(out, t)
+    assert out.ack(1, t + 0.01) and out.stalled == 0
