@@ -498,10 +498,11 @@ class NodeAgent:
         """How long the loop may sleep: 100 ms, or less when the mesh has an acknowledgement or retransmission
         due sooner (a late acknowledgement would make the peer resend for nothing)."""
         assert self.mesh is not None
-        due = self.mesh.next_timer()
+        now = time.monotonic()
+        due = self.mesh.next_timer(now)
         if due is None:
             return 100
-        return max(0, min(100, int((due - time.monotonic()) * 1000) + 1))
+        return max(0, min(100, int((due - now) * 1000) + 1))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         mode = STOP_SIGNALS.get(signal.Signals(signum), "fast")

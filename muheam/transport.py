@@ -86,6 +86,8 @@ class Stream:
 
 STALLED_TIMEOUTS = 2
 """Retransmission timeouts in a row, with no acknowledgement between them, after which a link redials."""
+DEFERRED_RETRY = 0.002
+"""Seconds before frames a full socket refused are offered again."""
 MAX_STRANGERS = 64
 """Incoming streams kept for senders that are not (or no longer) peers: garbage cannot make the table grow."""
 
@@ -244,12 +246,12 @@ class Mesh:
         link.out.stalled = 0
         self.counters["redialed"] += 1
 
-    def next_timer(self) -> float | None:
+    def next_timer(self, now: float) -> float | None:
         """The earliest time ``tick`` has something to do (monotonic seconds), None if nothing is pending."""
         when: float | None = None
         for link in self.peers.values():
-            if link.out.unsent:
-                return 0.0
+            if link.out.unsent:  # the socket pushed back: try again soon, without spinning on it
+                return now + DEFERRED_RETRY
             t = link.out.next_event()
             if t is not None and (when is None or t < when):
                 when = t
