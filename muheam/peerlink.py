@@ -87,6 +87,20 @@ class Outbound:
             return None
         return self.frames[self.sent_to - self.acked]
 
+    def push_sent(self, frame: bytes, now: float) -> int:
+        """``push`` then ``sent`` in one step, for the usual case: nothing queued ahead and the channel took the
+        frame at once (the hot path of every message).  Returns the frame's sequence number."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self.frames.append(frame)
+        self.bytes += len(frame)
+        self.sent_to = self.high = seq
+        if self.deadline is None:
+            self.deadline = now + self.rto
+        if self.probe is None:
+            self.probe = (seq, now)
+        return seq
+
     def sent(self, now: float) -> bool:
         """The frame ``next_frame`` returned went to the channel; True if it had been sent before."""
         self.sent_to += 1

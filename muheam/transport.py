@@ -178,14 +178,23 @@ class Mesh:
         ack = stream.inbound.take_ack() if stream is not None and stream.epoch == link.epoch else 0
         frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body,
                                  dest_epoch=link.epoch, seq=out.next_seq, ack=ack)
-        out.push(frame)
         self.counters["sent"] += 1
+        if out.sent_to == out.high == out.next_seq - 1:  # nothing waits ahead of it: straight to the socket
+            try:
+                link.sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["send_deferred"] += 1
+                out.push(frame)
+            else:
+                out.push_sent(frame, time.monotonic())
+        else:
+            out.push(frame)
+            self._pump(link, time.monotonic())
         if out.over_bound and not link.warned:
             link.warned = True
             self.counters["unacked_over_bound"] += 1
             log.warning("node %d (epoch %d) has not acknowledged %d bytes; keeping them until it does or leaves",
                         dest, link.epoch, out.bytes)
-        self._pump(link, time.monotonic())
         return True
 
     def _pump(self, link: Link, now: float) -> None:

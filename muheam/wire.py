@@ -9,8 +9,7 @@ into the event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -29,8 +28,9 @@ class Malformed(ValueError):
     """A frame that is not a valid message; the text says what is wrong with it."""
 
 
-@dataclass(frozen=True)
-class PeerMessage:
+class PeerMessage(NamedTuple):
+    """One peer frame, decoded and validated (a named tuple: built for every frame received, so cheap to make)."""
+
     sender: int
     epoch: int
     stamp: int
@@ -68,10 +68,6 @@ def encode_ack(sender: int, epoch: int, dest_epoch: int, ack: int) -> bytes:
     return pack([WIRE_VERSION, sender, epoch, dest_epoch, 0, ack, 0, ACK_KIND, None])
 
 
-def _is_uint(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
-
-
 def decode_peer(frame: bytes) -> PeerMessage:
     msg = unpack(frame, MAX_PEER_FRAME)
     if not isinstance(msg, list) or len(msg) != 9:
@@ -79,7 +75,11 @@ def decode_peer(frame: bytes) -> PeerMessage:
     version, sender, epoch, dest_epoch, seq, ack, stamp, kind, body = msg
     if version != WIRE_VERSION:
         raise Malformed(f"unsupported wire version {version!r}")
-    if not all(_is_uint(v) for v in (sender, epoch, dest_epoch, seq, ack, stamp)) or not isinstance(kind, str):
+    # exact type checks (bool is no integer here), spelled out: this runs for every frame received
+    if not (type(sender) is int and type(epoch) is int and type(dest_epoch) is int and type(seq) is int
+            and type(ack) is int and type(stamp) is int and type(kind) is str) \
+            or min(sender, epoch, dest_epoch, seq, ack, stamp) < 0 \
+            or max(sender, epoch, dest_epoch, seq, ack) >= 1 << 63:  # the stamp has its own, lower bound
         raise Malformed("sender, epochs, seq, ack and stamp must be unsigned integers and kind a string")
     if stamp > MAX_LAMPORT:  # merged into the clock, it would push every later GLSN out of range
         raise Malformed(f"Lamport stamp {stamp} exceeds the largest GLSN time {MAX_LAMPORT}")
