@@ -154,6 +154,11 @@ class CommitService:
             low = min(low, self.horizons.get(node, 0))
         return low
 
+    def stats(self) -> dict[str, int]:
+        """Counters, plus what is still open: rounds waiting for acknowledgements, XIDs prepared here or by a
+        peer whose outcome this node has not heard (both drain to zero once the cluster is idle)."""
+        return {**self.counters, "rounds_open": len(self.rounds), "prepared_now": len(self.table.prepared)}
+
     def remote_waits(self) -> list[tuple[int, int]]:
         return [w for node in self.members() for w in self.waits.get(node, [])]
 

@@ -472,14 +472,14 @@ class NodeAgent:
         assert self.mesh and self.port and self.fence
         return {
             "node_id": self.node_id, "epoch": self.mesh_epoch, "state": self.state, "pid": os.getpid(),
-            "lamport": self.clock.time, "peers": sorted(self.mesh.peers),
+            "lamport": self.clock.time, "peers": sorted(self.mesh.peers), "links": self.mesh.link_state(),
             "fence_remaining_s": round(self.fence.remaining(), 3),
             "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
                          "locks": self.locks.stats() if self.locks else {},
                          "xids": dict(self.xids.counters) if self.xids else {},
                          "sessions": dict(self.sessions.counters) if self.sessions else {},
                          "ownership": self.ownership.stats() if self.ownership else {},
-                         "commits": dict(self.commits.counters) if self.commits else {},
+                         "commits": self.commits.stats() if self.commits else {},
                          "survivors": self.survivors.stats() if self.survivors else {},
                          "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
                          "wal": self._wal_stats()},
@@ -515,7 +515,7 @@ class NodeAgent:
                     return self._self_fence()
                 if self.stop_mode is not None:
                     return self._shutdown(self.stop_mode)
-                ready = dict(poller.poll(100))
+                ready = dict(poller.poll(self._poll_ms()))
                 while True:
                     try:
                         self._apply(self.events.get_nowait())
@@ -559,6 +559,8 @@ class NodeAgent:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
                         except StorageFailed:
                             pass  # the engine stopped; the next turn stops the node (engine.failed)
+                # after the sessions and locks had their say: acknowledgements ride on what they just sent
+                self.mesh.tick(time.monotonic())
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()
                 if self.port.monitor in ready:
@@ -568,6 +570,16 @@ class NodeAgent:
             sig_r.close()
             sig_w.close()
             wake.close(0)
+
+    def _poll_ms(self) -> int:
+        """How long the loop may sleep: 100 ms, or less when the mesh has an acknowledgement or retransmission
+        due sooner (a late acknowledgement would make the peer resend for nothing)."""
+        assert self.mesh is not None
+        now = time.monotonic()
+        due = self.mesh.next_timer(now)
+        if due is None:
+            return 100
+        return max(0, min(100, int((due - now) * 1000) + 1))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         mode = STOP_SIGNALS.get(signal.Signals(signum), "fast")
@@ -624,6 +636,7 @@ class NodeAgent:
                 if self.locks is not None:
                     self.locks.flush()
             self.sessions.pump()
+            self.mesh.tick(time.monotonic())  # an outcome lost in flight must still reach the others
 
     def _close_ports(self) -> None:
         self._stopping.set()

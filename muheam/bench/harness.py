@@ -32,9 +32,24 @@ def lock_messages(endpoints: dict[int, str]) -> int:
     return total
 
 
+PEER_FRAMES = ("sent", "ack_sent", "retransmitted")
+"""What crosses the mesh: messages (locks, commit rounds, gossip), acknowledgement-only frames, retransmissions."""
+
+
+def peer_frames(endpoints: dict[int, str]) -> dict[str, int]:
+    """Node-to-node frames sent so far by kind (``PEER_FRAMES``), summed over the nodes."""
+    total = dict.fromkeys(PEER_FRAMES, 0)
+    for ep in endpoints.values():
+        peer = request(ep, "status")["counters"]["peer"]
+        for key in PEER_FRAMES:
+            total[key] += int(peer.get(key, 0))
+    return total
+
+
 def peer_messages(endpoints: dict[int, str]) -> int:
-    """Every node-to-node message sent so far (locks, commit rounds, gossip), summed over the nodes."""
-    return sum(int(request(ep, "status")["counters"]["peer"].get("sent", 0)) for ep in endpoints.values())
+    """Every node-to-node frame sent so far, the link's own acknowledgements and retransmissions included: what
+    being a cluster costs on the wire, summed over the nodes."""
+    return sum(peer_frames(endpoints).values())
 
 
 def percentile(values: list[float], q: float) -> float:
