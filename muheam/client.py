@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import zmq
 
-from muheam import wire
+from muheam.net import wire
 from muheam.errors import MuheamError
 
 

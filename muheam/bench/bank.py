@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from muheam import bank
+from muheam.bench.workloads import bank
 from muheam.bench import pgbase
 from muheam.bench.harness import peer_frames, temp_cluster
 from muheam.client import NotSupported

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from muheam import cluster as cluster_mod
+from muheam.ops import cluster as cluster_mod
 from muheam.client import request
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from muheam import cluster as cluster_mod
+from muheam.ops import cluster as cluster_mod
 from muheam import config as config_mod
 from muheam.errors import MuheamError
 from muheam.membership import MemberEvent, connect

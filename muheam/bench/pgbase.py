@@ -30,8 +30,8 @@ from typing import Any, Iterator
 import psycopg
 from psycopg import errors as pgerrors
 
-from muheam import bank
-from muheam.procs import free_port
+from muheam.bench.workloads import bank
+from muheam.ops.procs import free_port
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0

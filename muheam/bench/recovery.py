@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from muheam import bank
-from muheam import cluster as cluster_mod
+from muheam.bench.workloads import bank
+from muheam.ops import cluster as cluster_mod
 from muheam.client import ClientError, NodeUnavailable, connect, request
 from muheam.membership import connect as etcd_connect
-from muheam.procs import stop_pid
+from muheam.ops.procs import stop_pid
 
 VICTIM = 2
 PROBE_TABLE = "probe"

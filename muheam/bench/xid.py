@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from muheam import wire
+from muheam.net import wire
 from muheam.bench.harness import lock_messages, percentile, temp_cluster
 from muheam.bench.zmqrtt import measure_rtt_us
 from muheam.client import request

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from muheam.procs import free_port
+from muheam.ops.procs import free_port
 
 _ECHO = """
 import sys, zmq

@@ -23,7 +23,7 @@ Only pages with a prune among their operations go through ``redo``'s page code o
   it touches), so every insert is one scatter of slot images, every xmax the last one set per slot, and the
   header fields (``nused``, ``free_hint``, ``next_block``, GLSN, checksum) are computed per page afterwards.
 
-The result is byte for byte what ``redo_run`` gives, either way (``tests/test_rebuild.py`` compares them on a
+The result is byte for byte what ``redo_run`` gives, either way (``tests/unit/engine/test_rebuild.py`` compares them on a
 random history).  Pages with a prune among their operations (as arrays, also a page initialised twice or after
 other changes) go through ``redo``'s page code and report their GLSN after the run as ``base``, so ``staging``
 never writes them and their chains take the chain-by-chain redo.  Pages that fail verification, or that an

@@ -45,17 +45,16 @@ XID on the page, so a page scan costs a handful of lookups, not one per slot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Literal
+from typing import Callable, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from muheam.xidstore import FIRST_NORMAL_XID as FIRST_NORMAL_XID
-
 INVALID_XID: Final = 0
 BOOTSTRAP_XID: Final = 1
 FROZEN_XID: Final = 2
-assert FIRST_NORMAL_XID == 3, "storage assumes XIDs 0..2 are the special ones (muheam.xidstore)"
+FIRST_NORMAL_XID: Final = 3
+"""XIDs 0..2 are special on pages; the cluster's XID service (``muheam.cluster.xidstore``) hands out from here."""
 
 COMMITTED: Final = "committed"
 ABORTED: Final = "aborted"

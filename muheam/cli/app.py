@@ -1,0 +1,58 @@
+"""The ``muheam`` command line.
+
+Conventions from patronictl and the pg tools: ``-c/--config`` (TOML; ``MUHEAM_*`` environment variables and
+flags override it), ``--format table|json``, ``--watch`` to refresh, and exit codes 0 (success), 1 (the operation
+failed) and 2 (bad usage or configuration).  Errors are one line naming the problem and what to do next.
+
+Every command group lives in its own module and is registered here, explicitly, in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from muheam import __version__
+from muheam.cli import bench, cluster, data, node, recover, wal
+from muheam.errors import MuheamError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="muheam")
+def cli() -> None:
+    """MUHEAM: a shared-disk database cluster manager.
+
+    Start a local 3-node cluster with 'muheam cluster up --nodes 3 --dir DIR', look at it with
+    'muheam list -c DIR/muheam.toml', stop it with 'muheam cluster down --dir DIR'.
+    """
+
+
+COMMANDS = (cluster.cluster, node.node, node.list_cmd, node.watch_cmd, data.table, data.get_cmd, data.put_cmd,
+            data.scan_cmd, wal.waldump_cmd, wal.walmerge_cmd, recover.recover_cmd, bench.bench)
+for command in COMMANDS:
+    cli.add_command(command)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MuheamError as exc:
+        click.echo(f"muheam: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - never a bare traceback at the operator
+        if os.environ.get("MUHEAM_DEBUG"):
+            raise
+        click.echo(f"muheam: internal error: {type(exc).__name__}: {exc} (set MUHEAM_DEBUG=1 for a traceback "
+                   "and report it)", err=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,89 @@
+"""``muheam cluster``: create, start and stop a whole cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from muheam import config as config_mod
+from muheam.cli.common import config_options, emit, format_option, load_config
+
+
+# cluster ----------------------------------------------------------------------------------------------------
+@click.group()
+def cluster() -> None:
+    """Create, start and stop a whole cluster."""
+
+
+@cluster.command("init")
+@config_options
+@format_option
+def cluster_init(fmt: str, **kw: Any) -> None:
+    """Create the shared-directory layout and register the cluster in etcd.
+
+    Refuses a directory that holds another cluster or unrelated files, and a cluster name etcd already knows.
+    """
+    from muheam.ops.cluster import init_cluster
+    from muheam.membership import connect
+
+    cfg = load_config(kw, require_shared_dir=False)
+    backend = connect(cfg.etcd_endpoints)
+    try:
+        backend.ping() or backend.get_cluster(cfg.cluster_name)
+        identity = init_cluster(cfg, backend)
+    finally:
+        backend.close()
+    if fmt == "json":
+        emit(identity, fmt)
+    else:
+        click.echo(f"cluster {cfg.cluster_name!r} (id {identity['cluster_id']}) initialised in {cfg.shared_dir}")
+
+
+@cluster.command("up")
+@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True, help="Number of nodes.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), required=True,
+              help="Work directory: muheam.toml, shared/, etcd/, run/ and log/ live here.")
+@click.option("--lease-ttl", type=click.IntRange(config_mod.ETCD_MIN_TTL, 600), default=None,
+              help=f"Lease TTL in seconds for a new cluster (default {config_mod.DEFAULT_TTL}).")
+@format_option
+def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> None:
+    """Start a local cluster: embedded etcd, init (first time), and the nodes as daemons.
+
+    Idempotent: on an existing DIR it starts only what is not running.
+    """
+    from muheam.ops.cluster import cluster_up as up
+
+    result = up(Path(directory), nodes, lease_ttl)
+    if fmt == "json":
+        emit(result, fmt)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cluster {result['config']['cluster_name']} is up")
+    for col in ("Node", "PID", "Epoch", "Peer endpoint", "Client endpoint"):
+        table.add_column(col)
+    for n in result["nodes"]:
+        table.add_row(str(n["node_id"]), str(n["pid"]), str(n["epoch"]), n["peer_endpoint"], n["client_endpoint"])
+    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+    click.echo(f"config: {result['config_file']}   (try: muheam list -c {result['config_file']})")
+
+
+@cluster.command("down")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), required=True,
+              help="The work directory given to 'cluster up'.")
+@click.option("--mode", type=click.Choice(["smart", "fast", "immediate"]), default="fast", show_default=True)
+@format_option
+def cluster_down(directory: str, mode: str, fmt: str) -> None:
+    """Stop every node and the embedded etcd of a local cluster."""
+    from muheam.ops.cluster import cluster_down as down
+
+    result = down(Path(directory), mode)
+    if fmt == "json":
+        emit(result, fmt)
+    else:
+        click.echo(f"stopped nodes {result['stopped_nodes'] or 'none'}; embedded etcd "
+                   f"{'stopped' if result['etcd_stopped'] else 'was not running'}")

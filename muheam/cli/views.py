@@ -1,0 +1,133 @@
+"""What ``muheam list`` and ``muheam watch`` show: member rows enriched with each node's live status."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+
+from muheam.client import request
+from muheam.config import Config
+from muheam.errors import EtcdUnavailable, MuheamError
+from muheam.membership import MembershipBackend, MemberWatch, connect
+
+
+def member_rows(cfg: Config) -> list[dict[str, Any]]:
+    backend = connect(cfg.etcd_endpoints, timeout=2.0)
+    try:
+        members, revision = backend.members(cfg.cluster_name)
+        rows = []
+        for m in members:
+            row: dict[str, Any] = {
+                "node_id": m.node_id, "host": m.host, "state": m.state, "epoch": m.epoch, "pid": m.pid,
+                "peer_endpoint": m.peer_endpoint, "client_endpoint": m.client_endpoint,
+                "started_at": m.started_at, "lease_ttl_left": None, "lamport": None, "revision": revision,
+                "answering": False,
+            }
+            try:
+                row["lease_ttl_left"] = backend.lease_ttl_left(m.lease_id)
+            except MuheamError:
+                pass
+            try:
+                status = request(m.client_endpoint, "status", timeout=0.5)
+                row["lamport"] = status.get("lamport")
+                row["counters"] = status.get("counters")
+                row["answering"] = True
+            except MuheamError:
+                pass
+            rows.append(row)
+        return rows
+    finally:
+        backend.close()
+
+
+def cluster_state(cfg: Config) -> str:
+    backend = connect(cfg.etcd_endpoints, timeout=2.0)
+    try:
+        return backend.get_state(cfg.cluster_name) or "unregistered"
+    finally:
+        backend.close()
+
+
+def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if clear:
+        console.clear()
+    table = Table(title=f"+ Cluster: {cfg.cluster_name} ({cluster_state(cfg)}, {len(rows)} members)")
+    for col in ("Node", "Host", "Peer endpoint", "State", "Epoch", "Lease TTL", "Lamport"):
+        table.add_column(col)
+    for r in rows:
+        state = r["state"] if r["answering"] else f"{r['state']} (no answer)"
+        table.add_row(str(r["node_id"]), r["host"], r["peer_endpoint"], state, str(r["epoch"]),
+                      "-" if r["lease_ttl_left"] is None else f"{r['lease_ttl_left']} s",
+                      "-" if r["lamport"] is None else str(r["lamport"]))
+    console.print(table)
+
+
+def _recovery_text(info: dict[str, Any]) -> str:
+    parts = [f"by node {info.get('by')}"]
+    for key, label in (("detect_ms", "detected after"), ("decided_ms", "transactions decided after"),
+                       ("duration_ms", "took")):
+        if info.get(key) is not None:
+            parts.append(f"{label} {info[key]:.0f} ms")
+    if info.get("chains") is not None:
+        parts.append(f"{info['chains']} chains, {info.get('records', 0)} records, "
+                     f"{info.get('aborted', 0)} transactions aborted")
+    return ", ".join(parts)
+
+
+def _line(kind: str, event_member: Any, revision: int, fmt: str, info: dict[str, Any] | None = None) -> None:
+    now = time.time()
+    if fmt == "json":
+        record = {"event": kind, "node_id": event_member.node_id, "epoch": event_member.epoch,
+                  "state": event_member.state, "pid": event_member.pid, "host": event_member.host,
+                  "peer_endpoint": event_member.peer_endpoint, "revision": revision, "time": now}
+        if info is not None:
+            record["recovery"] = info
+        click.echo(json.dumps(record, sort_keys=True))
+    else:
+        stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if info is not None:
+            click.echo(f"{stamp}  {kind:<10} node {event_member.node_id:<4} epoch {event_member.epoch:<6} "
+                       f"{_recovery_text(info)} rev {revision}")
+        else:
+            click.echo(f"{stamp}  {kind:<10} node {event_member.node_id:<4} epoch {event_member.epoch:<6} "
+                       f"state {event_member.state:<9} rev {revision}")
+    sys.stdout.flush()
+
+
+def watch_events(cfg: Config, fmt: str, count: int | None, timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    backend: MembershipBackend | None = None
+    watch: MemberWatch | None = None
+    while True:
+        try:
+            backend = backend or connect(cfg.etcd_endpoints, timeout=2.0)
+            if watch is None:
+                members, rev = backend.members(cfg.cluster_name)
+                for m in members:
+                    _line("member", m, m.revision, fmt)
+                watch = MemberWatch(cfg.cluster_name, members, rev)
+            for event in watch.events(backend):
+                if event is not None:
+                    if event.kind != "updated" or fmt == "json":
+                        _line(event.kind, event.member, event.revision, fmt, event.info)
+                    if event.kind != "updated":
+                        seen += 1
+                if (count is not None and seen >= count) or (deadline is not None and time.monotonic() >= deadline):
+                    return
+        except EtcdUnavailable as exc:
+            if watch is None:
+                raise
+            click.echo(f"muheam watch: etcd lost ({exc}); resuming from revision {watch.revision + 1}", err=True)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.5)

@@ -1,0 +1,263 @@
+"""``muheam waldump`` and ``muheam walmerge``: a node's WAL as text, and the merged stream (bulk, follow,
+publish, subscribe, verify)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from muheam import config as config_mod
+from muheam.cli.common import config_options, emit, format_option, leave, load_config
+from muheam.errors import ConfigError
+from walmerge.record import format_glsn
+
+@click.command("waldump")
+@click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), required=True, help="Whose WAL.")
+@click.option("--xid", type=int, default=None, help="Only records of this transaction.")
+@click.option("--kind", default=None, help="Only records of this kind (e.g. COMMIT, HEAP_INSERT).")
+@click.option("--stats", is_flag=True, help="Summary per record kind instead of records.")
+@click.option("--limit", type=int, default=None, help="Stop after this many records.")
+@format_option
+@config_options
+def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, limit: int | None, fmt: str,
+                **kw: Any) -> None:
+    """Print a node's WAL records (lsn, prev, glsn, xid, node, epoch, kind, length), like pg_waldump."""
+    from itertools import islice
+
+    from muheam.ops import waldump
+
+    cfg = load_config(kw)
+    rows = waldump.records(cfg.shared_dir, node_id, xid, waldump.parse_kind(kind) if kind else None)
+    if stats:
+        summary = waldump.stats(rows)
+        if fmt == "json":
+            emit(summary, fmt)
+        else:
+            click.echo(f"records {summary['records']}  bytes {summary['bytes']}  transactions "
+                       f"{summary['transactions']}")
+            for name, v in summary["by_kind"].items():
+                click.echo(f"  {name:<22} {v['records']:>10} records {v['bytes']:>12} bytes")
+        return
+    for row in islice(rows, limit):
+        if fmt == "json":
+            emit(row, fmt)
+        elif "torn_tail" in row:
+            click.echo(f"torn tail: {row['torn_tail']}")
+        else:
+            click.echo(f"lsn: {row['lsn']}, prev {row['prev']}, glsn: {row['glsn']}, tx: {row['xid']}, "
+                       f"node: {row['node']}, epoch: {row['epoch']}, len: {row['len']}, desc: {row['kind']}")
+
+
+# walmerge ---------------------------------------------------------------------------------------------------
+@click.command("walmerge")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write the merged stream here (bulk: a new or empty directory; --follow/--subscribe: resumed at "
+                   "the end of what it holds).")
+@click.option("--verify", "verify_", is_flag=True,
+              help="Check the inputs (and --out, or --merged) for CRC, chain, order, missing segments.")
+@click.option("--merged", type=click.Path(file_okay=False), default=None, help="Verify this merged stream.")
+@click.option("--allow-torn-tail", is_flag=True, help="A torn last record (after a crash) is not a problem.")
+@click.option("--follow", is_flag=True,
+              help="Follow mode: merge the node WALs as they grow (live nodes from etcd) until stopped.")
+@click.option("--publish", default=None, metavar="ENDPOINT",
+              help="With --follow: serve the stream to subscribers on this ZeroMQ endpoint (tcp://HOST:PORT).")
+@click.option("--subscribe", default=None, metavar="ENDPOINT",
+              help="Copy the stream a 'walmerge --follow --publish' serves into --out, resuming where it stops.")
+@click.option("--from-lsn", default=None, metavar="LSN",
+              help="With --follow/--subscribe: cut --out back to this merged LSN (HI/LO hex as printed, 0x hex or "
+                   "decimal) and continue from there.")
+@click.option("--poll-interval", type=click.FloatRange(0.001, 60), default=0.05, show_default=True,
+              help="With --follow: seconds between polls of the node WALs.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --follow/--subscribe: stop after this many seconds.")
+@click.option("--until-idle", is_flag=True,
+              help="With --follow: stop once no node is live and every WAL has been merged to its end.")
+@config_options
+@format_option
+def walmerge_cmd(out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool, follow: bool,
+                 publish: str | None, subscribe: str | None, from_lsn: str | None, poll_interval: float,
+                 duration: float | None, until_idle: bool, fmt: str, **kw: Any) -> None:
+    """Merge every node's WAL into one stream in GLSN order, in the very format of one node's WAL.
+
+    \b
+    Bulk:      muheam walmerge --out DIR [--verify]        (--verify [--merged DIR] only checks)
+    Follow:    muheam walmerge --follow --out DIR [--publish tcp://HOST:PORT] [--from-lsn LSN]
+                               [--poll-interval S] [--duration S | --until-idle]
+    Subscribe: muheam walmerge --subscribe tcp://HOST:PORT --out DIR [--duration S]
+
+    Bulk mode with -c/--config asks etcd which nodes are running and merges only up to the GLSN all their WALs
+    have passed (a consistent cut; JSON: running_nodes, cut_glsn); with --shared-dir and no config every WAL is
+    merged to its end (stop the nodes first).
+
+    Follow mode learns the live nodes from etcd (-c/--config, MUHEAM_* and --etcd/--cluster-name), writes what
+    every live node's WAL has passed to --out (resuming at its end after a restart), and stops cleanly on
+    SIGINT/SIGTERM; --format json prints a summary at exit.  Subscribers get the records from any merged LSN on
+    (see docs/architecture.md, "Follow mode").
+
+    Exit codes: 0 clean (or stopped), 1 problems found or the operation failed, 2 unusable input or bad usage.
+    """
+    from muheam.walstream.publisher import parse_lsn
+
+    modes = [name for name, on in (("--follow", follow), ("--subscribe", subscribe is not None),
+                                   ("--verify", verify_)) if on]
+    if follow and subscribe is not None or verify_ and (follow or subscribe is not None):
+        raise click.UsageError(f"{' and '.join(modes)} do not go together")
+    if publish is not None and not follow:
+        raise click.UsageError("--publish needs --follow")
+    if not follow and subscribe is None:
+        for name, value in (("--from-lsn", from_lsn), ("--duration", duration), ("--until-idle", until_idle)):
+            if value:
+                raise click.UsageError(f"{name} goes with --follow or --subscribe")
+    if until_idle and not follow:
+        raise click.UsageError("--until-idle goes with --follow")
+    start = parse_lsn(from_lsn) if from_lsn is not None else None
+    if follow or subscribe is not None:
+        if out is None:
+            raise click.UsageError(f"{modes[0]} needs --out DIR")
+        _walmerge_stream(Path(out), subscribe, publish, start, poll_interval, duration, until_idle, fmt, kw)
+        return
+    _walmerge_bulk(kw.get("shared_dir"), out, verify_, merged, allow_torn_tail, fmt, kw)
+
+
+def _walmerge_stream(out: Path, subscribe: str | None, publish: str | None, start: int | None,
+                     poll_interval: float, duration: float | None, until_idle: bool, fmt: str,
+                     kw: dict[str, Any]) -> None:
+    from muheam.walstream.follow import FollowRun, StopFlag, isatty_stderr, run_subscribe, stderr_note
+
+    note = stderr_note(fmt == "table")
+    with StopFlag() as stop:
+        if subscribe is not None:
+            result = run_subscribe(subscribe, out, from_lsn=start, duration=duration, stop=stop, note=note)
+            if fmt == "json":
+                emit(result, fmt)
+            else:
+                click.echo(f"copied {result['records']} records into {out}; resume at {result['next_lsn_text']} "
+                           f"(stopped: {result['stopped']})")
+            if not result["caught_up"]:
+                sys.exit(1)
+            return
+        from muheam.membership import connect
+
+        cfg = load_config(kw, require_shared_dir=True)
+        backend = connect(cfg.etcd_endpoints, timeout=2.0)
+        try:
+            run = FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=publish, from_lsn=start,
+                            poll_interval=poll_interval, duration=duration, until_idle=until_idle, stop=stop,
+                            note=note, progress=fmt == "table" and isatty_stderr())
+            result = run.run()
+        finally:
+            backend.close()
+    if fmt == "json":
+        emit(result, fmt)
+    else:
+        click.echo(f"followed {result['records']} records into {out} up to LSN {result['end_lsn_text']} "
+                   f"(stopped: {result['stopped']})")
+    leave(0)  # the etcd watch the follower used must not hold the process at exit
+
+
+def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: str | None, allow_torn_tail: bool,
+                   fmt: str, kw: dict[str, Any]) -> None:
+    from walmerge.merge import merge
+    from walmerge.verify import verify
+
+    cfg = None
+    if shared is None and merged is None:
+        cfg = load_config(kw, require_shared_dir=True)
+        shared = str(cfg.shared_dir)
+    if shared is not None and not Path(shared).is_dir():
+        raise ConfigError(f"--shared-dir: {shared} does not exist")
+    if out is None and not verify_:
+        raise click.UsageError("give --out DIR to merge, --verify to check, or --follow --out DIR to follow")
+    result: dict[str, Any] = {}
+    from muheam.engine.statefiles import read_fences
+    from muheam.ops.walcheck import Waits, block_of
+
+    # incarnations the survivors recovered: what a zombie wrote after the fence point is not history (I6)
+    fences = read_fences(Path(shared)) if shared is not None else {}
+    live: list[int] = []
+    cut: int | None = None
+    if out is not None and cfg is not None:
+        live, cut = _running_cut(cfg, Path(cfg.shared_dir), fmt)
+    if out is not None:
+        assert shared is not None
+        summary = _merge_with_progress(merge, shared, out, fmt == "table" and sys.stderr.isatty(), fences, cut)
+        result["merge"] = {
+            "records": summary.records, "bytes_in": summary.bytes_in, "bytes_out": summary.bytes_out,
+            "per_node": summary.per_node, "segments": len(summary.segments), "skipped_fenced": summary.skipped_fenced,
+            "first_glsn": summary.first_glsn, "last_glsn": summary.last_glsn, "seconds": round(summary.seconds, 3),
+            "mb_per_s": round(summary.mb_per_s, 1), "out": str(out), "running_nodes": live,
+            "cut_glsn": cut, "cut_glsn_text": format_glsn(cut) if cut is not None else None,
+        }
+        if fmt == "table":
+            click.echo(f"merged {summary.records} records from {len(summary.per_node)} nodes "
+                       f"({summary.bytes_in / 1e6:.1f} MB in, {len(summary.segments)} segments out) "
+                       f"in {summary.seconds:.2f} s into {out}")
+    code = 0
+    if verify_:
+        # a running node may be half-way through writing its last record: that is no damage
+        report = verify(shared, out or merged, allow_torn_tail=allow_torn_tail or bool(live), fences=fences,
+                        block_of=block_of, waits_of=Waits(), stop_glsn=cut)
+        code = report.exit_code
+        result["verify"] = {"status": str(report.status.value) if hasattr(report.status, "value") else
+                            str(report.status), "problems": [str(p) for p in report.problems],
+                            "unusable": list(report.unusable)}
+        if fmt == "table":
+            for line in report.unusable:
+                click.echo(f"unusable: {line}")
+            for problem in report.problems:
+                click.echo(f"problem: {problem}")
+            click.echo(f"verify: {result['verify']['status']}")
+    if fmt == "json":
+        emit(result, fmt)
+    if cfg is not None:
+        leave(code)  # etcd was asked (the running nodes): gRPC's clean-up must not hold the process at exit
+    if code:
+        sys.exit(code)
+
+
+def _running_cut(cfg: Any, shared: Path, fmt: str) -> tuple[list[int], int | None]:
+    """The nodes etcd lists as members and the GLSN every one of their WALs has passed.  Merging only up to there
+    gives a consistent cut of a running cluster: a running node's next records have higher GLSNs than its last
+    one, so nothing can later appear below the cut (without it the output could miss a record of one node
+    between two of another's, and ``--verify`` would report the merge wrong).  Returns ``([], None)`` when no
+    node runs."""
+    from muheam.engine.replay import wal_tail_glsns
+    from muheam.errors import EtcdUnavailable
+    from muheam.membership import current_members
+    from walmerge.merge import detect_system_id, node_dirs
+
+    try:
+        members = current_members(cfg.etcd_endpoints, cfg.cluster_name)
+    except EtcdUnavailable as e:
+        click.echo(f"muheam: warning: cannot ask etcd which nodes are running ({e}); merging every WAL to its end. "
+                   "If nodes are running the last records may not form a consistent cut: stop them, or retry "
+                   "with etcd up", err=True)
+        return [], None
+    live = sorted({m.node_id for m in members})
+    if not live:
+        return [], None
+    system_id = next((sid for d in node_dirs(shared).values() if (sid := detect_system_id(d)) is not None), None)
+    tails = wal_tail_glsns(shared, system_id) if system_id is not None else {}
+    ends = [tails[n] for n in live if n in tails]
+    if not ends:
+        return live, None
+    cut = min(ends)
+    if fmt == "table":
+        click.echo(f"nodes {', '.join(map(str, live))} are running: merging up to GLSN {format_glsn(cut)}, which "
+                   "all their WALs have passed (later records go into the next merge)", err=True)
+    return live, cut
+
+
+def _merge_with_progress(merge: Any, shared: str, out: str, bar: bool, fences: Any, cut: int | None) -> Any:
+    if not bar:
+        return merge(shared, out, fences=fences, stop_glsn=cut)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task("merging WAL", total=None)
+        return merge(shared, out, fences=fences, stop_glsn=cut,
+                     progress=lambda done, total: progress.update(task, completed=done, total=total))

@@ -1,0 +1,220 @@
+"""Cluster block ownership (cache fusion): bucket-chain locks whose value block is the chain's page images.
+
+A heap table is a set of bucket chains (a bucket page and its overflow pages), and every row operation touches
+exactly one chain, so the unit of ownership is the chain: lock resource ``blk:<table>:<bucket>``.  Exclusive
+ownership allows changing the chain's pages (I2); shared ownership allows reading them.  The grant carries the
+latest images (value block, DESIGN.md section 5), so the new owner never reads a stale page; when no image
+travels (first use, or after a failure) the shared file is current, because an exclusive owner writes its dirty
+pages through to the file -- after flushing its WAL up to them (I3) -- before it lets go.
+
+Ownership is kept until another node asks (no messages for repeated local work): the lock stays *held* and is
+given up only on ``ReleaseDemanded``.  Allocating a new overflow block takes the relation-extension lock
+``ext:<table>`` (value: the relation's length in blocks); creating a table takes ``catalog``.
+
+The engine asks through the ``Owner`` protocol (``chain``/``extend``/``catalog``); if this node does not own what
+is needed it raises ``NeedOwnership`` before changing anything, and the session layer calls ``acquire`` and
+re-runs the operation from the grant callback.  Every operation needs at most one chain (plus the extension
+lock), so a retry runs as soon as its one lock is granted: no operation waits holding one lock for another.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from typing import Callable, Protocol
+
+from locking.effects import Granted
+from locking.messages import Mode
+from muheam import failpoints
+from muheam.engine import Engine
+from muheam.engine.errors import NeedOwnership
+from muheam.cluster.locks import LockService
+
+log = logging.getLogger("muheam.ownership")
+
+CHAIN = b"blk:"
+EXTEND = b"ext:"
+CATALOG = b"catalog"
+_CHAIN = struct.Struct(">II")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct("<Q")
+_IMAGE = struct.Struct("<II")
+
+
+class Repair(Protocol):
+    """Rebuilds what a dead member may have left unwritten when its lock comes back marked invalid."""
+
+    def chain(self, table_id: int, head: int) -> int:
+        """The chain (just read from the shared file) gets the dead nodes' changes; returns page changes."""
+
+    def extend(self, table_id: int) -> None:
+        """The relation's size must cover the blocks the dead nodes allocated."""
+
+
+def chain_resource(table_id: int, bucket: int) -> bytes:
+    return CHAIN + _CHAIN.pack(table_id, bucket)
+
+
+def extend_resource(table_id: int) -> bytes:
+    return EXTEND + _U32.pack(table_id)
+
+
+def encode_images(images: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(_IMAGE.pack(block, len(data)) + data for block, data in images)
+
+
+def decode_images(value: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(value):
+        if pos + _IMAGE.size > len(value):
+            raise ValueError("truncated chain image value")
+        block, size = _IMAGE.unpack_from(value, pos)
+        pos += _IMAGE.size
+        if pos + size > len(value):
+            raise ValueError("truncated chain image value")
+        out.append((block, value[pos:pos + size]))
+        pos += size
+    return out
+
+
+class Ownership:
+    """One node's block ownership; installed as ``engine.owner``.  Runs in the node's event loop."""
+
+    def __init__(self, locks: LockService, engine: Engine) -> None:
+        self.locks = locks
+        self.engine = engine
+        self.held: dict[bytes, Mode] = {}
+        self.asking: dict[bytes, Mode] = {}
+        self.waiters: dict[bytes, list[Callable[[], None]]] = {}
+        self.pinned: dict[bytes, bytes] = {}     # chain -> the extension lock an operation on it waits for
+        self.deferred: set[bytes] = set()        # demands of pinned chains, honoured when unpinned
+        self._writing: bytes | None = None
+        self.counters: Counter[str] = Counter()
+        self.repair: Repair | None = None
+        for prefix in (CHAIN, EXTEND, CATALOG):
+            locks.on_demand(prefix, self._demanded)
+        engine.owner = self
+
+    # -- the engine's questions ------------------------------------------------------------------------------
+    def _need(self, resource: bytes, mode: Mode) -> None:
+        held = self.held.get(resource)
+        if held is Mode.EXCLUSIVE or held is mode:
+            self.counters["owned"] += 1
+            return
+        raise NeedOwnership(resource, mode)
+
+    def chain(self, table_id: int, bucket: int, write: bool) -> None:
+        resource = chain_resource(table_id, bucket)
+        self._need(resource, Mode.EXCLUSIVE if write else Mode.SHARED)
+        if write:
+            self._writing = resource
+
+    def extend(self, table_id: int) -> None:
+        """The operation holding the chain last checked for writing needs a new block.  That chain is kept
+        (its demands deferred) until the extension lock arrives: handing either lock over while waiting for the
+        other let two nodes growing one chain take turns for ever.  No node waits for a chain while holding
+        the extension lock for an operation, so chain -> extension is deadlock-free."""
+        resource = extend_resource(table_id)
+        held = self.held.get(resource)
+        if held is Mode.EXCLUSIVE:
+            return
+        raise NeedOwnership(resource, Mode.EXCLUSIVE, keep=self._writing)
+
+    def catalog(self) -> None:
+        self._need(CATALOG, Mode.EXCLUSIVE)
+
+    # -- acquiring -------------------------------------------------------------------------------------------
+    def acquire(self, resource: bytes, mode: Mode, then: Callable[[], None], keep: bytes | None = None) -> None:
+        """Get ``resource`` in ``mode`` (at least), then call ``then`` (which re-checks and may ask again);
+        ``keep``: a held chain not to give up before then."""
+        if keep is not None and keep in self.held:
+            self.pinned[keep] = resource
+        self.waiters.setdefault(resource, []).append(then)
+        if resource in self.asking:
+            return
+        held = self.held.pop(resource, None)
+        if held is not None:  # shared -> exclusive: let go of the shared copy, ask again
+            self._drop_images(resource)
+            self.locks.release(resource)
+            self.counters["upgrades"] += 1
+        self.asking[resource] = mode
+        self.counters["acquires"] += 1
+        self.locks.acquire(resource, mode, lambda grant: self._granted(resource, grant))
+
+    def _granted(self, resource: bytes, grant: Granted) -> None:
+        self.asking.pop(resource, None)
+        if resource.startswith(CHAIN):
+            table_id, _ = _CHAIN.unpack_from(resource, len(CHAIN))
+            self._drop_images(resource)
+            if grant.valid and grant.value:
+                self.engine.cache.adopt(table_id, decode_images(grant.value))
+                self.counters["images_received"] += 1
+            else:
+                self.counters["read_from_disk"] += 1
+                if not grant.valid and self.repair is not None:
+                    self.counters["repaired"] += self.repair.chain(table_id, _CHAIN.unpack_from(resource, len(CHAIN))[1])
+        elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:
+            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
+            self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
+        elif resource.startswith(EXTEND) and not grant.valid:
+            # the last size anyone released is still a floor (the dead node may only have grown it further):
+            # taking the dead node's highest block alone could hand a block a live node already allocated to a
+            # second chain
+            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
+            if grant.value and len(grant.value) == 8:
+                self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
+            if self.repair is not None:
+                self.repair.extend(table_id)
+        self.held[resource] = grant.mode
+        for then in self.waiters.pop(resource, []):
+            then()
+        for chain in [c for c, r in self.pinned.items() if r == resource]:
+            del self.pinned[chain]
+            if chain in self.deferred:
+                self.deferred.discard(chain)
+                self._demanded(chain)
+
+    # -- giving up -------------------------------------------------------------------------------------------
+    def _chain_blocks(self, resource: bytes) -> tuple[int, list[int]]:
+        table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
+        t = self.engine.table(table_id)
+        return table_id, self.engine.cache.chain_blocks(table_id, bucket, t.nbuckets)
+
+    def _drop_images(self, resource: bytes) -> None:
+        """Forget cached pages of a chain we do not own exclusively (they are clean)."""
+        if not resource.startswith(CHAIN):
+            return
+        table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
+        cache = self.engine.cache
+        blocks, block = [], bucket
+        while cache.cached(table_id, block) and block not in blocks:
+            blocks.append(block)
+            block = cache.read(table_id, block).next_block
+        cache.forget(table_id, blocks)
+
+    def _demanded(self, resource: bytes) -> None:
+        """Another node waits: hand over (WAL flushed, dirty pages written, images in the value) and let go."""
+        if resource in self.pinned:
+            self.deferred.add(resource)
+            self.counters["deferred_demands"] += 1
+            return
+        mode = self.held.pop(resource, None)
+        if mode is None:
+            return  # not ours in use (an upgrade already let it go)
+        value: bytes | None = None
+        if resource.startswith(CHAIN):
+            table_id, blocks = self._chain_blocks(resource)
+            if mode is Mode.EXCLUSIVE:
+                failpoints.hit("ownership.export")  # a demand taken, the images not yet written through
+                value = encode_images(self.engine.cache.export(table_id, blocks))
+                self.counters["images_sent"] += 1
+            self.engine.cache.forget(table_id, blocks)
+        elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE:
+            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
+            value = _U64.pack(self.engine.cache.nblocks(table_id))
+        self.counters["given_up"] += 1
+        self.locks.release(resource, value)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "held": len(self.held), "asking": len(self.asking)}

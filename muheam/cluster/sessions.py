@@ -1,0 +1,460 @@
+"""Interactive transactions over the client port: the node-side half of ``muheam.client``.
+
+Runs in the node's event loop.  ``begin`` takes a global XID (it may wait for the ``xid`` lock), row operations
+run against the engine at once, and a row held by a running transaction parks the request until that
+transaction ends (or the lock timeout passes).  Commits that arrive in one loop iteration are committed together
+with one WAL flush (group commit) and answered only once durable (I7).  As in PostgreSQL, any error inside a
+transaction aborts it.  Transactions idle for longer than ``idle_timeout`` are aborted, so a vanished client
+cannot hold row locks forever.
+
+In a cluster (``muheam.txstate`` for the rules): ``begin`` takes a commit-timestamp snapshot and waits for the
+outcome of transactions prepared at that moment; an operation that needs block ownership it lacks
+(``NeedOwnership``) is parked until the lock is granted and then run again; a row held by a transaction of any node
+parks the request until that transaction's outcome is known here (local end or the owner's DONE message).
+COMMIT is two rounds over ``CommitService`` -- prepare (all members acknowledge), then the COMMIT records and one
+WAL flush for the whole batch, then the outcome round -- and the client hears "committed" after the second round
+(I5).  Waits that form a cycle across nodes are found from the wait edges every node gossips (``wfg``); the
+youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from muheam.cluster.commits import CommitService
+from muheam.engine import Engine
+from muheam.engine.errors import Deadlock, EngineError, StorageFailed
+from muheam.engine import Transaction
+from muheam.errors import MuheamError
+from muheam.engine.errors import NeedOwnership
+from muheam.cluster.ownership import Ownership
+from muheam.node.clientport import ClientPort, Deferred, RequestError
+from muheam.storage.errors import RowConflict
+from muheam.cluster.txstate import HORIZON_ALL, TxTable
+from muheam.cluster.xids import XidService
+
+log = logging.getLogger("muheam.sessions")
+
+MAX_SCAN_ROWS = 200_000
+
+
+@dataclass
+class _Tx:
+    txn: Transaction
+    last_active: float
+    sts: int
+
+
+@dataclass
+class _Parked:
+    retry: Callable[[], None]
+    deadline: float
+    reply: Deferred
+    xid: int
+    since: float
+
+
+@dataclass
+class _BeginWait:
+    waits: set[int]
+    deadline: float
+    reply: Deferred
+    tx: _Tx
+
+
+@dataclass
+class Cluster:
+    """The cluster parts a session layer runs on (all in the node's event loop)."""
+
+    table: TxTable
+    commits: CommitService
+    ownership: Ownership
+    stamp: Callable[[], int]
+    """A fresh GLSN from the node's clock (a snapshot timestamp)."""
+    now_glsn: Callable[[], int]
+    """The clock's current GLSN without ticking (horizon gossip)."""
+
+
+class LockTimeout(MuheamError):
+    """A row stayed locked by another transaction for longer than the lock timeout."""
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, Deadlock):
+        return "DeadlockDetected"
+    return type(exc).__name__
+
+
+class Sessions:
+    def __init__(self, engine: Engine, xids: XidService, port: ClientPort, fence_check: Callable[[], None],
+                 cluster: Cluster, lock_timeout: float = 10.0, idle_timeout: float = 300.0,
+                 deadlock_timeout: float = 1.0) -> None:
+        self.engine = engine
+        self.xids = xids
+        self.fence_check = fence_check
+        self.cluster = cluster
+        self.lock_timeout = lock_timeout
+        self.idle_timeout = idle_timeout
+        self.deadlock_timeout = deadlock_timeout
+        self.txns: dict[int, _Tx] = {}
+        self.parked: dict[int, list[_Parked]] = {}
+        self.begin_waits: list[_BeginWait] = []
+        self.commits: list[tuple[_Tx, Deferred]] = []
+        self.prepared: list[list[tuple[_Tx, Deferred]]] = []
+        self.published_waits: list[tuple[int, int]] = []
+        self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
+                                         "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0}
+        table = cluster.table
+        engine.status = table.status
+        engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
+        for op in ("create_table", "tables", "begin", "get", "insert", "update", "add", "delete", "lock", "scan",
+                   "commit", "rollback"):
+            port.register(op, getattr(self, "op_" + op))
+
+    # catalog ------------------------------------------------------------------------------------------------
+    def op_create_table(self, req: dict[str, Any]) -> Any:
+        self.fence_check()
+        name, columns = req.get("name"), req.get("columns")
+        if not isinstance(name, str) or not isinstance(columns, dict):
+            raise RequestError("bad_request", "create_table needs name (str) and columns ({column: type})")
+        expected, buckets = req.get("expected_rows", 0), req.get("buckets", 0)
+        for what, v in (("expected_rows", expected), ("buckets", buckets)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise RequestError("bad_request", f"{what} must be a non-negative integer")
+        reply = Deferred()
+
+        def attempt() -> None:
+            try:
+                t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets)
+            except NeedOwnership as need:
+                self.cluster.ownership.acquire(need.resource, need.mode, attempt)
+                return
+            except (MuheamError, ValueError, TypeError) as exc:
+                reply.fail(error_code(exc), str(exc))
+                return
+            reply.resolve({"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]})
+
+        attempt()
+        return reply
+
+    def op_tables(self, req: dict[str, Any]) -> Any:
+        self.engine.reload_catalog()
+        return [{"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]}
+                for t in self.engine.tables()]
+
+    # transactions -------------------------------------------------------------------------------------------
+    def op_begin(self, req: dict[str, Any]) -> Deferred:
+        self.fence_check()
+        reply = Deferred()
+
+        def started(ranges: list[tuple[int, int]], _waited_us: int) -> None:
+            xid = ranges[0][0]
+            snap, waits = self.cluster.table.snapshot(xid, self.cluster.stamp())
+            try:
+                tx = _Tx(self.engine.begin(xid, snap), time.monotonic(), snap.sts)
+            except MuheamError as exc:
+                reply.fail(error_code(exc), str(exc))
+                return
+            self.txns[xid] = tx
+            pending = {x for x in waits if not self.cluster.table.decided(x)}
+            if not pending:
+                reply.resolve({"xid": xid})
+                return
+            # prepared elsewhere before our snapshot: its CTS may be below ours, so learn its outcome first
+            self.counters["begin_waits"] += 1
+            self.begin_waits.append(_BeginWait(pending, time.monotonic() + self.lock_timeout, reply, tx))
+
+        self.cluster.commits.when_ready(lambda: self.xids.allocate(1, started))
+        return reply
+
+    def _tx(self, req: dict[str, Any]) -> _Tx:
+        xid = req.get("xid")
+        tx = self.txns.get(xid) if isinstance(xid, int) else None
+        if tx is None:
+            raise RequestError("NoSuchTransaction", f"transaction {xid!r} is not running here (it ended, was "
+                               "aborted after an error or timeout, or belongs to another node)")
+        tx.last_active = time.monotonic()
+        return tx
+
+    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any]) -> Any:
+        self.fence_check()
+        tx = self._tx(req)
+        reply = Deferred()
+        deadline = time.monotonic() + self.lock_timeout
+
+        def attempt() -> None:
+            if reply.done or self.txns.get(tx.txn.xid) is not tx:
+                return
+            try:
+                result = action(tx.txn)
+            except NeedOwnership as need:
+                self.counters["ownership_waits"] += 1
+                self.cluster.ownership.acquire(need.resource, need.mode, attempt, need.keep)
+                return
+            except RowConflict as conflict:
+                if conflict.committed:
+                    self._fail_tx(tx, reply, conflict, "SerializationFailure")
+                    return
+                self.counters["waits"] += 1
+                self.parked.setdefault(conflict.blocker, []).append(
+                    _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic()))
+                return
+            except (MuheamError, ValueError, TypeError) as exc:
+                self._fail_tx(tx, reply, exc)
+                return
+            reply.resolve(result)
+
+        attempt()
+        return reply
+
+    def _fail_tx(self, tx: _Tx, reply: Deferred, exc: BaseException, code: str | None = None) -> None:
+        """An error inside a transaction aborts it (PostgreSQL semantics); the client gets the error."""
+        self._abort(tx)
+        reply.fail(code or error_code(exc), f"{exc} (transaction {tx.txn.xid} rolled back)")
+
+    def _table(self, req: dict[str, Any]) -> str:
+        table = req.get("table")
+        if not isinstance(table, str):
+            raise RequestError("bad_request", "table must be a string")
+        return table
+
+    def _key(self, req: dict[str, Any]) -> int:
+        key = req.get("key")
+        if not isinstance(key, int) or isinstance(key, bool) or not -(1 << 63) <= key < (1 << 63):
+            raise RequestError("bad_request", "key must be a 64-bit integer")
+        return key
+
+    def op_get(self, req: dict[str, Any]) -> Any:
+        table, key = self._table(req), self._key(req)
+        return self._row_op(req, lambda t: t.get(table, key))
+
+    def op_insert(self, req: dict[str, Any]) -> Any:
+        table, key, row = self._table(req), self._key(req), req.get("row")
+        if not isinstance(row, dict):
+            raise RequestError("bad_request", "row must be a map of column values")
+        return self._row_op(req, lambda t: bool(t.insert(table, key, row)))
+
+    def op_update(self, req: dict[str, Any]) -> Any:
+        table, key, changes = self._table(req), self._key(req), req.get("changes")
+        if not isinstance(changes, dict):
+            raise RequestError("bad_request", "changes must be a map of column values")
+        return self._row_op(req, lambda t: bool(t.update(table, key, changes)))
+
+    def op_add(self, req: dict[str, Any]) -> Any:
+        table, key, column, delta = self._table(req), self._key(req), req.get("column"), req.get("delta")
+        if not isinstance(column, str) or isinstance(delta, bool) or not isinstance(delta, (int, float)):
+            raise RequestError("bad_request", "add needs column (str) and a numeric delta")
+        return self._row_op(req, lambda t: bool(t.add(table, key, column, delta)))
+
+    def op_delete(self, req: dict[str, Any]) -> Any:
+        table, key = self._table(req), self._key(req)
+        return self._row_op(req, lambda t: bool(t.delete(table, key)))
+
+    def op_lock(self, req: dict[str, Any]) -> Any:
+        table, key = self._table(req), self._key(req)
+        return self._row_op(req, lambda t: bool(t.lock(table, key)))
+
+    def op_scan(self, req: dict[str, Any]) -> Any:
+        table = self._table(req)
+        rows: list[list[Any]] = []
+        at = [1]  # the next bucket: a scan resumes there after waiting for a chain's ownership
+
+        def scan(txn: Transaction) -> list[list[Any]]:
+            t = self.engine.table(table)
+            while at[0] <= t.nbuckets:
+                chunk, at[0] = self.engine.scan_from(txn, t, at[0])
+                if chunk is None:
+                    continue
+                for key, rec in zip(chunk[0].tolist(), chunk[1]):
+                    rows.append([key, t.schema.from_record(rec)])
+                if len(rows) > MAX_SCAN_ROWS:
+                    raise RequestError("bad_request", f"scan of {table} exceeds {MAX_SCAN_ROWS} rows")
+            return rows
+
+        return self._row_op(req, scan)
+
+    def op_commit(self, req: dict[str, Any]) -> Deferred:
+        self.fence_check()
+        tx = self._tx(req)
+        reply = Deferred()
+        self.commits.append((tx, reply))
+        return reply
+
+    def op_rollback(self, req: dict[str, Any]) -> Any:
+        tx = self._tx(req)
+        reply = Deferred()
+        self._abort(tx, lambda: reply.resolve({"xid": tx.txn.xid}))
+        return reply
+
+    # ending -------------------------------------------------------------------------------------------------
+    def _abort(self, tx: _Tx, then: Callable[[], None] | None = None) -> None:
+        xid = tx.txn.xid
+        if self.txns.pop(xid, None) is None:
+            return
+        self.counters["aborts"] += 1
+        try:
+            woken = tx.txn.abort()
+        except EngineError as exc:
+            log.error("abort of %d failed: %s", xid, exc)
+            woken = frozenset()
+        if tx.txn.wrote and self.engine.failed is None:
+            # others may hold its XID in their pages: tell them (nobody needs to wait for that)
+            self.cluster.commits.finish([], [xid], then or (lambda: None))
+        elif then is not None:
+            # a failed engine logged no ABORT: the outcome is announced by the node that recovers this one,
+            # after it logged the ABORT, so no change that waited on the XID precedes its end in the history
+            then()
+        self._wake({xid, *woken})
+
+    def abort_all(self) -> None:
+        """Shutdown: roll back everything running and tell the other members."""
+        for tx in list(self.txns.values()):
+            self._abort(tx)
+
+    def pump(self) -> None:
+        """Once per loop turn: start the commits that arrived, finish the ones every member acknowledged."""
+        if self.commits:
+            self._start_commits()
+        if self.prepared:
+            self._commit_prepared()
+
+    def _start_commits(self) -> None:
+        batch, self.commits = self.commits, []
+        readonly: list[tuple[_Tx, Deferred]] = []
+        writers: list[tuple[_Tx, Deferred]] = []
+        for tx, reply in batch:
+            if self.txns.pop(tx.txn.xid, None) is None:
+                # rolled back between the commit request and now (an error, a timeout, a deadlock victim)
+                reply.fail("NoSuchTransaction", f"transaction {tx.txn.xid} was rolled back before it could commit")
+            else:
+                (writers if tx.txn.wrote else readonly).append((tx, reply))
+        if readonly:
+            self._commit_now(readonly)
+        if writers:
+            self.cluster.commits.prepare([tx.txn.xid for tx, _ in writers], lambda: self.prepared.append(writers))
+
+    def _commit_prepared(self) -> None:
+        """Every member acknowledged the prepare: COMMIT records and one WAL flush for all ready batches."""
+        batches, self.prepared = self.prepared, []
+        self._commit_now([item for batch in batches for item in batch])
+
+    def _commit_now(self, live: list[tuple[_Tx, Deferred]]) -> None:
+        try:
+            woken = self.engine.commit_batch([tx.txn for tx, _ in live])
+        except StorageFailed as exc:
+            # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
+            # and the node stops so that the survivors decide it from what the WAL really holds
+            for tx, reply in live:
+                reply.fail(error_code(exc), f"commit outcome unknown: {exc}; look the change up on another node")
+            return
+        except MuheamError as exc:
+            for tx, reply in live:
+                reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
+            return
+        self.counters["commits"] += len(live)
+        self.counters["commit_batches"] += 1
+        decided = [(tx.txn.xid, tx.txn.commit_glsn) for tx, _ in live if tx.txn.wrote]
+
+        def answer() -> None:
+            for tx, reply in live:
+                reply.resolve({"xid": tx.txn.xid})
+
+        if decided:
+            self.cluster.commits.finish(decided, [], answer)
+        else:
+            answer()
+        self._wake({tx.txn.xid for tx, _ in live} | set(woken))
+
+    # waking -------------------------------------------------------------------------------------------------
+    def on_outcome(self, ended: set[int]) -> None:
+        """Outcomes learned from another node (or a join sync): wake row waits and waiting begins."""
+        self._wake(ended)
+        if self.begin_waits:
+            table = self.cluster.table
+            keep = []
+            for bw in self.begin_waits:
+                bw.waits = {x for x in bw.waits if not table.decided(x)}
+                if bw.waits:
+                    keep.append(bw)
+                elif not bw.reply.done:
+                    bw.reply.resolve({"xid": bw.tx.txn.xid})
+            self.begin_waits = keep
+
+    def _wake(self, ended: set[int]) -> None:
+        for xid in ended:
+            for parked in self.parked.pop(xid, []):
+                if parked.xid in self.txns and not parked.reply.done:
+                    parked.retry()
+
+    # periodic -----------------------------------------------------------------------------------------------
+    def local_horizon(self) -> int:
+        """The oldest snapshot timestamp this node may still use (what it gossips)."""
+        now = self.cluster.now_glsn()
+        return min(min((tx.sts for tx in self.txns.values()), default=now), now)
+
+    def horizon(self) -> int:
+        """The pruning horizon: the oldest snapshot timestamp in use anywhere in the cluster."""
+        return self.cluster.commits.horizon(self.local_horizon())
+
+    def _waits(self, now: float, older_than: float) -> list[tuple[int, int]]:
+        return sorted((p.xid, blocker) for blocker, waiting in self.parked.items() for p in waiting
+                      if not p.reply.done and p.xid in self.txns and now - p.since >= older_than)
+
+    def _find_deadlocks(self, now: float) -> None:
+        """Cycles through the gossiped wait edges: the youngest XID of a cycle is the victim, and only its own
+        node aborts it, so every node that sees the cycle agrees on the one victim."""
+        graph = dict(self.cluster.commits.remote_waits())
+        graph.update(self._waits(now, 0.0))
+        for start in list(graph):
+            path, x = [start], graph.get(start)
+            while x is not None and x not in path and len(path) <= len(graph):
+                path.append(x)
+                x = graph.get(x)
+            if x != start:
+                continue
+            victim = max(path)
+            tx = self.txns.get(victim)
+            if tx is None:
+                continue
+            parked = [p for waiting in self.parked.values() for p in waiting
+                      if p.xid == victim and not p.reply.done]
+            if parked:
+                self.counters["deadlocks"] += 1
+                self._fail_tx(tx, parked[0].reply, Deadlock(
+                    f"deadlock detected: transaction {victim} waits in a cycle across nodes "
+                    f"({' -> '.join(map(str, path))} -> {start}); it was chosen as the victim; retry it",
+                    xid=victim, blocker=graph[victim]))
+                return
+
+    def tick(self, now: float) -> None:
+        """Lock timeouts, idle transactions, deadlocks, gossip; called by the loop a few times a second."""
+        for blocker, waiting in list(self.parked.items()):
+            keep = []
+            for parked in waiting:
+                if parked.reply.done or parked.xid not in self.txns:
+                    continue
+                if now >= parked.deadline:
+                    self._fail_tx(self.txns[parked.xid], parked.reply, LockTimeout(
+                        f"lock timeout: waited {self.lock_timeout:g} s for transaction {blocker}"))
+                else:
+                    keep.append(parked)
+            if keep:
+                self.parked[blocker] = keep
+            else:
+                self.parked.pop(blocker, None)
+        for bw in [b for b in self.begin_waits if now >= b.deadline]:
+            self.begin_waits.remove(bw)
+            self._fail_tx(bw.tx, bw.reply, LockTimeout(
+                f"begin waited {self.lock_timeout:g} s for the outcome of prepared transactions "
+                f"{sorted(bw.waits)} (their node may have failed)"))
+        for tx in [t for t in self.txns.values() if now - t.last_active > self.idle_timeout]:
+            log.warning("aborting transaction %d: idle for more than %g s", tx.txn.xid, self.idle_timeout)
+            self._abort(tx)
+        self._find_deadlocks(now)
+        waits = self._waits(now, self.deadlock_timeout)
+        self.cluster.commits.publish(self.local_horizon(), waits, waits != self.published_waits)
+        self.published_waits = waits
+        self.engine.maybe_checkpoint(time.time())

@@ -1,0 +1,6 @@
+"""The peer mesh over ZeroMQ: frames and their validation (``wire``), reliable FIFO links per pair of node
+incarnations (``peerlink``, pure), and the sockets that carry them (``mesh``).
+
+May import: ``locking`` (the Lamport clock), ``errors``, ``failpoints``.  Knows nothing of what the messages mean:
+never imports ``cluster``, ``engine`` or anything above.
+"""

@@ -1,0 +1,378 @@
+"""The peer mesh: one ZeroMQ ROUTER per node for inbound traffic, one DEALER to each peer for outbound.
+
+One DEALER per ordered pair of nodes gives FIFO per connection; ``muheam.peerlink`` makes it the reliable FIFO
+channel Lamport's algorithms need across reconnects (sequence numbers, cumulative acknowledgements,
+retransmission: a TCP reset or a full send queue loses nothing), invisibly to the layers above, which keep calling
+``send``/``broadcast``/``on``; the node's loop calls ``tick`` every turn for the link's timers.  Every message
+carries sender, epoch and a Lamport stamp; the mesh advances the node's clock on every send and on the first
+delivery of a message (a retransmission keeps its original stamp), so everything above it (lock manager, commit
+notifications) is ordered by the same clock.  Peers are connected and dropped as
+the membership view changes.  A malformed frame is dropped and counted; it never raises into the loop.
+
+Not thread-safe: the node's event loop owns the mesh and its sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from locking.clock import LamportClock
+from muheam.net import wire
+from muheam.net.peerlink import Inbound, Outbound
+
+log = logging.getLogger("muheam.transport")
+
+Handler = Callable[[wire.PeerMessage], None]
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def routing_id(node_id: int, epoch: int) -> bytes:
+    return f"n{node_id}e{epoch}".encode()
+
+
+def harden(sock: zmq.Socket[Any]) -> None:
+    """Options every listening socket gets: bounded message size, no lingering, no blocking on slow peers."""
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.ZMQ_MAXMSGSIZE)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+
+
+def monitor(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    return sock.get_monitor_socket(HANDSHAKE_FAILURES)
+
+
+def count_handshake_failures(monitor_sock: zmq.Socket[Any], counters: "Counter[str]") -> None:
+    """Drain a socket monitor; garbage that never completed a ZeroMQ handshake shows up only here."""
+    while True:
+        try:
+            event = parse_monitor_message(monitor_sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        if event["event"] & HANDSHAKE_FAILURES:
+            counters["handshake_failed"] += 1
+
+
+class Link:
+    """The outgoing side of one peer incarnation: its DEALER and the frames it still owes the peer."""
+
+    __slots__ = ("epoch", "endpoint", "sock", "out", "warned")
+
+    def __init__(self, epoch: int, endpoint: str, sock: zmq.Socket[Any]) -> None:
+        self.epoch = epoch
+        self.endpoint = endpoint
+        self.sock = sock
+        self.out = Outbound()
+        self.warned = False
+
+
+class Stream:
+    """The incoming side of one sender incarnation."""
+
+    __slots__ = ("epoch", "inbound")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inbound: Inbound[wire.PeerMessage] = Inbound()
+
+
+STALLED_TIMEOUTS = 2
+"""Retransmission timeouts in a row, with no acknowledgement between them, after which a link redials."""
+DEFERRED_RETRY = 0.002
+"""Seconds before frames a full socket refused are offered again."""
+MAX_STRANGERS = 64
+"""Incoming streams kept for senders that are not (or no longer) peers: garbage cannot make the table grow."""
+
+
+class Mesh:
+    def __init__(self, ctx: zmq.Context[Any], node_id: int, clock: LamportClock, endpoint: str) -> None:
+        self.ctx = ctx
+        self.node_id = node_id
+        self.epoch = 0
+        self.clock = clock
+        self.endpoint = endpoint
+        self.router: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        harden(self.router)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.bind(endpoint)
+        self.monitor = monitor(self.router)
+        self.peers: dict[int, Link] = {}
+        self.streams: dict[int, Stream] = {}
+        self.retired: dict[int, int] = {}  # node id -> highest epoch dropped: never connected to again
+        self.handlers: dict[str, Handler] = {}
+        self.self_clocked: set[str] = set()
+        self.counters: Counter[str] = Counter()
+
+    def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
+        """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
+        if kind == wire.ACK_KIND:
+            raise ValueError(f"message kind {kind!r} is the link's own")
+        self.handlers[kind] = handler
+        if not clocked:
+            self.self_clocked.add(kind)
+
+    # membership ---------------------------------------------------------------------------------------------
+    def connect(self, node_id: int, epoch: int, endpoint: str) -> None:
+        """(Re)connect to a peer incarnation; an older incarnation's socket and link state are discarded, so
+        sequence numbers start again for the new incarnation pair.  An incarnation once dropped is never
+        connected again: its receiver may still expect the old numbering."""
+        if node_id == self.node_id or epoch <= self.retired.get(node_id, -1):
+            return
+        current = self.peers.get(node_id)
+        if current is not None:
+            if current.epoch >= epoch:
+                return
+            current.sock.close(0)
+        stream = self.streams.get(node_id)
+        if stream is not None and stream.epoch < epoch:
+            del self.streams[node_id]
+        self.peers[node_id] = Link(epoch, endpoint, self._dealer(endpoint))
+        self.send(node_id, "hello", {"endpoint": self.endpoint})
+
+    def _dealer(self, endpoint: str) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id(self.node_id, self.epoch))
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.IMMEDIATE, 0)
+        sock.connect(endpoint)
+        return sock
+
+    def drop(self, node_id: int, epoch: int | None = None) -> None:
+        """Forget a peer incarnation (it left the membership): its socket, the frames it never acknowledged and
+        whatever of its frames waited behind a gap."""
+        current = self.peers.get(node_id)
+        if current is not None and (epoch is None or current.epoch <= epoch):
+            current.sock.close(0)
+            del self.peers[node_id]
+            self.retired[node_id] = max(self.retired.get(node_id, -1), current.epoch)
+        stream = self.streams.get(node_id)
+        if stream is not None and (epoch is None or stream.epoch <= epoch):
+            stream.inbound.forget_held()
+
+    def peer_epoch(self, node_id: int) -> int | None:
+        current = self.peers.get(node_id)
+        return None if current is None else current.epoch
+
+    # traffic ------------------------------------------------------------------------------------------------
+    def send(self, dest: int, kind: str, body: Any) -> bool:
+        return self.send_stamped(dest, kind, body, None)
+
+    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None) -> bool:
+        """Send with a stamp the caller already took from the clock (None: take one now).  True once the link
+        holds the message: from then on it is delivered (exactly once, in order) unless the peer leaves."""
+        link = self.peers.get(dest)
+        if link is None:
+            self.counters["send_no_peer"] += 1
+            return False
+        out = link.out
+        stream = self.streams.get(dest)
+        ack = stream.inbound.take_ack() if stream is not None and stream.epoch == link.epoch else 0
+        frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body,
+                                 dest_epoch=link.epoch, seq=out.next_seq, ack=ack)
+        self.counters["sent"] += 1
+        if out.sent_to == out.high == out.next_seq - 1:  # nothing waits ahead of it: straight to the socket
+            try:
+                link.sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["send_deferred"] += 1
+                out.push(frame)
+            else:
+                out.push_sent(frame, time.monotonic())
+        else:
+            out.push(frame)
+            self._pump(link, time.monotonic())
+        if out.over_bound and not link.warned:
+            link.warned = True
+            self.counters["unacked_over_bound"] += 1
+            log.warning("node %d (epoch %d) has not acknowledged %d bytes; keeping them until it does or leaves",
+                        dest, link.epoch, out.bytes)
+        return True
+
+    def _pump(self, link: Link, now: float) -> None:
+        """Hand the link's due frames to its socket until it pushes back (they stay queued: sent later)."""
+        out = link.out
+        while True:
+            frame = out.next_frame()
+            if frame is None:
+                return
+            try:
+                link.sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["send_deferred"] += 1
+                return
+            if out.sent(now):
+                self.counters["retransmitted"] += 1
+
+    def broadcast(self, kind: str, body: Any) -> int:
+        """One clock tick per message, as Lamport's rule has it; returns how many peers were sent to."""
+        return sum(self.send(dest, kind, body) for dest in list(self.peers))
+
+    def tick(self, now: float) -> None:
+        """Timers: retransmit what timed out, send acknowledgements nothing carried, retry deferred frames.
+        The node's loop calls it every turn (cheap: a few comparisons per peer)."""
+        for link in self.peers.values():
+            out = link.out
+            if out.expire(now):
+                self.counters["rto_expired"] += 1
+                if out.stalled >= STALLED_TIMEOUTS:
+                    self._redial(link)
+            if out.unsent:
+                self._pump(link, now)
+            if link.warned and not out.over_bound:
+                link.warned = False
+        for sender, stream in self.streams.items():
+            inbound = stream.inbound
+            if inbound.ack_due(now):
+                back = self.peers.get(sender)
+                if back is None:
+                    continue  # not connected (yet): the sender resends until we can answer
+                frame = wire.encode_ack(self.node_id, self.epoch, stream.epoch, inbound.delivered)
+                try:
+                    back.sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                inbound.take_ack()
+                self.counters["ack_sent"] += 1
+
+    def _redial(self, link: Link) -> None:
+        """Replace the link's socket by a fresh one (the link's numbering and frames stay as they are).
+
+        After a TCP reset, a DEALER whose queue held frames at that moment can come back connected but never send
+        again: the new connection carries the ZeroMQ handshake and nothing else, so resending into that socket
+        is in vain.  A link whose timeouts repeat without any acknowledgement gets a new socket; the receiver's
+        ROUTER hands the routing id over to the new connection."""
+        link.sock.close(0)
+        link.sock = self._dealer(link.endpoint)
+        link.out.stalled = 0
+        self.counters["redialed"] += 1
+
+    def next_timer(self, now: float) -> float | None:
+        """The earliest time ``tick`` has something to do (monotonic seconds), None if nothing is pending."""
+        when: float | None = None
+        for link in self.peers.values():
+            if link.out.unsent:  # the socket pushed back: try again soon, without spinning on it
+                return now + DEFERRED_RETRY
+            t = link.out.next_event()
+            if t is not None and (when is None or t < when):
+                when = t
+        for sender, stream in self.streams.items():
+            t = stream.inbound.next_event()
+            if t is not None and sender in self.peers and (when is None or t < when):
+                when = t
+        return when
+
+    def link_state(self) -> dict[str, Any]:
+        """Per peer: where its outgoing and incoming streams stand (status output; diagnosing a stalled round)."""
+        state: dict[str, Any] = {}
+        for node, link in self.peers.items():
+            out = link.out
+            state[str(node)] = {"epoch": link.epoch, "next_seq": out.next_seq, "acked": out.acked,
+                                "unacked_bytes": out.bytes, "rto_ms": round(out.rto * 1000), "timeouts": out.timeouts}
+        for node, stream in self.streams.items():
+            inbound = stream.inbound
+            state.setdefault(str(node), {})["in"] = {"epoch": stream.epoch, "delivered": inbound.delivered,
+                                                     "held": len(inbound.held)}
+        return state
+
+    def receive_ready(self) -> int:
+        """Drain the ROUTER without blocking; returns the number of frames handled."""
+        handled = 0
+        now = time.monotonic()
+        while handled < 10_000:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            handled += 1
+            self._receive(frames, now)
+        return handled
+
+    def _receive(self, frames: list[bytes], now: float) -> None:
+        if len(frames) != 2:
+            self.counters["malformed"] += 1
+            self.counters["malformed_frame_count"] += 1
+            return
+        ident, frame = frames
+        if len(frame) > wire.MAX_PEER_FRAME:
+            self.counters["malformed"] += 1
+            self.counters["oversized"] += 1
+            return
+        try:
+            msg = wire.decode_peer(frame)
+        except wire.Malformed:
+            self.counters["malformed"] += 1
+            return
+        if ident != routing_id(msg.sender, msg.epoch):
+            self.counters["malformed"] += 1
+            self.counters["spoofed"] += 1
+            return
+        known = self.peer_epoch(msg.sender)
+        if known is not None and msg.epoch < known:
+            self.counters["stale_epoch"] += 1
+            return
+        if msg.dest_epoch != self.epoch:  # meant for an earlier incarnation of this node (or forged)
+            self.counters["wrong_dest_epoch"] += 1
+            return
+        link = self.peers.get(msg.sender)
+        if msg.ack and link is not None and link.epoch == msg.epoch and link.out.ack(msg.ack, now):
+            if link.out.unsent:
+                self._pump(link, now)
+        if msg.seq == 0:
+            self.counters["ack_received"] += 1
+            return
+        stream = self.streams.get(msg.sender)
+        if stream is None or stream.epoch < msg.epoch:
+            if stream is None and msg.sender not in self.peers \
+                    and sum(1 for n in self.streams if n not in self.peers) >= MAX_STRANGERS:
+                self.counters["too_many_streams"] += 1
+                return
+            stream = self.streams[msg.sender] = Stream(msg.epoch)
+        elif stream.epoch > msg.epoch:
+            self.counters["stale_epoch"] += 1
+            return
+        inbound = stream.inbound
+        dup, held, lost = inbound.duplicates, inbound.held_back, inbound.hold_dropped
+        ready = inbound.accept(msg.seq, msg, now, len(frame))
+        if not ready:
+            self.counters["duplicate"] += inbound.duplicates - dup
+            self.counters["held_back"] += inbound.held_back - held
+            self.counters["hold_dropped"] += inbound.hold_dropped - lost
+            return
+        for item in ready:
+            self._dispatch(item)
+
+    def _dispatch(self, msg: wire.PeerMessage) -> None:
+        """First (and only) delivery of a message: merge its stamp, then hand it to its protocol."""
+        if msg.kind not in self.self_clocked:
+            self.clock.receive(msg.stamp)
+        self.counters["received"] += 1
+        handler = self.handlers.get(msg.kind)
+        if handler is None:
+            self.counters["unknown_kind"] += 1
+            return
+        try:
+            handler(msg)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.counters["malformed"] += 1
+            self.counters["rejected_body"] += 1
+            log.warning("dropped %s from node %d: %s", msg.kind, msg.sender, exc)
+
+    def drain_monitor(self) -> None:
+        count_handshake_failures(self.monitor, self.counters)
+
+    def close(self) -> None:
+        for link in self.peers.values():
+            link.sock.close(0)
+        self.peers.clear()
+        self.router.disable_monitor()
+        self.monitor.close(0)
+        self.router.close(0)

@@ -1,0 +1,656 @@
+"""The node agent: joins the cluster under a fresh epoch, keeps its lease, serves peers and clients.
+
+Lifecycle: verify the shared directory belongs to the cluster registered in etcd -> refuse a node id that a live
+lease holds -> bind the peer and client ports -> grant a lease and join (epoch bump + member key, one etcd
+transaction) -> run the event loop until stopped or fenced.  The loop owns every ZeroMQ socket; the lease keeper
+and the membership watcher are threads that only feed it.
+
+Stop modes follow ``pg_ctl``: ``smart`` waits for clients to finish, ``fast`` aborts them, ``immediate`` quits
+without a clean shutdown.  All three mark the member ``stopping`` and revoke the lease, so peers learn at once
+(a crash is the only way to leave by lease expiry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from typing import Any, Sequence
+
+import zmq
+
+from locking.clock import LamportClock
+from locking.effects import Granted
+from locking.messages import Mode
+from muheam.node import workmem
+from muheam.engine import rebuild
+from muheam.ops import control
+from muheam.config import Config
+from muheam.engine import Engine, EngineConfig
+from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
+from muheam.cluster.commits import CommitService
+from muheam.engine import statefiles
+from muheam.engine.errors import StorageFailed
+from muheam.engine.replay import redo_cluster, wal_tails_lamport
+from muheam.node.peerwatch import PeerWatch
+from muheam.recovery.survivors import Survivors
+from muheam.cluster.ownership import Ownership
+from muheam.cluster.sessions import Cluster, Sessions
+from muheam.cluster.txstate import TxTable
+from muheam.cluster.xidstore import cluster_floor
+from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
+from muheam.node import fence as fence_mod
+from muheam import failpoints
+from muheam.node.fence import Fence, LeaseKeeper
+from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
+from muheam.ops.procs import STOP_SIGNALS, pid_alive
+from muheam.cluster.locks import LockService
+from muheam.node.clientport import ClientPort, Deferred, RequestError
+from muheam.cluster.xids import XidService
+from muheam.net.mesh import Mesh
+
+log = logging.getLogger("muheam.node")
+
+EXIT_FENCED = 3
+HEARTBEAT_IDLE = 0.25
+"""Seconds without a WAL record after which the node logs a HEARTBEAT (follow-mode merges wait for idle nodes)."""
+
+
+def _freeze_heap() -> None:
+    """Take every object alive now (modules, and numba's once its kernels are loaded: about 110k) out of the
+    cyclic garbage collector's full collections, which walked them all: about 40 ms each here, often enough to
+    land in a commit round or in the redo of a dead peer's WAL (``gc.freeze``; what is garbage now is
+    collected first)."""
+    gc.collect()
+    gc.freeze()
+
+
+class NodeAgent:
+    def __init__(self, cfg: Config, node_id: int) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.node_cfg = cfg.node(node_id)
+        self.clock = LamportClock(node_id)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.wake_endpoint = f"inproc://wake-{id(self)}"
+        self.events: queue.Queue[MemberEvent] = queue.Queue()
+        self.stop_mode: str | None = None
+        self.state = "starting"
+        self.members: dict[int, Member] = {}
+        self.backend: MembershipBackend | None = None
+        self.lease: Lease | None = None
+        self.fence: Fence | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.member: Member | None = None
+        self.mesh: Mesh | None = None
+        self.port: ClientPort | None = None
+        self._stopping = threading.Event()
+        self.locks: LockService | None = None
+        self.xids: XidService | None = None
+        self.xid_batch = (16, 1 << 16)  # ranges: a begin on each node must not pull the xid lock over
+        self._ping_seq = 0
+        self.accept_data_loss = False
+        self.engine: Engine | None = None
+        self.sessions: Sessions | None = None
+        self.commits: CommitService | None = None
+        self.ownership: Ownership | None = None
+        self._pings: dict[int, tuple[int, Deferred]] = {}
+        self._decided: set[int] = set()
+        self.survivors: Survivors | None = None
+        self.peerwatch: PeerWatch | None = None
+
+    # startup ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        self.backend = backend = connect(cfg.etcd_endpoints, timeout=2.0)
+        registered = backend.get_cluster(cfg.cluster_name)
+        if registered is None:
+            raise ClusterStateError(
+                f"cluster {cfg.cluster_name!r} is not registered in etcd at {', '.join(cfg.etcd_endpoints)}; "
+                "run 'muheam cluster init' first or fix cluster_name/etcd_endpoints"
+            )
+        control.verify_member_dir(cfg.shared_dir, registered)
+        self._refuse_duplicate(backend)
+        try:
+            self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint)
+            self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint)
+        except zmq.ZMQError as exc:
+            raise ClusterStateError(
+                f"node {self.node_id} cannot listen on its endpoints ({exc}); another process holds the port — "
+                "stop it or change peer_endpoint/client_endpoint"
+            ) from None
+        self.port.register("ping", lambda req: {"node_id": self.node_id, "epoch": self.mesh_epoch})
+        self.port.register("status", lambda req: self.status())
+        self.mesh.on("hello", lambda msg: None)  # carries only its stamp: the clock merge is the point
+
+        keeper_backend = connect(cfg.etcd_endpoints, timeout=min(1.0, cfg.lease_ttl / 4))
+        granted_at = time.monotonic()
+        self.lease = keeper_backend.grant_lease(cfg.lease_ttl)
+        self.fence = Fence(cfg.lease_ttl, granted_at)
+        proposal = Member(
+            node_id=self.node_id, host=self.node_cfg.host or socket.gethostname(),
+            peer_endpoint=self.node_cfg.peer_endpoint, client_endpoint=self.node_cfg.client_endpoint,
+            epoch=0, pid=os.getpid(), state="starting", started_at=time.time(),
+        )
+        try:
+            self.member = backend.join(cfg.cluster_name, proposal, self.lease)
+        except NodeIdInUse:
+            self.lease.revoke()
+            raise
+        self.mesh.epoch = self.member.epoch
+        self.keeper = LeaseKeeper(self.lease, self.fence)  # the loop reads the fence deadline every turn
+        self.keeper.start()
+
+        snapshot, revision = backend.members(cfg.cluster_name)
+        # a member that is merely stopping still counts until its lease ends: it may hold locks and run rounds
+        peers = {m.node_id: m.epoch for m in snapshot
+                 if m.node_id != self.node_id and m.state in ("starting", "running", "stopping")}
+        if not any(m.state == "running" for m in snapshot if m.node_id in peers):
+            self._redo_cluster(backend)
+        else:
+            self._await_own_recovery()
+            # the records our own recovery writes (its checkpoint, aborts) come before any peer message: their
+            # GLSNs must still be above everything the running nodes have logged
+            self.clock.observe(wal_tails_lamport(cfg.shared_dir, EngineConfig().system_id))
+        for member in snapshot:
+            if member.node_id in peers:
+                self.members[member.node_id] = member
+                self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
+        # every XID below the floor was handed out before any live node started: decided, none running
+        table = TxTable(cluster_floor(cfg.shared_dir) if not peers else 3)
+        self.locks = LockService(self.mesh, self.clock, self.member.epoch, peers)
+        self.xids = XidService(self.locks, cfg.shared_dir, self.node_id, self.fence.check,
+                               min_batch=self.xid_batch[0], max_batch=self.xid_batch[1])
+        self.port.register("xid", self._op_xid)
+        self.engine = Engine.open(cfg.shared_dir, self.node_id, lamport=lambda: self.clock.tick().lamport,
+                                  seed_clock=self.clock.observe, accept_data_loss=self.accept_data_loss,
+                                  config=EngineConfig(epoch=self.member.epoch))
+        if self._decided:
+            self.engine.log_decided(self._decided)
+        if self.engine.recovery.data_loss:
+            log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
+        self.engine.cache.forget_all()  # recovery ended with a checkpoint; we own no block yet
+        table.load(*statefiles.read_all_xact(cfg.shared_dir))
+        table.load(self.engine.committed, self.engine.aborted)
+        self.ownership = Ownership(self.locks, self.engine)
+        self.commits = CommitService(self.mesh, table, lambda: list(self.members),
+                                     lambda ended: self.sessions.on_outcome(ended) if self.sessions else None)
+        self.commits.sync(peers)
+        cluster = Cluster(table, self.commits, self.ownership,
+                          stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
+                          now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
+        self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster)
+        self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
+                                   lambda: backend, self.lease, self.sessions.on_outcome,
+                                   EngineConfig().system_id, observe=self.clock.observe)
+        self.port.register("lock_cycle", self._op_lock_cycle)
+        self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
+                                   cfg.lease_ttl)
+        for peer in self.members:
+            self.peerwatch.watch(peer)
+        self.port.register("peer_ping", self._op_peer_ping)
+        self.mesh.on("ping", self._on_ping)
+        self.mesh.on("pong", self._on_pong)
+        threading.Thread(target=self._watch, args=(revision + 1, snapshot), name="membership-watch",
+                         daemon=True).start()
+        self._set_state("running")
+        # the compiled WAL walk and page redo make reading and redoing a dead peer's WAL several times faster;
+        # numba's start-up (about half a second, ~100 MB) is paid now, in the background, not when a peer dies
+        # (MUHEAM_NO_JIT=1: off)
+        rebuild.warm_up_in_background(then=_freeze_heap)
+        workmem.reserve()
+        try:  # the first real rebuild of a dead peer's pages should not pay numpy's first-call costs
+            rebuild.warm_up()
+        except Exception as e:  # noqa: BLE001 - a warm-up only; the recovery path reports its own errors
+            log.warning("could not warm up the redo of a dead peer's pages (%s: %s)", type(e).__name__, e)
+        _freeze_heap()
+        log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
+                 self.member.epoch, self.node_cfg.peer_endpoint, self.node_cfg.client_endpoint, self.lease.id,
+                 cfg.lease_ttl)
+
+    def _refuse_duplicate(self, backend: MembershipBackend) -> None:
+        """Wait out the leases of members on this host whose process is gone -- our own dead predecessor, or
+        peers after a whole-cluster crash (they must not count as live) -- then refuse an id a live node holds."""
+        deadline = time.monotonic() + self.cfg.lease_ttl + 2
+        while True:
+            members = backend.members(self.cfg.cluster_name)[0]
+            stale = [m for m in members if m.host == self.node_cfg.host and not pid_alive(m.pid)]
+            if stale and time.monotonic() < deadline:
+                log.info("waiting for the lease(s) of dead process(es) of node(s) %s to expire",
+                         [m.node_id for m in stale])
+                time.sleep(0.2)
+                continue
+            held = [m for m in members if m.node_id == self.node_id]
+            if held:
+                member = held[0]
+                raise NodeIdInUse(
+                    f"node id {self.node_id} is held by a live node (host {member.host}, pid {member.pid}, epoch "
+                    f"{member.epoch}); stop it with 'muheam node stop --node-id {self.node_id}' or use another id"
+                )
+            return
+
+    def _redo_cluster(self, backend: MembershipBackend) -> None:
+        """No node is serving: replay the merged WAL of every node before this one serves (whole-cluster crash
+        recovery).  Idempotent, so a second node starting at the same time redoes nothing new."""
+        assert self.fence is not None
+        with backend.lock(self.cfg.cluster_name, "recovery", ttl=max(60, 4 * self.cfg.lease_ttl)):
+            self.fence.check()
+            t0 = time.monotonic()
+            rep = redo_cluster(self.cfg.shared_dir, EngineConfig().system_id, accept_data_loss=self.accept_data_loss)
+        self.clock.observe(rep.max_lamport)
+        self._decided = {x for xids in rep.no_outcome.values() for x in xids}
+        log.info("node %d: whole-cluster redo took %.2f s: %d merged records, %d page changes", self.node_id,
+                 time.monotonic() - t0, rep.records, rep.pages_changed)
+
+    def _await_own_recovery(self) -> None:
+        """After a crash, running peers recover our previous incarnation (its WAL onto the chains it held); we
+        must not redo that WAL ourselves onto pages others may have changed since, so wait until they moved our
+        checkpoint pointer to the WAL's end."""
+        shared = self.cfg.shared_dir
+        ptr = statefiles.read_checkpoint(shared, self.node_id)
+        if ptr is None:
+            return
+        reader = WalReader(node_wal_dir(shared, self.node_id), node_id=self.node_id,
+                           system_id=EngineConfig().system_id, start_lsn=ptr.redo_lsn, verify_crc=False)
+        try:
+            count = sum(len(batch.headers) for batch in reader.batches())
+        except WalError:
+            return  # damaged: the engine's own recovery reports it
+        if count <= 1 or reader.last is None:
+            return  # only the checkpoint record: a clean stop
+        end, first = reader.last.end_lsn, ptr.redo_lsn
+        deadline = time.monotonic() + 4 * self.cfg.lease_ttl + 60
+        log.info("node %d: waiting for the survivors to recover its previous incarnation (WAL up to %#x)",
+                 self.node_id, end)
+        while time.monotonic() < deadline:
+            ptr = statefiles.read_checkpoint(shared, self.node_id)
+            if ptr is not None and (ptr.redo_lsn >= end or ptr.redo_lsn > first):
+                return  # moved by the recoverer (to where it fenced us, if a zombie wrote beyond)
+            assert self.fence is not None
+            self.fence.check()
+            time.sleep(0.2)
+        raise ClusterStateError(f"node {self.node_id}: the running nodes did not recover its previous incarnation "
+                                f"within {4 * self.cfg.lease_ttl + 60} s; check their logs ('recovering node "
+                                f"{self.node_id}'), or stop every node and start the cluster again (whole-cluster "
+                                f"recovery)")
+
+    @property
+    def mesh_epoch(self) -> int:
+        return self.member.epoch if self.member else 0
+
+    def _set_state(self, state: str, stop_mode: str = "") -> None:
+        assert self.backend and self.member and self.lease and self.fence
+        self.fence.check()
+        self.state = state
+        self.member = dataclasses.replace(self.member, state=state, stop_mode=stop_mode)
+        self.backend.update_member(self.cfg.cluster_name, self.member, self.lease)
+
+    # membership ---------------------------------------------------------------------------------------------
+    def _watch(self, revision: int, snapshot: Sequence[Member] = ()) -> None:
+        """Feed member events to the loop; after losing etcd resume from the next revision, missing nothing.  If
+        etcd compacted that revision meanwhile, ``MemberWatch`` turns a fresh listing, against ``snapshot`` (the
+        members at ``revision - 1``) and the events since, into the events missed instead of retrying for ever."""
+        wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
+        wake.connect(self.wake_endpoint)
+        backend: MembershipBackend | None = None
+        watch = MemberWatch(self.cfg.cluster_name, snapshot, revision - 1)
+        while not self._stopping.is_set():
+            try:
+                backend = backend or connect(self.cfg.etcd_endpoints, timeout=2.0)
+                for event in watch.events(backend):
+                    if self._stopping.is_set():
+                        break
+                    if event is not None:
+                        self.events.put(event)
+                        wake.send(b"", zmq.NOBLOCK)
+            except EtcdUnavailable as exc:
+                log.warning("membership watch lost (%s); resuming from revision %d", exc, watch.revision + 1)
+                self._stopping.wait(0.5)
+        wake.close(0)
+
+    def _apply(self, event: MemberEvent) -> None:
+        assert self.mesh is not None
+        member = event.member
+        if member.node_id == self.node_id:
+            if event.kind in ("left", "expired") and self.member is not None and member.epoch == self.member.epoch \
+                    and self.fence is not None and self.stop_mode is None:
+                # our member key is gone while we run: our peers removed us (we were cut off from them), or the
+                # lease ended; either way others now recover our work, so we must stop touching anything at once
+                self.fence.lost(f"removed from the cluster at etcd revision {event.revision} (cut off from its "
+                                f"peers, or its lease ended)")
+            return
+        known = self.members.get(member.node_id)
+        if event.kind in ("joined", "updated") and member.state in ("starting", "running"):
+            if known is not None and known.epoch < member.epoch:
+                self._remove(known)  # a restart whose expiry we have not seen yet
+            self.members[member.node_id] = member
+            self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
+            if self.peerwatch is not None:
+                self.peerwatch.watch(member.node_id)
+            if self.locks is not None:
+                self.locks.member_added(member.node_id, member.epoch)
+            if self.commits is not None:
+                self.commits.member_added(member.node_id)
+        elif event.kind in ("left", "expired"):
+            # only the lease's end removes a member: until then it may still hold locks (I6)
+            if known is not None and known.epoch <= member.epoch:
+                crashed = event.kind == "expired" or member.stop_mode == "immediate"
+                floor = 0
+                if crashed and self.survivors is not None:
+                    self._fence_peer(member)  # before its WAL is read and before anyone takes its chains
+                    floor = self.survivors.expired(member.node_id, member.epoch)
+                elif not crashed:
+                    self._learn_outcomes(member.node_id)  # before its sync and rounds stop counting
+                self._remove(known, floor)
+                if crashed and self.survivors is not None:
+                    self.survivors.claim_all()
+            if event.kind in ("left", "expired"):
+                log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
+                         event.revision)
+
+        elif event.kind == "recovered" and self.survivors is not None:
+            self.survivors.recovered(member.node_id, member.epoch)
+
+    def _learn_outcomes(self, node_id: int) -> None:
+        """A member that stopped cleanly wrote every outcome it decided into its ``xact`` file (shutdown
+        checkpoint) before revoking its lease.  Its last outcome rounds went only to the members it knew: a node
+        that joined while it was stopping would treat those XIDs as running for ever (rows locked, begins
+        waiting), so every outcome there that we lack is taken from the file now."""
+        if self.commits is None:
+            return
+        table = self.commits.table
+        try:
+            committed, aborted = statefiles.read_xact(self.cfg.shared_dir, node_id)
+        except MuheamError as exc:
+            log.warning("could not read node %d's outcomes after it left (%s)", node_id, exc)
+            return
+        new = {x for x in committed if x not in table.committed} | \
+            {x for x in aborted if x not in table.aborted and x not in table.committed}
+        if not new:
+            return
+        # the commit timestamp of a commit first learned here is taken as now: a snapshot taken meanwhile saw
+        # the XID as running and keeps doing so (REPEATABLE READ); every later one sees it committed
+        table.load(committed - set(table.committed), aborted, cts=pack_glsn(self.clock.tick().lamport, self.node_id))
+        for x in new:
+            table.prepared.discard(x)
+        log.info("learned %d outcome(s) of node %d from its outcome file after it left", len(new), node_id)
+        if self.sessions is not None:
+            self.sessions.on_outcome(new)
+
+    def _fence_peer(self, member: Member) -> None:
+        """Make sure a crashed peer's process can write nothing more (STONITH, ``muheam.fence``): a node stopped
+        inside a loop turn resumes past its lease and finishes the turn -- page write-through, checkpoint, outcome
+        file -- before its own fence check.  Every survivor does it (idempotent) before reading the dead node's WAL
+        tail, so the WAL it reads is final."""
+        assert self.member is not None
+        if member.host == self.member.host:
+            outcome = fence_mod.kill_incarnation(member.pid, member.node_id, member.started_at)
+            log_at = log.critical if outcome == "still-there" else log.info
+            log_at("fenced node %d (epoch %d, pid %d on this host) before recovering it: %s", member.node_id,
+                   member.epoch, member.pid, outcome)
+        elif self.cfg.fence_command:
+            if fence_mod.run_fence_command(self.cfg.fence_command, member.node_id, member.host, member.pid,
+                                           member.epoch):
+                log.info("fenced node %d (epoch %d) on host %s with the fence command", member.node_id,
+                         member.epoch, member.host)
+        else:
+            log.warning("node %d (epoch %d) runs on host %s: not fenced from here (no fence_command); relying on "
+                        "its self-fencing", member.node_id, member.epoch, member.host)
+
+    def _remove(self, member: Member, floor_glsn: int = 0) -> None:
+        assert self.mesh is not None
+        self.members.pop(member.node_id, None)
+        if self.peerwatch is not None:
+            self.peerwatch.forget(member.node_id)
+        self.mesh.drop(member.node_id, member.epoch)
+        if self.locks is not None:
+            self.locks.member_removed(member.node_id, member.epoch, floor_glsn)
+        if self.commits is not None:
+            self.commits.member_removed(member.node_id)
+
+    def _op_xid(self, request: dict[str, Any]) -> Deferred:
+        """Allocate ``count`` global XIDs; the reply lists ranges ``[first, count]`` and the lock wait in us."""
+        assert self.xids is not None and self.fence is not None
+        count = request.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
+            raise RequestError("bad_request", "count must be an integer in 1..1000000")
+        self.fence.check()
+        reply = Deferred()
+        self.xids.allocate(count, lambda ranges, waited_us: reply.resolve({"ranges": ranges, "wait_us": waited_us}))
+        return reply
+
+    def _op_peer_ping(self, request: dict[str, Any]) -> Deferred:
+        """Round trip to a peer through both nodes' event loops: the mesh's own latency, for benchmarks."""
+        assert self.mesh is not None
+        peer = request.get("node_id")
+        if not isinstance(peer, int) or peer not in self.mesh.peers:
+            raise RequestError("bad_request", f"node_id must be a connected peer: {sorted(self.mesh.peers)}")
+        self._ping_seq += 1
+        reply = Deferred()
+        self._pings[self._ping_seq] = (time.perf_counter_ns(), reply)
+        self.mesh.send(peer, "ping", self._ping_seq)
+        return reply
+
+    def _on_ping(self, msg: Any) -> None:
+        assert self.mesh is not None
+        self.mesh.send(msg.sender, "pong", msg.body)
+
+    def _on_pong(self, msg: Any) -> None:
+        started = self._pings.pop(msg.body, None) if isinstance(msg.body, int) else None
+        if started is not None:
+            started[1].resolve({"rtt_us": (time.perf_counter_ns() - started[0]) // 1000})
+
+    def _op_lock_cycle(self, request: dict[str, Any]) -> Deferred:
+        """Benchmarks and tests: take a ``bench/...`` lock exclusively and release it (ownership stays cached)."""
+        assert self.locks is not None
+        resource = request.get("resource")
+        if not isinstance(resource, bytes) or not resource.startswith(b"bench/") or len(resource) > 64:
+            raise RequestError("bad_request", "resource must be bytes starting with b'bench/' (at most 64)")
+        reply = Deferred()
+        t0 = time.perf_counter_ns()
+        sent0 = self.locks.counters["sent"]
+
+        def granted(grant: Granted) -> None:
+            assert self.locks is not None
+            self.locks.release(resource)
+            reply.resolve({"wait_us": (time.perf_counter_ns() - t0) // 1000, "valid": grant.valid,
+                           "sent_by_requester": self.locks.counters["sent"] - sent0})
+
+        self.locks.acquire(resource, Mode.EXCLUSIVE, granted)
+        return reply
+
+    # the loop -----------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        assert self.mesh and self.port and self.fence
+        return {
+            "node_id": self.node_id, "epoch": self.mesh_epoch, "state": self.state, "pid": os.getpid(),
+            "lamport": self.clock.time, "peers": sorted(self.mesh.peers), "links": self.mesh.link_state(),
+            "fence_remaining_s": round(self.fence.remaining(), 3),
+            "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
+                         "locks": self.locks.stats() if self.locks else {},
+                         "xids": dict(self.xids.counters) if self.xids else {},
+                         "sessions": dict(self.sessions.counters) if self.sessions else {},
+                         "ownership": self.ownership.stats() if self.ownership else {},
+                         "commits": self.commits.stats() if self.commits else {},
+                         "survivors": self.survivors.stats() if self.survivors else {},
+                         "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
+                         "wal": self._wal_stats()},
+        }
+
+    def _wal_stats(self) -> dict[str, int]:
+        if self.engine is None:
+            return {}
+        wal = self.engine.wal
+        return {"end_lsn": wal.end_lsn, "flushed_lsn": wal.flushed_lsn, "fsyncs": wal.fsync_count,
+                "flushes": wal.flush_count, "records": wal.records_appended}
+
+    def run(self) -> int:
+        """Serve until stopped (exit 0) or fenced (exit 3)."""
+        assert self.mesh and self.port and self.fence
+        wake: zmq.Socket[Any] = self.ctx.socket(zmq.PULL)
+        wake.bind(self.wake_endpoint)
+        poller = zmq.Poller()
+        for sock in (self.mesh.router, self.mesh.monitor, self.port.sock, self.port.monitor, wake):
+            poller.register(sock, zmq.POLLIN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        # a stop signal must wake the poll at once, not at its next timeout: peers learn of a stop sooner
+        sig_r, sig_w = socket.socketpair()
+        sig_r.setblocking(False)
+        sig_w.setblocking(False)
+        signal.set_wakeup_fd(sig_w.fileno(), warn_on_full_buffer=False)
+        poller.register(sig_r.fileno(), zmq.POLLIN)
+        next_tick = 0.0
+        try:
+            while True:
+                if self.fence.fenced:
+                    return self._self_fence()
+                if self.stop_mode is not None:
+                    return self._shutdown(self.stop_mode)
+                ready = dict(poller.poll(self._poll_ms()))
+                while True:
+                    try:
+                        self._apply(self.events.get_nowait())
+                    except queue.Empty:
+                        break
+                if self.fence.fenced:
+                    return self._self_fence()
+                if wake in ready:
+                    while wake.poll(0):
+                        wake.recv()
+                if sig_r.fileno() in ready:
+                    try:
+                        sig_r.recv(512)
+                    except BlockingIOError:
+                        pass
+                if self.mesh.router in ready:
+                    self.mesh.receive_ready()
+                    if self.locks is not None:
+                        self.locks.flush()
+                if self.port.sock in ready:
+                    self.port.receive_ready()
+                if self.engine is not None and self.engine.failed is not None and self.stop_mode is None:
+                    log.critical("node %d: its engine stopped (%s); stopping at once so that the other nodes "
+                                 "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
+                                 "start it again)", self.node_id, self.engine.failed)
+                    self.stop_mode = "immediate"
+                if self.sessions is not None:
+                    self.sessions.pump()
+                    if self.locks is not None:
+                        self.locks.flush()
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        next_tick = now + 0.2
+                        try:
+                            self.sessions.tick(now)
+                            if self.survivors is not None:
+                                self.survivors.tick(now)
+                            if self.peerwatch is not None:
+                                self.peerwatch.tick(now)
+                            if self.engine is not None:
+                                self.engine.heartbeat(HEARTBEAT_IDLE, now)
+                        except StorageFailed:
+                            pass  # the engine stopped; the next turn stops the node (engine.failed)
+                # after the sessions and locks had their say: acknowledgements ride on what they just sent
+                self.mesh.tick(time.monotonic())
+                if self.mesh.monitor in ready:
+                    self.mesh.drain_monitor()
+                if self.port.monitor in ready:
+                    self.port.drain_monitor()
+        finally:
+            signal.set_wakeup_fd(-1)
+            sig_r.close()
+            sig_w.close()
+            wake.close(0)
+
+    def _poll_ms(self) -> int:
+        """How long the loop may sleep: 100 ms, or less when the mesh has an acknowledgement or retransmission
+        due sooner (a late acknowledgement would make the peer resend for nothing)."""
+        assert self.mesh is not None
+        now = time.monotonic()
+        due = self.mesh.next_timer(now)
+        if due is None:
+            return 100
+        return max(0, min(100, int((due - now) * 1000) + 1))
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        mode = STOP_SIGNALS.get(signal.Signals(signum), "fast")
+        # a second, harsher signal upgrades the mode, as with pg_ctl
+        order = ["smart", "fast", "immediate"]
+        if self.stop_mode is None or order.index(mode) > order.index(self.stop_mode):
+            self.stop_mode = mode
+
+    def _self_fence(self) -> int:
+        assert self.fence is not None
+        self.state = "fenced"
+        self._close_ports()
+        log.critical("SELF-FENCING node %d epoch %d: %s; stopped serving and touching the shared directory; "
+                     "exiting with code %d — restart the node once etcd is reachable", self.node_id,
+                     self.mesh_epoch, self.fence.reason, EXIT_FENCED)
+        return EXIT_FENCED
+
+    def _shutdown(self, mode: str) -> int:
+        assert self.lease and self.keeper
+        log.info("node %d stopping (%s)", self.node_id, mode)
+        try:
+            self._set_state("stopping", mode)
+        except (EtcdUnavailable, Fenced) as exc:
+            log.warning("could not mark node stopping in etcd: %s", exc)
+        if mode != "immediate":
+            self._finish_rounds()
+        self._close_ports()
+        if self.engine is not None and mode != "immediate":
+            try:
+                self.fence.check() if self.fence else None
+                self.engine.close()  # aborts what is running and takes the shutdown checkpoint
+            except MuheamError as exc:
+                log.error("clean shutdown of the engine failed (%s); recovery will redo the WAL at next start", exc)
+        self.keeper.stop()
+        try:
+            self.lease.revoke()
+        except EtcdUnavailable as exc:
+            log.warning("could not revoke lease %x (%s); peers will see it expire after the TTL", self.lease.id, exc)
+        log.info("node %d stopped (%s)", self.node_id, mode)
+        return 0
+
+    def _finish_rounds(self, timeout: float = 2.0) -> None:
+        """Roll back what runs here and let the other members hear every outcome before we leave: a member
+        that never learns the fate of one of our XIDs would treat rows it touched as locked."""
+        if self.sessions is None or self.commits is None or self.mesh is None:
+            return
+        failpoints.hit("node.finish_rounds")  # marked stopping in etcd, nothing rolled back yet
+        self.sessions.abort_all()
+        deadline = time.monotonic() + timeout
+        while (self.commits.rounds or self.sessions.prepared or self.sessions.commits) \
+                and time.monotonic() < deadline:
+            if self.mesh.router.poll(20):
+                self.mesh.receive_ready()
+                if self.locks is not None:
+                    self.locks.flush()
+            self.sessions.pump()
+            self.mesh.tick(time.monotonic())  # an outcome lost in flight must still reach the others
+
+    def _close_ports(self) -> None:
+        self._stopping.set()
+        if self.mesh is not None:
+            self.mesh.close()
+        if self.port is not None:
+            self.port.close()
+
+
+def run_node(cfg: Config, node_id: int, accept_data_loss: bool = False) -> int:
+    failpoints.arm_from_env(node_id)
+    agent = NodeAgent(cfg, node_id)
+    agent.accept_data_loss = accept_data_loss
+    try:
+        agent.start()
+    except BaseException:
+        agent._close_ports()
+        raise
+    return agent.run()

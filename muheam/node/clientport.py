@@ -1,0 +1,145 @@
+"""The client port: a ZeroMQ ROUTER that answers client requests (``{"op": ..., ...}`` maps in msgpack).
+
+Works with REQ clients (an empty delimiter frame) and DEALER clients alike.  Every request gets exactly one
+reply; a malformed one gets an error reply naming the problem and is counted.  Operations are registered by the
+node (``status`` and ``ping`` now; transactions in later layers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Callable
+
+import zmq
+
+from muheam.net import wire
+from muheam.errors import MuheamError
+from muheam.net.mesh import count_handshake_failures, harden, monitor
+
+log = logging.getLogger("muheam.server")
+
+Operation = Callable[[dict[str, Any]], Any]
+
+
+class RequestError(Exception):
+    """A request the node understood but refuses; ``code`` is machine-readable for the client library."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Deferred:
+    """Returned by an operation that answers later (e.g. after a lock grant); resolve or fail it exactly once.
+
+    It may be settled before the port has bound it to the request's envelope; the reply then goes out at bind.
+    """
+
+    def __init__(self) -> None:
+        self._port: "ClientPort | None" = None
+        self._envelope: list[bytes] = []
+        self._payload: bytes | None = None
+        self.done = False
+
+    def _bind(self, port: "ClientPort", envelope: list[bytes]) -> None:
+        self._port, self._envelope = port, envelope
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._port is not None and self._payload is not None:
+            self._port._reply(self._envelope, self._payload)
+            self._payload = None
+
+    def resolve(self, result: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self._payload = wire.reply_ok(result)
+            self._flush()
+
+    def fail(self, code: str, message: str) -> None:
+        if not self.done:
+            self.done = True
+            self._payload = wire.reply_error(code, message)
+            self._flush()
+
+
+class ClientPort:
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        harden(self.sock)
+        self.sock.bind(endpoint)
+        self.monitor = monitor(self.sock)
+        self.ops: dict[str, Operation] = {}
+        self.counters: Counter[str] = Counter()
+
+    def register(self, op: str, fn: Operation) -> None:
+        self.ops[op] = fn
+
+    def receive_ready(self) -> int:
+        handled = 0
+        while handled < 10_000:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handled += 1
+            self._handle(frames)
+        return handled
+
+    def _reply(self, envelope: list[bytes], payload: bytes) -> None:
+        try:
+            self.sock.send_multipart([*envelope, payload], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.counters["reply_dropped"] += 1
+
+    def _handle(self, frames: list[bytes]) -> None:
+        ident, rest = frames[0], frames[1:]
+        envelope = [ident]
+        if rest and rest[0] == b"":
+            envelope.append(b"")
+            rest = rest[1:]
+        if len(rest) != 1:
+            self.counters["malformed"] += 1
+            self._reply(envelope, wire.reply_error("malformed", f"expected one request frame, got {len(rest)}"))
+            return
+        try:
+            request = wire.decode_request(rest[0])
+        except wire.Malformed as exc:
+            self.counters["malformed"] += 1
+            self._reply(envelope, wire.reply_error("malformed", f"malformed request: {exc}"))
+            return
+        op = self.ops.get(request["op"])
+        if op is None:
+            self.counters["malformed"] += 1
+            self._reply(envelope, wire.reply_error(
+                "unknown_op", f"unknown op {request['op'][:40]!r}; known: {', '.join(sorted(self.ops))}"))
+            return
+        self.counters["requests"] += 1
+        try:
+            result = op(request)
+        except RequestError as exc:
+            self.counters["errors"] += 1
+            self._reply(envelope, wire.reply_error(exc.code, str(exc)))
+            return
+        except MuheamError as exc:
+            self.counters["errors"] += 1
+            self._reply(envelope, wire.reply_error(type(exc).__name__, str(exc)))
+            return
+        except (ValueError, TypeError, KeyError) as exc:
+            self.counters["malformed"] += 1
+            self._reply(envelope, wire.reply_error("bad_request", f"bad {request['op']} request: {exc!r}"[:500]))
+            return
+        if isinstance(result, Deferred):
+            result._bind(self, envelope)
+            return
+        self._reply(envelope, wire.reply_ok(result))
+
+    def drain_monitor(self) -> None:
+        count_handshake_failures(self.monitor, self.counters)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)

@@ -1,0 +1,182 @@
+"""Lease keeping and self-fencing (invariant I6).
+
+The node renews its etcd lease every TTL/4.  A renewal request sent at monotonic time ``t0`` and answered with
+TTL ``T`` proves the lease lives at least until ``t0 + T`` (etcd counts from when it received the request, which
+is later).  The node's *fence deadline* is therefore ``t0 + T - margin``; when the deadline passes without a newer
+renewal the node stops touching shared storage before etcd can possibly expire the lease and let survivors
+recover it.  The deadline is read by whoever is about to act (``Fence.check``), so a stuck keeper thread cannot
+delay fencing.
+
+Self-fencing alone leaves one window: a node stopped *inside* a loop turn (SIGSTOP, a VM freeze, a long page
+fault) after its last check resumes past its deadline and finishes that turn -- writing pages, a checkpoint, an
+outcome file -- before it checks again.  So the survivors also fence a dead peer from outside before they touch
+anything it held (STONITH): on the same host they SIGKILL its process (identified by pid, command line and start
+time) and wait until it is gone; for a node on another host they run the configured ``fence_command``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from muheam.errors import EtcdUnavailable, Fenced
+from muheam.membership import Lease
+from muheam.ops.procs import pid_alive
+
+log = logging.getLogger("muheam.fence")
+
+
+def fence_margin(ttl: float) -> float:
+    """Safety margin kept inside the TTL: a quarter of it, at least half a second, at most 3 s."""
+    return min(3.0, max(0.5, ttl / 4))
+
+
+class Fence:
+    """The monotonic deadline until which this node may act on shared storage."""
+
+    def __init__(self, ttl: float, granted_at: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.margin = fence_margin(ttl)
+        self._clock = clock
+        self.deadline = granted_at + ttl - self.margin
+        self.reason: str | None = None
+        self.last_renewed = granted_at
+
+    def renewed(self, sent_at: float, granted_ttl: int) -> None:
+        if self.reason is None:
+            self.deadline = max(self.deadline, sent_at + granted_ttl - self.margin)
+            self.last_renewed = sent_at
+
+    def lost(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.deadline = min(self.deadline, self._clock())
+
+    @property
+    def fenced(self) -> bool:
+        if self.reason is None and self._clock() >= self.deadline:
+            self.reason = (
+                f"could not renew the etcd lease for {self._clock() - self.last_renewed:.2f} s "
+                f"(TTL {self.ttl:g} s, margin {self.margin:g} s)"
+            )
+        return self.reason is not None
+
+    def check(self) -> None:
+        """Call before any write to shared storage; raises ``Fenced`` once the deadline has passed."""
+        if self.fenced:
+            raise Fenced(f"self-fenced: {self.reason}")
+
+    def remaining(self) -> float:
+        return self.deadline - self._clock()
+
+
+RETRY_AFTER_FAILURE = 0.25
+"""Seconds between lease renewal attempts while etcd does not answer."""
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the lease in the background and feeds the ``Fence``; never fences by itself beyond recording why."""
+
+    def __init__(self, lease: Lease, fence: Fence) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.lease = lease
+        self.fence = fence
+        self.interval = max(0.1, lease.ttl / 4)
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set() and not self.fence.fenced:
+            sent = time.monotonic()
+            try:
+                granted = self.lease.refresh()
+            except EtcdUnavailable as exc:
+                log.warning("lease %x renewal failed: %s; %.2f s left before self-fencing",
+                            self.lease.id, exc, self.fence.remaining())
+                granted = -1
+            if granted == 0:
+                self.fence.lost(f"etcd reports lease {self.lease.id:x} gone (expired or revoked)")
+            elif granted > 0:
+                self.fence.renewed(sent, granted)
+            if self.fence.fenced:
+                return
+            # after a failure retry soon: waiting a whole interval can put the last try on the fence deadline
+            # although etcd came back long before it
+            pause = self.interval if granted > 0 else min(self.interval, RETRY_AFTER_FAILURE)
+            self._stop.wait(max(0.0, min(pause - (time.monotonic() - sent), self.fence.remaining())))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# -- fencing a dead peer (STONITH) -----------------------------------------------------------------------------
+
+PEER_KILL_WAIT = 10.0
+"""Seconds a survivor waits for a killed peer process to be gone before it goes on regardless (and says so)."""
+
+
+def _proc_start_time(pid: int) -> float | None:
+    """Wall-clock start time of ``pid`` from /proc (None where /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: starttime, in clock ticks after boot
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def is_incarnation(pid: int, node_id: int, started_at: float) -> bool:
+    """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at``: its command line
+    starts that node, and it started no later than it joined (a reused pid belongs to a younger process)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    wanted = str(node_id).encode()
+    named = any(a == b"--node-id" and b == wanted for a, b in zip(argv, argv[1:])) or \
+        b"--node-id=" + wanted in argv
+    began = _proc_start_time(pid)
+    return named and began is not None and began <= started_at + 1.0
+
+
+def kill_incarnation(pid: int, node_id: int, started_at: float, wait: float = PEER_KILL_WAIT) -> str:
+    """SIGKILL node ``node_id``'s process ``pid`` on this host and wait until it is gone.  Returns what happened:
+    ``gone`` (no such process any more), ``killed`` (it was there and is gone now), ``not-ours`` (the pid belongs
+    to another process now), ``still-there`` (it did not go within ``wait``: stuck in the kernel)."""
+    if not pid_alive(pid):
+        return "gone"
+    if not is_incarnation(pid, node_id, started_at):
+        return "not-ours"
+    try:
+        os.kill(pid, signal.SIGKILL)  # a SIGSTOPped process dies too; nothing it does in user space runs again
+    except ProcessLookupError:
+        return "gone"
+    deadline = time.monotonic() + wait
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return "still-there"
+        time.sleep(0.005)
+    return "killed"
+
+
+def run_fence_command(command: str, node_id: int, host: str, pid: int, epoch: int, timeout: float = 60.0) -> bool:
+    """Run the operator's fence agent for a node on another host (as Pacemaker's: power it off, cut its storage
+    path); it learns the node from ``MUHEAM_FENCE_*`` variables and must exit 0 only once the node cannot write."""
+    env = {**os.environ, "MUHEAM_FENCE_NODE_ID": str(node_id), "MUHEAM_FENCE_HOST": host,
+           "MUHEAM_FENCE_PID": str(pid), "MUHEAM_FENCE_EPOCH": str(epoch)}
+    try:
+        proc = subprocess.run(command, shell=True, env=env, timeout=timeout, capture_output=True, text=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.critical("fence command for node %d failed to run: %s", node_id, exc)
+        return False
+    if proc.returncode != 0:
+        log.critical("fence command for node %d exited %d: %s", node_id, proc.returncode,
+                     (proc.stderr or proc.stdout).strip()[-500:])
+    return proc.returncode == 0

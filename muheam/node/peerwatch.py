@@ -1,0 +1,97 @@
+"""Beats between members and the end of a peer-only partition: the node loop's binding of ``muheam.partition``.
+
+Runs in the node's event loop: ``tick`` sends a beat to every peer, publishes what this node hears when that
+changes, and, while some peer is silent, asks etcd for every member's report and removes the side that must
+leave (``partition.losers``) in one guarded transaction.  etcd calls block the loop for at most the backend's
+timeout and are made only while a peer is silent or when what this node hears changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+from muheam.cluster import partition
+from muheam.errors import EtcdUnavailable
+
+if TYPE_CHECKING:
+    from muheam.membership import Lease, MembershipBackend
+    from muheam.net.mesh import Mesh
+    from muheam.net import wire
+
+log = logging.getLogger("muheam.peerwatch")
+
+KIND = "beat"
+DECIDE_EVERY = 1.0
+"""Seconds between decisions while a peer stays silent (a failed or empty one is tried again)."""
+
+
+class PeerWatch:
+    def __init__(self, node_id: int, cluster: str, mesh: "Mesh", backend: Callable[[], "MembershipBackend"],
+                 lease: "Lease", lease_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.node_id = node_id
+        self.cluster = cluster
+        self.mesh = mesh
+        self.backend = backend
+        self.lease = lease
+        self.clock = clock
+        self.silence = partition.Silence(partition.silence_timeout(lease_ttl))
+        self.published: frozenset[int] | None = None
+        self.published_at = 0.0
+        self.next_beat = 0.0
+        self.next_decision = 0.0
+        self.counters: dict[str, int] = {"beats_sent": 0, "beats_heard": 0, "reach_published": 0, "decisions": 0,
+                                         "evicted": 0}
+        mesh.on(KIND, self._on_beat)
+
+    def watch(self, node: int) -> None:
+        self.silence.watch(node, self.clock())
+
+    def forget(self, node: int) -> None:
+        self.silence.forget(node)
+
+    def _on_beat(self, msg: "wire.PeerMessage") -> None:
+        self.counters["beats_heard"] += 1
+        self.silence.heard(msg.sender, self.clock())
+
+    def tick(self, now: float) -> None:
+        if now >= self.next_beat:
+            self.next_beat = now + partition.BEAT_INTERVAL
+            for peer in list(self.silence.last):
+                if self.mesh.send(peer, KIND, None):
+                    self.counters["beats_sent"] += 1
+        hears = self.silence.hears(now)
+        silent = self.silence.silent(now)
+        if hears != self.published:
+            try:
+                self.backend().put_reach(self.cluster, self.node_id, sorted(hears), self.lease)
+            except EtcdUnavailable as e:
+                log.warning("could not publish the peers this node hears (%s)", e)
+                return
+            if silent:
+                log.warning("node %d hears no beat from node(s) %s for %.1f s; it hears %s", self.node_id,
+                            sorted(silent), self.silence.timeout, sorted(hears))
+            self.published, self.published_at = hears, now
+            self.counters["reach_published"] += 1
+        if silent and now - self.published_at >= partition.SETTLE and now >= self.next_decision:
+            self.next_decision = now + DECIDE_EVERY
+            self._decide()
+
+    def _decide(self) -> None:
+        """Remove the side of the partition that must leave, if the reports say there is one."""
+        self.counters["decisions"] += 1
+        try:
+            backend = self.backend()
+            members, reach, _ = backend.reach_view(self.cluster)
+            out = partition.losers(reach, {m.node_id for m in members})
+            # a member that is stopping leaves by itself within seconds; removing it would skip its clean stop
+            leaving = [m for m in members if m.node_id in out and m.state != "stopping"]
+            if not leaving:
+                return
+            if backend.evict(self.cluster, leaving, members, self.node_id):
+                self.counters["evicted"] += len(leaving)
+                log.warning("removed node(s) %s from the cluster: cut off from their peers (reports: %s)",
+                            [m.node_id for m in leaving], {n: reach[n] for n in sorted(reach)})
+        except EtcdUnavailable as e:
+            log.warning("could not decide which side of a peer partition leaves (%s); retrying", e)

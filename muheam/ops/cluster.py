@@ -1,0 +1,228 @@
+"""Cluster-level operations: init, the local one-command cluster, starting and stopping node daemons.
+
+``cluster init`` registers the cluster in etcd and writes ``global/control`` under the etcd control lock, after
+checking that the directory is empty or already ours and that etcd does not know the name under another id.
+``cluster up`` is idempotent: it starts whatever is not running (embedded etcd, nodes) and leaves the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from muheam import config as config_mod
+from muheam.ops import control
+from muheam.config import Config, EmbeddedEtcd, NodeConfig
+from muheam.errors import ClusterStateError, MuheamError
+from muheam.ops.etcd_server import EtcdServer
+from muheam.membership import Member, MembershipBackend, connect
+from muheam.ops.procs import SIGNAL_FOR_MODE, free_port, pid_alive, read_pid, stop_pid, tail, wait_until, write_pid
+
+CONFIG_NAME = "muheam.toml"
+
+
+def pid_file(cfg: Config, node_id: int) -> Path:
+    return cfg.run_dir / "run" / f"node-{node_id}.pid"
+
+
+def log_file(cfg: Config, node_id: int) -> Path:
+    return cfg.run_dir / "log" / f"node-{node_id}.log"
+
+
+def embedded_server(cfg: Config) -> EtcdServer | None:
+    emb = cfg.embedded_etcd
+    return None if emb is None else EtcdServer(emb.data_dir, emb.client_endpoint, emb.peer_endpoint)
+
+
+def init_cluster(cfg: Config, backend: MembershipBackend) -> dict[str, Any]:
+    """Create the layout and control file and register the cluster; refuse foreign directories and names."""
+    shared = cfg.shared_dir
+    existing = control.check_empty_or_ours(shared, cfg.cluster_name)
+    registered = backend.get_cluster(cfg.cluster_name)
+    if existing is not None:
+        if registered is None or registered.get("cluster_id") != existing["cluster_id"]:
+            raise ClusterStateError(
+                f"shared_dir {shared} holds cluster id {existing['cluster_id']} which etcd at "
+                f"{', '.join(cfg.etcd_endpoints)} does not know as {cfg.cluster_name!r}; use the etcd it was "
+                "created with, or an empty directory"
+            )
+        return existing
+    if registered is not None:
+        raise ClusterStateError(
+            f"cluster name {cfg.cluster_name!r} is already registered in etcd (id {registered.get('cluster_id')}, "
+            f"shared_dir {registered.get('shared_dir')}); choose another cluster_name or point shared_dir there"
+        )
+    identity = control.new_identity(cfg.cluster_name, shared)
+    with backend.lock(cfg.cluster_name, "control"):
+        ours = backend.register_cluster(cfg.cluster_name, identity)
+        if ours["cluster_id"] != identity["cluster_id"]:
+            raise ClusterStateError(f"cluster {cfg.cluster_name!r} was registered concurrently by another command")
+        control.create_layout(shared, identity)
+        backend.set_state(cfg.cluster_name, "stopped")
+    return identity
+
+
+def local_config(directory: Path, nodes: int, lease_ttl: int | None = None, cluster_name: str = "muheam") -> Config:
+    """A fresh single-host config on free loopback ports, with an embedded etcd under ``directory``."""
+    directory = directory.resolve()
+    etcd_client = f"http://127.0.0.1:{free_port()}"
+    node_cfgs = {
+        n: NodeConfig(n, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}") for n in range(1, nodes + 1)
+    }
+    return Config(
+        cluster_name=cluster_name, shared_dir=directory / "shared", run_dir=directory, etcd_endpoints=(etcd_client,),
+        lease_ttl=lease_ttl or config_mod.DEFAULT_TTL, nodes=node_cfgs,
+        embedded_etcd=EmbeddedEtcd(etcd_client, f"http://127.0.0.1:{free_port()}", directory / "etcd" / "data"),
+        source=directory / CONFIG_NAME,
+    )
+
+
+def load_or_create(directory: Path, nodes: int, lease_ttl: int | None) -> Config:
+    path = directory / CONFIG_NAME
+    if path.exists():
+        cfg = config_mod.load(path, require_shared_dir=False)
+        if nodes > len(cfg.nodes):
+            extra = {}
+            for n in range(1, nodes + 1):
+                if n not in cfg.nodes:
+                    extra[n] = NodeConfig(n, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}")
+            cfg = replace(cfg, nodes={**cfg.nodes, **extra})
+            path.write_text(cfg.to_toml())
+        return cfg
+    directory.mkdir(parents=True, exist_ok=True)
+    leftovers = [p.name for p in directory.iterdir()]
+    if leftovers:
+        raise ClusterStateError(
+            f"{directory} is not empty and has no {CONFIG_NAME} (found: {', '.join(sorted(leftovers)[:5])}); "
+            "choose an empty directory for a new local cluster"
+        )
+    cfg = local_config(directory, nodes, lease_ttl)
+    path.write_text(cfg.to_toml())
+    return cfg
+
+
+def running_pid(cfg: Config, node_id: int) -> int | None:
+    pid = read_pid(pid_file(cfg, node_id))
+    return pid if pid is not None and pid_alive(pid) else None
+
+
+def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, timeout: float = 60.0,
+                      accept_data_loss: bool = False) -> Member:
+    """Start ``muheam node start`` detached, with pid and log files; return its member entry once running."""
+    cfg.node(node_id)
+    if cfg.source is None:
+        raise ClusterStateError("--daemon needs a config file (-c) so the node process can read it")
+    pid = running_pid(cfg, node_id)
+    if pid is not None:
+        raise ClusterStateError(f"node {node_id} is already running (pid {pid}); stop it first")
+    log_path = log_file(cfg, node_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "muheam", "node", "start", "--node-id", str(node_id), "-c", str(cfg.source),
+           "--log-file", str(log_path)] + (["--accept-data-loss"] if accept_data_loss else [])
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    write_pid(pid_file(cfg, node_id), proc.pid)
+    found: list[Member] = []
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        for member in backend.members(cfg.cluster_name)[0]:
+            if member.node_id == node_id and member.pid == proc.pid and member.state == "running":
+                found.append(member)
+                return True
+        return False
+
+    if not wait_until(ready, timeout, 0.05) or not found:
+        if proc.poll() is None:
+            stop_pid(proc.pid, signal.SIGKILL)
+        pid_file(cfg, node_id).unlink(missing_ok=True)
+        code = proc.poll()
+        raise MuheamError(
+            f"node {node_id} did not start (exit code {code}); last lines of {log_path}:\n{tail(log_path, 6)}"
+        )
+    return found[0]
+
+
+def stop_node(cfg: Config, node_id: int, mode: str = "fast", timeout: float = 60.0,
+              backend: MembershipBackend | None = None) -> bool:
+    """Signal the node's process (found by pid file, else by its member entry on this host); wait for it."""
+    pid = running_pid(cfg, node_id)
+    if pid is None and backend is not None:
+        for member in backend.members(cfg.cluster_name)[0]:
+            if member.node_id == node_id and pid_alive(member.pid):
+                pid = member.pid
+    if pid is None:
+        return False
+    stop_pid(pid, SIGNAL_FOR_MODE[mode], timeout)
+    pid_file(cfg, node_id).unlink(missing_ok=True)
+    return True
+
+
+def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dict[str, Any]:
+    cfg = load_or_create(directory, nodes, lease_ttl)
+    server = embedded_server(cfg)
+    etcd_info: list[dict[str, Any]] = []
+    if server is not None:
+        pid = server.start()
+        etcd_info.append({"pid": pid, "client_endpoint": server.client_url, "data_dir": str(server.data_dir)})
+    backend = connect(cfg.etcd_endpoints)
+    try:
+        init_cluster(cfg, backend)
+        backend.set_state(cfg.cluster_name, "starting")
+        started: list[dict[str, Any]] = []
+        live = {m.node_id: m for m in backend.members(cfg.cluster_name)[0]}
+        for node_id in sorted(cfg.nodes)[:max(nodes, 1)]:
+            member = live.get(node_id)
+            if member is None or running_pid(cfg, node_id) is None and not pid_alive(member.pid):
+                member = start_node_daemon(cfg, node_id, backend)
+            started.append({
+                "node_id": node_id, "pid": member.pid, "epoch": member.epoch,
+                "peer_endpoint": member.peer_endpoint, "client_endpoint": member.client_endpoint,
+            })
+        backend.set_state(cfg.cluster_name, "running")
+    finally:
+        backend.close()
+    return {"config": cfg.as_dict(), "config_file": str(cfg.source), "etcd": etcd_info, "nodes": started}
+
+
+def cluster_down(directory: Path, mode: str = "fast") -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.exists():
+        raise ClusterStateError(f"{path} does not exist; pass the --dir given to 'muheam cluster up'")
+    cfg = config_mod.load(path, require_shared_dir=False)
+    server = embedded_server(cfg)
+    backend: MembershipBackend | None = None
+    try:
+        backend = connect(cfg.etcd_endpoints, timeout=1.0)
+        backend.set_state(cfg.cluster_name, "stopping")
+    except MuheamError:
+        backend = None
+    pids = {n: running_pid(cfg, n) for n in cfg.nodes}
+    for node_id, pid in pids.items():
+        if pid is not None:
+            os.kill(pid, SIGNAL_FOR_MODE[mode])
+    deadline = time.monotonic() + 60
+    stopped = []
+    for node_id, pid in pids.items():
+        if pid is None:
+            continue
+        wait_until(lambda: not pid_alive(pid), max(0.1, deadline - time.monotonic()))
+        stop_pid(pid, signal.SIGKILL, 5)
+        pid_file(cfg, node_id).unlink(missing_ok=True)
+        stopped.append(node_id)
+    if backend is not None:
+        try:
+            backend.set_state(cfg.cluster_name, "stopped")
+        except MuheamError:
+            pass
+        backend.close()
+    etcd_stopped = server.stop() if server is not None else False
+    return {"stopped_nodes": stopped, "etcd_stopped": etcd_stopped}

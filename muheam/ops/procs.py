@@ -1,0 +1,123 @@
+"""Processes and ports at the edge: pid files, liveness checks, bounded waits, free loopback ports."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+
+STOP_SIGNALS = {signal.SIGTERM: "smart", signal.SIGINT: "fast", signal.SIGQUIT: "immediate"}
+"""The signal a node agent takes as each stop mode, as with ``pg_ctl``."""
+SIGNAL_FOR_MODE = {mode: sig for sig, mode in STOP_SIGNALS.items()}
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on ``host`` now and lies outside the kernel's ephemeral range.
+
+    Ports the kernel hands out with ``bind(0)`` come from the same range as the source ports of outgoing
+    connections, so a port found that way can be taken by some client before our server binds it.  Ports below
+    the ephemeral range are only ever taken by servers that ask for them by number.
+    """
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(floor, max(floor + 1000, low))
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie we could reap."""
+    if pid <= 0:
+        return False
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_pid(path: Path, pid: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{pid or os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
+    """Send ``sig`` and wait for the process to go; SIGKILL it if it outlives ``timeout``.  True if it was alive."""
+    if not pid_alive(pid):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    if not wait_until(lambda: not pid_alive(pid), timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not pid_alive(pid), 5.0)
+    return True
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,189 @@
+"""The client side of the merged WAL stream: ``Subscriber`` (resumable, checks every record's position) and
+``request`` (one-shot ``ping``/``status``).  The protocol is described in ``muheam.walstream``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import zmq
+
+from muheam.net import wire
+from muheam.walstream.publisher import (
+    CLOSE_LINGER_MS, DEFAULT_CREDIT, MAX_CREDIT, PING_EVERY, PublisherUnavailable, StreamError, _is_uint, record_end,
+)
+from walmerge.errors import format_lsn
+from walmerge.segment import SEGMENT_HEADER_SIZE
+
+
+
+def _decode_batch(msg: dict[str, Any]) -> tuple[list[tuple[int, bytes]], int, int]:
+    records, nxt, end = msg.get("records"), msg.get("next_lsn"), msg.get("end_lsn")
+    if not isinstance(records, list) or not _is_uint(nxt) or not _is_uint(end):
+        raise StreamError("protocol", "a batch from the publisher lacks records, next_lsn or end_lsn")
+    out: list[tuple[int, bytes]] = []
+    for item in records:
+        if not (isinstance(item, list) and len(item) == 2 and _is_uint(item[0]) and isinstance(item[1], bytes)):
+            raise StreamError("protocol", "a batch record is not [lsn, bytes]")
+        out.append((item[0], item[1]))
+    assert isinstance(nxt, int) and isinstance(end, int)
+    return out, nxt, end
+
+
+class Subscriber:
+    """A DEALER client of ``Publisher``: ``receive()`` returns the next batch of ``(lsn, record bytes)``.
+
+    ``next_lsn`` is where to resume after a restart (the end of the last record returned; see "Positions").
+    Records below ``next_lsn`` that arrive again (after the client re-subscribed because the publisher
+    restarted) are dropped, and each batch is checked to follow on from the previous one (prev-LSN chain and
+    placement), so what ``receive`` returns has no gap and no duplicate or it raises ``StreamError``.  Raises
+    ``PublisherUnavailable`` after ``timeout`` seconds without a word from the publisher.
+    """
+
+    def __init__(self, endpoint: str, from_lsn: int = 0, *, credit: int = DEFAULT_CREDIT, timeout: float = 30.0,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.endpoint = endpoint
+        self.next_lsn = from_lsn
+        self.last_lsn: int | None = None
+        """LSN of the last record returned (None before the first): its successor's prev-LSN must be this."""
+        self.credit = max(1, min(credit, MAX_CREDIT))
+        self.timeout = timeout
+        self.info: dict[str, Any] | None = None
+        self.end_lsn: int | None = None
+        self.ended = False
+        self._own_ctx = context is None
+        self.ctx = context or zmq.Context()
+        self.sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.ZMQ_MAXMSGSIZE)
+        self.sock.connect(endpoint)
+        self._heard = time.monotonic()
+        self._pinged = self._heard
+        self._subscribe()
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.sock.send(wire.pack(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected yet or queue full: the ping cycle re-sends what matters
+
+    def _subscribe(self) -> None:
+        self._send({"op": "subscribe", "from_lsn": self.next_lsn, "credit": self.credit})
+
+    def receive(self, timeout: float | None = None) -> list[tuple[int, bytes]]:
+        """The next batch (in LSN order); ``[]`` after ``timeout`` seconds or once the stream ended (``ended``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ended:
+            now = time.monotonic()
+            wait = PING_EVERY if deadline is None else min(PING_EVERY, deadline - now)
+            if wait > 0 and self.sock.poll(int(wait * 1000) + 1):
+                got = self._on_message(self.sock.recv())
+                if got:
+                    return got
+                continue
+            now = time.monotonic()
+            if now - self._heard > self.timeout:
+                raise PublisherUnavailable(f"no word from the WAL stream publisher at {self.endpoint} for "
+                                           f"{self.timeout:g} s; is 'muheam walmerge --follow --publish' running?")
+            if now - self._pinged >= PING_EVERY:
+                self._pinged = now
+                self._send({"op": "ping"} if self.info is not None else
+                           {"op": "subscribe", "from_lsn": self.next_lsn, "credit": self.credit})
+            if deadline is not None and now >= deadline:
+                return []
+        return []
+
+    def _on_message(self, frame: bytes) -> list[tuple[int, bytes]]:
+        self._heard = time.monotonic()
+        try:
+            msg = wire.unpack(frame, wire.ZMQ_MAXMSGSIZE)
+        except wire.Malformed as exc:
+            raise StreamError("protocol", f"the publisher sent something that is not msgpack: {exc}") from None
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "batch":
+            records, nxt, end = _decode_batch(msg)
+            self._send({"op": "credit", "n": 1})
+            self.end_lsn = end
+            return self._accept(records, nxt)
+        if kind == "subscribed":
+            self.info = msg
+            self.end_lsn = msg.get("end_lsn")
+        elif kind == "pong":
+            self.end_lsn = msg.get("end_lsn")
+            if not msg.get("subscribed"):
+                self._subscribe()  # the publisher restarted or dropped us: resume where we are
+        elif kind == "end":
+            self.ended = True
+            self.end_lsn = msg.get("end_lsn")
+        elif kind == "error":
+            code, text = str(msg.get("code")), str(msg.get("message"))
+            if code == "not_subscribed":
+                self._subscribe()
+            else:
+                raise StreamError(code, f"the WAL stream publisher at {self.endpoint} refused: {text}")
+        elif kind not in ("unsubscribed", "status"):
+            raise StreamError("protocol", f"unexpected message from the publisher: {str(msg)[:80]}")
+        return []
+
+    def _accept(self, records: list[tuple[int, bytes]], nxt: int) -> list[tuple[int, bytes]]:
+        fresh = [(lsn, data) for lsn, data in records if lsn >= self.next_lsn]  # a resend after a resubscribe
+        seg = int(self.info["segment_size"]) if self.info else 0
+        for lsn, data in fresh:
+            if len(data) < 56:
+                raise StreamError("protocol", f"record at {format_lsn(lsn)} is shorter than a record header")
+            prev = int.from_bytes(data[16:24], "little")
+            placed = lsn == self.next_lsn or (seg > 0 and lsn % seg == SEGMENT_HEADER_SIZE
+                                              and lsn - SEGMENT_HEADER_SIZE - self.next_lsn < seg)
+            if not placed or (self.last_lsn is not None and prev != self.last_lsn):
+                raise StreamError("gap", f"record at {format_lsn(lsn)} does not follow on from "
+                                         f"{format_lsn(self.next_lsn)} (prev-LSN {format_lsn(prev)})")
+            self.last_lsn = lsn
+            self.next_lsn = record_end(lsn, data)
+        if fresh and nxt != self.next_lsn:
+            raise StreamError("protocol", f"batch says next_lsn {format_lsn(nxt)}, its records end at "
+                                          f"{format_lsn(self.next_lsn)}")
+        return fresh
+
+    def batches(self, timeout: float | None = None) -> Iterator[list[tuple[int, bytes]]]:
+        """Batches until the stream ends (or, with ``timeout``, until nothing came for that long)."""
+        while not self.ended:
+            got = self.receive(timeout)
+            if not got and timeout is not None:
+                return
+            if got:
+                yield got
+
+    def close(self) -> None:
+        if not self.ended:
+            self._send({"op": "unsubscribe"})
+        self.sock.close(CLOSE_LINGER_MS)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request(endpoint: str, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """One request/reply on a fresh DEALER (``status``, ``ping``): for operators and tests."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send(wire.pack({"op": op, **fields}))
+        if not sock.poll(int(timeout * 1000)):
+            raise PublisherUnavailable(f"the WAL stream publisher at {endpoint} did not answer within {timeout:g} s")
+        reply = wire.unpack(sock.recv(), wire.ZMQ_MAXMSGSIZE)
+        if not isinstance(reply, dict):
+            raise StreamError("protocol", "reply is not a map")
+        return reply
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+__all__ = ["Subscriber", "request"]

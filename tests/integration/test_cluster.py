@@ -1,0 +1,222 @@
+"""The foundation with real etcd and real node processes: up, list, watch, kill, stop, restart, refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from muheam.ops.procs import free_port, pid_alive, wait_until
+from tests.support.cluster import MUHEAM, LocalCluster, run_cli, snapshot_tree
+from tests.support.watching import Watcher
+
+pytestmark = pytest.mark.integration
+Start = Callable[..., LocalCluster]
+
+
+def test_three_nodes_up_listed_running_with_distinct_epochs(local_cluster: Start) -> None:
+    c = local_cluster(3)
+    assert [n["node_id"] for n in c.info["nodes"]] == [1, 2, 3]
+    members = c.members()
+    assert [m["node_id"] for m in members] == [1, 2, 3]
+    assert all(m["state"] == "running" and m["answering"] for m in members)
+    assert len({m["epoch"] for m in members}) == 3
+    for m in members:
+        assert m["pid"] == c.node_pid(m["node_id"]) and pid_alive(m["pid"])
+        assert m["peer_endpoint"].startswith("tcp://127.0.0.1:")
+        assert m["client_endpoint"].startswith("tcp://127.0.0.1:")
+    # every node connected to its two peers and merged their stamps into its Lamport clock
+    assert all(m["lamport"] >= 2 for m in members)
+    table = c.cli("list").stdout
+    assert "Lamport" in table and "running" in table
+
+
+def test_kill_expires_within_ttl_stop_leaves_fast_restart_gets_higher_epoch(local_cluster: Start) -> None:
+    c = local_cluster(3, lease_ttl=2)
+    with Watcher(c.config) as w:
+        for n in (1, 2, 3):
+            w.wait_for("member", n, 10)
+        pid = c.node_pid(2)
+        assert pid
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        at, record = w.wait_for("expired", 2, 10)
+        assert at - t0 <= 2 + 1.0, f"expired after {at - t0:.2f} s"
+        old_epoch = record["epoch"]
+
+        c.cli("node", "start", "--node-id", "2", "--daemon")
+        _, joined = w.wait_for("joined", 2, 10)
+        assert joined["epoch"] > old_epoch
+
+        pid = c.node_pid(3)
+        assert pid
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGINT)  # what 'muheam node stop --mode fast' sends
+        at, _ = w.wait_for("left", 3, 5)
+        assert at - t0 <= 0.5, f"left after {at - t0:.2f} s"
+        assert wait_until(lambda: not pid_alive(pid), 5)
+
+        proc = c.cli("node", "stop", "--node-id", "1", "--mode", "smart")
+        assert "stopped" in proc.stdout
+        w.wait_for("left", 1, 5)
+    assert [m["node_id"] for m in c.members()] == [2]
+
+
+def test_duplicate_node_id_refused_and_nothing_changed(local_cluster: Start) -> None:
+    c = local_cluster(2)
+    shared = Path(c.info["config"]["shared_dir"])
+    before = snapshot_tree(shared, live_wal=True)
+    proc = c.cli("node", "start", "--node-id", "1", check=False, timeout=30)
+    assert proc.returncode != 0
+    assert "node id 1 is held by a live node" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot_tree(shared, live_wal=True) == before
+    assert [m["state"] for m in c.members()] == ["running", "running"]
+
+
+def test_foreign_and_unrelated_directories_refused(local_cluster: Start, tmp_path: Path) -> None:
+    a = local_cluster(1, name="a")
+    b = local_cluster(1, name="b")
+    b_shared = Path(b.info["config"]["shared_dir"])
+    before = snapshot_tree(b_shared, live_wal=True)
+    # a node of cluster a pointed at cluster b's shared directory
+    a.cli("node", "stop", "--node-id", "1")
+    proc = a.cli("node", "start", "--node-id", "1", "--shared-dir", str(b_shared), check=False, timeout=30)
+    assert proc.returncode != 0 and "belongs to cluster id" in proc.stderr, proc.stderr
+    # cluster init of a new name onto b's directory
+    proc = a.cli("cluster", "init", "--cluster-name", "other", "--shared-dir", str(b_shared), check=False)
+    assert proc.returncode != 0 and "belongs to another cluster" in proc.stderr, proc.stderr
+    assert snapshot_tree(b_shared, live_wal=True) == before
+    # cluster init onto a directory with unrelated files
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    before = snapshot_tree(junk)
+    proc = a.cli("cluster", "init", "--cluster-name", "other", "--shared-dir", str(junk), check=False)
+    assert proc.returncode != 0 and "not empty and holds no MUHEAM cluster" in proc.stderr, proc.stderr
+    assert snapshot_tree(junk) == before
+
+
+def test_unreachable_etcd_refused_clearly(local_cluster: Start) -> None:
+    c = local_cluster(1)
+    shared = Path(c.info["config"]["shared_dir"])
+    before = snapshot_tree(shared, live_wal=True)
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    proc = c.cli("node", "start", "--node-id", "1", "--etcd", dead, check=False, timeout=60)
+    assert proc.returncode == 1
+    assert "unreachable" in proc.stderr and dead in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 30
+    proc = c.cli("cluster", "init", "--etcd", dead, "--cluster-name", "x", "--shared-dir", str(shared / "new"),
+                 check=False, timeout=60)
+    assert proc.returncode == 1 and "unreachable" in proc.stderr
+    assert snapshot_tree(shared, live_wal=True) == before
+
+
+def test_etcd_paused_past_ttl_every_node_self_fences(local_cluster: Start) -> None:
+    c = local_cluster(3, lease_ttl=2)
+    # node 3 again in the foreground, a child of this test, so its exit code can be read
+    c.cli("node", "stop", "--node-id", "3")
+    log = c.dir / "log" / "node-3.log"
+    fg = subprocess.Popen([*MUHEAM, "node", "start", "--node-id", "3", "-c", str(c.config), "--log-file", str(log)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(c.members()) == 3, 20)
+        pids = {1: c.node_pid(1), 2: c.node_pid(2), 3: fg.pid}
+        os.kill(c.etcd_pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            assert fg.wait(timeout=10) == 3
+            fenced_after = time.monotonic() - t0
+            # the lease could expire no sooner than TTL after the last renewal, itself before the pause
+            assert fenced_after < 2.0, f"fenced {fenced_after:.2f} s after the pause"
+            for n in (1, 2):
+                pid = pids[n]
+                assert pid and wait_until(lambda: not pid_alive(pid), 5)
+        finally:
+            os.kill(c.etcd_pid, signal.SIGCONT)
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+            fg.wait()
+    for n in (1, 2, 3):
+        text = c.log(n)
+        assert "SELF-FENCING" in text and "exiting with code 3" in text, text[-2000:]
+    proc = run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=60)
+    assert proc.returncode == 0
+    assert wait_until(lambda: sorted(m["node_id"] for m in c.members()) == [1, 2, 3], 15)
+
+
+def test_watch_resumes_after_losing_etcd_without_missing_or_repeating(local_cluster: Start) -> None:
+    c = local_cluster(2, lease_ttl=2)
+    etcd_cmd = (Path("/proc") / str(c.etcd_pid) / "cmdline").read_bytes().split(b"\0")[:-1]
+    with Watcher(c.config) as w:
+        w.wait_for("member", 1, 10)
+        w.wait_for("member", 2, 10)
+        os.kill(c.etcd_pid, signal.SIGTERM)  # etcd goes away; the nodes fence themselves and exit
+        for n in (1, 2):
+            pid = c.node_pid(n)
+            assert pid and wait_until(lambda: not pid_alive(pid), 10)
+        assert wait_until(lambda: not pid_alive(c.etcd_pid), 10)
+        log = open(c.dir / "etcd" / "etcd.log", "ab")
+        etcd = subprocess.Popen([a.decode() for a in etcd_cmd], stdout=log, stderr=log, start_new_session=True)
+        try:
+            (c.dir / "etcd" / "etcd.pid").write_text(f"{etcd.pid}\n")
+            # the fenced nodes' leases survive the etcd restart and then expire: the watcher must see both
+            w.wait_for("expired", 1, 15)
+            w.wait_for("expired", 2, 15)
+            c.cli("node", "start", "--node-id", "1", "--daemon")
+            w.wait_for("joined", 1, 15)
+            time.sleep(0.5)
+        finally:
+            log.close()
+        err = w.stop()
+        while not w.lines.empty():
+            w.seen.append(w.lines.get()[1])
+    assert "resuming from revision" in err
+    events = [r for r in w.seen if r["event"] != "member"]
+    revisions = [r["revision"] for r in events]
+    assert revisions == sorted(set(revisions)), f"repeated or out of order: {revisions}"
+    assert [(r["event"], r["node_id"]) for r in events if r["event"] != "updated"] == [
+        ("expired", 1), ("expired", 2), ("joined", 1)] or [
+        (r["event"], r["node_id"]) for r in events if r["event"] != "updated"] == [
+        ("expired", 2), ("expired", 1), ("joined", 1)]
+
+
+def test_operator_scripts_start_and_stop_a_cluster(tmp_path: Path) -> None:
+    env = {**os.environ, "MUHEAM": f"{MUHEAM[0]} -m muheam"}
+    root = Path(__file__).resolve().parents[2] / "scripts"
+    directory = tmp_path / "scripted"
+    try:
+        up = subprocess.run([str(root / "start_cluster"), str(directory), "2"], env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0, up.stderr
+        cfg = str(directory / "muheam.toml")
+        stop = subprocess.run([str(root / "stop_node"), "-c", cfg, "--node-id", "2"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert stop.returncode == 0 and "node 2 stopped" in stop.stdout
+        start = subprocess.run([str(root / "start_node"), "-c", cfg, "--node-id", "2"], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert start.returncode == 0 and "node 2 started" in start.stdout, start.stderr
+        down = subprocess.run([str(root / "stop_cluster"), str(directory)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert down.returncode == 0 and "stopped nodes [1, 2]" in down.stdout
+    finally:
+        from tests.support.cluster import kill_leftovers
+
+        kill_leftovers(directory)
+
+
+def test_bench_membership_prints_its_json() -> None:
+    import json
+
+    proc = run_cli("bench", "membership", "--json", "--kills", "1", "--stops", "1", timeout=120)
+    result = json.loads(proc.stdout)
+    assert set(result) >= {"ttl_ms", "detect_kill_ms", "detect_stop_ms"}
+    assert result["ttl_ms"] == 2000
+    # a stop is announced by revoking the lease; a kill can only be noticed when the lease runs out
+    assert 0 < result["detect_stop_ms"] < result["detect_kill_ms"]

@@ -1,0 +1,80 @@
+"""Unit tests of the commit-timestamp snapshot rules (muheam.txstate): pure, no processes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from muheam.storage import mvcc
+from muheam.cluster.txstate import TxTable
+
+
+def test_visibility_is_commit_timestamp_below_snapshot() -> None:
+    t = TxTable(floor=10)
+    t.commit(20, cts=100)
+    t.commit(21, cts=300)
+    t.abort(22)
+    snap, waits = t.snapshot(30, sts=200)
+    assert waits == frozenset()
+    assert mvcc.xid_visible(20, snap, t.status)
+    assert not mvcc.xid_visible(21, snap, t.status)     # committed after the snapshot
+    assert not mvcc.xid_visible(22, snap, t.status)     # aborted
+    assert not mvcc.xid_visible(23, snap, t.status)     # unknown: running somewhere
+    assert mvcc.xid_visible(30, snap, t.status)         # our own
+    assert t.status(23) == mvcc.IN_PROGRESS and t.status(5) == mvcc.ABORTED  # below the floor: decided
+
+
+def test_snapshot_reads_are_repeatable_when_outcomes_arrive_later() -> None:
+    t = TxTable()
+    t.prepare([40])
+    snap, waits = t.snapshot(50, sts=1000)
+    assert waits == {40}                                 # begin must learn 40's outcome first
+    t.commit(40, cts=900)
+    assert mvcc.xid_visible(40, snap, t.status)
+    t.prepare([41])                                      # prepared after the snapshot: its CTS will be larger
+    t.commit(41, cts=1100)
+    assert not mvcc.xid_visible(41, snap, t.status)
+
+
+def test_prune_status_keeps_what_an_old_snapshot_can_see() -> None:
+    t = TxTable()
+    t.commit(7, cts=50)
+    t.commit(8, cts=150)
+    status = t.prune_status(horizon=100)
+    assert status(7) == mvcc.COMMITTED
+    assert status(8) == mvcc.IN_PROGRESS                 # a snapshot at 100 must not lose 8's old versions
+
+
+def test_merge_adopts_outcomes_prepared_and_higher_floor() -> None:
+    a = TxTable(floor=100)
+    a.commit(120, cts=5)
+    a.abort(121)
+    a.prepare([122])
+    b = TxTable()
+    b.merge(a.export())
+    assert b.floor == 100 and b.committed[120] == 5 and b.status(121) == mvcc.ABORTED
+    assert b.prepared == {122} and b.status(99) == mvcc.ABORTED
+    with pytest.raises(ValueError):
+        b.merge({"floor": 1, "committed": [[1]], "aborted": [], "prepared": []})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(3, 60), st.integers(1, 1000), st.booleans()), max_size=40),
+       st.integers(1, 1000))
+def test_snapshot_sees_a_prefix_of_the_commit_order(events: list[tuple[int, int, bool]], sts: int) -> None:
+    """Whatever order outcomes arrive in, a snapshot sees exactly the commits below its timestamp."""
+    t = TxTable()
+    snap, _ = t.snapshot(0, sts)
+    decided: dict[int, int | None] = {}
+    for xid, cts, commit in events:
+        if xid in decided:
+            continue
+        if commit:
+            t.commit(xid, cts)
+            decided[xid] = cts
+        else:
+            t.abort(xid)
+            decided[xid] = None
+    for xid, cts in decided.items():
+        assert mvcc.xid_visible(xid, snap, t.status) == (cts is not None and cts < sts)
