@@ -89,7 +89,8 @@ STALLED_TIMEOUTS = 2
 DEFERRED_RETRY = 0.002
 """Seconds before frames a full socket refused are offered again."""
 MAX_STRANGERS = 64
-"""Incoming streams kept for senders that are not (or no longer) peers: garbage cannot make the table grow."""
+"""Incoming streams kept for sender incarnations that are not (or no longer) peers: garbage cannot make the table
+grow."""
 
 
 class Mesh:
@@ -105,7 +106,9 @@ class Mesh:
         self.router.bind(endpoint)
         self.monitor = monitor(self.router)
         self.peers: dict[int, Link] = {}
-        self.streams: dict[int, Stream] = {}
+        # incoming streams by (sender, sender epoch): a frame claiming a newer incarnation of a peer (its restart,
+        # before the membership says so; or forged) starts a stream of its own and cannot disturb the peer's
+        self.streams: dict[tuple[int, int], Stream] = {}
         self.retired: dict[int, int] = {}  # node id -> highest epoch dropped: never connected to again
         self.handlers: dict[str, Handler] = {}
         self.self_clocked: set[str] = set()
@@ -131,9 +134,8 @@ class Mesh:
             if current.epoch >= epoch:
                 return
             current.sock.close(0)
-        stream = self.streams.get(node_id)
-        if stream is not None and stream.epoch < epoch:
-            del self.streams[node_id]
+        for key in [k for k in self.streams if k[0] == node_id and k[1] < epoch]:
+            del self.streams[key]
         self.peers[node_id] = Link(epoch, endpoint, self._dealer(endpoint))
         self.send(node_id, "hello", {"endpoint": self.endpoint})
 
@@ -154,9 +156,9 @@ class Mesh:
             current.sock.close(0)
             del self.peers[node_id]
             self.retired[node_id] = max(self.retired.get(node_id, -1), current.epoch)
-        stream = self.streams.get(node_id)
-        if stream is not None and (epoch is None or stream.epoch <= epoch):
-            stream.inbound.forget_held()
+        for (node, stream_epoch), stream in self.streams.items():
+            if node == node_id and (epoch is None or stream_epoch <= epoch):
+                stream.inbound.forget_held()
 
     def peer_epoch(self, node_id: int) -> int | None:
         current = self.peers.get(node_id)
@@ -174,8 +176,8 @@ class Mesh:
             self.counters["send_no_peer"] += 1
             return False
         out = link.out
-        stream = self.streams.get(dest)
-        ack = stream.inbound.take_ack() if stream is not None and stream.epoch == link.epoch else 0
+        stream = self.streams.get((dest, link.epoch))
+        ack = stream.inbound.take_ack() if stream is not None else 0
         frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body,
                                  dest_epoch=link.epoch, seq=out.next_seq, ack=ack)
         self.counters["sent"] += 1
@@ -229,7 +231,7 @@ class Mesh:
                 self._pump(link, now)
             if link.warned and not out.over_bound:
                 link.warned = False
-        for sender, stream in self.streams.items():
+        for (sender, _), stream in self.streams.items():
             inbound = stream.inbound
             if inbound.ack_due(now):
                 back = self.peers.get(sender)
@@ -264,7 +266,7 @@ class Mesh:
             t = link.out.next_event()
             if t is not None and (when is None or t < when):
                 when = t
-        for sender, stream in self.streams.items():
+        for (sender, _), stream in self.streams.items():
             t = stream.inbound.next_event()
             if t is not None and sender in self.peers and (when is None or t < when):
                 when = t
@@ -277,10 +279,10 @@ class Mesh:
             out = link.out
             state[str(node)] = {"epoch": link.epoch, "next_seq": out.next_seq, "acked": out.acked,
                                 "unacked_bytes": out.bytes, "rto_ms": round(out.rto * 1000), "timeouts": out.timeouts}
-        for node, stream in self.streams.items():
+        for (node, epoch), stream in self.streams.items():
             inbound = stream.inbound
-            state.setdefault(str(node), {})["in"] = {"epoch": stream.epoch, "delivered": inbound.delivered,
-                                                     "held": len(inbound.held)}
+            state.setdefault(str(node), {}).setdefault("in", []).append(
+                {"epoch": epoch, "delivered": inbound.delivered, "held": len(inbound.held)})
         return state
 
     def receive_ready(self) -> int:
@@ -329,16 +331,13 @@ class Mesh:
         if msg.seq == 0:
             self.counters["ack_received"] += 1
             return
-        stream = self.streams.get(msg.sender)
-        if stream is None or stream.epoch < msg.epoch:
-            if stream is None and msg.sender not in self.peers \
-                    and sum(1 for n in self.streams if n not in self.peers) >= MAX_STRANGERS:
+        key = (msg.sender, msg.epoch)
+        stream = self.streams.get(key)
+        if stream is None:
+            if known != msg.epoch and sum(1 for n, e in self.streams if self.peer_epoch(n) != e) >= MAX_STRANGERS:
                 self.counters["too_many_streams"] += 1
                 return
-            stream = self.streams[msg.sender] = Stream(msg.epoch)
-        elif stream.epoch > msg.epoch:
-            self.counters["stale_epoch"] += 1
-            return
+            stream = self.streams[key] = Stream(msg.epoch)
         inbound = stream.inbound
         dup, held, lost = inbound.duplicates, inbound.held_back, inbound.hold_dropped
         ready = inbound.accept(msg.seq, msg, now, len(frame))

@@ -97,3 +97,28 @@ def test_frames_for_another_incarnation_of_the_receiver_or_with_a_bad_seq_are_dr
     assert c["wrong_dest_epoch"] == 1 and c["malformed"] >= 1 and c["held_back"] == 1
     spin((b,), 0.2)
     assert c["duplicate"] == 1
+
+
+def test_a_frame_claiming_a_newer_incarnation_of_a_peer_does_not_disturb_the_peer_stream(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    """Before the membership says so, frames of a peer's next incarnation (its restart) must get through, so such
+    a frame opens a stream of its own: a forged one must not cut the live incarnation's stream off."""
+    a, b, _, _ = pair
+    got: list[Any] = []
+    b.on("m", lambda m: got.append((m.epoch, m.body)))
+    a.send(2, "m", "before")
+    spin((a, b), 0.3)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.ROUTING_ID, routing_id(1, 999))
+    s.connect(b.endpoint)
+    s.send(wire.encode_peer(1, 999, 5, "m", "next incarnation", dest_epoch=22, seq=1))
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        spin((a, b), 0.05)
+    s.close(0)
+    a.send(2, "m", "after")
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        spin((a, b), 0.05)
+    assert got == [(11, "before"), (999, "next incarnation"), (11, "after")]
