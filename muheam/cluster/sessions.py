@@ -31,7 +31,7 @@ from muheam.engine import Transaction
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.cluster.ownership import Ownership
-from muheam.node.clientport import ClientPort, Deferred, RequestError
+from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
 from muheam.cluster.xids import XidService

@@ -51,7 +51,7 @@ from muheam.node.fence import Fence, LeaseKeeper
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
 from muheam.ops.procs import STOP_SIGNALS, pid_alive
 from muheam.cluster.locks import LockService
-from muheam.node.clientport import ClientPort, Deferred, RequestError
+from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.cluster.xids import XidService
 from muheam.net.mesh import Mesh
 

@@ -1,4 +1,4 @@
-"""The protocol packages are typed: mypy --strict must pass on them (DEVELOPERS.md, DESIGN.md section 9)."""
+"""The packages are typed (mypy --strict) and linted (ruff), as pyproject.toml configures them."""
 
 from __future__ import annotations
 
@@ -17,3 +17,11 @@ def test_mypy_strict(package: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", package], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_ruff() -> None:
+    """The linter's rules in pyproject.toml ([tool.ruff]) hold for the code and the tests."""
+    pytest.importorskip("ruff")
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "muheam", "walmerge", "locking", "tests"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]

@@ -153,7 +153,6 @@ def test_zeroed_sector_in_fsynced_data_is_corruption(tmp_path: Path) -> None:
 def test_torn_tail_after_last_fsync_reads_cleanly(items: list[tuple[bytes, bool]], data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        flushed = [SEGMENT_HEADER_SIZE]
         w = WalWriter(d, node_id=NODE, system_id=SYSID, epoch=1, segment_size=SEG)
         pos = []
         for i, (p, fl) in enumerate(items):
