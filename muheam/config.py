@@ -64,7 +64,7 @@ class Config:
     embedded_etcd: EmbeddedEtcd | None = None
     source: Path | None = None
     fence_command: str = ""
-    """Shell command that fences a dead node on another host before survivors recover it (``muheam.fence``)."""
+    """Shell command that fences a dead node on another host before survivors recover it (``muheam.node.fence``)."""
 
     def node(self, node_id: int) -> NodeConfig:
         try:

@@ -19,7 +19,7 @@ recovery over the same rate in the seconds before the kill; between the kill and
 rounds wait for the silent member, which ``stall_ms`` reports), ``sum_violations`` (must be 0), and
 ``repair_calls`` / ``repaired_chains`` (summed over the survivors: chains they looked at to rebuild, and rebuilt;
 equal to ``chains`` when no chain is rebuilt twice or looked at for nothing), ``staged_chains`` (of those, written
-from the recoverer's rebuild of every page at once, ``muheam.staging``), ``stage_ms`` (that rebuild's time, part of
+from the recoverer's rebuild of every page at once, ``muheam.recovery.staging``), ``stage_ms`` (that rebuild's time, part of
 ``apply_ms``; ``compiled``: whether the recoverer ran that rebuild with the compiled kernel, which a node loads in
 the background at start, or with numpy), ``apply_ms_by_node`` and ``recoverer``.  A survivor other than the recoverer that must rebuild a
 chain first reads the dead node's WAL itself: that read counts in its ``apply_ms``.

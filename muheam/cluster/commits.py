@@ -1,6 +1,6 @@
 """Cluster-wide commit state at the edge: the prepare and outcome rounds, join sync and the pruning horizon.
 
-The rules are in ``muheam.txstate``; this module moves them over the mesh (message kind ``tx``, clocked, so
+The rules are in ``muheam.cluster.txstate``; this module moves them over the mesh (message kind ``tx``, clocked, so
 every message merges the Lamport clock, which is what orders commit timestamps after acknowledgements):
 
 * ``["prep", round, [xid...]]`` -> the receiver marks the XIDs prepared and answers ``["ack", round]``;

@@ -7,7 +7,7 @@ with one WAL flush (group commit) and answered only once durable (I7).  As in Po
 transaction aborts it.  Transactions idle for longer than ``idle_timeout`` are aborted, so a vanished client
 cannot hold row locks forever.
 
-In a cluster (``muheam.txstate`` for the rules): ``begin`` takes a commit-timestamp snapshot and waits for the
+In a cluster (``muheam.cluster.txstate`` for the rules): ``begin`` takes a commit-timestamp snapshot and waits for the
 outcome of transactions prepared at that moment; an operation that needs block ownership it lacks
 (``NeedOwnership``) is parked until the lock is granted and then run again; a row held by a transaction of any node
 parks the request until that transaction's outcome is known here (local end or the owner's DONE message).

@@ -10,7 +10,7 @@ Key layout under ``/muheam/<cluster>/``:
 * ``epoch``            the cluster-wide incarnation counter, bumped atomically at every node start
 * ``members/<id>``     JSON ``Member`` attached to that node's lease: it vanishes when the lease ends
 * ``claims/<name>``    who recovers a dead node (on the claimant's lease); ``recovery/<id>`` its progress
-* ``reach/<id>``       the peers a node hears (on its lease), published when that changes (``muheam.partition``)
+* ``reach/<id>``       the peers a node hears (on its lease), published when that changes (``muheam.cluster.partition``)
 * ``evictions/<id>``   why a member was removed by its peers (a peer-only partition)
 """
 
@@ -233,7 +233,7 @@ class MembershipBackend(ABC):
     @abstractmethod
     def get_recovery(self, cluster: str, node_id: int) -> dict[str, Any] | None: ...
 
-    # peer-only partitions (``muheam.partition``) ------------------------------------------------------------
+    # peer-only partitions (``muheam.cluster.partition``) ------------------------------------------------------------
     @abstractmethod
     def put_reach(self, cluster: str, node_id: int, hears: Sequence[int], lease: Lease) -> None:
         """Publish the peers ``node_id`` hears now (``reach/<id>``, on its lease)."""

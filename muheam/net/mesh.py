@@ -1,6 +1,6 @@
 """The peer mesh: one ZeroMQ ROUTER per node for inbound traffic, one DEALER to each peer for outbound.
 
-One DEALER per ordered pair of nodes gives FIFO per connection; ``muheam.peerlink`` makes it the reliable FIFO
+One DEALER per ordered pair of nodes gives FIFO per connection; ``muheam.net.peerlink`` makes it the reliable FIFO
 channel Lamport's algorithms need across reconnects (sequence numbers, cumulative acknowledgements,
 retransmission: a TCP reset or a full send queue loses nothing), invisibly to the layers above, which keep calling
 ``send``/``broadcast``/``on``; the node's loop calls ``tick`` every turn for the link's timers.  Every message

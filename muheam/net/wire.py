@@ -1,7 +1,7 @@
 """Frames on the wire: msgpack with hard limits, validated before anything acts on them.
 
 Peer messages are ``[version, sender, epoch, dest_epoch, seq, ack, stamp, kind, body]`` (the link fields
-``dest_epoch``, ``seq`` and ``ack`` are explained in ``muheam.peerlink``; ``seq`` 0 with kind ``ack`` and no body
+``dest_epoch``, ``seq`` and ``ack`` are explained in ``muheam.net.peerlink``; ``seq`` 0 with kind ``ack`` and no body
 is an acknowledgement-only frame); client requests are maps with an ``op``.
 Anything else is malformed: it is counted and dropped (peers) or answered with an error (clients), never raised
 into the event loop.

@@ -384,7 +384,7 @@ class NodeAgent:
             self.sessions.on_outcome(new)
 
     def _fence_peer(self, member: Member) -> None:
-        """Make sure a crashed peer's process can write nothing more (STONITH, ``muheam.fence``): a node stopped
+        """Make sure a crashed peer's process can write nothing more (STONITH, ``muheam.node.fence``): a node stopped
         inside a loop turn resumes past its lease and finishes the turn -- page write-through, checkpoint, outcome
         file -- before its own fence check.  Every survivor does it (idempotent) before reading the dead node's WAL
         tail, so the WAL it reads is final."""

@@ -1,4 +1,4 @@
-"""Beats between members and the end of a peer-only partition: the node loop's binding of ``muheam.partition``.
+"""Beats between members and the end of a peer-only partition: the node loop's binding of ``muheam.cluster.partition``.
 
 Runs in the node's event loop: ``tick`` sends a beat to every peer, publishes what this node hears when that
 changes, and, while some peer is silent, asks etcd for every member's report and removes the side that must

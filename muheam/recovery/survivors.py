@@ -13,7 +13,7 @@ When node X's lease expires, every survivor, *before* its lock manager drops X:
       every X transaction without an outcome (changes or running at its checkpoint, or prepared to us), then
       announces every outcome in one ``done`` round (commits found in X's WAL keep their COMMIT's GLSN as
       commit timestamp); waiters on X's transactions wake;
-   b. rebuilds every page X's records touch at once (``muheam.staging``), then takes every chain they touch
+   b. rebuilds every page X's records touch at once (``muheam.recovery.staging``), then takes every chain they touch
       exclusively (each invalid grant writes the chain's rebuilt pages, or rebuilds it chain by chain if the
       file changed since; a valid one comes from whoever rebuilt it first) and writes it through;
    c. records X's outcomes in ``xact/node-<X>``, moves X's checkpoint pointer to X's WAL end (so X, restarting,
@@ -90,7 +90,7 @@ class Survivors:
         self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0,
                                          "repair_calls": 0, "staged_pages": 0, "staged_chains": 0}
         self.staging: staging.Staging | None = None
-        """The recoverer's rebuild of every page the dead nodes touched (``muheam.staging``), during its sweep."""
+        """The recoverer's rebuild of every page the dead nodes touched (``muheam.recovery.staging``), during its sweep."""
         self._written: set[tuple[int, int]] = set()
         self._next_claim = 0.0
         self._claim_backoff = CLAIM_RETRY

@@ -23,7 +23,7 @@ holds the stream until etcd is back.
 
 **Output** is the ordinary merged segments in ``--out`` (``WalReader``, ``muheam walmerge --verify --merged``),
 synced after every poll.  A restart resumes at the end of the valid output (or ``--from-lsn``, which cuts the
-output back to that LSN).  ``--publish`` serves the stream over ZeroMQ (``muheam.walstream``).
+output back to that LSN).  ``--publish`` serves the stream over ZeroMQ (``muheam.walstream.publisher``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The merged WAL stream over ZeroMQ: the publisher for ``muheam walmerge --follow --publish`` and the protocol
-(its client is ``muheam.walstream_client``).
+(its client is ``muheam.walstream.subscriber``).
 
 Protocol (version 1).  The publisher binds a ROUTER; a subscriber connects a DEALER.  Every message is one
 msgpack frame.  Requests are maps with an ``op``; replies are maps with a ``type``:

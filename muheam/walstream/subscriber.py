@@ -1,5 +1,5 @@
 """The client side of the merged WAL stream: ``Subscriber`` (resumable, checks every record's position) and
-``request`` (one-shot ``ping``/``status``).  The protocol is described in ``muheam.walstream``."""
+``request`` (one-shot ``ping``/``status``).  The protocol is described in ``muheam.walstream.publisher``."""
 
 from __future__ import annotations
 

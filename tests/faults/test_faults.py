@@ -515,7 +515,7 @@ def test_node_cut_off_from_etcd_only_then_from_its_peers_only(local_cluster: Sta
     the expiry, recover it and go on; after the cut heals it restarts under a new epoch.
 
     peers only: node 3 keeps its lease, but the members hear no beat from it: they decide in etcd which side
-    leaves (``muheam.partition``), remove node 3, fence and recover it, and serve again within 2 x TTL + 5 s;
+    leaves (``muheam.cluster.partition``), remove node 3, fence and recover it, and serve again within 2 x TTL + 5 s;
     the same for a one-way cut between nodes 3 and 2 only.  After the cut heals node 3 restarts under a new
     epoch.  Checked: nothing acknowledged is lost, every sum is 0, and the time until the survivors serve."""
     c = local_cluster(2)

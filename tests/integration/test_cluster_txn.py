@@ -1,7 +1,7 @@
 """Cluster transactions (cache fusion) seen from outside: three real nodes, real clients, no internals.
 
 Every test runs on a 3-node cluster started through the CLI and talks to the nodes only through
-``muheam.client`` and ``muheam.bank``; the bank test also reads the WAL files the nodes left behind.  What is
+``muheam.client`` and ``muheam.bench.workloads.bank``; the bank test also reads the WAL files the nodes left behind.  What is
 checked is what a user of the cluster relies on:
 
 * the bank workload spread over all nodes never shows a half-done transfer, every node ends with the same data,

@@ -1,4 +1,4 @@
-"""Block ownership (``muheam.ownership``) against a real one-node engine, with the lock service replaced by a
+"""Block ownership (``muheam.cluster.ownership``) against a real one-node engine, with the lock service replaced by a
 recorder that grants what the test says: what an invalid relation-extension grant does to the relation's size."""
 
 from __future__ import annotations

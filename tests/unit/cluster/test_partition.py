@@ -1,4 +1,4 @@
-"""Which side of a peer-only partition stays (``muheam.partition``): the same answer on every node."""
+"""Which side of a peer-only partition stays (``muheam.cluster.partition``): the same answer on every node."""
 
 from __future__ import annotations
 

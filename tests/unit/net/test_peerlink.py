@@ -1,4 +1,4 @@
-"""The peer link's state machine (muheam/peerlink.py), without sockets, and the link fields of the peer frame.
+"""The peer link's state machine (muheam/net/peerlink.py), without sockets, and the link fields of the peer frame.
 
 The property test drives a sender and a receiver over a simulated channel that loses, duplicates and reorders
 frames the way a TCP reset under ZeroMQ does (what was in the dead connection is lost or arrives after frames
