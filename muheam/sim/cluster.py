@@ -331,10 +331,18 @@ class Cluster:
             if pairs:
                 self._link_fault(kind, self.rng.choice(pairs))
         elif kind == "join":
+            removed = {n for n in self.nodes if n not in self.members}
+            if removed - self.recovered:      # a restart waits for the recovery of the dead (its pointer moves)
+                self.fault_at.insert(0, self.step + 1)
+                self.out.faults[kind] -= 1
+                return
             nid = max(self.nodes) + 1
             self.members.add(nid)
             self.etcd.append(("add", nid))
             self._make(nid, sorted(self.members - {nid}), bootstrap=False)
+            # the recoverers' sweeps wrote the dead nodes' chains and appended blocks to the disk: model that by
+            # letting the joiner see their (final) WALs, as the disk would show their effects
+            self.nodes[nid].dead_known = removed
         else:
             self.claim_failures += 1
 
