@@ -1,75 +1,72 @@
-"""Cluster-wide commit state at the edge: the prepare and outcome rounds, join sync and the pruning horizon.
+"""Cluster-wide commit state at the edge: binds the pure commit rounds (``muheam.cluster.rounds``) to the mesh.
 
-The rules are in ``muheam.cluster.txstate``; this module moves them over the mesh (message kind ``tx``, clocked, so
-every message merges the Lamport clock, which is what orders commit timestamps after acknowledgements):
-
-* ``["prep", round, [xid...]]`` -> the receiver marks the XIDs prepared and answers ``["ack", round]``;
-* ``["done", round, [[xid, cts]...], [aborted xid...]]`` -> the receiver records the outcomes, wakes whatever
-  waited for them, and answers ``["ack", round]``;
-* ``["sync"]`` (a joining node) -> ``["state", {...}]``: the peer's transaction table, sent only once the peer
-  counts the joiner among the members its rounds wait for, so the joiner misses no outcome;
-* ``["hz", glsn]``: the oldest snapshot timestamp the sender may still use (pruning horizon gossip);
-* ``["wfg", [[waiter, blocker]...]]``: the sender's row waits older than the deadlock timeout.
-
-A round completes when every member it was sent to (and that is still a member) has acknowledged it.
+The rules live in ``muheam.cluster.rounds`` (who is asked, when a round completes, when a joiner is answered) and
+``muheam.cluster.txstate`` (snapshots); the messages in ``muheam.cluster.txmessages``.  This module only feeds the
+state machine from the mesh (message kind ``tx``, clocked, so every message merges the Lamport clock, which is
+what orders commit timestamps after acknowledgements) and carries out its effects: sends, the callbacks of
+completed rounds, outcome wake-ups and the join's ready callbacks.  A malformed body raises ``ValueError`` from
+the handler, which the mesh counts (``rejected_body``) and drops.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from muheam import failpoints
 from muheam.net import wire
 from muheam.net.mesh import Mesh
+from muheam.cluster.rounds import CommitRounds, OutcomesLearned, RoundComplete, Send, Synced
 from muheam.cluster.txstate import TxTable
 
 log = logging.getLogger("muheam.commits")
 
 KIND = "tx"
-MAX_ITEMS = 1_000_000
-
-
-@dataclass
-class _Round:
-    waiting: set[int]
-    then: Callable[[], None]
-    items: int = 0
-    outcomes: list[int] = field(default_factory=list)
 
 
 class CommitService:
     def __init__(self, mesh: Mesh, table: TxTable, members: Callable[[], Iterable[int]],
                  on_outcome: Callable[[set[int]], None]) -> None:
-        """``members()``: node ids of the other live members; ``on_outcome(xids)``: outcomes just learned."""
+        """``members()``: node ids of the other live members (read once: the initial view; later changes come
+        through ``member_added``/``member_removed``); ``on_outcome(xids)``: outcomes just learned."""
         self.mesh = mesh
-        self.table = table
-        self.members = members
+        self.core = CommitRounds(members(), table)
         self.on_outcome = on_outcome
-        self.rounds: dict[int, _Round] = {}
-        self.next_round = 1
-        self.syncing: set[int] = set()
         self.sync_waiters: list[Callable[[], None]] = []
-        self.deferred: dict[int, list[Any]] = {}
-        self.pending_sync: set[int] = set()
-        self.horizons: dict[int, int] = {}
-        self.waits: dict[int, list[tuple[int, int]]] = {}
-        self.counters: Counter[str] = Counter()
-        self.prepared_from: dict[int, set[int]] = {}  # XIDs a peer prepared and has not decided (for recovery)
+        self.callbacks: dict[int, Callable[[], None]] = {}
         mesh.on(KIND, self._on_message)
 
-    # -- join ------------------------------------------------------------------------------------------------
-    def sync(self, peers: Iterable[int]) -> None:
-        """Ask every member of the initial view for its table; ``ready`` once all answered (or left)."""
-        self.syncing = set(peers)
-        for peer in self.syncing:
-            self._send(peer, ["sync"])
+    # -- state the node, sessions and survivors read -----------------------------------------------------------
+    @property
+    def table(self) -> TxTable:
+        return self.core.table
+
+    @property
+    def rounds(self) -> dict[int, set[int]]:
+        return self.core.rounds
+
+    @property
+    def prepared_from(self) -> dict[int, set[int]]:
+        return self.core.prepared_from
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self.core.counters
+
+    @property
+    def horizons(self) -> dict[int, int]:
+        return self.core.horizons
 
     @property
     def ready(self) -> bool:
-        return not self.syncing
+        return self.core.ready
+
+    # -- join -------------------------------------------------------------------------------------------------
+    def sync(self, peers: Iterable[int]) -> None:
+        """Ask every member of the initial view for its table; ``ready`` once all answered (or left)."""
+        self.core.sync(peers)
+        self._run()
 
     def when_ready(self, then: Callable[[], None]) -> None:
         if self.ready:
@@ -77,146 +74,69 @@ class CommitService:
         else:
             self.sync_waiters.append(then)
 
-    def _synced(self, peer: int) -> None:
-        self.syncing.discard(peer)
-        if self.ready:
-            waiters, self.sync_waiters = self.sync_waiters, []
-            for then in waiters:
-                then()
-
-    # -- membership ------------------------------------------------------------------------------------------
+    # -- membership -------------------------------------------------------------------------------------------
     def member_added(self, node: int) -> None:
-        for body in self.deferred.pop(node, []):
-            self._send(node, body)
-        if node in self.pending_sync:
-            self.pending_sync.discard(node)
-            self._send(node, ["state", self.table.export()])
+        self.core.member_added(node)
+        self._run()
 
     def member_removed(self, node: int) -> None:
-        self.deferred.pop(node, None)
-        self.prepared_from.pop(node, None)
-        self.pending_sync.discard(node)
-        self.horizons.pop(node, None)
-        self.waits.pop(node, None)
-        self._synced(node)
-        for rid in list(self.rounds):
-            self._acked(rid, node)
+        self.core.member_removed(node)
+        self._run()
 
-    # -- rounds ----------------------------------------------------------------------------------------------
-    def _round(self, body: list[Any], then: Callable[[], None]) -> None:
-        rid = self.next_round
-        self.next_round += 1
-        members = set(self.members())
-        self.rounds[rid] = _Round(set(members), then)
-        for node in members:
-            self._send(node, [body[0], rid, *body[1:]])
-        self.counters[f"{body[0]}_rounds"] += 1
-        if not members:
-            self._complete(rid)
-
+    # -- rounds -----------------------------------------------------------------------------------------------
     def prepare(self, xids: list[int], then: Callable[[], None]) -> None:
         """Mark ``xids`` prepared here and on every member; ``then()`` once all acknowledged."""
-        self.table.prepare(xids)
-        self._round(["prep", xids], then)
+        self._start(self.core.prepare(xids), then)
 
     def finish(self, committed: list[tuple[int, int]], aborted: list[int], then: Callable[[], None]) -> None:
         """Record outcomes here, tell every member, ``then()`` once all acknowledged (I5)."""
-        for xid, cts in committed:
-            self.table.commit(xid, cts)
-        for xid in aborted:
-            self.table.abort(xid)
-        self._round(["done", [list(c) for c in committed], aborted], then)
+        self._start(self.core.finish(committed, aborted), then)
 
-    def _acked(self, rid: int, node: int) -> None:
-        rnd = self.rounds.get(rid)
-        if rnd is not None:
-            rnd.waiting.discard(node)
-            if not rnd.waiting:
-                self._complete(rid)
+    def _start(self, rid: int, then: Callable[[], None]) -> None:
+        self.callbacks[rid] = then
+        self._run()
 
-    def _complete(self, rid: int) -> None:
-        rnd = self.rounds.pop(rid)
-        rnd.then()
-
-    # -- gossip ----------------------------------------------------------------------------------------------
+    # -- gossip -----------------------------------------------------------------------------------------------
     def publish(self, horizon: int, waits: list[tuple[int, int]], waits_changed: bool) -> None:
         """Periodic: our pruning horizon, and our long row waits when they changed."""
         if failpoints.hit("commits.gossip"):
             return
-        for node in self.members():
-            self._send(node, ["hz", horizon])
-            if waits_changed:
-                self._send(node, ["wfg", [list(w) for w in waits]])
+        self.core.publish(horizon, waits, waits_changed)
+        self._run()
 
     def horizon(self, local: int) -> int:
-        """The oldest snapshot timestamp any live member may use (0, pruning nothing, until all reported)."""
-        low = local
-        for node in self.members():
-            low = min(low, self.horizons.get(node, 0))
-        return low
+        return self.core.horizon(local)
 
     def stats(self) -> dict[str, int]:
         """Counters, plus what is still open: rounds waiting for acknowledgements, XIDs prepared here or by a
         peer whose outcome this node has not heard (both drain to zero once the cluster is idle)."""
-        return {**self.counters, "rounds_open": len(self.rounds), "prepared_now": len(self.table.prepared)}
+        return {**self.core.counters, "rounds_open": len(self.core.rounds),
+                "prepared_now": len(self.core.table.prepared)}
 
     def remote_waits(self) -> list[tuple[int, int]]:
-        return [w for node in self.members() for w in self.waits.get(node, [])]
+        return self.core.remote_waits()
 
-    # -- wire ------------------------------------------------------------------------------------------------
-    def _send(self, node: int, body: list[Any]) -> None:
-        if node not in self.mesh.peers:  # its join has not reached us yet: hold the message until it does
-            self.deferred.setdefault(node, []).append(body)
-            return
-        self.mesh.send(node, KIND, body)
-
+    # -- wire -------------------------------------------------------------------------------------------------
     def _on_message(self, msg: wire.PeerMessage) -> None:
-        body = msg.body
-        if not isinstance(body, list) or not body or not isinstance(body[0], str):
-            raise ValueError("tx message must be [op, ...]")
-        op, sender = body[0], msg.sender
-        if op == "ack" and len(body) == 2 and isinstance(body[1], int):
-            self._acked(body[1], sender)
-        elif op == "prep" and len(body) == 3 and _xids(body[2]):
-            self.table.prepare(body[2])
-            self.prepared_from.setdefault(sender, set()).update(body[2])
-            self._send(sender, ["ack", body[1]])
-        elif op == "done" and len(body) == 4 and _pairs(body[2]) and _xids(body[3]):
-            ended: set[int] = set()
-            for xid, cts in body[2]:
-                self.table.commit(xid, cts)
-                ended.add(xid)
-            for xid in body[3]:
-                self.table.abort(xid)
-                ended.add(xid)
-            mine = self.prepared_from.get(sender)
-            if mine:
-                mine -= ended
-            self._send(sender, ["ack", body[1]])
-            self.on_outcome(ended)
-        elif op == "sync" and len(body) == 1:
-            if sender in self.mesh.peers:
-                self._send(sender, ["state", self.table.export()])
-            else:  # answer once our rounds count the joiner, or it could miss an outcome
-                self.pending_sync.add(sender)
-        elif op == "state" and len(body) == 2 and isinstance(body[1], dict):
-            self.table.merge(body[1])
-            self._synced(sender)
-            self.on_outcome(set())
-        elif op == "hz" and len(body) == 2 and isinstance(body[1], int):
-            self.horizons[sender] = body[1]
-        elif op == "wfg" and len(body) == 2 and _pairs(body[1]):
-            self.waits[sender] = [(int(a), int(b)) for a, b in body[1]]
-        else:
-            raise ValueError(f"malformed tx message {op!r}")
-        self.counters[f"recv_{op}"] += 1
+        self.core.on_wire(msg.sender, msg.body)
+        self._run()
 
-
-def _xids(items: Any) -> bool:
-    return (isinstance(items, list) and len(items) <= MAX_ITEMS
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in items))
-
-
-def _pairs(items: Any) -> bool:
-    return (isinstance(items, list) and len(items) <= MAX_ITEMS
-            and all(isinstance(p, list) and len(p) == 2 and _xids(p) for p in items))
+    def _run(self) -> None:
+        """Carry out the core's effects, including those produced by the callbacks they run."""
+        while True:
+            effects = self.core.drain()
+            if not effects:
+                return
+            for eff in effects:
+                if isinstance(eff, Send):
+                    self.mesh.send(eff.dest, KIND, eff.msg.to_wire())
+                elif isinstance(eff, RoundComplete):
+                    then = self.callbacks.pop(eff.round, None)
+                    if then is not None:
+                        then()
+                elif isinstance(eff, OutcomesLearned):
+                    self.on_outcome(set(eff.xids))
+                elif isinstance(eff, Synced):
+                    waiters, self.sync_waiters = self.sync_waiters, []
+                    for then in waiters:
+                        then()
