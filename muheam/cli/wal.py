@@ -280,8 +280,8 @@ def _check_out(out: Path) -> None:
 
 
 def _local_wal_writers(shared: Path) -> dict[int, list[int]]:
-    """Nodes running on this host, found as processes holding a file of ``shared/wal/node-<id>/`` open (pids by
-    node).  Needs no config and no etcd; nodes on other hosts are not seen."""
+    """Nodes running on this host, found as node agents (``... node start ...``) holding a file of
+    ``shared/wal/node-<id>/`` open (pids by node).  Needs no config and no etcd; nodes on other hosts are not seen."""
     from walmerge.merge import node_dirs
 
     dirs = {str(d.resolve()) + os.sep: node for node, d in node_dirs(shared).items()}
@@ -292,6 +292,9 @@ def _local_wal_writers(shared: Path) -> dict[int, list[int]]:
         return {}
     for proc in procs:
         try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(a == b"node" and b == b"start" for a, b in zip(argv, argv[1:])):
+                continue  # not a node agent ('muheam node start'): a reader of the WAL is no writer
             targets = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
         except OSError:
             continue  # gone, or not ours to look at
