@@ -1,5 +1,6 @@
 """The peer mesh over ZeroMQ: frames and their validation (``wire``), reliable FIFO links per pair of node
-incarnations (``peerlink``, pure), and the sockets that carry them (``mesh``).
+incarnations (``peerlink``, pure), and the sockets that carry them (``mesh``); ``request`` is the one-request,
+one-reply helper with a deadline that the client and the WAL stream's ``request`` share.
 
 May import: ``locking`` (the Lamport clock), ``errors``, ``failpoints``.  Knows nothing of what the messages mean:
 never imports ``cluster``, ``engine`` or anything above.
