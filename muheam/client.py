@@ -12,11 +12,31 @@ from typing import Any, Iterator
 import zmq
 
 from muheam.net import wire
+from muheam.net.request import Requester, check_endpoint
 from muheam.errors import MuheamError
+
+#: a little longer than a node's lock and idle-in-transaction timeouts (10 s by default), so that a row-lock wait
+#: ends as ``LockTimeout`` from the node, not as ``NodeUnavailable`` here
+DEFAULT_TIMEOUT = 30.0
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class NodeUnavailable(MuheamError):
-    """The node did not answer in time (down, paused, or unreachable)."""
+    """The node did not answer in time (down, paused, or unreachable) or refused the connection (not running)."""
+
+
+class ValueOutOfRange(ValueError):
+    """An integer key or value does not fit in int64 (rejected before anything is sent)."""
+
+
+def _check_int64(what: str, value: object) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueOutOfRange(f"{what} {value} is out of the int64 range ({INT64_MIN} .. {INT64_MAX})")
+
+
+def _check_row(table: str, row: dict[str, Any]) -> None:
+    for column, value in row.items():
+        _check_int64(f"{table}.{column}:", value)
 
 
 class RequestFailed(MuheamError):
@@ -101,26 +121,21 @@ def _raise(code: str, message: str) -> None:
 class Connection:
     """One client connection to one node's client port.  Not thread-safe: use one per thread."""
 
-    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = check_endpoint(endpoint, "client endpoint")
         self.timeout = timeout
-        self._sock: zmq.Socket[Any] | None = None
-
-    def _socket(self) -> zmq.Socket[Any]:
-        if self._sock is None:
-            self._sock = _context().socket(zmq.DEALER)
-            self._sock.setsockopt(zmq.LINGER, 0)
-            self._sock.connect(self.endpoint)
-        return self._sock
+        self._req: Requester | None = None
 
     def call(self, op: str, **args: Any) -> Any:
-        """Send one request and wait for its reply; a node that does not answer in time is ``NodeUnavailable``."""
-        sock = self._socket()
-        sock.send_multipart([b"", wire.pack({"op": op, **args})])
-        if not sock.poll(int(self.timeout * 1000)):
+        """Send one request and wait for its reply; a node that does not answer in time, or refuses the
+        connection (nothing listens: known within about 0.1 s), is ``NodeUnavailable``."""
+        if self._req is None:
+            self._req = Requester(_context(), self.endpoint, NodeUnavailable, who="node", envelope=True)
+        try:
+            reply = self._req.request({"op": op, **args}, self.timeout, op)
+        except NodeUnavailable:
             self.close()  # a late reply must not be taken for the answer to the next request
-            raise NodeUnavailable(f"node at {self.endpoint} did not answer {op!r} within {self.timeout:g} s")
-        reply = wire.unpack(sock.recv_multipart()[-1], wire.MAX_CLIENT_FRAME)
+            raise
         if not isinstance(reply, dict):
             raise ClientError("malformed", f"node at {self.endpoint} sent a malformed reply")
         if not reply.get("ok"):
@@ -129,9 +144,9 @@ class Connection:
         return reply.get("result")
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+        if self._req is not None:
+            self._req.close()
+            self._req = None
 
     def __enter__(self) -> "Connection":
         return self
@@ -178,22 +193,31 @@ class ClientTransaction:
             raise
 
     def get(self, table: str, key: int) -> dict[str, Any] | None:
+        _check_int64(f"{table} key", key)
         result: dict[str, Any] | None = self._op("get", table=table, key=key)
         return result
 
     def insert(self, table: str, key: int, row: dict[str, Any]) -> None:
+        _check_int64(f"{table} key", key)
+        _check_row(table, row)
         self._op("insert", table=table, key=key, row=row)
 
     def update(self, table: str, key: int, changes: dict[str, Any]) -> None:
+        _check_int64(f"{table} key", key)
+        _check_row(table, changes)
         self._op("update", table=table, key=key, changes=changes)
 
     def add(self, table: str, key: int, column: str, delta: int | float) -> None:
+        _check_int64(f"{table} key", key)
+        _check_int64(f"{table}.{column}: delta", delta)
         self._op("add", table=table, key=key, column=column, delta=delta)
 
     def delete(self, table: str, key: int) -> None:
+        _check_int64(f"{table} key", key)
         self._op("delete", table=table, key=key)
 
     def lock(self, table: str, key: int) -> None:
+        _check_int64(f"{table} key", key)
         self._op("lock", table=table, key=key)
 
     def scan(self, table: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -213,6 +237,9 @@ class ClientTransaction:
                 pass  # already rolled back by the node
 
 
-def connect(endpoint: str, timeout: float = 10.0) -> Connection:
-    """A connection to the node whose client endpoint is ``endpoint`` (e.g. from ``muheam list --format json``)."""
+def connect(endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+    """A connection to the node whose client endpoint is ``endpoint`` (``tcp://HOST:PORT``, e.g. from ``muheam list
+    --format json``).  ``timeout``: seconds to wait for each reply (longer than the node's lock timeout, so a
+    row-lock wait ends as ``LockTimeout``).  A malformed endpoint is a ``ValueError`` at once; keys and integer
+    values outside int64 are ``ValueOutOfRange`` (a ``ValueError``) before anything is sent."""
     return Connection(endpoint, timeout)

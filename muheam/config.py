@@ -23,6 +23,8 @@ from muheam.errors import ConfigError
 ETCD_MIN_TTL = 2
 DEFAULT_TTL = 2
 MAX_NODE_ID = 1023
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 300.0
 ENV_PREFIX = "MUHEAM_"
 NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", "MUHEAM_FULL", "MUHEAM_NO_JIT",
                           "MUHEAM_SIM_EXAMPLES"})
@@ -31,7 +33,7 @@ NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
-             "fence_command"}
+             "fence_command", "lock_timeout", "idle_in_transaction_timeout"}
 _NODE_KEYS = {"peer_endpoint", "client_endpoint", "host"}
 _EMBEDDED_KEYS = {"client_endpoint", "peer_endpoint", "data_dir"}
 
@@ -65,6 +67,10 @@ class Config:
     source: Path | None = None
     fence_command: str = ""
     """Shell command that fences a dead node on another host before survivors recover it (``muheam.node.fence``)."""
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    """Seconds a transaction waits for a row lock (or a begin for prepared outcomes) before ``LockTimeout``."""
+    idle_in_transaction_timeout: float = DEFAULT_IDLE_TIMEOUT
+    """Seconds a transaction may sit idle between requests before the node rolls it back."""
 
     def node(self, node_id: int) -> NodeConfig:
         try:
@@ -92,6 +98,10 @@ class Config:
         }
         if self.fence_command:
             doc["fence_command"] = self.fence_command
+        if self.lock_timeout != DEFAULT_LOCK_TIMEOUT:
+            doc["lock_timeout"] = self.lock_timeout
+        if self.idle_in_transaction_timeout != DEFAULT_IDLE_TIMEOUT:
+            doc["idle_in_transaction_timeout"] = self.idle_in_transaction_timeout
         if self.embedded_etcd is not None:
             doc["embedded_etcd"] = {
                 "client_endpoint": self.embedded_etcd.client_endpoint,
@@ -140,6 +150,23 @@ def _check_ttl(value: object) -> int:
     if value > 600:
         raise ConfigError(f"lease_ttl: {value} s would delay failure detection by minutes; use at most 600")
     return value
+
+
+def _check_seconds(key: str, value: object, default: float, most: float) -> float:
+    """A positive number of seconds (``MUHEAM_LOCK_TIMEOUT=2.5`` arrives as a string)."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number of seconds, e.g. {key} = {default:g}; got {value!r}")
+    if not 0 < value <= most:
+        raise ConfigError(f"{key}: {value!r} s is out of range; use more than 0 and at most {most:g} s "
+                          f"(default {default:g})")
+    return float(value)
 
 
 def _check_node_id(key: str, raw: object) -> int:
@@ -284,6 +311,10 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
 
     return Config(
         fence_command=fence_command.strip(),
+        lock_timeout=_check_seconds("lock_timeout", raw.get("lock_timeout"), DEFAULT_LOCK_TIMEOUT, 3600),
+        idle_in_transaction_timeout=_check_seconds("idle_in_transaction_timeout",
+                                                   raw.get("idle_in_transaction_timeout"), DEFAULT_IDLE_TIMEOUT,
+                                                   7 * 86400),
         cluster_name=name,
         shared_dir=shared,
         run_dir=run_dir,

@@ -180,7 +180,8 @@ def _read_stream(rep: _Reporter, name: str, directory: Path, node_id: int, syste
         if reader.torn is not None and not allow_torn_tail:
             t = reader.torn
             rep.add(name, "torn", Problem(f"torn tail: {t.reason}; {t.nonzero_bytes_dropped} non-zero bytes after the "
-                                          f"last valid record (normal after a crash of this node: allow_torn_tail)",
+                                          f"last valid record (normal after a crash of this node: pass "
+                                          f"--allow-torn-tail)",
                                           file=t.path.name, offset=t.offset, lsn=t.lsn, stream=name))
         if resume_after is None:
             break

@@ -30,7 +30,7 @@ def cli() -> None:
 
 
 COMMANDS = (cluster.cluster, node.node, node.list_cmd, node.watch_cmd, data.table, data.get_cmd, data.put_cmd,
-            data.scan_cmd, wal.waldump_cmd, wal.walmerge_cmd, recover.recover_cmd, bench.bench)
+            data.scan_cmd, wal.wal, wal.waldump_cmd, wal.walmerge_cmd, recover.recover_cmd, bench.bench)
 for command in COMMANDS:
     cli.add_command(command)
 
@@ -52,6 +52,15 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - never a bare traceback at the operator
         if os.environ.get("MUHEAM_DEBUG"):
             raise
+        from muheam.client import ValueOutOfRange
+
+        if isinstance(exc, ValueOutOfRange):  # user input the client refused before sending it
+            click.echo(f"muheam: error: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, OSError):  # the file system said no: name the path, it is not a bug of ours
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"muheam: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
         click.echo(f"muheam: internal error: {type(exc).__name__}: {exc} (set MUHEAM_DEBUG=1 for a traceback "
                    "and report it)", err=True)
         sys.exit(1)

@@ -2,95 +2,116 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, TypeVar
+
 import click
 
 from muheam import config as config_mod
 from muheam.cli.common import emit
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_options(fn: F) -> F:
+    """``--format table|json`` (json by default: benchmarks are read by programs) and ``--json``, its alias."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Alias of --format json.")(fn)
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="json",
+                        show_default=True, help="Output format: one JSON object, or 'key  value' lines.")(fn)
+
+
+def show(result: dict[str, Any], fmt: str, as_json: bool) -> None:
+    if as_json or fmt == "json":
+        emit(result, "json")
+        return
+    width = max((len(k) for k in result), default=0)
+    for key, value in result.items():
+        click.echo(f"{key:<{width}}  {value}")
+
 # bench ------------------------------------------------------------------------------------------------------
 @click.group()
 def bench() -> None:
-    """Benchmarks that print JSON, measured against a baseline in the same run."""
+    """Benchmarks, measured against a baseline in the same run: one JSON object (--format json, the default, or
+    its alias --json) or 'key  value' lines (--format table)."""
 
 
 @bench.command("membership")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--kills", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--stops", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--lease-ttl", type=click.IntRange(config_mod.ETCD_MIN_TTL, 60), default=config_mod.DEFAULT_TTL)
-def bench_membership(as_json: bool, kills: int, stops: int, lease_ttl: int) -> None:
+def bench_membership(fmt: str, as_json: bool, kills: int, stops: int, lease_ttl: int) -> None:
     """Failure detection: kill -9 and graceful stops of real nodes; median detection times in ms."""
     from muheam.bench.membership import run
 
-    emit(run(kills=kills, stops=stops, lease_ttl=lease_ttl), "json")
+    show(run(kills=kills, stops=stops, lease_ttl=lease_ttl), fmt, as_json)
 
 
 @bench.command("xid")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--nodes", type=click.IntRange(1, 8), default=3, show_default=True)
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="Length of the throughput phase.")
 @click.option("--per-request", type=click.IntRange(1, 10_000), default=16, show_default=True,
               help="XIDs a client asks for per request in the throughput phase.")
-def bench_xid(as_json: bool, nodes: int, seconds: float, per_request: int) -> None:
+def bench_xid(fmt: str, as_json: bool, nodes: int, seconds: float, per_request: int) -> None:
     """Global XID allocation: throughput, unbatched latency, messages per allocation, vs a ZeroMQ round trip."""
     from muheam.bench.xid import run
 
-    emit(run(nodes=nodes, seconds=seconds, per_request=per_request), "json")
+    show(run(nodes=nodes, seconds=seconds, per_request=per_request), fmt, as_json)
 
 
 @bench.command("lock")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--transfers", type=click.IntRange(10, 100_000), default=500, show_default=True)
-def bench_lock(as_json: bool, transfers: int) -> None:
+def bench_lock(fmt: str, as_json: bool, transfers: int) -> None:
     """A lock bouncing between two nodes: re-acquire and transfer cost vs a ZeroMQ round trip."""
     from muheam.bench.lock import run
 
-    emit(run(transfers=transfers), "json")
+    show(run(transfers=transfers), fmt, as_json)
 
 
 @bench.command("kv")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--seconds", type=float, default=5.0, show_default=True)
-def bench_kv(as_json: bool, clients: int, seconds: float) -> None:
+def bench_kv(fmt: str, as_json: bool, clients: int, seconds: float) -> None:
     """One node: commits/s and gets/s with concurrent clients, WAL MB/s, fsyncs per commit (group commit)."""
     from muheam.bench.kv import run
 
-    emit(run(clients=clients, seconds=seconds), "json")
+    show(run(clients=clients, seconds=seconds), fmt, as_json)
 
 
 @bench.command("walmerge")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--mb", type=click.IntRange(10, 100_000), default=1024, show_default=True, help="Input WAL size.")
 @click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True)
-def bench_walmerge(as_json: bool, mb: int, nodes: int) -> None:
+def bench_walmerge(fmt: str, as_json: bool, mb: int, nodes: int) -> None:
     """Merge speed against heapq.merge and cp of the same input, measured in one run."""
     from muheam.bench.walmerge import run
 
-    emit(run(total_bytes=mb << 20, nodes=nodes), "json")
+    show(run(total_bytes=mb << 20, nodes=nodes), fmt, as_json)
 
 
 @bench.command("bank")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
-def bench_bank(as_json: bool, seconds: float, clients: int, accounts: int) -> None:
+def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int) -> None:
     """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run."""
     from muheam.bench.bank import run
 
-    emit(run(seconds=seconds, clients=clients, accounts=accounts), "json")
+    show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
 
 
 @bench.command("recovery")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@output_options
 @click.option("--wal-mb", type=click.FloatRange(0.1, 2000), default=20.0, show_default=True,
               help="WAL the killed node writes before the kill (what the survivors redo).")
 @click.option("--seconds-before", type=click.FloatRange(1, 600), default=4.0, show_default=True,
               help="Bank load before the kill (the throughput baseline).")
 @click.option("--lease-ttl", type=click.IntRange(config_mod.ETCD_MIN_TTL, 60), default=config_mod.DEFAULT_TTL)
-def bench_recovery(as_json: bool, wal_mb: float, seconds_before: float, lease_ttl: int) -> None:
+def bench_recovery(fmt: str, as_json: bool, wal_mb: float, seconds_before: float, lease_ttl: int) -> None:
     """Kill one of three nodes under the bank load: detection, block availability, redo speed, throughput."""
     from muheam.bench.recovery import run
 
-    emit(run(seconds_before=seconds_before, wal_mb=wal_mb, lease_ttl=lease_ttl), "json")
+    show(run(seconds_before=seconds_before, wal_mb=wal_mb, lease_ttl=lease_ttl), fmt, as_json)

@@ -52,7 +52,8 @@ def cluster_init(fmt: str, **kw: Any) -> None:
 def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> None:
     """Start a local cluster: embedded etcd, init (first time), and the nodes as daemons.
 
-    Idempotent: on an existing DIR it starts only what is not running.
+    Idempotent: on an existing DIR it starts only what is not running.  Nodes beyond --nodes that are running
+    are left running and listed (JSON: other_running_nodes).
     """
     from muheam.ops.cluster import cluster_up as up
 
@@ -69,6 +70,13 @@ def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> N
     for n in result["nodes"]:
         table.add_row(str(n["node_id"]), str(n["pid"]), str(n["epoch"]), n["peer_endpoint"], n["client_endpoint"])
     (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+    others = result.get("other_running_nodes") or []
+    if others:
+        ids = ", ".join(str(n["node_id"]) for n in others)
+        click.echo(f"note: {len(others)} more node(s) of this cluster are running, beyond --nodes {nodes}: {ids} "
+                   f"(pids {', '.join(str(n['pid']) for n in others)}); they were left as they are. Stop one with "
+                   f"'muheam node stop -c {result['config_file']} --node-id N', or all with 'muheam cluster down "
+                   f"--dir {directory}'")
     click.echo(f"config: {result['config_file']}   (try: muheam list -c {result['config_file']})")
 
 

@@ -27,8 +27,12 @@ def node() -> None:
               help="Start even though the WAL is corrupt in the middle: cut it at the last valid record and "
                    "log what was lost. Only after saving a copy of the WAL directory.")
 @config_options
-def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_loss: bool, **kw: Any) -> None:
-    """Join the cluster under a new epoch and serve until stopped or fenced (exit 3 when self-fenced)."""
+@format_option
+def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_loss: bool, fmt: str,
+               **kw: Any) -> None:
+    """Join the cluster under a new epoch and serve until stopped or fenced (exit 3 when self-fenced).
+
+    --format json applies to --daemon (node_id, pid, epoch); in the foreground the node logs."""
     cfg = load_config(kw)
     cfg.node(node_id)
     if daemon:
@@ -40,7 +44,10 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
             member = start_node_daemon(cfg, node_id, backend, accept_data_loss=accept_data_loss)
         finally:
             backend.close()
-        click.echo(f"node {node_id} started: pid {member.pid}, epoch {member.epoch}")
+        if fmt == "json":
+            emit({"node_id": node_id, "pid": member.pid, "epoch": member.epoch}, fmt)
+        else:
+            click.echo(f"node {node_id} started: pid {member.pid}, epoch {member.epoch}")
         return
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s node-{node_id} %(levelname)s %(name)s: %(message)s"))
@@ -61,7 +68,8 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
               help="smart: wait for clients; fast: abort them; immediate: no clean shutdown.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
 @config_options
-def node_stop(node_id: int, mode: str, timeout: float, **kw: Any) -> None:
+@format_option
+def node_stop(node_id: int, mode: str, timeout: float, fmt: str, **kw: Any) -> None:
     """Stop a node; the lease is revoked so peers learn at once."""
     from muheam.ops.cluster import stop_node
     from muheam.membership import connect
@@ -74,7 +82,10 @@ def node_stop(node_id: int, mode: str, timeout: float, **kw: Any) -> None:
         pass
     if not stop_node(cfg, node_id, mode, timeout, backend):
         raise MuheamError(f"node {node_id} is not running (no live pid file under {cfg.run_dir / 'run'})")
-    click.echo(f"node {node_id} stopped ({mode})")
+    if fmt == "json":
+        emit({"node_id": node_id, "stopped": True, "mode": mode}, fmt)
+    else:
+        click.echo(f"node {node_id} stopped ({mode})")
 
 
 # list / watch -----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +28,42 @@ def _parse_glsn(text: str) -> int:
                              param_hint="--until-glsn")
 
 
-def _parse_time(text: str) -> int:
+#: how far past this machine's clock a --until-time may lie (clock skew between hosts); beyond, a typo
+FUTURE_SLACK_S = 86400.0
+
+
+def _parse_time(text: str, now: float | None = None) -> int:
     """Unix seconds, or ISO 8601 (no zone: local time); returns microseconds since the epoch.
 
-    A time past every COMMIT (``1e30``) stops nowhere: the whole stream is replayed, and a base copy must then be
-    older than the stream's end.  ``inf`` and ``nan`` are refused as input rather than crashing on the
-    conversion."""
+    ``inf`` and ``nan`` are refused as input rather than crashing on the conversion.  A time more than a day
+    after now (``1e30``, or Unix milliseconds given as seconds) is refused as a likely typo: no commit in an
+    archive can be that late, so such a target would only mean "the whole stream", which no --until-time says
+    plainly."""
+    seconds: float
     try:
         seconds = float(text)
     except ValueError:
-        pass
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: write an ISO 8601 time (2026-11-22T10:15:00+00:00) or Unix seconds",
+                                     param_hint="--until-time") from None
+        if when.tzinfo is None:
+            when = when.astimezone()
+        seconds = when.timestamp()
     else:
         if not math.isfinite(seconds):
             raise click.BadParameter(f"{text!r}: give a finite time, or no --until-time to replay the whole stream",
                                      param_hint="--until-time")
-        return int(seconds * 1e6)
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: write an ISO 8601 time (2026-11-22T10:15:00+00:00) or Unix seconds",
-                                 param_hint="--until-time") from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return int(when.timestamp() * 1e6)
+    now = time.time() if now is None else now
+    if seconds > now + FUTURE_SLACK_S:
+        ahead = seconds - now
+        span = f"{ahead / 86400:.0f} days" if ahead < 86400 * 365 * 10 else f"{ahead / (86400 * 365.25):.3g} years"
+        hint = " (milliseconds? give Unix seconds)" if 1e12 <= seconds < 1e14 else ""
+        raise click.BadParameter(f"{text!r} is {span} after now{hint}: no commit can be that late; give a time "
+                                 "within the archive, or no --until-time to replay the whole stream",
+                                 param_hint="--until-time")
+    return int(seconds * 1e6)
 
 
 def _refuse_running(cfg: Any, skip: bool) -> None:
@@ -78,7 +92,8 @@ def _refuse_running(cfg: Any, skip: bool) -> None:
               help="Stop right after this transaction's COMMIT.")
 @click.option("--until-glsn", default=None, help="Stop after the last record at or below this GLSN (LAMPORT/NODE).")
 @click.option("--until-time", default=None,
-              help="Keep every transaction committed at or before this time (ISO 8601, or Unix seconds).")
+              help="Keep every transaction committed at or before this time (ISO 8601, or Unix seconds); a time "
+                   "more than a day after now is refused as a likely typo (no target replays the whole stream).")
 @click.option("--accept-data-loss", is_flag=True,
               help="Crash recovery only: cut a node WAL at mid-stream corruption instead of refusing.")
 @click.option("--skip-etcd-check", is_flag=True, help="Do not ask etcd whether nodes run (you made sure).")

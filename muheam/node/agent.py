@@ -185,7 +185,8 @@ class NodeAgent:
         cluster = Cluster(table, self.commits, self.ownership,
                           stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
                           now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
-        self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster)
+        self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster,
+                                 lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout)
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)

@@ -188,9 +188,15 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dic
                 "peer_endpoint": member.peer_endpoint, "client_endpoint": member.client_endpoint,
             })
         backend.set_state(cfg.cluster_name, "running")
+        # nodes running beyond the ones asked for (cluster up --nodes 2 while 4 run): say so, stop none
+        chosen = {n["node_id"] for n in started}
+        others = [{"node_id": m.node_id, "pid": m.pid, "client_endpoint": m.client_endpoint}
+                  for m in sorted(backend.members(cfg.cluster_name)[0], key=lambda m: m.node_id)
+                  if m.node_id not in chosen]
     finally:
         backend.close()
-    return {"config": cfg.as_dict(), "config_file": str(cfg.source), "etcd": etcd_info, "nodes": started}
+    return {"config": cfg.as_dict(), "config_file": str(cfg.source), "etcd": etcd_info, "nodes": started,
+            "other_running_nodes": others}
 
 
 def cluster_down(directory: Path, mode: str = "fast") -> dict[str, Any]:

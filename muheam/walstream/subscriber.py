@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import zmq
 
 from muheam.net import wire
+from muheam.net.request import Requester, check_endpoint
 from muheam.walstream.publisher import (
     CLOSE_LINGER_MS, DEFAULT_CREDIT, MAX_CREDIT, PING_EVERY, PublisherUnavailable, StreamError, _is_uint, record_end,
 )
@@ -170,19 +171,15 @@ class Subscriber:
 def request(endpoint: str, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
     """One request/reply on a fresh DEALER (``status``, ``ping``): for operators and tests."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
+    req = Requester(ctx, check_endpoint(endpoint, "publisher endpoint"), PublisherUnavailable,
+                    who="the WAL stream publisher", max_size=wire.ZMQ_MAXMSGSIZE)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        sock.send(wire.pack({"op": op, **fields}))
-        if not sock.poll(int(timeout * 1000)):
-            raise PublisherUnavailable(f"the WAL stream publisher at {endpoint} did not answer within {timeout:g} s")
-        reply = wire.unpack(sock.recv(), wire.ZMQ_MAXMSGSIZE)
+        reply = req.request({"op": op, **fields}, timeout, op)
         if not isinstance(reply, dict):
             raise StreamError("protocol", "reply is not a map")
         return reply
     finally:
-        sock.close(0)
+        req.close()
         ctx.term()
 
 

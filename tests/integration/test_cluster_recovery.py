@@ -251,7 +251,7 @@ def _last_commit_and_glsn(merged: Path) -> tuple[int, int]:
 def test_base_newer_than_the_archive_is_refused_for_every_target(local_cluster: Start) -> None:
     """Issue 16, item 8: a base copy taken after the archive's end (here the shared directory as it is after more
     work than the archive holds) must be refused for every target that reaches the stream's end -- none,
-    ``--until-time`` far in the future, ``--until-glsn`` past the end, ``--until-xid`` of the last commit -- with
+    ``--until-time`` after every commit, ``--until-glsn`` past the end, ``--until-xid`` of the last commit -- with
     nothing moved; replaying onto it would leave pages newer than the restored history, and every later write
     failed.  The cluster still starts on the untouched base, and a good base restores with the same archive."""
     c = local_cluster(1)
@@ -289,7 +289,8 @@ def test_base_newer_than_the_archive_is_refused_for_every_target(local_cluster: 
     # the shared directory now holds ten commits the archive does not: as a base it is too new
     before = snapshot_tree(shared)
     past_end = f"{(last_glsn >> 16) + 1_000_000}/{last_glsn & 0xFFFF}"
-    for form in ([], ["--until-time", "1e30"], ["--until-glsn", past_end], ["--until-xid", str(last_xid)]):
+    soon = str(time.time() + 3600)  # after every commit: the whole stream (1e30 is refused as a likely typo)
+    for form in ([], ["--until-time", soon], ["--until-glsn", past_end], ["--until-xid", str(last_xid)]):
         proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", *form,
                        check=False)
         assert proc.returncode == 1, (form, proc.returncode, proc.stdout, proc.stderr)
@@ -301,6 +302,9 @@ def test_base_newer_than_the_archive_is_refused_for_every_target(local_cluster: 
     proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", "--until-time", "inf",
                    check=False)
     assert proc.returncode == 2 and "finite time" in proc.stderr, proc.stderr
+    proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", "--until-time", "1e30",
+                   check=False)
+    assert proc.returncode == 2 and "after now" in proc.stderr and "no --until-time" in proc.stderr, proc.stderr
     assert snapshot_tree(shared) == before
 
     # the refused base is untouched: the cluster starts on it with every row and takes new work
@@ -315,7 +319,7 @@ def test_base_newer_than_the_archive_is_refused_for_every_target(local_cluster: 
     # positive control: a base taken before the archive, the whole stream by a far-future time
     swap_in(shared, good_base, "shared-newer")
     proc = run_cli("recover", "-c", config, "--from-merged", str(merged), "--skip-etcd-check", "--until-time",
-                   "1e30", "--format", "json")
+                   str(time.time() + 3600), "--format", "json")
     summary = json.loads(proc.stdout)
     assert summary["stopped_before_lsn"] is None and summary["committed"] >= 20, summary
     ep = up()

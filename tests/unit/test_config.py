@@ -90,3 +90,29 @@ def test_cli_reports_bad_config_in_one_line_with_exit_2(tmp_path: Path) -> None:
     path.write_text("this is = = not toml")
     proc = run_cli("list", "-c", str(path), check=False)
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+
+
+def test_lock_and_idle_timeouts_are_settings(tmp_path: Path) -> None:
+    cfg = config.validate({"shared_dir": str(tmp_path)})
+    assert (cfg.lock_timeout, cfg.idle_in_transaction_timeout) == (10.0, 300.0)
+    cfg = config.validate({"shared_dir": str(tmp_path), "lock_timeout": 2.5, "idle_in_transaction_timeout": 60})
+    assert (cfg.lock_timeout, cfg.idle_in_transaction_timeout) == (2.5, 60.0)
+    path = tmp_path / "muheam.toml"
+    path.write_text(cfg.to_toml())
+    assert config.load(path, env={}).lock_timeout == 2.5
+    env = config.load(path, env={"MUHEAM_LOCK_TIMEOUT": "0.5", "MUHEAM_IDLE_IN_TRANSACTION_TIMEOUT": "7"})
+    assert (env.lock_timeout, env.idle_in_transaction_timeout) == (0.5, 7.0)
+    for key, bad in (("lock_timeout", 0), ("lock_timeout", "soon"), ("lock_timeout", float("nan")),
+                     ("idle_in_transaction_timeout", -1), ("idle_in_transaction_timeout", True)):
+        with pytest.raises(ConfigError, match=f"^{key}: "):
+            config.validate({"shared_dir": str(tmp_path), key: bad})
+
+
+def test_client_waits_longer_than_the_node_lock_and_idle_timeouts() -> None:
+    """A row-lock wait must end as LockTimeout from the node, not as NodeUnavailable in the client."""
+    import inspect
+
+    from muheam.client import connect
+
+    client_default = inspect.signature(connect).parameters["timeout"].default
+    assert client_default > config.DEFAULT_LOCK_TIMEOUT + 5

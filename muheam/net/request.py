@@ -1,0 +1,109 @@
+"""One request, one reply, with a deadline: the helper the client (``muheam.client``) and the WAL stream's one-shot
+``request`` (``muheam.walstream.subscriber``) share.
+
+``Requester`` is a DEALER socket with a ZeroMQ socket monitor.  A reply that does not come within the timeout is
+``unavailable``; so is a connection the peer refuses (nothing listens on the port: ZeroMQ reports
+``EVENT_CONNECT_RETRIED`` while no connection is up), which is known within ZeroMQ's reconnect interval (0.1 s)
+instead of after the full timeout.  ``check_endpoint`` says what is wrong with an endpoint before ZeroMQ raises a
+bare ``ZMQError``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from muheam.net import wire
+
+_WATCHED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
+
+
+def check_endpoint(endpoint: object, what: str = "endpoint") -> str:
+    """``tcp://HOST:PORT`` (``ipc://PATH`` and ``inproc://NAME`` pass too); else ``ValueError`` saying how to write it."""
+    if not isinstance(endpoint, str):
+        raise ValueError(f"{what} {endpoint!r} is not a string; write it as 'tcp://HOST:PORT', e.g. "
+                         "'tcp://127.0.0.1:8001'")
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint
+    parsed = urlparse(endpoint)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "tcp" or not parsed.hostname or port is None or not 0 < port < 65536:
+        hint = f"'tcp://{endpoint}'" if "://" not in endpoint else "'tcp://HOST:PORT', e.g. 'tcp://127.0.0.1:8001'"
+        raise ValueError(f"{what} {endpoint!r} is not a ZeroMQ endpoint: it needs tcp:// and a port; write {hint}")
+    return endpoint
+
+
+class Requester:
+    """A DEALER connected to ``endpoint`` that sends one request and waits for its reply.
+
+    ``unavailable(message)`` builds the exception raised when nothing answers in time or the connection is
+    refused.  ``envelope`` sends the empty delimiter frame a ROUTER-with-REQ-framing peer expects (the node's
+    client port).  Not thread-safe: one per thread.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, unavailable: Callable[[str], Exception], *,
+                 who: str = "node", envelope: bool = False, max_size: int = wire.MAX_CLIENT_FRAME) -> None:
+        self.endpoint = endpoint
+        self.who = who
+        self._unavailable = unavailable
+        self._envelope = envelope
+        self._max_size = max_size
+        self.sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self._monitor: zmq.Socket[Any] | None = self.sock.get_monitor_socket(_WATCHED)
+        self._connected = False
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        try:
+            self.sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ValueError(f"{who} endpoint {endpoint!r}: {exc}; write it as 'tcp://HOST:PORT'") from None
+
+    def _refused(self) -> bool:
+        """Drain the monitor; True once a connection attempt failed while none is up."""
+        assert self._monitor is not None
+        refused = False
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._connected, refused = True, False
+            elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                self._connected = False
+            elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected:
+                refused = True
+        return refused
+
+    def request(self, msg: dict[str, Any], timeout: float, label: str = "") -> Any:
+        """Send ``msg`` (packed with msgpack) and return the unpacked reply."""
+        self.sock.send_multipart([b"", wire.pack(msg)] if self._envelope else [wire.pack(msg)])
+        what = f" {label!r}" if label else ""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            events = dict(self._poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
+            if self.sock in events:
+                return wire.unpack(self.sock.recv_multipart()[-1], self._max_size)
+            if self._monitor in events and self._refused():
+                raise self._unavailable(f"{self.who} at {self.endpoint} refused the connection (nothing listens "
+                                        f"there: is it running?) before answering{what}")
+            if time.monotonic() >= deadline:
+                raise self._unavailable(f"{self.who} at {self.endpoint} did not answer{what} within {timeout:g} s")
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(0)
+            self._monitor = None
+        self.sock.close(0)
