@@ -11,7 +11,6 @@ from typing import Any, Iterator
 
 import zmq
 
-from muheam.net import wire
 from muheam.net.request import Requester, check_endpoint
 from muheam.errors import MuheamError
 
