@@ -3,7 +3,7 @@
 The lease is the failure detector for a node cut off from etcd, but a node cut off only from its peers keeps its
 lease, and every lock and commit round waits for it until the cut heals.  So members also listen for each other:
 every node sends a ``beat`` to each peer a few times a second (``BEAT_INTERVAL``), and a peer not heard from for
-``silence_timeout`` is *silent*.  A node that finds a peer silent publishes what it hears (``reach/<id>`` in etcd,
+``silence_timeout`` (twice the lease TTL) is *silent*.  A node that finds a peer silent publishes what it hears (``reach/<id>`` in etcd,
 on its lease) and, once the others had a moment to publish theirs, asks ``decide`` which side stays:
 
 * an edge joins two members only if each hears the other (a one-way cut is a cut);
@@ -31,9 +31,9 @@ MAX_EXACT = 16
 
 
 def silence_timeout(lease_ttl: float) -> float:
-    """A peer unheard for this long is silent: longer than any pause the lease tolerates, so that a node merely
-    stalled is found by its lease first, and short enough that the cluster serves again within 2 x TTL + 5 s."""
-    return 1.5 * lease_ttl
+    """A peer unheard for this long is silent: twice the lease, so that a node merely stalled (or dead) is found
+    by its lease first, and short enough that the cluster serves again within 2 x TTL + 5 s of a peer cut."""
+    return 2.0 * lease_ttl
 
 
 def _mutual(reach: Mapping[int, Iterable[int]], live: set[int]) -> dict[int, set[int]]:

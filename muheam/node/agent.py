@@ -193,8 +193,9 @@ class NodeAgent:
         self.port.register("lock_cycle", self._op_lock_cycle)
         self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
                                    cfg.lease_ttl)
-        for peer in self.members:
-            self.peerwatch.watch(peer)
+        for peer, m in self.members.items():
+            if m.state == "running":  # a node beats once its loop runs: listen from then on
+                self.peerwatch.watch(peer)
         self.port.register("peer_ping", self._op_peer_ping)
         self.mesh.on("ping", self._on_ping)
         self.mesh.on("pong", self._on_pong)
@@ -332,7 +333,9 @@ class NodeAgent:
                 self._remove(known)  # a restart whose expiry we have not seen yet
             self.members[member.node_id] = member
             self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
-            if self.peerwatch is not None:
+            if self.peerwatch is not None and member.state == "running":
+                # listened to from when it runs, not from its join: its start (redo, warm-ups) can outlast the
+                # silence timeout, and a node still starting sends no beat yet
                 self.peerwatch.watch(member.node_id)
             if self.locks is not None:
                 self.locks.member_added(member.node_id, member.epoch)
