@@ -60,6 +60,7 @@ import zmq
 
 from muheam.net import wire
 from muheam.errors import ConfigError, MuheamError
+from walmerge import lsn as lsn_text
 from walmerge.errors import WalError, format_lsn
 from walmerge.reader import SegmentBatch, WalReader
 from walmerge.record import align8
@@ -99,22 +100,11 @@ class PublisherUnavailable(MuheamError):
 
 
 def parse_lsn(text: str) -> int:
-    """An LSN as printed by ``format_lsn`` (``HI/LO`` hex, PostgreSQL style), ``0x`` hex or decimal."""
-    s = text.strip()
+    """``walmerge.lsn.parse_lsn`` for operator input: a bad LSN is a ``ConfigError`` (exit 2)."""
     try:
-        if "/" in s:
-            hi, lo = s.split("/", 1)
-            value = (int(hi, 16) << 32) | int(lo, 16)
-            if int(lo, 16) > 0xFFFFFFFF:
-                raise ValueError
-        else:
-            value = int(s, 0)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an LSN; write it as HI/LO hex (0/1A2B3C40, as printed), 0x hex or "
-                          "decimal") from None
-    if not 0 <= value < 1 << 64:
-        raise ConfigError(f"LSN {text!r} is out of range")
-    return value
+        return lsn_text.parse_lsn(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _is_uint(value: Any, limit: int = 1 << 64) -> bool:
