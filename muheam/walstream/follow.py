@@ -337,7 +337,7 @@ def run_subscribe(endpoint: str, out: Path, *, from_lsn: int | None = None, dura
             except (StreamError, PublisherUnavailable) as exc:
                 raise MuheamError(f"subscription to {endpoint}: {exc}") from None
             if sub.info is not None and writer is None:
-                got_sid, got_size = int(sub.info["system_id"]), int(sub.info["segment_size"])
+                got_sid, got_size = sub.info.system_id, sub.info.segment_size
                 if sid is not None and (got_sid, got_size) != (sid, seg_size):
                     raise UnusableInput(f"{out} holds a copy of another stream (system id {sid:#x}, segments of "
                                         f"{seg_size} bytes; the publisher has {got_sid:#x}, {got_size}); use an "
