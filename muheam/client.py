@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import zmq
 
 from muheam.net import wire
+from muheam import errors
 from muheam.errors import MuheamError
 
 
@@ -52,7 +53,7 @@ class ClientError(RequestFailed):
     """Base of the typed errors a node reports for a request."""
 
 
-class SerializationFailure(ClientError):
+class SerializationFailure(ClientError, errors.SerializationFailure):
     """Another transaction changed the row first (REPEATABLE READ); retry the whole transaction."""
 
 
