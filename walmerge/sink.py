@@ -408,7 +408,7 @@ class MergedSink:
         starts = np.concatenate(([0], np.flatnonzero(new_piece) + 1)).tolist()
         ends = starts[1:] + [len(dst)]
         clipped = _clipped(buffers, src, off, aligned)
-        if clipped is None and jit.enabled():
+        if clipped is None and jit.use_compiled():
             prevs = np.empty(len(lsns), dtype=np.uint64)
             prevs[0] = self._last_lsn
             prevs[1:] = lsns[:-1]
