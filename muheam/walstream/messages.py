@@ -25,7 +25,7 @@ Replies (maps with a ``type``)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, ClassVar, Mapping, Self, Union
 
 PROTOCOL_VERSION = 1
 DEFAULT_CREDIT = 8
@@ -95,33 +95,33 @@ class Credit:
 
 
 @dataclass(frozen=True, slots=True)
-class Ping:
+class _Bare:
+    """A message with no field but its name (``KEY: NAME``); other keys a peer adds are ignored."""
+
+    KEY: ClassVar[str] = "op"
+    NAME: ClassVar[str] = ""
+
     def to_wire(self) -> dict[str, Any]:
-        return {"op": "ping"}
+        return {self.KEY: self.NAME}
 
     @classmethod
-    def from_wire(cls, msg: Mapping[Any, Any]) -> Ping:
+    def from_wire(cls, msg: Mapping[Any, Any]) -> Self:
         return cls()
 
 
 @dataclass(frozen=True, slots=True)
-class StatusRequest:
-    def to_wire(self) -> dict[str, Any]:
-        return {"op": "status"}
-
-    @classmethod
-    def from_wire(cls, msg: Mapping[Any, Any]) -> StatusRequest:
-        return cls()
+class Ping(_Bare):
+    NAME = "ping"
 
 
 @dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    def to_wire(self) -> dict[str, Any]:
-        return {"op": "unsubscribe"}
+class StatusRequest(_Bare):
+    NAME = "status"
 
-    @classmethod
-    def from_wire(cls, msg: Mapping[Any, Any]) -> Unsubscribe:
-        return cls()
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(_Bare):
+    NAME = "unsubscribe"
 
 
 Request = Union[Subscribe, Credit, Ping, StatusRequest, Unsubscribe]
@@ -227,13 +227,9 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
-class Unsubscribed:
-    def to_wire(self) -> dict[str, Any]:
-        return {"type": "unsubscribed"}
-
-    @classmethod
-    def from_wire(cls, msg: Mapping[Any, Any]) -> Unsubscribed:
-        return cls()
+class Unsubscribed(_Bare):
+    KEY = "type"
+    NAME = "unsubscribed"
 
 
 @dataclass(frozen=True, slots=True)
