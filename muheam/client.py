@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import zmq
 
 from muheam.net.request import Requester, check_endpoint
+from muheam import errors
 from muheam.errors import MuheamError
 
 #: a little longer than a node's lock and idle-in-transaction timeouts (10 s by default), so that a row-lock wait
@@ -71,7 +72,7 @@ class ClientError(RequestFailed):
     """Base of the typed errors a node reports for a request."""
 
 
-class SerializationFailure(ClientError):
+class SerializationFailure(ClientError, errors.SerializationFailure):
     """Another transaction changed the row first (REPEATABLE READ); retry the whole transaction."""
 
 

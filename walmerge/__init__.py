@@ -7,6 +7,7 @@ Knows records, segments, orders and checksums; never tables (redo lives in ``muh
 from walmerge.errors import (
     RecordTooLarge, WalCorruption, WalError, WalMismatch, WalMissingSegment, WalWriteError, format_lsn,
 )
+from walmerge.lsn import parse_glsn, parse_lsn
 from walmerge.follow import Emitted, Follower, NodeTail
 from walmerge.merge import MergeSummary, merge
 from walmerge.reader import LastRecord, SegmentBatch, TornTail, TruncateReport, WalReader, read_wal, truncate_at
@@ -26,6 +27,6 @@ __all__ = [
     "HEADER_DTYPE", "HEADER_SIZE", "HeaderScan", "LastRecord", "MERGED_NODE_ID", "Record",
     "RecordKind", "RecordTooLarge", "SEGMENT_HEADER_SIZE", "SegmentBatch", "SegmentHeader", "TornTail",
     "TruncateReport", "WalCorruption", "WalError", "WalMismatch", "WalMissingSegment", "WalReader", "WalWriteError",
-    "WalWriter", "encode_record", "fold_crc", "fold_crcs", "format_glsn", "format_lsn", "node_wal_dir", "pack_glsn", "read_wal",
+    "WalWriter", "encode_record", "fold_crc", "fold_crcs", "format_glsn", "format_lsn", "node_wal_dir", "pack_glsn", "parse_glsn", "parse_lsn", "read_wal",
     "rewrite_header", "scan_headers", "segment_name", "truncate_at", "unpack_glsn",
 ]

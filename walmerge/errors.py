@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def format_lsn(lsn: int) -> str:
-    """PostgreSQL-style ``HI/LO`` hex spelling of a 64-bit LSN, for messages and logs."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:08X}"
+from walmerge.lsn import format_lsn as format_lsn  # re-exported: its old home
 
 
 class WalError(Exception):

@@ -18,12 +18,12 @@ they move their node's watermark and are *kept* in the output, so the followed s
 merge of the same inputs (redo ignores them).  An idle node that writes no heartbeat stalls the stream (by
 design: it could still write a record with a low GLSN).
 
-Re-serialisation matches ``MergedSink`` in bulk mode: same placement (8-aligned, never spanning segments, 64-byte
-segment headers), ``prev_lsn`` chain, ``durable_lsn`` = the record's own LSN, CRC folded (``fold_fields``).
-Output LSNs depend only on the merged order, so they are deterministic.  With ``out_dir`` records are
-``pwrite``n into zero-filled segment files (like ``WalWriter``) and fdatasync'ed before ``poll`` returns; a
-crash inside a poll can leave a hole that the ordinary reader calls corruption (records claim their own LSN
-durable, as in bulk output): restart the follower, which cuts the output back to its valid prefix.
+Re-serialisation is the bulk merge's: ``walmerge.sink``'s placement (``place_records``) and new headers
+(``rewrite_headers``), so output LSNs depend only on the merged order.  With ``out_dir`` the records go through
+the same writer, ``MergedSink`` in incremental mode (zero-filled segment files, records ``pwrite``n and
+fdatasync'ed before ``poll`` returns); a crash inside a poll can leave a hole that the ordinary reader calls
+corruption (records claim their own LSN durable, as in bulk output): restart the follower, which cuts the
+output back to its valid prefix.
 
 Resume: the follower re-derives the stream from the inputs' start (``start_lsns``, as for ``merge``) and emits
 only records at merged LSN >= ``resume_lsn``; earlier ones are placed, checked and dropped.  With ``out_dir`` and
@@ -41,16 +41,15 @@ from typing import Iterable, Mapping, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from walmerge.crcfast import fold_fields
-from walmerge.errors import RecordTooLarge, WalCorruption, WalError, WalMissingSegment, format_lsn
+from walmerge.errors import WalCorruption, WalError, WalMissingSegment, format_lsn
 from walmerge.merge import Chunk, Fences, detect_segment_size, fence_mask, node_dirs
 from walmerge.reader import WalReader
 from walmerge.record import HEADER_SIZE, align8, format_glsn
+from walmerge.sink import MergedSink, place_records, rewrite_headers
 from walmerge.scan import END, Expect, scan_headers, valid_records_after, validate
 from walmerge.segment import (
-    DEFAULT_SEGMENT_SIZE, FLAG_MERGED, FORMAT_VERSION, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader,
-    check_segment_size, create_segment_file, decode_segment_header, fsync_dir, list_segments, node_wal_dir,
-    segment_name, write_all, zero_tail,
+    DEFAULT_SEGMENT_SIZE, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader, check_segment_size,
+    decode_segment_header, fsync_dir, list_segments, node_wal_dir, segment_name, zero_tail,
 )
 
 WINDOW = 256 * 1024
@@ -231,58 +230,6 @@ class Emitted(NamedTuple):
     data: bytes
 
 
-class MergedOut:
-    """Writes emitted records into merged segment files: created zero-filled (like ``WalWriter``), records
-    ``pwrite``n run by run, fdatasync'ed on ``flush``.  ``add(lsn, prev_lsn, data)`` takes a record at its merged
-    LSN (``prev_lsn`` is its header's, which a new segment's header repeats); ``muheam walmerge --subscribe``
-    builds its copy of a published stream with it, so the copy is byte for byte the follower's output."""
-
-    def __init__(self, directory: Path, *, system_id: int, segment_size: int, epoch: int, fsync: bool) -> None:
-        self.directory = directory
-        self.system_id = system_id
-        self.size = segment_size
-        self.epoch = epoch
-        self.fsync = fsync
-        self.segments: list[str] = []
-        self._fd: int | None = None
-        self._seg = -1
-        self._run = bytearray()
-        self._run_at = 0
-
-    def open_segment(self, seg: int, prev_lsn: int) -> None:
-        self.flush()
-        self.close()
-        path = self.directory / segment_name(seg)
-        if not path.exists():
-            create_segment_file(self.directory, SegmentHeader(FORMAT_VERSION, FLAG_MERGED, MERGED_NODE_ID, self.size,
-                                                              seg, self.system_id, prev_lsn, self.epoch))
-            self.segments.append(path.name)
-        self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        self._seg = seg
-
-    def add(self, lsn: int, prev_lsn: int, data: bytes) -> None:
-        seg = lsn - lsn % self.size
-        if seg != self._seg:
-            self.open_segment(seg, prev_lsn)
-        if not self._run:
-            self._run_at = lsn - seg
-        self._run += data
-        self._run += bytes(align8(len(data)) - len(data))
-
-    def flush(self) -> None:
-        if self._run and self._fd is not None:
-            write_all(self._fd, memoryview(self._run), self._run_at)
-            self._run = bytearray()
-            if self.fsync:
-                os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self._seg = -1
-
-
 def valid_output_end(out_dir: Path, system_id: int) -> tuple[int, tuple[int, int] | None]:
     """End of the valid prefix of a merged stream and ``(lsn, glsn)`` of its last record (from its last
     segment holding a record; a hole left by a crash ends the prefix even if the reader calls it corruption)."""
@@ -355,7 +302,7 @@ class Follower:
         self._pos = SEGMENT_HEADER_SIZE  # merged LSN where the next record would start
         self._last_lsn = 0
         self._check_last: tuple[int, int] | None = None
-        self._out: MergedOut | None = None
+        self._out: MergedSink | None = None
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -366,7 +313,8 @@ class Follower:
                 raise WalError(f"cannot resume at merged LSN {format_lsn(resume_lsn)}: the output in {out} is "
                                f"valid only up to {format_lsn(end)}")
             cut_output(out, resume_lsn, segment_size)
-            self._out = MergedOut(out, system_id=system_id, segment_size=segment_size, epoch=epoch, fsync=fsync)
+            self._out = MergedSink(out, system_id=system_id, segment_size=segment_size, epoch=epoch, fsync=fsync,
+                                   incremental=True)
             if resume_lsn <= SEGMENT_HEADER_SIZE:
                 self._out.open_segment(0, 0)  # like the bulk merge, an empty stream still has its first segment
         self._resume = resume_lsn or 0
@@ -509,42 +457,13 @@ class Follower:
             if not self._held[node]:
                 del self._held[node]
 
-    def _place(self, total: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Merged LSNs for records of these sizes, placed exactly like ``MergedSink``/``WalWriter`` do."""
-        size = self.segment_size
-        if int(total.max()) > size - SEGMENT_HEADER_SIZE:
-            raise RecordTooLarge(f"a record of {int(total.max())} bytes does not fit in output segments of "
-                                 f"{size} bytes; use a larger output segment size")
-        n = len(total)
-        cum = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum((total + 7) & ~7, out=cum[1:])
-        end_unaligned = cum[:-1] + total
-        lsns = np.empty(n, dtype=np.int64)
-        i = 0
-        while i < n:
-            if self._pos % size == 0:
-                self._pos += SEGMENT_HEADER_SIZE
-            room = size - self._pos % size
-            j = int(np.searchsorted(end_unaligned, cum[i] + room, side="right"))
-            if j == i:
-                self._pos += room + SEGMENT_HEADER_SIZE
-                continue
-            lsns[i:j] = self._pos + cum[i:j] - cum[i]
-            self._pos += int(cum[j] - cum[i])
-            i = j
-        return lsns
-
     def _serialise(self, heads: npt.NDArray[np.void], offs: npt.NDArray[np.int64], src: npt.NDArray[np.int32],
                    bufs: list[bytes], out: list[Emitted]) -> None:
         total = heads["total_len"].astype(np.int64)
         before = self._pos
-        lsns = self._place(total)
-        new = heads.copy()
-        new["lsn"] = lsns
-        new["prev_lsn"][0] = self._last_lsn
-        new["prev_lsn"][1:] = lsns[:-1]
-        new["durable_lsn"] = lsns
-        new["crc"] = fold_fields(heads["crc"], heads, new)
+        lsns = place_records(self._pos, total, self.segment_size)
+        self._pos = int(lsns[-1] + ((total[-1] + 7) & ~7))
+        new = rewrite_headers(heads, lsns, self._last_lsn)
         self._last_lsn = int(lsns[-1])
         glsn = heads["glsn"]
         self._frontier = int(glsn[-1])
@@ -587,9 +506,7 @@ class Follower:
 
     def close(self) -> None:
         if self._out is not None:
-            self._out.flush()
             self._out.close()
-            fsync_dir(self._out.directory)
 
 
-__all__ = ["Emitted", "Follower", "MergedOut", "NO_LIVE_NODE", "NodeTail", "cut_output", "valid_output_end"]
+__all__ = ["Emitted", "Follower", "NO_LIVE_NODE", "NodeTail", "cut_output", "valid_output_end"]

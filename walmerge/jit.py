@@ -51,9 +51,20 @@ def turned_off() -> bool:
     return os.environ.get("MUHEAM_NO_JIT", "").strip() not in ("", "0")
 
 
+def use_compiled(*, load: bool = True) -> bool:
+    """The one place that decides between compiled code and the numpy reference (walmerge's walk and piece build,
+    and through ``muheam.engine.rebuild`` the page redo): never with ``MUHEAM_NO_JIT`` or where numba cannot
+    be loaded.  ``load=True`` loads numba now if needed (the bulk merge, benchmarks); ``load=False`` answers
+    only whether it is loaded already, for callers that must not wait for numba (a node reading a dead peer's
+    WAL while its background warm-up may still run)."""
+    if turned_off():
+        return False
+    return kernels() is not None if load else _ready
+
+
 def ready() -> bool:
-    """Whether the kernels are loaded already (never loads them: for callers that must not wait for numba)."""
-    return _ready
+    """``use_compiled(load=False)`` (the older name)."""
+    return use_compiled(load=False)
 
 
 @functools.cache
@@ -106,7 +117,8 @@ def _ro(buf: Buf, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
 
 
 def enabled() -> bool:
-    return kernels() is not None
+    """``use_compiled()`` (the older name)."""
+    return use_compiled()
 
 
 def _u64(buf: Buf) -> npt.NDArray[np.uint64]:
@@ -121,7 +133,7 @@ def scan_clean(buf: Buf, base_lsn: int, start: int, segment_size: int, expect: E
                stream_node: int | None, verify_crc: bool) -> HeaderScan | None:
     """``scan_headers`` + ``validate`` of one segment buffer in one compiled walk, if the segment is clean (every
     record valid, the rest zeros or the segment full); None otherwise, or when compiled code is off."""
-    k = kernels()
+    k = kernels() if use_compiled() else None
     if k is None or start % 8 or len(buf) < 8:
         return None
     from walmerge.scan import END, HeaderScan
@@ -153,4 +165,4 @@ def build_piece(dst: bytearray, base: int, addresses: npt.NDArray[np.int64], src
                   lsns, prevs, _lin_table())
 
 
-__all__ = ["address", "build_piece", "enabled", "kernels", "scan_clean"]
+__all__ = ["address", "build_piece", "enabled", "kernels", "ready", "scan_clean", "turned_off", "use_compiled"]

@@ -35,13 +35,16 @@ import numpy as np
 import numpy.typing as npt
 
 from walmerge.errors import RecordTooLarge
+from walmerge.lsn import MAX_LAMPORT as MAX_LAMPORT  # the GLSN packing lives in walmerge.lsn; re-exported here
+from walmerge.lsn import MAX_NODE_ID as MAX_NODE_ID
+from walmerge.lsn import NODE_BITS as NODE_BITS
+from walmerge.lsn import format_glsn as format_glsn
+from walmerge.lsn import pack_glsn as pack_glsn
+from walmerge.lsn import unpack_glsn as unpack_glsn
 
 HEADER_SIZE = 56
 CRC_OFFSET = 52
 ALIGN = 8
-NODE_BITS = 16
-MAX_NODE_ID = (1 << NODE_BITS) - 1
-MAX_LAMPORT = (1 << (64 - NODE_BITS)) - 1
 
 _HEADER = struct.Struct("<IBBHQQQQQII")
 assert _HEADER.size == HEADER_SIZE
@@ -84,24 +87,6 @@ class RecordKind(enum.IntEnum):
 
 def align8(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
-
-
-def pack_glsn(lamport: int, node: int) -> int:
-    """GLSN ``(lamport, node)`` as one uint64 ordered like the tuple (same packing as ``locking.glsn``)."""
-    if not 0 <= node <= MAX_NODE_ID:
-        raise ValueError(f"node id {node} out of range 0..{MAX_NODE_ID}")
-    if not 0 <= lamport <= MAX_LAMPORT:
-        raise ValueError(f"Lamport time {lamport} out of range 0..{MAX_LAMPORT}")
-    return (lamport << NODE_BITS) | node
-
-
-def unpack_glsn(glsn: int) -> tuple[int, int]:
-    return glsn >> NODE_BITS, glsn & MAX_NODE_ID
-
-
-def format_glsn(glsn: int) -> str:
-    """``LAMPORT/NODE``, the one way a GLSN is shown (and typed, e.g. ``muheam recover --until-glsn``)."""
-    return f"{glsn >> NODE_BITS}/{glsn & MAX_NODE_ID}"
 
 
 class Record(NamedTuple):

@@ -1,30 +1,34 @@
-"""Writing a merged stream: re-serialise already-validated records into merged segments in bulk.
+"""The one writer of merged (single-node-format) segments: the bulk merge, the follower and a subscriber's copy
+of a published stream all write through ``MergedSink``, so their files are byte for byte alike.
 
-The sink takes records as numpy header arrays plus (buffer, offset) pairs, never as Python objects.  It places
-them exactly like ``WalWriter`` would (8-aligned, never spanning segments, each segment opening with a 64-byte
-header), so output LSNs depend only on the order and sizes of the records: a batch merge and a follow-mode
-merge of the same input give the same LSNs.  New ``lsn``/``prev_lsn``/``durable_lsn`` fields are set on the
-header arrays and folded into the old CRCs (``fold_fields``): the payload is never re-read, and a record that
-arrived damaged stays detectably damaged instead of being laundered by a fresh CRC.
+Why one: the bulk merge, the follower (``walmerge.follow``) and ``muheam walmerge --subscribe`` each had their own
+writer, with their own placement and segment creation, kept equal only by tests.  Here, shared by both modes:
 
-Copying without a per-record Python step.  Merged nodes interleave record by record (each node ticks its own
-Lamport clock), so runs of records adjacent in both source and output are about one record long, and a slice
-per run is a slice per record.  Instead every record of padded length ``A`` moves as at most two power-of-two
-blocks (``block_plan``): the largest that fits at its start, and one ending at its end that covers the rest
-(they overlap and write the same bytes there; about 12% more bytes than the records).  All blocks of one size
-from one source buffer are one numpy gather from a view of the source that starts a block-sized item at every
-8-byte word, and one scatter into a like view of the output (``copy_records``): a few numpy calls per (piece,
-source, block size), and the GIL is free while numpy copies.
+* placement (``place_records``): 8-aligned, never spanning segments, each segment opening with a 64-byte header,
+  exactly as ``WalWriter`` places a node's records; output LSNs depend only on the order and sizes of the
+  records, so a bulk merge and a follow-mode merge of the same input give the same LSNs;
+* the new headers (``rewrite_headers``): new ``lsn``/``prev_lsn`` and ``durable_lsn`` = the record's own LSN,
+  folded into the old CRCs (``fold_fields``): the payload is never re-read, and a record that arrived damaged
+  stays detectably damaged instead of being laundered by a fresh CRC;
+* segment headers (flag "merged", node ``MERGED_NODE_ID``), the record-size limit, the directory sync at close.
 
-Bulk mode (``incremental=False``, the batch merge) builds the output a *piece* (about ``PIECE`` bytes of whole
-records) at a time in a small buffer and ``pwrite``s it into ``<segment>.tmp`` at once, so the bytes are still
-in the CPU cache when the kernel copies them; a full segment is zero-filled to its size, (fsynced,) renamed.  A
-segment with its final name is therefore complete, so every record can claim ``durable_lsn`` = its own LSN (the
-reader then calls any later damage corruption, never a torn tail).  On an error the ``.tmp`` file is removed
-(``abort``): published segments stay a prefix of the stream.
+Two ways to put bytes in files, because the two uses need different things:
 
-Incremental mode (follow mode): the segment file is created zero-filled first (like ``WalWriter``) and records
-are ``pwrite``-appended on ``flush``; ``durable_lsn`` is the stream position fsynced before the record was added.
+* **Bulk** (``incremental=False``, the batch merge; the fast path): records are taken as numpy header arrays
+  plus (buffer, offset) pairs, never as Python objects.  The output is built a *piece* (about ``PIECE`` bytes of
+  whole records) at a time in a small buffer, by the compiled ``jit.build_piece`` or the numpy block copy of
+  ``walmerge.blockcopy``, and ``pwrite``n into a preallocated ``<segment>.tmp`` (by a write-behind thread) while
+  it is still in the CPU cache; a full segment gets its header, zeros to its size, (fsync,) and its final name.
+  A segment with its final name is therefore complete, so every record can claim ``durable_lsn`` = its own LSN
+  (the reader then calls any later damage corruption, never a torn tail).  On an error the ``.tmp`` file is
+  removed (``abort``): published segments stay a prefix of the stream.
+* **Incremental** (``incremental=True``: the follower, a subscriber's copy): records must be readable as soon as
+  a poll returns, so each segment file is created zero-filled under its final name first (like ``WalWriter``)
+  and records are ``pwrite``n run by run on ``flush`` (fdatasync'ed with ``fsync``).  ``add(lsn, prev_lsn,
+  data)`` takes an already re-serialised record at its merged LSN (the follower made it, or the publisher
+  sent it); ``append`` takes the bulk form.  A crash inside a flush can leave a hole that the reader calls
+  corruption (records claim their own LSN durable, as in bulk output): the follower and the copy cut their
+  output back to its valid prefix when they restart (``follow.cut_output``).
 """
 
 from __future__ import annotations
@@ -36,21 +40,20 @@ import functools
 import os
 import threading
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from walmerge import jit
-from walmerge.errors import RecordTooLarge
+from walmerge.blockcopy import RAW_HEADER, BlockPlan, Buf, block_plan, block_view, copy_records, run_plan
 from walmerge.crcfast import fold_fields
-from walmerge.record import HEADER_DTYPE, HEADER_SIZE
+from walmerge.errors import RecordTooLarge
+from walmerge.record import HEADER_DTYPE, HEADER_SIZE, align8
 from walmerge.segment import (
     FLAG_MERGED, FORMAT_VERSION, MERGED_NODE_ID, SEGMENT_HEADER_SIZE, SegmentHeader, check_segment_size,
     create_segment_file, encode_segment_header, fsync_dir, segment_name, write_all, zero_fill,
 )
-
-Buf = bytes | bytearray | memoryview
 
 PIECE = 4 << 20
 """Bulk mode builds and writes about this many bytes of records at a time (measured here: 1 MiB pieces pay too
@@ -62,94 +65,46 @@ PIECE_SLACK = 64 << 10
 """A piece is the records starting in a ``PIECE``-sized stretch, so it ends up to one record later."""
 
 
-MIN_BLOCK = 64
-"""Smallest block moved for a record's tail (smaller tails are widened into bytes copied anyway): fewer block
-sizes mean fewer numpy calls."""
-RAW_HEADER = np.dtype((np.void, HEADER_SIZE))
-"""A header as an opaque 56-byte item: numpy copies structured items field by field, these with one memcpy."""
+def place_records(pos: int, total: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.int64]:
+    """Merged LSNs of records of ``total`` bytes placed from stream position ``pos`` on (the end of the previous
+    record, or a segment start) in segments of ``size`` bytes: 8-aligned, never spanning a segment, each segment
+    starting after its header.  The one placement rule of every merged stream (and of ``WalWriter``)."""
+    n = len(total)
+    lsns = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return lsns
+    if int(total.max()) > size - SEGMENT_HEADER_SIZE:
+        raise RecordTooLarge(f"a record of {int(total.max())} bytes does not fit in output segments of "
+                             f"{size} bytes; use a larger output segment size")
+    cum = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum((total + 7) & ~7, out=cum[1:])
+    end_unaligned = cum[:-1] + total  # strictly increasing
+    i = 0
+    while i < n:  # one turn per output segment
+        if pos % size == 0:
+            pos += SEGMENT_HEADER_SIZE
+        room = size - pos % size
+        j = int(np.searchsorted(end_unaligned, cum[i] + room, side="right"))
+        if j == i:
+            pos += room + SEGMENT_HEADER_SIZE
+            continue
+        lsns[i:j] = pos + cum[i:j] - cum[i]
+        pos += int(cum[j] - cum[i])
+        i = j
+    return lsns
 
 
-@functools.cache
-def _block_dtype(size: int) -> np.dtype[np.void]:
-    return np.dtype((np.void, size))
-
-
-def block_view(buf: Buf, size: int) -> npt.NDArray[np.void]:
-    """``buf`` as overlapping ``size``-byte items, one starting at every 8-byte word (item ``k`` = bytes
-    ``[8k, 8k + size)``); fancy indexing on it moves whole blocks.  Read-only if ``buf`` is."""
-    n = (len(buf) - size) // 8 + 1
-    return np.ndarray(shape=(max(n, 0),), dtype=_block_dtype(size), buffer=buf, strides=(8,))
-
-
-class BlockPlan(NamedTuple):
-    """Every block to move: source and destination word indexes, sorted into groups of one (piece, source
-    buffer, block size); ``groups[g] = (piece, source, size, a, b)`` covers items ``[a, b)``."""
-
-    si: npt.NDArray[np.int64]
-    di: npt.NDArray[np.int64]
-    groups: list[tuple[int, int, int, int, int]]
-
-
-def block_plan(src: npt.NDArray[np.int32], src_off: npt.NDArray[np.int64], dst_off: npt.NDArray[np.int64],
-               aligned: npt.NDArray[np.int64], piece: npt.NDArray[np.int64] | None = None) -> BlockPlan:
-    """Cover each record (padded length ``A``, a multiple of 8, at least 16) with at most two power-of-two
-    blocks: ``C1`` = the largest power of two <= ``A`` at its start, and, if ``A`` is not one, a block ending at
-    its end of the power of two covering the rest (at least ``MIN_BLOCK``, at most ``C1``; it overlaps the first
-    and writes the same bytes there).  About 13% more bytes than the records, two numpy items per record."""
-    lg1 = np.frexp(aligned.astype(np.float64))[1].astype(np.int64) - 1  # 2**lg1 <= A < 2**(lg1 + 1)
-    rest = aligned - (np.int64(1) << lg1)
-    two = np.flatnonzero(rest)
-    lg2 = np.frexp((np.maximum(rest[two], MIN_BLOCK) - 1).astype(np.float64))[1].astype(np.int64)
-    lg2 = np.minimum(lg2, lg1[two])
-    back = aligned[two] - (np.int64(1) << lg2)
-    lg = np.concatenate((lg1, lg2))
-    low = int(lg.min())
-    n_lg, n_src = int(lg.max()) - low + 1, int(src.max()) + 1
-    key = np.concatenate((src, src[two])).astype(np.int64) * n_lg + (lg - low)
-    if piece is not None:
-        key += np.concatenate((piece, piece[two])) * (n_src * n_lg)
-    # group by key; the order inside a group does not matter (16-bit keys sort by radix sort)
-    order = np.argsort(key.astype(np.uint16), kind="stable") if int(key.max()) < 1 << 16 else np.argsort(key)
-    key = key[order]
-    si = (np.concatenate((src_off, src_off[two] + back)) >> 3)[order]
-    di = (np.concatenate((dst_off, dst_off[two] + back)) >> 3)[order]
-    cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
-    starts = np.concatenate((np.zeros(1, dtype=np.int64), cuts)).tolist()
-    ends = np.append(cuts, len(key)).tolist()
-    groups = [(k // (n_src * n_lg), k // n_lg % n_src, 1 << (k % n_lg + low), a, b)
-              for k, a, b in zip(key[starts].tolist(), starts, ends)]
-    return BlockPlan(si, di, groups)
-
-
-def copy_records(dst: bytearray, dst_off: npt.NDArray[np.int64], buffers: Sequence[Buf],
-                 src: npt.NDArray[np.int32], src_off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64]) -> None:
-    """``dst[dst_off[i]: dst_off[i] + aligned[i]] = buffers[src[i]][src_off[i]: ...]`` for every record, as at
-    most two blocks per record (``block_plan``).  Offsets and lengths are multiples of 8 and ``aligned >= 16``
-    (a record is at least its 56-byte header); every range lies inside its buffer."""
-    if len(src) == 0:
-        return
-    plan = block_plan(src, src_off, dst_off, aligned)
-    run_plan(plan, dst, 0, buffers, 0, len(plan.groups))
-
-
-ViewCache = dict[tuple[int, int], npt.NDArray[np.void]]
-
-
-def run_plan(plan: BlockPlan, dst: bytearray, shift: int, buffers: Sequence[Buf], g0: int, g1: int,
-             views: ViewCache | None = None) -> None:
-    """Move the blocks of groups ``[g0, g1)`` into ``dst`` (destination word indexes minus ``shift``).
-    ``views`` caches block views by ``(id(buffer), size)`` across calls (the buffers must stay alive)."""
-    cache: ViewCache = {} if views is None else views
-    for g in range(g0, g1):
-        _, s, c, a, b = plan.groups[g]
-        buf = buffers[s]
-        sv = cache.get((id(buf), c))
-        if sv is None:
-            sv = cache[(id(buf), c)] = block_view(buf, c)
-        dv = cache.get((id(dst), c))
-        if dv is None:
-            dv = cache[(id(dst), c)] = block_view(dst, c)
-        dv[plan.di[a:b] - shift if shift else plan.di[a:b]] = sv[plan.si[a:b]]
+def rewrite_headers(old: npt.NDArray[np.void], lsns: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
+                    prev_lsn: int) -> npt.NDArray[np.void]:
+    """Copies of ``old`` at their merged LSNs: chained from ``prev_lsn``, each claiming itself durable, CRCs
+    folded (the payloads are not read)."""
+    new = old.view(RAW_HEADER).copy().view(HEADER_DTYPE)
+    new["lsn"] = lsns
+    new["prev_lsn"][0] = prev_lsn
+    new["prev_lsn"][1:] = lsns[:-1]
+    new["durable_lsn"] = lsns
+    new["crc"] = fold_fields(old["crc"], old, new)
+    return new
 
 
 class _SegmentFiles:
@@ -317,15 +272,16 @@ class _WriteBehind:
 
 
 class MergedSink:
-    """Appends records to a merged stream directory, starting at ``start_lsn`` (a record boundary).
+    """Writes a merged stream into ``directory`` (see the module docstring for the two modes).
 
-    ``prev_lsn`` is the LSN of the last record before ``start_lsn`` (0 for a new stream).  For a stream that
-    already has segments, the segment holding ``start_lsn`` must exist (incremental mode) and is continued.
+    Bulk: the directory must hold no segment; ``append`` the records in stream order, then ``close`` (or
+    ``abort`` on an error).  Incremental: ``add``/``append`` at the end of what the directory holds (the caller
+    cuts it to a record boundary first), ``flush`` after each batch, ``close`` at the end; ``open_segment`` makes
+    the first segment of an empty stream, which every merged stream has, even without a record.
     """
 
     def __init__(self, directory: Path, *, system_id: int, segment_size: int, epoch: int = 0,
-                 start_lsn: int | None = None, prev_lsn: int = 0, incremental: bool = False,
-                 fsync: bool = True, piece: int = PIECE, write_threads: int = 0) -> None:
+                 incremental: bool = False, fsync: bool = True, piece: int = PIECE, write_threads: int = 0) -> None:
         check_segment_size(segment_size)
         self.directory = directory
         self.system_id = system_id
@@ -335,25 +291,21 @@ class MergedSink:
         self.fsync = fsync
         self.piece = min(piece, segment_size)
         self.records = 0
-        self._last_lsn = prev_lsn
-        self._fd: int | None = None
+        self._last_lsn = 0
         self._sealed = 0
         directory.mkdir(parents=True, exist_ok=True)
         self._files = None if incremental else _SegmentFiles(directory, segment_size, fsync=fsync, piece=self.piece)
         self._behind = _WriteBehind(write_threads, WRITE_DEPTH) if write_threads > 0 and not incremental else None
-        self._buf = bytearray(segment_size if incremental else 0)
+        self._seg_start = 0
+        self._seg_prev = 0
+        self._pos = SEGMENT_HEADER_SIZE  # next record's offset in the current segment
+        # incremental: the open segment file and the run of records added since the last flush
+        self._fd: int | None = None
+        self._fd_seg = -1
+        self._unwritten = bytearray()
+        self._unwritten_at = 0
         self._inc_segments: list[str] = []
         self._inc_bytes = 0
-        lsn = SEGMENT_HEADER_SIZE if start_lsn is None else start_lsn
-        self._seg_start = lsn - lsn % segment_size
-        self._pos = lsn - self._seg_start  # next record's offset in the current segment
-        if self._pos < SEGMENT_HEADER_SIZE:
-            self._pos = SEGMENT_HEADER_SIZE
-        self._written = self._pos  # incremental: bytes of the segment already in the file
-        self._durable = self._seg_start + self._pos
-        self._seg_prev = prev_lsn
-        if incremental:
-            self._open_incremental(existing=start_lsn is not None and self._pos > SEGMENT_HEADER_SIZE)
 
     @property
     def segments(self) -> list[str]:
@@ -384,48 +336,38 @@ class MergedSink:
         buffer may end inside that padding).
         """
         n = len(headers)
-        out_lsn = np.empty(n, dtype=np.uint64)
         if n == 0:
-            return out_lsn
+            return np.empty(0, dtype=np.uint64)
         total = headers["total_len"].astype(np.int64)
-        if int(total.max()) > self.size - SEGMENT_HEADER_SIZE:
-            raise RecordTooLarge(f"a record of {int(total.max())} bytes does not fit in output segments of "
-                                 f"{self.size} bytes; use a larger output segment size")
+        out_lsn = place_records(self.end_lsn, total, self.size).astype(np.uint64)
         aligned = (total + 7) & ~7
-        cum = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(aligned, out=cum[1:])
-        end_unaligned = cum[:-1] + total  # strictly increasing
         src_off = np.asarray(src_off, dtype=np.int64)
-        i = 0
-        while i < n:
-            room = self.size - self._pos
-            j = int(np.searchsorted(end_unaligned, cum[i] + room, side="right"))
-            if j == i:
+        seg = out_lsn // np.uint64(self.size)
+        cuts = (np.flatnonzero(seg[1:] != seg[:-1]) + 1).tolist()
+        for i, j in zip([0] + cuts, cuts + [n]):  # one turn per output segment
+            if int(seg[i]) * self.size != self._seg_start:
                 self._seal()
-                continue
-            dst = self._pos + cum[i:j] - cum[i]
-            lsns = (dst + self._seg_start).astype(np.uint64)
-            out_lsn[i:j] = lsns
+            lsns = out_lsn[i:j]
+            dst = lsns.astype(np.int64) - self._seg_start
             if self._files is None:
-                new = self._new_headers(headers[i:j], lsns)
-                self._place(self._buf, 0, buffers, src[i:j], src_off[i:j], aligned[i:j], total[i:j], dst, new)
+                self._add_run(int(lsns[0]), self._build(buffers, src[i:j], src_off[i:j], aligned[i:j], total[i:j],
+                                                        dst, rewrite_headers(headers[i:j], lsns, self._last_lsn)))
             else:
                 self._write_pieces(self._files, list(buffers), headers[i:j], src[i:j], src_off[i:j], aligned[i:j],
                                    total[i:j], dst, lsns)
-            self._pos += int(cum[j] - cum[i])
+            self._pos = int(dst[-1] + aligned[j - 1])
             self._last_lsn = int(lsns[-1])
-            i = j
         self.records += n
         return out_lsn
 
-    def _new_headers(self, old: npt.NDArray[np.void], lsns: npt.NDArray[np.uint64]) -> npt.NDArray[np.void]:
-        new = old.view(RAW_HEADER).copy().view(HEADER_DTYPE)
-        new["lsn"] = lsns
-        new["prev_lsn"][0] = self._last_lsn
-        new["prev_lsn"][1:] = lsns[:-1]
-        new["durable_lsn"] = self._durable if self.incremental else lsns
-        new["crc"] = fold_fields(old["crc"], old, new)
-        return new
+    def _build(self, buffers: Sequence[Buf], src: npt.NDArray[np.int32], off: npt.NDArray[np.int64],
+               aligned: npt.NDArray[np.int64], total: npt.NDArray[np.int64], dst: npt.NDArray[np.int64],
+               new: npt.NDArray[np.void]) -> bytearray:
+        """Incremental ``append``: the records of one segment run as one block of bytes."""
+        base = int(dst[0])
+        buf = bytearray(int(dst[-1] + aligned[-1]) - base)
+        self._place(buf, base, buffers, src, off, aligned, total, dst, new)
+        return buf
 
     def _place(self, target: bytearray, base: int, buffers: Sequence[Buf], src: npt.NDArray[np.int32],
                off: npt.NDArray[np.int64], aligned: npt.NDArray[np.int64], total: npt.NDArray[np.int64],
@@ -466,7 +408,7 @@ class MergedSink:
         starts = np.concatenate(([0], np.flatnonzero(new_piece) + 1)).tolist()
         ends = starts[1:] + [len(dst)]
         clipped = _clipped(buffers, src, off, aligned)
-        if clipped is None and jit.enabled():
+        if clipped is None and jit.use_compiled():
             prevs = np.empty(len(lsns), dtype=np.uint64)
             prevs[0] = self._last_lsn
             prevs[1:] = lsns[:-1]
@@ -479,7 +421,7 @@ class MergedSink:
                                 prevs[a:b])
                 self._run(functools.partial(files.write_and_give, self._seg_start, buf, length, base))
         else:
-            new = self._new_headers(headers, lsns)
+            new = rewrite_headers(headers, lsns, self._last_lsn)
             plan = block_plan(src, off, dst, aligned, piece) if clipped is None else None
             g = 0
             for p, (a, b) in enumerate(zip(starts, ends)):
@@ -514,50 +456,73 @@ class MergedSink:
             block_view(buf, HEADER_SIZE)[(dst - base) >> 3] = new.view(RAW_HEADER)
         files.write(seg_start, buf, length, base)
 
-    # --- publishing -----------------------------------------------------------------------------------------
+    # --- incremental: records readable as soon as they are flushed ------------------------------------------
+
+    def add(self, lsn: int, prev_lsn: int, data: bytes) -> None:
+        """Incremental: a re-serialised record (``total_len`` bytes, header included) at merged LSN ``lsn``,
+        right after the previous one; ``prev_lsn`` is its header's, which a new segment's header repeats."""
+        if self._files is not None:
+            raise ValueError("add() is for an incremental sink; the bulk sink takes append()")
+        self._add_run(lsn, data, prev_lsn)
+        self._last_lsn = lsn
+        self.records += 1
+
+    def _add_run(self, lsn: int, data: bytes | bytearray, prev_lsn: int | None = None) -> None:
+        seg = lsn - lsn % self.size
+        if seg != self._fd_seg:
+            self.open_segment(seg, self._last_lsn if prev_lsn is None else prev_lsn)
+        if not self._unwritten:
+            self._unwritten_at = lsn - seg
+        self._unwritten += data
+        self._unwritten += bytes(align8(len(data)) - len(data))
+        self._pos = self._unwritten_at + len(self._unwritten)
+
+    def open_segment(self, seg: int, prev_lsn: int) -> None:
+        """Incremental: continue in segment ``seg`` (created zero-filled with its header if it is not there;
+        ``prev_lsn`` is the LSN of the last record before it)."""
+        self.flush()
+        self._close_fd()
+        path = self.directory / segment_name(seg)
+        if not path.exists():
+            create_segment_file(self.directory, SegmentHeader(FORMAT_VERSION, FLAG_MERGED, MERGED_NODE_ID, self.size,
+                                                              seg, self.system_id, prev_lsn, self.epoch))
+            self._inc_segments.append(path.name)
+            self._inc_bytes += self.size
+        self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        self._fd_seg = self._seg_start = seg
+        self._seg_prev = prev_lsn
+        self._pos = SEGMENT_HEADER_SIZE
+
+    def flush(self) -> int:
+        """Incremental: write and (if ``fsync``) sync what was added; return the end of the stream written."""
+        if self._unwritten and self._fd is not None:
+            write_all(self._fd, memoryview(self._unwritten), self._unwritten_at)
+            self._unwritten = bytearray()
+            if self.fsync:
+                os.fdatasync(self._fd)
+        return self.end_lsn
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._fd_seg = -1
+
+    # --- bulk: publishing whole segments --------------------------------------------------------------------
 
     def _header(self) -> bytes:
         return encode_segment_header(SegmentHeader(FORMAT_VERSION, FLAG_MERGED, MERGED_NODE_ID, self.size,
                                                    self._seg_start, self.system_id, self._seg_prev, self.epoch))
 
-    def _open_incremental(self, existing: bool) -> None:
-        path = self.directory / segment_name(self._seg_start)
-        if not existing and not path.exists():
-            create_segment_file(self.directory, SegmentHeader(FORMAT_VERSION, FLAG_MERGED, MERGED_NODE_ID, self.size,
-                                                              self._seg_start, self.system_id, self._seg_prev,
-                                                              self.epoch))
-            self._inc_segments.append(path.name)
-        self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-
-    def flush(self) -> int:
-        """Incremental mode: write and (if ``fsync``) sync what was appended; return the durable LSN."""
-        if not self.incremental:
-            return self._seg_start + self._written
-        assert self._fd is not None
-        if self._pos > self._written:
-            write_all(self._fd, memoryview(self._buf)[self._written: self._pos], self._written)
-            self._inc_bytes += self._pos - self._written
-            self._written = self._pos
-            if self.fsync:
-                os.fdatasync(self._fd)
-        self._durable = self._seg_start + self._written
-        return self._durable
-
     def _seal(self) -> None:
-        """The current segment is full: publish it and start the next one."""
+        """The current segment is full: publish it (bulk) and start the next one."""
         if self._files is None:
-            self.flush()
-            assert self._fd is not None
-            os.close(self._fd)
-            self._fd = None
-        else:
-            self._publish()
+            self.open_segment(self._seg_start + self.size, self._last_lsn)
+            return
+        self._publish()
         self._seg_start += self.size
         self._seg_prev = self._last_lsn
-        self._pos = self._written = SEGMENT_HEADER_SIZE
-        if self.incremental:
-            self._open_incremental(existing=False)
-            self._durable = self._seg_start + SEGMENT_HEADER_SIZE
+        self._pos = SEGMENT_HEADER_SIZE
 
     def _publish(self) -> None:
         """Bulk mode: seal the current segment (after the pieces already handed to the write-behind thread)."""
@@ -570,12 +535,11 @@ class MergedSink:
         self._sealed += 1
 
     def close(self) -> None:
-        """Publish the last (partial) segment.  A stream with no record still gets its first segment."""
+        """Bulk: publish the last (partial) segment; a stream with no record still gets its first segment.
+        Incremental: flush and close the open segment."""
         if self._files is None:
             self.flush()
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._close_fd()
         else:
             if self._pos > SEGMENT_HEADER_SIZE or not self._sealed:
                 self._publish()
@@ -587,9 +551,8 @@ class MergedSink:
     def abort(self) -> None:
         """Error path: stop without publishing the partial segment (bulk: its ``.tmp`` file is removed; whole
         segments already sealed are published, so the output stays a prefix of the stream)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._unwritten = bytearray()
+        self._close_fd()
         if self._behind is not None:
             self._behind.close(cancel=True)
         if self._files is not None:

@@ -214,7 +214,7 @@ def run(total_bytes: int = 1 << 30, nodes: int = 3, payload: tuple[int, int] = (
             "cores": os.cpu_count(),
             "generate_seconds": round(gen_s, 1),
             "fsync": False,
-            "compiled": jit.enabled(),
+            "compiled": jit.use_compiled(),
             "page_cache": "warm (inputs read right before each measurement); outputs into recycled memory",
         }
 

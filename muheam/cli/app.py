@@ -16,7 +16,7 @@ import click
 
 from muheam import __version__
 from muheam.cli import bench, cluster, data, node, recover, wal
-from muheam.errors import MuheamError
+from muheam.errors import MuheamError, operator_error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +50,10 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - never a bare traceback at the operator
+        known = operator_error(exc)  # walmerge's errors, which cannot be MuheamErrors
+        if known is not None:
+            click.echo(f"muheam: error: {known}", err=True)
+            sys.exit(known.exit_code)
         if os.environ.get("MUHEAM_DEBUG"):
             raise
         from muheam.client import ValueOutOfRange

@@ -12,20 +12,15 @@ import click
 
 from muheam.cli.common import config_options, emit, format_option, load_config
 from muheam.errors import ClusterStateError, ConfigError, EtcdUnavailable
-from walmerge import pack_glsn
+from walmerge import parse_glsn
 
 
 def _parse_glsn(text: str) -> int:
-    """``LAMPORT/NODE`` (as ``waldump`` prints it) or ``LAMPORT.NODE``."""
-    for sep in ("/", "."):
-        if sep in text:
-            lam, _, node = text.partition(sep)
-            try:
-                return pack_glsn(int(lam), int(node))
-            except ValueError:
-                break
-    raise click.BadParameter(f"{text!r}: write LAMPORT/NODE, e.g. 1234/2 (as 'muheam waldump' prints GLSNs)",
-                             param_hint="--until-glsn")
+    """``LAMPORT/NODE`` (as ``waldump`` prints it) or ``LAMPORT.NODE`` (``walmerge.lsn.parse_glsn``)."""
+    try:
+        return parse_glsn(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--until-glsn") from None
 
 
 #: how far past this machine's clock a --until-time may lie (clock skew between hosts); beyond, a typo

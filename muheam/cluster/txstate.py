@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from muheam.storage import mvcc
-from muheam.storage.mvcc import Snapshot
+from muheam.storage.mvcc import Snapshot, XidStatus
 
 NO_XMAX = (1 << 63) - 1
 HORIZON_ALL = (1 << 64) - 1
@@ -80,7 +80,7 @@ class TxTable:
             self.aborted.add(xid)
 
     # -- queries ---------------------------------------------------------------------------------------------
-    def status(self, xid: int) -> str:
+    def status(self, xid: int) -> XidStatus:
         """``committed`` / ``aborted`` / ``in_progress`` (running or prepared anywhere, or not yet known)."""
         if xid in self.committed:
             return mvcc.COMMITTED
@@ -100,7 +100,7 @@ class TxTable:
         """Status for pruning: committed only if committed below ``horizon`` (the oldest STS in the cluster),
         so a version is reclaimed only when no snapshot anywhere can see it."""
 
-        def status(xid: int) -> str:
+        def status(xid: int) -> XidStatus:
             cts = self.committed.get(xid)
             if cts is not None:
                 return mvcc.COMMITTED if cts < horizon else mvcc.IN_PROGRESS

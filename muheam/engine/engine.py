@@ -415,7 +415,7 @@ class Engine:
         if b is not None:
             self._waiters.get(b, set()).discard(xid)
 
-    def _finish(self, txn: Transaction, outcome: str) -> frozenset[int]:
+    def _finish(self, txn: Transaction, outcome: mvcc.XidStatus) -> frozenset[int]:
         """Publish the outcome (caller holds the lock); returns the XIDs that were waiting for ``txn``."""
         xid = txn.xid
         (self.committed if outcome == mvcc.COMMITTED else self.aborted).add(xid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from muheam.errors import SerializationFailure as SerializationFailure  # the one class, importable here too
 from muheam.storage.errors import StorageError
 
 
@@ -26,18 +27,6 @@ class TableExists(EngineError):
 
 class TransactionError(EngineError):
     """A transaction was used wrongly: unknown or finished XID, XID reused, engine stopped, ..."""
-
-
-class SerializationFailure(TransactionError):
-    """First-updater-wins: a transaction the snapshot does not see changed the row and committed.
-
-    The transaction must be rolled back and retried from the start with a new XID and snapshot.
-    """
-
-    def __init__(self, message: str, *, key: int, blocker: int) -> None:
-        super().__init__(message)
-        self.key = key
-        self.blocker = blocker
 
 
 class Deadlock(TransactionError):

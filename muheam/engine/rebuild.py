@@ -400,7 +400,7 @@ def load_kernel() -> bool:
     global _kernel
     if _kernel is not None:
         return True
-    if jit.kernels() is None:  # turned off (MUHEAM_NO_JIT) or numba unusable: logged there
+    if not jit.use_compiled():  # turned off (MUHEAM_NO_JIT) or numba unusable: logged there
         return False
     try:
         from muheam.engine import _rebuild_kernel

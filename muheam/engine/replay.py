@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import StateFileCorrupt
+from muheam.errors import MuheamError
 from muheam.engine.heapops import Table, catalog_tables
 from muheam.engine.redo import Batcher
 from muheam.engine.recovery import check_wal
@@ -41,7 +42,7 @@ NO_FLUSH_NEEDED = (1 << 63) - 1
 """The replayed WAL is already durable: pages redone from it may be written at once (I3 holds)."""
 
 
-class TargetNotReached(Exception):
+class TargetNotReached(MuheamError):
     """The merged stream does not contain the recovery target; nothing was changed."""
 
 

@@ -28,7 +28,7 @@ class Transaction:
         self.xid = xid
         self.snapshot = snapshot
         self.wrote = False
-        self.state = mvcc.IN_PROGRESS
+        self.state: mvcc.XidStatus = mvcc.IN_PROGRESS
         self.commit_glsn = 0
 
     def get(self, table: str | int, key: int) -> Row | None:

@@ -25,13 +25,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from muheam.errors import MuheamError
+from muheam.states import ClusterState, NodeState
 
 log = logging.getLogger("muheam.membership")
 
-CLUSTER_STATES = ("starting", "running", "stopping", "stopped")
+CLUSTER_STATES = tuple(ClusterState)
 #: Member states.  ``stopping`` is written just before a graceful stop revokes the lease, which is how a
 #: watcher tells ``left`` (graceful) from ``expired`` (lease ran out) when the key disappears.
-MEMBER_STATES = ("starting", "running", "stopping")
+MEMBER_STATES = (NodeState.STARTING, NodeState.RUNNING, NodeState.STOPPING)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,12 @@ class Member:
     epoch: int
     pid: int
     state: str
+    """A ``NodeState`` value (``starting`` | ``running`` | ``stopping``); a recovery event's stand-in member
+    carries the recovery state instead."""
     started_at: float
     lease_id: int = 0
     stop_mode: str = ""
+    """A ``StopMode`` value once the node is stopping, else empty."""
     revision: int = field(default=0, compare=False)
 
     def to_json(self) -> bytes:

@@ -21,6 +21,7 @@ import pyetcd.exceptions as etcd_exc
 from pyetcd.events import DeleteEvent, PutEvent
 
 from muheam.errors import EtcdUnavailable, NodeIdInUse
+from muheam.states import NodeState
 from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, WatchCompacted, recovery_member
 
 T = TypeVar("T")
@@ -285,5 +286,5 @@ def _convert(event: Any) -> MemberEvent | None:
             previous = Member.from_json(event.prev_value, revision)
         except ValueError:
             return None
-        return MemberEvent("left" if previous.state == "stopping" else "expired", previous, revision)
+        return MemberEvent("left" if previous.state == NodeState.STOPPING else "expired", previous, revision)
     return None

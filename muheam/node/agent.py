@@ -48,7 +48,8 @@ from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
 from muheam.node import fence as fence_mod
 from muheam import failpoints
 from muheam.node.fence import Fence, LeaseKeeper
-from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
+from muheam.membership import MEMBER_STATES, Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
+from muheam.states import NodeState, StopMode
 from muheam.ops.procs import STOP_SIGNALS, pid_alive
 from muheam.cluster.locks import LockService
 from muheam.net.clientport import ClientPort, Deferred, RequestError
@@ -80,8 +81,8 @@ class NodeAgent:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.wake_endpoint = f"inproc://wake-{id(self)}"
         self.events: queue.Queue[MemberEvent] = queue.Queue()
-        self.stop_mode: str | None = None
-        self.state = "starting"
+        self.stop_mode: StopMode | None = None
+        self.state = NodeState.STARTING
         self.members: dict[int, Member] = {}
         self.backend: MembershipBackend | None = None
         self.lease: Lease | None = None
@@ -136,7 +137,7 @@ class NodeAgent:
         proposal = Member(
             node_id=self.node_id, host=self.node_cfg.host or socket.gethostname(),
             peer_endpoint=self.node_cfg.peer_endpoint, client_endpoint=self.node_cfg.client_endpoint,
-            epoch=0, pid=os.getpid(), state="starting", started_at=time.time(),
+            epoch=0, pid=os.getpid(), state=NodeState.STARTING, started_at=time.time(),
         )
         try:
             self.member = backend.join(cfg.cluster_name, proposal, self.lease)
@@ -150,8 +151,8 @@ class NodeAgent:
         snapshot, revision = backend.members(cfg.cluster_name)
         # a member that is merely stopping still counts until its lease ends: it may hold locks and run rounds
         peers = {m.node_id: m.epoch for m in snapshot
-                 if m.node_id != self.node_id and m.state in ("starting", "running", "stopping")}
-        if not any(m.state == "running" for m in snapshot if m.node_id in peers):
+                 if m.node_id != self.node_id and m.state in MEMBER_STATES}
+        if not any(m.state == NodeState.RUNNING for m in snapshot if m.node_id in peers):
             self._redo_cluster(backend)
         else:
             self._await_own_recovery()
@@ -201,7 +202,7 @@ class NodeAgent:
         self.mesh.on("pong", self._on_pong)
         threading.Thread(target=self._watch, args=(revision + 1, snapshot), name="membership-watch",
                          daemon=True).start()
-        self._set_state("running")
+        self._set_state(NodeState.RUNNING)
         # the compiled WAL walk and page redo make reading and redoing a dead peer's WAL several times faster;
         # numba's start-up (about half a second, ~100 MB) is paid now, in the background, not when a peer dies
         # (MUHEAM_NO_JIT=1: off)
@@ -286,11 +287,11 @@ class NodeAgent:
     def mesh_epoch(self) -> int:
         return self.member.epoch if self.member else 0
 
-    def _set_state(self, state: str, stop_mode: str = "") -> None:
+    def _set_state(self, state: NodeState, stop_mode: StopMode | None = None) -> None:
         assert self.backend and self.member and self.lease and self.fence
         self.fence.check()
         self.state = state
-        self.member = dataclasses.replace(self.member, state=state, stop_mode=stop_mode)
+        self.member = dataclasses.replace(self.member, state=state, stop_mode=stop_mode or "")
         self.backend.update_member(self.cfg.cluster_name, self.member, self.lease)
 
     # membership ---------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ class NodeAgent:
                                 f"peers, or its lease ended)")
             return
         known = self.members.get(member.node_id)
-        if event.kind in ("joined", "updated") and member.state in ("starting", "running"):
+        if event.kind in ("joined", "updated") and member.state in (NodeState.STARTING, NodeState.RUNNING):
             if known is not None and known.epoch < member.epoch:
                 self._remove(known)  # a restart whose expiry we have not seen yet
             self.members[member.node_id] = member
@@ -344,7 +345,7 @@ class NodeAgent:
         elif event.kind in ("left", "expired"):
             # only the lease's end removes a member: until then it may still hold locks (I6)
             if known is not None and known.epoch <= member.epoch:
-                crashed = event.kind == "expired" or member.stop_mode == "immediate"
+                crashed = event.kind == "expired" or member.stop_mode == StopMode.IMMEDIATE
                 floor = 0
                 if crashed and self.survivors is not None:
                     self._fence_peer(member)  # before its WAL is read and before anyone takes its chains
@@ -543,7 +544,7 @@ class NodeAgent:
                     log.critical("node %d: its engine stopped (%s); stopping at once so that the other nodes "
                                  "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
                                  "start it again)", self.node_id, self.engine.failed)
-                    self.stop_mode = "immediate"
+                    self.stop_mode = StopMode.IMMEDIATE
                 if self.sessions is not None:
                     self.sessions.pump()
                     if self.locks is not None:
@@ -584,32 +585,31 @@ class NodeAgent:
         return max(0, min(100, int((due - now) * 1000) + 1))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        mode = STOP_SIGNALS.get(signal.Signals(signum), "fast")
+        mode = STOP_SIGNALS.get(signal.Signals(signum), StopMode.FAST)
         # a second, harsher signal upgrades the mode, as with pg_ctl
-        order = ["smart", "fast", "immediate"]
-        if self.stop_mode is None or order.index(mode) > order.index(self.stop_mode):
+        if self.stop_mode is None or mode.harshness > self.stop_mode.harshness:
             self.stop_mode = mode
 
     def _self_fence(self) -> int:
         assert self.fence is not None
-        self.state = "fenced"
+        self.state = NodeState.FENCED
         self._close_ports()
         log.critical("SELF-FENCING node %d epoch %d: %s; stopped serving and touching the shared directory; "
                      "exiting with code %d — restart the node once etcd is reachable", self.node_id,
                      self.mesh_epoch, self.fence.reason, EXIT_FENCED)
         return EXIT_FENCED
 
-    def _shutdown(self, mode: str) -> int:
+    def _shutdown(self, mode: StopMode) -> int:
         assert self.lease and self.keeper
         log.info("node %d stopping (%s)", self.node_id, mode)
         try:
-            self._set_state("stopping", mode)
+            self._set_state(NodeState.STOPPING, mode)
         except (EtcdUnavailable, Fenced) as exc:
             log.warning("could not mark node stopping in etcd: %s", exc)
-        if mode != "immediate":
+        if mode != StopMode.IMMEDIATE:
             self._finish_rounds()
         self._close_ports()
-        if self.engine is not None and mode != "immediate":
+        if self.engine is not None and mode != StopMode.IMMEDIATE:
             try:
                 self.fence.check() if self.fence else None
                 self.engine.close()  # aborts what is running and takes the shutdown checkpoint

@@ -27,7 +27,7 @@ from typing import Callable
 
 from muheam.errors import EtcdUnavailable, Fenced
 from muheam.membership import Lease
-from muheam.ops.procs import pid_alive
+from muheam.ops.procs import pid_alive, wait_until
 
 log = logging.getLogger("muheam.fence")
 
@@ -158,12 +158,7 @@ def kill_incarnation(pid: int, node_id: int, started_at: float, wait: float = PE
         os.kill(pid, signal.SIGKILL)  # a SIGSTOPped process dies too; nothing it does in user space runs again
     except ProcessLookupError:
         return "gone"
-    deadline = time.monotonic() + wait
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return "still-there"
-        time.sleep(0.005)
-    return "killed"
+    return "killed" if wait_until(lambda: not pid_alive(pid), wait, interval=0.005) else "still-there"
 
 
 def run_fence_command(command: str, node_id: int, host: str, pid: int, epoch: int, timeout: float = 60.0) -> bool:

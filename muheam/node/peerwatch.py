@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from muheam.cluster import partition
 from muheam.errors import EtcdUnavailable
+from muheam.states import NodeState
 
 if TYPE_CHECKING:
     from muheam.membership import Lease, MembershipBackend
@@ -86,7 +87,7 @@ class PeerWatch:
             members, reach, _ = backend.reach_view(self.cluster)
             out = partition.losers(reach, {m.node_id for m in members})
             # a member that is stopping leaves by itself within seconds; removing it would skip its clean stop
-            leaving = [m for m in members if m.node_id in out and m.state != "stopping"]
+            leaving = [m for m in members if m.node_id in out and m.state != NodeState.STOPPING]
             if not leaving:
                 return
             if backend.evict(self.cluster, leaving, members, self.node_id):

@@ -22,6 +22,7 @@ from muheam.config import Config, EmbeddedEtcd, NodeConfig
 from muheam.errors import ClusterStateError, MuheamError
 from muheam.ops.etcd_server import EtcdServer
 from muheam.membership import Member, MembershipBackend, connect
+from muheam.states import ClusterState, NodeState, StopMode
 from muheam.ops.procs import SIGNAL_FOR_MODE, free_port, pid_alive, read_pid, stop_pid, tail, wait_until, write_pid
 
 CONFIG_NAME = "muheam.toml"
@@ -64,7 +65,7 @@ def init_cluster(cfg: Config, backend: MembershipBackend) -> dict[str, Any]:
         if ours["cluster_id"] != identity["cluster_id"]:
             raise ClusterStateError(f"cluster {cfg.cluster_name!r} was registered concurrently by another command")
         control.create_layout(shared, identity)
-        backend.set_state(cfg.cluster_name, "stopped")
+        backend.set_state(cfg.cluster_name, ClusterState.STOPPED)
     return identity
 
 
@@ -135,7 +136,7 @@ def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, tim
         if proc.poll() is not None:
             return True
         for member in backend.members(cfg.cluster_name)[0]:
-            if member.node_id == node_id and member.pid == proc.pid and member.state == "running":
+            if member.node_id == node_id and member.pid == proc.pid and member.state == NodeState.RUNNING:
                 found.append(member)
                 return True
         return False
@@ -151,7 +152,7 @@ def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, tim
     return found[0]
 
 
-def stop_node(cfg: Config, node_id: int, mode: str = "fast", timeout: float = 60.0,
+def stop_node(cfg: Config, node_id: int, mode: StopMode | str = StopMode.FAST, timeout: float = 60.0,
               backend: MembershipBackend | None = None) -> bool:
     """Signal the node's process (found by pid file, else by its member entry on this host); wait for it."""
     pid = running_pid(cfg, node_id)
@@ -161,7 +162,7 @@ def stop_node(cfg: Config, node_id: int, mode: str = "fast", timeout: float = 60
                 pid = member.pid
     if pid is None:
         return False
-    stop_pid(pid, SIGNAL_FOR_MODE[mode], timeout)
+    stop_pid(pid, SIGNAL_FOR_MODE[StopMode(mode)], timeout)
     pid_file(cfg, node_id).unlink(missing_ok=True)
     return True
 
@@ -176,7 +177,7 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dic
     backend = connect(cfg.etcd_endpoints)
     try:
         init_cluster(cfg, backend)
-        backend.set_state(cfg.cluster_name, "starting")
+        backend.set_state(cfg.cluster_name, ClusterState.STARTING)
         started: list[dict[str, Any]] = []
         live = {m.node_id: m for m in backend.members(cfg.cluster_name)[0]}
         for node_id in sorted(cfg.nodes)[:max(nodes, 1)]:
@@ -187,7 +188,7 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dic
                 "node_id": node_id, "pid": member.pid, "epoch": member.epoch,
                 "peer_endpoint": member.peer_endpoint, "client_endpoint": member.client_endpoint,
             })
-        backend.set_state(cfg.cluster_name, "running")
+        backend.set_state(cfg.cluster_name, ClusterState.RUNNING)
         # nodes running beyond the ones asked for (cluster up --nodes 2 while 4 run): say so, stop none
         chosen = {n["node_id"] for n in started}
         others = [{"node_id": m.node_id, "pid": m.pid, "client_endpoint": m.client_endpoint}
@@ -199,7 +200,7 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dic
             "other_running_nodes": others}
 
 
-def cluster_down(directory: Path, mode: str = "fast") -> dict[str, Any]:
+def cluster_down(directory: Path, mode: StopMode | str = StopMode.FAST) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.exists():
         raise ClusterStateError(f"{path} does not exist; pass the --dir given to 'muheam cluster up'")
@@ -208,13 +209,13 @@ def cluster_down(directory: Path, mode: str = "fast") -> dict[str, Any]:
     backend: MembershipBackend | None = None
     try:
         backend = connect(cfg.etcd_endpoints, timeout=1.0)
-        backend.set_state(cfg.cluster_name, "stopping")
+        backend.set_state(cfg.cluster_name, ClusterState.STOPPING)
     except MuheamError:
         backend = None
     pids = {n: running_pid(cfg, n) for n in cfg.nodes}
     for node_id, pid in pids.items():
         if pid is not None:
-            os.kill(pid, SIGNAL_FOR_MODE[mode])
+            os.kill(pid, SIGNAL_FOR_MODE[StopMode(mode)])
     deadline = time.monotonic() + 60
     stopped = []
     for node_id, pid in pids.items():
@@ -226,7 +227,7 @@ def cluster_down(directory: Path, mode: str = "fast") -> dict[str, Any]:
         stopped.append(node_id)
     if backend is not None:
         try:
-            backend.set_state(cfg.cluster_name, "stopped")
+            backend.set_state(cfg.cluster_name, ClusterState.STOPPED)
         except MuheamError:
             pass
         backend.close()

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from muheam.states import StopMode
 
-STOP_SIGNALS = {signal.SIGTERM: "smart", signal.SIGINT: "fast", signal.SIGQUIT: "immediate"}
+
+STOP_SIGNALS = {signal.SIGTERM: StopMode.SMART, signal.SIGINT: StopMode.FAST, signal.SIGQUIT: StopMode.IMMEDIATE}
 """The signal a node agent takes as each stop mode, as with ``pg_ctl``."""
 SIGNAL_FOR_MODE = {mode: sig for sig, mode in STOP_SIGNALS.items()}
 

@@ -134,7 +134,7 @@ def load(shared: Path, node: int, epoch: int, system_id: int, table_of: Callable
     dead = DeadWal(node, epoch, start_lsn=start, table_of=table_of)
     fence = min((g for e, g in statefiles.read_fences(shared).get(node, []) if e == epoch), default=None)
     reader = WalReader(node_wal_dir(shared, node), node_id=node, system_id=system_id, start_lsn=dead.start_lsn,
-                       compiled=jit.ready())  # the compiled walk if the node has loaded it (same answers)
+                       compiled=jit.use_compiled(load=False))  # the compiled walk if the node has loaded it (same answers)
     bufs: list[bytes | memoryview] = []
     parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in ("buf", "off", "kind", "glsn", "xid", "len")}
     try:

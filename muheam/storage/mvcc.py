@@ -45,7 +45,8 @@ XID on the page, so a page scan costs a handful of lookups, not one per slot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Final, Literal
+import enum
+from typing import Callable, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,12 +57,22 @@ FROZEN_XID: Final = 2
 FIRST_NORMAL_XID: Final = 3
 """XIDs 0..2 are special on pages; the cluster's XID service (``muheam.cluster.xidstore``) hands out from here."""
 
-COMMITTED: Final = "committed"
-ABORTED: Final = "aborted"
-IN_PROGRESS: Final = "in_progress"
-XidStatus = Literal["committed", "aborted", "in_progress"]
+
+
+class XidStatus(enum.StrEnum):
+    """A transaction's outcome as far as a node knows it.  A ``StrEnum``, so the words in JSON (``muheam``
+    status output, the outcome gossip) stay ``committed``/``aborted``/``in_progress``."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    IN_PROGRESS = "in_progress"
+
+
+COMMITTED: Final = XidStatus.COMMITTED
+ABORTED: Final = XidStatus.ABORTED
+IN_PROGRESS: Final = XidStatus.IN_PROGRESS
 StatusFn = Callable[[int], str]
-"""``status(xid) -> "committed" | "aborted" | "in_progress"``; only ever called with normal XIDs."""
+"""``status(xid) -> XidStatus`` (typed ``str`` so tests may pass plain words); only ever called with normal XIDs."""
 
 # Slot flag bits (the ``flags`` byte of a tuple slot).
 SLOT_USED: Final = 0x01

@@ -47,7 +47,8 @@ from muheam.membership import MemberEvent, MembershipBackend, MemberWatch
 from muheam.walstream.publisher import Publisher, PublisherUnavailable, StreamError
 from muheam.walstream.subscriber import Subscriber
 from walmerge.errors import WalError, format_lsn
-from walmerge.follow import Follower, MergedOut, cut_output, valid_output_end
+from walmerge.follow import Follower, cut_output, valid_output_end
+from walmerge.sink import MergedSink
 from walmerge.merge import detect_segment_size, detect_system_id, node_dirs
 from walmerge.segment import list_segments
 
@@ -321,7 +322,7 @@ def run_subscribe(endpoint: str, out: Path, *, from_lsn: int | None = None, dura
         raise UnusableInput(f"--from-lsn needs a copy to resume: {out} holds no merged segment (a copy starts "
                             "at LSN 0)")
     sub = Subscriber(endpoint, start, timeout=timeout)
-    writer: MergedOut | None = None
+    writer: MergedSink | None = None
     records = 0
     stopped = "signal"
     try:
@@ -336,12 +337,12 @@ def run_subscribe(endpoint: str, out: Path, *, from_lsn: int | None = None, dura
             except (StreamError, PublisherUnavailable) as exc:
                 raise MuheamError(f"subscription to {endpoint}: {exc}") from None
             if sub.info is not None and writer is None:
-                got_sid, got_size = int(sub.info["system_id"]), int(sub.info["segment_size"])
+                got_sid, got_size = sub.info.system_id, sub.info.segment_size
                 if sid is not None and (got_sid, got_size) != (sid, seg_size):
                     raise UnusableInput(f"{out} holds a copy of another stream (system id {sid:#x}, segments of "
                                         f"{seg_size} bytes; the publisher has {got_sid:#x}, {got_size}); use an "
                                         "empty directory")
-                writer = MergedOut(out, system_id=got_sid, segment_size=got_size, epoch=0, fsync=True)
+                writer = MergedSink(out, system_id=got_sid, segment_size=got_size, incremental=True)
                 if start == 0:
                     writer.open_segment(0, 0)  # as the follower does: an empty stream still has its first segment
             if batch and writer is not None:
@@ -354,7 +355,6 @@ def run_subscribe(endpoint: str, out: Path, *, from_lsn: int | None = None, dura
                 break
     finally:
         if writer is not None:
-            writer.flush()
             writer.close()
         sub.close()
     behind = sub.ended and sub.end_lsn is not None and sub.next_lsn < sub.end_lsn

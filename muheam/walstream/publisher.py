@@ -1,5 +1,6 @@
 """The merged WAL stream over ZeroMQ: the publisher for ``muheam walmerge --follow --publish`` and the protocol
-(its client is ``muheam.walstream.subscriber``).
+(its client is ``muheam.walstream.subscriber``; the messages are the typed classes of
+``muheam.walstream.messages``).
 
 Protocol (version 1).  The publisher binds a ROUTER; a subscriber connects a DEALER.  Every message is one
 msgpack frame.  Requests are maps with an ``op``; replies are maps with a ``type``:
@@ -60,6 +61,11 @@ import zmq
 
 from muheam.net import wire
 from muheam.errors import ConfigError, MuheamError
+from muheam.walstream.messages import (
+    DEFAULT_CREDIT as DEFAULT_CREDIT, PROTOCOL_VERSION as PROTOCOL_VERSION, BadMessage, Batch, Credit, End, Error,
+    Ping, Pong, Reply, Status, StatusRequest, Subscribe, Subscribed, Unsubscribed, request_from_wire,
+)
+from walmerge import lsn as lsn_text
 from walmerge.errors import WalError, format_lsn
 from walmerge.reader import SegmentBatch, WalReader
 from walmerge.record import align8
@@ -67,11 +73,9 @@ from walmerge.segment import MERGED_NODE_ID, SEGMENT_HEADER_SIZE
 
 log = logging.getLogger("muheam.walstream")
 
-PROTOCOL_VERSION = 1
 BATCH_BYTES = 256 * 1024
 """A batch stops growing past this many record bytes (it always holds at least one record)."""
 BATCH_RECORDS = 8192
-DEFAULT_CREDIT = 8
 MAX_CREDIT = 64
 RECENT_BYTES = 8 << 20
 """Record bytes of the newest part of the stream kept in memory for subscribers at (or near) the live end."""
@@ -99,26 +103,11 @@ class PublisherUnavailable(MuheamError):
 
 
 def parse_lsn(text: str) -> int:
-    """An LSN as printed by ``format_lsn`` (``HI/LO`` hex, PostgreSQL style), ``0x`` hex or decimal."""
-    s = text.strip()
+    """``walmerge.lsn.parse_lsn`` for operator input: a bad LSN is a ``ConfigError`` (exit 2)."""
     try:
-        if "/" in s:
-            hi, lo = s.split("/", 1)
-            value = (int(hi, 16) << 32) | int(lo, 16)
-            if int(lo, 16) > 0xFFFFFFFF:
-                raise ValueError
-        else:
-            value = int(s, 0)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an LSN; write it as HI/LO hex (0/1A2B3C40, as printed), 0x hex or "
-                          "decimal") from None
-    if not 0 <= value < 1 << 64:
-        raise ConfigError(f"LSN {text!r} is out of range")
-    return value
-
-
-def _is_uint(value: Any, limit: int = 1 << 64) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+        return lsn_text.parse_lsn(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def record_end(lsn: int, data: bytes) -> int:
@@ -262,9 +251,7 @@ class Publisher:
                     continue
                 if not records:
                     continue
-                msg = {"type": "batch", "records": [[lsn, data] for lsn, data in records],
-                       "next_lsn": sub.cursor, "end_lsn": self.end_lsn}
-                if not self._send(sub.envelope, msg):
+                if not self._send(sub.envelope, Batch(tuple(records), sub.cursor, self.end_lsn)):
                     self._drop(ident, "unreachable")
                     continue
                 sub.credit -= 1
@@ -282,7 +269,7 @@ class Publisher:
         while time.monotonic() < deadline and any(s.cursor < self.end_lsn for s in self.subs.values()):
             self.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         for ident, sub in list(self.subs.items()):
-            self._send(sub.envelope, {"type": "end", "end_lsn": self.end_lsn})
+            self._send(sub.envelope, End(self.end_lsn))
             self._close_replay(sub)
         self.subs.clear()
         self.sock.close(CLOSE_LINGER_MS)  # let the 'end' messages out, but never wait long for a dead peer
@@ -314,47 +301,36 @@ class Publisher:
                                            "(a REQ)")
             return
         try:
-            req = wire.unpack(body, MAX_REQUEST_BYTES)
+            req = request_from_wire(wire.unpack(body, MAX_REQUEST_BYTES))
         except wire.Malformed as exc:
             self._malformed(envelope, f"request is not a msgpack map: {exc}")
             return
-        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-            self._malformed(envelope, "a request is a msgpack map with a string 'op'")
+        except BadMessage as exc:
+            self._malformed(envelope, str(exc))
             return
         ident = envelope[0]
         sub = self.subs.get(ident)
         if sub is not None:
             sub.heard = time.monotonic()
-        op = req["op"]
-        if op == "subscribe":
+        if isinstance(req, Subscribe):
             self._subscribe(envelope, req)
-        elif op == "credit":
-            n = req.get("n")
-            if not isinstance(n, int) or not _is_uint(n, 1 << 31) or n == 0:
-                self._malformed(envelope, "credit needs a positive integer 'n'")
-            elif sub is None:
+        elif isinstance(req, Credit):
+            if sub is None:
                 self._error(envelope, "not_subscribed", "credit for a subscription this publisher does not have "
                                                          "(it restarted or dropped it): subscribe again")
             else:
-                sub.credit = min(MAX_CREDIT, sub.credit + n)
-        elif op == "ping":
-            self._send(envelope, {"type": "pong", "end_lsn": self.end_lsn, "subscribed": sub is not None})
-        elif op == "status":
-            self._send(envelope, {"type": "status", **self.status()})
-        elif op == "unsubscribe":
+                sub.credit = min(MAX_CREDIT, sub.credit + req.n)
+        elif isinstance(req, Ping):
+            self._send(envelope, Pong(self.end_lsn, sub is not None))
+        elif isinstance(req, StatusRequest):
+            self._send(envelope, Status(self.endpoint, self.end_lsn, len(self.subs), dict(self.counters)))
+        else:
             if sub is not None:
                 self._drop(ident, None)
-            self._send(envelope, {"type": "unsubscribed"})
-        else:
-            self._malformed(envelope, f"unknown op {op[:40]!r}; ops: subscribe, credit, ping, status, unsubscribe")
+            self._send(envelope, Unsubscribed())
 
-    def _subscribe(self, envelope: list[bytes], req: dict[str, Any]) -> None:
-        start, credit = req.get("from_lsn"), req.get("credit", DEFAULT_CREDIT)
-        if not _is_uint(start) or not _is_uint(credit, 1 << 31) or credit == 0:
-            self._malformed(envelope, "subscribe needs an unsigned integer 'from_lsn' and, optionally, a positive "
-                                      "integer 'credit'")
-            return
-        assert isinstance(start, int) and isinstance(credit, int)
+    def _subscribe(self, envelope: list[bytes], req: Subscribe) -> None:
+        start = req.from_lsn
         ident = envelope[0]
         if ident not in self.subs and len(self.subs) >= MAX_SUBSCRIBERS:
             self._error(envelope, "busy", f"this publisher already serves {MAX_SUBSCRIBERS} subscribers")
@@ -363,7 +339,7 @@ class Publisher:
             self._error(envelope, "bad_lsn", f"LSN {format_lsn(start)} is beyond the end of the merged stream "
                                              f"({format_lsn(self.end_lsn)})")
             return
-        sub = _Sub(list(envelope), start, min(credit, MAX_CREDIT), time.monotonic())
+        sub = _Sub(list(envelope), start, min(req.credit, MAX_CREDIT), time.monotonic())
         old = self.subs.pop(ident, None)
         if old is not None:
             self._close_replay(old)
@@ -383,9 +359,7 @@ class Publisher:
                 return
         self.subs[ident] = sub
         self.counters["subscribes"] += 1
-        self._send(envelope, {"type": "subscribed", "version": PROTOCOL_VERSION, "from_lsn": start,
-                              "end_lsn": self.end_lsn, "system_id": self.system_id,
-                              "segment_size": self.segment_size, "credit": sub.credit})
+        self._send(envelope, Subscribed(start, self.end_lsn, self.system_id, self.segment_size, sub.credit))
         self.serve()
 
     def _malformed(self, envelope: list[bytes], message: str) -> None:
@@ -394,11 +368,11 @@ class Publisher:
 
     def _error(self, envelope: list[bytes], code: str, message: str) -> None:
         self.counters["errors_sent"] += 1
-        self._send(envelope, {"type": "error", "code": code, "message": message})
+        self._send(envelope, Error(code, message))
 
-    def _send(self, envelope: list[bytes], msg: dict[str, Any]) -> bool:
+    def _send(self, envelope: list[bytes], msg: Reply) -> bool:
         try:
-            self.sock.send_multipart([*envelope, wire.pack(msg)], zmq.NOBLOCK)
+            self.sock.send_multipart([*envelope, wire.pack(msg.to_wire())], zmq.NOBLOCK)
             return True
         except zmq.Again:
             self.counters["send_blocked"] += 1

@@ -10,25 +10,14 @@ import zmq
 
 from muheam.net import wire
 from muheam.net.request import Requester, check_endpoint
-from muheam.walstream.publisher import (
-    CLOSE_LINGER_MS, DEFAULT_CREDIT, MAX_CREDIT, PING_EVERY, PublisherUnavailable, StreamError, _is_uint, record_end,
+from muheam.walstream.messages import (
+    DEFAULT_CREDIT, BadMessage, Batch, Credit, End, Error, Ping, Pong, Request, Subscribe, Subscribed, Unsubscribe,
+    reply_from_wire, request_from_wire,
 )
+from muheam.walstream.publisher import CLOSE_LINGER_MS, MAX_CREDIT, PING_EVERY, PublisherUnavailable, StreamError, record_end
 from walmerge.errors import format_lsn
 from walmerge.segment import SEGMENT_HEADER_SIZE
 
-
-
-def _decode_batch(msg: dict[str, Any]) -> tuple[list[tuple[int, bytes]], int, int]:
-    records, nxt, end = msg.get("records"), msg.get("next_lsn"), msg.get("end_lsn")
-    if not isinstance(records, list) or not _is_uint(nxt) or not _is_uint(end):
-        raise StreamError("protocol", "a batch from the publisher lacks records, next_lsn or end_lsn")
-    out: list[tuple[int, bytes]] = []
-    for item in records:
-        if not (isinstance(item, list) and len(item) == 2 and _is_uint(item[0]) and isinstance(item[1], bytes)):
-            raise StreamError("protocol", "a batch record is not [lsn, bytes]")
-        out.append((item[0], item[1]))
-    assert isinstance(nxt, int) and isinstance(end, int)
-    return out, nxt, end
 
 
 class Subscriber:
@@ -49,7 +38,8 @@ class Subscriber:
         """LSN of the last record returned (None before the first): its successor's prev-LSN must be this."""
         self.credit = max(1, min(credit, MAX_CREDIT))
         self.timeout = timeout
-        self.info: dict[str, Any] | None = None
+        self.info: Subscribed | None = None
+        """The publisher's answer to the last subscribe (stream identity, segment size)."""
         self.end_lsn: int | None = None
         self.ended = False
         self._own_ctx = context is None
@@ -62,14 +52,14 @@ class Subscriber:
         self._pinged = self._heard
         self._subscribe()
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: Request) -> None:
         try:
-            self.sock.send(wire.pack(msg), zmq.NOBLOCK)
+            self.sock.send(wire.pack(msg.to_wire()), zmq.NOBLOCK)
         except zmq.Again:
             pass  # not connected yet or queue full: the ping cycle re-sends what matters
 
     def _subscribe(self) -> None:
-        self._send({"op": "subscribe", "from_lsn": self.next_lsn, "credit": self.credit})
+        self._send(Subscribe(self.next_lsn, self.credit))
 
     def receive(self, timeout: float | None = None) -> list[tuple[int, bytes]]:
         """The next batch (in LSN order); ``[]`` after ``timeout`` seconds or once the stream ended (``ended``)."""
@@ -88,8 +78,7 @@ class Subscriber:
                                            f"{self.timeout:g} s; is 'muheam walmerge --follow --publish' running?")
             if now - self._pinged >= PING_EVERY:
                 self._pinged = now
-                self._send({"op": "ping"} if self.info is not None else
-                           {"op": "subscribe", "from_lsn": self.next_lsn, "credit": self.credit})
+                self._send(Ping() if self.info is not None else Subscribe(self.next_lsn, self.credit))
             if deadline is not None and now >= deadline:
                 return []
         return []
@@ -100,35 +89,34 @@ class Subscriber:
             msg = wire.unpack(frame, wire.ZMQ_MAXMSGSIZE)
         except wire.Malformed as exc:
             raise StreamError("protocol", f"the publisher sent something that is not msgpack: {exc}") from None
-        kind = msg.get("type") if isinstance(msg, dict) else None
-        if kind == "batch":
-            records, nxt, end = _decode_batch(msg)
-            self._send({"op": "credit", "n": 1})
-            self.end_lsn = end
-            return self._accept(records, nxt)
-        if kind == "subscribed":
-            self.info = msg
-            self.end_lsn = msg.get("end_lsn")
-        elif kind == "pong":
-            self.end_lsn = msg.get("end_lsn")
-            if not msg.get("subscribed"):
+        try:
+            reply = reply_from_wire(msg)
+        except BadMessage as exc:
+            raise StreamError("protocol", str(exc)) from None
+        if isinstance(reply, Batch):
+            self._send(Credit(1))
+            self.end_lsn = reply.end_lsn
+            return self._accept(list(reply.records), reply.next_lsn)
+        if isinstance(reply, Subscribed):
+            self.info = reply
+            self.end_lsn = reply.end_lsn
+        elif isinstance(reply, Pong):
+            self.end_lsn = reply.end_lsn
+            if not reply.subscribed:
                 self._subscribe()  # the publisher restarted or dropped us: resume where we are
-        elif kind == "end":
+        elif isinstance(reply, End):
             self.ended = True
-            self.end_lsn = msg.get("end_lsn")
-        elif kind == "error":
-            code, text = str(msg.get("code")), str(msg.get("message"))
-            if code == "not_subscribed":
+            self.end_lsn = reply.end_lsn
+        elif isinstance(reply, Error):
+            if reply.code == "not_subscribed":
                 self._subscribe()
             else:
-                raise StreamError(code, f"the WAL stream publisher at {self.endpoint} refused: {text}")
-        elif kind not in ("unsubscribed", "status"):
-            raise StreamError("protocol", f"unexpected message from the publisher: {str(msg)[:80]}")
+                raise StreamError(reply.code, f"the WAL stream publisher at {self.endpoint} refused: {reply.message}")
         return []
 
     def _accept(self, records: list[tuple[int, bytes]], nxt: int) -> list[tuple[int, bytes]]:
         fresh = [(lsn, data) for lsn, data in records if lsn >= self.next_lsn]  # a resend after a resubscribe
-        seg = int(self.info["segment_size"]) if self.info else 0
+        seg = self.info.segment_size if self.info else 0
         for lsn, data in fresh:
             if len(data) < 56:
                 raise StreamError("protocol", f"record at {format_lsn(lsn)} is shorter than a record header")
@@ -156,7 +144,7 @@ class Subscriber:
 
     def close(self) -> None:
         if not self.ended:
-            self._send({"op": "unsubscribe"})
+            self._send(Unsubscribe())
         self.sock.close(CLOSE_LINGER_MS)
         if self._own_ctx:
             self.ctx.term()
@@ -174,9 +162,16 @@ def request(endpoint: str, op: str, timeout: float = 5.0, **fields: Any) -> dict
     req = Requester(ctx, check_endpoint(endpoint, "publisher endpoint"), PublisherUnavailable,
                     who="the WAL stream publisher", max_size=wire.ZMQ_MAXMSGSIZE)
     try:
-        reply = req.request({"op": op, **fields}, timeout, op)
-        if not isinstance(reply, dict):
-            raise StreamError("protocol", "reply is not a map")
+        try:
+            typed = request_from_wire({"op": op, **fields})
+        except BadMessage as exc:
+            raise StreamError("malformed", str(exc)) from None
+        reply = req.request(typed.to_wire(), timeout, op)
+        try:
+            reply_from_wire(reply)  # checked; the map itself is returned (operators print it as JSON)
+        except BadMessage as exc:
+            raise StreamError("protocol", str(exc)) from None
+        assert isinstance(reply, dict)
         return reply
     finally:
         req.close()

@@ -27,7 +27,7 @@ def test_bench_input_verifies_and_incremental_sink_matches_bulk(tmp_path: Path) 
     bench.generate(root, 3 << 20, 3)
     summary = merge(root, tmp_path / "bulk", segment_size=1 << 20)
     assert verify(root, tmp_path / "bulk").status is Status.CLEAN
-    # the incremental (follow-mode) sink places records at the same LSNs as the bulk one
+    # the incremental (follow-mode) sink writes the same files as the bulk one, appended or added record by record
     bulk = list(WalReader(tmp_path / "bulk", node_id=MERGED_NODE_ID, system_id=bench.SYSTEM_ID).batches())
     sink = MergedSink(tmp_path / "inc", system_id=bench.SYSTEM_ID, segment_size=1 << 20, incremental=True)
     for b in bulk:
@@ -37,6 +37,16 @@ def test_bench_input_verifies_and_incremental_sink_matches_bulk(tmp_path: Path) 
             sink.flush()
     sink.close()
     inc = list(WalReader(tmp_path / "inc", node_id=MERGED_NODE_ID, system_id=bench.SYSTEM_ID))
+    sink = MergedSink(tmp_path / "added", system_id=bench.SYSTEM_ID, segment_size=1 << 20, incremental=True)
+    for b in bulk:
+        for h, o in zip(b.headers, b.offsets.tolist()):
+            sink.add(int(h["lsn"]), int(h["prev_lsn"]), bytes(b.data[o: o + int(h["total_len"])]))
+        sink.flush()
+    sink.close()
+    for name in ("inc", "added"):
+        files = sorted(p.name for p in (tmp_path / name).iterdir())
+        assert files == sorted(p.name for p in (tmp_path / "bulk").iterdir())
+        assert all((tmp_path / name / f).read_bytes() == (tmp_path / "bulk" / f).read_bytes() for f in files)
     assert len(inc) == summary.records
     want = [r for b in bulk for r in b.records()]
     assert [(r.lsn, r.prev_lsn, r.glsn, r.payload) for r in inc] == [(r.lsn, r.prev_lsn, r.glsn, r.payload)
