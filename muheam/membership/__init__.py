@@ -46,6 +46,7 @@ class Member:
     started_at: float
     lease_id: int = 0
     stop_mode: str = ""
+    sql_endpoint: str = ""
     revision: int = field(default=0, compare=False)
 
     def to_json(self) -> bytes:
