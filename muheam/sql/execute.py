@@ -141,8 +141,8 @@ class Catalog:
                     meta = json.loads((self.dir / f"{t['name']}.json").read_text())
                 except (OSError, ValueError):
                     meta = {}
-            columns = {c["name"]: c["type"] for c in t["columns"]} if isinstance(t["columns"], list) \
-                else dict(t["columns"])
+            cols = t["columns"]  # [[name, type], ...] from the schema, in table order
+            columns = {str(c[0]): str(c[1]) for c in cols} if isinstance(cols, list) else dict(cols)
             key = str(meta.get("key", "key"))
             if key in columns or meta.get("columns") not in (None, list(columns)):
                 key = "key"  # metadata of another table of that name (a crash between the two writes)
