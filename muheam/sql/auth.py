@@ -112,7 +112,15 @@ class ScramExchange:
     def first(self, client_first: str) -> str:
         """The server-first message; the user name inside the client's message is ignored, as PostgreSQL
         does (libpq sends it empty: the startup packet named the user)."""
-        self.server.set_client_first(client_first)
+        head_end = client_first.find(",", client_first.find(",") + 1) + 1  # after the GS2 header "n,,"
+        bare = client_first[head_end:]
+        if head_end > 0 and bare.startswith("n=,"):
+            # scramp refuses the empty name libpq sends; parse with a stand-in, but keep the bare message the
+            # client signed, which the proof covers
+            self.server.set_client_first(client_first[:head_end] + "n=*" + bare[2:])
+            self.server.client_first_bare = bare
+        else:
+            self.server.set_client_first(client_first)
         return str(self.server.get_server_first())
 
     def final(self, client_final: str) -> str:
