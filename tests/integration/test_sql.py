@@ -202,3 +202,18 @@ def test_errors_name_the_problem(cluster3: tuple[LocalCluster, dict[int, str]]) 
         assert conn.execute("SELECT v FROM errs WHERE id = 1").fetchone() == (1,)
 
 
+
+
+def test_cancel_ends_a_waiting_statement(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE locked (id bigint PRIMARY KEY, v bigint)")
+        setup.execute("INSERT INTO locked VALUES (1, 0)")
+    with psycopg.connect(conninfo(sql[1])) as holder, psycopg.connect(conninfo(sql[1])) as waiter:
+        holder.execute("UPDATE locked SET v = v + 1 WHERE id = 1")  # holds the row
+        threading.Timer(0.5, waiter.cancel).start()
+        with pytest.raises(pgerrors.QueryCanceled):
+            waiter.execute("UPDATE locked SET v = v + 1 WHERE id = 1")
+        waiter.rollback()
+        assert waiter.execute("SELECT 1").fetchone() == (1,)
+        holder.rollback()
