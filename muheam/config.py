@@ -33,8 +33,12 @@ NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
-             "fence_command", "lock_timeout", "idle_in_transaction_timeout"}
-_NODE_KEYS = {"peer_endpoint", "client_endpoint", "host"}
+             "fence_command", "lock_timeout", "idle_in_transaction_timeout",
+             "sql_auth"}
+_NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint"}
+SQL_AUTH_METHODS = ("trust", "scram-sha-256")
+"""``sql_auth``: ``trust`` lets loopback clients in without a password (others must pass SCRAM);
+``scram-sha-256`` asks everyone (``muheam.sql.auth``)."""
 _EMBEDDED_KEYS = {"client_endpoint", "peer_endpoint", "data_dir"}
 
 
@@ -44,6 +48,8 @@ class NodeConfig:
     peer_endpoint: str
     client_endpoint: str
     host: str = "127.0.0.1"
+    sql_endpoint: str = ""
+    """``tcp://HOST:PORT`` of the PostgreSQL-protocol SQL port; empty: none (configs from before it existed)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Config:
     nodes: Mapping[int, NodeConfig] = field(default_factory=dict)
     embedded_etcd: EmbeddedEtcd | None = None
     source: Path | None = None
+    sql_auth: str = "trust"
     fence_command: str = ""
     """Shell command that fences a dead node on another host before survivors recover it (``muheam.node.fence``)."""
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
@@ -102,6 +109,8 @@ class Config:
             doc["lock_timeout"] = self.lock_timeout
         if self.idle_in_transaction_timeout != DEFAULT_IDLE_TIMEOUT:
             doc["idle_in_transaction_timeout"] = self.idle_in_transaction_timeout
+        if self.sql_auth != "trust":
+            doc["sql_auth"] = self.sql_auth
         if self.embedded_etcd is not None:
             doc["embedded_etcd"] = {
                 "client_endpoint": self.embedded_etcd.client_endpoint,
@@ -109,7 +118,8 @@ class Config:
                 "data_dir": str(self.embedded_etcd.data_dir),
             }
         doc["nodes"] = {
-            str(n.node_id): {"host": n.host, "peer_endpoint": n.peer_endpoint, "client_endpoint": n.client_endpoint}
+            str(n.node_id): {"host": n.host, "peer_endpoint": n.peer_endpoint, "client_endpoint": n.client_endpoint,
+                             **({"sql_endpoint": n.sql_endpoint} if n.sql_endpoint else {})}
             for n in self.nodes.values()
         }
         return tomli_w.dumps(doc)
@@ -298,18 +308,26 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
                 raise ConfigError(f"nodes.{key}.{part}: missing; write it as 'tcp://HOST:PORT'")
         peer = check_tcp_endpoint(f"nodes.{key}.peer_endpoint", value["peer_endpoint"])
         client = check_tcp_endpoint(f"nodes.{key}.client_endpoint", value["client_endpoint"])
-        for label, ep in (("peer_endpoint", peer), ("client_endpoint", client)):
+        sql = check_tcp_endpoint(f"nodes.{key}.sql_endpoint", value["sql_endpoint"]) if "sql_endpoint" in value else ""
+        for label, ep in (("peer_endpoint", peer), ("client_endpoint", client), ("sql_endpoint", sql)):
+            if not ep:
+                continue
             if ep in seen:
                 raise ConfigError(f"nodes.{key}.{label}: {ep} is already used by {seen[ep]}; give every endpoint its own port")
             seen[ep] = f"nodes.{key}.{label}"
         host = value.get("host", urlparse(peer).hostname or "127.0.0.1")
-        nodes[node_id] = NodeConfig(node_id, peer, client, str(host))
+        nodes[node_id] = NodeConfig(node_id, peer, client, str(host), sql)
 
     fence_command = raw.get("fence_command", "")
     if not isinstance(fence_command, str):
         raise ConfigError(f"fence_command: expected a shell command as a string, got {fence_command!r}")
 
+    sql_auth = raw.get("sql_auth", "trust")
+    if sql_auth not in SQL_AUTH_METHODS:
+        raise ConfigError(f"sql_auth: {sql_auth!r} is not a method; use one of {', '.join(SQL_AUTH_METHODS)}")
+
     return Config(
+        sql_auth=sql_auth,
         fence_command=fence_command.strip(),
         lock_timeout=_check_seconds("lock_timeout", raw.get("lock_timeout"), DEFAULT_LOCK_TIMEOUT, 3600),
         idle_in_transaction_timeout=_check_seconds("idle_in_transaction_timeout",

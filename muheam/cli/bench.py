@@ -103,6 +103,18 @@ def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: 
     show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
 
 
+@bench.command("pgbench")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
+def bench_pgbench(fmt: str, seconds: float, clients: int, accounts: int) -> None:
+    """pgbench with a transfer script on standalone PostgreSQL and on MUHEAM's SQL port (1 node)."""
+    from muheam.bench.pgbench import run
+
+    emit(run(seconds=seconds, clients=clients, accounts=accounts), fmt)
+
+
 @bench.command("recovery")
 @output_options
 @click.option("--wal-mb", type=click.FloatRange(0.1, 2000), default=20.0, show_default=True,

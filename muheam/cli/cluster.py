@@ -65,10 +65,11 @@ def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> N
     from rich.table import Table
 
     table = Table(title=f"cluster {result['config']['cluster_name']} is up")
-    for col in ("Node", "PID", "Epoch", "Peer endpoint", "Client endpoint"):
+    for col in ("Node", "PID", "Epoch", "Peer endpoint", "Client endpoint", "SQL endpoint"):
         table.add_column(col)
     for n in result["nodes"]:
-        table.add_row(str(n["node_id"]), str(n["pid"]), str(n["epoch"]), n["peer_endpoint"], n["client_endpoint"])
+        table.add_row(str(n["node_id"]), str(n["pid"]), str(n["epoch"]), n["peer_endpoint"], n["client_endpoint"],
+                      n.get("sql_endpoint") or "-")
     (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
     others = result.get("other_running_nodes") or []
     if others:

@@ -25,6 +25,7 @@ def member_rows(cfg: Config) -> list[dict[str, Any]]:
             row: dict[str, Any] = {
                 "node_id": m.node_id, "host": m.host, "state": m.state, "epoch": m.epoch, "pid": m.pid,
                 "peer_endpoint": m.peer_endpoint, "client_endpoint": m.client_endpoint,
+                "sql_endpoint": m.sql_endpoint or None,
                 "started_at": m.started_at, "lease_ttl_left": None, "lamport": None, "revision": revision,
                 "answering": False,
             }
@@ -61,11 +62,12 @@ def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) 
     if clear:
         console.clear()
     table = Table(title=f"+ Cluster: {cfg.cluster_name} ({cluster_state(cfg)}, {len(rows)} members)")
-    for col in ("Node", "Host", "Peer endpoint", "State", "Epoch", "Lease TTL", "Lamport"):
+    for col in ("Node", "Host", "Peer endpoint", "SQL endpoint", "State", "Epoch", "Lease TTL", "Lamport"):
         table.add_column(col)
     for r in rows:
         state = r["state"] if r["answering"] else f"{r['state']} (no answer)"
-        table.add_row(str(r["node_id"]), r["host"], r["peer_endpoint"], state, str(r["epoch"]),
+        table.add_row(str(r["node_id"]), r["host"], r["peer_endpoint"], r.get("sql_endpoint") or "-", state,
+                      str(r["epoch"]),
                       "-" if r["lease_ttl_left"] is None else f"{r['lease_ttl_left']} s",
                       "-" if r["lamport"] is None else str(r["lamport"]))
     console.print(table)

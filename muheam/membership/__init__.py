@@ -50,6 +50,7 @@ class Member:
     lease_id: int = 0
     stop_mode: str = ""
     """A ``StopMode`` value once the node is stopping, else empty."""
+    sql_endpoint: str = ""
     revision: int = field(default=0, compare=False)
 
     def to_json(self) -> bytes:

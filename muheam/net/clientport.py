@@ -34,33 +34,48 @@ class Deferred:
     """Returned by an operation that answers later (e.g. after a lock grant); resolve or fail it exactly once.
 
     It may be settled before the port has bound it to the request's envelope; the reply then goes out at bind.
+    Instead of a port, an in-process caller (the SQL port, ``muheam.sql``) may ask for a callback with ``then``:
+    it gets the plain result, with no msgpack round trip.
     """
 
     def __init__(self) -> None:
         self._port: "ClientPort | None" = None
         self._envelope: list[bytes] = []
-        self._payload: bytes | None = None
+        self._outcome: tuple[bool, Any] | None = None
+        self._callback: Callable[[bool, Any], None] | None = None
         self.done = False
 
     def _bind(self, port: "ClientPort", envelope: list[bytes]) -> None:
         self._port, self._envelope = port, envelope
         self._flush()
 
+    def then(self, callback: Callable[[bool, Any], None]) -> None:
+        """Call ``callback(True, result)`` or ``callback(False, (code, message))`` once settled (at once if it
+        is)."""
+        self._callback = callback
+        self._flush()
+
     def _flush(self) -> None:
-        if self._port is not None and self._payload is not None:
-            self._port._reply(self._envelope, self._payload)
-            self._payload = None
+        if self._outcome is None:
+            return
+        ok, value = self._outcome
+        if self._callback is not None:
+            self._outcome, callback, self._callback = None, self._callback, None
+            callback(ok, value)
+        elif self._port is not None:
+            self._outcome = None
+            self._port._reply(self._envelope, wire.reply_ok(value) if ok else wire.reply_error(*value))
 
     def resolve(self, result: Any = None) -> None:
         if not self.done:
             self.done = True
-            self._payload = wire.reply_ok(result)
+            self._outcome = (True, result)
             self._flush()
 
     def fail(self, code: str, message: str) -> None:
         if not self.done:
             self.done = True
-            self._payload = wire.reply_error(code, message)
+            self._outcome = (False, (code, message))
             self._flush()
 
 

@@ -55,6 +55,7 @@ from muheam.cluster.locks import LockService
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.cluster.xids import XidService
 from muheam.net.mesh import Mesh
+from muheam.sql.server import SqlServer
 
 log = logging.getLogger("muheam.node")
 
@@ -91,6 +92,7 @@ class NodeAgent:
         self.member: Member | None = None
         self.mesh: Mesh | None = None
         self.port: ClientPort | None = None
+        self.sql: SqlServer | None = None
         self._stopping = threading.Event()
         self.locks: LockService | None = None
         self.xids: XidService | None = None
@@ -121,10 +123,14 @@ class NodeAgent:
         try:
             self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint)
             self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint)
-        except zmq.ZMQError as exc:
+            if self.node_cfg.sql_endpoint:
+                # bound now (so a taken port fails the start), served once the sessions exist
+                self.sql = SqlServer(self.node_cfg.sql_endpoint, self.port.ops, cfg.shared_dir, self.node_id,
+                                     cfg.sql_auth)
+        except (zmq.ZMQError, OSError) as exc:
             raise ClusterStateError(
                 f"node {self.node_id} cannot listen on its endpoints ({exc}); another process holds the port — "
-                "stop it or change peer_endpoint/client_endpoint"
+                "stop it or change peer_endpoint/client_endpoint/sql_endpoint"
             ) from None
         self.port.register("ping", lambda req: {"node_id": self.node_id, "epoch": self.mesh_epoch})
         self.port.register("status", lambda req: self.status())
@@ -138,6 +144,7 @@ class NodeAgent:
             node_id=self.node_id, host=self.node_cfg.host or socket.gethostname(),
             peer_endpoint=self.node_cfg.peer_endpoint, client_endpoint=self.node_cfg.client_endpoint,
             epoch=0, pid=os.getpid(), state=NodeState.STARTING, started_at=time.time(),
+            sql_endpoint=self.node_cfg.sql_endpoint,
         )
         try:
             self.member = backend.join(cfg.cluster_name, proposal, self.lease)
@@ -485,6 +492,7 @@ class NodeAgent:
                          "commits": self.commits.stats() if self.commits else {},
                          "survivors": self.survivors.stats() if self.survivors else {},
                          "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
+                         "sql": self.sql.stats() if self.sql else {},
                          "wal": self._wal_stats()},
         }
 
@@ -511,6 +519,8 @@ class NodeAgent:
         sig_w.setblocking(False)
         signal.set_wakeup_fd(sig_w.fileno(), warn_on_full_buffer=False)
         poller.register(sig_r.fileno(), zmq.POLLIN)
+        if self.sql is not None:
+            self.sql.attach(poller)  # its listening socket, and each connection as it is accepted
         next_tick = 0.0
         try:
             while True:
@@ -540,6 +550,8 @@ class NodeAgent:
                         self.locks.flush()
                 if self.port.sock in ready:
                     self.port.receive_ready()
+                if self.sql is not None:
+                    self.sql.handle(ready)
                 if self.engine is not None and self.engine.failed is not None and self.stop_mode is None:
                     log.critical("node %d: its engine stopped (%s); stopping at once so that the other nodes "
                                  "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
@@ -646,6 +658,9 @@ class NodeAgent:
             self.mesh.close()
         if self.port is not None:
             self.port.close()
+        if self.sql is not None:
+            self.sql.close()
+            self.sql = None
 
 
 def run_node(cfg: Config, node_id: int, accept_data_loss: bool = False) -> int:

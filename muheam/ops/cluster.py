@@ -69,13 +69,17 @@ def init_cluster(cfg: Config, backend: MembershipBackend) -> dict[str, Any]:
     return identity
 
 
+def _local_node(node_id: int) -> NodeConfig:
+    """A node on free loopback ports: peer, client and SQL (PostgreSQL protocol) endpoints."""
+    return NodeConfig(node_id, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}",
+                      sql_endpoint=f"tcp://127.0.0.1:{free_port()}")
+
+
 def local_config(directory: Path, nodes: int, lease_ttl: int | None = None, cluster_name: str = "muheam") -> Config:
     """A fresh single-host config on free loopback ports, with an embedded etcd under ``directory``."""
     directory = directory.resolve()
     etcd_client = f"http://127.0.0.1:{free_port()}"
-    node_cfgs = {
-        n: NodeConfig(n, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}") for n in range(1, nodes + 1)
-    }
+    node_cfgs = {n: _local_node(n) for n in range(1, nodes + 1)}
     return Config(
         cluster_name=cluster_name, shared_dir=directory / "shared", run_dir=directory, etcd_endpoints=(etcd_client,),
         lease_ttl=lease_ttl or config_mod.DEFAULT_TTL, nodes=node_cfgs,
@@ -92,7 +96,7 @@ def load_or_create(directory: Path, nodes: int, lease_ttl: int | None) -> Config
             extra = {}
             for n in range(1, nodes + 1):
                 if n not in cfg.nodes:
-                    extra[n] = NodeConfig(n, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}")
+                    extra[n] = _local_node(n)
             cfg = replace(cfg, nodes={**cfg.nodes, **extra})
             path.write_text(cfg.to_toml())
         return cfg
@@ -187,6 +191,7 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dic
             started.append({
                 "node_id": node_id, "pid": member.pid, "epoch": member.epoch,
                 "peer_endpoint": member.peer_endpoint, "client_endpoint": member.client_endpoint,
+                "sql_endpoint": member.sql_endpoint,
             })
         backend.set_state(cfg.cluster_name, ClusterState.RUNNING)
         # nodes running beyond the ones asked for (cluster up --nodes 2 while 4 run): say so, stop none

@@ -1,0 +1,316 @@
+"""Running plans through the session layer: each statement is a generator that yields session operations.
+
+A plan's run is a Python generator that yields ``(op, args)`` -- the very operations the client port serves
+(``get``, ``insert``, ``add``, ``scan``, ...; ``muheam.cluster.sessions``) -- and is sent each result back.  The
+driver (``Task``) calls the operation in the node's loop; when it answers at once the generator goes on at once,
+when it answers later (a ``Deferred``: a lock grant, a commit round) the generator resumes from that callback.
+So a statement waits without a thread and without blocking the loop, and the SQL layer adds no protocol of its
+own under the sessions: a SQL transaction is exactly a client-port transaction.
+
+An operation's error code becomes the SQLSTATE a PostgreSQL client expects (``SQLSTATE_BY_CODE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Mapping
+
+from muheam.errors import MuheamError
+from muheam.net.clientport import Deferred, RequestError
+from muheam.sql import wire
+from muheam.sql.expr import Expr, Params, Row, SqlError, TableInfo, to_column
+from muheam.sql.plan import CreateTable, Delete, Insert, Select, Update
+
+Request = tuple[str, dict[str, Any]]
+Gen = Generator[Request, Any, "Result"]
+Operation = Callable[[dict[str, Any]], Any]
+
+SQLSTATE_BY_CODE = {
+    "SerializationFailure": "40001", "DeadlockDetected": "40P01", "LockTimeout": "55P03",
+    "DuplicateKey": "23505", "NoSuchTable": "42P01", "TableExists": "42P07", "KeyNotFound": "02000",
+    "RowValueError": "22023", "SchemaError": "42601", "NoSuchTransaction": "25P01", "StorageFailed": "58030",
+    "EngineStopped": "58030", "Fenced": "57P01", "bad_request": "XX000",
+}
+
+
+@dataclass
+class Result:
+    tag: str
+    rows: list[list[Any]] = field(default_factory=list)
+
+
+class OpFailed(Exception):
+    """A session operation answered with an error (thrown into the statement's generator)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def sql(self) -> SqlError:
+        message = self.message
+        if self.code == "DuplicateKey":  # the words PostgreSQL clients and people look for
+            message = f"duplicate key value violates unique constraint (primary key): {message}"
+        return SqlError(SQLSTATE_BY_CODE.get(self.code, "XX000"), message)
+
+
+class Task:
+    """Drives one generator to its end over ``ops``; ``done(result, error)`` is called exactly once."""
+
+    def __init__(self, gen: Generator[Request, Any, Any], ops: Mapping[str, Operation],
+                 done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None]) -> None:
+        self.gen, self.ops, self.done, self.xid = gen, ops, done, xid
+        self.cancelled = False
+
+    def start(self) -> None:
+        self._step(True, None)
+
+    def _step(self, ok: bool, value: Any) -> None:
+        while True:
+            try:
+                if ok:
+                    op, args = self.gen.send(value)
+                else:
+                    op, args = self.gen.throw(value)
+            except StopIteration as stop:
+                self.done(stop.value, None)
+                return
+            except OpFailed as exc:
+                self.done(None, exc.sql())
+                return
+            except SqlError as exc:
+                self.done(None, exc)
+                return
+            if "xid" not in args and op not in ("begin", "tables", "create_table"):
+                args["xid"] = self.xid()
+            ok, value = self._call(op, args)
+            if isinstance(value, Deferred):
+                deferred = value
+                deferred.then(self._resume)
+                return
+
+    def _call(self, op: str, args: dict[str, Any]) -> tuple[bool, Any]:
+        try:
+            return True, self.ops[op](args)
+        except RequestError as exc:
+            return False, OpFailed(exc.code, str(exc))
+        except MuheamError as exc:
+            return False, OpFailed(type(exc).__name__, str(exc))
+        except (ValueError, TypeError, KeyError) as exc:
+            return False, OpFailed("bad_request", f"{op}: {exc}")
+
+    def _resume(self, ok: bool, value: Any) -> None:
+        if self.cancelled:
+            return
+        self._step(ok, value if ok else OpFailed(*value))
+
+
+# --- the catalog -----------------------------------------------------------------------------------------------
+
+class Catalog:
+    """Tables as SQL sees them.  The engine's catalog has the columns; the key column's SQL name (``id`` in
+    ``CREATE TABLE t (id bigint PRIMARY KEY, ...)``) lives in ``global/sql_tables/<name>.json`` in the shared
+    directory, written before the table is created; a table made through the Python client has none and shows
+    its key as ``key``.  Tables are never altered or dropped, so what is read once stays true."""
+
+    def __init__(self, ops: Mapping[str, Operation], shared_dir: Path | None) -> None:
+        self.ops = ops
+        self.dir = shared_dir / "global" / "sql_tables" if shared_dir is not None else None
+        self.tables: dict[str, TableInfo] = {}
+
+    def lookup(self, name: str) -> TableInfo:
+        info = self.tables.get(name)
+        if info is None:
+            self._refresh()
+            info = self.tables.get(name)
+        if info is None:
+            raise SqlError("42P01", f'relation "{name}" does not exist',
+                           f"tables: {', '.join(sorted(self.tables)) or 'none'}")
+        return info
+
+    def _refresh(self) -> None:
+        for t in self.ops["tables"]({}):
+            if t["name"] in self.tables:
+                continue
+            meta: dict[str, Any] = {}
+            if self.dir is not None:
+                try:
+                    meta = json.loads((self.dir / f"{t['name']}.json").read_text())
+                except (OSError, ValueError):
+                    meta = {}
+            cols = t["columns"]  # [[name, type], ...] from the schema, in table order
+            columns = {str(c[0]): str(c[1]) for c in cols} if isinstance(cols, list) else dict(cols)
+            key = str(meta.get("key", "key"))
+            if key in columns or meta.get("columns") not in (None, list(columns)):
+                key = "key"  # metadata of another table of that name (a crash between the two writes)
+            self.tables[t["name"]] = TableInfo(t["name"], key, columns, meta.get("sql_types", {}))
+
+    def create(self, plan: CreateTable) -> Gen:
+        info = plan.info
+        try:
+            self.lookup(info.name)
+            if plan.if_not_exists:
+                return Result("CREATE TABLE")
+            raise SqlError("42P07", f'relation "{info.name}" already exists')
+        except SqlError as exc:
+            if exc.code != "42P01":
+                raise
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f".{info.name}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps({"key": info.key, "columns": list(info.columns), "sql_types": info.sql_types}))
+            os.replace(tmp, self.dir / f"{info.name}.json")
+        yield ("create_table", {"name": info.name, "columns": dict(info.columns)})
+        self.tables[info.name] = info
+        return Result("CREATE TABLE")
+
+
+# --- statements ------------------------------------------------------------------------------------------------
+
+def _key(e: Expr, params: Params) -> int:
+    return int(to_column(e.fn({}, params), "int64", "key"))
+
+
+def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
+          lock: bool = False) -> Generator[Request, Any, list[Row]]:
+    rows: list[Row] = []
+    name, key = table.name, table.key
+    if points is not None:
+        seen: set[int] = set()
+        for p in points:
+            v = p.fn({}, params)
+            if v is None:
+                continue
+            k = _key(p, params)
+            if k in seen:
+                continue
+            seen.add(k)
+            found = yield ("get", {"table": name, "key": k})
+            if found is not None:
+                found[key] = k
+                rows.append(found)
+    else:
+        for k, found in (yield ("scan", {"table": name})):
+            found[key] = k
+            rows.append(found)
+    if where is not None:
+        wf = where.fn
+        rows = [r for r in rows if wf(r, params)]
+    if lock:
+        for r in rows:
+            yield ("lock", {"table": name, "key": r[key]})
+    return rows
+
+
+def _count(e: Expr | None, params: Params) -> int | None:
+    if e is None:
+        return None
+    v = e.fn({}, params)
+    if v is None:
+        return None
+    n = int(to_column(v, "int64", "LIMIT"))
+    if n < 0:
+        raise SqlError("2201W", "LIMIT must not be negative")
+    return n
+
+
+def run_select(plan: Select, params: Params) -> Gen:
+    if plan.table is None:
+        if plan.where is not None and not plan.where.fn({}, params):
+            return Result("SELECT 0")
+        return Result("SELECT 1", [[t.fn({}, params) for t in plan.targets]])
+    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock)
+    if plan.aggs is not None:
+        return Result("SELECT 1", [[_aggregate(a.func, a.arg, rows, params) for a in plan.aggs]])
+    for expr, desc in reversed(plan.order):
+        f = expr.fn
+        rows.sort(key=lambda r: (f(r, params) is None, f(r, params)), reverse=desc)
+    offset, limit = _count(plan.offset, params) or 0, _count(plan.limit, params)
+    rows = rows[offset:] if limit is None else rows[offset:offset + limit]
+    out = [[t.fn(r, params) for t in plan.targets] for r in rows]
+    return Result(f"SELECT {len(out)}", out)
+
+
+def _aggregate(func: str, arg: Expr | None, rows: list[Row], params: Params) -> Any:
+    if arg is None:
+        return len(rows)
+    values = [v for v in (arg.fn(r, params) for r in rows) if v is not None]
+    if func == "count":
+        return len(values)
+    if not values:
+        return None
+    if func == "sum":
+        return sum(values)
+    if func == "avg":
+        return sum(values) / len(values)
+    return min(values) if func == "min" else max(values)
+
+
+def _defaults(table: TableInfo) -> Row:
+    return {c: 0 if k == "int64" else 0.0 if k == "float64" else "" for c, k in table.columns.items()}
+
+
+def run_insert(plan: Insert, params: Params) -> Gen:
+    table, out = plan.table, []
+    for exprs in plan.rows:
+        row = _defaults(table)
+        key = 0
+        for col, e in exprs.items():
+            if col == table.key:
+                key = int(to_column(e.fn({}, params), "int64", col))
+            else:
+                row[col] = to_column(e.fn({}, params), table.columns[col], col)
+        yield ("insert", {"table": table.name, "key": key, "row": row})
+        if plan.returning:
+            full = {**row, table.key: key}
+            out.append([t.fn(full, params) for t in plan.returning])
+    return Result(f"INSERT 0 {len(plan.rows)}", out)
+
+
+def run_update(plan: Update, params: Params) -> Gen:
+    table, out = plan.table, []
+    rows = yield from _read(table, plan.where, plan.points, params)
+    for row in rows:
+        key = row[table.key]
+        if plan.add is not None:
+            col, delta_e, sign = plan.add
+            delta = to_column(delta_e.fn(row, params), table.columns[col], col)
+            yield ("add", {"table": table.name, "key": key, "column": col, "delta": sign * delta})
+            row[col] = row[col] + sign * delta
+        else:
+            changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
+            yield ("update", {"table": table.name, "key": key, "changes": changes})
+            row.update(changes)
+        if plan.returning:
+            out.append([t.fn(row, params) for t in plan.returning])
+    return Result(f"UPDATE {len(rows)}", out)
+
+
+def run_delete(plan: Delete, params: Params) -> Gen:
+    table, out = plan.table, []
+    rows = yield from _read(table, plan.where, plan.points, params)
+    for row in rows:
+        yield ("delete", {"table": table.name, "key": row[table.key]})
+        if plan.returning:
+            out.append([t.fn(row, params) for t in plan.returning])
+    return Result(f"DELETE {len(rows)}", out)
+
+
+def run_plan(plan: Select | Insert | Update | Delete, params: Params) -> Gen:
+    if isinstance(plan, Select):
+        return run_select(plan, params)
+    if isinstance(plan, Insert):
+        return run_insert(plan, params)
+    if isinstance(plan, Update):
+        return run_update(plan, params)
+    return run_delete(plan, params)
+
+
+def encode_rows(result: Result, oids: list[int], formats: list[int] | None) -> list[bytes]:
+    """DataRow messages for ``result``; ``ValueError`` for a binary format not written."""
+    fmts = [wire.result_format(formats, i) for i in range(len(oids))]
+    return [wire.msg_data_row([wire.encode_value(v, oid, f) for v, oid, f in zip(row, oids, fmts)])
+            for row in result.rows]

@@ -1,0 +1,433 @@
+# pglast types every field of a parse node as Optional, although the grammar fills the ones read here for the
+# node kinds checked first; these codes would flag each such read:
+# mypy: disable-error-code="union-attr,index,arg-type,operator,attr-defined"
+"""Statements parsed by PostgreSQL's own grammar (``pglast``) turned into plans over one table.
+
+``parse`` gives pglast's raw statements (cached by text: pgbench's simple protocol sends the same few texts with
+different literals, psycopg re-sends its texts); ``compile_statement`` turns one of them into a plan -- a small
+dataclass the executor (``muheam.sql.execute``) runs through the session operations.  Whatever the subset does
+not cover is refused here, before anything runs, with the SQLSTATE a PostgreSQL client expects.
+
+A WHERE clause is examined for the key: ``key = e``, ``key IN (...)``, and ORs of those (with ``e`` not
+depending on the row) become point reads (``get``); anything else scans the table, and the whole WHERE is
+always applied to each row read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pglast
+from pglast import ast, enums
+
+from muheam.sql import wire
+from muheam.sql.expr import DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, unsupported
+
+Lookup = Callable[[str], TableInfo]
+_CACHE: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+_CACHE_SIZE = 2048
+
+
+def parse(sql: str) -> tuple[Any, ...]:
+    """The statements of ``sql`` (pglast ``RawStmt`` nodes); a syntax error is SQLSTATE 42601."""
+    hit = _CACHE.get(sql)
+    if hit is not None:
+        _CACHE.move_to_end(sql)
+        return hit
+    try:
+        stmts = tuple(s.stmt for s in pglast.parse_sql(sql))
+    except pglast.parser.ParseError as exc:
+        raise SqlError("42601", f"syntax error: {exc}") from None
+    _CACHE[sql] = stmts
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return stmts
+
+
+@dataclass
+class Utility:
+    """Transaction control, SET/SHOW/RESET and statements accepted without effect."""
+
+    kind: str  # begin | commit | rollback | set | show | reset | noop | deallocate
+    tag: str
+    name: str = ""
+    value: str = ""
+
+
+@dataclass
+class CreateTable:
+    info: TableInfo
+    if_not_exists: bool
+
+
+@dataclass
+class Agg:
+    func: str  # count | sum | min | max | avg
+    arg: Expr | None  # None: count(*)
+
+
+@dataclass
+class Select:
+    table: TableInfo | None
+    targets: list[Expr]
+    aggs: list[Agg] | None
+    where: Expr | None
+    points: list[Expr] | None
+    order: list[tuple[Expr, bool]]
+    limit: Expr | None
+    offset: Expr | None
+    lock: bool
+
+
+@dataclass
+class Insert:
+    table: TableInfo
+    rows: list[dict[str, Expr]]
+    returning: list[Expr]
+
+
+@dataclass
+class Update:
+    table: TableInfo
+    sets: dict[str, Expr]
+    add: tuple[str, Expr, int] | None
+    """``SET c = c + e`` (sign 1) or ``c - e`` (-1): the engine's ``add``."""
+    where: Expr | None
+    points: list[Expr] | None
+    returning: list[Expr]
+
+
+@dataclass
+class Delete:
+    table: TableInfo
+    where: Expr | None
+    points: list[Expr] | None
+    returning: list[Expr]
+
+
+Plan = Utility | CreateTable | Select | Insert | Update | Delete
+
+
+@dataclass
+class Compiled:
+    plan: Plan
+    fields: list[tuple[str, int]] | None
+    """The RowDescription (None: the statement returns no rows)."""
+    param_types: list[int] = field(default_factory=list)
+
+
+def compile_statement(stmt: Any, lookup: Lookup, param_oids: list[int], setting: Callable[[str], str]) -> Compiled:
+    c = Compiler(param_oids, setting)
+    plan = _plan(stmt, lookup, c)
+    fields: list[tuple[str, int]] | None = None
+    if isinstance(plan, Select):
+        fields = [(t.name, t.oid) for t in plan.targets]
+    elif isinstance(plan, (Insert, Update, Delete)) and plan.returning:
+        fields = [(t.name, t.oid) for t in plan.returning]
+    elif isinstance(plan, Utility) and plan.kind == "show":
+        fields = [(plan.name, wire.TEXT)]
+    return Compiled(plan, fields, c.param_types())
+
+
+def _plan(stmt: Any, lookup: Lookup, c: Compiler) -> Plan:
+    if isinstance(stmt, ast.TransactionStmt):
+        return _transaction(stmt)
+    if isinstance(stmt, ast.VariableSetStmt):
+        return _set(stmt)
+    if isinstance(stmt, ast.VariableShowStmt):
+        return Utility("show", "SHOW", _setting_name(stmt.name))
+    if isinstance(stmt, ast.SelectStmt):
+        return _select(stmt, lookup, c)
+    if isinstance(stmt, ast.InsertStmt):
+        return _insert(stmt, lookup, c)
+    if isinstance(stmt, ast.UpdateStmt):
+        return _update(stmt, lookup, c)
+    if isinstance(stmt, ast.DeleteStmt):
+        return _delete(stmt, lookup, c)
+    if isinstance(stmt, ast.CreateStmt):
+        return _create(stmt)
+    if isinstance(stmt, ast.DropStmt) and stmt.removeType == enums.ObjectType.OBJECT_TABLE:
+        raise SqlError("0A000", "DROP TABLE is not supported: the MUHEAM engine cannot drop a table yet",
+                       "the table and its rows stay; create one under another name")
+    if isinstance(stmt, ast.DeallocateStmt):
+        return Utility("deallocate", "DEALLOCATE ALL" if stmt.isall else "DEALLOCATE", stmt.name or "")
+    if isinstance(stmt, ast.DiscardStmt):
+        return Utility("noop", "DISCARD ALL")
+    raise unsupported(type(stmt).__name__.removesuffix("Stmt").upper() + " statements")
+
+
+def _transaction(stmt: Any) -> Utility:
+    kind = stmt.kind
+    for opt in stmt.options or ():
+        if opt.defname == "transaction_isolation":
+            level = opt.arg.val.sval
+            if level not in ("repeatable read", "read committed", "serializable"):
+                raise unsupported(f"isolation level {level}")
+    if kind in (enums.TransactionStmtKind.TRANS_STMT_BEGIN, enums.TransactionStmtKind.TRANS_STMT_START):
+        return Utility("begin", "BEGIN" if kind == enums.TransactionStmtKind.TRANS_STMT_BEGIN else "START TRANSACTION")
+    if kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT:
+        return Utility("commit", "COMMIT")
+    if kind == enums.TransactionStmtKind.TRANS_STMT_ROLLBACK:
+        return Utility("rollback", "ROLLBACK")
+    raise unsupported(kind.name.removeprefix("TRANS_STMT_").replace("_", " "))
+
+
+def _setting_name(name: str) -> str:
+    return {"timezone": "TimeZone", "datestyle": "DateStyle", "time zone": "TimeZone",
+            "intervalstyle": "IntervalStyle"}.get(name.lower(), name.lower())
+
+
+def _set(stmt: Any) -> Utility:
+    kind = stmt.kind
+    if kind == enums.VariableSetKind.VAR_RESET_ALL:
+        return Utility("reset", "RESET")
+    name = _setting_name(stmt.name or "")
+    if kind == enums.VariableSetKind.VAR_SET_MULTI:  # SET TRANSACTION / SESSION CHARACTERISTICS
+        for opt in stmt.args or ():
+            if opt.defname == "transaction_isolation" and opt.arg.val.sval not in (
+                    "repeatable read", "read committed", "serializable"):
+                raise unsupported(f"isolation level {opt.arg.val.sval}")
+        return Utility("noop", "SET")
+    if kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT):
+        return Utility("reset", "RESET" if kind == enums.VariableSetKind.VAR_RESET else "SET", name)
+    if kind != enums.VariableSetKind.VAR_SET_VALUE:
+        raise unsupported(f"SET {kind.name}")
+    parts = []
+    for arg in stmt.args or ():
+        if not isinstance(arg, ast.A_Const) or arg.isnull:
+            raise unsupported("SET with an expression")
+        v = arg.val
+        parts.append(str(v.sval if isinstance(v, ast.String) else v.ival if isinstance(v, ast.Integer)
+                         else v.fval if isinstance(v, ast.Float) else v.boolval))
+    return Utility("set", "SET", name, ", ".join(parts))
+
+
+_SQL_TYPES = {"int8": "int64", "bigint": "int64", "int4": "int64", "integer": "int64", "int": "int64",
+              "int2": "int64", "smallint": "int64", "float8": "float64", "double precision": "float64",
+              "float4": "float64", "real": "float64", "numeric": "float64"}
+
+
+def _create(stmt: Any) -> CreateTable:
+    if stmt.inhRelations or stmt.partspec or stmt.ofTypename:
+        raise unsupported("CREATE TABLE with inheritance, partitions or OF type")
+    key: str | None = None
+    columns: dict[str, str] = {}
+    sql_types: dict[str, str] = {}
+    for elt in stmt.tableElts or ():
+        if isinstance(elt, ast.Constraint):
+            if elt.contype == enums.ConstrType.CONSTR_PRIMARY and elt.keys and len(elt.keys) == 1:
+                key = elt.keys[0].sval
+                continue
+            raise unsupported("table constraints other than a one-column PRIMARY KEY")
+        if not isinstance(elt, ast.ColumnDef):
+            raise unsupported(f"{type(elt).__name__} in CREATE TABLE")
+        tname = elt.typeName.names[-1].sval
+        mods = [m.val.ival for m in elt.typeName.typmods or () if isinstance(m, ast.A_Const)]
+        if tname in _SQL_TYPES:
+            kind = _SQL_TYPES[tname]
+        elif tname in ("text", "varchar", "bpchar"):
+            kind = f"text({mods[0] if mods else DEFAULT_TEXT_BYTES})"
+        else:
+            raise SqlError("0A000", f'type "{tname}" of column "{elt.colname}" is not supported',
+                           "use bigint, integer, double precision, text or varchar(n)")
+        for con in elt.constraints or ():
+            if con.contype == enums.ConstrType.CONSTR_PRIMARY:
+                key = elt.colname
+            elif con.contype not in (enums.ConstrType.CONSTR_NOTNULL, enums.ConstrType.CONSTR_NULL):
+                raise unsupported(f"column constraint {con.contype.name.removeprefix('CONSTR_')}")
+        columns[elt.colname] = kind
+        sql_types[elt.colname] = tname + (f"({mods[0]})" if mods else "")
+    if key is None or key not in columns or columns[key] != "int64" or sql_types[key] not in ("int8", "bigint"):
+        raise SqlError("0A000", "a MUHEAM table needs a bigint PRIMARY KEY column (the engine's int64 key)",
+                       "e.g. CREATE TABLE t (id bigint PRIMARY KEY, v bigint)")
+    del columns[key]
+    return CreateTable(TableInfo(stmt.relation.relname, key, columns, sql_types), bool(stmt.if_not_exists))
+
+
+def _table(from_clause: Any, lookup: Lookup) -> TableInfo | None:
+    if not from_clause:
+        return None
+    if len(from_clause) != 1 or not isinstance(from_clause[0], ast.RangeVar):
+        raise unsupported("a FROM clause with joins, subqueries or several tables")
+    rv = from_clause[0]
+    if rv.schemaname not in (None, "public"):
+        raise SqlError("42P01", f'relation "{rv.schemaname}.{rv.relname}" does not exist',
+                       "MUHEAM's SQL port has no system catalogs")
+    return lookup(rv.relname)
+
+
+def _key_points(where: Any, table: TableInfo, c: Compiler) -> list[Expr] | None:
+    """Row-independent expressions the key must equal for WHERE to hold, or None (scan)."""
+    if isinstance(where, ast.BoolExpr):
+        if where.boolop == enums.BoolExprType.AND_EXPR:
+            for arg in where.args:
+                found = _key_points(arg, table, c)
+                if found is not None:
+                    return found
+            return None
+        if where.boolop == enums.BoolExprType.OR_EXPR:
+            out: list[Expr] = []
+            for arg in where.args:
+                found = _key_points(arg, table, c)
+                if found is None:
+                    return None
+                out += found
+            return out
+        return None
+    if not isinstance(where, ast.A_Expr) or not where.name or where.name[-1].sval != "=":
+        return None
+
+    def is_key(n: Any) -> bool:
+        return isinstance(n, ast.ColumnRef) and isinstance(n.fields[-1], ast.String) \
+            and n.fields[-1].sval == table.key
+    try:
+        if where.kind == enums.A_Expr_Kind.AEXPR_IN and is_key(where.lexpr):
+            return [c.expr(x, None, wire.INT8) for x in where.rexpr]
+        if where.kind == enums.A_Expr_Kind.AEXPR_OP:
+            if is_key(where.lexpr):
+                return [c.expr(where.rexpr, None, wire.INT8)]
+            if is_key(where.rexpr):
+                return [c.expr(where.lexpr, None, wire.INT8)]
+    except RowDependent:
+        return None
+    return None
+
+
+def _where(where: Any, table: TableInfo, c: Compiler) -> tuple[Expr | None, list[Expr] | None]:
+    if where is None:
+        return None, None
+    return c.expr(where, table, wire.BOOL), _key_points(where, table, c)
+
+
+def _targets(targets: Any, table: TableInfo | None, c: Compiler) -> list[Expr]:
+    out: list[Expr] = []
+    for t in targets or ():
+        val = t.val
+        if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+            if table is None:
+                raise SqlError("42601", "SELECT * with no tables specified is not valid")
+            out += [c.expr(ast.ColumnRef(fields=(ast.String(sval=col),)), table) for col in table.order]
+            continue
+        e = c.expr(val, table)
+        if t.name:
+            e.name = t.name
+        out.append(e)
+    return out
+
+
+_AGGS = ("count", "sum", "min", "max", "avg")
+
+
+def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
+    for attr in ("groupClause", "havingClause", "distinctClause", "withClause", "windowClause", "intoClause",
+                 "valuesLists"):
+        if getattr(stmt, attr, None):
+            raise unsupported(f"SELECT with {attr.removesuffix('Clause').removesuffix('Lists').upper()}")
+    if stmt.op != enums.SetOperation.SETOP_NONE:
+        raise unsupported("UNION/INTERSECT/EXCEPT")
+    table = _table(stmt.fromClause, lookup)
+    targets = stmt.targetList or ()
+    is_agg = [isinstance(t.val, ast.FuncCall) and t.val.funcname[-1].sval.lower() in _AGGS for t in targets]
+    aggs: list[Agg] | None = None
+    if any(is_agg):
+        if not all(is_agg) or table is None:
+            raise SqlError("42803", "every output column must be an aggregate (MUHEAM's SQL port has no GROUP BY)")
+        aggs, exprs = [], []
+        for t in targets:
+            f = t.val
+            func = f.funcname[-1].sval.lower()
+            if f.agg_distinct or f.agg_filter or f.over or (not f.agg_star and len(f.args or ()) != 1):
+                raise unsupported(f"{func}() with DISTINCT, FILTER, OVER or several arguments")
+            arg = None if f.agg_star else c.expr(f.args[0], table)
+            aggs.append(Agg(func, arg))
+            oid = wire.INT8 if func == "count" or arg is None else \
+                wire.NUMERIC if func in ("sum", "avg") and arg.oid in wire.INT_TYPES else \
+                wire.FLOAT8 if func == "avg" else arg.oid
+            exprs.append(Expr(lambda r, p: None, oid, t.name or func))
+    else:
+        exprs = _targets(targets, table, c)
+    where, points = _where(stmt.whereClause, table, c) if table is not None else (None, None)
+    if stmt.whereClause is not None and table is None:
+        where = c.expr(stmt.whereClause, None, wire.BOOL)
+    order: list[tuple[Expr, bool]] = []
+    for sort in stmt.sortClause or ():
+        node = sort.node
+        desc = sort.sortby_dir == enums.SortByDir.SORTBY_DESC
+        if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
+            i = node.val.ival - 1
+            if not 0 <= i < len(exprs):
+                raise SqlError("42P10", f"ORDER BY position {i + 1} is not in select list")
+            order.append((exprs[i], desc))
+        elif aggs is None:
+            order.append((c.expr(node, table), desc))
+    limit = c.expr(stmt.limitCount, None, wire.INT8) if stmt.limitCount is not None else None
+    offset = c.expr(stmt.limitOffset, None, wire.INT8) if stmt.limitOffset is not None else None
+    lock = bool(stmt.lockingClause)
+    if lock and (table is None or aggs is not None):
+        raise SqlError("0A000", "FOR UPDATE needs rows of one table")
+    return Select(table, exprs, aggs, where, points, order, limit, offset, lock)
+
+
+def _returning(stmt: Any, table: TableInfo, c: Compiler) -> list[Expr]:
+    clause = getattr(stmt, "returningClause", None)
+    targets = clause.exprs if clause is not None else getattr(stmt, "returningList", None)
+    return _targets(targets, table, c) if targets else []
+
+
+def _insert(stmt: Any, lookup: Lookup, c: Compiler) -> Insert:
+    if stmt.onConflictClause is not None or stmt.withClause is not None:
+        raise unsupported("INSERT with ON CONFLICT or WITH")
+    table = _table((stmt.relation,), lookup)
+    assert table is not None
+    select = stmt.selectStmt
+    if select is None or not select.valuesLists:
+        raise unsupported("INSERT ... SELECT and DEFAULT VALUES")
+    cols = [t.name for t in stmt.cols] if stmt.cols else table.order
+    for col in cols:
+        if not table.has(col):
+            raise SqlError("42703", f'column "{col}" of relation "{table.name}" does not exist')
+    if table.key not in cols:
+        raise SqlError("23502", f'null value in column "{table.key}" violates not-null constraint',
+                       "the primary key must be given")
+    rows = []
+    for values in select.valuesLists:
+        if len(values) != len(cols):
+            raise SqlError("42601", f"INSERT has {len(values)} expressions but {len(cols)} target columns")
+        rows.append({col: c.expr(v, None, table.oid(col)) for col, v in zip(cols, values)})
+    return Insert(table, rows, _returning(stmt, table, c))
+
+
+def _update(stmt: Any, lookup: Lookup, c: Compiler) -> Update:
+    if stmt.fromClause or stmt.withClause:
+        raise unsupported("UPDATE with FROM or WITH")
+    table = _table((stmt.relation,), lookup)
+    assert table is not None
+    sets: dict[str, Expr] = {}
+    add: tuple[str, Expr, int] | None = None
+    for t in stmt.targetList:
+        if t.name == table.key:
+            raise unsupported("changing the primary key")
+        if not table.has(t.name):
+            raise SqlError("42703", f'column "{t.name}" of relation "{table.name}" does not exist')
+        val = t.val
+        sets[t.name] = c.expr(val, table, table.oid(t.name))
+        if (len(stmt.targetList) == 1 and isinstance(val, ast.A_Expr) and val.kind == enums.A_Expr_Kind.AEXPR_OP
+                and val.name[-1].sval in "+-" and isinstance(val.lexpr, ast.ColumnRef)
+                and val.lexpr.fields[-1].sval == t.name and not table.columns[t.name].startswith("text")):
+            try:
+                add = (t.name, c.expr(val.rexpr, None, table.oid(t.name)), 1 if val.name[-1].sval == "+" else -1)
+            except RowDependent:
+                add = None
+    where, points = _where(stmt.whereClause, table, c)
+    return Update(table, sets, add, where, points, _returning(stmt, table, c))
+
+
+def _delete(stmt: Any, lookup: Lookup, c: Compiler) -> Delete:
+    if stmt.usingClause or stmt.withClause:
+        raise unsupported("DELETE with USING or WITH")
+    table = _table((stmt.relation,), lookup)
+    assert table is not None
+    where, points = _where(stmt.whereClause, table, c)
+    return Delete(table, where, points, _returning(stmt, table, c))

@@ -1,0 +1,471 @@
+"""One SQL connection: startup, authentication, the simple and extended query protocols, transaction state.
+
+Pure of I/O: ``feed(bytes)`` parses (``muheam.sql.wire``) and acts; backend bytes collect in ``out`` and the
+owner (``muheam.sql.server``) is told through ``on_output`` that there is something to send, also when a statement
+finishes later, from a session operation's callback.  Messages that arrive while a statement waits are queued and
+handled in order once it is done, so a pipelined client (psycopg sends Parse/Bind/Describe/Execute/Sync at once)
+sees its answers in order.
+
+Transactions: outside BEGIN each statement is its own transaction (``begin`` ... ``commit`` through the session
+operations); inside BEGIN the first statement that touches a table takes the XID (as PostgreSQL takes the
+snapshot at the first statement).  An error inside BEGIN rolls the transaction back and leaves the connection in
+the failed state (``E``) until COMMIT or ROLLBACK, which both answer ``ROLLBACK``; statements meanwhile get
+``25P02``.  After an error in the extended protocol, messages are skipped until Sync, as in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import scramp
+
+from muheam.sql import execute, plan, wire
+from muheam.sql.auth import MECHANISM, ScramExchange
+from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
+from muheam.sql.expr import SERVER_VERSION, SqlError, unsupported
+from muheam.sql.plan import Compiled, CreateTable, Utility
+
+log = logging.getLogger("muheam.sql")
+
+REPORTED = ("application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
+            "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding", "server_version",
+            "session_authorization", "standard_conforming_strings", "TimeZone")
+"""Settings sent as ParameterStatus at startup and whenever SET changes them (what libpq and psycopg track)."""
+DEFAULTS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
+            "default_transaction_read_only": "off", "in_hot_standby": "off", "integer_datetimes": "on",
+            "IntervalStyle": "postgres", "is_superuser": "on", "server_encoding": "UTF8",
+            "server_version": SERVER_VERSION, "standard_conforming_strings": "on", "TimeZone": "UTC",
+            "transaction_isolation": "repeatable read", "default_transaction_isolation": "repeatable read",
+            "search_path": '"$user", public', "max_identifier_length": "63", "lc_messages": "C",
+            "lc_collate": "C", "lc_ctype": "C", "server_version_num": "180000", "extra_float_digits": "1",
+            "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
+            "synchronous_commit": "on", "transaction_read_only": "off", "bytea_output": "hex"}
+
+
+@dataclass
+class Prepared:
+    compiled: Compiled | None  # None: an empty query
+
+
+@dataclass
+class Portal:
+    compiled: Compiled | None
+    params: list[Any]
+    formats: list[int]
+
+
+class Session:
+    def __init__(self, ops: Mapping[str, Operation], catalog: Catalog, peer_host: str, auth_method: str,
+                 shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None]) -> None:
+        self.ops, self.catalog = ops, catalog
+        self.peer_host, self.auth_method, self.shared_dir = peer_host, auth_method, shared_dir
+        self.pid, self.key = backend_pid, secrets.token_bytes(4)
+        self.cancel_other = cancel
+        self.parser = wire.FrontendParser()
+        self.out = bytearray()
+        self.on_output: Callable[[], None] = lambda: None
+        self.closing = False
+        self.phase = "startup"  # startup | sasl-first | sasl-final | ready
+        self.user = ""
+        self.settings: dict[str, str] = dict(DEFAULTS)
+        self.queue: deque[wire.Event] = deque()
+        self.task: Task | None = None
+        self.skip_to_sync = False
+        self.tx = "I"
+        self.explicit = False
+        self.xid: int | None = None
+        self.statements: dict[str, Prepared] = {}
+        self.portals: dict[str, Portal] = {}
+        self.scram: ScramExchange | None = None
+        self.counters = {"statements": 0, "errors": 0}
+        self._draining = False
+        self.running_simple = False
+
+    # input ------------------------------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        self.queue.extend(self.parser.feed(data))
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._draining:
+            return  # a statement finished synchronously inside the loop below: it goes on by itself
+        self._draining = True
+        try:
+            while self.queue and self.task is None and not self.closing:
+                self._handle(self.queue.popleft())
+        finally:
+            self._draining = False
+        self.on_output()
+
+    def _send(self, data: bytes) -> None:
+        self.out += data
+
+    def _fatal(self, code: str, message: str) -> None:
+        self._send(wire.msg_error(code, message, "FATAL"))
+        self.closing = True
+        self.queue.clear()
+
+    def _handle(self, ev: wire.Event) -> None:
+        if isinstance(ev, wire.ProtocolViolation):
+            self._fatal(ev.code, ev.message)
+        elif self.phase != "ready":
+            self._startup(ev)
+        elif isinstance(ev, wire.Terminate):
+            self.closing = True
+        elif isinstance(ev, wire.Sync):
+            self.skip_to_sync = False
+            self._send(wire.msg_ready(self.tx))
+        elif self.skip_to_sync:
+            return
+        elif isinstance(ev, wire.Query):
+            self._simple(ev.sql)
+        elif isinstance(ev, wire.Flush):
+            return
+        else:
+            try:
+                self._extended(ev)
+            except SqlError as exc:
+                self._error(exc)
+                self.skip_to_sync = True
+
+    # startup and authentication -----------------------------------------------------------------------------------
+    def _startup(self, ev: wire.Event) -> None:
+        if isinstance(ev, (wire.SSLRequest, wire.GSSENCRequest)) and self.phase == "startup":
+            self._send(b"N")  # no encryption here: the client goes on in plain text or gives up
+        elif isinstance(ev, wire.CancelRequest) and self.phase == "startup":
+            self.cancel_other(ev.pid, ev.key)
+            self.closing = True
+        elif isinstance(ev, wire.Startup) and self.phase == "startup":
+            if ev.minor > 0 or ev.unsupported:
+                self._send(wire.msg_negotiate_version(0, ev.unsupported))
+            self.user = ev.params["user"]
+            self.settings["session_authorization"] = self.user
+            self.settings["database"] = ev.params.get("database", self.user)
+            self.settings["backend_pid"] = str(self.pid)
+            for name, value in ev.params.items():
+                if name == "options":
+                    self._options(value)
+                elif name not in ("user", "database", "replication"):
+                    self.settings[plan._setting_name(name)] = value
+            if ev.params.get("replication") not in (None, "false", "0", "off"):
+                self._fatal("0A000", "replication connections are not supported by MUHEAM's SQL port")
+            elif self.auth_method == "trust":
+                self._ready()
+            else:
+                self.phase = "sasl-first"
+                self._send(wire.msg_auth_sasl([MECHANISM]))
+        elif isinstance(ev, wire.Password) and self.phase == "sasl-first":
+            try:
+                mech, rest = ev.data.split(b"\0", 1)
+                if mech.decode() != MECHANISM or len(rest) < 4:
+                    raise ValueError(f"mechanism {mech!r}")
+                self.scram = ScramExchange(self.shared_dir, self.user)
+                self._send(wire.msg_auth_sasl_continue(self.scram.first(rest[4:].decode()).encode()))
+                self.phase = "sasl-final"
+            except (ValueError, UnicodeDecodeError, scramp.ScramException) as exc:
+                self._fatal("08P01", f"malformed SCRAM message: {exc}")
+        elif isinstance(ev, wire.Password) and self.phase == "sasl-final" and self.scram is not None:
+            try:
+                final = self.scram.final(ev.data.decode())
+            except (ValueError, UnicodeDecodeError, scramp.ScramException):
+                log.info("SQL login of user %r from %s refused: wrong password or no such user", self.user,
+                         self.peer_host)
+                self._fatal("28P01", f'password authentication failed for user "{self.user}"')
+                return
+            self._send(wire.msg_auth_sasl_final(final.encode()))
+            self._ready()
+        else:
+            self._fatal("08P01", f"unexpected message {type(ev).__name__} during startup")
+
+    def _options(self, value: str) -> None:
+        """``-c name=value`` pairs of the startup ``options`` parameter (psycopg's ``options=``)."""
+        parts = value.replace("--", "-c ").split()
+        for i, part in enumerate(parts):
+            if part == "-c" and i + 1 < len(parts) and "=" in parts[i + 1]:
+                name, _, v = parts[i + 1].partition("=")
+                self.settings[plan._setting_name(name.replace("-", "_"))] = v
+
+    def _ready(self) -> None:
+        self.phase = "ready"
+        self._send(wire.msg_auth_ok())
+        for name in REPORTED:
+            self._send(wire.msg_parameter_status(name, self.settings.get(name, "")))
+        self._send(wire.msg_backend_key(self.pid, self.key))
+        self._send(wire.msg_ready(self.tx))
+
+    # errors -------------------------------------------------------------------------------------------------------
+    def _error(self, exc: SqlError) -> None:
+        self.counters["errors"] += 1
+        self._send(wire.msg_error(exc.code, exc.message, hint=exc.hint))
+
+    def _failed(self, exc: SqlError) -> None:
+        """A statement failed: its transaction is over (rolled back here if the node has not already)."""
+        if self.xid is not None:
+            xid, self.xid = self.xid, None
+            try:
+                self.ops["rollback"]({"xid": xid})
+            except Exception:  # noqa: BLE001 - already rolled back by the node after its error
+                pass
+        if self.explicit:
+            self.tx = "E"
+        self._error(exc)
+
+    # the simple query protocol ------------------------------------------------------------------------------------
+    def _simple(self, sql: str) -> None:
+        try:
+            stmts = list(plan.parse(sql))
+        except SqlError as exc:
+            self._failed(exc)
+            self._send(wire.msg_ready(self.tx))
+            return
+        if not stmts:
+            self._send(wire.msg_empty_query())
+            self._send(wire.msg_ready(self.tx))
+            return
+        self._next_simple(stmts)
+
+    def _next_simple(self, stmts: list[Any]) -> None:
+        if not stmts:
+            self._send(wire.msg_ready(self.tx))
+            return
+        stmt = stmts.pop(0)
+        try:
+            compiled = self._compile(stmt, [])
+        except SqlError as exc:
+            self._failed(exc)
+            self._send(wire.msg_ready(self.tx))
+            return
+
+        def done(ok: bool) -> None:
+            if ok:
+                self._next_simple(stmts)
+            else:
+                self._send(wire.msg_ready(self.tx))
+
+        self._run(compiled, [], None, describe=True, then=done)
+
+    def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
+        return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
+
+    def _setting(self, name: str) -> str:
+        return self.settings.get(name, "")
+
+    # the extended query protocol ----------------------------------------------------------------------------------
+    def _extended(self, ev: wire.Event) -> None:
+        if isinstance(ev, wire.Parse):
+            if ev.name and ev.name in self.statements:
+                raise SqlError("42P05", f'prepared statement "{ev.name}" already exists')
+            stmts = plan.parse(ev.sql)
+            if len(stmts) > 1:
+                raise SqlError("42601", "cannot insert multiple commands into a prepared statement")
+            if stmts and self.tx == "E" and not _is_tx_end(stmts[0]):
+                raise _aborted()
+            compiled = self._compile(stmts[0], ev.param_types) if stmts else None
+            self.statements[ev.name] = Prepared(compiled)
+            self._send(wire.msg_parse_complete())
+        elif isinstance(ev, wire.Bind):
+            prepared = self._statement(ev.statement)
+            compiled = prepared.compiled
+            types = compiled.param_types if compiled else []
+            if len(ev.params) != len(types):
+                raise SqlError("08P01", f"bind message supplies {len(ev.params)} parameters, but prepared "
+                               f'statement "{ev.statement}" requires {len(types)}')
+            fmts = ev.param_formats
+            try:
+                params = [wire.decode_param(v, oid, fmts[0] if len(fmts) == 1 else fmts[i] if fmts else 0)
+                          for i, (v, oid) in enumerate(zip(ev.params, types))]
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise SqlError("22P02", f"invalid parameter: {exc}") from None
+            self.portals[ev.portal] = Portal(compiled, params, ev.result_formats)
+            self._send(wire.msg_bind_complete())
+        elif isinstance(ev, wire.Describe):
+            if ev.kind == "S":
+                compiled = self._statement(ev.name).compiled
+                self._send(wire.msg_parameter_description(compiled.param_types if compiled else []))
+                self._describe(compiled, None)
+            else:
+                portal = self._portal(ev.name)
+                self._describe(portal.compiled, portal.formats)
+        elif isinstance(ev, wire.Execute):
+            portal = self._portal(ev.portal)
+            if portal.compiled is None:
+                self._send(wire.msg_empty_query())
+                return
+
+            def done(ok: bool) -> None:
+                if not ok:
+                    self.skip_to_sync = True
+            self._run(portal.compiled, portal.params, portal.formats, describe=False, then=done)
+        elif isinstance(ev, wire.Close):
+            (self.statements if ev.kind == "S" else self.portals).pop(ev.name, None)
+            self._send(wire.msg_close_complete())
+        else:
+            raise SqlError("08P01", f"unexpected message {type(ev).__name__}")
+
+    def _statement(self, name: str) -> Prepared:
+        if name not in self.statements:
+            raise SqlError("26000", f'prepared statement "{name}" does not exist')
+        return self.statements[name]
+
+    def _portal(self, name: str) -> Portal:
+        if name not in self.portals:
+            raise SqlError("34000", f'portal "{name}" does not exist')
+        return self.portals[name]
+
+    def _describe(self, compiled: Compiled | None, formats: list[int] | None) -> None:
+        if compiled is None or compiled.fields is None:
+            self._send(wire.msg_no_data())
+        else:
+            self._send(wire.msg_row_description(compiled.fields, formats))
+
+    # running a statement ------------------------------------------------------------------------------------------
+    def _run(self, compiled: Compiled, params: list[Any], formats: list[int] | None, describe: bool,
+             then: Callable[[bool], None]) -> None:
+        self.counters["statements"] += 1
+        self.running_simple = describe
+        fields = compiled.fields
+
+        def done(result: Result | None, error: SqlError | None) -> None:
+            self.task = None
+            if error is not None:
+                self._failed(error)
+                then(False)
+            else:
+                assert result is not None
+                try:
+                    rows = execute.encode_rows(result, [f[1] for f in fields], formats) if fields else []
+                except ValueError as exc:
+                    self._failed(SqlError("0A000", str(exc)))
+                    then(False)
+                    return
+                if describe and fields is not None:
+                    self._send(wire.msg_row_description(fields))
+                for row in rows:
+                    self._send(row)
+                self._send(wire.msg_command_complete(result.tag))
+                then(True)
+            if self.task is None:
+                self._drain()
+
+        task = Task(self._statement_gen(compiled, params), self.ops, done, lambda: self.xid)
+        self.task = task
+        task.start()
+
+    def _statement_gen(self, compiled: Compiled, params: list[Any]) -> Gen:
+        p = compiled.plan
+        if isinstance(p, Utility):
+            return (yield from self._utility(p))
+        if self.tx == "E":
+            raise _aborted()
+        if isinstance(p, CreateTable):
+            return (yield from self.catalog.create(p))
+        if isinstance(p, plan.Select) and p.table is None:
+            return (yield from execute.run_select(p, params))
+        if self.xid is None:
+            started = yield ("begin", {})
+            self.xid = int(started["xid"])
+            if self.explicit:
+                self.tx = "T"
+        result = yield from execute.run_plan(p, params)
+        if not self.explicit:
+            xid, self.xid = self.xid, None
+            yield ("commit", {"xid": xid})
+        return result
+
+    def _utility(self, u: Utility) -> Gen:
+        if u.kind == "begin":
+            if self.explicit:
+                self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
+            self.explicit, self.tx = True, ("E" if self.tx == "E" else "T")
+            return Result(u.tag)
+        if u.kind in ("commit", "rollback"):
+            if not self.explicit:
+                self._send(wire.msg_notice("25P01", "there is no transaction in progress"))
+                return Result(u.tag)
+            failed = self.tx == "E"
+            xid, self.xid = self.xid, None
+            self.explicit, self.tx = False, "I"
+            if xid is not None:
+                if u.kind == "commit":
+                    yield ("commit", {"xid": xid})
+                else:
+                    try:
+                        yield ("rollback", {"xid": xid})
+                    except execute.OpFailed:
+                        pass  # the node rolled it back already
+            return Result("ROLLBACK" if failed else u.tag)
+        if self.tx == "E":
+            raise _aborted()
+        if u.kind == "show":
+            if u.name == "all":
+                raise unsupported("SHOW ALL")
+            value = self.settings.get(u.name)
+            if value is None:
+                raise SqlError("42704", f'unrecognized configuration parameter "{u.name}"')
+            return Result("SHOW", [[value]])
+        if u.kind == "set":
+            if u.name == "client_encoding" and u.value.upper().replace("-", "") not in ("UTF8", "UNICODE"):
+                raise SqlError("0A000", f"client_encoding {u.value} is not supported; MUHEAM speaks UTF8")
+            if u.name == "client_encoding":
+                u.value = "UTF8"
+            self._set(u.name, u.value)
+        elif u.kind == "reset":
+            for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",)]:
+                if name in DEFAULTS:
+                    self._set(name, DEFAULTS[name])
+        elif u.kind == "deallocate":
+            if u.tag == "DEALLOCATE ALL":
+                self.statements = {k: v for k, v in self.statements.items() if not k}
+            elif self.statements.pop(u.name, None) is None:
+                raise SqlError("26000", f'prepared statement "{u.name}" does not exist')
+        return Result(u.tag)
+
+    def _set(self, name: str, value: str) -> None:
+        self.settings[name] = value
+        if name in REPORTED:
+            self._send(wire.msg_parameter_status(name, value))
+
+    # cancel and close ---------------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """A CancelRequest with our key: a statement waiting (a row lock, a commit round) ends with 57014.
+
+        The transaction is rolled back through the session layer, which drops its waits; a statement that is
+        not waiting has nothing to cancel (the request is ignored, as PostgreSQL does between statements)."""
+        task = self.task
+        if task is None:
+            return
+        task.cancelled = True
+        self.task = None
+        self._failed(SqlError("57014", "canceling statement due to user request"))
+        if self.running_simple:
+            self._send(wire.msg_ready(self.tx))
+        else:
+            self.skip_to_sync = True
+        self._drain()
+
+    def close(self) -> None:
+        """The connection is gone: roll back what it had running."""
+        if self.task is not None:
+            self.task.cancelled = True
+            self.task = None
+        if self.xid is not None:
+            xid, self.xid = self.xid, None
+            try:
+                self.ops["rollback"]({"xid": xid})
+            except Exception:  # noqa: BLE001 - rolled back already
+                pass
+
+
+def _aborted() -> SqlError:
+    return SqlError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+
+
+def _is_tx_end(stmt: Any) -> bool:
+    from pglast import ast, enums
+    return isinstance(stmt, ast.TransactionStmt) and stmt.kind in (
+        enums.TransactionStmtKind.TRANS_STMT_COMMIT, enums.TransactionStmtKind.TRANS_STMT_ROLLBACK)

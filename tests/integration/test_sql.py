@@ -1,0 +1,219 @@
+"""The SQL port with real binaries and processes: psql, psycopg 3 and pgbench against every node of a 3-node
+cluster (shared by the tests of this module: starting one costs most of the time)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import psycopg
+import pytest
+from psycopg import errors as pgerrors
+
+from muheam.bench import pgbase
+from tests.support.cluster import LocalCluster, _started_dirs, kill_leftovers, run_cli
+
+pytestmark = pytest.mark.integration
+if pgbase.available() is not None:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=str(pgbase.available()))]
+
+
+def host_port(endpoint: str) -> tuple[str, int]:
+    u = urlparse(endpoint)
+    return str(u.hostname), int(u.port or 0)
+
+
+def conninfo(endpoint: str, **extra: str) -> str:
+    host, port = host_port(endpoint)
+    return " ".join([f"host={host} port={port} user=postgres dbname=postgres connect_timeout=10",
+                     *(f"{k}={v}" for k, v in extra.items())])
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, dict[int, str]]]:
+    directory = tmp_path_factory.mktemp("sql") / "cluster"
+    _started_dirs.append(directory)
+    proc = run_cli("cluster", "up", "--nodes", "3", "--dir", str(directory), "--lease-ttl", "2", "--format", "json",
+                   timeout=180, check=False)
+    if proc.returncode != 0:
+        kill_leftovers(directory)
+        raise AssertionError(f"cluster up failed:\n{proc.stdout}\n{proc.stderr}")
+    c = LocalCluster(directory, json.loads(proc.stdout))
+    try:
+        yield c, {int(n["node_id"]): str(n["sql_endpoint"]) for n in c.info["nodes"]}
+    finally:
+        c.down()
+
+
+def psql(endpoint: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    host, port = host_port(endpoint)
+    return subprocess.run([str(pgbase._bin_dir() / "psql"), "-X", "-h", host, "-p", str(port), "-U", "postgres",
+                           "-d", "postgres", "-v", "ON_ERROR_STOP=1", *args], capture_output=True, text=True,
+                          timeout=60, input=input)
+
+
+def test_psql_on_every_node(cluster3: tuple[LocalCluster, dict[int, str]], tmp_path: Path) -> None:
+    c, sql = cluster3
+    rows = [r for r in c.members() if r["sql_endpoint"]]
+    assert sorted(r["sql_endpoint"] for r in rows) == sorted(sql.values())  # muheam list --format json
+    assert sql[1] in c.cli("list").stdout
+    made = psql(sql[1], "-c", "CREATE TABLE people (id bigint PRIMARY KEY, name varchar(20), age integer)")
+    assert made.returncode == 0 and "CREATE TABLE" in made.stdout, made.stderr
+    script = tmp_path / "insert.sql"
+    script.write_text("BEGIN;\nINSERT INTO people VALUES (1, 'ann', 31), (2, 'bob', 42) RETURNING id;\n"
+                      "COMMIT;\n\\q\n")
+    ins = psql(sql[2], "-f", str(script))
+    assert ins.returncode == 0 and "INSERT 0 2" in ins.stdout and "COMMIT" in ins.stdout, ins.stderr
+    out = psql(sql[3], "-A", "-t", "-c", "SELECT id, name, age FROM people ORDER BY id",
+               "-c", "SELECT count(*), sum(age) FROM people WHERE id IN (1, 2)", "-c", "SHOW server_version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1|ann|31", "2|bob|42", "2|73", "18.0", "(MUHEAM)"]
+    ended = psql(sql[3], input="SELECT version();\n\\q\n")
+    assert ended.returncode == 0 and "MUHEAM" in ended.stdout
+
+
+def test_psycopg_bank_on_three_nodes(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    _, sql = cluster3
+    accounts = 20
+    with psycopg.connect(conninfo(sql[1])) as conn:
+        conn.execute("CREATE TABLE bank (id bigint PRIMARY KEY, balance bigint)")
+        conn.execute("INSERT INTO bank (id, balance) VALUES " + ", ".join(f"({i}, 0)" for i in range(accounts)))
+        conn.commit()
+    stop = time.monotonic() + 8
+    counts = {"commits": 0, "serialization": 0, "deadlock": 0, "violations": 0, "reads": 0}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def transfers(endpoint: str, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            with psycopg.connect(conninfo(endpoint)) as conn:  # default mode: not autocommit
+                while time.monotonic() < stop:
+                    a, b = rng.sample(range(accounts), 2)
+                    try:
+                        conn.execute("UPDATE bank SET balance = balance + %s WHERE id = %s", (-1, a))
+                        conn.execute("UPDATE bank SET balance = balance + %s WHERE id = %s", (1, b))
+                        conn.commit()
+                        kind = "commits"
+                    except pgerrors.SerializationFailure:
+                        conn.rollback()
+                        kind = "serialization"
+                    except pgerrors.DeadlockDetected:
+                        conn.rollback()
+                        kind = "deadlock"
+                    with lock:
+                        counts[kind] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def reader(endpoint: str) -> None:
+        try:
+            with psycopg.connect(conninfo(endpoint)) as conn:
+                while time.monotonic() < stop:
+                    total = conn.execute("SELECT sum(balance), count(*) FROM bank").fetchone()
+                    rows = conn.execute("SELECT id, balance FROM bank").fetchall()
+                    conn.commit()
+                    with lock:
+                        counts["reads"] += 1
+                        if total is None or total[0] != 0 or total[1] != accounts or sum(b for _, b in rows) != 0:
+                            counts["violations"] += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=transfers, args=(sql[n], n * 10 + i)) for n in (1, 2, 3) for i in range(2)]
+    threads += [threading.Thread(target=reader, args=(sql[n],)) for n in (1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert counts["violations"] == 0 and counts["reads"] > 0 and counts["commits"] > 20, counts
+
+    # a serialization failure reaches the client as psycopg's SerializationFailure
+    with psycopg.connect(conninfo(sql[1])) as slow, psycopg.connect(conninfo(sql[2])) as fast:
+        assert slow.execute("SELECT balance FROM bank WHERE id = 0").fetchone() is not None  # snapshot taken
+        fast.execute("UPDATE bank SET balance = balance + 1 WHERE id = 0")
+        fast.execute("UPDATE bank SET balance = balance - 1 WHERE id = 1")
+        fast.commit()
+        with pytest.raises(pgerrors.SerializationFailure):
+            slow.execute("UPDATE bank SET balance = balance + 5 WHERE id = 0")
+        with pytest.raises(pgerrors.InFailedSqlTransaction):
+            slow.execute("SELECT 1")
+        slow.rollback()
+        assert slow.execute("SELECT sum(balance) FROM bank").fetchone() == (0,)
+
+
+PGBENCH_SCRIPT = """\\set a random(0, 49)
+\\set b random(0, 49)
+BEGIN;
+UPDATE pgb SET balance = balance - 1 WHERE id = :a;
+UPDATE pgb SET balance = balance + 1 WHERE id = :b;
+COMMIT;
+"""
+
+
+def test_pgbench_on_every_node(cluster3: tuple[LocalCluster, dict[int, str]], tmp_path: Path) -> None:
+    _, sql = cluster3
+    made = psql(sql[1], "-c", "CREATE TABLE pgb (id bigint PRIMARY KEY, balance bigint)",
+                "-c", "INSERT INTO pgb VALUES " + ", ".join(f"({i}, 0)" for i in range(50)))
+    assert made.returncode == 0, made.stderr
+    script = tmp_path / "transfer.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    procs = []
+    for n in (1, 2, 3):
+        host, port = host_port(sql[n])
+        procs.append(subprocess.Popen([str(pgbase._bin_dir() / "pgbench"), "-n", "-h", host, "-p", str(port),
+                                       "-U", "postgres", "-f", str(script), "-T", "10", "-c", "2",
+                                       "--max-tries", "100", "postgres"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=90) for p in procs]
+    for (out, err), p in zip(outs, procs):
+        assert p.returncode == 0, out + err
+        assert "number of failed transactions: 0 " in out, out + err
+        assert int(re.search(r"actually processed: (\d+)", out).group(1)) > 0  # type: ignore[union-attr]
+    total = psql(sql[2], "-A", "-t", "-c", "SELECT sum(balance), count(*) FROM pgb")
+    assert total.stdout.split() == ["0|50"], total.stdout + total.stderr
+
+
+def test_errors_name_the_problem(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[2]), autocommit=True) as conn:
+        conn.execute("CREATE TABLE errs (id bigint PRIMARY KEY, v bigint)")
+        conn.execute("INSERT INTO errs VALUES (1, 1)")
+        cases: list[tuple[str, type[Exception], str]] = [
+            ("SELECT * FROM nowhere", pgerrors.UndefinedTable, "nowhere"),
+            ("SELECT nope FROM errs", pgerrors.UndefinedColumn, "nope"),
+            ("INSERT INTO errs VALUES (1, 2)", pgerrors.UniqueViolation, "duplicate key"),
+            ("SELECT a.id FROM errs a JOIN errs b ON a.id = b.id", pgerrors.FeatureNotSupported, "join"),
+            ("DROP TABLE errs", pgerrors.FeatureNotSupported, "DROP TABLE"),
+            ("SELEC 1", pgerrors.SyntaxError, "syntax"),
+        ]
+        for query, exc, words in cases:
+            with pytest.raises(exc) as info:
+                conn.execute(query)
+            assert words.lower() in str(info.value).lower(), (query, str(info.value))
+        assert conn.execute("SELECT v FROM errs WHERE id = 1").fetchone() == (1,)
+
+
+
+
+def test_cancel_ends_a_waiting_statement(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE locked (id bigint PRIMARY KEY, v bigint)")
+        setup.execute("INSERT INTO locked VALUES (1, 0)")
+    with psycopg.connect(conninfo(sql[1])) as holder, psycopg.connect(conninfo(sql[1])) as waiter:
+        holder.execute("UPDATE locked SET v = v + 1 WHERE id = 1")  # holds the row
+        threading.Timer(0.5, waiter.cancel).start()
+        with pytest.raises(pgerrors.QueryCanceled):
+            waiter.execute("UPDATE locked SET v = v + 1 WHERE id = 1")
+        waiter.rollback()
+        assert waiter.execute("SELECT 1").fetchone() == (1,)
+        holder.rollback()
