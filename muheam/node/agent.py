@@ -37,20 +37,20 @@ from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamErro
 from muheam.cluster.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
-from muheam.engine.replay import redo_cluster, wal_tails_lamport
+from muheam.engine.replay import wal_tails_lamport
+from muheam.node import departures, startup
 from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
 from muheam.cluster.sessions import Cluster, Sessions
 from muheam.cluster.txstate import TxTable
 from muheam.cluster.xidstore import cluster_floor
-from walmerge import WalError, WalReader, node_wal_dir, pack_glsn
-from muheam.node import fence as fence_mod
+from walmerge import pack_glsn
 from muheam import failpoints
 from muheam.node.fence import Fence, LeaseKeeper
 from muheam.membership import MEMBER_STATES, Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
 from muheam.states import NodeState, StopMode
-from muheam.ops.procs import STOP_SIGNALS, pid_alive
+from muheam.ops.procs import STOP_SIGNALS
 from muheam.cluster.locks import LockService
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.cluster.xids import XidService
@@ -119,7 +119,7 @@ class NodeAgent:
                 "run 'muheam cluster init' first or fix cluster_name/etcd_endpoints"
             )
         control.verify_member_dir(cfg.shared_dir, registered)
-        self._refuse_duplicate(backend)
+        startup.refuse_duplicate(cfg, self.node_id, backend)
         try:
             self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint)
             self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint)
@@ -160,9 +160,12 @@ class NodeAgent:
         peers = {m.node_id: m.epoch for m in snapshot
                  if m.node_id != self.node_id and m.state in MEMBER_STATES}
         if not any(m.state == NodeState.RUNNING for m in snapshot if m.node_id in peers):
-            self._redo_cluster(backend)
+            rep = startup.redo_whole_cluster(cfg, self.node_id, backend, self.fence, self.accept_data_loss)
+            self.clock.observe(rep.max_lamport)
+            self._decided = {x for xids in rep.no_outcome.values() for x in xids}
         else:
-            self._await_own_recovery()
+            startup.await_own_recovery(cfg, self.node_id, self.fence)
+            startup.await_pending_recoveries(cfg, self.node_id, backend, self.fence)
             # the records our own recovery writes (its checkpoint, aborts) come before any peer message: their
             # GLSNs must still be above everything the running nodes have logged
             self.clock.observe(wal_tails_lamport(cfg.shared_dir, EngineConfig().system_id))
@@ -223,72 +226,6 @@ class NodeAgent:
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
                  self.member.epoch, self.node_cfg.peer_endpoint, self.node_cfg.client_endpoint, self.lease.id,
                  cfg.lease_ttl)
-
-    def _refuse_duplicate(self, backend: MembershipBackend) -> None:
-        """Wait out the leases of members on this host whose process is gone -- our own dead predecessor, or
-        peers after a whole-cluster crash (they must not count as live) -- then refuse an id a live node holds."""
-        deadline = time.monotonic() + self.cfg.lease_ttl + 2
-        while True:
-            members = backend.members(self.cfg.cluster_name)[0]
-            stale = [m for m in members if m.host == self.node_cfg.host and not pid_alive(m.pid)]
-            if stale and time.monotonic() < deadline:
-                log.info("waiting for the lease(s) of dead process(es) of node(s) %s to expire",
-                         [m.node_id for m in stale])
-                time.sleep(0.2)
-                continue
-            held = [m for m in members if m.node_id == self.node_id]
-            if held:
-                member = held[0]
-                raise NodeIdInUse(
-                    f"node id {self.node_id} is held by a live node (host {member.host}, pid {member.pid}, epoch "
-                    f"{member.epoch}); stop it with 'muheam node stop --node-id {self.node_id}' or use another id"
-                )
-            return
-
-    def _redo_cluster(self, backend: MembershipBackend) -> None:
-        """No node is serving: replay the merged WAL of every node before this one serves (whole-cluster crash
-        recovery).  Idempotent, so a second node starting at the same time redoes nothing new."""
-        assert self.fence is not None
-        with backend.lock(self.cfg.cluster_name, "recovery", ttl=max(60, 4 * self.cfg.lease_ttl)):
-            self.fence.check()
-            t0 = time.monotonic()
-            rep = redo_cluster(self.cfg.shared_dir, EngineConfig().system_id, accept_data_loss=self.accept_data_loss)
-        self.clock.observe(rep.max_lamport)
-        self._decided = {x for xids in rep.no_outcome.values() for x in xids}
-        log.info("node %d: whole-cluster redo took %.2f s: %d merged records, %d page changes", self.node_id,
-                 time.monotonic() - t0, rep.records, rep.pages_changed)
-
-    def _await_own_recovery(self) -> None:
-        """After a crash, running peers recover our previous incarnation (its WAL onto the chains it held); we
-        must not redo that WAL ourselves onto pages others may have changed since, so wait until they moved our
-        checkpoint pointer to the WAL's end."""
-        shared = self.cfg.shared_dir
-        ptr = statefiles.read_checkpoint(shared, self.node_id)
-        if ptr is None:
-            return
-        reader = WalReader(node_wal_dir(shared, self.node_id), node_id=self.node_id,
-                           system_id=EngineConfig().system_id, start_lsn=ptr.redo_lsn, verify_crc=False)
-        try:
-            count = sum(len(batch.headers) for batch in reader.batches())
-        except WalError:
-            return  # damaged: the engine's own recovery reports it
-        if count <= 1 or reader.last is None:
-            return  # only the checkpoint record: a clean stop
-        end, first = reader.last.end_lsn, ptr.redo_lsn
-        deadline = time.monotonic() + 4 * self.cfg.lease_ttl + 60
-        log.info("node %d: waiting for the survivors to recover its previous incarnation (WAL up to %#x)",
-                 self.node_id, end)
-        while time.monotonic() < deadline:
-            ptr = statefiles.read_checkpoint(shared, self.node_id)
-            if ptr is not None and (ptr.redo_lsn >= end or ptr.redo_lsn > first):
-                return  # moved by the recoverer (to where it fenced us, if a zombie wrote beyond)
-            assert self.fence is not None
-            self.fence.check()
-            time.sleep(0.2)
-        raise ClusterStateError(f"node {self.node_id}: the running nodes did not recover its previous incarnation "
-                                f"within {4 * self.cfg.lease_ttl + 60} s; check their logs ('recovering node "
-                                f"{self.node_id}'), or stop every node and start the cluster again (whole-cluster "
-                                f"recovery)")
 
     @property
     def mesh_epoch(self) -> int:
@@ -355,10 +292,14 @@ class NodeAgent:
                 crashed = event.kind == "expired" or member.stop_mode == StopMode.IMMEDIATE
                 floor = 0
                 if crashed and self.survivors is not None:
-                    self._fence_peer(member)  # before its WAL is read and before anyone takes its chains
+                    assert self.member is not None  # before its WAL is read and before anyone takes its chains
+                    departures.fence_peer(member, self.member.host, self.cfg.fence_command)
                     floor = self.survivors.expired(member.node_id, member.epoch)
                 elif not crashed:
-                    self._learn_outcomes(member.node_id)  # before its sync and rounds stop counting
+                    if self.commits is not None:  # before its sync and rounds stop counting
+                        departures.learn_outcomes(self.cfg.shared_dir, member.node_id, self.commits.table,
+                                                  pack_glsn(self.clock.tick().lamport, self.node_id),
+                                                  self.sessions.on_outcome if self.sessions else None)
                 self._remove(known, floor)
                 if crashed and self.survivors is not None:
                     self.survivors.claim_all()
@@ -368,52 +309,6 @@ class NodeAgent:
 
         elif event.kind == "recovered" and self.survivors is not None:
             self.survivors.recovered(member.node_id, member.epoch)
-
-    def _learn_outcomes(self, node_id: int) -> None:
-        """A member that stopped cleanly wrote every outcome it decided into its ``xact`` file (shutdown
-        checkpoint) before revoking its lease.  Its last outcome rounds went only to the members it knew: a node
-        that joined while it was stopping would treat those XIDs as running for ever (rows locked, begins
-        waiting), so every outcome there that we lack is taken from the file now."""
-        if self.commits is None:
-            return
-        table = self.commits.table
-        try:
-            committed, aborted = statefiles.read_xact(self.cfg.shared_dir, node_id)
-        except MuheamError as exc:
-            log.warning("could not read node %d's outcomes after it left (%s)", node_id, exc)
-            return
-        new = {x for x in committed if x not in table.committed} | \
-            {x for x in aborted if x not in table.aborted and x not in table.committed}
-        if not new:
-            return
-        # the commit timestamp of a commit first learned here is taken as now: a snapshot taken meanwhile saw
-        # the XID as running and keeps doing so (REPEATABLE READ); every later one sees it committed
-        table.load(committed - set(table.committed), aborted, cts=pack_glsn(self.clock.tick().lamport, self.node_id))
-        for x in new:
-            table.prepared.discard(x)
-        log.info("learned %d outcome(s) of node %d from its outcome file after it left", len(new), node_id)
-        if self.sessions is not None:
-            self.sessions.on_outcome(new)
-
-    def _fence_peer(self, member: Member) -> None:
-        """Make sure a crashed peer's process can write nothing more (STONITH, ``muheam.node.fence``): a node stopped
-        inside a loop turn resumes past its lease and finishes the turn -- page write-through, checkpoint, outcome
-        file -- before its own fence check.  Every survivor does it (idempotent) before reading the dead node's WAL
-        tail, so the WAL it reads is final."""
-        assert self.member is not None
-        if member.host == self.member.host:
-            outcome = fence_mod.kill_incarnation(member.pid, member.node_id, member.started_at)
-            log_at = log.critical if outcome == "still-there" else log.info
-            log_at("fenced node %d (epoch %d, pid %d on this host) before recovering it: %s", member.node_id,
-                   member.epoch, member.pid, outcome)
-        elif self.cfg.fence_command:
-            if fence_mod.run_fence_command(self.cfg.fence_command, member.node_id, member.host, member.pid,
-                                           member.epoch):
-                log.info("fenced node %d (epoch %d) on host %s with the fence command", member.node_id,
-                         member.epoch, member.host)
-        else:
-            log.warning("node %d (epoch %d) runs on host %s: not fenced from here (no fence_command); relying on "
-                        "its self-fencing", member.node_id, member.epoch, member.host)
 
     def _remove(self, member: Member, floor_glsn: int = 0) -> None:
         assert self.mesh is not None
