@@ -90,6 +90,10 @@ class PeerWatch:
             leaving = [m for m in members if m.node_id in out and m.state != NodeState.STOPPING]
             if not leaving:
                 return
+            # said before the transaction too: a node that removes itself is killed by the others (STONITH) as
+            # soon as its member key is gone, often before it could log anything after
+            log.warning("removing node(s) %s from the cluster: cut off from their peers (reports: %s)",
+                        [m.node_id for m in leaving], {n: reach[n] for n in sorted(reach)})
             if backend.evict(self.cluster, leaving, members, self.node_id):
                 self.counters["evicted"] += len(leaving)
                 log.warning("removed node(s) %s from the cluster: cut off from their peers (reports: %s)",
