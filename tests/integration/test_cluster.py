@@ -125,7 +125,8 @@ def test_etcd_paused_past_ttl_every_node_self_fences(local_cluster: Start) -> No
     fg = subprocess.Popen([*MUHEAM, "node", "start", "--node-id", "3", "-c", str(c.config), "--log-file", str(log)],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: len(c.members()) == 3, 20)
+        # running, not merely a member: a node still starting that loses etcd fails its start (exit 1)
+        assert wait_until(lambda: [m["state"] for m in c.members()] == ["running"] * 3, 30)
         pids = {1: c.node_pid(1), 2: c.node_pid(2), 3: fg.pid}
         os.kill(c.etcd_pid, signal.SIGSTOP)
         t0 = time.monotonic()
