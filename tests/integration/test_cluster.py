@@ -122,11 +122,14 @@ def test_etcd_paused_past_ttl_every_node_self_fences(local_cluster: Start) -> No
     # node 3 again in the foreground, a child of this test, so its exit code can be read
     c.cli("node", "stop", "--node-id", "3")
     log = c.dir / "log" / "node-3.log"
+    started_before = log.read_text(errors="replace").count("node 3 running: epoch")
     fg = subprocess.Popen([*MUHEAM, "node", "start", "--node-id", "3", "-c", str(c.config), "--log-file", str(log)],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # running, not merely a member: a node still starting that loses etcd fails its start (exit 1)
-        assert wait_until(lambda: [m["state"] for m in c.members()] == ["running"] * 3, 30)
+        # started, not merely a member: a node still starting that loses etcd fails its start (exit 1); its
+        # last start-up line follows the etcd put that marks it running
+        assert wait_until(lambda: [m["state"] for m in c.members()] == ["running"] * 3
+                          and log.read_text(errors="replace").count("node 3 running: epoch") > started_before, 30)
         pids = {1: c.node_pid(1), 2: c.node_pid(2), 3: fg.pid}
         os.kill(c.etcd_pid, signal.SIGSTOP)
         t0 = time.monotonic()
