@@ -64,6 +64,20 @@ class TxTable:
             self.committed.setdefault(x, cts)
         self.aborted.update(x for x in aborted if x not in self.committed)
 
+    def learn_departed(self, committed: Iterable[int], aborted: Iterable[int], cts: int) -> set[int]:
+        """Outcomes of a member that left cleanly, from its outcome file: those we lack are taken, commits at
+        ``cts`` (now).  Returns the XIDs newly decided.  Its last outcome rounds went only to the members it knew,
+        so a node that joined while it was stopping may hold them as prepared; such a joiner is not ready (its
+        sync with the stopping member is pending) until the member is gone, so no snapshot of it has seen them
+        as running and *now* is a commit timestamp every one of its snapshots agrees with."""
+        committed, aborted = set(committed), set(aborted)
+        new = {x for x in committed if x not in self.committed} | \
+            {x for x in aborted if x not in self.aborted and x not in self.committed}
+        self.load(committed - set(self.committed), aborted, cts=cts)
+        for x in new:
+            self.prepared.discard(x)
+        return new
+
     def prepare(self, xids: Iterable[int]) -> None:
         for x in xids:
             if x not in self.committed and x not in self.aborted:

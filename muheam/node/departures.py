@@ -40,21 +40,16 @@ def learn_outcomes(shared: Path, node_id: int, table: TxTable, now_glsn: int,
     """A member that stopped cleanly wrote every outcome it decided into its ``xact`` file (shutdown checkpoint)
     before revoking its lease.  Its last outcome rounds went only to the members it knew: a node that joined while
     it was stopping would treat those XIDs as running for ever (rows locked, begins waiting), so every outcome there
-    that ``table`` lacks is taken from the file.  A commit first learned here gets ``now_glsn`` as its commit
-    timestamp: a snapshot taken meanwhile saw the XID as running and keeps doing so (REPEATABLE READ); every later
-    one sees it committed."""
+    that ``table`` lacks is taken from the file, commits at ``now_glsn`` (``TxTable.learn_departed`` says why that
+    timestamp is safe).  The cluster simulator's ``stop`` fault reaches this window (``fix_learn_outcomes``)."""
     try:
         committed, aborted = statefiles.read_xact(shared, node_id)
     except MuheamError as exc:
         log.warning("could not read node %d's outcomes after it left (%s)", node_id, exc)
         return
-    new = {x for x in committed if x not in table.committed} | \
-        {x for x in aborted if x not in table.aborted and x not in table.committed}
+    new = table.learn_departed(committed, aborted, now_glsn)
     if not new:
         return
-    table.load(committed - set(table.committed), aborted, cts=now_glsn)
-    for x in new:
-        table.prepared.discard(x)
     log.info("learned %d outcome(s) of node %d from its outcome file after it left", len(new), node_id)
     if on_outcome is not None:
         on_outcome(new)

@@ -42,6 +42,7 @@ from locking.messages import Mode
 from muheam.cluster.rounds import CommitRounds, RoundComplete, Send as TxSend
 from muheam.cluster.txstate import TxTable
 from muheam.net.peerlink import Inbound
+from muheam.sim.faults import Faults
 from muheam.sim.model import EMPTY, FAULTS, Client, Explored, Image, Node, SimConfig, Switches, Violation
 
 __all__ = ["EMPTY", "FAULTS", "Client", "Cluster", "Explored", "Image", "Node", "SimConfig", "Switches", "Violation",
@@ -50,7 +51,7 @@ __all__ = ["EMPTY", "FAULTS", "Client", "Cluster", "Explored", "Image", "Node", 
 XID, EXT = b"xid", b"ext"
 
 
-class Cluster:
+class Cluster(Faults):
     def __init__(self, seed: int, cfg: SimConfig) -> None:
         self.seed, self.cfg, self.sw = seed, cfg, cfg.switches
         self.rng = random.Random(seed)
@@ -68,6 +69,8 @@ class Cluster:
         self.recovered: set[int] = set()
         self._prepared_by: dict[int, set[int]] = {}                   # dead node -> XIDs it prepared to us
         self.claim_failures = 0
+        self.cut: set[tuple[int, int]] = set()                          # (src, dst) links that deliver nothing
+        self.xact: dict[int, tuple[dict[int, int], set[int]]] = {}     # a cleanly stopped node's outcomes
         self.timers: list[tuple[int, str, int]] = []                    # (step, what, node)
         self.fault_at = sorted(self.rng.randrange(cfg.fault_window) for _ in range(cfg.faults))
         self.step = 0
@@ -100,13 +103,17 @@ class Cluster:
 
     def _enabled(self) -> list[tuple[str, object]]:
         acts: list[tuple[str, object]] = [("deliver", ch) for ch, q in self.chan.items()
-                                          if q and self.nodes[ch[1]].running]
+                                          if q and self.nodes[ch[1]].running and ch not in self.cut]
         for nid, node in self.nodes.items():
             if not node.running:
                 continue
-            if node.cursor < len(self.etcd):
+            if self._leave_ready(node):
+                acts.append(("leave", nid))
+            if node.stopping:                     # only the mesh and its last commit until it leaves
+                pass
+            elif node.cursor < len(self.etcd):
                 acts.append(("etcd", nid))
-            if node.to_claim and nid in self.members:
+            if node.to_claim and nid in self.members and not node.stopping:
                 acts.append(("claim", nid))
             if self._client_ready(node):
                 acts.append(("client", nid))
@@ -125,6 +132,10 @@ class Cluster:
                 self.etcd.append(("remove", nid))
                 if node.paused_until is not None and self.sw.fix_fence:
                     node.alive = False            # STONITH before anyone reads its WAL or takes its chains
+            elif what == "partition" and nid in self.members:
+                self._partition()
+            elif what == "stop-timeout":
+                node.stop_timed_out = True
             elif what == "resume" and node.alive and node.paused_until is not None:
                 node.paused_until = None
                 if nid not in self.members:       # a zombie: finishes its loop turn, then fences itself
@@ -196,71 +207,6 @@ class Cluster:
                 elif isinstance(tx, RoundComplete):
                     self._round_done(node, node.callbacks.pop(tx.round, ""))
 
-    # ------------------------------------------------------------------------------------------------- faults
-    def _act_fault(self, _: object) -> None:
-        kind = self.rng.choice(self.cfg.fault_kinds)
-        self.fault_at.pop(0)
-        live = sorted(n for n, node in self.nodes.items() if node.running and n in self.members)
-        if kind in ("crash", "pause") and len(live) < 2:
-            return
-        self.out.faults[kind] += 1
-        if kind == "crash":
-            victim = self.nodes[self.rng.choice(live)]
-            victim.alive = False
-            for (src, dst), q in self.chan.items():
-                if dst == victim.nid:
-                    q.clear()
-                elif src == victim.nid:           # a prefix of what it sent still arrives
-                    for _ in range(self.rng.randint(0, len(q))):
-                        q.pop()
-            self.timers.append((self.step + self.rng.randint(1, self.cfg.lease), "remove", victim.nid))
-        elif kind == "pause":
-            victim = self.nodes[self.rng.choice(live)]
-            long = self.rng.random() < 0.6
-            span = self.rng.randint(self.cfg.lease + 5, 3 * self.cfg.lease) if long else \
-                self.rng.randint(1, self.cfg.lease - 1)
-            victim.paused_until = self.step + span
-            self.timers.append((self.step + span, "resume", victim.nid))
-            if long:
-                self.timers.append((self.step + self.cfg.lease, "remove", victim.nid))
-        elif kind in ("reset", "reorder", "duplicate"):
-            pairs = [ch for ch in self.chan if self.nodes[ch[0]].alive and self.nodes[ch[1]].alive]
-            if pairs:
-                self._link_fault(kind, self.rng.choice(pairs))
-        elif kind == "join":
-            removed = {n for n in self.nodes if n not in self.members}
-            if removed - self.recovered:      # a restart waits for the recovery of the dead (its pointer moves)
-                self.fault_at.insert(0, self.step + 1)
-                self.out.faults[kind] -= 1
-                return
-            nid = max(self.nodes) + 1
-            self.members.add(nid)
-            self.etcd.append(("add", nid))
-            self._make(nid, sorted(self.members - {nid}), bootstrap=False)
-            # the recoverers' sweeps wrote the dead nodes' chains and appended blocks to the disk: model that by
-            # letting the joiner see their (final) WALs, as the disk would show their effects
-            self.nodes[nid].dead_known = removed
-        else:
-            self.claim_failures += 1
-
-    def _link_fault(self, kind: str, ch: tuple[int, int]) -> None:
-        q = self.chan[ch]
-        if kind == "reset":                        # the connection's buffers are lost, both ways
-            for c in (ch, (ch[1], ch[0])):
-                if c in self.chan:
-                    self.chan[c].clear()
-                    if self.sw.fix_peer_links:    # the link resends every unacknowledged frame
-                        self.chan[c].extend(self.nodes[c[0]].sent.get(c[1], []))
-        elif not self.sw.fix_peer_links:
-            return                                 # raw ZeroMQ neither reorders nor duplicates
-        elif kind == "reorder" and len(q) > 1:
-            items = list(q)
-            self.rng.shuffle(items)
-            q.clear()
-            q.extend(items)
-        elif kind == "duplicate" and q:
-            q.insert(self.rng.randrange(len(q) + 1), q[self.rng.randrange(len(q))])
-
     # ------------------------------------------------------------------------------------------- membership
     def _act_etcd(self, nid: object) -> None:
         assert isinstance(nid, int)
@@ -281,6 +227,8 @@ class Cluster:
                 node.locks.member_removed(other, floor)
             else:
                 node.locks.member_removed(other)
+            if what == "leave":
+                self._learn_departed(node, other)  # before its rounds stop counting
             prepared = set(node.rounds.prepared_from.get(other, ()))
             node.rounds.member_removed(other)
             for d, claimer in list(self.claims.items()):  # a recoverer that died: its claim went with its lease

@@ -11,7 +11,7 @@ from locking.manager import LockManager
 from muheam.cluster.rounds import CommitRounds
 from muheam.net.peerlink import Inbound
 
-FAULTS = ("crash", "pause", "reset", "reorder", "duplicate", "join", "claim_fail")
+FAULTS = ("crash", "pause", "reset", "reorder", "duplicate", "join", "claim_fail", "cut", "stop")
 
 
 class Violation(AssertionError):
@@ -27,6 +27,8 @@ class Switches:
     fix_fence: bool = True          # (c) survivors kill a removed (paused) node before recovering it
     fix_peer_links: bool = True     # (d) resets lose nothing: links resend, drop duplicates, restore order
     fix_claim_retry: bool = True    # (f) a failed recovery claim is retried
+    fix_partition: bool = True      # (e) a member cut off from its peers only is removed by the largest clique
+    fix_learn_outcomes: bool = True  # (g) a cleanly stopped member's outcomes are learned from its xact file
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Node:
     alive: bool = True
     paused_until: int | None = None
     zombie: bool = False
+    stopping: bool = False          # a clean stop: no membership events, no new transactions
+    stop_timed_out: bool = False    # its last rounds did not finish in time: it leaves anyway
     size: int = 0                   # the relation size this node's cache knows
     wal: list[tuple[str, int, int, object]] = field(default_factory=list)  # (kind, glsn, xid, what)
     inbound: dict[int, Inbound[tuple[str, int, object]]] = field(default_factory=dict)

@@ -78,3 +78,16 @@ def test_snapshot_sees_a_prefix_of_the_commit_order(events: list[tuple[int, int,
             decided[xid] = None
     for xid, cts in decided.items():
         assert mvcc.xid_visible(xid, snap, t.status) == (cts is not None and cts < sts)
+
+
+def test_learn_departed_takes_only_what_is_missing() -> None:
+    """A cleanly stopped member's outcome file: commits we lack are taken at the given timestamp, a prepared XID
+    leaves the prepared set, and an outcome we already know (commit timestamp included) is left as it was."""
+    table = TxTable(3)
+    table.commit(10, 500)
+    table.prepare([11, 12])
+    new = table.learn_departed({10, 11}, {12, 13}, cts=900)
+    assert new == {11, 12, 13}
+    assert table.committed == {10: 500, 11: 900}
+    assert table.aborted == {12, 13} and not table.prepared
+    assert table.learn_departed({10, 11}, {12}, cts=950) == set()
