@@ -84,8 +84,9 @@ class Cluster(Faults):
             self._timers()
             acts = self._enabled()
             if not acts:
-                if self.timers or self.fault_at:
-                    self.step += 1
+                if self.timers or self.fault_at:  # nothing to do until the next timer or fault: skip to it
+                    due = [t for t, _, _ in self.timers] + self.fault_at[:1]
+                    self.step = max(self.step + 1, min(due))
                     continue
                 break
             if self.step >= self.cfg.max_steps:

@@ -6,6 +6,8 @@ seed, every fault kind enabled and every fix on, and prints what it explored (``
 
     MUHEAM_SIM_EXAMPLES=1000000 .venv/bin/python -m pytest tests/unit/sim -q -s
 
+or split over two processes with ``MUHEAM_SIM_FIRST_SEED`` (``0`` and ``500000`` with 500,000 each).
+
 The hazard tests switch one issue-16 fix off, search seeds with the faults that hazard needs until the simulator
 finds a violation, shrink the schedule and print seed, configuration and length; then the same search with the
 fix on must pass.
@@ -23,6 +25,7 @@ import pytest
 from muheam.sim.cluster import FAULTS, Explored, SimConfig, Switches, Violation, run, shrink
 
 TOTAL = int(os.environ.get("MUHEAM_SIM_EXAMPLES", "10000"))
+FIRST = int(os.environ.get("MUHEAM_SIM_FIRST_SEED", "0"))  # to split a long run over processes
 
 
 def config_for(seed: int) -> SimConfig:
@@ -41,7 +44,7 @@ def explore(seeds: range) -> Explored:
 
 def test_seeded_schedules() -> None:
     t0 = time.monotonic()
-    total = explore(range(TOTAL))
+    total = explore(range(FIRST, FIRST + TOTAL))
     wall = time.monotonic() - t0
     print(f"\ncluster sim: {total.schedules} schedules, {total.steps} steps, {total.frames} frames, "
           f"{total.commits_acked} commits acknowledged, {total.snapshots_checked} snapshots checked, "
