@@ -1,7 +1,7 @@
-"""Fault injection under the bank load (DESIGN.md section 9): etcd killed and restarted, a torn and a corrupted WAL
-tail of a dead node, a full WAL file system, a node cut off from etcd only and from its peers only, and malformed
-peer and client messages on every port throughout.  (``kill -9`` rounds and ``SIGSTOP`` past the lease are in
-tests/faults/test_node_failure.py.)
+"""Fault injection under the bank load (DESIGN.md section 9): etcd killed and restarted, a node cut off from etcd
+only and from its peers only, and malformed peer and client messages on every port throughout.  (``kill -9``
+rounds and ``SIGSTOP`` past the lease are in tests/faults/test_node_failure.py; a damaged WAL tail and a full WAL
+file system in tests/faults/test_wal_faults.py.)
 
 Every test runs, in each round, the bank workload (transfer clients and sum readers spread over the nodes) and one
 acknowledged-insert writer per node, injects its fault while they run, and after the round checks: every bank sum
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -35,15 +34,13 @@ import zmq
 from muheam import config as config_mod
 from muheam.client import connect
 from muheam.config import NodeConfig
-from muheam.engine import statefiles, walrec
+from muheam.engine import statefiles
 from muheam.ops.procs import free_port, pid_alive, stop_pid
-from walmerge import WalWriter
 from tests.support.cluster import FULL, LocalCluster, run_cli
 from tests.support.faults import (
-    Acker, Garbage, Load, TcpProxy, check_round, damage_wal, final_verify, garbage_targets, last_record, live_endpoints,
-    setup_tables, wait_for, wait_pids_gone,
+    Acker, Garbage, Load, TcpProxy, check_round, final_verify, garbage_targets, setup_tables, wait_for, wait_pids_gone,
 )
-from tests.integration.test_cluster_recovery import endpoints, kill_all
+from tests.integration.test_cluster_recovery import endpoints
 from tests.faults.test_node_failure import wait_recovered
 
 pytestmark = pytest.mark.integration
@@ -260,201 +257,6 @@ def test_etcd_restart_within_the_fence_deadline_is_ridden_out(local_cluster: Sta
     if needless:
         pytest.xfail(f"nodes fenced themselves although etcd was back well inside their {deadline_s:g} s fence "
                      f"deadline: {needless} (lease keeper retry schedule / gRPC reconnect backoff; see the report)")
-
-
-# -- 2. a torn and a corrupted WAL tail of a dead node ------------------------------------------------------------
-
-TAIL_KINDS = ["torn", "corrupt"] * (3 if FULL else 1)
-
-
-def stop_and_damage(c: LocalCluster, victim: int, kind: str, shared: Path) -> Any:
-    """SIGSTOP the victim (its WAL stops moving), damage the tail, SIGKILL it: all well inside its lease."""
-    pid = c.node_pid(victim)
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        dmg = damage_wal(shared, victim, kind)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        stop_pid(pid, signal.SIGKILL, 5)
-    return dmg
-
-
-@pytest.mark.timeout(900 if FULL else 300)
-def test_torn_and_corrupted_wal_tail_of_a_dead_node(local_cluster: Start) -> None:
-    """A node dies with a damaged WAL tail: (a) torn, half of a record appended after its last one; (b) corrupted,
-    one byte flipped inside its last complete record.  Survivors read the WAL up to the damage, say so (log line
-    and ``torn``/``damage`` in the published recovery record), recover the node and go on; the restarted node cuts
-    the tail off.  A damaged record is lost, but a COMMIT every member had acknowledged stays committed (the last
-    round damages exactly such a record, then crashes the whole cluster: it must still be there)."""
-    c = local_cluster(3)
-    shared = Path(c.info["config"]["shared_dir"])
-    eps = endpoints(c)
-    setup_tables(eps[0])
-    rng = random.Random(11)
-    acked: dict[int, int] = {}
-    lost_commits: set[int] = set()
-    rounds: list[dict[str, Any]] = []
-    with garbage(c):
-        for r, kind in enumerate(TAIL_KINDS):
-            load = Load(eps, 10, seed=300 + r, base=BASE * (r + 1)).start()
-            time.sleep(2.5)
-            victim = rng.choice(NODES)
-            epoch = {int(m["node_id"]): int(m["epoch"]) for m in c.members()}[victim]
-            cut_before = count(c, victim, "torn WAL tail")
-            dmg = stop_and_damage(c, victim, kind, shared)
-            t0 = time.monotonic()
-            info = wait_recovered(c, victim, epoch, 60)
-            recovered_s = time.monotonic() - t0
-            assert info.get("torn") or info.get("damage"), f"the survivors did not notice the damage: {info}"
-            assert "torn" in (info.get("torn") or "") or "CRC" in (info.get("damage") or ""), info
-            others = tuple(n for n in NODES if n != victim)
-            ack_ms = acked_progress(load, others, 15)
-            cluster_up(c)
-            assert count(c, victim, "torn WAL tail") > cut_before, c.log(victim)[-2000:]
-            res = load.finish()
-            acked.update(load.acked)
-            if dmg.record_kind == walrec.COMMIT and info.get("known_committed"):
-                lost_commits.add(dmg.record_xid)
-            rounds.append({"round": r, "kind": kind, "victim": victim, "damaged_record": (dmg.record_kind,
-                           dmg.record_xid), "recovered_s": round(recovered_s, 2), "survivors_ack_ms": ack_ms,
-                           **{k: info.get(k) for k in ("aborted", "committed", "known_committed")},
-                           **check_round(c, acked, res, f"{kind} round {r}")})
-
-        # the deterministic case: the last record is the COMMIT of an insert every member acknowledged
-        victim = 2
-        epoch = {int(m["node_id"]): int(m["epoch"]) for m in c.members()}[victim]
-        ep = live_endpoints(c)[victim]
-        for attempt in range(20):
-            key = BASE * 50 + attempt
-            with connect(ep, 10) as conn, conn.transaction() as tx:
-                tx.insert("acks", key, {"v": key})
-                xid = tx.xid
-            pid = c.node_pid(victim)
-            assert pid is not None and xid is not None
-            os.kill(pid, signal.SIGSTOP)
-            acked[key] = xid
-            _, _, (batch, _) = last_record(shared, victim)
-            h = batch.headers[-1]
-            if int(h["kind"]) == walrec.COMMIT and int(h["xid"]) == xid:
-                break
-            os.kill(pid, signal.SIGCONT)  # a heartbeat came first (we were slow): try again
-            time.sleep(0.05)
-        else:
-            pytest.fail("could not stop the node right after a commit (its heartbeat always came first)")
-        try:
-            dmg = damage_wal(shared, victim, "corrupt")
-        finally:
-            os.kill(pid, signal.SIGKILL)
-            stop_pid(pid, signal.SIGKILL, 5)
-        assert (dmg.record_kind, dmg.record_xid) == (walrec.COMMIT, xid)
-        lost_commits.add(xid)
-        info = wait_recovered(c, victim, epoch, 60)
-        assert info.get("known_committed") == 1, info
-        log_all = "".join(c.log(n) for n in NODES if n != victim)
-        assert f"lacks the COMMIT of 1 transaction(s) the cluster knows committed ([{xid}])" in log_all
-        for n, e in live_endpoints(c).items():
-            with connect(e, 10) as conn, conn.transaction() as tx:
-                assert tx.get("acks", key) == {"v": key}, f"node {n} lost the acknowledged commit {xid}"
-        cluster_up(c)
-        kill_all(c)  # whole-cluster crash: the outcome must come from the files, not from any member's memory
-        cluster_up(c)
-        load = Load(eps, 4, seed=399, base=BASE * 60).start()
-        res = load.finish()
-        acked.update(load.acked)
-        rounds.append({"round": "acked COMMIT damaged, then whole-cluster crash", "xid": xid,
-                       **check_round(c, acked, res, "whole-cluster crash after a damaged COMMIT")})
-        garbage_counted(c)
-    report("torn/corrupted tails", rounds)
-    excused = final_verify(c, lost_commits)
-    print(f"verify problems caused by the destroyed COMMIT records {sorted(lost_commits)}: {excused}")
-
-
-# -- 3. the WAL file system of one node fills up ------------------------------------------------------------------
-
-def mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system for one node's WAL needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): the full-disk fault "
-                    "needs a small file system under one node's WAL directory")
-
-
-def umount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], capture_output=True, timeout=30)
-    if os.path.ismount(path):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-FULL_ROUNDS = 2 if FULL else 1
-
-
-@pytest.mark.timeout(900 if FULL else 300)
-def test_wal_file_system_full_on_one_node(local_cluster: Start) -> None:
-    """Node 3's WAL directory is a 4 MiB tmpfs (mounted before node 3 ever starts, with 64 KiB segments so it
-    fills in seconds).  Mid-load the file system is filled: node 3 can create no next segment.  Its engine stops
-    with a message naming the file system; the node stops; the survivors recover it and go on; nothing
-    acknowledged is lost; with space freed, ``cluster up`` brings node 3 back."""
-    c = local_cluster(2)
-    shared = Path(c.info["config"]["shared_dir"])
-    wal3 = shared / "wal" / "node-3"
-    mount_tmpfs(wal3, "4m")
-    rounds: list[dict[str, Any]] = []
-    clear_errors: list[str] = []
-    try:
-        WalWriter(wal3, node_id=3, system_id=0, epoch=1, segment_size=64 * 1024).close()
-        cluster_up(c, "--nodes", "3")
-        eps = endpoints(c)
-        assert len(eps) == 3
-        setup_tables(eps[0])
-        acked: dict[int, int] = {}
-        with garbage(c):
-            for r in range(FULL_ROUNDS):
-                load = Load(eps, 12, seed=400 + r, base=BASE * (r + 1)).start()
-                time.sleep(2)
-                pid = c.node_pid(3)
-                epoch = {int(m["node_id"]): int(m["epoch"]) for m in c.members()}[3]
-                full_before = count(c, 3, "No space left on device")
-                st = os.statvfs(wal3)
-                filler = wal3 / "filler"
-                with open(filler, "wb") as f:
-                    try:
-                        f.write(b"\1" * (st.f_bavail * st.f_frsize))
-                    except OSError:
-                        pass
-                t0 = time.monotonic()
-                assert wait_for(lambda: count(c, 3, "No space left on device") > full_before, 60), \
-                    c.log(3)[-2000:]
-                hit_s = time.monotonic() - t0
-                text = c.log(3)
-                assert "Free space on the file system holding" in text, text[-2000:]
-                assert pid is not None and wait_pids_gone([pid], 30), "node 3 kept running with a stopped engine"
-                info = wait_recovered(c, 3, epoch, 60)
-                ack_ms = acked_progress(load, (1, 2), 15)
-                filler.unlink()
-                cluster_up(c)
-                res = load.finish()
-                acked.update(load.acked)
-                msgs = load.ackers[2].messages + [m for errs in res.errors.values() for m in errs]
-                clear_errors += [m for m in msgs if "space" in m.lower() or "WalWriteError" in m
-                                 or "engine stopped" in m]
-                rounds.append({"round": r, "enospc_after_fill_s": round(hit_s, 2), "survivors_ack_ms": ack_ms,
-                               "recovered": {k: info.get(k) for k in ("aborted", "committed", "duration_ms")},
-                               "node3_client_errors": load.ackers[2].messages[:4],
-                               **check_round(c, acked, res, f"disk full round {r}")})
-            garbage_counted(c)
-        report("WAL file system full", rounds)
-        final_verify(c)
-    finally:
-        from tests.support.cluster import kill_leftovers
-        run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "immediate", check=False, timeout=90)
-        kill_leftovers(c.dir)
-        umount(wal3)
-    assert not os.path.ismount(wal3)
-    assert clear_errors, "no client of the node with the full WAL file system was told why its work failed"
 
 
 # -- 4. a node cut off from etcd only, then from its peers only ---------------------------------------------------
