@@ -37,6 +37,7 @@ from muheam.recovery import staging
 from muheam.engine import rebuild, replay, statefiles, walrec
 from muheam.errors import EtcdUnavailable
 from muheam.cluster.ownership import chain_resource
+from muheam.cluster.verdict import decide
 
 if TYPE_CHECKING:
     from muheam.cluster.commits import CommitService
@@ -234,29 +235,24 @@ class Survivors:
         self.jobs[dead.node] = job
         self._publish(dead, "recovering", started_at=time.time())
         log.info("recovering node %d (epoch %d): WAL %s..%#x", dead.node, dead.epoch, dead.start_lsn, dead.end_lsn)
-        table = self.commits.table
-        found = sorted(dead.committed.items())
-        job.committed = [(x, g) for x, g in found if x not in table.committed]
-        # a COMMIT the cluster acknowledged (its outcome round reached every member) but that X's WAL no longer
-        # holds: the record was in a damaged or torn tail.  The outcome is certain; it must outlive the members'
-        # memory, so it goes into X's outcome file with the others (a later whole-cluster recovery reads it)
-        job.known_committed = sorted(x for x in dead.started if x in table.committed and x not in dead.committed)
+        undecided = dead.undecided() | self.prepared.get(dead.node, set())
+        verdict = decide(dead.committed, dead.aborted, dead.started, undecided, self.commits.table)
+        job.committed = list(verdict.committed)
+        job.known_committed = list(verdict.known_committed)
         if job.known_committed:
+            # a COMMIT the cluster acknowledged (its outcome round reached every member) but that X's WAL no
+            # longer holds: the record was in a damaged or torn tail.  The outcome is certain; it must outlive the
+            # members' memory, so it goes into X's outcome file with the others (a later whole-cluster recovery
+            # reads it)
             log.warning("node %d's WAL lacks the COMMIT of %d transaction(s) the cluster knows committed (%s); "
                         "its tail was damaged (%s): they stay committed", dead.node, len(job.known_committed),
                         job.known_committed[:10], dead.damage or dead.torn or "no damage reported")
-        undecided = (dead.undecided() | self.prepared.get(dead.node, set())) - set(dead.committed)
         # an ABORT in some WAL for each, even if X announced the abort before it died (its engine had failed and
         # logged nothing): the merged history must show the end of every transaction others may have waited on
-        job.aborted = sorted(x for x in undecided if x not in table.committed)
+        job.aborted = list(verdict.aborted)
         self.engine.log_decided(job.aborted, walrec.Fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn))
         statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
-        # X may have died while sending an outcome round, reaching some members and not others: announce every
-        # outcome of X's transactions, not only the ones this node lacked, or a member that missed one would
-        # treat the XID as running for ever (its rows locked, begins waiting on it)
-        known = set(job.known_committed)
-        announce_committed = found + [(x, table.committed[x]) for x in job.known_committed]
-        announce_aborted = sorted(set(job.aborted) | (dead.aborted - set(dead.committed) - known))
+        announce_committed, announce_aborted = list(verdict.announce_committed), list(verdict.announce_aborted)
         self.commits.finish(announce_committed, announce_aborted, lambda: self._decided(job))
         self.on_outcome({x for x, _ in announce_committed} | set(announce_aborted))
 

@@ -6,7 +6,7 @@ for the prepare/outcome/sync rounds over a ``TxTable``; ``muheam.net.peerlink.In
 plus small models of what sits around them in a real node (chain images with their GLSN on a shared "disk", a
 per-node WAL of changes and COMMITs, survivor recovery, fencing of a paused node, etcd's membership log).
 
-What it may import: pure cores only (``locking``, ``muheam.cluster.rounds``/``txmessages``/``txstate``,
+What it may import: pure cores only (``locking``, ``muheam.cluster.rounds``/``txmessages``/``txstate``/``verdict``/``partition``,
 ``muheam.net.peerlink``, ``muheam.storage.mvcc`` constants).  Never sockets, files, threads or the wall clock: a
 schedule is a function of its seed, so a failure replays exactly.
 """

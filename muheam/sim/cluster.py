@@ -41,6 +41,7 @@ from locking.manager import LockManager
 from locking.messages import Mode
 from muheam.cluster.rounds import CommitRounds, RoundComplete, Send as TxSend
 from muheam.cluster.txstate import TxTable
+from muheam.cluster.verdict import decide
 from muheam.net.peerlink import Inbound
 from muheam.sim.faults import Faults
 from muheam.sim.model import EMPTY, FAULTS, Client, Explored, Image, Node, SimConfig, Switches, Violation
@@ -255,9 +256,9 @@ class Cluster(Faults):
         self.out.recoveries += 1
         wal = self.nodes[dead].wal
         committed = {x: g for kind, g, x, _ in wal if kind == "commit"}
-        started = {x for kind, _, x, _ in wal if kind in ("xid", "chg")} | self._prepared_by.get(dead, set())
-        aborted = sorted(x for x in started if x not in committed and x not in node.rounds.table.committed)
-        node.callbacks[node.rounds.finish(sorted(committed.items()), aborted)] = f"recovered:{dead}"
+        started = {x for kind, _, x, _ in wal if kind in ("xid", "chg")}
+        verdict = decide(committed, set(), started, started | self._prepared_by.get(dead, set()), node.rounds.table)
+        node.callbacks[node.rounds.finish(verdict.announce_committed, verdict.announce_aborted)] = f"recovered:{dead}"
         self._pump(node)
 
     # ------------------------------------------------------------------------------------------------ clients
