@@ -71,7 +71,8 @@ class Cluster(Faults):
         self._prepared_by: dict[int, set[int]] = {}                   # dead node -> XIDs it prepared to us
         self.claim_failures = 0
         self.cut: set[tuple[int, int]] = set()                          # (src, dst) links that deliver nothing
-        self.xact: dict[int, tuple[dict[int, int], set[int]]] = {}     # a cleanly stopped node's outcomes
+        self.xact: dict[int, tuple[dict[int, int], set[int]]] = {}     # outcome files (xact/node-N)
+        self._verdicts: dict[int, tuple[dict[int, int], set[int]]] = {}  # announced, written once recovered
         self.timers: list[tuple[int, str, int]] = []                    # (step, what, node)
         self.fault_at = sorted(self.rng.randrange(cfg.fault_window) for _ in range(cfg.faults))
         self.step = 0
@@ -150,6 +151,8 @@ class Cluster(Faults):
         if not bootstrap:  # a restarted node seeds its clock from every WAL tail
             clock.observe(max((n.clock.time for n in self.nodes.values()), default=0))
         table = TxTable(3)
+        for committed, aborted in self.xact.values():  # every node's outcome file, as NodeAgent.start loads them
+            table.load(committed, aborted)
         node = Node(nid, clock, LockManager(clock, view, bootstrap=bootstrap), CommitRounds(view, table),
                     Client(self.cfg.txns), cursor=len(self.etcd))
         self.nodes[nid] = node
@@ -259,6 +262,7 @@ class Cluster(Faults):
         started = {x for kind, _, x, _ in wal if kind in ("xid", "chg")}
         verdict = decide(committed, set(), started, started | self._prepared_by.get(dead, set()), node.rounds.table)
         node.callbacks[node.rounds.finish(verdict.announce_committed, verdict.announce_aborted)] = f"recovered:{dead}"
+        self._verdicts[dead] = ({x: g for x, g in verdict.announce_committed}, set(verdict.announce_aborted))
         self._pump(node)
 
     # ------------------------------------------------------------------------------------------------ clients
@@ -389,8 +393,10 @@ class Cluster(Faults):
             node.wal.append(("commit", cts, c.xid, None))
             node.callbacks[node.rounds.finish([(c.xid, cts)], [])] = "done"
             c.phase = "done-wait"
-        elif what.startswith("recovered:"):
-            self.recovered.add(int(what.split(":")[1]))
+        elif what.startswith("recovered:"):  # the recoverer writes the dead node's outcome file, then says so
+            dead = int(what.split(":")[1])
+            self.xact[dead] = self._verdicts[dead]
+            self.recovered.add(dead)
         elif what == "done":
             self.acked[c.xid] = (self.step, tuple(c.wrote))
             self.out.commits_acked += 1
