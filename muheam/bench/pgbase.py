@@ -66,43 +66,86 @@ def available() -> str | None:
     return None
 
 
+class Server:
+    """A throw-away PostgreSQL that can also be killed (``kill9``: SIGKILL to the postmaster and every backend, as
+    a machine crash would leave it) and started again on the same data directory (crash recovery runs)."""
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        self.binaries = _bin_dir()
+        self.tmp = Path(tempfile.mkdtemp(prefix="muheam-pg-"))
+        self.data = self.tmp / "data"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.run_as: dict[str, Any] = {}
+        self.env = {**os.environ, "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
+        self.env.pop("PGDATA", None)
+        self.port = free_port()
+        self.conninfo = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        self.conf = {"listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": "",
+                     "synchronous_commit": "on", "fsync": "on", "max_connections": "300", **(settings or {})}
+        self.data.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            self.tmp.chmod(0o755)  # mkdtemp makes it 0700: nobody must be able to reach data/
+            os.chown(self.data, nobody.pw_uid, nobody.pw_gid)
+            self.run_as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        # --no-sync: durability of the initial catalog does not matter for a throw-away server (runtime fsync does)
+        subprocess.run([str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                        "--encoding=UTF8", "--no-sync", "--no-instructions"], check=True, capture_output=True,
+                       timeout=START_TIMEOUT, env=self.env, cwd=self.tmp, **self.run_as)
+
+    def start(self) -> str:
+        args = [str(self.binaries / "postgres"), "-D", str(self.data)]
+        for key, value in self.conf.items():
+            args += ["-c", f"{key}={value}"]
+        with open(self.tmp / "postgres.log", "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env, cwd=self.tmp, start_new_session=True, **self.run_as)
+        _wait_ready(self.proc, self.conninfo, self.tmp / "postgres.log")
+        return self.conninfo
+
+    def kill9(self) -> None:
+        """SIGKILL to the whole server (its own process group: postmaster and backends), then wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # backends of the group may outlive the postmaster for a moment
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextmanager
+def server(settings: dict[str, str] | None = None) -> Iterator[Server]:
+    """A started ``Server``; stopped (by pid) and its files deleted however the block exits."""
+    srv: Server | None = None
+    try:
+        srv = Server(settings)
+        srv.start()
+        yield srv
+    finally:
+        if srv is not None:
+            srv.remove()
+
+
 @contextmanager
 def postgres(settings: dict[str, str] | None = None) -> Iterator[str]:
     """Start a throw-away PostgreSQL; yield a libpq conninfo for it; stop it (by pid) and delete its files."""
-    binaries = _bin_dir()
-    tmp = Path(tempfile.mkdtemp(prefix="muheam-pg-"))
-    proc: subprocess.Popen[bytes] | None = None
-    run_as: dict[str, Any] = {}
-    try:
-        data = tmp / "data"
-        data.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            nobody = pwd.getpwnam("nobody")
-            tmp.chmod(0o755)  # mkdtemp makes it 0700: nobody must be able to reach data/
-            os.chown(data, nobody.pw_uid, nobody.pw_gid)
-            run_as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
-        env.pop("PGDATA", None)
-        # --no-sync: durability of the initial catalog does not matter for a throw-away server (runtime fsync does)
-        subprocess.run([str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "--encoding=UTF8", "--no-sync", "--no-instructions"], check=True, capture_output=True,
-                       timeout=START_TIMEOUT, env=env, cwd=tmp, **run_as)
-        port = free_port()
-        conf = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": "",
-                "synchronous_commit": "on", "fsync": "on", "max_connections": "300", **(settings or {})}
-        args = [str(binaries / "postgres"), "-D", str(data)]
-        for key, value in conf.items():
-            args += ["-c", f"{key}={value}"]
-        with open(tmp / "postgres.log", "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=tmp, start_new_session=True, **run_as)
-        conninfo = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-        _wait_ready(proc, conninfo, tmp / "postgres.log")
-        yield conninfo
-    finally:
-        if proc is not None:
-            _stop(proc)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with server(settings) as srv:
+        yield srv.conninfo
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], conninfo: str, log: Path) -> None:

@@ -238,6 +238,15 @@ class MembershipBackend(ABC):
     @abstractmethod
     def get_recovery(self, cluster: str, node_id: int) -> dict[str, Any] | None: ...
 
+    # replicas (``muheam.replica``) -----------------------------------------------------------------------------
+    @abstractmethod
+    def put_replica(self, cluster: str, name: str, info: dict[str, Any]) -> None:
+        """Publish a replicator's positions and lags (``replicas/<name>``; kept after it stops, with its time)."""
+
+    @abstractmethod
+    def replicas(self, cluster: str) -> dict[str, dict[str, Any]]:
+        """Every replica's last report, by name."""
+
     # peer-only partitions (``muheam.cluster.partition``) ------------------------------------------------------------
     @abstractmethod
     def put_reach(self, cluster: str, node_id: int, hears: Sequence[int], lease: Lease) -> None:

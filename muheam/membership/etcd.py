@@ -190,6 +190,20 @@ class EtcdBackend(MembershipBackend):
         raw, _ = self._call(lambda c: c.get(f"/muheam/{cluster}/recovery/{node_id}"))
         return None if raw is None else dict(json.loads(raw))
 
+    def put_replica(self, cluster: str, name: str, info: dict[str, Any]) -> None:
+        self._call(lambda c: c.put(f"/muheam/{cluster}/replicas/{name}", json.dumps(info, sort_keys=True)))
+
+    def replicas(self, cluster: str) -> dict[str, dict[str, Any]]:
+        prefix = f"/muheam/{cluster}/replicas/"
+        resp = self._call(lambda c: c.get_prefix_response(prefix))
+        out: dict[str, dict[str, Any]] = {}
+        for kv in resp.kvs:
+            try:
+                out[kv.key.decode()[len(prefix):]] = dict(json.loads(kv.value))
+            except (ValueError, UnicodeDecodeError):
+                continue  # a value some other tool wrote: not a replica's report
+        return out
+
     def put_reach(self, cluster: str, node_id: int, hears: Sequence[int], lease: Lease) -> None:
         self._call(lambda c: c.put(f"/muheam/{cluster}/reach/{node_id}", json.dumps(sorted(hears)), lease=lease.id))
 

@@ -1,0 +1,152 @@
+"""``muheam replicate`` (a PostgreSQL server as a replica of the cluster) and ``muheam replicas`` (their positions
+and lags, as reported to etcd)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from muheam.cli.common import config_options, emit, format_option, leave, load_config
+from muheam.config import Config
+from muheam.errors import ConfigError, MuheamError
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _follow_thread(cfg: Config, name: str, stop: threading.Event) -> tuple[str, threading.Thread, list[BaseException]]:
+    """Run the merged-stream follower and publisher in this process (as ``muheam walmerge --follow --publish``),
+    its output under ``run_dir/replica-NAME/stream``, published on a free loopback port."""
+    from muheam.membership import connect
+    from muheam.ops.procs import free_port
+    from muheam.walstream.follow import FollowRun, StopFlag
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    out = Path(cfg.run_dir) / f"replica-{name}" / "stream"
+    out.mkdir(parents=True, exist_ok=True)
+    flag = StopFlag()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        backend = connect(cfg.etcd_endpoints)
+        try:
+            FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=endpoint, stop=flag).run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which stops and reports it
+            errors.append(exc)
+            stop.set()
+        finally:
+            backend.close()
+
+    def watch() -> None:
+        stop.wait()
+        flag.signal = signal.SIGTERM
+
+    t = threading.Thread(target=run, name="replica-follow", daemon=True)
+    t.start()
+    threading.Thread(target=watch, name="replica-follow-stop", daemon=True).start()
+    return endpoint, t, errors
+
+
+@click.command("replicate")
+@click.option("--to", "conninfo", required=True, metavar="CONNINFO",
+              help="The PostgreSQL replica: a libpq URI (postgresql://user@host:port/db) or key=value string.")
+@click.option("--subscribe", "endpoint", default=None, metavar="ENDPOINT",
+              help="Replicate from this published merged stream (tcp://HOST:PORT of 'muheam walmerge --follow "
+                   "--publish'). Without it, -c is needed and the stream is followed in this process.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="PostgreSQL connections applying transactions whose rows do not overlap at once (commits stay "
+                   "in the cluster's commit order).")
+@click.option("--name", default="default", show_default=True,
+              help="The replica's name: its progress row in PostgreSQL and its report in etcd.")
+@click.option("--audit", is_flag=True,
+              help="Also record every applied transaction's XID in muheam_replica.applied (a second apply would "
+                   "fail on its primary key).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this many seconds (default: until SIGINT/SIGTERM).")
+@config_options
+@format_option
+def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, audit: bool,
+                  duration: float | None, fmt: str, **kw: Any) -> None:
+    """Make a PostgreSQL database a replica of the cluster: create its tables, apply every committed transaction
+    exactly once, in commit order, and keep going (resuming by itself after a crash of either side).
+
+    The position is kept in PostgreSQL (muheam_replica.progress), committed with the changes it covers. With -c
+    the replica reports its positions and lags to etcd ('muheam replicas')."""
+    from muheam.replica.run import Replicator
+
+    if not name or set(name) - _NAME_CHARS or len(name) > 63:
+        raise ConfigError(f"--name {name!r}: use 1-63 lower-case letters, digits, '_' or '-'")
+    has_config = kw.get("config_path") is not None or Path("muheam.toml").exists() or kw.get("shared_dir")
+    cfg = load_config(kw) if has_config or endpoint is None else None
+    logging.basicConfig(level=logging.INFO, format="muheam replicate: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_a: stop.set())
+    backend = None
+    follow_errors: list[BaseException] = []
+    follow: threading.Thread | None = None
+    if cfg is not None:
+        from muheam.membership import connect
+
+        backend = connect(cfg.etcd_endpoints)
+        if endpoint is None:
+            endpoint, follow, follow_errors = _follow_thread(cfg, name, stop)
+
+    def report(status: dict[str, Any]) -> None:
+        if backend is not None and cfg is not None:
+            backend.put_replica(cfg.cluster_name, name, status)
+
+    assert endpoint is not None
+    rep = Replicator(conninfo, endpoint, name, workers=workers, audit=audit, report=report, stop=stop)
+    code = 0
+    try:
+        summary = rep.run(duration)
+    except MuheamError as exc:
+        click.echo(f"muheam: error: {exc}", err=True)
+        summary, code = rep.status.to_dict(), exc.exit_code
+    stop.set()
+    if follow is not None:
+        follow.join(15)
+    if follow_errors:
+        click.echo(f"muheam: error: following the WAL: {follow_errors[0]}", err=True)
+        code = code or 1
+    if fmt == "json":
+        emit(summary, fmt)
+    else:
+        click.echo(f"replica {name}: {summary['applied_txns']} transactions applied, last commit at "
+                   f"{summary['applied_lsn']}, state {summary['state']}")
+    leave(code)
+
+
+@click.command("replicas")
+@config_options
+@format_option
+def replicas_cmd(fmt: str, **kw: Any) -> None:
+    """Show each replica: state, received/flushed/applied positions, write/flush/replay lag, last report's age."""
+    from muheam.membership import connect
+
+    cfg = load_config(kw, require_shared_dir=False)
+    backend = connect(cfg.etcd_endpoints)
+    try:
+        reps = backend.replicas(cfg.cluster_name)
+    finally:
+        backend.close()
+    now = time.time()
+    rows = [{**r, "age_s": round(now - float(r.get("updated_at", now)), 1)} for _, r in sorted(reps.items())]
+    if fmt == "json":
+        emit(rows, fmt)
+        leave(0)
+    if not rows:
+        click.echo("no replicas have reported (start one with 'muheam replicate --to ... -c ...')")
+        leave(0)
+    cols = ["name", "state", "workers", "received_lsn", "flushed_lsn", "applied_lsn", "applied_txns",
+            "write_lag_ms", "flush_lag_ms", "replay_lag_ms", "age_s"]
+    click.echo("  ".join(cols))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")) for c in cols))
+    leave(0)
