@@ -115,6 +115,21 @@ def bench_pgbench(fmt: str, seconds: float, clients: int, accounts: int) -> None
     emit(run(seconds=seconds, clients=clients, accounts=accounts), fmt)
 
 
+@bench.command("replicate")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@click.option("--seconds", type=click.FloatRange(1, 600), default=10.0, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 64), default=6, show_default=True)
+@click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Connections of the live replicator (the replays try 1, 2, 4 and 8).")
+def bench_replicate(fmt: str, seconds: float, clients: int, accounts: int, workers: int) -> None:
+    """A PostgreSQL replica of 3 nodes under the bank load: commit rate, apply rate (1 and best worker count),
+    lag from commit on the cluster to commit on the replica (p50, p99)."""
+    from muheam.bench.replicate import run
+
+    emit(run(seconds=seconds, clients=clients, accounts=accounts, live_workers=workers), fmt)
+
+
 @bench.command("recovery")
 @output_options
 @click.option("--wal-mb", type=click.FloatRange(0.1, 2000), default=20.0, show_default=True,

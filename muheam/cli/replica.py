@@ -13,43 +13,9 @@ from typing import Any
 import click
 
 from muheam.cli.common import config_options, emit, format_option, leave, load_config
-from muheam.config import Config
 from muheam.errors import ConfigError, MuheamError
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def _follow_thread(cfg: Config, name: str, stop: threading.Event) -> tuple[str, threading.Thread, list[BaseException]]:
-    """Run the merged-stream follower and publisher in this process (as ``muheam walmerge --follow --publish``),
-    its output under ``run_dir/replica-NAME/stream``, published on a free loopback port."""
-    from muheam.membership import connect
-    from muheam.ops.procs import free_port
-    from muheam.walstream.follow import FollowRun, StopFlag
-
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    out = Path(cfg.run_dir) / f"replica-{name}" / "stream"
-    out.mkdir(parents=True, exist_ok=True)
-    flag = StopFlag()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        backend = connect(cfg.etcd_endpoints)
-        try:
-            FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=endpoint, stop=flag).run()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which stops and reports it
-            errors.append(exc)
-            stop.set()
-        finally:
-            backend.close()
-
-    def watch() -> None:
-        stop.wait()
-        flag.signal = signal.SIGTERM
-
-    t = threading.Thread(target=run, name="replica-follow", daemon=True)
-    t.start()
-    threading.Thread(target=watch, name="replica-follow-stop", daemon=True).start()
-    return endpoint, t, errors
 
 
 @click.command("replicate")
@@ -95,7 +61,12 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
 
         backend = connect(cfg.etcd_endpoints)
         if endpoint is None:
-            endpoint, follow, follow_errors = _follow_thread(cfg, name, stop)
+            from muheam.ops.procs import free_port
+            from muheam.replica.run import follow_in_thread
+
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            follow, follow_errors = follow_in_thread(cfg, Path(cfg.run_dir) / f"replica-{name}" / "stream", endpoint,
+                                                     stop)
 
     def report(status: dict[str, Any]) -> None:
         if backend is not None and cfg is not None:

@@ -21,14 +21,17 @@ clocks).  ``report`` gets these every ``REPORT_EVERY`` seconds (``muheam replica
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import psycopg
 
+from muheam.config import Config
 from muheam.errors import MuheamError
 from muheam.replica import apply
 from muheam.replica.apply import Applier, PostgresUnavailable, ReplicaError
@@ -186,4 +189,36 @@ class Replicator:
                 pass
 
 
-__all__ = ["Replicator", "Status"]
+def follow_in_thread(cfg: Config, out: Path, endpoint: str, stop: threading.Event
+                     ) -> tuple[threading.Thread, list[BaseException]]:
+    """Follow the cluster's WAL and publish the merged stream on ``endpoint`` from a thread of this process (what
+    ``muheam walmerge --follow --out OUT --publish ENDPOINT`` does), until ``stop`` is set.  A failure of the
+    follower sets ``stop`` too and is left in the returned list."""
+    from muheam.membership import connect
+    from muheam.walstream.follow import FollowRun, StopFlag
+
+    out.mkdir(parents=True, exist_ok=True)
+    flag = StopFlag()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        backend = connect(cfg.etcd_endpoints)
+        try:
+            FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=endpoint, stop=flag).run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which stops and reports it
+            errors.append(exc)
+            stop.set()
+        finally:
+            backend.close()
+
+    def watch() -> None:
+        stop.wait()
+        flag.signal = signal.SIGTERM
+
+    t = threading.Thread(target=run, name="replica-follow", daemon=True)
+    t.start()
+    threading.Thread(target=watch, name="replica-follow-stop", daemon=True).start()
+    return t, errors
+
+
+__all__ = ["Replicator", "Status", "follow_in_thread"]

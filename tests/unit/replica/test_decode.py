@@ -1,0 +1,122 @@
+"""The logical decoder on hand-made merged streams: commit order, aborts, interleaving, catalog, resume points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from muheam.engine import walrec
+from muheam.replica.decode import DELETE, INSERT, UPDATE, DecodeError, Decoder, TableDef, Txn
+from muheam.storage.schema import Schema
+from walmerge.record import align8, encode_record
+
+SCHEMA = Schema("accounts", {"balance": "int64", "owner": "text(8)"})
+
+
+class Stream:
+    """Records with increasing LSNs and GLSNs, as a merged stream has them."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, bytes]] = []
+        self.lsn = 0
+        self.lamport = 1
+
+    def add(self, kind: int, payload: bytes, xid: int = 0, node: int = 1) -> int:
+        data = encode_record(kind=kind, payload=payload, lsn=self.lsn, prev_lsn=0, lamport=self.lamport, node=node,
+                             xid=xid)
+        at = self.lsn
+        self.records.append((at, data))
+        self.lsn += align8(len(data))
+        self.lamport += 1
+        return at
+
+    def create(self, table_id: int = 1, schema: Schema = SCHEMA) -> int:
+        return self.add(walrec.CATALOG_CREATE, walrec.encode_create_table(table_id, 4, schema.to_dict()))
+
+    def insert(self, xid: int, key: int, row: dict[str, Any], table_id: int = 1) -> int:
+        return self.add(walrec.HEAP_INSERT, walrec.encode_insert(table_id, 0, 0, 0, 0, key, SCHEMA.row_bytes(row)),
+                        xid)
+
+    def update(self, xid: int, key: int, row: dict[str, Any]) -> int:
+        return self.add(walrec.HEAP_UPDATE, walrec.encode_update(1, 0, 1, 0, 0, key, 0, 0, SCHEMA.row_bytes(row)),
+                        xid)
+
+    def delete(self, xid: int, key: int) -> int:
+        return self.add(walrec.HEAP_DELETE, walrec.encode_delete(1, 0, 0, key), xid)
+
+    def commit(self, xid: int, t: int = 1_700_000_000_000_000) -> int:
+        return self.add(walrec.COMMIT, walrec.encode_commit(t), xid)
+
+    def abort(self, xid: int) -> int:
+        return self.add(walrec.ABORT, b"", xid)
+
+
+def txns(events: list[Any]) -> list[Txn]:
+    return [e for e in events if isinstance(e, Txn)]
+
+
+def test_interleaved_transactions_come_out_whole_in_commit_order_and_aborts_never() -> None:
+    s = Stream()
+    s.create()
+    s.insert(10, 1, {"balance": 5, "owner": "a"})
+    s.insert(11, 2, {"balance": 6, "owner": "b"})
+    s.insert(12, 3, {"balance": 7, "owner": "c"})  # aborted
+    s.update(11, 2, {"balance": 7, "owner": "b"})
+    s.add(walrec.HEAP_LOCK, walrec.encode_delete(1, 0, 0, 1), 13)  # a lock changes no row
+    c11 = s.commit(11)
+    s.abort(12)
+    s.delete(10, 1)
+    s.commit(10)
+    s.commit(13)
+    s.add(walrec.HEARTBEAT, b"")
+    events = list(Decoder().feed(s.records))
+    assert isinstance(events[0], TableDef) and events[0].name == "accounts"
+    assert events[0].columns == (("balance", "int64"), ("owner", "text(8)"))
+    got = txns(events)
+    assert [t.xid for t in got] == [11, 10, 13]
+    assert [(c.op, c.key, c.row) for c in got[0].changes] == [
+        (INSERT, 2, {"balance": 6, "owner": "b"}), (UPDATE, 2, {"balance": 7, "owner": "b"})]
+    assert [(c.op, c.key) for c in got[1].changes] == [(INSERT, 1), (DELETE, 1)]
+    assert got[2].changes == []
+    assert got[0].commit_lsn == c11 and got[0].commit_time_us == 1_700_000_000_000_000
+    assert got[0].commit_glsn < got[1].commit_glsn < got[2].commit_glsn
+    assert all(3 not in {c.key for c in t.changes} for t in got), "an aborted change reached the output"
+
+
+def test_restart_lsn_is_the_first_record_of_the_oldest_open_transaction() -> None:
+    s = Stream()
+    s.create()
+    first10 = s.insert(10, 1, {"balance": 1, "owner": ""})
+    s.insert(11, 2, {"balance": 1, "owner": ""})
+    s.commit(11)
+    s.commit(10)
+    got = txns(list(Decoder().feed(s.records)))
+    assert got[0].xid == 11 and got[0].restart_lsn == first10  # 10 is still open when 11 commits
+    assert got[1].xid == 10 and got[1].restart_lsn == got[1].end_lsn
+
+
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_resuming_at_any_applied_transaction_gives_exactly_the_rest(cut: int) -> None:
+    s = Stream()
+    s.create()
+    for x in range(8):  # overlapping transactions: each commits after the next one began
+        s.insert(100 + x, x, {"balance": x, "owner": ""})
+        if x:
+            s.commit(100 + x - 1)
+    s.commit(107)
+    full = txns(list(Decoder().feed(s.records)))
+    assert [t.xid for t in full] == list(range(100, 108))
+    last = full[cut - 1]
+    tables = [TableDef(1, "accounts", SCHEMA.columns)]
+    resumed = Decoder(tables, skip_through=last.commit_lsn)
+    rest = txns(list(resumed.feed([(lsn, d) for lsn, d in s.records if lsn >= last.restart_lsn])))
+    assert [t.xid for t in rest] == [t.xid for t in full[cut:]]
+    assert [t.changes for t in rest] == [t.changes for t in full[cut:]]
+
+
+def test_a_change_to_an_unknown_table_is_an_error() -> None:
+    s = Stream()
+    s.insert(1, 1, {"balance": 1, "owner": ""}, table_id=9)
+    with pytest.raises(DecodeError, match="table 9"):
+        list(Decoder().feed(s.records))
