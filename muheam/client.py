@@ -108,9 +108,14 @@ class NotSupported(ClientError):
     """The node cannot do this in its current configuration; the message says why."""
 
 
+class ReplicaNotConfirmed(ClientError):
+    """The transaction IS committed on the cluster, but its commit scope's replicas did not confirm it before the
+    scope's ``ABORT ON`` timeout (``muheam.cluster.scopes``): nothing is rolled back; it reaches them later."""
+
+
 _ERRORS: dict[str, type[ClientError]] = {
     cls.__name__: cls for cls in (SerializationFailure, DeadlockDetected, NoSuchTable, TableExists, DuplicateKey,
-                                  KeyNotFound, LockTimeout, NoSuchTransaction, NotSupported)
+                                  KeyNotFound, LockTimeout, NoSuchTransaction, NotSupported, ReplicaNotConfirmed)
 }
 
 
@@ -224,9 +229,14 @@ class ClientTransaction:
         for key, row in self._op("scan", table=table):
             yield int(key), row
 
-    def commit(self) -> None:
+    def commit(self, scope: str | None = None) -> dict[str, Any]:
+        """Commit; ``scope`` (e.g. 'ANY 1 (replicas) ON applied ABORT ON 2s') overrides the cluster's
+        ``commit_scope``.  The reply's ``scope`` is ``confirmed`` or ``degraded`` under a scope; raises
+        ``ReplicaNotConfirmed`` when its timeout passed (the transaction is committed all the same)."""
         self.done = True
-        self.conn.call("commit", xid=self.xid)
+        args = {} if scope is None else {"scope": scope}
+        result: dict[str, Any] = self.conn.call("commit", xid=self.xid, **args)
+        return result
 
     def rollback(self) -> None:
         if not self.done:

@@ -34,7 +34,7 @@ NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
              "fence_command", "lock_timeout", "idle_in_transaction_timeout",
-             "sql_auth"}
+             "sql_auth", "commit_scope"}
 _NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint"}
 SQL_AUTH_METHODS = ("trust", "scram-sha-256")
 """``sql_auth``: ``trust`` lets loopback clients in without a password (others must pass SCRAM);
@@ -73,6 +73,9 @@ class Config:
     source: Path | None = None
     sql_auth: str = "trust"
     fence_command: str = ""
+    commit_scope: str = ""
+    """Default commit scope of every COMMIT (``muheam.cluster.scopes``, e.g. 'ANY 1 (replicas) ON applied ABORT ON
+    2s'); empty: commits do not wait for replicas unless a transaction asks."""
     """Shell command that fences a dead node on another host before survivors recover it (``muheam.node.fence``)."""
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     """Seconds a transaction waits for a row lock (or a begin for prepared outcomes) before ``LockTimeout``."""
@@ -111,6 +114,8 @@ class Config:
             doc["idle_in_transaction_timeout"] = self.idle_in_transaction_timeout
         if self.sql_auth != "trust":
             doc["sql_auth"] = self.sql_auth
+        if self.commit_scope:
+            doc["commit_scope"] = self.commit_scope
         if self.embedded_etcd is not None:
             doc["embedded_etcd"] = {
                 "client_endpoint": self.embedded_etcd.client_endpoint,
@@ -326,7 +331,13 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
     if sql_auth not in SQL_AUTH_METHODS:
         raise ConfigError(f"sql_auth: {sql_auth!r} is not a method; use one of {', '.join(SQL_AUTH_METHODS)}")
 
+    commit_scope = raw.get("commit_scope", "")
+    if not isinstance(commit_scope, str):
+        raise ConfigError(f"commit_scope: expected a string such as 'ANY 1 (replicas) ON applied ABORT ON 2s', got "
+                          f"{commit_scope!r}")
+
     return Config(
+        commit_scope=commit_scope.strip(),
         sql_auth=sql_auth,
         fence_command=fence_command.strip(),
         lock_timeout=_check_seconds("lock_timeout", raw.get("lock_timeout"), DEFAULT_LOCK_TIMEOUT, 3600),

@@ -73,7 +73,9 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
             backend.put_replica(cfg.cluster_name, name, status)
 
     assert endpoint is not None
-    rep = Replicator(conninfo, endpoint, name, workers=workers, audit=audit, report=report, stop=stop)
+    confirm_to = [n.client_endpoint for _, n in sorted(cfg.nodes.items())] if cfg is not None else []
+    rep = Replicator(conninfo, endpoint, name, workers=workers, audit=audit, report=report, stop=stop,
+                     confirm_to=confirm_to)
     code = 0
     try:
         summary = rep.run(duration)

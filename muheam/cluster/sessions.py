@@ -46,6 +46,8 @@ class _Tx:
     txn: Transaction
     last_active: float
     sts: int
+    scope: str | None = None
+    """The commit scope the client asked for with COMMIT (``muheam.cluster.scopes``)."""
 
 
 @dataclass
@@ -105,6 +107,10 @@ class Sessions:
         self.commits: list[tuple[_Tx, Deferred]] = []
         self.prepared: list[list[tuple[_Tx, Deferred]]] = []
         self.published_waits: list[tuple[int, int]] = []
+        self.after_commit: Callable[[int, int, str | None, Deferred], None] | None = None
+        """Set by the node when commits may wait for replicas (``muheam.cluster.scopes``): called instead of
+        answering a committed writer once its outcome round is done; ``check_scope`` vets a COMMIT's scope."""
+        self.check_scope: Callable[[str], None] = lambda _s: None
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
                                          "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0}
         table = cluster.table
@@ -279,6 +285,13 @@ class Sessions:
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()
         tx = self._tx(req)
+        scope = req.get("scope")
+        if scope is not None:
+            try:
+                self.check_scope(scope)
+            except ValueError as exc:
+                raise RequestError("bad_request", str(exc)) from None
+            tx.scope = scope
         reply = Deferred()
         self.commits.append((tx, reply))
         return reply
@@ -360,7 +373,10 @@ class Sessions:
 
         def answer() -> None:
             for tx, reply in live:
-                reply.resolve({"xid": tx.txn.xid})
+                if self.after_commit is not None and tx.txn.wrote:
+                    self.after_commit(tx.txn.xid, tx.txn.commit_glsn, tx.scope, reply)
+                else:
+                    reply.resolve({"xid": tx.txn.xid})
 
         if decided:
             self.cluster.commits.finish(decided, [], answer)

@@ -38,10 +38,11 @@ from muheam.cluster.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
 from muheam.engine.replay import wal_tails_lamport
-from muheam.node import departures, startup
+from muheam.node import departures, replicas, startup
 from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
+from muheam.cluster.scopes import ScopeWaits
 from muheam.cluster.sessions import Cluster, Sessions
 from muheam.cluster.txstate import TxTable
 from muheam.cluster.xidstore import cluster_floor
@@ -101,6 +102,7 @@ class NodeAgent:
         self.accept_data_loss = False
         self.engine: Engine | None = None
         self.sessions: Sessions | None = None
+        self.scopes: ScopeWaits | None = None
         self.commits: CommitService | None = None
         self.ownership: Ownership | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
@@ -198,6 +200,7 @@ class NodeAgent:
                           now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster,
                                  lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout)
+        self.scopes = replicas.wire(self.sessions, self.port, cfg.commit_scope, lambda: backend, cfg.cluster_name)
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
@@ -388,6 +391,7 @@ class NodeAgent:
                          "survivors": self.survivors.stats() if self.survivors else {},
                          "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
                          "sql": self.sql.stats() if self.sql else {},
+                         "scopes": self.scopes.status() if self.scopes else {},
                          "wal": self._wal_stats()},
         }
 
@@ -461,6 +465,8 @@ class NodeAgent:
                         next_tick = now + 0.2
                         try:
                             self.sessions.tick(now)
+                            if self.scopes is not None:
+                                self.scopes.tick(now)
                             if self.survivors is not None:
                                 self.survivors.tick(now)
                             if self.peerwatch is not None:

@@ -35,6 +35,7 @@ from muheam.config import Config
 from muheam.errors import MuheamError
 from muheam.replica import apply
 from muheam.replica.apply import Applier, PostgresUnavailable, ReplicaError
+from muheam.replica.confirm import Confirmer
 from muheam.replica.decode import DecodeError, Decoder, TableDef, Txn
 from muheam.walstream.publisher import PublisherUnavailable, StreamError
 from muheam.walstream.subscriber import Subscriber
@@ -59,17 +60,23 @@ class Status:
     applied_glsn: int = 0
     applied_xid: int = 0
     applied_txns: int = 0
+    received_glsn: int = 0
+    """Commit GLSN of the last transaction decoded (``ON received`` of a commit scope)."""
     restarts: int = 0
     last_error: str = ""
     write_lag_ms: float | None = None
     replay_lag_ms: float | None = None
     replay_lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAG_SAMPLES))
     started_at: float = field(default_factory=time.time)
+    poke: Callable[[], None] | None = None
+    """Called after each applied transaction (the confirmer sends the new positions to the nodes)."""
 
     def on_applied(self, txn: Txn) -> None:
         now = time.time()
         self.applied_lsn, self.applied_glsn, self.applied_xid = txn.end_lsn, txn.commit_glsn, txn.xid
         self.applied_txns += 1
+        if self.poke is not None:
+            self.poke()
         if txn.commit_time_us is not None and txn.changes:
             t = txn.commit_time_us / 1e6
             self.replay_lag_ms = (now - t) * 1e3
@@ -79,7 +86,7 @@ class Status:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "workers": self.workers,
                 "received_lsn": format_lsn(self.received_lsn), "flushed_lsn": format_lsn(self.applied_lsn),
-                "applied_lsn": format_lsn(self.applied_lsn), "applied_glsn": self.applied_glsn,
+                "applied_lsn": format_lsn(self.applied_lsn), "applied_glsn": self.applied_glsn, "received_glsn": self.received_glsn,
                 "applied_xid": self.applied_xid, "applied_txns": self.applied_txns,
                 "write_lag_ms": _r(self.write_lag_ms), "flush_lag_ms": _r(self.replay_lag_ms),
                 "replay_lag_ms": _r(self.replay_lag_ms), "restarts": self.restarts, "last_error": self.last_error,
@@ -95,15 +102,30 @@ class Replicator:
 
     def __init__(self, conninfo: str, endpoint: str, name: str = "default", *, workers: int = 1,
                  audit: bool = False, report: Callable[[dict[str, Any]], None] | None = None,
-                 stop: threading.Event | None = None, timeout: float = 10.0) -> None:
+                 stop: threading.Event | None = None, timeout: float = 10.0, confirm_to: list[str] | None = None
+                 ) -> None:
         self.conninfo, self.endpoint, self.name, self.workers, self.audit = conninfo, endpoint, name, workers, audit
         self.report = report or (lambda _d: None)
         self.stop = stop or threading.Event()
         self.timeout = timeout
         self.status = Status(name, workers)
         self._reported = 0.0
+        self.confirm_to = confirm_to or []
 
     def run(self, duration: float | None = None) -> dict[str, Any]:
+        confirmer = None
+        if self.confirm_to:
+            st = self.status
+            confirmer = Confirmer(self.confirm_to, self.name, lambda: (st.received_glsn, st.applied_glsn,
+                                                                       st.applied_glsn))
+            st.poke = confirmer.poke
+        try:
+            return self._run(duration)
+        finally:
+            if confirmer is not None:
+                confirmer.close()
+
+    def _run(self, duration: float | None) -> dict[str, Any]:
         deadline = None if duration is None else time.monotonic() + duration
         backoff = 0.2
         while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -170,9 +192,12 @@ class Replicator:
                                 applier.create_table(ev)
                             else:
                                 ev.received_at = now
+                                self.status.received_glsn = ev.commit_glsn
                                 applier.submit(ev)
                     except DecodeError as exc:
                         raise ReplicaError(f"cannot decode the merged stream: {exc}") from None
+                    if self.status.poke is not None:
+                        self.status.poke()  # received moved
                 elif sub.ended:
                     raise PublisherUnavailable(f"the publisher at {self.endpoint} ended the stream")
                 applier.check()

@@ -16,6 +16,7 @@ CI runs about 10 s of load with 2 replicator kills; ``MUHEAM_FULL=1`` 30 s with 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -30,6 +31,7 @@ import pytest
 
 from muheam.bench import pgbase
 from muheam.bench.workloads import bank
+from muheam.client import request
 from muheam.engine import walrec
 from muheam.ops.procs import stop_pid
 from tests.support.cluster import FULL, MUHEAM, LocalCluster
@@ -215,4 +217,73 @@ def test_bank_replica_survives_kills_exactly_once(local_cluster: Any, pg: pgbase
     finally:
         stop_reader.set()
         stop3.set()
+        rep.stop()
+
+
+SCOPE_ITERATIONS = 1000 if FULL else 40
+
+
+def replica_has(conninfo: str, table: str, key: int) -> bool:
+    try:
+        with psycopg.connect(conninfo) as conn:
+            return conn.execute(f"SELECT 1 FROM {table} WHERE key = %s", (key,)).fetchone() is not None
+    except psycopg.Error:
+        return False
+
+
+def scoped_insert(conn: Any, key: int, scope: str) -> dict[str, Any]:
+    tx = conn.transaction().__enter__()
+    tx.insert("t", key, {"v": key})
+    return dict(tx.commit(scope=scope))
+
+
+@pytest.mark.timeout(900 if FULL else 300)
+def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_cluster: Any,
+                                                                          pg: pgbase.Server) -> None:
+    from muheam.client import ReplicaNotConfirmed, connect
+
+    c: LocalCluster = local_cluster(nodes=3)
+    eps = [m["client_endpoint"] for m in sorted(c.members(), key=lambda m: m["node_id"])]
+    conns = [connect(ep, 30.0) for ep in eps]
+    rep = Replicator(c, pg.conninfo)
+    try:
+        conns[0].create_table("t", {"v": "int64"})
+        rep.start()
+        applied = "ANY 1 (replicas) ON applied ABORT ON 20s"
+        assert scoped_insert(conns[0], -1, applied)["scope"] == "confirmed"
+        misses = 0
+        for i in range(SCOPE_ITERATIONS):  # after COMMIT returns on any node, the replica shows the row
+            assert scoped_insert(conns[i % 3], i, applied)["scope"] == "confirmed"
+            misses += not replica_has(pg.conninfo, "t", i)
+        assert misses == 0
+        reps = {r["name"]: r for r in json.loads(c.cli("replicas", "--format", "json").stdout)}
+        assert reps["r1"]["state"] == "streaming" and reps["r1"]["applied_txns"] >= SCOPE_ITERATIONS
+        for ep in eps:  # every node knows the replica's confirmed position
+            known = request(ep, "status")["counters"]["scopes"]["replicas"]
+            assert known["r1"]["applied_glsn"] > 0
+
+        rep.stop()  # ABORT ON: an error saying the transaction is committed, and it is
+        with pytest.raises(ReplicaNotConfirmed) as err:
+            scoped_insert(conns[1], 1_000_000, "ANY 1 (replicas) ON applied ABORT ON 2s")
+        assert "IS COMMITTED on the cluster" in str(err.value) and "not rolled back" in str(err.value)
+        for conn in conns:
+            with conn.transaction() as tx:
+                assert tx.get("t", 1_000_000) == {"v": 1_000_000}
+        assert not replica_has(pg.conninfo, "t", 1_000_000)
+
+        degrade = "ANY 1 (replicas) ON applied DEGRADE ON 1s"  # DEGRADE ON: success, marked degraded
+        assert scoped_insert(conns[2], 1_000_001, degrade)["scope"] == "degraded"
+        assert scoped_insert(conns[2], 1_000_002, degrade)["scope"] == "degraded"  # at once, no second wait
+
+        rep.start()  # back: what was committed meanwhile reaches the replica, the scope is enforced again
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not replica_has(pg.conninfo, "t", 1_000_002):
+            time.sleep(0.2)
+        assert all(replica_has(pg.conninfo, "t", k) for k in (1_000_000, 1_000_001, 1_000_002))
+        time.sleep(1.0)  # a confirmation past the degraded commits has reached node 3
+        assert scoped_insert(conns[2], 1_000_003, degrade)["scope"] == "confirmed"
+        assert replica_has(pg.conninfo, "t", 1_000_003)
+    finally:
+        for conn in conns:
+            conn.close()
         rep.stop()
