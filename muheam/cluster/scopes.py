@@ -124,6 +124,8 @@ class ScopeWaits:
             self.replicas.setdefault(n, Confirmed())
 
     def scope(self, text: str) -> CommitScope:
+        if not isinstance(text, str):
+            return CommitScope.parse(text)  # raises ScopeError naming the form
         s = self._parsed.get(text)
         if s is None:
             if len(self._parsed) > 64:

@@ -48,8 +48,11 @@ def wire(sessions: Sessions, port: ClientPort, default: str, backend: Callable[[
         scopes.confirm(name, _glsn(req, "received_glsn"), _glsn(req, "flushed_glsn"), _glsn(req, "applied_glsn"))
         return {"waiting": len(scopes.waits)}
 
+    def check(text: str) -> None:
+        scopes.scope(text)  # ScopeError (a ValueError) names the form
+
     sessions.after_commit = after_commit
-    sessions.check_scope = scopes.scope
+    sessions.check_scope = check
     port.register("replica_confirm", confirm)
     return scopes
 

@@ -159,11 +159,10 @@ class _Statements:
         ident = sql.Identifier(tdef.name)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in ("key", *names))
         marks = sql.SQL(", ").join(sql.Placeholder() * (len(names) + 1))
+        conflict: sql.Composable = sql.SQL("DO NOTHING")
         if names:
             sets = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in names)
             conflict = sql.SQL("DO UPDATE SET {}").format(sets)
-        else:
-            conflict = sql.SQL("DO NOTHING")
         self.upsert[tdef.table_id] = (sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (key) {}").format(
             ident, cols, marks, conflict), names)
         self.delete[tdef.table_id] = sql.SQL("DELETE FROM {} WHERE key = %s").format(ident)

@@ -110,3 +110,9 @@ def test_degrade_answers_success_then_stops_waiting_until_a_replica_catches_up()
     w.confirm("r1", 30, 30, 30)
     w.wait(4, 40, scope, a.ok, a.fail)
     assert len(a.got) == 3 and len(w.waits) == 1, "caught up: the scope is enforced again"
+
+
+@pytest.mark.parametrize("text", [["ANY 1 (replicas)"], {"a": 1}, 7, "ANY 1 (replica)"])
+def test_a_hostile_scope_on_commit_is_a_scope_error(text: Any) -> None:
+    with pytest.raises(ScopeError):
+        ScopeWaits().scope(text)
