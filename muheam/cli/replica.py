@@ -48,7 +48,10 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
     if not name or set(name) - _NAME_CHARS or len(name) > 63:
         raise ConfigError(f"--name {name!r}: use 1-63 lower-case letters, digits, '_' or '-'")
     has_config = kw.get("config_path") is not None or Path("muheam.toml").exists() or kw.get("shared_dir")
-    cfg = load_config(kw) if has_config or endpoint is None else None
+    if endpoint is None and not has_config:
+        raise ConfigError("replicate needs a source: -c CONFIG (follow the cluster's WAL in this process) or "
+                          "--subscribe tcp://HOST:PORT (a running 'muheam walmerge --follow --publish')")
+    cfg = load_config(kw) if has_config else None
     logging.basicConfig(level=logging.INFO, format="muheam replicate: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

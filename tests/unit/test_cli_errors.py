@@ -129,3 +129,14 @@ def test_verify_of_a_missing_merged_dir_says_it_does_not_exist(tmp_path: Path, c
     code, _, err = run(["walmerge", "--shared-dir", str(tmp_path), "--verify", "--merged", str(tmp_path / "nope")],
                        capsys, monkeypatch)
     assert code == 2 and "does not exist" in err and "no WAL segments" not in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["replicate", "--to", "host=127.0.0.1"], "-c CONFIG"),
+    (["replicate", "--to", "host=127.0.0.1", "--subscribe", "tcp://127.0.0.1:1", "--name", "Bad Name"], "--name"),
+])
+def test_replicate_usage_errors_name_the_fix(args: list[str], needle: str, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./muheam.toml
+    code, _, err = run(args, capsys, monkeypatch)
+    assert code == 2 and needle in err and "Traceback" not in err
