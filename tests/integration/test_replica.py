@@ -13,7 +13,7 @@ restarted after the load):
   the stream does not commit (node 3's unfinished ones are aborted by its recoverer, never applied); node 3's
   committed ones are among them.
 
-Commit scopes: ``ANY 1 (replicas) ON applied`` (40 commits in CI, 1,000 with ``MUHEAM_FULL=1``, round-robin over
+Commit scopes: ``ANY 1 (replicas) ON applied`` (25 commits in CI, 1,000 with ``MUHEAM_FULL=1``, round-robin over
 the nodes, each read on the replica right after COMMIT returns: 0 misses); with the replicator stopped, ``ABORT ON
 2s`` raises ``ReplicaNotConfirmed`` saying the transaction is committed, and every node has it; ``DEGRADE ON``
 answers success marked degraded; once the replicator is back everything reaches the replica.
@@ -209,7 +209,7 @@ def test_bank_replica_survives_kills_exactly_once(local_cluster: Any, pg: pgbase
         rep.stop()
 
 
-SCOPE_ITERATIONS = 1000 if FULL else 40
+SCOPE_ITERATIONS = 1000 if FULL else 25
 
 
 def replica_has(conninfo: str, table: str, key: int) -> bool:
