@@ -15,8 +15,8 @@ import zmq
 
 from muheam.net import wire
 from muheam.errors import MuheamError
-from muheam.net.mesh import count_handshake_failures, harden, monitor
-from muheam.security.sockets import RefusalLog, ServerSecurity, server_socket, user_id
+from muheam.net.mesh import harden, monitor
+from muheam.security.sockets import HandshakeWatch, RefusalLog, ServerSecurity, server_socket, user_id
 
 log = logging.getLogger("muheam.server")
 
@@ -95,6 +95,7 @@ class ClientPort:
         self.monitor = monitor(self.sock)
         self.ops: dict[str, Operation] = {}
         self.counters: Counter[str] = Counter()
+        self.handshakes = HandshakeWatch(self.counters, "client", self.refusals if self.guard else None)
 
     def register(self, op: str, fn: Operation) -> None:
         self.ops[op] = fn
@@ -174,7 +175,7 @@ class ClientPort:
         self._reply(envelope, wire.reply_ok(result))
 
     def drain_monitor(self) -> None:
-        count_handshake_failures(self.monitor, self.counters, "client", self.refusals if self.guard else None)
+        self.handshakes.drain(self.monitor)
 
     def close(self) -> None:
         self.sock.disable_monitor()

@@ -25,8 +25,7 @@ from locking.clock import LamportClock
 from muheam.net import wire
 from muheam.net.peerlink import Inbound, Outbound
 from muheam.security.sockets import (
-    HANDSHAKE_FAILURES, ClientSecurity, RefusalLog, ServerSecurity, client_socket, drain_monitor, server_socket,
-    user_id,
+    MONITORED, ClientSecurity, HandshakeWatch, RefusalLog, ServerSecurity, client_socket, server_socket, user_id,
 )
 
 log = logging.getLogger("muheam.transport")
@@ -47,14 +46,11 @@ def harden(sock: zmq.Socket[Any]) -> None:
 
 
 def monitor(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
-    return sock.get_monitor_socket(HANDSHAKE_FAILURES)
+    """Garbage that never completed a ZeroMQ handshake (and, under CURVE, a connection with no key or a refused
+    one) shows up only on a socket monitor (``muheam.security.sockets.HandshakeWatch``)."""
+    return sock.get_monitor_socket(MONITORED)
 
 
-def count_handshake_failures(monitor_sock: zmq.Socket[Any], counters: "Counter[str]", port: str = "",
-                             refusals: RefusalLog | None = None) -> None:
-    """Drain a socket monitor; garbage that never completed a ZeroMQ handshake (and, under CURVE, a connection
-    with no key or a refused one) shows up only here."""
-    drain_monitor(monitor_sock, counters, port, refusals)
 
 
 class Link:
@@ -122,6 +118,7 @@ class Mesh:
         self.handlers: dict[str, Handler] = {}
         self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
+        self.handshakes = HandshakeWatch(self.counters, "peer", self.refusals if self.secure else None)
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
@@ -398,7 +395,7 @@ class Mesh:
             log.warning("dropped %s from node %d: %s", msg.kind, msg.sender, exc)
 
     def drain_monitor(self) -> None:
-        count_handshake_failures(self.monitor, self.counters, "peer", self.refusals if self.secure else None)
+        self.handshakes.drain(self.monitor)
 
     def close(self) -> None:
         for link in self.peers.values():

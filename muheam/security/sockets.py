@@ -109,14 +109,23 @@ class Guard(ThreadAuthenticator):
         if not user_id:
             return None
         self.keyring.refresh(every=1.0)
-        return self.keyring.nodes.get(user_id.encode())
+        node = self.keyring.nodes.get(user_id.encode())
+        if node is None:  # a key made within the last second (a node added, rotated): look again now
+            self.keyring.refresh()
+            node = self.keyring.nodes.get(user_id.encode())
+        return node
 
     def client_of(self, user_id: str | None) -> str | None:
-        """The client name of a connection's key, None once it is revoked (checked at most once a second)."""
+        """The client name of a connection's key, None once it is revoked (the directories are checked at most
+        once a second while keys are found, at every miss otherwise)."""
         if not user_id:
             return None
         self.keyring.refresh(every=1.0)
-        return self.keyring.clients.get(user_id.encode())
+        name = self.keyring.clients.get(user_id.encode())
+        if name is None:  # a client added within the last second: look again now (a revoked one: refused)
+            self.keyring.refresh()
+            name = self.keyring.clients.get(user_id.encode())
+        return name
 
     def close(self) -> None:
         if self.is_alive():
@@ -170,19 +179,44 @@ def user_id(frame: zmq.Frame) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def drain_monitor(monitor_sock: zmq.Socket[Any], counters: "Counter[str]", port: str,
-                  refusals: RefusalLog | None = None) -> None:
-    """Drain a socket monitor: a failed handshake (garbage, no key, a key for another server, or refused by ZAP)
-    shows up only here.  Counted as ``handshake_failed``; those that never reached ZAP are logged here (ZAP
-    refusals are logged by the guard, with the key)."""
-    while True:
-        try:
-            event = parse_monitor_message(monitor_sock.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:
-            return
-        if not event["event"] & HANDSHAKE_FAILURES:
-            continue
-        counters["handshake_failed"] += 1
-        if refusals is not None and event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            refusals("refused a connection to the %s port (%s): its handshake failed (no CURVE key, a key for "
-                     "another server, or not ZeroMQ)", port, event.get("endpoint", b"").decode(errors="replace"))
+MONITORED = HANDSHAKE_FAILURES | zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+"""What a listening socket's monitor reports: a connection accepted and closed again without a handshake (raw
+garbage, a ZMTP/1.0 peer on a CURVE port) shows no handshake event of its own, so it is followed from accept."""
+MAX_PENDING = 4096
+
+
+class HandshakeWatch:
+    """Follows a listening socket's monitor: every connection that ends before its handshake succeeded is one
+    refusal, counted as ``handshake_failed`` and logged (those ZAP refused are logged by the guard, with the
+    key).  Connections still in their handshake are remembered by file descriptor, at most ``MAX_PENDING``."""
+
+    def __init__(self, counters: "Counter[str]", port: str, refusals: RefusalLog | None = None) -> None:
+        self.counters = counters
+        self.port = port
+        self.refusals = refusals
+        self.pending: dict[int, bool] = {}
+
+    def _refused(self, fd: int, detail: str) -> None:
+        self.pending.pop(fd, None)
+        self.counters["handshake_failed"] += 1
+        if self.refusals is not None and detail:
+            self.refusals("refused a connection to the %s port: %s", self.port, detail)
+
+    def drain(self, monitor_sock: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(monitor_sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            kind, fd = event["event"], int(event["value"])
+            if kind == zmq.EVENT_ACCEPTED:
+                if len(self.pending) >= MAX_PENDING:
+                    self.pending.pop(next(iter(self.pending)))
+                self.pending[fd] = True
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.pending.pop(fd, None)
+            elif kind & HANDSHAKE_FAILURES:
+                self._refused(fd, "" if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
+                              "its handshake failed (no CURVE key, or a key for another server)")
+            elif kind == zmq.EVENT_DISCONNECTED and fd in self.pending:
+                self._refused(fd, "it closed before completing a handshake (not ZeroMQ, or no CURVE key)")
