@@ -116,16 +116,11 @@ class Guard(ThreadAuthenticator):
         return node
 
     def client_of(self, user_id: str | None) -> str | None:
-        """The client name of a connection's key, None once it is revoked (the directories are checked at most
-        once a second while keys are found, at every miss otherwise)."""
+        """The client name of a connection's key, None once it is revoked or replaced."""
         if not user_id:
             return None
-        self.keyring.refresh(every=1.0)
-        name = self.keyring.clients.get(user_id.encode())
-        if name is None:  # a client added within the last second: look again now (a revoked one: refused)
-            self.keyring.refresh()
-            name = self.keyring.clients.get(user_id.encode())
-        return name
+        self.keyring.refresh()  # two stats: a revocation applies to the very next request
+        return self.keyring.clients.get(user_id.encode())
 
     def close(self) -> None:
         if self.is_alive():

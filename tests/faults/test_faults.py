@@ -399,11 +399,11 @@ def test_node_cut_off_from_etcd_only_then_from_its_peers_only(local_cluster: Sta
 
 @pytest.mark.timeout(120)
 def test_spoofed_routing_id_of_a_live_member_does_not_stall_the_cluster(local_cluster: Start) -> None:
-    """ROUTER_HANDOVER gives a live member's routing id (n<id>e<epoch>, public in etcd) to any connection that
-    claims it: the member's own connection is dropped with the messages in flight.  Those used to be lost and the
-    Lamport rounds waited for ever; the mesh's links now resend them (and redial a connection that stays dead),
-    so the cluster keeps committing on every node.  (The impersonation itself is still possible: CURVE is the
-    planned remedy, see docs/architecture.md.)"""
+    """Without CURVE, ROUTER_HANDOVER gives a live member's routing id (n<id>e<epoch>, public in etcd) to any
+    connection that claims it (the links resend what the member's dropped connection lost).  Under CURVE (the
+    default) a keyless connection fails its handshake, and a connection with another member's key (node 3) is
+    let in but its frames claiming node 1 are dropped (``wrong_key``): a peer is its key, not its routing id, so
+    nothing is taken over and the cluster keeps committing on every node."""
     c = local_cluster(3)
     eps = endpoints(c)
     with connect(eps[0], 30) as conn:
