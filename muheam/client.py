@@ -7,13 +7,18 @@ deadline: a node that died gives ``NodeUnavailable``, never a hang.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 import zmq
 
 from muheam.net.request import Requester, check_endpoint
 from muheam import errors
 from muheam.errors import MuheamError
+from muheam.security.setup import resolve_client
+from muheam.security.sockets import ClientSecurity
+
+KeyArg = Union[str, "os.PathLike[str]", ClientSecurity, None]
+"""A client key: a path to a ``.key_secret`` file, a loaded ``ClientSecurity``, or None (find it)."""
 
 #: a little longer than a node's lock and idle-in-transaction timeouts (10 s by default), so that a row-lock wait
 #: ends as ``LockTimeout`` from the node, not as ``NodeUnavailable`` here
@@ -23,6 +28,11 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 class NodeUnavailable(MuheamError):
     """The node did not answer in time (down, paused, or unreachable) or refused the connection (not running)."""
+
+
+class AuthenticationFailed(NodeUnavailable):
+    """The node refused this client's CURVE key (none, revoked, or another cluster's), or its key was revoked
+    while connected.  Known from the handshake within a second, not after the timeout."""
 
 
 class ValueOutOfRange(ValueError):
@@ -60,9 +70,10 @@ def _context() -> zmq.Context[Any]:
     return _ctx
 
 
-def request(endpoint: str, op: str, timeout: float = 2.0, **args: Any) -> Any:
-    """One request on a throw-away connection (the CLI's ``status`` for ``muheam list``)."""
-    with Connection(endpoint, timeout) as conn:
+def request(endpoint: str, op: str, timeout: float = 2.0, client_key: KeyArg = None, **args: Any) -> Any:
+    """One request on a throw-away connection (the CLI's ``status`` for ``muheam list``); ``client_key`` as
+    ``connect``'s ``key``."""
+    with Connection(endpoint, timeout, key=client_key) as conn:
         return conn.call(op, **args)
 
 
@@ -126,16 +137,20 @@ def _raise(code: str, message: str) -> None:
 class Connection:
     """One client connection to one node's client port.  Not thread-safe: use one per thread."""
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, key: KeyArg = None) -> None:
         self.endpoint = check_endpoint(endpoint, "client endpoint")
         self.timeout = timeout
+        self.security = resolve_client(key)
         self._req: Requester | None = None
 
     def call(self, op: str, **args: Any) -> Any:
         """Send one request and wait for its reply; a node that does not answer in time, or refuses the
-        connection (nothing listens: known within about 0.1 s), is ``NodeUnavailable``."""
+        connection (nothing listens: known within about 0.1 s), is ``NodeUnavailable``; one that refuses this
+        client's key is ``AuthenticationFailed``."""
         if self._req is None:
-            self._req = Requester(_context(), self.endpoint, NodeUnavailable, who="node", envelope=True)
+            self._req = Requester(_context(), self.endpoint, NodeUnavailable, who="node", envelope=True,
+                                  security=self.security, refused=AuthenticationFailed,
+                                  key_source=self.security.pair.source if self.security else "")
         try:
             reply = self._req.request({"op": op, **args}, self.timeout, op)
         except NodeUnavailable:
@@ -145,6 +160,9 @@ class Connection:
             raise ClientError("malformed", f"node at {self.endpoint} sent a malformed reply")
         if not reply.get("ok"):
             err = reply.get("error") or {}
+            if err.get("code") == "unauthorized":
+                self.close()
+                raise AuthenticationFailed(f"node at {self.endpoint}: {err.get('message', 'unauthorized')}")
             _raise(str(err.get("code", "error")), str(err.get("message", "unknown error")))
         return reply.get("result")
 
@@ -247,9 +265,13 @@ class ClientTransaction:
                 pass  # already rolled back by the node
 
 
-def connect(endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> Connection:
+def connect(endpoint: str, timeout: float = DEFAULT_TIMEOUT, key: KeyArg = None) -> Connection:
     """A connection to the node whose client endpoint is ``endpoint`` (``tcp://HOST:PORT``, e.g. from ``muheam list
     --format json``).  ``timeout``: seconds to wait for each reply (longer than the node's lock timeout, so a
     row-lock wait ends as ``LockTimeout``).  A malformed endpoint is a ``ValueError`` at once; keys and integer
-    values outside int64 are ``ValueOutOfRange`` (a ``ValueError``) before anything is sent."""
-    return Connection(endpoint, timeout)
+    values outside int64 are ``ValueOutOfRange`` (a ``ValueError``) before anything is sent.
+
+    ``key``: the CURVE client key file (``.key_secret``, made by ``cluster init`` or ``muheam keys add-client``);
+    without it, ``$MUHEAM_CLIENT_KEY``, else the config named by ``$MUHEAM_CONFIG`` or ``./muheam.toml`` (see
+    ``muheam.security.setup``).  A node that refuses the key raises ``AuthenticationFailed`` at the first call."""
+    return Connection(endpoint, timeout, key)

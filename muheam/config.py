@@ -26,19 +26,23 @@ MAX_NODE_ID = 1023
 DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 ENV_PREFIX = "MUHEAM_"
-NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", "MUHEAM_FULL", "MUHEAM_NO_JIT",
+NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_CLIENT_KEY", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", "MUHEAM_FULL", "MUHEAM_NO_JIT",
                           "MUHEAM_SIM_EXAMPLES"})
-"""``MUHEAM_*`` variables that are not cluster settings: the config file, tracebacks (cli), the long test runs
+"""``MUHEAM_*`` variables that are not cluster settings: the config file, a client's key file (``muheam.security``),
+tracebacks (cli), the long test runs
 (tests), numpy instead of compiled walmerge kernels (``walmerge.jit``); ``MUHEAM_TEST*`` is the tests' too."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
              "fence_command", "lock_timeout", "idle_in_transaction_timeout",
-             "sql_auth", "commit_scope"}
+             "sql_auth", "commit_scope", "security", "client_key"}
 _NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint"}
 SQL_AUTH_METHODS = ("trust", "scram-sha-256")
 """``sql_auth``: ``trust`` lets loopback clients in without a password (others must pass SCRAM);
 ``scram-sha-256`` asks everyone (``muheam.sql.auth``)."""
+SECURITY_MODES = ("curve", "none")
+"""``security``: ``curve`` (the default) authenticates and encrypts every ZeroMQ port with CURVE keys made at
+init; ``none`` is for a trusted network only: anyone who reaches a port can read and write every table."""
 _EMBEDDED_KEYS = {"client_endpoint", "peer_endpoint", "data_dir"}
 
 
@@ -72,6 +76,10 @@ class Config:
     embedded_etcd: EmbeddedEtcd | None = None
     source: Path | None = None
     sql_auth: str = "trust"
+    security: str = "curve"
+    """``curve`` or ``none`` (``SECURITY_MODES``)."""
+    client_key: Path | None = None
+    """The client key file the CLI and ``connect`` use with this config (default: the admin key under run_dir)."""
     fence_command: str = ""
     commit_scope: str = ""
     """Default commit scope of every COMMIT (``muheam.cluster.scopes``, e.g. 'ANY 1 (replicas) ON applied ABORT ON
@@ -116,6 +124,10 @@ class Config:
             doc["sql_auth"] = self.sql_auth
         if self.commit_scope:
             doc["commit_scope"] = self.commit_scope
+        if self.security != "curve":
+            doc["security"] = self.security
+        if self.client_key is not None:
+            doc["client_key"] = str(self.client_key)
         if self.embedded_etcd is not None:
             doc["embedded_etcd"] = {
                 "client_endpoint": self.embedded_etcd.client_endpoint,
@@ -335,10 +347,19 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
     if not isinstance(commit_scope, str):
         raise ConfigError(f"commit_scope: expected a string such as 'ANY 1 (replicas) ON applied ABORT ON 2s', got "
                           f"{commit_scope!r}")
+    security = raw.get("security", "curve")
+    if security not in SECURITY_MODES:
+        raise ConfigError(f"security: {security!r} is not a mode; use 'curve' (the default) or 'none' (a trusted "
+                          "network only)")
+    client_key = raw.get("client_key")
+    if client_key is not None and not isinstance(client_key, str):
+        raise ConfigError(f"client_key: expected the path of a .key_secret file, got {client_key!r}")
 
     return Config(
         commit_scope=commit_scope.strip(),
         sql_auth=sql_auth,
+        security=security,
+        client_key=(base / Path(client_key).expanduser()).resolve() if client_key else None,
         fence_command=fence_command.strip(),
         lock_timeout=_check_seconds("lock_timeout", raw.get("lock_timeout"), DEFAULT_LOCK_TIMEOUT, 3600),
         idle_in_transaction_timeout=_check_seconds("idle_in_transaction_timeout",

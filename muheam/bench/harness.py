@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,17 +10,28 @@ from typing import Any, Iterator
 
 from muheam.ops import cluster as cluster_mod
 from muheam.client import request
+from muheam.security.keys import CLIENT_KEY_ENV
 
 
 @contextmanager
-def temp_cluster(nodes: int, lease_ttl: int = 2) -> Iterator[dict[int, str]]:
-    """Start ``nodes`` real nodes with embedded etcd in a temp dir; yield node id -> client endpoint."""
+def temp_cluster(nodes: int, lease_ttl: int = 2, security: str = "curve") -> Iterator[dict[int, str]]:
+    """Start ``nodes`` real nodes with embedded etcd in a temp dir; yield node id -> client endpoint.
+
+    ``security``: ``curve`` (the default, as users run it) or ``none``; while the cluster runs,
+    ``MUHEAM_CLIENT_KEY`` names its client key (or is unset), so the benchmark's clients, in this process or
+    started from it, connect as a user's program would."""
+    saved = os.environ.pop(CLIENT_KEY_ENV, None)
     with tempfile.TemporaryDirectory(prefix="muheam-bench-") as tmp:
         directory = Path(tmp) / "cluster"
         try:
-            info = cluster_mod.cluster_up(directory, nodes, lease_ttl)
+            info = cluster_mod.cluster_up(directory, nodes, lease_ttl, security)
+            if info.get("client_key_file"):
+                os.environ[CLIENT_KEY_ENV] = str(info["client_key_file"])
             yield {n["node_id"]: n["client_endpoint"] for n in info["nodes"]}
         finally:
+            os.environ.pop(CLIENT_KEY_ENV, None)
+            if saved is not None:
+                os.environ[CLIENT_KEY_ENV] = saved
             if (directory / cluster_mod.CONFIG_NAME).exists():
                 cluster_mod.cluster_down(directory, "immediate")
 

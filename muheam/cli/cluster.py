@@ -48,16 +48,20 @@ def cluster_init(fmt: str, **kw: Any) -> None:
               help="Work directory: muheam.toml, shared/, etcd/, run/ and log/ live here.")
 @click.option("--lease-ttl", type=click.IntRange(config_mod.ETCD_MIN_TTL, 600), default=None,
               help=f"Lease TTL in seconds for a new cluster (default {config_mod.DEFAULT_TTL}).")
+@click.option("--security", type=click.Choice(config_mod.SECURITY_MODES), default=None,
+              help="For a new cluster: 'curve' (the default: CURVE keys made now, every ZeroMQ port authenticated "
+                   "and encrypted) or 'none' (a trusted network only).")
 @format_option
-def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> None:
+def cluster_up(nodes: int, directory: str, lease_ttl: int | None, security: str | None, fmt: str) -> None:
     """Start a local cluster: embedded etcd, init (first time), and the nodes as daemons.
 
     Idempotent: on an existing DIR it starts only what is not running.  Nodes beyond --nodes that are running
-    are left running and listed (JSON: other_running_nodes).
+    are left running and listed (JSON: other_running_nodes).  The client key file the CLI uses (with -c DIR/
+    muheam.toml) is shown as client_key_file; give it to other programs with MUHEAM_CLIENT_KEY.
     """
     from muheam.ops.cluster import cluster_up as up
 
-    result = up(Path(directory), nodes, lease_ttl)
+    result = up(Path(directory), nodes, lease_ttl, security)
     if fmt == "json":
         emit(result, fmt)
         return
@@ -79,6 +83,10 @@ def cluster_up(nodes: int, directory: str, lease_ttl: int | None, fmt: str) -> N
                    f"'muheam node stop -c {result['config_file']} --node-id N', or all with 'muheam cluster down "
                    f"--dir {directory}'")
     click.echo(f"config: {result['config_file']}   (try: muheam list -c {result['config_file']})")
+    if result.get("client_key_file"):
+        click.echo(f"client key: {result['client_key_file']}   (programs: MUHEAM_CLIENT_KEY=that file)")
+    else:
+        click.echo("security = none: ports are not authenticated (a trusted network only)")
 
 
 @cluster.command("down")

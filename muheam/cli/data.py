@@ -43,7 +43,9 @@ def _connection(kw: dict[str, Any]) -> Any:
         where = f" -c {cfg.source}" if cfg.source else ""
         raise MuheamError(f"node {node_id} is not running ({why}); start it with 'muheam node start{where} "
                           f"--node-id {node_id} --daemon', or pick a running node with --node-id")
-    return connect(cfg.node(node_id).client_endpoint)
+    from muheam.security.setup import client_for
+
+    return connect(cfg.node(node_id).client_endpoint, key=client_for(cfg))
 
 
 def _coerce(columns: list[list[str]], assignments: tuple[str, ...]) -> dict[str, Any]:

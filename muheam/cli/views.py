@@ -10,13 +10,17 @@ from typing import Any
 
 import click
 
-from muheam.client import request
+from muheam.client import AuthenticationFailed, request
 from muheam.config import Config
+
 from muheam.errors import EtcdUnavailable, MuheamError
 from muheam.membership import MembershipBackend, MemberWatch, connect
 
 
 def member_rows(cfg: Config) -> list[dict[str, Any]]:
+    from muheam.security.setup import client_for
+
+    key = client_for(cfg)
     backend = connect(cfg.etcd_endpoints, timeout=2.0)
     try:
         members, revision = backend.members(cfg.cluster_name)
@@ -34,10 +38,12 @@ def member_rows(cfg: Config) -> list[dict[str, Any]]:
             except MuheamError:
                 pass
             try:
-                status = request(m.client_endpoint, "status", timeout=0.5)
+                status = request(m.client_endpoint, "status", timeout=0.5, client_key=key)
                 row["lamport"] = status.get("lamport")
                 row["counters"] = status.get("counters")
                 row["answering"] = True
+            except AuthenticationFailed as exc:
+                row["error"] = str(exc)
             except MuheamError:
                 pass
             rows.append(row)

@@ -222,7 +222,11 @@ def _walmerge_stream(out: Path, subscribe: str | None, publish: str | None, star
     note = stderr_note(fmt == "table")
     with StopFlag() as stop:
         if subscribe is not None:
-            result = run_subscribe(subscribe, out, from_lsn=start, duration=duration, stop=stop, note=note)
+            from muheam.security.setup import resolve_client
+
+            key = resolve_client(config=kw.get("config_path"))
+            result = run_subscribe(subscribe, out, from_lsn=start, duration=duration, stop=stop, note=note,
+                                   key=key)
             if fmt == "json":
                 emit(result, fmt)
             else:
@@ -232,13 +236,15 @@ def _walmerge_stream(out: Path, subscribe: str | None, publish: str | None, star
                 sys.exit(1)
             return
         from muheam.membership import connect
+        from muheam.security.setup import publisher_security
 
         cfg = load_config(kw, require_shared_dir=True)
         backend = connect(cfg.etcd_endpoints, timeout=2.0)
         try:
             run = FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=publish, from_lsn=start,
                             poll_interval=poll_interval, duration=duration, until_idle=until_idle, stop=stop,
-                            note=note, progress=fmt == "table" and isatty_stderr())
+                            note=note, progress=fmt == "table" and isatty_stderr(),
+                            publish_security=lambda ctx: publisher_security(cfg, ctx))
             result = run.run()
         finally:
             backend.close()

@@ -15,7 +15,8 @@ import zmq
 
 from muheam.net import wire
 from muheam.errors import MuheamError
-from muheam.net.mesh import count_handshake_failures, harden, monitor
+from muheam.net.mesh import harden, monitor
+from muheam.security.sockets import HandshakeWatch, RefusalLog, ServerSecurity, server_socket, user_id
 
 log = logging.getLogger("muheam.server")
 
@@ -80,14 +81,21 @@ class Deferred:
 
 
 class ClientPort:
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
+    """``security``: CURVE with the client keys let in (``muheam.security``); None: a plain port.  Under CURVE a
+    request is also refused (error ``unauthorized``) once its connection's key is revoked or replaced, so a
+    revocation cuts off clients that were connected before it, not only new connections."""
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, security: ServerSecurity | None = None) -> None:
         self.endpoint = endpoint
-        self.sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        self.guard = security.guard if security is not None else None
+        self.refusals = RefusalLog()
+        self.sock: zmq.Socket[Any] = server_socket(ctx, zmq.ROUTER, security)
         harden(self.sock)
         self.sock.bind(endpoint)
         self.monitor = monitor(self.sock)
         self.ops: dict[str, Operation] = {}
         self.counters: Counter[str] = Counter()
+        self.handshakes = HandshakeWatch(self.counters, "client", self.refusals if self.guard else None)
 
     def register(self, op: str, fn: Operation) -> None:
         self.ops[op] = fn
@@ -96,12 +104,27 @@ class ClientPort:
         handled = 0
         while handled < 10_000:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                if self.guard is None:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                else:
+                    parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = [p.bytes for p in parts]
+                    if self.guard.client_of(user_id(parts[-1])) is None:
+                        self._refuse(frames)
+                        handled += 1
+                        continue
             except zmq.Again:
                 break
             handled += 1
             self._handle(frames)
         return handled
+
+    def _refuse(self, frames: list[bytes]) -> None:
+        self.counters["refused_revoked"] += 1
+        self.refusals("refused a request on the client port: the connection's key was revoked or replaced")
+        envelope = [frames[0], b""] if len(frames) > 2 and frames[1] == b"" else [frames[0]]
+        self._reply(envelope, wire.reply_error("unauthorized", "this client's key was revoked or replaced; get "
+                                               "a new one with 'muheam keys add-client NAME'"))
 
     def _reply(self, envelope: list[bytes], payload: bytes) -> None:
         try:
@@ -152,7 +175,7 @@ class ClientPort:
         self._reply(envelope, wire.reply_ok(result))
 
     def drain_monitor(self) -> None:
-        count_handshake_failures(self.monitor, self.counters)
+        self.handshakes.drain(self.monitor)
 
     def close(self) -> None:
         self.sock.disable_monitor()

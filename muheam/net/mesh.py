@@ -20,18 +20,17 @@ from collections import Counter
 from typing import Any, Callable
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from locking.clock import LamportClock
 from muheam.net import wire
 from muheam.net.peerlink import Inbound, Outbound
+from muheam.security.sockets import (
+    MONITORED, ClientSecurity, HandshakeWatch, RefusalLog, ServerSecurity, client_socket, server_socket, user_id,
+)
 
 log = logging.getLogger("muheam.transport")
 
 Handler = Callable[[wire.PeerMessage], None]
-HANDSHAKE_FAILURES = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 def routing_id(node_id: int, epoch: int) -> bytes:
@@ -47,18 +46,11 @@ def harden(sock: zmq.Socket[Any]) -> None:
 
 
 def monitor(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
-    return sock.get_monitor_socket(HANDSHAKE_FAILURES)
+    """Garbage that never completed a ZeroMQ handshake (and, under CURVE, a connection with no key or a refused
+    one) shows up only on a socket monitor (``muheam.security.sockets.HandshakeWatch``)."""
+    return sock.get_monitor_socket(MONITORED)
 
 
-def count_handshake_failures(monitor_sock: zmq.Socket[Any], counters: "Counter[str]") -> None:
-    """Drain a socket monitor; garbage that never completed a ZeroMQ handshake shows up only here."""
-    while True:
-        try:
-            event = parse_monitor_message(monitor_sock.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:
-            return
-        if event["event"] & HANDSHAKE_FAILURES:
-            counters["handshake_failed"] += 1
 
 
 class Link:
@@ -94,15 +86,28 @@ grow."""
 
 
 class Mesh:
-    def __init__(self, ctx: zmq.Context[Any], node_id: int, clock: LamportClock, endpoint: str) -> None:
+    """``server``/``dial``: CURVE (``muheam.security``): the ROUTER's key and ZAP domain, and how to reach peer N
+    (our key, its key).  None: plain sockets (``security = "none"``), identities taken from routing ids."""
+
+    def __init__(self, ctx: zmq.Context[Any], node_id: int, clock: LamportClock, endpoint: str,
+                 server: ServerSecurity | None = None, dial: Callable[[int], ClientSecurity] | None = None,
+                 peer_of: Callable[[str | None], int | None] | None = None) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.epoch = 0
         self.clock = clock
         self.endpoint = endpoint
-        self.router: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        self.dial = dial
+        self.peer_of = peer_of
+        self.secure = server is not None
+        self.refusals = RefusalLog()
+        self.router: zmq.Socket[Any] = server_socket(ctx, zmq.ROUTER, server)
         harden(self.router)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if not self.secure:
+            # Plain sockets: a peer is known by its routing id, and a redialed link must get its id back.  Under
+            # CURVE a peer is known by its key (ZAP User-Id): DEALERs leave their routing id to the ROUTER (unique
+            # per connection), so there is nothing to hand over and nothing to take over.
+            self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.bind(endpoint)
         self.monitor = monitor(self.router)
         self.peers: dict[int, Link] = {}
@@ -113,6 +118,7 @@ class Mesh:
         self.handlers: dict[str, Handler] = {}
         self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
+        self.handshakes = HandshakeWatch(self.counters, "peer", self.refusals if self.secure else None)
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
@@ -136,12 +142,13 @@ class Mesh:
             current.sock.close(0)
         for key in [k for k in self.streams if k[0] == node_id and k[1] < epoch]:
             del self.streams[key]
-        self.peers[node_id] = Link(epoch, endpoint, self._dealer(endpoint))
+        self.peers[node_id] = Link(epoch, endpoint, self._dealer(node_id, endpoint))
         self.send(node_id, "hello", {"endpoint": self.endpoint})
 
-    def _dealer(self, endpoint: str) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, routing_id(self.node_id, self.epoch))
+    def _dealer(self, node_id: int, endpoint: str) -> zmq.Socket[Any]:
+        sock = client_socket(self.ctx, zmq.DEALER, self.dial(node_id) if self.dial is not None else None)
+        if not self.secure:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id(self.node_id, self.epoch))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.IMMEDIATE, 0)
@@ -253,7 +260,8 @@ class Mesh:
         is in vain.  A link whose timeouts repeat without any acknowledgement gets a new socket; the receiver's
         ROUTER hands the routing id over to the new connection."""
         link.sock.close(0)
-        link.sock = self._dealer(link.endpoint)
+        node_id = next(n for n, candidate in self.peers.items() if candidate is link)
+        link.sock = self._dealer(node_id, link.endpoint)
         link.out.stalled = 0
         self.counters["redialed"] += 1
 
@@ -291,14 +299,19 @@ class Mesh:
         now = time.monotonic()
         while handled < 10_000:
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+                if self.secure:
+                    parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key_of = user_id(parts[-1])
+                    frames = [p.bytes for p in parts]
+                else:
+                    frames, key_of = self.router.recv_multipart(zmq.NOBLOCK, copy=True), None
             except zmq.Again:
                 break
             handled += 1
-            self._receive(frames, now)
+            self._receive(frames, now, key_of)
         return handled
 
-    def _receive(self, frames: list[bytes], now: float) -> None:
+    def _receive(self, frames: list[bytes], now: float, key_of: str | None = None) -> None:
         if len(frames) != 2:
             self.counters["malformed"] += 1
             self.counters["malformed_frame_count"] += 1
@@ -313,13 +326,23 @@ class Mesh:
         except wire.Malformed:
             self.counters["malformed"] += 1
             return
-        if ident[:1] == b"\x00":
+        if self.secure:
+            # the sender is whoever holds the key this connection authenticated with, whatever the frame claims
+            owner = self.peer_of(key_of) if self.peer_of is not None else None
+            if owner != msg.sender:
+                self.counters["malformed"] += 1
+                self.counters["spoofed"] += 1
+                self.counters["wrong_key"] += 1
+                self.refusals("dropped a peer frame claiming node %d from a connection with %s", msg.sender,
+                              f"node {owner}'s key" if owner is not None else "no node key (revoked or replaced)")
+                return
+        elif ident[:1] == b"\x00":
             # ZeroMQ names a connection with a generated id (a zero byte first, which no peer's id has) when a
             # newer connection took over its routing id (ROUTER_HANDOVER: the peer redialed); what was still
             # queued on the old one arrives under that name.  The link resends whatever it carried.
             self.counters["handover_leftover"] += 1
             return
-        if ident != routing_id(msg.sender, msg.epoch):
+        elif ident != routing_id(msg.sender, msg.epoch):
             self.counters["malformed"] += 1
             self.counters["spoofed"] += 1
             return
@@ -372,7 +395,7 @@ class Mesh:
             log.warning("dropped %s from node %d: %s", msg.kind, msg.sender, exc)
 
     def drain_monitor(self) -> None:
-        count_handshake_failures(self.monitor, self.counters)
+        self.handshakes.drain(self.monitor)
 
     def close(self) -> None:
         for link in self.peers.values():

@@ -18,8 +18,14 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from muheam.net import wire
+from muheam.security.sockets import HANDSHAKE_FAILURES, ClientSecurity, client_socket
 
-_WATCHED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
+_WATCHED = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILURES)
+SILENT_DROPS = 2
+"""Connections dropped before their handshake completed, in a row, that count as a refused handshake: a CURVE
+server that cannot decrypt our hello (we expect another server's key), or that gets a plain hello from a client
+with no key, closes without a word."""
 
 
 def check_endpoint(endpoint: object, what: str = "endpoint") -> str:
@@ -49,13 +55,21 @@ class Requester:
     """
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, unavailable: Callable[[str], Exception], *,
-                 who: str = "node", envelope: bool = False, max_size: int = wire.MAX_CLIENT_FRAME) -> None:
+                 who: str = "node", envelope: bool = False, max_size: int = wire.MAX_CLIENT_FRAME,
+                 security: ClientSecurity | None = None, refused: Callable[[str], Exception] | None = None,
+                 key_source: str = "") -> None:
         self.endpoint = endpoint
         self.who = who
         self._unavailable = unavailable
+        self._refused_key = refused or unavailable
+        self._key_source = key_source
+        self._secure = security is not None
         self._envelope = envelope
         self._max_size = max_size
-        self.sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+        self._handshake_failed: str | None = None
+        self._shaken = False
+        self._drops = 0
+        self.sock: zmq.Socket[Any] = client_socket(ctx, zmq.DEALER, security)
         self.sock.setsockopt(zmq.LINGER, 0)
         self._monitor: zmq.Socket[Any] | None = self.sock.get_monitor_socket(_WATCHED)
         self._connected = False
@@ -76,10 +90,19 @@ class Requester:
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_CONNECTED:
                 self._connected, refused = True, False
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._shaken, self._drops = True, 0
+            elif event & HANDSHAKE_FAILURES:
+                self._handshake_failed = ("refused this client's key" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                          else "failed the handshake")
             elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
-                self._connected = False
-            elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected:
-                refused = True
+                if self._connected and not self._shaken:
+                    self._drops += 1
+                    if self._drops >= SILENT_DROPS:
+                        self._handshake_failed = "closed the connection during the handshake"
+                self._connected, self._shaken = False, False
+            elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected and not self._drops:
+                refused = True  # (a connection that was accepted and then dropped is a failed handshake)
         return refused
 
     def request(self, msg: dict[str, Any], timeout: float, label: str = "") -> Any:
@@ -95,8 +118,20 @@ class Requester:
             if self._monitor in events and self._refused():
                 raise self._unavailable(f"{self.who} at {self.endpoint} refused the connection (nothing listens "
                                         f"there: is it running?) before answering{what}")
+            if self._handshake_failed is not None:
+                raise self._refused_key(self._auth_message(self._handshake_failed))
             if time.monotonic() >= deadline:
                 raise self._unavailable(f"{self.who} at {self.endpoint} did not answer{what} within {timeout:g} s")
+
+    def _auth_message(self, how: str) -> str:
+        """Why the handshake failed, and what to do; names the key's file, never the key."""
+        if not self._secure:
+            return (f"{self.who} at {self.endpoint} {how}: it requires a CURVE client key and this client has "
+                    "none; pass key=PATH, set MUHEAM_CLIENT_KEY to a .key_secret file, or use the cluster's "
+                    "config (-c / MUHEAM_CONFIG / ./muheam.toml)")
+        return (f"{self.who} at {self.endpoint} {how} (CURVE authentication failed; key from {self._key_source or '?'}"
+                "): the key is not one this cluster lets in (revoked, replaced, from another cluster, or the "
+                "server key it names is not this server's); get one with 'muheam keys add-client NAME'")
 
     def close(self) -> None:
         if self._monitor is not None:

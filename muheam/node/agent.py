@@ -56,6 +56,7 @@ from muheam.cluster.locks import LockService
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.cluster.xids import XidService
 from muheam.net.mesh import Mesh
+from muheam.security.setup import NodeSecurity
 from muheam.sql.server import SqlServer
 
 log = logging.getLogger("muheam.node")
@@ -93,6 +94,7 @@ class NodeAgent:
         self.member: Member | None = None
         self.mesh: Mesh | None = None
         self.port: ClientPort | None = None
+        self.security: NodeSecurity | None = None
         self.sql: SqlServer | None = None
         self._stopping = threading.Event()
         self.locks: LockService | None = None
@@ -123,8 +125,14 @@ class NodeAgent:
         control.verify_member_dir(cfg.shared_dir, registered)
         startup.refuse_duplicate(cfg, self.node_id, backend)
         try:
-            self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint)
-            self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint)
+            if cfg.security == "curve":
+                self.security = sec = NodeSecurity.start(cfg, self.node_id, self.ctx)
+                self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint, sec.peer,
+                                 sec.to_peer, sec.guard.peer_of)
+                self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint, sec.client)
+            else:
+                self.mesh = Mesh(self.ctx, self.node_id, self.clock, self.node_cfg.peer_endpoint)
+                self.port = ClientPort(self.ctx, self.node_cfg.client_endpoint)
             if self.node_cfg.sql_endpoint:
                 # bound now (so a taken port fails the start), served once the sessions exist
                 self.sql = SqlServer(self.node_cfg.sql_endpoint, self.port.ops, cfg.shared_dir, self.node_id,
@@ -381,7 +389,7 @@ class NodeAgent:
         return {
             "node_id": self.node_id, "epoch": self.mesh_epoch, "state": self.state, "pid": os.getpid(),
             "lamport": self.clock.time, "peers": sorted(self.mesh.peers), "links": self.mesh.link_state(),
-            "fence_remaining_s": round(self.fence.remaining(), 3),
+            "fence_remaining_s": round(self.fence.remaining(), 3), "security": self.cfg.security,
             "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
                          "locks": self.locks.stats() if self.locks else {},
                          "xids": dict(self.xids.counters) if self.xids else {},
@@ -392,6 +400,7 @@ class NodeAgent:
                          "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
                          "sql": self.sql.stats() if self.sql else {},
                          "scopes": self.scopes.status() if self.scopes else {},
+                         "security": dict(self.security.guard.counters) if self.security else {},
                          "wal": self._wal_stats()},
         }
 
@@ -562,6 +571,9 @@ class NodeAgent:
         if self.sql is not None:
             self.sql.close()
             self.sql = None
+        if self.security is not None:
+            self.security.close()
+            self.security = None
 
 
 def run_node(cfg: Config, node_id: int, accept_data_loss: bool = False) -> int:

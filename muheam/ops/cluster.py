@@ -21,6 +21,7 @@ from muheam.ops import control
 from muheam.config import Config, EmbeddedEtcd, NodeConfig
 from muheam.errors import ClusterStateError, MuheamError
 from muheam.ops.etcd_server import EtcdServer
+from muheam.security import keys
 from muheam.membership import Member, MembershipBackend, connect
 from muheam.states import ClusterState, NodeState, StopMode
 from muheam.ops.procs import SIGNAL_FOR_MODE, free_port, pid_alive, read_pid, stop_pid, tail, wait_until, write_pid
@@ -42,7 +43,15 @@ def embedded_server(cfg: Config) -> EtcdServer | None:
 
 
 def init_cluster(cfg: Config, backend: MembershipBackend) -> dict[str, Any]:
-    """Create the layout and control file and register the cluster; refuse foreign directories and names."""
+    """Create the layout and control file and register the cluster; refuse foreign directories and names.  With
+    ``security = "curve"`` (the default) also make the CURVE keys that are missing (``muheam.security.keys``)."""
+    identity = _init_cluster(cfg, backend)
+    if cfg.security == "curve":
+        keys.ensure_cluster_keys(cfg.shared_dir, cfg.run_dir, sorted(cfg.nodes))
+    return identity
+
+
+def _init_cluster(cfg: Config, backend: MembershipBackend) -> dict[str, Any]:
     shared = cfg.shared_dir
     existing = control.check_empty_or_ours(shared, cfg.cluster_name)
     registered = backend.get_cluster(cfg.cluster_name)
@@ -75,7 +84,8 @@ def _local_node(node_id: int) -> NodeConfig:
                       sql_endpoint=f"tcp://127.0.0.1:{free_port()}")
 
 
-def local_config(directory: Path, nodes: int, lease_ttl: int | None = None, cluster_name: str = "muheam") -> Config:
+def local_config(directory: Path, nodes: int, lease_ttl: int | None = None, cluster_name: str = "muheam",
+                 security: str = "curve") -> Config:
     """A fresh single-host config on free loopback ports, with an embedded etcd under ``directory``."""
     directory = directory.resolve()
     etcd_client = f"http://127.0.0.1:{free_port()}"
@@ -84,11 +94,21 @@ def local_config(directory: Path, nodes: int, lease_ttl: int | None = None, clus
         cluster_name=cluster_name, shared_dir=directory / "shared", run_dir=directory, etcd_endpoints=(etcd_client,),
         lease_ttl=lease_ttl or config_mod.DEFAULT_TTL, nodes=node_cfgs,
         embedded_etcd=EmbeddedEtcd(etcd_client, f"http://127.0.0.1:{free_port()}", directory / "etcd" / "data"),
-        source=directory / CONFIG_NAME,
+        source=directory / CONFIG_NAME, security=security,
     )
 
 
-def load_or_create(directory: Path, nodes: int, lease_ttl: int | None) -> Config:
+def load_or_create(directory: Path, nodes: int, lease_ttl: int | None, security: str | None = None) -> Config:
+    """The local cluster's config: read it (``security`` given and different is refused: the keys, or their
+    absence, are the cluster's), or make it."""
+    cfg = _load_or_create(directory, nodes, lease_ttl, security or "curve")
+    if security is not None and cfg.security != security:
+        raise ClusterStateError(f"the cluster in {directory} runs with security = {cfg.security!r}; change it in "
+                                f"{cfg.source}, not with --security {security}")
+    return cfg
+
+
+def _load_or_create(directory: Path, nodes: int, lease_ttl: int | None, security: str) -> Config:
     path = directory / CONFIG_NAME
     if path.exists():
         cfg = config_mod.load(path, require_shared_dir=False)
@@ -107,7 +127,7 @@ def load_or_create(directory: Path, nodes: int, lease_ttl: int | None) -> Config
             f"{directory} is not empty and has no {CONFIG_NAME} (found: {', '.join(sorted(leftovers)[:5])}); "
             "choose an empty directory for a new local cluster"
         )
-    cfg = local_config(directory, nodes, lease_ttl)
+    cfg = local_config(directory, nodes, lease_ttl, security=security)
     path.write_text(cfg.to_toml())
     return cfg
 
@@ -171,8 +191,9 @@ def stop_node(cfg: Config, node_id: int, mode: StopMode | str = StopMode.FAST, t
     return True
 
 
-def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dict[str, Any]:
-    cfg = load_or_create(directory, nodes, lease_ttl)
+def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None,
+               security: str | None = None) -> dict[str, Any]:
+    cfg = load_or_create(directory, nodes, lease_ttl, security)
     server = embedded_server(cfg)
     etcd_info: list[dict[str, Any]] = []
     if server is not None:
@@ -201,8 +222,10 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None) -> dic
                   if m.node_id not in chosen]
     finally:
         backend.close()
+    client_key = None if cfg.security == "none" else str(
+        cfg.client_key or keys.client_secret_file(cfg.run_dir, keys.ADMIN_CLIENT))
     return {"config": cfg.as_dict(), "config_file": str(cfg.source), "etcd": etcd_info, "nodes": started,
-            "other_running_nodes": others}
+            "other_running_nodes": others, "security": cfg.security, "client_key_file": client_key}
 
 
 def cluster_down(directory: Path, mode: StopMode | str = StopMode.FAST) -> dict[str, Any]:

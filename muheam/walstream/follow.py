@@ -149,8 +149,10 @@ class FollowRun:
     def __init__(self, shared: Path, out: Path, backend: MembershipBackend, cluster: str, *,
                  publish: str | None = None, from_lsn: int | None = None, poll_interval: float = 0.05,
                  duration: float | None = None, until_idle: bool = False, stop: StopFlag | None = None,
-                 note: Callable[[str], None] | None = None, progress: bool = False) -> None:
+                 note: Callable[[str], None] | None = None, progress: bool = False,
+                 publish_security: Callable[[Any], Any] | None = None) -> None:
         self.shared, self.out, self.backend, self.cluster = shared, out, backend, cluster
+        self.publish_security = publish_security
         self.publish_at, self.from_lsn = publish, from_lsn
         self.poll_interval, self.duration, self.until_idle = poll_interval, duration, until_idle
         self.stop = stop if stop is not None else StopFlag()
@@ -225,7 +227,7 @@ class FollowRun:
             start_lsn = f.end_lsn
             if self.publish_at is not None:
                 pub = Publisher(self.publish_at, self.out, system_id=sid, segment_size=f.segment_size,
-                                end_lsn=f.end_lsn)
+                                end_lsn=f.end_lsn, security=self.publish_security)
                 self.note(f"publishing the merged stream on {pub.endpoint}")
             shown = 0.0
             while True:
@@ -298,7 +300,7 @@ class FollowRun:
 
 def run_subscribe(endpoint: str, out: Path, *, from_lsn: int | None = None, duration: float | None = None,
                   timeout: float = 30.0, stop: StopFlag | None = None,
-                  note: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  note: Callable[[str], None] | None = None, key: Any = None) -> dict[str, Any]:
     """Copy the published stream into ``out`` as merged segments (byte for byte the publisher's output), resuming
     at the end of what ``out`` holds (``from_lsn``: cut the copy back to that LSN first)."""
     stop = stop if stop is not None else StopFlag()
@@ -321,7 +323,7 @@ def run_subscribe(endpoint: str, out: Path, *, from_lsn: int | None = None, dura
     elif from_lsn:
         raise UnusableInput(f"--from-lsn needs a copy to resume: {out} holds no merged segment (a copy starts "
                             "at LSN 0)")
-    sub = Subscriber(endpoint, start, timeout=timeout)
+    sub = Subscriber(endpoint, start, timeout=timeout, key=key)
     writer: MergedSink | None = None
     records = 0
     stopped = "signal"

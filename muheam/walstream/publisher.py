@@ -54,13 +54,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import zmq
 
 from muheam.net import wire
 from muheam.errors import ConfigError, MuheamError
+from muheam.security.sockets import ServerSecurity, server_socket
 from muheam.walstream.messages import (
     DEFAULT_CREDIT as DEFAULT_CREDIT, PROTOCOL_VERSION as PROTOCOL_VERSION, BadMessage, Batch, Credit, End, Error,
     Ping, Pong, Reply, Status, StatusRequest, Subscribe, Subscribed, Unsubscribed, request_from_wire,
@@ -177,7 +178,10 @@ class Publisher:
     """
 
     def __init__(self, endpoint: str, out_dir: str | Path, *, system_id: int, segment_size: int, end_lsn: int,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None,
+                 security: Callable[[zmq.Context[Any]], ServerSecurity | None] | None = None) -> None:
+        """``security``: builds the port's CURVE setup in the publisher's context (its ZAP guard lives there;
+        ``muheam.security.setup.publisher_security``); None: a plain port (in-process use, tests)."""
         self.out_dir = Path(out_dir)
         self.system_id = system_id
         self.segment_size = segment_size
@@ -188,7 +192,8 @@ class Publisher:
         self._expired_at = 0.0
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
-        self.sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
+        self.security = security(self.ctx) if security is not None else None
+        self.sock: zmq.Socket[Any] = server_socket(self.ctx, zmq.ROUTER, self.security)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAX_FRAME)
@@ -198,6 +203,7 @@ class Publisher:
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self.sock.close(0)
+            self._close_guard()
             if self._own_ctx:
                 self.ctx.term()
             raise ConfigError(f"--publish: cannot bind {endpoint} ({exc}); give a free tcp://HOST:PORT "
@@ -273,12 +279,18 @@ class Publisher:
             self._close_replay(sub)
         self.subs.clear()
         self.sock.close(CLOSE_LINGER_MS)  # let the 'end' messages out, but never wait long for a dead peer
+        self._close_guard()
         if self._own_ctx:
             self.ctx.term()
 
+    def _close_guard(self) -> None:
+        if self.security is not None:
+            self.security.guard.close()
+
     def status(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "end_lsn": self.end_lsn, "subscribers": len(self.subs),
-                "counters": dict(sorted(self.counters.items()))}
+                "counters": dict(sorted(self.counters.items())),
+                "security": dict(self.security.guard.counters) if self.security is not None else None}
 
     # --- requests ------------------------------------------------------------------------------------------
 

@@ -7,9 +7,12 @@ import time
 from typing import Any, Iterator
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from muheam.net import wire
 from muheam.net.request import Requester, check_endpoint
+from muheam.security.setup import resolve_client
+from muheam.security.sockets import HANDSHAKE_FAILURES, client_socket
 from muheam.walstream.messages import (
     DEFAULT_CREDIT, BadMessage, Batch, Credit, End, Error, Ping, Pong, Request, Subscribe, Subscribed, Unsubscribe,
     reply_from_wire, request_from_wire,
@@ -31,7 +34,8 @@ class Subscriber:
     """
 
     def __init__(self, endpoint: str, from_lsn: int = 0, *, credit: int = DEFAULT_CREDIT, timeout: float = 30.0,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, key: Any = None) -> None:
+        """``key``: the client key, found as ``muheam.client.connect`` finds it (``muheam.security.setup``)."""
         self.endpoint = endpoint
         self.next_lsn = from_lsn
         self.last_lsn: int | None = None
@@ -44,13 +48,28 @@ class Subscriber:
         self.ended = False
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
-        self.sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
+        security = resolve_client(key)
+        self._key_source = security.pair.source if security else ""
+        self.sock: zmq.Socket[Any] = client_socket(self.ctx, zmq.DEALER, security)
+        self._monitor: zmq.Socket[Any] | None = self.sock.get_monitor_socket(HANDSHAKE_FAILURES)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, wire.ZMQ_MAXMSGSIZE)
         self.sock.connect(endpoint)
         self._heard = time.monotonic()
         self._pinged = self._heard
         self._subscribe()
+
+    def _check_handshake(self) -> None:
+        """A refused key looks like silence: the socket monitor says so, and we say it at once."""
+        if self._monitor is None or not self._monitor.poll(0):
+            return
+        event = recv_monitor_message(self._monitor)["event"]
+        if event & HANDSHAKE_FAILURES:
+            why = ("it refused this client's key" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
+                   "the handshake failed (no client key, or a key for another server)")
+            raise StreamError("unauthorized", f"the WAL stream publisher at {self.endpoint}: {why}; key from "
+                              f"{self._key_source or 'nowhere'} (set MUHEAM_CLIENT_KEY, or get a key with "
+                              "'muheam keys add-client NAME')")
 
     def _send(self, msg: Request) -> None:
         try:
@@ -72,6 +91,7 @@ class Subscriber:
                 if got:
                     return got
                 continue
+            self._check_handshake()
             now = time.monotonic()
             if now - self._heard > self.timeout:
                 raise PublisherUnavailable(f"no word from the WAL stream publisher at {self.endpoint} for "
@@ -145,6 +165,10 @@ class Subscriber:
     def close(self) -> None:
         if not self.ended:
             self._send(Unsubscribe())
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         self.sock.close(CLOSE_LINGER_MS)
         if self._own_ctx:
             self.ctx.term()
@@ -156,11 +180,13 @@ class Subscriber:
         self.close()
 
 
-def request(endpoint: str, op: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+def request(endpoint: str, op: str, timeout: float = 5.0, client_key: Any = None, **fields: Any) -> dict[str, Any]:
     """One request/reply on a fresh DEALER (``status``, ``ping``): for operators and tests."""
+    security = resolve_client(client_key)
     ctx = zmq.Context()
     req = Requester(ctx, check_endpoint(endpoint, "publisher endpoint"), PublisherUnavailable,
-                    who="the WAL stream publisher", max_size=wire.ZMQ_MAXMSGSIZE)
+                    who="the WAL stream publisher", max_size=wire.ZMQ_MAXMSGSIZE, security=security,
+                    key_source=security.pair.source if security else "")
     try:
         try:
             typed = request_from_wire({"op": op, **fields})

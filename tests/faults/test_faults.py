@@ -36,6 +36,8 @@ from muheam.client import connect
 from muheam.config import NodeConfig
 from muheam.engine import statefiles
 from muheam.ops.procs import free_port, pid_alive, stop_pid
+from muheam.net import wire
+from tests.support.keyed import peer_dealer
 from tests.support.cluster import FULL, LocalCluster, run_cli
 from tests.support.faults import (
     Acker, Garbage, Load, TcpProxy, check_round, final_verify, garbage_targets, setup_tables, wait_for, wait_pids_gone,
@@ -56,7 +58,7 @@ def report(name: str, rounds: list[dict[str, Any]]) -> None:
 @contextmanager
 def garbage(c: LocalCluster) -> Iterator[Garbage]:
     """Malformed messages on every configured peer and client port for the whole block."""
-    g = Garbage(garbage_targets(c), period=1.0, seed=int(time.time()))
+    g = Garbage(garbage_targets(c), period=1.0, seed=int(time.time()), cluster_dir=c.dir)
     g.start()
     try:
         yield g
@@ -397,11 +399,11 @@ def test_node_cut_off_from_etcd_only_then_from_its_peers_only(local_cluster: Sta
 
 @pytest.mark.timeout(120)
 def test_spoofed_routing_id_of_a_live_member_does_not_stall_the_cluster(local_cluster: Start) -> None:
-    """ROUTER_HANDOVER gives a live member's routing id (n<id>e<epoch>, public in etcd) to any connection that
-    claims it: the member's own connection is dropped with the messages in flight.  Those used to be lost and the
-    Lamport rounds waited for ever; the mesh's links now resend them (and redial a connection that stays dead),
-    so the cluster keeps committing on every node.  (The impersonation itself is still possible: CURVE is the
-    planned remedy, see docs/architecture.md.)"""
+    """Without CURVE, ROUTER_HANDOVER gives a live member's routing id (n<id>e<epoch>, public in etcd) to any
+    connection that claims it (the links resend what the member's dropped connection lost).  Under CURVE (the
+    default) a keyless connection fails its handshake, and a connection with another member's key (node 3) is
+    let in but its frames claiming node 1 are dropped (``wrong_key``): a peer is its key, not its routing id, so
+    nothing is taken over and the cluster keeps committing on every node."""
     c = local_cluster(3)
     eps = endpoints(c)
     with connect(eps[0], 30) as conn:
@@ -414,12 +416,13 @@ def test_spoofed_routing_id_of_a_live_member_does_not_stall_the_cluster(local_cl
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         time.sleep(2)
-        for _ in range(10):
-            s = ctx.socket(zmq.DEALER)
+        for i in range(10):  # keyless, then with node 3's own key: neither may pass for node 1
+            s = ctx.socket(zmq.DEALER) if i % 2 == 0 else peer_dealer(ctx, c.dir, 3, 2)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.ROUTING_ID, f"n1e{members[1]['epoch']}".encode())
             s.connect(str(members[2]["peer_endpoint"]))
-            s.send(b"not a peer message")
+            s.send(b"not a peer message" if i % 2 == 0 else wire.encode_peer(
+                1, int(members[1]["epoch"]), 5, "hello", {}, dest_epoch=int(members[2]["epoch"]), seq=1))
             time.sleep(0.2)
             s.close(0)
         before = [len(a.acked) for a in ackers]
@@ -432,3 +435,5 @@ def test_spoofed_routing_id_of_a_live_member_does_not_stall_the_cluster(local_cl
         ctx.term()
     assert all(b > a for a, b in zip(before, after)), f"acknowledged commits per node in 5 s: " \
         f"{[b - a for a, b in zip(before, after)]}"
+    peer = next(m for m in c.members() if m["node_id"] == 2)["counters"]["peer"]
+    assert peer.get("wrong_key", 0) >= 1 and peer.get("handshake_failed", 0) >= 1, peer  # refused, counted

@@ -19,6 +19,7 @@ from muheam.client import connect
 from muheam.errors import MuheamError
 from muheam.ops.procs import pid_alive, wait_until
 from tests.support.cluster import FULL, LocalCluster
+from tests.support.keyed import client_dealer
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
@@ -217,7 +218,7 @@ def test_malformed_client_requests_get_errors_and_change_nothing(local_cluster: 
                 tx.insert("t", k, {"balance": k, "score": 1.0, "name": "ok"})
     before = table_state(ep)
     ctx: zmq.Context[Any] = zmq.Context()
-    sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    sock: zmq.Socket[Any] = client_dealer(ctx)  # an authenticated client sending garbage
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(ep)
     bad: list[Any] = [

@@ -55,7 +55,15 @@ class LocalCluster:
         except (OSError, ValueError):
             return None
 
+    @property
+    def client_key(self) -> str | None:
+        """The admin client key file ``cluster up`` made (None with ``security = "none"``)."""
+        key = self.info.get("client_key_file")
+        return str(key) if key else None
+
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        if self.client_key and "env" not in kw:  # this cluster's key, whatever MUHEAM_CLIENT_KEY says
+            kw["env"] = {"MUHEAM_CLIENT_KEY": self.client_key}
         return run_cli(*args, "-c", str(self.config), **kw)
 
     def members(self) -> list[dict[str, Any]]:
@@ -89,18 +97,26 @@ def kill_leftovers(directory: Path) -> None:
 
 
 @pytest.fixture
-def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+def local_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., LocalCluster]]:
+    """Start clusters with ``cluster up`` (CURVE on, keys made at init, unless ``security="none"``).  The first
+    cluster's client key becomes ``MUHEAM_CLIENT_KEY`` for the test (its ``connect(endpoint)`` calls and the
+    processes it starts find it as a user's program would); ``LocalCluster.cli`` passes each cluster its own."""
     clusters: list[LocalCluster] = []
 
-    def start(nodes: int = 3, lease_ttl: int = 2, name: str = "cluster") -> LocalCluster:
+    def start(nodes: int = 3, lease_ttl: int = 2, name: str = "cluster", security: str = "curve") -> LocalCluster:
         directory = tmp_path / name
         _started_dirs.append(directory)
         proc = run_cli("cluster", "up", "--nodes", str(nodes), "--dir", str(directory), "--lease-ttl",
-                       str(lease_ttl), "--format", "json", timeout=120, check=False)
+                       str(lease_ttl), "--security", security, "--format", "json", timeout=120, check=False)
         if proc.returncode != 0:
             kill_leftovers(directory)
             raise AssertionError(f"cluster up failed:\n{proc.stdout}\n{proc.stderr}")
         c = LocalCluster(directory, json.loads(proc.stdout))
+        if not clusters:
+            if c.client_key:
+                monkeypatch.setenv("MUHEAM_CLIENT_KEY", c.client_key)
+            else:
+                monkeypatch.delenv("MUHEAM_CLIENT_KEY", raising=False)
         clusters.append(c)
         return c
 

@@ -32,6 +32,7 @@ from muheam.ops.walcheck import Waits, block_of
 from walmerge import HEADER_SIZE, WalReader, encode_record, node_wal_dir, verify
 from walmerge.segment import list_segments
 from tests.support.cluster import LocalCluster
+from tests.support.keyed import client_dealer, peer_dealer
 
 ACCOUNTS = 30
 
@@ -406,8 +407,16 @@ class Garbage(threading.Thread):
     a live member would take over its connection: see the report)."""
 
     def __init__(self, targets: Callable[[], list[tuple[str, bool, set[bytes]]]], period: float = 1.0,
-                 seed: int = 1) -> None:
+                 seed: int = 1, cluster_dir: Path | None = None) -> None:
+        """``cluster_dir``: under CURVE, peer garbage comes with the key of a made-up node 9 and client garbage
+        with the test's client key (garbage from parties that got in: keyless garbage never reaches a parser)."""
         super().__init__(daemon=True)
+        self.cluster_dir = cluster_dir
+        self.peer_nodes: dict[str, str] = {}
+        if cluster_dir is not None:
+            import tomllib
+            nodes = tomllib.loads((cluster_dir / "muheam.toml").read_text()).get("nodes", {})
+            self.peer_nodes = {n: str(v["peer_endpoint"]) for n, v in nodes.items()}
         self.targets, self.period = targets, period
         self.rng = random.Random(seed)
         self.stop_ = threading.Event()
@@ -441,7 +450,13 @@ class Garbage(threading.Thread):
             sock.sendall(os.urandom(self.rng.randint(1, 2048)))
 
     def _zmq(self, ctx: zmq.Context[Any], endpoint: str, peer: bool, taken: set[bytes]) -> None:
-        dealer: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+        if self.cluster_dir is None:
+            dealer: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+        elif peer:
+            to_node = next((int(n) for n, ep in self.peer_nodes.items() if ep == endpoint), 1)
+            dealer = peer_dealer(ctx, self.cluster_dir, 9, to_node)
+        else:
+            dealer = client_dealer(ctx)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDTIMEO, 200)
         sender = self.rng.choice([n for n in range(1, 9) if all(not t.startswith(f"n{n}e".encode())
