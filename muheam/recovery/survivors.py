@@ -88,7 +88,7 @@ class Survivors:
         self.prepared: dict[int, set[int]] = {}
         self.jobs: dict[int, _Job] = {}
         self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0,
-                                         "repair_calls": 0, "staged_pages": 0, "staged_chains": 0}
+                                         "repair_calls": 0, "staged_pages": 0, "staged_chains": 0, "recovery_us": 0}
         self.staging: staging.Staging | None = None
         """The recoverer's rebuild of every page the dead nodes touched (``muheam.recovery.staging``), during its sweep."""
         self._written: set[tuple[int, int]] = set()
@@ -327,6 +327,7 @@ class Survivors:
             self.staging = None
             self._written.clear()
         self.counters["recovered"] += 1
+        self.counters["recovery_us"] += int(duration_ms * 1000)
         log.info("recovered node %d (epoch %d) in %.0f ms: %d chains, %d records, %d aborted, %d committed",
                  dead.node, dead.epoch, duration_ms, len(dead.chains), dead.nrecords, len(job.aborted),
                  len(job.committed))
