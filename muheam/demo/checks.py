@@ -1,0 +1,97 @@
+"""The invariants ``muheam demo`` checks, each with the numbers that show it (pure functions over the run's data).
+
+"No acknowledged commit lost": every transfer client keeps the balance changes of the transfers it was
+acknowledged, and the transfers whose outcome it could not learn (its node died under it).  The final table
+must equal the acknowledged changes plus *some* subset of the unknown ones; a lost acknowledged commit (or an
+unacknowledged change that appeared from nowhere) leaves a difference no subset explains.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any, Sequence
+
+EXACT_UNKNOWN = 14
+"""Up to this many unknown outcomes every subset is tried; above, the necessary conditions only (said so)."""
+
+
+def check(name: str, passed: bool, detail: str, **numbers: Any) -> dict[str, Any]:
+    return {"name": name, "passed": bool(passed), "detail": detail, "numbers": numbers}
+
+
+def explained(diff: dict[int, int], unknown: Sequence[tuple[int, int]]) -> tuple[bool, str]:
+    """Whether ``diff`` (final minus acknowledged, per account) is the sum of some unknown transfers."""
+    diff = {k: v for k, v in diff.items() if v}
+    if not diff:
+        return True, "exact: every balance equals its acknowledged transfers"
+    if len(unknown) <= EXACT_UNKNOWN:
+        for size in range(1, len(unknown) + 1):
+            for subset in combinations(unknown, size):
+                got: dict[int, int] = {}
+                for src, dst in subset:
+                    got[src] = got.get(src, 0) - 1
+                    got[dst] = got.get(dst, 0) + 1
+                if {k: v for k, v in got.items() if v} == diff:
+                    return True, f"{size} of the {len(unknown)} transfers with an unknown outcome committed"
+        return False, f"no subset of the {len(unknown)} unknown transfers explains {len(diff)} differing accounts"
+    touching: dict[int, int] = {}
+    for src, dst in unknown:
+        touching[src] = touching.get(src, 0) + 1
+        touching[dst] = touching.get(dst, 0) + 1
+    ok = sum(diff.values()) == 0 and all(abs(v) <= touching.get(k, 0) for k, v in diff.items())
+    return ok, (f"bounded (too many unknown outcomes to try every subset): each of {len(diff)} differing accounts "
+                f"within its {len(unknown)} unknown transfers" if ok else "a difference exceeds the unknown transfers")
+
+
+def acknowledged(reports: Sequence[dict[str, Any]], rows: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    net: dict[int, int] = {}
+    unknown: list[tuple[int, int]] = []
+    acked = 0
+    for r in reports:
+        for k, v in r.get("net", {}).items():
+            net[int(k)] = net.get(int(k), 0) + int(v)
+        unknown.extend((int(a), int(b)) for a, b in r.get("unknown", []))
+        acked += len(r.get("trace", []))
+    final = dict(rows)
+    diff = {k: final.get(k, 0) - net.get(k, 0) for k in set(final) | set(net)}
+    ok, how = explained(diff, unknown)
+    return check("no acknowledged commit lost", ok, how, acknowledged_transfers=acked,
+                 unknown_outcome=len(unknown), accounts_differing=sum(1 for v in diff.values() if v))
+
+
+def sums(violations: int, reads: int) -> dict[str, Any]:
+    return check("bank sums always 0", violations == 0 and reads > 0,
+                 f"{reads} full-table reads in one snapshot each, {violations} with a sum other than 0",
+                 full_reads=reads, violations=violations)
+
+
+def checksums(live: dict[str, str], replayed: str | None) -> dict[str, Any]:
+    values = set(live.values()) | ({replayed} if replayed else set())
+    ok = len(values) == 1 and replayed is not None and len(live) >= 2
+    return check("checksums equal", ok,
+                 "every node after the rejoin, and the merged WAL replayed into a scratch copy, read the same "
+                 "accounts table" if ok else f"live {live}, replayed {replayed}",
+                 nodes=len(live), live=sorted(set(live.values())), replayed=replayed)
+
+
+def wal(summary: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
+    merge = (summary or {}).get("merge", {})
+    ver = (summary or {}).get("verify", {})
+    ok = summary is not None and not error and not ver.get("problems")
+    return check("merged WAL verifies", ok, error or f"every node's WAL merged in GLSN order and verified: "
+                 f"{ver.get('status', '?')}", records=merge.get("records"), per_node=merge.get("per_node"),
+                 status=ver.get("status"), problems=len(ver.get("problems", [])))
+
+
+def recovery(rec: dict[str, Any] | None, rejoined: bool) -> dict[str, Any]:
+    ok = bool(rec) and rec.get("state") == "recovered" and rejoined
+    return check("killed node recovered by the survivors and rejoined", ok,
+                 f"recovered by node {rec.get('by')} in {rec.get('duration_ms')} ms" if rec else "no recovery record",
+                 **({k: rec.get(k) for k in ("by", "duration_ms", "chains", "records", "aborted", "committed")}
+                    if rec else {}), rejoined=rejoined)
+
+
+def stopped(left: list[int]) -> dict[str, Any]:
+    return check("every process it started is stopped", not left,
+                 "etcd and every node process are gone" if not left else f"still running: pids {left}",
+                 still_running=left)
