@@ -84,11 +84,12 @@ def wal(summary: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
 
 
 def recovery(rec: dict[str, Any] | None, rejoined: bool) -> dict[str, Any]:
-    ok = bool(rec) and rec.get("state") == "recovered" and rejoined
+    ok = rec is not None and rec.get("state") == "recovered" and rejoined
     return check("killed node recovered by the survivors and rejoined", ok,
-                 f"recovered by node {rec.get('by')} in {rec.get('duration_ms')} ms" if rec else "no recovery record",
+                 f"recovered by node {rec.get('by')} in {rec.get('duration_ms')} ms" if rec is not None
+                 else "no recovery record",
                  **({k: rec.get(k) for k in ("by", "duration_ms", "chains", "records", "aborted", "committed")}
-                    if rec else {}), rejoined=rejoined)
+                    if rec is not None else {}), rejoined=rejoined)
 
 
 def stopped(left: list[int]) -> dict[str, Any]:

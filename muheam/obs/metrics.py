@@ -112,7 +112,7 @@ def families(snap: dict[str, Any], cluster: str, now: float | None = None) -> It
                 _num(survivors, "dead"))
     rec = SummaryMetricFamily("muheam_recovery_duration_seconds", "Recoveries of dead peers this node ran, and "
                               "their total duration.", labels=LABELS)
-    rec.add_metric(lv, count_value=_num(survivors, "recovered"), sum_value=_num(survivors, "recovery_us") / 1e6)
+    rec.add_metric(lv, count_value=int(_num(survivors, "recovered")), sum_value=_num(survivors, "recovery_us") / 1e6)
     yield rec
     up = GaugeMetricFamily("muheam_node_state", "1 for the node's current state.", labels=LABELS + ["state"])
     up.add_metric(lv + [str(snap.get("state", "unknown"))], 1.0)

@@ -66,7 +66,7 @@ class ObsServer:
         self._snap: dict[str, Any] | None = None
         self._lease = lease_deadline
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(lambda: self._snap, cluster))  # type: ignore[arg-type]
+        self.registry.register(SnapshotCollector(lambda: self._snap, cluster))
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
