@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
@@ -122,11 +123,27 @@ def bench_walmerge(fmt: str, as_json: bool, mb: int, nodes: int) -> None:
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
-def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int) -> None:
-    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run."""
-    from muheam.bench.bank import run
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Run against this running cluster instead (a live tps view on a terminal), not the comparison.")
+def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int, config_path: str | None) -> None:
+    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run; with -c,
+    against your own running cluster."""
+    from muheam.bench.bank import against, run
 
-    show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
+    if config_path is None:
+        show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
+        return
+    cfg = config_mod.load(config_path, require_shared_dir=False)
+    if sys.stdout.isatty() and not as_json:
+        from rich.live import Live
+
+        from muheam.cli.top import _table
+
+        with Live(refresh_per_second=2) as live:
+            result = against(cfg, seconds, clients, accounts, lambda rows: live.update(_table(rows)))
+    else:
+        result = against(cfg, seconds, clients, accounts)
+    show(result, fmt, as_json)
 
 
 @bench.command("pgbench")

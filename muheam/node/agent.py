@@ -38,7 +38,7 @@ from muheam.cluster.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
 from muheam.engine.replay import wal_tails_lamport
-from muheam.node import departures, obsfeed, startup
+from muheam.node import departures, obsfeed, reload, startup
 from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
@@ -206,6 +206,7 @@ class NodeAgent:
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
         self.port.register("lock_cycle", self._op_lock_cycle)
+        self.port.register("reload", lambda req: reload.apply(self))
         self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
                                    cfg.lease_ttl)
         for peer, m in self.members.items():
@@ -534,6 +535,12 @@ class NodeAgent:
             self.lease.revoke()
         except EtcdUnavailable as exc:
             log.warning("could not revoke lease %x (%s); peers will see it expire after the TTL", self.lease.id, exc)
+        try:  # after the revoke: the peers learn of the stop first (muheam history)
+            assert self.backend is not None
+            self.backend.add_history(self.cfg.cluster_name, {"kind": "left", "node_id": self.node_id,
+                                                             "epoch": self.mesh_epoch, "mode": str(mode)})
+        except EtcdUnavailable:
+            pass
         log.info("node %d stopped (%s)", self.node_id, mode)
         return 0
 

@@ -225,6 +225,12 @@ class Survivors:
                 "expired_at": self.expired_at.get(dead.node), **extra}
         try:
             self.backend().put_recovery(self.cluster, dead.node, info)
+            # the history (muheam history): the expiry as the recoverer saw it, then the recovery's end
+            kind = "expired" if state == "recovering" else state
+            self.backend().add_history(self.cluster, {
+                "kind": kind, "node_id": dead.node, "epoch": dead.epoch, "by": self.node_id,
+                "at": info["expired_at"] if kind == "expired" and info.get("expired_at") else time.time(),
+                **({k: extra[k] for k in ("duration_ms", "chains", "records", "aborted") if k in extra})})
         except EtcdUnavailable as e:
             log.warning("could not publish the recovery state of node %d (%s)", dead.node, e)
 
