@@ -107,6 +107,28 @@ def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_clust
     samples = json.loads(top.stdout)
     assert sorted(s["node_id"] for s in samples if s["state"] == "running") == [1, 2]
     assert {s["node_id"]: s["state"] for s in samples}[3] == "stopped"
+    assert all(s["commits_per_s"] is not None and s["lease_ttl_left_s"] > 0 for s in samples if s["node_id"] != 3)
+
+    # the operator's view: the dead node listed as stopped, the history, a live reload, a removal, a bench
+    rows = {r["node_id"]: r for r in json.loads(c.cli("list", "--format", "json").stdout)}
+    assert rows[3]["state"] == "stopped" and rows[3]["member"] is False
+    assert rows[1]["member"] and rows[1]["chains_owned"] is not None and rows[1]["lag"] is not None
+    history = json.loads(c.cli("history", "--format", "json").stdout)
+    kinds = [(e["kind"], e["node_id"]) for e in history]
+    assert [("joined", 1), ("joined", 2), ("joined", 3)] == [k for k in kinds if k[0] == "joined"][:3]
+    assert ("expired", 3) in kinds and ("recovered", 3) in kinds
+    assert next(e for e in history if e["kind"] == "recovered")["duration_ms"] >= 0
+    c.config.write_text(c.config.read_text().replace('lease_ttl = 2', 'lease_ttl = 2\nlock_timeout = 7.5'))
+    reloaded = json.loads(c.cli("reload", "--format", "json").stdout)
+    assert [r["changed"] for r in reloaded] == [{"lock_timeout": [10.0, 7.5]}] * 2
+    removed = c.cli("remove", "--node-id", "3", "--format", "json")
+    assert json.loads(removed.stdout)["removed"] is True and "[nodes.3]" not in c.config.read_text()
+    assert ("removed", 3) in [(e["kind"], e["node_id"]) for e in json.loads(c.cli("history", "--format",
+                                                                                    "json").stdout)]
+    bench = json.loads(c.cli("bench", "bank", "--seconds", "2", "--clients", "2", "--format", "json",
+                             timeout=120).stdout)
+    assert bench["nodes"] == 2 and bench["sum_violations"] == 0 and bench["checksums_equal"] is True
+    assert bench["accounts"] == 40 and bench["tps"] > 0  # the table the load above made, used as it is
 
 
 @pytest.mark.timeout(120)
