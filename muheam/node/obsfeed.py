@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from muheam.engine import rebuild
 from muheam.obs.server import ObsServer
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def snapshot(agent: "NodeAgent") -> dict[str, Any]:
         "abort_reasons": dict(agent.sessions.abort_reasons) if agent.sessions is not None else {},
         "peer_kinds": {k: list(v) for k, v in agent.mesh.sent_kinds.items()},
         "wal_start_lsn": agent.wal_start_lsn,
+        "compiled_redo": rebuild.compiled(),
     })
     return snap
 

@@ -114,6 +114,9 @@ def families(snap: dict[str, Any], cluster: str, now: float | None = None) -> It
                               "their total duration.", labels=LABELS)
     rec.add_metric(lv, count_value=int(_num(survivors, "recovered")), sum_value=_num(survivors, "recovery_us") / 1e6)
     yield rec
+    yield gauge("muheam_compiled_redo_loaded", "1 once the node loaded its compiled redo of a dead peer's pages "
+                "(compiled in the background at the first start of an installation).",
+                1.0 if snap.get("compiled_redo") else 0.0)
     up = GaugeMetricFamily("muheam_node_state", "1 for the node's current state.", labels=LABELS + ["state"])
     up.add_metric(lv + [str(snap.get("state", "unknown"))], 1.0)
     yield up
