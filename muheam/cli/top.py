@@ -44,8 +44,8 @@ def _table(rows: list[dict[str, Any]]) -> Any:
         table.add_column(title, justify="right" if title not in ("state",) else "left")
     for r in rows:
         r = {**r, "ready": {200: "yes", 503: "no"}.get((r.get("health") or {}).get("readiness", 0), "-")}
-        table.add_row(*("-" if r.get(k) is None else f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k])
-                        for _, k in COLUMNS))
+        table.add_row(*("-" if r.get(k) is None else f"{r[k]:.{3 if k == 'wal_mb_per_s' else 1}f}"
+                        if isinstance(r[k], float) else str(r[k]) for _, k in COLUMNS))
     return table
 
 
