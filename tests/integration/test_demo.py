@@ -34,7 +34,7 @@ def processes_mentioning(needle: str) -> list[int]:
 def test_demo_runs_checks_and_plots(tmp_path: Path) -> None:
     where = tmp_path / "demo"
     _started_dirs.append(where)  # the session's finaliser kills anything left there, should the demo fail to
-    proc = run_cli("demo", "--dir", str(where), "--seconds", "8", "--format", "json", timeout=380, check=False)
+    proc = run_cli("demo", "--dir", str(where), "--seconds", "6", "--format", "json", timeout=380, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["passed"] is True

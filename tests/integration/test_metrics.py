@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from muheam.bench.workloads import bank
-from tests.support.cluster import LocalCluster
+from tests.support.cluster import FULL, LocalCluster
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
@@ -83,7 +83,7 @@ def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_clust
     for n, samples in before.items():
         assert samples["muheam_node_state"][(("cluster", "muheam"), ("node", str(n)), ("state", "running"))] == 1
     bank.create_accounts(eps[1], 40)
-    res = bank.run([eps[n] for n in sorted(eps)], seconds=3, transfer_clients=3, readers=1, accounts=40,
+    res = bank.run([eps[n] for n in sorted(eps)], seconds=2, transfer_clients=3, readers=1, accounts=40,
                    mode="thread", seed=5)
     assert res.transfers > 0 and res.sum_violations == 0
     after = {n: scrape(ep) for n, ep in mep.items()}
@@ -125,10 +125,11 @@ def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_clust
     assert json.loads(removed.stdout)["removed"] is True and "[nodes.3]" not in c.config.read_text()
     assert ("removed", 3) in [(e["kind"], e["node_id"]) for e in json.loads(c.cli("history", "--format",
                                                                                     "json").stdout)]
-    bench = json.loads(c.cli("bench", "bank", "--seconds", "2", "--clients", "2", "--format", "json",
-                             timeout=120).stdout)
-    assert bench["nodes"] == 2 and bench["sum_violations"] == 0 and bench["checksums_equal"] is True
-    assert bench["accounts"] == 40 and bench["tps"] > 0  # the table the load above made, used as it is
+    if FULL:  # about ten more seconds of processes and load: MUHEAM_FULL=1 runs it (CI's time budget)
+        bench = json.loads(c.cli("bench", "bank", "--seconds", "2", "--clients", "2", "--format", "json",
+                                 timeout=120).stdout)
+        assert bench["nodes"] == 2 and bench["sum_violations"] == 0 and bench["checksums_equal"] is True
+        assert bench["accounts"] == 40 and bench["tps"] > 0  # the table the load above made, used as it is
 
 
 @pytest.mark.timeout(120)
