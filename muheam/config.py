@@ -35,8 +35,9 @@ tracebacks (cli), the long test runs
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
              "fence_command", "lock_timeout", "idle_in_transaction_timeout",
-             "sql_auth", "commit_scope", "security", "client_key"}
-_NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint"}
+             "sql_auth", "commit_scope", "security", "client_key", "log_level"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint", "metrics_endpoint"}
 SQL_AUTH_METHODS = ("trust", "scram-sha-256")
 """``sql_auth``: ``trust`` lets loopback clients in without a password (others must pass SCRAM);
 ``scram-sha-256`` asks everyone (``muheam.sql.auth``)."""
@@ -54,6 +55,9 @@ class NodeConfig:
     host: str = "127.0.0.1"
     sql_endpoint: str = ""
     """``tcp://HOST:PORT`` of the PostgreSQL-protocol SQL port; empty: none (configs from before it existed)."""
+    metrics_endpoint: str = ""
+    """``http://HOST:PORT`` where the node serves Prometheus ``/metrics`` and ``/health``, ``/liveness``,
+    ``/readiness`` (``muheam.obs``); empty: none."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ class Config:
     """Seconds a transaction waits for a row lock (or a begin for prepared outcomes) before ``LockTimeout``."""
     idle_in_transaction_timeout: float = DEFAULT_IDLE_TIMEOUT
     """Seconds a transaction may sit idle between requests before the node rolls it back."""
+    log_level: str = "INFO"
+    """The nodes' log level; with the two timeouts above, what ``muheam reload`` changes on running nodes."""
 
     def node(self, node_id: int) -> NodeConfig:
         try:
@@ -128,6 +134,8 @@ class Config:
             doc["security"] = self.security
         if self.client_key is not None:
             doc["client_key"] = str(self.client_key)
+        if self.log_level != "INFO":
+            doc["log_level"] = self.log_level
         if self.embedded_etcd is not None:
             doc["embedded_etcd"] = {
                 "client_endpoint": self.embedded_etcd.client_endpoint,
@@ -136,7 +144,8 @@ class Config:
             }
         doc["nodes"] = {
             str(n.node_id): {"host": n.host, "peer_endpoint": n.peer_endpoint, "client_endpoint": n.client_endpoint,
-                             **({"sql_endpoint": n.sql_endpoint} if n.sql_endpoint else {})}
+                             **({"sql_endpoint": n.sql_endpoint} if n.sql_endpoint else {}),
+                             **({"metrics_endpoint": n.metrics_endpoint} if n.metrics_endpoint else {})}
             for n in self.nodes.values()
         }
         return tomli_w.dumps(doc)
@@ -326,14 +335,17 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
         peer = check_tcp_endpoint(f"nodes.{key}.peer_endpoint", value["peer_endpoint"])
         client = check_tcp_endpoint(f"nodes.{key}.client_endpoint", value["client_endpoint"])
         sql = check_tcp_endpoint(f"nodes.{key}.sql_endpoint", value["sql_endpoint"]) if "sql_endpoint" in value else ""
-        for label, ep in (("peer_endpoint", peer), ("client_endpoint", client), ("sql_endpoint", sql)):
+        metrics = check_tcp_endpoint(f"nodes.{key}.metrics_endpoint", value["metrics_endpoint"], "http") \
+            if "metrics_endpoint" in value else ""
+        for label, ep in (("peer_endpoint", peer), ("client_endpoint", client), ("sql_endpoint", sql),
+                          ("metrics_endpoint", metrics)):
             if not ep:
                 continue
             if ep in seen:
                 raise ConfigError(f"nodes.{key}.{label}: {ep} is already used by {seen[ep]}; give every endpoint its own port")
             seen[ep] = f"nodes.{key}.{label}"
         host = value.get("host", urlparse(peer).hostname or "127.0.0.1")
-        nodes[node_id] = NodeConfig(node_id, peer, client, str(host), sql)
+        nodes[node_id] = NodeConfig(node_id, peer, client, str(host), sql, metrics)
 
     fence_command = raw.get("fence_command", "")
     if not isinstance(fence_command, str):
@@ -355,8 +367,13 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
     if client_key is not None and not isinstance(client_key, str):
         raise ConfigError(f"client_key: expected the path of a .key_secret file, got {client_key!r}")
 
+    log_level = str(raw.get("log_level", "INFO")).upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {raw.get('log_level')!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
+
     return Config(
         commit_scope=commit_scope.strip(),
+        log_level=log_level,
         sql_auth=sql_auth,
         security=security,
         client_key=(base / Path(client_key).expanduser()).resolve() if client_key else None,

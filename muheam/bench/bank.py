@@ -17,7 +17,7 @@ and a note instead of failing the whole comparison.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from muheam.bench.workloads import bank
 from muheam.bench import pgbase
@@ -113,3 +113,53 @@ def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100) -> dict[st
         "details": details,
         "notes": notes,
     }
+
+
+def against(cfg: Any, seconds: float, clients: int, accounts: int,
+            on_sample: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> dict[str, Any]:
+    """The workload against the user's own running cluster (``muheam bench bank -c CONFIG``): clients spread over
+    every running member; ``on_sample`` gets per-node rates from the nodes' metrics every second (the live view).
+
+    The ``accounts`` table is made if missing; an existing one is used as it is if its balances sum to 0 (a
+    previous run's), and refused otherwise: it is not a bank table and its sums would prove nothing."""
+    import threading
+    import time
+
+    from muheam.client import TableExists
+    from muheam.errors import ClusterStateError
+    from muheam.membership import current_members
+    from muheam.obs.scrape import rates, scrape
+
+    members = sorted(current_members(cfg.etcd_endpoints, cfg.cluster_name), key=lambda m: m.node_id)
+    endpoints = [m.client_endpoint for m in members if m.state == "running"]
+    if not endpoints:
+        raise ClusterStateError(f"no running member in cluster {cfg.cluster_name!r}; start it first")
+    try:
+        bank.create_accounts(endpoints[0], accounts)
+    except TableExists:
+        session = bank.MuheamSession(endpoints[0], 30.0)
+        try:
+            rows = session.read_all()
+        finally:
+            session.close()
+        if sum(b for _, b in rows) != 0 or len(rows) < 2:
+            raise ClusterStateError(f"table {bank.TABLE!r} exists and is not a bank table (its {len(rows)} "
+                                    "balances do not sum to 0); drop it or use another cluster") from None
+        accounts = len(rows)
+    metrics = {n: c.metrics_endpoint for n, c in sorted(cfg.nodes.items()) if c.metrics_endpoint}
+    box: dict[str, Any] = {}
+    loader = threading.Thread(target=lambda: box.setdefault("res", bank.run(
+        endpoints, seconds, clients, READERS, accounts)), daemon=True)
+    loader.start()
+    last = {n: scrape(ep, 1.0, health=False) for n, ep in metrics.items()}
+    while loader.is_alive():
+        loader.join(1.0)
+        now = {n: scrape(ep, 1.0, health=False) for n, ep in metrics.items()}
+        on_sample([{"node_id": n, **rates(last[n], now[n])} for n in metrics])
+        last = now
+        time.sleep(0)
+    res: bank.BankResult = box["res"]
+    sums = {str(m.node_id): bank.checksum(m.client_endpoint) for m in members if m.state == "running"}
+    return {"tps": _rate(res.tps), "sum_violations": res.sum_violations, "checksums_equal": len(set(sums.values())) == 1,
+            "nodes": len(endpoints), "clients": clients, "readers": READERS, "seconds": seconds,
+            "accounts": accounts, "details": res.to_dict()}

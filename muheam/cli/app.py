@@ -15,7 +15,7 @@ import sys
 import click
 
 from muheam import __version__
-from muheam.cli import bench, cluster, data, keys, node, recover, replica, user, wal
+from muheam.cli import admin, bench, cluster, data, demo, keys, node, recover, replica, top, user, wal
 from muheam.errors import MuheamError, operator_error
 
 
@@ -31,7 +31,8 @@ def cli() -> None:
 
 COMMANDS = (cluster.cluster, node.node, node.list_cmd, node.watch_cmd, data.table, data.get_cmd, data.put_cmd,
             data.scan_cmd, wal.wal, wal.waldump_cmd, wal.walmerge_cmd, recover.recover_cmd, bench.bench,
-            user.user, replica.replicate_cmd, replica.replicas_cmd, keys.keys)
+            user.user, replica.replicate_cmd, replica.replicas_cmd, keys.keys, top.top_cmd, demo.demo_cmd,
+            admin.history_cmd, admin.restart_cmd, admin.reload_cmd, admin.remove_cmd)
 for command in COMMANDS:
     cli.add_command(command)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar, cast
 
 import click
 
@@ -12,14 +15,38 @@ from muheam.cli.common import emit
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+report_option = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+                             help="Also write the result as DIR/NAME.json and its figures as DIR/NAME.png.")
+
+
+def without_report(fn: F) -> F:
+    """The command body never sees ``--report``: ``show`` reads it from the click context."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, report_dir: str | None = None, **kw: Any) -> Any:
+        return fn(*args, **kw)
+    return cast(F, wrapper)
+
+
 def output_options(fn: F) -> F:
-    """``--format table|json`` (json by default: benchmarks are read by programs) and ``--json``, its alias."""
+    """``--format table|json`` (json by default: benchmarks are read by programs), ``--json``, its alias, and
+    ``--report DIR``."""
+    fn = report_option(without_report(fn))
     fn = click.option("--json", "as_json", is_flag=True, help="Alias of --format json.")(fn)
     return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="json",
                         show_default=True, help="Output format: one JSON object, or 'key  value' lines.")(fn)
 
 
+def write_report(result: dict[str, Any]) -> None:
+    ctx = click.get_current_context(silent=True)
+    where = ctx.params.get("report_dir") if ctx is not None else None
+    if where:
+        from muheam.bench.figures import write
+
+        write(result, Path(where), ctx.info_name or "bench")  # type: ignore[union-attr]
+
+
 def show(result: dict[str, Any], fmt: str, as_json: bool) -> None:
+    write_report(result)
     if as_json or fmt == "json":
         emit(result, "json")
         return
@@ -96,23 +123,43 @@ def bench_walmerge(fmt: str, as_json: bool, mb: int, nodes: int) -> None:
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
-def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int) -> None:
-    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run."""
-    from muheam.bench.bank import run
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Run against this running cluster instead (a live tps view on a terminal), not the comparison.")
+def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int, config_path: str | None) -> None:
+    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run; with -c,
+    against your own running cluster."""
+    from muheam.bench.bank import against, run
 
-    show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
+    if config_path is None:
+        show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
+        return
+    cfg = config_mod.load(config_path, require_shared_dir=False)
+    if sys.stdout.isatty() and not as_json:
+        from rich.live import Live
+
+        from muheam.cli.top import _table
+
+        with Live(refresh_per_second=2) as live:
+            result = against(cfg, seconds, clients, accounts, lambda rows: live.update(_table(rows)))
+    else:
+        result = against(cfg, seconds, clients, accounts)
+    show(result, fmt, as_json)
 
 
 @bench.command("pgbench")
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@report_option
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
+@without_report
 def bench_pgbench(fmt: str, seconds: float, clients: int, accounts: int) -> None:
     """pgbench with a transfer script on standalone PostgreSQL and on MUHEAM's SQL port (1 node)."""
     from muheam.bench.pgbench import run
 
-    emit(run(seconds=seconds, clients=clients, accounts=accounts), fmt)
+    result = run(seconds=seconds, clients=clients, accounts=accounts)
+    write_report(result)
+    emit(result, fmt)
 
 
 @bench.command("replicate")

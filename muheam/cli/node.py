@@ -51,7 +51,7 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
         return
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s node-{node_id} %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(level=getattr(logging, cfg.log_level, logging.INFO), handlers=[handler], force=True)
     from muheam.node.agent import run_node
 
     try:
@@ -94,7 +94,9 @@ def node_stop(node_id: int, mode: str, timeout: float, fmt: str, **kw: Any) -> N
 @format_option
 @click.option("--watch", "watch_s", type=float, default=None, help="Refresh every N seconds until Ctrl-C.")
 def list_cmd(fmt: str, watch_s: float | None, **kw: Any) -> None:
-    """Show the members: node, host, endpoints, state, epoch, lease TTL left, Lamport clock."""
+    """Show the members: node, host, endpoints, state, epoch, lease TTL left, Lamport clock, lag (Lamport behind
+    the most advanced member), chains owned, last error in its log; configured nodes that are not members show as
+    stopped (JSON: "member": false)."""
     from muheam.cli.views import member_rows, print_members
 
     cfg = load_config(kw, require_shared_dir=False)

@@ -42,14 +42,52 @@ def member_rows(cfg: Config) -> list[dict[str, Any]]:
                 row["lamport"] = status.get("lamport")
                 row["counters"] = status.get("counters")
                 row["answering"] = True
+                row["chains_owned"] = (status.get("counters") or {}).get("ownership", {}).get("held")
             except AuthenticationFailed as exc:
                 row["error"] = str(exc)
             except MuheamError:
                 pass
             rows.append(row)
-        return rows
+        return _with_stopped(cfg, rows, revision)
     finally:
         backend.close()
+
+
+def last_error(cfg: Config, node_id: int) -> str | None:
+    """The last ERROR or CRITICAL line of the node's log on this host (``run_dir/log/node-N.log``), if any."""
+    path = cfg.run_dir / "log" / f"node-{node_id}.log"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if " ERROR " in line or " CRITICAL " in line:
+            return line.strip()[:300]
+    return None
+
+
+def _with_stopped(cfg: Config, rows: list[dict[str, Any]], revision: int) -> list[dict[str, Any]]:
+    """Members first (``member: true``), then every configured node that is not one, as ``stopped``; plus each
+    node's last logged error, and ``lag``: how far its Lamport clock is behind the most advanced member's."""
+    listed = {r["node_id"] for r in rows}
+    for node_id, n in sorted(cfg.nodes.items()):
+        if node_id not in listed:
+            rows.append({"node_id": node_id, "host": n.host, "state": "stopped", "epoch": None, "pid": None,
+                         "peer_endpoint": n.peer_endpoint, "client_endpoint": n.client_endpoint,
+                         "sql_endpoint": n.sql_endpoint or None, "started_at": None, "lease_ttl_left": None,
+                         "lamport": None, "revision": revision, "answering": False, "member": False,
+                         "chains_owned": None})
+    top = max((r["lamport"] for r in rows if r.get("lamport") is not None), default=None)
+    for r in rows:
+        r.setdefault("member", True)
+        r.setdefault("chains_owned", None)
+        r["lag"] = None if top is None or r.get("lamport") is None else top - int(r["lamport"])
+        r["last_error"] = last_error(cfg, int(r["node_id"]))
+        r["metrics_endpoint"] = cfg.nodes[r["node_id"]].metrics_endpoint or None if r["node_id"] in cfg.nodes \
+            else None
+    return rows
 
 
 def cluster_state(cfg: Config) -> str:
@@ -60,6 +98,10 @@ def cluster_state(cfg: Config) -> str:
         backend.close()
 
 
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -67,15 +109,18 @@ def print_members(cfg: Config, rows: list[dict[str, Any]], clear: bool = False) 
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if clear:
         console.clear()
-    table = Table(title=f"+ Cluster: {cfg.cluster_name} ({cluster_state(cfg)}, {len(rows)} members)")
-    for col in ("Node", "Host", "Peer endpoint", "SQL endpoint", "State", "Epoch", "Lease TTL", "Lamport"):
+    members = sum(1 for r in rows if r.get("member", True))
+    table = Table(title=f"+ Cluster: {cfg.cluster_name} ({cluster_state(cfg)}, {members} members)")
+    for col in ("Node", "Host", "Peer endpoint", "SQL endpoint", "State", "Epoch", "Lease TTL", "Lamport", "Lag",
+                "Chains", "Last error"):
         table.add_column(col)
     for r in rows:
-        state = r["state"] if r["answering"] else f"{r['state']} (no answer)"
+        state = r["state"] if r["answering"] or not r.get("member", True) else f"{r['state']} (no answer)"
         table.add_row(str(r["node_id"]), r["host"], r["peer_endpoint"], r.get("sql_endpoint") or "-", state,
-                      str(r["epoch"]),
+                      _dash(r["epoch"]),
                       "-" if r["lease_ttl_left"] is None else f"{r['lease_ttl_left']} s",
-                      "-" if r["lamport"] is None else str(r["lamport"]))
+                      _dash(r["lamport"]), _dash(r.get("lag")), _dash(r.get("chains_owned")),
+                      (r.get("last_error") or "-")[-60:])
     console.print(table)
 
 

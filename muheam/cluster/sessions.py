@@ -113,6 +113,8 @@ class Sessions:
         self.check_scope: Callable[[str], None] = lambda _s: None
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
                                          "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0}
+        self.abort_reasons: dict[str, int] = {}
+        """Aborts caused by an error, by its code (the rest are rollbacks: the client's, idle, shutdown)."""
         table = cluster.table
         engine.status = table.status
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
@@ -218,8 +220,11 @@ class Sessions:
 
     def _fail_tx(self, tx: _Tx, reply: Deferred, exc: BaseException, code: str | None = None) -> None:
         """An error inside a transaction aborts it (PostgreSQL semantics); the client gets the error."""
+        reason = code or error_code(exc)
+        if tx.txn.xid in self.txns:
+            self.abort_reasons[reason] = self.abort_reasons.get(reason, 0) + 1
         self._abort(tx)
-        reply.fail(code or error_code(exc), f"{exc} (transaction {tx.txn.xid} rolled back)")
+        reply.fail(reason, f"{exc} (transaction {tx.txn.xid} rolled back)")
 
     def _table(self, req: dict[str, Any]) -> str:
         table = req.get("table")

@@ -246,6 +246,15 @@ class MembershipBackend(ABC):
     @abstractmethod
     def replicas(self, cluster: str) -> dict[str, dict[str, Any]]:
         """Every replica's last report, by name."""
+    # the cluster's history (``muheam history``) -----------------------------------------------------------------
+    def add_history(self, cluster: str, event: dict[str, Any]) -> None:
+        """Append ``event`` (``kind``: joined, left, expired, evicted, recovering, recovered, removed; ``node_id``,
+        ``epoch``, ``at`` and details) to ``history/``; the oldest beyond ``HISTORY_KEEP`` are dropped.  A backend
+        that keeps no history does nothing."""
+
+    def history(self, cluster: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` history events, oldest first."""
+        return []
 
     # peer-only partitions (``muheam.cluster.partition``) ------------------------------------------------------------
     @abstractmethod
@@ -266,6 +275,15 @@ class MembershipBackend(ABC):
         """Member events from ``start_revision`` on; yields None every ``poll`` seconds while idle.
         Raises EtcdUnavailable when the watch breaks (the caller resumes from its last revision + 1), and
         WatchCompacted when ``start_revision`` was compacted away (``MemberWatch`` handles both)."""
+
+
+HISTORY_KEEP = 1000
+"""History events kept in etcd per cluster (the newest)."""
+
+
+def history_key(cluster: str, event: dict[str, Any]) -> str:
+    """Keys sort by time: ``history/<ns since the epoch, 20 digits>-<node>-<kind>``."""
+    return f"/muheam/{cluster}/history/{int(float(event['at']) * 1e9):020d}-{event.get('node_id', 0)}-{event['kind']}"
 
 
 def connect(endpoints: Sequence[str], timeout: float = 2.0) -> MembershipBackend:

@@ -22,7 +22,8 @@ from pyetcd.events import DeleteEvent, PutEvent
 
 from muheam.errors import EtcdUnavailable, NodeIdInUse
 from muheam.states import NodeState
-from muheam.membership import Lease, Member, MemberEvent, MembershipBackend, WatchCompacted, recovery_member
+from muheam.membership import (HISTORY_KEEP, Lease, Member, MemberEvent, MembershipBackend, WatchCompacted,
+                               history_key, recovery_member)
 
 T = TypeVar("T")
 _ETCD_ERRORS = (etcd_exc.Etcd3Exception, grpc.RpcError)
@@ -143,7 +144,10 @@ class EtcdBackend(MembershipBackend):
             ok, responses = self._call(
                 lambda c: c.transaction(
                     compare=[tx.version(key) == 0, epoch_cmp],
-                    success=[tx.put(epoch_key, str(current + 1)), tx.put(key, joined.to_json(), lease=lease.id)],
+                    success=[tx.put(epoch_key, str(current + 1)), tx.put(key, joined.to_json(), lease=lease.id),
+                             tx.put(*self._history_entry(cluster, {"kind": "joined", "node_id": member.node_id,
+                                                                   "epoch": current + 1, "at": time.time(),
+                                                                   "host": member.host, "pid": member.pid}))],
                     failure=[tx.get(key)],
                 )
             )
@@ -204,6 +208,29 @@ class EtcdBackend(MembershipBackend):
                 continue  # a value some other tool wrote: not a replica's report
         return out
 
+    @staticmethod
+    def _history_entry(cluster: str, event: dict[str, Any]) -> tuple[str, str]:
+        return history_key(cluster, event), json.dumps(event, sort_keys=True)
+
+    def add_history(self, cluster: str, event: dict[str, Any]) -> None:
+        event = {"at": time.time(), **event}
+        self._call(lambda c: c.put(*self._history_entry(cluster, event)))
+        if int(event["at"] * 1000) % 50 == 0:  # now and then: drop the oldest beyond what is kept
+            resp = self._call(lambda c: c.get_prefix_response(f"/muheam/{cluster}/history/", keys_only=True))
+            keys = sorted(kv.key.decode() for kv in resp.kvs)
+            for old in keys[:max(0, len(keys) - HISTORY_KEEP)]:
+                self._call(lambda c: c.delete(old))
+
+    def history(self, cluster: str, limit: int = 100) -> list[dict[str, Any]]:
+        resp = self._call(lambda c: c.get_prefix_response(f"/muheam/{cluster}/history/"))
+        out = []
+        for kv in sorted(resp.kvs, key=lambda kv: kv.key)[-limit:]:
+            try:
+                out.append(dict(json.loads(kv.value)))
+            except ValueError:
+                continue
+        return out
+
     def put_reach(self, cluster: str, node_id: int, hears: Sequence[int], lease: Lease) -> None:
         self._call(lambda c: c.put(f"/muheam/{cluster}/reach/{node_id}", json.dumps(sorted(hears)), lease=lease.id))
 
@@ -228,7 +255,10 @@ class EtcdBackend(MembershipBackend):
         ok, _ = self._call(lambda c: c.transaction(
             compare=[tx.mod(f"{key}{m.node_id}") == m.revision for m in view],
             success=[op for m in losers for op in (tx.delete(f"{key}{m.node_id}"),
-                                                   tx.put(f"/muheam/{cluster}/evictions/{m.node_id}", record))],
+                                                   tx.put(f"/muheam/{cluster}/evictions/{m.node_id}", record),
+                                                   tx.put(*self._history_entry(cluster, {
+                                                       "kind": "evicted", "node_id": m.node_id, "epoch": m.epoch,
+                                                       "at": time.time(), "by": by})))],
             failure=[]))
         if ok:
             for m in losers:

@@ -119,6 +119,8 @@ class Mesh:
         self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.handshakes = HandshakeWatch(self.counters, "peer", self.refusals if self.secure else None)
+        self.sent_kinds: dict[str, list[int]] = {}
+        """Per message kind: [messages, bytes] sent (the node's metrics show the cost of each protocol)."""
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
@@ -188,6 +190,9 @@ class Mesh:
         frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body,
                                  dest_epoch=link.epoch, seq=out.next_seq, ack=ack)
         self.counters["sent"] += 1
+        per_kind = self.sent_kinds.setdefault(kind, [0, 0])
+        per_kind[0] += 1
+        per_kind[1] += len(frame)
         if out.sent_to == out.high == out.next_seq - 1:  # nothing waits ahead of it: straight to the socket
             try:
                 link.sock.send(frame, zmq.NOBLOCK)

@@ -38,7 +38,7 @@ from muheam.cluster.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
 from muheam.engine.replay import wal_tails_lamport
-from muheam.node import departures, replicas, startup
+from muheam.node import departures, obsfeed, reload, replicas, startup
 from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
@@ -111,6 +111,8 @@ class NodeAgent:
         self._decided: set[int] = set()
         self.survivors: Survivors | None = None
         self.peerwatch: PeerWatch | None = None
+        self.obs: Any = None  # the metrics and health HTTP server (muheam.node.obsfeed), if configured
+        self.wal_start_lsn = 0
 
     # startup ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +139,7 @@ class NodeAgent:
                 # bound now (so a taken port fails the start), served once the sessions exist
                 self.sql = SqlServer(self.node_cfg.sql_endpoint, self.port.ops, cfg.shared_dir, self.node_id,
                                      cfg.sql_auth)
+            self.obs = obsfeed.open_server(self)
         except (zmq.ZMQError, OSError) as exc:
             raise ClusterStateError(
                 f"node {self.node_id} cannot listen on its endpoints ({exc}); another process holds the port — "
@@ -197,6 +200,7 @@ class NodeAgent:
         if self.engine.recovery.data_loss:
             log.warning("started after accepting data loss: %s", self.engine.recovery.data_loss)
         self.engine.cache.forget_all()  # recovery ended with a checkpoint; we own no block yet
+        self.wal_start_lsn = self.engine.wal.end_lsn
         table.load(*statefiles.read_all_xact(cfg.shared_dir))
         table.load(self.engine.committed, self.engine.aborted)
         self.ownership = Ownership(self.locks, self.engine)
@@ -213,6 +217,7 @@ class NodeAgent:
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
         self.port.register("lock_cycle", self._op_lock_cycle)
+        self.port.register("reload", lambda req: reload.apply(self))
         self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
                                    cfg.lease_ttl)
         for peer, m in self.members.items():
@@ -224,6 +229,7 @@ class NodeAgent:
         threading.Thread(target=self._watch, args=(revision + 1, snapshot), name="membership-watch",
                          daemon=True).start()
         self._set_state(NodeState.RUNNING)
+        obsfeed.publish(self)
         # the compiled WAL walk and page redo make reading and redoing a dead peer's WAL several times faster;
         # numba's start-up (about half a second, ~100 MB) is paid now, in the background, not when a peer dies
         # (MUHEAM_NO_JIT=1: off)
@@ -234,6 +240,7 @@ class NodeAgent:
         except Exception as e:  # noqa: BLE001 - a warm-up only; the recovery path reports its own errors
             log.warning("could not warm up the redo of a dead peer's pages (%s: %s)", type(e).__name__, e)
         _freeze_heap()
+        obsfeed.publish(self)
         log.info("node %d running: epoch %d, peer %s, client %s, lease %x (TTL %d s)", self.node_id,
                  self.member.epoch, self.node_cfg.peer_endpoint, self.node_cfg.client_endpoint, self.lease.id,
                  cfg.lease_ttl)
@@ -482,6 +489,7 @@ class NodeAgent:
                                 self.peerwatch.tick(now)
                             if self.engine is not None:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
+                            obsfeed.publish(self)
                         except StorageFailed:
                             pass  # the engine stopped; the next turn stops the node (engine.failed)
                 # after the sessions and locks had their say: acknowledgements ride on what they just sent
@@ -542,6 +550,12 @@ class NodeAgent:
             self.lease.revoke()
         except EtcdUnavailable as exc:
             log.warning("could not revoke lease %x (%s); peers will see it expire after the TTL", self.lease.id, exc)
+        try:  # after the revoke: the peers learn of the stop first (muheam history)
+            assert self.backend is not None
+            self.backend.add_history(self.cfg.cluster_name, {"kind": "left", "node_id": self.node_id,
+                                                             "epoch": self.mesh_epoch, "mode": str(mode)})
+        except EtcdUnavailable:
+            pass
         log.info("node %d stopped (%s)", self.node_id, mode)
         return 0
 
@@ -564,6 +578,7 @@ class NodeAgent:
 
     def _close_ports(self) -> None:
         self._stopping.set()
+        obsfeed.close(self)
         if self.mesh is not None:
             self.mesh.close()
         if self.port is not None:

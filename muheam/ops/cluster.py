@@ -79,9 +79,10 @@ def _init_cluster(cfg: Config, backend: MembershipBackend) -> dict[str, Any]:
 
 
 def _local_node(node_id: int) -> NodeConfig:
-    """A node on free loopback ports: peer, client and SQL (PostgreSQL protocol) endpoints."""
+    """A node on free loopback ports: peer, client, SQL (PostgreSQL protocol) and metrics (HTTP) endpoints."""
     return NodeConfig(node_id, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}",
-                      sql_endpoint=f"tcp://127.0.0.1:{free_port()}")
+                      sql_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                      metrics_endpoint=f"http://127.0.0.1:{free_port()}")
 
 
 def local_config(directory: Path, nodes: int, lease_ttl: int | None = None, cluster_name: str = "muheam",
@@ -212,7 +213,7 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None,
             started.append({
                 "node_id": node_id, "pid": member.pid, "epoch": member.epoch,
                 "peer_endpoint": member.peer_endpoint, "client_endpoint": member.client_endpoint,
-                "sql_endpoint": member.sql_endpoint,
+                "sql_endpoint": member.sql_endpoint, "metrics_endpoint": cfg.node(node_id).metrics_endpoint,
             })
         backend.set_state(cfg.cluster_name, ClusterState.RUNNING)
         # nodes running beyond the ones asked for (cluster up --nodes 2 while 4 run): say so, stop none

@@ -89,7 +89,7 @@ class Survivors:
         self.prepared: dict[int, set[int]] = {}
         self.jobs: dict[int, _Job] = {}
         self.counters: dict[str, int] = {"recovered": 0, "repaired_chains": 0, "repair_changes": 0, "repair_us": 0,
-                                         "repair_calls": 0, "staged_pages": 0, "staged_chains": 0}
+                                         "repair_calls": 0, "staged_pages": 0, "staged_chains": 0, "recovery_us": 0}
         self.staging: staging.Staging | None = None
         """The recoverer's rebuild of every page the dead nodes touched (``muheam.recovery.staging``), during its sweep."""
         self._written: set[tuple[int, int]] = set()
@@ -226,6 +226,12 @@ class Survivors:
                 "expired_at": self.expired_at.get(dead.node), **extra}
         try:
             self.backend().put_recovery(self.cluster, dead.node, info)
+            # the history (muheam history): the expiry as the recoverer saw it, then the recovery's end
+            kind = "expired" if state == "recovering" else state
+            self.backend().add_history(self.cluster, {
+                "kind": kind, "node_id": dead.node, "epoch": dead.epoch, "by": self.node_id,
+                "at": info["expired_at"] if kind == "expired" and info.get("expired_at") else time.time(),
+                **({k: extra[k] for k in ("duration_ms", "chains", "records", "aborted") if k in extra})})
         except EtcdUnavailable as e:
             log.warning("could not publish the recovery state of node %d (%s)", dead.node, e)
 
@@ -323,6 +329,7 @@ class Survivors:
             self.staging = None
             self._written.clear()
         self.counters["recovered"] += 1
+        self.counters["recovery_us"] += int(duration_ms * 1000)
         log.info("recovered node %d (epoch %d) in %.0f ms: %d chains, %d records, %d aborted, %d committed",
                  dead.node, dead.epoch, duration_ms, len(dead.chains), dead.nrecords, len(job.aborted),
                  len(job.committed))

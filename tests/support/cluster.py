@@ -67,7 +67,8 @@ class LocalCluster:
         return run_cli(*args, "-c", str(self.config), **kw)
 
     def members(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.cli("list", "--format", "json").stdout))
+        """The members in etcd (``muheam list`` also shows configured nodes that are not members, as stopped)."""
+        return [r for r in json.loads(self.cli("list", "--format", "json").stdout) if r.get("member", True)]
 
     def log(self, node_id: int) -> str:
         return (self.dir / "log" / f"node-{node_id}.log").read_text(errors="replace")

@@ -37,6 +37,7 @@ MAX_CLIENTS = 256
 MAX_SECONDS = 3600.0
 MAX_ERRORS_KEPT = 5  # per client: the first few messages say what went wrong, the count says how often
 INSERT_BATCH = 500
+MAX_TRACE = 2_000_000  # per client, with run(trace=True): bounds the memory of a long traced run
 
 
 class Retry(Exception):
@@ -157,6 +158,8 @@ class BankResult:
     elapsed: float = 0.0
     clients: int = 0
     readers: int = 0
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    """Each client's own report, kept with ``run(trace=True)`` (its trace, acknowledged changes, unknowns)."""
 
     @property
     def tps(self) -> float:
@@ -175,16 +178,31 @@ class BankResult:
 
 def _transfer_loop(session: Session, rng: random.Random, accounts: int, deadline: float,
                    report: dict[str, Any]) -> None:
+    """``report["trace"]``, when present, records each acknowledged transfer (its end, monotonic, and latency),
+    ``report["net"]`` the balance change it acknowledged per account, and ``report["unknown"]`` every transfer
+    whose outcome the client could not learn (the node failed under it): what ``muheam demo`` checks against the
+    final table to prove no acknowledged commit was lost."""
+    trace = report.get("trace")
     while time.monotonic() < deadline:
         src, dst = rng.sample(range(accounts), 2)
         debit_first = rng.random() < 0.5
         while time.monotonic() < deadline:
+            t0 = time.monotonic()
             try:
                 session.transfer(src, dst, debit_first)
             except Retry as r:
                 report["retries"][r.kind] = report["retries"].get(r.kind, 0) + 1
                 continue
+            except Exception:
+                if trace is not None:
+                    report["unknown"].append((src, dst))
+                raise
             report["transfers"] += 1
+            if trace is not None and len(trace) < MAX_TRACE:
+                t1 = time.monotonic()
+                trace.append((t1, t1 - t0))
+                report["net"][src] = report["net"].get(src, 0) - 1
+                report["net"][dst] = report["net"].get(dst, 0) + 1
             break
 
 
@@ -206,14 +224,16 @@ def _close(session: Session | None) -> None:
 
 
 def _client(name: str, role: str, factory: SessionFactory, endpoint: str, accounts: int, seconds: float,
-            timeout: float, seed: int, ready: Any, go: Any, out: Any) -> None:
+            timeout: float, seed: int, ready: Any, go: Any, out: Any, trace: bool = False) -> None:
     """One client, in a thread or a process: connect, wait for the common start, work until the deadline.
 
     Errors other than :class:`Retry` are recorded and the client reconnects and goes on, so one failing node
     does not end the run for clients of the others; ``out`` always gets exactly one report.
     """
     report: dict[str, Any] = {"name": name, "transfers": 0, "retries": {}, "sums": 0, "violations": [],
-                              "errors": [], "error_count": 0}
+                              "errors": [], "error_count": 0, "endpoint": endpoint}
+    if trace and role == "transfer":
+        report.update(trace=[], net={}, unknown=[])
     session: Session | None = None
 
     def failed(exc: BaseException) -> None:
@@ -254,7 +274,7 @@ def _client(name: str, role: str, factory: SessionFactory, endpoint: str, accoun
 
 def run(endpoints: Sequence[str], seconds: float, transfer_clients: int = 4, readers: int = 1,
         accounts: int = 100, factory: SessionFactory = muheam_session, mode: str = "process",
-        timeout: float = 5.0, seed: int | None = None) -> BankResult:
+        timeout: float = 5.0, seed: int | None = None, trace: bool = False) -> BankResult:
     """Run the workload for ``seconds`` against tables already made by :func:`create_accounts`.
 
     Clients are assigned to ``endpoints`` round-robin (transfer clients first, then readers, each starting at the
@@ -285,7 +305,7 @@ def run(endpoints: Sequence[str], seconds: float, transfer_clients: int = 4, rea
     for n, (role, i) in enumerate(roles):
         ready: Any = ctx.Event() if mode == "process" else threading.Event()
         args = (f"{role}-{i}", role, factory, endpoints[i % len(endpoints)], accounts, seconds, timeout,
-                base + n, ready, go, out)
+                base + n, ready, go, out, trace)
         w: Any = ctx.Process(target=_client, args=args, daemon=True) if mode == "process" \
             else threading.Thread(target=_client, args=args, daemon=True)
         w.start()
@@ -314,6 +334,7 @@ def run(endpoints: Sequence[str], seconds: float, transfer_clients: int = 4, rea
         if f"{role}-{i}" not in named:
             result.errors[f"{role}-{i}"] = ["client did not report before the run's time limit; stopped"]
             result.error_count += 1
+    result.reports = reports if trace else []
     for r in reports:
         result.transfers += r["transfers"]
         result.sums += r["sums"]
