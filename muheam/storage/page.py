@@ -180,7 +180,7 @@ def _where(what: str, block: int) -> str:
 class Page:
     """A tuple page (hash bucket or overflow block) of one table; build with ``new`` or ``decode``."""
 
-    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw")
+    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw", "prune_floor")
 
     schema: Schema
     buf: bytearray
@@ -200,6 +200,9 @@ class Page:
         self._nslots = int(self.slots.size)
         self._raw = self.slots.view(np.uint8).reshape(self._nslots, self._ss)
         """The slots as raw bytes, one slot per line."""
+        self.prune_floor = 0
+        """In memory only, for the engine's opportunistic pruning: versions left by the last prune (live rows
+        and versions some snapshot may still see), so it does not prune again before more accumulated."""
 
     @classmethod
     def new(cls, schema: Schema, *, block: int, kind: int = KIND_BUCKET, table_id: int = 0) -> "Page":
