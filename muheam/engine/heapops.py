@@ -79,7 +79,7 @@ class HeapOps:
 
     def _chain(self, t: Table, start: int) -> Iterator[Page]:
         tid = t.table_id
-        return walk_chain(start, lambda b: self.cache.modify(tid, b), max_blocks=self.cache.nblocks(tid),
+        return walk_chain(start, lambda b: self.cache.modify(tid, b), max_blocks=lambda: self.cache.nblocks(tid),
                           first_overflow=t.nbuckets + 1)
 
     def _done(self, t: Table, pages: list[Page], glsn: int, end_lsn: int) -> None:
@@ -102,7 +102,7 @@ class HeapOps:
         returns ``(page, link_from)`` where ``link_from`` is set if ``page`` is a new overflow block."""
         start = bucket_block(key, t.nbuckets)
         page, last = find_space(start, lambda b: self.cache.modify(t.table_id, b),
-                                max_blocks=self.cache.nblocks(t.table_id), first_overflow=t.nbuckets + 1)
+                                max_blocks=lambda: self.cache.nblocks(t.table_id), first_overflow=t.nbuckets + 1)
         if page is not None:
             return page, None
         rule = self.prune_rule()
@@ -119,7 +119,7 @@ class HeapOps:
 
     def _writable(self, t: Table, key: int, snap: Snapshot, status: StatusFn) -> tuple[Page, int]:
         hit = find_visible(bucket_block(key, t.nbuckets), key, snap, status,
-                           lambda b: self.cache.modify(t.table_id, b), max_blocks=self.cache.nblocks(t.table_id),
+                           lambda b: self.cache.modify(t.table_id, b), max_blocks=lambda: self.cache.nblocks(t.table_id),
                            first_overflow=t.nbuckets + 1)
         if hit is None:
             raise KeyNotFound(f"table {t.name!r}: no row with key {key} is visible to transaction {snap.xid}",
@@ -141,7 +141,7 @@ class HeapOps:
         key = check_key(key, t.name)
         tid = t.table_id
         hit = find_visible(bucket_block(key, t.nbuckets), key, snap, status, lambda b: self.cache.read(tid, b),
-                           max_blocks=self.cache.nblocks(tid), first_overflow=t.nbuckets + 1)
+                           max_blocks=lambda: self.cache.nblocks(tid), first_overflow=t.nbuckets + 1)
         if hit is None:
             return None
         return t.schema.from_record(hit[0].slots["row"][hit[1]])
