@@ -324,13 +324,14 @@ class Page:
         idx = self.find(key)
         if idx.size == 0:
             return None
-        s = self.slots[idx]
         if idx.size <= 4:   # the usual case: a few versions, where plain Python beats numpy's set-up cost
-            for i, xmin, xmax, flags in zip(idx.tolist(), s["xmin"].tolist(), s["xmax"].tolist(),
-                                            s["flags"].tolist()):
-                if mvcc.version_visible(xmin, xmax, flags, snap, mvcc.checked(status)):
+            st, buf, ss = mvcc.checked(status), self.buf, self._ss
+            for i in idx.tolist():   # the slot heads straight from the bytes: no structured-array indexing
+                _, xmin, xmax, _, _, flags = _SLOT_HEAD.unpack_from(buf, PAGE_HEADER_SIZE + i * ss)
+                if mvcc.version_visible(xmin, xmax, flags, snap, st):
                     return int(i)
             return None
+        s = self.slots[idx]
         vis = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
         hits = idx[vis]
         return int(hits[0]) if hits.size else None
