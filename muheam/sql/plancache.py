@@ -130,5 +130,6 @@ def _has_param(node: Any) -> bool:
     if isinstance(node, (list, tuple)):
         return any(_has_param(x) for x in node)
     if isinstance(node, ast.Node):
-        return any(_has_param(getattr(node, name)) for name in node.__slots__)
+        slots: Any = getattr(type(node), "__slots__", ())  # pglast: the node's fields
+        return any(_has_param(getattr(node, name)) for name in slots)
     return False
