@@ -27,6 +27,7 @@ from typing import Any, Callable
 from muheam.cluster.commits import CommitService
 from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError, StorageFailed
+from muheam.engine.flusher import WalFlusher
 from muheam.engine import Transaction
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
@@ -93,8 +94,10 @@ def error_code(exc: BaseException) -> str:
 class Sessions:
     def __init__(self, engine: Engine, xids: XidService, port: ClientPort, fence_check: Callable[[], None],
                  cluster: Cluster, lock_timeout: float = 10.0, idle_timeout: float = 300.0,
-                 deadlock_timeout: float = 1.0) -> None:
+                 deadlock_timeout: float = 1.0, flusher: WalFlusher | None = None) -> None:
+        """``flusher``: WAL flushes of commits off the loop (``None``: in the loop, as tests of one module do)."""
         self.engine = engine
+        self.flusher = flusher
         self.xids = xids
         self.fence_check = fence_check
         self.cluster = cluster
@@ -332,8 +335,16 @@ class Sessions:
         for tx in list(self.txns.values()):
             self._abort(tx)
 
+    @property
+    def flushing(self) -> int:
+        """Commits whose WAL flush runs (their answers are still due)."""
+        return self.flusher.pending if self.flusher is not None else 0
+
     def pump(self) -> None:
-        """Once per loop turn: start the commits that arrived, finish the ones every member acknowledged."""
+        """Once per loop turn: start the commits that arrived, finish the ones every member acknowledged and
+        answer the ones whose flush finished."""
+        if self.flusher is not None:
+            self.flusher.drain()
         if self.commits:
             self._start_commits()
         if self.prepared:
@@ -360,18 +371,31 @@ class Sessions:
         self._commit_now([item for batch in batches for item in batch])
 
     def _commit_now(self, live: list[tuple[_Tx, Deferred]]) -> None:
+        """COMMIT records now; the answer once they are durable (the flusher's thread, or here at once)."""
         try:
-            woken = self.engine.commit_batch([tx.txn for tx, _ in live])
+            end = self.engine.log_commits([tx.txn for tx, _ in live])
+            if end and self.flusher is None:
+                self.engine.flush_wal(end)
         except StorageFailed as exc:
-            # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
-            # and the node stops so that the survivors decide it from what the WAL really holds
-            for tx, reply in live:
-                reply.fail(error_code(exc), f"commit outcome unknown: {exc}; look the change up on another node")
+            self._durable(live, exc)
             return
         except MuheamError as exc:
             for tx, reply in live:
                 reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
             return
+        if end and self.flusher is not None:
+            self.flusher.request(end, lambda error: self._durable(live, error))
+        else:
+            self._durable(live, None)
+
+    def _durable(self, live: list[tuple[_Tx, Deferred]], error: BaseException | None) -> None:
+        if error is not None:
+            # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
+            # and the node stops so that the survivors decide it from what the WAL really holds
+            for tx, reply in live:
+                reply.fail(error_code(error), f"commit outcome unknown: {error}; look the change up on another node")
+            return
+        woken = self.engine.finish_commits([tx.txn for tx, _ in live])
         self.counters["commits"] += len(live)
         self.counters["commit_batches"] += 1
         decided = [(tx.txn.xid, tx.txn.commit_glsn) for tx, _ in live if tx.txn.wrote]
@@ -387,7 +411,8 @@ class Sessions:
             self.cluster.commits.finish(decided, [], answer)
         else:
             answer()
-        self._wake({tx.txn.xid for tx, _ in live} | set(woken))
+        # on_outcome, not only _wake: a begin may have waited for these XIDs while their flush ran
+        self.on_outcome({tx.txn.xid for tx, _ in live} | set(woken))
 
     # waking -------------------------------------------------------------------------------------------------
     def on_outcome(self, ended: set[int]) -> None:

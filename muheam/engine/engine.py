@@ -437,21 +437,36 @@ class Engine:
     def commit_batch(self, txns: Iterable[Transaction]) -> frozenset[int]:
         """Commit several transactions with one WAL flush (group commit for a batching caller)."""
         todo = list(txns)
+        end = self.log_commits(todo)
+        if end:
+            self._durable(end)
+        return self.finish_commits(todo)
+
+    def log_commits(self, txns: list[Transaction]) -> int:
+        """A commit's first half: append the COMMIT records; returns the WAL end to make durable (0: nothing was
+        written).  The transactions read as running until ``finish_commits``, which the caller may call only
+        once ``flush_wal`` of that end returned (I7; ``muheam.engine.flusher`` does the flush in a thread)."""
         end = 0
         with self._lock:
-            for txn in todo:
+            for txn in txns:
                 self._check(txn)
             stamp = walrec.encode_commit(time.time_ns() // 1000)
-            for txn in todo:
+            for txn in txns:
                 if txn.wrote:
                     txn.commit_glsn, e = self._log(walrec.COMMIT, stamp, txn.xid)
                     end = max(end, e)
                 self._committing.add(txn.xid)
-        if end:
-            self._durable(end)
+        return end
+
+    def flush_wal(self, end: int) -> None:
+        """Make the WAL durable up to ``end``; a failure stops the engine.  Thread-safe."""
+        self._durable(end)
+
+    def finish_commits(self, txns: list[Transaction]) -> frozenset[int]:
+        """A commit's second half, once its COMMIT records are durable: publish; returns the XIDs woken."""
         woken: set[int] = set()
         with self._lock:
-            for txn in todo:
+            for txn in txns:
                 woken |= self._finish(txn, mvcc.COMMITTED)
         return frozenset(woken)
 

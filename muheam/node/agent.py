@@ -37,6 +37,7 @@ from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamErro
 from muheam.cluster.commits import CommitService
 from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
+from muheam.engine.flusher import WalFlusher
 from muheam.engine.replay import wal_tails_lamport
 from muheam.node import departures, obsfeed, reload, replicas, startup
 from muheam.node.peerwatch import PeerWatch
@@ -211,7 +212,8 @@ class NodeAgent:
                           stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
                           now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster,
-                                 lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout)
+                                 lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout,
+                                 flusher=WalFlusher(self.engine.flush_wal))
         self.scopes = replicas.wire(self.sessions, self.port, cfg.commit_scope, lambda: backend, cfg.cluster_name)
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,
@@ -436,6 +438,8 @@ class NodeAgent:
         poller.register(sig_r.fileno(), zmq.POLLIN)
         if self.sql is not None:
             self.sql.attach(poller)  # its listening socket, and each connection as it is accepted
+        if self.sessions is not None and self.sessions.flusher is not None:
+            poller.register(self.sessions.flusher.fd, zmq.POLLIN)  # commits made durable: answer them
         next_tick = 0.0
         try:
             while True:
@@ -539,6 +543,8 @@ class NodeAgent:
         if mode != StopMode.IMMEDIATE:
             self._finish_rounds()
         self._close_ports()
+        if self.sessions is not None and self.sessions.flusher is not None:
+            self.sessions.flusher.close()
         if self.engine is not None and mode != StopMode.IMMEDIATE:
             try:
                 self.fence.check() if self.fence else None
@@ -567,7 +573,7 @@ class NodeAgent:
         failpoints.hit("node.finish_rounds")  # marked stopping in etcd, nothing rolled back yet
         self.sessions.abort_all()
         deadline = time.monotonic() + timeout
-        while (self.commits.rounds or self.sessions.prepared or self.sessions.commits) \
+        while (self.commits.rounds or self.sessions.prepared or self.sessions.commits or self.sessions.flushing) \
                 and time.monotonic() < deadline:
             if self.mesh.router.poll(20):
                 self.mesh.receive_ready()

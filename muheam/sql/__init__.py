@@ -4,7 +4,8 @@ What lives here: ``wire`` (the protocol as a pure state machine: bytes in -> eve
 ``session`` (one connection: startup, authentication, the simple and extended query protocols, transaction
 state; no I/O), ``server`` (the listening and client sockets, registered with the node loop's poller; no
 threads), ``plan`` and ``expr`` (statements parsed by PostgreSQL's own grammar through ``pglast`` and compiled
-into plans over one table), ``execute`` (plans run as generators of session operations) and ``auth`` (SCRAM-
+into plans over one table), ``plancache`` (the simple protocol's per-connection plans, integer literals as
+parameters), ``execute`` (plans run as generators of session operations) and ``auth`` (SCRAM-
 SHA-256 users kept in the shared directory).
 
 What it may import: the client port's ``Deferred``/``RequestError`` (``muheam.net.clientport``) and

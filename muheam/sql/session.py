@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import scramp
 
 from muheam.sql import execute, plan, wire
+from muheam.sql.plancache import PlanCache
 from muheam.sql.auth import MECHANISM, ScramExchange
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
 from muheam.sql.expr import SERVER_VERSION, SqlError, unsupported
@@ -85,6 +86,7 @@ class Session:
         self.counters = {"statements": 0, "errors": 0}
         self._draining = False
         self.running_simple = False
+        self.plans = PlanCache()
 
     # input ------------------------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -217,6 +219,14 @@ class Session:
 
     # the simple query protocol ------------------------------------------------------------------------------------
     def _simple(self, sql: str) -> None:
+        try:
+            hit = self.plans.lookup(sql, self._compile)
+        except SqlError:
+            hit = None  # the ordinary path below reports it
+        if hit is not None:
+            compiled, params = hit
+            self._run(compiled, params, None, describe=True, then=lambda ok: self._send(wire.msg_ready(self.tx)))
+            return
         try:
             stmts = list(plan.parse(sql))
         except SqlError as exc:

@@ -219,12 +219,18 @@ class RelationFile:
 
 # -- chain logic over an injected page reader ------------------------------------------------------------------
 
-def walk_chain(start: int, read: ReadPage, *, max_blocks: int | None = None,
+Bound = int | Callable[[], int] | None
+"""A chain walk's bound on block numbers: the number, a callable giving it, or none."""
+
+
+def walk_chain(start: int, read: ReadPage, *, max_blocks: Bound = None,
                first_overflow: int | None = None) -> Iterator[Page]:
     """The bucket page ``start`` and then its overflow pages, checking kinds and catching cycles.
 
     ``max_blocks`` (the file's length) bounds pointers and hops; ``first_overflow`` (``nbuckets + 1``) refuses
     pointers back into the bucket area.  Both are optional so a buffer cache can walk without a file at hand.
+    ``max_blocks`` may be a callable, asked only when the chain has an overflow page: finding the length is an
+    ``fstat``, which most walks (a chain of one page) do not need.
     """
     lowest = start + 1 if first_overflow is None else first_overflow
     block, hops = start, 0
@@ -239,6 +245,8 @@ def walk_chain(start: int, read: ReadPage, *, max_blocks: int | None = None,
         if nxt == NO_BLOCK:
             return
         hops += 1
+        if callable(max_blocks):
+            max_blocks = max_blocks()
         if nxt < lowest or (max_blocks is not None and (nxt >= max_blocks or hops >= max_blocks)):
             raise PageCorrupt(f"block {block}: overflow pointer to block {nxt} is invalid or loops (chain of "
                               f"bucket block {start}); rebuild the chain by redo from the WAL", block=block)
@@ -246,7 +254,7 @@ def walk_chain(start: int, read: ReadPage, *, max_blocks: int | None = None,
 
 
 def find_visible(start: int, key: int, snap: Snapshot, status: StatusFn, read: ReadPage, *,
-                 max_blocks: int | None = None, first_overflow: int | None = None) -> tuple[Page, int] | None:
+                 max_blocks: Bound = None, first_overflow: int | None = None) -> tuple[Page, int] | None:
     """(page, slot) of the version of ``key`` that ``snap`` sees, or ``None``."""
     for page in walk_chain(start, read, max_blocks=max_blocks, first_overflow=first_overflow):
         slot = page.visible_slot(key, snap, status)
@@ -255,7 +263,7 @@ def find_visible(start: int, key: int, snap: Snapshot, status: StatusFn, read: R
     return None
 
 
-def find_space(start: int, read: ReadPage, *, max_blocks: int | None = None,
+def find_space(start: int, read: ReadPage, *, max_blocks: Bound = None,
                first_overflow: int | None = None) -> tuple[Page | None, Page]:
     """(first page of the chain with a free slot or ``None``, last page of the chain)."""
     last: Page | None = None

@@ -180,7 +180,7 @@ def _where(what: str, block: int) -> str:
 class Page:
     """A tuple page (hash bucket or overflow block) of one table; build with ``new`` or ``decode``."""
 
-    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw")
+    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw", "prune_floor")
 
     schema: Schema
     buf: bytearray
@@ -200,6 +200,9 @@ class Page:
         self._nslots = int(self.slots.size)
         self._raw = self.slots.view(np.uint8).reshape(self._nslots, self._ss)
         """The slots as raw bytes, one slot per line."""
+        self.prune_floor = 0
+        """In memory only, for the engine's opportunistic pruning: versions left by the last prune (live rows
+        and versions some snapshot may still see), so it does not prune again before more accumulated."""
 
     @classmethod
     def new(cls, schema: Schema, *, block: int, kind: int = KIND_BUCKET, table_id: int = 0) -> "Page":
@@ -321,13 +324,14 @@ class Page:
         idx = self.find(key)
         if idx.size == 0:
             return None
-        s = self.slots[idx]
         if idx.size <= 4:   # the usual case: a few versions, where plain Python beats numpy's set-up cost
-            for i, xmin, xmax, flags in zip(idx.tolist(), s["xmin"].tolist(), s["xmax"].tolist(),
-                                            s["flags"].tolist()):
-                if mvcc.version_visible(xmin, xmax, flags, snap, mvcc.checked(status)):
+            st, buf, ss = mvcc.checked(status), self.buf, self._ss
+            for i in idx.tolist():   # the slot heads straight from the bytes: no structured-array indexing
+                _, xmin, xmax, _, _, flags = _SLOT_HEAD.unpack_from(buf, PAGE_HEADER_SIZE + i * ss)
+                if mvcc.version_visible(xmin, xmax, flags, snap, st):
                     return int(i)
             return None
+        s = self.slots[idx]
         vis = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
         hits = idx[vis]
         return int(hits[0]) if hits.size else None
