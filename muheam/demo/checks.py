@@ -48,12 +48,12 @@ def explained(diff: dict[int, int], unknown: Sequence[tuple[int, int]]) -> tuple
                     todo.append(v)
         if "T" not in parent:
             break
-        v = "T"
-        while parent[v] is not None:
-            u = parent[v]
-            cap[u][v] -= 1
-            cap[v][u] += 1
-            v = u
+        step: Any = "T"
+        while parent[step] is not None:
+            back = parent[step]
+            cap[back][step] -= 1
+            cap[step][back] += 1
+            step = back
         flow += 1
     if flow == need:
         return True, (f"{len(diff)} accounts differ from their acknowledged transfers, all explained by transfers "

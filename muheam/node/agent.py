@@ -26,8 +26,6 @@ from typing import Any, Sequence
 import zmq
 
 from locking.clock import LamportClock
-from locking.effects import Granted
-from locking.messages import Mode
 from muheam.node import workmem
 from muheam.engine import rebuild
 from muheam.ops import control
@@ -39,7 +37,7 @@ from muheam.engine import statefiles
 from muheam.engine.errors import StorageFailed
 from muheam.engine.flusher import WalFlusher
 from muheam.engine.replay import wal_tails_lamport
-from muheam.node import departures, obsfeed, reload, replicas, startup
+from muheam.node import benchops, departures, obsfeed, reload, replicas, startup
 from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
@@ -218,7 +216,7 @@ class NodeAgent:
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
-        self.port.register("lock_cycle", self._op_lock_cycle)
+        self.port.register("lock_cycle", lambda req: benchops.lock_cycle(self.locks, req))
         self.port.register("reload", lambda req: reload.apply(self))
         self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
                                    cfg.lease_ttl)
@@ -372,25 +370,6 @@ class NodeAgent:
         started = self._pings.pop(msg.body, None) if isinstance(msg.body, int) else None
         if started is not None:
             started[1].resolve({"rtt_us": (time.perf_counter_ns() - started[0]) // 1000})
-
-    def _op_lock_cycle(self, request: dict[str, Any]) -> Deferred:
-        """Benchmarks and tests: take a ``bench/...`` lock exclusively and release it (ownership stays cached)."""
-        assert self.locks is not None
-        resource = request.get("resource")
-        if not isinstance(resource, bytes) or not resource.startswith(b"bench/") or len(resource) > 64:
-            raise RequestError("bad_request", "resource must be bytes starting with b'bench/' (at most 64)")
-        reply = Deferred()
-        t0 = time.perf_counter_ns()
-        sent0 = self.locks.counters["sent"]
-
-        def granted(grant: Granted) -> None:
-            assert self.locks is not None
-            self.locks.release(resource)
-            reply.resolve({"wait_us": (time.perf_counter_ns() - t0) // 1000, "valid": grant.valid,
-                           "sent_by_requester": self.locks.counters["sent"] - sent0})
-
-        self.locks.acquire(resource, Mode.EXCLUSIVE, granted)
-        return reply
 
     # the loop -----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
