@@ -22,8 +22,9 @@ from muheam.security.sockets import HANDSHAKE_FAILURES, ClientSecurity, client_s
 
 _WATCHED = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CLOSED
             | zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILURES)
-SILENT_DROPS = 2
-"""Connections dropped before their handshake completed, in a row, that count as a refused handshake: a CURVE
+SILENT_DROPS = 3
+"""Handshakes failed (other than a ZAP refusal) or connections dropped before their handshake completed, in a
+row, that count as a refused handshake (ZeroMQ reconnects every 0.1 s, so this takes about 0.3 s): a CURVE
 server that cannot decrypt our hello (we expect another server's key), or that gets a plain hello from a client
 with no key, closes without a word."""
 
@@ -92,9 +93,14 @@ class Requester:
                 self._connected, refused = True, False
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._shaken, self._drops = True, 0
-            elif event & HANDSHAKE_FAILURES:
-                self._handshake_failed = ("refused this client's key" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                          else "failed the handshake")
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the server's ZAP said no: definite
+                self._handshake_failed = "refused this client's key"
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and not self._secure:
+                self._handshake_failed = "failed the handshake"  # a keyless client at a CURVE port: definite
+            elif event & HANDSHAKE_FAILURES:  # may be transient (a loaded server): only when it repeats
+                self._drops += 1
+                if self._drops >= SILENT_DROPS:
+                    self._handshake_failed = "failed the handshake"
             elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                 if self._connected and not self._shaken:
                     self._drops += 1

@@ -38,6 +38,7 @@ from muheam.bench.workloads import bank
 from muheam.ops.procs import free_port, stop_pid
 from muheam.walstream.publisher import Publisher, StreamError, parse_lsn, record_end
 from muheam.walstream.subscriber import Subscriber, request
+from tests.support.keyed import client_dealer
 from tests.support.cluster import MUHEAM, LocalCluster, run_cli
 from walmerge import MERGED_NODE_ID, RecordKind, WalReader, WalWriter
 from walmerge.follow import Follower, NodeTail
@@ -113,7 +114,7 @@ def check_malformed(endpoint: str) -> None:
     serves a subscriber."""
     before = request(endpoint, "status")["counters"].get("malformed", 0)
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
+    sock = client_dealer(ctx)  # with the test's client key when the publisher is a cluster's (CURVE)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     try:
