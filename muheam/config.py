@@ -35,7 +35,8 @@ tracebacks (cli), the long test runs
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
              "fence_command", "lock_timeout", "idle_in_transaction_timeout",
-             "sql_auth", "commit_scope", "security", "client_key", "log_level"}
+             "sql_auth", "commit_scope", "security", "client_key", "log_level",
+             "wal_flush_thread"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint", "metrics_endpoint"}
 SQL_AUTH_METHODS = ("trust", "scram-sha-256")
@@ -95,6 +96,9 @@ class Config:
     """Seconds a transaction may sit idle between requests before the node rolls it back."""
     log_level: str = "INFO"
     """The nodes' log level; with the two timeouts above, what ``muheam reload`` changes on running nodes."""
+    wal_flush_thread: bool = False
+    """Commits' WAL fsync in a thread while the loop goes on (``muheam.engine.flusher``); off by default until
+    the kill -9 rounds under bank load pass with it (docs/measurements.md)."""
 
     def node(self, node_id: int) -> NodeConfig:
         try:
@@ -126,6 +130,8 @@ class Config:
             doc["lock_timeout"] = self.lock_timeout
         if self.idle_in_transaction_timeout != DEFAULT_IDLE_TIMEOUT:
             doc["idle_in_transaction_timeout"] = self.idle_in_transaction_timeout
+        if self.wal_flush_thread:
+            doc["wal_flush_thread"] = True
         if self.sql_auth != "trust":
             doc["sql_auth"] = self.sql_auth
         if self.commit_scope:
@@ -371,9 +377,14 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {raw.get('log_level')!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
 
+    wal_flush_thread = raw.get("wal_flush_thread", False)
+    if not isinstance(wal_flush_thread, bool):
+        raise ConfigError(f"wal_flush_thread: {wal_flush_thread!r} is not true or false")
+
     return Config(
         commit_scope=commit_scope.strip(),
         log_level=log_level,
+        wal_flush_thread=wal_flush_thread,
         sql_auth=sql_auth,
         security=security,
         client_key=(base / Path(client_key).expanduser()).resolve() if client_key else None,
