@@ -37,8 +37,8 @@ def main(argv: list[str]) -> None:
 
     init, connect = transport.Mesh.__init__, transport.Mesh.connect
 
-    def patched_init(self: Any, ctx: Any, node_id: int, clock: Any, endpoint: str) -> None:
-        init(self, ctx, node_id, clock, bind or endpoint)
+    def patched_init(self: Any, ctx: Any, node_id: int, clock: Any, endpoint: str, *rest: Any, **kw: Any) -> None:
+        init(self, ctx, node_id, clock, bind or endpoint, *rest, **kw)  # the rest: security settings, as given
         self.endpoint = endpoint
 
     def patched_connect(self: Any, node_id: int, epoch: int, endpoint: str) -> None:
