@@ -28,6 +28,7 @@ from muheam.membership import connect
 from muheam.obs.scrape import Sample, scrape
 from muheam.ops import cluster as cluster_mod
 from muheam.ops.procs import pid_alive, stop_pid
+from muheam.security import keys
 
 NODES = 3
 VICTIM = 2
@@ -130,6 +131,10 @@ class Demo:
         backend = connect(cfg.etcd_endpoints)
         try:
             cluster_mod.init_cluster(cfg, backend)
+            # every client this process opens talks to the demo's own cluster, with its admin key (init made it);
+            # a key the user has in the environment belongs to some other cluster
+            if cfg.security == "curve":
+                os.environ["MUHEAM_CLIENT_KEY"] = str(keys.client_secret_file(cfg.run_dir, keys.ADMIN_CLIENT))
             # the empty cluster before any node ran: the base the merged WAL is replayed onto at the end
             shutil.copytree(cfg.shared_dir, self.work / "base")
             eps = {}
@@ -247,8 +252,9 @@ class Demo:
         self.phase("replaying the merged WAL into a scratch copy")
         replay_dir = self.dir / "replay"
         shutil.copytree(self.work / "base", replay_dir / "shared")
+        # the scratch copy is one local node that only this process reads: plain sockets, no keys to make
         rcfg = replace(cfg, shared_dir=replay_dir / "shared", run_dir=replay_dir, nodes={1: cfg.node(1)},
-                       source=replay_dir / cluster_mod.CONFIG_NAME)
+                       source=replay_dir / cluster_mod.CONFIG_NAME, security="none")
         rcfg.source.write_text(rcfg.to_toml())
         replayed: str | None = None
         if not error:
@@ -258,6 +264,8 @@ class Demo:
                 info = cluster_mod.cluster_up(replay_dir, 1)
                 self.pids.update(int(e["pid"]) for e in info["etcd"])
                 self.pids.update(int(n["pid"]) for n in info["nodes"])
+                os.environ.pop("MUHEAM_CLIENT_KEY", None)
+                os.environ["MUHEAM_CONFIG"] = str(rcfg.source)
                 try:
                     replayed = bank.checksum(info["nodes"][0]["client_endpoint"], 30)
                 finally:
