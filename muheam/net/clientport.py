@@ -102,6 +102,10 @@ class ClientPort:
 
     def receive_ready(self) -> int:
         handled = 0
+        if self.guard is not None:
+            # two stats per batch, not per request: a revocation made before a request was sent still applies
+            # to it, since the batch that reads it starts after the revocation
+            self.guard.keyring.refresh()
         while handled < 10_000:
             try:
                 if self.guard is None:

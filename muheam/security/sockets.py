@@ -116,10 +116,10 @@ class Guard(ThreadAuthenticator):
         return node
 
     def client_of(self, user_id: str | None) -> str | None:
-        """The client name of a connection's key, None once it is revoked or replaced."""
+        """The client name of a connection's key, None once it is revoked or replaced, as of the last
+        ``keyring.refresh`` (the client port refreshes once per batch of requests it reads, not per request)."""
         if not user_id:
             return None
-        self.keyring.refresh()  # two stats: a revocation applies to the very next request
         return self.keyring.clients.get(user_id.encode())
 
     def close(self) -> None:

@@ -140,7 +140,7 @@ def wait_equal(conninfo: str, want: list[tuple[int, int]], timeout: float) -> li
 
 @pytest.mark.timeout(900 if FULL else 400)
 def test_bank_replica_survives_kills_exactly_once(local_cluster: Any, pg: pgbase.Server, tmp_path: Path) -> None:
-    c: LocalCluster = local_cluster(nodes=3, security="none")  # the replicator under CURVE: not yet (see the closing note of issue 20)
+    c: LocalCluster = local_cluster(nodes=3)
     eps = [m["client_endpoint"] for m in sorted(c.members(), key=lambda m: m["node_id"])]
     bank.create_accounts(eps[0], ACCOUNTS)
     rep = Replicator(c, pg.conninfo, "--workers", "4")
@@ -231,7 +231,7 @@ def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_
                                                                           pg: pgbase.Server) -> None:
     from muheam.client import ReplicaNotConfirmed, connect
 
-    c: LocalCluster = local_cluster(nodes=3, security="none")  # the replicator under CURVE: not yet
+    c: LocalCluster = local_cluster(nodes=3)
     eps = [m["client_endpoint"] for m in sorted(c.members(), key=lambda m: m["node_id"])]
     conns = [connect(ep, 30.0) for ep in eps]
     rep = Replicator(c, pg.conninfo)
