@@ -77,8 +77,13 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
 
     assert endpoint is not None
     confirm_to = [n.client_endpoint for _, n in sorted(cfg.nodes.items())] if cfg is not None else []
+    from muheam.security.setup import client_for_config, resolve_client
+
+    # the cluster's own client key when -c names it: the stream this process publishes and the nodes it confirms
+    # to are that cluster's; with --subscribe alone, the key is found as any client finds it
+    client_key = client_for_config(cfg) if cfg is not None else resolve_client()
     rep = Replicator(conninfo, endpoint, name, workers=workers, audit=audit, report=report, stop=stop,
-                     confirm_to=confirm_to)
+                     confirm_to=confirm_to, client_key=client_key)
     code = 0
     try:
         summary = rep.run(duration)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from muheam.client import ClientError, Connection, NodeUnavailable
+from muheam.client import ClientError, Connection, KeyArg, NodeUnavailable
 
 RESEND_EVERY = 0.5
 RETRY_AFTER = 1.0
@@ -20,7 +20,9 @@ TIMEOUT = 2.0
 
 
 class Confirmer:
-    def __init__(self, endpoints: list[str], name: str, positions: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(self, endpoints: list[str], name: str, positions: Callable[[], tuple[int, int, int]],
+                 key: KeyArg = None) -> None:
+        self.key = key
         self.name = name
         self.positions = positions
         self.cv = threading.Condition()
@@ -51,7 +53,7 @@ class Confirmer:
             received, flushed, applied = self.positions()
             try:
                 if conn is None:
-                    conn = Connection(endpoint, TIMEOUT)
+                    conn = Connection(endpoint, TIMEOUT, self.key)
                 conn.call("replica_confirm", name=self.name, received_glsn=received, flushed_glsn=flushed,
                           applied_glsn=applied)
                 self.sent += 1

@@ -102,8 +102,10 @@ class Replicator:
 
     def __init__(self, conninfo: str, endpoint: str, name: str = "default", *, workers: int = 1,
                  audit: bool = False, report: Callable[[dict[str, Any]], None] | None = None,
-                 stop: threading.Event | None = None, timeout: float = 10.0, confirm_to: list[str] | None = None
-                 ) -> None:
+                 stop: threading.Event | None = None, timeout: float = 10.0, confirm_to: list[str] | None = None,
+                 client_key: Any = None) -> None:
+        """``client_key``: the cluster's client key (``muheam.security.setup``) for the stream and the confirmations;
+        None: found as ``muheam.client.connect`` finds it."""
         self.conninfo, self.endpoint, self.name, self.workers, self.audit = conninfo, endpoint, name, workers, audit
         self.report = report or (lambda _d: None)
         self.stop = stop or threading.Event()
@@ -111,13 +113,14 @@ class Replicator:
         self.status = Status(name, workers)
         self._reported = 0.0
         self.confirm_to = confirm_to or []
+        self.client_key = client_key
 
     def run(self, duration: float | None = None) -> dict[str, Any]:
         confirmer = None
         if self.confirm_to:
             st = self.status
-            confirmer = Confirmer(self.confirm_to, self.name, lambda: (st.received_glsn, st.applied_glsn,
-                                                                       st.applied_glsn))
+            confirmer = Confirmer(self.confirm_to, self.name, key=self.client_key,
+                                  positions=lambda: (st.received_glsn, st.applied_glsn, st.applied_glsn))
             st.poke = confirmer.poke
         try:
             return self._run(duration)
@@ -169,7 +172,7 @@ class Replicator:
             progress, tables = apply.setup(conn, self.name)
             self.status.applied_txns = progress.txns
             self.status.applied_glsn = progress.commit_glsn
-            sub = Subscriber(self.endpoint, progress.restart_lsn, timeout=self.timeout)
+            sub = Subscriber(self.endpoint, progress.restart_lsn, timeout=self.timeout, key=self.client_key)
             dec = Decoder(tables, skip_through=progress.commit_lsn)
             applier = Applier(self.conninfo, self.name, self.workers, audit=self.audit,
                               on_applied=self.status.on_applied)
@@ -220,6 +223,7 @@ def follow_in_thread(cfg: Config, out: Path, endpoint: str, stop: threading.Even
     ``muheam walmerge --follow --out OUT --publish ENDPOINT`` does), until ``stop`` is set.  A failure of the
     follower sets ``stop`` too and is left in the returned list."""
     from muheam.membership import connect
+    from muheam.security.setup import publisher_security
     from muheam.walstream.follow import FollowRun, StopFlag
 
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +233,10 @@ def follow_in_thread(cfg: Config, out: Path, endpoint: str, stop: threading.Even
     def run() -> None:
         backend = connect(cfg.etcd_endpoints)
         try:
-            FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=endpoint, stop=flag).run()
+            # published as 'muheam wal follow --publish' publishes it: under the cluster's security, so the
+            # subscriber below (with the cluster's client key) is let in and nobody else is
+            FollowRun(cfg.shared_dir, out, backend, cfg.cluster_name, publish=endpoint, stop=flag,
+                      publish_security=lambda ctx: publisher_security(cfg, ctx)).run()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which stops and reports it
             errors.append(exc)
             stop.set()
