@@ -14,24 +14,34 @@ from muheam.security.keys import CLIENT_KEY_ENV
 
 
 @contextmanager
+def client_key_of(info: dict[str, Any]) -> Iterator[None]:
+    """While inside, ``MUHEAM_CLIENT_KEY`` names the client key of the cluster ``info`` describes (what
+    ``cluster_up`` returned), or is unset when it has none: the benchmark's clients, in this process or started
+    from it, connect as a user's program would.  The caller's own setting comes back afterwards."""
+    saved = os.environ.pop(CLIENT_KEY_ENV, None)
+    try:
+        if info.get("client_key_file"):
+            os.environ[CLIENT_KEY_ENV] = str(info["client_key_file"])
+        yield
+    finally:
+        os.environ.pop(CLIENT_KEY_ENV, None)
+        if saved is not None:
+            os.environ[CLIENT_KEY_ENV] = saved
+
+
+@contextmanager
 def temp_cluster(nodes: int, lease_ttl: int = 2, security: str = "curve") -> Iterator[dict[int, str]]:
     """Start ``nodes`` real nodes with embedded etcd in a temp dir; yield node id -> client endpoint.
 
-    ``security``: ``curve`` (the default, as users run it) or ``none``; while the cluster runs,
-    ``MUHEAM_CLIENT_KEY`` names its client key (or is unset), so the benchmark's clients, in this process or
-    started from it, connect as a user's program would."""
-    saved = os.environ.pop(CLIENT_KEY_ENV, None)
+    ``security``: ``curve`` (the default, as users run it) or ``none``; the clients use its key
+    (``client_key_of``)."""
     with tempfile.TemporaryDirectory(prefix="muheam-bench-") as tmp:
         directory = Path(tmp) / "cluster"
         try:
             info = cluster_mod.cluster_up(directory, nodes, lease_ttl, security)
-            if info.get("client_key_file"):
-                os.environ[CLIENT_KEY_ENV] = str(info["client_key_file"])
-            yield {n["node_id"]: n["client_endpoint"] for n in info["nodes"]}
+            with client_key_of(info):
+                yield {n["node_id"]: n["client_endpoint"] for n in info["nodes"]}
         finally:
-            os.environ.pop(CLIENT_KEY_ENV, None)
-            if saved is not None:
-                os.environ[CLIENT_KEY_ENV] = saved
             if (directory / cluster_mod.CONFIG_NAME).exists():
                 cluster_mod.cluster_down(directory, "immediate")
 

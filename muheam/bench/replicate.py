@@ -25,11 +25,12 @@ import psycopg
 
 from muheam import config as config_mod
 from muheam.bench import pgbase
-from muheam.bench.harness import percentile
+from muheam.bench.harness import client_key_of, percentile
 from muheam.bench.workloads import bank
 from muheam.ops import cluster as cluster_mod
 from muheam.ops.procs import free_port
 from muheam.replica.run import Replicator, follow_in_thread
+from muheam.security.setup import client_for_config
 
 WAIT_CAUGHT_UP = 120.0
 
@@ -51,12 +52,12 @@ def _until(pred: Any, timeout: float) -> bool:
     return False
 
 
-def _replay(base: pgbase.Server, endpoint: str, workers: int, total: int) -> dict[str, Any]:
+def _replay(base: pgbase.Server, endpoint: str, workers: int, total: int, key: Any) -> dict[str, Any]:
     db = f"replay_w{workers}"
     with psycopg.connect(base.conninfo, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {db}")
     conninfo = base.conninfo.replace("dbname=postgres", f"dbname={db}")
-    rep = Replicator(conninfo, endpoint, "replay", workers=workers)
+    rep = Replicator(conninfo, endpoint, "replay", workers=workers, client_key=key)
     t = threading.Thread(target=rep.run, daemon=True)
     t0 = time.monotonic()
     t.start()
@@ -79,22 +80,24 @@ def run(seconds: float = 10.0, clients: int = 6, accounts: int = 100, live_worke
         stop = threading.Event()
         try:
             info = cluster_mod.cluster_up(directory, 3, 2)
-            eps = [n["client_endpoint"] for n in sorted(info["nodes"], key=lambda n: n["node_id"])]
-            cfg = config_mod.load(directory / cluster_mod.CONFIG_NAME)
-            endpoint = f"tcp://127.0.0.1:{free_port()}"
-            follow, errors = follow_in_thread(cfg, Path(tmp) / "stream", endpoint, stop)
-            bank.create_accounts(eps[0], accounts)
-            live = Replicator(pg.conninfo, endpoint, "live", workers=live_workers)
-            lt = threading.Thread(target=live.run, daemon=True)
-            lt.start()
-            result = bank.run(eps, seconds, clients, 1, accounts)
-            want = sorted(bank.MuheamSession(eps[0], 10.0).read_all())
-            equal = _until(lambda: _rows(pg.conninfo) == want, WAIT_CAUGHT_UP)
-            live.stop.set()
-            lt.join(30)
-            lags = list(live.status.replay_lags)
-            total = live.status.applied_txns
-            replays = [_replay(pg, endpoint, w, total) for w in worker_counts]
+            with client_key_of(info):
+                eps = [n["client_endpoint"] for n in sorted(info["nodes"], key=lambda n: n["node_id"])]
+                cfg = config_mod.load(directory / cluster_mod.CONFIG_NAME)
+                key = client_for_config(cfg)  # the stream and the confirmations run under the cluster's CURVE
+                endpoint = f"tcp://127.0.0.1:{free_port()}"
+                follow, errors = follow_in_thread(cfg, Path(tmp) / "stream", endpoint, stop)
+                bank.create_accounts(eps[0], accounts)
+                live = Replicator(pg.conninfo, endpoint, "live", workers=live_workers, client_key=key)
+                lt = threading.Thread(target=live.run, daemon=True)
+                lt.start()
+                result = bank.run(eps, seconds, clients, 1, accounts)
+                want = sorted(bank.MuheamSession(eps[0], 10.0).read_all())
+                equal = _until(lambda: _rows(pg.conninfo) == want, WAIT_CAUGHT_UP)
+                live.stop.set()
+                lt.join(30)
+                lags = list(live.status.replay_lags)
+                total = live.status.applied_txns
+                replays = [_replay(pg, endpoint, w, total, key) for w in worker_counts]
         finally:
             stop.set()
             if (directory / cluster_mod.CONFIG_NAME).exists():

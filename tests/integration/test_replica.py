@@ -269,10 +269,28 @@ def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_
         while time.monotonic() < deadline and not replica_has(pg.conninfo, "t", 1_000_002):
             time.sleep(0.2)
         assert all(replica_has(pg.conninfo, "t", k) for k in (1_000_000, 1_000_001, 1_000_002))
-        time.sleep(1.0)  # a confirmation past the degraded commits has reached node 3
+        deadline = time.monotonic() + 30  # until a confirmation past the degraded commits has reached node 3
+        while time.monotonic() < deadline and request(eps[2], "status")["counters"]["scopes"]["degraded"]:
+            time.sleep(0.1)
+        assert request(eps[2], "status")["counters"]["scopes"]["degraded"] == []
         assert scoped_insert(conns[2], 1_000_003, degrade)["scope"] == "confirmed"
         assert replica_has(pg.conninfo, "t", 1_000_003)
     finally:
         for conn in conns:
             conn.close()
         rep.stop()
+
+
+@pytest.mark.timeout(300)
+def test_bench_replicate_reports_its_figures_on_a_curve_cluster() -> None:
+    """``muheam bench replicate --format json`` as a user runs it (its cluster has CURVE, the default): the
+    figures the issue names, a replica equal to the cluster, every replay equal, the bank without violations."""
+    out = run_cli("bench", "replicate", "--format", "json", "--seconds", "2", "--clients", "2", "--accounts", "20",
+                  timeout=280)
+    result = json.loads(out.stdout)
+    assert "error" not in result, result
+    for key in ("commit_rate", "apply_rate_1", "apply_rate", "lag_p50_ms", "lag_p99_ms"):
+        assert isinstance(result[key], (int, float)) and result[key] > 0, (key, result)
+    assert result["replica_equal"] and result["replays_equal"], result
+    assert result["follow_errors"] == [] and result["bank"]["sum_violations"] == 0, result
+    assert result["replicated_txns"] >= result["bank"]["transfers"] > 0, result
