@@ -23,6 +23,10 @@ from muheam.cluster.txstate import TxTable
 log = logging.getLogger("muheam.commits")
 
 KIND = "tx"
+LABELS = {"Prep": "round", "Done": "round", "Ack": "round", "Horizon": "gossip", "Waits": "gossip",
+          "Sync": "join", "State": "join"}
+"""What each message is for, in the mesh's per-label counters (the benchmark's messages per transaction by
+kind): the commit rounds proper, periodic gossip, and the one-off join."""
 
 
 class CommitService:
@@ -129,7 +133,7 @@ class CommitService:
                 return
             for eff in effects:
                 if isinstance(eff, Send):
-                    self.mesh.send(eff.dest, KIND, eff.msg.to_wire())
+                    self.mesh.send(eff.dest, KIND, eff.msg.to_wire(), LABELS.get(type(eff.msg).__name__, KIND))
                 elif isinstance(eff, RoundComplete):
                     then = self.callbacks.pop(eff.round, None)
                     if then is not None:

@@ -113,6 +113,7 @@ class Mesh:
         self.handlers: dict[str, Handler] = {}
         self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
+        self._label_keys: dict[str, tuple[str, str]] = {}
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
@@ -165,12 +166,23 @@ class Mesh:
         return None if current is None else current.epoch
 
     # traffic ------------------------------------------------------------------------------------------------
-    def send(self, dest: int, kind: str, body: Any) -> bool:
-        return self.send_stamped(dest, kind, body, None)
+    def send(self, dest: int, kind: str, body: Any, label: str | None = None) -> bool:
+        return self.send_stamped(dest, kind, body, None, label)
 
-    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None) -> bool:
+    def _account(self, label: str, size: int) -> None:
+        """Messages and bytes sent per label (``sent.<label>``, ``bytes.<label>``): what the cluster costs on the
+        wire, by purpose, for the benchmarks.  Two counter bumps per frame."""
+        keys = self._label_keys.get(label)
+        if keys is None:
+            keys = self._label_keys[label] = ("sent." + label, "bytes." + label)
+        self.counters[keys[0]] += 1
+        self.counters[keys[1]] += size
+
+    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None, label: str | None = None) -> bool:
         """Send with a stamp the caller already took from the clock (None: take one now).  True once the link
-        holds the message: from then on it is delivered (exactly once, in order) unless the peer leaves."""
+        holds the message: from then on it is delivered (exactly once, in order) unless the peer leaves.
+        ``label`` names the purpose for the per-label counters (default: the kind): the mesh does not know what
+        a body means, its sender does (a lock message carrying a page image, say)."""
         link = self.peers.get(dest)
         if link is None:
             self.counters["send_no_peer"] += 1
@@ -181,6 +193,7 @@ class Mesh:
         frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body,
                                  dest_epoch=link.epoch, seq=out.next_seq, ack=ack)
         self.counters["sent"] += 1
+        self._account(label or kind, len(frame))
         if out.sent_to == out.high == out.next_seq - 1:  # nothing waits ahead of it: straight to the socket
             try:
                 link.sock.send(frame, zmq.NOBLOCK)
@@ -213,10 +226,11 @@ class Mesh:
                 return
             if out.sent(now):
                 self.counters["retransmitted"] += 1
+                self._account("retransmit", len(frame))
 
-    def broadcast(self, kind: str, body: Any) -> int:
+    def broadcast(self, kind: str, body: Any, label: str | None = None) -> int:
         """One clock tick per message, as Lamport's rule has it; returns how many peers were sent to."""
-        return sum(self.send(dest, kind, body) for dest in list(self.peers))
+        return sum(self.send(dest, kind, body, label) for dest in list(self.peers))
 
     def tick(self, now: float) -> None:
         """Timers: retransmit what timed out, send acknowledgements nothing carried, retry deferred frames.
@@ -244,6 +258,7 @@ class Mesh:
                     continue
                 inbound.take_ack()
                 self.counters["ack_sent"] += 1
+                self._account(wire.ACK_KIND, len(frame))
 
     def _redial(self, link: Link) -> None:
         """Replace the link's socket by a fresh one (the link's numbering and frames stay as they are).

@@ -122,3 +122,19 @@ def test_a_frame_claiming_a_newer_incarnation_of_a_peer_does_not_disturb_the_pee
     while len(got) < 3 and time.monotonic() < deadline:
         spin((a, b), 0.05)
     assert got == [(11, "before"), (999, "next incarnation"), (11, "after")]
+
+
+def test_frames_are_counted_by_label_and_add_up_to_the_link_counters(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    a, b, _, _ = pair
+    b.on("m", lambda m: None)
+    for i in range(5):
+        a.send(2, "m", i)
+    a.send(2, "m", b"x" * 1000, label="image")
+    spin((a, b), 0.3)
+    c = a.counters
+    assert c["sent.m"] == 5 and c["sent.hello"] == 1  # unlabelled frames count under their kind
+    assert c["sent.image"] == 1 and c["bytes.image"] > 1000
+    assert c["bytes.m"] > 0
+    labelled = sum(v for k, v in c.items() if k.startswith("sent."))
+    assert labelled == c["sent"] + c["ack_sent"] + c["retransmitted"]
