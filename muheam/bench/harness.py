@@ -55,10 +55,10 @@ def peer_messages(endpoints: dict[int, str]) -> int:
 
 LABEL_GROUPS = {"lock": "lock", "lockb": "lock", "image": "image", "round": "round", "gossip": "gossip",
                 "beat": "gossip", "hello": "gossip", "ping": "gossip", "pong": "gossip", "join": "gossip",
-                "ack": "ack", "retransmit": "retransmit"}
+                "ack": "ack", "retransmit": "retransmit", "cr": "read"}
 """The mesh's per-label counters grouped by purpose: block ownership (lock), page images moving between nodes
 (image), commit rounds (round), periodic and membership chatter (gossip), the link's acknowledgement-only frames
-(ack) and its retransmissions (retransmit).  A label not listed is its own group."""
+(ack), its retransmissions (retransmit), and consistent-read copies for readers (read).  A label not listed is its own group."""
 
 
 def peer_by_kind(endpoints: dict[int, str]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from locking.messages import Mode
 from muheam.cluster.commits import CommitService
 from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError, StorageFailed
@@ -31,6 +32,7 @@ from muheam.engine import Transaction
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.cluster.ownership import Ownership
+from muheam.cluster.reads import ConsistentReads
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
@@ -76,6 +78,12 @@ class Cluster:
     """A fresh GLSN from the node's clock (a snapshot timestamp)."""
     now_glsn: Callable[[], int]
     """The clock's current GLSN without ticking (horizon gossip)."""
+    reads: ConsistentReads | None = None
+    """Consistent-read copies: readers need not take chains (None: they take them shared)."""
+
+
+SCAN_AHEAD = 1 << 30
+"""A scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's end)."""
 
 
 class LockTimeout(MuheamError):
@@ -179,7 +187,10 @@ class Sessions:
         tx.last_active = time.monotonic()
         return tx
 
-    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any]) -> Any:
+    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any], ahead: int = 0) -> Any:
+        """Run ``action`` in the request's transaction, again after each wait it needs.  ``ahead``: a read that
+        lacks a chain will want this many following chains too (a scan), so a consistent-read request asks for
+        them at once."""
         self.fence_check()
         tx = self._tx(req)
         reply = Deferred()
@@ -192,6 +203,9 @@ class Sessions:
                 result = action(tx.txn)
             except NeedOwnership as need:
                 self.counters["ownership_waits"] += 1
+                reads = self.cluster.reads
+                if need.mode is Mode.SHARED and reads is not None and reads.read(need.resource, attempt, ahead):
+                    return
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt, need.keep)
                 return
             except RowConflict as conflict:
@@ -274,7 +288,7 @@ class Sessions:
                     raise RequestError("bad_request", f"scan of {table} exceeds {MAX_SCAN_ROWS} rows")
             return rows
 
-        return self._row_op(req, scan)
+        return self._row_op(req, scan, ahead=SCAN_AHEAD)
 
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()

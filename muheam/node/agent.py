@@ -42,6 +42,7 @@ from muheam.node import departures, startup
 from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
+from muheam.cluster.reads import ConsistentReads
 from muheam.cluster.sessions import Cluster, Sessions
 from muheam.cluster.txstate import TxTable
 from muheam.cluster.xidstore import cluster_floor
@@ -103,6 +104,7 @@ class NodeAgent:
         self.sessions: Sessions | None = None
         self.commits: CommitService | None = None
         self.ownership: Ownership | None = None
+        self.reads: ConsistentReads | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
         self._decided: set[int] = set()
         self.survivors: Survivors | None = None
@@ -193,9 +195,10 @@ class NodeAgent:
         self.commits = CommitService(self.mesh, table, lambda: list(self.members),
                                      lambda ended: self.sessions.on_outcome(ended) if self.sessions else None)
         self.commits.sync(peers)
+        self.reads = ConsistentReads(self.mesh, self.locks, self.ownership, self.engine)
         cluster = Cluster(table, self.commits, self.ownership,
                           stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
-                          now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
+                          now_glsn=lambda: pack_glsn(self.clock.time, self.node_id), reads=self.reads)
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster,
                                  lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout)
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
@@ -384,6 +387,7 @@ class NodeAgent:
                          "xids": dict(self.xids.counters) if self.xids else {},
                          "sessions": dict(self.sessions.counters) if self.sessions else {},
                          "ownership": self.ownership.stats() if self.ownership else {},
+                         "reads": self.reads.stats() if self.reads else {},
                          "commits": self.commits.stats() if self.commits else {},
                          "survivors": self.survivors.stats() if self.survivors else {},
                          "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
