@@ -92,9 +92,16 @@ class CommitService:
         """Mark ``xids`` prepared here and on every member; ``then()`` once all acknowledged."""
         self._start(self.core.prepare(xids), then)
 
-    def finish(self, committed: list[tuple[int, int]], aborted: list[int], then: Callable[[], None]) -> None:
-        """Record outcomes here, tell every member, ``then()`` once all acknowledged (I5)."""
-        self._start(self.core.finish(committed, aborted), then)
+    def finish(self, committed: list[tuple[int, int]], aborted: list[int], then: Callable[[], None],
+               acked: bool = True) -> None:
+        """Record outcomes here, tell every member, ``then()`` once all acknowledged; ``acked=False``: once the
+        messages are with the links (they arrive unless the member leaves; see ``CommitRounds.finish``)."""
+        if acked:
+            self._start(self.core.finish(committed, aborted), then)
+            return
+        self.core.finish(committed, aborted, acked=False)
+        self._run()
+        then()
 
     def _start(self, rid: int, then: Callable[[], None]) -> None:
         self.callbacks[rid] = then

@@ -65,6 +65,8 @@ class _BeginWait:
     deadline: float
     reply: Deferred
     tx: _Tx
+    all: set[int]
+    """Everything the snapshot waited for: a commit among them at or above its STS makes it be retaken."""
 
 
 @dataclass
@@ -173,7 +175,7 @@ class Sessions:
                 return
             # prepared elsewhere before our snapshot: its CTS may be below ours, so learn its outcome first
             self.counters["begin_waits"] += 1
-            self.begin_waits.append(_BeginWait(pending, time.monotonic() + self.lock_timeout, reply, tx))
+            self.begin_waits.append(_BeginWait(pending, time.monotonic() + self.lock_timeout, reply, tx, pending))
 
         self.cluster.commits.when_ready(lambda: self.xids.allocate(1, started))
         return reply
@@ -377,7 +379,9 @@ class Sessions:
                 reply.resolve({"xid": tx.txn.xid})
 
         if decided:
-            self.cluster.commits.finish(decided, [], answer)
+            # the outcome round is not acknowledged: every member acknowledged the prepare, so a snapshot taken
+            # anywhere from now on waits for this outcome and is retaken if it would miss it (``_retake``)
+            self.cluster.commits.finish(decided, [], answer, acked=False)
         else:
             answer()
         self._wake({tx.txn.xid for tx, _ in live} | set(woken))
@@ -391,11 +395,29 @@ class Sessions:
             keep = []
             for bw in self.begin_waits:
                 bw.waits = {x for x in bw.waits if not table.decided(x)}
+                if not bw.waits and not bw.reply.done and self._retake(bw):
+                    self.counters["begin_retakes"] += 1
                 if bw.waits:
                     keep.append(bw)
                 elif not bw.reply.done:
                     bw.reply.resolve({"xid": bw.tx.txn.xid})
             self.begin_waits = keep
+
+    def _retake(self, bw: _BeginWait) -> bool:
+        """A transaction the snapshot waited for committed at or above its STS: the client may already have
+        heard "committed" (the outcome round is not acknowledged), so it must be visible -- take the snapshot
+        again, now that the clock has passed that CTS (the DONE's stamp is above it), and wait for what is
+        prepared now.  The transaction has done nothing yet: its begin has not been answered."""
+        table = self.cluster.table
+        if all(table.committed.get(x, -1) < bw.tx.sts for x in bw.all):
+            return False
+        xid = bw.tx.txn.xid
+        snap, waits = table.snapshot(xid, self.cluster.stamp())
+        bw.tx.txn.snapshot = snap
+        bw.tx.sts = snap.sts
+        bw.waits = {x for x in waits if not table.decided(x)}
+        bw.all = set(bw.waits)
+        return True
 
     def _wake(self, ended: set[int]) -> None:
         for xid in ended:

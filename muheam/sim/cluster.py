@@ -329,6 +329,12 @@ class Cluster:
             c.phase = "xid"
             node.locks.acquire(XID, Mode.EXCLUSIVE)
         elif c.phase == "snap":
+            table = node.rounds.table
+            if any(table.committed.get(x, -1) >= c.sts for x in c.waits) and self.sw.fix_retake:
+                c.sts = node.clock.tick().pack()  # as Sessions._retake: a commit it waited for is at/above it
+                c.waits = node.rounds.table.snapshot(c.xid, c.sts)[1]
+                self._pump(node)
+                return
             self._check_snapshot(node)
             c.todo = sorted(self.rng.sample(self.chains, min(len(self.chains), self.rng.choice((1, 1, 2)))))
             c.wrote = []
@@ -437,8 +443,10 @@ class Cluster:
         if what == "prep":
             cts = node.clock.tick().pack()
             node.wal.append(("commit", cts, c.xid, None))
-            node.callbacks[node.rounds.finish([(c.xid, cts)], [])] = "done"
-            c.phase = "done-wait"
+            node.rounds.finish([(c.xid, cts)], [], acked=False)  # as Sessions: nobody acknowledges the outcome
+            self.acked[c.xid] = (self.step, tuple(c.wrote))
+            self.out.commits_acked += 1
+            c.phase = "idle"
         elif what.startswith("recovered:"):
             self.recovered.add(int(what.split(":")[1]))
         elif what == "done":

@@ -27,6 +27,8 @@ class Switches:
     fix_fence: bool = True          # (c) survivors kill a removed (paused) node before recovering it
     fix_peer_links: bool = True     # (d) resets lose nothing: links resend, drop duplicates, restore order
     fix_claim_retry: bool = True    # (f) a failed recovery claim is retried
+    fix_retake: bool = True         # (issue 18) the outcome round is not acknowledged; a snapshot that waited
+                                    # for a commit at or above its STS is taken again
 
 
 @dataclass(frozen=True)

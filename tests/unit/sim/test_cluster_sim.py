@@ -64,6 +64,7 @@ HAZARDS = {
     "b_ext_floor": ("fix_ext_floor", ("crash",), SimConfig(nodes=3, txns=3, chains=1, faults=2)),
     "c_fence": ("fix_fence", ("pause",), SimConfig(nodes=3, txns=3, chains=1, faults=2)),
     "d_peer_links": ("fix_peer_links", ("reset",), SimConfig(nodes=3, txns=2, chains=1, faults=2)),
+    "g_retake": ("fix_retake", ("reset",), SimConfig(nodes=3, txns=3, chains=1, faults=1)),
     "f_claim_retry": ("fix_claim_retry", ("claim_fail", "crash"), SimConfig(nodes=3, txns=2, chains=1, faults=3)),
 }
 SEARCH = 3000      # seeds tried with the fix off before giving up
