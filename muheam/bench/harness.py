@@ -64,7 +64,8 @@ LABEL_GROUPS = {"lock": "lock", "lockb": "lock", "image": "image", "round": "rou
 def peer_by_kind(endpoints: dict[int, str]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """Node-to-node frames sent so far, from one status per node (so the three agree): by link counter
     (``PEER_FRAMES``), then messages and bytes by purpose (``LABEL_GROUPS``), each summed over the nodes.  The
-    messages by purpose add up to the frames by link counter."""
+    messages by purpose count every protocol message, bundled or not (a bundle frame carries several), so they
+    add up to at least the frames."""
     frames = dict.fromkeys(PEER_FRAMES, 0)
     msgs: dict[str, int] = {}
     size: dict[str, int] = {}

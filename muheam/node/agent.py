@@ -423,11 +423,14 @@ class NodeAgent:
         next_tick = 0.0
         try:
             while True:
+                self.mesh.uncork()  # (a turn left early still sends what it held)
                 if self.fence.fenced:
                     return self._self_fence()
                 if self.stop_mode is not None:
                     return self._shutdown(self.stop_mode)
                 ready = dict(poller.poll(self._poll_ms()))
+                # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
+                self.mesh.cork()
                 while True:
                     try:
                         self._apply(self.events.get_nowait())
@@ -474,6 +477,7 @@ class NodeAgent:
                         except StorageFailed:
                             pass  # the engine stopped; the next turn stops the node (engine.failed)
                 # after the sessions and locks had their say: acknowledgements ride on what they just sent
+                self.mesh.uncork()
                 self.mesh.tick(time.monotonic())
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()

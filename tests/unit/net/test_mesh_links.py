@@ -138,3 +138,34 @@ def test_frames_are_counted_by_label_and_add_up_to_the_link_counters(
     assert c["bytes.m"] > 0
     labelled = sum(v for k, v in c.items() if k.startswith("sent."))
     assert labelled == c["sent"] + c["ack_sent"] + c["retransmitted"]
+
+
+def test_corked_messages_to_one_peer_go_as_one_frame_in_order_with_their_stamps(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    a, b, _, _ = pair
+    got: list[tuple[str, Any, int]] = []
+    b.on("m", lambda m: got.append(("m", m.body, m.stamp)))
+    b.on("n", lambda m: got.append(("n", m.body, m.stamp)))
+    spin((a, b), 0.2)  # the hellos
+    frames = a.counters["sent"]
+    a.cork()
+    a.send(2, "m", 1)
+    a.send(2, "n", b"x" * 100, label="image")
+    a.send(2, "m", 3)
+    assert a.counters["sent"] == frames  # held
+    a.uncork()
+    spin((a, b), 0.3)
+    assert a.counters["sent"] == frames + 1 and a.counters["bundled"] == 3 and a.counters["bundles"] == 1
+    assert [(k, body) for k, body, _ in got] == [("m", 1), ("n", b"x" * 100), ("m", 3)]
+    stamps = [st for _, _, st in got]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3  # each its own stamp, taken when it was sent
+    assert b.clock.time > stamps[-1]
+    assert a.counters["sent.image"] == 1 and a.counters["sent.m"] == 2
+
+
+@pytest.mark.parametrize("body", [None, [], [["m", 1, None]], [["ack", 1, None], ["m", 1, None]],
+                                  [["m", -1, None], ["m", 1, None]], [["m", 1], ["m", 1, None]],
+                                  [["bundle", 1, []], ["m", 1, None]]])
+def test_malformed_bundles_are_refused(body: Any) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.decode_bundle(body)
