@@ -116,7 +116,8 @@ class Sessions:
         self.prepared: list[list[tuple[_Tx, Deferred]]] = []
         self.published_waits: list[tuple[int, int]] = []
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
-                                         "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0}
+                                         "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0,
+                                         "begin_retakes": 0}
         table = cluster.table
         engine.status = table.status
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
