@@ -12,8 +12,9 @@ outcome of transactions prepared at that moment; an operation that needs block o
 (``NeedOwnership``) is parked until the lock is granted and then run again; a row held by a transaction of any node
 parks the request until that transaction's outcome is known here (local end or the owner's DONE message).
 COMMIT is two rounds over ``CommitService`` -- prepare (all members acknowledge), then the COMMIT records and one
-WAL flush for the whole batch, then the outcome round -- and the client hears "committed" after the second round
-(I5).  Waits that form a cycle across nodes are found from the wait edges every node gossips (``wfg``); the
+WAL flush for the whole batch, then the outcome to every member (not acknowledged) -- and the client hears
+"committed" then (I5: every member knows the XID prepared, so a later begin waits for the outcome and retakes its
+snapshot if the commit is not below it; docs/architecture.md, "Cheaper commit rounds").  Waits that form a cycle across nodes are found from the wait edges every node gossips (``wfg``); the
 youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
 """
 

@@ -13,7 +13,9 @@ grant takes the cluster floor of every node's durable ceiling), a snapshot (STS 
 for what was prepared then), changes to one or two chains under their exclusive lock (a chain's value is its
 image: the GLSN of its last change and the XIDs whose versions it holds; a change is stamped with the clock after
 some local WAL work, written through to the disk when the lock goes), sometimes a new block under the extension
-lock ``ext`` (value: the relation size), then COMMIT: prepare round, COMMIT record (CTS), outcome round, ack.
+lock ``ext`` (value: the relation size), then COMMIT: prepare round, COMMIT record (CTS), outcome sent
+(unacknowledged, as the node does since issue 18), ack; a snapshot that waited for a commit at or above its STS is
+taken again.
 
 Survivor recovery (``muheam.recovery.survivors`` in miniature): on a member's removal every survivor moves its
 clock past the dead node's last WAL GLSN (``fix_clock_floor``) and passes that floor to its lock manager; the
