@@ -14,8 +14,8 @@ parks the request until that transaction's outcome is known here (local end or t
 COMMIT is two rounds over ``CommitService`` -- prepare (all members acknowledge), then the COMMIT records and one
 WAL flush for the whole batch, then the outcome to every member (not acknowledged) -- and the client hears
 "committed" then (I5: every member knows the XID prepared, so a later begin waits for the outcome and retakes its
-snapshot if the commit is not below it; docs/architecture.md, "Cheaper commit rounds").  Waits that form a cycle across nodes are found from the wait edges every node gossips (``wfg``); the
-youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
+snapshot if the commit is not below it; docs/architecture.md, "Cheaper commit rounds").  Waits that form a cycle
+across nodes are found from the wait edges every node gossips (``wfg``); the youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
 """
 
 from __future__ import annotations
