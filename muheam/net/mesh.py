@@ -116,6 +116,9 @@ class Mesh:
         self._label_keys: dict[str, tuple[str, str]] = {}
         # between cork() and uncork() (one turn of the node's loop): messages per peer, sent as one bundle
         self._corked: dict[int, list[tuple[str, int, Any, str]]] | None = None
+        # messages that may wait for the next frame to their peer, or until their due time (``send(lazy=...)``)
+        self._lazy: dict[int, list[tuple[str, int, Any, str]]] = {}
+        self._lazy_due: dict[int, float] = {}
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
@@ -170,8 +173,8 @@ class Mesh:
         return None if current is None else current.epoch
 
     # traffic ------------------------------------------------------------------------------------------------
-    def send(self, dest: int, kind: str, body: Any, label: str | None = None) -> bool:
-        return self.send_stamped(dest, kind, body, None, label)
+    def send(self, dest: int, kind: str, body: Any, label: str | None = None, lazy: float | None = None) -> bool:
+        return self.send_stamped(dest, kind, body, None, label, lazy)
 
     def _account(self, label: str, size: int) -> None:
         """Messages and bytes sent per label (``sent.<label>``, ``bytes.<label>``): what the cluster costs on the
@@ -182,19 +185,42 @@ class Mesh:
         self.counters[keys[0]] += 1
         self.counters[keys[1]] += size
 
-    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None, label: str | None = None) -> bool:
+    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None, label: str | None = None,
+                     lazy: float | None = None) -> bool:
         """Send with a stamp the caller already took from the clock (None: take one now).  True once the link
         holds the message: from then on it is delivered (exactly once, in order) unless the peer leaves.
         ``label`` names the purpose for the per-label counters (default: the kind): the mesh does not know what
         a body means, its sender does (a lock message carrying a page image, say).  While corked the message
-        waits for ``uncork`` (same stamp, same order), and goes with the others to the same peer in one frame."""
+        waits for ``uncork`` (same stamp, same order), and goes with the others to the same peer in one frame.
+        ``lazy``: the message may wait up to that many seconds for another frame to the same peer to ride on
+        (it goes first in it: the order per peer is the order of the sends, only its delivery is later)."""
         if dest not in self.peers:
             self.counters["send_no_peer"] += 1
             return False
         if stamp is None:
             stamp = self.clock.send()
-        if self._corked is not None:
-            self._corked.setdefault(dest, []).append((kind, stamp, body, label or kind))
+        item = (kind, stamp, body, label or kind)
+        corked = self._corked
+        if lazy is not None and (corked is None or dest not in corked):
+            self._lazy.setdefault(dest, []).append(item)
+            due = time.monotonic() + lazy
+            self._lazy_due[dest] = min(due, self._lazy_due.get(dest, due))
+            self.counters["lazy"] += 1
+            return True
+        # everything held lazily for dest was sent before this: it goes first (and a corked list for dest, once
+        # it exists, takes the lazy sends too, so both never hold messages for one peer at once)
+        held = self._lazy.pop(dest, None)
+        if held is not None:
+            del self._lazy_due[dest]
+        if corked is not None:
+            queue = corked.setdefault(dest, [])
+            if held:
+                queue.extend(held)
+            queue.append(item)
+            return True
+        if held:
+            held.append(item)
+            self._flush_corked(dest, held)
             return True
         return self._send_frame(dest, kind, body, stamp, label or kind)
 
@@ -215,8 +241,17 @@ class Mesh:
 
     def _uncork_one(self, dest: int) -> None:
         """Send what is held for ``dest`` now: its link is about to change (reconnect or drop)."""
+        if dest in self._lazy:
+            del self._lazy_due[dest]
+            self._flush_corked(dest, self._lazy.pop(dest))
         if self._corked and dest in self._corked:
             self._flush_corked(dest, self._corked.pop(dest))
+
+    def _flush_lazy(self, now: float) -> None:
+        """Send the lazy messages whose time is up (nothing else went to their peer meanwhile)."""
+        for dest in [d for d, due in self._lazy_due.items() if due <= now]:
+            del self._lazy_due[dest]
+            self._flush_corked(dest, self._lazy.pop(dest))
 
     def _flush_corked(self, dest: int, items: list[tuple[str, int, Any, str]]) -> None:
         if len(items) == 1:
@@ -285,6 +320,8 @@ class Mesh:
     def tick(self, now: float) -> None:
         """Timers: retransmit what timed out, send acknowledgements nothing carried, retry deferred frames.
         The node's loop calls it every turn (cheap: a few comparisons per peer)."""
+        if self._lazy_due:
+            self._flush_lazy(now)
         for link in self.peers.values():
             out = link.out
             if out.expire(now):
@@ -324,7 +361,7 @@ class Mesh:
 
     def next_timer(self, now: float) -> float | None:
         """The earliest time ``tick`` has something to do (monotonic seconds), None if nothing is pending."""
-        when: float | None = None
+        when: float | None = min(self._lazy_due.values()) if self._lazy_due else None
         for link in self.peers.values():
             if link.out.unsent:  # the socket pushed back: try again soon, without spinning on it
                 return now + DEFERRED_RETRY

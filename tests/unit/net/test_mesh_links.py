@@ -169,3 +169,27 @@ def test_corked_messages_to_one_peer_go_as_one_frame_in_order_with_their_stamps(
 def test_malformed_bundles_are_refused(body: Any) -> None:
     with pytest.raises(wire.Malformed):
         wire.decode_bundle(body)
+
+
+def test_a_lazy_message_rides_on_the_next_frame_to_its_peer_or_goes_when_due(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    a, b, _, _ = pair
+    got: list[Any] = []
+    b.on("m", lambda m: got.append(m.body))
+    spin((a, b), 0.2)
+    frames = a.counters["sent"]
+    a.send(2, "m", "lazy-1", lazy=10.0)
+    a.send(2, "m", "lazy-2", lazy=10.0)
+    assert a.counters["sent"] == frames and a.next_timer(time.monotonic()) is not None
+    a.send(2, "m", "now")                     # carries both, after them
+    spin((a, b), 0.2)
+    assert got == ["lazy-1", "lazy-2", "now"] and a.counters["sent"] == frames + 1
+    a.send(2, "m", "alone", lazy=0.01)        # nothing else to ride on: sent when due, by tick
+    spin((a, b), 0.3)
+    assert got[-1] == "alone" and a.counters["sent"] == frames + 2
+    a.cork()
+    a.send(2, "m", "corked")
+    a.send(2, "m", "lazy-while-corked", lazy=10.0)  # a frame goes this turn anyway: it joins it
+    a.uncork()
+    spin((a, b), 0.2)
+    assert got[-2:] == ["corked", "lazy-while-corked"] and a.counters["sent"] == frames + 3
