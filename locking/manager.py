@@ -262,7 +262,7 @@ class LockManager:
         """Resources this node has asked for and not yet been granted."""
         return sorted(r for r, o in self._own.items() if o.state in (OwnState.PENDING, OwnState.DEFERRED))
 
-    def read_source(self, resource: bytes) -> int | None:
+    def read_source(self, resource: bytes) -> int:
         """Where a node that owns nothing of ``resource`` finds its current contents without taking the lock
         (consistent reads, issue 18): ``FROM_FILE`` when no member has an exclusive entry (none can be granted
         without our ACK, and every exclusive holder wrote its pages through before its RELEASE, which we have
