@@ -88,6 +88,12 @@ from locking.messages import (MAX_RESOURCE, MAX_VALUE, Ack, Hello, HelloEntry, M
 from locking.queue import Entry, ResourceState
 
 
+FROM_FILE = -1
+"""``read_source``: the shared file is current for a reader."""
+USE_LOCK = -2
+"""``read_source``: take the lock (shared) to read."""
+
+
 class OwnState(Enum):
     DEFERRED = "deferred"   # asked before the joining node learned the queues; no GLSN yet
     PENDING = "pending"     # REQUEST sent, waiting for the head of the queue and every ACK
@@ -255,6 +261,24 @@ class LockManager:
     def waiting(self) -> list[bytes]:
         """Resources this node has asked for and not yet been granted."""
         return sorted(r for r, o in self._own.items() if o.state in (OwnState.PENDING, OwnState.DEFERRED))
+
+    def read_source(self, resource: bytes) -> int:
+        """Where a node that owns nothing of ``resource`` finds its current contents without taking the lock
+        (consistent reads, issue 18): ``FROM_FILE`` when no member has an exclusive entry (none can be granted
+        without our ACK, and every exclusive holder wrote its pages through before its RELEASE, which we have
+        seen), the member of the earliest exclusive entry (the holder, if it is granted; it says if not), or
+        ``USE_LOCK`` when this node cannot tell: it has an entry of its own, has not learned the queues yet
+        (joining), or a dead member may have left changes unwritten (marks)."""
+        if self._awaiting or self._global_marks or resource in self._own:
+            return USE_LOCK
+        rs = self._res.get(resource)
+        if rs is None:
+            return FROM_FILE
+        if rs.marks:
+            return USE_LOCK
+        first = min((e for e in rs.entries.values() if e.mode is Mode.EXCLUSIVE), key=lambda e: e.glsn,
+                    default=None)
+        return FROM_FILE if first is None else first.owner
 
     def known(self, resource: bytes) -> tuple[Version, bytes | None]:
         rs = self._res.get(resource)

@@ -74,6 +74,47 @@ def peer_messages(endpoints: dict[int, str]) -> int:
     return sum(peer_frames(endpoints).values())
 
 
+LABEL_GROUPS = {"lock": "lock", "lockb": "lock", "image": "image", "round": "round", "gossip": "gossip",
+                "beat": "gossip", "hello": "gossip", "ping": "gossip", "pong": "gossip", "join": "gossip",
+                "ack": "ack", "retransmit": "retransmit", "cr": "read"}
+"""The mesh's per-label counters grouped by purpose: block ownership (lock), page images moving between nodes
+(image), commit rounds (round), periodic and membership chatter (gossip), the link's acknowledgement-only frames
+(ack), its retransmissions (retransmit), and consistent-read copies for readers (read).  A label not listed is its own group."""
+
+
+def peer_by_kind(endpoints: dict[int, str]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Node-to-node frames sent so far, from one status per node (so the three agree): by link counter
+    (``PEER_FRAMES``), then messages and bytes by purpose (``LABEL_GROUPS``), each summed over the nodes.  The
+    messages by purpose count every protocol message, bundled or not (a bundle frame carries several), so they
+    add up to at least the frames."""
+    frames = dict.fromkeys(PEER_FRAMES, 0)
+    msgs: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for ep in endpoints.values():
+        peer = request(ep, "status")["counters"]["peer"]
+        for key in PEER_FRAMES:
+            frames[key] += int(peer.get(key, 0))
+        for key, value in peer.items():
+            for prefix, into in (("sent.", msgs), ("bytes.", size)):
+                if key.startswith(prefix):
+                    group = LABEL_GROUPS.get(key[len(prefix):], key[len(prefix):])
+                    into[group] = into.get(group, 0) + int(value)
+    return frames, msgs, size
+
+
+def node_pids(endpoints: dict[int, str]) -> dict[int, int]:
+    """Node id -> the node process's pid (from its status)."""
+    return {n: int(request(ep, "status")["pid"]) for n, ep in endpoints.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, every thread included (``/proc/<pid>/stat`` fields 14-15)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read().decode()
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces: fields start after ')'
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -123,15 +123,20 @@ def bench_walmerge(fmt: str, as_json: bool, mb: int, nodes: int) -> None:
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
+@click.option("--affinity/--no-affinity", default=True, show_default=True,
+              help="Also run 3 nodes with each client routed to one node and 90% of its accounts in that node's "
+                   "share (the *_affinity figures).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Run against this running cluster instead (a live tps view on a terminal), not the comparison.")
-def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int, config_path: str | None) -> None:
-    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run; with -c,
-    against your own running cluster."""
+def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int, affinity: bool,
+               config_path: str | None) -> None:
+    """The bank workload on standalone PostgreSQL, MUHEAM with 1 node and with 3 nodes, in one run, with the
+    node CPU time and the peer messages and bytes (by kind) per committed transfer; with -c, against your own
+    running cluster."""
     from muheam.bench.bank import against, run
 
     if config_path is None:
-        show(run(seconds=seconds, clients=clients, accounts=accounts), fmt, as_json)
+        show(run(seconds=seconds, clients=clients, accounts=accounts, affinity=affinity), fmt, as_json)
         return
     cfg = config_mod.load(config_path, require_shared_dir=False)
     if sys.stdout.isatty() and not as_json:

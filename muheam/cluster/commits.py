@@ -18,11 +18,19 @@ from muheam import failpoints
 from muheam.net import wire
 from muheam.net.mesh import Mesh
 from muheam.cluster.rounds import CommitRounds, OutcomesLearned, RoundComplete, Send, Synced
+from muheam.cluster.txmessages import Done
 from muheam.cluster.txstate import TxTable
 
 log = logging.getLogger("muheam.commits")
 
 KIND = "tx"
+OUTCOME_DELAY = 0.001
+"""Seconds an unacknowledged outcome may wait in the mesh for another frame to the same peer: a snapshot there
+that waits for it waits this much longer at most; under load the next prepare or ACK carries it for free."""
+LABELS = {"Prep": "round", "Done": "round", "Ack": "round", "Horizon": "gossip", "Waits": "gossip",
+          "Sync": "join", "State": "join"}
+"""What each message is for, in the mesh's per-label counters (the benchmark's messages per transaction by
+kind): the commit rounds proper, periodic gossip, and the one-off join."""
 
 
 class CommitService:
@@ -88,9 +96,16 @@ class CommitService:
         """Mark ``xids`` prepared here and on every member; ``then()`` once all acknowledged."""
         self._start(self.core.prepare(xids), then)
 
-    def finish(self, committed: list[tuple[int, int]], aborted: list[int], then: Callable[[], None]) -> None:
-        """Record outcomes here, tell every member, ``then()`` once all acknowledged (I5)."""
-        self._start(self.core.finish(committed, aborted), then)
+    def finish(self, committed: list[tuple[int, int]], aborted: list[int], then: Callable[[], None],
+               acked: bool = True) -> None:
+        """Record outcomes here, tell every member, ``then()`` once all acknowledged; ``acked=False``: once the
+        messages are with the links (they arrive unless the member leaves; see ``CommitRounds.finish``)."""
+        if acked:
+            self._start(self.core.finish(committed, aborted), then)
+            return
+        self.core.finish(committed, aborted, acked=False)
+        self._run()
+        then()
 
     def _start(self, rid: int, then: Callable[[], None]) -> None:
         self.callbacks[rid] = then
@@ -129,7 +144,10 @@ class CommitService:
                 return
             for eff in effects:
                 if isinstance(eff, Send):
-                    self.mesh.send(eff.dest, KIND, eff.msg.to_wire())
+                    # an unacknowledged outcome waits a moment for the next frame to its peer (the next prepare,
+                    # an ACK, lock traffic) instead of costing a frame of its own
+                    lazy = OUTCOME_DELAY if isinstance(eff.msg, Done) and eff.msg.round == 0 else None
+                    self.mesh.send(eff.dest, KIND, eff.msg.to_wire(), LABELS.get(type(eff.msg).__name__, KIND), lazy)
                 elif isinstance(eff, RoundComplete):
                     then = self.callbacks.pop(eff.round, None)
                     if then is not None:

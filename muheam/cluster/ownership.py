@@ -90,6 +90,9 @@ class Ownership:
         self.pinned: dict[bytes, bytes] = {}     # chain -> the extension lock an operation on it waits for
         self.deferred: set[bytes] = set()        # demands of pinned chains, honoured when unpinned
         self._writing: bytes | None = None
+        # chains readable for the one operation running now from a consistent-read copy or the current file
+        # (``muheam.cluster.reads``): chain -> (table, blocks in the cache), dropped when it returns
+        self.readable: dict[bytes, tuple[int, list[int]]] = {}
         self.counters: Counter[str] = Counter()
         self.repair: Repair | None = None
         for prefix in (CHAIN, EXTEND, CATALOG):
@@ -106,6 +109,9 @@ class Ownership:
 
     def chain(self, table_id: int, bucket: int, write: bool) -> None:
         resource = chain_resource(table_id, bucket)
+        if not write and resource in self.readable:
+            self.counters["read_copy"] += 1
+            return
         self._need(resource, Mode.EXCLUSIVE if write else Mode.SHARED)
         if write:
             self._writing = resource

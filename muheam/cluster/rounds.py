@@ -98,13 +98,22 @@ class CommitRounds:
         self.table.prepare(xs)
         return self._round(lambda rid: Prep(rid, xs))
 
-    def finish(self, committed: Iterable[tuple[int, int]], aborted: Iterable[int]) -> int:
-        """Record outcomes here and tell every member; returns the round id."""
+    def finish(self, committed: Iterable[tuple[int, int]], aborted: Iterable[int], acked: bool = True) -> int:
+        """Record outcomes here and tell every member; returns the round id.  ``acked=False``: the members do
+        not acknowledge (round id 0, no ``RoundComplete``): a commit needs only that every member knew it
+        *prepared*, since a snapshot that waits for it and then finds its CTS not below its own STS is taken
+        again (``Sessions``' begin; docs/architecture.md, "Cheaper commit rounds")."""
         done, gone = tuple((int(x), int(c)) for x, c in committed), tuple(aborted)
         for xid, cts in done:
             self.table.commit(xid, cts)
         for xid in gone:
             self.table.abort(xid)
+        if not acked:
+            msg = Done(0, done, gone)
+            for node in sorted(self.members):
+                self._send(node, msg)
+            self.counters["done_unacked"] += 1
+            return 0
         return self._round(lambda rid: Done(rid, done, gone))
 
     def publish(self, horizon: int, waits: list[tuple[int, int]], waits_changed: bool) -> None:
@@ -159,7 +168,8 @@ class CommitRounds:
             mine = self.prepared_from.get(sender)
             if mine:
                 mine -= ended
-            self._send(sender, Ack(msg.round))
+            if msg.round:  # round 0: the sender waits for nobody
+                self._send(sender, Ack(msg.round))
             self.outbox.append(OutcomesLearned(frozenset(ended)))
             op = "done"
         elif isinstance(msg, Sync):

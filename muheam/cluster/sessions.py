@@ -12,9 +12,10 @@ outcome of transactions prepared at that moment; an operation that needs block o
 (``NeedOwnership``) is parked until the lock is granted and then run again; a row held by a transaction of any node
 parks the request until that transaction's outcome is known here (local end or the owner's DONE message).
 COMMIT is two rounds over ``CommitService`` -- prepare (all members acknowledge), then the COMMIT records and one
-WAL flush for the whole batch, then the outcome round -- and the client hears "committed" after the second round
-(I5).  Waits that form a cycle across nodes are found from the wait edges every node gossips (``wfg``); the
-youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
+WAL flush for the whole batch, then the outcome to every member (not acknowledged) -- and the client hears
+"committed" then (I5: every member knows the XID prepared, so a later begin waits for the outcome and retakes its
+snapshot if the commit is not below it; docs/architecture.md, "Cheaper commit rounds").  Waits that form a cycle
+across nodes are found from the wait edges every node gossips (``wfg``); the youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from locking.messages import Mode
 from muheam.cluster.commits import CommitService
 from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError, StorageFailed
@@ -32,6 +34,7 @@ from muheam.engine import Transaction
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.cluster.ownership import Ownership
+from muheam.cluster.reads import ConsistentReads
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
@@ -66,6 +69,8 @@ class _BeginWait:
     deadline: float
     reply: Deferred
     tx: _Tx
+    all: set[int]
+    """Everything the snapshot waited for: a commit among them at or above its STS makes it be retaken."""
 
 
 @dataclass
@@ -79,6 +84,12 @@ class Cluster:
     """A fresh GLSN from the node's clock (a snapshot timestamp)."""
     now_glsn: Callable[[], int]
     """The clock's current GLSN without ticking (horizon gossip)."""
+    reads: ConsistentReads | None = None
+    """Consistent-read copies: readers need not take chains (None: they take them shared)."""
+
+
+SCAN_AHEAD = 1 << 30
+"""A scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's end)."""
 
 
 class LockTimeout(MuheamError):
@@ -112,10 +123,11 @@ class Sessions:
         self.published_waits: list[tuple[int, int]] = []
         self.after_commit: Callable[[int, int, str | None, Deferred], None] | None = None
         """Set by the node when commits may wait for replicas (``muheam.cluster.scopes``): called instead of
-        answering a committed writer once its outcome round is done; ``check_scope`` vets a COMMIT's scope."""
+        answering a committed writer once its outcome is recorded and sent; ``check_scope`` vets a COMMIT's scope."""
         self.check_scope: Callable[[str], None] = lambda _s: None
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
-                                         "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0}
+                                         "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0,
+                                         "begin_retakes": 0}
         self.abort_reasons: dict[str, int] = {}
         """Aborts caused by an error, by its code (the rest are rollbacks: the client's, idle, shutdown)."""
         table = cluster.table
@@ -176,7 +188,7 @@ class Sessions:
                 return
             # prepared elsewhere before our snapshot: its CTS may be below ours, so learn its outcome first
             self.counters["begin_waits"] += 1
-            self.begin_waits.append(_BeginWait(pending, time.monotonic() + self.lock_timeout, reply, tx))
+            self.begin_waits.append(_BeginWait(pending, time.monotonic() + self.lock_timeout, reply, tx, pending))
 
         self.cluster.commits.when_ready(lambda: self.xids.allocate(1, started))
         return reply
@@ -190,7 +202,10 @@ class Sessions:
         tx.last_active = time.monotonic()
         return tx
 
-    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any]) -> Any:
+    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any], ahead: int = 0) -> Any:
+        """Run ``action`` in the request's transaction, again after each wait it needs.  ``ahead``: a read that
+        lacks a chain will want this many following chains too (a scan), so a consistent-read request asks for
+        them at once."""
         self.fence_check()
         tx = self._tx(req)
         reply = Deferred()
@@ -203,6 +218,9 @@ class Sessions:
                 result = action(tx.txn)
             except NeedOwnership as need:
                 self.counters["ownership_waits"] += 1
+                reads = self.cluster.reads
+                if need.mode is Mode.SHARED and reads is not None and reads.read(need.resource, attempt, ahead):
+                    return
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt, need.keep)
                 return
             except RowConflict as conflict:
@@ -288,7 +306,7 @@ class Sessions:
                     raise RequestError("bad_request", f"scan of {table} exceeds {MAX_SCAN_ROWS} rows")
             return rows
 
-        return self._row_op(req, scan)
+        return self._row_op(req, scan, ahead=SCAN_AHEAD)
 
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()
@@ -408,7 +426,9 @@ class Sessions:
                     reply.resolve({"xid": tx.txn.xid})
 
         if decided:
-            self.cluster.commits.finish(decided, [], answer)
+            # the outcome round is not acknowledged: every member acknowledged the prepare, so a snapshot taken
+            # anywhere from now on waits for this outcome and is retaken if it would miss it (``_retake``)
+            self.cluster.commits.finish(decided, [], answer, acked=False)
         else:
             answer()
         # on_outcome, not only _wake: a begin may have waited for these XIDs while their flush ran
@@ -423,11 +443,29 @@ class Sessions:
             keep = []
             for bw in self.begin_waits:
                 bw.waits = {x for x in bw.waits if not table.decided(x)}
+                if not bw.waits and not bw.reply.done and self._retake(bw):
+                    self.counters["begin_retakes"] += 1
                 if bw.waits:
                     keep.append(bw)
                 elif not bw.reply.done:
                     bw.reply.resolve({"xid": bw.tx.txn.xid})
             self.begin_waits = keep
+
+    def _retake(self, bw: _BeginWait) -> bool:
+        """A transaction the snapshot waited for committed at or above its STS: the client may already have
+        heard "committed" (the outcome round is not acknowledged), so it must be visible -- take the snapshot
+        again, now that the clock has passed that CTS (the DONE's stamp is above it), and wait for what is
+        prepared now.  The transaction has done nothing yet: its begin has not been answered."""
+        table = self.cluster.table
+        if all(table.committed.get(x, -1) < bw.tx.sts for x in bw.all):
+            return False
+        xid = bw.tx.txn.xid
+        snap, waits = table.snapshot(xid, self.cluster.stamp())
+        bw.tx.txn.snapshot = snap
+        bw.tx.sts = snap.sts
+        bw.waits = {x for x in waits if not table.decided(x)}
+        bw.all = set(bw.waits)
+        return True
 
     def _wake(self, ended: set[int]) -> None:
         for xid in ended:

@@ -14,7 +14,9 @@ before that node learned of the prepare.  A snapshot taken after the prepare was
 (``Snapshot.waits_for``; one message delay).  An XID that is neither prepared nor decided when the snapshot is taken
 will commit with ``CTS > STS`` and is invisible, whatever node runs it.  Causality follows from Lamport order: if
 a transaction saw another, its CTS is larger, so every snapshot that sees it also sees the other.  The second
-round (DONE) tells every node the outcome and is acknowledged before the client hears "committed" (I5).
+round (DONE) tells every node the outcome; it is not acknowledged (issue 18): the client hears "committed" once
+every node acknowledged the prepare, so a later snapshot anywhere waits for the outcome, and one that then finds
+the CTS not below its STS is taken again (``Sessions._retake``) (I5).
 
 XIDs below ``floor`` that are not known committed are aborted: they were handed out before the oldest running
 node of this cluster incarnation started (``muheam.xidstore.cluster_floor``), and nothing of theirs is running.

@@ -119,12 +119,16 @@ class Mesh:
         self.self_clocked: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.handshakes = HandshakeWatch(self.counters, "peer", self.refusals if self.secure else None)
-        self.sent_kinds: dict[str, list[int]] = {}
-        """Per message kind: [messages, bytes] sent (the node's metrics show the cost of each protocol)."""
+        self._label_keys: dict[str, tuple[str, str]] = {}
+        # between cork() and uncork() (one turn of the node's loop): messages per peer, sent as one bundle
+        self._corked: dict[int, list[tuple[str, int, Any, str]]] | None = None
+        # messages that may wait for the next frame to their peer, or until their due time (``send(lazy=...)``)
+        self._lazy: dict[int, list[tuple[str, int, Any, str]]] = {}
+        self._lazy_due: dict[int, float] = {}
 
     def on(self, kind: str, handler: Handler, clocked: bool = True) -> None:
         """Dispatch ``kind`` to ``handler``; ``clocked=False`` for protocols that merge stamps themselves."""
-        if kind == wire.ACK_KIND:
+        if kind in (wire.ACK_KIND, wire.BUNDLE_KIND):
             raise ValueError(f"message kind {kind!r} is the link's own")
         self.handlers[kind] = handler
         if not clocked:
@@ -141,6 +145,7 @@ class Mesh:
         if current is not None:
             if current.epoch >= epoch:
                 return
+            self._uncork_one(node_id)  # what was sent to the old incarnation goes to it, as unbundled it would
             current.sock.close(0)
         for key in [k for k in self.streams if k[0] == node_id and k[1] < epoch]:
             del self.streams[key]
@@ -162,6 +167,7 @@ class Mesh:
         whatever of its frames waited behind a gap."""
         current = self.peers.get(node_id)
         if current is not None and (epoch is None or current.epoch <= epoch):
+            self._uncork_one(node_id)
             current.sock.close(0)
             del self.peers[node_id]
             self.retired[node_id] = max(self.retired.get(node_id, -1), current.epoch)
@@ -174,12 +180,102 @@ class Mesh:
         return None if current is None else current.epoch
 
     # traffic ------------------------------------------------------------------------------------------------
-    def send(self, dest: int, kind: str, body: Any) -> bool:
-        return self.send_stamped(dest, kind, body, None)
+    def send(self, dest: int, kind: str, body: Any, label: str | None = None, lazy: float | None = None) -> bool:
+        return self.send_stamped(dest, kind, body, None, label, lazy)
 
-    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None) -> bool:
+    def _account(self, label: str, size: int) -> None:
+        """Messages and bytes sent per label (``sent.<label>``, ``bytes.<label>``): what the cluster costs on the
+        wire, by purpose, for the benchmarks.  Two counter bumps per frame."""
+        keys = self._label_keys.get(label)
+        if keys is None:
+            keys = self._label_keys[label] = ("sent." + label, "bytes." + label)
+        self.counters[keys[0]] += 1
+        self.counters[keys[1]] += size
+
+    def sent_by_label(self) -> dict[str, list[int]]:
+        """Label -> [messages, bytes] sent so far (the per-label counters of ``_account``, for the metrics)."""
+        return {label: [self.counters[m], self.counters[b]] for label, (m, b) in sorted(self._label_keys.items())}
+
+    def send_stamped(self, dest: int, kind: str, body: Any, stamp: int | None, label: str | None = None,
+                     lazy: float | None = None) -> bool:
         """Send with a stamp the caller already took from the clock (None: take one now).  True once the link
-        holds the message: from then on it is delivered (exactly once, in order) unless the peer leaves."""
+        holds the message: from then on it is delivered (exactly once, in order) unless the peer leaves.
+        ``label`` names the purpose for the per-label counters (default: the kind): the mesh does not know what
+        a body means, its sender does (a lock message carrying a page image, say).  While corked the message
+        waits for ``uncork`` (same stamp, same order), and goes with the others to the same peer in one frame.
+        ``lazy``: the message may wait up to that many seconds for another frame to the same peer to ride on
+        (it goes first in it: the order per peer is the order of the sends, only its delivery is later)."""
+        if dest not in self.peers:
+            self.counters["send_no_peer"] += 1
+            return False
+        if stamp is None:
+            stamp = self.clock.send()
+        item = (kind, stamp, body, label or kind)
+        corked = self._corked
+        if lazy is not None and (corked is None or dest not in corked):
+            self._lazy.setdefault(dest, []).append(item)
+            due = time.monotonic() + lazy
+            self._lazy_due[dest] = min(due, self._lazy_due.get(dest, due))
+            self.counters["lazy"] += 1
+            return True
+        # everything held lazily for dest was sent before this: it goes first (and a corked list for dest, once
+        # it exists, takes the lazy sends too, so both never hold messages for one peer at once)
+        held = self._lazy.pop(dest, None)
+        if held is not None:
+            del self._lazy_due[dest]
+        if corked is not None:
+            queue = corked.setdefault(dest, [])
+            if held:
+                queue.extend(held)
+            queue.append(item)
+            return True
+        if held:
+            held.append(item)
+            self._flush_corked(dest, held)
+            return True
+        return self._send_frame(dest, kind, body, stamp, label or kind)
+
+    # bundling -----------------------------------------------------------------------------------------------
+    def cork(self) -> None:
+        """Hold messages until ``uncork``: the node's loop corks for one turn, so an acknowledgement, an outcome
+        and the next prepare for one peer, produced in the same turn, cost one frame, one send and one receive
+        instead of three.  Order per peer and every stamp stay as they were."""
+        if self._corked is None:
+            self._corked = {}
+
+    def uncork(self) -> None:
+        """Send what was held: one frame per peer (a ``bundle`` when there are several messages)."""
+        corked, self._corked = self._corked, None
+        if corked:
+            for dest, items in corked.items():
+                self._flush_corked(dest, items)
+
+    def _uncork_one(self, dest: int) -> None:
+        """Send what is held for ``dest`` now: its link is about to change (reconnect or drop)."""
+        if dest in self._lazy:
+            del self._lazy_due[dest]
+            self._flush_corked(dest, self._lazy.pop(dest))
+        if self._corked and dest in self._corked:
+            self._flush_corked(dest, self._corked.pop(dest))
+
+    def _flush_lazy(self, now: float) -> None:
+        """Send the lazy messages whose time is up (nothing else went to their peer meanwhile)."""
+        for dest in [d for d, due in self._lazy_due.items() if due <= now]:
+            del self._lazy_due[dest]
+            self._flush_corked(dest, self._lazy.pop(dest))
+
+    def _flush_corked(self, dest: int, items: list[tuple[str, int, Any, str]]) -> None:
+        if len(items) == 1:
+            kind, stamp, body, label = items[0]
+            self._send_frame(dest, kind, body, stamp, label)
+            return
+        for _, _, body, label in items:  # per purpose as if sent alone (a frame's envelope is ~30 bytes)
+            self._account(label, len(wire.pack(body)) + 30)
+        self.counters["bundled"] += len(items)
+        self._send_frame(dest, wire.BUNDLE_KIND, [[k, st, b] for k, st, b, _ in items],
+                         max(st for _, st, _, _ in items), None)
+
+    def _send_frame(self, dest: int, kind: str, body: Any, stamp: int, label: str | None) -> bool:
         link = self.peers.get(dest)
         if link is None:
             self.counters["send_no_peer"] += 1
@@ -187,12 +283,13 @@ class Mesh:
         out = link.out
         stream = self.streams.get((dest, link.epoch))
         ack = stream.inbound.take_ack() if stream is not None else 0
-        frame = wire.encode_peer(self.node_id, self.epoch, self.clock.send() if stamp is None else stamp, kind, body,
-                                 dest_epoch=link.epoch, seq=out.next_seq, ack=ack)
+        frame = wire.encode_peer(self.node_id, self.epoch, stamp, kind, body, dest_epoch=link.epoch, seq=out.next_seq,
+                                 ack=ack)
         self.counters["sent"] += 1
-        per_kind = self.sent_kinds.setdefault(kind, [0, 0])
-        per_kind[0] += 1
-        per_kind[1] += len(frame)
+        if label is not None:
+            self._account(label, len(frame))
+        else:
+            self.counters["bundles"] += 1
         if out.sent_to == out.high == out.next_seq - 1:  # nothing waits ahead of it: straight to the socket
             try:
                 link.sock.send(frame, zmq.NOBLOCK)
@@ -225,14 +322,17 @@ class Mesh:
                 return
             if out.sent(now):
                 self.counters["retransmitted"] += 1
+                self._account("retransmit", len(frame))
 
-    def broadcast(self, kind: str, body: Any) -> int:
+    def broadcast(self, kind: str, body: Any, label: str | None = None) -> int:
         """One clock tick per message, as Lamport's rule has it; returns how many peers were sent to."""
-        return sum(self.send(dest, kind, body) for dest in list(self.peers))
+        return sum(self.send(dest, kind, body, label) for dest in list(self.peers))
 
     def tick(self, now: float) -> None:
         """Timers: retransmit what timed out, send acknowledgements nothing carried, retry deferred frames.
         The node's loop calls it every turn (cheap: a few comparisons per peer)."""
+        if self._lazy_due:
+            self._flush_lazy(now)
         for link in self.peers.values():
             out = link.out
             if out.expire(now):
@@ -256,6 +356,7 @@ class Mesh:
                     continue
                 inbound.take_ack()
                 self.counters["ack_sent"] += 1
+                self._account(wire.ACK_KIND, len(frame))
 
     def _redial(self, link: Link) -> None:
         """Replace the link's socket by a fresh one (the link's numbering and frames stay as they are).
@@ -272,7 +373,7 @@ class Mesh:
 
     def next_timer(self, now: float) -> float | None:
         """The earliest time ``tick`` has something to do (monotonic seconds), None if nothing is pending."""
-        when: float | None = None
+        when: float | None = min(self._lazy_due.values()) if self._lazy_due else None
         for link in self.peers.values():
             if link.out.unsent:  # the socket pushed back: try again soon, without spinning on it
                 return now + DEFERRED_RETRY
@@ -385,6 +486,17 @@ class Mesh:
 
     def _dispatch(self, msg: wire.PeerMessage) -> None:
         """First (and only) delivery of a message: merge its stamp, then hand it to its protocol."""
+        if msg.kind == wire.BUNDLE_KIND:
+            try:
+                inner = wire.decode_bundle(msg.body)
+            except wire.Malformed as exc:
+                self.counters["malformed"] += 1
+                self.counters["rejected_body"] += 1
+                log.warning("dropped a bundle from node %d: %s", msg.sender, exc)
+                return
+            for kind, stamp, body in inner:
+                self._dispatch(msg._replace(kind=kind, stamp=stamp, body=body))
+            return
         if msg.kind not in self.self_clocked:
             self.clock.receive(msg.stamp)
         self.counters["received"] += 1

@@ -18,6 +18,9 @@ from locking.glsn import MAX_LAMPORT
 WIRE_VERSION = 2
 """2: sequence numbers and acknowledgements per link (1 had no link fields)."""
 ACK_KIND = "ack"
+BUNDLE_KIND = "bundle"
+"""Several messages to one peer in one frame: body ``[[kind, stamp, body]...]``, delivered in that order."""
+MAX_BUNDLE = 100_000
 MAX_PEER_FRAME = 16 * 1024 * 1024
 MAX_CLIENT_FRAME = 4 * 1024 * 1024
 #: ZeroMQ itself drops connections that send more than this, so a hostile peer cannot exhaust memory.
@@ -86,6 +89,21 @@ def decode_peer(frame: bytes) -> PeerMessage:
     if (seq == 0) != (kind == ACK_KIND) or (seq == 0 and (body is not None or stamp != 0)):
         raise Malformed("seq 0 is for acknowledgement-only frames (kind 'ack', stamp 0, no body) and only them")
     return PeerMessage(sender, epoch, stamp, kind, body, dest_epoch, seq, ack)
+
+
+def decode_bundle(body: Any) -> list[tuple[str, int, Any]]:
+    """The messages of a bundle frame, checked as a frame's own kind and stamp are."""
+    if not isinstance(body, list) or not 2 <= len(body) <= MAX_BUNDLE:
+        raise Malformed("a bundle is a list of 2 or more [kind, stamp, body]")
+    out: list[tuple[str, int, Any]] = []
+    for item in body:
+        if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not str or type(item[1]) is not int:
+            raise Malformed("a bundled message is [kind, stamp, body]")
+        kind, stamp, inner = item
+        if kind in (ACK_KIND, BUNDLE_KIND) or not 0 <= stamp <= MAX_LAMPORT:
+            raise Malformed(f"bundled message of kind {kind!r} or stamp {stamp} not allowed")
+        out.append((kind, stamp, inner))
+    return out
 
 
 def decode_request(frame: bytes) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from muheam.node.peerwatch import PeerWatch
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
 from muheam.cluster.scopes import ScopeWaits
+from muheam.cluster.reads import ConsistentReads
 from muheam.cluster.sessions import Cluster, Sessions
 from muheam.cluster.txstate import TxTable
 from muheam.cluster.xidstore import cluster_floor
@@ -106,6 +107,7 @@ class NodeAgent:
         self.scopes: ScopeWaits | None = None
         self.commits: CommitService | None = None
         self.ownership: Ownership | None = None
+        self.reads: ConsistentReads | None = None
         self._pings: dict[int, tuple[int, Deferred]] = {}
         self._decided: set[int] = set()
         self.survivors: Survivors | None = None
@@ -206,9 +208,10 @@ class NodeAgent:
         self.commits = CommitService(self.mesh, table, lambda: list(self.members),
                                      lambda ended: self.sessions.on_outcome(ended) if self.sessions else None)
         self.commits.sync(peers)
+        self.reads = ConsistentReads(self.mesh, self.locks, self.ownership, self.engine)
         cluster = Cluster(table, self.commits, self.ownership,
                           stamp=lambda: pack_glsn(self.clock.tick().lamport, self.node_id),
-                          now_glsn=lambda: pack_glsn(self.clock.time, self.node_id))
+                          now_glsn=lambda: pack_glsn(self.clock.time, self.node_id), reads=self.reads)
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster,
                                  lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout,
                                  flusher=WalFlusher(self.engine.flush_wal) if cfg.wal_flush_thread else None)
@@ -383,6 +386,7 @@ class NodeAgent:
                          "xids": dict(self.xids.counters) if self.xids else {},
                          "sessions": dict(self.sessions.counters) if self.sessions else {},
                          "ownership": self.ownership.stats() if self.ownership else {},
+                         "reads": self.reads.stats() if self.reads else {},
                          "commits": self.commits.stats() if self.commits else {},
                          "survivors": self.survivors.stats() if self.survivors else {},
                          "peerwatch": dict(self.peerwatch.counters) if self.peerwatch else {},
@@ -422,11 +426,14 @@ class NodeAgent:
         next_tick = 0.0
         try:
             while True:
+                self.mesh.uncork()  # (a turn left early still sends what it held)
                 if self.fence.fenced:
                     return self._self_fence()
                 if self.stop_mode is not None:
                     return self._shutdown(self.stop_mode)
                 ready = dict(poller.poll(self._poll_ms()))
+                # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
+                self.mesh.cork()
                 while True:
                     try:
                         self._apply(self.events.get_nowait())
@@ -476,6 +483,7 @@ class NodeAgent:
                         except StorageFailed:
                             pass  # the engine stopped; the next turn stops the node (engine.failed)
                 # after the sessions and locks had their say: acknowledgements ride on what they just sent
+                self.mesh.uncork()
                 self.mesh.tick(time.monotonic())
                 if self.mesh.monitor in ready:
                     self.mesh.drain_monitor()

@@ -48,7 +48,7 @@ def snapshot(agent: "NodeAgent") -> dict[str, Any]:
         "synced": set(agent.members) <= set(agent.mesh.peers),
         "recovering": sorted(survivors.dead) if survivors is not None else [],
         "abort_reasons": dict(agent.sessions.abort_reasons) if agent.sessions is not None else {},
-        "peer_kinds": {k: list(v) for k, v in agent.mesh.sent_kinds.items()},
+        "peer_kinds": agent.mesh.sent_by_label(),
         "wal_start_lsn": agent.wal_start_lsn,
         "compiled_redo": rebuild.compiled(),
     })

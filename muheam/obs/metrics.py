@@ -80,9 +80,9 @@ def families(snap: dict[str, Any], cluster: str, now: float | None = None) -> It
     yield aborts
 
     kinds: dict[str, list[int]] = snap.get("peer_kinds", {})
-    msgs = CounterMetricFamily("muheam_peer_messages_sent", "Peer messages sent, by protocol message kind.",
+    msgs = CounterMetricFamily("muheam_peer_messages_sent", "Peer messages sent, by purpose (lock, image, round, gossip, read, ack, retransmit, ...).",
                                labels=LABELS + ["kind"])
-    sent_bytes = CounterMetricFamily("muheam_peer_sent_bytes", "Bytes of peer messages sent, by kind.",
+    sent_bytes = CounterMetricFamily("muheam_peer_sent_bytes", "Bytes of peer messages sent, by purpose.",
                                      labels=LABELS + ["kind"])
     for kind, (count, nbytes) in sorted(kinds.items()):
         msgs.add_metric(lv + [kind], float(count))

@@ -13,7 +13,9 @@ grant takes the cluster floor of every node's durable ceiling), a snapshot (STS 
 for what was prepared then), changes to one or two chains under their exclusive lock (a chain's value is its
 image: the GLSN of its last change and the XIDs whose versions it holds; a change is stamped with the clock after
 some local WAL work, written through to the disk when the lock goes), sometimes a new block under the extension
-lock ``ext`` (value: the relation size), then COMMIT: prepare round, COMMIT record (CTS), outcome round, ack.
+lock ``ext`` (value: the relation size), then COMMIT: prepare round, COMMIT record (CTS), outcome sent
+(unacknowledged, as the node does since issue 18), ack; a snapshot that waited for a commit at or above its STS is
+taken again.
 
 Survivor recovery (``muheam.recovery.survivors`` in miniature): on a member's removal every survivor moves its
 clock past the dead node's last WAL GLSN (``fix_clock_floor``) and passes that floor to its lock manager; the
@@ -283,6 +285,12 @@ class Cluster(Faults):
             c.phase = "xid"
             node.locks.acquire(XID, Mode.EXCLUSIVE)
         elif c.phase == "snap":
+            table = node.rounds.table
+            if any(table.committed.get(x, -1) >= c.sts for x in c.waits) and self.sw.fix_retake:
+                c.sts = node.clock.tick().pack()  # as Sessions._retake: a commit it waited for is at/above it
+                c.waits = node.rounds.table.snapshot(c.xid, c.sts)[1]
+                self._pump(node)
+                return
             self._check_snapshot(node)
             c.todo = sorted(self.rng.sample(self.chains, min(len(self.chains), self.rng.choice((1, 1, 2)))))
             c.wrote = []
@@ -391,8 +399,10 @@ class Cluster(Faults):
         if what == "prep":
             cts = node.clock.tick().pack()
             node.wal.append(("commit", cts, c.xid, None))
-            node.callbacks[node.rounds.finish([(c.xid, cts)], [])] = "done"
-            c.phase = "done-wait"
+            node.rounds.finish([(c.xid, cts)], [], acked=False)  # as Sessions: nobody acknowledges the outcome
+            self.acked[c.xid] = (self.step, tuple(c.wrote))
+            self.out.commits_acked += 1
+            c.phase = "idle"
         elif what.startswith("recovered:"):  # the recoverer writes the dead node's outcome file, then says so
             dead = int(what.split(":")[1])
             self.xact[dead] = self._verdicts[dead]

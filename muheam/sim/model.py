@@ -29,6 +29,8 @@ class Switches:
     fix_claim_retry: bool = True    # (f) a failed recovery claim is retried
     fix_partition: bool = True      # (e) a member cut off from its peers only is removed by the largest clique
     fix_learn_outcomes: bool = True  # (g) a cleanly stopped member's outcomes are learned from its xact file
+    fix_retake: bool = True         # (h) the outcome round is not acknowledged; a snapshot that waited
+                                    # for a commit at or above its STS is taken again
 
 
 @dataclass(frozen=True)

@@ -108,11 +108,20 @@ def test_benchmark_smoke() -> None:
     from muheam.bench import bank as bench_bank
 
     out = bench_bank.run(seconds=2, clients=2, accounts=20)
-    for key in ("tps_postgres", "tps_muheam_1", "tps_muheam_3", "tps_muheam_3_nosec", "ratio_3_vs_postgres", "msgs_per_txn",
-                "sum_violations", "notes"):
+    for key in ("tps_postgres", "tps_muheam_1", "tps_muheam_3", "tps_muheam_3_nosec", "ratio_3_vs_postgres",
+                "msgs_per_txn", "sum_violations", "notes", "cpu_us_per_txn_1", "cpu_us_per_txn_3",
+                "tps_muheam_3_affinity", "cpu_us_per_txn_3_affinity", "msgs_per_txn_affinity", "msgs_per_txn_by_kind",
+                "bytes_per_txn_by_kind"):
         assert key in out
     assert out["sum_violations"] == 0
     assert out["tps_muheam_1"] > 0
+    assert out["cpu_us_per_txn_1"] > 0
+    if out["tps_muheam_3"] is not None:
+        # the kinds split the protocol messages: they add up to the total (each rounded to 3 places); frames
+        # carry one or more of them
+        assert abs(sum(out["msgs_per_txn_by_kind"].values()) - out["logical_msgs_per_txn"]) < 0.01
+        assert out["msgs_per_txn"] <= out["logical_msgs_per_txn"] + 0.01
+        assert out["cpu_us_per_txn_3"] > 0 and out["tps_muheam_3_affinity"] > 0
     assert (out["tps_postgres"] is None) == (PG_MISSING is not None)
     if out["tps_muheam_3"] is None:
         assert out["ratio_3_vs_postgres"] is None and any("3 nodes" in n for n in out["notes"])

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from muheam.client import Connection, DeadlockDetected, LockTimeout, SerializationFailure, connect, request
+from muheam.storage.heap import bucket_of
 
 TABLE = "accounts"
 COLUMN = "balance"
@@ -97,6 +98,21 @@ def muheam_session(endpoint: str, timeout: float) -> Session:
     return MuheamSession(endpoint, timeout)
 
 
+def account_buckets(accounts: int) -> int:
+    """Hash buckets of the accounts table: a few accounts per chain (see :func:`create_accounts`)."""
+    return max(1, accounts // 4)
+
+
+def shares(accounts: int, nodes: int) -> list[list[int]]:
+    """Accounts split into ``nodes`` shares by hash chain (bucket modulo ``nodes``): a node that works only on
+    its share keeps its chains, since no account of another share lives in them."""
+    out: list[list[int]] = [[] for _ in range(nodes)]
+    buckets = account_buckets(accounts)
+    for key in range(accounts):
+        out[bucket_of(key, buckets) % nodes].append(key)
+    return out
+
+
 def create_accounts(endpoint: str, accounts: int, balances: dict[int, int] | None = None,
                     timeout: float = 30.0) -> None:
     """Create ``accounts`` rows at 0 (or at ``balances[key]``: tests plant a violation that way).
@@ -108,7 +124,7 @@ def create_accounts(endpoint: str, accounts: int, balances: dict[int, int] | Non
         # a few accounts per hash chain: in a cluster the chain is the unit of block ownership, so transfers on
         # different accounts seldom pull the same blocks back and forth between nodes, while a full read still
         # visits few pages
-        conn.create_table(TABLE, {COLUMN: "int64"}, expected_rows=accounts, buckets=max(1, accounts // 4))
+        conn.create_table(TABLE, {COLUMN: "int64"}, expected_rows=accounts, buckets=account_buckets(accounts))
         for start in range(0, accounts, INSERT_BATCH):
             with conn.transaction() as tx:
                 for key in range(start, min(accounts, start + INSERT_BATCH)):
@@ -177,14 +193,18 @@ class BankResult:
 
 
 def _transfer_loop(session: Session, rng: random.Random, accounts: int, deadline: float,
-                   report: dict[str, Any]) -> None:
+                   report: dict[str, Any], share: Sequence[int] = (), affinity: float = 0.0) -> None:
     """``report["trace"]``, when present, records each acknowledged transfer (its end, monotonic, and latency),
     ``report["net"]`` the balance change it acknowledged per account, and ``report["unknown"]`` every transfer
     whose outcome the client could not learn (the node failed under it): what ``muheam demo`` checks against the
-    final table to prove no acknowledged commit was lost."""
+    final table to prove no acknowledged commit was lost.  With ``share``, a fraction ``affinity`` of the transfers
+    move money between two accounts of that share (the node-affine load)."""
     trace = report.get("trace")
     while time.monotonic() < deadline:
-        src, dst = rng.sample(range(accounts), 2)
+        if len(share) >= 2 and rng.random() < affinity:
+            src, dst = rng.sample(share, 2)
+        else:
+            src, dst = rng.sample(range(accounts), 2)
         debit_first = rng.random() < 0.5
         while time.monotonic() < deadline:
             t0 = time.monotonic()
@@ -224,7 +244,8 @@ def _close(session: Session | None) -> None:
 
 
 def _client(name: str, role: str, factory: SessionFactory, endpoint: str, accounts: int, seconds: float,
-            timeout: float, seed: int, ready: Any, go: Any, out: Any, trace: bool = False) -> None:
+            timeout: float, seed: int, ready: Any, go: Any, out: Any, trace: bool = False, share: Sequence[int] = (),
+            affinity: float = 0.0) -> None:
     """One client, in a thread or a process: connect, wait for the common start, work until the deadline.
 
     Errors other than :class:`Retry` are recorded and the client reconnects and goes on, so one failing node
@@ -257,7 +278,7 @@ def _client(name: str, role: str, factory: SessionFactory, endpoint: str, accoun
                 if session is None:
                     session = factory(endpoint, timeout)
                 if role == "transfer":
-                    _transfer_loop(session, rng, accounts, deadline, report)
+                    _transfer_loop(session, rng, accounts, deadline, report, share, affinity)
                 else:
                     _reader_loop(session, accounts, deadline, report)
             except Exception as exc:  # noqa: BLE001
@@ -274,12 +295,14 @@ def _client(name: str, role: str, factory: SessionFactory, endpoint: str, accoun
 
 def run(endpoints: Sequence[str], seconds: float, transfer_clients: int = 4, readers: int = 1,
         accounts: int = 100, factory: SessionFactory = muheam_session, mode: str = "process",
-        timeout: float = 5.0, seed: int | None = None, trace: bool = False) -> BankResult:
+        timeout: float = 5.0, seed: int | None = None, trace: bool = False, affinity: float = 0.0) -> BankResult:
     """Run the workload for ``seconds`` against tables already made by :func:`create_accounts`.
 
     Clients are assigned to ``endpoints`` round-robin (transfer clients first, then readers, each starting at the
     first endpoint) so every node serves both kinds once there are enough clients.  ``factory`` must be a
     module-level function when ``mode`` is ``"process"``.  Returns when every client reported or was given up.
+    ``affinity``: the probability that a transfer client picks both accounts from its node's share
+    (:func:`shares`), as an application that routes by key would; otherwise (and at 0) uniformly.
     """
     if not endpoints:
         raise ValueError("need at least one endpoint")
@@ -291,6 +314,9 @@ def run(endpoints: Sequence[str], seconds: float, transfer_clients: int = 4, rea
         raise ValueError("transfers need at least 2 accounts")
     if mode not in ("process", "thread"):
         raise ValueError("mode is 'process' or 'thread'")
+    if not 0.0 <= affinity <= 1.0:
+        raise ValueError("affinity is a probability in [0, 1]")
+    split = shares(accounts, len(endpoints)) if affinity else [[] for _ in endpoints]
     base = seed if seed is not None else random.randrange(1 << 30)
     roles = [("transfer", i) for i in range(transfer_clients)] + [("reader", i) for i in range(readers)]
     result = BankResult(clients=transfer_clients, readers=readers)
@@ -305,7 +331,7 @@ def run(endpoints: Sequence[str], seconds: float, transfer_clients: int = 4, rea
     for n, (role, i) in enumerate(roles):
         ready: Any = ctx.Event() if mode == "process" else threading.Event()
         args = (f"{role}-{i}", role, factory, endpoints[i % len(endpoints)], accounts, seconds, timeout,
-                base + n, ready, go, out, trace)
+                base + n, ready, go, out, trace, split[i % len(endpoints)], affinity)
         w: Any = ctx.Process(target=_client, args=args, daemon=True) if mode == "process" \
             else threading.Thread(target=_client, args=args, daemon=True)
         w.start()

@@ -217,3 +217,17 @@ def test_rounds_complete_exactly_when_view_acked_and_outcomes_reach_every_member
         if (i, rid) in net.completed and i in net.alive:
             for j in net.alive:
                 assert all(x in net.cores[j].table.committed for x in xids), (i, rid, j)
+
+
+def test_an_unacknowledged_outcome_is_sent_to_every_member_and_acknowledged_by_none() -> None:
+    a, b, c = CommitRounds([2, 3], TxTable()), CommitRounds([1, 3], TxTable()), CommitRounds([1, 2], TxTable())
+    assert a.finish([(10, 99)], [11], acked=False) == 0
+    sends = _sends(a)
+    assert sorted(s.dest for s in sends) == [2, 3] and all(s.msg == tm.Done(0, ((10, 99),), (11,)) for s in sends)
+    assert not a.rounds and a.table.committed[10] == 99
+    for core in (b, c):
+        core.on_wire(1, sends[0].msg.to_wire())
+        effects = core.drain()
+        assert not [e for e in effects if isinstance(e, Send)]          # no Ack back
+        assert [e for e in effects if isinstance(e, OutcomesLearned)] == [OutcomesLearned(frozenset({10, 11}))]
+        assert core.table.committed[10] == 99 and core.table.decided(11)

@@ -287,3 +287,30 @@ def test_misuse_raises() -> None:
         mgr.acquire(R, X)                                 # one use at a time per resource per node
     with pytest.raises(ValueError):
         mgr.release(R, b"shared holders cannot write")
+
+
+def test_read_source_names_the_file_the_exclusive_holder_or_the_lock() -> None:
+    """Consistent reads (issue 18): where a node that owns nothing of a resource finds its current contents."""
+    from locking.manager import FROM_FILE, USE_LOCK
+
+    net = Net(3)
+    assert net.mgrs[3].read_source(R) == FROM_FILE         # never used: the file is all there is
+    net.mgrs[1].acquire(R, X)
+    net.settle()
+    assert net.mgrs[3].read_source(R) == 1                 # 1 holds it exclusively: ask 1
+    net.mgrs[1].release(R, b"v1")                          # cached at 1: still 1's
+    net.settle()
+    assert net.mgrs[3].read_source(R) == 1
+    assert net.mgrs[1].read_source(R) == USE_LOCK          # its own entry: the lock says everything
+    net.mgrs[2].acquire(R, S)                              # 1 gives it up; 2 shares it
+    net.settle()
+    assert net.mgrs[3].read_source(R) == FROM_FILE         # nobody exclusive: the file is current
+    net.mgrs[2].release(R)
+    net.mgrs[1].acquire(R, X)                              # 1 again, then dies holding it
+    net.settle()
+    net.collect(1)
+    del net.mgrs[1]
+    for node in (2, 3):
+        net.mgrs[node].member_removed(1)
+    net.settle()
+    assert net.mgrs[3].read_source(R) == USE_LOCK          # 1 may have left it unwritten: the lock rebuilds it

@@ -122,3 +122,74 @@ def test_a_frame_claiming_a_newer_incarnation_of_a_peer_does_not_disturb_the_pee
     while len(got) < 3 and time.monotonic() < deadline:
         spin((a, b), 0.05)
     assert got == [(11, "before"), (999, "next incarnation"), (11, "after")]
+
+
+def test_frames_are_counted_by_label_and_add_up_to_the_link_counters(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    a, b, _, _ = pair
+    b.on("m", lambda m: None)
+    for i in range(5):
+        a.send(2, "m", i)
+    a.send(2, "m", b"x" * 1000, label="image")
+    spin((a, b), 0.3)
+    c = a.counters
+    assert c["sent.m"] == 5 and c["sent.hello"] == 1  # unlabelled frames count under their kind
+    assert c["sent.image"] == 1 and c["bytes.image"] > 1000
+    assert c["bytes.m"] > 0
+    labelled = sum(v for k, v in c.items() if k.startswith("sent."))
+    assert labelled == c["sent"] + c["ack_sent"] + c["retransmitted"]
+
+
+def test_corked_messages_to_one_peer_go_as_one_frame_in_order_with_their_stamps(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    a, b, _, _ = pair
+    got: list[tuple[str, Any, int]] = []
+    b.on("m", lambda m: got.append(("m", m.body, m.stamp)))
+    b.on("n", lambda m: got.append(("n", m.body, m.stamp)))
+    spin((a, b), 0.2)  # the hellos
+    frames = a.counters["sent"]
+    a.cork()
+    a.send(2, "m", 1)
+    a.send(2, "n", b"x" * 100, label="image")
+    a.send(2, "m", 3)
+    assert a.counters["sent"] == frames  # held
+    a.uncork()
+    spin((a, b), 0.3)
+    assert a.counters["sent"] == frames + 1 and a.counters["bundled"] == 3 and a.counters["bundles"] == 1
+    assert [(k, body) for k, body, _ in got] == [("m", 1), ("n", b"x" * 100), ("m", 3)]
+    stamps = [st for _, _, st in got]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3  # each its own stamp, taken when it was sent
+    assert b.clock.time > stamps[-1]
+    assert a.counters["sent.image"] == 1 and a.counters["sent.m"] == 2
+
+
+@pytest.mark.parametrize("body", [None, [], [["m", 1, None]], [["ack", 1, None], ["m", 1, None]],
+                                  [["m", -1, None], ["m", 1, None]], [["m", 1], ["m", 1, None]],
+                                  [["bundle", 1, []], ["m", 1, None]]])
+def test_malformed_bundles_are_refused(body: Any) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.decode_bundle(body)
+
+
+def test_a_lazy_message_rides_on_the_next_frame_to_its_peer_or_goes_when_due(
+        pair: tuple[Mesh, Mesh, TcpProxy, TcpProxy]) -> None:
+    a, b, _, _ = pair
+    got: list[Any] = []
+    b.on("m", lambda m: got.append(m.body))
+    spin((a, b), 0.2)
+    frames = a.counters["sent"]
+    a.send(2, "m", "lazy-1", lazy=10.0)
+    a.send(2, "m", "lazy-2", lazy=10.0)
+    assert a.counters["sent"] == frames and a.next_timer(time.monotonic()) is not None
+    a.send(2, "m", "now")                     # carries both, after them
+    spin((a, b), 0.2)
+    assert got == ["lazy-1", "lazy-2", "now"] and a.counters["sent"] == frames + 1
+    a.send(2, "m", "alone", lazy=0.01)        # nothing else to ride on: sent when due, by tick
+    spin((a, b), 0.3)
+    assert got[-1] == "alone" and a.counters["sent"] == frames + 2
+    a.cork()
+    a.send(2, "m", "corked")
+    a.send(2, "m", "lazy-while-corked", lazy=10.0)  # a frame goes this turn anyway: it joins it
+    a.uncork()
+    spin((a, b), 0.2)
+    assert got[-2:] == ["corked", "lazy-while-corked"] and a.counters["sent"] == frames + 3

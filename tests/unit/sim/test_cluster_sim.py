@@ -68,6 +68,7 @@ HAZARDS = {
     "c_fence": ("fix_fence", ("pause",), SimConfig(nodes=3, txns=3, chains=1, faults=2)),
     "d_peer_links": ("fix_peer_links", ("reset",), SimConfig(nodes=3, txns=2, chains=1, faults=2)),
     "e_partition": ("fix_partition", ("cut",), SimConfig(nodes=3, txns=2, chains=1, faults=2)),
+    "h_retake": ("fix_retake", ("reset",), SimConfig(nodes=3, txns=3, chains=1, faults=1)),
     "f_claim_retry": ("fix_claim_retry", ("claim_fail", "crash"), SimConfig(nodes=3, txns=2, chains=1, faults=3)),
     "g_learn_outcomes": ("fix_learn_outcomes", ("stop", "join"), SimConfig(nodes=3, txns=3, chains=1, faults=3)),
 }

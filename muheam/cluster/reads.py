@@ -1,0 +1,217 @@
+"""Consistent reads (issue 18, item 4): a reader does not move chains.
+
+Without this, a scan on node B of chains that node A owns exclusively takes each chain in shared mode -- A writes
+its pages through and gives the chain up (a lock transfer: 3(N-1) messages and an 8 KiB image), and A's next
+write takes it back the same way -- so one reader makes every writer pay.  Instead, B asks for a copy of the pages
+and reads that, once, for the one operation that needs it; A keeps the chain.  Where each chain's contents are is
+the lock manager's knowledge (``LockManager.read_source``):
+
+* no member has an exclusive entry for the chain: the shared file is current (every exclusive holder wrote its
+  pages through before its RELEASE, which B has seen, and none can be granted without B's ACK, which B cannot
+  send while it reads, in one turn of its loop): B reads the chain from the file;
+* the earliest exclusive entry is node A's: B sends A one ``cr`` request for all such chains of the scan
+  (``["q", id, [[table, bucket]...]]``) and A answers with the pages it holds, without writing them or giving
+  anything up (``["r", id, [[table, bucket, images or None]...]]``: None where A does not hold the chain
+  exclusively, its request still waiting, or given up meanwhile);
+* otherwise (B has an entry of its own, is still joining, or a dead member may have left the chain unwritten):
+  B takes the lock as before.
+
+Why a copy is enough for MVCC: B's snapshot was taken before it sent the request.  A transaction T whose commit
+B's snapshot must see was prepared at B before that snapshot (or its outcome known there), and T changed the chain
+before it prepared, while its node held the chain; the chain went from that node to A with its pages (or through
+the file), so A's pages -- A holding the chain exclusively now -- contain T's changes.  A transaction that changes
+the chain after A answered prepares later than B's snapshot, so its commit timestamp is above the snapshot's and
+it is invisible anyway.  The copy is therefore "at least as new as the snapshot", which is all ``scan_from`` asks
+of a chain image.  It is used only for the operation of the transaction that asked (its snapshot predates the
+request) and dropped from the cache right after, so no later snapshot can read it.
+
+A peer that leaves before answering: its chains fall back to the lock (``member_removed`` via the lock service's
+removal hooks).  A chain that B's own transactions acquired while the copy was on its way is not overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from locking.manager import FROM_FILE, USE_LOCK
+from locking.messages import Mode
+from muheam.cluster.locks import LockService
+from muheam.cluster.ownership import CHAIN, Ownership, chain_resource, decode_images, encode_images
+from muheam.engine import Engine
+from muheam.net import wire
+from muheam.net.mesh import Mesh
+
+log = logging.getLogger("muheam.reads")
+
+KIND = "cr"
+MAX_CHAINS = 4096
+"""Chains in one request (a scan asks for at most the rest of one table)."""
+_CHAIN = struct.Struct(">II")
+
+
+@dataclass
+class _Read:
+    """One operation's wait for copies: what it asked, from whom, what came back."""
+
+    first: bytes
+    then: Callable[[], None]
+    files: list[bytes]
+    waiting: set[int]                                   # request ids not answered yet
+    images: dict[bytes, list[tuple[int, bytes]]] = field(default_factory=dict)
+
+
+class ConsistentReads:
+    """Consistent-read copies for this node's readers, and the answers to other nodes' requests."""
+
+    def __init__(self, mesh: Mesh, locks: LockService, ownership: Ownership, engine: Engine) -> None:
+        self.mesh = mesh
+        self.locks = locks
+        self.ownership = ownership
+        self.engine = engine
+        self.enabled = True
+        self.next_id = 1
+        self.requests: dict[int, tuple[_Read, int]] = {}    # request id -> (the read, the node asked)
+        self.counters: Counter[str] = Counter()
+        mesh.on(KIND, self._on_message)
+        locks.removal_hooks.append(self._member_removed)
+
+    # -- the reader's side -----------------------------------------------------------------------------------
+    def read(self, resource: bytes, then: Callable[[], None], ahead: int = 0) -> bool:
+        """Make the chain ``resource`` (and the next ``ahead`` chains of its table this node does not own)
+        readable for one run of ``then``.  False: take the lock instead (the caller does)."""
+        if not self.enabled or not resource.startswith(CHAIN) or resource in self.ownership.asking:
+            return False
+        source = self.locks.read_source(resource)
+        if source == USE_LOCK:
+            return False
+        table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
+        wanted = [(resource, source)]
+        last = min(self.engine.table(table_id).nbuckets, bucket + ahead)
+        for b in range(bucket + 1, last + 1):
+            r = chain_resource(table_id, b)
+            if r in self.ownership.held or r in self.ownership.asking:
+                continue
+            src = self.locks.read_source(r)
+            if src != USE_LOCK:
+                wanted.append((r, src))
+        by_node: dict[int, list[bytes]] = {}
+        files: list[bytes] = []
+        for r, src in wanted:
+            if src == FROM_FILE:
+                files.append(r)
+            else:
+                by_node.setdefault(src, []).append(r)
+        pending = _Read(resource, then, files, set())
+        for node, chains in sorted(by_node.items()):
+            rid = self.next_id
+            self.next_id += 1
+            body = ["q", rid, [list(_CHAIN.unpack_from(r, len(CHAIN))) for r in chains[:MAX_CHAINS]]]
+            if self.mesh.send(node, KIND, body, label=KIND):
+                self.requests[rid] = (pending, node)
+                pending.waiting.add(rid)
+                self.counters["copy_requests"] += 1
+        if source != FROM_FILE and not pending.waiting:
+            return False  # the holder is not reachable: the lock path copes with departures
+        if not pending.waiting:
+            self._finish(pending)
+        return True
+
+    def _finish(self, pending: _Read) -> None:
+        """Every answer is in: make the copies (and the current file chains) readable, run the operation once,
+        forget them again."""
+        own = self.ownership
+        cache = self.engine.cache
+        readable: dict[bytes, tuple[int, list[int]]] = {}
+        for r, images in pending.images.items():
+            if r in own.held or r in own.asking or r in own.readable:
+                continue  # ours meanwhile (never overwrite our pages), or another read has it right now
+            table_id, _ = _CHAIN.unpack_from(r, len(CHAIN))
+            own._drop_images(r)
+            cache.adopt(table_id, images)
+            readable[r] = (table_id, [b for b, _ in images])
+            self.counters["copies_read"] += 1
+        for r in pending.files:
+            if r in own.held or r in own.asking or r in own.readable or readable.get(r) is not None:
+                continue
+            if self.locks.read_source(r) != FROM_FILE:  # someone asked for it while we waited for the others
+                continue
+            table_id, bucket = _CHAIN.unpack_from(r, len(CHAIN))
+            own._drop_images(r)
+            blocks = cache.chain_blocks(table_id, bucket, self.engine.table(table_id).nbuckets)
+            readable[r] = (table_id, blocks)
+            self.counters["file_reads"] += 1
+        if pending.first not in readable and pending.first not in own.held:
+            # the chain the operation needs first could not be read this way: take the lock for it
+            self.counters["fell_back"] += 1
+            for r, (table_id, blocks) in readable.items():
+                cache.forget(table_id, blocks)
+            own.acquire(pending.first, Mode.SHARED, pending.then)
+            return
+        own.readable.update(readable)
+        try:
+            pending.then()
+        finally:
+            for r, (table_id, blocks) in readable.items():
+                if own.readable.pop(r, None) is not None and r not in own.held and r not in own.asking:
+                    cache.forget(table_id, blocks)
+
+    # -- the holder's side -----------------------------------------------------------------------------------
+    def _answer(self, sender: int, rid: int, chains: list[Any]) -> None:
+        own = self.ownership
+        out: list[list[Any]] = []
+        for item in chains:
+            if not isinstance(item, list) or len(item) != 2 or not all(type(x) is int and x >= 0 for x in item):
+                raise ValueError("a cr chain is [table, bucket]")
+            resource = chain_resource(item[0], item[1])
+            value: bytes | None = None
+            if own.held.get(resource) is Mode.EXCLUSIVE:
+                table_id, blocks = own._chain_blocks(resource)
+                cache = self.engine.cache
+                value = encode_images([(b, cache.read(table_id, b).encode()) for b in blocks])
+                self.counters["copies_sent"] += 1
+            else:
+                self.counters["copies_refused"] += 1
+            out.append([item[0], item[1], value])
+        self.mesh.send(sender, KIND, ["r", rid, out], label=KIND)
+
+    def _on_message(self, msg: wire.PeerMessage) -> None:
+        body = msg.body
+        if not isinstance(body, list) or len(body) != 3 or body[0] not in ("q", "r") or type(body[1]) is not int \
+                or not isinstance(body[2], list) or len(body[2]) > MAX_CHAINS:
+            raise ValueError("cr message must be ['q'|'r', id, [chains]]")
+        if body[0] == "q":
+            self._answer(msg.sender, body[1], body[2])
+            return
+        entry = self.requests.get(body[1])
+        if entry is None or entry[1] != msg.sender:
+            self.counters["unexpected_answers"] += 1
+            return
+        got: dict[bytes, list[tuple[int, bytes]]] = {}
+        for item in body[2]:  # all checked before anything changes
+            if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[1]) is not int \
+                    or not (item[2] is None or isinstance(item[2], bytes)):
+                raise ValueError("a cr answer is [table, bucket, images or None]")
+            if item[2] is not None:
+                got[chain_resource(item[0], item[1])] = decode_images(item[2])
+        del self.requests[body[1]]
+        pending, _ = entry
+        pending.images.update(got)
+        pending.waiting.discard(body[1])
+        if not pending.waiting:
+            self._finish(pending)
+
+    def _member_removed(self, node_id: int) -> None:
+        """Requests to a node that left are answered by nobody: go on without them (its chains take the lock)."""
+        for rid in [r for r, (_, node) in self.requests.items() if node == node_id]:
+            pending, _ = self.requests.pop(rid)
+            pending.waiting.discard(rid)
+            self.counters["lost_to_departure"] += 1
+            if not pending.waiting:
+                self._finish(pending)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "waiting": len(self.requests)}
