@@ -67,6 +67,10 @@ class CommitService:
         return self.core.horizons
 
     @property
+    def sync_lost(self) -> set[int]:
+        return self.core.sync_lost
+
+    @property
     def ready(self) -> bool:
         return self.core.ready
 
@@ -87,8 +91,13 @@ class CommitService:
         self.core.member_added(node)
         self._run()
 
-    def member_removed(self, node: int) -> None:
-        self.core.member_removed(node)
+    def member_removed(self, node: int, outcomes_known: bool = False) -> None:
+        self.core.member_removed(node, outcomes_known)
+        self._run()
+
+    def departed_known(self, node: int) -> None:
+        """``node``'s outcomes are learned (its recovery ended): a joiner that lost its answer may be ready."""
+        self.core.departed_known(node)
         self._run()
 
     # -- rounds -----------------------------------------------------------------------------------------------

@@ -71,6 +71,9 @@ class CommitRounds:
         self.rounds: dict[int, set[int]] = {}          # round -> members that have not acknowledged yet
         self.next_round = 1
         self.syncing: set[int] = set()
+        self.sync_lost: set[int] = set()
+        """Members of the join's view that left before answering and whose outcomes were not learned: until
+        they are (``departed_known``), this joiner is not ready (see ``member_removed``)."""
         self.deferred: dict[int, list[TxMessage]] = {}
         self.pending_sync: set[int] = set()
         self.horizons: dict[int, int] = {}
@@ -90,7 +93,7 @@ class CommitRounds:
 
     @property
     def ready(self) -> bool:
-        return not self.syncing
+        return not self.syncing and not self.sync_lost
 
     def prepare(self, xids: Iterable[int]) -> int:
         """Mark ``xids`` prepared here and on every member; returns the round id (``RoundComplete`` follows)."""
@@ -132,7 +135,14 @@ class CommitRounds:
             self.pending_sync.discard(node)
             self._send(node, State.of(self.table.export()))
 
-    def member_removed(self, node: int) -> None:
+    def member_removed(self, node: int, outcomes_known: bool = False) -> None:
+        """``node`` left the view.  ``outcomes_known``: its outcomes are learned already (a clean stop's outcome
+        file, read before this call).  A joiner that still waited for ``node``'s answer and does not know its
+        outcomes stays not ready until ``departed_known(node)``: ``node`` may have acknowledged a commit that only
+        it knew (a commit needs every member's prepare acknowledgement, and this joiner was not yet one), and a
+        snapshot taken now would not see it (I5).  The node's recovery learns those outcomes."""
+        if node in self.syncing and not outcomes_known:
+            self.sync_lost.add(node)
         self.members.discard(node)
         self.deferred.pop(node, None)
         self.prepared_from.pop(node, None)
@@ -142,6 +152,13 @@ class CommitRounds:
         self._synced(node)
         for rid in sorted(self.rounds):
             self._acked(rid, node)
+
+    def departed_known(self, node: int) -> None:
+        """``node``'s outcomes are in the table (its recovery announced them, or its outcome file was read)."""
+        if node in self.sync_lost:
+            self.sync_lost.discard(node)
+            if self.ready:
+                self.outbox.append(Synced())
 
     # -- peer messages ----------------------------------------------------------------------------------------
     def on_wire(self, sender: int, body: object) -> None:
@@ -233,7 +250,7 @@ class CommitRounds:
     def _synced(self, peer: int) -> None:
         if peer in self.syncing:
             self.syncing.discard(peer)
-            if not self.syncing:
+            if self.ready:
                 self.outbox.append(Synced())
 
     def _send(self, node: int, msg: TxMessage) -> None:

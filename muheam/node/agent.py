@@ -219,6 +219,9 @@ class NodeAgent:
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
+        commits, on_outcome = self.commits, self.sessions.on_outcome
+        self.survivors.on_recovered = lambda node: departures.sync_peer_recovered(
+            cfg.shared_dir, node, commits, pack_glsn(self.clock.tick().lamport, self.node_id), on_outcome)
         self.port.register("lock_cycle", lambda req: benchops.lock_cycle(self.locks, req))
         self.port.register("reload", lambda req: reload.apply(self))
         self.peerwatch = PeerWatch(self.node_id, cfg.cluster_name, self.mesh, lambda: backend, self.lease,
@@ -296,7 +299,9 @@ class NodeAgent:
         known = self.members.get(member.node_id)
         if event.kind in ("joined", "updated") and member.state in (NodeState.STARTING, NodeState.RUNNING):
             if known is not None and known.epoch < member.epoch:
-                self._remove(known)  # a restart whose expiry we have not seen yet
+                self._remove(known)  # a restart whose expiry we have not seen yet; its recovery ended before it
+                if self.survivors is not None:  # restarted (a restart waits for it): its outcome file is complete
+                    self.survivors.on_recovered(member.node_id)
             self.members[member.node_id] = member
             self.mesh.connect(member.node_id, member.epoch, member.peer_endpoint)
             if self.peerwatch is not None and member.state == "running":
@@ -321,7 +326,7 @@ class NodeAgent:
                         departures.learn_outcomes(self.cfg.shared_dir, member.node_id, self.commits.table,
                                                   pack_glsn(self.clock.tick().lamport, self.node_id),
                                                   self.sessions.on_outcome if self.sessions else None)
-                self._remove(known, floor)
+                self._remove(known, floor, outcomes_known=not crashed)
                 if crashed and self.survivors is not None:
                     self.survivors.claim_all()
             if event.kind in ("left", "expired"):
@@ -331,7 +336,7 @@ class NodeAgent:
         elif event.kind == "recovered" and self.survivors is not None:
             self.survivors.recovered(member.node_id, member.epoch)
 
-    def _remove(self, member: Member, floor_glsn: int = 0) -> None:
+    def _remove(self, member: Member, floor_glsn: int = 0, outcomes_known: bool = False) -> None:
         assert self.mesh is not None
         self.members.pop(member.node_id, None)
         if self.peerwatch is not None:
@@ -340,7 +345,7 @@ class NodeAgent:
         if self.locks is not None:
             self.locks.member_removed(member.node_id, member.epoch, floor_glsn)
         if self.commits is not None:
-            self.commits.member_removed(member.node_id)
+            self.commits.member_removed(member.node_id, outcomes_known)
 
     def _op_xid(self, request: dict[str, Any]) -> Deferred:
         """Allocate ``count`` global XIDs; the reply lists ranges ``[first, count]`` and the lock wait in us."""

@@ -82,6 +82,9 @@ class Survivors:
         self.backend = backend
         self.lease = lease
         self.on_outcome = on_outcome
+        self.on_recovered: Callable[[int], None] = lambda _node: None
+        """Called with a dead node's id once its recovery ended (here, or the ``recovered`` event, or found so when
+        claiming): its outcome file is complete (a joiner it never answered reads it then)."""
         self.system_id = system_id
         self.observe = observe
         self.dead: dict[int, deadwal.DeadWal] = {}
@@ -141,6 +144,8 @@ class Survivors:
         dead = self.dead.get(node)
         if dead is not None and dead.epoch <= epoch and node not in self.jobs:
             del self.dead[node]
+        if node not in self.jobs:
+            self.on_recovered(node)
 
     def tick(self, now: float) -> None:
         """Periodic (the node loop, a few times a second): while a dead node is neither recovered nor being
@@ -167,6 +172,7 @@ class Survivors:
                 done = backend.get_recovery(self.cluster, node)
                 if done and done.get("state") == "recovered" and int(done.get("epoch", 0)) >= dead.epoch:
                     del self.dead[node]
+                    self.on_recovered(node)
                     continue
                 holder = backend.claim(self.cluster, f"recover-{node}-{dead.epoch}",
                                        {"by": self.node_id, "at": time.time()}, self.lease)
@@ -325,6 +331,7 @@ class Survivors:
                       known_committed=len(job.known_committed))
         del self.jobs[dead.node]
         self.dead.pop(dead.node, None)
+        self.on_recovered(dead.node)
         if not self.jobs:
             self.staging = None
             self._written.clear()

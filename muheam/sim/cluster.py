@@ -234,10 +234,13 @@ class Cluster(Faults):
                 node.locks.member_removed(other, floor)
             else:
                 node.locks.member_removed(other)
+            known = not self.sw.fix_sync_loss  # without the fix a joiner is ready once its sync peers are gone
             if what == "leave":
-                self._learn_departed(node, other)  # before its rounds stop counting
+                known |= self._learn_departed(node, other)  # before its rounds stop counting
             prepared = set(node.rounds.prepared_from.get(other, ()))
-            node.rounds.member_removed(other)
+            node.rounds.member_removed(other, outcomes_known=known)
+            if other in self.recovered:  # its recovery ended before this node saw it go: the outcome file is there
+                self._sync_loss_recovered(node, other)
             for d, claimer in list(self.claims.items()):  # a recoverer that died: its claim went with its lease
                 if claimer == other and d not in self.recovered:
                     del self.claims[d]
@@ -407,6 +410,9 @@ class Cluster(Faults):
             dead = int(what.split(":")[1])
             self.xact[dead] = self._verdicts[dead]
             self.recovered.add(dead)
+            for other in self.nodes.values():  # the 'recovered' event: a joiner that lost its sync peer reads it
+                if other.alive and dead in other.rounds.sync_lost:
+                    self._sync_loss_recovered(other, dead)
         elif what == "done":
             self.acked[c.xid] = (self.step, tuple(c.wrote))
             self.out.commits_acked += 1

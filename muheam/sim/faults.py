@@ -174,7 +174,18 @@ class Faults:
         self.recovered.add(nid)
         self.etcd.append(("leave", nid))
 
-    def _learn_departed(self, node: Node, gone: int) -> None:
+    def _learn_departed(self, node: Node, gone: int) -> bool:
+        """A cleanly stopped member's outcome file, read by ``node`` before it drops ``gone``: whether it was."""
         if self.sw.fix_learn_outcomes and gone in self.xact:
             committed, aborted = self.xact[gone]
             node.rounds.table.learn_departed(committed, aborted, node.clock.tick().pack())
+            return True
+        return False
+
+    def _sync_loss_recovered(self, node: Node, dead: int) -> None:
+        """``dead``'s recovery ended: ``node`` (a joiner it never answered) reads its outcome file and is ready
+        once nothing else holds its join (``NodeAgent``'s ``recovered`` event; issue 17)."""
+        if dead in node.rounds.sync_lost and dead in self.xact:
+            committed, aborted = self.xact[dead]
+            node.rounds.table.learn_departed(committed, aborted, node.clock.tick().pack())
+            node.rounds.departed_known(dead)

@@ -31,6 +31,7 @@ class Switches:
     fix_learn_outcomes: bool = True  # (g) a cleanly stopped member's outcomes are learned from its xact file
     fix_retake: bool = True         # (h) the outcome round is not acknowledged; a snapshot that waited
                                     # for a commit at or above its STS is taken again
+    fix_sync_loss: bool = True      # (i) a joiner whose sync peer left unanswered waits for its recovery
 
 
 @dataclass(frozen=True)

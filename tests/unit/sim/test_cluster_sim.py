@@ -71,6 +71,7 @@ HAZARDS = {
     "h_retake": ("fix_retake", ("reset",), SimConfig(nodes=3, txns=3, chains=1, faults=1)),
     "f_claim_retry": ("fix_claim_retry", ("claim_fail", "crash"), SimConfig(nodes=3, txns=2, chains=1, faults=3)),
     "g_learn_outcomes": ("fix_learn_outcomes", ("stop", "join"), SimConfig(nodes=3, txns=3, chains=1, faults=3)),
+    "i_sync_loss": ("fix_sync_loss", ("crash", "join"), SimConfig(nodes=2, txns=2, chains=1, faults=3)),
 }
 SEARCH = 3000      # seeds tried with the fix off before giving up
 CHECK = int(os.environ.get("MUHEAM_SIM_HAZARD_CHECK", "1000"))  # schedules with the same faults and the fix on
