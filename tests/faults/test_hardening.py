@@ -239,3 +239,36 @@ def test_recovery_is_claimed_again_after_an_etcd_error(local_cluster: Start,
         tx.update("z", 1, {"v": 3})
     with connect(eps[0], 30) as conn, conn.transaction() as tx:
         assert tx.get("z", 1) == {"v": 3}
+
+
+@pytest.mark.timeout(240)
+def test_joiner_whose_sync_peer_crashes_unanswered_sees_its_acknowledged_commit(local_cluster: Start,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 2 is stopped; node 1, alone, commits a row (only node 1 knows the outcome).  Node 2 starts and asks
+    node 1 for its transaction table; node 1 crashes on that request before answering (failpoint
+    ``commits.sync_answer``), and node 2's first claims of node 1's recovery fail (``survivors.claim``), so the
+    recovery that would tell it the outcome comes late.  A transaction begun on node 2 meanwhile must see the
+    acknowledged row: the joiner is not ready until node 1's recovery ended (the simulator's ``i_sync_loss``);
+    before, it was ready as soon as node 1 left and its snapshot missed the commit (I5)."""
+    c = local_cluster(2)
+    eps = [m["client_endpoint"] for m in sorted(c.members(), key=lambda m: int(m["node_id"]))]
+    with connect(eps[0], 30) as conn:
+        conn.create_table("j", {"v": "int64"}, buckets=1)
+        with conn.transaction() as tx:
+            tx.insert("j", 1, {"v": 1})
+    c.cli("node", "stop", "--node-id", "2", "--mode", "fast", timeout=60)
+    c.cli("node", "stop", "--node-id", "1", "--mode", "fast", timeout=60)
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "commits.sync_answer@1=1*crash;survivors.claim@2=3*drop")
+    c.cli("node", "start", "--node-id", "1", "--daemon", timeout=60)
+    with connect(eps[0], 30) as conn, conn.transaction() as tx:  # node 1 alone: nobody else learns this outcome
+        tx.insert("j", 2, {"v": 2})
+    before = epochs(c)
+    c.cli("node", "start", "--node-id", "2", "--daemon", timeout=60)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    with connect(eps[1], 60) as conn, conn.transaction() as tx:  # begins once node 2 may take a snapshot
+        seen = {k: tx.get("j", k) for k in (1, 2)}
+    assert seen == {1: {"v": 1}, 2: {"v": 2}}, seen
+    wait_recovered(c, 1, before[1], 60)
+    log2 = c.log(2)
+    assert "cannot claim the recovery of node 1 now (failpoint survivors.claim)" in log2
+    assert "the join may end" in log2
