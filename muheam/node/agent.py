@@ -100,7 +100,6 @@ class NodeAgent:
         self.locks: LockService | None = None
         self.xids: XidService | None = None
         self.xid_batch = (16, 1 << 16)  # ranges: a begin on each node must not pull the xid lock over
-        self._ping_seq = 0
         self.accept_data_loss = False
         self.engine: Engine | None = None
         self.sessions: Sessions | None = None
@@ -108,7 +107,6 @@ class NodeAgent:
         self.commits: CommitService | None = None
         self.ownership: Ownership | None = None
         self.reads: ConsistentReads | None = None
-        self._pings: dict[int, tuple[int, Deferred]] = {}
         self._decided: set[int] = set()
         self.survivors: Survivors | None = None
         self.peerwatch: PeerWatch | None = None
@@ -229,9 +227,6 @@ class NodeAgent:
         for peer, m in self.members.items():
             if m.state == "running":  # a node beats once its loop runs: listen from then on
                 self.peerwatch.watch(peer)
-        self.port.register("peer_ping", self._op_peer_ping)
-        self.mesh.on("ping", self._on_ping)
-        self.mesh.on("pong", self._on_pong)
         threading.Thread(target=self._watch, args=(revision + 1, snapshot), name="membership-watch",
                          daemon=True).start()
         self._set_state(NodeState.RUNNING)
@@ -357,27 +352,6 @@ class NodeAgent:
         reply = Deferred()
         self.xids.allocate(count, lambda ranges, waited_us: reply.resolve({"ranges": ranges, "wait_us": waited_us}))
         return reply
-
-    def _op_peer_ping(self, request: dict[str, Any]) -> Deferred:
-        """Round trip to a peer through both nodes' event loops: the mesh's own latency, for benchmarks."""
-        assert self.mesh is not None
-        peer = request.get("node_id")
-        if not isinstance(peer, int) or peer not in self.mesh.peers:
-            raise RequestError("bad_request", f"node_id must be a connected peer: {sorted(self.mesh.peers)}")
-        self._ping_seq += 1
-        reply = Deferred()
-        self._pings[self._ping_seq] = (time.perf_counter_ns(), reply)
-        self.mesh.send(peer, "ping", self._ping_seq)
-        return reply
-
-    def _on_ping(self, msg: Any) -> None:
-        assert self.mesh is not None
-        self.mesh.send(msg.sender, "pong", msg.body)
-
-    def _on_pong(self, msg: Any) -> None:
-        started = self._pings.pop(msg.body, None) if isinstance(msg.body, int) else None
-        if started is not None:
-            started[1].resolve({"rtt_us": (time.perf_counter_ns() - started[0]) // 1000})
 
     # the loop -----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -30,3 +30,4 @@ def lock_cycle(locks: LockService | None, request: dict[str, Any]) -> Deferred:
 
     locks.acquire(resource, Mode.EXCLUSIVE, granted)
     return reply
+
