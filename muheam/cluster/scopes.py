@@ -15,7 +15,8 @@ A scope is written as PGD's commit scope rules, over the one group this cluster 
   G is confirmed at a level once the replica's position at that level is >= G (replicas apply in commit order).
 
 **When the timeout passes** the transaction is already committed: the scope's wait starts only after its COMMIT
-record is durable and every member knows the outcome (I5, I7), because a replica can only see a transaction
+record is durable and every member acknowledged its prepare, its outcome on its way to them (a snapshot taken
+anywhere from then on sees it: I5, I7), because a replica can only see a transaction
 that the merged stream commits.  It cannot be undone without lying to someone who already read it on another
 node, so it never is.  What the client hears:
 
