@@ -27,7 +27,7 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 ENV_PREFIX = "MUHEAM_"
 NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_CLIENT_KEY", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", "MUHEAM_FULL", "MUHEAM_NO_JIT",
-                          "MUHEAM_SIM_EXAMPLES"})
+                          "MUHEAM_SIM_EXAMPLES", "MUHEAM_SIM_FIRST_SEED", "MUHEAM_SIM_HAZARD_CHECK"})
 """``MUHEAM_*`` variables that are not cluster settings: the config file, a client's key file (``muheam.security``),
 tracebacks (cli), the long test runs
 (tests), numpy instead of compiled walmerge kernels (``walmerge.jit``); ``MUHEAM_TEST*`` is the tests' too."""
@@ -36,7 +36,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
              "fence_command", "lock_timeout", "idle_in_transaction_timeout",
              "sql_auth", "commit_scope", "security", "client_key", "log_level",
-             "wal_flush_thread"}
+             "wal_flush_thread", "lazy_outcome"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _NODE_KEYS = {"peer_endpoint", "client_endpoint", "host", "sql_endpoint", "metrics_endpoint"}
 SQL_AUTH_METHODS = ("trust", "scram-sha-256")
@@ -99,6 +99,12 @@ class Config:
     wal_flush_thread: bool = False
     """Commits' WAL fsync in a thread while the loop goes on (``muheam.engine.flusher``); off by default until
     the kill -9 rounds under bank load pass with it (docs/measurements.md)."""
+    lazy_outcome: bool = False
+    """Answer a COMMIT once every member acknowledged its prepare, sending the outcome without waiting for
+    acknowledgements (``muheam.cluster.rounds``: ``finish(acked=False)``).  Off by default: the acknowledged outcome
+    round means every member knows an acknowledged commit, which keeps it committed even if the deciding node's
+    COMMIT record is later destroyed (a corrupted WAL tail); lazily, that record is its only trace until the
+    outcome arrives (docs/architecture.md, "Cheaper commit rounds")."""
 
     def node(self, node_id: int) -> NodeConfig:
         try:
@@ -132,6 +138,8 @@ class Config:
             doc["idle_in_transaction_timeout"] = self.idle_in_transaction_timeout
         if self.wal_flush_thread:
             doc["wal_flush_thread"] = True
+        if self.lazy_outcome:
+            doc["lazy_outcome"] = True
         if self.sql_auth != "trust":
             doc["sql_auth"] = self.sql_auth
         if self.commit_scope:
@@ -380,11 +388,15 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
     wal_flush_thread = raw.get("wal_flush_thread", False)
     if not isinstance(wal_flush_thread, bool):
         raise ConfigError(f"wal_flush_thread: {wal_flush_thread!r} is not true or false")
+    lazy_outcome = raw.get("lazy_outcome", False)
+    if not isinstance(lazy_outcome, bool):
+        raise ConfigError(f"lazy_outcome: {lazy_outcome!r} is not true or false")
 
     return Config(
         commit_scope=commit_scope.strip(),
         log_level=log_level,
         wal_flush_thread=wal_flush_thread,
+        lazy_outcome=lazy_outcome,
         sql_auth=sql_auth,
         security=security,
         client_key=(base / Path(client_key).expanduser()).resolve() if client_key else None,

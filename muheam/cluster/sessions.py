@@ -12,9 +12,10 @@ outcome of transactions prepared at that moment; an operation that needs block o
 (``NeedOwnership``) is parked until the lock is granted and then run again; a row held by a transaction of any node
 parks the request until that transaction's outcome is known here (local end or the owner's DONE message).
 COMMIT is two rounds over ``CommitService`` -- prepare (all members acknowledge), then the COMMIT records and one
-WAL flush for the whole batch, then the outcome to every member (not acknowledged) -- and the client hears
-"committed" then (I5: every member knows the XID prepared, so a later begin waits for the outcome and retakes its
-snapshot if the commit is not below it; docs/architecture.md, "Cheaper commit rounds").  Waits that form a cycle
+WAL flush for the whole batch, then the outcome to every member, acknowledged by all -- and the client hears
+"committed" then.  With ``lazy_outcome`` the outcome is not acknowledged and the client hears it at once (I5:
+every member knows the XID prepared, so a later begin waits for the outcome and retakes its snapshot if the commit
+is not below it; docs/architecture.md, "Cheaper commit rounds").  Waits that form a cycle
 across nodes are found from the wait edges every node gossips (``wfg``); the youngest transaction of the cycle is the victim and gets ``DeadlockDetected``.
 """
 
@@ -105,9 +106,12 @@ def error_code(exc: BaseException) -> str:
 class Sessions:
     def __init__(self, engine: Engine, xids: XidService, port: ClientPort, fence_check: Callable[[], None],
                  cluster: Cluster, lock_timeout: float = 10.0, idle_timeout: float = 300.0,
-                 deadlock_timeout: float = 1.0, flusher: WalFlusher | None = None) -> None:
-        """``flusher``: WAL flushes of commits off the loop (``None``: in the loop, as tests of one module do)."""
+                 deadlock_timeout: float = 1.0, flusher: WalFlusher | None = None, lazy_outcome: bool = False) -> None:
+        """``flusher``: WAL flushes of commits off the loop (``None``: in the loop, as tests of one module do);
+        ``lazy_outcome``: answer a commit without waiting for the outcome round's acknowledgements (the config's
+        ``lazy_outcome``)."""
         self.engine = engine
+        self.lazy_outcome = lazy_outcome
         self.flusher = flusher
         self.xids = xids
         self.fence_check = fence_check
@@ -426,9 +430,10 @@ class Sessions:
                     reply.resolve({"xid": tx.txn.xid})
 
         if decided:
-            # the outcome round is not acknowledged: every member acknowledged the prepare, so a snapshot taken
-            # anywhere from now on waits for this outcome and is retaken if it would miss it (``_retake``)
-            self.cluster.commits.finish(decided, [], answer, acked=False)
+            # lazily (``lazy_outcome``), the outcome round is not acknowledged: every member acknowledged the
+            # prepare, so a snapshot taken anywhere from now on waits for this outcome and is retaken if it would
+            # miss it (``_retake``); by default every member knows the outcome before the client does
+            self.cluster.commits.finish(decided, [], answer, acked=not self.lazy_outcome)
         else:
             answer()
         # on_outcome, not only _wake: a begin may have waited for these XIDs while their flush ran

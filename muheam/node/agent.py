@@ -212,7 +212,8 @@ class NodeAgent:
                           now_glsn=lambda: pack_glsn(self.clock.time, self.node_id), reads=self.reads)
         self.sessions = Sessions(self.engine, self.xids, self.port, self.fence.check, cluster,
                                  lock_timeout=cfg.lock_timeout, idle_timeout=cfg.idle_in_transaction_timeout,
-                                 flusher=WalFlusher(self.engine.flush_wal) if cfg.wal_flush_thread else None)
+                                 flusher=WalFlusher(self.engine.flush_wal) if cfg.wal_flush_thread else None,
+                                 lazy_outcome=cfg.lazy_outcome)
         self.scopes = replicas.wire(self.sessions, self.port, cfg.commit_scope, lambda: backend, cfg.cluster_name)
         self.survivors = Survivors(self.node_id, cfg.cluster_name, self.engine, self.ownership, self.commits,
                                    lambda: backend, self.lease, self.sessions.on_outcome,

@@ -13,9 +13,9 @@ grant takes the cluster floor of every node's durable ceiling), a snapshot (STS 
 for what was prepared then), changes to one or two chains under their exclusive lock (a chain's value is its
 image: the GLSN of its last change and the XIDs whose versions it holds; a change is stamped with the clock after
 some local WAL work, written through to the disk when the lock goes), sometimes a new block under the extension
-lock ``ext`` (value: the relation size), then COMMIT: prepare round, COMMIT record (CTS), outcome sent
-(unacknowledged, as the node does since issue 18), ack; a snapshot that waited for a commit at or above its STS is
-taken again.
+lock ``ext`` (value: the relation size), then COMMIT: prepare round, COMMIT record (CTS), outcome round
+(acknowledged; or, with ``SimConfig.lazy_outcome``, sent unacknowledged as the node's ``lazy_outcome`` does), ack;
+a snapshot that waited for a commit at or above its STS is taken again.
 
 Survivor recovery (``muheam.recovery.survivors`` in miniature): on a member's removal every survivor moves its
 clock past the dead node's last WAL GLSN (``fix_clock_floor``) and passes that floor to its lock manager; the
@@ -402,10 +402,14 @@ class Cluster(Faults):
         if what == "prep":
             cts = node.clock.tick().pack()
             node.wal.append(("commit", cts, c.xid, None))
-            node.rounds.finish([(c.xid, cts)], [], acked=False)  # as Sessions: nobody acknowledges the outcome
-            self.acked[c.xid] = (self.step, tuple(c.wrote))
-            self.out.commits_acked += 1
-            c.phase = "idle"
+            if self.cfg.lazy_outcome:  # as Sessions with lazy_outcome: nobody acknowledges the outcome
+                node.rounds.finish([(c.xid, cts)], [], acked=False)
+                self.acked[c.xid] = (self.step, tuple(c.wrote))
+                self.out.commits_acked += 1
+                c.phase = "idle"
+            else:  # the default: the client hears "committed" once every member acknowledged the outcome
+                node.callbacks[node.rounds.finish([(c.xid, cts)], [])] = "done"
+                c.phase = "done-wait"
         elif what.startswith("recovered:"):  # the recoverer writes the dead node's outcome file, then says so
             dead = int(what.split(":")[1])
             self.xact[dead] = self._verdicts[dead]

@@ -44,6 +44,7 @@ class SimConfig:
     fault_kinds: tuple[str, ...] = FAULTS
     lease: int = 25                 # steps a paused node keeps its lease
     max_steps: int = 4000
+    lazy_outcome: bool = False      # the outcome round unacknowledged (the config's lazy_outcome), else acknowledged
     switches: Switches = field(default_factory=Switches)
 
 

@@ -32,7 +32,7 @@ def config_for(seed: int) -> SimConfig:
     """A small schedule shape drawn from the seed (small keeps 10,000 of them within CI's time)."""
     rng = random.Random(seed ^ 0x5EED)
     return SimConfig(nodes=rng.randint(2, 4), txns=rng.randint(1, 2), chains=rng.randint(1, 2),
-                     faults=rng.randint(0, 3), fault_window=rng.randint(40, 150))
+                     faults=rng.randint(0, 3), fault_window=rng.randint(40, 150), lazy_outcome=rng.random() < 0.5)
 
 
 def explore(seeds: range) -> Explored:
@@ -68,7 +68,7 @@ HAZARDS = {
     "c_fence": ("fix_fence", ("pause",), SimConfig(nodes=3, txns=3, chains=1, faults=2)),
     "d_peer_links": ("fix_peer_links", ("reset",), SimConfig(nodes=3, txns=2, chains=1, faults=2)),
     "e_partition": ("fix_partition", ("cut",), SimConfig(nodes=3, txns=2, chains=1, faults=2)),
-    "h_retake": ("fix_retake", ("reset",), SimConfig(nodes=3, txns=3, chains=1, faults=1)),
+    "h_retake": ("fix_retake", ("reset",), SimConfig(nodes=3, txns=3, chains=1, faults=1, lazy_outcome=True)),
     "f_claim_retry": ("fix_claim_retry", ("claim_fail", "crash"), SimConfig(nodes=3, txns=2, chains=1, faults=3)),
     "g_learn_outcomes": ("fix_learn_outcomes", ("stop", "join"), SimConfig(nodes=3, txns=3, chains=1, faults=3)),
     "i_sync_loss": ("fix_sync_loss", ("crash", "join"), SimConfig(nodes=2, txns=2, chains=1, faults=3)),
