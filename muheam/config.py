@@ -229,6 +229,15 @@ def _check_node_id(key: str, raw: object) -> int:
     return node_id
 
 
+def _check_bool(key: str, value: Any) -> bool:
+    """A TOML boolean, or its text from the environment (``MUHEAM_LAZY_OUTCOME=true``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{key}: {value!r} is not true or false")
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``MUHEAM_LEASE_TTL=3``, ``MUHEAM_ETCD_ENDPOINTS=http://a:1,http://b:2``, ``MUHEAM_NODES__2__PEER_ENDPOINT=...``."""
     out: dict[str, Any] = {}
@@ -385,12 +394,8 @@ def validate(raw: Mapping[str, Any], source: Path | None = None, require_shared_
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {raw.get('log_level')!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
 
-    wal_flush_thread = raw.get("wal_flush_thread", False)
-    if not isinstance(wal_flush_thread, bool):
-        raise ConfigError(f"wal_flush_thread: {wal_flush_thread!r} is not true or false")
-    lazy_outcome = raw.get("lazy_outcome", False)
-    if not isinstance(lazy_outcome, bool):
-        raise ConfigError(f"lazy_outcome: {lazy_outcome!r} is not true or false")
+    wal_flush_thread = _check_bool("wal_flush_thread", raw.get("wal_flush_thread", False))
+    lazy_outcome = _check_bool("lazy_outcome", raw.get("lazy_outcome", False))
 
     return Config(
         commit_scope=commit_scope.strip(),

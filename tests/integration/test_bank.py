@@ -14,7 +14,7 @@ import pytest
 
 from muheam.bench.workloads import bank
 from muheam.bench import pgbase
-from muheam.client import connect
+from muheam.client import connect, request
 from tests.support.cluster import LocalCluster
 
 Start = Callable[..., LocalCluster]
@@ -46,6 +46,27 @@ def test_bank_one_node(local_cluster: Start) -> None:
     assert planted.sums > 0 and planted.sum_violations == planted.sums
     assert {v["sum"] for v in planted.violations} == {1}
     assert bank.checksum(ep) != first
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lazy", [False, True], ids=["acknowledged-outcome", "lazy-outcome"])
+def test_bank_three_nodes_in_both_outcome_modes(local_cluster: Start, monkeypatch: pytest.MonkeyPatch,
+                                                lazy: bool) -> None:
+    """The bank on 3 nodes with the outcome round acknowledged (the default) and with ``lazy_outcome = true``:
+    no sum violation, every node reads the same table, and the mode is the one asked for (lazily, commits send
+    unacknowledged outcomes and no acknowledged outcome round runs for them)."""
+    if lazy:
+        monkeypatch.setenv("MUHEAM_LAZY_OUTCOME", "true")
+    c = local_cluster(3)
+    monkeypatch.delenv("MUHEAM_LAZY_OUTCOME", raising=False)
+    eps = [str(m["client_endpoint"]) for m in sorted(c.members(), key=lambda m: int(m["node_id"]))]
+    bank.create_accounts(eps[0], 30)
+    result = bank.run(eps, seconds=4, transfer_clients=3, readers=1, accounts=30, seed=5)
+    assert result.sum_violations == 0 and result.error_count == 0, (result.violations, result.errors)
+    assert result.transfers > 0 and len({bank.checksum(ep) for ep in eps}) == 1
+    commits = [request(ep, "status")["counters"]["commits"] for ep in eps]
+    unacked = sum(int(s.get("done_unacked", 0)) for s in commits)
+    assert (unacked > 0) if lazy else unacked == 0, commits  # one per commit batch
 
 
 class _BrokenBank:

@@ -44,6 +44,8 @@ def test_defaults_and_round_trip(tmp_path: Path) -> None:
         ({"nodes": {"1": GOOD_NODE, "2": GOOD_NODE}}, "nodes.2.peer_endpoint"),
         ({"cluster_name": "bad name!"}, "cluster_name"),
         ({"fence_command": ["fence", "node"]}, "fence_command"),
+        ({"lazy_outcome": "yes"}, "lazy_outcome"),
+        ({"wal_flush_thread": 1}, "wal_flush_thread"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, raw: dict[str, object], key: str) -> None:
@@ -74,8 +76,12 @@ def test_environment_overrides_file_and_flags_override_environment(tmp_path: Pat
     with pytest.raises(ConfigError, match="MUHEAM_COLOUR"):
         config.load(path, env={"MUHEAM_COLOUR": "x"})
     # the switches the README documents are not settings, and must not be refused as unknown ones
-    for name in ("MUHEAM_DEBUG", "MUHEAM_NO_JIT", "MUHEAM_FULL", "MUHEAM_CONFIG"):
+    for name in ("MUHEAM_DEBUG", "MUHEAM_NO_JIT", "MUHEAM_FULL", "MUHEAM_CONFIG", "MUHEAM_SIM_FIRST_SEED"):
         assert config.load(path, env={name: "1"}).lease_ttl == 5
+    # a boolean from the environment is its text; the file keeps it only when it is not the default
+    lazy = config.load(path, env={"MUHEAM_LAZY_OUTCOME": "true"})
+    assert lazy.lazy_outcome and not config.load(path, env={"MUHEAM_LAZY_OUTCOME": "False"}).lazy_outcome
+    assert "lazy_outcome = true" in lazy.to_toml() and "lazy_outcome" not in config.load(path, env={}).to_toml()
 
 
 def test_cli_reports_bad_config_in_one_line_with_exit_2(tmp_path: Path) -> None:
