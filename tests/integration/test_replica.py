@@ -220,6 +220,16 @@ def replica_has(conninfo: str, table: str, key: int) -> bool:
         return False
 
 
+def replicas_after(c: LocalCluster, done: Any, timeout: float = 10.0) -> dict[str, Any]:
+    """``muheam replicas --format json`` by name, once r1's report satisfies ``done`` (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reps = {r["name"]: r for r in json.loads(c.cli("replicas", "--format", "json").stdout)}
+        if ("r1" in reps and done(reps["r1"])) or time.monotonic() > deadline:
+            return reps
+        time.sleep(0.2)
+
+
 def scoped_insert(conn: Any, key: int, scope: str) -> dict[str, Any]:
     tx = conn.transaction().__enter__()
     tx.insert("t", key, {"v": key})
@@ -245,8 +255,9 @@ def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_
             assert scoped_insert(conns[i % 3], i, applied)["scope"] == "confirmed"
             misses += not replica_has(pg.conninfo, "t", i)
         assert misses == 0
-        reps = {r["name"]: r for r in json.loads(c.cli("replicas", "--format", "json").stdout)}
-        assert reps["r1"]["state"] == "streaming" and reps["r1"]["applied_txns"] >= SCOPE_ITERATIONS
+        # 'muheam replicas' shows the replica's last report (sent every REPORT_EVERY): wait for one after the inserts
+        reps = replicas_after(c, lambda r: r["applied_txns"] >= SCOPE_ITERATIONS + 1)
+        assert reps["r1"]["state"] == "streaming" and reps["r1"]["applied_txns"] >= SCOPE_ITERATIONS + 1
         for ep in eps:  # every node knows the replica's confirmed position
             known = request(ep, "status")["counters"]["scopes"]["replicas"]
             assert known["r1"]["applied_glsn"] > 0
