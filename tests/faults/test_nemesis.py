@@ -4,7 +4,7 @@ its lease after which the survivors fence and recover it), peer-link resets in f
 pauses; then a whole-cluster crash and restart.  Checked at the end: every bank sum was 0, every acknowledged
 insert is on every node, every node returns the same digest of every table, and the whole run's WAL verifies.
 
-CI runs a short schedule (``NEMESIS_EVENTS``, 8 by default); ``MUHEAM_FULL=1`` runs 60 events.  The seed is
+CI runs a short schedule (``NEMESIS_EVENTS``, 5 by default); ``MUHEAM_FULL=1`` runs 60 events.  The seed is
 printed with the schedule, and ``NEMESIS_SEED=N`` replays one.
 """
 
@@ -28,7 +28,7 @@ from tests.faults.test_node_failure import wait_recovered
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
-EVENTS = int(os.environ.get("NEMESIS_EVENTS", 60 if FULL else 8))
+EVENTS = int(os.environ.get("NEMESIS_EVENTS", 60 if FULL else 5))
 SEED = int(os.environ.get("NEMESIS_SEED", random.SystemRandom().randrange(1 << 30)))
 TTL = 2.0
 KINDS = ("kill", "pause_short", "pause_past_lease", "reset_links", "etcd_pause")

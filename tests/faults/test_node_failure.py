@@ -5,7 +5,7 @@ on every node.  Checked each round: the survivors publish ``recovering`` then ``
 keep landing on the survivors while it is dead; the node restarts under a new epoch; every acknowledged insert is
 on every node; all nodes return the same checksum.  At the end: no bank sum was ever off, and the WAL of the whole
 run passes ``verify`` with per-block order and waited-on outcomes (so no XID was used twice and no block had two
-writers at once).  CI runs 6 rounds; ``MUHEAM_FULL=1`` runs 50.
+writers at once).  CI runs 4 rounds; ``MUHEAM_FULL=1`` runs 50.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.integration.test_cluster_recovery import endpoints
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
-ROUNDS = int(os.environ.get("FAULT_ROUNDS", 50 if FULL else 6))
+ROUNDS = int(os.environ.get("FAULT_ROUNDS", 50 if FULL else 4))
 
 
 def recovery_state(c: LocalCluster, node: int) -> dict[str, Any] | None:

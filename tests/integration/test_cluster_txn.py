@@ -107,7 +107,7 @@ def test_bank_three_nodes(local_cluster: Start) -> None:
     c = local_cluster(3)
     eps = endpoints(c)
     accounts = 30
-    seconds = 300 if FULL else 30
+    seconds = 300 if FULL else 15
     bank.create_accounts(eps[0], accounts)
     # the client waits longer than the node's lock timeout (10 s): a row wait is the node's to end, with
     # LockTimeout; only a node that does not answer at all may show up as NodeUnavailable

@@ -144,7 +144,7 @@ class Writer(threading.Thread):
 
 def test_kill_9_under_write_load_loses_no_acknowledged_commit(local_cluster: Start) -> None:
     c = local_cluster(1)
-    rounds = 60 if FULL else 10
+    rounds = 60 if FULL else 6
     with connect(endpoint(c)) as conn:
         conn.create_table("t", COLUMNS)
     model: dict[int, dict[str, Any]] = {}
