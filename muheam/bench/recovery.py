@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from muheam.bench.harness import client_key_of
 from muheam.bench.workloads import bank
 from muheam.ops import cluster as cluster_mod
 from muheam.client import ClientError, NodeUnavailable, connect, request
@@ -80,7 +81,8 @@ def run(seconds_before: float = 4.0, wal_mb: float = 20.0, lease_ttl: int = 2) -
         directory = Path(tmp) / "cluster"
         try:
             info = cluster_mod.cluster_up(directory, 3, lease_ttl)
-            return _measure(directory, info, seconds_before, wal_mb, lease_ttl)
+            with client_key_of(info):  # its clients use the cluster's own key, as a user's program would
+                return _measure(directory, info, seconds_before, wal_mb, lease_ttl)
         finally:
             if (directory / cluster_mod.CONFIG_NAME).exists():
                 cluster_mod.cluster_down(directory, "immediate")

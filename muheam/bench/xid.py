@@ -18,12 +18,16 @@ import zmq
 from muheam.net import wire
 from muheam.bench.harness import lock_messages, percentile, temp_cluster
 from muheam.bench.zmqrtt import measure_rtt_us
-from muheam.client import request
+from muheam.client import NodeUnavailable, request
+from muheam.security.setup import resolve_client
+from muheam.security.sockets import client_socket
 
 
-def _load(endpoint: str, seconds: float, per_request: int, window: int, out: "mp.Queue[tuple[int, int]]") -> None:
+def _load(endpoint: str, seconds: float, per_request: int, window: int,
+          out: "mp.Queue[tuple[int, int, int]]") -> None:
     ctx: zmq.Context[Any] = zmq.Context()
-    sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    # the cluster's client key (MUHEAM_CLIENT_KEY, set by temp_cluster): without it a CURVE node answers nothing
+    sock: zmq.Socket[Any] = client_socket(ctx, zmq.DEALER, resolve_client())
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     frame = wire.pack({"op": "xid", "count": per_request})
@@ -34,13 +38,13 @@ def _load(endpoint: str, seconds: float, per_request: int, window: int, out: "mp
             sock.send_multipart([b"", frame])
             outstanding += 1
         if not sock.poll(5000):
-            break
+            break  # the node went silent: reported by run() as an error, not as a low rate
         reply = wire.unpack(sock.recv_multipart()[-1], wire.MAX_CLIENT_FRAME)
         outstanding -= 1
         if reply.get("ok"):
             requests += 1
             xids += sum(count for _, count in reply["result"]["ranges"])
-    out.put((xids, requests))
+    out.put((xids, requests, outstanding))
     sock.close(0)
     ctx.term()
 
@@ -56,7 +60,7 @@ def run(nodes: int = 3, seconds: float = 5.0, per_request: int = 16, window: int
             waits.append(float(request(eps[ids[(i + 1) % len(ids)]], "xid", count=1)["wait_us"]))
 
         before = lock_messages(eps)
-        out: mp.Queue[tuple[int, int]] = mp.Queue()
+        out: mp.Queue[tuple[int, int, int]] = mp.Queue()
         procs = [mp.Process(target=_load, args=(eps[n], seconds, per_request, window, out)) for n in ids]
         t0 = time.monotonic()
         for p in procs:
@@ -66,6 +70,10 @@ def run(nodes: int = 3, seconds: float = 5.0, per_request: int = 16, window: int
         for p in procs:
             p.join(timeout=10)
         msgs = lock_messages(eps) - before
+    silent = sum(r[2] for r in results)
+    if silent:
+        raise NodeUnavailable(f"bench xid: {silent} requests of the throughput phase got no answer within 5 s; "
+                              "see the node logs (muheam logs) for why, then run it again")
     xids = sum(r[0] for r in results)
     allocations = sum(r[1] for r in results)
     return {

@@ -224,3 +224,33 @@ def test_bench_membership_prints_its_json() -> None:
     assert result["ttl_ms"] == 2000
     # a stop is announced by revoking the lease; a kill can only be noticed when the lease runs out
     assert 0 < result["detect_stop_ms"] < result["detect_kill_ms"]
+
+
+def test_bench_recovery_prints_its_json_on_a_curve_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a user runs it: a fresh shell with no client key, the benchmark's own CURVE cluster (it failed at its
+    first request once CURVE became the default)."""
+    import json
+
+    monkeypatch.delenv("MUHEAM_CLIENT_KEY", raising=False)
+    monkeypatch.delenv("MUHEAM_CONFIG", raising=False)
+    proc = run_cli("bench", "recovery", "--format", "json", "--wal-mb", "1", "--seconds-before", "1", timeout=240,
+                   check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["sum_violations"] == 0
+    assert result["ttl_ms"] == 2000 and 0 < result["detect_ms"] < result["blocks_available_ms"]
+    assert result["recovery_ms"] >= 0 and result["recoverer"] in (1, 3)
+
+
+def test_bench_xid_measures_a_curve_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its load processes speak to the nodes over raw sockets: under CURVE they need the cluster's key too (they
+    once got no answer and the benchmark printed 0 XIDs/s as if that were a measurement)."""
+    import json
+
+    monkeypatch.delenv("MUHEAM_CLIENT_KEY", raising=False)
+    monkeypatch.delenv("MUHEAM_CONFIG", raising=False)
+    proc = run_cli("bench", "xid", "--format", "json", "--nodes", "2", "--seconds", "1", timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["xids_per_s"] > 0 and result["allocations_per_s"] > 0
+    assert result["xids_per_s"] >= result["allocations_per_s"]  # 16 XIDs asked per request
