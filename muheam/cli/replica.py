@@ -111,7 +111,9 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
     if fmt == "json":
         emit(summary, fmt)
     else:
-        click.echo(f"replica {name}: {summary['applied_txns']} transactions applied, last commit at "
+        copied = (f" after a copy of {summary['copy_rows']} rows at {summary['copy_lsn']}"
+                  if summary.get("copy_sts") else "")
+        click.echo(f"replica {name}: {summary['applied_txns']} transactions applied{copied}, last commit at "
                    f"{summary['applied_lsn']}, state {summary['state']}")
     leave(code)
 
