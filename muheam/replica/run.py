@@ -236,7 +236,6 @@ class Replicator:
             except Exception:  # noqa: BLE001 - PostgreSQL may be gone already
                 pass
 
-
     def _copy(self, conn: psycopg.Connection[Any]) -> tuple[apply.Progress, list[TableDef]]:
         """A new replica: the initial copy (``muheam.replica.copy``), then its progress and registry."""
         if self.nodes is None:
