@@ -54,11 +54,14 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.tables (
     PRIMARY KEY (name, table_id));
 CREATE TABLE IF NOT EXISTS {SCHEMA}.applied (
     name text NOT NULL, xid numeric NOT NULL, commit_lsn numeric NOT NULL, PRIMARY KEY (name, xid));
+"""
+_MIGRATE = f"""
 ALTER TABLE {SCHEMA}.progress ADD COLUMN IF NOT EXISTS copy_lsn numeric NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS copy_sts numeric NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS copy_rows bigint NOT NULL DEFAULT 0;
 """
-# (the copy_* columns came with the initial copy: a replica database made before it gets them, all 0 = "no copy")
+"""The copy_* columns came with the initial copy: a replica database made before it gets them (all 0: "no copy").
+Run only when missing, since ALTER TABLE locks the table against the other replicas' appliers."""
 _PG_TYPES = {"int64": "bigint", "float64": "double precision"}
 
 
@@ -110,6 +113,10 @@ def setup(conn: psycopg.Connection[Any], name: str, create: bool = True) -> tupl
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('muheam_replica_setup'))")
         cur.execute(_DDL)
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = 'progress' "
+                    "AND column_name = 'copy_rows'", (SCHEMA,))
+        if cur.fetchone() is None:
+            cur.execute(_MIGRATE)
         cur.execute(f"SELECT commit_lsn, restart_lsn, commit_glsn, xid, txns, copy_lsn, copy_sts, copy_rows "
                     f"FROM {SCHEMA}.progress WHERE name = %s", (name,))
         row = cur.fetchone()
