@@ -179,7 +179,9 @@ class Sessions:
     def op_writers(self, req: dict[str, Any]) -> Any:
         """``{"xids": [...]}``: this node's transactions that wrote and have not ended yet (running, or
         committing until their COMMIT is durable).  The replicator's initial copy waits until the writers it saw
-        have ended (``muheam.replica.copy``); a transaction that wrote nothing has no record to be missed."""
+        have ended (``muheam.replica.copy``); a transaction that wrote nothing has no record to be missed.  A commit
+        whose answer waits for replicas (a commit scope) is durable and no longer listed: the copy must not wait for
+        it, since it may be waiting for that very replica."""
         xids = {x for x, tx in self.txns.items() if tx.txn.wrote} | self.committing
         return {"xids": sorted(xids)}
 
