@@ -184,6 +184,15 @@ class Connection:
     def tables(self) -> Any:
         return self.call("tables")
 
+    def writers(self) -> list[int]:
+        """XIDs of this node's transactions that wrote and have not ended (running, or committing until their
+        COMMIT is durable)."""
+        result = self.call("writers")
+        xids = result.get("xids") if isinstance(result, dict) else None
+        if not isinstance(xids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in xids):
+            raise ClientError("malformed", f"node at {self.endpoint} sent a malformed writers reply")
+        return xids
+
     def transaction(self) -> "ClientTransaction":
         return ClientTransaction(self)
 
@@ -194,10 +203,16 @@ class ClientTransaction:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.xid: int | None = None
+        self.sts: int | None = None
+        """The snapshot's timestamp (a GLSN): the transaction sees exactly the commits whose commit timestamp, the
+        GLSN of their COMMIT record, is below it (``muheam.cluster.txstate``)."""
         self.done = False
 
     def __enter__(self) -> "ClientTransaction":
-        self.xid = int(self.conn.call("begin")["xid"])
+        reply = self.conn.call("begin")
+        self.xid = int(reply["xid"])
+        sts = reply.get("sts")
+        self.sts = sts if isinstance(sts, int) and not isinstance(sts, bool) else None
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:

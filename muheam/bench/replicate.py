@@ -57,7 +57,7 @@ def _replay(base: pgbase.Server, endpoint: str, workers: int, total: int, key: A
     with psycopg.connect(base.conninfo, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {db}")
     conninfo = base.conninfo.replace("dbname=postgres", f"dbname={db}")
-    rep = Replicator(conninfo, endpoint, "replay", workers=workers, client_key=key)
+    rep = Replicator(conninfo, endpoint, "replay", workers=workers, client_key=key, copy=False)
     t = threading.Thread(target=rep.run, daemon=True)
     t0 = time.monotonic()
     t.start()
@@ -87,7 +87,8 @@ def run(seconds: float = 10.0, clients: int = 6, accounts: int = 100, live_worke
                 endpoint = f"tcp://127.0.0.1:{free_port()}"
                 follow, errors = follow_in_thread(cfg, Path(tmp) / "stream", endpoint, stop)
                 bank.create_accounts(eps[0], accounts)
-                live = Replicator(pg.conninfo, endpoint, "live", workers=live_workers, client_key=key)
+                # no initial copy: the replica applies every transfer, which is what is measured
+                live = Replicator(pg.conninfo, endpoint, "live", workers=live_workers, client_key=key, copy=False)
                 lt = threading.Thread(target=live.run, daemon=True)
                 lt.start()
                 result = bank.run(eps, seconds, clients, 1, accounts)

@@ -32,19 +32,25 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 @click.option("--audit", is_flag=True,
               help="Also record every applied transaction's XID in muheam_replica.applied (a second apply would "
                    "fail on its primary key).")
+@click.option("--no-copy", "no_copy", is_flag=True,
+              help="A new replica replays the merged stream from LSN 0 instead of starting with a copy of the "
+                   "cluster's rows (works while the nodes keep their whole WAL; needed with --subscribe alone).")
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after this many seconds (default: until SIGINT/SIGTERM).")
 @config_options
 @format_option
-def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, audit: bool,
+def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, audit: bool, no_copy: bool,
                   duration: float | None, fmt: str, **kw: Any) -> None:
-    """Make a PostgreSQL database a replica of the cluster: create its tables, apply every committed transaction
-    exactly once, in commit order, and keep going (resuming by itself after a crash of either side).
+    """Make a PostgreSQL database a replica of the cluster: create its tables, copy the existing rows once (one
+    snapshot, consistent with a stream position), then apply every transaction committed after it exactly once, in
+    commit order, and keep going (resuming by itself after a crash of either side).
 
-    The position is kept in PostgreSQL (muheam_replica.progress), committed with the changes it covers. With -c
-    the replica reports its positions and lags to etcd ('muheam replicas')."""
+    The position is kept in PostgreSQL (muheam_replica.progress), committed with the changes it covers (the copy
+    with its rows). With -c the replica reports its positions and lags to etcd ('muheam replicas')."""
+    from muheam import failpoints
     from muheam.replica.run import Replicator
 
+    failpoints.arm_from_env(None)  # tests: replica.copy_commit
     if not name or set(name) - _NAME_CHARS or len(name) > 63:
         raise ConfigError(f"--name {name!r}: use 1-63 lower-case letters, digits, '_' or '-'")
     has_config = kw.get("config_path") is not None or Path("muheam.toml").exists() or kw.get("shared_dir")
@@ -77,13 +83,19 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
 
     assert endpoint is not None
     confirm_to = [n.client_endpoint for _, n in sorted(cfg.nodes.items())] if cfg is not None else []
+
+    def live_nodes() -> list[str]:  # the initial copy's sources: every live member (muheam.replica.copy)
+        assert backend is not None and cfg is not None
+        return [m.client_endpoint for m in sorted(backend.members(cfg.cluster_name)[0], key=lambda m: m.node_id)]
+
     from muheam.security.setup import client_for_config, resolve_client
 
     # the cluster's own client key when -c names it: the stream this process publishes and the nodes it confirms
     # to are that cluster's; with --subscribe alone, the key is found as any client finds it
     client_key = client_for_config(cfg) if cfg is not None else resolve_client()
     rep = Replicator(conninfo, endpoint, name, workers=workers, audit=audit, report=report, stop=stop,
-                     confirm_to=confirm_to, client_key=client_key)
+                     confirm_to=confirm_to, client_key=client_key, copy=not no_copy,
+                     nodes=live_nodes if backend is not None else None)
     code = 0
     try:
         summary = rep.run(duration)
@@ -99,7 +111,9 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
     if fmt == "json":
         emit(summary, fmt)
     else:
-        click.echo(f"replica {name}: {summary['applied_txns']} transactions applied, last commit at "
+        copied = (f" after a copy of {summary['copy_rows']} rows at {summary['copy_lsn']}"
+                  if summary.get("copy_sts") else "")
+        click.echo(f"replica {name}: {summary['applied_txns']} transactions applied{copied}, last commit at "
                    f"{summary['applied_lsn']}, state {summary['state']}")
     leave(code)
 
@@ -125,8 +139,8 @@ def replicas_cmd(fmt: str, **kw: Any) -> None:
     if not rows:
         click.echo("no replicas have reported (start one with 'muheam replicate --to ... -c ...')")
         leave(0)
-    cols = ["name", "state", "workers", "received_lsn", "flushed_lsn", "applied_lsn", "applied_txns",
-            "write_lag_ms", "flush_lag_ms", "replay_lag_ms", "age_s"]
+    cols = ["name", "state", "workers", "copy_lsn", "copy_rows", "received_lsn", "flushed_lsn", "applied_lsn",
+            "applied_txns", "write_lag_ms", "flush_lag_ms", "replay_lag_ms", "age_s"]
     click.echo("  ".join(cols))
     for r in rows:
         click.echo("  ".join(str(r.get(c, "")) for c in cols))

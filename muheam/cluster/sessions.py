@@ -5,7 +5,9 @@ run against the engine at once, and a row held by a running transaction parks th
 transaction ends (or the lock timeout passes).  Commits that arrive in one loop iteration are committed together
 with one WAL flush (group commit) and answered only once durable (I7).  As in PostgreSQL, any error inside a
 transaction aborts it.  Transactions idle for longer than ``idle_timeout`` are aborted, so a vanished client
-cannot hold row locks forever.
+cannot hold row locks forever.  ``begin`` answers the XID and the snapshot's timestamp (``sts``); ``writers``
+lists the transactions that wrote and have not ended (running, or committing until their COMMIT is durable), for
+the replicator's initial copy (``muheam.replica.copy``).
 
 In a cluster (``muheam.cluster.txstate`` for the rules): ``begin`` takes a commit-timestamp snapshot and waits for the
 outcome of transactions prepared at that moment; an operation that needs block ownership it lacks
@@ -137,8 +139,10 @@ class Sessions:
         table = cluster.table
         engine.status = table.status
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
+        self.committing: set[int] = set()
+        """Writers whose COMMIT is under way (no longer in ``txns``, not yet durable): ``op_writers`` counts them."""
         for op in ("create_table", "tables", "begin", "get", "insert", "update", "add", "delete", "lock", "scan",
-                   "commit", "rollback"):
+                   "commit", "rollback", "writers"):
             port.register(op, getattr(self, "op_" + op))
 
     # catalog ------------------------------------------------------------------------------------------------
@@ -172,6 +176,15 @@ class Sessions:
         return [{"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]}
                 for t in self.engine.tables()]
 
+    def op_writers(self, req: dict[str, Any]) -> Any:
+        """``{"xids": [...]}``: this node's transactions that wrote and have not ended yet (running, or
+        committing until their COMMIT is durable).  The replicator's initial copy waits until the writers it saw
+        have ended (``muheam.replica.copy``); a transaction that wrote nothing has no record to be missed.  A commit
+        whose answer waits for replicas (a commit scope) is durable and no longer listed: the copy must not wait for
+        it, since it may be waiting for that very replica."""
+        xids = {x for x, tx in self.txns.items() if tx.txn.wrote} | self.committing
+        return {"xids": sorted(xids)}
+
     # transactions -------------------------------------------------------------------------------------------
     def op_begin(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()
@@ -188,7 +201,7 @@ class Sessions:
             self.txns[xid] = tx
             pending = {x for x in waits if not self.cluster.table.decided(x)}
             if not pending:
-                reply.resolve({"xid": xid})
+                reply.resolve({"xid": xid, "sts": tx.sts})
                 return
             # prepared elsewhere before our snapshot: its CTS may be below ours, so learn its outcome first
             self.counters["begin_waits"] += 1
@@ -385,6 +398,7 @@ class Sessions:
         if readonly:
             self._commit_now(readonly)
         if writers:
+            self.committing.update(tx.txn.xid for tx, _ in writers)
             self.cluster.commits.prepare([tx.txn.xid for tx, _ in writers], lambda: self.prepared.append(writers))
 
     def _commit_prepared(self) -> None:
@@ -403,6 +417,7 @@ class Sessions:
             return
         except MuheamError as exc:
             for tx, reply in live:
+                self.committing.discard(tx.txn.xid)
                 reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
             return
         if end and self.flusher is not None:
@@ -418,6 +433,7 @@ class Sessions:
                 reply.fail(error_code(error), f"commit outcome unknown: {error}; look the change up on another node")
             return
         woken = self.engine.finish_commits([tx.txn for tx, _ in live])
+        self.committing.difference_update(tx.txn.xid for tx, _ in live)
         self.counters["commits"] += len(live)
         self.counters["commit_batches"] += 1
         decided = [(tx.txn.xid, tx.txn.commit_glsn) for tx, _ in live if tx.txn.wrote]
@@ -453,7 +469,7 @@ class Sessions:
                 if bw.waits:
                     keep.append(bw)
                 elif not bw.reply.done:
-                    bw.reply.resolve({"xid": bw.tx.txn.xid})
+                    bw.reply.resolve({"xid": bw.tx.txn.xid, "sts": bw.tx.sts})
             self.begin_waits = keep
 
     def _retake(self, bw: _BeginWait) -> bool:

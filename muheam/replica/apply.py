@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.tables (
 CREATE TABLE IF NOT EXISTS {SCHEMA}.applied (
     name text NOT NULL, xid numeric NOT NULL, commit_lsn numeric NOT NULL, PRIMARY KEY (name, xid));
 """
+_MIGRATE = f"""
+ALTER TABLE {SCHEMA}.progress ADD COLUMN IF NOT EXISTS copy_lsn numeric NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS copy_sts numeric NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS copy_rows bigint NOT NULL DEFAULT 0;
+"""
+"""The copy_* columns came with the initial copy: a replica database made before it gets them (all 0: "no copy").
+Run only when missing, since ALTER TABLE locks the table against the other replicas' appliers."""
 _PG_TYPES = {"int64": "bigint", "float64": "double precision"}
 
 
@@ -75,6 +82,11 @@ class Progress:
     commit_glsn: int = 0
     xid: int = 0
     txns: int = 0
+    copy_lsn: int = 0
+    """Where the initial copy's stream starts (``muheam.replica.copy``; 0: no copy, the stream from its start)."""
+    copy_sts: int = 0
+    """The copy snapshot's timestamp: commits with a GLSN below it are in the copy (0: no copy)."""
+    copy_rows: int = 0
 
 
 def _pg_type(t: str) -> str:
@@ -92,20 +104,29 @@ def connect(conninfo: str) -> psycopg.Connection[Any]:
     return conn
 
 
-def setup(conn: psycopg.Connection[Any], name: str) -> tuple[Progress, list[TableDef]]:
-    """Create the bookkeeping tables if needed; read this replica's progress and table registry."""
+def setup(conn: psycopg.Connection[Any], name: str, create: bool = True) -> tuple[Progress | None, list[TableDef]]:
+    """Create (or bring up to date) the bookkeeping tables; read this replica's progress and table registry.
+
+    A replica without a progress row is new: with ``create`` its row is made at once (it replays the stream from
+    LSN 0, ``--no-copy``); without, None is returned and the row comes with the initial copy (``copy.write``),
+    in the copy's own PostgreSQL transaction."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('muheam_replica_setup'))")
         cur.execute(_DDL)
-        cur.execute(f"SELECT commit_lsn, restart_lsn, commit_glsn, xid, txns FROM {SCHEMA}.progress "
-                    "WHERE name = %s", (name,))
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = 'progress' "
+                    "AND column_name = 'copy_rows'", (SCHEMA,))
+        if cur.fetchone() is None:
+            cur.execute(_MIGRATE)
+        cur.execute(f"SELECT commit_lsn, restart_lsn, commit_glsn, xid, txns, copy_lsn, copy_sts, copy_rows "
+                    f"FROM {SCHEMA}.progress WHERE name = %s", (name,))
         row = cur.fetchone()
-        if row is None:
+        progress: Progress | None = None
+        if row is not None:
+            progress = Progress(*(int(v) for v in row))
+        elif create:
             cur.execute(f"INSERT INTO {SCHEMA}.progress (name, system_id, commit_lsn, restart_lsn, commit_glsn, "
                         "xid, txns) VALUES (%s, 0, -1, 0, 0, 0, 0)", (name,))
             progress = Progress()
-        else:
-            progress = Progress(*(int(v) for v in row))
         cur.execute(f"SELECT table_id, table_name, columns FROM {SCHEMA}.tables WHERE name = %s", (name,))
         tables = [TableDef(int(tid), str(tn), tuple((str(c), str(t)) for c, t in cols)) for tid, tn, cols in cur]
     conn.commit()
@@ -128,15 +149,23 @@ def check_system(conn: psycopg.Connection[Any], name: str, system_id: int) -> No
 
 def create_table(conn: psycopg.Connection[Any], name: str, tdef: TableDef) -> None:
     """``CREATE TABLE`` with the cluster's names, registered in the same transaction (idempotent)."""
+    try:
+        define_table(conn, name, tdef)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def define_table(conn: psycopg.Connection[Any], name: str, tdef: TableDef) -> bool:
+    """``CREATE TABLE`` and its registry row in the connection's open transaction; False if the registry has the
+    table already.  The caller commits (or rolls back, e.g. on the ``ReplicaError`` of a clash)."""
     with conn.cursor() as cur:
         cur.execute(f"SELECT table_id FROM {SCHEMA}.tables WHERE name = %s AND table_name = %s", (name, tdef.name))
-        known = cur.fetchone()
-        if known is not None:
-            conn.rollback()
-            return
+        if cur.fetchone() is not None:
+            return False
         cur.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = %s", (tdef.name,))
         if cur.fetchone() is not None:
-            conn.rollback()
             raise ReplicaError(f"PostgreSQL already has a table {tdef.name!r} that replica {name!r} did not create; "
                                "drop it, or replicate into another database")
         cols = [sql.SQL("key bigint PRIMARY KEY")] + [
@@ -144,7 +173,7 @@ def create_table(conn: psycopg.Connection[Any], name: str, tdef: TableDef) -> No
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(tdef.name), sql.SQL(", ").join(cols)))
         cur.execute(f"INSERT INTO {SCHEMA}.tables (name, table_id, table_name, columns) VALUES (%s, %s, %s, %s)",
                     (name, tdef.table_id, tdef.name, Jsonb([list(c) for c in tdef.columns])))
-    conn.commit()
+    return True
 
 
 class _Statements:
@@ -320,4 +349,4 @@ class Applier:
 
 
 __all__ = ["Applier", "PostgresUnavailable", "Progress", "ReplicaError", "check_system", "connect", "create_table",
-           "setup"]
+           "define_table", "setup"]

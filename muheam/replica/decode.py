@@ -20,6 +20,16 @@ commits after this one (the first record of the oldest transaction still open, o
 last applied transaction resumes by decoding from ``restart_lsn`` and skipping every commit at or below
 ``commit_lsn`` (``Decoder(skip_through=...)``); a transaction committed after it cannot have started before
 ``restart_lsn``, one that committed before it is skipped whole.
+
+**After an initial copy** (``muheam.replica.copy``) decoding starts at the copy's stream position ``L0``, in the
+middle of the stream, and ``Decoder(copy_sts=...)`` also skips every COMMIT whose GLSN (its commit timestamp) is
+below the copy snapshot's timestamp: that transaction is visible to the copy snapshot, so its rows are in the copy.
+The stream is in GLSN order, so these are exactly the commits before the first one at or above ``copy_sts``.  A
+transaction whose first records lie before ``L0`` is seen in part (its later changes, its COMMIT or ABORT): it is
+either one of these skipped commits or aborted (the copy waited until every transaction that had written before
+``L0`` ended), so its missing changes are never needed; the decoder keeps a partial transaction like any other and
+drops it at its COMMIT or ABORT.  Every ``restart_lsn`` is then at or after ``L0``, and resuming at ``L0`` is always
+correct.
 """
 
 from __future__ import annotations
@@ -98,18 +108,22 @@ class Decoder:
 
     ``tables``: definitions already known (a resumed replica reads them back from its own registry, since the
     catalog records may lie before its ``restart_lsn``).  ``skip_through``: commits at or below this LSN are
-    dropped (already applied).
+    dropped (already applied).  ``copy_sts``: commits whose GLSN is below it are dropped (their rows are in the
+    replica's initial copy; 0: no copy).
     """
 
-    def __init__(self, tables: Iterable[TableDef] = (), skip_through: int = -1) -> None:
+    def __init__(self, tables: Iterable[TableDef] = (), skip_through: int = -1, copy_sts: int = 0) -> None:
         self.tables: dict[int, TableDef] = {t.table_id: t for t in tables}
         self._schemas: dict[int, Schema] = {t.table_id: t.schema for t in self.tables.values()}
         self.skip_through = skip_through
+        self.copy_sts = copy_sts
         self.pending: dict[int, list[Change]] = {}
         self.first_lsn: dict[int, int] = {}
         self.committed = 0
         self.aborted = 0
         self.skipped = 0
+        self.in_copy = 0
+        """Commits dropped because the initial copy holds them (counted apart from ``skipped``)."""
 
     def feed(self, records: Iterable[tuple[int, bytes]]) -> Iterator[Event]:
         for lsn, data in records:
@@ -143,6 +157,9 @@ class Decoder:
             end = lsn + align8(total)
             if lsn <= self.skip_through:
                 self.skipped += 1
+                return None
+            if glsn < self.copy_sts:
+                self.in_copy += 1
                 return None
             self.committed += 1
             restart = min(self.first_lsn.values(), default=end)

@@ -1,8 +1,14 @@
 """The replicator's loop: subscriber -> decoder -> applier, resumed from PostgreSQL after any failure.
 
+A new replica (no progress row) first makes its initial copy (``muheam.replica.copy``: the rows of one snapshot,
+the progress row at the copy's stream position, in one PostgreSQL transaction; ``copy=False``, ``--no-copy``:
+none, the stream from LSN 0).  A copy that fails for a reason that may pass (``CopyFailed``: a node away,
+transactions still running) is retried like any session.
+
 One *session* reads this replica's progress row and table registry from PostgreSQL, subscribes to the merged
 stream at the row's ``restart_lsn`` (``walstream.subscriber.Subscriber``: whatever transport the stream uses, the
-replicator uses it through that client), decodes with ``skip_through`` = the row's ``commit_lsn``, and applies.
+replicator uses it through that client), decodes with ``skip_through`` = the row's ``commit_lsn`` (and
+``copy_sts``, the copy's snapshot), and applies.
 When PostgreSQL goes away (``PostgresUnavailable``) or the publisher does (``PublisherUnavailable``, a broken
 stream), the session is dropped whole and a new one starts from what PostgreSQL committed, after a pause that
 doubles up to ``MAX_BACKOFF``: the replicator resumes by itself, and since the progress row commits with the
@@ -36,6 +42,7 @@ from muheam.errors import MuheamError
 from muheam.replica import apply
 from muheam.replica.apply import Applier, PostgresUnavailable, ReplicaError
 from muheam.replica.confirm import Confirmer
+from muheam.replica.copy import CopyFailed, initial_copy
 from muheam.replica.decode import DecodeError, Decoder, TableDef, Txn
 from muheam.walstream.publisher import PublisherUnavailable, StreamError
 from muheam.walstream.subscriber import Subscriber
@@ -62,6 +69,10 @@ class Status:
     applied_txns: int = 0
     received_glsn: int = 0
     """Commit GLSN of the last transaction decoded (``ON received`` of a commit scope)."""
+    copy_lsn: int = 0
+    """The initial copy's stream position (0: none, the stream from LSN 0), its snapshot and row count."""
+    copy_sts: int = 0
+    copy_rows: int = 0
     restarts: int = 0
     last_error: str = ""
     write_lag_ms: float | None = None
@@ -90,6 +101,7 @@ class Status:
                 "applied_xid": self.applied_xid, "applied_txns": self.applied_txns,
                 "write_lag_ms": _r(self.write_lag_ms), "flush_lag_ms": _r(self.replay_lag_ms),
                 "replay_lag_ms": _r(self.replay_lag_ms), "restarts": self.restarts, "last_error": self.last_error,
+                "copy_lsn": format_lsn(self.copy_lsn), "copy_sts": self.copy_sts, "copy_rows": self.copy_rows,
                 "updated_at": round(time.time(), 3), "started_at": round(self.started_at, 3)}
 
 
@@ -103,9 +115,11 @@ class Replicator:
     def __init__(self, conninfo: str, endpoint: str, name: str = "default", *, workers: int = 1,
                  audit: bool = False, report: Callable[[dict[str, Any]], None] | None = None,
                  stop: threading.Event | None = None, timeout: float = 10.0, confirm_to: list[str] | None = None,
-                 client_key: Any = None) -> None:
+                 client_key: Any = None, copy: bool = True, nodes: Callable[[], list[str]] | None = None) -> None:
         """``client_key``: the cluster's client key (``muheam.security.setup``) for the stream and the confirmations;
-        None: found as ``muheam.client.connect`` finds it."""
+        None: found as ``muheam.client.connect`` finds it.  ``copy``: a new replica starts with an initial copy
+        (``muheam.replica.copy``) from the nodes whose client endpoints ``nodes()`` gives (the live members);
+        False: it replays the stream from LSN 0 (``--no-copy``)."""
         self.conninfo, self.endpoint, self.name, self.workers, self.audit = conninfo, endpoint, name, workers, audit
         self.report = report or (lambda _d: None)
         self.stop = stop or threading.Event()
@@ -114,6 +128,8 @@ class Replicator:
         self._reported = 0.0
         self.confirm_to = confirm_to or []
         self.client_key = client_key
+        self.copy = copy
+        self.nodes = nodes
 
     def run(self, duration: float | None = None) -> dict[str, Any]:
         confirmer = None
@@ -140,7 +156,7 @@ class Replicator:
                 backoff = min(MAX_BACKOFF, backoff * 2)
             except psycopg.Error as exc:
                 raise ReplicaError(f"PostgreSQL refused the replica's bookkeeping: {str(exc).strip()}") from None
-            except (PostgresUnavailable, PublisherUnavailable, StreamError) as exc:
+            except (PostgresUnavailable, PublisherUnavailable, StreamError, CopyFailed) as exc:
                 self._retry(exc, backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
         self.status.state = "stopped"
@@ -169,11 +185,15 @@ class Replicator:
         applier: Applier | None = None
         sub: Subscriber | None = None
         try:
-            progress, tables = apply.setup(conn, self.name)
-            self.status.applied_txns = progress.txns
-            self.status.applied_glsn = progress.commit_glsn
+            progress, tables = apply.setup(conn, self.name, create=not self.copy)
+            if progress is None:
+                progress, tables = self._copy(conn)
+            st = self.status
+            st.applied_txns, st.applied_glsn = progress.txns, progress.commit_glsn
+            st.received_glsn = max(st.received_glsn, progress.commit_glsn)  # a copy holds every commit below it
+            st.copy_lsn, st.copy_sts, st.copy_rows = progress.copy_lsn, progress.copy_sts, progress.copy_rows
             sub = Subscriber(self.endpoint, progress.restart_lsn, timeout=self.timeout, key=self.client_key)
-            dec = Decoder(tables, skip_through=progress.commit_lsn)
+            dec = Decoder(tables, skip_through=progress.commit_lsn, copy_sts=progress.copy_sts)
             applier = Applier(self.conninfo, self.name, self.workers, audit=self.audit,
                               on_applied=self.status.on_applied)
             applier.add_tables(tables)
@@ -215,6 +235,19 @@ class Replicator:
                 conn.close()
             except Exception:  # noqa: BLE001 - PostgreSQL may be gone already
                 pass
+
+    def _copy(self, conn: psycopg.Connection[Any]) -> tuple[apply.Progress, list[TableDef]]:
+        """A new replica: the initial copy (``muheam.replica.copy``), then its progress and registry."""
+        if self.nodes is None:
+            raise ReplicaError(f"replica {self.name!r} is new and starts with a copy of the cluster's rows, which "
+                               "needs the nodes: give -c CONFIG, or --no-copy to replay the stream from LSN 0")
+        self.status.state = "copying"
+        self._report(force=True)
+        initial_copy(conn, self.name, self.endpoint, self.nodes, self.client_key, self.stop)
+        progress, tables = apply.setup(conn, self.name, create=False)
+        if progress is None:
+            raise CopyFailed("the initial copy was not committed")
+        return progress, tables
 
 
 def follow_in_thread(cfg: Config, out: Path, endpoint: str, stop: threading.Event

@@ -8,10 +8,11 @@ restarted after the load):
 * every sum a reader takes on the replica (REPEATABLE READ, the whole table) is 0: no partial transaction is ever
   visible there;
 * afterwards the replica's table equals every node's (same checksum);
-* every transaction with changes that the merged stream commits is applied exactly once (``--audit``: the
-  replica's ``applied`` table has exactly those XIDs, its primary key refusing a second apply), and none that
-  the stream does not commit (node 3's unfinished ones are aborted by its recoverer, never applied); node 3's
-  committed ones are among them.
+* every transaction with changes that the merged stream commits after the replica's initial copy (a COMMIT GLSN
+  at or above the copy snapshot's timestamp; the copy is taken as the load starts, and a replicator kill may
+  land in it) is applied exactly once (``--audit``: the replica's ``applied`` table has exactly those XIDs, its
+  primary key refusing a second apply), and none that the stream does not commit (node 3's unfinished ones are
+  aborted by its recoverer, never applied); node 3's committed ones are among them.
 
 Commit scopes: ``ANY 1 (replicas) ON applied`` (25 commits in CI, 1,000 with ``MUHEAM_FULL=1``, round-robin over
 the nodes, each read on the replica right after COMMIT returns: 0 misses); with the replicator stopped, ``ABORT ON
@@ -82,21 +83,31 @@ class Replicator:
             stop_pid(self.proc.pid, signal.SIGTERM, 30)
 
 
-def committed_in_stream(out: Path) -> dict[int, int]:
+def committed_in_stream(out: Path, from_glsn: int = 0) -> dict[int, int]:
     """XID -> origin node of every transaction whose COMMIT is in the merged stream and that changed a row (the
-    ones a replica must hold)."""
+    ones a replica must hold); ``from_glsn``: only those whose COMMIT's GLSN is at least this (the copy snapshot's
+    timestamp of a replica that started with an initial copy: the ones before it are in the copy)."""
     sid = detect_system_id(out)
     assert sid is not None
     changed: set[int] = set()
     committed: dict[int, int] = {}
     for batch in WalReader(out, node_id=MERGED_NODE_ID, system_id=sid).batches():
         h = batch.headers
-        for kind, xid, node in zip(h["kind"].tolist(), h["xid"].tolist(), h["node"].tolist()):
+        for kind, xid, node, glsn in zip(h["kind"].tolist(), h["xid"].tolist(), h["node"].tolist(),
+                                         h["glsn"].tolist()):
             if kind in (walrec.HEAP_INSERT, walrec.HEAP_UPDATE, walrec.HEAP_DELETE):
                 changed.add(xid)
-            elif kind == walrec.COMMIT:
+            elif kind == walrec.COMMIT and glsn >= from_glsn:
                 committed[xid] = node
     return {x: n for x, n in committed.items() if x in changed}
+
+
+def copy_sts(conninfo: str) -> int:
+    """The initial copy's snapshot timestamp of replica r1 (0: it made no copy)."""
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SELECT copy_sts FROM muheam_replica.progress WHERE name = 'r1'").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def replica_rows(conninfo: str) -> list[tuple[int, int]]:
@@ -194,7 +205,9 @@ def test_bank_replica_survives_kills_exactly_once(local_cluster: Any, pg: pgbase
         assert bank.checksum_rows(got) in sums
         assert reads["reads"] > 0 and reads["bad"] == [], f"replica readers saw partial transactions: {reads}"
         rep.stop()
-        stream = committed_in_stream(c.dir / "replica-r1" / "stream")  # run_dir of "cluster up" is its dir
+        # run_dir of "cluster up" is its dir; the replica started with a copy taken under the load: the commits
+        # below its snapshot are in the copy, every later one must be applied exactly once
+        stream = committed_in_stream(c.dir / "replica-r1" / "stream", copy_sts(pg.conninfo))
         with psycopg.connect(pg.conninfo) as conn:
             applied = [int(x) for (x,) in conn.execute("SELECT xid FROM muheam_replica.applied WHERE name = 'r1'")]
         assert len(applied) == len(set(applied))
@@ -255,9 +268,11 @@ def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_
             assert scoped_insert(conns[i % 3], i, applied)["scope"] == "confirmed"
             misses += not replica_has(pg.conninfo, "t", i)
         assert misses == 0
-        # 'muheam replicas' shows the replica's last report (sent every REPORT_EVERY): wait for one after the inserts
-        reps = replicas_after(c, lambda r: r["applied_txns"] >= SCOPE_ITERATIONS + 1)
-        assert reps["r1"]["state"] == "streaming" and reps["r1"]["applied_txns"] >= SCOPE_ITERATIONS + 1
+        # 'muheam replicas' shows the replica's last report (sent every REPORT_EVERY): wait for one after the inserts.
+        # The first insert may be in the replica's initial copy (the copy waits for it to commit); the loop's are
+        # applied from the stream: each starts after the previous one was confirmed, so after the copy
+        reps = replicas_after(c, lambda r: r["applied_txns"] >= SCOPE_ITERATIONS)
+        assert reps["r1"]["state"] == "streaming" and reps["r1"]["applied_txns"] >= SCOPE_ITERATIONS
         for ep in eps:  # every node knows the replica's confirmed position
             known = request(ep, "status")["counters"]["scopes"]["replicas"]
             assert known["r1"]["applied_glsn"] > 0

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from muheam.engine import walrec
-from muheam.replica.decode import DELETE, INSERT, UPDATE, DecodeError, Decoder, TableDef, Txn
+from muheam.replica.decode import _HEADER, DELETE, INSERT, UPDATE, DecodeError, Decoder, TableDef, Txn
 from muheam.storage.schema import Schema
 from walmerge.record import align8, encode_record
 
@@ -120,3 +120,79 @@ def test_a_change_to_an_unknown_table_is_an_error() -> None:
     s.insert(1, 1, {"balance": 1, "owner": ""}, table_id=9)
     with pytest.raises(DecodeError, match="table 9"):
         list(Decoder().feed(s.records))
+
+
+# --- after an initial copy (muheam.replica.copy): decoding from L0 with the copy snapshot's timestamp -------------
+
+def glsn_at(s: Stream, lsn: int) -> int:
+    """The GLSN in the header of the record at ``lsn`` (a COMMIT's GLSN is its commit timestamp)."""
+    data = dict(s.records)[lsn]
+    return int(_HEADER.unpack_from(data)[6])
+
+
+def test_commits_below_the_copy_snapshot_are_dropped_and_the_rest_applied() -> None:
+    s = Stream()
+    s.create()
+    s.insert(10, 1, {"balance": 1, "owner": ""})
+    c10 = s.commit(10)  # visible to the copy snapshot: its row is in the copy
+    s.insert(11, 2, {"balance": 2, "owner": ""})
+    c11 = s.commit(11)  # committed at or after the snapshot's timestamp: applied
+    tables = [TableDef(1, "accounts", SCHEMA.columns)]
+    for sts in (glsn_at(s, c10) + 1, glsn_at(s, c11)):  # the rule is "GLSN < sts": CTS == sts is not visible
+        dec = Decoder(tables, copy_sts=sts)
+        got = txns(list(dec.feed(s.records)))
+        assert [t.xid for t in got] == [11] and dec.in_copy == 1 and dec.skipped == 0
+    dec = Decoder(tables, copy_sts=glsn_at(s, c11) + 1)
+    assert txns(list(dec.feed(s.records))) == [] and dec.in_copy == 2
+    assert [t.xid for t in txns(list(Decoder(tables).feed(s.records)))] == [10, 11], "copy_sts 0: no copy"
+
+
+def test_transactions_cut_by_the_copy_position_are_tolerated_and_never_applied() -> None:
+    """Decoding starts at L0 in the middle of the stream: a transaction that wrote before L0 shows up in part.
+    It is either visible to the copy snapshot (its COMMIT is below copy_sts: dropped) or aborted (dropped): no
+    error for the changes, the COMMIT or the ABORT of a transaction whose start was never seen."""
+    s = Stream()
+    s.create()
+    s.insert(20, 1, {"balance": 1, "owner": ""})  # 20: writes before L0, more after, commits below sts
+    s.insert(21, 2, {"balance": 2, "owner": ""})  # 21: writes before L0 and aborts after it
+    s.insert(22, 3, {"balance": 3, "owner": ""})  # 22: wholly before L0 but for its COMMIT, below sts
+    l0 = s.lsn
+    s.update(20, 1, {"balance": 9, "owner": ""})
+    s.update(21, 2, {"balance": 9, "owner": ""})
+    s.commit(22)
+    s.insert(30, 4, {"balance": 4, "owner": ""})  # 30: wholly after L0, commits after the snapshot
+    s.delete(20, 1)
+    c20 = s.commit(20)
+    s.abort(21)
+    c30 = s.commit(30)
+    tables = [TableDef(1, "accounts", SCHEMA.columns)]
+    dec = Decoder(tables, copy_sts=glsn_at(s, c20) + 1)
+    after = [(lsn, d) for lsn, d in s.records if lsn >= l0]
+    got = txns(list(dec.feed(after)))
+    assert [t.xid for t in got] == [30]
+    assert [(c.op, c.key, c.row) for c in got[0].changes] == [(INSERT, 4, {"balance": 4, "owner": ""})]
+    assert dec.in_copy == 2 and dec.pending == {} and dec.first_lsn == {}
+    assert got[0].commit_lsn == c30 and got[0].restart_lsn == got[0].end_lsn
+
+
+def test_restart_lsn_after_a_copy_is_never_below_l0_nor_past_a_record_still_needed() -> None:
+    s = Stream()
+    s.create()
+    s.insert(40, 1, {"balance": 1, "owner": ""})  # before L0; still open at 41's commit, commits below sts
+    l0 = s.lsn
+    s.update(40, 1, {"balance": 2, "owner": ""})
+    c40 = s.commit(40)
+    first42 = s.insert(42, 3, {"balance": 3, "owner": ""})  # open when 41 commits: 41's restart point
+    s.insert(41, 2, {"balance": 2, "owner": ""})
+    s.commit(41)
+    s.commit(42)
+    tables = [TableDef(1, "accounts", SCHEMA.columns)]
+    sts = glsn_at(s, c40) + 1
+    got = txns(list(Decoder(tables, copy_sts=sts).feed([(lsn, d) for lsn, d in s.records if lsn >= l0])))
+    assert [t.xid for t in got] == [41, 42]
+    assert got[0].restart_lsn == first42 >= l0
+    # resuming from each applied transaction's position (as the progress row keeps it) gives exactly the rest
+    for i, t in enumerate(got):
+        dec = Decoder(tables, skip_through=t.commit_lsn, copy_sts=sts)
+        rest = txns(list(dec.feed([(lsn, d) for lsn, d in s.records if lsn >= t.restart_lsn])))
+        assert [(r.xid, r.changes) for r in rest] == [(r.xid, r.changes) for r in got[i + 1:]]
