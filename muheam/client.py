@@ -258,9 +258,15 @@ class ClientTransaction:
         _check_int64(f"{table} key", key)
         self._op("lock", table=table, key=key)
 
-    def scan(self, table: str) -> Iterator[tuple[int, dict[str, Any]]]:
-        for key, row in self._op("scan", table=table):
-            yield int(key), row
+    def scan(self, table: str, page_rows: int = 10_000) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every row the transaction sees, a page of about ``page_rows`` at a time (one request each, all under
+        the transaction's one snapshot), so a table of any size can be read."""
+        at: int | None = 1
+        while at is not None:
+            page = self._op("scan", table=table, from_bucket=at, page_rows=page_rows)
+            for key, row in page["rows"]:
+                yield int(key), row
+            at = page["next"]
 
     def commit(self, scope: str | None = None) -> dict[str, Any]:
         """Commit; ``scope`` (e.g. 'ANY 1 (replicas) ON applied ABORT ON 2s') overrides the cluster's

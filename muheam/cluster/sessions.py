@@ -37,6 +37,7 @@ from muheam.engine import Transaction
 from muheam.errors import MuheamError
 from muheam.engine.errors import NeedOwnership
 from muheam.cluster.ownership import Ownership
+from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
@@ -46,6 +47,9 @@ from muheam.cluster.xids import XidService
 log = logging.getLogger("muheam.sessions")
 
 MAX_SCAN_ROWS = 200_000
+"""Rows one unpaged ``scan`` may return (its reply is one message); a paged scan has no total limit."""
+MAX_PAGE_ROWS = 100_000
+"""The largest ``page_rows`` a paged scan may ask for."""
 
 
 @dataclass
@@ -248,6 +252,9 @@ class Sessions:
                 self.parked.setdefault(conflict.blocker, []).append(
                     _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic()))
                 return
+            except RequestError as exc:  # refused (a scan too big unpaged): on a retry this runs in a callback,
+                self._fail_tx(tx, reply, exc, exc.code)  # where nothing else would answer the client
+                return
             except (MuheamError, ValueError, TypeError) as exc:
                 self._fail_tx(tx, reply, exc)
                 return
@@ -307,11 +314,26 @@ class Sessions:
         return self._row_op(req, lambda t: bool(t.lock(table, key)))
 
     def op_scan(self, req: dict[str, Any]) -> Any:
+        """The rows the transaction sees.  Unpaged (no ``from_bucket``): a list of ``[key, row]``, at most
+        ``MAX_SCAN_ROWS``.  Paged: ``from_bucket`` (1 for the first page) and ``page_rows``; the reply is
+        ``{"rows": [...], "next": bucket or None}``, a page ending at a hash-chain boundary once it holds
+        ``page_rows`` rows or more, so every row comes exactly once over the pages of one transaction (its snapshot
+        stays the same from page to page)."""
         table = self._table(req)
+        paged = "from_bucket" in req
+        limit = MAX_SCAN_ROWS
+        start = 1
+        if paged:
+            asked = {"from_bucket": req.get("from_bucket"), "page_rows": req.get("page_rows", 10_000)}
+            for name, top in (("from_bucket", 1 << 62), ("page_rows", MAX_PAGE_ROWS)):
+                value = asked[name]
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                    raise RequestError("bad_request", f"scan: {name} must be an integer from 1 to {top}")
+            start, limit = int(asked["from_bucket"]), int(asked["page_rows"])
         rows: list[list[Any]] = []
-        at = [1]  # the next bucket: a scan resumes there after waiting for a chain's ownership
+        at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
 
-        def scan(txn: Transaction) -> list[list[Any]]:
+        def scan(txn: Transaction) -> Any:
             t = self.engine.table(table)
             while at[0] <= t.nbuckets:
                 chunk, at[0] = self.engine.scan_from(txn, t, at[0])
@@ -319,8 +341,13 @@ class Sessions:
                     continue
                 for key, rec in zip(chunk[0].tolist(), chunk[1]):
                     rows.append([key, t.schema.from_record(rec)])
-                if len(rows) > MAX_SCAN_ROWS:
-                    raise RequestError("bad_request", f"scan of {table} exceeds {MAX_SCAN_ROWS} rows")
+                if paged and len(rows) >= limit:
+                    break
+                if len(rows) > limit or (not paged and failpoints.hit("sessions.scan_limit")):
+                    raise RequestError("bad_request", f"scan of {table} exceeds {limit} rows: page it "
+                                                      "(from_bucket, page_rows; the Python client does)")
+            if paged:
+                return {"rows": rows, "next": at[0] if at[0] <= t.nbuckets else None}
             return rows
 
         return self._row_op(req, scan, ahead=SCAN_AHEAD)

@@ -30,8 +30,9 @@ records at or after ``L0``: had it written before ``L0``, it would have ended be
 be visible or aborted.  Table definitions created before ``L0`` come from the registry the copy wrote; a table
 created later also has its catalog record after ``L0``.
 
-Limits: a table of more than ``sessions.MAX_SCAN_ROWS`` rows (200,000) cannot be copied by one ``scan`` (the node
-refuses it; the replicator stops and says so: use ``--no-copy``).  A new replica needs the nodes (``-c``);
+Each table is read in pages (``ClientTransaction.scan``: one request per page of about 10,000 rows, every page
+under the one snapshot) and streamed into PostgreSQL's ``COPY``, so no table is too big for one message.  A new
+replica needs the nodes (``-c``);
 ``--no-copy`` replays the stream from LSN 0 instead, which works while the nodes keep their whole WAL and is what
 ``bench replicate`` measures.
 """

@@ -249,3 +249,62 @@ def test_malformed_client_requests_get_errors_and_change_nothing(local_cluster: 
     assert table_state(ep) == before
     with connect(ep) as conn:
         assert [t["name"] for t in conn.tables()] == ["t"]
+
+
+def test_a_paged_scan_returns_every_row_once_under_one_snapshot(local_cluster: Start) -> None:
+    """A scan in pages (the client's default) crosses chains the other node holds and commits made between its
+    pages: every row the snapshot sees comes exactly once, nothing committed after the snapshot does, and it
+    equals the unpaged scan of the same transaction.  A bad page size is refused by name."""
+    c = local_cluster(2)
+    ep1, ep2 = endpoint(c, 1), endpoint(c, 2)
+    with connect(ep1) as conn:
+        conn.create_table("p", {"v": "int64"}, buckets=64)
+        with conn.transaction() as tx:
+            for k in range(-200, 300):
+                tx.insert("p", k, {"v": k})
+    with connect(ep2) as conn, conn.transaction() as tx:  # node 2 now holds some chains exclusively
+        for k in range(0, 300, 3):
+            tx.update("p", k, {"v": -k})
+    expected = {k: {"v": -k if k >= 0 and k % 3 == 0 else k} for k in range(-200, 300)}
+    with connect(ep1) as reader, connect(ep2) as writer:
+        rtx = reader.transaction().__enter__()
+        pages = rtx.scan("p", page_rows=7)
+        got = [next(pages) for _ in range(20)]
+        with writer.transaction() as wtx:  # between pages: a new key and a change, after the snapshot
+            wtx.insert("p", 1000, {"v": 1})
+            wtx.update("p", 299, {"v": 0})
+        got += list(pages)
+        keys = [k for k, _ in got]
+        assert len(keys) == len(set(keys)) == len(expected)
+        assert dict(got) == expected
+        whole = {int(k): row for k, row in rtx._op("scan", table="p")}
+        assert whole == expected
+        with pytest.raises(client.ClientError, match="page_rows must be an integer"):
+            rtx._op("scan", table="p", from_bucket=1, page_rows=0)
+        rtx.rollback()
+    with connect(ep1) as conn, conn.transaction() as tx:
+        after = dict(tx.scan("p", page_rows=50))
+    assert after[1000] == {"v": 1} and after[299] == {"v": 0} and len(after) == len(expected) + 1
+
+
+def test_a_scan_refused_after_an_ownership_wait_answers_and_the_node_serves_on(
+        local_cluster: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unpaged scan that must first wait for the other node's chains is refused on its retry, which runs in
+    a callback of the node's loop (failpoint ``sessions.scan_limit``: as if the table were over the limit).  The
+    client gets the refusal by name at once, its transaction is rolled back, and the node keeps serving."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.scan_limit@1=1*drop")
+    c = local_cluster(2)
+    ep1, ep2 = endpoint(c, 1), endpoint(c, 2)
+    with connect(ep2) as conn:  # node 2 writes every chain: node 1's scan waits for it before its first row
+        conn.create_table("q", {"v": "int64"}, buckets=8)
+        with conn.transaction() as tx:
+            for k in range(64):
+                tx.insert("q", k, {"v": k})
+    with connect(ep1, 5.0) as conn:
+        tx = conn.transaction().__enter__()
+        with pytest.raises(client.ClientError, match="exceeds") as refused:
+            tx._op("scan", table="q")
+        assert refused.value.code == "bad_request"
+        assert conn.call("status")["counters"]["sessions"]["ownership_waits"] >= 1
+        with conn.transaction() as tx2:
+            assert dict(tx2.scan("q")) == {k: {"v": k} for k in range(64)}
