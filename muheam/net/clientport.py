@@ -65,6 +65,7 @@ class Deferred:
             callback(ok, value)
         elif self._port is not None:
             self._outcome = None
+            self._port.pending.discard(self)
             self._port._reply(self._envelope, wire.reply_ok(value) if ok else wire.reply_error(*value))
 
     def resolve(self, result: Any = None) -> None:
@@ -96,6 +97,8 @@ class ClientPort:
         self.ops: dict[str, Operation] = {}
         self.counters: Counter[str] = Counter()
         self.handshakes = HandshakeWatch(self.counters, "client", self.refusals if self.guard else None)
+        self.pending: set[Deferred] = set()
+        """Requests answered later (``Deferred``) and not answered yet: ``answer_all`` fails them."""
 
     def register(self, op: str, fn: Operation) -> None:
         self.ops[op] = fn
@@ -174,14 +177,37 @@ class ClientPort:
             self._reply(envelope, wire.reply_error("bad_request", f"bad {request['op']} request: {exc!r}"[:500]))
             return
         if isinstance(result, Deferred):
+            if not result.done:
+                self.pending.add(result)
             result._bind(self, envelope)
             return
         self._reply(envelope, wire.reply_ok(result))
 
+    def answer_all(self, code: str, message: str) -> int:
+        """Before a stop that answers nothing more (an engine that cannot write): every request waiting for a
+        later answer, and every request still queued in the socket, gets the error ``code``/``message``, so its
+        client learns why instead of seeing a refused connection.  Returns how many were answered; ``close``
+        with a linger then gives the replies time to leave."""
+        answered = 0
+        for deferred in list(self.pending):
+            deferred.fail(code, message)
+            answered += 1
+        self.pending.clear()
+        while answered < 10_000:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            envelope = [frames[0], b""] if len(frames) > 2 and frames[1] == b"" else frames[:1]
+            self._reply(envelope, wire.reply_error(code, message))
+            answered += 1
+        self.counters["answered_at_stop"] += answered
+        return answered
+
     def drain_monitor(self) -> None:
         self.handshakes.drain(self.monitor)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         self.sock.disable_monitor()
         self.monitor.close(0)
-        self.sock.close(0)
+        self.sock.close(linger_ms)

@@ -85,6 +85,8 @@ class NodeAgent:
         self.wake_endpoint = f"inproc://wake-{id(self)}"
         self.events: queue.Queue[MemberEvent] = queue.Queue()
         self.stop_mode: StopMode | None = None
+        self.port_linger_ms = 0
+        """How long the client port's last replies may take to leave at close (``ClientPort.answer_all``)."""
         self.state = NodeState.STARTING
         self.members: dict[int, Member] = {}
         self.backend: MembershipBackend | None = None
@@ -391,8 +393,7 @@ class NodeAgent:
         poller = zmq.Poller()
         for sock in (self.mesh.router, self.mesh.monitor, self.port.sock, self.port.monitor, wake):
             poller.register(sock, zmq.POLLIN)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
+        self.take_stop_signals()
         # a stop signal must wake the poll at once, not at its next timeout: peers learn of a stop sooner
         sig_r, sig_w = socket.socketpair()
         sig_r.setblocking(False)
@@ -442,6 +443,10 @@ class NodeAgent:
                                  "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
                                  "start it again)", self.node_id, self.engine.failed)
                     self.stop_mode = StopMode.IMMEDIATE
+                    answered = self.port.answer_all("engine_stopped", f"node {self.node_id} stopped: its engine "
+                                                    f"cannot write ({self.engine.failed}); the other nodes "
+                                                    "recover its work, so retry on another node")
+                    self.port_linger_ms = 1000 if answered else 0
                 if self.sessions is not None:
                     self.sessions.pump()
                     if self.locks is not None:
@@ -484,6 +489,14 @@ class NodeAgent:
         if due is None:
             return 100
         return max(0, min(100, int((due - now) * 1000) + 1))
+
+    def take_stop_signals(self) -> None:
+        """From the process's start, not only from ``run``: a stop signal sent as soon as the member shows
+        ``running`` in etcd (before ``start`` returns) was otherwise lost where the parent had the signal ignored
+        (a SIGINT ignored is inherited across exec), or raised ``KeyboardInterrupt`` at some random point of the
+        start.  Taken early, it is only noted, and ``run``'s first turn stops the node in that mode."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         mode = STOP_SIGNALS.get(signal.Signals(signum), StopMode.FAST)
@@ -555,7 +568,7 @@ class NodeAgent:
         if self.mesh is not None:
             self.mesh.close()
         if self.port is not None:
-            self.port.close()
+            self.port.close(self.port_linger_ms)
         if self.sql is not None:
             self.sql.close()
             self.sql = None
@@ -568,8 +581,10 @@ def run_node(cfg: Config, node_id: int, accept_data_loss: bool = False) -> int:
     failpoints.arm_from_env(node_id)
     agent = NodeAgent(cfg, node_id)
     agent.accept_data_loss = accept_data_loss
+    agent.take_stop_signals()
     try:
         agent.start()
+        failpoints.hit("node.started")  # tests: a stop signal between the etcd 'running' put and the loop
     except BaseException:
         agent._close_ports()
         raise

@@ -254,3 +254,24 @@ def test_bench_xid_measures_a_curve_cluster(monkeypatch: pytest.MonkeyPatch) -> 
     result = json.loads(proc.stdout)
     assert result["xids_per_s"] > 0 and result["allocations_per_s"] > 0
     assert result["xids_per_s"] >= result["allocations_per_s"]  # 16 XIDs asked per request
+
+
+def test_a_stop_signal_sent_as_the_node_shows_running_is_not_lost(local_cluster: Start,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cluster up`` returns once etcd shows the node running, a moment before the node's loop starts (failpoint
+    ``node.started``: 3 s there).  A ``node stop`` sent in that moment stops it in the asked mode, cleanly: the
+    signal was once lost there (a SIGINT the parent ignored stays ignored across exec) and the stop waited out its
+    whole timeout."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "node.started=pause(3)")
+    c = local_cluster(1)
+    pid = c.node_pid(1)
+    assert pid is not None and wait_until(lambda: "node 1 running" in c.log(1), 10)
+    assert "stopping" not in c.log(1)
+    t0 = time.monotonic()
+    proc = c.cli("node", "stop", "--node-id", "1", "--timeout", "30", check=False, timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert not pid_alive(pid)
+    text = c.log(1)
+    assert "node 1 stopping (fast)" in text and "node 1 stopped (fast)" in text, text[-2000:]
+    assert took < 20, f"the stop took {took:.1f} s: it waited for its timeout"
