@@ -32,7 +32,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -52,12 +52,6 @@ REPLICATOR_KILLS = 5 if FULL else 2
 ACCOUNTS = 40
 
 pytestmark = pytest.mark.skipif(pgbase.available() is not None, reason=str(pgbase.available()))
-
-
-@pytest.fixture
-def pg() -> Iterator[pgbase.Server]:
-    with pgbase.server() as srv:
-        yield srv
 
 
 class Replicator:

@@ -38,12 +38,6 @@ LOAD_SECONDS = 12.0
 pytestmark = pytest.mark.skipif(pgbase.available() is not None, reason=str(pgbase.available()))
 
 
-@pytest.fixture
-def pg() -> Iterator[pgbase.Server]:
-    with pgbase.server() as srv:
-        yield srv
-
-
 def wait_log(path: Path, text: str, count: int, proc: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
