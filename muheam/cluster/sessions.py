@@ -52,6 +52,15 @@ MAX_PAGE_ROWS = 100_000
 """The largest ``page_rows`` a paged scan may ask for."""
 
 
+def _int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: int, must: str) -> int:
+    """The request's integer ``name`` (``default`` when absent) within ``lo..hi``, else a ``bad_request`` that says
+    what it must be."""
+    v = req.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise RequestError("bad_request", f"{name} must be {must}")
+    return v
+
+
 @dataclass
 class _Tx:
     txn: Transaction
@@ -155,10 +164,8 @@ class Sessions:
         name, columns = req.get("name"), req.get("columns")
         if not isinstance(name, str) or not isinstance(columns, dict):
             raise RequestError("bad_request", "create_table needs name (str) and columns ({column: type})")
-        expected, buckets = req.get("expected_rows", 0), req.get("buckets", 0)
-        for what, v in (("expected_rows", expected), ("buckets", buckets)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise RequestError("bad_request", f"{what} must be a non-negative integer")
+        expected = _int_arg(req, "expected_rows", 0, 0, 1 << 63, "a non-negative integer")
+        buckets = _int_arg(req, "buckets", 0, 0, 1 << 63, "a non-negative integer")
         reply = Deferred()
 
         def attempt() -> None:
@@ -278,10 +285,7 @@ class Sessions:
         return table
 
     def _key(self, req: dict[str, Any]) -> int:
-        key = req.get("key")
-        if not isinstance(key, int) or isinstance(key, bool) or not -(1 << 63) <= key < (1 << 63):
-            raise RequestError("bad_request", "key must be a 64-bit integer")
-        return key
+        return _int_arg(req, "key", None, -(1 << 63), (1 << 63) - 1, "a 64-bit integer")
 
     def op_get(self, req: dict[str, Any]) -> Any:
         table, key = self._table(req), self._key(req)
@@ -321,15 +325,10 @@ class Sessions:
         stays the same from page to page)."""
         table = self._table(req)
         paged = "from_bucket" in req
-        limit = MAX_SCAN_ROWS
-        start = 1
+        start, limit = 1, MAX_SCAN_ROWS
         if paged:
-            asked = {"from_bucket": req.get("from_bucket"), "page_rows": req.get("page_rows", 10_000)}
-            for name, top in (("from_bucket", 1 << 62), ("page_rows", MAX_PAGE_ROWS)):
-                value = asked[name]
-                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                    raise RequestError("bad_request", f"scan: {name} must be an integer from 1 to {top}")
-            start, limit = int(asked["from_bucket"]), int(asked["page_rows"])
+            start = _int_arg(req, "from_bucket", None, 1, 1 << 62, "a bucket number from 1")
+            limit = _int_arg(req, "page_rows", 10_000, 1, MAX_PAGE_ROWS, f"an integer from 1 to {MAX_PAGE_ROWS}")
         rows: list[list[Any]] = []
         at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
 

@@ -99,6 +99,8 @@ class ClientPort:
         self.handshakes = HandshakeWatch(self.counters, "client", self.refusals if self.guard else None)
         self.pending: set[Deferred] = set()
         """Requests answered later (``Deferred``) and not answered yet: ``answer_all`` fails them."""
+        self._linger_ms = 0
+        """Time the last replies get to leave at ``close``: 0 unless ``answer_all`` sent some."""
 
     def register(self, op: str, fn: Operation) -> None:
         self.ops[op] = fn
@@ -187,7 +189,7 @@ class ClientPort:
         """Before a stop that answers nothing more (an engine that cannot write): every request waiting for a
         later answer, and every request still queued in the socket, gets the error ``code``/``message``, so its
         client learns why instead of seeing a refused connection.  Returns how many were answered; ``close``
-        with a linger then gives the replies time to leave."""
+        then lingers, so the replies have time to leave."""
         answered = 0
         for deferred in list(self.pending):
             deferred.fail(code, message)
@@ -202,12 +204,14 @@ class ClientPort:
             self._reply(envelope, wire.reply_error(code, message))
             answered += 1
         self.counters["answered_at_stop"] += answered
+        if answered:
+            self._linger_ms = 1000
         return answered
 
     def drain_monitor(self) -> None:
         self.handshakes.drain(self.monitor)
 
-    def close(self, linger_ms: int = 0) -> None:
+    def close(self) -> None:
         self.sock.disable_monitor()
         self.monitor.close(0)
-        self.sock.close(linger_ms)
+        self.sock.close(self._linger_ms)

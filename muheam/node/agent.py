@@ -85,8 +85,6 @@ class NodeAgent:
         self.wake_endpoint = f"inproc://wake-{id(self)}"
         self.events: queue.Queue[MemberEvent] = queue.Queue()
         self.stop_mode: StopMode | None = None
-        self.port_linger_ms = 0
-        """How long the client port's last replies may take to leave at close (``ClientPort.answer_all``)."""
         self.state = NodeState.STARTING
         self.members: dict[int, Member] = {}
         self.backend: MembershipBackend | None = None
@@ -443,10 +441,9 @@ class NodeAgent:
                                  "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
                                  "start it again)", self.node_id, self.engine.failed)
                     self.stop_mode = StopMode.IMMEDIATE
-                    answered = self.port.answer_all("engine_stopped", f"node {self.node_id} stopped: its engine "
-                                                    f"cannot write ({self.engine.failed}); the other nodes "
-                                                    "recover its work, so retry on another node")
-                    self.port_linger_ms = 1000 if answered else 0
+                    self.port.answer_all("engine_stopped", f"node {self.node_id} stopped: its engine cannot "
+                                         f"write ({self.engine.failed}); the other nodes recover its work, so "
+                                         "retry on another node")
                 if self.sessions is not None:
                     self.sessions.pump()
                     if self.locks is not None:
@@ -568,7 +565,7 @@ class NodeAgent:
         if self.mesh is not None:
             self.mesh.close()
         if self.port is not None:
-            self.port.close(self.port_linger_ms)
+            self.port.close()
         if self.sql is not None:
             self.sql.close()
             self.sql = None
