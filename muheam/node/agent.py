@@ -441,9 +441,12 @@ class NodeAgent:
                                  "recover its work (fix the cause, e.g. free space on the WAL's file system, and "
                                  "start it again)", self.node_id, self.engine.failed)
                     self.stop_mode = StopMode.IMMEDIATE
+                    # a COMMIT among these may be durable already (waiting for its flush report or for a
+                    # replica under a commit scope): the answer must not promise it was not committed
                     self.port.answer_all("engine_stopped", f"node {self.node_id} stopped: its engine cannot "
-                                         f"write ({self.engine.failed}); the other nodes recover its work, so "
-                                         "retry on another node")
+                                         f"write ({self.engine.failed}). A transaction whose COMMIT you sent may "
+                                         "or may not be committed: look the change up on another node before "
+                                         "retrying it; any other transaction here was not committed")
                 if self.sessions is not None:
                     self.sessions.pump()
                     if self.locks is not None:

@@ -58,8 +58,10 @@ from muheam.walstream import subscriber
 log = logging.getLogger("muheam.replica")
 
 WRITERS_WAIT = 60.0
-"""Seconds the copy waits for the writers it saw to end (a node's idle transactions end after its
-``idle_in_transaction_timeout``)."""
+"""Seconds one copy attempt waits for the writers it saw to end; then it fails and the replicator tries again
+after its back-off.  An abandoned transaction that wrote ends only at the node's ``idle_in_transaction_timeout``
+(300 s by default), so until then attempts keep failing, and writers that never pause for 60 s keep a copy from
+ever starting (use ``--no-copy`` there)."""
 POLL = 0.1
 TIMEOUT = 10.0
 
