@@ -88,9 +88,11 @@ class Task:
                 args["xid"] = self.xid()
             ok, value = self._call(op, args)
             if isinstance(value, Deferred):
-                deferred = value
-                deferred.then(self._resume)
-                return
+                settled = value.take()
+                if settled is None:  # it answers later: resume from its callback
+                    value.then(self._resume)
+                    return
+                ok, value = settled[0], settled[1] if settled[0] else OpFailed(*settled[1])
 
     def _call(self, op: str, args: dict[str, Any]) -> tuple[bool, Any]:
         try:

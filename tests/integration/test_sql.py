@@ -217,3 +217,17 @@ def test_cancel_ends_a_waiting_statement(cluster3: tuple[LocalCluster, dict[int,
         waiter.rollback()
         assert waiter.execute("SELECT 1").fetchone() == (1,)
         holder.rollback()
+
+
+def test_a_statement_of_thousands_of_row_operations(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """One INSERT of 5,000 rows, and a full-table UPDATE-by-key loop in one transaction, each answered at once by
+    the node: the node closed the connection with a RecursionError at a few hundred rows (pgbench's load)."""
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[3]), autocommit=True) as conn:
+        conn.execute("CREATE TABLE many (id bigint PRIMARY KEY, v integer)")
+        assert conn.execute("INSERT INTO many (id, v) VALUES " + ", ".join(f"({i}, {i % 7})" for i in range(5000))
+                            ).rowcount == 5000
+        assert conn.execute("DELETE FROM many WHERE id IN (" + ", ".join(str(i) for i in range(0, 5000, 2)) + ")"
+                            ).rowcount == 2500
+        assert conn.execute("SELECT count(*), sum(v) FROM many").fetchone() == (
+            2500, sum(i % 7 for i in range(1, 5000, 2)))
