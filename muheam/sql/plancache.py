@@ -3,9 +3,10 @@
 Tools such as ``pgbench`` (simple protocol) send the same statement again and again with new literals
 (``UPDATE t SET v = v - 1 WHERE id = 57``), so a cache keyed by the exact text misses every time and each
 statement pays pglast's parse and the compile again.  Here the key is the text with every free-standing integer
-literal replaced by ``?`` (a regular expression, no parse), and the cached plan is the statement compiled with
-those literals as parameters ``$1 .. $n`` typed ``int4``, which is the type PostgreSQL (and ``expr``) gives an
-integer literal that fits 32 bits.  A hit costs one ``re`` pass and an ``int()`` per literal.
+literal replaced by ``?`` (a regular expression, no parse) together with which literals need 64 bits, and the
+cached plan is the statement compiled with those literals as parameters ``$1 .. $n`` typed as PostgreSQL types
+such a literal: ``int4`` when it fits 32 bits, ``int8`` when it needs 64 (pgbench's random keys do).  A hit costs
+one ``re`` pass and an ``int()`` per literal.
 
 Why not ``pglast``'s fingerprint as the key: it folds a unary minus into the constant, so ``id = -5`` and
 ``id = 5`` share a fingerprint, and computing it is a parse in C on every statement.  The normalised text keeps
@@ -15,10 +16,12 @@ A statement is cached only where a parameter means exactly what the literal mean
 first seen (anything else is remembered as not cacheable and takes the ordinary path):
 
 * no quote, dollar sign or comment in the text (the regular expression then only meets real integer literals,
-  which ``pglast.parser.scan`` confirms: its ICONST tokens must be exactly the matches, with no other constant);
+  which ``pglast.parser.scan`` confirms: its constant tokens must be exactly the matches: ICONST, or FCONST for
+  a digit run beyond 32 bits);
 * one INSERT, UPDATE, DELETE or SELECT; not ``ORDER BY <position>`` (a position is not a value) and no literal in
   what the statement returns (a literal's column name and type there would differ from a parameter's);
-* at a hit, every literal fits 32 bits (a larger one is ``bigint``/``numeric`` in PostgreSQL: ordinary path).
+* every literal fits 64 bits (a larger one is ``numeric`` in PostgreSQL: ordinary path); one that needs more than
+  32 is part of the key, so an ``int4`` plan never runs with an ``int8`` value.
 
 Plans stay valid: tables are never altered or dropped (``execute.Catalog``), and the cache is per connection, so
 a plan may use that session's settings (``current_user``).
@@ -43,6 +46,7 @@ SIZE = 256
 _LITERAL = re.compile(r"(?<![\w.])\d+(?![\w.])")
 _UNSAFE = re.compile(r"['\"$]|--|/\*")
 _INT4 = 1 << 31
+_INT8 = 1 << 63
 _CONSTANTS = ("ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST", "PARAM")
 _NOT_CACHEABLE = object()
 
@@ -52,19 +56,22 @@ Compile = Callable[[Any, list[int]], Compiled]
 class PlanCache:
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
-        self.plans: OrderedDict[str, Any] = OrderedDict()
+        self.plans: OrderedDict[tuple[str, tuple[int, ...]], Any] = OrderedDict()
         self.counters = {"hits": 0, "misses": 0}
 
     def lookup(self, sql: str, compile_stmt: Compile) -> tuple[Compiled, list[int]] | None:
         """``(plan, literal values)`` for ``sql``, or ``None``: run it the ordinary way."""
         if _UNSAFE.search(sql):
             return None
-        matches = _LITERAL.findall(sql)
-        key = _LITERAL.sub("?", sql)
+        values = [int(m) for m in _LITERAL.findall(sql)]
+        if any(v >= _INT8 for v in values):
+            return None
+        wide = tuple(i for i, v in enumerate(values) if v >= _INT4)
+        key = (_LITERAL.sub("?", sql), wide)
         entry = self.plans.get(key)
         if entry is None:
             self.counters["misses"] += 1
-            entry = self._build(sql, compile_stmt)
+            entry = self._build(sql, compile_stmt, [wire.INT8 if v >= _INT4 else wire.INT4 for v in values])
             if entry is None:
                 return None  # it failed to compile (no such table yet?): not remembered, the ordinary path says why
             self.plans[key] = entry
@@ -74,13 +81,10 @@ class PlanCache:
             self.plans.move_to_end(key)
         if entry is _NOT_CACHEABLE:
             return None
-        values = [int(m) for m in matches]
-        if any(v >= _INT4 for v in values):
-            return None
         self.counters["hits"] += 1
         return entry, values
 
-    def _build(self, sql: str, compile_stmt: Compile) -> Any:
+    def _build(self, sql: str, compile_stmt: Compile, types: list[int]) -> Any:
         """The template plan, ``_NOT_CACHEABLE``, or ``None`` if it did not compile."""
         try:
             tokens = pglast.parser.scan(sql)
@@ -88,7 +92,9 @@ class PlanCache:
             return _NOT_CACHEABLE
         spans = [(m.start(), m.end()) for m in _LITERAL.finditer(sql)]
         consts = [(t.start, t.end + 1) for t in tokens if t.name in _CONSTANTS]
-        if not spans or consts != spans or any(t.name != "ICONST" for t in tokens if t.name in _CONSTANTS):
+        # the constants must be exactly the digit runs: ICONST, or FCONST for one beyond 32 bits (PostgreSQL's lexer)
+        if not spans or consts != spans or any(t.name not in ("ICONST", "FCONST") for t in tokens
+                                               if t.name in _CONSTANTS):
             return _NOT_CACHEABLE
         text, at = [], 0
         for n, (start, end) in enumerate(spans, 1):
@@ -102,7 +108,7 @@ class PlanCache:
         if len(stmts) != 1 or not _cacheable(stmts[0].stmt):
             return _NOT_CACHEABLE
         try:
-            compiled = compile_stmt(stmts[0].stmt, [wire.INT4] * len(spans))
+            compiled = compile_stmt(stmts[0].stmt, types)
         except SqlError:
             return None
         if not isinstance(compiled.plan, (Select, Insert, Update, Delete)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from muheam.sql import plan
+from muheam.sql import plan, wire
 from muheam.sql.expr import SqlError, TableInfo
 from muheam.sql.plancache import PlanCache
 
@@ -60,12 +60,23 @@ def test_statements_where_a_literal_is_not_a_value_take_the_ordinary_path() -> N
     assert cache.counters["hits"] == 0
 
 
-def test_a_literal_beyond_32_bits_and_a_failing_compile_are_not_cached() -> None:
+def test_a_literal_beyond_32_bits_gets_an_int8_plan_of_its_own() -> None:
     cache = PlanCache()
-    assert cache.lookup("UPDATE b SET balance = balance + 1 WHERE id = 2", _compile) is not None
-    assert cache.lookup("UPDATE b SET balance = balance + 1 WHERE id = 5000000000", _compile) is None
+    small = cache.lookup("UPDATE b SET balance = balance + 1 WHERE id = 2", _compile)
+    big = cache.lookup("UPDATE b SET balance = balance + 1 WHERE id = 5000000000", _compile)
+    again = cache.lookup("UPDATE b SET balance = balance + 7 WHERE id = 9000000000000000000", _compile)
+    assert small is not None and big is not None and again is not None
+    assert big[0] is not small[0] and again[0] is big[0]  # an int4 plan never runs with a 64-bit value
+    assert big[0].param_types[1] == wire.INT8 and small[0].param_types[1] == wire.INT4
+    assert _run_update(*big) == (5000000000, 1)
+    assert _run_update(*again) == (9000000000000000000, 7)
+
+
+def test_a_literal_beyond_64_bits_and_a_failing_compile_are_not_cached() -> None:
+    cache = PlanCache()
+    assert cache.lookup("UPDATE b SET balance = balance + 1 WHERE id = 9223372036854775808", _compile) is None
     assert cache.lookup("UPDATE nope SET balance = 1 WHERE id = 2", _compile) is None
-    assert "UPDATE nope SET balance = ? WHERE id = ?" not in cache.plans  # a later CREATE TABLE may make it valid
+    assert not any(text.startswith("UPDATE nope") for text, _ in cache.plans)  # a later CREATE TABLE may make it valid
 
 
 def test_the_cache_is_bounded() -> None:
