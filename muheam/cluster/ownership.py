@@ -5,7 +5,9 @@ exactly one chain, so the unit of ownership is the chain: lock resource ``blk:<t
 ownership allows changing the chain's pages (I2); shared ownership allows reading them.  The grant carries the
 latest images (value block, DESIGN.md section 5), so the new owner never reads a stale page; when no image
 travels (first use, or after a failure) the shared file is current, because an exclusive owner writes its dirty
-pages through to the file -- after flushing its WAL up to them (I3) -- before it lets go.
+pages through to the file -- after flushing its WAL up to them (I3) -- before it lets go.  For the same reason a
+chain longer than one value block (``MAX_VALUE``) ships the images of its first pages that fit and the new owner
+reads the rest from the file.
 
 Ownership is kept until another node asks (no messages for repeated local work): the lock stays *held* and is
 given up only on ``ReleaseDemanded``.  Allocating a new overflow block takes the relation-extension lock
@@ -25,7 +27,7 @@ from collections import Counter
 from typing import Callable, Protocol
 
 from locking.effects import Granted
-from locking.messages import Mode
+from locking.messages import MAX_VALUE, Mode
 from muheam import failpoints
 from muheam.engine import Engine
 from muheam.engine.errors import NeedOwnership
@@ -60,8 +62,16 @@ def extend_resource(table_id: int) -> bytes:
     return EXTEND + _U32.pack(table_id)
 
 
-def encode_images(images: list[tuple[int, bytes]]) -> bytes:
-    return b"".join(_IMAGE.pack(block, len(data)) + data for block, data in images)
+def encode_images(images: list[tuple[int, bytes]], limit: int | None = None) -> bytes:
+    """The images as one value; with ``limit``, only the longest prefix of them that fits in ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    for block, data in images:
+        size += _IMAGE.size + len(data)
+        if limit is not None and size > limit:
+            break
+        parts.append(_IMAGE.pack(block, len(data)) + data)
+    return b"".join(parts)
 
 
 def decode_images(value: bytes) -> list[tuple[int, bytes]]:
@@ -213,7 +223,7 @@ class Ownership:
             table_id, blocks = self._chain_blocks(resource)
             if mode is Mode.EXCLUSIVE:
                 failpoints.hit("ownership.export")  # a demand taken, the images not yet written through
-                value = encode_images(self.engine.cache.export(table_id, blocks))
+                value = encode_images(self.engine.cache.export(table_id, blocks), MAX_VALUE)
                 self.counters["images_sent"] += 1
             self.engine.cache.forget(table_id, blocks)
         elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE:

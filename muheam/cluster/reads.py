@@ -50,6 +50,10 @@ log = logging.getLogger("muheam.reads")
 KIND = "cr"
 MAX_CHAINS = 4096
 """Chains in one request (a scan asks for at most the rest of one table)."""
+ANSWER_BYTES = 16 << 20
+"""Images in one answer, at most: a quarter of the mesh's message limit (``wire.ZMQ_MAXMSGSIZE``; a bigger message
+makes ZeroMQ drop the connection).  The chains beyond it are answered None, as if not held: the asker takes the
+lock for its first chain and asks again for the others when it reaches them."""
 _CHAIN = struct.Struct(">II")
 
 
@@ -163,18 +167,21 @@ class ConsistentReads:
     def _answer(self, sender: int, rid: int, chains: list[Any]) -> None:
         own = self.ownership
         out: list[list[Any]] = []
+        budget = ANSWER_BYTES
         for item in chains:
             if not isinstance(item, list) or len(item) != 2 or not all(type(x) is int and x >= 0 for x in item):
                 raise ValueError("a cr chain is [table, bucket]")
             resource = chain_resource(item[0], item[1])
             value: bytes | None = None
-            if own.held.get(resource) is Mode.EXCLUSIVE:
+            if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0:
                 table_id, blocks = own._chain_blocks(resource)
                 cache = self.engine.cache
                 value = encode_images([(b, cache.read(table_id, b).encode()) for b in blocks])
-                self.counters["copies_sent"] += 1
-            else:
-                self.counters["copies_refused"] += 1
+                if len(value) > budget:
+                    value, budget = None, 0
+                else:
+                    budget -= len(value)
+            self.counters["copies_sent" if value is not None else "copies_refused"] += 1
             out.append([item[0], item[1], value])
         self.mesh.send(sender, KIND, ["r", rid, out], label=KIND)
 

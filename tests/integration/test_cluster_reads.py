@@ -65,3 +65,38 @@ def test_readers_copy_chains_instead_of_taking_them(local_cluster: Start) -> Non
     expected[7] = 108
     assert scan(ep1) == expected
     assert scan(ep3) == expected
+
+
+def test_a_chain_bigger_than_a_value_block_moves_between_nodes(local_cluster: Start) -> None:
+    """A chain of more pages than one lock value block holds (1 MiB: a one-bucket table of 1,300 wide rows)
+    written on node 1, then read (a copy) and written on node 2, then written on node 1 again: node 1 shipped
+    its images in the lock value, and a chain this long crashed it (``value must be bytes of at most
+    MAX_VALUE``: pgbench's accounts table in one SQL-created bucket).  What must hold: both nodes stay up and
+    every node sees every committed row."""
+    c = local_cluster(2)
+    members = sorted(c.members(), key=lambda m: int(m["node_id"]))
+    ep1, ep2 = (str(m["client_endpoint"]) for m in members)
+    rows = 1300
+    pad = "x" * 900
+    with connect(ep1) as conn:
+        conn.create_table("t", {"v": "int64", "pad": "text(900)"}, buckets=1)
+        for start in range(0, rows, 325):
+            with conn.transaction() as tx:
+                for key in range(start, start + 325):
+                    tx.insert("t", key, {"v": key, "pad": pad})
+
+    def values(ep: str) -> dict[int, int]:
+        with connect(ep) as conn, conn.transaction() as tx:
+            return {key: int(row["v"]) for key, row in tx.scan("t")}
+
+    expected = {key: key for key in range(rows)}
+    assert values(ep2) == expected
+    with connect(ep2) as conn, conn.transaction() as tx:
+        tx.add("t", 7, "v", 100)
+    expected[7] += 100
+    with connect(ep1) as conn, conn.transaction() as tx:
+        tx.add("t", rows - 1, "v", 1)
+    expected[rows - 1] += 1
+    assert counters(ep1, "ownership").get("given_up", 0) >= 1
+    assert values(ep2) == expected and values(ep1) == expected
+    assert {str(m["state"]) for m in c.members()} == {"running"} and len(c.members()) == 2
