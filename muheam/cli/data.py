@@ -101,14 +101,15 @@ def table_create(name: str, columns: tuple[str, ...], expected_rows: int, bucket
 @node_choice
 @config_options
 def table_list(fmt: str, **kw: Any) -> None:
-    """List tables and their columns."""
+    """List tables, their columns and their hash chains (buckets)."""
     with _connection(kw) as conn:
         tables = conn.tables()
     if fmt == "json":
         emit(tables, fmt)
         return
     for t in tables:
-        click.echo(f"{t['table_id']:>4}  {t['name']:<20} key:int64 " + " ".join(f"{c}:{ty}" for c, ty in t["columns"]))
+        click.echo(f"{t['table_id']:>4}  {t['name']:<20} key:int64 " + " ".join(f"{c}:{ty}" for c, ty in t["columns"])
+                   + (f"  buckets:{t['buckets']}" if "buckets" in t else ""))
 
 
 @click.command("get", cls=SignedArgs)

@@ -184,8 +184,8 @@ class Sessions:
 
     def op_tables(self, req: dict[str, Any]) -> Any:
         self.engine.reload_catalog()
-        return [{"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]}
-                for t in self.engine.tables()]
+        return [{"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"],
+                 "buckets": t.nbuckets} for t in self.engine.tables()]
 
     def op_writers(self, req: dict[str, Any]) -> Any:
         """``{"xids": [...]}``: this node's transactions that wrote and have not ended yet (running, or

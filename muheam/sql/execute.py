@@ -165,7 +165,7 @@ class Catalog:
             tmp = self.dir / f".{info.name}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"key": info.key, "columns": list(info.columns), "sql_types": info.sql_types}))
             os.replace(tmp, self.dir / f"{info.name}.json")
-        yield ("create_table", {"name": info.name, "columns": dict(info.columns)})
+        yield ("create_table", {"name": info.name, "columns": dict(info.columns), "buckets": plan.buckets})
         self.tables[info.name] = info
         return Result("CREATE TABLE")
 

@@ -18,6 +18,8 @@ import pytest
 from psycopg import errors as pgerrors
 
 from muheam.bench import pgbase
+from muheam.client import request
+from muheam.sql.plan import DEFAULT_BUCKETS
 from tests.support.cluster import LocalCluster, _started_dirs, kill_leftovers, run_cli
 
 pytestmark = pytest.mark.integration
@@ -194,14 +196,31 @@ def test_errors_name_the_problem(cluster3: tuple[LocalCluster, dict[int, str]]) 
             ("SELECT a.id FROM errs a JOIN errs b ON a.id = b.id", pgerrors.FeatureNotSupported, "join"),
             ("DROP TABLE errs", pgerrors.FeatureNotSupported, "DROP TABLE"),
             ("SELEC 1", pgerrors.SyntaxError, "syntax"),
+            ("CREATE TABLE b0 (id bigint PRIMARY KEY) WITH (buckets = 0)", pgerrors.InvalidParameterValue,
+             "buckets must be"),
+            ("CREATE TABLE av (id bigint PRIMARY KEY) WITH (autovacuum_enabled = false)",
+             pgerrors.FeatureNotSupported, 'storage parameter "autovacuum_enabled"'),
         ]
         for query, exc, words in cases:
             with pytest.raises(exc) as info:
                 conn.execute(query)
             assert words.lower() in str(info.value).lower(), (query, str(info.value))
         assert conn.execute("SELECT v FROM errs WHERE id = 1").fetchone() == (1,)
+        for refused in ("b0", "av"):  # nothing was created
+            with pytest.raises(pgerrors.UndefinedTable):
+                conn.execute(f"SELECT count(*) FROM {refused}")
 
 
+def test_create_table_sets_the_hash_chains(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """``WITH (buckets = N)`` reaches the engine; without it a table gets ``DEFAULT_BUCKETS`` chains, not the
+    engine's one chain (every lookup read the whole table, every writer elsewhere took all of it)."""
+    c, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as conn:
+        conn.execute("CREATE TABLE chains8 (id bigint PRIMARY KEY, v bigint) WITH (buckets = 8, fillfactor = 90)")
+        conn.execute("CREATE TABLE chainsdefault (id bigint PRIMARY KEY, v bigint)")
+    endpoint = str(c.info["nodes"][0]["client_endpoint"])
+    buckets = {t["name"]: t["buckets"] for t in request(endpoint, "tables", timeout=10, client_key=c.client_key)}
+    assert buckets["chains8"] == 8 and buckets["chainsdefault"] == DEFAULT_BUCKETS > 1
 
 
 def test_cancel_ends_a_waiting_statement(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
