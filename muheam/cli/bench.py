@@ -156,13 +156,18 @@ def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: 
 @report_option
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
+@click.option("--scale", type=click.IntRange(1, 100), default=4, show_default=True,
+              help="Branches; 10 tellers and 10,000 accounts per branch.")
+@click.option("--three-nodes/--no-three-nodes", default=True, show_default=True,
+              help="Also run MUHEAM with 3 nodes, the clients spread over them.")
 @without_report
-def bench_pgbench(fmt: str, seconds: float, clients: int, accounts: int) -> None:
-    """pgbench with a transfer script on standalone PostgreSQL and on MUHEAM's SQL port (1 node)."""
+def bench_pgbench(fmt: str, seconds: float, clients: int, scale: int, three_nodes: bool) -> None:
+    """pgbench's TPC-B-like transaction (branches, tellers, accounts, history; tables made through SQL) with the
+    real pgbench on standalone PostgreSQL and on MUHEAM's SQL ports, 1 node and 3 nodes; every run's sums are
+    checked afterwards (consistent_*)."""
     from muheam.bench.pgbench import run
 
-    result = run(seconds=seconds, clients=clients, accounts=accounts)
+    result = run(seconds=seconds, clients=clients, scale=scale, three_nodes=three_nodes)
     write_report(result)
     emit(result, fmt)
 
