@@ -202,12 +202,7 @@ class Ownership:
         if not resource.startswith(CHAIN):
             return
         table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
-        cache = self.engine.cache
-        blocks, block = [], bucket
-        while cache.cached(table_id, block) and block not in blocks:
-            blocks.append(block)
-            block = cache.read(table_id, block).next_block
-        cache.forget(table_id, blocks)
+        self.engine.cache.forget_chain(table_id, bucket, self.engine.table(table_id).nbuckets)
 
     def _demanded(self, resource: bytes) -> None:
         """Another node waits: hand over (WAL flushed, dirty pages written, images in the value) and let go."""

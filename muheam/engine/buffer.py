@@ -20,7 +20,7 @@ from typing import Callable
 
 from muheam.storage import PageZeroed, RelationFile, RelationFileError, Schema
 from muheam.storage.heap import relation_path, walk_chain
-from muheam.storage.page import MAX_BLOCK, Page
+from muheam.storage.page import MAX_BLOCK, NO_BLOCK, Page
 
 log = logging.getLogger("muheam.buffer")
 
@@ -124,6 +124,35 @@ class BufferCache:
         for b, fr in dirty:
             self._write((table_id, b), fr)
         return [(b, (fr.page if fr is not None else self.read(table_id, b)).encode()) for b, fr in frames]
+
+    def forget_chain(self, table_id: int, bucket: int, nbuckets: int) -> int:
+        """Drop every cached page of the chain of ``bucket`` (this node does not own it: it is about to take it,
+        or to read it afresh); returns how many.  The walk follows each page's pointer from its cached frame, or
+        from the shared file where the frame is gone: the cache evicts a chain's bucket page first (the least
+        recently used), and a walk through cached pages alone stopped there and kept the old overflow pages,
+        which a new owner then read as current when its grant carried fewer images than the chain has.  The
+        file is current whenever this runs (no other node holds the chain exclusively, and the last one that
+        did wrote its pages through), and a chain only grows, so every page cached here lies on the walk.  A
+        pointer out of range or a dirty frame (never one of a chain not owned here) ends it."""
+        file = self._rels[table_id].file
+        block, seen, dropped = bucket, set(), 0
+        while block not in seen:
+            seen.add(block)
+            frame = self._frames.get((table_id, block))
+            if frame is not None and frame.dirty:
+                log.error("table %d: a walk to forget the chain of bucket %d met dirty block %d; kept",
+                          table_id, bucket, block)
+                break
+            if frame is not None:
+                nxt: int | None = frame.page.next_block
+                del self._frames[(table_id, block)]
+                dropped += 1
+            else:
+                nxt = file.next_block(block)
+            if nxt is None or nxt == NO_BLOCK or nxt <= nbuckets or nxt > MAX_BLOCK:
+                break
+            block = nxt
+        return dropped
 
     def forget(self, table_id: int, blocks: list[int]) -> None:
         """Drop cached images (ownership moved away); they must have been exported (written) if dirty."""

@@ -36,7 +36,7 @@ from muheam.storage.errors import (DuplicateKey, KeyNotFound, PageCorrupt, PageF
                                    RowConflict, SchemaError)
 from muheam.storage.layout import BLOCK_SIZE, slots_per_page
 from muheam.storage.mvcc import Snapshot, StatusFn
-from muheam.storage.page import (KIND_BUCKET, KIND_OVERFLOW, MAX_BLOCK, NO_BLOCK, Page, TupleId, Version,
+from muheam.storage.page import (KIND_BUCKET, KIND_OVERFLOW, MAX_BLOCK, NO_BLOCK, OFF_NEXT_BLOCK, Page, TupleId, Version,
                                  decode_meta_page, encode_meta_page)
 from muheam.storage.schema import Row, Schema, check_key
 
@@ -165,6 +165,14 @@ class RelationFile:
     def nblocks(self) -> int:
         """Whole blocks in the file now (other nodes may append; a torn partial block is not counted)."""
         return os.fstat(self._fd()).st_size // BLOCK_SIZE
+
+    def next_block(self, block: int) -> int | None:
+        """The ``next_block`` pointer of ``block`` as the file has it (``None`` beyond the file's end): for a walk
+        that needs only a chain's pointers, without reading and checking whole pages."""
+        if not 0 <= block <= MAX_BLOCK:
+            return None
+        data = os.pread(self._fd(), 4, block * BLOCK_SIZE + OFF_NEXT_BLOCK)
+        return int.from_bytes(data, "little") if len(data) == 4 else None
 
     def read_block(self, block: int) -> bytes:
         if not 0 <= block <= MAX_BLOCK:

@@ -76,6 +76,8 @@ _U64: Final = struct.Struct("<Q")
 _OFF_GLSN: Final = 16
 _OFF_BLKNO: Final = 24
 _OFF_NEXT: Final = 28
+OFF_NEXT_BLOCK: Final = _OFF_NEXT
+"""Where a page's ``next_block`` (u32, little-endian) lies, for readers of the pointer alone."""
 _OFF_NUSED: Final = 34
 _OFF_FREE_HINT: Final = 36
 _SLOT_HEAD: Final = struct.Struct("<qQQIHBx")

@@ -11,7 +11,7 @@ from locking.effects import Granted
 from locking.glsn import Glsn
 from locking.messages import Mode, Version
 from muheam.engine import Engine, EngineConfig
-from muheam.cluster.ownership import Ownership, extend_resource
+from muheam.cluster.ownership import Ownership, decode_images, extend_resource
 
 
 class GrantingLocks:
@@ -64,3 +64,94 @@ def test_invalid_extension_grant_keeps_the_last_released_size(tmp_path: Path) ->
     assert size_before < 21
     assert engine.cache.nblocks(t.table_id) == 40
     engine.close()
+
+
+class RecordingLocks(GrantingLocks):
+    """Also keeps the value of each release (what the next owner's grant carries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: dict[bytes, bytes | None] = {}
+
+    def release(self, resource: bytes, value: bytes | None = None) -> None:
+        self.released[resource] = value
+
+
+def test_a_stale_overflow_page_never_outlives_a_grant(tmp_path: Path) -> None:
+    """Node B read a long chain in shared mode and its cache evicted the chain's bucket page (the least recently
+    used); it then asked to write.  Node A took the chain first, changed the last page and handed the chain over
+    with the images of the first pages that fit in a value block.  B must read A's last page from the file: its
+    old frame of that page survived because forgetting a chain walked only the cached pages from the bucket on,
+    and B then read A's committed row as it was before and wrote the old page back over A's change."""
+    from muheam.cluster.ownership import chain_resource
+    from muheam.storage import mvcc
+
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = iter(range(1, 1 << 30))
+    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
+    t = a.create_table("t", {"v": "int64", "pad": "text(200)"}, buckets=1)
+    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22,
+                                                                                cache_pages=100))
+    b.reload_catalog()
+
+    def status(x: int) -> int:
+        if x in a.committed or x in b.committed:
+            return mvcc.COMMITTED
+        return mvcc.IN_PROGRESS if x in a.running or x in b.running else mvcc.ABORTED
+
+    a.status = b.status = status  # type: ignore[method-assign]
+    la, lb = RecordingLocks(), RecordingLocks()
+    own_a, own_b = Ownership(la, a), Ownership(lb, b)  # type: ignore[arg-type]
+    chain, ext = chain_resource(t.table_id, 1), extend_resource(t.table_id)
+    seq = iter(range(2, 1 << 30))
+    value: list[bytes | None] = [None]
+
+    def grant(locks: RecordingLocks, resource: bytes, mode: Mode) -> None:
+        n = next(seq)
+        locks.pending.pop(resource)(Granted(resource, mode, Glsn(n, 1), Version(Glsn(n, 1), 0),
+                                            value[0] if resource == chain else None, True))
+
+    for r in (chain, ext):
+        own_a.acquire(r, Mode.EXCLUSIVE, lambda: None)
+        grant(la, r, Mode.EXCLUSIVE)
+    rows = 5000
+    tx = a.begin(100)
+    for key in range(rows):
+        tx.insert("t", key, {"v": key, "pad": "x"})
+    tx.commit()
+    last = own_a._chain_blocks(chain)[1][-1]
+    own_a._demanded(chain)
+    own_a._demanded(ext)
+    value[0] = la.released[chain]
+
+    own_b.acquire(chain, Mode.SHARED, lambda: None)
+    grant(lb, chain, Mode.SHARED)
+    assert sum(1 for _ in b.begin(200, b.local_snapshot(200)).scan("t")) == rows
+    b.cache.trim()
+    assert not b.cache.cached(t.table_id, 1) and b.cache.cached(t.table_id, last)  # the window
+    own_b.acquire(chain, Mode.EXCLUSIVE, lambda: None)  # an upgrade: B lets its shared hold go
+
+    own_a.acquire(chain, Mode.EXCLUSIVE, lambda: None)
+    grant(la, chain, Mode.EXCLUSIVE)
+    ta = a.begin(300)
+    ta.update("t", rows - 1, {"v": -1})
+    ta.commit()
+    own_a._demanded(chain)
+    value[0] = la.released[chain]
+    assert value[0] is not None and len(decode_images(value[0])) < len(own_a._chain_blocks(chain)[1])
+
+    grant(lb, chain, Mode.EXCLUSIVE)
+    tb = b.begin(400, b.local_snapshot(400))
+    assert tb.get("t", rows - 1) == {"v": -1, "pad": "x"}
+    tb.update("t", rows - 2, {"v": -2})
+    tb.commit()
+    own_b._demanded(chain)
+    c = Engine.open(shared, 3, config=EngineConfig(segment_size=1 << 22))
+    c.reload_catalog()
+    c.status = status  # type: ignore[method-assign]
+    tc = c.begin(500, c.local_snapshot(500))
+    assert tc.get("t", rows - 1)["v"] == -1 and tc.get("t", rows - 2)["v"] == -2
+    for e in (a, b, c):
+        e.close()
