@@ -23,7 +23,6 @@ import pglast
 from pglast import ast, enums
 
 from muheam.sql import wire
-from muheam.storage.heap import MAX_BUCKETS
 from muheam.sql.expr import DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, unsupported
 
 Lookup = Callable[[str], TableInfo]
@@ -62,6 +61,9 @@ DEFAULT_BUCKETS = 256
 is the unit of block ownership between nodes, so one chain (the engine's default without a size hint) made every
 lookup read the whole table and every writer on another node take all of it; 256 keep a chain to a page up to
 some 50,000 narrow rows and cost 2 MiB of empty pages per table."""
+MAX_BUCKETS = 1 << 14
+"""The most a SQL client may ask for (128 MiB of empty pages, written while the node's loop waits); the engine
+takes more from the Python client or ``muheam table create --buckets``."""
 
 
 @dataclass
@@ -223,7 +225,8 @@ def _storage_options(stmt: Any) -> int:
         if opt.defname == "buckets":
             if value is None or not 1 <= value <= MAX_BUCKETS:
                 raise SqlError("22023", f"buckets must be an integer from 1 to {MAX_BUCKETS}",
-                               "e.g. CREATE TABLE t (id bigint PRIMARY KEY, v bigint) WITH (buckets = 4096)")
+                               "e.g. CREATE TABLE t (id bigint PRIMARY KEY, v bigint) WITH (buckets = 4096); "
+                               "more with muheam table create --buckets")
             buckets = value
         elif opt.defname == "fillfactor":
             if value is None or not 10 <= value <= 100:
