@@ -261,6 +261,9 @@ class Compiler:
             value, oid = val.ival, wire.INT4 if -(1 << 31) <= val.ival < (1 << 31) else wire.INT8
         elif isinstance(val, ast.Float):
             text = val.fval
+            if len(text) > 400:  # beyond any float too; Python refuses int() of 4,300 digits with ValueError
+                raise SqlError("22003", f"the numeric literal of {len(text)} characters is out of range",
+                               "MUHEAM stores bigint and double precision")
             value = int(text) if text.lstrip("-").isdigit() else float(text)
             oid = wire.INT8 if isinstance(value, int) else wire.NUMERIC
         elif isinstance(val, ast.Boolean):

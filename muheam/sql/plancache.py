@@ -63,7 +63,10 @@ class PlanCache:
         """``(plan, literal values)`` for ``sql``, or ``None``: run it the ordinary way."""
         if _UNSAFE.search(sql):
             return None
-        values = [int(m) for m in _LITERAL.findall(sql)]
+        literals = _LITERAL.findall(sql)
+        if any(len(m) > 19 for m in literals):  # beyond 64 bits (and int() of thousands of digits is refused)
+            return None
+        values = [int(m) for m in literals]
         if any(v >= _INT8 for v in values):
             return None
         wide = tuple(i for i, v in enumerate(values) if v >= _INT4)

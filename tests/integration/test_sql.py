@@ -196,6 +196,7 @@ def test_errors_name_the_problem(cluster3: tuple[LocalCluster, dict[int, str]]) 
             ("SELECT a.id FROM errs a JOIN errs b ON a.id = b.id", pgerrors.FeatureNotSupported, "join"),
             ("DROP TABLE errs", pgerrors.FeatureNotSupported, "DROP TABLE"),
             ("SELEC 1", pgerrors.SyntaxError, "syntax"),
+            ("SELECT v FROM errs WHERE id = " + "9" * 5000, pgerrors.NumericValueOutOfRange, "out of range"),
             ("CREATE TABLE b0 (id bigint PRIMARY KEY) WITH (buckets = 0)", pgerrors.InvalidParameterValue,
              "buckets must be"),
             ("CREATE TABLE av (id bigint PRIMARY KEY) WITH (autovacuum_enabled = false)",
