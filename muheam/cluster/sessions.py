@@ -34,11 +34,12 @@ from muheam.engine import Engine
 from muheam.engine.errors import Deadlock, EngineError, StorageFailed
 from muheam.engine.flusher import WalFlusher
 from muheam.engine import Transaction
-from muheam.errors import MuheamError
+from muheam.errors import MuheamError, SerializationFailure
 from muheam.engine.errors import NeedOwnership
 from muheam.cluster.ownership import Ownership
 from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
+from muheam.cluster.snapwait import SnapshotWaits
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
@@ -68,6 +69,10 @@ class _Tx:
     sts: int
     scope: str | None = None
     """The commit scope the client asked for with COMMIT (``muheam.cluster.scopes``)."""
+    read_committed: bool = False
+    """Begun with ``isolation = "read committed"``: a change that loses to a committed one fails with
+    ``RowChanged`` and leaves the transaction running, to be redone after ``snapshot`` (the SQL port's READ
+    COMMITTED); otherwise it is a ``SerializationFailure`` that aborts it."""
 
 
 @dataclass
@@ -77,16 +82,6 @@ class _Parked:
     reply: Deferred
     xid: int
     since: float
-
-
-@dataclass
-class _BeginWait:
-    waits: set[int]
-    deadline: float
-    reply: Deferred
-    tx: _Tx
-    all: set[int]
-    """Everything the snapshot waited for: a commit among them at or above its STS makes it be retaken."""
 
 
 @dataclass
@@ -136,7 +131,6 @@ class Sessions:
         self.deadlock_timeout = deadlock_timeout
         self.txns: dict[int, _Tx] = {}
         self.parked: dict[int, list[_Parked]] = {}
-        self.begin_waits: list[_BeginWait] = []
         self.commits: list[tuple[_Tx, Deferred]] = []
         self.prepared: list[list[tuple[_Tx, Deferred]]] = []
         self.published_waits: list[tuple[int, int]] = []
@@ -146,16 +140,17 @@ class Sessions:
         self.check_scope: Callable[[str], None] = lambda _s: None
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
                                          "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0,
-                                         "begin_retakes": 0}
+                                         "begin_retakes": 0, "rows_changed": 0}
         self.abort_reasons: dict[str, int] = {}
         """Aborts caused by an error, by its code (the rest are rollbacks: the client's, idle, shutdown)."""
+        self.snapshots = SnapshotWaits(cluster.table, lambda: cluster.stamp(), self.counters)
         table = cluster.table
         engine.status = table.status
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
         self.committing: set[int] = set()
         """Writers whose COMMIT is under way (no longer in ``txns``, not yet durable): ``op_writers`` counts them."""
-        for op in ("create_table", "tables", "begin", "get", "insert", "update", "add", "delete", "lock", "scan",
-                   "commit", "rollback", "writers"):
+        for op in ("create_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
+                   "scan", "commit", "rollback", "writers"):
             port.register(op, getattr(self, "op_" + op))
 
     # catalog ------------------------------------------------------------------------------------------------
@@ -199,26 +194,35 @@ class Sessions:
     # transactions -------------------------------------------------------------------------------------------
     def op_begin(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()
+        isolation = req.get("isolation", "repeatable read")
+        if isolation not in ("repeatable read", "read committed"):
+            raise RequestError("bad_request", "isolation must be 'repeatable read' or 'read committed'")
         reply = Deferred()
 
         def started(ranges: list[tuple[int, int]], _waited_us: int) -> None:
             xid = ranges[0][0]
             snap, waits = self.cluster.table.snapshot(xid, self.cluster.stamp())
             try:
-                tx = _Tx(self.engine.begin(xid, snap), time.monotonic(), snap.sts)
+                tx = _Tx(self.engine.begin(xid, snap), time.monotonic(), snap.sts,
+                         read_committed=isolation == "read committed")
             except MuheamError as exc:
                 reply.fail(error_code(exc), str(exc))
                 return
             self.txns[xid] = tx
+            # prepared before our snapshot: its CTS may be below ours, so learn its outcome first
             pending = {x for x in waits if not self.cluster.table.decided(x)}
-            if not pending:
-                reply.resolve({"xid": xid, "sts": tx.sts})
-                return
-            # prepared elsewhere before our snapshot: its CTS may be below ours, so learn its outcome first
-            self.counters["begin_waits"] += 1
-            self.begin_waits.append(_BeginWait(pending, time.monotonic() + self.lock_timeout, reply, tx, pending))
+            self.snapshots.answer(tx, reply, pending, time.monotonic() + self.lock_timeout)
 
         self.cluster.commits.when_ready(lambda: self.xids.allocate(1, started))
+        return reply
+
+    def op_snapshot(self, req: dict[str, Any]) -> Deferred:
+        """A new snapshot for a running transaction (READ COMMITTED: each statement sees what committed before
+        it), taken and waited for exactly as ``begin`` takes one, so I5 holds per statement.  The old one is in
+        use no more, so the horizon may pass it."""
+        self.fence_check()
+        tx, reply = self._tx(req), Deferred()
+        self.snapshots.answer(tx, reply, self.snapshots.take(tx), time.monotonic() + self.lock_timeout)
         return reply
 
     def _tx(self, req: dict[str, Any]) -> _Tx:
@@ -261,6 +265,13 @@ class Sessions:
                 return
             except RequestError as exc:  # refused (a scan too big unpaged): on a retry this runs in a callback,
                 self._fail_tx(tx, reply, exc, exc.code)  # where nothing else would answer the client
+                return
+            except SerializationFailure as exc:
+                if tx.read_committed:  # nothing was changed: redone on the newest version after a new snapshot
+                    self.counters["rows_changed"] += 1
+                    reply.fail("RowChanged", f"{exc} (READ COMMITTED: take a new snapshot and redo the change)")
+                else:
+                    self._fail_tx(tx, reply, exc)
                 return
             except (MuheamError, ValueError, TypeError) as exc:
                 self._fail_tx(tx, reply, exc)
@@ -485,34 +496,7 @@ class Sessions:
     def on_outcome(self, ended: set[int]) -> None:
         """Outcomes learned from another node (or a join sync): wake row waits and waiting begins."""
         self._wake(ended)
-        if self.begin_waits:
-            table = self.cluster.table
-            keep = []
-            for bw in self.begin_waits:
-                bw.waits = {x for x in bw.waits if not table.decided(x)}
-                if not bw.waits and not bw.reply.done and self._retake(bw):
-                    self.counters["begin_retakes"] += 1
-                if bw.waits:
-                    keep.append(bw)
-                elif not bw.reply.done:
-                    bw.reply.resolve({"xid": bw.tx.txn.xid, "sts": bw.tx.sts})
-            self.begin_waits = keep
-
-    def _retake(self, bw: _BeginWait) -> bool:
-        """A transaction the snapshot waited for committed at or above its STS: the client may already have
-        heard "committed" (the outcome round is not acknowledged), so it must be visible -- take the snapshot
-        again, now that the clock has passed that CTS (the DONE's stamp is above it), and wait for what is
-        prepared now.  The transaction has done nothing yet: its begin has not been answered."""
-        table = self.cluster.table
-        if all(table.committed.get(x, -1) < bw.tx.sts for x in bw.all):
-            return False
-        xid = bw.tx.txn.xid
-        snap, waits = table.snapshot(xid, self.cluster.stamp())
-        bw.tx.txn.snapshot = snap
-        bw.tx.sts = snap.sts
-        bw.waits = {x for x in waits if not table.decided(x)}
-        bw.all = set(bw.waits)
-        return True
+        self.snapshots.on_outcome()
 
     def _wake(self, ended: set[int]) -> None:
         for xid in ended:
@@ -576,8 +560,8 @@ class Sessions:
                 self.parked[blocker] = keep
             else:
                 self.parked.pop(blocker, None)
-        for bw in [b for b in self.begin_waits if now >= b.deadline]:
-            self.begin_waits.remove(bw)
+        for bw in self.snapshots.expired(now):
+            assert isinstance(bw.tx, _Tx)
             self._fail_tx(bw.tx, bw.reply, LockTimeout(
                 f"begin waited {self.lock_timeout:g} s for the outcome of prepared transactions "
                 f"{sorted(bw.waits)} (their node may have failed)"))

@@ -16,7 +16,7 @@ will commit with ``CTS > STS`` and is invisible, whatever node runs it.  Causali
 a transaction saw another, its CTS is larger, so every snapshot that sees it also sees the other.  The second
 round (DONE) tells every node the outcome; it is not acknowledged (issue 18): the client hears "committed" once
 every node acknowledged the prepare, so a later snapshot anywhere waits for the outcome, and one that then finds
-the CTS not below its STS is taken again (``Sessions._retake``) (I5).
+the CTS not below its STS is taken again (``SnapshotWaits._retake``) (I5).
 
 XIDs below ``floor`` that are not known committed are aborted: they were handed out before the oldest running
 node of this cluster incarnation started (``muheam.xidstore.cluster_floor``), and nothing of theirs is running.

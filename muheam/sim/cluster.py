@@ -290,7 +290,7 @@ class Cluster(Faults):
         elif c.phase == "snap":
             table = node.rounds.table
             if any(table.committed.get(x, -1) >= c.sts for x in c.waits) and self.sw.fix_retake:
-                c.sts = node.clock.tick().pack()  # as Sessions._retake: a commit it waited for is at/above it
+                c.sts = node.clock.tick().pack()  # as SnapshotWaits._retake: a commit it waited for is at/above it
                 c.waits = node.rounds.table.snapshot(c.xid, c.sts)[1]
                 self._pump(node)
                 return

@@ -29,7 +29,7 @@ Gen = Generator[Request, Any, "Result"]
 Operation = Callable[[dict[str, Any]], Any]
 
 SQLSTATE_BY_CODE = {
-    "SerializationFailure": "40001", "DeadlockDetected": "40P01", "LockTimeout": "55P03",
+    "SerializationFailure": "40001", "RowChanged": "40001", "DeadlockDetected": "40P01", "LockTimeout": "55P03",
     "DuplicateKey": "23505", "NoSuchTable": "42P01", "TableExists": "42P07", "KeyNotFound": "02000",
     "RowValueError": "22023", "SchemaError": "42601", "NoSuchTransaction": "25P01", "StorageFailed": "58030",
     "EngineStopped": "58030", "Fenced": "57P01", "bad_request": "XX000",
@@ -177,7 +177,7 @@ def _key(e: Expr, params: Params) -> int:
 
 
 def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
-          lock: bool = False) -> Generator[Request, Any, list[Row]]:
+          lock: bool = False, rc: bool = False) -> Generator[Request, Any, list[Row]]:
     rows: list[Row] = []
     name, key = table.name, table.key
     if points is not None:
@@ -202,9 +202,44 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
         wf = where.fn
         rows = [r for r in rows if wf(r, params)]
     if lock:
+        locked = []
         for r in rows:
-            yield ("lock", {"table": name, "key": r[key]})
+            row: Row | None = r
+            tries = [0]
+            while row is not None:
+                try:
+                    yield ("lock", {"table": name, "key": row[key]})
+                except OpFailed as exc:
+                    row = yield from _redo(exc, table, row[key], where, params, rc, tries)
+                    continue
+                locked.append(row)
+                break
+        rows = locked
     return rows
+
+
+REDO_LIMIT = 100
+"""READ COMMITTED: how often one row's change is redone after losing to committed changes before the statement
+fails with 40001 (PostgreSQL redoes it without limit; a row changed this often is better retried whole)."""
+
+
+def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params: Params,
+          rc: bool, tries: list[int]) -> Generator[Request, Any, Row | None]:
+    """A row change lost to a transaction that committed after the snapshot.  Under REPEATABLE READ (or after
+    ``REDO_LIMIT`` tries) the error stands.  Under READ COMMITTED the change is redone on the newest version, as
+    PostgreSQL's EvalPlanQual does: a new snapshot (it sees that commit), the row read again and WHERE checked
+    again; ``None`` when the row is gone or no longer qualifies (the statement skips it)."""
+    if not rc or exc.code != "RowChanged":
+        raise exc
+    tries[0] += 1
+    if tries[0] > REDO_LIMIT:
+        raise exc
+    yield ("snapshot", {})
+    found = yield ("get", {"table": table.name, "key": key})
+    if found is None:
+        return None
+    found[table.key] = key
+    return found if where is None or where.fn(found, params) else None
 
 
 def _count(e: Expr | None, params: Params) -> int | None:
@@ -219,12 +254,12 @@ def _count(e: Expr | None, params: Params) -> int | None:
     return n
 
 
-def run_select(plan: Select, params: Params) -> Gen:
+def run_select(plan: Select, params: Params, rc: bool = False) -> Gen:
     if plan.table is None:
         if plan.where is not None and not plan.where.fn({}, params):
             return Result("SELECT 0")
         return Result("SELECT 1", [[t.fn({}, params) for t in plan.targets]])
-    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock)
+    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, rc)
     if plan.aggs is not None:
         return Result("SELECT 1", [[_aggregate(a.func, a.arg, rows, params) for a in plan.aggs]])
     for expr, desc in reversed(plan.order):
@@ -255,7 +290,7 @@ def _defaults(table: TableInfo) -> Row:
     return {c: 0 if k == "int64" else 0.0 if k == "float64" else "" for c, k in table.columns.items()}
 
 
-def run_insert(plan: Insert, params: Params) -> Gen:
+def run_insert(plan: Insert, params: Params, rc: bool = False) -> Gen:
     table, out = plan.table, []
     for exprs in plan.rows:
         row = _defaults(table)
@@ -265,50 +300,75 @@ def run_insert(plan: Insert, params: Params) -> Gen:
                 key = int(to_column(e.fn({}, params), "int64", col))
             else:
                 row[col] = to_column(e.fn({}, params), table.columns[col], col)
-        yield ("insert", {"table": table.name, "key": key, "row": row})
+        for tries in range(REDO_LIMIT + 1):
+            try:
+                yield ("insert", {"table": table.name, "key": key, "row": row})
+                break
+            except OpFailed as exc:  # READ COMMITTED: the key was inserted or deleted by a later commit; look again
+                if not rc or exc.code != "RowChanged" or tries == REDO_LIMIT:
+                    raise
+                yield ("snapshot", {})
         if plan.returning:
             full = {**row, table.key: key}
             out.append([t.fn(full, params) for t in plan.returning])
     return Result(f"INSERT 0 {len(plan.rows)}", out)
 
 
-def run_update(plan: Update, params: Params) -> Gen:
-    table, out = plan.table, []
-    rows = yield from _read(table, plan.where, plan.points, params)
-    for row in rows:
-        key = row[table.key]
-        if plan.add is not None:
-            col, delta_e, sign = plan.add
-            delta = to_column(delta_e.fn(row, params), table.columns[col], col)
-            yield ("add", {"table": table.name, "key": key, "column": col, "delta": sign * delta})
-            row[col] = row[col] + sign * delta
-        else:
-            changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
-            yield ("update", {"table": table.name, "key": key, "changes": changes})
-            row.update(changes)
-        if plan.returning:
-            out.append([t.fn(row, params) for t in plan.returning])
-    return Result(f"UPDATE {len(rows)}", out)
+def run_update(plan: Update, params: Params, rc: bool = False) -> Gen:
+    table, out, done = plan.table, [], 0
+    for first in (yield from _read(table, plan.where, plan.points, params)):
+        row: Row | None = first
+        key, tries = first[table.key], [0]
+        while row is not None:
+            if plan.add is not None:
+                col, delta_e, sign = plan.add
+                delta = sign * to_column(delta_e.fn(row, params), table.columns[col], col)
+                request: Request = ("add", {"table": table.name, "key": key, "column": col, "delta": delta})
+                changes = {col: row[col] + delta}
+            else:
+                changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
+                request = ("update", {"table": table.name, "key": key, "changes": changes})
+            try:
+                yield request
+            except OpFailed as exc:
+                row = yield from _redo(exc, table, key, plan.where, params, rc, tries)
+                continue
+            row.update(changes)  # an add's new value as computed from the version read: returned, not stored
+            done += 1
+            if plan.returning:
+                out.append([t.fn(row, params) for t in plan.returning])
+            break
+    return Result(f"UPDATE {done}", out)
 
 
-def run_delete(plan: Delete, params: Params) -> Gen:
-    table, out = plan.table, []
-    rows = yield from _read(table, plan.where, plan.points, params)
-    for row in rows:
-        yield ("delete", {"table": table.name, "key": row[table.key]})
-        if plan.returning:
-            out.append([t.fn(row, params) for t in plan.returning])
-    return Result(f"DELETE {len(rows)}", out)
+def run_delete(plan: Delete, params: Params, rc: bool = False) -> Gen:
+    table, out, done = plan.table, [], 0
+    for first in (yield from _read(table, plan.where, plan.points, params)):
+        row: Row | None = first
+        key, tries = first[table.key], [0]
+        while row is not None:
+            try:
+                yield ("delete", {"table": table.name, "key": key})
+            except OpFailed as exc:
+                row = yield from _redo(exc, table, key, plan.where, params, rc, tries)
+                continue
+            done += 1
+            if plan.returning:
+                out.append([t.fn(row, params) for t in plan.returning])
+            break
+    return Result(f"DELETE {done}", out)
 
 
-def run_plan(plan: Select | Insert | Update | Delete, params: Params) -> Gen:
+def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool = False) -> Gen:
+    """The statement; ``rc``: its transaction runs READ COMMITTED (a change that loses to a committed one is
+    redone on the newest version, see ``_redo``)."""
     if isinstance(plan, Select):
-        return run_select(plan, params)
+        return run_select(plan, params, rc)
     if isinstance(plan, Insert):
-        return run_insert(plan, params)
+        return run_insert(plan, params, rc)
     if isinstance(plan, Update):
-        return run_update(plan, params)
-    return run_delete(plan, params)
+        return run_update(plan, params, rc)
+    return run_delete(plan, params, rc)
 
 
 def encode_rows(result: Result, oids: list[int], formats: list[int] | None) -> list[bytes]:

@@ -170,15 +170,29 @@ def _plan(stmt: Any, lookup: Lookup, c: Compiler) -> Plan:
     raise unsupported(type(stmt).__name__.removesuffix("Stmt").upper() + " statements")
 
 
+ISOLATION_LEVELS = ("read uncommitted", "read committed", "repeatable read", "serializable")
+"""What ``BEGIN ISOLATION LEVEL`` and ``transaction_isolation`` accept, as PostgreSQL does.  The first two run as
+READ COMMITTED, the last two as snapshot isolation (PostgreSQL's REPEATABLE READ; MUHEAM has no serializable
+snapshot isolation, so SERIALIZABLE allows write skew here)."""
+
+
+def _isolation(options: Any) -> str:
+    """The isolation level among ``options`` (DefElems of BEGIN or SET TRANSACTION), or "" for none."""
+    for opt in options or ():
+        if opt.defname == "transaction_isolation":
+            level = str(opt.arg.val.sval)
+            if level not in ISOLATION_LEVELS:
+                raise unsupported(f"isolation level {level}")
+            return level
+    return ""
+
+
 def _transaction(stmt: Any) -> Utility:
     kind = stmt.kind
-    for opt in stmt.options or ():
-        if opt.defname == "transaction_isolation":
-            level = opt.arg.val.sval
-            if level not in ("repeatable read", "read committed", "serializable"):
-                raise unsupported(f"isolation level {level}")
+    level = _isolation(stmt.options)
     if kind in (enums.TransactionStmtKind.TRANS_STMT_BEGIN, enums.TransactionStmtKind.TRANS_STMT_START):
-        return Utility("begin", "BEGIN" if kind == enums.TransactionStmtKind.TRANS_STMT_BEGIN else "START TRANSACTION")
+        return Utility("begin", "BEGIN" if kind == enums.TransactionStmtKind.TRANS_STMT_BEGIN else "START TRANSACTION",
+                       value=level)
     if kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT:
         return Utility("commit", "COMMIT")
     if kind == enums.TransactionStmtKind.TRANS_STMT_ROLLBACK:
@@ -197,11 +211,11 @@ def _set(stmt: Any) -> Utility:
         return Utility("reset", "RESET")
     name = _setting_name(stmt.name or "")
     if kind == enums.VariableSetKind.VAR_SET_MULTI:  # SET TRANSACTION / SESSION CHARACTERISTICS
-        for opt in stmt.args or ():
-            if opt.defname == "transaction_isolation" and opt.arg.val.sval not in (
-                    "repeatable read", "read committed", "serializable"):
-                raise unsupported(f"isolation level {opt.arg.val.sval}")
-        return Utility("noop", "SET")
+        level = _isolation(stmt.args)
+        if not level:
+            return Utility("noop", "SET")
+        return Utility("set", "SET", "transaction_isolation" if stmt.name == "TRANSACTION"
+                       else "default_transaction_isolation", level)
     if kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT):
         return Utility("reset", "RESET" if kind == enums.VariableSetKind.VAR_RESET else "SET", name)
     if kind != enums.VariableSetKind.VAR_SET_VALUE:

@@ -41,7 +41,7 @@ DEFAULTS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO
             "default_transaction_read_only": "off", "in_hot_standby": "off", "integer_datetimes": "on",
             "IntervalStyle": "postgres", "is_superuser": "on", "server_encoding": "UTF8",
             "server_version": SERVER_VERSION, "standard_conforming_strings": "on", "TimeZone": "UTC",
-            "transaction_isolation": "repeatable read", "default_transaction_isolation": "repeatable read",
+            "transaction_isolation": "read committed", "default_transaction_isolation": "read committed",
             "search_path": '"$user", public', "max_identifier_length": "63", "lc_messages": "C",
             "lc_collate": "C", "lc_ctype": "C", "server_version_num": "180000", "extra_float_digits": "1",
             "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
@@ -376,12 +376,15 @@ class Session:
             return (yield from self.catalog.create(p))
         if isinstance(p, plan.Select) and p.table is None:
             return (yield from execute.run_select(p, params))
+        rc = self.settings["transaction_isolation"] in plan.ISOLATION_LEVELS[:2]
         if self.xid is None:
-            started = yield ("begin", {})
+            started = yield ("begin", {"isolation": "read committed" if rc else "repeatable read"})
             self.xid = int(started["xid"])
             if self.explicit:
                 self.tx = "T"
-        result = yield from execute.run_plan(p, params)
+        elif rc:  # READ COMMITTED: each statement sees what committed before it began
+            yield ("snapshot", {})
+        result = yield from execute.run_plan(p, params, rc)
         if not self.explicit:
             xid, self.xid = self.xid, None
             yield ("commit", {"xid": xid})
@@ -391,6 +394,8 @@ class Session:
         if u.kind == "begin":
             if self.explicit:
                 self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
+            else:
+                self.settings["transaction_isolation"] = u.value or self.settings["default_transaction_isolation"]
             self.explicit, self.tx = True, ("E" if self.tx == "E" else "T")
             return Result(u.tag)
         if u.kind in ("commit", "rollback"):
@@ -400,6 +405,7 @@ class Session:
             failed = self.tx == "E"
             xid, self.xid = self.xid, None
             self.explicit, self.tx = False, "I"
+            self.settings["transaction_isolation"] = self.settings["default_transaction_isolation"]
             if xid is not None:
                 if u.kind == "commit":
                     yield ("commit", {"xid": xid})
@@ -423,6 +429,8 @@ class Session:
                 raise SqlError("0A000", f"client_encoding {u.value} is not supported; MUHEAM speaks UTF8")
             if u.name == "client_encoding":
                 u.value = "UTF8"
+            if u.name in ("transaction_isolation", "default_transaction_isolation"):
+                return self._set_isolation(u)
             self._set(u.name, u.value)
         elif u.kind == "reset":
             for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",)]:
@@ -433,6 +441,25 @@ class Session:
                 self.statements = {k: v for k, v in self.statements.items() if not k}
             elif self.statements.pop(u.name, None) is None:
                 raise SqlError("26000", f'prepared statement "{u.name}" does not exist')
+        return Result(u.tag)
+
+    def _set_isolation(self, u: Utility) -> Result:
+        """``SET [SESSION CHARACTERISTICS AS] TRANSACTION ISOLATION LEVEL`` and the two settings, as PostgreSQL
+        takes them: the transaction's level only before its first query, the default for the next ones."""
+        level = u.value.strip().strip("'").lower()
+        if level not in plan.ISOLATION_LEVELS:
+            raise SqlError("22023", f'invalid value for parameter "{u.name}": "{u.value}"',
+                           "available values: " + ", ".join(plan.ISOLATION_LEVELS))
+        if u.name == "default_transaction_isolation":
+            self.settings[u.name] = level
+            if not self.explicit:
+                self.settings["transaction_isolation"] = level
+        elif not self.explicit:
+            self._send(wire.msg_notice("25P01", "SET TRANSACTION can only be used in transaction blocks"))
+        elif self.xid is not None:
+            raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query")
+        else:
+            self.settings[u.name] = level
         return Result(u.tag)
 
     def _set(self, name: str, value: str) -> None:

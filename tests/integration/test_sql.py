@@ -138,8 +138,9 @@ def test_psycopg_bank_on_three_nodes(cluster3: tuple[LocalCluster, dict[int, str
     assert not errors, errors
     assert counts["violations"] == 0 and counts["reads"] > 0 and counts["commits"] > 20, counts
 
-    # a serialization failure reaches the client as psycopg's SerializationFailure
+    # under REPEATABLE READ a serialization failure reaches the client as psycopg's SerializationFailure
     with psycopg.connect(conninfo(sql[1])) as slow, psycopg.connect(conninfo(sql[2])) as fast:
+        slow.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         assert slow.execute("SELECT balance FROM bank WHERE id = 0").fetchone() is not None  # snapshot taken
         fast.execute("UPDATE bank SET balance = balance + 1 WHERE id = 0")
         fast.execute("UPDATE bank SET balance = balance - 1 WHERE id = 1")
@@ -251,3 +252,77 @@ def test_a_statement_of_thousands_of_row_operations(cluster3: tuple[LocalCluster
                             ).rowcount == 2500
         assert conn.execute("SELECT count(*), sum(v) FROM many").fetchone() == (
             2500, sum(i % 7 for i in range(1, 5000, 2)))
+
+
+def sessions_counter(c: LocalCluster, node: int, name: str) -> int:
+    ep = next(str(n["client_endpoint"]) for n in c.info["nodes"] if int(n["node_id"]) == node)
+    return int(request(ep, "status", timeout=10, client_key=c.client_key)["counters"]["sessions"][name])
+
+
+def test_read_committed_is_the_default_and_redoes_a_lost_change(
+        cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """PostgreSQL's default level: each statement sees what committed before it, and a change that waited for a
+    concurrent one which then committed is redone on the new version, WHERE checked again (no 40001), across
+    nodes.  REPEATABLE READ keeps its snapshot and fails instead."""
+    c, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE rc (id bigint PRIMARY KEY, v bigint)")
+        setup.execute("INSERT INTO rc VALUES (1, 10), (2, 10), (3, 10), (4, 10)")
+        assert setup.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+    with psycopg.connect(conninfo(sql[2])) as reader, psycopg.connect(conninfo(sql[3])) as rr, \
+            psycopg.connect(conninfo(sql[1]), autocommit=True) as writer:
+        rr.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        assert reader.execute("SELECT v FROM rc WHERE id = 1").fetchone() == (10,)
+        assert rr.execute("SELECT v FROM rc WHERE id = 1").fetchone() == (10,)
+        writer.execute("UPDATE rc SET v = 11 WHERE id = 1")
+        assert reader.execute("SELECT v FROM rc WHERE id = 1").fetchone() == (11,)  # a new statement, a new snapshot
+        assert rr.execute("SELECT v FROM rc WHERE id = 1").fetchone() == (10,)      # the transaction's snapshot
+        with pytest.raises(pgerrors.SerializationFailure):
+            rr.execute("UPDATE rc SET v = v + 1 WHERE id = 1")
+        rr.rollback()
+        reader.commit()
+
+    def blocked(node: int, statement: str) -> tuple[threading.Thread, list[object]]:
+        """Run ``statement`` in a READ COMMITTED transaction on ``node`` that commits; it waits for a row lock."""
+        out: list[object] = []
+
+        def run() -> None:
+            try:
+                with psycopg.connect(conninfo(sql[node])) as conn:
+                    out.append(conn.execute(statement).rowcount)
+                    conn.commit()
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                out.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread, out
+
+    redone = sum(sessions_counter(c, n, "rows_changed") for n in (2, 3))
+    with psycopg.connect(conninfo(sql[1])) as holder:
+        holder.execute("UPDATE rc SET v = v + 1 WHERE id = 2")        # holds row 2 ...
+        holder.execute("UPDATE rc SET v = 0 WHERE id = 3")            # ... and row 3
+        holder.execute("DELETE FROM rc WHERE id = 4")                 # ... and row 4
+        waits = [blocked(2, "UPDATE rc SET v = v + 100 WHERE id = 2"),       # redone on 11: 111
+                 blocked(3, "UPDATE rc SET v = v + 1 WHERE id = 3 AND v > 5"),  # 0 no longer qualifies
+                 blocked(2, "UPDATE rc SET v = 7 WHERE id = 4")]              # the row is gone
+        time.sleep(1.0)  # every one of them waits for the holder's row locks now
+        holder.commit()
+        for thread, _ in waits:
+            thread.join(30)
+    assert [out for _, out in waits] == [[1], [0], [0]]
+    with psycopg.connect(conninfo(sql[3])) as check:
+        assert check.execute("SELECT id, v FROM rc ORDER BY id").fetchall() == [(1, 11), (2, 111), (3, 0)]
+    assert sum(sessions_counter(c, n, "rows_changed") for n in (2, 3)) >= redone + 3
+
+    with psycopg.connect(conninfo(sql[1])) as conn:
+        conn.execute("SELECT 1 FROM rc WHERE id = 1")
+        with pytest.raises(pgerrors.ActiveSqlTransaction):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.rollback()
+        with pytest.raises(pgerrors.InvalidParameterValue):
+            conn.execute("SET default_transaction_isolation = 'sometimes'")
+        conn.rollback()
+        conn.execute("SET default_transaction_isolation = 'repeatable read'")
+        conn.commit()
+        assert conn.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
