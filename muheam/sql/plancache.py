@@ -44,7 +44,9 @@ SIZE = 256
 """Plans kept per connection (least recently used goes first)."""
 
 _LITERAL = re.compile(r"(?<![\w.])\d+(?![\w.])")
-_UNSAFE = re.compile(r"['\"$]|--|/\*")
+_SPLIT = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
+"""``_LITERAL`` as a group: one ``split`` gives the text between the literals and the literals themselves."""
+_UNSAFE = ("'", '"', "$", "--", "/*")
 _INT4 = 1 << 31
 _INT8 = 1 << 63
 _CONSTANTS = ("ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST", "PARAM")
@@ -61,16 +63,17 @@ class PlanCache:
 
     def lookup(self, sql: str, compile_stmt: Compile) -> tuple[Compiled, list[int]] | None:
         """``(plan, literal values)`` for ``sql``, or ``None``: run it the ordinary way."""
-        if _UNSAFE.search(sql):
+        if any(u in sql for u in _UNSAFE):
             return None
-        literals = _LITERAL.findall(sql)
+        parts = _SPLIT.split(sql)
+        literals = parts[1::2]
         if any(len(m) > 19 for m in literals):  # beyond 64 bits (and int() of thousands of digits is refused)
             return None
         values = [int(m) for m in literals]
         if any(v >= _INT8 for v in values):
             return None
         wide = tuple(i for i, v in enumerate(values) if v >= _INT4)
-        key = (_LITERAL.sub("?", sql), wide)
+        key = ("?".join(parts[0::2]), wide)
         entry = self.plans.get(key)
         if entry is None:
             self.counters["misses"] += 1
