@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from locking.messages import Mode
@@ -70,6 +70,8 @@ class _Tx:
     scope: str | None = None
     """The commit scope the client asked for with COMMIT (``muheam.cluster.scopes``)."""
     read_committed: bool = False
+    outstanding: list[Deferred] = field(default_factory=list)
+    """Its row operations' answers (``snapshot`` refuses to move the snapshot under one still unanswered)."""
     """Begun with ``isolation = "read committed"``: a change that loses to a committed one fails with
     ``RowChanged`` and leaves the transaction running, to be redone after ``snapshot`` (the SQL port's READ
     COMMITTED); otherwise it is a ``SerializationFailure`` that aborts it."""
@@ -222,6 +224,12 @@ class Sessions:
         use no more, so the horizon may pass it."""
         self.fence_check()
         tx, reply = self._tx(req), Deferred()
+        if not tx.read_committed:
+            raise RequestError("bad_request", "snapshot: only a transaction begun with isolation 'read committed' "
+                               "takes a new snapshot")
+        if any(not d.done for d in tx.outstanding):  # a scan page or a copy in flight was asked for the old one
+            raise RequestError("bad_request", "snapshot: an operation of this transaction is still unanswered; "
+                               "take a new snapshot between operations")
         self.snapshots.answer(tx, reply, self.snapshots.take(tx), time.monotonic() + self.lock_timeout)
         return reply
 
@@ -241,6 +249,8 @@ class Sessions:
         self.fence_check()
         tx = self._tx(req)
         reply = Deferred()
+        if tx.read_committed:
+            tx.outstanding = [d for d in tx.outstanding if not d.done] + [reply]
         deadline = time.monotonic() + self.lock_timeout
 
         def attempt() -> None:
@@ -563,7 +573,7 @@ class Sessions:
         for bw in self.snapshots.expired(now):
             assert isinstance(bw.tx, _Tx)
             self._fail_tx(bw.tx, bw.reply, LockTimeout(
-                f"begin waited {self.lock_timeout:g} s for the outcome of prepared transactions "
+                f"a snapshot waited {self.lock_timeout:g} s for the outcome of prepared transactions "
                 f"{sorted(bw.waits)} (their node may have failed)"))
         for tx in [t for t in self.txns.values() if now - t.last_active > self.idle_timeout]:
             log.warning("aborting transaction %d: idle for more than %g s", tx.txn.xid, self.idle_timeout)

@@ -176,8 +176,19 @@ def _key(e: Expr, params: Params) -> int:
     return int(to_column(e.fn({}, params), "int64", "key"))
 
 
+@dataclass
+class Redo:
+    """One statement's READ COMMITTED bookkeeping: may it redo a change that lost to a committed one (``rc``),
+    and has a redo moved its snapshot (``moved``: the rows it read before are then read again, WHERE checked
+    again, before each is changed or locked; computed from the old read, a later row's change would overwrite
+    a commit the new snapshot sees)."""
+
+    rc: bool = False
+    moved: bool = False
+
+
 def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
-          lock: bool = False, rc: bool = False) -> Generator[Request, Any, list[Row]]:
+          lock: bool = False, redo: Redo | None = None) -> Generator[Request, Any, list[Row]]:
     rows: list[Row] = []
     name, key = table.name, table.key
     if points is not None:
@@ -202,15 +213,16 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
         wf = where.fn
         rows = [r for r in rows if wf(r, params)]
     if lock:
+        redo = redo or Redo()
         locked = []
         for r in rows:
-            row: Row | None = r
-            tries = [0]
+            k, tries = r[key], [0]
+            row = yield from _again(table, r, where, params, redo)
             while row is not None:
                 try:
-                    yield ("lock", {"table": name, "key": row[key]})
+                    yield ("lock", {"table": name, "key": k})
                 except OpFailed as exc:
-                    row = yield from _redo(exc, table, row[key], where, params, rc, tries)
+                    row = yield from _redo(exc, table, k, where, params, redo, tries)
                     continue
                 locked.append(row)
                 break
@@ -223,23 +235,34 @@ REDO_LIMIT = 100
 fails with 40001 (PostgreSQL redoes it without limit; a row changed this often is better retried whole)."""
 
 
-def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params: Params,
-          rc: bool, tries: list[int]) -> Generator[Request, Any, Row | None]:
-    """A row change lost to a transaction that committed after the snapshot.  Under REPEATABLE READ (or after
-    ``REDO_LIMIT`` tries) the error stands.  Under READ COMMITTED the change is redone on the newest version, as
-    PostgreSQL's EvalPlanQual does: a new snapshot (it sees that commit), the row read again and WHERE checked
-    again; ``None`` when the row is gone or no longer qualifies (the statement skips it)."""
-    if not rc or exc.code != "RowChanged":
-        raise exc
-    tries[0] += 1
-    if tries[0] > REDO_LIMIT:
-        raise exc
-    yield ("snapshot", {})
+def _again(table: TableInfo, row: Row, where: Expr | None, params: Params,
+           redo: Redo) -> Generator[Request, Any, Row | None]:
+    """``row`` as the statement's snapshot sees it now: as read, or after a redo moved the snapshot, read again
+    (``None``: gone, or no longer matching WHERE)."""
+    if not redo.moved:
+        return row
+    key = row[table.key]
     found = yield ("get", {"table": table.name, "key": key})
     if found is None:
         return None
     found[table.key] = key
     return found if where is None or where.fn(found, params) else None
+
+
+def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params: Params,
+          redo: Redo, tries: list[int]) -> Generator[Request, Any, Row | None]:
+    """A row change lost to a transaction that committed after the snapshot.  Under REPEATABLE READ (or after
+    ``REDO_LIMIT`` tries) the error stands.  Under READ COMMITTED the change is redone on the newest version, as
+    PostgreSQL's EvalPlanQual does: a new snapshot (it sees that commit), the row read again and WHERE checked
+    again; ``None`` when the row is gone or no longer qualifies (the statement skips it)."""
+    if not redo.rc or exc.code != "RowChanged":
+        raise exc
+    tries[0] += 1
+    if tries[0] > REDO_LIMIT:
+        raise exc
+    yield ("snapshot", {})
+    redo.moved = True
+    return (yield from _again(table, {table.key: key}, where, params, redo))
 
 
 def _count(e: Expr | None, params: Params) -> int | None:
@@ -254,12 +277,12 @@ def _count(e: Expr | None, params: Params) -> int | None:
     return n
 
 
-def run_select(plan: Select, params: Params, rc: bool = False) -> Gen:
+def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
     if plan.table is None:
         if plan.where is not None and not plan.where.fn({}, params):
             return Result("SELECT 0")
         return Result("SELECT 1", [[t.fn({}, params) for t in plan.targets]])
-    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, rc)
+    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, redo)
     if plan.aggs is not None:
         return Result("SELECT 1", [[_aggregate(a.func, a.arg, rows, params) for a in plan.aggs]])
     for expr, desc in reversed(plan.order):
@@ -290,7 +313,7 @@ def _defaults(table: TableInfo) -> Row:
     return {c: 0 if k == "int64" else 0.0 if k == "float64" else "" for c, k in table.columns.items()}
 
 
-def run_insert(plan: Insert, params: Params, rc: bool = False) -> Gen:
+def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:
     table, out = plan.table, []
     for exprs in plan.rows:
         row = _defaults(table)
@@ -305,20 +328,21 @@ def run_insert(plan: Insert, params: Params, rc: bool = False) -> Gen:
                 yield ("insert", {"table": table.name, "key": key, "row": row})
                 break
             except OpFailed as exc:  # READ COMMITTED: the key was inserted or deleted by a later commit; look again
-                if not rc or exc.code != "RowChanged" or tries == REDO_LIMIT:
+                if redo is None or not redo.rc or exc.code != "RowChanged" or tries == REDO_LIMIT:
                     raise
                 yield ("snapshot", {})
+                redo.moved = True
         if plan.returning:
             full = {**row, table.key: key}
             out.append([t.fn(full, params) for t in plan.returning])
     return Result(f"INSERT 0 {len(plan.rows)}", out)
 
 
-def run_update(plan: Update, params: Params, rc: bool = False) -> Gen:
-    table, out, done = plan.table, [], 0
+def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
+    table, out, done, redo = plan.table, [], 0, redo or Redo()
     for first in (yield from _read(table, plan.where, plan.points, params)):
-        row: Row | None = first
         key, tries = first[table.key], [0]
+        row = yield from _again(table, first, plan.where, params, redo)
         while row is not None:
             if plan.add is not None:
                 col, delta_e, sign = plan.add
@@ -331,7 +355,7 @@ def run_update(plan: Update, params: Params, rc: bool = False) -> Gen:
             try:
                 yield request
             except OpFailed as exc:
-                row = yield from _redo(exc, table, key, plan.where, params, rc, tries)
+                row = yield from _redo(exc, table, key, plan.where, params, redo, tries)
                 continue
             row.update(changes)  # an add's new value as computed from the version read: returned, not stored
             done += 1
@@ -341,16 +365,16 @@ def run_update(plan: Update, params: Params, rc: bool = False) -> Gen:
     return Result(f"UPDATE {done}", out)
 
 
-def run_delete(plan: Delete, params: Params, rc: bool = False) -> Gen:
-    table, out, done = plan.table, [], 0
+def run_delete(plan: Delete, params: Params, redo: Redo | None = None) -> Gen:
+    table, out, done, redo = plan.table, [], 0, redo or Redo()
     for first in (yield from _read(table, plan.where, plan.points, params)):
-        row: Row | None = first
         key, tries = first[table.key], [0]
+        row = yield from _again(table, first, plan.where, params, redo)
         while row is not None:
             try:
                 yield ("delete", {"table": table.name, "key": key})
             except OpFailed as exc:
-                row = yield from _redo(exc, table, key, plan.where, params, rc, tries)
+                row = yield from _redo(exc, table, key, plan.where, params, redo, tries)
                 continue
             done += 1
             if plan.returning:
@@ -362,13 +386,14 @@ def run_delete(plan: Delete, params: Params, rc: bool = False) -> Gen:
 def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool = False) -> Gen:
     """The statement; ``rc``: its transaction runs READ COMMITTED (a change that loses to a committed one is
     redone on the newest version, see ``_redo``)."""
+    redo = Redo(rc)
     if isinstance(plan, Select):
-        return run_select(plan, params, rc)
+        return run_select(plan, params, redo)
     if isinstance(plan, Insert):
-        return run_insert(plan, params, rc)
+        return run_insert(plan, params, redo)
     if isinstance(plan, Update):
-        return run_update(plan, params, rc)
-    return run_delete(plan, params, rc)
+        return run_update(plan, params, redo)
+    return run_delete(plan, params, redo)
 
 
 def encode_rows(result: Result, oids: list[int], formats: list[int] | None) -> list[bytes]:

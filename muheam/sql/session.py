@@ -80,6 +80,8 @@ class Session:
         self.tx = "I"
         self.explicit = False
         self.xid: int | None = None
+        self.rc = False
+        """The running transaction's level, fixed when it took its XID: READ COMMITTED (or REPEATABLE READ)."""
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.scram: ScramExchange | None = None
@@ -376,15 +378,15 @@ class Session:
             return (yield from self.catalog.create(p))
         if isinstance(p, plan.Select) and p.table is None:
             return (yield from execute.run_select(p, params))
-        rc = self.settings["transaction_isolation"] in plan.ISOLATION_LEVELS[:2]
         if self.xid is None:
-            started = yield ("begin", {"isolation": "read committed" if rc else "repeatable read"})
+            self.rc = self.settings["transaction_isolation"] in plan.ISOLATION_LEVELS[:2]
+            started = yield ("begin", {"isolation": "read committed" if self.rc else "repeatable read"})
             self.xid = int(started["xid"])
             if self.explicit:
                 self.tx = "T"
-        elif rc:  # READ COMMITTED: each statement sees what committed before it began
+        elif self.rc:  # READ COMMITTED: each statement sees what committed before it began
             yield ("snapshot", {})
-        result = yield from execute.run_plan(p, params, rc)
+        result = yield from execute.run_plan(p, params, self.rc)
         if not self.explicit:
             xid, self.xid = self.xid, None
             yield ("commit", {"xid": xid})
@@ -433,8 +435,15 @@ class Session:
                 return self._set_isolation(u)
             self._set(u.name, u.value)
         elif u.kind == "reset":
-            for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",)]:
-                if name in DEFAULTS:
+            # RESET ALL leaves the transaction's level alone (as PostgreSQL does); the isolation settings go
+            # through the same checks as SET
+            for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",
+                                                                                 "transaction_isolation")]:
+                if name in ("transaction_isolation", "default_transaction_isolation"):
+                    default = (self.settings["default_transaction_isolation"] if name == "transaction_isolation"
+                               else DEFAULTS[name])
+                    self._set_isolation(Utility("set", u.tag, name, default))
+                elif name in DEFAULTS:
                     self._set(name, DEFAULTS[name])
         elif u.kind == "deallocate":
             if u.tag == "DEALLOCATE ALL":

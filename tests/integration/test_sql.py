@@ -18,7 +18,7 @@ import pytest
 from psycopg import errors as pgerrors
 
 from muheam.bench import pgbase
-from muheam.client import request
+from muheam.client import ClientError, connect, request
 from muheam.sql.plan import DEFAULT_BUCKETS
 from tests.support.cluster import LocalCluster, _started_dirs, kill_leftovers, run_cli
 
@@ -326,3 +326,64 @@ def test_read_committed_is_the_default_and_redoes_a_lost_change(
         conn.execute("SET default_transaction_isolation = 'repeatable read'")
         conn.commit()
         assert conn.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
+
+
+def test_read_committed_reads_the_other_rows_again_after_a_redo(
+        cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """A statement over rows 5 and 6 waits for row 5; meanwhile row 6 is changed (or deleted) and committed.
+    When row 5's change is redone under a new snapshot, row 6 must be read again under it: computed from the
+    old read, the UPDATE overwrote the committed 50 (a lost update), the DELETE case aborted on a key that was
+    gone, and FOR UPDATE returned the old value of the row it locked.  And the level is the transaction's:
+    RESET inside a REPEATABLE READ transaction does not move its snapshot."""
+    c, sql = cluster3
+
+    def scenario(table: str, statement: str, meanwhile: str) -> tuple[object, list[tuple[int, int]]]:
+        with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+            setup.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, v bigint)")
+            setup.execute(f"INSERT INTO {table} VALUES (5, 10), (6, 10)")
+        out: list[object] = []
+
+        def run() -> None:
+            try:
+                with psycopg.connect(conninfo(sql[2])) as conn:
+                    cur = conn.execute(statement)
+                    out.append((cur.rowcount, sorted(cur.fetchall()) if cur.description else None))
+                    conn.commit()
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                out.append(exc)
+
+        with psycopg.connect(conninfo(sql[1])) as holder:
+            holder.execute(f"UPDATE {table} SET v = 20 WHERE id = 5")
+            thread = threading.Thread(target=run)
+            thread.start()
+            time.sleep(1.0)  # it read both rows and waits for row 5
+            with psycopg.connect(conninfo(sql[3]), autocommit=True) as other:
+                other.execute(meanwhile)
+            holder.commit()
+            thread.join(30)
+        with psycopg.connect(conninfo(sql[3])) as check:
+            return out[0], check.execute(f"SELECT id, v FROM {table} ORDER BY id").fetchall()
+
+    assert scenario("ru", "UPDATE ru SET v = v * 2 WHERE id IN (5, 6) RETURNING id, v",
+                    "UPDATE ru SET v = 50 WHERE id = 6") == ((2, [(5, 40), (6, 100)]), [(5, 40), (6, 100)])
+    assert scenario("rd", "UPDATE rd SET v = v * 2 WHERE id IN (5, 6) RETURNING id, v",
+                    "DELETE FROM rd WHERE id = 6") == ((1, [(5, 40)]), [(5, 40)])
+    assert scenario("rl", "SELECT id, v FROM rl WHERE id IN (5, 6) FOR UPDATE",
+                    "UPDATE rl SET v = 50 WHERE id = 6") == ((2, [(5, 20), (6, 50)]), [(5, 20), (6, 50)])
+
+    with psycopg.connect(conninfo(sql[1])) as rr, psycopg.connect(conninfo(sql[2]), autocommit=True) as writer:
+        rr.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        assert rr.execute("SELECT v FROM ru WHERE id = 5").fetchone() == (40,)
+        writer.execute("UPDATE ru SET v = 41 WHERE id = 5")
+        rr.execute("RESET ALL")
+        assert rr.execute("SELECT v FROM ru WHERE id = 5").fetchone() == (40,)
+        with pytest.raises(pgerrors.ActiveSqlTransaction):
+            rr.execute("RESET transaction_isolation")
+        rr.rollback()
+    # the node refuses to move the snapshot of a transaction that is not READ COMMITTED
+    ep = next(str(n["client_endpoint"]) for n in c.info["nodes"] if int(n["node_id"]) == 1)
+    with connect(ep, key=c.client_key) as conn:
+        xid = conn.call("begin")["xid"]
+        with pytest.raises(ClientError, match="read committed"):
+            conn.call("snapshot", xid=xid)
+        conn.call("rollback", xid=xid)
