@@ -213,20 +213,8 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
         wf = where.fn
         rows = [r for r in rows if wf(r, params)]
     if lock:
-        redo = redo or Redo()
-        locked = []
-        for r in rows:
-            k, tries = r[key], [0]
-            row = yield from _again(table, r, where, params, redo)
-            while row is not None:
-                try:
-                    yield ("lock", {"table": name, "key": k})
-                except OpFailed as exc:
-                    row = yield from _redo(exc, table, k, where, params, redo, tries)
-                    continue
-                locked.append(row)
-                break
-        rows = locked
+        rows = yield from _change_rows(table, rows, where, params, redo or Redo(),
+                                       lambda row: (("lock", {"table": name, "key": row[key]}), row))
     return rows
 
 
@@ -263,6 +251,27 @@ def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params:
     yield ("snapshot", {})
     redo.moved = True
     return (yield from _again(table, {table.key: key}, where, params, redo))
+
+
+def _change_rows(table: TableInfo, rows: list[Row], where: Expr | None, params: Params, redo: Redo,
+                 change: Callable[[Row], tuple[Request, Row]]) -> Generator[Request, Any, list[Row]]:
+    """Send ``change(row)``'s request for each row (an update, delete or lock), reading a row again first once a
+    redo has moved the snapshot (``_again``) and redoing a change that lost to a commit (``_redo``); returns the
+    rows changed, as ``change`` says they are after it."""
+    changed = []
+    for first in rows:
+        key, tries = first[table.key], [0]
+        row = yield from _again(table, first, where, params, redo)
+        while row is not None:
+            request, after = change(row)
+            try:
+                yield request
+            except OpFailed as exc:
+                row = yield from _redo(exc, table, key, where, params, redo, tries)
+                continue
+            changed.append(after)
+            break
+    return changed
 
 
 def _count(e: Expr | None, params: Params) -> int | None:
@@ -339,48 +348,32 @@ def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:
 
 
 def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
-    table, out, done, redo = plan.table, [], 0, redo or Redo()
-    for first in (yield from _read(table, plan.where, plan.points, params)):
-        key, tries = first[table.key], [0]
-        row = yield from _again(table, first, plan.where, params, redo)
-        while row is not None:
-            if plan.add is not None:
-                col, delta_e, sign = plan.add
-                delta = sign * to_column(delta_e.fn(row, params), table.columns[col], col)
-                request: Request = ("add", {"table": table.name, "key": key, "column": col, "delta": delta})
-                changes = {col: row[col] + delta}
-            else:
-                changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
-                request = ("update", {"table": table.name, "key": key, "changes": changes})
-            try:
-                yield request
-            except OpFailed as exc:
-                row = yield from _redo(exc, table, key, plan.where, params, redo, tries)
-                continue
-            row.update(changes)  # an add's new value as computed from the version read: returned, not stored
-            done += 1
-            if plan.returning:
-                out.append([t.fn(row, params) for t in plan.returning])
-            break
-    return Result(f"UPDATE {done}", out)
+    table = plan.table
+
+    def change(row: Row) -> tuple[Request, Row]:
+        key = row[table.key]
+        if plan.add is not None:
+            col, delta_e, sign = plan.add
+            delta = sign * to_column(delta_e.fn(row, params), table.columns[col], col)
+            # the new value as computed from the version read: returned, not stored (the engine adds)
+            return ("add", {"table": table.name, "key": key, "column": col, "delta": delta}), \
+                {**row, col: row[col] + delta}
+        changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
+        return ("update", {"table": table.name, "key": key, "changes": changes}), {**row, **changes}
+
+    rows = yield from _read(table, plan.where, plan.points, params)
+    changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(), change)
+    return Result(f"UPDATE {len(changed)}", [[t.fn(r, params) for t in plan.returning] for r in changed]
+                  if plan.returning else [])
 
 
 def run_delete(plan: Delete, params: Params, redo: Redo | None = None) -> Gen:
-    table, out, done, redo = plan.table, [], 0, redo or Redo()
-    for first in (yield from _read(table, plan.where, plan.points, params)):
-        key, tries = first[table.key], [0]
-        row = yield from _again(table, first, plan.where, params, redo)
-        while row is not None:
-            try:
-                yield ("delete", {"table": table.name, "key": key})
-            except OpFailed as exc:
-                row = yield from _redo(exc, table, key, plan.where, params, redo, tries)
-                continue
-            done += 1
-            if plan.returning:
-                out.append([t.fn(row, params) for t in plan.returning])
-            break
-    return Result(f"DELETE {done}", out)
+    table = plan.table
+    rows = yield from _read(table, plan.where, plan.points, params)
+    changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(),
+                                      lambda row: (("delete", {"table": table.name, "key": row[table.key]}), row))
+    return Result(f"DELETE {len(changed)}", [[t.fn(r, params) for t in plan.returning] for r in changed]
+                  if plan.returning else [])
 
 
 def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool = False) -> Gen:
