@@ -54,6 +54,9 @@ class Utility:
     tag: str
     name: str = ""
     value: str = ""
+    settings: tuple[tuple[str, str], ...] = ()
+    """BEGIN's and SET TRANSACTION's characteristics: (``transaction_isolation`` or ``transaction_read_only``, or
+    their ``default_`` forms for SET SESSION CHARACTERISTICS, value)."""
 
 
 DEFAULT_BUCKETS = 256
@@ -176,23 +179,27 @@ READ COMMITTED, the last two as snapshot isolation (PostgreSQL's REPEATABLE READ
 snapshot isolation, so SERIALIZABLE allows write skew here)."""
 
 
-def _isolation(options: Any) -> str:
-    """The isolation level among ``options`` (DefElems of BEGIN or SET TRANSACTION), or "" for none."""
+def _characteristics(options: Any, prefix: str = "") -> tuple[tuple[str, str], ...]:
+    """The isolation level and access mode among ``options`` (DefElems of BEGIN or SET TRANSACTION), as
+    settings (``prefix`` "default_" for the session's); DEFERRABLE has no effect here."""
+    out = []
     for opt in options or ():
         if opt.defname == "transaction_isolation":
             level = str(opt.arg.val.sval)
             if level not in ISOLATION_LEVELS:
                 raise unsupported(f"isolation level {level}")
-            return level
-    return ""
+            out.append((prefix + "transaction_isolation", level))
+        elif opt.defname == "transaction_read_only":
+            out.append((prefix + "transaction_read_only", "on" if opt.arg.val.ival else "off"))
+    return tuple(out)
 
 
 def _transaction(stmt: Any) -> Utility:
     kind = stmt.kind
-    level = _isolation(stmt.options)
+    settings = _characteristics(stmt.options)
     if kind in (enums.TransactionStmtKind.TRANS_STMT_BEGIN, enums.TransactionStmtKind.TRANS_STMT_START):
         return Utility("begin", "BEGIN" if kind == enums.TransactionStmtKind.TRANS_STMT_BEGIN else "START TRANSACTION",
-                       value=level)
+                       settings=settings)
     if kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT:
         return Utility("commit", "COMMIT")
     if kind == enums.TransactionStmtKind.TRANS_STMT_ROLLBACK:
@@ -211,11 +218,8 @@ def _set(stmt: Any) -> Utility:
         return Utility("reset", "RESET")
     name = _setting_name(stmt.name or "")
     if kind == enums.VariableSetKind.VAR_SET_MULTI:  # SET TRANSACTION / SESSION CHARACTERISTICS
-        level = _isolation(stmt.args)
-        if not level:
-            return Utility("noop", "SET")
-        return Utility("set", "SET", "transaction_isolation" if stmt.name == "TRANSACTION"
-                       else "default_transaction_isolation", level)
+        settings = _characteristics(stmt.args, "" if stmt.name == "TRANSACTION" else "default_")
+        return Utility("set", "SET", settings=settings) if settings else Utility("noop", "SET")
     if kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT):
         return Utility("reset", "RESET" if kind == enums.VariableSetKind.VAR_RESET else "SET", name)
     if kind != enums.VariableSetKind.VAR_SET_VALUE:

@@ -48,6 +48,20 @@ DEFAULTS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO
             "synchronous_commit": "on", "transaction_read_only": "off", "bytea_output": "hex"}
 
 
+_CHARACTERISTICS = ("transaction_isolation", "transaction_read_only")
+"""Per-transaction settings, each with a session default ``default_<name>``."""
+_BOOLEANS = {"on": "on", "true": "on", "yes": "on", "1": "on", "off": "off", "false": "off", "no": "off", "0": "off"}
+
+
+def _write_verb(p: Any) -> str:
+    """What a read-only transaction refuses to run, by name ("" for a statement it may run)."""
+    if isinstance(p, CreateTable):
+        return "CREATE TABLE"
+    if isinstance(p, plan.Select):
+        return "SELECT FOR UPDATE" if p.lock else ""
+    return {plan.Insert: "INSERT", plan.Update: "UPDATE", plan.Delete: "DELETE"}.get(type(p), "")
+
+
 @dataclass
 class Prepared:
     compiled: Compiled | None  # None: an empty query
@@ -374,6 +388,10 @@ class Session:
             return (yield from self._utility(p))
         if self.tx == "E":
             raise _aborted()
+        if self.settings["transaction_read_only"] == "on":
+            verb = _write_verb(p)
+            if verb:
+                raise SqlError("25006", f"cannot execute {verb} in a read-only transaction")
         if isinstance(p, CreateTable):
             return (yield from self.catalog.create(p))
         if isinstance(p, plan.Select) and p.table is None:
@@ -396,9 +414,10 @@ class Session:
         if u.kind == "begin":
             if self.explicit:
                 self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
-            else:
-                self.settings["transaction_isolation"] = u.value or self.settings["default_transaction_isolation"]
+                return Result(u.tag)
             self.explicit, self.tx = True, ("E" if self.tx == "E" else "T")
+            for setting, val in u.settings:
+                self._characteristic(setting, val)
             return Result(u.tag)
         if u.kind in ("commit", "rollback"):
             if not self.explicit:
@@ -407,7 +426,8 @@ class Session:
             failed = self.tx == "E"
             xid, self.xid = self.xid, None
             self.explicit, self.tx = False, "I"
-            self.settings["transaction_isolation"] = self.settings["default_transaction_isolation"]
+            for name in _CHARACTERISTICS:
+                self._set(name, self.settings["default_" + name])
             if xid is not None:
                 if u.kind == "commit":
                     yield ("commit", {"xid": xid})
@@ -431,18 +451,20 @@ class Session:
                 raise SqlError("0A000", f"client_encoding {u.value} is not supported; MUHEAM speaks UTF8")
             if u.name == "client_encoding":
                 u.value = "UTF8"
-            if u.name in ("transaction_isolation", "default_transaction_isolation"):
-                return self._set_isolation(u)
-            self._set(u.name, u.value)
+            for setting, val in u.settings or ((u.name, u.value),):
+                if setting.removeprefix("default_") in _CHARACTERISTICS:
+                    self._characteristic(setting, val)
+                else:
+                    self._set(setting, val)
         elif u.kind == "reset":
-            # RESET ALL leaves the transaction's level alone (as PostgreSQL does); the isolation settings go
-            # through the same checks as SET
+            # RESET ALL leaves the running transaction's characteristics alone (as PostgreSQL does); they and
+            # their defaults go through the same checks as SET
             for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",
-                                                                                 "transaction_isolation")]:
-                if name in ("transaction_isolation", "default_transaction_isolation"):
-                    default = (self.settings["default_transaction_isolation"] if name == "transaction_isolation"
-                               else DEFAULTS[name])
-                    self._set_isolation(Utility("set", u.tag, name, default))
+                                                                                 *_CHARACTERISTICS)]:
+                if name in _CHARACTERISTICS:
+                    self._characteristic(name, self.settings["default_" + name])
+                elif name.removeprefix("default_") in _CHARACTERISTICS:
+                    self._characteristic(name, DEFAULTS[name])
                 elif name in DEFAULTS:
                     self._set(name, DEFAULTS[name])
         elif u.kind == "deallocate":
@@ -452,24 +474,31 @@ class Session:
                 raise SqlError("26000", f'prepared statement "{u.name}" does not exist')
         return Result(u.tag)
 
-    def _set_isolation(self, u: Utility) -> Result:
-        """``SET [SESSION CHARACTERISTICS AS] TRANSACTION ISOLATION LEVEL`` and the two settings, as PostgreSQL
-        takes them: the transaction's level only before its first query, the default for the next ones."""
-        level = u.value.strip().strip("'").lower()
-        if level not in plan.ISOLATION_LEVELS:
-            raise SqlError("22023", f'invalid value for parameter "{u.name}": "{u.value}"',
+    def _characteristic(self, name: str, value: str) -> None:
+        """A transaction characteristic (isolation level, read-only) or its session default (``default_...``), as
+        PostgreSQL takes them: the transaction's own only inside a transaction block and, but for making it
+        read-only, before its first query; a default from the next transaction on (at once outside one)."""
+        base = name.removeprefix("default_")
+        v = value.strip().strip("'").lower()
+        if base == "transaction_isolation" and v not in plan.ISOLATION_LEVELS:
+            raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"',
                            "available values: " + ", ".join(plan.ISOLATION_LEVELS))
-        if u.name == "default_transaction_isolation":
-            self.settings[u.name] = level
+        if base == "transaction_read_only":
+            v = _BOOLEANS.get(v, "")
+            if not v:
+                raise SqlError("22023", f'parameter "{name}" requires a Boolean value')
+        if name != base:
+            self._set(name, v)
             if not self.explicit:
-                self.settings["transaction_isolation"] = level
+                self._set(base, v)
         elif not self.explicit:
             self._send(wire.msg_notice("25P01", "SET TRANSACTION can only be used in transaction blocks"))
-        elif self.xid is not None:
-            raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query")
+        elif self.xid is not None and v != self.settings[base] and (base == "transaction_isolation" or v == "off"):
+            raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query"
+                           if base == "transaction_isolation" else
+                           "transaction read-write mode must be set before any query")
         else:
-            self.settings[u.name] = level
-        return Result(u.tag)
+            self._set(base, v)
 
     def _set(self, name: str, value: str) -> None:
         self.settings[name] = value

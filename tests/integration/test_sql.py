@@ -387,3 +387,38 @@ def test_read_committed_reads_the_other_rows_again_after_a_redo(
         with pytest.raises(ClientError, match="read committed"):
             conn.call("snapshot", xid=xid)
         conn.call("rollback", xid=xid)
+
+
+def test_a_read_only_transaction_refuses_to_write(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """BEGIN READ ONLY, SET TRANSACTION READ ONLY and default_transaction_read_only were accepted and ignored:
+    the transaction then wrote.  Now its writes fail with 25006 and nothing is written."""
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[2]), autocommit=True) as conn:
+        conn.execute("CREATE TABLE ro (id bigint PRIMARY KEY, v bigint)")
+        conn.execute("INSERT INTO ro VALUES (1, 1)")
+        conn.execute("BEGIN READ ONLY")
+        assert conn.execute("SELECT v FROM ro WHERE id = 1").fetchone() == (1,)
+        with pytest.raises(pgerrors.ReadOnlySqlTransaction, match="cannot execute INSERT"):
+            conn.execute("INSERT INTO ro VALUES (2, 2)")
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("SET TRANSACTION READ ONLY")
+        with pytest.raises(pgerrors.ReadOnlySqlTransaction, match="cannot execute SELECT FOR UPDATE"):
+            conn.execute("SELECT v FROM ro WHERE id = 1 FOR UPDATE")
+        conn.execute("ROLLBACK")
+        conn.execute("SET default_transaction_read_only = on")
+        assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        for statement, verb in (("UPDATE ro SET v = 5 WHERE id = 1", "UPDATE"), ("DELETE FROM ro", "DELETE"),
+                                ("CREATE TABLE ro2 (id bigint PRIMARY KEY)", "CREATE TABLE")):
+            with pytest.raises(pgerrors.ReadOnlySqlTransaction, match=f"cannot execute {verb}"):
+                conn.execute(statement)
+        conn.execute("BEGIN")
+        assert conn.execute("SELECT count(*) FROM ro").fetchone() == (1,)
+        with pytest.raises(pgerrors.ActiveSqlTransaction):
+            conn.execute("SET TRANSACTION READ WRITE")
+        conn.execute("ROLLBACK")
+        conn.execute("RESET default_transaction_read_only")
+        conn.execute("UPDATE ro SET v = 5 WHERE id = 1")
+        assert conn.execute("SELECT id, v FROM ro").fetchall() == [(1, 5)]
+        with pytest.raises(pgerrors.InvalidParameterValue):
+            conn.execute("SET default_transaction_read_only = sometimes")
