@@ -152,39 +152,35 @@ def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: 
 
 
 @bench.command("pgbench")
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
-@report_option
+@output_options
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--scale", type=click.IntRange(1, 100), default=4, show_default=True,
               help="Branches; 10 tellers and 10,000 accounts per branch.")
 @click.option("--three-nodes/--no-three-nodes", default=True, show_default=True,
               help="Also run MUHEAM with 3 nodes, the clients spread over them.")
-@without_report
-def bench_pgbench(fmt: str, seconds: float, clients: int, scale: int, three_nodes: bool) -> None:
+def bench_pgbench(fmt: str, as_json: bool, seconds: float, clients: int, scale: int, three_nodes: bool) -> None:
     """pgbench's TPC-B-like transaction (branches, tellers, accounts, history; tables made through SQL) with the
     real pgbench on standalone PostgreSQL and on MUHEAM's SQL ports, 1 node and 3 nodes; every run's sums are
     checked afterwards (consistent_*)."""
     from muheam.bench.pgbench import run
 
-    result = run(seconds=seconds, clients=clients, scale=scale, three_nodes=three_nodes)
-    write_report(result)
-    emit(result, fmt)
+    show(run(seconds=seconds, clients=clients, scale=scale, three_nodes=three_nodes), fmt, as_json)
 
 
 @bench.command("replicate")
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@output_options
 @click.option("--seconds", type=click.FloatRange(1, 600), default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=6, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Connections of the live replicator (the replays try 1, 2, 4 and 8).")
-def bench_replicate(fmt: str, seconds: float, clients: int, accounts: int, workers: int) -> None:
+def bench_replicate(fmt: str, as_json: bool, seconds: float, clients: int, accounts: int, workers: int) -> None:
     """A PostgreSQL replica of 3 nodes under the bank load: commit rate, apply rate (1 and best worker count),
     lag from commit on the cluster to commit on the replica (p50, p99)."""
     from muheam.bench.replicate import run
 
-    emit(run(seconds=seconds, clients=clients, accounts=accounts, live_workers=workers), fmt)
+    show(run(seconds=seconds, clients=clients, accounts=accounts, live_workers=workers), fmt, as_json)
 
 
 @bench.command("recovery")
