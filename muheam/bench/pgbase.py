@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import psycopg
 from psycopg import errors as pgerrors
 
+from muheam.bench import BenchmarkFailed
 from muheam.bench.workloads import bank
 from muheam.ops.procs import free_port
 
@@ -152,14 +153,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], conninfo: str, log: Path) -> None
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"postgres exited with {proc.returncode} while starting:\n"
+            raise BenchmarkFailed(f"postgres exited with {proc.returncode} while starting:\n"
                                f"{log.read_text(errors='replace')[-3000:]}")
         try:
             with psycopg.connect(conninfo, connect_timeout=2):
                 return
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not accept connections within {START_TIMEOUT:g} s:\n"
+                raise BenchmarkFailed(f"postgres did not accept connections within {START_TIMEOUT:g} s:\n"
                                    f"{log.read_text(errors='replace')[-3000:]}") from None
             time.sleep(0.1)
 

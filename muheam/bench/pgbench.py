@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -33,6 +35,7 @@ from typing import Any
 
 import psycopg
 
+from muheam.bench import BenchmarkFailed
 from muheam.bench import pgbase
 from muheam.ops import cluster as cluster_mod
 
@@ -99,26 +102,24 @@ def check(conninfo: str) -> dict[str, Any]:
 
 
 def _pgbench(conninfo: str, script: Path, seconds: float, clients: int) -> subprocess.Popen[str]:
+    """One pgbench with a seed of its own: pgbench seeds from the clock, so pgbench processes started together
+    (one per node) could draw the same numbers, and the same history keys collide (23505 ends a run)."""
     parts = dict(p.split("=", 1) for p in conninfo.split())
     cmd = [str(pgbase._bin_dir() / "pgbench"), "-n", "-h", parts["host"], "-p", parts["port"], "-U", "postgres",
            "-f", str(script), "-T", str(max(1, int(seconds))), "-c", str(clients), "-j", "1",
-           "--max-tries", "1000", "postgres"]
+           "--max-tries", "1000", f"--random-seed={secrets.randbits(62)}", "postgres"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _parse(proc: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=seconds + 120)
-
+def _parse(returncode: int, out: str) -> dict[str, Any]:
     def num(pattern: str) -> float:
         m = re.search(pattern, out)
         return float(m.group(1)) if m else 0.0
 
-    if proc.returncode != 0 and "tps =" not in out:
-        raise RuntimeError(f"pgbench failed ({proc.returncode}):\n{out[-2000:]}")
     return {"tps": num(r"tps = ([\d.]+)"), "transactions": int(num(r"actually processed: (\d+)")),
             "failed": int(num(r"number of failed transactions: (\d+)")),
             "retried": int(num(r"number of transactions retried: (\d+)")),
-            "latency_ms": num(r"latency average = ([\d.]+) ms"), "exit_code": proc.returncode}
+            "latency_ms": num(r"latency average = ([\d.]+) ms"), "exit_code": returncode}
 
 
 def run_pgbench(conninfos: list[str], script: Path, seconds: float, clients: int) -> dict[str, Any]:
@@ -126,7 +127,12 @@ def run_pgbench(conninfos: list[str], script: Path, seconds: float, clients: int
     the average over every transaction)."""
     share = [clients // len(conninfos) + (1 if i < clients % len(conninfos) else 0) for i in range(len(conninfos))]
     procs = [_pgbench(ci, script, seconds, n) for ci, n in zip(conninfos, share) if n > 0]
-    runs = [_parse(p, seconds) for p in procs]
+    outs = [(p.communicate(timeout=seconds + 120)[0], p.returncode) for p in procs]  # every one ends first
+    failed = [f"pgbench on {ci.split()[1]} exited {rc}:\n{out[-2000:]}" for ci, (out, rc) in zip(conninfos, outs)
+              if rc != 0 and "tps =" not in out]
+    if failed:
+        raise BenchmarkFailed("\n".join(failed))
+    runs = [_parse(rc, out) for out, rc in outs]
     txns = sum(r["transactions"] for r in runs)
     return {"tps": sum(r["tps"] for r in runs), "transactions": txns,
             "failed": sum(r["failed"] for r in runs), "retried": sum(r["retried"] for r in runs),
@@ -152,7 +158,12 @@ def _muheam(tmp: Path, nodes: int, script: Path, seconds: float, clients: int, s
         pids = [int(n["pid"]) for n in info["nodes"]]
         prepare(conninfos[0], scale)
         cpu0, t0 = sum(_cpu_s(p) for p in pids), time.monotonic()
-        result = run_pgbench(conninfos, script, seconds, clients)
+        try:
+            result = run_pgbench(conninfos, script, seconds, clients)
+        except BenchmarkFailed as exc:  # keep what the nodes said for whoever looks into it
+            kept = Path(tempfile.mkdtemp(prefix=f"muheam-pgbench-failed-{nodes}-"))
+            shutil.copytree(directory / "log", kept / "log", dirs_exist_ok=True)
+            raise BenchmarkFailed(f"{exc}\n(the nodes' logs are kept in {kept})") from None
         cpu, wall = sum(_cpu_s(p) for p in pids) - cpu0, time.monotonic() - t0
         result.update(check(conninfos[-1]))
     finally:
@@ -166,7 +177,7 @@ def _muheam(tmp: Path, nodes: int, script: Path, seconds: float, clients: int, s
 def run(seconds: float = 10.0, clients: int = 4, scale: int = 4, three_nodes: bool = True) -> dict[str, Any]:
     why = pgbase.available()
     if why is not None:
-        raise RuntimeError(f"cannot run the PostgreSQL baseline: {why}")
+        raise BenchmarkFailed(f"cannot run the PostgreSQL baseline: {why}")
     with tempfile.TemporaryDirectory(prefix="muheam-pgbench-") as name:
         tmp = Path(name)
         script = tmp / "tpcb-like.sql"

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from muheam.bench import BenchmarkFailed
 from muheam.bench.harness import client_key_of
 from muheam.bench.workloads import bank
 from muheam.ops import cluster as cluster_mod
@@ -159,7 +160,7 @@ def _measure(directory: Path, info: dict[str, Any], seconds_before: float, wal_m
     stop.set()
     sampler.join(5)
     if rec is None or rec.get("state") != "recovered":
-        raise RuntimeError(f"node {VICTIM} was not recovered within {lease_ttl + 60} s: {rec}")
+        raise BenchmarkFailed(f"node {VICTIM} was not recovered within {lease_ttl + 60} s: {rec}")
     detected_at = kill_at + (float(rec["expired_at"]) - kill_wall)
     recovered_at = kill_at + (float(rec["finished_at"]) - kill_wall)
     before = [(t, c) for t, c in samples if kill_at - seconds_before + 1 <= t <= kill_at]
