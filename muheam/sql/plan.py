@@ -169,7 +169,7 @@ def _plan(stmt: Any, lookup: Lookup, c: Compiler) -> Plan:
     if isinstance(stmt, ast.DeallocateStmt):
         return Utility("deallocate", "DEALLOCATE ALL" if stmt.isall else "DEALLOCATE", stmt.name or "")
     if isinstance(stmt, ast.DiscardStmt):
-        return Utility("noop", "DISCARD ALL")
+        return Utility("reset", "DISCARD ALL")  # settings back to their defaults, prepared statements gone
     raise unsupported(type(stmt).__name__.removesuffix("Stmt").upper() + " statements")
 
 
@@ -231,7 +231,7 @@ def _set(stmt: Any) -> Utility:
         v = arg.val
         parts.append(str(v.sval if isinstance(v, ast.String) else v.ival if isinstance(v, ast.Integer)
                          else v.fval if isinstance(v, ast.Float) else v.boolval))
-    return Utility("set", "SET", name, ", ".join(parts))
+    return Utility("set_local" if stmt.is_local else "set", "SET", name, ", ".join(parts))
 
 
 def _storage_options(stmt: Any) -> int:

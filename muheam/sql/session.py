@@ -53,6 +53,19 @@ _CHARACTERISTICS = ("transaction_isolation", "transaction_read_only")
 _BOOLEANS = {"on": "on", "true": "on", "yes": "on", "1": "on", "off": "off", "false": "off", "no": "off", "0": "off"}
 
 
+def _normalized(base: str, name: str, value: str) -> str:
+    """A transaction characteristic's value as it is kept ("read committed", "on"...), or 22023."""
+    v = value.strip().strip("'").lower()
+    if base == "transaction_isolation":
+        if v not in plan.ISOLATION_LEVELS:
+            raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"',
+                           "available values: " + ", ".join(plan.ISOLATION_LEVELS))
+        return v
+    if v not in _BOOLEANS:
+        raise SqlError("22023", f'parameter "{name}" requires a Boolean value')
+    return _BOOLEANS[v]
+
+
 def _write_verb(p: Any) -> str:
     """What a read-only transaction refuses to run, by name ("" for a statement it may run)."""
     if isinstance(p, CreateTable):
@@ -94,6 +107,11 @@ class Session:
         self.tx = "I"
         self.explicit = False
         self.xid: int | None = None
+        self.queried = False
+        """A statement ran in this transaction block (its characteristics are fixed from then on)."""
+        self.saved: dict[str, str] = {}
+        """The settings at BEGIN: ROLLBACK undoes the block's SETs, COMMIT its SET LOCALs (``local``)."""
+        self.local: set[str] = set()
         self.rc = False
         """The running transaction's level, fixed when it took its XID: READ COMMITTED (or REPEATABLE READ)."""
         self.statements: dict[str, Prepared] = {}
@@ -165,11 +183,15 @@ class Session:
             self.settings["session_authorization"] = self.user
             self.settings["database"] = ev.params.get("database", self.user)
             self.settings["backend_pid"] = str(self.pid)
-            for name, value in ev.params.items():
-                if name == "options":
-                    self._options(value)
-                elif name not in ("user", "database", "replication"):
-                    self.settings[plan._setting_name(name)] = value
+            try:
+                for name, value in ev.params.items():
+                    if name == "options":
+                        self._options(value)
+                    elif name not in ("user", "database", "replication"):
+                        self._startup_setting(plan._setting_name(name), value)
+            except SqlError as exc:
+                self._fatal(exc.code, exc.message)
+                return
             if ev.params.get("replication") not in (None, "false", "0", "off"):
                 self._fatal("0A000", "replication connections are not supported by MUHEAM's SQL port")
             elif self.auth_method == "trust":
@@ -206,7 +228,17 @@ class Session:
         for i, part in enumerate(parts):
             if part == "-c" and i + 1 < len(parts) and "=" in parts[i + 1]:
                 name, _, v = parts[i + 1].partition("=")
-                self.settings[plan._setting_name(name.replace("-", "_"))] = v
+                self._startup_setting(plan._setting_name(name.replace("-", "_")), v)
+
+    def _startup_setting(self, name: str, value: str) -> None:
+        """A setting from the startup packet: a transaction characteristic is checked and becomes the session's
+        default (and so the first transaction's), as PostgreSQL takes ``-c default_transaction_read_only=on``."""
+        base = name.removeprefix("default_")
+        if base in _CHARACTERISTICS:
+            v = _normalized(base, name, value)
+            self.settings["default_" + base] = self.settings[base] = v
+        else:
+            self.settings[name] = value
 
     def _ready(self) -> None:
         self.phase = "ready"
@@ -388,6 +420,8 @@ class Session:
             return (yield from self._utility(p))
         if self.tx == "E":
             raise _aborted()
+        if self.explicit:
+            self.queried = True
         if self.settings["transaction_read_only"] == "on":
             verb = _write_verb(p)
             if verb:
@@ -412,10 +446,12 @@ class Session:
 
     def _utility(self, u: Utility) -> Gen:
         if u.kind == "begin":
-            if self.explicit:
+            if self.tx == "E":
+                raise _aborted()
+            if self.explicit:  # PostgreSQL warns and still applies the modes
                 self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
-                return Result(u.tag)
-            self.explicit, self.tx = True, ("E" if self.tx == "E" else "T")
+            else:
+                self.explicit, self.tx, self.saved, self.local = True, "T", dict(self.settings), set()
             for setting, val in u.settings:
                 self._characteristic(setting, val)
             return Result(u.tag)
@@ -425,12 +461,16 @@ class Session:
                 return Result(u.tag)
             failed = self.tx == "E"
             xid, self.xid = self.xid, None
-            self.explicit, self.tx = False, "I"
-            for name in _CHARACTERISTICS:
-                self._set(name, self.settings["default_" + name])
+            saved, local = self.saved, self.local
+            self.explicit, self.tx, self.queried, self.saved, self.local = False, "I", False, {}, set()
+            self._end_block(saved, saved.keys() if u.kind == "rollback" or failed else local)
             if xid is not None:
-                if u.kind == "commit":
-                    yield ("commit", {"xid": xid})
+                if u.kind == "commit" and not failed:
+                    try:
+                        yield ("commit", {"xid": xid})
+                    except execute.OpFailed:
+                        self._end_block(saved, saved.keys())  # not committed: its SETs are undone too
+                        raise
                 else:
                     try:
                         yield ("rollback", {"xid": xid})
@@ -439,6 +479,12 @@ class Session:
             return Result("ROLLBACK" if failed else u.tag)
         if self.tx == "E":
             raise _aborted()
+        if u.kind == "set_local":
+            if not self.explicit:
+                self._send(wire.msg_notice("25P01", "SET LOCAL can only be used in transaction blocks"))
+                return Result(u.tag)
+            self.local.add(u.name)
+            u = Utility("set", u.tag, u.name, u.value)
         if u.kind == "show":
             if u.name == "all":
                 raise unsupported("SHOW ALL")
@@ -457,6 +503,10 @@ class Session:
                 else:
                     self._set(setting, val)
         elif u.kind == "reset":
+            if u.tag == "DISCARD ALL":
+                if self.explicit:
+                    raise SqlError("25001", "DISCARD ALL cannot run inside a transaction block")
+                self.statements = {k: v for k, v in self.statements.items() if not k}
             # RESET ALL leaves the running transaction's characteristics alone (as PostgreSQL does); they and
             # their defaults go through the same checks as SET
             for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",
@@ -479,26 +529,28 @@ class Session:
         PostgreSQL takes them: the transaction's own only inside a transaction block and, but for making it
         read-only, before its first query; a default from the next transaction on (at once outside one)."""
         base = name.removeprefix("default_")
-        v = value.strip().strip("'").lower()
-        if base == "transaction_isolation" and v not in plan.ISOLATION_LEVELS:
-            raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"',
-                           "available values: " + ", ".join(plan.ISOLATION_LEVELS))
-        if base == "transaction_read_only":
-            v = _BOOLEANS.get(v, "")
-            if not v:
-                raise SqlError("22023", f'parameter "{name}" requires a Boolean value')
+        v = _normalized(base, name, value)
         if name != base:
             self._set(name, v)
             if not self.explicit:
                 self._set(base, v)
         elif not self.explicit:
             self._send(wire.msg_notice("25P01", "SET TRANSACTION can only be used in transaction blocks"))
-        elif self.xid is not None and v != self.settings[base] and (base == "transaction_isolation" or v == "off"):
+        elif self.queried and v != self.settings[base] and (base == "transaction_isolation" or v == "off"):
             raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query"
                            if base == "transaction_isolation" else
                            "transaction read-write mode must be set before any query")
         else:
             self._set(base, v)
+
+    def _end_block(self, saved: dict[str, str], undo: Any) -> None:
+        """The block ended: the settings named in ``undo`` go back to their value at BEGIN, and the transaction's
+        characteristics to the session's defaults."""
+        for name in undo:
+            if name in saved and self.settings.get(name) != saved[name]:
+                self._set(name, saved[name])
+        for name in _CHARACTERISTICS:
+            self._set(name, self.settings["default_" + name])
 
     def _set(self, name: str, value: str) -> None:
         self.settings[name] = value

@@ -422,3 +422,60 @@ def test_a_read_only_transaction_refuses_to_write(cluster3: tuple[LocalCluster, 
         assert conn.execute("SELECT id, v FROM ro").fetchall() == [(1, 5)]
         with pytest.raises(pgerrors.InvalidParameterValue):
             conn.execute("SET default_transaction_read_only = sometimes")
+
+
+def test_transaction_settings_follow_postgresql(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """Ways a read-only session still wrote, or a setting outlived what should have undone it (found by an
+    adversarial review): a startup ``-c default_transaction_read_only=on`` (or ``=true``), a second BEGIN READ ONLY
+    inside a block, a ROLLBACK that kept the block's SET, SET LOCAL outside a block or after its block, SET
+    transaction_read_only = off after a first query, and DISCARD ALL (what connection poolers send)."""
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE st (id bigint PRIMARY KEY, v bigint)")
+    for flag in ("on", "true"):
+        with psycopg.connect(conninfo(sql[1], options=f"'-c default_transaction_read_only={flag}'"),
+                             autocommit=True) as ro:
+            with pytest.raises(pgerrors.ReadOnlySqlTransaction):
+                ro.execute("INSERT INTO st VALUES (1, 1)")
+            ro.execute("BEGIN")
+            with pytest.raises(pgerrors.ReadOnlySqlTransaction):
+                ro.execute("INSERT INTO st VALUES (1, 1)")
+            ro.execute("ROLLBACK")
+    with pytest.raises(psycopg.OperationalError, match="Boolean"):
+        psycopg.connect(conninfo(sql[1], options="'-c default_transaction_read_only=maybe'"))
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as conn:
+        def refused(statement: str = "INSERT INTO st VALUES (2, 2)") -> None:
+            with pytest.raises(pgerrors.ReadOnlySqlTransaction):
+                conn.execute(statement)
+
+        conn.execute("BEGIN")
+        conn.execute("BEGIN READ ONLY")  # a warning, and the mode applies
+        refused()
+        conn.execute("ROLLBACK")
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        conn.execute("BEGIN")
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute("ROLLBACK")  # undoes the SET
+        refused()
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+        conn.execute("SET LOCAL default_transaction_read_only = on")  # outside a block: a warning, no effect
+        conn.execute("INSERT INTO st VALUES (3, 3)")
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL default_transaction_read_only = on")
+        conn.execute("COMMIT")  # a SET LOCAL ends with its block
+        conn.execute("INSERT INTO st VALUES (4, 4)")
+        conn.execute("BEGIN READ ONLY")
+        conn.execute("SELECT 1")
+        with pytest.raises(pgerrors.ActiveSqlTransaction):
+            conn.execute("SET transaction_read_only = off")
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        with pytest.raises(pgerrors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+        with pytest.raises(pgerrors.InFailedSqlTransaction):
+            conn.execute("BEGIN")
+        conn.execute("ROLLBACK")
+        conn.execute("SET default_transaction_read_only = on")
+        conn.execute("DISCARD ALL")
+        conn.execute("INSERT INTO st VALUES (5, 5)")
+        assert [k for (k,) in conn.execute("SELECT id FROM st ORDER BY id").fetchall()] == [3, 4, 5]
