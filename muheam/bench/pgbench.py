@@ -127,9 +127,18 @@ def run_pgbench(conninfos: list[str], script: Path, seconds: float, clients: int
     the average over every transaction)."""
     share = [clients // len(conninfos) + (1 if i < clients % len(conninfos) else 0) for i in range(len(conninfos))]
     procs = [_pgbench(ci, script, seconds, n) for ci, n in zip(conninfos, share) if n > 0]
-    outs = [(p.communicate(timeout=seconds + 120)[0], p.returncode) for p in procs]  # every one ends first
+    try:
+        outs = [(p.communicate(timeout=seconds + 120)[0], p.returncode) for p in procs]  # every one ends first
+    except subprocess.TimeoutExpired:
+        raise BenchmarkFailed(f"pgbench did not end within {seconds + 120:g} s of a {seconds:g} s run") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # a run with aborted clients still prints a tps of the others: it is a failure all the same
     failed = [f"pgbench on {ci.split()[1]} exited {rc}:\n{out[-2000:]}" for ci, (out, rc) in zip(conninfos, outs)
-              if rc != 0 and "tps =" not in out]
+              if rc != 0 or "aborted" in out]
     if failed:
         raise BenchmarkFailed("\n".join(failed))
     runs = [_parse(rc, out) for out, rc in outs]
@@ -156,16 +165,17 @@ def _muheam(tmp: Path, nodes: int, script: Path, seconds: float, clients: int, s
         info = cluster_mod.cluster_up(directory, nodes)
         conninfos = [_conninfo(n["sql_endpoint"]) for n in sorted(info["nodes"], key=lambda n: n["node_id"])]
         pids = [int(n["pid"]) for n in info["nodes"]]
-        prepare(conninfos[0], scale)
-        cpu0, t0 = sum(_cpu_s(p) for p in pids), time.monotonic()
         try:
+            prepare(conninfos[0], scale)
+            cpu0, t0 = sum(_cpu_s(p) for p in pids), time.monotonic()
             result = run_pgbench(conninfos, script, seconds, clients)
-        except BenchmarkFailed as exc:  # keep what the nodes said for whoever looks into it
+            cpu, wall = sum(_cpu_s(p) for p in pids) - cpu0, time.monotonic() - t0
+            result.update(check(conninfos[-1]))
+        except (BenchmarkFailed, psycopg.Error) as exc:  # keep what the nodes said for whoever looks into it
             kept = Path(tempfile.mkdtemp(prefix=f"muheam-pgbench-failed-{nodes}-"))
-            shutil.copytree(directory / "log", kept / "log", dirs_exist_ok=True)
-            raise BenchmarkFailed(f"{exc}\n(the nodes' logs are kept in {kept})") from None
-        cpu, wall = sum(_cpu_s(p) for p in pids) - cpu0, time.monotonic() - t0
-        result.update(check(conninfos[-1]))
+            if (directory / "log").is_dir():
+                shutil.copytree(directory / "log", kept / "log", dirs_exist_ok=True)
+            raise BenchmarkFailed(f"MUHEAM with {nodes} node(s): {exc}\n(the nodes' logs are kept in {kept})") from None
     finally:
         if (directory / cluster_mod.CONFIG_NAME).exists():
             cluster_mod.cluster_down(directory, "immediate")

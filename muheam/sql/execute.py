@@ -254,11 +254,13 @@ def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params:
 
 
 def _change_rows(table: TableInfo, rows: list[Row], where: Expr | None, params: Params, redo: Redo,
-                 change: Callable[[Row], tuple[Request, Row]]) -> Generator[Request, Any, list[Row]]:
+                 change: Callable[[Row], tuple[Request, Row]],
+                 returning: list[Expr] | None = None) -> Generator[Request, Any, list[Any]]:
     """Send ``change(row)``'s request for each row (an update, delete or lock), reading a row again first once a
     redo has moved the snapshot (``_again``) and redoing a change that lost to a commit (``_redo``); returns the
-    rows changed, as ``change`` says they are after it."""
-    changed = []
+    rows changed, as ``change`` says they are after it, or with ``returning`` what it gives for each, computed
+    right after that row's change (an error in it ends the statement there, as in PostgreSQL)."""
+    changed: list[Any] = []
     for first in rows:
         key, tries = first[table.key], [0]
         row = yield from _again(table, first, where, params, redo)
@@ -269,7 +271,7 @@ def _change_rows(table: TableInfo, rows: list[Row], where: Expr | None, params: 
             except OpFailed as exc:
                 row = yield from _redo(exc, table, key, where, params, redo, tries)
                 continue
-            changed.append(after)
+            changed.append([t.fn(after, params) for t in returning] if returning else after)
             break
     return changed
 
@@ -362,18 +364,17 @@ def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
         return ("update", {"table": table.name, "key": key, "changes": changes}), {**row, **changes}
 
     rows = yield from _read(table, plan.where, plan.points, params)
-    changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(), change)
-    return Result(f"UPDATE {len(changed)}", [[t.fn(r, params) for t in plan.returning] for r in changed]
-                  if plan.returning else [])
+    changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(), change, plan.returning)
+    return Result(f"UPDATE {len(changed)}", changed if plan.returning else [])
 
 
 def run_delete(plan: Delete, params: Params, redo: Redo | None = None) -> Gen:
     table = plan.table
     rows = yield from _read(table, plan.where, plan.points, params)
     changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(),
-                                      lambda row: (("delete", {"table": table.name, "key": row[table.key]}), row))
-    return Result(f"DELETE {len(changed)}", [[t.fn(r, params) for t in plan.returning] for r in changed]
-                  if plan.returning else [])
+                                      lambda row: (("delete", {"table": table.name, "key": row[table.key]}), row),
+                                      plan.returning)
+    return Result(f"DELETE {len(changed)}", changed if plan.returning else [])
 
 
 def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool = False) -> Gen:
