@@ -70,11 +70,11 @@ class _Tx:
     scope: str | None = None
     """The commit scope the client asked for with COMMIT (``muheam.cluster.scopes``)."""
     read_committed: bool = False
-    outstanding: list[Deferred] = field(default_factory=list)
-    """Its row operations' answers (``snapshot`` refuses to move the snapshot under one still unanswered)."""
     """Begun with ``isolation = "read committed"``: a change that loses to a committed one fails with
     ``RowChanged`` and leaves the transaction running, to be redone after ``snapshot`` (the SQL port's READ
     COMMITTED); otherwise it is a ``SerializationFailure`` that aborts it."""
+    outstanding: list[Deferred] = field(default_factory=list)
+    """Its row operations' answers (``snapshot`` refuses to move the snapshot under one still unanswered)."""
 
 
 @dataclass
@@ -145,7 +145,7 @@ class Sessions:
                                          "begin_retakes": 0, "rows_changed": 0}
         self.abort_reasons: dict[str, int] = {}
         """Aborts caused by an error, by its code (the rest are rollbacks: the client's, idle, shutdown)."""
-        self.snapshots = SnapshotWaits(cluster.table, lambda: cluster.stamp(), self.counters)
+        self.snapshots = SnapshotWaits(cluster.table, cluster.stamp, self.counters)
         table = cluster.table
         engine.status = table.status
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
@@ -203,7 +203,7 @@ class Sessions:
 
         def started(ranges: list[tuple[int, int]], _waited_us: int) -> None:
             xid = ranges[0][0]
-            snap, waits = self.cluster.table.snapshot(xid, self.cluster.stamp())
+            snap, pending = self.snapshots.snapshot(xid)
             try:
                 tx = _Tx(self.engine.begin(xid, snap), time.monotonic(), snap.sts,
                          read_committed=isolation == "read committed")
@@ -211,8 +211,6 @@ class Sessions:
                 reply.fail(error_code(exc), str(exc))
                 return
             self.txns[xid] = tx
-            # prepared before our snapshot: its CTS may be below ours, so learn its outcome first
-            pending = {x for x in waits if not self.cluster.table.decided(x)}
             self.snapshots.answer(tx, reply, pending, time.monotonic() + self.lock_timeout)
 
         self.cluster.commits.when_ready(lambda: self.xids.allocate(1, started))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from muheam.cluster.txstate import TxTable
+from muheam.cluster.txstate import ClusterSnapshot, TxTable
 from muheam.engine import Transaction
 from muheam.net.clientport import Deferred
 
@@ -43,11 +43,17 @@ class SnapshotWaits:
         self.table, self.stamp, self.counters = table, stamp, counters
         self.waiting: list[SnapshotWait] = []
 
+    def snapshot(self, xid: int) -> tuple[ClusterSnapshot, set[int]]:
+        """A snapshot for ``xid`` now, and the XIDs prepared before it whose outcome is not known here yet (their
+        CTS may be below its STS: it is answered only once they are decided)."""
+        snap, waits = self.table.snapshot(xid, self.stamp())
+        return snap, {x for x in waits if not self.table.decided(x)}
+
     def take(self, tx: Waiter) -> set[int]:
         """A new snapshot for ``tx``; returns the prepared XIDs it must wait for."""
-        snap, waits = self.table.snapshot(tx.txn.xid, self.stamp())
+        snap, pending = self.snapshot(tx.txn.xid)
         tx.txn.snapshot, tx.sts = snap, snap.sts
-        return {x for x in waits if not self.table.decided(x)}
+        return pending
 
     def answer(self, tx: Waiter, reply: Deferred, pending: set[int], deadline: float) -> None:
         """Answer ``{"xid", "sts"}`` now, or once ``pending`` are decided (retaking the snapshot if needed)."""
