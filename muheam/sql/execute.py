@@ -237,12 +237,10 @@ def _again(table: TableInfo, row: Row, where: Expr | None, params: Params,
     return found if where is None or where.fn(found, params) else None
 
 
-def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params: Params,
-          redo: Redo, tries: list[int]) -> Generator[Request, Any, Row | None]:
+def _new_snapshot(exc: OpFailed, redo: Redo, tries: list[int]) -> Generator[Request, Any, None]:
     """A row change lost to a transaction that committed after the snapshot.  Under REPEATABLE READ (or after
-    ``REDO_LIMIT`` tries) the error stands.  Under READ COMMITTED the change is redone on the newest version, as
-    PostgreSQL's EvalPlanQual does: a new snapshot (it sees that commit), the row read again and WHERE checked
-    again; ``None`` when the row is gone or no longer qualifies (the statement skips it)."""
+    ``REDO_LIMIT`` tries) the error stands; under READ COMMITTED the statement takes a new snapshot, which sees
+    that commit, to redo the change."""
     if not redo.rc or exc.code != "RowChanged":
         raise exc
     tries[0] += 1
@@ -250,6 +248,14 @@ def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params:
         raise exc
     yield ("snapshot", {})
     redo.moved = True
+
+
+def _redo(exc: OpFailed, table: TableInfo, key: int, where: Expr | None, params: Params,
+          redo: Redo, tries: list[int]) -> Generator[Request, Any, Row | None]:
+    """The row change is redone on the newest version, as PostgreSQL's EvalPlanQual does: a new snapshot
+    (``_new_snapshot``), the row read again and WHERE checked again; ``None`` when the row is gone or no longer
+    qualifies (the statement skips it)."""
+    yield from _new_snapshot(exc, redo, tries)
     return (yield from _again(table, {table.key: key}, where, params, redo))
 
 
@@ -334,15 +340,13 @@ def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:
                 key = int(to_column(e.fn({}, params), "int64", col))
             else:
                 row[col] = to_column(e.fn({}, params), table.columns[col], col)
-        for tries in range(REDO_LIMIT + 1):
+        tries = [0]
+        while True:
             try:
                 yield ("insert", {"table": table.name, "key": key, "row": row})
                 break
-            except OpFailed as exc:  # READ COMMITTED: the key was inserted or deleted by a later commit; look again
-                if redo is None or not redo.rc or exc.code != "RowChanged" or tries == REDO_LIMIT:
-                    raise
-                yield ("snapshot", {})
-                redo.moved = True
+            except OpFailed as exc:  # the key was inserted or deleted by a later commit: look again
+                yield from _new_snapshot(exc, redo or Redo(), tries)
         if plan.returning:
             full = {**row, table.key: key}
             out.append([t.fn(full, params) for t in plan.returning])
