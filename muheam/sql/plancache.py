@@ -43,9 +43,9 @@ from muheam.sql.plan import Compiled, Delete, Insert, Select, Update
 SIZE = 256
 """Plans kept per connection (least recently used goes first)."""
 
-_LITERAL = re.compile(r"(?<![\w.])\d+(?![\w.])")
-_SPLIT = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
-"""``_LITERAL`` as a group: one ``split`` gives the text between the literals and the literals themselves."""
+_LITERAL = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
+"""A free-standing integer literal, as a group: one ``split`` gives the text between the literals and the literals
+themselves."""
 _UNSAFE = ("'", '"', "$", "--", "/*")
 _INT4 = 1 << 31
 _INT8 = 1 << 63
@@ -65,7 +65,7 @@ class PlanCache:
         """``(plan, literal values)`` for ``sql``, or ``None``: run it the ordinary way."""
         if any(u in sql for u in _UNSAFE):
             return None
-        parts = _SPLIT.split(sql)
+        parts = _LITERAL.split(sql)
         literals = parts[1::2]
         if any(len(m) > 19 for m in literals):  # beyond 64 bits (and int() of thousands of digits is refused)
             return None
