@@ -130,10 +130,11 @@ class BufferCache:
         or to read it afresh); returns how many.  The walk follows each page's pointer from its cached frame, or
         from the shared file where the frame is gone: the cache evicts a chain's bucket page first (the least
         recently used), and a walk through cached pages alone stopped there and kept the old overflow pages,
-        which a new owner then read as current when its grant carried fewer images than the chain has.  The
-        file is current whenever this runs (no other node holds the chain exclusively, and the last one that
-        did wrote its pages through), and a chain only grows, so every page cached here lies on the walk.  A
-        pointer out of range or a dirty frame (never one of a chain not owned here) ends it."""
+        which a new owner then read as current when its grant carried fewer images than the chain has.  When a
+        grant or an upgrade runs this the file is current (no other node holds the chain exclusively, and the
+        last one that did wrote its pages through); before a consistent read another node may hold it, but then
+        nothing of the chain is cached here.  A chain only grows, so every page cached here lies on the walk.
+        A pointer out of range or a dirty frame (never one of a chain not owned here) ends it."""
         file = self._rels[table_id].file
         block, seen, dropped = bucket, set(), 0
         while block not in seen:
