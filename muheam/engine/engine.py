@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from muheam import failpoints
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import (Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
@@ -50,7 +51,7 @@ class Owner(Protocol):
 
     def extend(self, table_id: int) -> None: ...
 
-    def catalog(self) -> None: ...
+    def catalog(self, write: bool = True) -> None: ...
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Engine:
         self.ops = HeapOps(self.cache, self._log, lambda: self.prune_rule(), self._check_extend)
         self.tables_by_name: dict[str, Table] = {}
         self.tables_by_id: dict[int, Table] = {}
+        self.dropped: set[int] = set()
+        """Ids of dropped tables: never reused, and every WAL record of one is ignored by redo."""
         self.committed: set[int] = set()
         self.aborted: set[int] = set()
         self.running: dict[int, Transaction] = {}
@@ -225,7 +228,7 @@ class Engine:
                 raise SchemaError(f"buckets must be between 1 and {MAX_BUCKETS} (0: sized from expected_rows), "
                                   f"got {buckets}")
             nbuckets = buckets or default_nbuckets(schema, expected_rows)
-            table_id = max(self.tables_by_id, default=0) + 1
+            table_id = max(self.tables_by_id.keys() | self.dropped, default=0) + 1
             _, end = self._log(walrec.CATALOG_CREATE, walrec.encode_create_table(table_id, nbuckets,
                                                                                   schema.to_dict()), 0)
             self._wal_flush(end)
@@ -234,6 +237,64 @@ class Engine:
             self.write_catalog()
             self._catalog_dirty = False
             return t
+
+    def drop_table(self, name: str) -> Table:
+        """Drop a table (durable, in the catalog and the WAL, when this returns); raises ``NoSuchTable``.
+
+        Not transactional, like ``create_table``: the table is gone for every transaction at once, and changes
+        to it by transactions that are still running go with it even if they commit later.  In a cluster the
+        node takes the catalog lock exclusively first; every other node must hold it (shared) to run a row
+        operation and re-reads ``global/catalog`` whenever it gets it back, so once this returns no node
+        touches the table again.
+
+        The tombstone in ``global/catalog`` comes first: from then on the table is gone for the cluster.  The
+        ``CATALOG_DROP`` record follows for the WAL's readers (replicas, archive recovery); a node that dies
+        between the two leaves the drop listed as unlogged, and its restart or its recoverer logs it
+        (``log_unlogged_drops``).  The other order would let a dead node's drop take effect only when it restarts,
+        after the others had gone on writing the table."""
+        with self._lock:
+            self._writer()
+            if self.owner is not None:
+                self.owner.catalog()
+                self.reload_catalog()
+            t = self.tables_by_name.get(name)
+            if t is None:
+                raise NoSuchTable(f"table {name!r} does not exist; existing tables: {sorted(self.tables_by_name)}")
+            self.dropped.add(t.table_id)
+            statefiles.merge_catalog(self.shared, [], self.dropped, dropping=(t.table_id, self.node_id, t.name))
+            failpoints.hit("engine.drop_unlogged")  # the table is gone for the cluster, its WAL record not written
+            self.log_drop(t.table_id, t.name)
+            self.forget_table(t.table_id)
+            return t
+
+    def log_drop(self, table_id: int, name: str) -> None:
+        """Write the ``CATALOG_DROP`` record of a tombstoned table durably, then clear its unlogged mark (logging
+        it twice is harmless: every reader ignores a second drop of one id)."""
+        with self._lock:
+            _, end = self._log(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), 0)
+            self._durable(end)
+            statefiles.drop_logged(self.shared, table_id)
+
+    def log_unlogged_drops(self, node: int) -> list[int]:
+        """Log the drops ``node`` tombstoned without logging them (it died in between); returns their ids."""
+        done = []
+        for table_id, dropper, name in statefiles.unlogged_drops(self.shared):
+            if dropper == node:
+                log.warning("node %d: logging the drop of table %r (id %d) that node %d made but did not log",
+                            self.node_id, name, table_id, node)
+                self.log_drop(table_id, name)
+                done.append(table_id)
+        return done
+
+    def forget_table(self, table_id: int) -> None:
+        """A dropped table: out of the catalog maps, its cached pages discarded unwritten, its file removed
+        (whoever learns of the drop first removes it; ids are never reused, so no later table has that file)."""
+        self.dropped.add(table_id)
+        t = self.tables_by_id.pop(table_id, None)
+        if t is not None and self.tables_by_name.get(t.name) is t:
+            del self.tables_by_name[t.name]
+        self.cache.detach(table_id)
+        relation_path(self.shared, table_id).unlink(missing_ok=True)
 
     def add_table(self, t: Table) -> None:
         """Register a catalog entry, creating (or re-creating, if unusable) its relation file."""
@@ -253,11 +314,15 @@ class Engine:
     def write_catalog(self) -> None:
         """Rewrite ``global/catalog`` as the union of the file and this node's tables (in a cluster only the
         holder of the catalog lock creates tables, so the union loses nobody's table)."""
-        statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables_by_id.values()])
+        statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables_by_id.values()],
+                                 self.dropped)
 
     def reload_catalog(self) -> int:
-        """Learn tables other nodes created (from ``global/catalog``); returns how many were new."""
-        new = [t for t in catalog_tables(self.shared) if t.table_id not in self.tables_by_id]
+        """Learn tables other nodes created or dropped (from ``global/catalog``); returns how many were new."""
+        for table_id in statefiles.dropped_tables(self.shared) - self.dropped:
+            self.forget_table(table_id)
+        new = [t for t in catalog_tables(self.shared)
+               if t.table_id not in self.tables_by_id and t.table_id not in self.dropped]
         for t in new:
             self.add_table(t)
         return len(new)
@@ -265,11 +330,25 @@ class Engine:
     def tables(self) -> list[Table]:
         return sorted(self.tables_by_id.values(), key=lambda t: t.table_id)
 
+    def op_table(self, table: str | int | Table) -> Table:
+        """The table a row operation works on.  In a cluster the node must hold the catalog lock (shared is
+        enough): a DROP TABLE takes it exclusively, and a node gets it back only with a fresh look at the catalog
+        (``Ownership``), so no operation starts on a table dropped anywhere before it."""
+        if self.owner is not None:
+            self.owner.catalog(write=False)
+        if not isinstance(table, Table):
+            return self.table(table)
+        if table.table_id in self.dropped:
+            raise NoSuchTable(f"table {table.name!r} was dropped")
+        return table
+
     def table(self, name_or_id: str | int) -> Table:
         t = (self.tables_by_name.get(name_or_id) if isinstance(name_or_id, str)
              else self.tables_by_id.get(name_or_id))
         if t is None and self.owner is not None and self.reload_catalog():
             return self.table(name_or_id)  # created on another node since we last looked
+        if t is None and name_or_id in self.dropped:
+            raise NoSuchTable(f"table id {name_or_id} was dropped")
         if t is None:
             raise NoSuchTable(f"no table {name_or_id!r}; existing tables: {sorted(self.tables_by_name)}")
         return t
@@ -330,14 +409,14 @@ class Engine:
     def _get(self, txn: Transaction, table: str | int, key: int) -> Row | None:
         with self._lock:
             self._check(txn)
-            t = self.table(table)
+            t = self.op_table(table)
             if self.owner is not None:
                 self.owner.chain(t.table_id, bucket_block(check_key(key, t.name), t.nbuckets), False)
             return self.ops.get(t, key, txn.snapshot, self.status)
 
     def scan_arrays(self, txn: Transaction, table: str | int) -> Iterator[tuple[NDArray[np.int64], NDArray[Any]]]:
         """Visible rows as numpy (keys, rows) per bucket chain; the cache may change between chunks."""
-        t = self.table(table)
+        t = self.table(table)  # scan_from checks it for each chunk
         nxt = 1
         while nxt <= t.nbuckets:
             chunk, nxt = self.scan_from(txn, t, nxt)
@@ -354,6 +433,7 @@ class Engine:
         batch: list[int] = []
         with self._lock:
             self._check(txn)
+            self.op_table(t)
             for b in range(first, end + 1):
                 if self.owner is not None:
                     try:
@@ -373,7 +453,7 @@ class Engine:
         with self._lock:
             self._check(txn)
             self._writer()
-            t = self.table(table)
+            t = self.op_table(table)
             xid, snap, status = txn.xid, txn.snapshot, self.status
             if self.owner is not None:
                 self.owner.chain(t.table_id, bucket_block(check_key(key, t.name), t.nbuckets), True)

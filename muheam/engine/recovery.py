@@ -26,6 +26,7 @@ from muheam.engine import statefiles, walrec
 from muheam.engine.errors import StateFileCorrupt, WalDamaged
 from muheam.engine.heapops import Table, catalog_tables
 from muheam.engine.redo import Batcher
+from muheam.storage.heap import relation_path
 from walmerge import WalCorruption, WalReader, WalWriter, format_lsn, node_wal_dir, truncate_at, unpack_glsn
 from walmerge.reader import LastRecord, TornTail
 
@@ -92,6 +93,9 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
     start = ptr.redo_lsn if ptr is not None else None
     rep = eng.recovery
     rep.redo_start = start
+    eng.dropped = statefiles.dropped_tables(shared)
+    for table_id in eng.dropped:  # a drop whose file removal a crash interrupted
+        relation_path(shared, table_id).unlink(missing_ok=True)
     for known in catalog_tables(shared):
         eng.add_table(known)
     eng.committed, eng.aborted = statefiles.read_xact(shared, node)
@@ -121,11 +125,14 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         rep.records_replayed += 1
         if kind in walrec.HEAP_KINDS:
             t = eng.tables_by_id.get(walrec.heap_table_id(rec.payload))
-            if t is None:
+            if t is None and walrec.heap_table_id(rec.payload) in eng.dropped:
+                pass  # the table is gone: its changes are not redone (the transaction's outcome still counts)
+            elif t is None:
                 raise StateFileCorrupt(f"WAL record at LSN {format_lsn(rec.lsn)} changes a table the catalog does "
                                        f"not know; the catalog file is older than the WAL: restore it",
                                        path=statefiles.catalog_path(shared))
-            rep.pages_changed += batch.add(t, rec)
+            else:
+                rep.pages_changed += batch.add(t, rec)
             if xid and xid not in eng.committed and xid not in eng.aborted:
                 in_flight.add(xid)
         elif kind == walrec.COMMIT:
@@ -138,8 +145,14 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
             in_flight |= set(walrec.decode_checkpoint(rec.payload).running) - eng.committed - eng.aborted
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
-            if c.table_id not in eng.tables_by_id:
+            if c.table_id not in eng.tables_by_id and c.table_id not in eng.dropped:
                 eng.add_table(Table.from_entry(c.table_id, c.nbuckets, c.schema))
+                eng._catalog_dirty = True
+        elif kind == walrec.CATALOG_DROP:
+            d = walrec.decode_drop_table(rec.payload)
+            if d.table_id not in eng.dropped:
+                batch.discard(d.table_id)
+                eng.forget_table(d.table_id)
                 eng._catalog_dirty = True
         eng.max_xid = max(eng.max_xid, xid)
         eng.cache.trim()
@@ -155,6 +168,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         eng._log(walrec.ABORT, b"", xid)
         eng.aborted.add(xid)
     rep.aborted_in_flight = sorted(in_flight)
+    eng.log_unlogged_drops(node)  # a drop this node tombstoned right before it crashed
     eng.checkpoint()
     log.info("node %d: recovered: redo from %s, %d records, %d page changes, %d in-flight transactions aborted",
              node, "the start" if start is None else format_lsn(start), rep.records_replayed, rep.pages_changed,

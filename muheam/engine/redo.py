@@ -400,6 +400,11 @@ class Batcher:
         self._count += 1
         return self.flush() if self._count >= self.limit else 0
 
+    def discard(self, table_id: int) -> None:
+        """Forget the queued records of a table that was dropped (its file goes away unread)."""
+        _, recs = self._pending.pop(table_id, (None, []))
+        self._count -= len(recs)
+
     def flush(self) -> int:
         changes = 0
         pending, self._pending, self._count = self._pending, {}, 0

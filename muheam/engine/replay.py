@@ -92,6 +92,7 @@ class ReplayReport:
     aborted: dict[int, set[int]] = field(default_factory=dict)
     no_outcome: dict[int, set[int]] = field(default_factory=dict)
     tables_created: list[str] = field(default_factory=list)
+    tables_dropped: list[str] = field(default_factory=list)
     max_lamport: int = 0
     max_xid: int = 0
 
@@ -101,7 +102,8 @@ class ReplayReport:
             "committed": sum(len(v) for v in self.committed.values()),
             "aborted": sum(len(v) for v in self.aborted.values()),
             "aborted_without_outcome": sum(len(v) for v in self.no_outcome.values()),
-            "tables_created": self.tables_created, "max_xid": self.max_xid, "max_lamport": self.max_lamport,
+            "tables_created": self.tables_created, "tables_dropped": self.tables_dropped,
+            "max_xid": self.max_xid, "max_lamport": self.max_lamport,
         }
 
 
@@ -147,6 +149,7 @@ class Replayer:
         self.shared = shared
         self.cache = BufferCache(shared, cache_pages, wal_flush=lambda lsn: lsn, flushed_lsn=lambda: NO_FLUSH_NEEDED)
         self.tables: dict[int, Table] = {}
+        self.dropped = statefiles.dropped_tables(shared)
         self.report = ReplayReport()
         self._data_xids: dict[int, set[int]] = {}
         self._catalog_dirty = False
@@ -171,6 +174,8 @@ class Replayer:
         kind, xid = rec.kind, rec.xid
         if kind in walrec.HEAP_KINDS:
             t = self.tables.get(walrec.heap_table_id(rec.payload))
+            if t is None and walrec.heap_table_id(rec.payload) in self.dropped:
+                return  # a change of a dropped table (written before the drop reached its node)
             if t is None:
                 raise StateFileCorrupt(f"merged record at LSN {format_lsn(rec.lsn)} changes a table neither the "
                                        f"catalog nor the stream creates; the replay target is not a copy of this "
@@ -190,10 +195,20 @@ class Replayer:
                 self._data_xids.setdefault(origin, set()).update(running)
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
-            if c.table_id not in self.tables:
+            if c.table_id not in self.tables and c.table_id not in self.dropped:
                 t = Table.from_entry(c.table_id, c.nbuckets, c.schema)
                 self._attach(t)
                 rep.tables_created.append(t.name)
+                self._catalog_dirty = True
+        elif kind == walrec.CATALOG_DROP:
+            d = walrec.decode_drop_table(rec.payload)
+            if d.table_id not in self.dropped:
+                self._batch.discard(d.table_id)
+                self.cache.detach(d.table_id)
+                self.tables.pop(d.table_id, None)
+                self.dropped.add(d.table_id)
+                relation_path(self.shared, d.table_id).unlink(missing_ok=True)
+                rep.tables_dropped.append(d.name)
                 self._catalog_dirty = True
 
     def finish(self) -> ReplayReport:
@@ -203,7 +218,7 @@ class Replayer:
         self.cache.flush_all()
         self.cache.sync()
         if self._catalog_dirty:
-            statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables.values()])
+            statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables.values()], self.dropped)
         for origin in sorted(set(rep.committed) | set(rep.aborted) | set(self._data_xids)):
             committed, aborted = statefiles.read_xact(self.shared, origin)
             committed |= rep.committed.get(origin, set())

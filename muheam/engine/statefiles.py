@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import google_crc32c
 import msgpack
@@ -168,10 +168,42 @@ def add_fence(shared: Path, node_id: int, epoch: int, glsn: int, end_lsn: int) -
     write_state(path, {"fences": sorted(fences + [[epoch, glsn, end_lsn]])})
 
 
-def merge_catalog(shared: Path, entries: list[dict[str, Any]]) -> None:
+def merge_catalog(shared: Path, entries: list[dict[str, Any]], dropped: Iterable[int] = (),
+                  dropping: tuple[int, int, str] | None = None) -> None:
     """Rewrite ``global/catalog`` as the union of the file and ``entries`` (``table_id``, ``nbuckets``,
-    ``schema``): a table once created is never dropped by a writer that did not know it."""
-    merged = {int(d["table_id"]): d for d in (read_state(catalog_path(shared)) or {}).get("tables", [])}
+    ``schema``) minus the union of the dropped table ids (tombstones, kept for ever): a table once created is
+    never lost by a writer that did not know it, and a dropped one never comes back from a writer that did not
+    know of the drop.  Table ids are never reused.
+
+    ``dropping``: ``(table_id, node, name)`` of a drop whose WAL record ``node`` has not logged yet; it stays
+    listed (``unlogged_drops``) until ``drop_logged`` says the record is durable."""
+    state = read_state(catalog_path(shared)) or {}
+    gone = {int(i) for i in state.get("dropped", [])} | {int(i) for i in dropped}
+    unlogged = [list(u) for u in state.get("unlogged", [])]
+    if dropping is not None:
+        gone.add(dropping[0])
+        unlogged.append(list(dropping))
+    merged = {int(d["table_id"]): d for d in state.get("tables", [])}
     for d in entries:
         merged[int(d["table_id"])] = d
-    write_state(catalog_path(shared), {"tables": [merged[k] for k in sorted(merged)]})
+    write_state(catalog_path(shared), {"tables": [merged[k] for k in sorted(merged) if k not in gone],
+                                       "dropped": sorted(gone), "unlogged": unlogged})
+
+
+def unlogged_drops(shared: Path) -> list[tuple[int, int, str]]:
+    """``(table_id, node, name)`` of drops in the catalog whose dropping node died before its WAL had them."""
+    return [(int(i), int(n), str(name)) for i, n, name in (read_state(catalog_path(shared)) or {}).get("unlogged", [])]
+
+
+def drop_logged(shared: Path, table_id: int) -> None:
+    """The WAL record of the drop of ``table_id`` is durable: the stream (replicas, archive recovery) has it."""
+    state = read_state(catalog_path(shared)) or {}
+    unlogged = [u for u in state.get("unlogged", []) if int(u[0]) != table_id]
+    if len(unlogged) != len(state.get("unlogged", [])):
+        write_state(catalog_path(shared), {**{k: v for k, v in state.items() if k != "format"},
+                                           "unlogged": unlogged})
+
+
+def dropped_tables(shared: Path) -> set[int]:
+    """Ids of the tables ``global/catalog`` lists as dropped."""
+    return {int(i) for i in (read_state(catalog_path(shared)) or {}).get("dropped", [])}

@@ -15,6 +15,8 @@ HEAP_DELETE          3   ``<IIH2xq`` table_id, block, slot, key (sets xmax=xid)
 HEAP_LOCK            4   same as HEAP_DELETE (sets xmax=xid, LOCK_ONLY)
 HEAP_PRUNE           5   ``<IIHH`` table_id, block, nfreed, ncleared; then nfreed + ncleared ``<u2`` slots
 CATALOG_CREATE      16   msgpack ``{"table_id", "nbuckets", "schema": Schema.to_dict()}``
+CATALOG_DROP        17   msgpack ``{"table_id", "name"}``: the table is gone; every heap record of that table id,
+                         before or after this one, is ignored by redo (ids are never reused)
 COMMIT              32   ``<q`` commit time, microseconds since the Unix epoch (empty in old WAL); the header's
                          xid is the transaction.  Point-in-time recovery (``--until-time``) reads it
 ABORT               33   empty (the header's xid is the transaction)
@@ -45,6 +47,7 @@ HEAP_DELETE = int(RecordKind.HEAP_DELETE)
 HEAP_LOCK = 4
 HEAP_PRUNE = 5
 CATALOG_CREATE = int(RecordKind.CATALOG_CREATE_TABLE)
+CATALOG_DROP = int(RecordKind.CATALOG_DROP_TABLE)
 COMMIT = int(RecordKind.COMMIT)
 ABORT = int(RecordKind.ABORT)
 CHECKPOINT = int(RecordKind.CHECKPOINT)
@@ -199,3 +202,18 @@ def encode_create_table(table_id: int, nbuckets: int, schema: dict[str, Any]) ->
 def decode_create_table(p: bytes) -> CreateTable:
     d = msgpack.unpackb(p, raw=False)
     return CreateTable(int(d["table_id"]), int(d["nbuckets"]), dict(d["schema"]))
+
+
+class DropTable(NamedTuple):
+    table_id: int
+    name: str
+
+
+def encode_drop_table(table_id: int, name: str) -> bytes:
+    out: bytes = msgpack.packb({"table_id": table_id, "name": name}, use_bin_type=True)
+    return out
+
+
+def decode_drop_table(p: bytes) -> DropTable:
+    d = msgpack.unpackb(p, raw=False)
+    return DropTable(int(d["table_id"]), str(d["name"]))
