@@ -181,6 +181,11 @@ class Connection:
         """``buckets``: hash chains (0: sized from ``expected_rows``); chains are the unit of block ownership."""
         return self.call("create_table", name=name, columns=columns, expected_rows=expected_rows, buckets=buckets)
 
+    def drop_table(self, name: str, if_exists: bool = False) -> Any:
+        """Drop a table for the whole cluster, at once (not part of any transaction: changes to it by running
+        transactions go with it).  Raises ``NoSuchTable`` unless ``if_exists``."""
+        return self.call("drop_table", name=name, if_exists=if_exists)
+
     def tables(self) -> Any:
         return self.call("tables")
 

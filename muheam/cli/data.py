@@ -67,7 +67,7 @@ def _coerce(columns: list[list[str]], assignments: tuple[str, ...]) -> dict[str,
 
 @click.group()
 def table() -> None:
-    """Create and list tables."""
+    """Create, drop and list tables."""
 
 
 @table.command("create")
@@ -94,6 +94,22 @@ def table_create(name: str, columns: tuple[str, ...], expected_rows: int, bucket
         emit(info, fmt)
         return
     click.echo(f"table {info['name']} created (id {info['table_id']})")
+
+
+@table.command("drop")
+@click.argument("name")
+@click.option("--if-exists", is_flag=True, help="No error when there is no such table.")
+@format_option
+@node_choice
+@config_options
+def table_drop(name: str, if_exists: bool, fmt: str, **kw: Any) -> None:
+    """Drop table NAME and its rows for the whole cluster, at once (not part of any transaction)."""
+    with _connection(kw) as conn:
+        info = conn.drop_table(name, if_exists)
+    if fmt == "json":
+        emit(info, fmt)
+        return
+    click.echo(f"table {name} dropped (id {info['table_id']})" if info.get("dropped") else f"no table {name}")
 
 
 @table.command("list")

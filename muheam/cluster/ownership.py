@@ -11,7 +11,11 @@ reads the rest from the file.
 
 Ownership is kept until another node asks (no messages for repeated local work): the lock stays *held* and is
 given up only on ``ReleaseDemanded``.  Allocating a new overflow block takes the relation-extension lock
-``ext:<table>`` (value: the relation's length in blocks); creating a table takes ``catalog``.
+``ext:<table>`` (value: the relation's length in blocks).  Creating or dropping a table takes ``catalog``
+exclusively; every row operation needs it at least shared, and each grant of it re-reads ``global/catalog``, so a
+node that had to give it up for a DROP TABLE learns of the drop before its next operation (a cache invalidation
+by lock, as in Oracle's library cache or PostgreSQL's relation locks).  Holding it shared costs nothing until
+the next create or drop.
 
 The engine asks through the ``Owner`` protocol (``chain``/``extend``/``catalog``); if this node does not own what
 is needed it raises ``NeedOwnership`` before changing anything, and the session layer calls ``acquire`` and
@@ -30,7 +34,8 @@ from locking.effects import Granted
 from locking.messages import MAX_VALUE, Mode
 from muheam import failpoints
 from muheam.engine import Engine
-from muheam.engine.errors import NeedOwnership
+from muheam.engine.errors import NeedOwnership, NoSuchTable
+from muheam.engine.heapops import Table
 from muheam.cluster.locks import LockService
 
 log = logging.getLogger("muheam.ownership")
@@ -137,8 +142,8 @@ class Ownership:
             return
         raise NeedOwnership(resource, Mode.EXCLUSIVE, keep=self._writing)
 
-    def catalog(self) -> None:
-        self._need(CATALOG, Mode.EXCLUSIVE)
+    def catalog(self, write: bool = True) -> None:
+        self._need(CATALOG, Mode.EXCLUSIVE if write else Mode.SHARED)
 
     # -- acquiring -------------------------------------------------------------------------------------------
     def acquire(self, resource: bytes, mode: Mode, then: Callable[[], None], keep: bytes | None = None) -> None:
@@ -155,7 +160,7 @@ class Ownership:
             self.locks.release(resource)
             self.counters["upgrades"] += 1
         self.asking[resource] = mode
-        self.counters["acquires"] += 1
+        self.counters["catalog_acquires" if resource == CATALOG else "acquires"] += 1
         self.locks.acquire(resource, mode, lambda grant: self._granted(resource, grant))
 
     def _granted(self, resource: bytes, grant: Granted) -> None:
@@ -163,13 +168,19 @@ class Ownership:
         if resource.startswith(CHAIN):
             table_id, _ = _CHAIN.unpack_from(resource, len(CHAIN))
             self._drop_images(resource)
-            if grant.valid and grant.value:
+            if self._table(table_id) is None:
+                pass  # dropped meanwhile: nothing of it is cached any more, and no operation will use it
+            elif grant.valid and grant.value:
                 self.engine.cache.adopt(table_id, decode_images(grant.value))
                 self.counters["images_received"] += 1
             else:
                 self.counters["read_from_disk"] += 1
                 if not grant.valid and self.repair is not None:
                     self.counters["repaired"] += self.repair.chain(table_id, _CHAIN.unpack_from(resource, len(CHAIN))[1])
+        elif resource == CATALOG:
+            self.engine.reload_catalog()  # tables created or dropped while we did not hold it
+        elif resource.startswith(EXTEND) and self._table(_U32.unpack_from(resource, len(EXTEND))[0]) is None:
+            pass  # a dropped table's relation is gone
         elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
             self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
@@ -192,9 +203,21 @@ class Ownership:
                 self._demanded(chain)
 
     # -- giving up -------------------------------------------------------------------------------------------
+    def _table(self, table_id: int) -> Table | None:
+        """The table, learnt from the catalog file if this node has not seen it yet; ``None`` once dropped."""
+        if table_id in self.engine.dropped:
+            return None
+        try:
+            return self.engine.table(table_id)
+        except NoSuchTable:
+            return None
+
     def _chain_blocks(self, resource: bytes) -> tuple[int, list[int]]:
+        """The chain's blocks; none for a dropped table (its pages were discarded with it)."""
         table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
-        t = self.engine.table(table_id)
+        t = self._table(table_id)
+        if t is None:
+            return table_id, []
         return table_id, self.engine.cache.chain_blocks(table_id, bucket, t.nbuckets)
 
     def _drop_images(self, resource: bytes) -> None:
@@ -202,7 +225,9 @@ class Ownership:
         if not resource.startswith(CHAIN):
             return
         table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
-        self.engine.cache.forget_chain(table_id, bucket, self.engine.table(table_id).nbuckets)
+        t = self._table(table_id)
+        if t is not None:
+            self.engine.cache.forget_chain(table_id, bucket, t.nbuckets)
 
     def _demanded(self, resource: bytes) -> None:
         """Another node waits: hand over (WAL flushed, dirty pages written, images in the value) and let go."""
@@ -216,15 +241,17 @@ class Ownership:
         value: bytes | None = None
         if resource.startswith(CHAIN):
             table_id, blocks = self._chain_blocks(resource)
-            if mode is Mode.EXCLUSIVE:
+            if mode is Mode.EXCLUSIVE and blocks:
                 failpoints.hit("ownership.export")  # a demand taken, the images not yet written through
                 value = encode_images(self.engine.cache.export(table_id, blocks), MAX_VALUE)
                 self.counters["images_sent"] += 1
             self.engine.cache.forget(table_id, blocks)
-        elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE:
+        elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE and \
+                self._table(_U32.unpack_from(resource, len(EXTEND))[0]) is not None:
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
             value = _U64.pack(self.engine.cache.nblocks(table_id))
-        self.counters["given_up"] += 1
+        # blocks handed over; the catalog lock goes to a node that needs it shared once after each create or drop
+        self.counters["catalog_given_up" if resource == CATALOG else "given_up"] += 1
         self.locks.release(resource, value)
 
     def stats(self) -> dict[str, int]:

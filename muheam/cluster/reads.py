@@ -134,6 +134,8 @@ class ConsistentReads:
             if r in own.held or r in own.asking or r in own.readable:
                 continue  # ours meanwhile (never overwrite our pages), or another read has it right now
             table_id, _ = _CHAIN.unpack_from(r, len(CHAIN))
+            if own._table(table_id) is None:
+                continue  # dropped while we waited
             own._drop_images(r)
             cache.adopt(table_id, images)
             readable[r] = (table_id, [b for b, _ in images])
@@ -144,8 +146,11 @@ class ConsistentReads:
             if self.locks.read_source(r) != FROM_FILE:  # someone asked for it while we waited for the others
                 continue
             table_id, bucket = _CHAIN.unpack_from(r, len(CHAIN))
+            t = own._table(table_id)
+            if t is None:
+                continue
             own._drop_images(r)
-            blocks = cache.chain_blocks(table_id, bucket, self.engine.table(table_id).nbuckets)
+            blocks = cache.chain_blocks(table_id, bucket, t.nbuckets)
             readable[r] = (table_id, blocks)
             self.counters["file_reads"] += 1
         if pending.first not in readable and pending.first not in own.held:
@@ -173,7 +178,7 @@ class ConsistentReads:
                 raise ValueError("a cr chain is [table, bucket]")
             resource = chain_resource(item[0], item[1])
             value: bytes | None = None
-            if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0:
+            if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0 and own._table(item[0]) is not None:
                 table_id, blocks = own._chain_blocks(resource)
                 cache = self.engine.cache
                 value = encode_images([(b, cache.read(table_id, b).encode()) for b in blocks])

@@ -35,7 +35,7 @@ from muheam.engine.errors import Deadlock, EngineError, StorageFailed
 from muheam.engine.flusher import WalFlusher
 from muheam.engine import Transaction
 from muheam.errors import MuheamError, SerializationFailure
-from muheam.engine.errors import NeedOwnership
+from muheam.engine.errors import NeedOwnership, NoSuchTable
 from muheam.cluster.ownership import Ownership
 from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
@@ -151,7 +151,7 @@ class Sessions:
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
         self.committing: set[int] = set()
         """Writers whose COMMIT is under way (no longer in ``txns``, not yet durable): ``op_writers`` counts them."""
-        for op in ("create_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
+        for op in ("create_table", "drop_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
                    "scan", "commit", "rollback", "writers"):
             port.register(op, getattr(self, "op_" + op))
 
@@ -175,6 +175,35 @@ class Sessions:
                 reply.fail(error_code(exc), str(exc))
                 return
             reply.resolve({"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]})
+
+        attempt()
+        return reply
+
+    def op_drop_table(self, req: dict[str, Any]) -> Any:
+        """``{"name", "if_exists"}``: drop the table for the whole cluster (not transactional, see
+        ``Engine.drop_table``); the reply says whether there was one."""
+        self.fence_check()
+        name, if_exists = req.get("name"), req.get("if_exists", False)
+        if not isinstance(name, str) or not isinstance(if_exists, bool):
+            raise RequestError("bad_request", "drop_table needs name (str) and if_exists (bool, optional)")
+        reply = Deferred()
+
+        def attempt() -> None:
+            try:
+                t = self.engine.drop_table(name)
+            except NeedOwnership as need:
+                self.cluster.ownership.acquire(need.resource, need.mode, attempt)
+                return
+            except NoSuchTable as exc:
+                if if_exists:
+                    reply.resolve({"name": name, "dropped": False})
+                else:
+                    reply.fail(error_code(exc), str(exc))
+                return
+            except (MuheamError, ValueError, TypeError) as exc:
+                reply.fail(error_code(exc), str(exc))
+                return
+            reply.resolve({"table_id": t.table_id, "name": t.name, "dropped": True})
 
         attempt()
         return reply
@@ -297,10 +326,12 @@ class Sessions:
         self._abort(tx)
         reply.fail(reason, f"{exc} (transaction {tx.txn.xid} rolled back)")
 
-    def _table(self, req: dict[str, Any]) -> str:
+    def _table(self, req: dict[str, Any]) -> str | int:
+        """A table name, or a table id (the SQL port names tables by id, so a table dropped and created again
+        under the same name is never mistaken for the one it planned against)."""
         table = req.get("table")
-        if not isinstance(table, str):
-            raise RequestError("bad_request", "table must be a string")
+        if not isinstance(table, str) and not (type(table) is int and 0 < table < 1 << 32):
+            raise RequestError("bad_request", "table must be a name (string) or a table id")
         return table
 
     def _key(self, req: dict[str, Any]) -> int:
@@ -352,7 +383,7 @@ class Sessions:
         at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
 
         def scan(txn: Transaction) -> Any:
-            t = self.engine.table(table)
+            t = self.engine.op_table(table)
             while at[0] <= t.nbuckets:
                 chunk, at[0] = self.engine.scan_from(txn, t, at[0])
                 if chunk is None:

@@ -37,6 +37,15 @@ def test_table_put_get_scan_waldump(local_cluster: Callable[..., LocalCluster]) 
     one = c.cli("waldump", "--node-id", "1", "--xid", str(commits[0]["xid"])).stdout.splitlines()
     assert one and all(f"tx: {commits[0]['xid']}," in line for line in one)
 
+    assert "dropped" in c.cli("table", "drop", "accounts").stdout
+    assert json.loads(c.cli("table", "list", "--format", "json").stdout) == []
+    gone = c.cli("table", "drop", "accounts", check=False)
+    assert gone.returncode == 1 and "does not exist" in gone.stderr
+    assert "no table accounts" in c.cli("table", "drop", "accounts", "--if-exists").stdout
+    drops = [json.loads(line) for line in
+             c.cli("waldump", "--node-id", "1", "--kind", "CATALOG_DROP_TABLE", "--format", "json").stdout.splitlines()]
+    assert len(drops) == 1
+
 
 def test_bench_kv_shows_group_commit() -> None:
     result = json.loads(run_cli("bench", "kv", "--json", "--clients", "6", "--seconds", "2", timeout=180).stdout)

@@ -18,12 +18,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from muheam.bench.workloads import bank
+from muheam.client import NodeUnavailable, request
+from muheam.engine import statefiles
+from muheam.ops.procs import pid_alive
 from tests.support.cluster import FULL, LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -71,8 +75,9 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 @pytest.mark.timeout(300)
 def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_cluster: Start,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    # every node drops its first two claims of a dead peer's recovery: the recovery stays open a few seconds
-    monkeypatch.setenv("MUHEAM_FAILPOINTS", "survivors.claim=2*drop")
+    # every node drops its first two claims of a dead peer's recovery: the recovery stays open a few seconds; node
+    # 3 dies in a DROP TABLE, after the catalog's tombstone and before the WAL record (the recoverer logs it)
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "survivors.claim=2*drop;engine.drop_unlogged@3=1*crash")
     c = local_cluster(3)
     mep = metrics_endpoints(c)
     eps = {int(n["node_id"]): str(n["client_endpoint"]) for n in c.info["nodes"]}
@@ -94,7 +99,12 @@ def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_clust
         assert total(after[n], "muheam_lease_remaining_seconds") > 0
     assert sum(total(a, "muheam_chain_images_shipped_total") for a in after.values()) > 0
 
-    os.kill(c.node_pid(3) or 0, signal.SIGKILL)
+    request(eps[1], "create_table", name="doomed", columns={"v": "int64"}, timeout=10)
+    doomed = next(t["table_id"] for t in request(eps[2], "tables", timeout=10) if t["name"] == "doomed")
+    pid3 = c.node_pid(3) or 0
+    with pytest.raises(NodeUnavailable):
+        request(eps[3], "drop_table", name="doomed", timeout=10)
+    wait_for(lambda: not pid_alive(pid3), 10, "node 3 killed itself at engine.drop_unlogged")
     wait_for(lambda: get(mep[1] + "/readiness")[0] == 503, 30, "node 1 not ready while node 3 is unrecovered")
     status, body = get(mep[1] + "/readiness")
     assert status == 503 and "recovering" in body, body
@@ -102,6 +112,13 @@ def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_clust
     wait_for(lambda: all(get(mep[n] + "/readiness")[0] == 200 for n in (1, 2)), 90, "survivors ready again")
     recovered = sum(total(scrape(mep[n]), "muheam_recovery_duration_seconds_count") for n in (1, 2))
     assert recovered == 1
+    shared = Path(c.info["config"]["shared_dir"])
+    assert doomed in statefiles.dropped_tables(shared) and statefiles.unlogged_drops(shared) == []
+    assert all("doomed" not in [t["name"] for t in request(eps[n], "tables", timeout=10)] for n in (1, 2))
+    logged = [json.loads(line) for n in (1, 2) for line in c.cli("waldump", "--node-id", str(n), "--kind",
+                                                                 "CATALOG_DROP_TABLE", "--format",
+                                                                 "json").stdout.splitlines()]
+    assert len(logged) == 1, logged  # by node 3's recoverer
 
     top = c.cli("top", "--format", "json", "--interval", "0.5")
     samples = json.loads(top.stdout)

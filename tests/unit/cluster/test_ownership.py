@@ -83,7 +83,7 @@ def test_a_stale_overflow_page_never_outlives_a_grant(tmp_path: Path) -> None:
     with the images of the first pages that fit in a value block.  B must read A's last page from the file: its
     old frame of that page survived because forgetting a chain walked only the cached pages from the bucket on,
     and B then read A's committed row as it was before and wrote the old page back over A's change."""
-    from muheam.cluster.ownership import chain_resource
+    from muheam.cluster.ownership import CATALOG, chain_resource
     from muheam.storage import mvcc
 
     shared = tmp_path / "shared"
@@ -116,6 +116,9 @@ def test_a_stale_overflow_page_never_outlives_a_grant(tmp_path: Path) -> None:
     for r in (chain, ext):
         own_a.acquire(r, Mode.EXCLUSIVE, lambda: None)
         grant(la, r, Mode.EXCLUSIVE)
+    for own, locks in ((own_a, la), (own_b, lb)):  # every row operation needs the catalog lock (shared)
+        own.acquire(CATALOG, Mode.SHARED, lambda: None)
+        grant(locks, CATALOG, Mode.SHARED)
     rows = 5000
     tx = a.begin(100)
     for key in range(rows):
@@ -155,3 +158,60 @@ def test_a_stale_overflow_page_never_outlives_a_grant(tmp_path: Path) -> None:
     assert tc.get("t", rows - 1)["v"] == -1 and tc.get("t", rows - 2)["v"] == -2
     for e in (a, b, c):
         e.close()
+
+
+def test_a_node_that_gave_up_the_catalog_lock_never_touches_a_table_dropped_meanwhile(tmp_path: Path) -> None:
+    """Node B holds the catalog lock shared and a chain of ``t`` exclusively, with a dirty page.  Node A's DROP
+    TABLE needs the catalog lock exclusively, so B gives it up; B's next row operation must ask for it again, and
+    the grant makes B read the catalog, so the operation fails with ``NoSuchTable`` instead of writing into the
+    dropped table.  B's dirty page goes unwritten and a later demand for the chain hands over nothing."""
+    import pytest
+    from muheam.cluster.ownership import CATALOG, chain_resource
+    from muheam.engine import NoSuchTable
+    from muheam.engine.errors import NeedOwnership
+
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = iter(range(1, 1 << 30))
+    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 20))
+    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 20))
+    la, lb = RecordingLocks(), RecordingLocks()
+    own_a, own_b = Ownership(la, a), Ownership(lb, b)  # type: ignore[arg-type]
+    seq = iter(range(2, 1 << 30))
+
+    def grant(locks: RecordingLocks, resource: bytes, mode: Mode) -> None:
+        n = next(seq)
+        locks.pending.pop(resource)(Granted(resource, mode, Glsn(n, 1), Version(Glsn(n, 1), 0), None, True))
+
+    own_a.acquire(CATALOG, Mode.EXCLUSIVE, lambda: None)
+    grant(la, CATALOG, Mode.EXCLUSIVE)
+    t = a.create_table("t", {"v": "int64"}, buckets=1)
+    own_a._demanded(CATALOG)
+    chain = chain_resource(t.table_id, 1)
+    for r, mode in ((CATALOG, Mode.SHARED), (chain, Mode.EXCLUSIVE)):
+        own_b.acquire(r, mode, lambda: None)
+        grant(lb, r, mode)
+    assert b.table("t") == t  # learnt from the catalog at the grant
+    tx = b.begin(100)
+    tx.insert("t", 1, {"v": 1})
+    assert b.cache.dirty_count
+
+    own_b._demanded(CATALOG)  # A asks for it exclusively
+    own_a.acquire(CATALOG, Mode.EXCLUSIVE, lambda: None)
+    grant(la, CATALOG, Mode.EXCLUSIVE)
+    a.drop_table("t")
+    with pytest.raises(NeedOwnership) as need:
+        tx.insert("t", 2, {"v": 2})
+    assert need.value.resource == CATALOG and need.value.mode is Mode.SHARED
+    own_a._demanded(CATALOG)
+    own_b.acquire(CATALOG, Mode.SHARED, lambda: None)
+    grant(lb, CATALOG, Mode.SHARED)
+    with pytest.raises(NoSuchTable):
+        tx.insert("t", 2, {"v": 2})
+    assert not b.cache.dirty_count and t.table_id in b.dropped
+    own_b._demanded(chain)  # someone asks for the dead table's chain: released empty, nothing written
+    assert lb.released[chain] is None
+    assert not (shared / "base" / str(t.table_id)).exists()
+    a.close()
+    b.close()
