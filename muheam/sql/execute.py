@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping
 
@@ -61,8 +61,12 @@ class Task:
     """Drives one generator to its end over ``ops``; ``done(result, error)`` is called exactly once."""
 
     def __init__(self, gen: Generator[Request, Any, Any], ops: Mapping[str, Operation],
-                 done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None]) -> None:
+                 done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None],
+                 table_gone: Callable[[], None] = lambda: None) -> None:
+        """``table_gone``: called when a row operation named a table the node no longer has (dropped since the
+        statement was planned: the caller's catalog must look again)."""
         self.gen, self.ops, self.done, self.xid = gen, ops, done, xid
+        self.table_gone = table_gone
         self.cancelled = False
 
     def start(self) -> None:
@@ -79,12 +83,14 @@ class Task:
                 self.done(stop.value, None)
                 return
             except OpFailed as exc:
+                if exc.code == "NoSuchTable":
+                    self.table_gone()
                 self.done(None, exc.sql())
                 return
             except SqlError as exc:
                 self.done(None, exc)
                 return
-            if "xid" not in args and op not in ("begin", "tables", "create_table"):
+            if "xid" not in args and op not in ("begin", "tables", "create_table", "drop_table"):
                 args["xid"] = self.xid()
             ok, value = self._call(op, args)
             if isinstance(value, Deferred):
@@ -116,12 +122,20 @@ class Catalog:
     """Tables as SQL sees them.  The engine's catalog has the columns; the key column's SQL name (``id`` in
     ``CREATE TABLE t (id bigint PRIMARY KEY, ...)``) lives in ``global/sql_tables/<name>.json`` in the shared
     directory, written before the table is created; a table made through the Python client has none and shows
-    its key as ``key``.  Tables are never altered or dropped, so what is read once stays true."""
+    its key as ``key``.  Tables are never altered; a DROP TABLE on any node makes this node's row operations on
+    the old table id fail with 42P01, which ``forget`` turns into a fresh look (and new plans, ``generation``)."""
 
     def __init__(self, ops: Mapping[str, Operation], shared_dir: Path | None) -> None:
         self.ops = ops
         self.dir = shared_dir / "global" / "sql_tables" if shared_dir is not None else None
         self.tables: dict[str, TableInfo] = {}
+        self.generation = 0
+        """Moves on whenever a table this catalog knew is gone: plans made before then must be made again."""
+
+    def forget(self) -> None:
+        """Some table is gone (dropped here or on another node): look every table up afresh."""
+        self.tables.clear()
+        self.generation += 1
 
     def lookup(self, name: str) -> TableInfo:
         info = self.tables.get(name)
@@ -148,7 +162,8 @@ class Catalog:
             key = str(meta.get("key", "key"))
             if key in columns or meta.get("columns") not in (None, list(columns)):
                 key = "key"  # metadata of another table of that name (a crash between the two writes)
-            self.tables[t["name"]] = TableInfo(t["name"], key, columns, meta.get("sql_types", {}))
+            self.tables[t["name"]] = TableInfo(t["name"], key, columns, meta.get("sql_types", {}),
+                                               int(t["table_id"]))
 
     def create(self, plan: CreateTable) -> Gen:
         info = plan.info
@@ -165,9 +180,23 @@ class Catalog:
             tmp = self.dir / f".{info.name}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"key": info.key, "columns": list(info.columns), "sql_types": info.sql_types}))
             os.replace(tmp, self.dir / f"{info.name}.json")
-        yield ("create_table", {"name": info.name, "columns": dict(info.columns), "buckets": plan.buckets})
-        self.tables[info.name] = info
+        made = yield ("create_table", {"name": info.name, "columns": dict(info.columns), "buckets": plan.buckets})
+        self.tables[info.name] = replace(info, table_id=int(made["table_id"]))
         return Result("CREATE TABLE")
+
+    def drop(self, name: str, if_exists: bool) -> Gen:
+        """DROP TABLE for the cluster; the key column's name goes with it (a later table may reuse the name)."""
+        try:
+            gone = yield ("drop_table", {"name": name, "if_exists": if_exists})
+        except OpFailed as exc:
+            if exc.code == "NoSuchTable":
+                self.forget()  # this node's view of the table may have been stale
+                raise SqlError("42P01", f'table "{name}" does not exist') from None
+            raise
+        if gone.get("dropped") and self.dir is not None:
+            (self.dir / f"{name}.json").unlink(missing_ok=True)
+        self.forget()
+        return Result("DROP TABLE")
 
 
 # --- statements ------------------------------------------------------------------------------------------------
@@ -190,7 +219,7 @@ class Redo:
 def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
           lock: bool = False, redo: Redo | None = None) -> Generator[Request, Any, list[Row]]:
     rows: list[Row] = []
-    name, key = table.name, table.key
+    name, key = table.ref, table.key
     if points is not None:
         seen: set[int] = set()
         for p in points:
@@ -230,7 +259,7 @@ def _again(table: TableInfo, row: Row, where: Expr | None, params: Params,
     if not redo.moved:
         return row
     key = row[table.key]
-    found = yield ("get", {"table": table.name, "key": key})
+    found = yield ("get", {"table": table.ref, "key": key})
     if found is None:
         return None
     found[table.key] = key
@@ -343,7 +372,7 @@ def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:
         tries = [0]
         while True:
             try:
-                yield ("insert", {"table": table.name, "key": key, "row": row})
+                yield ("insert", {"table": table.ref, "key": key, "row": row})
                 break
             except OpFailed as exc:  # the key was inserted or deleted by a later commit: look again
                 yield from _new_snapshot(exc, redo or Redo(), tries)
@@ -362,10 +391,10 @@ def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
             col, delta_e, sign = plan.add
             delta = sign * to_column(delta_e.fn(row, params), table.columns[col], col)
             # the new value as computed from the version read: returned, not stored (the engine adds)
-            return ("add", {"table": table.name, "key": key, "column": col, "delta": delta}), \
+            return ("add", {"table": table.ref, "key": key, "column": col, "delta": delta}), \
                 {**row, col: row[col] + delta}
         changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
-        return ("update", {"table": table.name, "key": key, "changes": changes}), {**row, **changes}
+        return ("update", {"table": table.ref, "key": key, "changes": changes}), {**row, **changes}
 
     rows = yield from _read(table, plan.where, plan.points, params)
     changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(), change, plan.returning)
@@ -376,7 +405,7 @@ def run_delete(plan: Delete, params: Params, redo: Redo | None = None) -> Gen:
     table = plan.table
     rows = yield from _read(table, plan.where, plan.points, params)
     changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(),
-                                      lambda row: (("delete", {"table": table.name, "key": row[table.key]}), row),
+                                      lambda row: (("delete", {"table": table.ref, "key": row[table.key]}), row),
                                       plan.returning)
     return Result(f"DELETE {len(changed)}", changed if plan.returning else [])
 

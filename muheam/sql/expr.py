@@ -57,6 +57,14 @@ class TableInfo:
     columns: dict[str, str]
     """engine type by column name, in table order, without the key."""
     sql_types: dict[str, str] = field(default_factory=dict)
+    table_id: int = 0
+    """The engine's id (0: not created yet).  Row operations name the table by it, so a plan made before a
+    DROP TABLE fails with 42P01 instead of running against a new table of the same name."""
+
+    @property
+    def ref(self) -> str | int:
+        """How a row operation names the table."""
+        return self.table_id or self.name
 
     @property
     def order(self) -> list[str]:

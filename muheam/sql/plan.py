@@ -78,6 +78,12 @@ class CreateTable:
 
 
 @dataclass
+class DropTable:
+    names: tuple[str, ...]
+    if_exists: bool
+
+
+@dataclass
 class Agg:
     func: str  # count | sum | min | max | avg
     arg: Expr | None  # None: count(*)
@@ -122,7 +128,7 @@ class Delete:
     returning: list[Expr]
 
 
-Plan = Utility | CreateTable | Select | Insert | Update | Delete
+Plan = Utility | CreateTable | DropTable | Select | Insert | Update | Delete
 
 
 @dataclass
@@ -164,8 +170,7 @@ def _plan(stmt: Any, lookup: Lookup, c: Compiler) -> Plan:
     if isinstance(stmt, ast.CreateStmt):
         return _create(stmt)
     if isinstance(stmt, ast.DropStmt) and stmt.removeType == enums.ObjectType.OBJECT_TABLE:
-        raise SqlError("0A000", "DROP TABLE is not supported: the MUHEAM engine cannot drop a table yet",
-                       "the table and its rows stay; create one under another name")
+        return _drop(stmt)
     if isinstance(stmt, ast.DeallocateStmt):
         return Utility("deallocate", "DEALLOCATE ALL" if stmt.isall else "DEALLOCATE", stmt.name or "")
     if isinstance(stmt, ast.DiscardStmt):
@@ -258,6 +263,21 @@ def _storage_options(stmt: Any) -> int:
 _SQL_TYPES = {"int8": "int64", "bigint": "int64", "int4": "int64", "integer": "int64", "int": "int64",
               "int2": "int64", "smallint": "int64", "float8": "float64", "double precision": "float64",
               "float4": "float64", "real": "float64", "numeric": "float64"}
+
+
+def _drop(stmt: Any) -> DropTable:
+    """``DROP TABLE [IF EXISTS] name [, ...] [CASCADE | RESTRICT]``: nothing depends on a MUHEAM table, so
+    CASCADE drops exactly what RESTRICT does."""
+    if stmt.concurrent:
+        raise unsupported("DROP TABLE CONCURRENTLY")
+    names = []
+    for obj in stmt.objects or ():
+        parts = [p.sval for p in obj]
+        if len(parts) > 1 and parts[:-1] != ["public"]:
+            raise SqlError("3F000", f'schema "{".".join(parts[:-1])}" does not exist',
+                           "MUHEAM has one schema, public")
+        names.append(parts[-1])
+    return DropTable(tuple(names), bool(stmt.missing_ok))
 
 
 def _create(stmt: Any) -> CreateTable:

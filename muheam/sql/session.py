@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,7 +29,7 @@ from muheam.sql.plancache import PlanCache
 from muheam.sql.auth import MECHANISM, ScramExchange
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
 from muheam.sql.expr import SERVER_VERSION, SqlError, unsupported
-from muheam.sql.plan import Compiled, CreateTable, Utility
+from muheam.sql.plan import Compiled, CreateTable, DropTable, Utility
 
 log = logging.getLogger("muheam.sql")
 
@@ -70,6 +70,8 @@ def _write_verb(p: Any) -> str:
     """What a read-only transaction refuses to run, by name ("" for a statement it may run)."""
     if isinstance(p, CreateTable):
         return "CREATE TABLE"
+    if isinstance(p, DropTable):
+        return "DROP TABLE"
     if isinstance(p, plan.Select):
         return "SELECT FOR UPDATE" if p.lock else ""
     return {plan.Insert: "INSERT", plan.Update: "UPDATE", plan.Delete: "DELETE"}.get(type(p), "")
@@ -78,6 +80,10 @@ def _write_verb(p: Any) -> str:
 @dataclass
 class Prepared:
     compiled: Compiled | None  # None: an empty query
+    stmt: Any = None
+    param_oids: list[int] = field(default_factory=list)
+    generation: int = 0
+    """The SQL catalog's generation it was planned in: planned again once a table is gone (``Session._statement``)."""
 
 
 @dataclass
@@ -121,6 +127,10 @@ class Session:
         self._draining = False
         self.running_simple = False
         self.plans = PlanCache()
+        self.plans_generation = catalog.generation
+        self.drops: list[str] = []
+        """DROP TABLEs of the open transaction block, run when it commits (MUHEAM's catalog is not transactional,
+        so a drop that ROLLBACK must undo cannot happen before COMMIT)."""
 
     # input ------------------------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -267,6 +277,8 @@ class Session:
 
     # the simple query protocol ------------------------------------------------------------------------------------
     def _simple(self, sql: str) -> None:
+        if self.plans_generation != self.catalog.generation:  # a table is gone: plans made before may name it
+            self.plans, self.plans_generation = PlanCache(), self.catalog.generation
         try:
             hit = self.plans.lookup(sql, self._compile)
         except SqlError:
@@ -324,7 +336,8 @@ class Session:
             if stmts and self.tx == "E" and not _is_tx_end(stmts[0]):
                 raise _aborted()
             compiled = self._compile(stmts[0], ev.param_types) if stmts else None
-            self.statements[ev.name] = Prepared(compiled)
+            self.statements[ev.name] = Prepared(compiled, stmts[0] if stmts else None, list(ev.param_types),
+                                                self.catalog.generation)
             self._send(wire.msg_parse_complete())
         elif isinstance(ev, wire.Bind):
             prepared = self._statement(ev.statement)
@@ -366,9 +379,19 @@ class Session:
             raise SqlError("08P01", f"unexpected message {type(ev).__name__}")
 
     def _statement(self, name: str) -> Prepared:
+        """The prepared statement, planned again if a table was dropped since (its plan may name it), as
+        PostgreSQL re-plans; like PostgreSQL, refused if that changes its parameters or result columns."""
         if name not in self.statements:
             raise SqlError("26000", f'prepared statement "{name}" does not exist')
-        return self.statements[name]
+        prepared = self.statements[name]
+        old = prepared.compiled
+        if old is not None and prepared.generation != self.catalog.generation:
+            new = self._compile(prepared.stmt, prepared.param_oids)
+            if new.fields != old.fields or new.param_types != old.param_types:
+                raise SqlError("0A000", "cached plan must not change result type",
+                               "prepare the statement again (its table was dropped and made again)")
+            prepared.compiled, prepared.generation = new, self.catalog.generation
+        return prepared
 
     def _portal(self, name: str) -> Portal:
         if name not in self.portals:
@@ -410,7 +433,7 @@ class Session:
             if self.task is None:
                 self._drain()
 
-        task = Task(self._statement_gen(compiled, params), self.ops, done, lambda: self.xid)
+        task = Task(self._statement_gen(compiled, params), self.ops, done, lambda: self.xid, self.catalog.forget)
         self.task = task
         task.start()
 
@@ -428,6 +451,11 @@ class Session:
                 raise SqlError("25006", f"cannot execute {verb} in a read-only transaction")
         if isinstance(p, CreateTable):
             return (yield from self.catalog.create(p))
+        if isinstance(p, DropTable):
+            return (yield from self._drop(p))
+        if self.drops and p.table is not None and p.table.name in self.drops:
+            raise SqlError("42P01", f'relation "{p.table.name}" does not exist',
+                           "this transaction block dropped it (the drop takes effect at COMMIT)")
         if isinstance(p, plan.Select) and p.table is None:
             return (yield from execute.run_select(p, params))
         if self.xid is None:
@@ -443,6 +471,25 @@ class Session:
             xid, self.xid = self.xid, None
             yield ("commit", {"xid": xid})
         return result
+
+    def _drop(self, p: DropTable) -> Gen:
+        """Outside a block: drop now.  Inside one: check the tables exist now and drop them at COMMIT (then
+        with IF EXISTS: a table another session dropped meanwhile is gone either way, and a committed block must
+        not report an error)."""
+        if not self.explicit:
+            for name in p.names:
+                yield from self.catalog.drop(name, p.if_exists)
+            return Result("DROP TABLE")
+        for name in p.names:
+            try:
+                self.catalog.lookup(name)
+            except SqlError:
+                if not p.if_exists:
+                    raise
+                continue
+            if name not in self.drops:
+                self.drops.append(name)
+        return Result("DROP TABLE")
 
     def _utility(self, u: Utility) -> Gen:
         if u.kind == "begin":
@@ -464,6 +511,7 @@ class Session:
             saved, local = self.saved, self.local
             self.explicit, self.tx, self.queried, self.saved, self.local = False, "I", False, {}, set()
             self._end_block(saved, saved.keys() if u.kind == "rollback" or failed else local)
+            drops, self.drops = self.drops, []
             if xid is not None:
                 if u.kind == "commit" and not failed:
                     try:
@@ -476,6 +524,9 @@ class Session:
                         yield ("rollback", {"xid": xid})
                     except execute.OpFailed:
                         pass  # the node rolled it back already
+            if u.kind == "commit" and not failed:
+                for name in drops:  # the block committed: now its drops
+                    yield from self.catalog.drop(name, True)
             return Result("ROLLBACK" if failed else u.tag)
         if self.tx == "E":
             raise _aborted()

@@ -195,7 +195,8 @@ def test_errors_name_the_problem(cluster3: tuple[LocalCluster, dict[int, str]]) 
             ("SELECT nope FROM errs", pgerrors.UndefinedColumn, "nope"),
             ("INSERT INTO errs VALUES (1, 2)", pgerrors.UniqueViolation, "duplicate key"),
             ("SELECT a.id FROM errs a JOIN errs b ON a.id = b.id", pgerrors.FeatureNotSupported, "join"),
-            ("DROP TABLE errs", pgerrors.FeatureNotSupported, "DROP TABLE"),
+            ("DROP VIEW errs", pgerrors.FeatureNotSupported, "DROP"),
+            ("DROP TABLE elsewhere.errs", pgerrors.InvalidSchemaName, "schema"),
             ("SELEC 1", pgerrors.SyntaxError, "syntax"),
             ("SELECT v FROM errs WHERE id = " + "9" * 5000, pgerrors.NumericValueOutOfRange, "out of range"),
             ("CREATE TABLE b0 (id bigint PRIMARY KEY) WITH (buckets = 0)", pgerrors.InvalidParameterValue,
@@ -211,6 +212,58 @@ def test_errors_name_the_problem(cluster3: tuple[LocalCluster, dict[int, str]]) 
         for refused in ("b0", "av"):  # nothing was created
             with pytest.raises(pgerrors.UndefinedTable):
                 conn.execute(f"SELECT count(*) FROM {refused}")
+
+
+def test_drop_table_is_seen_by_every_node_and_waits_for_commit_in_a_block(
+        cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """A table dropped on node 1 is gone on node 2 at once, even for the plans node 2 made and the transaction it
+    has open; a new table of that name (other columns) is never confused with it; inside a transaction block the
+    drop waits for COMMIT, and ROLLBACK keeps the table."""
+    c, sql = cluster3
+    endpoint = str(c.info["nodes"][0]["client_endpoint"])
+
+    def table_ids() -> dict[str, int]:
+        return {t["name"]: t["table_id"] for t in request(endpoint, "tables", timeout=10, client_key=c.client_key)}
+
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as one, \
+            psycopg.connect(conninfo(sql[2]), autocommit=True) as two, \
+            psycopg.connect(conninfo(sql[2])) as open_tx, psycopg.connect(conninfo(sql[3]), autocommit=True) as three:
+        one.execute("CREATE TABLE dt (id bigint PRIMARY KEY, v bigint)")
+        one.execute("INSERT INTO dt VALUES (1, 10), (2, 20)")
+        assert two.execute("SELECT v FROM dt WHERE id = 1").fetchone() == (10,)  # node 2 plans and caches dt
+        open_tx.execute("INSERT INTO dt VALUES (3, 30)")                        # and has a change in flight
+        old_id = table_ids()["dt"]
+        assert one.execute("DROP TABLE dt").statusmessage == "DROP TABLE"
+        assert not (Path(c.info["config"]["shared_dir"]) / "base" / str(old_id)).exists()
+        for _ in range(2):  # the cached plan, then a fresh one
+            with pytest.raises(pgerrors.UndefinedTable):
+                two.execute("SELECT v FROM dt WHERE id = 1")
+        with pytest.raises(pgerrors.UndefinedTable):
+            open_tx.execute("INSERT INTO dt VALUES (4, 40)")
+        open_tx.rollback()
+        three.execute("CREATE TABLE dt (k bigint PRIMARY KEY, w text)")
+        three.execute("INSERT INTO dt VALUES (1, 'new')")
+        assert table_ids()["dt"] > old_id
+        with pytest.raises(pgerrors.UndefinedColumn):  # the old columns are not read from the new table
+            two.execute("SELECT v FROM dt WHERE id = 1")
+        assert two.execute("SELECT w FROM dt WHERE k = 1").fetchone() == ("new",)
+        # psycopg's default mode wraps the drop in a transaction block: it happens at COMMIT, not at ROLLBACK
+        open_tx.execute("DROP TABLE dt")
+        with pytest.raises(pgerrors.UndefinedTable, match="dt"):
+            open_tx.execute("SELECT count(*) FROM dt")
+        open_tx.rollback()
+        assert three.execute("SELECT count(*) FROM dt").fetchone() == (1,)
+        open_tx.execute("DROP TABLE IF EXISTS dt, never_made")
+        assert three.execute("SELECT count(*) FROM dt").fetchone() == (1,)  # not before the COMMIT
+        open_tx.commit()
+        with pytest.raises(pgerrors.UndefinedTable):
+            three.execute("SELECT count(*) FROM dt")
+        assert "dt" not in table_ids()
+        assert three.execute("DROP TABLE IF EXISTS dt").statusmessage == "DROP TABLE"
+        with pytest.raises(pgerrors.UndefinedTable, match='table "dt" does not exist'):
+            three.execute("DROP TABLE dt")
+    out = psql(sql[2], "-c", "CREATE TABLE dt (id bigint PRIMARY KEY)", "-c", "DROP TABLE dt")
+    assert out.returncode == 0 and out.stdout.split() == ["CREATE", "TABLE", "DROP", "TABLE"], out.stderr
 
 
 def test_create_table_sets_the_hash_chains(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
