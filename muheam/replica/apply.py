@@ -232,6 +232,25 @@ class Applier:
         create_table(self.conns[0], self.name, tdef)
         self.stmts.add(tdef)
 
+    def drop_table(self, table_id: int, name: str) -> None:
+        """DROP TABLE once every transaction dealt out before it is applied, with its registry row, in one
+        PostgreSQL transaction; a table this replica did not create is left alone."""
+        self.drain()
+        conn = self.conns[0]
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DELETE FROM {SCHEMA}.tables WHERE name = %s AND table_id = %s RETURNING table_name",
+                            (self.name, table_id))
+                row = cur.fetchone()
+                if row is not None:
+                    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(str(row[0]))))
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        self.stmts.upsert.pop(table_id, None)
+        self.stmts.delete.pop(table_id, None)
+
     def submit(self, txn: Txn) -> None:
         with self.cv:
             while self.error is None and self.next_seq - self.committed_seq > IN_FLIGHT_PER_WORKER * self.nworkers:

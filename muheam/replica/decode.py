@@ -2,8 +2,10 @@
 
 What the WAL already carries is enough, so no ``wal_level = logical`` switch was needed: heap records are
 physical but name the row's key and carry the *whole* new row (``engine.walrec``: HEAP_INSERT, HEAP_UPDATE), a
-delete names its key, the header names the transaction, CATALOG_CREATE carries the table's name and columns, and
-COMMIT carries its time.  The decoder keeps each transaction's changes until its outcome: COMMIT emits them as one
+delete names its key, the header names the transaction, CATALOG_CREATE carries the table's name and columns,
+CATALOG_DROP its id and name, and COMMIT carries its time.  After a drop the table's changes are left out, also
+those of a transaction that made them before the drop and commits after it (the cluster drops them with the
+table).  The decoder keeps each transaction's changes until its outcome: COMMIT emits them as one
 ``Txn``, ABORT drops them (a dead node's undecided transactions get an ABORT from its recoverer, so nothing an
 uncommitted transaction did ever reaches a replica).  HEAP_LOCK, HEAP_PRUNE, CHECKPOINT, HEARTBEAT and FENCE
 change no row.
@@ -44,6 +46,8 @@ from walmerge.record import align8
 
 _HEADER = struct.Struct("<IBBHQQQQQII")
 INSERT, UPDATE, DELETE = "insert", "update", "delete"
+UNKNOWN = "unknown"
+"""A change of a table the decoder does not know (``key`` holds the record's LSN)."""
 
 
 class DecodeError(ValueError):
@@ -100,7 +104,16 @@ class Txn:
         return {(c.table_id, c.key) for c in self.changes}
 
 
-Event = TableDef | Txn
+@dataclass(frozen=True, slots=True)
+class DroppedTable:
+    """A DROP TABLE, in its place in the stream."""
+
+    table_id: int
+    name: str
+    lsn: int = 0
+
+
+Event = TableDef | DroppedTable | Txn
 
 
 class Decoder:
@@ -114,6 +127,7 @@ class Decoder:
 
     def __init__(self, tables: Iterable[TableDef] = (), skip_through: int = -1, copy_sts: int = 0) -> None:
         self.tables: dict[int, TableDef] = {t.table_id: t for t in tables}
+        self.dropped: set[int] = set()
         self._schemas: dict[int, Schema] = {t.table_id: t.schema for t in self.tables.values()}
         self.skip_through = skip_through
         self.copy_sts = copy_sts
@@ -143,7 +157,17 @@ class Decoder:
             self.tables[ct.table_id] = tdef
             self._schemas[ct.table_id] = sch
             return tdef
+        if kind == walrec.CATALOG_DROP:
+            dt = walrec.decode_drop_table(payload)
+            if dt.table_id in self.dropped:
+                return None  # logged twice (a recoverer logged a drop its dead node had logged too)
+            self.dropped.add(dt.table_id)
+            known = self.tables.pop(dt.table_id, None)
+            self._schemas.pop(dt.table_id, None)
+            return DroppedTable(dt.table_id, known.name if known is not None else dt.name, lsn)
         if kind in (walrec.HEAP_INSERT, walrec.HEAP_UPDATE, walrec.HEAP_DELETE):
+            if walrec.heap_table_id(payload) in self.dropped:
+                return None
             change = self._change(kind, payload, lsn)
             changes = self.pending.get(xid)
             if changes is None:
@@ -161,6 +185,12 @@ class Decoder:
             if glsn < self.copy_sts:
                 self.in_copy += 1
                 return None
+            if self.dropped:
+                changes = [c for c in changes if c.table_id not in self.dropped]
+            for c in changes:
+                if c.op == UNKNOWN:
+                    raise DecodeError(f"record at LSN {c.key:#x} changes table {c.table_id}, which no catalog "
+                                      "record in the stream (nor the replica's registry) defines")
             self.committed += 1
             restart = min(self.first_lsn.values(), default=end)
             return Txn(xid, node, lsn, end, min(restart, end), glsn, walrec.decode_commit_time(payload), changes)
@@ -174,8 +204,9 @@ class Decoder:
         table_id = walrec.heap_table_id(payload)
         schema = self._schemas.get(table_id)
         if schema is None:
-            raise DecodeError(f"record at LSN {lsn:#x} changes table {table_id}, which no catalog record in the "
-                              "stream (nor the replica's registry) defines")
+            # an error at its COMMIT unless a drop of the table comes first: a resumed replica reads again the
+            # changes of a table it has dropped already (they lie between its restart_lsn and the drop)
+            return Change(UNKNOWN, table_id, lsn)
         if kind == walrec.HEAP_INSERT:
             ins = walrec.decode_insert(payload)
             return Change(INSERT, table_id, ins.key, schema.from_record(ins.row))
@@ -185,4 +216,4 @@ class Decoder:
         return Change(DELETE, table_id, walrec.decode_delete(payload).key)
 
 
-__all__ = ["Change", "DecodeError", "Decoder", "Event", "TableDef", "Txn", "INSERT", "UPDATE", "DELETE"]
+__all__ = ["Change", "DecodeError", "Decoder", "DroppedTable", "Event", "TableDef", "Txn", "INSERT", "UPDATE", "DELETE"]

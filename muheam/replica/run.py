@@ -43,7 +43,7 @@ from muheam.replica import apply
 from muheam.replica.apply import Applier, PostgresUnavailable, ReplicaError
 from muheam.replica.confirm import Confirmer
 from muheam.replica.copy import CopyFailed, initial_copy
-from muheam.replica.decode import DecodeError, Decoder, TableDef, Txn
+from muheam.replica.decode import DecodeError, Decoder, DroppedTable, TableDef, Txn
 from muheam.walstream.publisher import PublisherUnavailable, StreamError
 from muheam.walstream.subscriber import Subscriber
 from walmerge.errors import format_lsn
@@ -213,6 +213,8 @@ class Replicator:
                         for ev in dec.feed(batch):
                             if isinstance(ev, TableDef):
                                 applier.create_table(ev)
+                            elif isinstance(ev, DroppedTable):
+                                applier.drop_table(ev.table_id, ev.name)
                             else:
                                 ev.received_at = now
                                 self.status.received_glsn = ev.commit_glsn

@@ -251,9 +251,9 @@ def replicas_after(c: LocalCluster, done: Any, timeout: float = 10.0) -> dict[st
         time.sleep(0.2)
 
 
-def scoped_insert(conn: Any, key: int, scope: str) -> dict[str, Any]:
+def scoped_insert(conn: Any, key: int, scope: str, table: str = "t") -> dict[str, Any]:
     tx = conn.transaction().__enter__()
-    tx.insert("t", key, {"v": key})
+    tx.insert(table, key, {"v": key})
     return dict(tx.commit(scope=scope))
 
 
@@ -309,6 +309,17 @@ def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_
         assert request(eps[2], "status")["counters"]["scopes"]["degraded"] == []
         assert scoped_insert(conns[2], 1_000_003, degrade)["scope"] == "confirmed"
         assert replica_has(pg.conninfo, "t", 1_000_003)
+
+        # DROP TABLE reaches the replica in its place in the stream: once a later commit is applied, it is gone
+        conns[1].create_table("gone", {"v": "int64"})
+        assert scoped_insert(conns[1], 7, applied, table="gone")["scope"] == "confirmed"
+        assert replica_has(pg.conninfo, "gone", 7)
+        assert conns[2].drop_table("gone")["dropped"] is True
+        assert scoped_insert(conns[0], 1_000_004, applied)["scope"] == "confirmed"
+        with psycopg.connect(pg.conninfo) as conn:
+            assert conn.execute("SELECT to_regclass('gone')").fetchone() == (None,)
+            assert conn.execute("SELECT count(*) FROM muheam_replica.tables WHERE table_name = 'gone'"
+                                ).fetchone() == (0,)
     finally:
         for conn in conns:
             conn.close()

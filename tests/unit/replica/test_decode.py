@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from muheam.engine import walrec
-from muheam.replica.decode import _HEADER, DELETE, INSERT, UPDATE, DecodeError, Decoder, TableDef, Txn
+from muheam.replica.decode import _HEADER, DELETE, INSERT, UPDATE, DecodeError, Decoder, DroppedTable, TableDef, Txn
 from muheam.storage.schema import Schema
 from walmerge.record import align8, encode_record
 
@@ -118,8 +118,37 @@ def test_resuming_at_any_applied_transaction_gives_exactly_the_rest(cut: int) ->
 def test_a_change_to_an_unknown_table_is_an_error() -> None:
     s = Stream()
     s.insert(1, 1, {"balance": 1, "owner": ""}, table_id=9)
+    s.commit(1)
     with pytest.raises(DecodeError, match="table 9"):
         list(Decoder().feed(s.records))
+
+
+def test_a_dropped_tables_changes_are_left_out_even_of_a_transaction_that_commits_after_the_drop() -> None:
+    s = Stream()
+    s.create(1)
+    s.create(2)
+    s.insert(10, 1, {"balance": 1, "owner": "a"}, table_id=1)
+    s.insert(10, 2, {"balance": 2, "owner": "b"}, table_id=2)
+    s.add(walrec.CATALOG_DROP, walrec.encode_drop_table(1, "t1"))
+    s.insert(11, 3, {"balance": 3, "owner": "c"}, table_id=1)  # a late change of the dropped table
+    s.commit(10)
+    s.commit(11)
+    s.add(walrec.CATALOG_DROP, walrec.encode_drop_table(1, "t1"))  # logged again by a recoverer
+    events = list(Decoder().feed(s.records))
+    drops = [e for e in events if isinstance(e, DroppedTable)]
+    assert [(d.table_id, d.name) for d in drops] == [(1, "accounts")]
+    got = txns(events)
+    assert [[(c.table_id, c.key) for c in t.changes] for t in got] == [[(2, 2)], []]
+
+
+def test_a_resumed_decoder_reads_again_the_changes_of_a_table_it_dropped_without_an_error() -> None:
+    s = Stream()
+    s.create(1)
+    first = s.insert(10, 1, {"balance": 1, "owner": "a"}, table_id=1)
+    s.add(walrec.CATALOG_DROP, walrec.encode_drop_table(1, "accounts"))
+    s.commit(10)
+    resumed = [r for r in s.records if r[0] >= first]
+    assert txns(list(Decoder().feed(resumed)))[0].changes == []  # table 1 is not in the registry any more
 
 
 # --- after an initial copy (muheam.replica.copy): decoding from L0 with the copy snapshot's timestamp -------------
