@@ -33,6 +33,7 @@ from typing import Callable, Protocol
 from locking.effects import Granted
 from locking.messages import MAX_VALUE, Mode
 from muheam import failpoints
+from muheam.errors import MuheamError
 from muheam.engine import Engine
 from muheam.engine.errors import NeedOwnership, NoSuchTable
 from muheam.engine.heapops import Table
@@ -144,6 +145,22 @@ class Ownership:
 
     def catalog(self, write: bool = True) -> None:
         self._need(CATALOG, Mode.EXCLUSIVE if write else Mode.SHARED)
+
+    def settle_drops(self) -> None:
+        """Log the drops a dead node tombstoned but did not log, under the catalog lock (``Engine.settle_drops``);
+        nothing to do costs one read of ``global/catalog``.  Called at start and when a dead node is recovered."""
+        def attempt() -> None:
+            try:
+                done = self.engine.settle_drops()
+            except NeedOwnership as need:
+                self.acquire(need.resource, need.mode, attempt)
+                return
+            except MuheamError as e:  # the next holder of the catalog lock logs them
+                log.error("node %d: could not log the drops dead nodes left unlogged: %s", self.engine.node_id, e)
+                return
+            self.counters["drops_settled"] += len(done)
+
+        attempt()
 
     # -- acquiring -------------------------------------------------------------------------------------------
     def acquire(self, resource: bytes, mode: Mode, then: Callable[[], None], keep: bytes | None = None) -> None:

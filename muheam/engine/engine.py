@@ -27,9 +27,9 @@ from numpy.typing import NDArray
 from muheam import failpoints
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
-from muheam.engine.errors import (Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
+from muheam.engine.errors import (CatalogWriteFailed, Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
                                   StorageFailed, TableExists, TransactionError)
-from muheam.engine.heapops import HeapOps, Table, catalog_tables
+from muheam.engine.heapops import HeapOps, Table, catalog_state
 from muheam.engine.txn import Transaction, adder
 from muheam.storage import Heap, RowConflict, Schema, SchemaError, Snapshot, TupleId, mvcc
 from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
@@ -217,9 +217,7 @@ class Engine:
         the unit of block ownership, so hot rows spread over many chains move between nodes independently."""
         with self._lock:
             check_name(name, "table")
-            if self.owner is not None:
-                self.owner.catalog()
-                self.reload_catalog()
+            self._catalog_exclusive()
             if name in self.tables_by_name:
                 raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
                                   f"pick another name")
@@ -234,12 +232,17 @@ class Engine:
             self._wal_flush(end)
             t = Table(table_id, name, schema, nbuckets)
             self.add_table(t)
-            self.write_catalog()
+            try:
+                self._write_catalog_file(self.write_catalog)
+            except CatalogWriteFailed:
+                self._catalog_dirty = True  # it is in the WAL: the next checkpoint or recovery writes it
+                raise
             self._catalog_dirty = False
             return t
 
-    def drop_table(self, name: str) -> Table:
-        """Drop a table (durable, in the catalog and the WAL, when this returns); raises ``NoSuchTable``.
+    def drop_table(self, name: str, table_id: int | None = None) -> Table:
+        """Drop a table (durable, in the catalog and the WAL, when this returns); raises ``NoSuchTable`` (also when
+        ``table_id`` is given and ``name`` is another table now: a drop decided earlier never hits a newer one).
 
         Not transactional, like ``create_table``: the table is gone for every transaction at once, and changes
         to it by transactions that are still running go with it even if they commit later.  In a cluster the
@@ -248,43 +251,60 @@ class Engine:
         touches the table again.
 
         The tombstone in ``global/catalog`` comes first: from then on the table is gone for the cluster.  The
-        ``CATALOG_DROP`` record follows for the WAL's readers (replicas, archive recovery); a node that dies
-        between the two leaves the drop listed as unlogged, and its restart or its recoverer logs it
-        (``log_unlogged_drops``).  The other order would let a dead node's drop take effect only when it restarts,
-        after the others had gone on writing the table."""
+        ``CATALOG_DROP`` record follows for the WAL's readers (replicas, archive recovery), before the lock can
+        go to anyone; a node that dies between the two leaves the drop marked unlogged, and the next holder of
+        the catalog lock logs it (``settle_drops``) before any create or drop of its own, so the stream never
+        shows a table of that name created before the old one is dropped.  The other order would let a dead
+        node's drop take effect only when it restarts, after the others had gone on writing the table."""
         with self._lock:
             self._writer()
-            if self.owner is not None:
-                self.owner.catalog()
-                self.reload_catalog()
+            self._catalog_exclusive()
             t = self.tables_by_name.get(name)
-            if t is None:
+            if t is None or (table_id is not None and t.table_id != table_id):
                 raise NoSuchTable(f"table {name!r} does not exist; existing tables: {sorted(self.tables_by_name)}")
+            self._write_catalog_file(lambda: statefiles.merge_catalog(
+                self.shared, [], self.dropped | {t.table_id}, dropping=(t.table_id, self.node_id, t.name)))
             self.dropped.add(t.table_id)
-            statefiles.merge_catalog(self.shared, [], self.dropped, dropping=(t.table_id, self.node_id, t.name))
             failpoints.hit("engine.drop_unlogged")  # the table is gone for the cluster, its WAL record not written
-            self.log_drop(t.table_id, t.name)
+            self._log_drop(t.table_id, t.name)
             self.forget_table(t.table_id)
             return t
 
-    def log_drop(self, table_id: int, name: str) -> None:
-        """Write the ``CATALOG_DROP`` record of a tombstoned table durably, then clear its unlogged mark (logging
-        it twice is harmless: every reader ignores a second drop of one id)."""
-        with self._lock:
-            _, end = self._log(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), 0)
-            self._durable(end)
-            statefiles.drop_logged(self.shared, table_id)
-
-    def log_unlogged_drops(self, node: int) -> list[int]:
-        """Log the drops ``node`` tombstoned without logging them (it died in between); returns their ids."""
-        done = []
+    def _catalog_exclusive(self) -> None:
+        """Hold the catalog lock exclusively (a cluster; raises ``NeedOwnership`` first if not), with the catalog
+        read afresh and every drop a dead node left unlogged logged now."""
+        if self.owner is not None:
+            self.owner.catalog()
+            self.reload_catalog()
         for table_id, dropper, name in statefiles.unlogged_drops(self.shared):
-            if dropper == node:
-                log.warning("node %d: logging the drop of table %r (id %d) that node %d made but did not log",
-                            self.node_id, name, table_id, node)
-                self.log_drop(table_id, name)
-                done.append(table_id)
-        return done
+            log.warning("node %d: logging the drop of table %r (id %d) that node %d made but did not log (it "
+                        "stopped in between)", self.node_id, name, table_id, dropper)
+            self._log_drop(table_id, name)
+
+    def settle_drops(self) -> list[int]:
+        """Log the drops dead nodes left unlogged (``drop_table``), under the catalog lock; returns their ids.
+        The node calls it when it starts and when it recovers a dead node."""
+        with self._lock:
+            pending = [table_id for table_id, _, _ in statefiles.unlogged_drops(self.shared)]
+            if pending:
+                self._catalog_exclusive()
+            return pending
+
+    def _log_drop(self, table_id: int, name: str) -> None:
+        """Write the ``CATALOG_DROP`` record of a tombstoned table durably, then clear its unlogged mark (logging
+        it twice is harmless: every reader ignores a second drop of one id).  The caller holds the catalog lock."""
+        _, end = self._log(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), 0)
+        self._durable(end)
+        self._write_catalog_file(lambda: statefiles.drop_logged(self.shared, table_id))
+
+    def _write_catalog_file(self, write: Callable[[], None]) -> None:
+        """``global/catalog`` is rewritten; a failure (a full file system) is the caller's error, not a reason to
+        stop the engine: nothing changed unless the rename happened."""
+        try:
+            write()
+        except OSError as e:
+            raise CatalogWriteFailed(f"node {self.node_id} could not write {statefiles.catalog_path(self.shared)} "
+                                     f"({e}); nothing was created or dropped: free space and try again") from e
 
     def forget_table(self, table_id: int) -> None:
         """A dropped table: out of the catalog maps, its cached pages discarded unwritten, its file removed
@@ -319,10 +339,10 @@ class Engine:
 
     def reload_catalog(self) -> int:
         """Learn tables other nodes created or dropped (from ``global/catalog``); returns how many were new."""
-        for table_id in statefiles.dropped_tables(self.shared) - self.dropped:
+        tables, dropped = catalog_state(self.shared)  # one read: a drop between two reads could bring a table back
+        for table_id in dropped - self.dropped:
             self.forget_table(table_id)
-        new = [t for t in catalog_tables(self.shared)
-               if t.table_id not in self.tables_by_id and t.table_id not in self.dropped]
+        new = [t for t in tables if t.table_id not in self.tables_by_id and t.table_id not in self.dropped]
         for t in new:
             self.add_table(t)
         return len(new)

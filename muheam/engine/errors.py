@@ -25,6 +25,10 @@ class TableExists(EngineError):
     exit_code = 2
 
 
+class CatalogWriteFailed(EngineError):
+    """``global/catalog`` could not be written (e.g. a full file system): the create or drop did not happen."""
+
+
 class TransactionError(EngineError):
     """A transaction was used wrongly: unknown or finished XID, XID reused, engine stopped, ..."""
 

@@ -58,8 +58,14 @@ class Table:
 
 def catalog_tables(shared: Path) -> list[Table]:
     """Every table ``global/catalog`` lists."""
-    return [Table.from_entry(d["table_id"], d["nbuckets"], d["schema"])
-            for d in (statefiles.read_state(statefiles.catalog_path(shared)) or {}).get("tables", [])]
+    return catalog_state(shared)[0]
+
+
+def catalog_state(shared: Path) -> tuple[list[Table], set[int]]:
+    """The tables ``global/catalog`` lists and the ids of the dropped ones, from one read of the file."""
+    state = statefiles.read_state(statefiles.catalog_path(shared)) or {}
+    return ([Table.from_entry(d["table_id"], d["nbuckets"], d["schema"]) for d in state.get("tables", [])],
+            {int(i) for i in state.get("dropped", [])})
 
 
 class HeapOps:

@@ -168,7 +168,6 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         eng._log(walrec.ABORT, b"", xid)
         eng.aborted.add(xid)
     rep.aborted_in_flight = sorted(in_flight)
-    eng.log_unlogged_drops(node)  # a drop this node tombstoned right before it crashed
     eng.checkpoint()
     log.info("node %d: recovered: redo from %s, %d records, %d page changes, %d in-flight transactions aborted",
              node, "the start" if start is None else format_lsn(start), rep.records_replayed, rep.pages_changed,

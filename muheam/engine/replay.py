@@ -174,6 +174,8 @@ class Replayer:
         kind, xid = rec.kind, rec.xid
         if kind in walrec.HEAP_KINDS:
             t = self.tables.get(walrec.heap_table_id(rec.payload))
+            if xid:  # its outcome counts even when the table is gone (an undecided one is then aborted)
+                self._data_xids.setdefault(origin, set()).add(xid)
             if t is None and walrec.heap_table_id(rec.payload) in self.dropped:
                 return  # a change of a dropped table (written before the drop reached its node)
             if t is None:
@@ -182,8 +184,6 @@ class Replayer:
                                        f"cluster's data (or its global/catalog is newer than its tables)",
                                        path=statefiles.catalog_path(self.shared))
             rep.pages_changed += self._batch.add(t, rec)
-            if xid:
-                self._data_xids.setdefault(origin, set()).add(xid)
             self.cache.trim()
         elif kind == walrec.COMMIT:
             rep.committed.setdefault(origin, set()).add(xid)

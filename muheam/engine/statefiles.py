@@ -53,7 +53,7 @@ def write_state(path: Path, value: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body: bytes = msgpack.packb({"format": FORMAT, **value}, use_bin_type=True)
     data = MAGIC + int(google_crc32c.value(body)).to_bytes(4, "little") + body
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shared files: two nodes may write one at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)

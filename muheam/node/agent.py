@@ -402,6 +402,8 @@ class NodeAgent:
             self.sql.attach(poller)  # its listening socket, and each connection as it is accepted
         if self.sessions is not None and self.sessions.flusher is not None:
             poller.register(self.sessions.flusher.fd, zmq.POLLIN)  # commits made durable: answer them
+        if self.ownership is not None:
+            self.ownership.settle_drops()  # a DROP TABLE whose node stopped before logging it (whole-cluster restart)
         next_tick = 0.0
         try:
             while True:

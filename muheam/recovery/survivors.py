@@ -224,6 +224,8 @@ class Survivors:
 
     def extend(self, table_id: int) -> None:
         top = max((d.max_block.get(table_id, -1) for d in self._deads()), default=-1)
+        if table_id not in self.engine.tables_by_id:
+            return  # dropped (reading a dead node's WAL re-reads the catalog): its relation is gone
         self.engine.cache.grow(table_id, top + 1)  # grow never shrinks
 
     # -- the recoverer ---------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ class Survivors:
         job.aborted = list(verdict.aborted)
         self.engine.log_decided(job.aborted, walrec.Fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn))
         statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
-        self.engine.log_unlogged_drops(dead.node)  # a DROP TABLE it tombstoned but died before logging
+        self.ownership.settle_drops()  # a DROP TABLE it tombstoned but died before logging
         announce_committed, announce_aborted = list(verdict.announce_committed), list(verdict.announce_aborted)
         self.commits.finish(announce_committed, announce_aborted, lambda: self._decided(job))
         self.on_outcome({x for x, _ in announce_committed} | set(announce_aborted))

@@ -215,3 +215,43 @@ def test_a_node_that_gave_up_the_catalog_lock_never_touches_a_table_dropped_mean
     assert not (shared / "base" / str(t.table_id)).exists()
     a.close()
     b.close()
+
+
+def test_an_invalid_extension_grant_of_a_table_dropped_meanwhile_completes(tmp_path: Path) -> None:
+    """Node B waits for ``ext:t``, which node X held when it died; node A drops ``t`` at X's expiry.  The invalid
+    grant makes B read X's WAL, which re-reads the catalog and forgets ``t``: growing ``t``'s relation then raised
+    KeyError inside the grant (a review found it), so the grant was never held and B's operation never ran
+    again.  It must complete; the operation then fails cleanly on the dropped table."""
+    import itertools
+    from types import SimpleNamespace
+
+    from muheam.recovery.survivors import Survivors
+
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = itertools.count(1)
+    cfg = EngineConfig(segment_size=1 << 20)
+    a, b, x = (Engine.open(shared, n, lamport=lambda: next(clock), config=cfg) for n in (1, 2, 3))
+    t = a.create_table("t", {"v": "int64"}, buckets=1)
+    for e in (b, x):
+        e.reload_catalog()
+    tx = x.begin(100)
+    for k in range(400):  # overflow blocks: X held ext:t
+        tx.insert("t", k, {"v": k})
+    x.commit(tx)
+    x.crash()
+    lb = RecordingLocks()
+    own_b = Ownership(lb, b)  # type: ignore[arg-type]
+    survivors = Survivors(2, "c", b, own_b, SimpleNamespace(prepared_from={}), lambda: None, None,  # type: ignore[arg-type]
+                          lambda _s: None)
+    survivors.expired(3, 0)
+    res = extend_resource(t.table_id)
+    ran: list[int] = []
+    own_b.acquire(res, Mode.EXCLUSIVE, lambda: ran.append(1))
+    a.drop_table("t")
+    lb.pending.pop(res)(Granted(res, Mode.EXCLUSIVE, Glsn(9, 1), Version(Glsn(8, 3), 0), None, valid=False))
+    assert res in own_b.held and ran == [1]
+    assert t.table_id in b.dropped
+    a.close()
+    b.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from muheam.engine import Engine, EngineConfig, NoSuchTable, statefiles, walrec
+from muheam.engine.errors import CatalogWriteFailed
 from muheam.engine.replay import Target
 from muheam.recovery.restore import restore
 from muheam.storage.heap import relation_path
@@ -70,8 +71,10 @@ def test_a_dropped_table_is_gone_at_once_and_after_a_crash(tmp_path: Path) -> No
         e.close()
 
 
-def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_at_restart(tmp_path: Path) -> None:
-    """The node died between the tombstone and the WAL record (failpoint ``engine.drop_unlogged``)."""
+def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_by_the_next_catalog_change(tmp_path: Path) -> None:
+    """The node died between the tombstone and the WAL record (failpoint ``engine.drop_unlogged``): the table is
+    gone at once, and the record is written before the next create (here one of the same name, which must come
+    after the drop in the stream) or by ``settle_drops`` (a node calls it at start and after recovering one)."""
     e = Engine.open(tmp_path, 1, config=cfg())
     t = e.create_table("t", {"v": "int64"}, buckets=4)
     fill(e, "t", 100, range(50))
@@ -80,10 +83,37 @@ def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_at_restart(tmp_path:
     assert statefiles.unlogged_drops(tmp_path) == [(t.table_id, 1, "t")]
     e = Engine.open(tmp_path, 1, config=cfg())
     try:
-        assert e.tables() == []
+        assert e.tables() == [] and drops_logged(tmp_path, 1) == []
+        again = e.create_table("t", {"v": "int64"})
         assert [(d.table_id, d.name) for d in drops_logged(tmp_path, 1)] == [(t.table_id, "t")]
-        assert statefiles.unlogged_drops(tmp_path) == []
-        assert e.log_unlogged_drops(1) == []  # nothing left to log
+        kinds = [(r.kind, r.payload) for r in WalReader(node_wal_dir(tmp_path, 1), node_id=1, system_id=0)
+                 if r.kind in (walrec.CATALOG_DROP, walrec.CATALOG_CREATE)]
+        assert [k for k, _ in kinds][-2:] == [walrec.CATALOG_DROP, walrec.CATALOG_CREATE]
+        assert walrec.decode_create_table(kinds[-1][1]).table_id == again.table_id
+        assert statefiles.unlogged_drops(tmp_path) == [] and e.settle_drops() == []
+        statefiles.merge_catalog(tmp_path, [], [again.table_id], dropping=(again.table_id, 2, "t"))
+        assert e.settle_drops() == [again.table_id]
+        assert [d.table_id for d in drops_logged(tmp_path, 1)] == [t.table_id, again.table_id]
+    finally:
+        e.close()
+
+
+def test_a_drop_whose_tombstone_cannot_be_written_does_not_happen(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    e = Engine.open(tmp_path, 1, config=cfg())
+    try:
+        t = e.create_table("t", {"v": "int64"})
+
+        def full(*_a: object, **_k: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(statefiles, "merge_catalog", full)
+        with pytest.raises(CatalogWriteFailed, match="nothing was created or dropped"):
+            e.drop_table("t")
+        monkeypatch.undo()
+        assert e.table("t") == t and e.dropped == set() and drops_logged(tmp_path, 1) == []
+        e.create_table("u", {"v": "int64"})  # the next catalog change does not drop it either
+        assert statefiles.dropped_tables(tmp_path) == set()
     finally:
         e.close()
 
@@ -144,3 +174,32 @@ def test_replay_of_the_merged_stream_drops_the_table_and_ignores_its_late_change
         assert not relation_path(base, 1).exists()
     finally:
         e.close()
+
+
+def test_a_dead_nodes_unlogged_drop_comes_before_a_new_table_of_that_name_in_the_merged_stream(
+        tmp_path: Path) -> None:
+    """Node 1 tombstoned ``t`` and died before its WAL record; node 2 gets the catalog lock first and makes a new
+    ``t``.  Logged by node 1's recoverer only later, the drop came after the new CREATE in the stream, and a
+    replica then wrote the new table's rows into the old one's PostgreSQL table (a review found it).  The holder
+    of the catalog lock logs it before its own create."""
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = itertools.count(1)
+    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=cfg())
+    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=cfg())
+    t = a.create_table("t", {"v": "int64"}, buckets=2)
+    statefiles.merge_catalog(shared, [], [t.table_id], dropping=(t.table_id, 1, "t"))  # drop_table's first step
+    a.crash()
+    b.reload_catalog()
+    t2 = b.create_table("t", {"w": "int64"}, buckets=2)
+    assert b.settle_drops() == []
+    b.close()
+    merged = tmp_path / "merged"
+    merge(shared, merged)
+    order = [(r.kind, walrec.decode_create_table(r.payload).table_id if r.kind == walrec.CATALOG_CREATE
+              else walrec.decode_drop_table(r.payload).table_id)
+             for r in WalReader(merged, node_id=MERGED_NODE_ID, system_id=0)
+             if r.kind in (walrec.CATALOG_CREATE, walrec.CATALOG_DROP)]
+    assert order == [(walrec.CATALOG_CREATE, t.table_id), (walrec.CATALOG_DROP, t.table_id),
+                     (walrec.CATALOG_CREATE, t2.table_id)]
