@@ -36,6 +36,7 @@ from muheam.engine.flusher import WalFlusher
 from muheam.engine import Transaction
 from muheam.errors import MuheamError, SerializationFailure
 from muheam.engine.errors import NeedOwnership, NoSuchTable
+from muheam.storage import KeyNotFound
 from muheam.cluster.ownership import Ownership
 from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
@@ -180,17 +181,20 @@ class Sessions:
         return reply
 
     def op_drop_table(self, req: dict[str, Any]) -> Any:
-        """``{"name", "if_exists"}``: drop the table for the whole cluster (not transactional, see
-        ``Engine.drop_table``); the reply says whether there was one."""
+        """``{"name", "if_exists", "table_id"}``: drop the table for the whole cluster (not transactional, see
+        ``Engine.drop_table``); with ``table_id`` only if ``name`` is still that table.  The reply says whether
+        there was one."""
         self.fence_check()
-        name, if_exists = req.get("name"), req.get("if_exists", False)
-        if not isinstance(name, str) or not isinstance(if_exists, bool):
-            raise RequestError("bad_request", "drop_table needs name (str) and if_exists (bool, optional)")
+        name, if_exists, table_id = req.get("name"), req.get("if_exists", False), req.get("table_id")
+        if not isinstance(name, str) or not isinstance(if_exists, bool) or \
+                not (table_id is None or (type(table_id) is int and table_id > 0)):
+            raise RequestError("bad_request", "drop_table needs name (str), if_exists (bool, optional) and "
+                                              "table_id (a table id, optional)")
         reply = Deferred()
 
         def attempt() -> None:
             try:
-                t = self.engine.drop_table(name)
+                t = self.engine.drop_table(name, table_id)
             except NeedOwnership as need:
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt)
                 return
@@ -354,10 +358,24 @@ class Sessions:
         return self._row_op(req, lambda t: bool(t.update(table, key, changes)))
 
     def op_add(self, req: dict[str, Any]) -> Any:
+        """``column += delta`` on the row the transaction sees.  ``missing_ok``: no such row answers False and
+        the transaction goes on (SQL's ``UPDATE ... WHERE key = k`` that matches nothing), instead of failing it."""
         table, key, column, delta = self._table(req), self._key(req), req.get("column"), req.get("delta")
-        if not isinstance(column, str) or isinstance(delta, bool) or not isinstance(delta, (int, float)):
-            raise RequestError("bad_request", "add needs column (str) and a numeric delta")
-        return self._row_op(req, lambda t: bool(t.add(table, key, column, delta)))
+        missing_ok = req.get("missing_ok", False)
+        if not isinstance(column, str) or isinstance(delta, bool) or not isinstance(delta, (int, float)) \
+                or not isinstance(missing_ok, bool):
+            raise RequestError("bad_request", "add needs column (str), a numeric delta and missing_ok (bool, "
+                                              "optional)")
+
+        def add(t: Transaction) -> bool:
+            try:
+                return bool(t.add(table, key, column, delta))
+            except KeyNotFound:
+                if missing_ok:
+                    return False
+                raise
+
+        return self._row_op(req, add)
 
     def op_delete(self, req: dict[str, Any]) -> Any:
         table, key = self._table(req), self._key(req)
@@ -381,9 +399,11 @@ class Sessions:
             limit = _int_arg(req, "page_rows", 10_000, 1, MAX_PAGE_ROWS, f"an integer from 1 to {MAX_PAGE_ROWS}")
         rows: list[list[Any]] = []
         at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
+        named: list[str | int] = [table]  # its id once resolved: a table made anew under the name is another one
 
         def scan(txn: Transaction) -> Any:
-            t = self.engine.op_table(table)
+            t = self.engine.op_table(named[0])
+            named[0] = t.table_id
             while at[0] <= t.nbuckets:
                 chunk, at[0] = self.engine.scan_from(txn, t, at[0])
                 if chunk is None:

@@ -118,6 +118,9 @@ class Update:
     where: Expr | None
     points: list[Expr] | None
     returning: list[Expr]
+    key_only: bool = False
+    """WHERE is exactly ``key = <row-independent value>``: with ``add`` and no RETURNING the row need not be read
+    first (``execute.run_update``)."""
 
 
 @dataclass
@@ -493,7 +496,10 @@ def _update(stmt: Any, lookup: Lookup, c: Compiler) -> Update:
             except RowDependent:
                 add = None
     where, points = _where(stmt.whereClause, table, c)
-    return Update(table, sets, add, where, points, _returning(stmt, table, c))
+    w = stmt.whereClause
+    key_only = isinstance(w, ast.A_Expr) and w.kind == enums.A_Expr_Kind.AEXPR_OP and points is not None \
+        and len(points) == 1
+    return Update(table, sets, add, where, points, _returning(stmt, table, c), key_only)
 
 
 def _delete(stmt: Any, lookup: Lookup, c: Compiler) -> Delete:

@@ -128,9 +128,9 @@ class Session:
         self.running_simple = False
         self.plans = PlanCache()
         self.plans_generation = catalog.generation
-        self.drops: list[str] = []
-        """DROP TABLEs of the open transaction block, run when it commits (MUHEAM's catalog is not transactional,
-        so a drop that ROLLBACK must undo cannot happen before COMMIT)."""
+        self.drops: dict[str, int] = {}
+        """DROP TABLEs of the open transaction block (name -> the table id it meant), run when it commits
+        (MUHEAM's catalog is not transactional, so a drop that ROLLBACK must undo cannot happen before COMMIT)."""
 
     # input ------------------------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -320,7 +320,12 @@ class Session:
         self._run(compiled, [], None, describe=True, then=done)
 
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
-        return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
+        try:
+            return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
+        except SqlError as exc:  # against a table dropped and made again elsewhere (other columns)?
+            if exc.code not in ("42703", "42P01") or not self.catalog.revalidate():
+                raise
+            return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
 
     def _setting(self, name: str) -> str:
         return self.settings.get(name, "")
@@ -450,6 +455,10 @@ class Session:
             if verb:
                 raise SqlError("25006", f"cannot execute {verb} in a read-only transaction")
         if isinstance(p, CreateTable):
+            if p.info.name in self.drops:
+                raise SqlError("0A000", f'CREATE TABLE "{p.info.name}" after its DROP TABLE in the same transaction '
+                               "block is not supported: the drop takes effect at COMMIT",
+                               "commit the block first, then create the table")
             return (yield from self.catalog.create(p))
         if isinstance(p, DropTable):
             return (yield from self._drop(p))
@@ -473,22 +482,23 @@ class Session:
         return result
 
     def _drop(self, p: DropTable) -> Gen:
-        """Outside a block: drop now.  Inside one: check the tables exist now and drop them at COMMIT (then
-        with IF EXISTS: a table another session dropped meanwhile is gone either way, and a committed block must
-        not report an error)."""
-        if not self.explicit:
-            for name in p.names:
-                yield from self.catalog.drop(name, p.if_exists)
-            return Result("DROP TABLE")
+        """Outside a block: drop now.  Inside one: check the tables exist now and drop them at COMMIT (with IF
+        EXISTS then: one another session dropped meanwhile is gone either way, and a committed block must not
+        report an error; by id: a new table of that name is not the one this block meant).  Every table is
+        checked before any is dropped, so ``DROP TABLE a, missing`` drops nothing, as in PostgreSQL."""
+        found: dict[str, int] = {}
         for name in p.names:
             try:
-                self.catalog.lookup(name)
+                found[name] = self.catalog.lookup(name).table_id
             except SqlError:
                 if not p.if_exists:
-                    raise
-                continue
-            if name not in self.drops:
-                self.drops.append(name)
+                    raise SqlError("42P01", f'table "{name}" does not exist') from None
+        if not self.explicit:
+            for name, table_id in found.items():
+                yield from self.catalog.drop(name, p.if_exists, table_id)
+            return Result("DROP TABLE")
+        for name, table_id in found.items():
+            self.drops.setdefault(name, table_id)
         return Result("DROP TABLE")
 
     def _utility(self, u: Utility) -> Gen:
@@ -511,7 +521,7 @@ class Session:
             saved, local = self.saved, self.local
             self.explicit, self.tx, self.queried, self.saved, self.local = False, "I", False, {}, set()
             self._end_block(saved, saved.keys() if u.kind == "rollback" or failed else local)
-            drops, self.drops = self.drops, []
+            drops, self.drops = self.drops, {}
             if xid is not None:
                 if u.kind == "commit" and not failed:
                     try:
@@ -525,8 +535,8 @@ class Session:
                     except execute.OpFailed:
                         pass  # the node rolled it back already
             if u.kind == "commit" and not failed:
-                for name in drops:  # the block committed: now its drops
-                    yield from self.catalog.drop(name, True)
+                for name, table_id in drops.items():  # the block committed: now its drops, of the tables it meant
+                    yield from self.catalog.drop(name, True, table_id)
             return Result("ROLLBACK" if failed else u.tag)
         if self.tx == "E":
             raise _aborted()

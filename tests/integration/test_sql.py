@@ -266,6 +266,36 @@ def test_drop_table_is_seen_by_every_node_and_waits_for_commit_in_a_block(
     assert out.returncode == 0 and out.stdout.split() == ["CREATE", "TABLE", "DROP", "TABLE"], out.stderr
 
 
+def test_drop_table_edges_found_by_a_review(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """Node 2 planned against a table that node 1 dropped and made again with other columns: node 2 compiles
+    against the new one (it had cached the old columns and failed with 42703 for ever).  A block's deferred drop
+    drops the table it meant, not a newer one of that name.  ``DROP TABLE a, missing`` drops nothing."""
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as one, \
+            psycopg.connect(conninfo(sql[2]), autocommit=True) as two, psycopg.connect(conninfo(sql[3])) as block:
+        one.execute("CREATE TABLE re (id bigint PRIMARY KEY, v bigint)")
+        assert two.execute("SELECT count(*) FROM re").fetchone() == (0,)  # node 2 caches re(id, v)
+        one.execute("DROP TABLE re")
+        one.execute("CREATE TABLE re (k bigint PRIMARY KEY, w bigint)")
+        one.execute("INSERT INTO re VALUES (1, 7)")
+        assert two.execute("SELECT w FROM re WHERE k = 1").fetchone() == (7,)
+
+        block.execute("DROP TABLE re")                     # meant: the re of (k, w)
+        one.execute("DROP TABLE re")
+        one.execute("CREATE TABLE re (id bigint PRIMARY KEY, v bigint)")
+        one.execute("INSERT INTO re VALUES (1, 100)")
+        block.commit()                                     # its drop finds another table: left alone
+        assert two.execute("SELECT v FROM re WHERE id = 1").fetchone() == (100,)
+
+        with pytest.raises(pgerrors.UndefinedTable, match="missing"):
+            one.execute("DROP TABLE re, missing")
+        assert one.execute("SELECT count(*) FROM re").fetchone() == (1,)
+        with pytest.raises(pgerrors.FeatureNotSupported, match="after its DROP TABLE"):
+            block.execute("DROP TABLE re; CREATE TABLE re (id bigint PRIMARY KEY)")
+        block.rollback()
+        assert one.execute("SELECT count(*) FROM re").fetchone() == (1,)
+
+
 def test_create_table_sets_the_hash_chains(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
     """``WITH (buckets = N)`` reaches the engine; without it a table gets ``DEFAULT_BUCKETS`` chains, not the
     engine's one chain (every lookup read the whole table, every writer elsewhere took all of it)."""
@@ -358,15 +388,21 @@ def test_read_committed_is_the_default_and_redoes_a_lost_change(
         holder.execute("DELETE FROM rc WHERE id = 4")                 # ... and row 4
         waits = [blocked(2, "UPDATE rc SET v = v + 100 WHERE id = 2"),       # redone on 11: 111
                  blocked(3, "UPDATE rc SET v = v + 1 WHERE id = 3 AND v > 5"),  # 0 no longer qualifies
-                 blocked(2, "UPDATE rc SET v = 7 WHERE id = 4")]              # the row is gone
+                 blocked(2, "UPDATE rc SET v = 7 WHERE id = 4"),              # the row is gone
+                 blocked(3, "UPDATE rc SET v = v + 1 WHERE id = 4")]          # gone too (an add, no read)
         time.sleep(1.0)  # every one of them waits for the holder's row locks now
         holder.commit()
         for thread, _ in waits:
             thread.join(30)
-    assert [out for _, out in waits] == [[1], [0], [0]]
+    assert [out for _, out in waits] == [[1], [0], [0], [0]]
     with psycopg.connect(conninfo(sql[3])) as check:
         assert check.execute("SELECT id, v FROM rc ORDER BY id").fetchall() == [(1, 11), (2, 111), (3, 0)]
-    assert sum(sessions_counter(c, n, "rows_changed") for n in (2, 3)) >= redone + 3
+    assert sum(sessions_counter(c, n, "rows_changed") for n in (2, 3)) >= redone + 4
+    with psycopg.connect(conninfo(sql[2])) as conn:  # no such row: UPDATE 0, and the transaction goes on
+        assert conn.execute("UPDATE rc SET v = v + 1 WHERE id = 99").rowcount == 0
+        assert conn.execute("UPDATE rc SET v = v - %s WHERE id = %s", (1, 1)).rowcount == 1
+        assert conn.execute("SELECT v FROM rc WHERE id = 1").fetchone() == (10,)
+        conn.commit()
 
     with psycopg.connect(conninfo(sql[1])) as conn:
         conn.execute("SELECT 1 FROM rc WHERE id = 1")
