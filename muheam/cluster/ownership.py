@@ -146,19 +146,21 @@ class Ownership:
     def catalog(self, write: bool = True) -> None:
         self._need(CATALOG, Mode.EXCLUSIVE if write else Mode.SHARED)
 
-    def settle_drops(self) -> None:
-        """Log the drops a dead node tombstoned but did not log, under the catalog lock (``Engine.settle_drops``);
-        nothing to do costs one read of ``global/catalog``.  Called at start and when a dead node is recovered."""
+    def settle(self) -> None:
+        """Log, under the catalog lock, the creates and drops a dead node made but did not log
+        (``Engine.settle``); nothing to do costs one read of ``global/catalog``.  Called at start and when a dead
+        node is recovered; a failure is logged (the next create or drop, or the next start, does it)."""
         def attempt() -> None:
             try:
-                done = self.engine.settle_drops()
+                done = self.engine.settle()
             except NeedOwnership as need:
                 self.acquire(need.resource, need.mode, attempt)
                 return
-            except MuheamError as e:  # the next holder of the catalog lock logs them
-                log.error("node %d: could not log the drops dead nodes left unlogged: %s", self.engine.node_id, e)
+            except (MuheamError, OSError) as e:
+                log.error("node %d: could not log the catalog changes dead nodes left unlogged: %s",
+                          self.engine.node_id, e)
                 return
-            self.counters["drops_settled"] += len(done)
+            self.counters["catalog_changes_settled"] += len(done)
 
         attempt()
 
@@ -195,7 +197,11 @@ class Ownership:
                 if not grant.valid and self.repair is not None:
                     self.counters["repaired"] += self.repair.chain(table_id, _CHAIN.unpack_from(resource, len(CHAIN))[1])
         elif resource == CATALOG:
-            self.engine.reload_catalog()  # tables created or dropped while we did not hold it
+            try:
+                self.engine.reload_catalog()  # tables created or dropped while we did not hold it
+            except (MuheamError, OSError) as e:  # each operation reads it again first, and fails if it cannot
+                log.error("node %d: could not read the catalog: %s", self.engine.node_id, e)
+                self.engine.catalog_stale = True
         elif resource.startswith(EXTEND) and self._table(_U32.unpack_from(resource, len(EXTEND))[0]) is None:
             pass  # a dropped table's relation is gone
         elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:

@@ -100,6 +100,8 @@ class Engine:
         self.tables_by_name: dict[str, Table] = {}
         self.tables_by_id: dict[int, Table] = {}
         self.dropped: set[int] = set()
+        self.catalog_stale = False
+        """The catalog lock came back but ``global/catalog`` could not be read: read it before the next operation."""
         """Ids of dropped tables: never reused, and every WAL record of one is ignored by redo."""
         self.committed: set[int] = set()
         self.aborted: set[int] = set()
@@ -211,12 +213,20 @@ class Engine:
 
     def create_table(self, name: str, columns: Mapping[str, str], *, expected_rows: int = 0,
                      buckets: int = 0) -> Table:
-        """Create a table (WAL-logged and durable when this returns); raises ``TableExists``, ``SchemaError``.
+        """Create a table (in the catalog and the WAL, durably, when this returns); raises ``TableExists``,
+        ``SchemaError``, ``CatalogWriteFailed`` (then nothing was created).
 
         ``buckets`` (0: sized from ``expected_rows``) sets the number of hash chains.  In a cluster a chain is
-        the unit of block ownership, so hot rows spread over many chains move between nodes independently."""
+        the unit of block ownership, so hot rows spread over many chains move between nodes independently.
+
+        The order is the drop's (``drop_table``): the relation file, then the catalog entry marked unlogged (from
+        then on the id is taken for every node, so no other node can create a table with it), then the
+        ``CATALOG_CREATE`` record, then the mark cleared.  A marked table is not used by anyone (no heap record
+        of it may precede its creation in the stream); a creator that dies before clearing the mark leaves it
+        to the next holder of the catalog lock, which logs the record (``settle``)."""
         with self._lock:
             check_name(name, "table")
+            self._writer()
             self._catalog_exclusive()
             if name in self.tables_by_name:
                 raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
@@ -226,18 +236,21 @@ class Engine:
                 raise SchemaError(f"buckets must be between 1 and {MAX_BUCKETS} (0: sized from expected_rows), "
                                   f"got {buckets}")
             nbuckets = buckets or default_nbuckets(schema, expected_rows)
-            table_id = max(self.tables_by_id.keys() | self.dropped, default=0) + 1
-            _, end = self._log(walrec.CATALOG_CREATE, walrec.encode_create_table(table_id, nbuckets,
-                                                                                  schema.to_dict()), 0)
-            self._wal_flush(end)
+            table_id = max(max(self.tables_by_id.keys() | self.dropped, default=0),
+                           statefiles.max_table_id(self.shared)) + 1
             t = Table(table_id, name, schema, nbuckets)
-            self.add_table(t)
             try:
-                self._write_catalog_file(self.write_catalog)
-            except CatalogWriteFailed:
-                self._catalog_dirty = True  # it is in the WAL: the next checkpoint or recovery writes it
-                raise
-            self._catalog_dirty = False
+                self.add_table(t)
+                self._write_catalog_file(lambda: statefiles.merge_catalog(self.shared, [t.catalog_entry()],
+                                                                          self.dropped, creating=table_id))
+            except (OSError, CatalogWriteFailed) as e:
+                self._unregister(t)
+                if isinstance(e, CatalogWriteFailed):
+                    raise
+                raise CatalogWriteFailed(f"node {self.node_id} could not create the relation file of {name!r} "
+                                         f"({e}); nothing was created: free space and try again") from e
+            failpoints.hit("engine.create_unlogged")  # the id is taken, the table not in any WAL yet
+            self._log_create(t)
             return t
 
     def drop_table(self, name: str, table_id: int | None = None) -> Table:
@@ -253,9 +266,9 @@ class Engine:
         The tombstone in ``global/catalog`` comes first: from then on the table is gone for the cluster.  The
         ``CATALOG_DROP`` record follows for the WAL's readers (replicas, archive recovery), before the lock can
         go to anyone; a node that dies between the two leaves the drop marked unlogged, and the next holder of
-        the catalog lock logs it (``settle_drops``) before any create or drop of its own, so the stream never
-        shows a table of that name created before the old one is dropped.  The other order would let a dead
-        node's drop take effect only when it restarts, after the others had gone on writing the table."""
+        the catalog lock logs it (``settle``) before any create or drop of its own, so the stream never shows a
+        table of that name created before the old one is dropped.  The other order would let a dead node's drop
+        take effect only when it restarts, after the others had gone on writing the table."""
         with self._lock:
             self._writer()
             self._catalog_exclusive()
@@ -264,38 +277,56 @@ class Engine:
                 raise NoSuchTable(f"table {name!r} does not exist; existing tables: {sorted(self.tables_by_name)}")
             self._write_catalog_file(lambda: statefiles.merge_catalog(
                 self.shared, [], self.dropped | {t.table_id}, dropping=(t.table_id, self.node_id, t.name)))
-            self.dropped.add(t.table_id)
+            self.forget_table(t.table_id)  # gone for the cluster from here on
             failpoints.hit("engine.drop_unlogged")  # the table is gone for the cluster, its WAL record not written
-            self._log_drop(t.table_id, t.name)
-            self.forget_table(t.table_id)
+            self._log_change(walrec.CATALOG_DROP, walrec.encode_drop_table(t.table_id, t.name), t.table_id)
             return t
 
     def _catalog_exclusive(self) -> None:
         """Hold the catalog lock exclusively (a cluster; raises ``NeedOwnership`` first if not), with the catalog
-        read afresh and every drop a dead node left unlogged logged now."""
+        read afresh and every create or drop a dead node left unlogged logged now."""
         if self.owner is not None:
             self.owner.catalog()
             self.reload_catalog()
         for table_id, dropper, name in statefiles.unlogged_drops(self.shared):
             log.warning("node %d: logging the drop of table %r (id %d) that node %d made but did not log (it "
                         "stopped in between)", self.node_id, name, table_id, dropper)
-            self._log_drop(table_id, name)
+            self._log_change(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), table_id)
+        for entry in statefiles.unlogged_creates(self.shared):
+            t = Table.from_entry(entry["table_id"], entry["nbuckets"], entry["schema"])
+            log.warning("node %d: logging the creation of table %r (id %d) that another node made but did not log "
+                        "(it stopped in between)", self.node_id, t.name, t.table_id)
+            if t.table_id not in self.tables_by_id:
+                self.add_table(t)
+            self._log_create(t)
 
-    def settle_drops(self) -> list[int]:
-        """Log the drops dead nodes left unlogged (``drop_table``), under the catalog lock; returns their ids.
+    def settle(self) -> list[int]:
+        """Log the creates and drops dead nodes left unlogged, under the catalog lock; returns their table ids.
         The node calls it when it starts and when it recovers a dead node."""
         with self._lock:
-            pending = [table_id for table_id, _, _ in statefiles.unlogged_drops(self.shared)]
+            pending = [table_id for table_id, _, _ in statefiles.unlogged_drops(self.shared)] + \
+                [int(e["table_id"]) for e in statefiles.unlogged_creates(self.shared)]
             if pending:
+                self._writer()
                 self._catalog_exclusive()
             return pending
 
-    def _log_drop(self, table_id: int, name: str) -> None:
-        """Write the ``CATALOG_DROP`` record of a tombstoned table durably, then clear its unlogged mark (logging
-        it twice is harmless: every reader ignores a second drop of one id).  The caller holds the catalog lock."""
-        _, end = self._log(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), 0)
+    def _log_create(self, t: Table) -> None:
+        self._log_change(walrec.CATALOG_CREATE,
+                         walrec.encode_create_table(t.table_id, t.nbuckets, t.schema.to_dict()), t.table_id)
+
+    def _log_change(self, kind: int, payload: bytes, table_id: int) -> None:
+        """Write a catalog record durably (a failure stops the engine; the mark stays for the next holder of the
+        catalog lock), then clear its unlogged mark.  A failure to clear it is only logged: the change is done,
+        and logging it once more later is harmless (every reader ignores a second create or drop of one id).
+        The caller holds the catalog lock."""
+        _, end = self._log(kind, payload, 0)
         self._durable(end)
-        self._write_catalog_file(lambda: statefiles.drop_logged(self.shared, table_id))
+        try:
+            self._write_catalog_file(lambda: statefiles.change_logged(self.shared, table_id))
+        except CatalogWriteFailed as e:
+            log.warning("node %d: %s; table %d stays marked unlogged and its record is written again later",
+                        self.node_id, e, table_id)
 
     def _write_catalog_file(self, write: Callable[[], None]) -> None:
         """``global/catalog`` is rewritten; a failure (a full file system) is the caller's error, not a reason to
@@ -305,6 +336,15 @@ class Engine:
         except OSError as e:
             raise CatalogWriteFailed(f"node {self.node_id} could not write {statefiles.catalog_path(self.shared)} "
                                      f"({e}); nothing was created or dropped: free space and try again") from e
+
+    def _unregister(self, t: Table) -> None:
+        """Undo ``add_table`` of a table whose creation failed (nobody else knows its id yet)."""
+        if self.tables_by_id.get(t.table_id) is t:
+            del self.tables_by_id[t.table_id]
+            if self.tables_by_name.get(t.name) is t:
+                del self.tables_by_name[t.name]
+        self.cache.detach(t.table_id)
+        relation_path(self.shared, t.table_id).unlink(missing_ok=True)
 
     def forget_table(self, table_id: int) -> None:
         """A dropped table: out of the catalog maps, its cached pages discarded unwritten, its file removed
@@ -356,6 +396,9 @@ class Engine:
         (``Ownership``), so no operation starts on a table dropped anywhere before it."""
         if self.owner is not None:
             self.owner.catalog(write=False)
+            if self.catalog_stale:  # the last grant of the catalog lock could not read the file
+                self.reload_catalog()
+                self.catalog_stale = False
         if not isinstance(table, Table):
             return self.table(table)
         if table.table_id in self.dropped:

@@ -62,10 +62,12 @@ def catalog_tables(shared: Path) -> list[Table]:
 
 
 def catalog_state(shared: Path) -> tuple[list[Table], set[int]]:
-    """The tables ``global/catalog`` lists and the ids of the dropped ones, from one read of the file."""
+    """The tables ``global/catalog`` lists (but those whose creation is not logged yet) and the ids of the
+    dropped ones, from one read of the file."""
     state = statefiles.read_state(statefiles.catalog_path(shared)) or {}
-    return ([Table.from_entry(d["table_id"], d["nbuckets"], d["schema"]) for d in state.get("tables", [])],
-            {int(i) for i in state.get("dropped", [])})
+    unlogged = {int(i) for i in state.get("unlogged_creates", [])}  # not in any WAL yet: not to be used
+    return ([Table.from_entry(d["table_id"], d["nbuckets"], d["schema"]) for d in state.get("tables", [])
+             if int(d["table_id"]) not in unlogged], {int(i) for i in state.get("dropped", [])})
 
 
 class HeapOps:

@@ -13,10 +13,12 @@ never silently replaced, because the WAL from its checkpoint on may no longer ex
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import google_crc32c
 import msgpack
@@ -168,26 +170,48 @@ def add_fence(shared: Path, node_id: int, epoch: int, glsn: int, end_lsn: int) -
     write_state(path, {"fences": sorted(fences + [[epoch, glsn, end_lsn]])})
 
 
+@contextmanager
+def _catalog_locked(shared: Path) -> Iterator[None]:
+    """Every read-modify-write of ``global/catalog`` runs under an exclusive ``flock`` of ``global/catalog.lock``:
+    nodes (a checkpoint, a recovery, a replay) may rewrite it without the cluster's catalog lock, and a merge
+    built from a read taken before another node's write would undo that write."""
+    path = shared / "global" / "catalog.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def merge_catalog(shared: Path, entries: list[dict[str, Any]], dropped: Iterable[int] = (),
-                  dropping: tuple[int, int, str] | None = None) -> None:
+                  dropping: tuple[int, int, str] | None = None, creating: int | None = None) -> None:
     """Rewrite ``global/catalog`` as the union of the file and ``entries`` (``table_id``, ``nbuckets``,
     ``schema``) minus the union of the dropped table ids (tombstones, kept for ever): a table once created is
     never lost by a writer that did not know it, and a dropped one never comes back from a writer that did not
     know of the drop.  Table ids are never reused.
 
-    ``dropping``: ``(table_id, node, name)`` of a drop whose WAL record ``node`` has not logged yet; it stays
-    listed (``unlogged_drops``) until ``drop_logged`` says the record is durable."""
-    state = read_state(catalog_path(shared)) or {}
-    gone = {int(i) for i in state.get("dropped", [])} | {int(i) for i in dropped}
-    unlogged = [list(u) for u in state.get("unlogged", [])]
-    if dropping is not None:
-        gone.add(dropping[0])
-        unlogged.append(list(dropping))
-    merged = {int(d["table_id"]): d for d in state.get("tables", [])}
-    for d in entries:
-        merged[int(d["table_id"])] = d
-    write_state(catalog_path(shared), {"tables": [merged[k] for k in sorted(merged) if k not in gone],
-                                       "dropped": sorted(gone), "unlogged": unlogged})
+    Marks of catalog changes whose WAL record is not durable yet (``Engine.create_table``, ``drop_table``):
+    ``dropping`` ``(table_id, node, name)`` lists a drop in ``unlogged``, ``creating`` a table id in
+    ``unlogged_creates`` (such a table is not used until its record is: ``catalog_state``); ``change_logged``
+    clears them."""
+    with _catalog_locked(shared):
+        state = read_state(catalog_path(shared)) or {}
+        gone = {int(i) for i in state.get("dropped", [])} | {int(i) for i in dropped}
+        unlogged = [list(u) for u in state.get("unlogged", [])]
+        creates = [int(i) for i in state.get("unlogged_creates", [])]
+        if dropping is not None:
+            gone.add(dropping[0])
+            unlogged.append(list(dropping))
+        if creating is not None:
+            creates.append(creating)
+        merged = {int(d["table_id"]): d for d in state.get("tables", [])}
+        for d in entries:
+            merged[int(d["table_id"])] = d
+        write_state(catalog_path(shared), {"tables": [merged[k] for k in sorted(merged) if k not in gone],
+                                           "dropped": sorted(gone), "unlogged": unlogged,
+                                           "unlogged_creates": [i for i in creates if i not in gone]})
 
 
 def unlogged_drops(shared: Path) -> list[tuple[int, int, str]]:
@@ -195,13 +219,30 @@ def unlogged_drops(shared: Path) -> list[tuple[int, int, str]]:
     return [(int(i), int(n), str(name)) for i, n, name in (read_state(catalog_path(shared)) or {}).get("unlogged", [])]
 
 
-def drop_logged(shared: Path, table_id: int) -> None:
-    """The WAL record of the drop of ``table_id`` is durable: the stream (replicas, archive recovery) has it."""
+def unlogged_creates(shared: Path) -> list[dict[str, Any]]:
+    """Catalog entries of tables whose creating node died before its WAL had them."""
     state = read_state(catalog_path(shared)) or {}
-    unlogged = [u for u in state.get("unlogged", []) if int(u[0]) != table_id]
-    if len(unlogged) != len(state.get("unlogged", [])):
-        write_state(catalog_path(shared), {**{k: v for k, v in state.items() if k != "format"},
-                                           "unlogged": unlogged})
+    marked = {int(i) for i in state.get("unlogged_creates", [])}
+    return [d for d in state.get("tables", []) if int(d["table_id"]) in marked]
+
+
+def change_logged(shared: Path, table_id: int) -> None:
+    """The WAL record of the create or drop of ``table_id`` is durable: the stream (replicas, archive recovery)
+    has it, so its mark goes."""
+    with _catalog_locked(shared):
+        state = read_state(catalog_path(shared)) or {}
+        unlogged = [u for u in state.get("unlogged", []) if int(u[0]) != table_id]
+        creates = [i for i in state.get("unlogged_creates", []) if int(i) != table_id]
+        if len(unlogged) != len(state.get("unlogged", [])) or len(creates) != len(state.get("unlogged_creates", [])):
+            write_state(catalog_path(shared), {**{k: v for k, v in state.items() if k != "format"},
+                                               "unlogged": unlogged, "unlogged_creates": creates})
+
+
+def max_table_id(shared: Path) -> int:
+    """The highest table id ``global/catalog`` knows, live, dropped or not logged yet (0: none)."""
+    state = read_state(catalog_path(shared)) or {}
+    return max([int(d["table_id"]) for d in state.get("tables", [])] + [int(i) for i in state.get("dropped", [])],
+               default=0)
 
 
 def dropped_tables(shared: Path) -> set[int]:

@@ -403,7 +403,7 @@ class NodeAgent:
         if self.sessions is not None and self.sessions.flusher is not None:
             poller.register(self.sessions.flusher.fd, zmq.POLLIN)  # commits made durable: answer them
         if self.ownership is not None:
-            self.ownership.settle_drops()  # a DROP TABLE whose node stopped before logging it (whole-cluster restart)
+            self.ownership.settle()  # a CREATE or DROP TABLE whose node stopped before logging it
         next_tick = 0.0
         try:
             while True:

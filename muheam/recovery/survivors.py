@@ -266,7 +266,7 @@ class Survivors:
         job.aborted = list(verdict.aborted)
         self.engine.log_decided(job.aborted, walrec.Fence(dead.node, dead.epoch, dead.end_lsn, dead.last_glsn))
         statefiles.add_fence(self.engine.shared, dead.node, dead.epoch, dead.last_glsn, dead.end_lsn)
-        self.ownership.settle_drops()  # a DROP TABLE it tombstoned but died before logging
+        self.ownership.settle()  # a CREATE or DROP TABLE it made but died before logging
         announce_committed, announce_aborted = list(verdict.announce_committed), list(verdict.announce_aborted)
         self.commits.finish(announce_committed, announce_aborted, lambda: self._decided(job))
         self.on_outcome({x for x, _ in announce_committed} | set(announce_aborted))

@@ -62,7 +62,7 @@ class Task:
 
     def __init__(self, gen: Generator[Request, Any, Any], ops: Mapping[str, Operation],
                  done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None],
-                 table_gone: Callable[[], None] = lambda: None) -> None:
+                 table_gone: Callable[[], object] = lambda: None) -> None:
         """``table_gone``: called when a row operation named a table the node no longer has (dropped since the
         statement was planned: the caller's catalog must look again)."""
         self.gen, self.ops, self.done, self.xid = gen, ops, done, xid
@@ -123,7 +123,9 @@ class Catalog:
     ``CREATE TABLE t (id bigint PRIMARY KEY, ...)``) lives in ``global/sql_tables/<name>.json`` in the shared
     directory, written before the table is created; a table made through the Python client has none and shows
     its key as ``key``.  Tables are never altered; a DROP TABLE on any node makes this node's row operations on
-    the old table id fail with 42P01, which ``forget`` turns into a fresh look (and new plans, ``generation``)."""
+    the old table id fail with 42P01, which ``revalidate`` turns into a fresh look at the tables that changed
+    (and new plans, ``generation``).  DDL looks afresh first (``revalidate``): it is rare, and acting on a
+    remembered table that another node dropped (and perhaps made again) would drop or refuse the wrong one."""
 
     def __init__(self, ops: Mapping[str, Operation], shared_dir: Path | None) -> None:
         self.ops = ops
@@ -132,21 +134,24 @@ class Catalog:
         self.generation = 0
         """Moves on whenever a table this catalog knew is gone: plans made before then must be made again."""
 
-    def forget(self) -> None:
-        """Some table is gone (dropped here or on another node): look every table up afresh."""
-        self.tables.clear()
-        self.generation += 1
+    def forget(self, name: str) -> None:
+        """Table ``name`` is gone (dropped here): plans made before may name it."""
+        if self.tables.pop(name, None) is not None:
+            self.generation += 1
 
     def revalidate(self) -> bool:
-        """A statement did not compile against what this catalog remembers: True (and a new generation) if a
-        remembered table is gone or is another table now (dropped and made again on another node, with other
-        columns), so compiling again can succeed; False if everything remembered is still true."""
+        """True (and a new generation) if a remembered table is gone or is another table now (dropped, and perhaps
+        made again with other columns, on another node): those are looked up afresh; False if everything
+        remembered is still true.  Called when a statement did not compile or a row operation found no table,
+        and before DDL.  Costs one look at the node's catalog; the generation moves only on a real change, so a
+        client repeating a failing statement makes no other session plan again."""
         current = {t["name"]: int(t["table_id"]) for t in self.ops["tables"]({})}
         stale = [name for name, info in self.tables.items() if current.get(name) != info.table_id]
-        if not stale:
-            return False
-        self.forget()
-        return True
+        for name in stale:
+            del self.tables[name]
+        if stale:
+            self.generation += 1
+        return bool(stale)
 
     def lookup(self, name: str) -> TableInfo:
         info = self.tables.get(name)
@@ -178,6 +183,7 @@ class Catalog:
 
     def create(self, plan: CreateTable) -> Gen:
         info = plan.info
+        self.revalidate()
         try:
             self.lookup(info.name)
             if plan.if_not_exists:
@@ -203,13 +209,12 @@ class Catalog:
                                          **({"table_id": table_id} if table_id else {})})
         except OpFailed as exc:
             if exc.code == "NoSuchTable":
-                self.forget()  # this node's view of the table may have been stale
                 raise SqlError("42P01", f'table "{name}" does not exist') from None
             raise
         if gone.get("dropped"):
             if self.dir is not None:
                 (self.dir / f"{name}.json").unlink(missing_ok=True)
-            self.forget()
+            self.forget(name)
         return Result("DROP TABLE")
 
 
@@ -411,23 +416,37 @@ def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
         return ("update", {"table": table.ref, "key": key, "changes": changes}), {**row, **changes}
 
     if plan.add is not None and plan.key_only and not plan.returning:
-        return (yield from _add_by_key(plan, params, redo or Redo()))
+        fast = _fast_add(plan, params)
+        if fast is not None:
+            return (yield from _add_by_key(plan, fast[0], fast[1], redo or Redo()))
     rows = yield from _read(table, plan.where, plan.points, params)
     changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(), change, plan.returning)
     return Result(f"UPDATE {len(changed)}", changed if plan.returning else [])
 
 
-def _add_by_key(plan: Update, params: Params, redo: Redo) -> Gen:
-    """``UPDATE t SET c = c + x WHERE key = k`` without RETURNING: one ``add`` on the row the snapshot sees,
-    without reading it first (pgbench's three updates).  The same outcome as reading it: ``add`` finds exactly
-    the version the read would, a row the snapshot does not see answers False (UPDATE 0, as the read would find
-    nothing), and one changed by a later commit is redone under READ COMMITTED after a new snapshot."""
+def _fast_add(plan: Update, params: Params) -> tuple[int, int | float] | None:
+    """``(key, delta)`` when ``_add_by_key`` gives what reading the row first would: the key is a whole number
+    (a fractional one matches no row: the read path's WHERE says so) and the delta is valid (NULL or out of range
+    is an error only for a row that exists: the read path evaluates it per row found).  Else ``None``."""
     assert plan.add is not None and plan.points is not None
-    table, (col, delta_e, sign) = plan.table, plan.add
-    if plan.points[0].fn({}, params) is None:
-        return Result("UPDATE 0")  # key = NULL matches nothing
-    key = _key(plan.points[0], params)
-    delta = sign * to_column(delta_e.fn({}, params), table.columns[col], col)
+    col, delta_e, sign = plan.add
+    k = plan.points[0].fn({}, params)
+    if type(k) is not int:
+        return None
+    try:
+        return _key(plan.points[0], params), sign * to_column(delta_e.fn({}, params), plan.table.columns[col], col)
+    except SqlError:
+        return None
+
+
+def _add_by_key(plan: Update, key: int, delta: int | float, redo: Redo) -> Gen:
+    """``UPDATE t SET c = c + x WHERE key = k`` without RETURNING: one ``add`` on the row the snapshot sees,
+    without reading it first (pgbench's three updates).  The same outcome as reading it (``_fast_add`` says
+    when): ``add`` finds exactly the version the read would, a row the snapshot does not see answers False
+    (UPDATE 0, as the read would find nothing), and one changed by a later commit is redone under READ
+    COMMITTED after a new snapshot."""
+    assert plan.add is not None
+    table, col = plan.table, plan.add[0]
     tries = [0]
     while True:
         try:

@@ -438,7 +438,8 @@ class Session:
             if self.task is None:
                 self._drain()
 
-        task = Task(self._statement_gen(compiled, params), self.ops, done, lambda: self.xid, self.catalog.forget)
+        task = Task(self._statement_gen(compiled, params), self.ops, done, lambda: self.xid,
+                    self.catalog.revalidate)
         self.task = task
         task.start()
 
@@ -487,6 +488,7 @@ class Session:
         report an error; by id: a new table of that name is not the one this block meant).  Every table is
         checked before any is dropped, so ``DROP TABLE a, missing`` drops nothing, as in PostgreSQL."""
         found: dict[str, int] = {}
+        self.catalog.revalidate()  # a table dropped (and made again) on another node since this node looked
         for name in p.names:
             try:
                 found[name] = self.catalog.lookup(name).table_id

@@ -295,6 +295,36 @@ def test_drop_table_edges_found_by_a_review(cluster3: tuple[LocalCluster, dict[i
         block.rollback()
         assert one.execute("SELECT count(*) FROM re").fetchone() == (1,)
 
+        # DDL on node 2 looks afresh: its cache still has re (id, v), which node 1 drops here
+        one.execute("DROP TABLE re")
+        two.execute("CREATE TABLE re (id bigint PRIMARY KEY, v bigint)")  # not "already exists"
+        one.execute("INSERT INTO re VALUES (5, 50)")
+        assert two.execute("DROP TABLE IF EXISTS re").statusmessage == "DROP TABLE"
+        with pytest.raises(pgerrors.UndefinedTable):
+            one.execute("SELECT count(*) FROM re")
+
+
+def test_update_by_key_without_a_read_matches_the_read_path(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """``UPDATE t SET v = v + x WHERE id = k`` is one add, without reading the row first, only where that
+    gives what the read would (a review found two differences): a fractional key matches no row, and a NULL or
+    out-of-range delta is an error only for a row that exists."""
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE fa (id bigint PRIMARY KEY, v bigint)")
+        setup.execute("INSERT INTO fa VALUES (5, 100)")
+    with psycopg.connect(conninfo(sql[2])) as conn:
+        assert conn.execute("UPDATE fa SET v = v + 1 WHERE id = 5.4").rowcount == 0
+        assert conn.execute("UPDATE fa SET v = v + %s WHERE id = %s", (1, 5.4)).rowcount == 0
+        assert conn.execute("UPDATE fa SET v = v + NULL WHERE id = 999").rowcount == 0
+        assert conn.execute("UPDATE fa SET v = v + 99999999999999999999 WHERE id = 999").rowcount == 0
+        assert conn.execute("UPDATE fa SET v = v + 1 WHERE id = 5").rowcount == 1
+        assert conn.execute("UPDATE fa SET v = v - 2 WHERE id = NULL").rowcount == 0
+        conn.commit()
+        assert conn.execute("SELECT v FROM fa WHERE id = 5").fetchone() == (101,)
+        with pytest.raises(pgerrors.NotNullViolation):
+            conn.execute("UPDATE fa SET v = v + NULL WHERE id = 5")
+        conn.rollback()
+
 
 def test_create_table_sets_the_hash_chains(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
     """``WITH (buckets = N)`` reaches the engine; without it a table gets ``DEFAULT_BUCKETS`` chains, not the

@@ -3,6 +3,7 @@ merged stream's replay, and when the dropping node dies between the catalog tomb
 
 from __future__ import annotations
 
+import errno
 import itertools
 import shutil
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_a_dropped_table_is_gone_at_once_and_after_a_crash(tmp_path: Path) -> No
 def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_by_the_next_catalog_change(tmp_path: Path) -> None:
     """The node died between the tombstone and the WAL record (failpoint ``engine.drop_unlogged``): the table is
     gone at once, and the record is written before the next create (here one of the same name, which must come
-    after the drop in the stream) or by ``settle_drops`` (a node calls it at start and after recovering one)."""
+    after the drop in the stream) or by ``settle`` (a node calls it at start and after recovering one)."""
     e = Engine.open(tmp_path, 1, config=cfg())
     t = e.create_table("t", {"v": "int64"}, buckets=4)
     fill(e, "t", 100, range(50))
@@ -90,9 +91,9 @@ def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_by_the_next_catalog_
                  if r.kind in (walrec.CATALOG_DROP, walrec.CATALOG_CREATE)]
         assert [k for k, _ in kinds][-2:] == [walrec.CATALOG_DROP, walrec.CATALOG_CREATE]
         assert walrec.decode_create_table(kinds[-1][1]).table_id == again.table_id
-        assert statefiles.unlogged_drops(tmp_path) == [] and e.settle_drops() == []
+        assert statefiles.unlogged_drops(tmp_path) == [] and e.settle() == []
         statefiles.merge_catalog(tmp_path, [], [again.table_id], dropping=(again.table_id, 2, "t"))
-        assert e.settle_drops() == [again.table_id]
+        assert e.settle() == [again.table_id]
         assert [d.table_id for d in drops_logged(tmp_path, 1)] == [t.table_id, again.table_id]
     finally:
         e.close()
@@ -193,7 +194,7 @@ def test_a_dead_nodes_unlogged_drop_comes_before_a_new_table_of_that_name_in_the
     a.crash()
     b.reload_catalog()
     t2 = b.create_table("t", {"w": "int64"}, buckets=2)
-    assert b.settle_drops() == []
+    assert b.settle() == []
     b.close()
     merged = tmp_path / "merged"
     merge(shared, merged)
@@ -203,3 +204,89 @@ def test_a_dead_nodes_unlogged_drop_comes_before_a_new_table_of_that_name_in_the
              if r.kind in (walrec.CATALOG_CREATE, walrec.CATALOG_DROP)]
     assert order == [(walrec.CATALOG_CREATE, t.table_id), (walrec.CATALOG_DROP, t.table_id),
                      (walrec.CATALOG_CREATE, t2.table_id)]
+
+
+def failing_catalog_writes(monkeypatch: pytest.MonkeyPatch, shared: Path, which: set[int]) -> None:
+    """The n-th write of ``global/catalog`` from now (1-based) fails with ENOSPC for each n in ``which``."""
+    real, n = statefiles.write_state, [0]
+
+    def write(path: Path, value: dict[str, object]) -> None:
+        if path == statefiles.catalog_path(shared):
+            n[0] += 1
+            if n[0] in which:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, value)
+
+    monkeypatch.setattr(statefiles, "write_state", write)
+
+
+def two_engines(tmp_path: Path) -> tuple[Engine, Engine]:
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = itertools.count(1)
+    a, b = (Engine.open(shared, n, lamport=lambda: next(clock), config=cfg()) for n in (1, 2))
+    return a, b
+
+
+def test_a_create_whose_catalog_write_fails_creates_nothing_and_takes_no_id(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: the table was left on its node, logged, with an id another node then took too."""
+    a, b = two_engines(tmp_path)
+    try:
+        failing_catalog_writes(monkeypatch, a.shared, {1})
+        with pytest.raises(CatalogWriteFailed, match="nothing was created"):
+            a.create_table("t", {"v": "int64"})
+        monkeypatch.undo()
+        with pytest.raises(NoSuchTable):
+            a.table("t")
+        assert not relation_path(a.shared, 1).exists()
+        assert [r.kind for r in WalReader(node_wal_dir(a.shared, 1), node_id=1, system_id=0)
+                if r.kind == walrec.CATALOG_CREATE] == []
+        assert a.create_table("t", {"v": "int64"}).table_id == 1  # the retry the message asks for works
+        assert b.create_table("u", {"v": "int64"}).table_id == 2
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_created_table_whose_node_died_before_logging_it_is_used_by_nobody_until_settled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 1 wrote the catalog entry (marked unlogged) and died before its CATALOG_CREATE: its id is taken, but
+    no node may write the table (a heap record would precede its creation in the stream) until the next holder
+    of the catalog lock logs the record."""
+    a, b = two_engines(tmp_path)
+    monkeypatch.setattr(a, "_log_create", lambda t: None)  # dies right after the catalog write
+    t = a.create_table("t", {"v": "int64"})
+    monkeypatch.undo()
+    a.crash()
+    b.reload_catalog()
+    with pytest.raises(NoSuchTable):
+        b.table("t")
+    assert b.create_table("u", {"v": "int64"}).table_id == t.table_id + 1  # logs t's creation first
+    assert b.table("t").table_id == t.table_id
+    creates = [walrec.decode_create_table(r.payload).table_id
+               for r in WalReader(node_wal_dir(b.shared, 2), node_id=2, system_id=0) if r.kind == walrec.CATALOG_CREATE]
+    assert creates == [t.table_id, t.table_id + 1]
+    assert statefiles.unlogged_creates(b.shared) == [] and b.settle() == []
+    b.close()
+
+
+def test_a_drop_whose_mark_cannot_be_cleared_is_still_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: the drop raised after it was done, and its node went on using the table."""
+    a, b = two_engines(tmp_path)
+    try:
+        t = a.create_table("t", {"v": "int64"})
+        failing_catalog_writes(monkeypatch, a.shared, {2})  # 1: the tombstone, 2: clearing its mark
+        assert a.drop_table("t") == t
+        monkeypatch.undo()
+        for e in (a, b):
+            e.reload_catalog()
+            with pytest.raises(NoSuchTable):
+                e.table("t")
+        assert statefiles.unlogged_drops(a.shared) == [(t.table_id, 1, "t")]
+        assert b.settle() == [t.table_id]  # logged once more: harmless
+        assert len(drops_logged(a.shared, 1)) == 1 and len(drops_logged(a.shared, 2)) == 1
+    finally:
+        a.close()
+        b.close()
