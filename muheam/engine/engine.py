@@ -250,7 +250,13 @@ class Engine:
                 raise CatalogWriteFailed(f"node {self.node_id} could not create the relation file of {name!r} "
                                          f"({e}); nothing was created: free space and try again") from e
             failpoints.hit("engine.create_unlogged")  # the id is taken, the table not in any WAL yet
-            self._log_create(t)
+            if not self._log_create(t):
+                # logged, but still marked: nobody else may use it yet, so neither may we (our rows would be
+                # lost to survivors that cannot see the table if we died); the next settle makes it usable
+                self._unregister(t)
+                raise CatalogWriteFailed(f"table {name!r} is created but {statefiles.catalog_path(self.shared)} "
+                                         f"could not be updated to make it usable; it becomes usable when the "
+                                         f"catalog can be written (the next CREATE or DROP TABLE, or a node start)")
             return t
 
     def drop_table(self, name: str, table_id: int | None = None) -> Table:
@@ -296,9 +302,8 @@ class Engine:
             t = Table.from_entry(entry["table_id"], entry["nbuckets"], entry["schema"])
             log.warning("node %d: logging the creation of table %r (id %d) that another node made but did not log "
                         "(it stopped in between)", self.node_id, t.name, t.table_id)
-            if t.table_id not in self.tables_by_id:
+            if self._log_create(t) and t.table_id not in self.tables_by_id:
                 self.add_table(t)
-            self._log_create(t)
 
     def settle(self) -> list[int]:
         """Log the creates and drops dead nodes left unlogged, under the catalog lock; returns their table ids.
@@ -311,15 +316,15 @@ class Engine:
                 self._catalog_exclusive()
             return pending
 
-    def _log_create(self, t: Table) -> None:
-        self._log_change(walrec.CATALOG_CREATE,
-                         walrec.encode_create_table(t.table_id, t.nbuckets, t.schema.to_dict()), t.table_id)
+    def _log_create(self, t: Table) -> bool:
+        return self._log_change(walrec.CATALOG_CREATE,
+                                walrec.encode_create_table(t.table_id, t.nbuckets, t.schema.to_dict()), t.table_id)
 
-    def _log_change(self, kind: int, payload: bytes, table_id: int) -> None:
+    def _log_change(self, kind: int, payload: bytes, table_id: int) -> bool:
         """Write a catalog record durably (a failure stops the engine; the mark stays for the next holder of the
-        catalog lock), then clear its unlogged mark.  A failure to clear it is only logged: the change is done,
-        and logging it once more later is harmless (every reader ignores a second create or drop of one id).
-        The caller holds the catalog lock."""
+        catalog lock), then clear its unlogged mark; False if that failed (only logged here: the record is
+        durable, and writing it once more later is harmless, as every reader ignores a second create or drop
+        of one id).  The caller holds the catalog lock."""
         _, end = self._log(kind, payload, 0)
         self._durable(end)
         try:
@@ -327,6 +332,8 @@ class Engine:
         except CatalogWriteFailed as e:
             log.warning("node %d: %s; table %d stays marked unlogged and its record is written again later",
                         self.node_id, e, table_id)
+            return False
+        return True
 
     def _write_catalog_file(self, write: Callable[[], None]) -> None:
         """``global/catalog`` is rewritten; a failure (a full file system) is the caller's error, not a reason to

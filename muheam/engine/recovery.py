@@ -98,6 +98,9 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         relation_path(shared, table_id).unlink(missing_ok=True)
     for known in catalog_tables(shared):
         eng.add_table(known)
+    # created but still marked unlogged (this node died before clearing the mark): nobody uses it until the next
+    # holder of the catalog lock settles it, not even this node, whose WAL may hold its CATALOG_CREATE
+    marked = {int(e["table_id"]) for e in statefiles.unlogged_creates(shared)}
     eng.committed, eng.aborted = statefiles.read_xact(shared, node)
     eng.max_xid = max(eng.max_xid, max(eng.committed, default=0), max(eng.aborted, default=0))
 
@@ -145,7 +148,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
             in_flight |= set(walrec.decode_checkpoint(rec.payload).running) - eng.committed - eng.aborted
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
-            if c.table_id not in eng.tables_by_id and c.table_id not in eng.dropped:
+            if c.table_id not in eng.tables_by_id and c.table_id not in eng.dropped and c.table_id not in marked:
                 eng.add_table(Table.from_entry(c.table_id, c.nbuckets, c.schema))
                 eng._catalog_dirty = True
         elif kind == walrec.CATALOG_DROP:

@@ -256,7 +256,7 @@ def test_a_created_table_whose_node_died_before_logging_it_is_used_by_nobody_unt
     no node may write the table (a heap record would precede its creation in the stream) until the next holder
     of the catalog lock logs the record."""
     a, b = two_engines(tmp_path)
-    monkeypatch.setattr(a, "_log_create", lambda t: None)  # dies right after the catalog write
+    monkeypatch.setattr(a, "_log_create", lambda t: True)  # dies right after the catalog write
     t = a.create_table("t", {"v": "int64"})
     monkeypatch.undo()
     a.crash()
@@ -287,6 +287,31 @@ def test_a_drop_whose_mark_cannot_be_cleared_is_still_done(tmp_path: Path, monke
         assert statefiles.unlogged_drops(a.shared) == [(t.table_id, 1, "t")]
         assert b.settle() == [t.table_id]  # logged once more: harmless
         assert len(drops_logged(a.shared, 1)) == 1 and len(drops_logged(a.shared, 2)) == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_create_whose_mark_cannot_be_cleared_is_used_by_nobody_until_settled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logged but still marked: its node must not write it either (survivors that cannot see the table would
+    lose those rows if the node died), and its own restart does not bring it back before it is settled."""
+    a, b = two_engines(tmp_path)
+    failing_catalog_writes(monkeypatch, a.shared, {2})  # 1: the marked entry, 2: clearing the mark
+    with pytest.raises(CatalogWriteFailed, match="becomes usable"):
+        a.create_table("t", {"v": "int64"})
+    monkeypatch.undo()
+    with pytest.raises(NoSuchTable):
+        a.table("t")
+    a.crash()
+    a = Engine.open(a.shared, 1, config=cfg())  # its WAL has the CATALOG_CREATE; the mark keeps it unused
+    try:
+        with pytest.raises(NoSuchTable):
+            a.table("t")
+        assert a.settle() == [1]
+        assert a.table("t").table_id == 1
+        b.reload_catalog()
+        assert b.table("t").table_id == 1
     finally:
         a.close()
         b.close()
