@@ -76,6 +76,9 @@ class _Tx:
     COMMITTED); otherwise it is a ``SerializationFailure`` that aborts it."""
     outstanding: list[Deferred] = field(default_factory=list)
     """Its row operations' answers (``snapshot`` refuses to move the snapshot under one still unanswered)."""
+    snapshotting: Deferred | None = None
+    """Its last ``snapshot`` answer: row operations are refused until it is given (the snapshot may still be
+    taken again, ``SnapshotWaits._retake``, and must not have been used by then)."""
 
 
 @dataclass
@@ -261,6 +264,7 @@ class Sessions:
         if any(not d.done for d in tx.outstanding):  # a scan page or a copy in flight was asked for the old one
             raise RequestError("bad_request", "snapshot: an operation of this transaction is still unanswered; "
                                "take a new snapshot between operations")
+        tx.snapshotting = reply
         self.snapshots.answer(tx, reply, self.snapshots.take(tx), time.monotonic() + self.lock_timeout)
         return reply
 
@@ -279,6 +283,9 @@ class Sessions:
         them at once."""
         self.fence_check()
         tx = self._tx(req)
+        if tx.snapshotting is not None and not tx.snapshotting.done:
+            raise RequestError("bad_request", "the transaction's snapshot request is not answered yet: wait for "
+                                              "its answer before the next operation")
         reply = Deferred()
         if tx.read_committed:
             tx.outstanding = [d for d in tx.outstanding if not d.done] + [reply]
@@ -499,6 +506,7 @@ class Sessions:
 
     def _commit_prepared(self) -> None:
         """Every member acknowledged the prepare: COMMIT records and one WAL flush for all ready batches."""
+        failpoints.hit("sessions.commit_prepared")  # prepared everywhere, no outcome yet (the others' snapshots wait)
         batches, self.prepared = self.prepared, []
         self._commit_now([item for batch in batches for item in batch])
 

@@ -351,3 +351,65 @@ def test_catalog_visible_everywhere(local_cluster: Start) -> None:
         tx.insert("other3", 1, {"x": 42})
     assert read_row(eps[2], "other3", 1) == {"x": 42}
     assert read_row(eps[0], "other3", 1) == {"x": 42}
+
+
+@pytest.mark.timeout(120)
+def test_a_row_operation_pipelined_behind_a_waiting_snapshot_is_refused(local_cluster: Start,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """READ COMMITTED ``snapshot`` waits for transactions prepared elsewhere whose outcome is not known yet, and
+    takes the snapshot again when one committed above it (``SnapshotWaits._retake``: "nothing has used it
+    yet").  A raw client that sends a ``get`` of another row right behind it, before the answer, read under the
+    snapshot that was then thrown away: a change committed meanwhile by a third transaction would be missing
+    from that read and present in the next one of the same statement.  The node must refuse it."""
+    import zmq
+
+    from muheam.net import wire
+
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.commit_prepared@2=1*pause(3)")
+    c = local_cluster(2, security="none")
+    ep1, ep2 = (str(n["client_endpoint"]) for n in sorted(c.info["nodes"], key=lambda n: int(n["node_id"])))
+    with connect(ep1) as conn:
+        conn.create_table("p", {"v": "int64"}, buckets=8)
+        with conn.transaction() as tx:
+            tx.insert("p", 1, {"v": 1})
+            tx.insert("p", 2, {"v": 1})
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(ep1)
+
+    def send(**req: Any) -> None:
+        sock.send_multipart([b"", wire.pack(req)])
+
+    def receive(timeout: float = 15.0) -> dict[str, Any]:
+        assert sock.poll(int(timeout * 1000)), "no answer"
+        return dict(wire.unpack(sock.recv_multipart()[-1], wire.MAX_CLIENT_FRAME))
+
+    try:
+        with connect(ep2) as conn2, conn2.transaction() as tx2:  # both nodes hold the catalog lock (shared) now:
+            assert tx2.get("p", 2) == {"v": 1}                   # no lock round with node 2 while it pauses
+        send(op="begin", isolation="read committed")
+        xid = receive()["result"]["xid"]
+        send(op="get", xid=xid, table="p", key=1)
+        assert receive()["result"] == {"v": 1}
+
+        def writer() -> None:  # node 2 prepares, then pauses 3 s before its COMMIT (the failpoint)
+            with connect(ep2) as conn2, conn2.transaction() as tx2:
+                tx2.update("p", 2, {"v": 2})
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(1.0)
+        send(op="snapshot", xid=xid)  # waits for node 2's outcome
+        send(op="get", xid=xid, table="p", key=1)  # a row node 2 does not hold: nothing makes it wait
+        first, second = receive(), receive()
+        thread.join(30)
+        assert not first["ok"] and "snapshot" in first["error"]["message"], (first, second)
+        assert second["ok"] and set(second["result"]) == {"xid", "sts"}
+        send(op="get", xid=xid, table="p", key=2)
+        assert receive()["result"] == {"v": 2}
+        send(op="rollback", xid=xid)
+        receive()
+    finally:
+        sock.close()
+        ctx.term()
