@@ -100,6 +100,14 @@ class Select:
     limit: Expr | None
     offset: Expr | None
     lock: bool
+    lock_clause: str = ""
+    """``FOR UPDATE``, ``FOR SHARE`` ... as written (every one takes the row exclusively here), for messages."""
+
+
+_LOCK_CLAUSES = {enums.LockClauseStrength.LCS_FORKEYSHARE: "FOR KEY SHARE",
+                 enums.LockClauseStrength.LCS_FORSHARE: "FOR SHARE",
+                 enums.LockClauseStrength.LCS_FORNOKEYUPDATE: "FOR NO KEY UPDATE",
+                 enums.LockClauseStrength.LCS_FORUPDATE: "FOR UPDATE"}
 
 
 @dataclass
@@ -440,9 +448,10 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
     limit = c.expr(stmt.limitCount, None, wire.INT8) if stmt.limitCount is not None else None
     offset = c.expr(stmt.limitOffset, None, wire.INT8) if stmt.limitOffset is not None else None
     lock = bool(stmt.lockingClause)
+    clause = _LOCK_CLAUSES.get(stmt.lockingClause[0].strength, "FOR UPDATE") if lock else ""
     if lock and (table is None or aggs is not None):
-        raise SqlError("0A000", "FOR UPDATE needs rows of one table")
-    return Select(table, exprs, aggs, where, points, order, limit, offset, lock)
+        raise SqlError("0A000", f"{clause} needs rows of one table")
+    return Select(table, exprs, aggs, where, points, order, limit, offset, lock, clause)
 
 
 def _returning(stmt: Any, table: TableInfo, c: Compiler) -> list[Expr]:

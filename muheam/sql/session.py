@@ -73,7 +73,7 @@ def _write_verb(p: Any) -> str:
     if isinstance(p, DropTable):
         return "DROP TABLE"
     if isinstance(p, plan.Select):
-        return "SELECT FOR UPDATE" if p.lock else ""
+        return f"SELECT {p.lock_clause}" if p.lock else ""
     return {plan.Insert: "INSERT", plan.Update: "UPDATE", plan.Delete: "DELETE"}.get(type(p), "")
 
 

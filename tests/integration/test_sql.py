@@ -528,7 +528,9 @@ def test_a_read_only_transaction_refuses_to_write(cluster3: tuple[LocalCluster, 
         conn.execute("SET default_transaction_read_only = on")
         assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
         for statement, verb in (("UPDATE ro SET v = 5 WHERE id = 1", "UPDATE"), ("DELETE FROM ro", "DELETE"),
-                                ("CREATE TABLE ro2 (id bigint PRIMARY KEY)", "CREATE TABLE")):
+                                ("CREATE TABLE ro2 (id bigint PRIMARY KEY)", "CREATE TABLE"),
+                                ("DROP TABLE ro", "DROP TABLE"),
+                                ("SELECT v FROM ro WHERE id = 1 FOR SHARE", "SELECT FOR SHARE")):
             with pytest.raises(pgerrors.ReadOnlySqlTransaction, match=f"cannot execute {verb}"):
                 conn.execute(statement)
         conn.execute("BEGIN")
