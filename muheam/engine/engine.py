@@ -231,6 +231,9 @@ class Engine:
             if name in self.tables_by_name:
                 raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
                                   f"pick another name")
+            if any(e["schema"].get("name") == name for e in statefiles.unlogged_creates(self.shared)):
+                raise TableExists(f"table {name!r} is created but not usable yet ({statefiles.catalog_path(self.shared)}"
+                                  f" could not be updated); it becomes usable when the catalog can be written")
             schema = Schema(name, columns)
             if not 0 <= buckets <= MAX_BUCKETS:
                 raise SchemaError(f"buckets must be between 1 and {MAX_BUCKETS} (0: sized from expected_rows), "
@@ -240,6 +243,9 @@ class Engine:
                            statefiles.max_table_id(self.shared)) + 1
             t = Table(table_id, name, schema, nbuckets)
             try:
+                # a file of this id can only be left by a create killed before its catalog write (the id was not
+                # taken): never the new table's
+                relation_path(self.shared, table_id).unlink(missing_ok=True)
                 self.add_table(t)
                 self._write_catalog_file(lambda: statefiles.merge_catalog(self.shared, [t.catalog_entry()],
                                                                           self.dropped, creating=table_id))

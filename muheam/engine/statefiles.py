@@ -13,8 +13,10 @@ never silently replaced, because the WAL from its checkpoint on may no longer ex
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +172,10 @@ def add_fence(shared: Path, node_id: int, epoch: int, glsn: int, end_lsn: int) -
     write_state(path, {"fences": sorted(fences + [[epoch, glsn, end_lsn]])})
 
 
+CATALOG_LOCK_WAIT = 5.0
+"""Seconds a catalog rewrite waits for another process's (a write takes milliseconds)."""
+
+
 @contextmanager
 def _catalog_locked(shared: Path) -> Iterator[None]:
     """Every read-modify-write of ``global/catalog`` runs under an exclusive ``flock`` of ``global/catalog.lock``:
@@ -179,7 +185,16 @@ def _catalog_locked(shared: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + CATALOG_LOCK_WAIT
+        while True:  # never blocks for good: a holder paused (SIGSTOP) must not stall every node's loop
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OSError(errno.EAGAIN, f"{path} has been held by another process for "
+                                                f"{CATALOG_LOCK_WAIT:g} s") from None
+                time.sleep(0.005)
         yield
     finally:
         os.close(fd)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from muheam.engine import Engine, EngineConfig, NoSuchTable, statefiles, walrec
-from muheam.engine.errors import CatalogWriteFailed
+from muheam.engine.errors import CatalogWriteFailed, TableExists
 from muheam.engine.replay import Target
 from muheam.recovery.restore import restore
 from muheam.storage.heap import relation_path
@@ -312,6 +312,53 @@ def test_a_create_whose_mark_cannot_be_cleared_is_used_by_nobody_until_settled(
         assert a.table("t").table_id == 1
         b.reload_catalog()
         assert b.table("t").table_id == 1
+    finally:
+        a.close()
+        b.close()
+
+
+class Killed(BaseException):
+    """The process dies right here (nothing after it runs)."""
+
+
+def test_a_relation_file_left_by_a_create_killed_before_its_catalog_write_is_not_the_next_tables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: the id stayed free, the next create took it and opened the orphan file, with the old
+    table's schema and chains (every insert then failed with PageCorrupt)."""
+    a, b = two_engines(tmp_path)
+
+    def killed(*_a: object, **_k: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(statefiles, "merge_catalog", killed)
+    with pytest.raises(Killed):
+        a.create_table("old", {"v": "int64"}, buckets=8)
+    monkeypatch.undo()
+    a.crash()
+    assert relation_path(b.shared, 1).exists()
+    t = b.create_table("new", {"v": "int64", "w": "text(32)"}, buckets=2)
+    assert t.table_id == 1
+    tx = b.begin(100)
+    for k in range(20):
+        tx.insert("new", k, {"v": k, "w": "x"})
+    b.commit(tx)
+    assert keys(b, "new", 101) == set(range(20))
+    b.close()
+
+
+def test_a_name_whose_create_is_not_usable_yet_is_not_created_twice(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: with the mark of ``t`` not cleared (twice), a retried CREATE made a second ``t``."""
+    a, b = two_engines(tmp_path)
+    try:
+        failing_catalog_writes(monkeypatch, a.shared, {2, 3})  # clearing the mark fails, in create and settle
+        with pytest.raises(CatalogWriteFailed, match="becomes usable"):
+            a.create_table("t", {"v": "int64"})
+        with pytest.raises(TableExists, match="not usable yet"):
+            a.create_table("t", {"v": "int64"})
+        monkeypatch.undo()
+        assert b.settle() == [1]
+        assert b.table("t").table_id == 1 and [x.name for x in b.tables()] == ["t"]
     finally:
         a.close()
         b.close()
