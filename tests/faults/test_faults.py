@@ -136,7 +136,7 @@ def test_recoverer_announces_every_outcome_and_keeps_acknowledged_commits_whose_
                              log_decided=lambda xids, fence=None: logged_aborts.extend(xids))
     commits = SimpleNamespace(table=table, prepared_from={}, finish=finish)
     backend = SimpleNamespace(put_recovery=lambda *a: None, add_history=lambda *a: None)
-    s = Survivors(1, "c", engine, SimpleNamespace(), commits, lambda: backend, SimpleNamespace(),  # type: ignore
+    s = Survivors(1, "c", engine, SimpleNamespace(settle=lambda: None), commits, lambda: backend, SimpleNamespace(),  # type: ignore
                   lambda xids: None)
     # XIDs 10..14 are node 2's: 10 committed (record found), 11 committed (record lost), 12 rolled back by node 2
     # (ABORT found), 13 and 14 undecided (changes, no outcome)
