@@ -255,3 +255,49 @@ def test_an_invalid_extension_grant_of_a_table_dropped_meanwhile_completes(tmp_p
     assert t.table_id in b.dropped
     a.close()
     b.close()
+
+
+class CopiesOwner:
+    """Every chain is readable from a consistent-read copy just adopted into the cache (``ConsistentReads``)."""
+
+    readable = {b"copies": (0, [])}
+
+    def chain(self, table_id: int, bucket: int, write: bool) -> None: ...
+
+    def extend(self, table_id: int) -> None: ...
+
+    def catalog(self, write: bool = True) -> None: ...
+
+    def reading(self) -> bool:
+        return True
+
+
+def test_a_scan_never_evicts_the_copies_it_has_yet_to_read(tmp_path: Path) -> None:
+    """A scan reads 256 chains per ``scan_from`` and trimmed the cache after each: with more consistent-read
+    copies adopted than the cache holds, it evicted the copies of chains it had not read yet, and read those
+    pages from the shared file instead, where node A had not written its committed rows (a stale read)."""
+    from muheam.storage import mvcc
+
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = iter(range(1, 1 << 30))
+    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
+    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22,
+                                                                                cache_pages=64))
+    t = a.create_table("t", {"v": "int64"}, buckets=600)
+    b.reload_catalog()
+    tx = a.begin(100)
+    for key in range(1200):
+        tx.insert("t", key, {"v": key})
+    tx.commit()  # A's pages stay in its cache: the file has none of these rows
+    images = [(block, fr.page.encode()) for (tid, block), fr in a.cache._frames.items() if tid == t.table_id]
+    b.owner = CopiesOwner()  # type: ignore[assignment]
+    b.cache.adopt(t.table_id, images)
+    b.status = lambda x: mvcc.COMMITTED if x in a.committed else b.local_status(x)  # type: ignore[method-assign]
+    reader = b.begin(200, b.local_snapshot(200))
+    assert sum(1 for _ in reader.scan("t")) == 1200
+    reader.abort()
+    b.cache.forget(t.table_id, [blk for blk, _ in images])
+    a.close()
+    b.close()
