@@ -23,8 +23,10 @@ first seen (anything else is remembered as not cacheable and takes the ordinary 
 * every literal fits 64 bits (a larger one is ``numeric`` in PostgreSQL: ordinary path); one that needs more than
   32 is part of the key, so an ``int4`` plan never runs with an ``int8`` value.
 
-Plans stay valid: tables are never altered or dropped (``execute.Catalog``), and the cache is per connection, so
-a plan may use that session's settings (``current_user``).
+Plans stay valid: tables are never altered, a plan names its table by id (after a DROP TABLE it fails with
+42P01 rather than reading another table of that name), and a session starts a new cache whenever the node's SQL
+catalog moves to a new generation (``execute.Catalog``); the cache is per connection, so a plan may use that
+session's settings (``current_user``).
 """
 
 from __future__ import annotations
