@@ -41,6 +41,7 @@ from muheam.cluster.ownership import Ownership
 from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
 from muheam.cluster.snapwait import SnapshotWaits
+from muheam.net import wire
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
@@ -106,6 +107,8 @@ class Cluster:
 
 
 SCAN_AHEAD = 1 << 30
+MAX_SQL_META = 64 << 10
+"""The most a table's SQL description (``create_table``'s ``sql``) may take: it lives in every catalog read."""
 """A scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's end)."""
 
 
@@ -167,11 +170,14 @@ class Sessions:
             raise RequestError("bad_request", "create_table needs name (str) and columns ({column: type})")
         expected = _int_arg(req, "expected_rows", 0, 0, 1 << 63, "a non-negative integer")
         buckets = _int_arg(req, "buckets", 0, 0, 1 << 63, "a non-negative integer")
+        sql = req.get("sql")
+        if sql is not None and (not isinstance(sql, dict) or len(wire.pack(sql)) > MAX_SQL_META):
+            raise RequestError("bad_request", f"create_table's sql must be a map of at most {MAX_SQL_META} bytes")
         reply = Deferred()
 
         def attempt() -> None:
             try:
-                t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets)
+                t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets, sql=sql)
             except NeedOwnership as need:
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt)
                 return
@@ -218,7 +224,7 @@ class Sessions:
     def op_tables(self, req: dict[str, Any]) -> Any:
         self.engine.reload_catalog()
         return [{"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"],
-                 "buckets": t.nbuckets} for t in self.engine.tables()]
+                 "buckets": t.nbuckets, **({"sql": t.sql} if t.sql else {})} for t in self.engine.tables()]
 
     def op_writers(self, req: dict[str, Any]) -> Any:
         """``{"xids": [...]}``: this node's transactions that wrote and have not ended yet (running, or

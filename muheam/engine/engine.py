@@ -215,7 +215,7 @@ class Engine:
     # -- catalog -------------------------------------------------------------------------------------------------
 
     def create_table(self, name: str, columns: Mapping[str, str], *, expected_rows: int = 0,
-                     buckets: int = 0) -> Table:
+                     buckets: int = 0, sql: Mapping[str, Any] | None = None) -> Table:
         """Create a table (in the catalog and the WAL, durably, when this returns); raises ``TableExists``,
         ``SchemaError``, ``CatalogWriteFailed`` (then nothing was created).
 
@@ -244,7 +244,7 @@ class Engine:
             nbuckets = buckets or default_nbuckets(schema, expected_rows)
             table_id = max(max(self.tables_by_id.keys() | self.dropped, default=0),
                            statefiles.max_table_id(self.shared)) + 1
-            t = Table(table_id, name, schema, nbuckets)
+            t = Table(table_id, name, schema, nbuckets, dict(sql) if sql else None)
             try:
                 # a file of this id can only be left by a create killed before its catalog write (the id was not
                 # taken): never the new table's
@@ -302,13 +302,13 @@ class Engine:
         read afresh and every create or drop a dead node left unlogged logged now."""
         if self.owner is not None:
             self.owner.catalog()
-            self.reload_catalog()
+        self.reload_catalog()  # (also alone: the directory may have other writers, e.g. a restore's replay)
         for table_id, dropper, name in statefiles.unlogged_drops(self.shared):
             log.warning("node %d: logging the drop of table %r (id %d) that node %d made but did not log (it "
                         "stopped in between)", self.node_id, name, table_id, dropper)
             self._log_change(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), table_id)
         for entry in statefiles.unlogged_creates(self.shared):
-            t = Table.from_entry(entry["table_id"], entry["nbuckets"], entry["schema"])
+            t = Table.from_entry(entry["table_id"], entry["nbuckets"], entry["schema"], entry.get("sql"))
             log.warning("node %d: logging the creation of table %r (id %d) that another node made but did not log "
                         "(it stopped in between)", self.node_id, t.name, t.table_id)
             if self._log_create(t) and t.table_id not in self.tables_by_id:
@@ -327,7 +327,8 @@ class Engine:
 
     def _log_create(self, t: Table) -> bool:
         return self._log_change(walrec.CATALOG_CREATE,
-                                walrec.encode_create_table(t.table_id, t.nbuckets, t.schema.to_dict()), t.table_id)
+                                walrec.encode_create_table(t.table_id, t.nbuckets, t.schema.to_dict(), t.sql),
+                                t.table_id)
 
     def _log_change(self, kind: int, payload: bytes, table_id: int) -> bool:
         """Write a catalog record durably (a failure stops the engine; the mark stays for the next holder of the

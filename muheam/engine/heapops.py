@@ -8,7 +8,7 @@ changed page is then never written, like a PostgreSQL PANIC inside a critical se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -44,16 +44,23 @@ class Table:
     name: str
     schema: Schema
     nbuckets: int
+    sql: dict[str, Any] | None = field(default=None, compare=False)
+    """The SQL port's description (key column name, declared types), kept with the table: written with it, in
+    the same catalog entry and record, so no other table of that name can ever get it."""
 
     def catalog_entry(self) -> dict[str, Any]:
         """This table as a ``global/catalog`` entry."""
-        return {"table_id": self.table_id, "nbuckets": self.nbuckets, "schema": self.schema.to_dict()}
+        entry = {"table_id": self.table_id, "nbuckets": self.nbuckets, "schema": self.schema.to_dict()}
+        if self.sql:
+            entry["sql"] = self.sql
+        return entry
 
     @classmethod
-    def from_entry(cls, table_id: int, nbuckets: int, schema: dict[str, Any]) -> "Table":
+    def from_entry(cls, table_id: int, nbuckets: int, schema: dict[str, Any],
+                   sql: dict[str, Any] | None = None) -> "Table":
         """The table of a ``global/catalog`` entry or a CATALOG_CREATE record."""
         s = Schema.from_dict(schema)
-        return cls(int(table_id), s.name, s, int(nbuckets))
+        return cls(int(table_id), s.name, s, int(nbuckets), dict(sql) if isinstance(sql, dict) else None)
 
 
 def catalog_tables(shared: Path) -> list[Table]:
@@ -66,7 +73,7 @@ def catalog_state(shared: Path) -> tuple[list[Table], set[int]]:
     dropped ones, from one read of the file."""
     state = statefiles.read_state(statefiles.catalog_path(shared)) or {}
     unlogged = {int(i) for i in state.get("unlogged_creates", [])}  # not in any WAL yet: not to be used
-    return ([Table.from_entry(d["table_id"], d["nbuckets"], d["schema"]) for d in state.get("tables", [])
+    return ([Table.from_entry(d["table_id"], d["nbuckets"], d["schema"], d.get("sql")) for d in state.get("tables", [])
              if int(d["table_id"]) not in unlogged], {int(i) for i in state.get("dropped", [])})
 
 

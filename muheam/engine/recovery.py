@@ -149,7 +149,7 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
             if c.table_id not in eng.tables_by_id and c.table_id not in eng.dropped and c.table_id not in marked:
-                eng.add_table(Table.from_entry(c.table_id, c.nbuckets, c.schema))
+                eng.add_table(Table.from_entry(c.table_id, c.nbuckets, c.schema, c.sql))
                 eng._catalog_dirty = True
         elif kind == walrec.CATALOG_DROP:
             d = walrec.decode_drop_table(rec.payload)

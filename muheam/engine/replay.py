@@ -196,7 +196,7 @@ class Replayer:
         elif kind == walrec.CATALOG_CREATE:
             c = walrec.decode_create_table(rec.payload)
             if c.table_id not in self.tables and c.table_id not in self.dropped:
-                t = Table.from_entry(c.table_id, c.nbuckets, c.schema)
+                t = Table.from_entry(c.table_id, c.nbuckets, c.schema, c.sql)
                 self._attach(t)
                 rep.tables_created.append(t.name)
                 self._catalog_dirty = True

@@ -14,7 +14,8 @@ HEAP_UPDATE          2   ``<IIHHIqIH2x`` table_id, new_block, new_slot, flags, l
 HEAP_DELETE          3   ``<IIH2xq`` table_id, block, slot, key (sets xmax=xid)
 HEAP_LOCK            4   same as HEAP_DELETE (sets xmax=xid, LOCK_ONLY)
 HEAP_PRUNE           5   ``<IIHH`` table_id, block, nfreed, ncleared; then nfreed + ncleared ``<u2`` slots
-CATALOG_CREATE      16   msgpack ``{"table_id", "nbuckets", "schema": Schema.to_dict()}``
+CATALOG_CREATE      16   msgpack ``{"table_id", "nbuckets", "schema": Schema.to_dict()}``, and ``"sql"`` (the SQL
+                         port's key column name and declared types) for a table made through SQL
 CATALOG_DROP        17   msgpack ``{"table_id", "name"}``: the table is gone; every heap record of that table id,
                          before or after this one, is ignored by redo (ids are never reused)
 COMMIT              32   ``<q`` commit time, microseconds since the Unix epoch (empty in old WAL); the header's
@@ -120,6 +121,8 @@ class CreateTable(NamedTuple):
     table_id: int
     nbuckets: int
     schema: dict[str, Any]
+    sql: dict[str, Any] | None = None
+    """What the SQL port keeps with a table it made (the key column's name, the declared types)."""
 
 
 def encode_insert(table_id: int, block: int, slot: int, flags: int, link_from: int, key: int, row: bytes) -> bytes:
@@ -194,14 +197,20 @@ def decode_checkpoint(p: bytes) -> Checkpoint:
     return Checkpoint(redo, tuple(int(x) for x in xids))
 
 
-def encode_create_table(table_id: int, nbuckets: int, schema: dict[str, Any]) -> bytes:
-    out: bytes = msgpack.packb({"table_id": table_id, "nbuckets": nbuckets, "schema": schema}, use_bin_type=True)
+def encode_create_table(table_id: int, nbuckets: int, schema: dict[str, Any],
+                        sql: dict[str, Any] | None = None) -> bytes:
+    d: dict[str, Any] = {"table_id": table_id, "nbuckets": nbuckets, "schema": schema}
+    if sql:
+        d["sql"] = sql
+    out: bytes = msgpack.packb(d, use_bin_type=True)
     return out
 
 
 def decode_create_table(p: bytes) -> CreateTable:
     d = msgpack.unpackb(p, raw=False)
-    return CreateTable(int(d["table_id"]), int(d["nbuckets"]), dict(d["schema"]))
+    sql = d.get("sql")
+    return CreateTable(int(d["table_id"]), int(d["nbuckets"]), dict(d["schema"]),
+                       dict(sql) if isinstance(sql, dict) else None)
 
 
 class DropTable(NamedTuple):

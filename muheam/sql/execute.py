@@ -13,7 +13,6 @@ An operation's error code becomes the SQLSTATE a PostgreSQL client expects (``SQ
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping
@@ -119,10 +118,12 @@ class Task:
 # --- the catalog -----------------------------------------------------------------------------------------------
 
 class Catalog:
-    """Tables as SQL sees them.  The engine's catalog has the columns; the key column's SQL name (``id`` in
-    ``CREATE TABLE t (id bigint PRIMARY KEY, ...)``) lives in ``global/sql_tables/<name>.json`` in the shared
-    directory, written before the table is created; a table made through the Python client has none and shows
-    its key as ``key``.  Tables are never altered; a DROP TABLE on any node makes this node's row operations on
+    """Tables as SQL sees them.  The engine's catalog has the columns and, for a table made through SQL, its SQL
+    description (the key column's name, ``id`` in ``CREATE TABLE t (id bigint PRIMARY KEY, ...)``, and the
+    declared types), written with the table in one catalog entry and one WAL record.  A table made through the
+    Python client has none and shows its key as ``key``.  (Tables made before the description moved into the
+    catalog have it in ``global/sql_tables/<name>.json``, still read; keyed by name, that file could be taken by
+    another table of the same name in a drop-and-create race.)  Tables are never altered; a DROP TABLE on any node makes this node's row operations on
     the old table id fail with 42P01, which ``revalidate`` turns into a fresh look at the tables that changed
     (and new plans, ``generation``).  DDL looks afresh first (``revalidate``): it is rare, and acting on a
     remembered table that another node dropped (and perhaps made again) would drop or refuse the wrong one."""
@@ -167,8 +168,8 @@ class Catalog:
         for t in self.ops["tables"]({}):
             if t["name"] in self.tables:
                 continue
-            meta: dict[str, Any] = {}
-            if self.dir is not None:
+            meta: dict[str, Any] = t.get("sql") or {}
+            if not meta and self.dir is not None:  # made before the description lived in the catalog
                 try:
                     meta = json.loads((self.dir / f"{t['name']}.json").read_text())
                 except (OSError, ValueError):
@@ -192,12 +193,9 @@ class Catalog:
         except SqlError as exc:
             if exc.code != "42P01":
                 raise
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".{info.name}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"key": info.key, "columns": list(info.columns), "sql_types": info.sql_types}))
-            os.replace(tmp, self.dir / f"{info.name}.json")
-        made = yield ("create_table", {"name": info.name, "columns": dict(info.columns), "buckets": plan.buckets})
+        made = yield ("create_table", {"name": info.name, "columns": dict(info.columns), "buckets": plan.buckets,
+                                       "sql": {"key": info.key, "columns": list(info.columns),
+                                               "sql_types": info.sql_types}})
         self.tables[info.name] = replace(info, table_id=int(made["table_id"]))
         return Result("CREATE TABLE")
 

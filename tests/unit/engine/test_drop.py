@@ -362,3 +362,25 @@ def test_a_name_whose_create_is_not_usable_yet_is_not_created_twice(tmp_path: Pa
     finally:
         a.close()
         b.close()
+
+
+def test_a_tables_sql_description_lives_with_it_in_the_catalog_and_the_wal(tmp_path: Path) -> None:
+    """The SQL port's key column name was a file keyed by the table's name, which a drop and create of that name
+    on two nodes could give to the wrong table; it is part of the table's catalog entry and record now."""
+    a, b = two_engines(tmp_path)
+    desc = {"key": "id", "columns": ["v"], "sql_types": {"id": "int8", "v": "int4"}}
+    t = a.create_table("t", {"v": "int64"}, sql=desc)
+    b.reload_catalog()
+    assert b.table("t").sql == desc
+    a.drop_table("t")
+    b.create_table("t", {"v": "int64"})  # a new t without a description: nothing of the old one's
+    a.reload_catalog()
+    assert a.table("t").sql is None and a.table("t").table_id != t.table_id
+    a.close()
+    b.crash()
+    statefiles.catalog_path(a.shared).unlink()  # both tables' records come back from the WALs alone
+    for e in (Engine.open(a.shared, 1, config=cfg()), Engine.open(a.shared, 2, config=cfg())):
+        e.close()
+    creates = [walrec.decode_create_table(r.payload) for r in WalReader(node_wal_dir(a.shared, 1), node_id=1,
+                                                                         system_id=0) if r.kind == walrec.CATALOG_CREATE]
+    assert creates[0].sql == desc
