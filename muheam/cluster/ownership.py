@@ -146,9 +146,6 @@ class Ownership:
     def catalog(self, write: bool = True) -> None:
         self._need(CATALOG, Mode.EXCLUSIVE if write else Mode.SHARED)
 
-    def reading(self) -> bool:
-        return bool(self.readable)
-
     def settle(self) -> None:
         """Log, under the catalog lock, the creates and drops a dead node made but did not log
         (``Engine.settle``); nothing to do costs one read of ``global/catalog``.  Called at start and when a dead

@@ -43,6 +43,7 @@ from muheam.cluster.locks import LockService
 from muheam.cluster.ownership import CHAIN, Ownership, chain_resource, decode_images, encode_images
 from muheam.engine import Engine
 from muheam.net import wire
+from muheam.net.clientport import callbacks_held
 from muheam.net.mesh import Mesh
 
 log = logging.getLogger("muheam.reads")
@@ -161,12 +162,18 @@ class ConsistentReads:
             own.acquire(pending.first, Mode.SHARED, pending.then)
             return
         own.readable.update(readable)
-        try:
-            pending.then()
-        finally:
-            for r, (table_id, blocks) in readable.items():
-                if own.readable.pop(r, None) is not None and r not in own.held and r not in own.asking:
-                    cache.forget(table_id, blocks)
+        for table_id, blocks in readable.values():
+            cache.pin(table_id, blocks)  # the operation's trims must not evict them: the file is not current
+        # what the operation's answer sets going in-process (the SQL port's next operation, under a newer
+        # snapshot perhaps) runs after the copies are gone, not while they are readable
+        with callbacks_held():
+            try:
+                pending.then()
+            finally:
+                for r, (table_id, blocks) in readable.items():
+                    cache.unpin(table_id, blocks)
+                    if own.readable.pop(r, None) is not None and r not in own.held and r not in own.asking:
+                        cache.forget(table_id, blocks)
 
     # -- the holder's side -----------------------------------------------------------------------------------
     def _answer(self, sender: int, rid: int, chains: list[Any]) -> None:

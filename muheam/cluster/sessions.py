@@ -41,7 +41,6 @@ from muheam.cluster.ownership import Ownership
 from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
 from muheam.cluster.snapwait import SnapshotWaits
-from muheam.net import wire
 from muheam.net.clientport import ClientPort, Deferred, RequestError
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
@@ -53,6 +52,28 @@ MAX_SCAN_ROWS = 200_000
 """Rows one unpaged ``scan`` may return (its reply is one message); a paged scan has no total limit."""
 MAX_PAGE_ROWS = 100_000
 """The largest ``page_rows`` a paged scan may ask for."""
+
+
+def _sql_description(sql: Any, columns: dict[str, Any]) -> dict[str, Any] | None:
+    """``create_table``'s ``sql`` (the SQL port's key column name and declared types), checked to be exactly that
+    shape: it is written into ``global/catalog`` and the WAL, which every node and replica reads, so a map that
+    does not read back (a non-string key) or a deeply nested one would break them all."""
+    if sql is None:
+        return None
+    names = [str(c) for c in columns]
+    if not isinstance(sql, dict) or set(sql) != {"key", "columns", "sql_types"}:
+        raise RequestError("bad_request", "create_table's sql must be {key, columns, sql_types}")
+    key, cols, types = sql["key"], sql["columns"], sql["sql_types"]
+    if not isinstance(key, str) or not 0 < len(key) <= 63 or key in names:
+        raise RequestError("bad_request", "create_table's sql.key must be the key column's name (1 to 63 "
+                                          "characters, not one of the columns)")
+    if cols != names:
+        raise RequestError("bad_request", "create_table's sql.columns must list the columns in order")
+    if not isinstance(types, dict) or not set(types) <= {key, *names} or \
+            not all(isinstance(v, str) and 0 < len(v) <= 64 for v in types.values()):
+        raise RequestError("bad_request", "create_table's sql.sql_types must map columns to type names "
+                                          "(at most 64 characters)")
+    return {"key": key, "columns": list(names), "sql_types": {str(k): str(v) for k, v in types.items()}}
 
 
 def _int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: int, must: str) -> int:
@@ -107,8 +128,6 @@ class Cluster:
 
 
 SCAN_AHEAD = 1 << 30
-MAX_SQL_META = 64 << 10
-"""The most a table's SQL description (``create_table``'s ``sql``) may take: it lives in every catalog read."""
 """A scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's end)."""
 
 
@@ -170,9 +189,7 @@ class Sessions:
             raise RequestError("bad_request", "create_table needs name (str) and columns ({column: type})")
         expected = _int_arg(req, "expected_rows", 0, 0, 1 << 63, "a non-negative integer")
         buckets = _int_arg(req, "buckets", 0, 0, 1 << 63, "a non-negative integer")
-        sql = req.get("sql")
-        if sql is not None and (not isinstance(sql, dict) or len(wire.pack(sql)) > MAX_SQL_META):
-            raise RequestError("bad_request", f"create_table's sql must be a map of at most {MAX_SQL_META} bytes")
+        sql = _sql_description(req.get("sql"), columns)
         reply = Deferred()
 
         def attempt() -> None:
@@ -253,6 +270,7 @@ class Sessions:
                 reply.fail(error_code(exc), str(exc))
                 return
             self.txns[xid] = tx
+            tx.snapshotting = reply  # (a client guessing its XID must not use the snapshot before it is final)
             self.snapshots.answer(tx, reply, pending, time.monotonic() + self.lock_timeout)
 
         self.cluster.commits.when_ready(lambda: self.xids.allocate(1, started))

@@ -59,6 +59,8 @@ class BufferCache:
         self._wal_flush = wal_flush
         self._flushed_lsn = flushed_lsn
         self._frames: OrderedDict[Key, _Frame] = OrderedDict()
+        self._pinned: set[Key] = set()
+        """Frames ``trim`` must keep: consistent-read copies for the operation running now (``pin``)."""
         self._rels: dict[int, _Rel] = {}
         self.write_hook: WriteHook | None = None
         self.hits = 0
@@ -239,15 +241,26 @@ class BufferCache:
         fr.dirty = False
         self.writes += 1
 
+    def pin(self, table_id: int, blocks: list[int]) -> None:
+        """Keep these frames through ``trim`` until ``unpin``: copies of another node's pages that the shared
+        file does not have yet (evicted, they would be read again from the file, stale)."""
+        self._pinned.update((table_id, b) for b in blocks)
+
+    def unpin(self, table_id: int, blocks: list[int]) -> None:
+        self._pinned.difference_update((table_id, b) for b in blocks)
+
     def trim(self) -> None:
-        """Evict least recently used pages until at most ``capacity`` remain (one WAL flush for them all)."""
+        """Evict least recently used pages (not pinned ones) until at most ``capacity`` remain (one WAL flush for
+        them all)."""
         excess = len(self._frames) - self.capacity
         if excess <= 0:
             return
-        victims = []
-        it = iter(self._frames.items())
-        for _ in range(excess):
-            victims.append(next(it))
+        victims: list[tuple[Key, _Frame]] = []
+        for item in self._frames.items():
+            if len(victims) == excess:
+                break
+            if item[0] not in self._pinned:
+                victims.append(item)
         need = max((fr.lsn for _, fr in victims if fr.dirty), default=0)
         if need > self._flushed_lsn():
             self._wal_flush(need)

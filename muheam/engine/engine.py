@@ -53,9 +53,6 @@ class Owner(Protocol):
 
     def catalog(self, write: bool = True) -> None: ...
 
-    def reading(self) -> bool:
-        """Consistent-read copies sit in the cache for the operation running now (they must not be evicted)."""
-
 
 @dataclass
 class EngineConfig:
@@ -526,10 +523,7 @@ class Engine:
                 if len(batch) >= 256:
                     break
             chunk = self.ops.scan_buckets(t, batch, txn.snapshot, self.status)
-            if self.owner is None or not self.owner.reading():
-                # not while copies of the chains still to scan are in the cache: evicted, they would be read
-                # again from the file, which is not current (they go when the operation returns)
-                self.cache.trim()
+            self.cache.trim()  # consistent-read copies of the chains still to scan are pinned (``reads``)
             return chunk, first + len(batch)
 
     def _write(self, txn: Transaction, table: str | int, key: int, op: str, arg: Any) -> TupleId:

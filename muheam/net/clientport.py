@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -29,6 +30,28 @@ class RequestError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+_held: "list[Deferred] | None" = None
+
+
+@contextmanager
+def callbacks_held() -> Iterator[None]:
+    """In-process callbacks (``Deferred.then``) of answers settled inside the block run when it ends, not in the
+    middle of it: an operation run from ``muheam.cluster.reads`` with consistent-read copies readable must end
+    before the SQL port goes on with its next operation (which would read those copies under a newer snapshot,
+    or trim them away).  Replies to remote clients are only bytes and go out at once."""
+    global _held
+    if _held is not None:
+        yield  # nested: the outermost block releases them
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        queued, _held = _held, None
+        for deferred in queued:
+            deferred._flush()
 
 
 class Deferred:
@@ -70,6 +93,9 @@ class Deferred:
             return
         ok, value = self._outcome
         if self._callback is not None:
+            if _held is not None:
+                _held.append(self)
+                return
             self._outcome, callback, self._callback = None, self._callback, None
             callback(ok, value)
         elif self._port is not None:

@@ -176,10 +176,13 @@ class Catalog:
                     meta = {}
             cols = t["columns"]  # [[name, type], ...] from the schema, in table order
             columns = {str(c[0]): str(c[1]) for c in cols} if isinstance(cols, list) else dict(cols)
-            key = str(meta.get("key", "key"))
-            if key in columns or meta.get("columns") not in (None, list(columns)):
-                key = "key"  # metadata of another table of that name (a crash between the two writes)
-            self.tables[t["name"]] = TableInfo(t["name"], key, columns, meta.get("sql_types", {}),
+            key = meta.get("key") if isinstance(meta, dict) else None
+            if not isinstance(key, str) or key in columns or meta.get("columns") not in (None, list(columns)):
+                key = "key"  # none, or metadata of another table of that name (an old file's race)
+            types = meta.get("sql_types") if isinstance(meta, dict) else None
+            if not isinstance(types, dict) or not all(isinstance(v, str) for v in types.values()):
+                types = {}
+            self.tables[t["name"]] = TableInfo(t["name"], key, columns, {str(k): v for k, v in types.items()},
                                                int(t["table_id"]))
 
     def create(self, plan: CreateTable) -> Gen:
