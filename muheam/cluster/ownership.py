@@ -109,6 +109,12 @@ class Ownership:
         # chains readable for the one operation running now from a consistent-read copy or the current file
         # (``muheam.cluster.reads``): chain -> (table, blocks in the cache), dropped when it returns
         self.readable: dict[bytes, tuple[int, list[int]]] = {}
+        self.reader: object | None = None
+        """The operation those copies are for (``ConsistentReads._finish``): only it may read them."""
+        self.running: list[object] = []
+        """The operations running now, innermost last: a lock grant or a wake-up can run another transaction's
+        operation inside the reader's (``Sessions._row_op`` pushes each attempt), and that one's snapshot may be
+        newer than the copies."""
         self.counters: Counter[str] = Counter()
         self.repair: Repair | None = None
         for prefix in (CHAIN, EXTEND, CATALOG):
@@ -125,7 +131,7 @@ class Ownership:
 
     def chain(self, table_id: int, bucket: int, write: bool) -> None:
         resource = chain_resource(table_id, bucket)
-        if not write and resource in self.readable:
+        if not write and resource in self.readable and self.running and self.running[-1] is self.reader:
             self.counters["read_copy"] += 1
             return
         self._need(resource, Mode.EXCLUSIVE if write else Mode.SHARED)

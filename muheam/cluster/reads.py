@@ -162,6 +162,8 @@ class ConsistentReads:
             own.acquire(pending.first, Mode.SHARED, pending.then)
             return
         own.readable.update(readable)
+        outer_reader, own.reader = own.reader, pending.then
+        own.running.append(pending.then)
         for table_id, blocks in readable.values():
             cache.pin(table_id, blocks)  # the operation's trims must not evict them: the file is not current
         # what the operation's answer sets going in-process (the SQL port's next operation, under a newer
@@ -170,6 +172,8 @@ class ConsistentReads:
             try:
                 pending.then()
             finally:
+                own.running.pop()
+                own.reader = outer_reader
                 for r, (table_id, blocks) in readable.items():
                     cache.unpin(table_id, blocks)
                     if own.readable.pop(r, None) is not None and r not in own.held and r not in own.asking:

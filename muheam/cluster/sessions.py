@@ -319,7 +319,7 @@ class Sessions:
             if reply.done or self.txns.get(tx.txn.xid) is not tx:
                 return
             try:
-                result = action(tx.txn)
+                result = self._run_attempt(attempt, action, tx.txn)
             except NeedOwnership as need:
                 self.counters["ownership_waits"] += 1
                 reads = self.cluster.reads
@@ -352,6 +352,17 @@ class Sessions:
 
         attempt()
         return reply
+
+    def _run_attempt(self, attempt: Callable[[], None], action: Callable[[Transaction], Any],
+                     txn: Transaction) -> Any:
+        """``action`` as the innermost running operation: only it may read consistent-read copies made readable
+        for ``attempt`` (``Ownership.running``), not another transaction's operation run inside it."""
+        running = self.cluster.ownership.running
+        running.append(attempt)
+        try:
+            return action(txn)
+        finally:
+            running.pop()
 
     def _fail_tx(self, tx: _Tx, reply: Deferred, exc: BaseException, code: str | None = None) -> None:
         """An error inside a transaction aborts it (PostgreSQL semantics); the client gets the error."""

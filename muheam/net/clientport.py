@@ -51,7 +51,10 @@ def callbacks_held() -> Iterator[None]:
     finally:
         queued, _held = _held, None
         for deferred in queued:
-            deferred._flush()
+            try:
+                deferred._flush()
+            except Exception:  # noqa: BLE001 - a bug in one connection's callback must not strand the others
+                log.exception("a held answer's callback failed")
 
 
 class Deferred:

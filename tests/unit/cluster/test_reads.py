@@ -131,3 +131,130 @@ def test_copies_outlive_the_trims_of_their_operation_and_what_its_answer_sets_go
     assert seen["answered_inside"] is False and seen["after"] == ("done", 0)
     a.close()
     b.close()
+
+
+class FlushingLocks(CopyLocks):
+    """Like ``LockService``: ``acquire`` ends with a flush, which also delivers grants received earlier in the
+    loop turn (here: ``arrived``)."""
+
+    def __init__(self, lock_first: bytes) -> None:
+        super().__init__()
+        self.lock_first = lock_first
+        self.arrived: list[Any] = []
+        self.waiting: dict[bytes, Callable[[Any], None]] = {}
+
+    def read_source(self, resource: bytes) -> int:
+        return reads.USE_LOCK if resource == self.lock_first else 1
+
+    def acquire(self, resource: bytes, mode: Mode, on_grant: Callable[[Any], None]) -> None:
+        self.waiting[resource] = on_grant
+        while self.arrived:
+            grant = self.arrived.pop(0)
+            self.waiting.pop(grant.resource)(grant)
+
+
+def test_another_transactions_operation_run_inside_a_copy_read_does_not_read_its_copies(tmp_path: Path) -> None:
+    """Transaction T2 waits for chain 1's lock; its grant arrives in the same loop turn as T1's copies of chains
+    2-4, and T1's operation asks for another lock, whose flush runs T2's operation inside T1's.  T2's snapshot
+    is newer than the copies (it sees a commit made after node 1 answered): reading them, it missed that
+    commit's rows (a review found it).  Only the operation the copies were made for may read them."""
+    from locking.effects import Granted
+    from locking.glsn import Glsn
+    from locking.messages import Version
+    from muheam.cluster.ownership import CATALOG, encode_images
+    from muheam.cluster.sessions import SCAN_AHEAD
+    from muheam.engine.errors import NeedOwnership
+    from muheam.net import wire
+    from muheam.storage import mvcc
+    from muheam.storage.heap import bucket_block
+
+    shared = tmp_path / "shared"
+    (shared / "global").mkdir(parents=True)
+    (shared / "global" / "control").write_text("{}")
+    clock = iter(range(1, 1 << 30))
+    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
+    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
+    t = a.create_table("t", {"v": "int64"}, buckets=4)
+    a.create_table("u", {"v": "int64"}, buckets=1)
+    b.reload_catalog()
+
+    def images(bucket: int) -> bytes:
+        blocks = a.cache.chain_blocks(t.table_id, bucket, t.nbuckets)
+        return encode_images([(blk, a.cache.read(t.table_id, blk).encode()) for blk in blocks])
+
+    tx = a.begin(100)
+    for key in range(40):
+        tx.insert("t", key, {"v": key})
+    tx.commit()
+    stale = {bucket: images(bucket) for bucket in (2, 3, 4)}  # node 1's answer, now
+    late = [k for k in range(1000, 3000) if bucket_block(k, t.nbuckets) == 3][:5]
+    tx = a.begin(101)  # committed after that answer
+    for key in late:
+        tx.insert("t", key, {"v": key})
+    tx.commit()
+    b.status = lambda x: mvcc.COMMITTED if x in a.committed else b.local_status(x)  # type: ignore[method-assign]
+    first = chain_resource(t.table_id, 1)
+    locks, mesh = FlushingLocks(first), HandlingMesh()
+    own = Ownership(locks, b)  # type: ignore[arg-type]
+    own.held[CATALOG] = Mode.SHARED
+    cr = reads.ConsistentReads(mesh, locks, own, b)  # type: ignore[arg-type]
+
+    t2 = b.begin(300, b.local_snapshot(300))  # sees 101
+    rows2: list[int] = []
+    needed: list[bytes] = []
+
+    def t2_attempt() -> None:  # as Sessions._run_attempt runs it
+        own.running.append(t2_attempt)
+        try:
+            at = 1
+            while at <= t.nbuckets:
+                chunk, at = b.scan_from(t2, t, at)
+                if chunk is not None:
+                    rows2.extend(chunk[0].tolist())
+        except NeedOwnership as need:
+            needed.append(need.resource)  # it asks for its own copies or locks
+        finally:
+            own.running.pop()
+
+    own.acquire(first, Mode.SHARED, t2_attempt)
+    locks.arrived.append(Granted(first, Mode.SHARED, Glsn(9, 1), Version(Glsn(9, 1), 0), images(1), True))
+    t1 = b.begin(200, b.local_snapshot(200))
+
+    def t1_op() -> None:
+        at = 2
+        while at <= t.nbuckets:
+            _, at = b.scan_from(t1, t, at)
+        try:
+            t1.insert("u", 1, {"v": 1})
+        except NeedOwnership as need:
+            own.acquire(need.resource, need.mode, lambda: None)  # the flush runs T2's operation now
+
+    assert cr.read(chain_resource(t.table_id, 2), t1_op, ahead=SCAN_AHEAD)
+    [(_, _, (_, rid, chains))] = mesh.sent
+    mesh.handlers[reads.KIND](wire.PeerMessage(sender=1, epoch=0, stamp=0, kind=reads.KIND,
+                                               body=["r", rid, [[tid, bk, stale[bk]] for tid, bk in chains]]))
+    assert needed == [chain_resource(t.table_id, 2)]  # not read from T1's copies
+    assert not set(late) & set(rows2)
+    a.close()
+    b.close()
+
+
+def test_a_held_callback_that_raises_does_not_strand_the_others() -> None:
+    """Answers settled inside a copy read run their in-process callbacks at its end; one connection's bug there
+    must not leave another connection waiting for ever (a review found the loop stopped at the first error)."""
+    from muheam.net.clientport import Deferred, callbacks_held
+
+    got: list[str] = []
+    first, second = Deferred(), Deferred()
+
+    def broken(ok: bool, value: Any) -> None:
+        raise RuntimeError("a bug in one session")
+
+    first.then(broken)
+    second.then(lambda ok, value: got.append(value))
+    with callbacks_held():
+        with callbacks_held():  # nested: the outermost releases
+            first.resolve("a")
+            second.resolve("b")
+        assert got == []
+    assert got == ["b"]
