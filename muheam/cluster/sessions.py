@@ -285,6 +285,9 @@ class Sessions:
         if not tx.read_committed:
             raise RequestError("bad_request", "snapshot: only a transaction begun with isolation 'read committed' "
                                "takes a new snapshot")
+        if tx.snapshotting is not None and not tx.snapshotting.done:  # its begin's or last snapshot's wait
+            raise RequestError("bad_request", "snapshot: the transaction's previous snapshot request is not "
+                                              "answered yet: wait for its answer")
         if any(not d.done for d in tx.outstanding):  # a scan page or a copy in flight was asked for the old one
             raise RequestError("bad_request", "snapshot: an operation of this transaction is still unanswered; "
                                "take a new snapshot between operations")

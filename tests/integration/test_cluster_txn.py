@@ -402,10 +402,12 @@ def test_a_row_operation_pipelined_behind_a_waiting_snapshot_is_refused(local_cl
         time.sleep(1.0)
         send(op="snapshot", xid=xid)  # waits for node 2's outcome
         send(op="get", xid=xid, table="p", key=1)  # a row node 2 does not hold: nothing makes it wait
-        first, second = receive(), receive()
+        send(op="snapshot", xid=xid)  # a second wait on top of the first is refused too
+        first, second, third = receive(), receive(), receive()
         thread.join(30)
-        assert not first["ok"] and "snapshot" in first["error"]["message"], (first, second)
-        assert second["ok"] and set(second["result"]) == {"xid", "sts"}
+        assert not first["ok"] and "snapshot" in first["error"]["message"], (first, second, third)
+        assert not second["ok"] and "previous snapshot" in second["error"]["message"], (first, second, third)
+        assert third["ok"] and set(third["result"]) == {"xid", "sts"}
         send(op="get", xid=xid, table="p", key=2)
         assert receive()["result"] == {"v": 2}
         send(op="rollback", xid=xid)
