@@ -83,6 +83,12 @@ class BufferCache:
         if rel is not None:
             rel.file.close()
 
+    def remove(self, table_id: int) -> None:
+        """A table that is gone (dropped, or its creation undone): its cached pages are dropped unwritten and its
+        file removed (ids are never reused, so no later table has that file)."""
+        self.detach(table_id)
+        relation_path(self.shared, table_id).unlink(missing_ok=True)
+
     def relation_file(self, table_id: int) -> RelationFile:
         """The open file of an attached relation (for a caller that writes whole rebuilt blocks itself)."""
         return self._rels[table_id].file

@@ -29,7 +29,7 @@ from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import (CatalogWriteFailed, Deadlock, EngineStopped, NeedOwnership, NoSuchTable, SerializationFailure,
                                   StorageFailed, TableExists, TransactionError)
-from muheam.engine.heapops import HeapOps, Table, catalog_state
+from muheam.engine.heapops import HeapOps, Table, usable_tables
 from muheam.engine.txn import Transaction, adder
 from muheam.storage import Heap, RowConflict, Schema, SchemaError, Snapshot, TupleId, mvcc
 from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
@@ -100,9 +100,9 @@ class Engine:
         self.tables_by_name: dict[str, Table] = {}
         self.tables_by_id: dict[int, Table] = {}
         self.dropped: set[int] = set()
+        """Ids of dropped tables: never reused, and every WAL record of one is ignored by redo."""
         self.catalog_stale = False
         """The catalog lock came back but ``global/catalog`` could not be read: read it before the next operation."""
-        """Ids of dropped tables: never reused, and every WAL record of one is ignored by redo."""
         self.committed: set[int] = set()
         self.aborted: set[int] = set()
         self.running: dict[int, Transaction] = {}
@@ -227,11 +227,11 @@ class Engine:
         with self._lock:
             check_name(name, "table")
             self._writer()
-            self._catalog_exclusive()
+            catalog = self._catalog_exclusive()
             if name in self.tables_by_name:
                 raise TableExists(f"table {name!r} already exists (id {self.tables_by_name[name].table_id}); "
                                   f"pick another name")
-            if any(e["schema"].get("name") == name for e in statefiles.unlogged_creates(self.shared)):
+            if any(e["schema"].get("name") == name for e in catalog.marked_entries()):
                 raise TableExists(f"table {name!r} is created but not usable yet ({statefiles.catalog_path(self.shared)}"
                                   f" could not be updated); it becomes usable when the catalog can be written")
             schema = Schema(name, columns)
@@ -239,18 +239,17 @@ class Engine:
                 raise SchemaError(f"buckets must be between 1 and {MAX_BUCKETS} (0: sized from expected_rows), "
                                   f"got {buckets}")
             nbuckets = buckets or default_nbuckets(schema, expected_rows)
-            table_id = max(max(self.tables_by_id.keys() | self.dropped, default=0),
-                           statefiles.max_table_id(self.shared)) + 1
+            table_id = max(max(self.tables_by_id.keys() | self.dropped, default=0), catalog.max_table_id) + 1
             t = Table(table_id, name, schema, nbuckets, dict(sql) if sql else None)
             try:
                 # a file of this id can only be left by a create killed before its catalog write (the id was not
                 # taken): never the new table's
-                relation_path(self.shared, table_id).unlink(missing_ok=True)
+                self.cache.remove(table_id)
                 self.add_table(t)
                 self._write_catalog_file(lambda: statefiles.merge_catalog(self.shared, [t.catalog_entry()],
                                                                           self.dropped, creating=table_id))
             except (OSError, CatalogWriteFailed) as e:
-                self._unregister(t)
+                self._unregister(t.table_id)
                 if isinstance(e, CatalogWriteFailed):
                     raise
                 raise CatalogWriteFailed(f"node {self.node_id} could not create the relation file of {name!r} "
@@ -259,7 +258,7 @@ class Engine:
             if not self._log_create(t):
                 # logged, but still marked: nobody else may use it yet, so neither may we (our rows would be
                 # lost to survivors that cannot see the table if we died); the next settle makes it usable
-                self._unregister(t)
+                self._unregister(t.table_id)
                 raise CatalogWriteFailed(f"table {name!r} is created but {statefiles.catalog_path(self.shared)} "
                                          f"could not be updated to make it usable; it becomes usable when the "
                                          f"catalog can be written (the next CREATE or DROP TABLE, or a node start)")
@@ -294,29 +293,34 @@ class Engine:
             self._log_change(walrec.CATALOG_DROP, walrec.encode_drop_table(t.table_id, t.name), t.table_id)
             return t
 
-    def _catalog_exclusive(self) -> None:
+    def _catalog_exclusive(self) -> statefiles.CatalogFile:
         """Hold the catalog lock exclusively (a cluster; raises ``NeedOwnership`` first if not), with the catalog
-        read afresh and every create or drop a dead node left unlogged logged now."""
+        read afresh and every create or drop a dead node left unlogged logged now; returns the catalog as it is
+        then."""
         if self.owner is not None:
             self.owner.catalog()
-        self.reload_catalog()  # (also alone: the directory may have other writers, e.g. a restore's replay)
-        for table_id, dropper, name in statefiles.unlogged_drops(self.shared):
+        catalog = statefiles.read_catalog(self.shared)
+        self.reload_catalog(catalog)  # (also alone: the directory may have other writers, e.g. a restore's replay)
+        if not catalog.unlogged_drops and not catalog.unlogged_creates:
+            return catalog
+        for table_id, dropper, name in catalog.unlogged_drops:
             log.warning("node %d: logging the drop of table %r (id %d) that node %d made but did not log (it "
                         "stopped in between)", self.node_id, name, table_id, dropper)
             self._log_change(walrec.CATALOG_DROP, walrec.encode_drop_table(table_id, name), table_id)
-        for entry in statefiles.unlogged_creates(self.shared):
+        for entry in catalog.marked_entries():
             t = Table.from_entry(entry["table_id"], entry["nbuckets"], entry["schema"], entry.get("sql"))
             log.warning("node %d: logging the creation of table %r (id %d) that another node made but did not log "
                         "(it stopped in between)", self.node_id, t.name, t.table_id)
             if self._log_create(t) and t.table_id not in self.tables_by_id:
                 self.add_table(t)
+        return statefiles.read_catalog(self.shared)  # the marks that could not be cleared are still there
 
     def settle(self) -> list[int]:
         """Log the creates and drops dead nodes left unlogged, under the catalog lock; returns their table ids.
         The node calls it when it starts and when it recovers a dead node."""
         with self._lock:
-            pending = [table_id for table_id, _, _ in statefiles.unlogged_drops(self.shared)] + \
-                [int(e["table_id"]) for e in statefiles.unlogged_creates(self.shared)]
+            catalog = statefiles.read_catalog(self.shared)
+            pending = [table_id for table_id, _, _ in catalog.unlogged_drops] + sorted(catalog.unlogged_creates)
             if pending:
                 self._writer()
                 self._catalog_exclusive()
@@ -351,24 +355,18 @@ class Engine:
             raise CatalogWriteFailed(f"node {self.node_id} could not write {statefiles.catalog_path(self.shared)} "
                                      f"({e}); nothing was created or dropped: free space and try again") from e
 
-    def _unregister(self, t: Table) -> None:
-        """Undo ``add_table`` of a table whose creation failed (nobody else knows its id yet)."""
-        if self.tables_by_id.get(t.table_id) is t:
-            del self.tables_by_id[t.table_id]
-            if self.tables_by_name.get(t.name) is t:
-                del self.tables_by_name[t.name]
-        self.cache.detach(t.table_id)
-        relation_path(self.shared, t.table_id).unlink(missing_ok=True)
-
-    def forget_table(self, table_id: int) -> None:
-        """A dropped table: out of the catalog maps, its cached pages discarded unwritten, its file removed
-        (whoever learns of the drop first removes it; ids are never reused, so no later table has that file)."""
-        self.dropped.add(table_id)
+    def _unregister(self, table_id: int) -> None:
+        """Out of the catalog maps, with its cached pages and its file: a table dropped, or one whose creation
+        failed (nobody else knows its id yet)."""
         t = self.tables_by_id.pop(table_id, None)
         if t is not None and self.tables_by_name.get(t.name) is t:
             del self.tables_by_name[t.name]
-        self.cache.detach(table_id)
-        relation_path(self.shared, table_id).unlink(missing_ok=True)
+        self.cache.remove(table_id)
+
+    def forget_table(self, table_id: int) -> None:
+        """A dropped table is gone here too (whoever learns of the drop first removes its file)."""
+        self.dropped.add(table_id)
+        self._unregister(table_id)
 
     def add_table(self, t: Table) -> None:
         """Register a catalog entry, creating (or re-creating, if unusable) its relation file."""
@@ -391,12 +389,14 @@ class Engine:
         statefiles.merge_catalog(self.shared, [t.catalog_entry() for t in self.tables_by_id.values()],
                                  self.dropped)
 
-    def reload_catalog(self) -> int:
-        """Learn tables other nodes created or dropped (from ``global/catalog``); returns how many were new."""
-        tables, dropped = catalog_state(self.shared)  # one read: a drop between two reads could bring a table back
-        for table_id in dropped - self.dropped:
+    def reload_catalog(self, catalog: statefiles.CatalogFile | None = None) -> int:
+        """Learn tables other nodes created or dropped (from ``global/catalog``, or the read ``catalog``); returns
+        how many were new.  Tables and tombstones come from one read: a drop between two reads could bring a
+        table back."""
+        catalog = catalog or statefiles.read_catalog(self.shared)
+        for table_id in catalog.dropped - self.dropped:
             self.forget_table(table_id)
-        new = [t for t in tables if t.table_id not in self.tables_by_id and t.table_id not in self.dropped]
+        new = [t for t in usable_tables(catalog) if t.table_id not in self.tables_by_id and t.table_id not in self.dropped]
         for t in new:
             self.add_table(t)
         return len(new)

@@ -64,17 +64,15 @@ class Table:
 
 
 def catalog_tables(shared: Path) -> list[Table]:
-    """Every table ``global/catalog`` lists."""
-    return catalog_state(shared)[0]
+    """Every table ``global/catalog`` lists (but those whose creation is not logged yet)."""
+    return usable_tables(statefiles.read_catalog(shared))
 
 
-def catalog_state(shared: Path) -> tuple[list[Table], set[int]]:
-    """The tables ``global/catalog`` lists (but those whose creation is not logged yet) and the ids of the
-    dropped ones, from one read of the file."""
-    state = statefiles.read_state(statefiles.catalog_path(shared)) or {}
-    unlogged = {int(i) for i in state.get("unlogged_creates", [])}  # not in any WAL yet: not to be used
-    return ([Table.from_entry(d["table_id"], d["nbuckets"], d["schema"], d.get("sql")) for d in state.get("tables", [])
-             if int(d["table_id"]) not in unlogged], {int(i) for i in state.get("dropped", [])})
+def usable_tables(catalog: statefiles.CatalogFile) -> list[Table]:
+    """The tables of a catalog read, but those whose creation is not logged yet (not in any WAL: no one uses
+    them until the next holder of the catalog lock logs them)."""
+    return [Table.from_entry(d["table_id"], d["nbuckets"], d["schema"], d.get("sql")) for d in catalog.entries
+            if int(d["table_id"]) not in catalog.unlogged_creates]
 
 
 class HeapOps:

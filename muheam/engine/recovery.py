@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 from muheam.engine import statefiles, walrec
 from muheam.engine.errors import StateFileCorrupt, WalDamaged
-from muheam.engine.heapops import Table, catalog_tables
+from muheam.engine.heapops import Table, usable_tables
 from muheam.engine.redo import Batcher
 from muheam.storage.heap import relation_path
 from walmerge import WalCorruption, WalReader, WalWriter, format_lsn, node_wal_dir, truncate_at, unpack_glsn
@@ -93,14 +93,15 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
     start = ptr.redo_lsn if ptr is not None else None
     rep = eng.recovery
     rep.redo_start = start
-    eng.dropped = statefiles.dropped_tables(shared)
+    catalog = statefiles.read_catalog(shared)
+    eng.dropped = set(catalog.dropped)
     for table_id in eng.dropped:  # a drop whose file removal a crash interrupted
         relation_path(shared, table_id).unlink(missing_ok=True)
-    for known in catalog_tables(shared):
+    for known in usable_tables(catalog):
         eng.add_table(known)
     # created but still marked unlogged (this node died before clearing the mark): nobody uses it until the next
     # holder of the catalog lock settles it, not even this node, whose WAL may hold its CATALOG_CREATE
-    marked = {int(e["table_id"]) for e in statefiles.unlogged_creates(shared)}
+    marked = catalog.unlogged_creates
     eng.committed, eng.aborted = statefiles.read_xact(shared, node)
     eng.max_xid = max(eng.max_xid, max(eng.committed, default=0), max(eng.aborted, default=0))
 

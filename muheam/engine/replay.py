@@ -27,7 +27,7 @@ from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.errors import StateFileCorrupt
 from muheam.errors import MuheamError
-from muheam.engine.heapops import Table, catalog_tables
+from muheam.engine.heapops import Table, usable_tables
 from muheam.engine.redo import Batcher
 from muheam.engine.recovery import check_wal
 from muheam.storage import Heap
@@ -149,12 +149,13 @@ class Replayer:
         self.shared = shared
         self.cache = BufferCache(shared, cache_pages, wal_flush=lambda lsn: lsn, flushed_lsn=lambda: NO_FLUSH_NEEDED)
         self.tables: dict[int, Table] = {}
-        self.dropped = statefiles.dropped_tables(shared)
+        catalog = statefiles.read_catalog(shared)
+        self.dropped = set(catalog.dropped)
         self.report = ReplayReport()
         self._data_xids: dict[int, set[int]] = {}
         self._catalog_dirty = False
         self._batch = Batcher(self.cache)
-        for t in catalog_tables(shared):
+        for t in usable_tables(catalog):
             self._attach(t)
 
     def _attach(self, t: Table) -> None:
@@ -204,10 +205,9 @@ class Replayer:
             d = walrec.decode_drop_table(rec.payload)
             if d.table_id not in self.dropped:
                 self._batch.discard(d.table_id)
-                self.cache.detach(d.table_id)
+                self.cache.remove(d.table_id)
                 self.tables.pop(d.table_id, None)
                 self.dropped.add(d.table_id)
-                relation_path(self.shared, d.table_id).unlink(missing_ok=True)
                 rep.tables_dropped.append(d.name)
                 self._catalog_dirty = True
 

@@ -209,7 +209,7 @@ def merge_catalog(shared: Path, entries: list[dict[str, Any]], dropped: Iterable
 
     Marks of catalog changes whose WAL record is not durable yet (``Engine.create_table``, ``drop_table``):
     ``dropping`` ``(table_id, node, name)`` lists a drop in ``unlogged``, ``creating`` a table id in
-    ``unlogged_creates`` (such a table is not used until its record is: ``catalog_state``); ``change_logged``
+    ``unlogged_creates`` (such a table is not used until its record is: ``heapops.usable_tables``); ``change_logged``
     clears them."""
     with _catalog_locked(shared):
         state = read_state(catalog_path(shared)) or {}
@@ -229,16 +229,41 @@ def merge_catalog(shared: Path, entries: list[dict[str, Any]], dropped: Iterable
                                            "unlogged_creates": [i for i in creates if i not in gone]})
 
 
+@dataclass(frozen=True)
+class CatalogFile:
+    """``global/catalog`` as one read gives it (``read_catalog``)."""
+
+    entries: list[dict[str, Any]]
+    """Every table entry (``table_id``, ``nbuckets``, ``schema``, ``sql``), marked ones included."""
+    dropped: frozenset[int]
+    unlogged_drops: list[tuple[int, int, str]]
+    """``(table_id, node, name)`` of drops whose node died before its WAL had them."""
+    unlogged_creates: frozenset[int]
+    """Ids of tables whose creating node died before its WAL had them (used by no one until logged)."""
+
+    @property
+    def max_table_id(self) -> int:
+        """The highest table id known, live, dropped or not logged yet (0: none)."""
+        return max([int(d["table_id"]) for d in self.entries] + list(self.dropped), default=0)
+
+    def marked_entries(self) -> list[dict[str, Any]]:
+        return [d for d in self.entries if int(d["table_id"]) in self.unlogged_creates]
+
+
+def read_catalog(shared: Path) -> CatalogFile:
+    state = read_state(catalog_path(shared)) or {}
+    return CatalogFile(list(state.get("tables", [])), frozenset(int(i) for i in state.get("dropped", [])),
+                       [(int(i), int(n), str(name)) for i, n, name in state.get("unlogged", [])],
+                       frozenset(int(i) for i in state.get("unlogged_creates", [])))
+
+
 def unlogged_drops(shared: Path) -> list[tuple[int, int, str]]:
-    """``(table_id, node, name)`` of drops in the catalog whose dropping node died before its WAL had them."""
-    return [(int(i), int(n), str(name)) for i, n, name in (read_state(catalog_path(shared)) or {}).get("unlogged", [])]
+    return read_catalog(shared).unlogged_drops
 
 
 def unlogged_creates(shared: Path) -> list[dict[str, Any]]:
     """Catalog entries of tables whose creating node died before its WAL had them."""
-    state = read_state(catalog_path(shared)) or {}
-    marked = {int(i) for i in state.get("unlogged_creates", [])}
-    return [d for d in state.get("tables", []) if int(d["table_id"]) in marked]
+    return read_catalog(shared).marked_entries()
 
 
 def change_logged(shared: Path, table_id: int) -> None:
@@ -253,13 +278,6 @@ def change_logged(shared: Path, table_id: int) -> None:
                                                "unlogged": unlogged, "unlogged_creates": creates})
 
 
-def max_table_id(shared: Path) -> int:
-    """The highest table id ``global/catalog`` knows, live, dropped or not logged yet (0: none)."""
-    state = read_state(catalog_path(shared)) or {}
-    return max([int(d["table_id"]) for d in state.get("tables", [])] + [int(i) for i in state.get("dropped", [])],
-               default=0)
-
-
 def dropped_tables(shared: Path) -> set[int]:
     """Ids of the tables ``global/catalog`` lists as dropped."""
-    return {int(i) for i in (read_state(catalog_path(shared)) or {}).get("dropped", [])}
+    return set(read_catalog(shared).dropped)
