@@ -191,7 +191,7 @@ class Ownership:
     def _granted(self, resource: bytes, grant: Granted) -> None:
         self.asking.pop(resource, None)
         if resource.startswith(CHAIN):
-            table_id, _ = _CHAIN.unpack_from(resource, len(CHAIN))
+            table_id, bucket = _CHAIN.unpack_from(resource, len(CHAIN))
             self._drop_images(resource)
             if self._table(table_id) is None:
                 pass  # dropped meanwhile: nothing of it is cached any more, and no operation will use it
@@ -201,27 +201,29 @@ class Ownership:
             else:
                 self.counters["read_from_disk"] += 1
                 if not grant.valid and self.repair is not None:
-                    self.counters["repaired"] += self.repair.chain(table_id, _CHAIN.unpack_from(resource, len(CHAIN))[1])
+                    self.counters["repaired"] += self.repair.chain(table_id, bucket)
         elif resource == CATALOG:
             try:
                 self.engine.reload_catalog()  # tables created or dropped while we did not hold it
             except (MuheamError, OSError) as e:  # each operation reads it again first, and fails if it cannot
                 log.error("node %d: could not read the catalog: %s", self.engine.node_id, e)
                 self.engine.catalog_stale = True
-        elif resource.startswith(EXTEND) and self._table(_U32.unpack_from(resource, len(EXTEND))[0]) is None:
-            pass  # a dropped table's relation is gone
-        elif resource.startswith(EXTEND) and grant.valid and grant.value and len(grant.value) == 8:
+        elif resource.startswith(EXTEND):
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
-            self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
-        elif resource.startswith(EXTEND) and not grant.valid:
-            # the last size anyone released is still a floor (the dead node may only have grown it further):
-            # taking the dead node's highest block alone could hand a block a live node already allocated to a
-            # second chain
-            table_id = _U32.unpack_from(resource, len(EXTEND))[0]
-            if grant.value and len(grant.value) == 8:
-                self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
-            if self.repair is not None:
-                self.repair.extend(table_id)
+            size = _U64.unpack(grant.value)[0] if grant.value and len(grant.value) == 8 else None
+            if self._table(table_id) is None:
+                pass  # a dropped table's relation is gone
+            elif grant.valid:
+                if size is not None:
+                    self.engine.cache.grow(table_id, size)
+            else:
+                # the last size anyone released is still a floor (the dead node may only have grown it further):
+                # taking the dead node's highest block alone could hand a block a live node already allocated to a
+                # second chain
+                if size is not None:
+                    self.engine.cache.grow(table_id, size)
+                if self.repair is not None:
+                    self.repair.extend(table_id)
         self.held[resource] = grant.mode
         for then in self.waiters.pop(resource, []):
             then()
@@ -275,10 +277,10 @@ class Ownership:
                 value = encode_images(self.engine.cache.export(table_id, blocks), MAX_VALUE)
                 self.counters["images_sent"] += 1
             self.engine.cache.forget(table_id, blocks)
-        elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE and \
-                self._table(_U32.unpack_from(resource, len(EXTEND))[0]) is not None:
+        elif resource.startswith(EXTEND) and mode is Mode.EXCLUSIVE:
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
-            value = _U64.pack(self.engine.cache.nblocks(table_id))
+            if self._table(table_id) is not None:  # (a dropped table's relation is gone)
+                value = _U64.pack(self.engine.cache.nblocks(table_id))
         # blocks handed over; the catalog lock goes to a node that needs it shared once after each create or drop
         self.counters["catalog_given_up" if resource == CATALOG else "given_up"] += 1
         self.locks.release(resource, value)

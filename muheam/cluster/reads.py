@@ -189,8 +189,10 @@ class ConsistentReads:
                 raise ValueError("a cr chain is [table, bucket]")
             resource = chain_resource(item[0], item[1])
             value: bytes | None = None
-            if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0 and own._table(item[0]) is not None:
-                table_id, blocks = own._chain_blocks(resource)
+            table_id, blocks = item[0], []
+            if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0:
+                table_id, blocks = own._chain_blocks(resource)  # none for a dropped table: "not mine"
+            if blocks:
                 cache = self.engine.cache
                 value = encode_images([(b, cache.read(table_id, b).encode()) for b in blocks])
                 if len(value) > budget:
