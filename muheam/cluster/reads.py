@@ -189,7 +189,7 @@ class ConsistentReads:
                 raise ValueError("a cr chain is [table, bucket]")
             resource = chain_resource(item[0], item[1])
             value: bytes | None = None
-            table_id, blocks = item[0], []
+            table_id, blocks = item[0], list[int]()
             if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0:
                 table_id, blocks = own._chain_blocks(resource)  # none for a dropped table: "not mine"
             if blocks:
