@@ -76,6 +76,13 @@ def _sql_description(sql: Any, columns: dict[str, Any]) -> dict[str, Any] | None
     return {"key": key, "columns": list(names), "sql_types": {str(k): str(v) for k, v in types.items()}}
 
 
+def _snapshot_answered(tx: "_Tx", what: str) -> None:
+    """Refuse a request sent before the transaction's ``begin`` or ``snapshot`` is answered: the snapshot may still
+    be taken again while it waits (``SnapshotWaits._retake``), so nothing may use it or stack another wait yet."""
+    if tx.snapshotting is not None and not tx.snapshotting.done:
+        raise RequestError("bad_request", f"{what} is not answered yet: wait for its answer")
+
+
 def _int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: int, must: str) -> int:
     """The request's integer ``name`` (``default`` when absent) within ``lo..hi``, else a ``bad_request`` that says
     what it must be."""
@@ -190,21 +197,12 @@ class Sessions:
         expected = _int_arg(req, "expected_rows", 0, 0, 1 << 63, "a non-negative integer")
         buckets = _int_arg(req, "buckets", 0, 0, 1 << 63, "a non-negative integer")
         sql = _sql_description(req.get("sql"), columns)
-        reply = Deferred()
 
-        def attempt() -> None:
-            try:
-                t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets, sql=sql)
-            except NeedOwnership as need:
-                self.cluster.ownership.acquire(need.resource, need.mode, attempt)
-                return
-            except (MuheamError, ValueError, TypeError) as exc:
-                reply.fail(error_code(exc), str(exc))
-                return
-            reply.resolve({"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]})
+        def create() -> dict[str, Any]:
+            t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets, sql=sql)
+            return {"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]}
 
-        attempt()
-        return reply
+        return self._catalog_change(create)
 
     def op_drop_table(self, req: dict[str, Any]) -> Any:
         """``{"name", "if_exists", "table_id"}``: drop the table for the whole cluster (not transactional, see
@@ -216,24 +214,33 @@ class Sessions:
                 not (table_id is None or (type(table_id) is int and table_id > 0)):
             raise RequestError("bad_request", "drop_table needs name (str), if_exists (bool, optional) and "
                                               "table_id (a table id, optional)")
+
+        def drop() -> dict[str, Any]:
+            try:
+                t = self.engine.drop_table(name, table_id)
+            except NoSuchTable:
+                if if_exists:
+                    return {"name": name, "dropped": False}
+                raise
+            return {"table_id": t.table_id, "name": t.name, "dropped": True}
+
+        return self._catalog_change(drop)
+
+    def _catalog_change(self, change: Callable[[], dict[str, Any]]) -> Deferred:
+        """Run a create or drop, again once the catalog lock (or a lock it needs) is granted; answers what
+        ``change`` returns, or its error."""
         reply = Deferred()
 
         def attempt() -> None:
             try:
-                t = self.engine.drop_table(name, table_id)
+                result = change()
             except NeedOwnership as need:
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt)
-                return
-            except NoSuchTable as exc:
-                if if_exists:
-                    reply.resolve({"name": name, "dropped": False})
-                else:
-                    reply.fail(error_code(exc), str(exc))
                 return
             except (MuheamError, ValueError, TypeError) as exc:
                 reply.fail(error_code(exc), str(exc))
                 return
-            reply.resolve({"table_id": t.table_id, "name": t.name, "dropped": True})
+            reply.resolve(result)
 
         attempt()
         return reply
@@ -285,9 +292,7 @@ class Sessions:
         if not tx.read_committed:
             raise RequestError("bad_request", "snapshot: only a transaction begun with isolation 'read committed' "
                                "takes a new snapshot")
-        if tx.snapshotting is not None and not tx.snapshotting.done:  # its begin's or last snapshot's wait
-            raise RequestError("bad_request", "snapshot: the transaction's previous snapshot request is not "
-                                              "answered yet: wait for its answer")
+        _snapshot_answered(tx, "snapshot: the transaction's previous snapshot request")
         if any(not d.done for d in tx.outstanding):  # a scan page or a copy in flight was asked for the old one
             raise RequestError("bad_request", "snapshot: an operation of this transaction is still unanswered; "
                                "take a new snapshot between operations")
@@ -310,9 +315,7 @@ class Sessions:
         them at once."""
         self.fence_check()
         tx = self._tx(req)
-        if tx.snapshotting is not None and not tx.snapshotting.done:
-            raise RequestError("bad_request", "the transaction's snapshot request is not answered yet: wait for "
-                                              "its answer before the next operation")
+        _snapshot_answered(tx, "the transaction's snapshot request")
         reply = Deferred()
         if tx.read_committed:
             tx.outstanding = [d for d in tx.outstanding if not d.done] + [reply]
