@@ -123,9 +123,9 @@ class Catalog:
     declared types), written with the table in one catalog entry and one WAL record.  A table made through the
     Python client has none and shows its key as ``key``.  (Tables made before the description moved into the
     catalog have it in ``global/sql_tables/<name>.json``, still read; keyed by name, that file could be taken by
-    another table of the same name in a drop-and-create race.)  Tables are never altered; a DROP TABLE on any node makes this node's row operations on
-    the old table id fail with 42P01, which ``revalidate`` turns into a fresh look at the tables that changed
-    (and new plans, ``generation``).  DDL looks afresh first (``revalidate``): it is rare, and acting on a
+    another table of the same name in a drop-and-create race.)  Tables are never altered; a DROP TABLE on any
+    node makes this node's row operations on the old table id fail with 42P01, which ``revalidate`` turns into a
+    fresh look at the tables that changed (and new plans, ``generation``).  DDL looks afresh first (``revalidate``): it is rare, and acting on a
     remembered table that another node dropped (and perhaps made again) would drop or refuse the wrong one."""
 
     def __init__(self, ops: Mapping[str, Operation], shared_dir: Path | None) -> None:
@@ -416,26 +416,27 @@ def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
         changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
         return ("update", {"table": table.ref, "key": key, "changes": changes}), {**row, **changes}
 
-    if plan.add is not None and plan.key_only and not plan.returning:
-        fast = _fast_add(plan, params)
-        if fast is not None:
-            return (yield from _add_by_key(plan, fast[0], fast[1], redo or Redo()))
+    fast = _fast_add(plan, params)
+    if fast is not None:
+        return (yield from _add_by_key(plan, fast[0], fast[1], redo or Redo()))
     rows = yield from _read(table, plan.where, plan.points, params)
     changed = yield from _change_rows(table, rows, plan.where, params, redo or Redo(), change, plan.returning)
     return Result(f"UPDATE {len(changed)}", changed if plan.returning else [])
 
 
 def _fast_add(plan: Update, params: Params) -> tuple[int, int | float] | None:
-    """``(key, delta)`` when ``_add_by_key`` gives what reading the row first would: the key is a whole number
-    (a fractional one matches no row: the read path's WHERE says so) and the delta is valid (NULL or out of range
-    is an error only for a row that exists: the read path evaluates it per row found).  Else ``None``."""
-    assert plan.add is not None and plan.points is not None
+    """``(key, delta)`` when ``_add_by_key`` gives what reading the row first would: ``SET c = c + x`` with
+    ``WHERE key = k`` alone and no RETURNING, the key a whole number (a fractional one matches no row: the read
+    path's WHERE says so) and the delta valid (NULL or out of range is an error only for a row that exists: the
+    read path evaluates it per row found).  Else ``None``."""
+    if plan.add is None or not plan.key_only or plan.returning or plan.points is None:
+        return None
     col, delta_e, sign = plan.add
     k = plan.points[0].fn({}, params)
     if type(k) is not int:
         return None
     try:
-        return _key(plan.points[0], params), sign * to_column(delta_e.fn({}, params), plan.table.columns[col], col)
+        return int(to_column(k, "int64", "key")), sign * to_column(delta_e.fn({}, params), plan.table.columns[col], col)
     except SqlError:
         return None
 
