@@ -12,6 +12,7 @@ from locking.glsn import Glsn
 from locking.messages import Mode, Version
 from muheam.engine import Engine, EngineConfig
 from muheam.cluster.ownership import Ownership, decode_images, extend_resource
+from tests.support.engines import open_engines, shared_dir
 
 
 class GrantingLocks:
@@ -86,14 +87,9 @@ def test_a_stale_overflow_page_never_outlives_a_grant(tmp_path: Path) -> None:
     from muheam.cluster.ownership import CATALOG, chain_resource
     from muheam.storage import mvcc
 
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = iter(range(1, 1 << 30))
-    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
+    shared = shared_dir(tmp_path)
+    a, b = open_engines(shared, EngineConfig(segment_size=1 << 22), EngineConfig(segment_size=1 << 22, cache_pages=100))
     t = a.create_table("t", {"v": "int64", "pad": "text(200)"}, buckets=1)
-    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22,
-                                                                                cache_pages=100))
     b.reload_catalog()
 
     def status(x: int) -> int:
@@ -170,12 +166,8 @@ def test_a_node_that_gave_up_the_catalog_lock_never_touches_a_table_dropped_mean
     from muheam.engine import NoSuchTable
     from muheam.engine.errors import NeedOwnership
 
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = iter(range(1, 1 << 30))
-    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 20))
-    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 20))
+    shared = shared_dir(tmp_path)
+    a, b = open_engines(shared, EngineConfig(segment_size=1 << 20), EngineConfig(segment_size=1 << 20))
     la, lb = RecordingLocks(), RecordingLocks()
     own_a, own_b = Ownership(la, a), Ownership(lb, b)  # type: ignore[arg-type]
     seq = iter(range(2, 1 << 30))
@@ -222,17 +214,12 @@ def test_an_invalid_extension_grant_of_a_table_dropped_meanwhile_completes(tmp_p
     grant makes B read X's WAL, which re-reads the catalog and forgets ``t``: growing ``t``'s relation then raised
     KeyError inside the grant (a review found it), so the grant was never held and B's operation never ran
     again.  It must complete; the operation then fails cleanly on the dropped table."""
-    import itertools
     from types import SimpleNamespace
 
     from muheam.recovery.survivors import Survivors
 
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = itertools.count(1)
     cfg = EngineConfig(segment_size=1 << 20)
-    a, b, x = (Engine.open(shared, n, lamport=lambda: next(clock), config=cfg) for n in (1, 2, 3))
+    a, b, x = open_engines(shared_dir(tmp_path), cfg, cfg, cfg)
     t = a.create_table("t", {"v": "int64"}, buckets=1)
     for e in (b, x):
         e.reload_catalog()

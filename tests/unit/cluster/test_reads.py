@@ -13,6 +13,7 @@ from muheam.cluster import reads
 from muheam.cluster.ownership import Ownership, chain_resource, decode_images
 from muheam.engine import Engine, EngineConfig
 from muheam.storage.layout import BLOCK_SIZE
+from tests.support.engines import open_engines, shared_dir
 from tests.unit.cluster.test_ownership import GrantingLocks
 
 
@@ -84,13 +85,8 @@ def test_copies_outlive_the_trims_of_their_operation_and_what_its_answer_sets_go
     from muheam.net.clientport import Deferred
     from muheam.storage import mvcc
 
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = iter(range(1, 1 << 30))
-    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
-    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22,
-                                                                                cache_pages=64))
+    a, b = open_engines(shared_dir(tmp_path), EngineConfig(segment_size=1 << 22),
+                        EngineConfig(segment_size=1 << 22, cache_pages=64))
     t = a.create_table("t", {"v": "int64"}, buckets=600)
     u = a.create_table("u", {"v": "int64"}, buckets=1)
     b.reload_catalog()
@@ -168,12 +164,7 @@ def test_another_transactions_operation_run_inside_a_copy_read_does_not_read_its
     from muheam.storage import mvcc
     from muheam.storage.heap import bucket_block
 
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = iter(range(1, 1 << 30))
-    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
-    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=EngineConfig(segment_size=1 << 22))
+    a, b = open_engines(shared_dir(tmp_path), EngineConfig(segment_size=1 << 22), EngineConfig(segment_size=1 << 22))
     t = a.create_table("t", {"v": "int64"}, buckets=4)
     a.create_table("u", {"v": "int64"}, buckets=1)
     b.reload_catalog()

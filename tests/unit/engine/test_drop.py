@@ -4,7 +4,6 @@ merged stream's replay, and when the dropping node dies between the catalog tomb
 from __future__ import annotations
 
 import errno
-import itertools
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from muheam.engine.errors import CatalogWriteFailed, TableExists
 from muheam.engine.replay import Target
 from muheam.recovery.restore import restore
 from muheam.storage.heap import relation_path
+from tests.support.engines import open_engines, shared_dir
 from walmerge import MERGED_NODE_ID, WalReader, node_wal_dir
 from walmerge.merge import merge
 
@@ -139,13 +139,10 @@ def test_replay_of_the_merged_stream_drops_the_table_and_ignores_its_late_change
     """Node 2 changes the table after node 1 dropped it (it had not learnt of the drop: in a cluster the catalog
     lock prevents that, but a dead node's last records may still sort after the drop).  Each node writes its own
     tables (no block ownership here)."""
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
+    shared = shared_dir(tmp_path)
     base = tmp_path / "base"
     shutil.copytree(shared, base)
-    counter = itertools.count(1)
-    e1, e2 = (Engine.open(shared, n, lamport=lambda: next(counter), config=cfg()) for n in (1, 2))
+    e1, e2 = open_engines(shared, cfg(), cfg())
     e1.create_table("gone", {"v": "int64"}, buckets=2)
     e1.create_table("kept", {"v": "int64"}, buckets=2)
     e1.create_table("mine", {"v": "int64"}, buckets=2)
@@ -183,12 +180,8 @@ def test_a_dead_nodes_unlogged_drop_comes_before_a_new_table_of_that_name_in_the
     ``t``.  Logged by node 1's recoverer only later, the drop came after the new CREATE in the stream, and a
     replica then wrote the new table's rows into the old one's PostgreSQL table (a review found it).  The holder
     of the catalog lock logs it before its own create."""
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = itertools.count(1)
-    a = Engine.open(shared, 1, lamport=lambda: next(clock), config=cfg())
-    b = Engine.open(shared, 2, lamport=lambda: next(clock), config=cfg())
+    a, b = two_engines(tmp_path)
+    shared = a.shared
     t = a.create_table("t", {"v": "int64"}, buckets=2)
     statefiles.merge_catalog(shared, [], [t.table_id], dropping=(t.table_id, 1, "t"))  # drop_table's first step
     a.crash()
@@ -221,11 +214,7 @@ def failing_catalog_writes(monkeypatch: pytest.MonkeyPatch, shared: Path, which:
 
 
 def two_engines(tmp_path: Path) -> tuple[Engine, Engine]:
-    shared = tmp_path / "shared"
-    (shared / "global").mkdir(parents=True)
-    (shared / "global" / "control").write_text("{}")
-    clock = itertools.count(1)
-    a, b = (Engine.open(shared, n, lamport=lambda: next(clock), config=cfg()) for n in (1, 2))
+    a, b = open_engines(shared_dir(tmp_path), cfg(), cfg())
     return a, b
 
 
