@@ -99,9 +99,12 @@ class Select:
     order: list[tuple[Expr, bool]]
     limit: Expr | None
     offset: Expr | None
-    lock: bool
-    lock_clause: str = ""
-    """``FOR UPDATE``, ``FOR SHARE`` ... as written (every one takes the row exclusively here), for messages."""
+    lock_clause: str
+    """``FOR UPDATE``, ``FOR SHARE`` ... as written, or "" (every one takes the row exclusively here)."""
+
+    @property
+    def lock(self) -> bool:
+        return bool(self.lock_clause)
 
 
 _LOCK_CLAUSES = {enums.LockClauseStrength.LCS_FORKEYSHARE: "FOR KEY SHARE",
@@ -447,11 +450,10 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
             order.append((c.expr(node, table), desc))
     limit = c.expr(stmt.limitCount, None, wire.INT8) if stmt.limitCount is not None else None
     offset = c.expr(stmt.limitOffset, None, wire.INT8) if stmt.limitOffset is not None else None
-    lock = bool(stmt.lockingClause)
-    clause = _LOCK_CLAUSES.get(stmt.lockingClause[0].strength, "FOR UPDATE") if lock else ""
-    if lock and (table is None or aggs is not None):
+    clause = _LOCK_CLAUSES.get(stmt.lockingClause[0].strength, "FOR UPDATE") if stmt.lockingClause else ""
+    if clause and (table is None or aggs is not None):
         raise SqlError("0A000", f"{clause} needs rows of one table")
-    return Select(table, exprs, aggs, where, points, order, limit, offset, lock, clause)
+    return Select(table, exprs, aggs, where, points, order, limit, offset, clause)
 
 
 def _returning(stmt: Any, table: TableInfo, c: Compiler) -> list[Expr]:
