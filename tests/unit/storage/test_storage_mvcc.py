@@ -90,6 +90,28 @@ def test_vectorised_visibility_equals_the_scalar_rules(slots: list[tuple[int, in
     assert got.tolist() == want
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(3, 12), st.sampled_from([0, *range(3, 13)]), st.booleans(), st.booleans()),
+                min_size=1, max_size=40),
+       snapshots(), STATUS)
+def test_visible_slot_is_the_first_version_the_scalar_rules_see(versions: list[tuple[int, int, bool, bool]],
+                                                                snap: Snapshot, status_map: dict[int, str]) -> None:
+    """A hot row's many versions on one page (with other keys between them): ``visible_slot`` loops over them
+    rather than using the vectorised mask, and must pick the same version the rules pick."""
+    page = Page.new(Schema("t", {}), block=1)
+    slots = []
+    for n, (xmin, xmax, lock_only, other_first) in enumerate(versions):
+        if other_first:
+            page.insert(100 + n, {}, xmin)
+        slot = page.insert(7, {}, xmin)
+        if xmax:
+            page.set_xmax(slot, xmax, lock_only=lock_only)
+        slots.append((slot, xmin, xmax, SLOT_USED | (SLOT_LOCK_ONLY if lock_only and xmax else 0)))
+    status = lambda x: status_map.get(x, C)  # noqa: E731
+    want = [slot for slot, xmin, xmax, flags in sorted(slots) if version_visible(xmin, xmax, flags, snap, status)]
+    assert page.visible_slot(7, snap, status) == (want[0] if want else None)
+
+
 # -- model check of random histories --------------------------------------------------------------------------
 
 
