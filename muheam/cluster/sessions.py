@@ -260,6 +260,11 @@ class Sessions:
         return {"xids": sorted(xids)}
 
     # transactions -------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """The counters, and ``open``: transactions begun here and not ended (an operator's first look for one
+        that holds back pruning)."""
+        return {**self.counters, "open": len(self.txns)}
+
     def op_begin(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()
         isolation = req.get("isolation", "repeatable read")

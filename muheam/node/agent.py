@@ -364,7 +364,7 @@ class NodeAgent:
             "counters": {"peer": dict(self.mesh.counters), "client": dict(self.port.counters),
                          "locks": self.locks.stats() if self.locks else {},
                          "xids": dict(self.xids.counters) if self.xids else {},
-                         "sessions": dict(self.sessions.counters) if self.sessions else {},
+                         "sessions": self.sessions.stats() if self.sessions else {},
                          "ownership": self.ownership.stats() if self.ownership else {},
                          "reads": self.reads.stats() if self.reads else {},
                          "commits": self.commits.stats() if self.commits else {},

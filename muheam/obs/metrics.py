@@ -107,6 +107,8 @@ def families(snap: dict[str, Any], cluster: str, now: float | None = None) -> It
     yield gauge("muheam_snapshot_age_seconds", "Seconds since the event loop last published these numbers.",
                 now - published)
     yield gauge("muheam_peers", "Peers connected on the mesh.", float(len(snap.get("peers", []))))
+    yield gauge("muheam_transactions_open", "Transactions begun on this node and not ended yet.",
+                _num(sessions, "open"))
     survivors = counters.get("survivors", {})
     yield gauge("muheam_dead_peers_unrecovered", "Dead peers whose recovery has not finished.",
                 _num(survivors, "dead"))

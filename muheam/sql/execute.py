@@ -67,6 +67,8 @@ class Task:
         self.gen, self.ops, self.done, self.xid = gen, ops, done, xid
         self.table_gone = table_gone
         self.cancelled = False
+        self.waiting: str | None = None
+        """The operation whose answer the task waits for (``None`` between operations)."""
 
     def start(self) -> None:
         self._step(True, None)
@@ -95,6 +97,7 @@ class Task:
             if isinstance(value, Deferred):
                 settled = value.take()
                 if settled is None:  # it answers later: resume from its callback
+                    self.waiting = op
                     value.then(self._resume)
                     return
                 ok, value = settled[0], settled[1] if settled[0] else OpFailed(*settled[1])
@@ -110,9 +113,19 @@ class Task:
             return False, OpFailed("bad_request", f"{op}: {exc}")
 
     def _resume(self, ok: bool, value: Any) -> None:
+        op, self.waiting = self.waiting, None
         if self.cancelled:
+            if ok and op == "begin":  # cancelled (or the connection closed) while the snapshot waited: the
+                self._abandon(value)  # session never learnt this XID, so nobody else would ever end it
             return
         self._step(ok, value if ok else OpFailed(*value))
+
+    def _abandon(self, started: Any) -> None:
+        """Roll back a transaction whose ``begin`` answered after the task was cancelled."""
+        try:
+            self.ops["rollback"]({"xid": int(started["xid"])})
+        except (MuheamError, RequestError, KeyError, TypeError, ValueError):
+            pass  # ended meanwhile (the idle timeout): nothing left to undo
 
 
 # --- the catalog -----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import psycopg
@@ -351,6 +351,37 @@ def test_cancel_ends_a_waiting_statement(cluster3: tuple[LocalCluster, dict[int,
         waiter.rollback()
         assert waiter.execute("SELECT 1").fetchone() == (1,)
         holder.rollback()
+
+
+def test_cancel_while_the_begin_waits_ends_that_transaction(local_cluster: Callable[..., LocalCluster],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement's first row operation begins the transaction, and the begin waits for transactions prepared
+    elsewhere.  A cancel (or a closed connection) in that wait used to drop the begin's late answer, so the node
+    kept a transaction nobody could end, holding back pruning until the idle timeout (300 s)."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.commit_prepared@2=1*pause(3)")
+    c = local_cluster(2, security="none")
+    sql = {int(n["node_id"]): str(n["sql_endpoint"]) for n in c.info["nodes"]}
+    client = {int(n["node_id"]): str(n["client_endpoint"]) for n in c.info["nodes"]}
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE w (id bigint PRIMARY KEY, v bigint)")
+        setup.execute("INSERT INTO w VALUES (1, 0), (2, 0)")
+    with psycopg.connect(conninfo(sql[2]), autocommit=True) as other:
+        assert other.execute("SELECT v FROM w WHERE id = 2").fetchone() == (0,)   # node 2 holds the catalog lock
+        writer = threading.Thread(target=other.execute, args=("UPDATE w SET v = 1 WHERE id = 2",))
+        writer.start()   # node 2 prepares, then pauses 3 s before its COMMIT (the failpoint)
+        time.sleep(1.0)
+        with psycopg.connect(conninfo(sql[1])) as waiter:
+            threading.Timer(0.5, waiter.cancel).start()
+            with pytest.raises(pgerrors.QueryCanceled):
+                waiter.execute("SELECT v FROM w WHERE id = 1")   # its begin waits for node 2's outcome
+            waiter.rollback()
+            writer.join(30)
+            deadline = time.monotonic() + 10
+            while (opened := request(client[1], "status", timeout=5)["counters"]["sessions"]["open"]) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert opened == 0
+            assert waiter.execute("SELECT v FROM w WHERE id = 2").fetchone() == (1,)
 
 
 def test_a_statement_of_thousands_of_row_operations(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
