@@ -27,13 +27,23 @@ request) and dropped from the cache right after, so no later snapshot can read i
 
 A peer that leaves before answering: its chains fall back to the lock (``member_removed`` via the lock service's
 removal hooks).  A chain that B's own transactions acquired while the copy was on its way is not overwritten.
+
+**Unchanged copies.**  A reader scans the same chains again and again, and most of them have not changed since
+its last copy.  So B keeps the last copy of each chain it read (bytes, outside the buffer cache, at most
+``KEEP_BYTES``) and names it in its request by a digest of its bytes (BLAKE2b, 16 bytes: ``[table, bucket,
+digest]``); A answers ``True`` instead of the images when its pages encode to exactly those bytes.  The kept copy
+is then what A would have sent, byte for byte, so everything above holds of it unchanged; a digest that differs
+(A's pages changed, or B's copy is older) gets the images as before.  ``True`` means the bytes that request named,
+which the request remembers: another read's answer may have replaced the kept copy meanwhile with A's pages of an
+earlier moment.  (Nodes of an older version refuse a request with digests: this changes the ``cr`` message.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -56,6 +66,16 @@ ANSWER_BYTES = 16 << 20
 makes ZeroMQ drop the connection).  The chains beyond it are answered None, as if not held: the asker takes the
 lock for its first chain and asks again for the others when it reaches them."""
 _CHAIN = struct.Struct(">II")
+KEEP_BYTES = 32 << 20
+"""Copies a reader keeps to name in its next request (least recently used go first)."""
+DIGEST = 16
+"""Bytes of a copy's digest (BLAKE2b): a copy is named by its bytes, so a collision would be needed to read an old
+one for a new one."""
+
+
+def digest(value: bytes) -> bytes:
+    """A copy's name: the digest of its encoded images (``encode_images``), as the holder would send them."""
+    return hashlib.blake2b(value, digest_size=DIGEST).digest()
 
 
 @dataclass
@@ -79,7 +99,10 @@ class ConsistentReads:
         self.engine = engine
         self.enabled = True
         self.next_id = 1
-        self.requests: dict[int, tuple[_Read, int]] = {}    # request id -> (the read, the node asked)
+        self.requests: dict[int, tuple[_Read, int, dict[bytes, bytes]]] = {}
+        """Request id -> (the read, the node asked, the kept copy named by digest in it, by chain)."""
+        self.kept: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # chain -> (digest, encoded images)
+        self.kept_bytes = 0
         self.counters: Counter[str] = Counter()
         mesh.on(KIND, self._on_message)
         locks.removal_hooks.append(self._member_removed)
@@ -114,9 +137,10 @@ class ConsistentReads:
         for node, chains in sorted(by_node.items()):
             rid = self.next_id
             self.next_id += 1
-            body = ["q", rid, [list(_CHAIN.unpack_from(r, len(CHAIN))) for r in chains[:MAX_CHAINS]]]
+            named: dict[bytes, bytes] = {}
+            body = ["q", rid, [self._ask(r, named) for r in chains[:MAX_CHAINS]]]
             if self.mesh.send(node, KIND, body, label=KIND):
-                self.requests[rid] = (pending, node)
+                self.requests[rid] = (pending, node, named)
                 pending.waiting.add(rid)
                 self.counters["copy_requests"] += 1
         if source != FROM_FILE and not pending.waiting:
@@ -124,6 +148,29 @@ class ConsistentReads:
         if not pending.waiting:
             self._finish(pending)
         return True
+
+    def _ask(self, resource: bytes, named: dict[bytes, bytes]) -> list[Any]:
+        """A request's item for one chain: ``[table, bucket]``, and the digest of the copy kept of it if any
+        (remembered in ``named``: an answer ``True`` means those bytes, whatever is kept by the time it comes)."""
+        item: list[Any] = list(_CHAIN.unpack_from(resource, len(CHAIN)))
+        kept = self.kept.get(resource)
+        if kept is not None:
+            self.kept.move_to_end(resource)
+            item.append(kept[0])
+            named[resource] = kept[1]
+        return item
+
+    def _keep(self, resource: bytes, value: bytes) -> None:
+        old = self.kept.pop(resource, None)
+        if old is not None:
+            self.kept_bytes -= len(old[1])
+        if len(value) > KEEP_BYTES:
+            return
+        self.kept[resource] = (digest(value), value)
+        self.kept_bytes += len(value)
+        while self.kept_bytes > KEEP_BYTES:
+            _, (_, dropped) = self.kept.popitem(last=False)
+            self.kept_bytes -= len(dropped)
 
     def _finish(self, pending: _Read) -> None:
         """Every answer is in: make the copies (and the current file chains) readable, run the operation once,
@@ -185,21 +232,27 @@ class ConsistentReads:
         out: list[list[Any]] = []
         budget = ANSWER_BYTES
         for item in chains:
-            if not isinstance(item, list) or len(item) != 2 or not all(type(x) is int and x >= 0 for x in item):
-                raise ValueError("a cr chain is [table, bucket]")
+            if not isinstance(item, list) or len(item) not in (2, 3) \
+                    or not all(type(x) is int and x >= 0 for x in item[:2]) \
+                    or (len(item) == 3 and not (isinstance(item[2], bytes) and len(item[2]) == DIGEST)):
+                raise ValueError("a cr chain is [table, bucket] or [table, bucket, digest of the copy kept]")
             resource = chain_resource(item[0], item[1])
-            value: bytes | None = None
+            value: bytes | bool | None = None
             table_id, blocks = item[0], list[int]()
             if own.held.get(resource) is Mode.EXCLUSIVE and budget > 0:
                 table_id, blocks = own._chain_blocks(resource)  # none for a dropped table: "not mine"
             if blocks:
                 cache = self.engine.cache
                 value = encode_images([(b, cache.read(table_id, b).encode()) for b in blocks])
-                if len(value) > budget:
+                if len(item) == 3 and digest(value) == item[2]:
+                    value = True  # the asker's copy is these very bytes
+                    self.counters["copies_unchanged"] += 1
+                elif len(value) > budget:
                     value, budget = None, 0
                 else:
                     budget -= len(value)
-            self.counters["copies_sent" if value is not None else "copies_refused"] += 1
+            if value is not True:
+                self.counters["copies_sent" if value is not None else "copies_refused"] += 1
             out.append([item[0], item[1], value])
         self.mesh.send(sender, KIND, ["r", rid, out], label=KIND)
 
@@ -215,24 +268,35 @@ class ConsistentReads:
         if entry is None or entry[1] != msg.sender:
             self.counters["unexpected_answers"] += 1
             return
-        got: dict[bytes, list[tuple[int, bytes]]] = {}
+        named = entry[2]
+        got: dict[bytes, tuple[bytes, list[tuple[int, bytes]]]] = {}
         for item in body[2]:  # all checked before anything changes
             if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[1]) is not int \
-                    or not (item[2] is None or isinstance(item[2], bytes)):
-                raise ValueError("a cr answer is [table, bucket, images or None]")
-            if item[2] is not None:
-                got[chain_resource(item[0], item[1])] = decode_images(item[2])
+                    or not (item[2] is None or item[2] is True or isinstance(item[2], bytes)):
+                raise ValueError("a cr answer is [table, bucket, images, True (unchanged) or None]")
+            resource = chain_resource(item[0], item[1])
+            if isinstance(item[2], bytes):
+                got[resource] = (item[2], decode_images(item[2]))
+            elif item[2] is True:
+                if resource not in named:
+                    raise ValueError("a cr answer says unchanged of a copy the request did not name")
+                got[resource] = (named[resource], decode_images(named[resource]))
+        for resource, (value, _) in got.items():
+            if value is named.get(resource):
+                self.counters["copies_reused"] += 1
+            else:
+                self._keep(resource, value)
         del self.requests[body[1]]
-        pending, _ = entry
-        pending.images.update(got)
+        pending = entry[0]
+        pending.images.update((resource, images) for resource, (_, images) in got.items())
         pending.waiting.discard(body[1])
         if not pending.waiting:
             self._finish(pending)
 
     def _member_removed(self, node_id: int) -> None:
         """Requests to a node that left are answered by nobody: go on without them (its chains take the lock)."""
-        for rid in [r for r, (_, node) in self.requests.items() if node == node_id]:
-            pending, _ = self.requests.pop(rid)
+        for rid in [r for r, (_, node, _) in self.requests.items() if node == node_id]:
+            pending = self.requests.pop(rid)[0]
             pending.waiting.discard(rid)
             self.counters["lost_to_departure"] += 1
             if not pending.waiting:

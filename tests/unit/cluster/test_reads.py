@@ -249,3 +249,100 @@ def test_a_held_callback_that_raises_does_not_strand_the_others() -> None:
             second.resolve("b")
         assert got == []
     assert got == ["b"]
+
+
+def test_a_reader_names_its_copies_and_an_unchanged_chain_is_not_sent_again(tmp_path: Path) -> None:
+    """Node 2 keeps its last copy of each chain and names it by digest; node 1 answers True for a chain whose
+    pages are those very bytes, and the images for one that changed.  True means the bytes that request named:
+    another read's answer may replace the kept copy with an older state meanwhile, and reading that one lost a
+    committed row."""
+    from muheam.cluster.ownership import CATALOG
+    from muheam.net import wire
+    from muheam.storage import mvcc
+    from muheam.storage.heap import bucket_block
+
+    a, b = open_engines(shared_dir(tmp_path), EngineConfig(segment_size=1 << 22), EngineConfig(segment_size=1 << 22))
+    t = a.create_table("t", {"v": "int64"}, buckets=4)
+    b.reload_catalog()
+    tx = a.begin(100)
+    for key in range(40):
+        tx.insert("t", key, {"v": key})
+    tx.commit()
+    chain2 = chain_resource(t.table_id, 2)
+    in2 = [k for k in range(40) if bucket_block(k, t.nbuckets) == 2]
+    late2 = [k for k in range(1000, 3000) if bucket_block(k, t.nbuckets) == 2][:3]
+    holder_mesh, reader_mesh = HandlingMesh(), HandlingMesh()
+    holder = Ownership(Locks(), a)  # type: ignore[arg-type]
+    for bucket in range(1, 5):
+        holder.held[chain_resource(t.table_id, bucket)] = Mode.EXCLUSIVE
+    holder.held[CATALOG] = Mode.SHARED
+    held = reads.ConsistentReads(holder_mesh, Locks(), holder, a)  # type: ignore[arg-type]
+    before = encode_chain(a, t.table_id, 2, t.nbuckets)  # node 1's chain 2 at this moment
+    b.status = lambda x: mvcc.COMMITTED if x in a.committed else b.local_status(x)  # type: ignore[method-assign]
+    own = Ownership(CopyLocks(), b)  # type: ignore[arg-type]
+    own.held[CATALOG] = Mode.SHARED
+    cr = reads.ConsistentReads(reader_mesh, CopyLocks(), own, b)  # type: ignore[arg-type]
+
+    def ask(first: bytes, ahead: int, then: Callable[[], None]) -> Any:
+        """Send one read's request to node 1 and return its answer (not delivered yet)."""
+        assert cr.read(first, then, ahead=ahead)
+        _, _, body = reader_mesh.sent.pop()
+        held._on_message(wire.PeerMessage(sender=2, epoch=0, stamp=0, kind=reads.KIND, body=body))
+        return holder_mesh.sent.pop()[2]
+
+    def deliver(answer: Any) -> None:
+        reader_mesh.handlers[reads.KIND](wire.PeerMessage(sender=1, epoch=0, stamp=0, kind=reads.KIND, body=answer))
+
+    def scan(xid: int) -> tuple[Callable[[], None], list[int]]:
+        txn, rows = b.begin(xid, b.local_snapshot(xid)), list[int]()
+
+        def op() -> None:
+            at = 1
+            while at <= t.nbuckets:
+                chunk, at = b.scan_from(txn, t, at)
+                if chunk is not None:
+                    rows.extend(chunk[0].tolist())
+        return op, rows
+
+    first = chain_resource(t.table_id, 1)
+    op, rows = scan(200)
+    answer = ask(first, 3, op)
+    assert all(isinstance(v, bytes) for _, _, v in answer[2])
+    deliver(answer)
+    assert sorted(rows) == list(range(40))
+    op, rows = scan(201)  # nothing changed: no images travel
+    answer = ask(first, 3, op)
+    assert [v for _, _, v in answer[2]] == [True] * 4 and held.counters["copies_unchanged"] == 4
+    deliver(answer)
+    assert sorted(rows) == list(range(40)) and cr.counters["copies_reused"] == 4
+    tx = a.begin(101)
+    for key in late2:
+        tx.insert("t", key, {"v": key})
+    tx.commit()
+    op, rows = scan(202)  # chain 2 changed: only its images travel
+    answer = ask(first, 3, op)
+    assert [isinstance(v, bytes) for _, _, v in answer[2]] == [False, True, False, False]
+    deliver(answer)
+    assert sorted(rows) == sorted([*range(40), *late2])
+
+    got: dict[str, list[int]] = {}
+
+    def keys_of_chain2(name: str, xid: int) -> Callable[[], None]:
+        txn = b.begin(xid, b.local_snapshot(xid))
+        return lambda: got.__setitem__(name, [k for k in [*in2, *late2] if txn.get("t", k) is not None])
+
+    newer = ask(chain2, 0, keys_of_chain2("newer", 203))  # names the copy with late2: True
+    assert [v for _, _, v in newer[2]] == [True]
+    assert cr.read(chain2, keys_of_chain2("older", 204), ahead=0)
+    _, _, (_, rid, _) = reader_mesh.sent.pop()
+    deliver(["r", rid, [[t.table_id, 2, before]]])  # an answer of an earlier moment arrives first
+    deliver(newer)
+    assert got["newer"] == [*in2, *late2]
+    a.close()
+    b.close()
+
+
+def encode_chain(engine: Engine, table_id: int, bucket: int, nbuckets: int) -> bytes:
+    from muheam.cluster.ownership import encode_images
+    blocks = engine.cache.chain_blocks(table_id, bucket, nbuckets)
+    return encode_images([(blk, engine.cache.read(table_id, blk).encode()) for blk in blocks])
