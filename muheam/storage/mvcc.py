@@ -133,10 +133,19 @@ def version_visible(xmin: int, xmax: int, flags: int, snap: Snapshot, status: St
     return not xid_visible(xmax, snap, status)
 
 
+PER_XID_SORT = 128
+"""From this many XIDs on, ``_per_xid`` finds the distinct ones with ``np.unique`` (a sort); below, with a Python
+set, which costs a fifth of numpy's set-up for a page's few dozen versions (an update's prune, a hot chain)."""
+
+
 def _per_xid(xids: U64, fn: Callable[[int], bool]) -> Bools:
     """Evaluate ``fn`` once per distinct XID and broadcast the answers back (the vectorisation trick)."""
     if xids.size == 0:
         return np.zeros(0, dtype=np.bool_)
+    if xids.size < PER_XID_SORT:
+        listed = xids.tolist()
+        known = {x: fn(x) for x in set(listed)}
+        return np.fromiter((known[x] for x in listed), dtype=np.bool_, count=len(listed))
     uniq, inverse = np.unique(xids, return_inverse=True)
     answers = np.fromiter((fn(int(x)) for x in uniq), dtype=np.bool_, count=uniq.size)
     result: Bools = answers[inverse.reshape(-1)]
