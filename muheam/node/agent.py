@@ -83,7 +83,7 @@ class NodeAgent:
         self.clock = LamportClock(node_id)
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.wake_endpoint = f"inproc://wake-{id(self)}"
-        self.events: queue.Queue[MemberEvent] = queue.Queue()
+        self.events: queue.SimpleQueue[MemberEvent] = queue.SimpleQueue()
         self.stop_mode: StopMode | None = None
         self.state = NodeState.STARTING
         self.members: dict[int, Member] = {}

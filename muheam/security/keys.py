@@ -265,13 +265,16 @@ class Keyring:
         self.clients: dict[bytes, str] = {}
         self._stamp: tuple[int, ...] = ()
         self._checked = 0.0
+        self._watched = [os.fspath(self.root / sub) for sub in ("nodes", "clients")]
         self.refresh()
 
     def _dir_stamp(self) -> tuple[int, ...]:
+        """The key directories' change stamps: the client port takes them per batch of requests, so the paths are
+        strings made once (building them anew each time cost more than the two ``stat`` calls)."""
         out = []
-        for sub in ("nodes", "clients"):
+        for path in self._watched:
             try:
-                st = (self.root / sub).stat()
+                st = os.stat(path)
                 out += [st.st_mtime_ns, st.st_ino]
             except OSError:
                 out += [0, 0]
