@@ -325,19 +325,17 @@ class Page:
         """The slot of the version of ``key`` that ``snap`` sees, or ``None``.
 
         A loop over the key's slots, read straight from the page bytes: a hot row keeps a few dozen versions
-        between prunes, and for that few numpy's set-up (``np.unique`` over the XIDs) costs twice the loop.  A version
-        deleted for the snapshot is skipped on its xmax alone, so the dead versions of a hot row cost one status
-        lookup each."""
+        between prunes, and for that few numpy's set-up (``np.unique`` over the XIDs) costs twice the loop.  Each
+        version is judged by ``version_visible`` itself, so the status lookups are exactly the rules' (xmin first:
+        a lookup of an xmax the rules never ask about must not fail a read)."""
         idx = self.find(key)
         if idx.size == 0:
             return None
         st, buf, ss = mvcc.checked(status), self.buf, self._ss
-        visible = mvcc.xid_visible
+        visible = mvcc.version_visible
         for i in idx.tolist():
             _, xmin, xmax, _, _, flags = _SLOT_HEAD.unpack_from(buf, PAGE_HEADER_SIZE + i * ss)
-            if xmax != mvcc.INVALID_XID and not flags & SLOT_LOCK_ONLY and visible(xmax, snap, st):
-                continue   # deleted (or replaced) for this snapshot
-            if visible(xmin, snap, st):
+            if visible(xmin, xmax, flags, snap, st):
                 return int(i)
         return None
 

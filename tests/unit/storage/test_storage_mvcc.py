@@ -114,9 +114,20 @@ def test_visible_slot_is_the_first_version_the_scalar_rules_see(versions: list[t
         if xmax:
             page.set_xmax(slot, xmax, lock_only=lock_only)
         slots.append((slot, xmin, xmax, SLOT_USED | (SLOT_LOCK_ONLY if lock_only and xmax else 0)))
-    status = lambda x: status_map.get(x, C)  # noqa: E731
-    want = [slot for slot, xmin, xmax, flags in sorted(slots) if version_visible(xmin, xmax, flags, snap, status)]
-    assert page.visible_slot(7, snap, status) == (want[0] if want else None)
+    asked: list[int] = []
+
+    def status(x: int) -> str:
+        asked.append(x)
+        return status_map.get(x, C)
+
+    want, rules_asked = None, []
+    for slot, xmin, xmax, flags in sorted(slots):  # the scalar rules, up to the first version they see
+        if version_visible(xmin, xmax, flags, snap, status):
+            want = slot
+            break
+    rules_asked, asked[:] = list(asked), []
+    assert page.visible_slot(7, snap, status) == want
+    assert asked == rules_asked, "the same status lookups as the rules (one that fails must fail alike)"
 
 
 # -- model check of random histories --------------------------------------------------------------------------
