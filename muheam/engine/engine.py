@@ -136,6 +136,8 @@ class Engine:
         """
         from muheam.engine.recovery import recover
         eng = cls(Path(shared), node_id, config or EngineConfig(), lamport)
+        for leftover in statefiles.sweep_stale_tmp(eng.shared):
+            log.warning("removed %s: a state file's temporary copy left by a writer killed long ago", leftover)
         try:
             recover(eng, seed_clock=seed_clock, accept_data_loss=accept_data_loss)
         except BaseException:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,22 +53,58 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+TMP_SUFFIX = ".tmp"
+STALE_TMP_S = 3600.0
+"""A state file's temporary copy this old is a leftover of a writer killed between writing and renaming it: a
+write takes milliseconds.  (Its name holds the writer's pid, but that pid may be on another machine sharing the
+directory, so its age is what says it is dead.)"""
+_TMP_NAME = re.compile(r"^[\w.-]+\.\d+\.tmp$")
+
+
 def write_state(path: Path, value: dict[str, Any]) -> None:
     """Replace ``path`` atomically and durably with ``value``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     body: bytes = msgpack.packb({"format": FORMAT, **value}, use_bin_type=True)
     data = MAGIC + int(google_crc32c.value(body)).to_bytes(4, "little") + body
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shared files: two nodes may write one at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")  # shared files: two nodes may write at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk, say: the old file stays whole, and no half-written copy stays
+        raise
     fsync_dir(path.parent)
+
+
+
+
+def sweep_stale_tmp(shared: Path, now: float | None = None) -> list[Path]:
+    """Remove the leftovers of killed state-file writers in ``global/`` and ``xact/`` (see ``STALE_TMP_S``);
+    returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in (shared / "global", shared / "xact"):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not _TMP_NAME.match(entry.name):
+                continue
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_S:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                continue  # gone already (another node swept it), or not ours to remove
+    return removed
 
 
 def read_state(path: Path) -> dict[str, Any] | None:

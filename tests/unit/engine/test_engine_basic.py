@@ -228,6 +228,48 @@ def test_damaged_state_file_is_refused(shared: Path) -> None:
         Engine.open(shared, 1, config=cfg())
 
 
+def test_a_failed_state_write_leaves_no_temporary_copy(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the fsync of a state file: the error reaches the caller, the old file is whole, and the
+    half-written temporary copy is gone (it used to stay in the shared directory for good)."""
+    import errno
+    import os
+
+    Engine.open(shared, 1, config=cfg()).close()
+    p = statefiles.checkpoint_path(shared, 1)
+    before = p.read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        statefiles.write_state(p, {"redo_lsn": 1, "glsn": 1})
+    monkeypatch.undo()
+    assert p.read_bytes() == before
+    assert [f.name for f in p.parent.iterdir() if f.name.endswith(".tmp")] == []
+
+
+def test_the_leftovers_of_killed_state_writers_are_swept_by_age(shared: Path) -> None:
+    """A writer killed between writing its temporary copy and renaming it leaves ``<file>.<pid>.tmp``.  A node
+    opening its engine removes such copies once they are old (the pid may be a live writer on another machine,
+    so a fresh one is left alone), and nothing else."""
+    import os
+    import time
+
+    Engine.open(shared, 1, config=cfg()).close()
+    old = [shared / "global" / "catalog.4242.tmp", shared / "xact" / "node-2.77.tmp"]
+    fresh = shared / "global" / "checkpoint-node-2.99.tmp"
+    other = shared / "global" / "notes.tmp"
+    for f in [*old, fresh, other]:
+        f.write_bytes(b"half")
+    stale = time.time() - statefiles.STALE_TMP_S - 60
+    for f in [*old, other]:
+        os.utime(f, (stale, stale))
+    Engine.open(shared, 1, config=cfg()).close()
+    assert [f.exists() for f in old] == [False, False]
+    assert fresh.exists() and other.exists()
+
+
 def test_redo_from_an_older_checkpoint_is_idempotent(shared: Path) -> None:
     """Records whose changes already reached the pages are skipped by the page-GLSN check."""
     e = Engine.open(shared, 1, config=cfg(cache_pages=4))
