@@ -622,12 +622,13 @@ class Session:
 
     # cancel and close ---------------------------------------------------------------------------------------------
     def cancel(self) -> None:
-        """A CancelRequest with our key: a statement waiting (a row lock, a commit round) ends with 57014.
+        """A CancelRequest with our key: a statement waiting (a row lock, a begin's snapshot) ends with 57014.
 
         The transaction is rolled back through the session layer, which drops its waits; a statement that is
-        not waiting has nothing to cancel (the request is ignored, as PostgreSQL does between statements)."""
+        not waiting has nothing to cancel (the request is ignored, as PostgreSQL does between statements), and
+        neither has one whose commit, CREATE or DROP is under way (``_NOT_CANCELLABLE``)."""
         task = self.task
-        if task is None:
+        if task is None or task.waiting in _NOT_CANCELLABLE:
             return
         task.cancelled = True
         self.task = None
@@ -649,6 +650,12 @@ class Session:
                 self.ops["rollback"]({"xid": xid})
             except Exception:  # noqa: BLE001 - rolled back already
                 pass
+
+
+_NOT_CANCELLABLE = ("commit", "create_table", "drop_table")
+"""Operations that take effect once sent, whatever the client does: a cancel while one waits (a commit round, the
+catalog lock) is ignored, as PostgreSQL lets a COMMIT under way finish.  Answering 57014 there told the client its
+change did not happen when it did (a review found it)."""
 
 
 def _aborted() -> SqlError:

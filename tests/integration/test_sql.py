@@ -353,11 +353,16 @@ def test_cancel_ends_a_waiting_statement(cluster3: tuple[LocalCluster, dict[int,
         holder.rollback()
 
 
-def test_cancel_while_the_begin_waits_ends_that_transaction(local_cluster: Callable[..., LocalCluster],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A statement's first row operation begins the transaction, and the begin waits for transactions prepared
-    elsewhere.  A cancel (or a closed connection) in that wait used to drop the begin's late answer, so the node
-    kept a transaction nobody could end, holding back pruning until the idle timeout (300 s)."""
+def test_a_cancel_ends_a_waiting_begin_and_not_a_commit_under_way(local_cluster: Callable[..., LocalCluster],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """While node 2 pauses (its loop stopped for 3 s between a prepare and its COMMIT), node 1's begins wait for
+    that outcome and its commits for node 2's acknowledgement.
+
+    * A statement's first row operation begins the transaction.  A cancel (or a closed connection) in that wait
+      used to drop the begin's late answer, so the node kept a transaction nobody could end, holding back
+      pruning until the idle timeout (300 s).
+    * A cancel during a COMMIT's round answered 57014, and the commit went on and committed (a review found
+      it): the client was told its change did not happen.  A commit under way is not cancelled."""
     monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.commit_prepared@2=1*pause(3)")
     c = local_cluster(2, security="none")
     sql = {int(n["node_id"]): str(n["sql_endpoint"]) for n in c.info["nodes"]}
@@ -365,8 +370,10 @@ def test_cancel_while_the_begin_waits_ends_that_transaction(local_cluster: Calla
     with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
         setup.execute("CREATE TABLE w (id bigint PRIMARY KEY, v bigint)")
         setup.execute("INSERT INTO w VALUES (1, 0), (2, 0)")
-    with psycopg.connect(conninfo(sql[2]), autocommit=True) as other:
+    with psycopg.connect(conninfo(sql[2]), autocommit=True) as other, \
+            psycopg.connect(conninfo(sql[1])) as committer:
         assert other.execute("SELECT v FROM w WHERE id = 2").fetchone() == (0,)   # node 2 holds the catalog lock
+        committer.execute("UPDATE w SET v = 5 WHERE id = 1")   # begun before node 2 prepares: no wait
         writer = threading.Thread(target=other.execute, args=("UPDATE w SET v = 1 WHERE id = 2",))
         writer.start()   # node 2 prepares, then pauses 3 s before its COMMIT (the failpoint)
         time.sleep(1.0)
@@ -375,13 +382,15 @@ def test_cancel_while_the_begin_waits_ends_that_transaction(local_cluster: Calla
             with pytest.raises(pgerrors.QueryCanceled):
                 waiter.execute("SELECT v FROM w WHERE id = 1")   # its begin waits for node 2's outcome
             waiter.rollback()
+            threading.Timer(0.5, committer.cancel).start()
+            committer.commit()   # its prepare round waits for node 2, which still pauses
             writer.join(30)
             deadline = time.monotonic() + 10
             while (opened := request(client[1], "status", timeout=5)["counters"]["sessions"]["open"]) and \
                     time.monotonic() < deadline:
                 time.sleep(0.2)
             assert opened == 0
-            assert waiter.execute("SELECT v FROM w WHERE id = 2").fetchone() == (1,)
+            assert waiter.execute("SELECT id, v FROM w ORDER BY id").fetchall() == [(1, 5), (2, 1)]
 
 
 def test_a_statement_of_thousands_of_row_operations(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
