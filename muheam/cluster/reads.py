@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -78,6 +79,10 @@ def digest(value: bytes) -> bytes:
     return hashlib.blake2b(value, digest_size=DIGEST).digest()
 
 
+ANSWER_TIMEOUT = 10.0
+"""Seconds a copy request may go unanswered before its chains take the lock instead (``tick``)."""
+
+
 @dataclass
 class _Read:
     """One operation's wait for copies: what it asked, from whom, what came back."""
@@ -87,6 +92,16 @@ class _Read:
     files: list[bytes]
     waiting: set[int]                                   # request ids not answered yet
     images: dict[bytes, list[tuple[int, bytes]]] = field(default_factory=dict)
+
+
+@dataclass
+class _Asked:
+    """One request sent: its read, the node asked, the kept copies it named by digest (by chain), when."""
+
+    read: _Read
+    node: int
+    named: dict[bytes, bytes]
+    sent: float
 
 
 class ConsistentReads:
@@ -99,8 +114,7 @@ class ConsistentReads:
         self.engine = engine
         self.enabled = True
         self.next_id = 1
-        self.requests: dict[int, tuple[_Read, int, dict[bytes, bytes]]] = {}
-        """Request id -> (the read, the node asked, the kept copy named by digest in it, by chain)."""
+        self.requests: dict[int, _Asked] = {}
         self.kept: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # chain -> (digest, encoded images)
         self.kept_bytes = 0
         self.counters: Counter[str] = Counter()
@@ -140,7 +154,7 @@ class ConsistentReads:
             named: dict[bytes, bytes] = {}
             body = ["q", rid, [self._ask(r, named) for r in chains[:MAX_CHAINS]]]
             if self.mesh.send(node, KIND, body, label=KIND):
-                self.requests[rid] = (pending, node, named)
+                self.requests[rid] = _Asked(pending, node, named, time.monotonic())
                 pending.waiting.add(rid)
                 self.counters["copy_requests"] += 1
         if source != FROM_FILE and not pending.waiting:
@@ -265,10 +279,10 @@ class ConsistentReads:
             self._answer(msg.sender, body[1], body[2])
             return
         entry = self.requests.get(body[1])
-        if entry is None or entry[1] != msg.sender:
+        if entry is None or entry.node != msg.sender:
             self.counters["unexpected_answers"] += 1
             return
-        named = entry[2]
+        named = entry.named
         got: dict[bytes, tuple[bytes, list[tuple[int, bytes]]]] = {}
         for item in body[2]:  # all checked before anything changes
             if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[1]) is not int \
@@ -287,7 +301,7 @@ class ConsistentReads:
             else:
                 self._keep(resource, value)
         del self.requests[body[1]]
-        pending = entry[0]
+        pending = entry.read
         pending.images.update((resource, images) for resource, (_, images) in got.items())
         pending.waiting.discard(body[1])
         if not pending.waiting:
@@ -295,10 +309,23 @@ class ConsistentReads:
 
     def _member_removed(self, node_id: int) -> None:
         """Requests to a node that left are answered by nobody: go on without them (its chains take the lock)."""
-        for rid in [r for r, (_, node, _) in self.requests.items() if node == node_id]:
-            pending = self.requests.pop(rid)[0]
+        self._give_up([r for r, asked in self.requests.items() if asked.node == node_id], "lost_to_departure")
+
+    def tick(self, now: float) -> None:
+        """Requests unanswered for ``ANSWER_TIMEOUT`` are given up: their chains take the lock.  A holder answers
+        within one turn of its loop; one that stopped is removed when its lease ends, but a request it refused
+        (a malformed or, from an older version, an unknown form) would otherwise leave the statement waiting for
+        good."""
+        self._give_up([r for r, asked in self.requests.items() if now - asked.sent > ANSWER_TIMEOUT], "timed_out")
+
+    def _give_up(self, rids: list[int], why: str) -> None:
+        for rid in rids:
+            asked = self.requests.pop(rid, None)
+            if asked is None:
+                continue
+            pending = asked.read
             pending.waiting.discard(rid)
-            self.counters["lost_to_departure"] += 1
+            self.counters[why] += 1
             if not pending.waiting:
                 self._finish(pending)
 

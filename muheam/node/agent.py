@@ -458,6 +458,8 @@ class NodeAgent:
                         next_tick = now + 0.2
                         try:
                             self.sessions.tick(now)
+                            if self.reads is not None:
+                                self.reads.tick(now)
                             if self.scopes is not None:
                                 self.scopes.tick(now)
                             if self.survivors is not None:

@@ -346,3 +346,26 @@ def encode_chain(engine: Engine, table_id: int, bucket: int, nbuckets: int) -> b
     from muheam.cluster.ownership import encode_images
     blocks = engine.cache.chain_blocks(table_id, bucket, nbuckets)
     return encode_images([(blk, engine.cache.read(table_id, blk).encode()) for blk in blocks])
+
+
+def test_a_request_nobody_answers_is_given_up_and_its_chain_takes_the_lock(tmp_path: Path) -> None:
+    """A holder that refuses a request (a malformed or, from an older version, an unknown form: the mesh drops
+    it) never answers; the statement used to wait for good.  After ``ANSWER_TIMEOUT`` the chains take the lock."""
+    from muheam.cluster.ownership import CATALOG
+
+    engine = Engine.open(shared_dir(tmp_path), 2, config=EngineConfig(segment_size=1 << 20))
+    t = engine.create_table("t", {"v": "int64"}, buckets=4)
+    locks, mesh = CopyLocks(), HandlingMesh()
+    own = Ownership(locks, engine)  # type: ignore[arg-type]
+    own.held[CATALOG] = Mode.SHARED
+    cr = reads.ConsistentReads(mesh, locks, own, engine)  # type: ignore[arg-type]
+    ran: list[str] = []
+    first = chain_resource(t.table_id, 1)
+    assert cr.read(first, lambda: ran.append("op"), ahead=3)
+    sent_at = cr.requests[next(iter(cr.requests))].sent
+    cr.tick(sent_at + reads.ANSWER_TIMEOUT / 2)
+    assert cr.requests and first not in locks.pending
+    cr.tick(sent_at + reads.ANSWER_TIMEOUT + 1)
+    assert not cr.requests and cr.counters["timed_out"] == 1
+    assert first in locks.pending and ran == []  # the lock path runs the operation once granted
+    engine.close()
