@@ -356,6 +356,14 @@ class Sessions:
                 else:
                     self._fail_tx(tx, reply, exc)
                 return
+            except NoSuchTable as exc:
+                if type(req.get("table")) is not int:
+                    self._fail_tx(tx, reply, exc)
+                    return
+                # named by id (the SQL port): the caller's plan predates a DROP TABLE.  Nothing was changed, and
+                # the transaction goes on, so the caller may plan the statement again (or fail it and roll back)
+                reply.fail("NoSuchTable", str(exc))
+                return
             except (MuheamError, ValueError, TypeError) as exc:
                 self._fail_tx(tx, reply, exc)
                 return

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Mapping
+from typing import Any, Callable, Generator, Mapping, cast
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import Deferred, RequestError
@@ -479,6 +479,25 @@ def run_delete(plan: Delete, params: Params, redo: Redo | None = None) -> Gen:
                                       lambda row: (("delete", {"table": table.ref, "key": row[table.key]}), row),
                                       plan.returning)
     return Result(f"DELETE {len(changed)}", changed if plan.returning else [])
+
+
+def answers_counted(gen: Gen, answered: list[int]) -> Gen:
+    """``gen``'s requests, passed through; ``answered[0]`` counts the answers it got (errors thrown in are passed
+    on and not counted).  Tells whether a statement that failed had done anything before (``Session``: a plan
+    is made again only for a statement whose first operation found its table gone)."""
+    answer: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = gen.throw(error) if error is not None else gen.send(answer)
+        except StopIteration as stop:
+            return cast(Result, stop.value)
+        answer, error = None, None
+        try:
+            answer = yield request
+            answered[0] += 1
+        except Exception as exc:  # noqa: BLE001 - thrown in by the task: the statement's generator decides
+            error = exc
 
 
 def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool = False) -> Gen:

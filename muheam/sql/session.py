@@ -91,6 +91,8 @@ class Portal:
     compiled: Compiled | None
     params: list[Any]
     formats: list[int]
+    replan: Callable[[], Compiled] | None = None
+    """Its prepared statement planned afresh (``Session._run_plan``)."""
 
 
 class Session:
@@ -123,7 +125,7 @@ class Session:
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.scram: ScramExchange | None = None
-        self.counters = {"statements": 0, "errors": 0}
+        self.counters = {"statements": 0, "errors": 0, "replanned": 0}
         self._draining = False
         self.running_simple = False
         self.plans = PlanCache()
@@ -285,7 +287,15 @@ class Session:
             hit = None  # the ordinary path below reports it
         if hit is not None:
             compiled, params = hit
-            self._run(compiled, params, None, describe=True, then=lambda ok: self._send(wire.msg_ready(self.tx)))
+
+            def replan() -> Compiled:
+                self.plans, self.plans_generation = PlanCache(), self.catalog.generation
+                again = self.plans.lookup(sql, self._compile)
+                if again is None:
+                    raise SqlError("42P01", "the statement's table is gone")
+                return again[0]
+            self._run(compiled, params, None, describe=True, then=lambda ok: self._send(wire.msg_ready(self.tx)),
+                      replan=replan)
             return
         try:
             stmts = list(plan.parse(sql))
@@ -317,7 +327,7 @@ class Session:
             else:
                 self._send(wire.msg_ready(self.tx))
 
-        self._run(compiled, [], None, describe=True, then=done)
+        self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, []))
 
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
         try:
@@ -357,7 +367,9 @@ class Session:
                           for i, (v, oid) in enumerate(zip(ev.params, types))]
             except (ValueError, UnicodeDecodeError) as exc:
                 raise SqlError("22P02", f"invalid parameter: {exc}") from None
-            self.portals[ev.portal] = Portal(compiled, params, ev.result_formats)
+            stmt, oids = prepared.stmt, prepared.param_oids
+            self.portals[ev.portal] = Portal(compiled, params, ev.result_formats,
+                                             lambda: self._compile(stmt, oids))
             self._send(wire.msg_bind_complete())
         elif isinstance(ev, wire.Describe):
             if ev.kind == "S":
@@ -376,7 +388,8 @@ class Session:
             def done(ok: bool) -> None:
                 if not ok:
                     self.skip_to_sync = True
-            self._run(portal.compiled, portal.params, portal.formats, describe=False, then=done)
+            self._run(portal.compiled, portal.params, portal.formats, describe=False, then=done,
+                      replan=portal.replan)
         elif isinstance(ev, wire.Close):
             (self.statements if ev.kind == "S" else self.portals).pop(ev.name, None)
             self._send(wire.msg_close_complete())
@@ -411,7 +424,7 @@ class Session:
 
     # running a statement ------------------------------------------------------------------------------------------
     def _run(self, compiled: Compiled, params: list[Any], formats: list[int] | None, describe: bool,
-             then: Callable[[bool], None]) -> None:
+             then: Callable[[bool], None], replan: Callable[[], Compiled] | None = None) -> None:
         self.counters["statements"] += 1
         self.running_simple = describe
         fields = compiled.fields
@@ -438,12 +451,13 @@ class Session:
             if self.task is None:
                 self._drain()
 
-        task = Task(self._statement_gen(compiled, params), self.ops, done, lambda: self.xid,
+        task = Task(self._statement_gen(compiled, params, replan), self.ops, done, lambda: self.xid,
                     self.catalog.revalidate)
         self.task = task
         task.start()
 
-    def _statement_gen(self, compiled: Compiled, params: list[Any]) -> Gen:
+    def _statement_gen(self, compiled: Compiled, params: list[Any],
+                       replan: Callable[[], Compiled] | None = None) -> Gen:
         p = compiled.plan
         if isinstance(p, Utility):
             return (yield from self._utility(p))
@@ -476,11 +490,36 @@ class Session:
                 self.tx = "T"
         elif self.rc:  # READ COMMITTED: each statement sees what committed before it began
             yield ("snapshot", {})
-        result = yield from execute.run_plan(p, params, self.rc)
+        result = yield from self._run_plan(p, compiled, params, replan)
         if not self.explicit:
             xid, self.xid = self.xid, None
             yield ("commit", {"xid": xid})
         return result
+
+    def _run_plan(self, p: plan.Select | plan.Insert | plan.Update | plan.Delete, compiled: Compiled,
+                  params: list[Any], replan: Callable[[], Compiled] | None) -> Gen:
+        """Run the plan; if its first row operation finds the table gone (dropped, and made again, on another node
+        since this session planned), plan the statement again and run that, as PostgreSQL plans again after a
+        DROP TABLE.  Only when nothing was done yet (a table dropped in the middle of a statement fails it), the
+        new plan names another table, and the result columns and parameters are the same (the client may have
+        them already, as PostgreSQL's "cached plan must not change result type")."""
+        answered = [0]
+        try:
+            return (yield from execute.answers_counted(execute.run_plan(p, params, self.rc), answered))
+        except execute.OpFailed as exc:
+            if exc.code != "NoSuchTable" or answered[0] or replan is None or p.table is None:
+                raise
+            self.catalog.revalidate()
+            try:
+                again = replan()
+            except SqlError:
+                raise exc from None  # gone for good: the statement fails with 42P01 as it was going to
+            new = again.plan
+            if not isinstance(new, type(p)) or new.table is None or new.table.table_id == p.table.table_id \
+                    or again.fields != compiled.fields or again.param_types != compiled.param_types:
+                raise
+        self.counters["replanned"] += 1
+        return (yield from execute.run_plan(new, params, self.rc))
 
     def _drop(self, p: DropTable) -> Gen:
         """Outside a block: drop now.  Inside one: check the tables exist now and drop them at COMMIT (with IF

@@ -304,6 +304,47 @@ def test_drop_table_edges_found_by_a_review(cluster3: tuple[LocalCluster, dict[i
             one.execute("SELECT count(*) FROM re")
 
 
+def test_a_plan_made_before_a_drop_and_create_elsewhere_is_made_again(
+        cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """Node 1 drops a table and makes it again with the same columns; node 2's sessions planned against the old
+    one.  PostgreSQL plans such a statement again; node 2's first statement failed once with 42P01 (each path:
+    the simple protocol's plan cache, its ordinary path, a prepared statement, a write, a transaction block).  A
+    table dropped for good still gets 42P01."""
+    _, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as one, \
+            psycopg.connect(conninfo(sql[2]), autocommit=True) as two:
+        def remake(v: int) -> None:
+            one.execute("DROP TABLE rp")
+            one.execute("CREATE TABLE rp (id bigint PRIMARY KEY, v bigint)")
+            one.execute("INSERT INTO rp VALUES (1, %s)" % v)
+
+        one.execute("CREATE TABLE rp (id bigint PRIMARY KEY, v bigint)")
+        one.execute("INSERT INTO rp VALUES (1, 10)")
+        assert two.execute("SELECT v FROM rp WHERE id = 1").fetchone() == (10,)           # plan cache
+        assert two.execute("SELECT count(*), sum(v) FROM rp").fetchone() == (1, 10)       # ordinary path
+        assert two.execute("SELECT v FROM rp WHERE id = %s", (1,), prepare=True).fetchone() == (10,)
+        remake(11)
+        assert two.execute("SELECT v FROM rp WHERE id = 1").fetchone() == (11,)
+        remake(12)
+        assert two.execute("SELECT count(*), sum(v) FROM rp").fetchone() == (1, 12)
+        remake(13)
+        assert two.execute("SELECT v FROM rp WHERE id = %s", (1,), prepare=True).fetchone() == (13,)
+        remake(14)
+        assert two.execute("UPDATE rp SET v = v + 1 WHERE id = 1").rowcount == 1
+        assert one.execute("SELECT v FROM rp WHERE id = 1").fetchone() == (15,)
+        with psycopg.connect(conninfo(sql[2])) as block:  # psycopg's default: a transaction block
+            assert block.execute("SELECT v FROM rp WHERE id = 1").fetchone() == (15,)
+            block.commit()
+            remake(16)
+            assert block.execute("SELECT v FROM rp WHERE id = 1").fetchone() == (16,)
+            block.execute("UPDATE rp SET v = v + 1 WHERE id = 1")
+            block.commit()
+        assert one.execute("SELECT v FROM rp WHERE id = 1").fetchone() == (17,)
+        one.execute("DROP TABLE rp")
+        with pytest.raises(pgerrors.UndefinedTable):
+            two.execute("SELECT v FROM rp WHERE id = 1")
+
+
 def test_update_by_key_without_a_read_matches_the_read_path(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
     """``UPDATE t SET v = v + x WHERE id = k`` is one add, without reading the row first, only where that
     gives what the read would (a review found two differences): a fractional key matches no row, and a NULL or
