@@ -50,7 +50,7 @@ def replicate_cmd(conninfo: str, endpoint: str | None, workers: int, name: str, 
     from muheam import failpoints
     from muheam.replica.run import Replicator
 
-    failpoints.arm_from_env(None)  # tests: replica.copy_commit
+    failpoints.arm_from_env(None)  # tests: replica.copy_list, copy_table, copy_commit
     if not name or set(name) - _NAME_CHARS or len(name) > 63:
         raise ConfigError(f"--name {name!r}: use 1-63 lower-case letters, digits, '_' or '-'")
     has_config = kw.get("config_path") is not None or Path("muheam.toml").exists() or kw.get("shared_dir")

@@ -175,8 +175,10 @@ def _write(pg: psycopg.Connection[Any], name: str, tx: Any, l0: int, waited: int
         if stale:
             raise ReplicaError(f"replica {name!r} has no progress row but its registry lists tables {stale}: "
                                f"drop them and their rows in {SCHEMA}.tables, or use another --name")
+        failpoints.hit("replica.copy_list")  # tests: a table dropped between the snapshot and the listing
         tables = [TableDef.from_dict(t) for t in tx.conn.tables()]
         for tdef in tables:
+            failpoints.hit("replica.copy_table")  # tests: a table dropped between the listing and its scan
             define_table(pg, name, tdef)
             names = [c for c, _ in tdef.columns]
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in ("key", *names))

@@ -48,6 +48,19 @@ def wait_log(path: Path, text: str, count: int, proc: Any, timeout: float = 30.0
     raise AssertionError(f"no {text!r} (#{count}) in the replicator's log:\n{path.read_text()[-3000:]}")
 
 
+def replica_tables(conninfo: str) -> tuple[dict[str, list[tuple[Any, ...]]], list[str]]:
+    """Every table in the replica database's ``public`` schema with its rows ordered by key, and the tables replica
+    r1's registry lists."""
+    with psycopg.connect(conninfo) as conn:
+        names = [str(t) for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        tables = {n: sorted(tuple(r) for r in conn.execute(f'SELECT * FROM "{n}"')) for n in names}
+        registry: list[str] = []
+        if conn.execute("SELECT to_regclass('muheam_replica.tables')").fetchone() != (None,):
+            registry = sorted(str(t) for (t,) in conn.execute(
+                "SELECT table_name FROM muheam_replica.tables WHERE name = 'r1'"))
+        return tables, registry
+
+
 def pg_has_copy(conninfo: str) -> tuple[bool, bool]:
     """(progress row of r1 exists, table accounts exists) in the replica database."""
     with psycopg.connect(conninfo) as conn:
@@ -220,3 +233,79 @@ def test_the_copy_commits_whole_or_not_at_all_and_old_replica_databases_are_migr
         assert _write(conn, "new", FakeSnapshotTx(6000), 9000, 0) is None, "a second copy of one replica"
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(90)
+def test_tables_dropped_while_the_initial_copy_runs_are_dropped_on_the_replica(local_cluster: Any,
+                                                                              pg: pgbase.Server) -> None:
+    """DROP TABLE by other clients, on either node, in each window of a new replica's initial copy (failpoints
+    pause the replicator there):
+
+    * ``a``: after the copy listed the tables, before its scan (``replica.copy_table``): that attempt fails and the
+      next one copies without it;
+    * ``d``: after the copy's snapshot, before its listing (``replica.copy_list``), with a transaction that wrote
+      ``d`` committed after the snapshot: the stream from the copy's position has that commit's changes of ``d``
+      and then its drop, of a table the copy never registered;
+    * ``b``: after the listing, before its scan, and made again under its name with other columns and rows;
+    * ``c``: scanned, before the copy commits (``replica.copy_commit``): for the stream this is also "between the
+      copy and streaming", its drop record lies after the copy's position.
+
+    The replica ends equal to the cluster (``b`` as made again, ``e``, nothing else, row for row; its registry
+    lists those two) and the replicator goes on streaming."""
+    c: LocalCluster = local_cluster(nodes=2)
+    eps = [m["client_endpoint"] for m in sorted(c.members(), key=lambda m: m["node_id"])]
+    conns = [connect(ep, 30.0) for ep in eps]
+    rep = Replicator(c, pg.conninfo)
+    try:
+        for i, name in enumerate(("a", "b", "c", "d", "e")):
+            conns[i % 2].create_table(name, {"v": "int64"})
+            with conns[i % 2].transaction() as tx:
+                for k in range(5):
+                    tx.insert(name, k, {"v": k})
+        os.environ["MUHEAM_FAILPOINTS"] = ("replica.copy_list=2*pause(2);replica.copy_table=2*pause(2);"
+                                           "replica.copy_commit=1*pause(2)")
+        try:
+            rep.start()
+        finally:
+            del os.environ["MUHEAM_FAILPOINTS"]
+        # first attempt: a is dropped before its scan (the first table, in id order)
+        wait_log(rep.log, "failpoint replica.copy_table", 1, rep.proc)
+        conns[1].drop_table("a")
+        wait_log(rep.log, "the initial copy failed: no table 'a'", 1, rep.proc)
+        # second attempt
+        wait_log(rep.log, "failpoint replica.copy_list", 2, rep.proc)
+        with conns[1].transaction() as tx:
+            tx.insert("d", 100, {"v": 100})
+            tx.insert("e", 100, {"v": 100})
+        conns[0].drop_table("d")
+        wait_log(rep.log, "failpoint replica.copy_table", 2, rep.proc)
+        conns[0].drop_table("b")
+        conns[1].create_table("b", {"w": "text(8)"})
+        with conns[0].transaction() as tx:
+            for k in range(3):
+                tx.insert("b", k, {"w": f"new {k}"})
+        wait_log(rep.log, "failpoint replica.copy_commit", 1, rep.proc)
+        conns[1].drop_table("c")
+        with conns[0].transaction() as tx:
+            tx.insert("e", 101, {"v": 101})
+        wait_log(rep.log, "initial copy of", 1, rep.proc)
+
+        want: dict[str, list[tuple[Any, ...]]] = {}
+        with conns[0].transaction() as tx:
+            for t in conns[1].tables():
+                cols = [col for col, _ in t["columns"]]
+                want[t["name"]] = sorted((k, *(row[col] for col in cols)) for k, row in tx.scan(t["name"]))
+        assert want == {"b": [(k, f"new {k}") for k in range(3)], "e": [(k, k) for k in (*range(5), 100, 101)]}
+        got: tuple[dict[str, list[tuple[Any, ...]]], list[str]] = ({}, [])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and got != (want, ["b", "e"]):
+            assert rep.proc is not None and rep.proc.poll() is None, \
+                f"the replicator exited:\n{rep.log.read_text()[-3000:]}"
+            got = replica_tables(pg.conninfo)
+            time.sleep(0.2)
+        assert got == (want, ["b", "e"]), f"the replica differs from the cluster:\n{rep.log.read_text()[-3000:]}"
+        assert rep.log.read_text().count("initial copy from stream position") == 2
+    finally:
+        for conn in conns:
+            conn.close()
+        rep.stop()
