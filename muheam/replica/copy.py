@@ -131,13 +131,14 @@ def initial_copy(pg: psycopg.Connection[Any], name: str, endpoint: str, nodes: C
         if not endpoints:
             raise CopyFailed("the initial copy found no live member to copy from")
         conns = [Connection(ep, TIMEOUT, key) for ep in endpoints]
+        before = {int(t["table_id"]): str(t["name"]) for t in conns[0].tables()}
         waited = wait_for_writers(conns, stop, wait)
         tx = conns[0].transaction().__enter__()
         try:
             if tx.sts is None:
                 raise ReplicaError(f"node at {conns[0].endpoint} does not tell its snapshot's timestamp: it runs "
                                    "an older muheam; upgrade it, or replicate with --no-copy")
-            result = _write(pg, name, tx, l0, waited)
+            result = _write(pg, name, tx, l0, waited, before)
         finally:
             try:
                 tx.rollback()  # it only read
@@ -160,8 +161,17 @@ def initial_copy(pg: psycopg.Connection[Any], name: str, endpoint: str, nodes: C
     return result
 
 
-def _write(pg: psycopg.Connection[Any], name: str, tx: Any, l0: int, waited: int) -> CopyResult | None:
-    """Step 4, in one PostgreSQL transaction that commits the tables, rows and progress row together."""
+def _write(pg: psycopg.Connection[Any], name: str, tx: Any, l0: int, waited: int,
+           before: dict[int, str] | None = None) -> CopyResult | None:
+    """Step 4, in one PostgreSQL transaction that commits the tables, rows and progress row together.
+
+    ``before``: the tables listed before step 2 (id -> name).  One of them missing from the listing here was
+    dropped during this attempt, and that fails it (``CopyFailed``; the next attempt starts after the drop).
+    Why: a transaction that wrote the table after step 2 may commit after the snapshot and before the drop; the
+    decoder then meets its changes after ``L0`` with the table neither in the registry nor created by a catalog
+    record after ``L0`` -- a ``DecodeError`` that stopped the replicator at every start.  A table dropped before
+    that first listing had no such writer (any writer of it was waited for, so its commit is in the snapshot),
+    and one dropped after the listing here is in the registry: the decoder applies such changes, then drops it."""
     sts: int = tx.sts
     rows = 0
     with pg.cursor() as cur:
@@ -177,6 +187,10 @@ def _write(pg: psycopg.Connection[Any], name: str, tx: Any, l0: int, waited: int
                                f"drop them and their rows in {SCHEMA}.tables, or use another --name")
         failpoints.hit("replica.copy_list")  # tests: a table dropped between the snapshot and the listing
         tables = [TableDef.from_dict(t) for t in tx.conn.tables()]
+        gone = sorted(set(before or {}) - {t.table_id for t in tables})
+        if gone and before:
+            raise CopyFailed(f"tables {[before[i] for i in gone]} were dropped while the initial copy began; it "
+                             "starts again")
         for tdef in tables:
             failpoints.hit("replica.copy_table")  # tests: a table dropped between the listing and its scan
             define_table(pg, name, tdef)

@@ -196,7 +196,7 @@ class FakeSnapshotTx:
 
 def test_the_copy_commits_whole_or_not_at_all_and_old_replica_databases_are_migrated(pg: pgbase.Server) -> None:
     from muheam.replica import apply
-    from muheam.replica.copy import _write
+    from muheam.replica.copy import CopyFailed, _write
 
     with psycopg.connect(pg.conninfo) as conn:  # a replica database as the code before the copy made it
         conn.execute("CREATE SCHEMA muheam_replica; CREATE TABLE muheam_replica.progress (name text PRIMARY KEY, "
@@ -213,6 +213,10 @@ def test_the_copy_commits_whole_or_not_at_all_and_old_replica_databases_are_migr
         with pytest.raises(RuntimeError, match="node lost"):
             _write(conn, "new", FakeSnapshotTx(5000, fail_in="b"), 8192, 0)
         conn.rollback()  # what initial_copy does on any failure
+        assert apply.setup(conn, "new", create=False) == (None, [])
+        with pytest.raises(CopyFailed, match=r"tables \['gone'\] were dropped"):  # listed first, not under the snapshot
+            _write(conn, "new", FakeSnapshotTx(5000), 8192, 0, {1: "a", 2: "b", 3: "gone"})
+        conn.rollback()
         assert apply.setup(conn, "new", create=False) == (None, [])
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('public.a') IS NULL AND to_regclass('public.b') IS NULL")
@@ -241,12 +245,15 @@ def test_tables_dropped_while_the_initial_copy_runs_are_dropped_on_the_replica(l
     """DROP TABLE by other clients, on either node, in each window of a new replica's initial copy (failpoints
     pause the replicator there):
 
-    * ``a``: after the copy listed the tables, before its scan (``replica.copy_table``): that attempt fails and the
-      next one copies without it;
     * ``d``: after the copy's snapshot, before its listing (``replica.copy_list``), with a transaction that wrote
-      ``d`` committed after the snapshot: the stream from the copy's position has that commit's changes of ``d``
-      and then its drop, of a table the copy never registered;
-    * ``b``: after the listing, before its scan, and made again under its name with other columns and rows;
+      ``d`` committed after the snapshot: the stream from that copy's position would have the commit's changes of
+      ``d``, then the drop, of a table the copy never registered (this stopped the replicator for good); the
+      attempt fails and the next one starts;
+    * ``a``: after the (second) copy listed the tables, before its scan (``replica.copy_table``): that attempt
+      fails too and the third one copies;
+    * ``b``: after the listing, before its scan, and made again under its name with other columns and rows (the
+      copy scans the new ``b`` by name, seeing none of its rows under its snapshot, and the stream then drops
+      the old ``b`` and makes the new one);
     * ``c``: scanned, before the copy commits (``replica.copy_commit``): for the stream this is also "between the
       copy and streaming", its drop record lies after the copy's position.
 
@@ -262,22 +269,21 @@ def test_tables_dropped_while_the_initial_copy_runs_are_dropped_on_the_replica(l
             with conns[i % 2].transaction() as tx:
                 for k in range(5):
                     tx.insert(name, k, {"v": k})
-        os.environ["MUHEAM_FAILPOINTS"] = ("replica.copy_list=2*pause(2);replica.copy_table=2*pause(2);"
+        os.environ["MUHEAM_FAILPOINTS"] = ("replica.copy_list=1*pause(2);replica.copy_table=2*pause(2);"
                                            "replica.copy_commit=1*pause(2)")
         try:
             rep.start()
         finally:
             del os.environ["MUHEAM_FAILPOINTS"]
-        # first attempt: a is dropped before its scan (the first table, in id order)
-        wait_log(rep.log, "failpoint replica.copy_table", 1, rep.proc)
-        conns[1].drop_table("a")
-        wait_log(rep.log, "the initial copy failed: no table 'a'", 1, rep.proc)
-        # second attempt
-        wait_log(rep.log, "failpoint replica.copy_list", 2, rep.proc)
+        wait_log(rep.log, "failpoint replica.copy_list", 1, rep.proc)  # first attempt: d
         with conns[1].transaction() as tx:
             tx.insert("d", 100, {"v": 100})
             tx.insert("e", 100, {"v": 100})
         conns[0].drop_table("d")
+        wait_log(rep.log, "were dropped while the initial copy began", 1, rep.proc)
+        wait_log(rep.log, "failpoint replica.copy_table", 1, rep.proc)  # second attempt: a, the first table
+        conns[1].drop_table("a")
+        wait_log(rep.log, "the initial copy failed: no table 'a'", 1, rep.proc)
         wait_log(rep.log, "failpoint replica.copy_table", 2, rep.proc)
         conns[0].drop_table("b")
         conns[1].create_table("b", {"w": "text(8)"})
@@ -304,7 +310,7 @@ def test_tables_dropped_while_the_initial_copy_runs_are_dropped_on_the_replica(l
             got = replica_tables(pg.conninfo)
             time.sleep(0.2)
         assert got == (want, ["b", "e"]), f"the replica differs from the cluster:\n{rep.log.read_text()[-3000:]}"
-        assert rep.log.read_text().count("initial copy from stream position") == 2
+        assert rep.log.read_text().count("initial copy from stream position") == 3
     finally:
         for conn in conns:
             conn.close()
