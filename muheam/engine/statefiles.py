@@ -87,8 +87,18 @@ def write_state(path: Path, value: dict[str, Any]) -> None:
 
 def sweep_stale_tmp(shared: Path, now: float | None = None) -> list[Path]:
     """Remove the leftovers of killed state-file writers in ``global/`` and ``xact/`` (see ``STALE_TMP_S``);
-    returns what was removed."""
-    now = time.time() if now is None else now
+    returns what was removed.  Ages are taken against the file system's clock (``now``: the time stamp of a file
+    made there just now), not this machine's: on a shared mount the server stamps the files, and a node whose
+    clock runs an hour ahead would remove another node's copy between its write and its rename."""
+    if now is None:
+        probe = shared / "global" / f"sweep.{os.getpid()}.probe"
+        try:
+            probe.write_bytes(b"")
+            now = probe.stat().st_mtime
+        except OSError:
+            return []  # not writable (yet): nothing to sweep by a node that could not write state files either
+        finally:
+            probe.unlink(missing_ok=True)
     removed = []
     for folder in (shared / "global", shared / "xact"):
         try:
