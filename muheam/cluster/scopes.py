@@ -111,7 +111,7 @@ class ScopeWaits:
     degraded: dict[str, int] = field(default_factory=dict)
     """Scope text -> newest commit GLSN answered degraded."""
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("waited", "confirmed", "timed_out", "degraded", "confirmations"), 0))
+        ("waited", "confirmed", "timed_out", "degraded", "confirmations", "cancelled"), 0))
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
@@ -178,6 +178,17 @@ class ScopeWaits:
                 else:
                     keep.append(w)
             self.waits = keep
+
+    def release(self, xid: int) -> bool:
+        """Stop waiting for ``xid``'s scope now (its client cancelled): answered ``"scope": "cancelled"``, the
+        transaction committed; False if it does not wait."""
+        for w in self.waits:
+            if w.xid == xid:
+                self.waits.remove(w)
+                self.counters["cancelled"] += 1
+                w.ok({"xid": xid, "scope": "cancelled"})
+                return True
+        return False
 
     def tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +53,8 @@ MAX_SCAN_ROWS = 200_000
 """Rows one unpaged ``scan`` may return (its reply is one message); a paged scan has no total limit."""
 MAX_PAGE_ROWS = 100_000
 """The largest ``page_rows`` a paged scan may ask for."""
+RELEASED_KEPT = 4096
+"""Cancelled commits remembered until they reach their scope's wait (``op_release_commit``)."""
 
 
 def _sql_description(sql: Any, columns: dict[str, Any]) -> dict[str, Any] | None:
@@ -173,6 +176,10 @@ class Sessions:
         """Set by the node when commits may wait for replicas (``muheam.cluster.scopes``): called instead of
         answering a committed writer once its outcome is recorded and sent; ``check_scope`` vets a COMMIT's scope."""
         self.check_scope: Callable[[str], None] = lambda _s: None
+        self.release_scope: Callable[[int], bool] = lambda _xid: False
+        """Set with ``after_commit``: stop a commit's wait for its scope now (True if it was waiting)."""
+        self.scope_released: OrderedDict[int, None] = OrderedDict()
+        """Commits whose client cancelled before they reached their scope's wait (``op_release_commit``)."""
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
                                          "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0,
                                          "begin_retakes": 0, "rows_changed": 0}
@@ -185,7 +192,7 @@ class Sessions:
         self.committing: set[int] = set()
         """Writers whose COMMIT is under way (no longer in ``txns``, not yet durable): ``op_writers`` counts them."""
         for op in ("create_table", "drop_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
-                   "scan", "commit", "rollback", "writers"):
+                   "scan", "commit", "rollback", "writers", "release_commit"):
             port.register(op, getattr(self, "op_" + op))
 
     # catalog ------------------------------------------------------------------------------------------------
@@ -357,11 +364,12 @@ class Sessions:
                     self._fail_tx(tx, reply, exc)
                 return
             except NoSuchTable as exc:
-                if type(req.get("table")) is not int:
+                if req.get("replannable") is not True:
                     self._fail_tx(tx, reply, exc)
                     return
-                # named by id (the SQL port): the caller's plan predates a DROP TABLE.  Nothing was changed, and
-                # the transaction goes on, so the caller may plan the statement again (or fail it and roll back)
+                # the SQL port's plan predates a DROP TABLE.  Nothing was changed, and the transaction goes on, so
+                # it may plan the statement again (or fail it and roll back); a client that did not ask for this
+                # has its transaction rolled back, as for any error
                 reply.fail("NoSuchTable", str(exc))
                 return
             except (MuheamError, ValueError, TypeError) as exc:
@@ -496,6 +504,20 @@ class Sessions:
         self.commits.append((tx, reply))
         return reply
 
+    def op_release_commit(self, req: dict[str, Any]) -> Any:
+        """The client cancelled while its COMMIT waits: it is not cancelled (it takes effect whatever the client
+        does), but a wait for replicas under a commit scope ends now, answered ``"scope": "cancelled"``, as
+        PostgreSQL ends a synchronous-replication wait on a cancel ("committed locally, but might not have been
+        replicated").  A commit still in its prepare round (bounded by the members' leases) gets this answer
+        when it reaches that wait, if it does."""
+        xid = _int_arg(req, "xid", None, 1, (1 << 63) - 1, "the committing transaction's id")
+        if self.release_scope(xid):
+            return {"released": True}
+        self.scope_released[xid] = None
+        while len(self.scope_released) > RELEASED_KEPT:
+            self.scope_released.popitem(last=False)  # commits that failed never reach the wait to remove theirs
+        return {"released": False}
+
     def op_rollback(self, req: dict[str, Any]) -> Any:
         tx = self._tx(req)
         reply = Deferred()
@@ -599,7 +621,10 @@ class Sessions:
         def answer() -> None:
             for tx, reply in live:
                 if self.after_commit is not None and tx.txn.wrote:
-                    self.after_commit(tx.txn.xid, tx.txn.commit_glsn, tx.scope, reply)
+                    if self.scope_released.pop(tx.txn.xid, 0) is None:  # its client cancelled meanwhile
+                        reply.resolve({"xid": tx.txn.xid, "scope": "cancelled"})
+                    else:
+                        self.after_commit(tx.txn.xid, tx.txn.commit_glsn, tx.scope, reply)
                 else:
                     reply.resolve({"xid": tx.txn.xid})
 

@@ -52,6 +52,7 @@ def wire(sessions: Sessions, port: ClientPort, default: str, backend: Callable[[
         scopes.scope(text)  # ScopeError (a ValueError) names the form
 
     sessions.after_commit = after_commit
+    sessions.release_scope = scopes.release
     sessions.check_scope = check
     port.register("replica_confirm", confirm)
     return scopes

@@ -93,6 +93,8 @@ class Task:
                 return
             if "xid" not in args and op not in ("begin", "tables", "create_table", "drop_table"):
                 args["xid"] = self.xid()
+            if "table" in args:
+                args["replannable"] = True  # a table id gone leaves the transaction running: the session decides
             ok, value = self._call(op, args)
             if isinstance(value, Deferred):
                 settled = value.take()

@@ -20,7 +20,7 @@ import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generator, Mapping
 
 import scramp
 
@@ -115,6 +115,8 @@ class Session:
         self.tx = "I"
         self.explicit = False
         self.xid: int | None = None
+        self.committing: int | None = None
+        """The transaction whose COMMIT this session waits for (a cancel may end its wait for replicas)."""
         self.queried = False
         """A statement ran in this transaction block (its characteristics are fixed from then on)."""
         self.saved: dict[str, str] = {}
@@ -482,7 +484,8 @@ class Session:
                            "this transaction block dropped it (the drop takes effect at COMMIT)")
         if isinstance(p, plan.Select) and p.table is None:
             return (yield from execute.run_select(p, params))
-        if self.xid is None:
+        began = self.xid is None
+        if began:
             self.rc = self.settings["transaction_isolation"] in plan.ISOLATION_LEVELS[:2]
             started = yield ("begin", {"isolation": "read committed" if self.rc else "repeatable read"})
             self.xid = int(started["xid"])
@@ -490,11 +493,25 @@ class Session:
                 self.tx = "T"
         elif self.rc:  # READ COMMITTED: each statement sees what committed before it began
             yield ("snapshot", {})
-        result = yield from self._run_plan(p, compiled, params, replan)
+        result = yield from self._run_plan(p, compiled, params, replan if began else None)
         if not self.explicit:
             xid, self.xid = self.xid, None
-            yield ("commit", {"xid": xid})
+            if xid is not None:
+                yield from self._commit(xid)
         return result
+
+    def _commit(self, xid: int) -> Generator[execute.Request, Any, None]:
+        """COMMIT of ``xid``; a cancel meanwhile only ends a wait for replicas (``cancel``), after which PostgreSQL's
+        warning says the transaction is committed."""
+        self.committing = xid
+        try:
+            answer = yield ("commit", {"xid": xid})
+        finally:
+            self.committing = None
+        if isinstance(answer, dict) and answer.get("scope") == "cancelled":
+            self._send(wire.msg_notice("01000", "canceling wait for synchronous replication due to user request",
+                                       detail="The transaction has already committed locally, but might not "
+                                       "have been replicated to the standby."))
 
     def _run_plan(self, p: plan.Select | plan.Insert | plan.Update | plan.Delete, compiled: Compiled,
                   params: list[Any], replan: Callable[[], Compiled] | None) -> Gen:
@@ -566,7 +583,7 @@ class Session:
             if xid is not None:
                 if u.kind == "commit" and not failed:
                     try:
-                        yield ("commit", {"xid": xid})
+                        yield from self._commit(xid)
                     except execute.OpFailed:
                         self._end_block(saved, saved.keys())  # not committed: its SETs are undone too
                         raise
@@ -667,7 +684,15 @@ class Session:
         not waiting has nothing to cancel (the request is ignored, as PostgreSQL does between statements), and
         neither has one whose commit, CREATE or DROP is under way (``_NOT_CANCELLABLE``)."""
         task = self.task
-        if task is None or task.waiting in _NOT_CANCELLABLE:
+        if task is None:
+            return
+        if task.waiting in _NOT_CANCELLABLE:
+            release = self.ops.get("release_commit")
+            if task.waiting == "commit" and self.committing is not None and release is not None:
+                try:  # a wait for replicas may have no end: that wait, not the commit, ends
+                    release({"xid": self.committing})
+                except Exception:  # noqa: BLE001 - committed or failed meanwhile: its answer is on its way
+                    pass
             return
         task.cancelled = True
         self.task = None
@@ -691,10 +716,11 @@ class Session:
                 pass
 
 
-_NOT_CANCELLABLE = ("commit", "create_table", "drop_table")
+_NOT_CANCELLABLE = ("commit", "rollback", "create_table", "drop_table")
 """Operations that take effect once sent, whatever the client does: a cancel while one waits (a commit round, the
-catalog lock) is ignored, as PostgreSQL lets a COMMIT under way finish.  Answering 57014 there told the client its
-change did not happen when it did (a review found it)."""
+catalog lock) does not end it, as PostgreSQL lets a COMMIT under way finish.  Answering 57014 there told the client
+its change did not happen when it did (a review found it).  Only a commit's wait for replicas under a commit
+scope, which may have no end, is ended (``release_commit``), and the client warned that it committed."""
 
 
 def _aborted() -> SqlError:

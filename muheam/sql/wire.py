@@ -367,8 +367,10 @@ def msg_error(code: str, message: str, severity: str = "ERROR", detail: str = ""
     return _msg(b"E", b"".join(parts) + b"\0")
 
 
-def msg_notice(code: str, message: str, severity: str = "WARNING") -> bytes:
+def msg_notice(code: str, message: str, severity: str = "WARNING", detail: str = "") -> bytes:
     parts = [b"S" + _cstr(severity), b"V" + _cstr(severity), b"C" + _cstr(code), b"M" + _cstr(message)]
+    if detail:
+        parts.append(b"D" + _cstr(detail))
     return _msg(b"N", b"".join(parts) + b"\0")
 
 

@@ -293,6 +293,20 @@ def test_commit_scopes_wait_for_the_replica_and_tell_the_truth_on_timeout(local_
             with conn.transaction() as tx:
                 assert tx.get("t", 1_000_000) == {"v": 1_000_000}
         assert not replica_has(pg.conninfo, "t", 1_000_000)
+        # a scope without a timeout waits as long as the replica is down; a cancel (the SQL port sends
+        # release_commit for it) ends that wait, and the answer says the transaction committed
+        tx = conns[0].transaction().__enter__()
+        tx.insert("t", 1_000_010, {"v": 1})
+        got: dict[str, Any] = {}
+        waiter = threading.Thread(target=lambda: got.update(tx.commit(scope="ANY 1 (replicas) ON applied")))
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive()
+        assert request(eps[0], "release_commit", xid=tx.xid)["released"] is True
+        waiter.join(10)
+        assert got.get("scope") == "cancelled"
+        with conns[1].transaction() as check:
+            assert check.get("t", 1_000_010) == {"v": 1}
 
         degrade = "ANY 1 (replicas) ON applied DEGRADE ON 1s"  # DEGRADE ON: success, marked degraded
         assert scoped_insert(conns[2], 1_000_001, degrade)["scope"] == "degraded"

@@ -345,6 +345,55 @@ def test_a_plan_made_before_a_drop_and_create_elsewhere_is_made_again(
             two.execute("SELECT v FROM rp WHERE id = 1")
 
 
+def test_a_transaction_that_used_a_dropped_table_is_not_planned_onto_its_successor(
+        cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
+    """Planning again is only for the statement that began its transaction (a review found two wrong results
+    otherwise): a block that wrote the old table saw its own insert vanish and then committed "successfully" a
+    write that went with the dropped table, and a REPEATABLE READ block read one row as 10, then as missing.  Both
+    fail with 42P01 and roll back, as before.  A raw client naming a table by its id keeps PostgreSQL's rule: any
+    error rolls its transaction back (it used to stay open, row locks and all, for 300 s)."""
+    c, sql = cluster3
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as one, \
+            psycopg.connect(conninfo(sql[2])) as block:
+        def remake(name: str, v: int) -> None:
+            one.execute(f"DROP TABLE {name}")
+            one.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, v bigint)")
+            one.execute(f"INSERT INTO {name} VALUES (1, {v})")
+
+        one.execute("CREATE TABLE ow (id bigint PRIMARY KEY, v bigint)")
+        one.execute("INSERT INTO ow VALUES (1, 10)")
+        block.execute("INSERT INTO ow VALUES (2, 20)")
+        remake("ow", 11)
+        with pytest.raises(pgerrors.UndefinedTable):
+            block.execute("SELECT id, v FROM ow ORDER BY id")
+        block.rollback()
+        assert one.execute("SELECT id, v FROM ow ORDER BY id").fetchall() == [(1, 11)]
+
+        one.execute("CREATE TABLE rr (id bigint PRIMARY KEY, v bigint)")
+        one.execute("INSERT INTO rr VALUES (1, 10)")
+        block.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert block.execute("SELECT v FROM rr WHERE id = 1").fetchall() == [(10,)]
+        remake("rr", 11)
+        with pytest.raises(pgerrors.UndefinedTable):
+            block.execute("SELECT v FROM rr WHERE id = 1")
+        block.rollback()
+
+    ep = str(c.info["nodes"][0]["client_endpoint"])
+    with connect(ep, key=c.client_key) as conn:
+        conn.create_table("keep", {"v": "int64"})
+        gone = int(conn.create_table("gone", {"v": "int64"})["table_id"])
+        conn.drop_table("gone")
+        opened = request(ep, "status", timeout=5, client_key=c.client_key)["counters"]["sessions"]["open"]
+        with pytest.raises(ClientError, match="dropped"):
+            with conn.transaction() as tx:
+                tx.insert("keep", 1, {"v": 1})
+                tx.get(gone, 1)  # type: ignore[arg-type]
+        assert request(ep, "status", timeout=5, client_key=c.client_key)["counters"]["sessions"]["open"] == opened
+        with conn.transaction() as tx:
+            tx.insert("keep", 1, {"v": 2})  # no row lock left behind
+        conn.drop_table("keep")
+
+
 def test_update_by_key_without_a_read_matches_the_read_path(cluster3: tuple[LocalCluster, dict[int, str]]) -> None:
     """``UPDATE t SET v = v + x WHERE id = k`` is one add, without reading the row first, only where that
     gives what the read would (a review found two differences): a fractional key matches no row, and a NULL or

@@ -116,3 +116,16 @@ def test_degrade_answers_success_then_stops_waiting_until_a_replica_catches_up()
 def test_a_hostile_scope_on_commit_is_a_scope_error(text: Any) -> None:
     with pytest.raises(ScopeError):
         ScopeWaits().scope(text)
+
+
+def test_release_ends_one_wait_and_says_it_committed() -> None:
+    """A client's cancel ends its commit's wait for replicas (a scope without a timeout waits for ever while the
+    replica is down); the answer says the transaction committed, and other waits go on."""
+    clock, a = Clock(), Answers()
+    w = ScopeWaits(clock=clock)
+    w.wait(1, 50, "ANY 1 (replicas)", a.ok, a.fail)
+    w.wait(2, 51, "ANY 1 (replicas)", a.ok, a.fail)
+    assert not w.release(3) and a.got == []
+    assert w.release(1) and a.got == [("ok", {"xid": 1, "scope": "cancelled"})]
+    assert [x.xid for x in w.waits] == [2] and w.counters["cancelled"] == 1
+    assert not w.release(1)
