@@ -140,8 +140,9 @@ class ScopeWaits:
             return bool(self.replicas) and have == len(self.replicas)
         return have >= scope.any_n
 
-    def wait(self, xid: int, glsn: int, scope_text: str | None, ok: Ok, fail: Fail) -> None:
-        """A commit that is durable and known to every member; answer it under its scope (or the default)."""
+    def wait(self, xid: int, glsn: int, scope_text: str | None, ok: Ok, fail: Fail, released: bool = False) -> None:
+        """A commit that is durable and known to every member; answer it under its scope (or the default).
+        ``released``: its client cancelled on the way here; a wait it would start ends at once (``release``)."""
         text = scope_text if scope_text is not None else self.default
         if text is None:
             ok({"xid": xid})
@@ -155,6 +156,10 @@ class ScopeWaits:
             self.degraded[scope.text] = max(self.degraded[scope.text], glsn)
             self.counters["degraded"] += 1
             ok({"xid": xid, "scope": "degraded"})
+            return
+        if released:
+            self.counters["cancelled"] += 1
+            ok({"xid": xid, "scope": "cancelled"})
             return
         now = self.clock()
         self.counters["waited"] += 1

@@ -172,7 +172,7 @@ class Sessions:
         self.commits: list[tuple[_Tx, Deferred]] = []
         self.prepared: list[list[tuple[_Tx, Deferred]]] = []
         self.published_waits: list[tuple[int, int]] = []
-        self.after_commit: Callable[[int, int, str | None, Deferred], None] | None = None
+        self.after_commit: Callable[[int, int, str | None, Deferred, bool], None] | None = None
         """Set by the node when commits may wait for replicas (``muheam.cluster.scopes``): called instead of
         answering a committed writer once its outcome is recorded and sent; ``check_scope`` vets a COMMIT's scope."""
         self.check_scope: Callable[[str], None] = lambda _s: None
@@ -180,6 +180,8 @@ class Sessions:
         """Set with ``after_commit``: stop a commit's wait for its scope now (True if it was waiting)."""
         self.scope_released: OrderedDict[int, None] = OrderedDict()
         """Commits whose client cancelled before they reached their scope's wait (``op_release_commit``)."""
+        self.answering: set[int] = set()
+        """Commits durable and not answered yet (their outcome round runs)."""
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
                                          "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0,
                                          "begin_retakes": 0, "rows_changed": 0}
@@ -513,9 +515,10 @@ class Sessions:
         xid = _int_arg(req, "xid", None, 1, (1 << 63) - 1, "the committing transaction's id")
         if self.release_scope(xid):
             return {"released": True}
-        self.scope_released[xid] = None
-        while len(self.scope_released) > RELEASED_KEPT:
-            self.scope_released.popitem(last=False)  # commits that failed never reach the wait to remove theirs
+        if xid in self.committing or xid in self.answering:  # on its way to the wait, if it has a scope
+            self.scope_released[xid] = None
+            while len(self.scope_released) > RELEASED_KEPT:
+                self.scope_released.popitem(last=False)
         return {"released": False}
 
     def op_rollback(self, req: dict[str, Any]) -> Any:
@@ -598,6 +601,7 @@ class Sessions:
         except MuheamError as exc:
             for tx, reply in live:
                 self.committing.discard(tx.txn.xid)
+                self.scope_released.pop(tx.txn.xid, None)
                 reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
             return
         if end and self.flusher is not None:
@@ -610,23 +614,25 @@ class Sessions:
             # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
             # and the node stops so that the survivors decide it from what the WAL really holds
             for tx, reply in live:
+                self.scope_released.pop(tx.txn.xid, None)
                 reply.fail(error_code(error), f"commit outcome unknown: {error}; look the change up on another node")
             return
         woken = self.engine.finish_commits([tx.txn for tx, _ in live])
         self.committing.difference_update(tx.txn.xid for tx, _ in live)
+        self.answering.update(tx.txn.xid for tx, _ in live)
         self.counters["commits"] += len(live)
         self.counters["commit_batches"] += 1
         decided = [(tx.txn.xid, tx.txn.commit_glsn) for tx, _ in live if tx.txn.wrote]
 
         def answer() -> None:
             for tx, reply in live:
+                xid = tx.txn.xid
+                self.answering.discard(xid)
+                released = self.scope_released.pop(xid, 0) is None  # its client cancelled meanwhile
                 if self.after_commit is not None and tx.txn.wrote:
-                    if self.scope_released.pop(tx.txn.xid, 0) is None:  # its client cancelled meanwhile
-                        reply.resolve({"xid": tx.txn.xid, "scope": "cancelled"})
-                    else:
-                        self.after_commit(tx.txn.xid, tx.txn.commit_glsn, tx.scope, reply)
+                    self.after_commit(xid, tx.txn.commit_glsn, tx.scope, reply, released)
                 else:
-                    reply.resolve({"xid": tx.txn.xid})
+                    reply.resolve({"xid": xid})
 
         if decided:
             # lazily (``lazy_outcome``), the outcome round is not acknowledged: every member acknowledged the

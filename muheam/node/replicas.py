@@ -38,8 +38,8 @@ def wire(sessions: Sessions, port: ClientPort, default: str, backend: Callable[[
     except (EtcdUnavailable, MuheamError) as exc:
         log.warning("could not list the replicas in etcd (%s); ALL scopes count those that confirm from now", exc)
 
-    def after_commit(xid: int, glsn: int, scope: str | None, reply: Deferred) -> None:
-        scopes.wait(xid, glsn, scope, reply.resolve, reply.fail)
+    def after_commit(xid: int, glsn: int, scope: str | None, reply: Deferred, released: bool) -> None:
+        scopes.wait(xid, glsn, scope, reply.resolve, reply.fail, released)
 
     def confirm(req: dict[str, Any]) -> Any:
         name = req.get("name")

@@ -133,6 +133,10 @@ class Session:
         self.plans = PlanCache()
         self.plans_generation = catalog.generation
         self.drops: dict[str, int] = {}
+        self.tx_tables: dict[str, int] = {}
+        """Table name -> the table id this transaction's statements used: a later statement planned against
+        another table of that name (dropped and made again since, anywhere) fails with 42P01 instead of going on
+        against the new table, where the transaction's own changes are not."""
         """DROP TABLEs of the open transaction block (name -> the table id it meant), run when it commits
         (MUHEAM's catalog is not transactional, so a drop that ROLLBACK must undo cannot happen before COMMIT)."""
 
@@ -486,6 +490,7 @@ class Session:
             return (yield from execute.run_select(p, params))
         began = self.xid is None
         if began:
+            self.tx_tables = {}
             self.rc = self.settings["transaction_isolation"] in plan.ISOLATION_LEVELS[:2]
             started = yield ("begin", {"isolation": "read committed" if self.rc else "repeatable read"})
             self.xid = int(started["xid"])
@@ -493,6 +498,10 @@ class Session:
                 self.tx = "T"
         elif self.rc:  # READ COMMITTED: each statement sees what committed before it began
             yield ("snapshot", {})
+        table = p.table
+        if table is not None and self.tx_tables.setdefault(table.name, table.table_id) != table.table_id:
+            raise SqlError("42P01", f'relation "{table.name}" was dropped since this transaction used it',
+                           "roll back; a new transaction sees the table of that name made since")
         result = yield from self._run_plan(p, compiled, params, replan if began else None)
         if not self.explicit:
             xid, self.xid = self.xid, None
@@ -536,6 +545,8 @@ class Session:
                     or again.fields != compiled.fields or again.param_types != compiled.param_types:
                 raise
         self.counters["replanned"] += 1
+        if new.table is not None:
+            self.tx_tables[new.table.name] = new.table.table_id
         return (yield from execute.run_plan(new, params, self.rc))
 
     def _drop(self, p: DropTable) -> Gen:
@@ -687,12 +698,8 @@ class Session:
         if task is None:
             return
         if task.waiting in _NOT_CANCELLABLE:
-            release = self.ops.get("release_commit")
-            if task.waiting == "commit" and self.committing is not None and release is not None:
-                try:  # a wait for replicas may have no end: that wait, not the commit, ends
-                    release({"xid": self.committing})
-                except Exception:  # noqa: BLE001 - committed or failed meanwhile: its answer is on its way
-                    pass
+            if task.waiting == "commit":
+                self._release_commit()
             return
         task.cancelled = True
         self.task = None
@@ -703,11 +710,23 @@ class Session:
             self.skip_to_sync = True
         self._drain()
 
+    def _release_commit(self) -> None:
+        """End the wait for replicas of the commit this session waits for, if it gets one (it may have no end)."""
+        release = self.ops.get("release_commit")
+        if self.committing is not None and release is not None:
+            try:
+                release({"xid": self.committing})
+            except Exception:  # noqa: BLE001 - committed or failed meanwhile: its answer is on its way
+                pass
+
     def close(self) -> None:
-        """The connection is gone: roll back what it had running."""
-        if self.task is not None:
-            self.task.cancelled = True
-            self.task = None
+        """The connection is gone: roll back what it had running (a commit under way goes on, without waiting
+        for replicas for a client that left)."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancelled = True
+            if task.waiting == "commit":
+                self._release_commit()
         if self.xid is not None:
             xid, self.xid = self.xid, None
             try:

@@ -354,7 +354,7 @@ def test_a_transaction_that_used_a_dropped_table_is_not_planned_onto_its_success
     error rolls its transaction back (it used to stay open, row locks and all, for 300 s)."""
     c, sql = cluster3
     with psycopg.connect(conninfo(sql[1]), autocommit=True) as one, \
-            psycopg.connect(conninfo(sql[2])) as block:
+            psycopg.connect(conninfo(sql[2]), autocommit=True) as other, psycopg.connect(conninfo(sql[2])) as block:
         def remake(name: str, v: int) -> None:
             one.execute(f"DROP TABLE {name}")
             one.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, v bigint)")
@@ -378,6 +378,23 @@ def test_a_transaction_that_used_a_dropped_table_is_not_planned_onto_its_success
             block.execute("SELECT v FROM rr WHERE id = 1")
         block.rollback()
 
+        # ... nor when the statement is simply planned anew: another session on node 2 (or the block's own DDL)
+        # made the node look at its catalog again, so the block's next statement compiled against the new table
+        # (a third review; no error at all, and the block's own insert gone with the old table)
+        block.execute("INSERT INTO ow VALUES (2, 20)")
+        remake("ow", 12)
+        assert other.execute("SELECT id, v FROM ow ORDER BY id").fetchall() == [(1, 12)]
+        with pytest.raises(pgerrors.UndefinedTable, match="dropped since this transaction used it"):
+            block.execute("SELECT id, v FROM ow ORDER BY id")
+        block.rollback()
+        block.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert block.execute("SELECT v FROM rr WHERE id = 1").fetchall() == [(11,)]
+        remake("rr", 12)
+        block.execute("DROP TABLE IF EXISTS no_such_table")  # deferred, but it looks at the catalog again
+        with pytest.raises(pgerrors.UndefinedTable):
+            block.execute("SELECT v FROM rr WHERE id = 1")
+        block.rollback()
+
     ep = str(c.info["nodes"][0]["client_endpoint"])
     with connect(ep, key=c.client_key) as conn:
         conn.create_table("keep", {"v": "int64"})
@@ -391,6 +408,12 @@ def test_a_transaction_that_used_a_dropped_table_is_not_planned_onto_its_success
         assert request(ep, "status", timeout=5, client_key=c.client_key)["counters"]["sessions"]["open"] == opened
         with conn.transaction() as tx:
             tx.insert("keep", 1, {"v": 2})  # no row lock left behind
+        # release_commit is for a commit under way: one sent before (or for no commit) leaves nothing behind,
+        # and a commit with no scope is never answered "cancelled" (the SQL port would warn of a replication wait)
+        tx = conn.transaction().__enter__()
+        tx.insert("keep", 2, {"v": 2})
+        assert request(ep, "release_commit", xid=tx.xid, client_key=c.client_key)["released"] is False
+        assert tx.commit().get("scope") is None
         conn.drop_table("keep")
 
 

@@ -129,3 +129,18 @@ def test_release_ends_one_wait_and_says_it_committed() -> None:
     assert w.release(1) and a.got == [("ok", {"xid": 1, "scope": "cancelled"})]
     assert [x.xid for x in w.waits] == [2] and w.counters["cancelled"] == 1
     assert not w.release(1)
+
+
+def test_a_released_commit_is_cancelled_only_where_it_would_wait() -> None:
+    """A commit whose client cancelled on its way here: "cancelled" only where a wait would start; without a
+    scope, already confirmed, or degraded it is answered as it would be (a review found "cancelled" answered,
+    with PostgreSQL's replication warning, on a cluster without any scope)."""
+    clock, a = Clock(), Answers()
+    w = ScopeWaits(clock=clock)
+    w.wait(1, 50, None, a.ok, a.fail, released=True)
+    w.confirm("r1", 60, 60, 60)
+    w.wait(2, 55, "ANY 1 (replicas)", a.ok, a.fail, released=True)
+    w.wait(3, 70, "ANY 1 (replicas)", a.ok, a.fail, released=True)
+    assert a.got == [("ok", {"xid": 1}), ("ok", {"xid": 2, "scope": "confirmed"}),
+                     ("ok", {"xid": 3, "scope": "cancelled"})]
+    assert not w.waits and w.counters["cancelled"] == 1
