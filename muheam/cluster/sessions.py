@@ -515,7 +515,8 @@ class Sessions:
         xid = _int_arg(req, "xid", None, 1, (1 << 63) - 1, "the committing transaction's id")
         if self.release_scope(xid):
             return {"released": True}
-        if xid in self.committing or xid in self.answering:  # on its way to the wait, if it has a scope
+        if xid in self.committing or xid in self.answering or any(tx.txn.xid == xid for tx, _ in self.commits):
+            # on its way to the wait, if it has a scope (queued for the next pump, preparing, or in its outcome round)
             self.scope_released[xid] = None
             while len(self.scope_released) > RELEASED_KEPT:
                 self.scope_released.popitem(last=False)

@@ -24,6 +24,8 @@ from typing import Any, Callable, Generator, Mapping
 
 import scramp
 
+from muheam.errors import MuheamError
+from muheam.net.clientport import RequestError
 from muheam.sql import execute, plan, wire
 from muheam.sql.plancache import PlanCache
 from muheam.sql.auth import MECHANISM, ScramExchange
@@ -133,12 +135,13 @@ class Session:
         self.plans = PlanCache()
         self.plans_generation = catalog.generation
         self.drops: dict[str, int] = {}
+        """DROP TABLEs of the open transaction block (name -> the table id it meant), run when it commits
+        (MUHEAM's catalog is not transactional, so a drop that ROLLBACK must undo cannot happen before COMMIT)."""
         self.tx_tables: dict[str, int] = {}
         """Table name -> the table id this transaction's statements used: a later statement planned against
         another table of that name (dropped and made again since, anywhere) fails with 42P01 instead of going on
-        against the new table, where the transaction's own changes are not."""
-        """DROP TABLEs of the open transaction block (name -> the table id it meant), run when it commits
-        (MUHEAM's catalog is not transactional, so a drop that ROLLBACK must undo cannot happen before COMMIT)."""
+        against the new table, where the transaction's own changes are not; a DROP of that name in the block
+        would drop that other table, and a CREATE of it make one this transaction did not see gone."""
 
     # input ------------------------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -476,6 +479,9 @@ class Session:
             if verb:
                 raise SqlError("25006", f"cannot execute {verb} in a read-only transaction")
         if isinstance(p, CreateTable):
+            if self.xid is not None and p.info.name in self.tx_tables:  # it exists, as far as this transaction knows
+                raise SqlError("42P07", f'relation "{p.info.name}" already exists',
+                               "this transaction used it (another node may have dropped it since: roll back first)")
             if p.info.name in self.drops:
                 raise SqlError("0A000", f'CREATE TABLE "{p.info.name}" after its DROP TABLE in the same transaction '
                                "block is not supported: the drop takes effect at COMMIT",
@@ -566,6 +572,10 @@ class Session:
             for name, table_id in found.items():
                 yield from self.catalog.drop(name, p.if_exists, table_id)
             return Result("DROP TABLE")
+        for name, table_id in found.items():
+            if self.xid is not None and self.tx_tables.get(name, table_id) != table_id:
+                raise SqlError("42P01", f'relation "{name}" was dropped since this transaction used it',
+                               "the table of that name now is another one: roll back")
         for name, table_id in found.items():
             self.drops.setdefault(name, table_id)
         return Result("DROP TABLE")
@@ -716,8 +726,8 @@ class Session:
         if self.committing is not None and release is not None:
             try:
                 release({"xid": self.committing})
-            except Exception:  # noqa: BLE001 - committed or failed meanwhile: its answer is on its way
-                pass
+            except (RequestError, MuheamError):  # committed or failed meanwhile: its answer is on its way
+                pass  # (anything else is a bug in the statement's rest, which runs in here: the server sees it)
 
     def close(self) -> None:
         """The connection is gone: roll back what it had running (a commit under way goes on, without waiting

@@ -394,6 +394,20 @@ def test_a_transaction_that_used_a_dropped_table_is_not_planned_onto_its_success
         with pytest.raises(pgerrors.UndefinedTable):
             block.execute("SELECT v FROM rr WHERE id = 1")
         block.rollback()
+        # a block's DROP of a name it used would drop another client's new table at COMMIT (a fourth review), and
+        # its CREATE of that name make a table it cannot undo
+        assert block.execute("SELECT v FROM rr WHERE id = 1").fetchall() == [(12,)]
+        remake("rr", 13)
+        with pytest.raises(pgerrors.UndefinedTable, match="dropped since this transaction used it"):
+            block.execute("DROP TABLE rr")
+        block.rollback()
+        assert block.execute("SELECT v FROM rr WHERE id = 1").fetchall() == [(13,)]
+        one.execute("DROP TABLE rr")
+        with pytest.raises(pgerrors.DuplicateTable):
+            block.execute("CREATE TABLE rr (id bigint PRIMARY KEY, v bigint)")
+        block.rollback()
+        with pytest.raises(pgerrors.UndefinedTable):
+            one.execute("SELECT v FROM rr WHERE id = 1")  # the block made no table
 
     ep = str(c.info["nodes"][0]["client_endpoint"])
     with connect(ep, key=c.client_key) as conn:

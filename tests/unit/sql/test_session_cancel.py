@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
+
 from muheam.net.clientport import Deferred
 from muheam.sql import wire
 from muheam.sql.execute import Catalog
@@ -64,3 +66,26 @@ def test_a_commit_answered_without_a_cancel_has_no_warning() -> None:
     s.feed(_query("INSERT INTO t VALUES (1, 1)"))
     commits[0].resolve({"xid": 7})
     assert released == [] and b"synchronous" not in bytes(s.out) and b"INSERT 0 1" in bytes(s.out)
+
+
+def test_an_error_in_the_statements_rest_run_by_a_cancel_reaches_the_server() -> None:
+    """The cancel's release answers the commit at once, and the rest of the cancelled statement runs inside the
+    cancel: a bug there must reach ``SqlServer._cancel`` (which closes that connection), not be swallowed and
+    leave the connection without an answer (a review)."""
+    s, commits, _ = _session()
+    calls = [0]
+
+    def insert(req: dict[str, Any]) -> bool:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("a bug in the statement after the commit")
+        return True
+
+    def release(req: dict[str, Any]) -> dict[str, Any]:
+        commits[-1].resolve({"xid": req["xid"], "scope": "cancelled"})  # as ScopeWaits.release does
+        return {"released": True}
+
+    s.ops["insert"], s.ops["release_commit"] = insert, release  # type: ignore[index]
+    s.feed(_query("INSERT INTO t VALUES (1, 1); INSERT INTO t VALUES (2, 2)"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        s.cancel()
