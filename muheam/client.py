@@ -263,9 +263,11 @@ class ClientTransaction:
         _check_int64(f"{table} key", key)
         self._op("lock", table=table, key=key)
 
-    def scan(self, table: str, page_rows: int = 10_000) -> Iterator[tuple[int, dict[str, Any]]]:
+    def scan(self, table: str | int, page_rows: int = 10_000) -> Iterator[tuple[int, dict[str, Any]]]:
         """Every row the transaction sees, a page of about ``page_rows`` at a time (one request each, all under
-        the transaction's one snapshot), so a table of any size can be read."""
+        the transaction's one snapshot), so a table of any size can be read.  ``table``: its name, or its id
+        (``tables()``), which no other table ever gets: a scan by id of a table dropped meanwhile fails with
+        ``NoSuchTable`` rather than read a new table of that name."""
         at: int | None = 1
         while at is not None:
             page = self._op("scan", table=table, from_bucket=at, page_rows=page_rows)

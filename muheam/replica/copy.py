@@ -49,7 +49,7 @@ import psycopg
 from psycopg import sql
 
 from muheam import failpoints
-from muheam.client import ClientError, Connection, KeyArg, NodeUnavailable
+from muheam.client import ClientError, Connection, KeyArg, NodeUnavailable, NoSuchTable
 from muheam.errors import MuheamError
 from muheam.replica.apply import SCHEMA, ReplicaError, define_table
 from muheam.replica.decode import TableDef
@@ -197,9 +197,13 @@ def _write(pg: psycopg.Connection[Any], name: str, tx: Any, l0: int, waited: int
             names = [c for c, _ in tdef.columns]
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in ("key", *names))
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(tdef.name), cols)) as cp:
-                for k, row in tx.scan(tdef.name):
-                    cp.write_row((k, *(row[c] for c in names)))
-                    rows += 1
+                try:  # by id: a table made since under that name is another one, with other columns perhaps
+                    for k, row in tx.scan(tdef.table_id):
+                        cp.write_row((k, *(row[c] for c in names)))
+                        rows += 1
+                except NoSuchTable:
+                    raise CopyFailed(f"the initial copy failed: no table {tdef.name!r} (id {tdef.table_id}) any "
+                                     "more: dropped while the copy ran; it starts again") from None
         failpoints.hit("replica.copy_commit")  # tests: a crash with the whole copy written but not committed
         cur.execute(f"INSERT INTO {SCHEMA}.progress (name, system_id, commit_lsn, restart_lsn, commit_glsn, xid, "
                     "txns, copy_lsn, copy_sts, copy_rows) VALUES (%s, 0, -1, %s, %s, 0, 0, %s, %s, %s)",
