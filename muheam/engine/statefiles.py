@@ -53,7 +53,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-TMP_SUFFIX = ".tmp"
 STALE_TMP_S = 3600.0
 """A state file's temporary copy this old is a leftover of a writer killed between writing and renaming it: a
 write takes milliseconds.  (Its name holds the writer's pid, but that pid may be on another machine sharing the
@@ -66,7 +65,7 @@ def write_state(path: Path, value: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body: bytes = msgpack.packb({"format": FORMAT, **value}, use_bin_type=True)
     data = MAGIC + int(google_crc32c.value(body)).to_bytes(4, "little") + body
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")  # shared files: two nodes may write at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shared files: two nodes may write at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
@@ -81,8 +80,6 @@ def write_state(path: Path, value: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)  # a full disk, say: the old file stays whole, and no half-written copy stays
         raise
     fsync_dir(path.parent)
-
-
 
 
 def sweep_stale_tmp(shared: Path, now: float | None = None) -> list[Path]:
@@ -304,15 +301,6 @@ def read_catalog(shared: Path) -> CatalogFile:
                        frozenset(int(i) for i in state.get("unlogged_creates", [])))
 
 
-def unlogged_drops(shared: Path) -> list[tuple[int, int, str]]:
-    return read_catalog(shared).unlogged_drops
-
-
-def unlogged_creates(shared: Path) -> list[dict[str, Any]]:
-    """Catalog entries of tables whose creating node died before its WAL had them."""
-    return read_catalog(shared).marked_entries()
-
-
 def change_logged(shared: Path, table_id: int) -> None:
     """The WAL record of the create or drop of ``table_id`` is durable: the stream (replicas, archive recovery)
     has it, so its mark goes."""
@@ -323,8 +311,3 @@ def change_logged(shared: Path, table_id: int) -> None:
         if len(unlogged) != len(state.get("unlogged", [])) or len(creates) != len(state.get("unlogged_creates", [])):
             write_state(catalog_path(shared), {**{k: v for k, v in state.items() if k != "format"},
                                                "unlogged": unlogged, "unlogged_creates": creates})
-
-
-def dropped_tables(shared: Path) -> set[int]:
-    """Ids of the tables ``global/catalog`` lists as dropped."""
-    return set(read_catalog(shared).dropped)

@@ -113,8 +113,8 @@ def test_metrics_move_under_load_and_readiness_fails_during_recovery(local_clust
     recovered = sum(total(scrape(mep[n]), "muheam_recovery_duration_seconds_count") for n in (1, 2))
     assert recovered == 1
     shared = Path(c.info["config"]["shared_dir"])
-    assert doomed in statefiles.dropped_tables(shared)
-    wait_for(lambda: statefiles.unlogged_drops(shared) == [], 30, "node 3's drop logged by its recoverer")
+    assert doomed in statefiles.read_catalog(shared).dropped
+    wait_for(lambda: statefiles.read_catalog(shared).unlogged_drops == [], 30, "node 3's drop logged by its recoverer")
     assert all("doomed" not in [t["name"] for t in request(eps[n], "tables", timeout=10)] for n in (1, 2))
     logged = [json.loads(line) for n in (1, 2) for line in c.cli("waldump", "--node-id", str(n), "--kind",
                                                                  "CATALOG_DROP_TABLE", "--format",

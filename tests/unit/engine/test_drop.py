@@ -66,7 +66,7 @@ def test_a_dropped_table_is_gone_at_once_and_after_a_crash(tmp_path: Path) -> No
         assert [x.table_id for x in e.tables()] == [again.table_id]
         assert 101 in e.committed
         assert not relation_path(tmp_path, t.table_id).exists()
-        assert statefiles.dropped_tables(tmp_path) == {t.table_id}
+        assert statefiles.read_catalog(tmp_path).dropped == {t.table_id}
         assert e.create_table("u", {"v": "int64"}).table_id == again.table_id + 1
     finally:
         e.close()
@@ -81,7 +81,7 @@ def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_by_the_next_catalog_
     fill(e, "t", 100, range(50))
     statefiles.merge_catalog(tmp_path, [], [t.table_id], dropping=(t.table_id, 1, "t"))
     e.crash()
-    assert statefiles.unlogged_drops(tmp_path) == [(t.table_id, 1, "t")]
+    assert statefiles.read_catalog(tmp_path).unlogged_drops == [(t.table_id, 1, "t")]
     e = Engine.open(tmp_path, 1, config=cfg())
     try:
         assert e.tables() == [] and drops_logged(tmp_path, 1) == []
@@ -91,7 +91,7 @@ def test_a_drop_the_catalog_has_but_the_wal_lacks_is_logged_by_the_next_catalog_
                  if r.kind in (walrec.CATALOG_DROP, walrec.CATALOG_CREATE)]
         assert [k for k, _ in kinds][-2:] == [walrec.CATALOG_DROP, walrec.CATALOG_CREATE]
         assert walrec.decode_create_table(kinds[-1][1]).table_id == again.table_id
-        assert statefiles.unlogged_drops(tmp_path) == [] and e.settle() == []
+        assert statefiles.read_catalog(tmp_path).unlogged_drops == [] and e.settle() == []
         statefiles.merge_catalog(tmp_path, [], [again.table_id], dropping=(again.table_id, 2, "t"))
         assert e.settle() == [again.table_id]
         assert [d.table_id for d in drops_logged(tmp_path, 1)] == [t.table_id, again.table_id]
@@ -114,7 +114,7 @@ def test_a_drop_whose_tombstone_cannot_be_written_does_not_happen(tmp_path: Path
         monkeypatch.undo()
         assert e.table("t") == t and e.dropped == set() and drops_logged(tmp_path, 1) == []
         e.create_table("u", {"v": "int64"})  # the next catalog change does not drop it either
-        assert statefiles.dropped_tables(tmp_path) == set()
+        assert statefiles.read_catalog(tmp_path).dropped == set()
     finally:
         e.close()
 
@@ -132,7 +132,7 @@ def test_a_wal_drop_the_catalog_lacks_is_redone(tmp_path: Path) -> None:
         assert e.tables() == [] and e.dropped == {1}
     finally:
         e.close()
-    assert statefiles.dropped_tables(tmp_path) == {1}  # written by the recovery's checkpoint
+    assert statefiles.read_catalog(tmp_path).dropped == {1}  # written by the recovery's checkpoint
 
 
 def test_replay_of_the_merged_stream_drops_the_table_and_ignores_its_late_changes(tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_a_created_table_whose_node_died_before_logging_it_is_used_by_nobody_unt
     creates = [walrec.decode_create_table(r.payload).table_id
                for r in WalReader(node_wal_dir(b.shared, 2), node_id=2, system_id=0) if r.kind == walrec.CATALOG_CREATE]
     assert creates == [t.table_id, t.table_id + 1]
-    assert statefiles.unlogged_creates(b.shared) == [] and b.settle() == []
+    assert statefiles.read_catalog(b.shared).marked_entries() == [] and b.settle() == []
     b.close()
 
 
@@ -273,7 +273,7 @@ def test_a_drop_whose_mark_cannot_be_cleared_is_still_done(tmp_path: Path, monke
             e.reload_catalog()
             with pytest.raises(NoSuchTable):
                 e.table("t")
-        assert statefiles.unlogged_drops(a.shared) == [(t.table_id, 1, "t")]
+        assert statefiles.read_catalog(a.shared).unlogged_drops == [(t.table_id, 1, "t")]
         assert b.settle() == [t.table_id]  # logged once more: harmless
         assert len(drops_logged(a.shared, 1)) == 1 and len(drops_logged(a.shared, 2)) == 1
     finally:
