@@ -210,19 +210,13 @@ class Ownership:
                 self.engine.catalog_stale = True
         elif resource.startswith(EXTEND):
             table_id = _U32.unpack_from(resource, len(EXTEND))[0]
-            size = _U64.unpack(grant.value)[0] if grant.value and len(grant.value) == 8 else None
-            if self._table(table_id) is None:
-                pass  # a dropped table's relation is gone
-            elif grant.valid:
-                if size is not None:
-                    self.engine.cache.grow(table_id, size)
-            else:
-                # the last size anyone released is still a floor (the dead node may only have grown it further):
-                # taking the dead node's highest block alone could hand a block a live node already allocated to a
-                # second chain
-                if size is not None:
-                    self.engine.cache.grow(table_id, size)
-                if self.repair is not None:
+            if self._table(table_id) is not None:  # (a dropped table's relation is gone)
+                # the last size anyone released; after an invalid grant still a floor (the dead node may only have
+                # grown it further: taking the dead node's highest block alone could hand a block a live node
+                # already allocated to a second chain)
+                if grant.value and len(grant.value) == 8:
+                    self.engine.cache.grow(table_id, _U64.unpack(grant.value)[0])
+                if not grant.valid and self.repair is not None:
                     self.repair.extend(table_id)
         self.held[resource] = grant.mode
         for then in self.waiters.pop(resource, []):
