@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,8 +52,6 @@ MAX_SCAN_ROWS = 200_000
 """Rows one unpaged ``scan`` may return (its reply is one message); a paged scan has no total limit."""
 MAX_PAGE_ROWS = 100_000
 """The largest ``page_rows`` a paged scan may ask for."""
-RELEASED_KEPT = 4096
-"""Cancelled commits remembered until they reach their scope's wait (``op_release_commit``)."""
 
 
 def _sql_description(sql: Any, columns: dict[str, Any]) -> dict[str, Any] | None:
@@ -111,6 +108,9 @@ class _Tx:
     snapshotting: Deferred | None = None
     """Its last ``snapshot`` answer: row operations are refused until it is given (the snapshot may still be
     taken again, ``SnapshotWaits._retake``, and must not have been used by then)."""
+    released: bool = False
+    """Its client cancelled while its COMMIT was under way (``op_release_commit``): a wait for replicas it would
+    start ends at once."""
 
 
 @dataclass
@@ -178,9 +178,7 @@ class Sessions:
         self.check_scope: Callable[[str], None] = lambda _s: None
         self.release_scope: Callable[[int], bool] = lambda _xid: False
         """Set with ``after_commit``: stop a commit's wait for its scope now (True if it was waiting)."""
-        self.scope_released: OrderedDict[int, None] = OrderedDict()
-        """Commits whose client cancelled before they reached their scope's wait (``op_release_commit``)."""
-        self.answering: set[int] = set()
+        self.answering: dict[int, _Tx] = {}
         """Commits durable and not answered yet (their outcome round runs)."""
         self.counters: dict[str, int] = {"commits": 0, "aborts": 0, "commit_batches": 0, "waits": 0,
                                          "ownership_waits": 0, "begin_waits": 0, "deadlocks": 0,
@@ -191,7 +189,7 @@ class Sessions:
         table = cluster.table
         engine.status = table.status
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
-        self.committing: set[int] = set()
+        self.committing: dict[int, _Tx] = {}
         """Writers whose COMMIT is under way (no longer in ``txns``, not yet durable): ``op_writers`` counts them."""
         for op in ("create_table", "drop_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
                    "scan", "commit", "rollback", "writers", "release_commit"):
@@ -265,7 +263,7 @@ class Sessions:
         have ended (``muheam.replica.copy``); a transaction that wrote nothing has no record to be missed.  A commit
         whose answer waits for replicas (a commit scope) is durable and no longer listed: the copy must not wait for
         it, since it may be waiting for that very replica."""
-        xids = {x for x, tx in self.txns.items() if tx.txn.wrote} | self.committing
+        xids = {x for x, tx in self.txns.items() if tx.txn.wrote} | self.committing.keys()
         return {"xids": sorted(xids)}
 
     # transactions -------------------------------------------------------------------------------------------
@@ -515,11 +513,11 @@ class Sessions:
         xid = _int_arg(req, "xid", None, 1, (1 << 63) - 1, "the committing transaction's id")
         if self.release_scope(xid):
             return {"released": True}
-        if xid in self.committing or xid in self.answering or any(tx.txn.xid == xid for tx, _ in self.commits):
-            # on its way to the wait, if it has a scope (queued for the next pump, preparing, or in its outcome round)
-            self.scope_released[xid] = None
-            while len(self.scope_released) > RELEASED_KEPT:
-                self.scope_released.popitem(last=False)
+        # on its way to the wait, if it has a scope: queued for the next pump, preparing, or in its outcome round
+        tx = self.committing.get(xid) or self.answering.get(xid) or \
+            next((t for t, _ in self.commits if t.txn.xid == xid), None)
+        if tx is not None:
+            tx.released = True
         return {"released": False}
 
     def op_rollback(self, req: dict[str, Any]) -> Any:
@@ -581,7 +579,7 @@ class Sessions:
         if readonly:
             self._commit_now(readonly)
         if writers:
-            self.committing.update(tx.txn.xid for tx, _ in writers)
+            self.committing.update((tx.txn.xid, tx) for tx, _ in writers)
             self.cluster.commits.prepare([tx.txn.xid for tx, _ in writers], lambda: self.prepared.append(writers))
 
     def _commit_prepared(self) -> None:
@@ -601,8 +599,7 @@ class Sessions:
             return
         except MuheamError as exc:
             for tx, reply in live:
-                self.committing.discard(tx.txn.xid)
-                self.scope_released.pop(tx.txn.xid, None)
+                self.committing.pop(tx.txn.xid, None)
                 reply.fail(error_code(exc), f"commit failed: {exc}; the transaction is not committed")
             return
         if end and self.flusher is not None:
@@ -615,12 +612,12 @@ class Sessions:
             # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
             # and the node stops so that the survivors decide it from what the WAL really holds
             for tx, reply in live:
-                self.scope_released.pop(tx.txn.xid, None)
                 reply.fail(error_code(error), f"commit outcome unknown: {error}; look the change up on another node")
             return
         woken = self.engine.finish_commits([tx.txn for tx, _ in live])
-        self.committing.difference_update(tx.txn.xid for tx, _ in live)
-        self.answering.update(tx.txn.xid for tx, _ in live)
+        for tx, _ in live:
+            self.committing.pop(tx.txn.xid, None)
+            self.answering[tx.txn.xid] = tx
         self.counters["commits"] += len(live)
         self.counters["commit_batches"] += 1
         decided = [(tx.txn.xid, tx.txn.commit_glsn) for tx, _ in live if tx.txn.wrote]
@@ -628,10 +625,9 @@ class Sessions:
         def answer() -> None:
             for tx, reply in live:
                 xid = tx.txn.xid
-                self.answering.discard(xid)
-                released = self.scope_released.pop(xid, 0) is None  # its client cancelled meanwhile
+                self.answering.pop(xid, None)
                 if self.after_commit is not None and tx.txn.wrote:
-                    self.after_commit(xid, tx.txn.commit_glsn, tx.scope, reply, released)
+                    self.after_commit(xid, tx.txn.commit_glsn, tx.scope, reply, tx.released)
                 else:
                     reply.resolve({"xid": xid})
 

@@ -3,7 +3,6 @@ wait; the rest of ``Sessions`` is not built: only the fields this operation and 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +15,7 @@ from muheam.net.clientport import Deferred
 
 def _sessions(waits: ScopeWaits) -> Any:
     s: Any = object.__new__(Sessions)
-    s.committing, s.answering, s.scope_released, s.commits = set(), set(), OrderedDict(), []
+    s.committing, s.answering, s.commits, s.txns = {}, {}, [], {}
     s.release_scope = waits.release
     return s
 
@@ -29,18 +28,22 @@ def test_a_release_on_the_way_to_the_wait_ends_it_when_it_starts(step: str) -> N
     waits.known(["r1"])  # a replica that is down: ALL waits for it, without a timeout
     s = _sessions(waits)
     reply = Deferred()
+    tx = SimpleNamespace(txn=SimpleNamespace(xid=7), released=False)
     if step == "queued":
-        s.commits = [(SimpleNamespace(txn=SimpleNamespace(xid=7)), reply)]
+        s.commits = [(tx, reply)]
     else:
-        getattr(s, step).add(7)
+        getattr(s, step)[7] = tx
     assert Sessions.op_release_commit(s, {"xid": 7}) == {"released": False}
-    released = s.scope_released.pop(7, 0) is None  # what _durable's answer() does
-    waits.wait(7, 50, None, reply.resolve, reply.fail, released)
+    waits.wait(7, 50, None, reply.resolve, reply.fail, tx.released)  # what _durable's answer() does
     assert not waits.waits and reply.take() == (True, {"xid": 7, "scope": "cancelled"})
 
 
 def test_a_release_for_no_commit_under_way_is_not_kept() -> None:
+    """Sent before the transaction's COMMIT (or for no transaction at all), it leaves nothing behind."""
     waits = ScopeWaits(default="ALL (replicas)")
     s = _sessions(waits)
+    running = SimpleNamespace(txn=SimpleNamespace(xid=9), released=False)
+    s.txns = {9: running}
     assert Sessions.op_release_commit(s, {"xid": 9}) == {"released": False}
-    assert not s.scope_released
+    assert Sessions.op_release_commit(s, {"xid": 10}) == {"released": False}
+    assert not running.released
