@@ -68,7 +68,9 @@ class Task:
         self.table_gone = table_gone
         self.cancelled = False
         self.waiting: str | None = None
-        """The operation whose answer the task waits for (``None`` between operations)."""
+        """The operation whose answer the task waits for (``None`` between operations) ..."""
+        self.waiting_args: dict[str, Any] = {}
+        """... and what it was asked (the session ends a commit's wait for replicas by its ``xid``)."""
 
     def start(self) -> None:
         self._step(True, None)
@@ -99,7 +101,7 @@ class Task:
             if isinstance(value, Deferred):
                 settled = value.take()
                 if settled is None:  # it answers later: resume from its callback
-                    self.waiting = op
+                    self.waiting, self.waiting_args = op, args
                     value.then(self._resume)
                     return
                 ok, value = settled[0], settled[1] if settled[0] else OpFailed(*settled[1])

@@ -117,8 +117,6 @@ class Session:
         self.tx = "I"
         self.explicit = False
         self.xid: int | None = None
-        self.committing: int | None = None
-        """The transaction whose COMMIT this session waits for (a cancel may end its wait for replicas)."""
         self.queried = False
         """A statement ran in this transaction block (its characteristics are fixed from then on)."""
         self.saved: dict[str, str] = {}
@@ -287,19 +285,23 @@ class Session:
         self._error(exc)
 
     # the simple query protocol ------------------------------------------------------------------------------------
-    def _simple(self, sql: str) -> None:
-        if self.plans_generation != self.catalog.generation:  # a table is gone: plans made before may name it
+    def _current_plans(self) -> PlanCache:
+        """The plan cache, a new one when the SQL catalog moved to a new generation (a table is gone: plans made
+        before may name it)."""
+        if self.plans_generation != self.catalog.generation:
             self.plans, self.plans_generation = PlanCache(), self.catalog.generation
+        return self.plans
+
+    def _simple(self, sql: str) -> None:
         try:
-            hit = self.plans.lookup(sql, self._compile)
+            hit = self._current_plans().lookup(sql, self._compile)
         except SqlError:
             hit = None  # the ordinary path below reports it
         if hit is not None:
             compiled, params = hit
 
-            def replan() -> Compiled:
-                self.plans, self.plans_generation = PlanCache(), self.catalog.generation
-                again = self.plans.lookup(sql, self._compile)
+            def replan() -> Compiled:  # (after the catalog looked again: a new generation)
+                again = self._current_plans().lookup(sql, self._compile)
                 if again is None:
                     raise SqlError("42P01", "the statement's table is gone")
                 return again[0]
@@ -504,10 +506,8 @@ class Session:
                 self.tx = "T"
         elif self.rc:  # READ COMMITTED: each statement sees what committed before it began
             yield ("snapshot", {})
-        table = p.table
-        if table is not None and self.tx_tables.setdefault(table.name, table.table_id) != table.table_id:
-            raise SqlError("42P01", f'relation "{table.name}" was dropped since this transaction used it',
-                           "roll back; a new transaction sees the table of that name made since")
+        if p.table is not None:
+            self._same_table(p.table.name, p.table.table_id, use=True)
         result = yield from self._run_plan(p, compiled, params, replan if began else None)
         if not self.explicit:
             xid, self.xid = self.xid, None
@@ -518,11 +518,7 @@ class Session:
     def _commit(self, xid: int) -> Generator[execute.Request, Any, None]:
         """COMMIT of ``xid``; a cancel meanwhile only ends a wait for replicas (``cancel``), after which PostgreSQL's
         warning says the transaction is committed."""
-        self.committing = xid
-        try:
-            answer = yield ("commit", {"xid": xid})
-        finally:
-            self.committing = None
+        answer = yield ("commit", {"xid": xid})
         if isinstance(answer, dict) and answer.get("scope") == "cancelled":
             self._send(wire.msg_notice("01000", "canceling wait for synchronous replication due to user request",
                                        detail="The transaction has already committed locally, but might not "
@@ -555,6 +551,14 @@ class Session:
             self.tx_tables[new.table.name] = new.table.table_id
         return (yield from execute.run_plan(new, params, self.rc))
 
+    def _same_table(self, name: str, table_id: int, use: bool = False) -> None:
+        """42P01 if this transaction used another table of that name (``tx_tables``); ``use``: remember this one
+        as used."""
+        used = self.tx_tables.setdefault(name, table_id) if use else self.tx_tables.get(name, table_id)
+        if used != table_id:
+            raise SqlError("42P01", f'relation "{name}" was dropped since this transaction used it',
+                           "roll back; the table of that name now is another one")
+
     def _drop(self, p: DropTable) -> Gen:
         """Outside a block: drop now.  Inside one: check the tables exist now and drop them at COMMIT (with IF
         EXISTS then: one another session dropped meanwhile is gone either way, and a committed block must not
@@ -572,10 +576,9 @@ class Session:
             for name, table_id in found.items():
                 yield from self.catalog.drop(name, p.if_exists, table_id)
             return Result("DROP TABLE")
-        for name, table_id in found.items():
-            if self.xid is not None and self.tx_tables.get(name, table_id) != table_id:
-                raise SqlError("42P01", f'relation "{name}" was dropped since this transaction used it',
-                               "the table of that name now is another one: roll back")
+        if self.xid is not None:
+            for name, table_id in found.items():
+                self._same_table(name, table_id)
         for name, table_id in found.items():
             self.drops.setdefault(name, table_id)
         return Result("DROP TABLE")
@@ -708,8 +711,7 @@ class Session:
         if task is None:
             return
         if task.waiting in _NOT_CANCELLABLE:
-            if task.waiting == "commit":
-                self._release_commit()
+            self._release_commit(task)
             return
         task.cancelled = True
         self.task = None
@@ -720,12 +722,12 @@ class Session:
             self.skip_to_sync = True
         self._drain()
 
-    def _release_commit(self) -> None:
-        """End the wait for replicas of the commit this session waits for, if it gets one (it may have no end)."""
+    def _release_commit(self, task: Task) -> None:
+        """End the wait for replicas of the commit ``task`` waits for, if it gets one (it may have no end)."""
         release = self.ops.get("release_commit")
-        if self.committing is not None and release is not None:
+        if task.waiting == "commit" and release is not None:
             try:
-                release({"xid": self.committing})
+                release({"xid": task.waiting_args["xid"]})
             except (RequestError, MuheamError):  # committed or failed meanwhile: its answer is on its way
                 pass  # (anything else is a bug in the statement's rest, which runs in here: the server sees it)
 
@@ -735,8 +737,7 @@ class Session:
         task, self.task = self.task, None
         if task is not None:
             task.cancelled = True
-            if task.waiting == "commit":
-                self._release_commit()
+            self._release_commit(task)
         if self.xid is not None:
             xid, self.xid = self.xid, None
             try:
