@@ -283,26 +283,26 @@ class ConsistentReads:
             self.counters["unexpected_answers"] += 1
             return
         named = entry.named
-        got: dict[bytes, tuple[bytes, list[tuple[int, bytes]]]] = {}
+        fresh: dict[bytes, bytes] = {}  # chain -> new images (bytes), kept for the next request
+        got: dict[bytes, list[tuple[int, bytes]]] = {}
         for item in body[2]:  # all checked before anything changes
             if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[1]) is not int \
                     or not (item[2] is None or item[2] is True or isinstance(item[2], bytes)):
                 raise ValueError("a cr answer is [table, bucket, images, True (unchanged) or None]")
             resource = chain_resource(item[0], item[1])
             if isinstance(item[2], bytes):
-                got[resource] = (item[2], decode_images(item[2]))
+                fresh[resource] = item[2]
+                got[resource] = decode_images(item[2])
             elif item[2] is True:
                 if resource not in named:
                     raise ValueError("a cr answer says unchanged of a copy the request did not name")
-                got[resource] = (named[resource], decode_images(named[resource]))
-        for resource, (value, _) in got.items():
-            if value is named.get(resource):
-                self.counters["copies_reused"] += 1
-            else:
-                self._keep(resource, value)
+                got[resource] = decode_images(named[resource])
+        for resource, value in fresh.items():
+            self._keep(resource, value)
+        self.counters["copies_reused"] += len(got) - len(fresh)
         del self.requests[body[1]]
         pending = entry.read
-        pending.images.update((resource, images) for resource, (_, images) in got.items())
+        pending.images.update(got)
         pending.waiting.discard(body[1])
         if not pending.waiting:
             self._finish(pending)
