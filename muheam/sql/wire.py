@@ -358,20 +358,22 @@ def msg_command_complete(tag: str) -> bytes:
     return _msg(b"C", _cstr(tag))
 
 
-def msg_error(code: str, message: str, severity: str = "ERROR", detail: str = "", hint: str = "") -> bytes:
+def _report(kind: bytes, severity: str, code: str, message: str, detail: str, hint: str) -> bytes:
+    """ErrorResponse (``E``) or NoticeResponse (``N``): the same fields."""
     parts = [b"S" + _cstr(severity), b"V" + _cstr(severity), b"C" + _cstr(code), b"M" + _cstr(message)]
     if detail:
         parts.append(b"D" + _cstr(detail))
     if hint:
         parts.append(b"H" + _cstr(hint))
-    return _msg(b"E", b"".join(parts) + b"\0")
+    return _msg(kind, b"".join(parts) + b"\0")
+
+
+def msg_error(code: str, message: str, severity: str = "ERROR", detail: str = "", hint: str = "") -> bytes:
+    return _report(b"E", severity, code, message, detail, hint)
 
 
 def msg_notice(code: str, message: str, severity: str = "WARNING", detail: str = "") -> bytes:
-    parts = [b"S" + _cstr(severity), b"V" + _cstr(severity), b"C" + _cstr(code), b"M" + _cstr(message)]
-    if detail:
-        parts.append(b"D" + _cstr(detail))
-    return _msg(b"N", b"".join(parts) + b"\0")
+    return _report(b"N", severity, code, message, detail, "")
 
 
 def msg_parse_complete() -> bytes:
