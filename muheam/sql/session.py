@@ -507,7 +507,8 @@ class Session:
         elif self.rc:  # READ COMMITTED: each statement sees what committed before it began
             yield ("snapshot", {})
         if p.table is not None:
-            self._same_table(p.table.name, p.table.table_id, use=True)
+            self._same_table(p.table.name, p.table.table_id, use=True,
+                             hint="roll back; a new transaction sees the table of that name made since")
         result = yield from self._run_plan(p, compiled, params, replan if began else None)
         if not self.explicit:
             xid, self.xid = self.xid, None
@@ -551,13 +552,12 @@ class Session:
             self.tx_tables[new.table.name] = new.table.table_id
         return (yield from execute.run_plan(new, params, self.rc))
 
-    def _same_table(self, name: str, table_id: int, use: bool = False) -> None:
-        """42P01 if this transaction used another table of that name (``tx_tables``); ``use``: remember this one
-        as used."""
+    def _same_table(self, name: str, table_id: int, hint: str, use: bool = False) -> None:
+        """42P01 (with ``hint``) if this transaction used another table of that name (``tx_tables``); ``use``:
+        remember this one as used."""
         used = self.tx_tables.setdefault(name, table_id) if use else self.tx_tables.get(name, table_id)
         if used != table_id:
-            raise SqlError("42P01", f'relation "{name}" was dropped since this transaction used it',
-                           "roll back; the table of that name now is another one")
+            raise SqlError("42P01", f'relation "{name}" was dropped since this transaction used it', hint)
 
     def _drop(self, p: DropTable) -> Gen:
         """Outside a block: drop now.  Inside one: check the tables exist now and drop them at COMMIT (with IF
@@ -578,7 +578,7 @@ class Session:
             return Result("DROP TABLE")
         if self.xid is not None:
             for name, table_id in found.items():
-                self._same_table(name, table_id)
+                self._same_table(name, table_id, hint="the table of that name now is another one: roll back")
         for name, table_id in found.items():
             self.drops.setdefault(name, table_id)
         return Result("DROP TABLE")
