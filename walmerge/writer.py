@@ -69,6 +69,8 @@ class WalWriter:
         self._io_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._leader = False
+        self._contended = False
+        """Set once a flush waited for another thread's fsync: from then on a leader yields before its fsync."""
         self._failed: WalWriteError | None = None
         self._closed = False
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -243,8 +245,10 @@ class WalWriter:
                 if not self._leader:
                     self._leader = True
                     break
+                self._contended = True
                 self._cond.wait()  # a leader's fsync is running; it may cover us
-        time.sleep(0)  # let followers woken by the last leader append first, so this fsync covers them too
+        if self._contended:  # let followers woken by the last leader append first, so this fsync covers them too
+            time.sleep(0)  # (a writer only ever flushed by one thread, as a node's loop, would only lose the GIL)
         synced = self._flushed
         try:
             with self._io_lock:

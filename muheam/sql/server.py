@@ -30,6 +30,8 @@ MAX_PENDING = 64 << 20
 """Bytes of answers a connection may leave unread before it is closed."""
 MAX_CONNECTIONS = 500
 READ_CHUNK = 1 << 16
+_POLLOUT, _READABLE = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
+"""As plain ints: testing a poll result against pyzmq's flag enums runs ``enum`` code on every event."""
 
 
 class _Conn:
@@ -75,9 +77,9 @@ class SqlServer:
             if conn is None:
                 continue
             events = ready[fd]
-            if events & zmq.POLLOUT:
+            if events & _POLLOUT:
                 self._write(conn)
-            if events & (zmq.POLLIN | zmq.POLLERR) and fd in self.conns:
+            if events & _READABLE and fd in self.conns:
                 self._read(conn)
 
     def _accept(self) -> None:
