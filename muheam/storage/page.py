@@ -325,16 +325,24 @@ class Page:
         """The slot of the version of ``key`` that ``snap`` sees, or ``None``.
 
         A loop over the key's slots, read straight from the page bytes: a hot row keeps a few dozen versions
-        between prunes, and for that few numpy's set-up (``np.unique`` over the XIDs) costs twice the loop.  Each
-        version is judged by ``version_visible`` itself, so the status lookups are exactly the rules' (xmin first:
-        a lookup of an xmax the rules never ask about must not fail a read)."""
+        between prunes, and for that few numpy's set-up (``np.unique`` over the XIDs) costs twice the loop.  The
+        versions are tried newest XID first (ties: highest slot first), because a snapshot nearly always sees a
+        hot row's newest committed version, while slot order says little about age (an insert takes the lowest
+        free slot, so after a prune new versions go below the survivors).  A valid history has at most one
+        version of a key visible to a snapshot, so the order changes only how many are judged.  Each version is
+        judged by ``version_visible`` itself, so the status lookups are exactly the rules' (xmin first: a lookup
+        of an xmax the rules never ask about must not fail a read)."""
         idx = self.find(key)
         if idx.size == 0:
             return None
         st, buf, ss = mvcc.checked(status), self.buf, self._ss
         visible = mvcc.version_visible
+        heads = []
         for i in idx.tolist():
             _, xmin, xmax, _, _, flags = _SLOT_HEAD.unpack_from(buf, PAGE_HEADER_SIZE + i * ss)
+            heads.append((xmin, i, xmax, flags))
+        heads.sort(reverse=True)
+        for xmin, i, xmax, flags in heads:
             if visible(xmin, xmax, flags, snap, st):
                 return int(i)
         return None
