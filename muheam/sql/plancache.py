@@ -48,7 +48,8 @@ SIZE = 256
 _LITERAL = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
 """A free-standing integer literal, as a group: one ``split`` gives the text between the literals and the literals
 themselves."""
-_UNSAFE = ("'", '"', "$", "--", "/*")
+_UNSAFE = re.compile(r"['\"$]|--|/\*")
+"""A quote, dollar sign or comment start: such a text is never cached (see the module docstring)."""
 _INT4 = 1 << 31
 _INT8 = 1 << 63
 _CONSTANTS = ("ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST", "PARAM")
@@ -65,17 +66,21 @@ class PlanCache:
 
     def lookup(self, sql: str, compile_stmt: Compile) -> tuple[Compiled, list[int]] | None:
         """``(plan, literal values)`` for ``sql``, or ``None``: run it the ordinary way."""
-        if any(u in sql for u in _UNSAFE):
+        if _UNSAFE.search(sql) is not None:
             return None
         parts = _LITERAL.split(sql)
-        literals = parts[1::2]
-        if any(len(m) > 19 for m in literals):  # beyond 64 bits (and int() of thousands of digits is refused)
-            return None
-        values = [int(m) for m in literals]
-        if any(v >= _INT8 for v in values):
-            return None
-        wide = tuple(i for i, v in enumerate(values) if v >= _INT4)
-        key = ("?".join(parts[0::2]), wide)
+        values: list[int] = []
+        wide: list[int] = []
+        for i, m in enumerate(parts[1::2]):
+            if len(m) > 19:  # beyond 64 bits (and int() of thousands of digits is refused)
+                return None
+            v = int(m)
+            if v >= _INT4:
+                if v >= _INT8:
+                    return None
+                wide.append(i)
+            values.append(v)
+        key = ("?".join(parts[0::2]), tuple(wide))
         entry = self.plans.get(key)
         if entry is None:
             self.counters["misses"] += 1

@@ -76,7 +76,7 @@ def check_key(key: object, table: str = "?") -> int:
 class Schema:
     """An immutable table definition: a name and an ordered list of (column, type) pairs."""
 
-    __slots__ = ("name", "columns", "row_dtype", "row_width", "_kinds", "_fingerprint")
+    __slots__ = ("name", "columns", "row_dtype", "row_width", "_kinds", "_names", "_name_set", "_fingerprint")
 
     name: str
     columns: tuple[tuple[str, str], ...]
@@ -113,13 +113,15 @@ class Schema:
                               f"{MAX_ROW_WIDTH} that fit in an 8 KiB page; shorten text columns or split "
                               f"the table")
         self._kinds = tuple(kinds)
+        self._names = tuple(names)
+        self._name_set = frozenset(names)
         self._fingerprint = google_crc32c.value(msgpack.packb(self.to_dict(), use_bin_type=True))
 
     # -- identity and serialisation -----------------------------------------------------------------------------
 
     @property
     def column_names(self) -> tuple[str, ...]:
-        return tuple(c for c, _ in self.columns)
+        return self._names
 
     @property
     def fingerprint(self) -> int:
@@ -185,7 +187,8 @@ class Schema:
         """Validate a row dict (every column, nothing else) and return it as a 0-d record of ``row_dtype``."""
         if not isinstance(row, Mapping):
             raise self._bad(None, f"expected a mapping of column -> value, got {type(row).__name__}")
-        extra = [c for c in row if c not in self.column_names]
+        names = self._name_set
+        extra = [c for c in row if c not in names]
         if extra:
             hint = " (the primary key is passed separately)" if KEY_COLUMN in extra else ""
             raise self._bad(extra[0] if isinstance(extra[0], str) else None,
@@ -218,15 +221,14 @@ class Schema:
         elif isinstance(rec, np.ndarray):
             rec = rec[()]
         out: Row = {}
-        for col, kind, _ in self._kinds:
-            v = rec[col]
-            if kind == "int64":
-                out[col] = int(v)
-            elif kind == "float64":
-                out[col] = float(v)
+        # one ``item()`` gives every field as a Python value (text as bytes without the trailing zero bytes):
+        # indexing the record per field costs a numpy scalar each
+        for (col, kind, _), v in zip(self._kinds, rec.item() if self._kinds else ()):
+            if kind == "int64" or kind == "float64":
+                out[col] = v
             else:
                 try:
-                    out[col] = bytes(v).rstrip(b"\0").decode("utf-8")
+                    out[col] = v.rstrip(b"\0").decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise self._bad(col, f"stored text is not valid UTF-8 ({e}); the block is damaged") from e
         return out
