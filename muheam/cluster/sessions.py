@@ -612,6 +612,7 @@ class Sessions:
             # COMMIT records may have reached the file without being made durable: the outcome is unknown here,
             # and the node stops so that the survivors decide it from what the WAL really holds
             for tx, reply in live:
+                self.committing.pop(tx.txn.xid, None)
                 reply.fail(error_code(error), f"commit outcome unknown: {error}; look the change up on another node")
             return
         woken = self.engine.finish_commits([tx.txn for tx, _ in live])

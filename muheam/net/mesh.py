@@ -29,6 +29,7 @@ from muheam.security.sockets import (
 )
 
 log = logging.getLogger("muheam.transport")
+_POLLIN = int(zmq.POLLIN)
 
 Handler = Callable[[wire.PeerMessage], None]
 
@@ -403,7 +404,7 @@ class Mesh:
         """Drain the ROUTER without blocking; returns the number of frames handled."""
         handled = 0
         now = time.monotonic()
-        while handled < 10_000:
+        while handled < 10_000 and self.router.getsockopt(zmq.EVENTS) & _POLLIN:  # (not a zmq.Again per batch)
             try:
                 if self.secure:
                     parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)

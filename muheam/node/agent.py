@@ -415,11 +415,8 @@ class NodeAgent:
                 ready = dict(poller.poll(self._poll_ms()))
                 # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
                 self.mesh.cork()
-                while True:
-                    try:
-                        self._apply(self.events.get_nowait())
-                    except queue.Empty:
-                        break
+                while not self.events.empty():  # (this loop is the only consumer; no Empty raised per turn)
+                    self._apply(self.events.get_nowait())
                 if self.fence.fenced:
                     return self._self_fence()
                 if wake in ready:
