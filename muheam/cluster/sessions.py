@@ -26,11 +26,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from locking.messages import Mode
 from muheam.cluster.commits import CommitService
-from muheam.engine import Engine
+from muheam.engine import Engine, statefiles
 from muheam.engine.errors import Deadlock, EngineError, StorageFailed
 from muheam.engine.flusher import WalFlusher
 from muheam.engine import Transaction
@@ -191,6 +192,10 @@ class Sessions:
         engine.prune_rule = lambda: (HORIZON_ALL, table.prune_status(self.horizon()))
         self.committing: dict[int, _Tx] = {}
         """Writers whose COMMIT is under way (no longer in ``txns``, not yet durable): ``op_writers`` counts them."""
+        self.pointer_waits: list[tuple[statefiles.CheckpointPointer, set[int]]] = []
+        """Checkpoints whose redo pointer waits to be persisted, each with the commits under way when it was
+        taken (``_gate_pointer``)."""
+        engine.pointer_gate = self._gate_pointer
         for op in ("create_table", "drop_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
                    "scan", "commit", "rollback", "writers", "release_commit"):
             port.register(op, getattr(self, "op_" + op))
@@ -723,3 +728,24 @@ class Sessions:
         self.cluster.commits.publish(self.local_horizon(), waits, waits != self.published_waits)
         self.published_waits = waits
         self.engine.maybe_checkpoint(time.time())
+        self._release_pointers()
+
+    def _gate_pointer(self, pointer: statefiles.CheckpointPointer) -> None:
+        """A checkpoint's redo pointer is persisted only once every member has heard every outcome logged before
+        the CHECKPOINT record: a recoverer reads a dead node's WAL from that pointer on, and one that had missed
+        the outcome of a COMMIT behind it aborted an acknowledged commit (or, having heard it itself, did not
+        announce it, so a member that missed it kept the XID prepared for ever).  Commits under way now may have
+        logged COMMIT without having sent their outcome yet (a flush in the flusher's thread): first they must
+        send it (``_release_pointers``).  Then an acknowledged outcome round with nothing in it: each member
+        acknowledges it after every earlier message on its FIFO link, lazy outcomes included."""
+        self.pointer_waits.append((pointer, set(self.committing)))
+        self._release_pointers()
+
+    def _release_pointers(self) -> None:
+        waiting = []
+        for pointer, xids in self.pointer_waits:
+            if any(x in self.committing for x in xids):
+                waiting.append((pointer, xids))
+            else:
+                self.cluster.commits.finish([], [], partial(self.engine.publish_checkpoint, pointer))
+        self.pointer_waits = waiting

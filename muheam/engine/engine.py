@@ -119,6 +119,12 @@ class Engine:
         self._failed: BaseException | None = None
         self._last_checkpoint_time: float | None = None
         self._checkpoint_lsn = 0
+        self._published_lsn = 0
+        self.pointer_gate: Callable[[statefiles.CheckpointPointer], None] | None = None
+        """Set by a cluster member: a checkpoint hands its redo pointer here instead of persisting it, and the
+        member persists it (``publish_checkpoint``) once every other member has heard every outcome logged before
+        it.  A survivor reads a dead node's WAL only from that pointer: passing a COMMIT whose outcome some member
+        missed made that member's recovery abort an acknowledged commit (or leave it prepared for ever)."""
         self._hb_records = -1
         self._hb_time = 0.0
         self.recovery = RecoveryReport()
@@ -639,9 +645,10 @@ class Engine:
 
     # -- checkpoints and shutdown --------------------------------------------------------------------------------
 
-    def checkpoint(self) -> int:
+    def checkpoint(self, gated: bool = True) -> int:
         """Write every dirty page (WAL first), fsync the relation files, log CHECKPOINT and persist the redo
-        start point; returns the redo LSN.  Transactions may stay open across it."""
+        start point -- through ``pointer_gate`` if one is set and ``gated`` -- returns the redo LSN.
+        Transactions may stay open across it."""
         with self._lock:
             wal = self._writer()
             try:
@@ -658,11 +665,21 @@ class Engine:
             if self._catalog_dirty:
                 self.write_catalog()
                 self._catalog_dirty = False
-            statefiles.write_checkpoint(self.shared, self.node_id, statefiles.CheckpointPointer(
-                lsn, pack_glsn(self._last_lamport, self.node_id)))
+            pointer = statefiles.CheckpointPointer(lsn, pack_glsn(self._last_lamport, self.node_id))
             self._checkpoint_lsn = lsn
             log.info("node %d: checkpoint at LSN %#x", self.node_id, lsn)
+            if gated and self.pointer_gate is not None:
+                self.pointer_gate(pointer)
+            else:
+                self.publish_checkpoint(pointer)
             return lsn
+
+    def publish_checkpoint(self, pointer: statefiles.CheckpointPointer) -> None:
+        """Persist a checkpoint's redo pointer (never one older than the last persisted)."""
+        with self._lock:
+            if pointer.redo_lsn > self._published_lsn:
+                statefiles.write_checkpoint(self.shared, self.node_id, pointer)
+                self._published_lsn = pointer.redo_lsn
 
     def log_decided(self, aborts: Iterable[int], fence: walrec.Fence | None = None) -> None:
         """Log, durably and with one flush, what recovery decided for other incarnations: the FENCE of a dead one
@@ -714,7 +731,7 @@ class Engine:
                 for txn in list(self.running.values()):
                     if txn.xid not in self._committing:
                         self.abort(txn)
-                self.checkpoint()
+                self.checkpoint(gated=False)  # (the node let its outcome rounds finish before: ``_finish_rounds``)
                 self._wal.close()
             self.cache.close()
             self._wal = None

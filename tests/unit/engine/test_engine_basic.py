@@ -305,6 +305,36 @@ def test_redo_from_an_older_checkpoint_is_idempotent(shared: Path) -> None:
     e.close()
 
 
+def test_a_gated_checkpoint_leaves_the_redo_pointer_until_it_is_published(shared: Path) -> None:
+    """With ``pointer_gate`` set (a cluster member), a checkpoint hands its redo pointer over instead of persisting
+    it: a crash before ``publish_checkpoint`` redoes from the older pointer, COMMIT records behind the newer one
+    included; an older pointer is never published over a newer one; ``close`` persists its own."""
+    e = Engine.open(shared, 1, config=cfg())
+    e.create_table("a", COLS)
+    first = statefiles.read_checkpoint(shared, 1)
+    handed: list[statefiles.CheckpointPointer] = []
+    e.pointer_gate = handed.append
+    t = e.begin(3)
+    t.insert("a", 1, row(1))
+    t.commit()
+    lsn = e.checkpoint()
+    assert [p.redo_lsn for p in handed] == [lsn]
+    assert statefiles.read_checkpoint(shared, 1) == first      # not persisted yet
+    e.crash()
+    e = Engine.open(shared, 1, config=cfg())
+    assert e.recovery.redo_start == (first.redo_lsn if first else None) and e.recovery.records_replayed >= 2
+    assert e.local_status(3) == "committed"
+    e.pointer_gate = handed.append
+    e.checkpoint()
+    newer = handed[1]
+    assert newer.redo_lsn > handed[0].redo_lsn
+    e.publish_checkpoint(newer)
+    e.publish_checkpoint(handed[0])                           # late, older: ignored
+    assert statefiles.read_checkpoint(shared, 1) == newer
+    e.close()                                                 # the shutdown checkpoint is persisted at once
+    assert statefiles.read_checkpoint(shared, 1).redo_lsn > newer.redo_lsn
+
+
 def test_maybe_checkpoint_by_time_and_by_wal_volume(shared: Path) -> None:
     e = Engine.open(shared, 1, config=cfg(checkpoint_interval=10.0, checkpoint_wal_bytes=1 << 20))
     e.create_table("a", COLS)
