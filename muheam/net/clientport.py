@@ -150,7 +150,7 @@ class ClientPort:
             # two stats per batch, not per request: a revocation made before a request was sent still applies
             # to it, since the batch that reads it starts after the revocation
             self.guard.keyring.refresh()
-        while handled < 10_000 and self.sock.getsockopt(zmq.EVENTS) & _POLLIN:  # (not a zmq.Again per batch)
+        while handled < 10_000 and int(self.sock.getsockopt(zmq.EVENTS)) & _POLLIN:  # (not a zmq.Again per batch)
             try:
                 if self.guard is None:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK)

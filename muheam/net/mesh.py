@@ -404,7 +404,7 @@ class Mesh:
         """Drain the ROUTER without blocking; returns the number of frames handled."""
         handled = 0
         now = time.monotonic()
-        while handled < 10_000 and self.router.getsockopt(zmq.EVENTS) & _POLLIN:  # (not a zmq.Again per batch)
+        while handled < 10_000 and int(self.router.getsockopt(zmq.EVENTS)) & _POLLIN:  # (not a zmq.Again per batch)
             try:
                 if self.secure:
                     parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
