@@ -354,6 +354,9 @@ class Sessions:
                 if conflict.committed:
                     self._fail_tx(tx, reply, conflict, "SerializationFailure")
                     return
+                if req.get("nowait") is True:
+                    self._fail_tx(tx, reply, LockTimeout(f"could not obtain lock on row: {conflict} (NOWAIT)"))
+                    return
                 self.counters["waits"] += 1
                 self.parked.setdefault(conflict.blocker, []).append(
                     _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic()))
@@ -435,15 +438,20 @@ class Sessions:
         """``column += delta`` on the row the transaction sees.  ``missing_ok``: no such row answers False and
         the transaction goes on (SQL's ``UPDATE ... WHERE key = k`` that matches nothing), instead of failing it."""
         table, key, column, delta = self._table(req), self._key(req), req.get("column"), req.get("delta")
-        missing_ok = req.get("missing_ok", False)
+        missing_ok, within = req.get("missing_ok", False), req.get("range")
         if not isinstance(column, str) or isinstance(delta, bool) or not isinstance(delta, (int, float)) \
                 or not isinstance(missing_ok, bool):
             raise RequestError("bad_request", "add needs column (str), a numeric delta and missing_ok (bool, "
                                               "optional)")
+        bounds: tuple[int, int] | None = None
+        if within is not None:
+            if not (isinstance(within, list) and len(within) == 2 and all(type(b) is int for b in within)):
+                raise RequestError("bad_request", "add: range must be [lowest, highest] (integers), if given")
+            bounds = (within[0], within[1])
 
         def add(t: Transaction) -> bool:
             try:
-                return bool(t.add(table, key, column, delta))
+                return bool(t.add(table, key, column, delta, bounds))
             except KeyNotFound:
                 if missing_ok:
                     return False
@@ -456,7 +464,11 @@ class Sessions:
         return self._row_op(req, lambda t: bool(t.delete(table, key)))
 
     def op_lock(self, req: dict[str, Any]) -> Any:
+        """``nowait``: a row another transaction holds fails the transaction at once (LockTimeout) instead of
+        waiting for it (SQL's FOR UPDATE NOWAIT)."""
         table, key = self._table(req), self._key(req)
+        if not isinstance(req.get("nowait", False), bool):
+            raise RequestError("bad_request", "lock: nowait must be a boolean, if given")
         return self._row_op(req, lambda t: bool(t.lock(table, key)))
 
     def op_scan(self, req: dict[str, Any]) -> Any:

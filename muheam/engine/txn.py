@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from muheam.storage import RowValueError, Snapshot, TupleId, mvcc
+from muheam.storage import RowValueError, Snapshot, TupleId, ValueOutOfRange, mvcc
 from muheam.storage.schema import Row
 
 if TYPE_CHECKING:
@@ -40,8 +40,11 @@ class Transaction:
     def update(self, table: str | int, key: int, changes: Mapping[str, Any]) -> TupleId:
         return self.engine._write(self, table, key, "update", dict(changes))
 
-    def add(self, table: str | int, key: int, column: str, delta: int | float) -> TupleId:
-        return self.engine._write(self, table, key, "add", (column, delta))
+    def add(self, table: str | int, key: int, column: str, delta: int | float,
+            bounds: tuple[int, int] | None = None) -> TupleId:
+        """``column += delta``; ``bounds``: the inclusive range the new value must stay in (an SQL ``integer``
+        column is an int64 in the engine), else ``ValueOutOfRange`` and nothing changes."""
+        return self.engine._write(self, table, key, "add", (column, delta, bounds))
 
     def delete(self, table: str | int, key: int) -> TupleId:
         return self.engine._write(self, table, key, "delete", None)
@@ -63,7 +66,8 @@ class Transaction:
         return self.engine.abort(self)
 
 
-def adder(t: "Table", column: str, delta: int | float) -> Callable[[Row], Row]:
+def adder(t: "Table", column: str, delta: int | float,
+          bounds: tuple[int, int] | None = None) -> Callable[[Row], Row]:
     """The change ``add(column, delta)`` makes to a row, after checking the column can take it."""
     if column not in t.schema.column_names:
         raise RowValueError(f"table {t.name!r} has no column {column!r}; columns: {list(t.schema.column_names)}",
@@ -79,7 +83,11 @@ def adder(t: "Table", column: str, delta: int | float) -> Callable[[Row], Row]:
     def change(old: Row) -> Row:
         v = old[column]
         assert not isinstance(v, str)
-        old[column] = v + delta
+        new = v + delta
+        if bounds is not None and not bounds[0] <= new <= bounds[1]:
+            raise ValueOutOfRange(f"table {t.name!r}, column {column!r}: {new} is outside {bounds[0]}..{bounds[1]}",
+                                  table=t.name, column=column)
+        old[column] = new
         return old
 
     return change

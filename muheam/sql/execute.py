@@ -13,14 +13,17 @@ An operation's error code becomes the SQLSTATE a PostgreSQL client expects (``SQ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping, cast
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import Deferred, RequestError
 from muheam.sql import wire
-from muheam.sql.expr import Expr, Params, Row, SqlError, TableInfo, to_column
+from muheam.sql.expr import (Expr, Params, Row, SqlError, TableInfo, coerce, int_range, numeric_div, sort_key,
+                             to_column)
 from muheam.sql.plan import CreateTable, Delete, Insert, Select, Update
 
 Request = tuple[str, dict[str, Any]]
@@ -30,7 +33,7 @@ Operation = Callable[[dict[str, Any]], Any]
 SQLSTATE_BY_CODE = {
     "SerializationFailure": "40001", "RowChanged": "40001", "DeadlockDetected": "40P01", "LockTimeout": "55P03",
     "DuplicateKey": "23505", "NoSuchTable": "42P01", "TableExists": "42P07", "KeyNotFound": "02000",
-    "RowValueError": "22023", "SchemaError": "42601", "NoSuchTransaction": "25P01", "StorageFailed": "58030",
+    "RowValueError": "22023", "ValueOutOfRange": "22003", "SchemaError": "42601", "NoSuchTransaction": "25P01", "StorageFailed": "58030",
     "EngineStopped": "58030", "Fenced": "57P01", "bad_request": "XX000",
 }
 
@@ -61,11 +64,15 @@ class Task:
 
     def __init__(self, gen: Generator[Request, Any, Any], ops: Mapping[str, Operation],
                  done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None],
-                 table_gone: Callable[[], object] = lambda: None) -> None:
+                 table_gone: Callable[[], object] = lambda: None,
+                 internal_error: Callable[[BaseException], None] | None = None) -> None:
         """``table_gone``: called when a row operation named a table the node no longer has (dropped since the
-        statement was planned: the caller's catalog must look again)."""
+        statement was planned: the caller's catalog must look again).  ``internal_error``: called with an
+        exception the statement's generator or ``done`` raised while resuming from an operation's answer
+        (there, nothing above would catch it but the node's loop); without it the exception propagates."""
         self.gen, self.ops, self.done, self.xid = gen, ops, done, xid
         self.table_gone = table_gone
+        self.internal_error = internal_error
         self.cancelled = False
         self.waiting: str | None = None
         """The operation whose answer the task waits for (``None`` between operations) ..."""
@@ -122,7 +129,14 @@ class Task:
             if ok and op == "begin":  # cancelled (or the connection closed) while the snapshot waited: the
                 self._abandon(value)  # session never learnt this XID, so nobody else would ever end it
             return
-        self._step(ok, value if ok else OpFailed(*value))
+        if self.internal_error is None:
+            self._step(ok, value if ok else OpFailed(*value))
+            return
+        try:
+            self._step(ok, value if ok else OpFailed(*value))
+        except Exception as exc:  # noqa: BLE001 - handed to the connection's owner, which closes it
+            self.cancelled = True
+            self.internal_error(exc)
 
     def _abandon(self, started: Any) -> None:
         """Roll back a transaction whose ``begin`` answered after the task was cancelled."""
@@ -238,8 +252,33 @@ class Catalog:
 
 # --- statements ------------------------------------------------------------------------------------------------
 
-def _key(e: Expr, params: Params) -> int:
-    return int(to_column(e.fn({}, params), "int64", "key"))
+def _point_key(v: Any) -> int | None:
+    """The key a ``key = v`` lookup reads, or ``None`` when no bigint equals ``v`` (a fraction, a number beyond
+    bigint's range: PostgreSQL compares such a value and finds no row)."""
+    if isinstance(v, str):
+        v = coerce(v, wire.INT8)
+    if isinstance(v, (float, Decimal)):
+        if not (math.isfinite(v) if isinstance(v, float) else v.is_finite()) or v != int(v):
+            return None
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SqlError("42883", f"operator does not exist: bigint = {type(v).__name__}")
+    lowest, highest, _ = int_range(wire.INT8)
+    return v if lowest <= v <= highest else None
+
+
+def store(table: TableInfo, column: str, value: Any) -> Any:
+    """``value`` as ``column`` keeps it, checked against the column's declared SQL type."""
+    return to_column(value, table.columns[column], column, table.oid(column), table.char_limit(column))
+
+
+def _add_range(table: TableInfo, column: str) -> list[int] | None:
+    """The bounds an ``add`` on ``column`` must keep (an ``integer`` column is an int64 in the engine)."""
+    oid = table.oid(column)
+    if oid == wire.INT8 or table.columns[column] != "int64":
+        return None
+    lowest, highest, _ = int_range(oid)
+    return [lowest, highest]
 
 
 @dataclass
@@ -254,7 +293,7 @@ class Redo:
 
 
 def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
-          lock: bool = False, redo: Redo | None = None) -> Generator[Request, Any, list[Row]]:
+          lock: bool = False, redo: Redo | None = None, nowait: bool = False) -> Generator[Request, Any, list[Row]]:
     rows: list[Row] = []
     name, key = table.ref, table.key
     if points is not None:
@@ -263,8 +302,8 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
             v = p.fn({}, params)
             if v is None:
                 continue
-            k = _key(p, params)
-            if k in seen:
+            k = _point_key(v)
+            if k is None or k in seen:
                 continue
             seen.add(k)
             found = yield ("get", {"table": name, "key": k})
@@ -280,7 +319,8 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
         rows = [r for r in rows if wf(r, params)]
     if lock:
         rows = yield from _change_rows(table, rows, where, params, redo or Redo(),
-                                       lambda row: (("lock", {"table": name, "key": row[key]}), row))
+                                       lambda row: (("lock", {"table": name, "key": row[key],
+                                                              **({"nowait": True} if nowait else {})}), row))
     return rows
 
 
@@ -348,15 +388,15 @@ def _change_rows(table: TableInfo, rows: list[Row], where: Expr | None, params: 
     return changed
 
 
-def _count(e: Expr | None, params: Params) -> int | None:
+def _count(e: Expr | None, params: Params, what: str = "LIMIT") -> int | None:
     if e is None:
         return None
     v = e.fn({}, params)
     if v is None:
         return None
-    n = int(to_column(v, "int64", "LIMIT"))
+    n = int(to_column(v, "int64", what))
     if n < 0:
-        raise SqlError("2201W", "LIMIT must not be negative")
+        raise SqlError("2201W" if what == "LIMIT" else "2201X", f"{what} must not be negative")
     return n
 
 
@@ -365,13 +405,13 @@ def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
         if plan.where is not None and not plan.where.fn({}, params):
             return Result("SELECT 0")
         return Result("SELECT 1", [[t.fn({}, params) for t in plan.targets]])
-    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, redo)
+    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, redo, plan.nowait)
     if plan.aggs is not None:
         return Result("SELECT 1", [[_aggregate(a.func, a.arg, rows, params) for a in plan.aggs]])
     for expr, desc in reversed(plan.order):
         f = expr.fn
-        rows.sort(key=lambda r: (f(r, params) is None, f(r, params)), reverse=desc)
-    offset, limit = _count(plan.offset, params) or 0, _count(plan.limit, params)
+        rows.sort(key=lambda r: sort_key(f(r, params)), reverse=desc)
+    offset, limit = _count(plan.offset, params, "OFFSET") or 0, _count(plan.limit, params)
     rows = rows[offset:] if limit is None else rows[offset:offset + limit]
     out = [[t.fn(r, params) for t in plan.targets] for r in rows]
     return Result(f"SELECT {len(out)}", out)
@@ -388,24 +428,23 @@ def _aggregate(func: str, arg: Expr | None, rows: list[Row], params: Params) -> 
     if func == "sum":
         return sum(values)
     if func == "avg":
+        if all(type(v) is int or isinstance(v, Decimal) for v in values):  # numeric, PostgreSQL's scale
+            return numeric_div(Decimal(sum(values)), Decimal(len(values)))
         return sum(values) / len(values)
-    return min(values) if func == "min" else max(values)
-
-
-def _defaults(table: TableInfo) -> Row:
-    return {c: 0 if k == "int64" else 0.0 if k == "float64" else "" for c, k in table.columns.items()}
+    pick = min if func == "min" else max
+    return pick(values, key=lambda v: sort_key(v)[1])  # (NaN above every other number)
 
 
 def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:
     table, out = plan.table, []
     for exprs in plan.rows:
-        row = _defaults(table)
+        row: Row = {}
         key = 0
         for col, e in exprs.items():
             if col == table.key:
                 key = int(to_column(e.fn({}, params), "int64", col))
             else:
-                row[col] = to_column(e.fn({}, params), table.columns[col], col)
+                row[col] = store(table, col, e.fn({}, params))
         tries = [0]
         while True:
             try:
@@ -424,13 +463,14 @@ def run_update(plan: Update, params: Params, redo: Redo | None = None) -> Gen:
 
     def change(row: Row) -> tuple[Request, Row]:
         key = row[table.key]
-        if plan.add is not None:
-            col, delta_e, sign = plan.add
-            delta = sign * to_column(delta_e.fn(row, params), table.columns[col], col)
+        raw = plan.add[1].fn(row, params) if plan.add is not None else None
+        if plan.add is not None and _whole_delta(table, plan.add[0], raw):
+            col, _, sign = plan.add
+            delta = sign * to_column(raw, table.columns[col], col)
             # the new value as computed from the version read: returned, not stored (the engine adds)
-            return ("add", {"table": table.ref, "key": key, "column": col, "delta": delta}), \
-                {**row, col: row[col] + delta}
-        changes = {c: to_column(e.fn(row, params), table.columns[c], c) for c, e in plan.sets.items()}
+            return ("add", {"table": table.ref, "key": key, "column": col, "delta": delta,
+                            "range": _add_range(table, col)}), {**row, col: row[col] + delta}
+        changes = {c: store(table, c, e.fn(row, params)) for c, e in plan.sets.items()}
         return ("update", {"table": table.ref, "key": key, "changes": changes}), {**row, **changes}
 
     fast = _fast_add(plan, params)
@@ -450,12 +490,18 @@ def _fast_add(plan: Update, params: Params) -> tuple[int, int | float] | None:
         return None
     col, delta_e, sign = plan.add
     k = plan.points[0].fn({}, params)
-    if type(k) is not int:
+    if type(k) is not int or not _whole_delta(plan.table, col, delta_e.fn({}, params)):
         return None
     try:
         return int(to_column(k, "int64", "key")), sign * to_column(delta_e.fn({}, params), plan.table.columns[col], col)
     except SqlError:
         return None
+
+
+def _whole_delta(table: TableInfo, column: str, delta: Any) -> bool:
+    """May ``c = c + delta`` be an ``add`` of ``delta``?  Not a fraction into an integer column: PostgreSQL
+    rounds the sum, not the delta (-2 + 1.5 is -1, -2 + round(1.5) is 0)."""
+    return table.columns[column] != "int64" or not isinstance(delta, (float, Decimal))
 
 
 def _add_by_key(plan: Update, key: int, delta: int | float, redo: Redo) -> Gen:
@@ -470,7 +516,7 @@ def _add_by_key(plan: Update, key: int, delta: int | float, redo: Redo) -> Gen:
     while True:
         try:
             found = yield ("add", {"table": table.ref, "key": key, "column": col, "delta": delta,
-                                   "missing_ok": True})
+                                   "missing_ok": True, "range": _add_range(table, col)})
             return Result(f"UPDATE {1 if found else 0}")
         except OpFailed as exc:
             yield from _new_snapshot(exc, redo, tries)
@@ -518,7 +564,13 @@ def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool =
 
 
 def encode_rows(result: Result, oids: list[int], formats: list[int] | None) -> list[bytes]:
-    """DataRow messages for ``result``; ``ValueError`` for a binary format not written."""
+    """DataRow messages for ``result``; ``SqlError`` for a value its type cannot hold (22003) or a binary format
+    not written (0A000)."""
     fmts = [wire.result_format(formats, i) for i in range(len(oids))]
-    return [wire.msg_data_row([wire.encode_value(v, oid, f) for v, oid, f in zip(row, oids, fmts)])
-            for row in result.rows]
+    try:
+        return [wire.msg_data_row([wire.encode_value(v, oid, f) for v, oid, f in zip(row, oids, fmts)])
+                for row in result.rows]
+    except OverflowError as exc:
+        raise SqlError("22003", str(exc)) from None
+    except ValueError as exc:
+        raise SqlError("0A000", str(exc)) from None

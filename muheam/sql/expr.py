@@ -8,14 +8,21 @@ executions; pgbench's simple protocol sends new text each time, so ``muheam.sql.
 tree walk happens once and each execution is a few closure calls.  Each compiled expression also carries its
 static type OID, which Describe (RowDescription, ParameterDescription) needs before anything runs.
 
-Semantics follow PostgreSQL where the subset reaches: NULL propagates through operators and comparisons, a WHERE
-that is NULL filters the row out, integer division truncates toward zero, division by zero is SQLSTATE 22012.
+Semantics follow PostgreSQL where the subset reaches: NULL propagates through operators and comparisons (three-
+valued logic, also in IN lists and BETWEEN), a WHERE that is NULL filters the row out, integer division truncates
+toward zero, division by zero is SQLSTATE 22012, a result outside its type is 22003 (``integer``/``bigint`` out
+of range, a double's overflow or underflow).  A literal with a fraction or an exponent is ``numeric``, kept exact
+as a ``Decimal`` (``0.1 + 0.2`` is ``0.3``; ``2.5`` stored into a bigint rounds half away from zero, a double
+half to even, as PostgreSQL's casts do; numeric division takes PostgreSQL's result scale); mixed with a double
+it becomes a double.  A double's NaN equals NaN and sorts above every other number, as in PostgreSQL.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, Callable
 
 from pglast import ast, enums
@@ -40,6 +47,12 @@ class SqlError(Exception):
         self.code = code
         self.message = message
         self.hint = hint
+
+
+def check_boolean(e: "Expr", what: str) -> None:
+    """42804 unless ``e`` is a boolean (or a NULL or parameter typed as one by its use)."""
+    if e.oid != wire.BOOL:
+        raise SqlError("42804", f"{what} must be type boolean, not type {wire.type_name(e.oid)}")
 
 
 def unsupported(what: str) -> SqlError:
@@ -73,8 +86,23 @@ class TableInfo:
     def oid(self, column: str) -> int:
         if column == self.key:
             return wire.INT8
-        kind = self.columns[column]
-        return wire.INT8 if kind == "int64" else wire.FLOAT8 if kind == "float64" else wire.TEXT
+        kind, declared = self.columns[column], self.sql_type(column)
+        if kind == "int64":
+            return _INT_OIDS.get(declared, wire.INT8)
+        if kind == "float64":
+            return wire.FLOAT8
+        return wire.VARCHAR if declared == "varchar" else wire.TEXT
+
+    def sql_type(self, column: str) -> str:
+        """The type a column was declared with, without its length (``int4``, ``varchar``; "" if unknown)."""
+        return self.sql_types.get(column, "").split("(")[0]
+
+    def char_limit(self, column: str) -> int | None:
+        """``n`` of a ``varchar(n)``/``char(n)`` column (characters), else ``None``."""
+        declared = self.sql_types.get(column, "")
+        if "(" in declared and declared.split("(")[0] in ("varchar", "bpchar"):
+            return int(declared.split("(")[1].rstrip(")"))
+        return None
 
     def has(self, column: str) -> bool:
         return column == self.key or column in self.columns
@@ -92,6 +120,18 @@ class RowDependent(Exception):
     """Raised while compiling with ``table=None`` for a row-independent value (a key lookup) that is not."""
 
 
+_INT_OIDS = {"int4": wire.INT4, "integer": wire.INT4, "int": wire.INT4, "int2": wire.INT2, "smallint": wire.INT2}
+_INT_RANGES = {wire.INT8: (-(1 << 63), (1 << 63) - 1, "bigint"), wire.INT4: (-(1 << 31), (1 << 31) - 1, "integer"),
+               wire.INT2: (-(1 << 15), (1 << 15) - 1, "smallint")}
+_STRING_OIDS = frozenset((wire.TEXT, wire.VARCHAR))
+_NUMBER_OIDS = frozenset((*wire.INT_TYPES, *wire.FLOAT_TYPES, wire.NUMERIC))
+
+
+def int_range(oid: int) -> tuple[int, int, str]:
+    """``(lowest, highest, type name)`` of an integer type OID (``bigint`` for any other)."""
+    return _INT_RANGES.get(oid, _INT_RANGES[wire.INT8])
+
+
 def coerce(value: Any, oid: int) -> Any:
     """A parameter or literal of unspecified type converted to the type its use asks for."""
     if value is None or not isinstance(value, str):
@@ -101,48 +141,110 @@ def coerce(value: Any, oid: int) -> Any:
     try:
         if oid in wire.INT_TYPES:
             return int(value.strip())
-        if oid in wire.FLOAT_TYPES or oid == wire.NUMERIC:
+        if oid == wire.NUMERIC:
+            return Decimal(value.strip())
+        if oid in wire.FLOAT_TYPES:
             return float(value.strip())
-    except ValueError:
-        kind = "bigint" if oid in wire.INT_TYPES else "double precision"
+    except (ValueError, ArithmeticError):
+        kind = "bigint" if oid in wire.INT_TYPES else "numeric" if oid == wire.NUMERIC else "double precision"
         raise SqlError("22P02", f'invalid input syntax for type {kind}: "{value}"') from None
     if oid == wire.BOOL:
         return value.strip().lower() in ("t", "true", "1", "on", "yes", "y")
     return value
 
 
-def to_column(value: Any, kind: str, column: str) -> Any:
-    """A value stored into a column of engine type ``kind`` (``int64``, ``float64``, ``text(N)``)."""
+def to_float(value: Any) -> float:
+    """A number as a double, 22003 where it does not fit one (a ``numeric`` beyond its range, or so small that
+    only its sign would be left: PostgreSQL's cast refuses both)."""
+    try:
+        f = float(value)
+    except OverflowError:
+        raise SqlError("22003", "value out of range for type double precision") from None
+    if isinstance(value, Decimal) and value.is_finite() and (math.isinf(f) or (f == 0 and value != 0)):
+        raise SqlError("22003", "value out of range for type double precision")
+    return f
+
+
+def to_column(value: Any, kind: str, column: str, oid: int = wire.INT8, chars: int | None = None) -> Any:
+    """A value stored into a column of engine type ``kind`` (``int64``, ``float64``, ``text(N)`` bytes), checked
+    against the SQL type it was declared with: ``oid`` for an integer column's range, ``chars`` for a
+    ``varchar(n)``'s length in characters."""
     if value is None:
         raise SqlError("23502", f'null value in column "{column}" violates not-null constraint',
                        "MUHEAM columns cannot hold NULL")
     if kind == "int64":
         if isinstance(value, str):
             value = coerce(value, wire.INT8)
-        if isinstance(value, float):
+        if isinstance(value, Decimal):  # numeric -> integer: half away from zero
+            if not value.is_finite():
+                raise SqlError("22003", f"cannot convert {value} to {int_range(oid)[2]}")
+            value = int(value.to_integral_value(ROUND_HALF_UP))
+        elif isinstance(value, float):  # double -> integer: half to even (rint)
+            if not math.isfinite(value):
+                raise SqlError("22003", f"{int_range(oid)[2]} out of range")
             value = round(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise SqlError("42804", f'column "{column}" is of type bigint but expression is of another type')
-        if not -(1 << 63) <= value < (1 << 63):
-            raise SqlError("22003", "bigint out of range")
+        lowest, highest, name = int_range(oid)
+        if not lowest <= value <= highest:
+            raise SqlError("22003", f"{name} out of range")
         return value
     if kind == "float64":
         if isinstance(value, str):
             value = coerce(value, wire.FLOAT8)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
             raise SqlError("42804", f'column "{column}" is of type double precision but expression is not')
-        return float(value)
+        return to_float(value)
     text = value if isinstance(value, str) else wire.text_value(value)
+    if chars is not None and len(text) > chars:
+        if text[chars:].strip(" "):
+            raise SqlError("22001", f"value too long for type character varying({chars})")
+        text = text[:chars]  # only spaces beyond the length: cut, as PostgreSQL does
     limit = int(kind[5:-1])
     if len(text.encode()) > limit:
-        raise SqlError("22001", f"value too long for type character varying({limit}) (column \"{column}\")")
+        raise SqlError("22001", f'value too long for column "{column}": it stores at most {limit} bytes of UTF-8',
+                       "MUHEAM's rows are fixed width; text without a length holds "
+                       f"{DEFAULT_TEXT_BYTES} bytes, varchar(n) 4n")
     return text
 
 
 def _num(v: Any) -> Any:
     if isinstance(v, str):
-        return coerce(v, wire.FLOAT8 if any(c in v for c in ".eE") else wire.INT8)
+        return coerce(v, wire.NUMERIC if any(c in v for c in ".eE") else wire.INT8)
     return v
+
+
+def _digits(d: Decimal) -> tuple[int, int]:
+    """PostgreSQL's view of a numeric: the weight of its first base-10000 digit, and that digit."""
+    if d == 0:
+        return 0, 0
+    weight = d.adjusted() // 4
+    return weight, int(abs(d).scaleb(-4 * weight))
+
+
+def _scale(d: Decimal) -> int:
+    exponent = d.as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def numeric_div(a: Decimal, b: Decimal) -> Decimal:
+    """``a / b`` with PostgreSQL's result scale (``select_div_scale``: at least 16 significant digits, at least
+    the inputs' scales), rounded half away from zero."""
+    (w1, f1), (w2, f2) = _digits(a), _digits(b)
+    qweight = w1 - w2 - (1 if f1 <= f2 else 0)
+    rscale = min(max(16 - qweight * 4, _scale(a), _scale(b), 0), 1000)
+    with localcontext() as ctx:
+        ctx.prec = max(28, a.adjusted() - b.adjusted() + rscale + 8)
+        return (a / b).quantize(Decimal(1).scaleb(-rscale), rounding=ROUND_HALF_UP)
+
+
+def _mixed(a: Any, b: Any) -> tuple[Any, Any]:
+    """A numeric meeting a double becomes a double (PostgreSQL's implicit cast)."""
+    if isinstance(a, Decimal) and isinstance(b, float):
+        return to_float(a), b
+    if isinstance(a, float) and isinstance(b, Decimal):
+        return a, to_float(b)
+    return a, b
 
 
 def _div(a: Any, b: Any) -> Any:
@@ -151,6 +253,8 @@ def _div(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int):
         q = abs(a) // abs(b)
         return q if (a >= 0) == (b >= 0) else -q
+    if isinstance(a, Decimal) or isinstance(b, Decimal):
+        return numeric_div(Decimal(a), Decimal(b))
     return a / b
 
 
@@ -159,7 +263,34 @@ def _mod(a: Any, b: Any) -> Any:
         raise SqlError("22012", "division by zero")
     if isinstance(a, int) and isinstance(b, int):
         return abs(a) % abs(b) * (1 if a >= 0 else -1)
+    if isinstance(a, Decimal) or isinstance(b, Decimal):
+        return Decimal(a) % Decimal(b)  # (the sign of the dividend, as PostgreSQL's)
     return a - b * int(a / b)
+
+
+def _result(value: Any, oid: int, a: Any, b: Any, op: str = "") -> Any:
+    """An arithmetic result checked against its type: 22003 for an integer out of range, or a double that
+    overflowed (infinite from finite operands) or underflowed (a product or quotient of non-zero finite operands
+    that came out zero)."""
+    if type(value) is int:
+        lowest, highest, name = int_range(oid)
+        if not lowest <= value <= highest:
+            raise SqlError("22003", f"{name} out of range")
+    elif type(value) is float:
+        if math.isinf(value) and all(math.isfinite(x) for x in (a, b) if isinstance(x, float)) \
+                and not any(isinstance(x, Decimal) and not x.is_finite() for x in (a, b)):
+            raise SqlError("22003", "value out of range: overflow")
+        if op in ("*", "/") and value == 0 and a != 0 and b != 0 and not (isinstance(b, float) and math.isinf(b)) \
+                and not (isinstance(a, float) and math.isinf(a)):
+            raise SqlError("22003", "value out of range: underflow")
+    return value
+
+
+def _order_key(v: Any) -> tuple[int, Any]:
+    """Sort and compare a double as PostgreSQL does: NaN equals NaN and is above every other number."""
+    if isinstance(v, float) and v != v:
+        return (1, 0)
+    return (0, v)
 
 
 _ARITH: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator.sub, "*": operator.mul,
@@ -167,6 +298,20 @@ _ARITH: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {"=": operator.eq, "<>": operator.ne, "!=": operator.ne,
                                                   "<": operator.lt, "<=": operator.le, ">": operator.gt,
                                                   ">=": operator.ge}
+
+
+def compare(cmp: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+    """``cmp(a, b)`` with PostgreSQL's rules for mixed numbers (a numeric meeting a double compares as a double)
+    and NaN (equal to itself, above every other number)."""
+    a, b = _mixed(a, b)
+    if (isinstance(a, float) and a != a) or (isinstance(b, float) and b != b):
+        return cmp(_order_key(a), _order_key(b))
+    return cmp(a, b)
+
+
+def sort_key(v: Any) -> tuple[bool, tuple[int, Any]]:
+    """ORDER BY's key: NULL last (first when descending), NaN above every other number."""
+    return (v is None, (0, 0) if v is None else _order_key(v))
 
 
 def _cast_oid(type_name: Any) -> int:
@@ -184,9 +329,13 @@ def _cast(value: Any, oid: int) -> Any:
     if value is None:
         return None
     if oid in wire.INT_TYPES:
-        return int(coerce(value, oid)) if not isinstance(value, float) else round(value)
-    if oid in wire.FLOAT_TYPES or oid == wire.NUMERIC:
-        return float(coerce(value, wire.FLOAT8))
+        return to_column(coerce(value, oid), "int64", "?column?", oid)
+    if oid == wire.NUMERIC:
+        if isinstance(value, float):
+            return Decimal(repr(value)) if math.isfinite(value) else Decimal(value)
+        return coerce(value, oid) if isinstance(value, str) else Decimal(value)
+    if oid in wire.FLOAT_TYPES:
+        return to_float(coerce(value, wire.FLOAT8))
     if oid == wire.BOOL:
         return bool(coerce(value, oid))
     return wire.text_value(value)
@@ -228,8 +377,13 @@ class Compiler:
         if isinstance(node, ast.A_Expr):
             return self._a_expr(node, table, hint)
         if isinstance(node, ast.BoolExpr):
-            args = [self.expr(a, table, wire.BOOL).fn for a in node.args]
             kind = node.boolop
+            compiled = [self.expr(a, table, wire.BOOL) for a in node.args]
+            word = "NOT" if kind == enums.BoolExprType.NOT_EXPR else "AND" if kind == enums.BoolExprType.AND_EXPR \
+                else "OR"
+            for a in compiled:
+                check_boolean(a, f"argument of {word}")
+            args = [a.fn for a in compiled]
             if kind == enums.BoolExprType.NOT_EXPR:
                 a0 = args[0]
                 return Expr(lambda r, p: None if (v := a0(r, p)) is None else not v, wire.BOOL)
@@ -267,13 +421,14 @@ class Compiler:
         value: Any
         if isinstance(val, ast.Integer):
             value, oid = val.ival, wire.INT4 if -(1 << 31) <= val.ival < (1 << 31) else wire.INT8
-        elif isinstance(val, ast.Float):
+        elif isinstance(val, ast.Float):  # beyond 32 bits: bigint while it fits (as PostgreSQL's lexer), else numeric
             text = val.fval
-            if len(text) > 400:  # beyond any float too; Python refuses int() of 4,300 digits with ValueError
+            if len(text) > 1000:
                 raise SqlError("22003", f"the numeric literal of {len(text)} characters is out of range",
-                               "MUHEAM stores bigint and double precision")
-            value = int(text) if text.lstrip("-").isdigit() else float(text)
-            oid = wire.INT8 if isinstance(value, int) else wire.NUMERIC
+                               "MUHEAM keeps numeric literals of at most 1,000 characters")
+            value, oid = Decimal(text), wire.NUMERIC
+            if text.isdigit() and value < 1 << 63:
+                value, oid = int(text), wire.INT8
         elif isinstance(val, ast.Boolean):
             value, oid = val.boolval, wire.BOOL
         elif isinstance(val, ast.String):
@@ -297,13 +452,26 @@ class Compiler:
                            f"its columns: {', '.join(table.order)}")
         return Expr(lambda r, p: r[name], table.oid(name), name)
 
+    def _comparable(self, left: Expr, right: Expr, op: str) -> None:
+        """42883 for a comparison PostgreSQL has no operator for: a string with a number (an untyped literal
+        has taken the other side's type already)."""
+        if (left.oid in _STRING_OIDS and right.oid in _NUMBER_OIDS) or \
+                (left.oid in _NUMBER_OIDS and right.oid in _STRING_OIDS):
+            raise SqlError("42883", f"operator does not exist: {wire.type_name(left.oid)} {op} "
+                           f"{wire.type_name(right.oid)}",
+                           "No operator matches the given name and argument types. You might need to add explicit "
+                           "type casts.")
+
     def _a_expr(self, node: Any, table: TableInfo | None, hint: int | None) -> Expr:
         kind = node.kind
         op = node.name[-1].sval if node.name else ""
         if kind in (enums.A_Expr_Kind.AEXPR_IN, enums.A_Expr_Kind.AEXPR_BETWEEN,
                     enums.A_Expr_Kind.AEXPR_NOT_BETWEEN):
             left = self.expr(node.lexpr, table)
-            items = [self.expr(x, table, left.oid).fn for x in node.rexpr]
+            compiled = [self.expr(x, table, left.oid) for x in node.rexpr]
+            for item in compiled:
+                self._comparable(left, item, "=")
+            items = [c.fn for c in compiled]
             lf = left.fn
             if kind == enums.A_Expr_Kind.AEXPR_IN:
                 negate = op == "<>"
@@ -312,17 +480,25 @@ class Compiler:
                     v = lf(row, params)
                     if v is None:
                         return None
-                    found = any(v == f(row, params) for f in items)
-                    return found != negate
+                    unknown = False
+                    for f in items:
+                        w = f(row, params)
+                        if w is None:
+                            unknown = True
+                        elif compare(operator.eq, v, w):
+                            return not negate
+                    return None if unknown else negate  # no match, and a NULL among them: unknown
                 return Expr(in_list, wire.BOOL)
             lo, hi = items
             negate = kind == enums.A_Expr_Kind.AEXPR_NOT_BETWEEN
 
             def between(row: Row, params: Params) -> Any:
                 v, a, b = lf(row, params), lo(row, params), hi(row, params)
-                if v is None or a is None or b is None:
-                    return None
-                return (a <= v <= b) != negate
+                # a <= v AND v <= b, each unknown with a NULL side (three-valued: false AND unknown is false)
+                above = None if v is None or a is None else compare(operator.le, a, v)
+                below = None if v is None or b is None else compare(operator.le, v, b)
+                inside = False if above is False or below is False else None if None in (above, below) else True
+                return None if inside is None else inside != negate
             return Expr(between, wire.BOOL)
         if kind != enums.A_Expr_Kind.AEXPR_OP:
             raise unsupported(f"the operator kind {kind.name}")
@@ -330,8 +506,9 @@ class Compiler:
             arg = self.expr(node.rexpr, table, hint)
             af = arg.fn
             if op == "-":
-                return Expr(lambda r, p: None if (v := _num(af(r, p))) is None else -v, arg.oid, arg.name,
-                            arg.constant)
+                oid = arg.oid
+                return Expr(lambda r, p: None if (v := _num(af(r, p))) is None else _result(-v, oid, v, v), oid,
+                            "?column?", arg.constant)
             if op == "+":
                 return arg
             raise unsupported(f"the prefix operator {op}")
@@ -346,29 +523,32 @@ class Compiler:
         constant = left.constant and right.constant
         if op in _COMPARE:
             cmp = _COMPARE[op]
+            self._comparable(left, right, op)
 
-            def compare(row: Row, params: Params) -> Any:
+            def comparison(row: Row, params: Params) -> Any:
                 a, b = lf(row, params), rf(row, params)
                 if a is None or b is None:
                     return None
                 try:
-                    return cmp(a, b)
+                    return compare(cmp, a, b)
                 except TypeError:
                     raise SqlError("42883", f"operator does not exist: {type(a).__name__} {op} "
                                    f"{type(b).__name__}") from None
-            return Expr(compare, wire.BOOL, constant=constant)
+            return Expr(comparison, wire.BOOL, constant=constant)
         if op in _ARITH:
             fn = _ARITH[op]
-            oid = wire.FLOAT8 if wire.FLOAT8 in (left.oid, right.oid) else wire.NUMERIC \
-                if wire.NUMERIC in (left.oid, right.oid) else wire.INT8 if wire.INT8 in (left.oid, right.oid) \
-                else left.oid
+            oids = (left.oid, right.oid)
+            oid = wire.FLOAT8 if wire.FLOAT8 in oids or wire.FLOAT4 in oids else wire.NUMERIC \
+                if wire.NUMERIC in oids else wire.INT8 if wire.INT8 in oids else wire.INT4 \
+                if wire.INT4 in oids else left.oid
 
             def arith(row: Row, params: Params) -> Any:
                 a, b = _num(lf(row, params)), _num(rf(row, params))
                 if a is None or b is None:
                     return None
+                a, b = _mixed(a, b)
                 try:
-                    return fn(a, b)
+                    return _result(fn(a, b), oid, a, b, op)
                 except TypeError:
                     raise SqlError("42883", f"operator does not exist: {type(a).__name__} {op} "
                                    f"{type(b).__name__}") from None
@@ -390,7 +570,7 @@ class Compiler:
             "pg_backend_pid": (lambda: int(self.setting("backend_pid")), wire.INT4),
         }
         if name not in values:
-            raise SqlError("42883", f"function {name}() does not exist in MUHEAM's SQL subset",
+            raise SqlError("0A000", f"the function {name}() is not supported by MUHEAM's SQL port",
                            "aggregates count/sum/min/max/avg work on one table; scalar: version(), "
                            "current_database(), current_user, pg_backend_pid()")
         get, oid = values[name]

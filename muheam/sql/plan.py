@@ -23,7 +23,8 @@ import pglast
 from pglast import ast, enums
 
 from muheam.sql import wire
-from muheam.sql.expr import DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, unsupported
+from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, check_boolean,
+                             unsupported)
 
 Lookup = Callable[[str], TableInfo]
 _CACHE: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
@@ -101,6 +102,8 @@ class Select:
     offset: Expr | None
     lock_clause: str
     """``FOR UPDATE``, ``FOR SHARE`` ... as written, or "" (every one takes the row exclusively here)."""
+    nowait: bool = False
+    """``NOWAIT``: a row locked by another transaction fails the statement at once (55P03) instead of waiting."""
 
     @property
     def lock(self) -> bool:
@@ -310,10 +313,19 @@ def _create(stmt: Any) -> CreateTable:
             raise unsupported(f"{type(elt).__name__} in CREATE TABLE")
         tname = elt.typeName.names[-1].sval
         mods = [m.val.ival for m in elt.typeName.typmods or () if isinstance(m, ast.A_Const)]
+        if elt.colname in columns:
+            raise SqlError("42701", f'column "{elt.colname}" specified more than once')
         if tname in _SQL_TYPES:
             kind = _SQL_TYPES[tname]
         elif tname in ("text", "varchar", "bpchar"):
-            kind = f"text({mods[0] if mods else DEFAULT_TEXT_BYTES})"
+            if mods and mods[0] < 1:
+                raise SqlError("22023", f"length for type {tname} must be at least 1")
+            # varchar(n) holds n characters: up to 4n bytes of UTF-8 in the engine's fixed-width row (past 256
+            # characters at most max(n, 1024) bytes, so a wide varchar still fits a page: a longer UTF-8 value gets
+            # 22001 naming the bytes)
+            width = min(4 * mods[0], max(mods[0], 1024)) if mods and tname == "varchar" else \
+                mods[0] if mods else DEFAULT_TEXT_BYTES
+            kind = f"text({width})"
         else:
             raise SqlError("0A000", f'type "{tname}" of column "{elt.colname}" is not supported',
                            "use bigint, integer, double precision, text or varchar(n)")
@@ -384,7 +396,9 @@ def _key_points(where: Any, table: TableInfo, c: Compiler) -> list[Expr] | None:
 def _where(where: Any, table: TableInfo, c: Compiler) -> tuple[Expr | None, list[Expr] | None]:
     if where is None:
         return None, None
-    return c.expr(where, table, wire.BOOL), _key_points(where, table, c)
+    condition = c.expr(where, table, wire.BOOL)
+    check_boolean(condition, "argument of WHERE")
+    return condition, _key_points(where, table, c)
 
 
 def _targets(targets: Any, table: TableInfo | None, c: Compiler) -> list[Expr]:
@@ -404,6 +418,19 @@ def _targets(targets: Any, table: TableInfo | None, c: Compiler) -> list[Expr]:
 
 
 _AGGS = ("count", "sum", "min", "max", "avg")
+
+
+def _aggregate_oid(func: str, arg: Expr | None) -> int:
+    """PostgreSQL's result types: count bigint; sum of integer/smallint bigint, of bigint or numeric numeric, of a
+    double a double; avg numeric for integers and numeric, a double for doubles; min/max the argument's."""
+    if func == "count" or arg is None:
+        return wire.INT8
+    if func == "sum":
+        return wire.INT8 if arg.oid in (wire.INT4, wire.INT2) else wire.NUMERIC if arg.oid in (wire.INT8, wire.NUMERIC) \
+            else wire.FLOAT8 if arg.oid in wire.FLOAT_TYPES else arg.oid
+    if func == "avg":
+        return wire.FLOAT8 if arg.oid in wire.FLOAT_TYPES else wire.NUMERIC
+    return arg.oid
 
 
 def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
@@ -428,16 +455,16 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
                 raise unsupported(f"{func}() with DISTINCT, FILTER, OVER or several arguments")
             arg = None if f.agg_star else c.expr(f.args[0], table)
             aggs.append(Agg(func, arg))
-            oid = wire.INT8 if func == "count" or arg is None else \
-                wire.NUMERIC if func in ("sum", "avg") and arg.oid in wire.INT_TYPES else \
-                wire.FLOAT8 if func == "avg" else arg.oid
+            oid = _aggregate_oid(func, arg)
             exprs.append(Expr(lambda r, p: None, oid, t.name or func))
     else:
         exprs = _targets(targets, table, c)
     where, points = _where(stmt.whereClause, table, c) if table is not None else (None, None)
     if stmt.whereClause is not None and table is None:
         where = c.expr(stmt.whereClause, None, wire.BOOL)
+        check_boolean(where, "argument of WHERE")
     order: list[tuple[Expr, bool]] = []
+    named = {e.name: e for e in exprs}  # output columns by name: ORDER BY takes these first, as PostgreSQL
     for sort in stmt.sortClause or ():
         node = sort.node
         desc = sort.sortby_dir == enums.SortByDir.SORTBY_DESC
@@ -446,14 +473,21 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
             if not 0 <= i < len(exprs):
                 raise SqlError("42P10", f"ORDER BY position {i + 1} is not in select list")
             order.append((exprs[i], desc))
+        elif isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(node.fields[0], ast.String) \
+                and node.fields[0].sval in named:
+            order.append((named[node.fields[0].sval], desc))
         elif aggs is None:
             order.append((c.expr(node, table), desc))
     limit = c.expr(stmt.limitCount, None, wire.INT8) if stmt.limitCount is not None else None
     offset = c.expr(stmt.limitOffset, None, wire.INT8) if stmt.limitOffset is not None else None
     clause = _LOCK_CLAUSES.get(stmt.lockingClause[0].strength, "FOR UPDATE") if stmt.lockingClause else ""
+    policies = {c.waitPolicy for c in stmt.lockingClause or ()}
+    if enums.LockWaitPolicy.LockWaitSkip in policies:
+        raise unsupported(f"{clause} SKIP LOCKED")
     if clause and (table is None or aggs is not None):
         raise SqlError("0A000", f"{clause} needs rows of one table")
-    return Select(table, exprs, aggs, where, points, order, limit, offset, clause)
+    return Select(table, exprs, aggs, where, points, order, limit, offset, clause,
+                  enums.LockWaitPolicy.LockWaitError in policies)
 
 
 def _returning(stmt: Any, table: TableInfo, c: Compiler) -> list[Expr]:
@@ -474,14 +508,21 @@ def _insert(stmt: Any, lookup: Lookup, c: Compiler) -> Insert:
     for col in cols:
         if not table.has(col):
             raise SqlError("42703", f'column "{col}" of relation "{table.name}" does not exist')
-    if table.key not in cols:
-        raise SqlError("23502", f'null value in column "{table.key}" violates not-null constraint',
-                       "the primary key must be given")
+    if len(set(cols)) != len(cols):
+        dup = next(col for col in cols if cols.count(col) > 1)
+        raise SqlError("42701", f'column "{dup}" specified more than once')
     rows = []
     for values in select.valuesLists:
-        if len(values) != len(cols):
-            raise SqlError("42601", f"INSERT has {len(values)} expressions but {len(cols)} target columns")
-        rows.append({col: c.expr(v, None, table.oid(col)) for col, v in zip(cols, values)})
+        if len(values) > len(cols) or (stmt.cols and len(values) < len(cols)):
+            more = "expressions than target columns" if len(values) > len(cols) else "target columns than expressions"
+            raise SqlError("42601", f"INSERT has more {more}")
+        given = cols[:len(values)]  # (without a column list, the columns past the values are NULL)
+        missing = [col for col in table.order if col not in given]
+        if missing:  # a column left out is NULL, and every MUHEAM column is NOT NULL (no defaults)
+            raise SqlError("23502", f'null value in column "{missing[0]}" of relation "{table.name}" violates '
+                           "not-null constraint", "MUHEAM columns are NOT NULL and have no defaults: give a value "
+                           "for every column")
+        rows.append({col: c.expr(v, None, table.oid(col)) for col, v in zip(given, values)})
     return Insert(table, rows, _returning(stmt, table, c))
 
 
@@ -493,6 +534,8 @@ def _update(stmt: Any, lookup: Lookup, c: Compiler) -> Update:
     sets: dict[str, Expr] = {}
     add: tuple[str, Expr, int] | None = None
     for t in stmt.targetList:
+        if t.name in sets:
+            raise SqlError("42601", f'multiple assignments to same column "{t.name}"')
         if t.name == table.key:
             raise unsupported("changing the primary key")
         if not table.has(t.name):

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping
 
+import pglast
 import scramp
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import RequestError
-from muheam.sql import execute, plan, wire
+from muheam.sql import execute, plan, settings, wire
 from muheam.sql.plancache import PlanCache
 from muheam.sql.auth import MECHANISM, ScramExchange
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
@@ -318,9 +319,16 @@ class Session:
             self._send(wire.msg_empty_query())
             self._send(wire.msg_ready(self.tx))
             return
-        self._next_simple(stmts)
+        if not self.explicit and _one_transaction(stmts):
+            # several statements in one Query outside a block run as one transaction, as in PostgreSQL: all of
+            # them commit at the end, or an error rolls back the ones before it (a block of its own, ended by a
+            # COMMIT or ROLLBACK the client does not see)
+            self.explicit, self.tx, self.saved, self.local = True, "T", dict(self.settings), set()
+            self._next_simple([*stmts, _IMPLICIT_COMMIT], implicit=True)
+            return
+        self._next_simple(list(stmts))
 
-    def _next_simple(self, stmts: list[Any]) -> None:
+    def _next_simple(self, stmts: list[Any], implicit: bool = False) -> None:
         if not stmts:
             self._send(wire.msg_ready(self.tx))
             return
@@ -329,16 +337,24 @@ class Session:
             compiled = self._compile(stmt, [])
         except SqlError as exc:
             self._failed(exc)
-            self._send(wire.msg_ready(self.tx))
+            self._end_implicit(implicit)
             return
 
         def done(ok: bool) -> None:
             if ok:
-                self._next_simple(stmts)
+                self._next_simple(stmts, implicit)
             else:
-                self._send(wire.msg_ready(self.tx))
+                self._end_implicit(implicit and stmt is not _IMPLICIT_COMMIT)
 
-        self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, []))
+        self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, []),
+                  silent=stmt is _IMPLICIT_COMMIT or stmt is _IMPLICIT_ROLLBACK)
+
+    def _end_implicit(self, implicit: bool) -> None:
+        """After a failed statement: ReadyForQuery, once an implicit block is rolled back (it ends idle)."""
+        if implicit:
+            self._next_simple([_IMPLICIT_ROLLBACK])
+        else:
+            self._send(wire.msg_ready(self.tx))
 
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
         try:
@@ -435,24 +451,30 @@ class Session:
 
     # running a statement ------------------------------------------------------------------------------------------
     def _run(self, compiled: Compiled, params: list[Any], formats: list[int] | None, describe: bool,
-             then: Callable[[bool], None], replan: Callable[[], Compiled] | None = None) -> None:
+             then: Callable[[bool], None], replan: Callable[[], Compiled] | None = None,
+             silent: bool = False) -> None:
+        """Run a statement; ``silent``: no rows or CommandComplete (an implicit block's own COMMIT or ROLLBACK;
+        its errors are still sent)."""
         self.counters["statements"] += 1
         self.running_simple = describe
         fields = compiled.fields
 
         def done(result: Result | None, error: SqlError | None) -> None:
             self.task = None
-            if error is not None:
-                self._failed(error)
-                then(False)
-            else:
+            rows: list[bytes] = []
+            if error is None:
                 assert result is not None
                 try:
                     rows = execute.encode_rows(result, [f[1] for f in fields], formats) if fields else []
-                except ValueError as exc:
-                    self._failed(SqlError("0A000", str(exc)))
-                    then(False)
-                    return
+                except SqlError as exc:
+                    error = exc
+            if error is not None:
+                self._failed(error)
+                then(False)
+            elif silent:
+                then(True)
+            else:
+                assert result is not None
                 if describe and fields is not None:
                     self._send(wire.msg_row_description(fields))
                 for row in rows:
@@ -463,7 +485,7 @@ class Session:
                 self._drain()
 
         task = Task(self._statement_gen(compiled, params, replan), self.ops, done, lambda: self.xid,
-                    self.catalog.revalidate)
+                    self.catalog.revalidate, self._internal_error)
         self.task = task
         task.start()
 
@@ -636,15 +658,11 @@ class Session:
                 raise SqlError("42704", f'unrecognized configuration parameter "{u.name}"')
             return Result("SHOW", [[value]])
         if u.kind == "set":
-            if u.name == "client_encoding" and u.value.upper().replace("-", "") not in ("UTF8", "UNICODE"):
-                raise SqlError("0A000", f"client_encoding {u.value} is not supported; MUHEAM speaks UTF8")
-            if u.name == "client_encoding":
-                u.value = "UTF8"
             for setting, val in u.settings or ((u.name, u.value),):
                 if setting.removeprefix("default_") in _CHARACTERISTICS:
                     self._characteristic(setting, val)
                 else:
-                    self._set(setting, val)
+                    self._set(setting, settings.check(setting, val, self.settings.get(setting, "")))
         elif u.kind == "reset":
             if u.tag == "DISCARD ALL":
                 if self.explicit:
@@ -701,6 +719,15 @@ class Session:
             self._send(wire.msg_parameter_status(name, value))
 
     # cancel and close ---------------------------------------------------------------------------------------------
+    def _internal_error(self, exc: BaseException) -> None:
+        """A bug in a statement's continuation (it runs from another operation's answer, inside the node's
+        loop): it costs this connection (FATAL XX000, then closed: its transaction rolls back), never the node."""
+        log.error("SQL port: internal error in a statement of connection %d; closing it", self.pid, exc_info=exc)
+        self.task = None
+        self._fatal("XX000", f"internal error in MUHEAM's SQL port ({type(exc).__name__}: {exc}); the connection is "
+                    "closed and its transaction rolled back")
+        self.on_output()
+
     def cancel(self) -> None:
         """A CancelRequest with our key: a statement waiting (a row lock, a begin's snapshot) ends with 57014.
 
@@ -755,6 +782,20 @@ scope, which may have no end, is ended (``release_commit``), and the client warn
 
 def _aborted() -> SqlError:
     return SqlError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+
+
+_IMPLICIT_COMMIT, _IMPLICIT_ROLLBACK = (s.stmt for s in pglast.parse_sql("COMMIT; ROLLBACK"))
+"""An implicit block's own ends, told apart by identity (not through ``plan.parse``, whose cache would hand the
+same nodes to a client's COMMIT)."""
+
+
+def _one_transaction(stmts: list[Any]) -> bool:
+    """Several row statements: one implicit transaction.  Not with a transaction statement (the client manages
+    the transaction), SET (kept simple), or CREATE/DROP TABLE: MUHEAM's catalog is not transactional, and
+    ``DROP TABLE IF EXISTS t; CREATE TABLE t ...`` in one Query must keep working, each statement on its own."""
+    from pglast import ast
+    return len(stmts) > 1 and all(isinstance(s, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt))
+                                  for s in stmts)
 
 
 def _is_tx_end(stmt: Any) -> bool:

@@ -13,6 +13,7 @@ sends it as a FATAL error and closes that connection only.
 from __future__ import annotations
 
 import struct
+from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -415,6 +416,13 @@ def result_format(formats: list[int] | None, i: int) -> int:
 
 BOOL, INT8, INT2, INT4, TEXT, FLOAT4, FLOAT8, UNKNOWN, VARCHAR, NUMERIC = 16, 20, 21, 23, 25, 700, 701, 705, 1043, 1700
 TYPE_SIZES = {BOOL: 1, INT8: 8, INT2: 2, INT4: 4, FLOAT4: 4, FLOAT8: 8}
+_TYPE_NAMES = {BOOL: "boolean", INT8: "bigint", INT2: "smallint", INT4: "integer", TEXT: "text", FLOAT4: "real",
+               FLOAT8: "double precision", UNKNOWN: "unknown", VARCHAR: "character varying", NUMERIC: "numeric"}
+
+
+def type_name(oid: int) -> str:
+    """A type OID as PostgreSQL names it in messages."""
+    return _TYPE_NAMES.get(oid, f"type {oid}")
 INT_TYPES = frozenset({INT2, INT4, INT8})
 FLOAT_TYPES = frozenset({FLOAT4, FLOAT8})
 
@@ -425,12 +433,14 @@ def encode_value(value: object, oid: int, fmt: int) -> bytes | None:
         return None
     if fmt == 0:
         return text_value(value).encode()
-    if oid == INT8:
-        return struct.pack("!q", int(value))  # type: ignore[call-overload]
-    if oid == INT4:
-        return struct.pack("!i", int(value))  # type: ignore[call-overload]
-    if oid == INT2:
-        return struct.pack("!h", int(value))  # type: ignore[call-overload]
+    if oid in _INT_BINARY:
+        fmt_code, name = _INT_BINARY[oid]
+        try:
+            return struct.pack(fmt_code, int(value))  # type: ignore[call-overload]
+        except struct.error:
+            raise OverflowError(f"{name} out of range") from None
+    if oid == NUMERIC:
+        return _numeric_binary(value)
     if oid == FLOAT8:
         return struct.pack("!d", float(value))  # type: ignore[arg-type]
     if oid == BOOL:
@@ -440,9 +450,64 @@ def encode_value(value: object, oid: int, fmt: int) -> bytes | None:
     raise ValueError(f"binary output of type {oid} is not supported; request text results")
 
 
+_INT_BINARY = {20: ("!q", "bigint"), 23: ("!i", "integer"), 21: ("!h", "smallint")}
+
+
+def _numeric_binary(value: object) -> bytes:
+    """PostgreSQL's binary ``numeric``: digit count, weight, sign, display scale, then base-10000 digits."""
+    if isinstance(value, float):
+        if value != value:
+            return struct.pack("!hhHh", 0, 0, 0xC000, 0)
+        if value in (float("inf"), float("-inf")):
+            return struct.pack("!hhHh", 0, 0, 0xD000 if value > 0 else 0xF000, 0)
+        value = Decimal(repr(value))
+    d = value if isinstance(value, Decimal) else Decimal(int(value))  # type: ignore[call-overload]
+    if not d.is_finite():
+        return struct.pack("!hhHh", 0, 0, 0xC000 if d.is_nan() else 0xD000 if d > 0 else 0xF000, 0)
+    sign, digits, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    text = "".join(map(str, digits))
+    if exp >= 0:
+        whole, frac = text + "0" * exp, ""
+    elif len(text) > -exp:
+        whole, frac = text[:exp], text[exp:]
+    else:
+        whole, frac = "", "0" * (-exp - len(text)) + text
+    whole = whole.lstrip("0")
+    whole = "0" * (-len(whole) % 4) + whole
+    frac += "0" * (-len(frac) % 4)
+    groups = [int(whole[i:i + 4]) for i in range(0, len(whole), 4)]
+    weight = len(groups) - 1
+    groups += [int(frac[i:i + 4]) for i in range(0, len(frac), 4)]
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight = 0
+    return struct.pack(f"!hhHh{len(groups)}H", len(groups), weight, 0x4000 if sign else 0, max(0, -exp), *groups)
+
+
+def _numeric_from_binary(data: bytes) -> Decimal:
+    ndigits, weight, sign, dscale = struct.unpack_from("!hhHh", data)
+    if sign in (0xC000, 0xD000, 0xF000):
+        return Decimal({0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}[sign])
+    if sign not in (0, 0x4000) or ndigits < 0 or dscale < 0 or len(data) != 8 + 2 * ndigits:
+        raise ValueError("malformed binary numeric")
+    groups = struct.unpack_from(f"!{ndigits}H", data, 8)
+    if any(g > 9999 for g in groups):
+        raise ValueError("malformed binary numeric")
+    whole = Decimal(int("".join(f"{g:04d}" for g in groups) or "0")).scaleb(4 * (weight - ndigits + 1))
+    value = whole.quantize(Decimal(1).scaleb(-dscale)) if dscale <= 1000 else whole
+    return -value if sign == 0x4000 else value
+
+
 def text_value(value: object) -> str:
     if isinstance(value, bool):
         return "t" if value else "f"
+    if isinstance(value, Decimal):
+        return "NaN" if value.is_nan() else format(value, "f")
     if isinstance(value, float):
         if value != value:
             return "NaN"
@@ -466,7 +531,10 @@ def decode_param(data: bytes | None, oid: int, fmt: int) -> object:
         if oid in FLOAT_TYPES:
             return float(s)
         if oid == NUMERIC:
-            return int(s) if s.lstrip("-").isdigit() else float(s)
+            try:
+                return Decimal(s.strip())
+            except ArithmeticError:  # (decimal's InvalidOperation is not a ValueError)
+                raise ValueError(f"invalid input syntax for type numeric: {s!r}") from None
         if oid == BOOL:
             return s.lower() in ("t", "true", "1", "on", "yes", "y")
         return s
@@ -482,6 +550,8 @@ def decode_param(data: bytes | None, oid: int, fmt: int) -> object:
         return float(struct.unpack("!f", data)[0])
     if oid == BOOL and len(data) == 1:
         return data != b"\0"
+    if oid == NUMERIC and len(data) >= 8:
+        return _numeric_from_binary(data)
     if oid in (TEXT, VARCHAR, UNKNOWN, 0):
         return data.decode("utf-8")
     raise ValueError(f"binary parameter of type {oid} ({len(data)} bytes) is not supported")

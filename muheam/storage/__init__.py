@@ -6,7 +6,7 @@ and shipped.  See ``mvcc`` for the visibility rules, ``page`` for the byte layou
 
 from muheam.storage.errors import (DuplicateKey, GlsnRegression, KeyNotFound, PageCorrupt, PageFull, PageZeroed,
                                    RelationFileError, RowConflict, RowValueError, SchemaError, SlotError,
-                                   StorageError)
+                                   StorageError, ValueOutOfRange)
 from muheam.storage.heap import (Heap, HeapMeta, RelationFile, bucket_block, bucket_of, buckets_of,
                                  default_nbuckets, find_space, find_visible, relation_path, unique_conflict,
                                  walk_chain)
@@ -20,7 +20,8 @@ __all__ = [
     "BLOCK_SIZE", "DuplicateKey", "FROZEN_XID", "GlsnRegression", "Heap", "HeapMeta", "INVALID_XID",
     "KIND_BUCKET", "KIND_META", "KIND_OVERFLOW", "KeyNotFound", "Page", "PageCorrupt", "PageFull", "PageZeroed",
     "PruneResult", "RelationFile", "RelationFileError", "Row", "RowConflict", "RowValueError", "Schema",
-    "SchemaError", "SlotError", "Snapshot", "StatusFn", "StorageError", "TupleId", "Version", "bucket_block",
+    "SchemaError", "SlotError", "Snapshot", "StatusFn", "StorageError", "TupleId", "ValueOutOfRange", "Version",
+    "bucket_block",
     "bucket_of", "buckets_of", "default_nbuckets", "find_space", "find_visible", "relation_path",
     "unique_conflict", "version_visible", "visible_mask", "walk_chain", "xid_visible",
 ]

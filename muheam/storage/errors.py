@@ -32,6 +32,10 @@ class RowValueError(StorageError, ValueError):
         self.column = column
 
 
+class ValueOutOfRange(RowValueError):
+    """A number outside what its column (or the bounds its caller set) can hold: SQL's 22003."""
+
+
 class PageCorrupt(StorageError):
     """A block read from a relation file failed verification (checksum, magic, block number, layout).
 

@@ -22,7 +22,7 @@ import google_crc32c
 import msgpack
 import numpy as np
 
-from muheam.storage.errors import RowValueError, SchemaError
+from muheam.storage.errors import RowValueError, SchemaError, ValueOutOfRange
 from muheam.storage.layout import MAX_ROW_WIDTH
 
 SCHEMA_FORMAT = 1
@@ -164,7 +164,8 @@ class Schema:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise self._bad(col, f"expected int64, got {type(v).__name__} {v!r}")
             if not INT64_MIN <= int(v) <= INT64_MAX:
-                raise self._bad(col, f"{v} is outside the int64 range")
+                raise ValueOutOfRange(f"table {self.name!r}, column {col!r}: {v} is outside the int64 range "
+                                      "(bigint out of range)", table=self.name, column=col)
             return int(v)
         if kind == "float64":
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
