@@ -31,43 +31,10 @@ from muheam.sql import execute, plan, settings, wire
 from muheam.sql.plancache import PlanCache
 from muheam.sql.auth import MECHANISM, ScramExchange
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
-from muheam.sql.expr import SERVER_VERSION, SqlError, unsupported
+from muheam.sql.expr import SqlError, unsupported
 from muheam.sql.plan import Compiled, CreateTable, DropTable, Utility
 
 log = logging.getLogger("muheam.sql")
-
-REPORTED = ("application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
-            "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding", "server_version",
-            "session_authorization", "standard_conforming_strings", "TimeZone")
-"""Settings sent as ParameterStatus at startup and whenever SET changes them (what libpq and psycopg track)."""
-DEFAULTS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
-            "default_transaction_read_only": "off", "in_hot_standby": "off", "integer_datetimes": "on",
-            "IntervalStyle": "postgres", "is_superuser": "on", "server_encoding": "UTF8",
-            "server_version": SERVER_VERSION, "standard_conforming_strings": "on", "TimeZone": "UTC",
-            "transaction_isolation": "read committed", "default_transaction_isolation": "read committed",
-            "search_path": '"$user", public', "max_identifier_length": "63", "lc_messages": "C",
-            "lc_collate": "C", "lc_ctype": "C", "server_version_num": "180000", "extra_float_digits": "1",
-            "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
-            "synchronous_commit": "on", "transaction_read_only": "off", "bytea_output": "hex"}
-
-
-_CHARACTERISTICS = ("transaction_isolation", "transaction_read_only")
-"""Per-transaction settings, each with a session default ``default_<name>``."""
-_BOOLEANS = {"on": "on", "true": "on", "yes": "on", "1": "on", "off": "off", "false": "off", "no": "off", "0": "off"}
-
-
-def _normalized(base: str, name: str, value: str) -> str:
-    """A transaction characteristic's value as it is kept ("read committed", "on"...), or 22023."""
-    v = value.strip().strip("'").lower()
-    if base == "transaction_isolation":
-        if v not in plan.ISOLATION_LEVELS:
-            raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"',
-                           "available values: " + ", ".join(plan.ISOLATION_LEVELS))
-        return v
-    if v not in _BOOLEANS:
-        raise SqlError("22023", f'parameter "{name}" requires a Boolean value')
-    return _BOOLEANS[v]
-
 
 def _write_verb(p: Any) -> str:
     """What a read-only transaction refuses to run, by name ("" for a statement it may run)."""
@@ -111,7 +78,7 @@ class Session:
         self.closing = False
         self.phase = "startup"  # startup | sasl-first | sasl-final | ready
         self.user = ""
-        self.settings: dict[str, str] = dict(DEFAULTS)
+        self.settings: dict[str, str] = dict(settings.DEFAULTS)
         self.queue: deque[wire.Event] = deque()
         self.task: Task | None = None
         self.skip_to_sync = False
@@ -254,8 +221,8 @@ class Session:
         """A setting from the startup packet: a transaction characteristic is checked and becomes the session's
         default (and so the first transaction's), as PostgreSQL takes ``-c default_transaction_read_only=on``."""
         base = name.removeprefix("default_")
-        if base in _CHARACTERISTICS:
-            v = _normalized(base, name, value)
+        if base in settings.CHARACTERISTICS:
+            v = settings.characteristic_value(base, name, value)
             self.settings["default_" + base] = self.settings[base] = v
         else:
             self.settings[name] = value
@@ -263,7 +230,7 @@ class Session:
     def _ready(self) -> None:
         self.phase = "ready"
         self._send(wire.msg_auth_ok())
-        for name in REPORTED:
+        for name in settings.REPORTED:
             self._send(wire.msg_parameter_status(name, self.settings.get(name, "")))
         self._send(wire.msg_backend_key(self.pid, self.key))
         self._send(wire.msg_ready(self.tx))
@@ -659,7 +626,7 @@ class Session:
             return Result("SHOW", [[value]])
         if u.kind == "set":
             for setting, val in u.settings or ((u.name, u.value),):
-                if setting.removeprefix("default_") in _CHARACTERISTICS:
+                if setting.removeprefix("default_") in settings.CHARACTERISTICS:
                     self._characteristic(setting, val)
                 else:
                     self._set(setting, settings.check(setting, val, self.settings.get(setting, "")))
@@ -670,14 +637,14 @@ class Session:
                 self.statements = {k: v for k, v in self.statements.items() if not k}
             # RESET ALL leaves the running transaction's characteristics alone (as PostgreSQL does); they and
             # their defaults go through the same checks as SET
-            for name in [u.name] if u.name else [n for n in DEFAULTS if n not in ("server_version",
-                                                                                 *_CHARACTERISTICS)]:
-                if name in _CHARACTERISTICS:
+            for name in [u.name] if u.name else [n for n in settings.DEFAULTS if n not in ("server_version",
+                                                                                 *settings.CHARACTERISTICS)]:
+                if name in settings.CHARACTERISTICS:
                     self._characteristic(name, self.settings["default_" + name])
-                elif name.removeprefix("default_") in _CHARACTERISTICS:
-                    self._characteristic(name, DEFAULTS[name])
-                elif name in DEFAULTS:
-                    self._set(name, DEFAULTS[name])
+                elif name.removeprefix("default_") in settings.CHARACTERISTICS:
+                    self._characteristic(name, settings.DEFAULTS[name])
+                elif name in settings.DEFAULTS:
+                    self._set(name, settings.DEFAULTS[name])
         elif u.kind == "deallocate":
             if u.tag == "DEALLOCATE ALL":
                 self.statements = {k: v for k, v in self.statements.items() if not k}
@@ -690,7 +657,7 @@ class Session:
         PostgreSQL takes them: the transaction's own only inside a transaction block and, but for making it
         read-only, before its first query; a default from the next transaction on (at once outside one)."""
         base = name.removeprefix("default_")
-        v = _normalized(base, name, value)
+        v = settings.characteristic_value(base, name, value)
         if name != base:
             self._set(name, v)
             if not self.explicit:
@@ -710,12 +677,12 @@ class Session:
         for name in undo:
             if name in saved and self.settings.get(name) != saved[name]:
                 self._set(name, saved[name])
-        for name in _CHARACTERISTICS:
+        for name in settings.CHARACTERISTICS:
             self._set(name, self.settings["default_" + name])
 
     def _set(self, name: str, value: str) -> None:
         self.settings[name] = value
-        if name in REPORTED:
+        if name in settings.REPORTED:
             self._send(wire.msg_parameter_status(name, value))
 
     # cancel and close ---------------------------------------------------------------------------------------------

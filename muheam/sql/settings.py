@@ -11,7 +11,40 @@ act on, say, ``work_mem``.
 
 from __future__ import annotations
 
-from muheam.sql.expr import SqlError
+from muheam.sql import plan
+from muheam.sql.expr import SERVER_VERSION, SqlError
+
+REPORTED = ("application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
+            "integer_datetimes", "IntervalStyle", "is_superuser", "server_encoding", "server_version",
+            "session_authorization", "standard_conforming_strings", "TimeZone")
+"""Settings sent as ParameterStatus at startup and whenever SET changes them (what libpq and psycopg track)."""
+DEFAULTS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
+            "default_transaction_read_only": "off", "in_hot_standby": "off", "integer_datetimes": "on",
+            "IntervalStyle": "postgres", "is_superuser": "on", "server_encoding": "UTF8",
+            "server_version": SERVER_VERSION, "standard_conforming_strings": "on", "TimeZone": "UTC",
+            "transaction_isolation": "read committed", "default_transaction_isolation": "read committed",
+            "search_path": '"$user", public', "max_identifier_length": "63", "lc_messages": "C",
+            "lc_collate": "C", "lc_ctype": "C", "server_version_num": "180000", "extra_float_digits": "1",
+            "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
+            "synchronous_commit": "on", "transaction_read_only": "off", "bytea_output": "hex"}
+
+
+CHARACTERISTICS = ("transaction_isolation", "transaction_read_only")
+"""Per-transaction settings, each with a session default ``default_<name>``."""
+_WORDS = {"on": "on", "true": "on", "yes": "on", "1": "on", "off": "off", "false": "off", "no": "off", "0": "off"}
+
+
+def characteristic_value(base: str, name: str, value: str) -> str:
+    """A transaction characteristic's value as it is kept ("read committed", "on"...), or 22023."""
+    v = value.strip().strip("'").lower()
+    if base == "transaction_isolation":
+        if v not in plan.ISOLATION_LEVELS:
+            raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"',
+                           "available values: " + ", ".join(plan.ISOLATION_LEVELS))
+        return v
+    if v not in _WORDS:
+        raise SqlError("22023", f'parameter "{name}" requires a Boolean value')
+    return _WORDS[v]
 
 _BY_CONTEXT: dict[str, list[str]] = {
     "backend": """
