@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import (MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal, DivisionByZero, InvalidOperation,
+                     localcontext)
 from typing import Any, Callable
 
 from pglast import ast, enums
@@ -127,6 +128,27 @@ _STRING_OIDS = frozenset((wire.TEXT, wire.VARCHAR))
 _NUMBER_OIDS = frozenset((*wire.INT_TYPES, *wire.FLOAT_TYPES, wire.NUMERIC))
 
 
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""numeric's +, -, * and % are exact in PostgreSQL; Python's default context rounds to 28 digits."""
+
+
+def numeric(text: str) -> Decimal:
+    """A numeric from text, as PostgreSQL reads one (``NaN`` and infinities; a signalling NaN is no number)."""
+    value = Decimal(text.strip())
+    if value.is_snan():
+        raise ValueError("sNaN")
+    return value
+
+
+def arithmetic_error(exc: ArithmeticError) -> SqlError:
+    """What an arithmetic exception that got past the checks means to a client (never a dropped connection)."""
+    if isinstance(exc, (ZeroDivisionError, DivisionByZero)):
+        return SqlError("22012", "division by zero")
+    if isinstance(exc, OverflowError):
+        return SqlError("22003", f"value out of range: {exc}")
+    return SqlError("22000", f"invalid numeric operation: {type(exc).__name__}")
+
+
 def int_range(oid: int) -> tuple[int, int, str]:
     """``(lowest, highest, type name)`` of an integer type OID (``bigint`` for any other)."""
     return _INT_RANGES.get(oid, _INT_RANGES[wire.INT8])
@@ -142,7 +164,7 @@ def coerce(value: Any, oid: int) -> Any:
         if oid in wire.INT_TYPES:
             return int(value.strip())
         if oid == wire.NUMERIC:
-            return Decimal(value.strip())
+            return numeric(value)
         if oid in wire.FLOAT_TYPES:
             return float(value.strip())
     except (ValueError, ArithmeticError):
@@ -230,6 +252,12 @@ def _scale(d: Decimal) -> int:
 def numeric_div(a: Decimal, b: Decimal) -> Decimal:
     """``a / b`` with PostgreSQL's result scale (``select_div_scale``: at least 16 significant digits, at least
     the inputs' scales), rounded half away from zero."""
+    if not (a.is_finite() and b.is_finite()):  # PostgreSQL: NaN stays NaN, x / infinity is 0, inf / inf NaN
+        if a.is_finite():
+            return Decimal(0)
+        with localcontext(EXACT) as ctx:
+            ctx.traps[InvalidOperation] = False
+            return a / b
     (w1, f1), (w2, f2) = _digits(a), _digits(b)
     qweight = w1 - w2 - (1 if f1 <= f2 else 0)
     rscale = min(max(16 - qweight * 4, _scale(a), _scale(b), 0), 1000)
@@ -239,10 +267,10 @@ def numeric_div(a: Decimal, b: Decimal) -> Decimal:
 
 
 def _mixed(a: Any, b: Any) -> tuple[Any, Any]:
-    """A numeric meeting a double becomes a double (PostgreSQL's implicit cast)."""
-    if isinstance(a, Decimal) and isinstance(b, float):
+    """A numeric or an integer meeting a double becomes a double (PostgreSQL's implicit casts)."""
+    if isinstance(b, float) and isinstance(a, (Decimal, int)) and not isinstance(a, bool):
         return to_float(a), b
-    if isinstance(a, float) and isinstance(b, Decimal):
+    if isinstance(a, float) and isinstance(b, (Decimal, int)) and not isinstance(b, bool):
         return a, to_float(b)
     return a, b
 
@@ -264,7 +292,7 @@ def _mod(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int):
         return abs(a) % abs(b) * (1 if a >= 0 else -1)
     if isinstance(a, Decimal) or isinstance(b, Decimal):
-        return Decimal(a) % Decimal(b)  # (the sign of the dividend, as PostgreSQL's)
+        return EXACT.remainder(Decimal(a), Decimal(b))  # (the sign of the dividend, as PostgreSQL's)
     return a - b * int(a / b)
 
 
@@ -287,8 +315,9 @@ def _result(value: Any, oid: int, a: Any, b: Any, op: str = "") -> Any:
 
 
 def _order_key(v: Any) -> tuple[int, Any]:
-    """Sort and compare a double as PostgreSQL does: NaN equals NaN and is above every other number."""
-    if isinstance(v, float) and v != v:
+    """Sort and compare a number as PostgreSQL does: NaN (a double's or a numeric's) equals NaN and is above
+    every other number."""
+    if (isinstance(v, float) and v != v) or (isinstance(v, Decimal) and v.is_nan()):
         return (1, 0)
     return (0, v)
 
@@ -301,10 +330,10 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {"=": operator.eq, "<>": operat
 
 
 def compare(cmp: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
-    """``cmp(a, b)`` with PostgreSQL's rules for mixed numbers (a numeric meeting a double compares as a double)
-    and NaN (equal to itself, above every other number)."""
+    """``cmp(a, b)`` with PostgreSQL's rules for mixed numbers (a numeric or integer meeting a double compares as
+    a double) and NaN (equal to itself, above every other number)."""
     a, b = _mixed(a, b)
-    if (isinstance(a, float) and a != a) or (isinstance(b, float) and b != b):
+    if _order_key(a)[0] or _order_key(b)[0]:
         return cmp(_order_key(a), _order_key(b))
     return cmp(a, b)
 
@@ -331,8 +360,8 @@ def _cast(value: Any, oid: int) -> Any:
     if oid in wire.INT_TYPES:
         return to_column(coerce(value, oid), "int64", "?column?", oid)
     if oid == wire.NUMERIC:
-        if isinstance(value, float):
-            return Decimal(repr(value)) if math.isfinite(value) else Decimal(value)
+        if isinstance(value, float):  # 15 significant digits, as PostgreSQL's float8 -> numeric
+            return Decimal(f"{value:.15g}") if math.isfinite(value) else Decimal(value)
         return coerce(value, oid) if isinstance(value, str) else Decimal(value)
     if oid in wire.FLOAT_TYPES:
         return to_float(coerce(value, wire.FLOAT8))
@@ -427,8 +456,9 @@ class Compiler:
                 raise SqlError("22003", f"the numeric literal of {len(text)} characters is out of range",
                                "MUHEAM keeps numeric literals of at most 1,000 characters")
             value, oid = Decimal(text), wire.NUMERIC
-            if text.isdigit() and value < 1 << 63:
-                value, oid = int(text), wire.INT8
+            if text.lstrip("-").isdigit() and -(1 << 63) <= value < 1 << 63:  # (pglast folds a minus in)
+                value = int(text)
+                oid = wire.INT4 if -(1 << 31) <= value < 1 << 31 else wire.INT8  # (PostgreSQL's make_const)
         elif isinstance(val, ast.Boolean):
             value, oid = val.boolval, wire.BOOL
         elif isinstance(val, ast.String):
@@ -507,8 +537,9 @@ class Compiler:
             af = arg.fn
             if op == "-":
                 oid = arg.oid
-                return Expr(lambda r, p: None if (v := _num(af(r, p))) is None else _result(-v, oid, v, v), oid,
-                            "?column?", arg.constant)
+                return Expr(lambda r, p: None if (v := _num(af(r, p))) is None else
+                            _result(EXACT.minus(v) if isinstance(v, Decimal) else -v, oid, v, v), oid, "?column?",
+                            arg.constant)
             if op == "+":
                 return arg
             raise unsupported(f"the prefix operator {op}")
@@ -548,6 +579,9 @@ class Compiler:
                     return None
                 a, b = _mixed(a, b)
                 try:
+                    if isinstance(a, Decimal) or isinstance(b, Decimal):
+                        with localcontext(EXACT):
+                            return _result(fn(a, b), oid, a, b, op)
                     return _result(fn(a, b), oid, a, b, op)
                 except TypeError:
                     raise SqlError("42883", f"operator does not exist: {type(a).__name__} {op} "

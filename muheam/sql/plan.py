@@ -430,7 +430,7 @@ def _aggregate_oid(func: str, arg: Expr | None) -> int:
             else wire.FLOAT8 if arg.oid in wire.FLOAT_TYPES else arg.oid
     if func == "avg":
         return wire.FLOAT8 if arg.oid in wire.FLOAT_TYPES else wire.NUMERIC
-    return arg.oid
+    return wire.TEXT if arg.oid == wire.VARCHAR else arg.oid
 
 
 def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:

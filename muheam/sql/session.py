@@ -84,6 +84,10 @@ class Session:
         self.skip_to_sync = False
         self.tx = "I"
         self.explicit = False
+        self.implicit = False
+        """The open block is a Query's implicit one (``explicit`` is set too): an error rolls it back and the
+        session is idle again; a BEGIN in the Query makes it a regular block; its COMMIT/ROLLBACK warn."""
+        self.ending_implicit = False
         self.xid: int | None = None
         self.queried = False
         """A statement ran in this transaction block (its characteristics are fixed from then on)."""
@@ -248,7 +252,11 @@ class Session:
                 self.ops["rollback"]({"xid": xid})
             except Exception:  # noqa: BLE001 - already rolled back by the node after its error
                 pass
-        if self.explicit:
+        if self.implicit:  # the Query's own block ends with it: rolled back, idle, its SETs undone
+            saved = self.saved
+            self.explicit, self.implicit, self.tx, self.queried, self.saved, self.local = False, False, "I", False, {}, set()
+            self._end_block(saved, saved.keys())
+        elif self.explicit:
             self.tx = "E"
         self._error(exc)
 
@@ -286,11 +294,10 @@ class Session:
             self._send(wire.msg_empty_query())
             self._send(wire.msg_ready(self.tx))
             return
-        if not self.explicit and _one_transaction(stmts):
+        if _one_transaction(stmts):
             # several statements in one Query outside a block run as one transaction, as in PostgreSQL: all of
-            # them commit at the end, or an error rolls back the ones before it (a block of its own, ended by a
-            # COMMIT or ROLLBACK the client does not see)
-            self.explicit, self.tx, self.saved, self.local = True, "T", dict(self.settings), set()
+            # them commit at the end, or an error rolls back the ones before it and the session is idle (an
+            # implicit block, ended by a COMMIT the client does not see)
             self._next_simple([*stmts, _IMPLICIT_COMMIT], implicit=True)
             return
         self._next_simple(list(stmts))
@@ -300,28 +307,30 @@ class Session:
             self._send(wire.msg_ready(self.tx))
             return
         stmt = stmts.pop(0)
+        if implicit:
+            if stmt is _IMPLICIT_COMMIT and not self.implicit:
+                self._next_simple(stmts)  # (a COMMIT, ROLLBACK or BEGIN of the Query ended or took over the block)
+                return
+            if not self.explicit:  # at the Query's start, or after its COMMIT/ROLLBACK: a new implicit block
+                self.explicit, self.implicit, self.tx, self.saved, self.local = True, True, "T", dict(self.settings), \
+                    set()
         try:
             compiled = self._compile(stmt, [])
         except SqlError as exc:
             self._failed(exc)
-            self._end_implicit(implicit)
+            self._send(wire.msg_ready(self.tx))
             return
 
         def done(ok: bool) -> None:
+            self.ending_implicit = False
             if ok:
                 self._next_simple(stmts, implicit)
             else:
-                self._end_implicit(implicit and stmt is not _IMPLICIT_COMMIT)
+                self._send(wire.msg_ready(self.tx))
 
+        self.ending_implicit = stmt is _IMPLICIT_COMMIT
         self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, []),
-                  silent=stmt is _IMPLICIT_COMMIT or stmt is _IMPLICIT_ROLLBACK)
-
-    def _end_implicit(self, implicit: bool) -> None:
-        """After a failed statement: ReadyForQuery, once an implicit block is rolled back (it ends idle)."""
-        if implicit:
-            self._next_simple([_IMPLICIT_ROLLBACK])
-        else:
-            self._send(wire.msg_ready(self.tx))
+                  silent=stmt is _IMPLICIT_COMMIT)
 
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
         try:
@@ -359,8 +368,8 @@ class Session:
             try:
                 params = [wire.decode_param(v, oid, fmts[0] if len(fmts) == 1 else fmts[i] if fmts else 0)
                           for i, (v, oid) in enumerate(zip(ev.params, types))]
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise SqlError("22P02", f"invalid parameter: {exc}") from None
+            except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
+                raise SqlError("22P02", f"invalid parameter: {exc!r}") from None
             stmt, oids = prepared.stmt, prepared.param_oids
             self.portals[ev.portal] = Portal(compiled, params, ev.result_formats,
                                              lambda: self._compile(stmt, oids))
@@ -576,7 +585,9 @@ class Session:
         if u.kind == "begin":
             if self.tx == "E":
                 raise _aborted()
-            if self.explicit:  # PostgreSQL warns and still applies the modes
+            if self.implicit:  # inside a Query's implicit block: it becomes a regular one, as in PostgreSQL
+                self.implicit = False
+            elif self.explicit:  # PostgreSQL warns and still applies the modes
                 self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
             else:
                 self.explicit, self.tx, self.saved, self.local = True, "T", dict(self.settings), set()
@@ -587,6 +598,9 @@ class Session:
             if not self.explicit:
                 self._send(wire.msg_notice("25P01", "there is no transaction in progress"))
                 return Result(u.tag)
+            if self.implicit and not self.ending_implicit:  # the Query's own COMMIT/ROLLBACK ends its implicit
+                self._send(wire.msg_notice("25P01", "there is no transaction in progress"))  # block (with a warning)
+            self.implicit = False
             failed = self.tx == "E"
             xid, self.xid = self.xid, None
             saved, local = self.saved, self.local
@@ -751,17 +765,19 @@ def _aborted() -> SqlError:
     return SqlError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
 
 
-_IMPLICIT_COMMIT, _IMPLICIT_ROLLBACK = (s.stmt for s in pglast.parse_sql("COMMIT; ROLLBACK"))
-"""An implicit block's own ends, told apart by identity (not through ``plan.parse``, whose cache would hand the
-same nodes to a client's COMMIT)."""
+_IMPLICIT_COMMIT = pglast.parse_sql("COMMIT")[0].stmt
+"""An implicit block's own end, told apart by identity (not through ``plan.parse``, whose cache would hand the
+same node to a client's COMMIT)."""
 
 
 def _one_transaction(stmts: list[Any]) -> bool:
-    """Several row statements: one implicit transaction.  Not with a transaction statement (the client manages
-    the transaction), SET (kept simple), or CREATE/DROP TABLE: MUHEAM's catalog is not transactional, and
-    ``DROP TABLE IF EXISTS t; CREATE TABLE t ...`` in one Query must keep working, each statement on its own."""
+    """Several statements: one implicit transaction, as PostgreSQL runs a multi-statement Query (row statements,
+    SET/SHOW, and transaction statements, which end or take over the block as there).  Not with CREATE/DROP TABLE
+    or another utility: MUHEAM's catalog is not transactional, and ``DROP TABLE IF EXISTS t; CREATE TABLE t ...``
+    in one Query must keep working, each statement on its own."""
     from pglast import ast
-    return len(stmts) > 1 and all(isinstance(s, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt))
+    return len(stmts) > 1 and all(isinstance(s, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt,
+                                                 ast.VariableSetStmt, ast.VariableShowStmt, ast.TransactionStmt))
                                   for s in stmts)
 
 

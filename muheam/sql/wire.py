@@ -13,7 +13,7 @@ sends it as a FATAL error and closes that connection only.
 from __future__ import annotations
 
 import struct
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -486,7 +486,8 @@ def _numeric_binary(value: object) -> bytes:
         groups.pop()
     if not groups:
         weight = 0
-    return struct.pack(f"!hhHh{len(groups)}H", len(groups), weight, 0x4000 if sign else 0, max(0, -exp), *groups)
+    negative = sign and bool(groups)  # (a numeric zero has no sign)
+    return struct.pack(f"!hhHh{len(groups)}H", len(groups), weight, 0x4000 if negative else 0, max(0, -exp), *groups)
 
 
 def _numeric_from_binary(data: bytes) -> Decimal:
@@ -498,16 +499,17 @@ def _numeric_from_binary(data: bytes) -> Decimal:
     groups = struct.unpack_from(f"!{ndigits}H", data, 8)
     if any(g > 9999 for g in groups):
         raise ValueError("malformed binary numeric")
-    whole = Decimal(int("".join(f"{g:04d}" for g in groups) or "0")).scaleb(4 * (weight - ndigits + 1))
-    value = whole.quantize(Decimal(1).scaleb(-dscale)) if dscale <= 1000 else whole
+    exact = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+    whole = exact.scaleb(Decimal(int("".join(f"{g:04d}" for g in groups) or "0")), 4 * (weight - ndigits + 1))
+    value = exact.quantize(whole, Decimal(1).scaleb(-dscale)) if dscale <= 1000 else whole
     return -value if sign == 0x4000 else value
 
 
 def text_value(value: object) -> str:
     if isinstance(value, bool):
         return "t" if value else "f"
-    if isinstance(value, Decimal):
-        return "NaN" if value.is_nan() else format(value, "f")
+    if isinstance(value, Decimal):  # (a numeric zero has no sign in PostgreSQL)
+        return "NaN" if value.is_nan() else format(value.copy_abs() if value.is_zero() else value, "f")
     if isinstance(value, float):
         if value != value:
             return "NaN"
@@ -532,9 +534,12 @@ def decode_param(data: bytes | None, oid: int, fmt: int) -> object:
             return float(s)
         if oid == NUMERIC:
             try:
-                return Decimal(s.strip())
+                value = Decimal(s.strip())
             except ArithmeticError:  # (decimal's InvalidOperation is not a ValueError)
                 raise ValueError(f"invalid input syntax for type numeric: {s!r}") from None
+            if value.is_snan():
+                raise ValueError(f"invalid input syntax for type numeric: {s!r}")
+            return value
         if oid == BOOL:
             return s.lower() in ("t", "true", "1", "on", "yes", "y")
         return s
