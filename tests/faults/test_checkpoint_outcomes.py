@@ -138,6 +138,14 @@ class WrappedNode:
             p.close()
 
 
+def make_w(ep: str) -> None:
+    """Table ``w`` (one chain) with key 0, made through ``ep``: the tests then commit key 1 on node 1."""
+    with connect(ep, 30) as conn:
+        conn.create_table("w", {"v": "int64"}, buckets=1)
+        with conn.transaction() as tx:
+            tx.insert("w", 0, {"v": 0})
+
+
 def commit_in_thread(ep: str, table: str, key: int, timeout: float) -> tuple[threading.Thread, dict[str, Any]]:
     """Begin, insert ``key``, and COMMIT in a thread (the commit may block); the result dict gets ``xid`` and
     ``outcome`` ("committed" or the error)."""
@@ -209,10 +217,7 @@ def test_a_lazily_acknowledged_commit_survives_a_checkpoint_before_its_node_dies
     has the same schedule and no checkpoint before the kill."""
     c = local_cluster(2)
     eps = client_eps(c)
-    with connect(eps[2], 30) as conn:
-        conn.create_table("w", {"v": "int64"}, buckets=1)
-        with conn.transaction() as tx:
-            tx.insert("w", 0, {"v": 0})
+    make_w(eps[2])
     wn = WrappedNode(c, 1, (2,), {"MUHEAM_FAILPOINTS": "sessions.commit_prepared@1=1*pause(1.5)",
                                   "MUHEAM_LAZY_OUTCOME": "true"})
     try:
@@ -250,10 +255,7 @@ def test_survivors_agree_on_a_commit_whose_outcome_one_of_them_missed(local_clus
     c = local_cluster(3)
     monkeypatch.delenv("MUHEAM_FAILPOINTS")
     eps = client_eps(c)
-    with connect(eps[2], 30) as conn:
-        conn.create_table("w", {"v": "int64"}, buckets=1)
-        with conn.transaction() as tx:
-            tx.insert("w", 0, {"v": 0})
+    make_w(eps[2])
     wn = WrappedNode(c, 1, (3,), {"MUHEAM_FAILPOINTS": "sessions.commit_prepared@1=1*pause(1.5)"})
     try:
         wn.start()
@@ -286,10 +288,7 @@ def test_a_whole_cluster_restart_keeps_what_the_survivors_decided(local_cluster:
     from tests.support.cluster import run_cli
     c = local_cluster(2)
     eps = client_eps(c)
-    with connect(eps[2], 30) as conn:
-        conn.create_table("w", {"v": "int64"}, buckets=1)
-        with conn.transaction() as tx:
-            tx.insert("w", 0, {"v": 0})
+    make_w(eps[2])
     wn = WrappedNode(c, 1, (2,), {"MUHEAM_FAILPOINTS": "sessions.commit_prepared@1=1*pause(1.5)"})
     try:
         wn.start()
@@ -331,10 +330,7 @@ def test_flush_thread_checkpoint_during_commit_fsync_then_crash(local_cluster: S
     waits until T's outcome is sent and a later round acknowledged)."""
     c = local_cluster(2)
     eps = client_eps(c)
-    with connect(eps[2], 30) as conn:
-        conn.create_table("w", {"v": "int64"}, buckets=1)
-        with conn.transaction() as tx:
-            tx.insert("w", 0, {"v": 0})
+    make_w(eps[2])
     wn = WrappedNode(c, 1, (), {"MUHEAM_FAILPOINTS": "sessions.commit_prepared@1=1*pause(1.0)",
                                 "MUHEAM_WAL_FLUSH_THREAD": "true"})
     try:
