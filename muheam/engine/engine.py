@@ -675,11 +675,16 @@ class Engine:
             return lsn
 
     def publish_checkpoint(self, pointer: statefiles.CheckpointPointer) -> None:
-        """Persist a checkpoint's redo pointer (never one older than the last persisted)."""
+        """Persist a checkpoint's redo pointer: never once the engine failed (a commit whose flush failed is
+        behind it, its outcome never sent), never over a newer one (ours, or the one a recoverer set at our WAL's
+        end: a zombie incarnation must not move it back)."""
         with self._lock:
-            if pointer.redo_lsn > self._published_lsn:
+            if self._failed is not None or pointer.redo_lsn <= self._published_lsn:
+                return
+            current = statefiles.read_checkpoint(self.shared, self.node_id)
+            if current is None or pointer.redo_lsn > current.redo_lsn:
                 statefiles.write_checkpoint(self.shared, self.node_id, pointer)
-                self._published_lsn = pointer.redo_lsn
+            self._published_lsn = pointer.redo_lsn
 
     def log_decided(self, aborts: Iterable[int], fence: walrec.Fence | None = None) -> None:
         """Log, durably and with one flush, what recovery decided for other incarnations: the FENCE of a dead one

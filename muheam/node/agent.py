@@ -34,7 +34,7 @@ from muheam.engine import Engine, EngineConfig
 from muheam.errors import ClusterStateError, EtcdUnavailable, Fenced, MuheamError, NodeIdInUse
 from muheam.cluster.commits import CommitService
 from muheam.engine import statefiles
-from muheam.engine.errors import StorageFailed
+from muheam.engine.errors import EngineStopped, StorageFailed
 from muheam.engine.flusher import WalFlusher
 from muheam.engine.replay import wal_tails_lamport
 from muheam.node import benchops, departures, obsfeed, reload, replicas, startup
@@ -466,7 +466,7 @@ class NodeAgent:
                             if self.engine is not None:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
                             obsfeed.publish(self)
-                        except StorageFailed:
+                        except (StorageFailed, EngineStopped):
                             pass  # the engine stopped; the next turn stops the node (engine.failed)
                 # after the sessions and locks had their say: acknowledgements ride on what they just sent
                 self.mesh.uncork()
@@ -554,14 +554,14 @@ class NodeAgent:
         failpoints.hit("node.finish_rounds")  # marked stopping in etcd, nothing rolled back yet
         self.sessions.abort_all()
         deadline = time.monotonic() + timeout
-        barrier = False
+        barrier = not self.sessions.lazy_outcome  # (acknowledged outcome rounds need none: see below)
         while time.monotonic() < deadline:
             if not (self.commits.rounds or self.sessions.prepared or self.sessions.commits or self.sessions.flushing):
                 if barrier:
                     break
-                # every outcome is sent: one acknowledged round more, which each member acknowledges after them
-                # all (FIFO links; lazy outcomes are not acknowledged themselves).  The final checkpoint moves the
-                # redo pointer past every COMMIT, and a recoverer that had missed one would abort it
+                # every outcome is sent, but lazy ones are not acknowledged: one acknowledged round more, which
+                # each member acknowledges after them all (FIFO links).  The final checkpoint moves the redo
+                # pointer past every COMMIT, and a recoverer that had missed one would abort it
                 barrier = True
                 self.commits.finish([], [], lambda: None)
                 continue
