@@ -116,6 +116,12 @@ class CommitService:
         self._run()
         then()
 
+    def barrier(self, then: Callable[[], None]) -> None:
+        """``then()`` once every member has every outcome this node sent before now: an acknowledged outcome round
+        with nothing in it, which each member acknowledges after every earlier message on its FIFO link (lazy,
+        unacknowledged outcomes included).  A checkpoint's redo pointer waits for one (``Sessions``)."""
+        self.finish([], [], then)
+
     def _start(self, rid: int, then: Callable[[], None]) -> None:
         self.callbacks[rid] = then
         self._run()

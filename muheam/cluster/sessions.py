@@ -326,10 +326,11 @@ class Sessions:
         tx.last_active = time.monotonic()
         return tx
 
-    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any], ahead: int = 0) -> Any:
+    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any], ahead: int = 0,
+                nowait: bool = False) -> Any:
         """Run ``action`` in the request's transaction, again after each wait it needs.  ``ahead``: a read that
         lacks a chain will want this many following chains too (a scan), so a consistent-read request asks for
-        them at once."""
+        them at once.  ``nowait``: a row another transaction holds fails the transaction instead (LockTimeout)."""
         self.fence_check()
         tx = self._tx(req)
         _snapshot_answered(tx, "the transaction's snapshot request")
@@ -354,7 +355,7 @@ class Sessions:
                 if conflict.committed:
                     self._fail_tx(tx, reply, conflict, "SerializationFailure")
                     return
-                if req.get("nowait") is True:
+                if nowait:
                     self._fail_tx(tx, reply, LockTimeout(f"could not obtain lock on row: {conflict} (NOWAIT)"))
                     return
                 self.counters["waits"] += 1
@@ -466,10 +467,10 @@ class Sessions:
     def op_lock(self, req: dict[str, Any]) -> Any:
         """``nowait``: a row another transaction holds fails the transaction at once (LockTimeout) instead of
         waiting for it (SQL's FOR UPDATE NOWAIT)."""
-        table, key = self._table(req), self._key(req)
-        if not isinstance(req.get("nowait", False), bool):
+        table, key, nowait = self._table(req), self._key(req), req.get("nowait", False)
+        if not isinstance(nowait, bool):
             raise RequestError("bad_request", "lock: nowait must be a boolean, if given")
-        return self._row_op(req, lambda t: bool(t.lock(table, key)))
+        return self._row_op(req, lambda t: bool(t.lock(table, key)), nowait=nowait)
 
     def op_scan(self, req: dict[str, Any]) -> Any:
         """The rows the transaction sees.  Unpaged (no ``from_bucket``): a list of ``[key, row]``, at most
@@ -748,8 +749,7 @@ class Sessions:
         the outcome of a COMMIT behind it aborted an acknowledged commit (or, having heard it itself, did not
         announce it, so a member that missed it kept the XID prepared for ever).  Commits under way now may have
         logged COMMIT without having sent their outcome yet (a flush in the flusher's thread): first they must
-        send it (``_release_pointers``).  Then an acknowledged outcome round with nothing in it: each member
-        acknowledges it after every earlier message on its FIFO link, lazy outcomes included."""
+        send it (``_release_pointers``).  Then ``CommitService.barrier``."""
         self.pointer_waits.append((pointer, set(self.committing)))
         self._release_pointers()
 
@@ -759,5 +759,5 @@ class Sessions:
             if any(x in self.committing for x in xids):
                 waiting.append((pointer, xids))
             else:
-                self.cluster.commits.finish([], [], partial(self.engine.publish_checkpoint, pointer))
+                self.cluster.commits.barrier(partial(self.engine.publish_checkpoint, pointer))
         self.pointer_waits = waiting

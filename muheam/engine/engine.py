@@ -119,7 +119,6 @@ class Engine:
         self._failed: BaseException | None = None
         self._last_checkpoint_time: float | None = None
         self._checkpoint_lsn = 0
-        self._published_lsn = 0
         self.pointer_gate: Callable[[statefiles.CheckpointPointer], None] | None = None
         """Set by a cluster member: a checkpoint hands its redo pointer here instead of persisting it, and the
         member persists it (``publish_checkpoint``) once every other member has heard every outcome logged before
@@ -679,12 +678,11 @@ class Engine:
         behind it, its outcome never sent), never over a newer one (ours, or the one a recoverer set at our WAL's
         end: a zombie incarnation must not move it back)."""
         with self._lock:
-            if self._failed is not None or pointer.redo_lsn <= self._published_lsn:
+            if self._failed is not None:
                 return
             current = statefiles.read_checkpoint(self.shared, self.node_id)
             if current is None or pointer.redo_lsn > current.redo_lsn:
                 statefiles.write_checkpoint(self.shared, self.node_id, pointer)
-            self._published_lsn = pointer.redo_lsn
 
     def log_decided(self, aborts: Iterable[int], fence: walrec.Fence | None = None) -> None:
         """Log, durably and with one flush, what recovery decided for other incarnations: the FENCE of a dead one

@@ -554,16 +554,16 @@ class NodeAgent:
         failpoints.hit("node.finish_rounds")  # marked stopping in etcd, nothing rolled back yet
         self.sessions.abort_all()
         deadline = time.monotonic() + timeout
-        barrier = not self.sessions.lazy_outcome  # (acknowledged outcome rounds need none: see below)
+        # lazy outcomes are not acknowledged: once every round drained, a barrier makes sure each member has them,
+        # since the final checkpoint moves the redo pointer past every COMMIT and a recoverer that had missed one
+        # would abort it (acknowledged outcome rounds need none)
+        barrier_due = self.sessions.lazy_outcome
         while time.monotonic() < deadline:
             if not (self.commits.rounds or self.sessions.prepared or self.sessions.commits or self.sessions.flushing):
-                if barrier:
+                if not barrier_due:
                     break
-                # every outcome is sent, but lazy ones are not acknowledged: one acknowledged round more, which
-                # each member acknowledges after them all (FIFO links).  The final checkpoint moves the redo
-                # pointer past every COMMIT, and a recoverer that had missed one would abort it
-                barrier = True
-                self.commits.finish([], [], lambda: None)
+                barrier_due = False
+                self.commits.barrier(lambda: None)
                 continue
             if self.mesh.router.poll(20):
                 self.mesh.receive_ready()

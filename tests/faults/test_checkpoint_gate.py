@@ -191,6 +191,9 @@ class FakeCommits:
         else:
             then()
 
+    def barrier(self, then: Callable[[], None]) -> None:  # (as CommitService's: an empty acknowledged round)
+        self.finish([], [], then)
+
     def ack_all(self) -> None:
         done, self.pending = self.pending, []
         for then in done:
