@@ -22,8 +22,8 @@ from typing import Any, Callable, Generator, Mapping, cast
 from muheam.errors import MuheamError
 from muheam.net.clientport import Deferred, RequestError
 from muheam.sql import wire
-from muheam.sql.expr import (EXACT, Expr, Params, Row, SqlError, TableInfo, arithmetic_error, coerce, int_range,
-                             numeric_div, sort_key, to_column)
+from muheam.sql.expr import (Expr, Params, Row, SqlError, TableInfo, arithmetic_error, coerce, int_range,
+                             numeric_div, order_key, sort_key, to_column)
 from muheam.sql.plan import CreateTable, Delete, Insert, Select, Update
 
 Request = tuple[str, dict[str, Any]]
@@ -278,7 +278,7 @@ def store(table: TableInfo, column: str, value: Any) -> Any:
 def _add_range(table: TableInfo, column: str) -> list[int] | None:
     """The bounds an ``add`` on ``column`` must keep (an ``integer`` column is an int64 in the engine)."""
     oid = table.oid(column)
-    if oid == wire.INT8 or table.columns[column] != "int64":
+    if oid not in (wire.INT4, wire.INT2):
         return None
     lowest, highest, _ = int_range(oid)
     return [lowest, highest]
@@ -428,19 +428,16 @@ def _aggregate(func: str, arg: Expr | None, rows: list[Row], params: Params) -> 
         return len(values)
     if not values:
         return None
-    if func == "sum":
-        if any(isinstance(v, Decimal) for v in values):
-            with localcontext(EXACT):
-                return sum(values)
-        return sum(values)
-    if func == "avg":
+    if func in ("sum", "avg"):
+        with localcontext(wire.EXACT):  # (a numeric's sum is exact; ints and doubles do not use the context)
+            total = sum(values)
+        if func == "sum":
+            return total
         if all(type(v) is int or isinstance(v, Decimal) for v in values):  # numeric, PostgreSQL's scale
-            with localcontext(EXACT):
-                total = Decimal(sum(values))
-            return numeric_div(total, Decimal(len(values)))
-        return sum(values) / len(values)
+            return numeric_div(Decimal(total), Decimal(len(values)))
+        return total / len(values)
     pick = min if func == "min" else max
-    return pick(values, key=lambda v: sort_key(v)[1])  # (NaN above every other number)
+    return pick(values, key=order_key)  # (NaN above every other number)
 
 
 def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:

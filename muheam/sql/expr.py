@@ -22,8 +22,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from decimal import (MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal, DivisionByZero, InvalidOperation,
-                     localcontext)
+from decimal import ROUND_HALF_UP, Decimal, DivisionByZero, InvalidOperation, localcontext
 from typing import Any, Callable
 
 from pglast import ast, enums
@@ -89,7 +88,8 @@ class TableInfo:
             return wire.INT8
         kind, declared = self.columns[column], self.sql_type(column)
         if kind == "int64":
-            return _INT_OIDS.get(declared, wire.INT8)
+            oid = _TYPE_OIDS.get(declared, wire.INT8)
+            return oid if oid in wire.INT_TYPES else wire.INT8
         if kind == "float64":
             return wire.FLOAT8
         return wire.VARCHAR if declared == "varchar" else wire.TEXT
@@ -121,23 +121,15 @@ class RowDependent(Exception):
     """Raised while compiling with ``table=None`` for a row-independent value (a key lookup) that is not."""
 
 
-_INT_OIDS = {"int4": wire.INT4, "integer": wire.INT4, "int": wire.INT4, "int2": wire.INT2, "smallint": wire.INT2}
+_TYPE_OIDS = {"int8": wire.INT8, "bigint": wire.INT8, "int4": wire.INT4, "integer": wire.INT4, "int": wire.INT4,
+              "int2": wire.INT2, "smallint": wire.INT2, "float8": wire.FLOAT8, "float4": wire.FLOAT4,
+              "numeric": wire.NUMERIC, "text": wire.TEXT, "varchar": wire.VARCHAR, "bool": wire.BOOL,
+              "boolean": wire.BOOL, "regclass": wire.TEXT, "name": wire.TEXT}
+"""SQL type names (as pglast gives them) -> OIDs: for casts, and an integer column's declared width."""
 _INT_RANGES = {wire.INT8: (-(1 << 63), (1 << 63) - 1, "bigint"), wire.INT4: (-(1 << 31), (1 << 31) - 1, "integer"),
                wire.INT2: (-(1 << 15), (1 << 15) - 1, "smallint")}
 _STRING_OIDS = frozenset((wire.TEXT, wire.VARCHAR))
 _NUMBER_OIDS = frozenset((*wire.INT_TYPES, *wire.FLOAT_TYPES, wire.NUMERIC))
-
-
-EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-"""numeric's +, -, * and % are exact in PostgreSQL; Python's default context rounds to 28 digits."""
-
-
-def numeric(text: str) -> Decimal:
-    """A numeric from text, as PostgreSQL reads one (``NaN`` and infinities; a signalling NaN is no number)."""
-    value = Decimal(text.strip())
-    if value.is_snan():
-        raise ValueError("sNaN")
-    return value
 
 
 def arithmetic_error(exc: ArithmeticError) -> SqlError:
@@ -164,7 +156,7 @@ def coerce(value: Any, oid: int) -> Any:
         if oid in wire.INT_TYPES:
             return int(value.strip())
         if oid == wire.NUMERIC:
-            return numeric(value)
+            return wire.parse_numeric(value)
         if oid in wire.FLOAT_TYPES:
             return float(value.strip())
     except (ValueError, ArithmeticError):
@@ -255,7 +247,7 @@ def numeric_div(a: Decimal, b: Decimal) -> Decimal:
     if not (a.is_finite() and b.is_finite()):  # PostgreSQL: NaN stays NaN, x / infinity is 0, inf / inf NaN
         if a.is_finite():
             return Decimal(0)
-        with localcontext(EXACT) as ctx:
+        with localcontext(wire.EXACT) as ctx:
             ctx.traps[InvalidOperation] = False
             return a / b
     (w1, f1), (w2, f2) = _digits(a), _digits(b)
@@ -292,7 +284,7 @@ def _mod(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int):
         return abs(a) % abs(b) * (1 if a >= 0 else -1)
     if isinstance(a, Decimal) or isinstance(b, Decimal):
-        return EXACT.remainder(Decimal(a), Decimal(b))  # (the sign of the dividend, as PostgreSQL's)
+        return wire.EXACT.remainder(Decimal(a), Decimal(b))  # (the sign of the dividend, as PostgreSQL's)
     return a - b * int(a / b)
 
 
@@ -314,7 +306,7 @@ def _result(value: Any, oid: int, a: Any, b: Any, op: str = "") -> Any:
     return value
 
 
-def _order_key(v: Any) -> tuple[int, Any]:
+def order_key(v: Any) -> tuple[int, Any]:
     """Sort and compare a number as PostgreSQL does: NaN (a double's or a numeric's) equals NaN and is above
     every other number."""
     if (isinstance(v, float) and v != v) or (isinstance(v, Decimal) and v.is_nan()):
@@ -333,25 +325,21 @@ def compare(cmp: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
     """``cmp(a, b)`` with PostgreSQL's rules for mixed numbers (a numeric or integer meeting a double compares as
     a double) and NaN (equal to itself, above every other number)."""
     a, b = _mixed(a, b)
-    if _order_key(a)[0] or _order_key(b)[0]:
-        return cmp(_order_key(a), _order_key(b))
+    if order_key(a)[0] or order_key(b)[0]:
+        return cmp(order_key(a), order_key(b))
     return cmp(a, b)
 
 
 def sort_key(v: Any) -> tuple[bool, tuple[int, Any]]:
     """ORDER BY's key: NULL last (first when descending), NaN above every other number."""
-    return (v is None, (0, 0) if v is None else _order_key(v))
+    return (v is None, (0, 0) if v is None else order_key(v))
 
 
 def _cast_oid(type_name: Any) -> int:
     name = type_name.names[-1].sval
-    oids = {"int8": wire.INT8, "bigint": wire.INT8, "int4": wire.INT4, "integer": wire.INT4, "int": wire.INT4,
-            "int2": wire.INT2, "smallint": wire.INT2, "float8": wire.FLOAT8, "float4": wire.FLOAT4,
-            "numeric": wire.NUMERIC, "text": wire.TEXT, "varchar": wire.VARCHAR, "bool": wire.BOOL,
-            "boolean": wire.BOOL, "regclass": wire.TEXT, "name": wire.TEXT}
-    if name not in oids:
+    if name not in _TYPE_OIDS:
         raise unsupported(f"a cast to type {name}")
-    return oids[name]
+    return _TYPE_OIDS[name]
 
 
 def _cast(value: Any, oid: int) -> Any:
@@ -538,7 +526,7 @@ class Compiler:
             if op == "-":
                 oid = arg.oid
                 return Expr(lambda r, p: None if (v := _num(af(r, p))) is None else
-                            _result(EXACT.minus(v) if isinstance(v, Decimal) else -v, oid, v, v), oid, "?column?",
+                            _result(wire.EXACT.minus(v) if isinstance(v, Decimal) else -v, oid, v, v), oid, "?column?",
                             arg.constant)
             if op == "+":
                 return arg
@@ -580,7 +568,7 @@ class Compiler:
                 a, b = _mixed(a, b)
                 try:
                     if isinstance(a, Decimal) or isinstance(b, Decimal):
-                        with localcontext(EXACT):
+                        with localcontext(wire.EXACT):
                             return _result(fn(a, b), oid, a, b, op)
                     return _result(fn(a, b), oid, a, b, op)
                 except TypeError:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Generator, Mapping
 
 import pglast
 import scramp
+from pglast import ast, enums
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import RequestError
@@ -253,8 +254,7 @@ class Session:
             except Exception:  # noqa: BLE001 - already rolled back by the node after its error
                 pass
         if self.implicit:  # the Query's own block ends with it: rolled back, idle, its SETs undone
-            saved = self.saved
-            self.explicit, self.implicit, self.tx, self.queried, self.saved, self.local = False, False, "I", False, {}, set()
+            saved, _ = self._leave_block()
             self._end_block(saved, saved.keys())
         elif self.explicit:
             self.tx = "E"
@@ -312,8 +312,7 @@ class Session:
                 self._next_simple(stmts)  # (a COMMIT, ROLLBACK or BEGIN of the Query ended or took over the block)
                 return
             if not self.explicit:  # at the Query's start, or after its COMMIT/ROLLBACK: a new implicit block
-                self.explicit, self.implicit, self.tx, self.saved, self.local = True, True, "T", dict(self.settings), \
-                    set()
+                self._open_block(implicit=True)
         try:
             compiled = self._compile(stmt, [])
         except SqlError as exc:
@@ -590,7 +589,7 @@ class Session:
             elif self.explicit:  # PostgreSQL warns and still applies the modes
                 self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
             else:
-                self.explicit, self.tx, self.saved, self.local = True, "T", dict(self.settings), set()
+                self._open_block()
             for setting, val in u.settings:
                 self._characteristic(setting, val)
             return Result(u.tag)
@@ -600,11 +599,9 @@ class Session:
                 return Result(u.tag)
             if self.implicit and not self.ending_implicit:  # the Query's own COMMIT/ROLLBACK ends its implicit
                 self._send(wire.msg_notice("25P01", "there is no transaction in progress"))  # block (with a warning)
-            self.implicit = False
             failed = self.tx == "E"
             xid, self.xid = self.xid, None
-            saved, local = self.saved, self.local
-            self.explicit, self.tx, self.queried, self.saved, self.local = False, "I", False, {}, set()
+            saved, local = self._leave_block()
             self._end_block(saved, saved.keys() if u.kind == "rollback" or failed else local)
             drops, self.drops = self.drops, {}
             if xid is not None:
@@ -684,6 +681,16 @@ class Session:
                            "transaction read-write mode must be set before any query")
         else:
             self._set(base, v)
+
+    def _open_block(self, implicit: bool = False) -> None:
+        """A transaction block begins (BEGIN, or a multi-statement Query's ``implicit`` one)."""
+        self.explicit, self.implicit, self.tx, self.saved, self.local = True, implicit, "T", dict(self.settings), set()
+
+    def _leave_block(self) -> tuple[dict[str, str], set[str]]:
+        """The block is over: the session is idle; returns its settings at BEGIN and its SET LOCAL names."""
+        saved, local = self.saved, self.local
+        self.explicit, self.implicit, self.tx, self.queried, self.saved, self.local = False, False, "I", False, {}, set()
+        return saved, local
 
     def _end_block(self, saved: dict[str, str], undo: Any) -> None:
         """The block ended: the settings named in ``undo`` go back to their value at BEGIN, and the transaction's
@@ -775,13 +782,11 @@ def _one_transaction(stmts: list[Any]) -> bool:
     SET/SHOW, and transaction statements, which end or take over the block as there).  Not with CREATE/DROP TABLE
     or another utility: MUHEAM's catalog is not transactional, and ``DROP TABLE IF EXISTS t; CREATE TABLE t ...``
     in one Query must keep working, each statement on its own."""
-    from pglast import ast
     return len(stmts) > 1 and all(isinstance(s, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt,
                                                  ast.VariableSetStmt, ast.VariableShowStmt, ast.TransactionStmt))
                                   for s in stmts)
 
 
 def _is_tx_end(stmt: Any) -> bool:
-    from pglast import ast, enums
     return isinstance(stmt, ast.TransactionStmt) and stmt.kind in (
         enums.TransactionStmtKind.TRANS_STMT_COMMIT, enums.TransactionStmtKind.TRANS_STMT_ROLLBACK)

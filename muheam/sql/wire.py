@@ -416,15 +416,30 @@ def result_format(formats: list[int] | None, i: int) -> int:
 
 BOOL, INT8, INT2, INT4, TEXT, FLOAT4, FLOAT8, UNKNOWN, VARCHAR, NUMERIC = 16, 20, 21, 23, 25, 700, 701, 705, 1043, 1700
 TYPE_SIZES = {BOOL: 1, INT8: 8, INT2: 2, INT4: 4, FLOAT4: 4, FLOAT8: 8}
+INT_TYPES = frozenset({INT2, INT4, INT8})
+FLOAT_TYPES = frozenset({FLOAT4, FLOAT8})
 _TYPE_NAMES = {BOOL: "boolean", INT8: "bigint", INT2: "smallint", INT4: "integer", TEXT: "text", FLOAT4: "real",
                FLOAT8: "double precision", UNKNOWN: "unknown", VARCHAR: "character varying", NUMERIC: "numeric"}
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""numeric's +, -, * and % are exact in PostgreSQL, and so is reading one; Python's default context rounds to 28
+digits."""
 
 
 def type_name(oid: int) -> str:
     """A type OID as PostgreSQL names it in messages."""
     return _TYPE_NAMES.get(oid, f"type {oid}")
-INT_TYPES = frozenset({INT2, INT4, INT8})
-FLOAT_TYPES = frozenset({FLOAT4, FLOAT8})
+
+
+def parse_numeric(text: str) -> Decimal:
+    """A numeric from text, as PostgreSQL reads one (``NaN`` and infinities); ``ValueError`` for anything else,
+    a signalling NaN included."""
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:  # (decimal's InvalidOperation is not a ValueError)
+        raise ValueError(f"invalid input syntax for type numeric: {text!r}") from None
+    if value.is_snan():
+        raise ValueError(f"invalid input syntax for type numeric: {text!r}")
+    return value
 
 
 def encode_value(value: object, oid: int, fmt: int) -> bytes | None:
@@ -450,7 +465,7 @@ def encode_value(value: object, oid: int, fmt: int) -> bytes | None:
     raise ValueError(f"binary output of type {oid} is not supported; request text results")
 
 
-_INT_BINARY = {20: ("!q", "bigint"), 23: ("!i", "integer"), 21: ("!h", "smallint")}
+_INT_BINARY = {INT8: ("!q", "bigint"), INT4: ("!i", "integer"), INT2: ("!h", "smallint")}
 
 
 def _numeric_binary(value: object) -> bytes:
@@ -499,9 +514,8 @@ def _numeric_from_binary(data: bytes) -> Decimal:
     groups = struct.unpack_from(f"!{ndigits}H", data, 8)
     if any(g > 9999 for g in groups):
         raise ValueError("malformed binary numeric")
-    exact = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-    whole = exact.scaleb(Decimal(int("".join(f"{g:04d}" for g in groups) or "0")), 4 * (weight - ndigits + 1))
-    value = exact.quantize(whole, Decimal(1).scaleb(-dscale)) if dscale <= 1000 else whole
+    whole = EXACT.scaleb(Decimal(int("".join(f"{g:04d}" for g in groups) or "0")), 4 * (weight - ndigits + 1))
+    value = EXACT.quantize(whole, Decimal(1).scaleb(-dscale)) if dscale <= 1000 else whole
     return -value if sign == 0x4000 else value
 
 
@@ -533,13 +547,7 @@ def decode_param(data: bytes | None, oid: int, fmt: int) -> object:
         if oid in FLOAT_TYPES:
             return float(s)
         if oid == NUMERIC:
-            try:
-                value = Decimal(s.strip())
-            except ArithmeticError:  # (decimal's InvalidOperation is not a ValueError)
-                raise ValueError(f"invalid input syntax for type numeric: {s!r}") from None
-            if value.is_snan():
-                raise ValueError(f"invalid input syntax for type numeric: {s!r}")
-            return value
+            return parse_numeric(s)
         if oid == BOOL:
             return s.lower() in ("t", "true", "1", "on", "yes", "y")
         return s
