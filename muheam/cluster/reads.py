@@ -92,6 +92,7 @@ class _Read:
     files: list[bytes]
     waiting: set[int]                                   # request ids not answered yet
     images: dict[bytes, list[tuple[int, bytes]]] = field(default_factory=dict)
+    values: dict[bytes, bytes] = field(default_factory=dict)  # chain -> the encoded images it came as
 
 
 @dataclass
@@ -117,6 +118,9 @@ class ConsistentReads:
         self.requests: dict[int, _Asked] = {}
         self.kept: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # chain -> (digest, encoded images)
         self.kept_bytes = 0
+        self.checked: dict[bytes, bytes] = {}
+        """Chain -> the kept copy (that very bytes object) whose pages were verified when it was read: the same
+        bytes, named again and answered ``True``, are installed without verifying every page again."""
         self.counters: Counter[str] = Counter()
         mesh.on(KIND, self._on_message)
         locks.removal_hooks.append(self._member_removed)
@@ -176,6 +180,7 @@ class ConsistentReads:
 
     def _keep(self, resource: bytes, value: bytes) -> None:
         old = self.kept.pop(resource, None)
+        self.checked.pop(resource, None)
         if old is not None:
             self.kept_bytes -= len(old[1])
         if len(value) > KEEP_BYTES:
@@ -183,7 +188,8 @@ class ConsistentReads:
         self.kept[resource] = (digest(value), value)
         self.kept_bytes += len(value)
         while self.kept_bytes > KEEP_BYTES:
-            _, (_, dropped) = self.kept.popitem(last=False)
+            gone, (_, dropped) = self.kept.popitem(last=False)
+            self.checked.pop(gone, None)
             self.kept_bytes -= len(dropped)
 
     def _finish(self, pending: _Read) -> None:
@@ -199,7 +205,10 @@ class ConsistentReads:
             if own._table(table_id) is None:
                 continue  # dropped while we waited
             own._drop_images(r)
-            cache.adopt(table_id, images)
+            value = pending.values[r]
+            cache.adopt(table_id, images, verified=self.checked.get(r) is value)
+            if self.kept.get(r, (b"", b""))[1] is value:
+                self.checked[r] = value
             readable[r] = (table_id, [b for b, _ in images])
             self.counters["copies_read"] += 1
         for r in pending.files:
@@ -285,6 +294,7 @@ class ConsistentReads:
         named = entry.named
         fresh: dict[bytes, bytes] = {}  # chain -> new images (bytes), kept for the next request
         got: dict[bytes, list[tuple[int, bytes]]] = {}
+        values: dict[bytes, bytes] = {}
         for item in body[2]:  # all checked before anything changes
             if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[1]) is not int \
                     or not (item[2] is None or item[2] is True or isinstance(item[2], bytes)):
@@ -293,16 +303,19 @@ class ConsistentReads:
             if isinstance(item[2], bytes):
                 fresh[resource] = item[2]
                 got[resource] = decode_images(item[2])
+                values[resource] = item[2]
             elif item[2] is True:
                 if resource not in named:
                     raise ValueError("a cr answer says unchanged of a copy the request did not name")
                 got[resource] = decode_images(named[resource])
+                values[resource] = named[resource]
         for resource, value in fresh.items():
             self._keep(resource, value)
         self.counters["copies_reused"] += len(got) - len(fresh)
         del self.requests[body[1]]
         pending = entry.read
         pending.images.update(got)
+        pending.values.update(values)
         pending.waiting.discard(body[1])
         if not pending.waiting:
             self._finish(pending)

@@ -170,11 +170,14 @@ class BufferCache:
             if fr is not None and fr.dirty:
                 raise AssertionError(f"dropping dirty block {b} of relation {table_id} unwritten")
 
-    def adopt(self, table_id: int, images: list[tuple[int, bytes]]) -> None:
-        """Install images shipped by the previous owner (clean: the sender wrote them to the shared file)."""
+    def adopt(self, table_id: int, images: list[tuple[int, bytes]], verified: bool = False) -> None:
+        """Install images shipped by the previous owner (clean: the sender wrote them to the shared file).
+        ``verified``: these very bytes were installed and verified before (a consistent-read copy the holder
+        says is unchanged), so the checks of ``Page.decode`` are not repeated."""
         rel = self._rels[table_id]
         for block, data in images:
-            page = Page.decode(data, rel.schema, block=block, table_id=table_id, path=rel.file.path)
+            page = (Page(rel.schema, bytearray(data)) if verified
+                    else Page.decode(data, rel.schema, block=block, table_id=table_id, path=rel.file.path))
             old = self._frames.get((table_id, block))
             if old is not None and old.dirty:
                 raise AssertionError(f"adopting block {block} of relation {table_id} over a dirty image")

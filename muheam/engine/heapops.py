@@ -178,7 +178,7 @@ class HeapOps:
             for x in slots:
                 s[pos:pos + len(x)] = x
                 pos += len(x)
-        mask = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
+        mask = mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, status)
         if not mask.any():
             return None
         sel = s[mask]

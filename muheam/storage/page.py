@@ -319,7 +319,7 @@ class Page:
 
     def visible_mask(self, snap: Snapshot, status: StatusFn) -> NDArray[np.bool_]:
         s = self.slots
-        return mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, mvcc.checked(status))
+        return mvcc.visible_mask(s["xmin"], s["xmax"], s["flags"], snap, status)
 
     def visible_slot(self, key: int, snap: Snapshot, status: StatusFn) -> int | None:
         """The slot of the version of ``key`` that ``snap`` sees, or ``None``.

@@ -91,3 +91,32 @@ def test_learn_departed_takes_only_what_is_missing() -> None:
     assert table.committed == {10: 500, 11: 900}
     assert table.aborted == {12, 13} and not table.prepared
     assert table.learn_departed({10, 11}, {12}, cts=950) == set()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.sampled_from([0, 1, 3])), max_size=60),
+       st.dictionaries(st.integers(3, 40), st.one_of(st.none(), st.integers(1, 2000)), max_size=30),
+       st.integers(0, 40), st.integers(1, 2000))
+def test_a_page_judged_at_once_is_judged_as_slot_by_slot(slots: list[tuple[int, int, int]],
+                                                           outcomes: dict[int, int | None], own: int,
+                                                           sts: int) -> None:
+    """``visible_mask`` with a cluster snapshot and its table's own status takes the commit table in one pass
+    (``committed_before``); every slot must come out as ``version_visible`` judges it one XID at a time,
+    special XIDs (invalid, bootstrap, frozen) and the snapshot's own XID included."""
+    import numpy as np
+
+    t = TxTable(floor=3)
+    for xid, cts in outcomes.items():
+        if cts is None:
+            t.abort(xid)
+        else:
+            t.commit(xid, cts)
+    snap, _ = t.snapshot(own, sts)
+    xmin = np.array([s[0] for s in slots], dtype=np.uint64)
+    xmax = np.array([s[1] for s in slots], dtype=np.uint64)
+    flags = np.array([s[2] for s in slots], dtype=np.uint8)
+    assert snap.committed_before(xmin.tolist(), t.status) is not None     # the fast way is taken
+    fast = mvcc.visible_mask(xmin, xmax, flags, snap, t.status)
+    slow = [mvcc.version_visible(a, b, f, snap, t.status) for a, b, f in slots]
+    assert fast.tolist() == slow
+    assert snap.committed_before([5], lambda x: t.status(x)) is None     # another callback: one at a time
