@@ -1,4 +1,5 @@
-"""One SQL connection: startup, authentication, the simple and extended query protocols, transaction state.
+"""One SQL connection: the simple and extended query protocols and its transactions; the startup and
+authentication before them are ``muheam.sql.startup``, the transaction block and settings ``muheam.sql.block``.
 
 Pure of I/O: ``feed(bytes)`` parses (``muheam.sql.wire``) and acts; backend bytes collect in ``out`` and the
 owner (``muheam.sql.server``) is told through ``on_output`` that there is something to send, also when a statement
@@ -23,16 +24,16 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Mapping
 
 import pglast
-import scramp
 from pglast import ast, enums
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import RequestError
 from muheam.sql import execute, plan, settings, wire
 from muheam.sql.plancache import PlanCache
-from muheam.sql.auth import MECHANISM, ScramExchange
+from muheam.sql.block import TransactionBlock
+from muheam.sql.startup import Outcome, Phase, Startup
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
-from muheam.sql.expr import SqlError, unsupported
+from muheam.sql.expr import SqlError
 from muheam.sql.plan import Compiled, CreateTable, DropTable, Utility
 
 log = logging.getLogger("muheam.sql")
@@ -66,20 +67,18 @@ class Portal:
     """Its prepared statement planned afresh (``Session._run_plan``)."""
 
 
-class Session:
+class Session(TransactionBlock):
     def __init__(self, ops: Mapping[str, Operation], catalog: Catalog, peer_host: str, auth_method: str,
                  shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None]) -> None:
         self.ops, self.catalog = ops, catalog
-        self.peer_host, self.auth_method, self.shared_dir = peer_host, auth_method, shared_dir
         self.pid, self.key = backend_pid, secrets.token_bytes(4)
-        self.cancel_other = cancel
         self.parser = wire.FrontendParser()
         self.out = bytearray()
         self.on_output: Callable[[], None] = lambda: None
         self.closing = False
-        self.phase = "startup"  # startup | sasl-first | sasl-final | ready
         self.user = ""
         self.settings: dict[str, str] = dict(settings.DEFAULTS)
+        self.startup = Startup(self.settings, auth_method, shared_dir, peer_host, backend_pid, self._send, cancel)
         self.queue: deque[wire.Event] = deque()
         self.task: Task | None = None
         self.skip_to_sync = False
@@ -99,7 +98,6 @@ class Session:
         """The running transaction's level, fixed when it took its XID: READ COMMITTED (or REPEATABLE READ)."""
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
-        self.scram: ScramExchange | None = None
         self.counters = {"statements": 0, "errors": 0, "replanned": 0}
         self._draining = False
         self.running_simple = False
@@ -141,7 +139,7 @@ class Session:
     def _handle(self, ev: wire.Event) -> None:
         if isinstance(ev, wire.ProtocolViolation):
             self._fatal(ev.code, ev.message)
-        elif self.phase != "ready":
+        elif self.startup.phase is not Phase.READY:
             self._startup(ev)
         elif isinstance(ev, wire.Terminate):
             self.closing = True
@@ -161,84 +159,16 @@ class Session:
                 self._error(exc)
                 self.skip_to_sync = True
 
-    # startup and authentication -----------------------------------------------------------------------------------
+    # startup and authentication (muheam.sql.startup) -------------------------------------------------------------
     def _startup(self, ev: wire.Event) -> None:
-        if isinstance(ev, (wire.SSLRequest, wire.GSSENCRequest)) and self.phase == "startup":
-            self._send(b"N")  # no encryption here: the client goes on in plain text or gives up
-        elif isinstance(ev, wire.CancelRequest) and self.phase == "startup":
-            self.cancel_other(ev.pid, ev.key)
+        outcome = self.startup.handle(ev)
+        if outcome is Outcome.CLOSE:
             self.closing = True
-        elif isinstance(ev, wire.Startup) and self.phase == "startup":
-            if ev.minor > 0 or ev.unsupported:
-                self._send(wire.msg_negotiate_version(0, ev.unsupported))
-            self.user = ev.params["user"]
-            self.settings["session_authorization"] = self.user
-            self.settings["database"] = ev.params.get("database", self.user)
-            self.settings["backend_pid"] = str(self.pid)
-            try:
-                for name, value in ev.params.items():
-                    if name == "options":
-                        self._options(value)
-                    elif name not in ("user", "database", "replication"):
-                        self._startup_setting(plan._setting_name(name), value)
-            except SqlError as exc:
-                self._fatal(exc.code, exc.message)
-                return
-            if ev.params.get("replication") not in (None, "false", "0", "off"):
-                self._fatal("0A000", "replication connections are not supported by MUHEAM's SQL port")
-            elif self.auth_method == "trust":
-                self._ready()
-            else:
-                self.phase = "sasl-first"
-                self._send(wire.msg_auth_sasl([MECHANISM]))
-        elif isinstance(ev, wire.Password) and self.phase == "sasl-first":
-            try:
-                mech, rest = ev.data.split(b"\0", 1)
-                if mech.decode() != MECHANISM or len(rest) < 4:
-                    raise ValueError(f"mechanism {mech!r}")
-                self.scram = ScramExchange(self.shared_dir, self.user)
-                self._send(wire.msg_auth_sasl_continue(self.scram.first(rest[4:].decode()).encode()))
-                self.phase = "sasl-final"
-            except (ValueError, UnicodeDecodeError, scramp.ScramException) as exc:
-                self._fatal("08P01", f"malformed SCRAM message: {exc}")
-        elif isinstance(ev, wire.Password) and self.phase == "sasl-final" and self.scram is not None:
-            try:
-                final = self.scram.final(ev.data.decode())
-            except (ValueError, UnicodeDecodeError, scramp.ScramException):
-                log.info("SQL login of user %r from %s refused: wrong password or no such user", self.user,
-                         self.peer_host)
-                self._fatal("28P01", f'password authentication failed for user "{self.user}"')
-                return
-            self._send(wire.msg_auth_sasl_final(final.encode()))
-            self._ready()
-        else:
-            self._fatal("08P01", f"unexpected message {type(ev).__name__} during startup")
-
-    def _options(self, value: str) -> None:
-        """``-c name=value`` pairs of the startup ``options`` parameter (psycopg's ``options=``)."""
-        parts = value.replace("--", "-c ").split()
-        for i, part in enumerate(parts):
-            if part == "-c" and i + 1 < len(parts) and "=" in parts[i + 1]:
-                name, _, v = parts[i + 1].partition("=")
-                self._startup_setting(plan._setting_name(name.replace("-", "_")), v)
-
-    def _startup_setting(self, name: str, value: str) -> None:
-        """A setting from the startup packet: a transaction characteristic is checked and becomes the session's
-        default (and so the first transaction's), as PostgreSQL takes ``-c default_transaction_read_only=on``."""
-        base = name.removeprefix("default_")
-        if base in settings.CHARACTERISTICS:
-            v = settings.characteristic_value(base, name, value)
-            self.settings["default_" + base] = self.settings[base] = v
-        else:
-            self.settings[name] = value
-
-    def _ready(self) -> None:
-        self.phase = "ready"
-        self._send(wire.msg_auth_ok())
-        for name in settings.REPORTED:
-            self._send(wire.msg_parameter_status(name, self.settings.get(name, "")))
-        self._send(wire.msg_backend_key(self.pid, self.key))
-        self._send(wire.msg_ready(self.tx))
+            self.queue.clear()
+        elif outcome is Outcome.READY:
+            self.user = self.startup.user
+            self._send(wire.msg_backend_key(self.pid, self.key))
+            self._send(wire.msg_ready(self.tx))
 
     # errors -------------------------------------------------------------------------------------------------------
     def _error(self, exc: SqlError) -> None:
@@ -622,89 +552,7 @@ class Session:
             return Result("ROLLBACK" if failed else u.tag)
         if self.tx == "E":
             raise _aborted()
-        if u.kind == "set_local":
-            if not self.explicit:
-                self._send(wire.msg_notice("25P01", "SET LOCAL can only be used in transaction blocks"))
-                return Result(u.tag)
-            self.local.add(u.name)
-            u = Utility("set", u.tag, u.name, u.value)
-        if u.kind == "show":
-            if u.name == "all":
-                raise unsupported("SHOW ALL")
-            value = self.settings.get(u.name)
-            if value is None:
-                raise SqlError("42704", f'unrecognized configuration parameter "{u.name}"')
-            return Result("SHOW", [[value]])
-        if u.kind == "set":
-            for setting, val in u.settings or ((u.name, u.value),):
-                if setting.removeprefix("default_") in settings.CHARACTERISTICS:
-                    self._characteristic(setting, val)
-                else:
-                    self._set(setting, settings.check(setting, val, self.settings.get(setting, "")))
-        elif u.kind == "reset":
-            if u.tag == "DISCARD ALL":
-                if self.explicit:
-                    raise SqlError("25001", "DISCARD ALL cannot run inside a transaction block")
-                self.statements = {k: v for k, v in self.statements.items() if not k}
-            # RESET ALL leaves the running transaction's characteristics alone (as PostgreSQL does); they and
-            # their defaults go through the same checks as SET
-            for name in [u.name] if u.name else [n for n in settings.DEFAULTS if n not in ("server_version",
-                                                                                 *settings.CHARACTERISTICS)]:
-                if name in settings.CHARACTERISTICS:
-                    self._characteristic(name, self.settings["default_" + name])
-                elif name.removeprefix("default_") in settings.CHARACTERISTICS:
-                    self._characteristic(name, settings.DEFAULTS[name])
-                elif name in settings.DEFAULTS:
-                    self._set(name, settings.DEFAULTS[name])
-        elif u.kind == "deallocate":
-            if u.tag == "DEALLOCATE ALL":
-                self.statements = {k: v for k, v in self.statements.items() if not k}
-            elif self.statements.pop(u.name, None) is None:
-                raise SqlError("26000", f'prepared statement "{u.name}" does not exist')
-        return Result(u.tag)
-
-    def _characteristic(self, name: str, value: str) -> None:
-        """A transaction characteristic (isolation level, read-only) or its session default (``default_...``), as
-        PostgreSQL takes them: the transaction's own only inside a transaction block and, but for making it
-        read-only, before its first query; a default from the next transaction on (at once outside one)."""
-        base = name.removeprefix("default_")
-        v = settings.characteristic_value(base, name, value)
-        if name != base:
-            self._set(name, v)
-            if not self.explicit:
-                self._set(base, v)
-        elif not self.explicit:
-            self._send(wire.msg_notice("25P01", "SET TRANSACTION can only be used in transaction blocks"))
-        elif self.queried and v != self.settings[base] and (base == "transaction_isolation" or v == "off"):
-            raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query"
-                           if base == "transaction_isolation" else
-                           "transaction read-write mode must be set before any query")
-        else:
-            self._set(base, v)
-
-    def _open_block(self, implicit: bool = False) -> None:
-        """A transaction block begins (BEGIN, or a multi-statement Query's ``implicit`` one)."""
-        self.explicit, self.implicit, self.tx, self.saved, self.local = True, implicit, "T", dict(self.settings), set()
-
-    def _leave_block(self) -> tuple[dict[str, str], set[str]]:
-        """The block is over: the session is idle; returns its settings at BEGIN and its SET LOCAL names."""
-        saved, local = self.saved, self.local
-        self.explicit, self.implicit, self.tx, self.queried, self.saved, self.local = False, False, "I", False, {}, set()
-        return saved, local
-
-    def _end_block(self, saved: dict[str, str], undo: Any) -> None:
-        """The block ended: the settings named in ``undo`` go back to their value at BEGIN, and the transaction's
-        characteristics to the session's defaults."""
-        for name in undo:
-            if name in saved and self.settings.get(name) != saved[name]:
-                self._set(name, saved[name])
-        for name in settings.CHARACTERISTICS:
-            self._set(name, self.settings["default_" + name])
-
-    def _set(self, name: str, value: str) -> None:
-        self.settings[name] = value
-        if name in settings.REPORTED:
-            self._send(wire.msg_parameter_status(name, value))
+        return self._setting_statement(u)
 
     # cancel and close ---------------------------------------------------------------------------------------------
     def _internal_error(self, exc: BaseException) -> None:
