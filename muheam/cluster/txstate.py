@@ -51,14 +51,15 @@ class ClusterSnapshot(Snapshot):
         cts = self.table.committed.get(xid)
         return cts is None or cts >= self.sts
 
-    def committed_before(self, xids: list[int], status: mvcc.StatusFn) -> mvcc.Bools | None:
+    def committed_before(self, xids: mvcc.U64, status: mvcc.StatusFn) -> mvcc.Bools | None:
         """Committed with a CTS below ``sts``, for each XID, from the commit table in one pass: what
         ``considers_running`` and the table's own ``status`` say one XID at a time (a reader's scan of copies
         asks about a few hundred XIDs).  None for any other status callback."""
         table = self.table
         if table is None or status != table.status:
             return None
-        cts = np.fromiter(map(table.committed.get, xids, repeat(NO_CTS)), dtype=np.uint64, count=len(xids))
+        cts = np.fromiter(map(table.committed.get, xids.tolist(), repeat(NO_CTS)), dtype=np.uint64,
+                          count=xids.size)
         result: mvcc.Bools = cts < np.uint64(self.sts)
         return result
 

@@ -110,7 +110,7 @@ class Snapshot:
         """True if ``xid`` had not finished (or not started) when the snapshot was taken."""
         return xid >= self.xmax or xid in self.running
 
-    def committed_before(self, xids: list[int], status: StatusFn) -> Bools | None:
+    def committed_before(self, xids: U64, status: StatusFn) -> Bools | None:
         """For normal XIDs: ``not considers_running(x) and status(x) == "committed"`` for each, computed at
         once, or None when this kind of snapshot has no faster way than asking one XID at a time (this one
         has none; a cluster snapshot answers from its commit table when ``status`` is that table's)."""
@@ -161,7 +161,7 @@ def _per_xid(xids: U64, fn: Callable[[int], bool]) -> Bools:
 def xids_visible(xids: U64, snap: Snapshot, status: StatusFn) -> Bools:
     """``xid_visible`` of each XID: the snapshot's own way for the normal ones (``committed_before``) when it
     has one, else once per distinct XID."""
-    fast = snap.committed_before(xids.tolist(), status) if xids.size else None
+    fast = snap.committed_before(xids, status) if xids.size else None
     if fast is None:
         checked_status = checked(status)
         return _per_xid(xids, lambda x: xid_visible(x, snap, checked_status))

@@ -115,8 +115,8 @@ def test_a_page_judged_at_once_is_judged_as_slot_by_slot(slots: list[tuple[int, 
     xmin = np.array([s[0] for s in slots], dtype=np.uint64)
     xmax = np.array([s[1] for s in slots], dtype=np.uint64)
     flags = np.array([s[2] for s in slots], dtype=np.uint8)
-    assert snap.committed_before(xmin.tolist(), t.status) is not None     # the fast way is taken
+    assert snap.committed_before(xmin, t.status) is not None     # the fast way is taken
     fast = mvcc.visible_mask(xmin, xmax, flags, snap, t.status)
     slow = [mvcc.version_visible(a, b, f, snap, t.status) for a, b, f in slots]
     assert fast.tolist() == slow
-    assert snap.committed_before([5], lambda x: t.status(x)) is None     # another callback: one at a time
+    assert snap.committed_before(np.array([5], dtype=np.uint64), lambda x: t.status(x)) is None  # another one
