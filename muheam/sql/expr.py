@@ -115,6 +115,9 @@ class Expr:
     oid: int
     name: str = "?column?"
     constant: bool = False
+    weak_name: bool = False
+    """``name`` is a cast's type name: a cast around it names the column after its own type (PostgreSQL's
+    FigureColname: a column's or a function's name is strong, a type's weak, anything else has none)."""
 
 
 class RowDependent(Exception):
@@ -390,6 +393,9 @@ class Compiler:
             oid = _cast_oid(node.typeName)
             inner = self.expr(node.arg, table, oid)
             f = inner.fn
+            if inner.name == "?column?" or inner.weak_name:  # (pglast gives the type's name as PostgreSQL does)
+                return Expr(lambda r, p: _cast(f(r, p), oid), oid, node.typeName.names[-1].sval, inner.constant,
+                            weak_name=True)
             return Expr(lambda r, p: _cast(f(r, p), oid), oid, inner.name, inner.constant)
         if isinstance(node, ast.A_Expr):
             return self._a_expr(node, table, hint)

@@ -277,6 +277,9 @@ QUERIES = [
     "SELECT id * 2, id - 1, id / 2, id % 2, qty * price FROM {t} WHERE id = 7",
     "SELECT id + 1.5, 1.5 + id FROM {t} WHERE id = 1", "SELECT name || 'z', name || id FROM {t} WHERE id = 1",
     "SELECT CAST(qty AS bigint), qty::bigint FROM {t} WHERE id = 1", "SELECT 1", "SELECT 1 + 1", "SELECT 'it''s'",
+    # a cast names its column after the type unless what it casts has a name of its own (FigureColname)
+    "SELECT 1::int, 2::bigint, 'x'::text, 1.5::numeric, 2::double precision, CAST(1 AS integer), 1::int::text",
+    "SELECT (qty + 1)::bigint, name::varchar(3), id::text::bigint FROM {t} WHERE id = 1",
     "SELECT id AS x, qty AS \"Q\" FROM {t} WHERE id = 1", "SELECT ID FROM {t} WHERE ID = 1",
     "SELECT {t}.id FROM {t} WHERE {t}.id = 1",
     # errors
