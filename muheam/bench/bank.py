@@ -14,7 +14,9 @@ read, ack, retransmit: ``harness.LABEL_GROUPS``; they add up to ``logical_msgs_p
 ``cpu_us_per_txn_N`` is the CPU time (user + system, from ``/proc/<pid>/stat``) of the N node processes, summed,
 over the measured window, per committed transfer: on a machine with fewer cores than nodes the cluster cannot
 show more throughput than one node, but the CPU it spends per transaction is what it would spend on N machines.
-(The clients, etcd and PostgreSQL are not counted.)
+(The clients, etcd and PostgreSQL are not counted.)  The one reader's whole-table sums are charged to the
+transfers too, and it fits in a different number of them per transfer in each configuration (cheap from a node's
+own cache, dearer through consistent-read copies): ``scans_per_txn_N`` says how many.
 
 A second 3-node run uses **affinity**: transfer client i sends to node i mod 3 and picks both accounts from that
 node's share (accounts whose hash chain is bucket mod 3 == i) 90% of the time, as an application that routes by
@@ -66,6 +68,12 @@ class Measured:
     @property
     def logical_msgs_per_txn(self) -> float:
         return round(self.per_txn(sum(self.msgs.values())), 3)
+
+    @property
+    def scans_per_txn(self) -> float:
+        """The reader's whole-table sums per transfer: its scans are charged to the transfers' CPU, and how many
+        it fits in differs by configuration (cheap from a node's own cache, dearer through copies)."""
+        return round(self.per_txn(self.result.sums), 3)
 
     def by_kind(self, counts: dict[str, int]) -> dict[str, float]:
         return {k: round(self.per_txn(v), 3) for k, v in sorted(counts.items()) if v}
@@ -171,6 +179,9 @@ def run(seconds: float = 10.0, clients: int = 8, accounts: int = 100, affinity: 
         "cpu_us_per_txn_3_affinity": cpu_3a,
         "cpu_ratio_3_vs_1": _ratio(cpu_3, cpu_1),
         "cpu_ratio_3_affinity_vs_1": _ratio(cpu_3a, cpu_1),
+        "scans_per_txn_1": one.scans_per_txn,
+        "scans_per_txn_3": three.scans_per_txn if three else None,
+        "scans_per_txn_3_affinity": aff3.scans_per_txn if aff3 else None,
         "msgs_per_txn": three.msgs_per_txn if three else None,
         "msgs_per_txn_1": one.msgs_per_txn,
         "msgs_per_txn_affinity": aff3.msgs_per_txn if aff3 else None,

@@ -137,6 +137,9 @@ def test_benchmark_smoke() -> None:
     assert out["sum_violations"] == 0
     assert out["tps_muheam_1"] > 0
     assert out["cpu_us_per_txn_1"] > 0
+    # the reader's sums over the transfers (it sums at least once in 2 s; transfers commit on every node)
+    assert out["scans_per_txn_1"] == round(out["details"]["muheam_1"]["sums"] / out["details"]["muheam_1"]["transfers"],
+                                           3) > 0
     if out["tps_muheam_3"] is not None:
         # the kinds split the protocol messages: they add up to the total (each rounded to 3 places); frames
         # carry one or more of them
