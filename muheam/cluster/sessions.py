@@ -42,7 +42,8 @@ from muheam.cluster.ownership import Ownership
 from muheam import failpoints
 from muheam.cluster.reads import ConsistentReads
 from muheam.cluster.snapwait import SnapshotWaits
-from muheam.net.clientport import ClientPort, Deferred, RequestError
+from muheam.net.clientport import ClientPort, Deferred, RequestError, int_arg
+from muheam.cluster.catalogops import CatalogOps
 from muheam.storage.errors import RowConflict
 from muheam.cluster.txstate import HORIZON_ALL, TxTable
 from muheam.cluster.xids import XidService
@@ -55,42 +56,11 @@ MAX_PAGE_ROWS = 100_000
 """The largest ``page_rows`` a paged scan may ask for."""
 
 
-def _sql_description(sql: Any, columns: dict[str, Any]) -> dict[str, Any] | None:
-    """``create_table``'s ``sql`` (the SQL port's key column name and declared types), checked to be exactly that
-    shape: it is written into ``global/catalog`` and the WAL, which every node and replica reads, so a map that
-    does not read back (a non-string key) or a deeply nested one would break them all."""
-    if sql is None:
-        return None
-    names = [str(c) for c in columns]
-    if not isinstance(sql, dict) or set(sql) != {"key", "columns", "sql_types"}:
-        raise RequestError("bad_request", "create_table's sql must be {key, columns, sql_types}")
-    key, cols, types = sql["key"], sql["columns"], sql["sql_types"]
-    if not isinstance(key, str) or not 0 < len(key) <= 63 or key in names:
-        raise RequestError("bad_request", "create_table's sql.key must be the key column's name (1 to 63 "
-                                          "characters, not one of the columns)")
-    if cols != names:
-        raise RequestError("bad_request", "create_table's sql.columns must list the columns in order")
-    if not isinstance(types, dict) or not set(types) <= {key, *names} or \
-            not all(isinstance(v, str) and 0 < len(v) <= 64 for v in types.values()):
-        raise RequestError("bad_request", "create_table's sql.sql_types must map columns to type names "
-                                          "(at most 64 characters)")
-    return {"key": key, "columns": list(names), "sql_types": {str(k): str(v) for k, v in types.items()}}
-
-
 def _snapshot_answered(tx: "_Tx", what: str) -> None:
     """Refuse a request sent before the transaction's ``begin`` or ``snapshot`` is answered: the snapshot may still
     be taken again while it waits (``SnapshotWaits._retake``), so nothing may use it or stack another wait yet."""
     if tx.snapshotting is not None and not tx.snapshotting.done:
         raise RequestError("bad_request", f"{what} is not answered yet: wait for its answer")
-
-
-def _int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: int, must: str) -> int:
-    """The request's integer ``name`` (``default`` when absent) within ``lo..hi``, else a ``bad_request`` that says
-    what it must be."""
-    v = req.get(name, default)
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise RequestError("bad_request", f"{name} must be {must}")
-    return v
 
 
 @dataclass
@@ -196,71 +166,12 @@ class Sessions:
         """Checkpoints whose redo pointer waits to be persisted, each with the commits under way when it was
         taken (``_gate_pointer``)."""
         engine.pointer_gate = self._gate_pointer
-        for op in ("create_table", "drop_table", "tables", "begin", "snapshot", "get", "insert", "update", "add", "delete", "lock",
-                   "scan", "commit", "rollback", "writers", "release_commit"):
+        self.catalog = CatalogOps(engine, cluster.ownership, fence_check, port)
+        for op in ("begin", "snapshot", "get", "insert", "update", "add", "delete", "lock", "scan", "commit", "rollback",
+                   "writers", "release_commit"):
             port.register(op, getattr(self, "op_" + op))
 
-    # catalog ------------------------------------------------------------------------------------------------
-    def op_create_table(self, req: dict[str, Any]) -> Any:
-        self.fence_check()
-        name, columns = req.get("name"), req.get("columns")
-        if not isinstance(name, str) or not isinstance(columns, dict):
-            raise RequestError("bad_request", "create_table needs name (str) and columns ({column: type})")
-        expected = _int_arg(req, "expected_rows", 0, 0, 1 << 63, "a non-negative integer")
-        buckets = _int_arg(req, "buckets", 0, 0, 1 << 63, "a non-negative integer")
-        sql = _sql_description(req.get("sql"), columns)
-
-        def create() -> dict[str, Any]:
-            t = self.engine.create_table(name, columns, expected_rows=expected, buckets=buckets, sql=sql)
-            return {"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"]}
-
-        return self._catalog_change(create)
-
-    def op_drop_table(self, req: dict[str, Any]) -> Any:
-        """``{"name", "if_exists", "table_id"}``: drop the table for the whole cluster (not transactional, see
-        ``Engine.drop_table``); with ``table_id`` only if ``name`` is still that table.  The reply says whether
-        there was one."""
-        self.fence_check()
-        name, if_exists, table_id = req.get("name"), req.get("if_exists", False), req.get("table_id")
-        if not isinstance(name, str) or not isinstance(if_exists, bool) or \
-                not (table_id is None or (type(table_id) is int and table_id > 0)):
-            raise RequestError("bad_request", "drop_table needs name (str), if_exists (bool, optional) and "
-                                              "table_id (a table id, optional)")
-
-        def drop() -> dict[str, Any]:
-            try:
-                t = self.engine.drop_table(name, table_id)
-            except NoSuchTable:
-                if if_exists:
-                    return {"name": name, "dropped": False}
-                raise
-            return {"table_id": t.table_id, "name": t.name, "dropped": True}
-
-        return self._catalog_change(drop)
-
-    def _catalog_change(self, change: Callable[[], dict[str, Any]]) -> Deferred:
-        """Run a create or drop, again once the catalog lock (or a lock it needs) is granted; answers what
-        ``change`` returns, or its error."""
-        reply = Deferred()
-
-        def attempt() -> None:
-            try:
-                result = change()
-            except NeedOwnership as need:
-                self.cluster.ownership.acquire(need.resource, need.mode, attempt)
-                return
-            except (MuheamError, ValueError, TypeError) as exc:
-                reply.fail(error_code(exc), str(exc))
-                return
-            reply.resolve(result)
-
-        attempt()
-        return reply
-
-    def op_tables(self, req: dict[str, Any]) -> Any:
-        self.engine.reload_catalog()
-        return [{"table_id": t.table_id, "name": t.name, "columns": t.schema.to_dict()["columns"],
-                 "buckets": t.nbuckets, **({"sql": t.sql} if t.sql else {})} for t in self.engine.tables()]
+    # writers ------------------------------------------------------------------------------------------------
 
     def op_writers(self, req: dict[str, Any]) -> Any:
         """``{"xids": [...]}``: this node's transactions that wrote and have not ended yet (running, or
@@ -417,7 +328,7 @@ class Sessions:
         return table
 
     def _key(self, req: dict[str, Any]) -> int:
-        return _int_arg(req, "key", None, -(1 << 63), (1 << 63) - 1, "a 64-bit integer")
+        return int_arg(req, "key", None, -(1 << 63), (1 << 63) - 1, "a 64-bit integer")
 
     def op_get(self, req: dict[str, Any]) -> Any:
         table, key = self._table(req), self._key(req)
@@ -482,8 +393,8 @@ class Sessions:
         paged = "from_bucket" in req
         start, limit = 1, MAX_SCAN_ROWS
         if paged:
-            start = _int_arg(req, "from_bucket", None, 1, 1 << 62, "a bucket number from 1")
-            limit = _int_arg(req, "page_rows", 10_000, 1, MAX_PAGE_ROWS, f"an integer from 1 to {MAX_PAGE_ROWS}")
+            start = int_arg(req, "from_bucket", None, 1, 1 << 62, "a bucket number from 1")
+            limit = int_arg(req, "page_rows", 10_000, 1, MAX_PAGE_ROWS, f"an integer from 1 to {MAX_PAGE_ROWS}")
         rows: list[list[Any]] = []
         at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
         named: list[str | int] = [table]  # its id once resolved: a table made anew under the name is another one
@@ -528,7 +439,7 @@ class Sessions:
         PostgreSQL ends a synchronous-replication wait on a cancel ("committed locally, but might not have been
         replicated").  A commit still in its prepare round (bounded by the members' leases) gets this answer
         when it reaches that wait, if it does."""
-        xid = _int_arg(req, "xid", None, 1, (1 << 63) - 1, "the committing transaction's id")
+        xid = int_arg(req, "xid", None, 1, (1 << 63) - 1, "the committing transaction's id")
         if self.release_scope(xid):
             return {"released": True}
         # on its way to the wait, if it has a scope: queued for the next pump, preparing, or in its outcome round

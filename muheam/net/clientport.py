@@ -33,6 +33,15 @@ class RequestError(Exception):
         self.code = code
 
 
+def int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: int, must: str) -> int:
+    """The request's integer ``name`` (``default`` when absent) within ``lo..hi``, else a ``bad_request`` that says
+    what it must be."""
+    v = req.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise RequestError("bad_request", f"{name} must be {must}")
+    return v
+
+
 _held: "list[Deferred] | None" = None
 
 

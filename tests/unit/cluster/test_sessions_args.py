@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from muheam.cluster.sessions import _sql_description
+from muheam.cluster.catalogops import sql_description
 from muheam.net.clientport import RequestError
 
 COLUMNS = {"v": "int64", "w": "text(8)"}
@@ -35,14 +35,14 @@ def nested(depth: int) -> Any:
 ])
 def test_a_description_that_could_break_readers_is_refused(bad: Any) -> None:
     with pytest.raises(RequestError) as err:
-        _sql_description(bad, COLUMNS)
+        sql_description(bad, COLUMNS)
     assert err.value.code == "bad_request"
 
 
 def test_a_valid_description_reads_back_and_a_wide_table_fits() -> None:
-    assert _sql_description(None, COLUMNS) is None
-    got = _sql_description(GOOD, COLUMNS)
+    assert sql_description(None, COLUMNS) is None
+    got = sql_description(GOOD, COLUMNS)
     assert got == GOOD and msgpack.unpackb(msgpack.packb(got), raw=False) == GOOD
     wide = {f"c{i:061d}": "text(1)" for i in range(600)}  # 600 varchar(1) columns with 63-character names
     desc = {"key": "id", "columns": list(wide), "sql_types": {c: "varchar(1)" for c in wide}}
-    assert _sql_description(desc, wide) == desc
+    assert sql_description(desc, wide) == desc
