@@ -256,32 +256,14 @@ def test_a_reader_names_its_copies_and_an_unchanged_chain_is_not_sent_again(tmp_
     pages are those very bytes, and the images for one that changed.  True means the bytes that request named:
     another read's answer may replace the kept copy with an older state meanwhile, and reading that one lost a
     committed row."""
-    from muheam.cluster.ownership import CATALOG
     from muheam.net import wire
-    from muheam.storage import mvcc
     from muheam.storage.heap import bucket_block
 
-    a, b = open_engines(shared_dir(tmp_path), EngineConfig(segment_size=1 << 22), EngineConfig(segment_size=1 << 22))
-    t = a.create_table("t", {"v": "int64"}, buckets=4)
-    b.reload_catalog()
-    tx = a.begin(100)
-    for key in range(40):
-        tx.insert("t", key, {"v": key})
-    tx.commit()
+    a, b, t, holder_mesh, reader_mesh, held, own, cr = holder_and_reader(tmp_path, buckets=4, rows=40)
     chain2 = chain_resource(t.table_id, 2)
     in2 = [k for k in range(40) if bucket_block(k, t.nbuckets) == 2]
     late2 = [k for k in range(1000, 3000) if bucket_block(k, t.nbuckets) == 2][:3]
-    holder_mesh, reader_mesh = HandlingMesh(), HandlingMesh()
-    holder = Ownership(Locks(), a)  # type: ignore[arg-type]
-    for bucket in range(1, 5):
-        holder.held[chain_resource(t.table_id, bucket)] = Mode.EXCLUSIVE
-    holder.held[CATALOG] = Mode.SHARED
-    held = reads.ConsistentReads(holder_mesh, Locks(), holder, a)  # type: ignore[arg-type]
     before = encode_chain(a, t.table_id, 2, t.nbuckets)  # node 1's chain 2 at this moment
-    b.status = lambda x: mvcc.COMMITTED if x in a.committed else b.local_status(x)  # type: ignore[method-assign]
-    own = Ownership(CopyLocks(), b)  # type: ignore[arg-type]
-    own.held[CATALOG] = Mode.SHARED
-    cr = reads.ConsistentReads(reader_mesh, CopyLocks(), own, b)  # type: ignore[arg-type]
 
     def ask(first: bytes, ahead: int, then: Callable[[], None]) -> Any:
         """Send one read's request to node 1 and return its answer (not delivered yet)."""
@@ -294,15 +276,7 @@ def test_a_reader_names_its_copies_and_an_unchanged_chain_is_not_sent_again(tmp_
         reader_mesh.handlers[reads.KIND](wire.PeerMessage(sender=1, epoch=0, stamp=0, kind=reads.KIND, body=answer))
 
     def scan(xid: int) -> tuple[Callable[[], None], list[int]]:
-        txn, rows = b.begin(xid, b.local_snapshot(xid)), list[int]()
-
-        def op() -> None:
-            at = 1
-            while at <= t.nbuckets:
-                chunk, at = b.scan_from(txn, t, at)
-                if chunk is not None:
-                    rows.extend(chunk[0].tolist())
-        return op, rows
+        return scan_op(b, t, xid)
 
     first = chain_resource(t.table_id, 1)
     op, rows = scan(200)
@@ -342,6 +316,47 @@ def test_a_reader_names_its_copies_and_an_unchanged_chain_is_not_sent_again(tmp_
     b.close()
 
 
+def holder_and_reader(tmp_path: Path, buckets: int, rows: int) -> tuple[Any, ...]:
+    """Two engines on one shared directory: node 1 (``a``) holds every chain of table ``t`` (``rows`` keys in
+    ``buckets`` chains) exclusively and answers copy requests; node 2 (``b``) reads through copies (its status
+    knows ``a``'s commits).  Returns a, b, t, the holder's and the reader's meshes, both ConsistentReads' owners:
+    ``(a, b, t, holder_mesh, reader_mesh, held, own, cr)``, ``held`` answering, ``cr`` asking."""
+    from muheam.cluster.ownership import CATALOG
+    from muheam.storage import mvcc
+
+    a, b = open_engines(shared_dir(tmp_path), EngineConfig(segment_size=1 << 22), EngineConfig(segment_size=1 << 22))
+    t = a.create_table("t", {"v": "int64"}, buckets=buckets)
+    b.reload_catalog()
+    tx = a.begin(100)
+    for key in range(rows):
+        tx.insert("t", key, {"v": key})
+    tx.commit()
+    holder_mesh, reader_mesh = HandlingMesh(), HandlingMesh()
+    holder = Ownership(Locks(), a)  # type: ignore[arg-type]
+    for bucket in range(1, buckets + 1):
+        holder.held[chain_resource(t.table_id, bucket)] = Mode.EXCLUSIVE
+    held = reads.ConsistentReads(holder_mesh, Locks(), holder, a)  # type: ignore[arg-type]
+    b.status = lambda x: mvcc.COMMITTED if x in a.committed else b.local_status(x)  # type: ignore[method-assign]
+    own = Ownership(CopyLocks(), b)  # type: ignore[arg-type]
+    own.held[CATALOG] = holder.held[CATALOG] = Mode.SHARED
+    cr = reads.ConsistentReads(reader_mesh, CopyLocks(), own, b)  # type: ignore[arg-type]
+    return a, b, t, holder_mesh, reader_mesh, held, own, cr
+
+
+def scan_op(engine: Engine, t: Any, xid: int) -> tuple[Callable[[], None], list[int]]:
+    """An operation that scans every chain of ``t`` in a new transaction ``xid`` of ``engine``, and the keys it
+    finds (filled when it runs)."""
+    txn, rows = engine.begin(xid, engine.local_snapshot(xid)), list[int]()
+
+    def op() -> None:
+        at = 1
+        while at <= t.nbuckets:
+            chunk, at = engine.scan_from(txn, t, at)
+            if chunk is not None:
+                rows.extend(chunk[0].tolist())
+    return op, rows
+
+
 def encode_chain(engine: Engine, table_id: int, bucket: int, nbuckets: int) -> bytes:
     from muheam.cluster.ownership import encode_images
     blocks = engine.cache.chain_blocks(table_id, bucket, nbuckets)
@@ -375,27 +390,10 @@ def test_a_copy_named_again_is_verified_once(tmp_path: Path, monkeypatch: pytest
     """A reader verifies a copy's pages (``Page.decode``) when it first reads those bytes; the same bytes named
     again and answered True are installed without the checks, and still read right.  Bytes that were kept but
     never read (their chain was ours when the answer came) are verified when they are first read."""
-    from muheam.cluster.ownership import CATALOG
     from muheam.net import wire
-    from muheam.storage import mvcc
     from muheam.storage.page import Page
 
-    a, b = open_engines(shared_dir(tmp_path), EngineConfig(segment_size=1 << 22), EngineConfig(segment_size=1 << 22))
-    t = a.create_table("t", {"v": "int64"}, buckets=2)
-    b.reload_catalog()
-    tx = a.begin(100)
-    for key in range(10):
-        tx.insert("t", key, {"v": key})
-    tx.commit()
-    holder_mesh, reader_mesh = HandlingMesh(), HandlingMesh()
-    holder = Ownership(Locks(), a)  # type: ignore[arg-type]
-    for bucket in (1, 2):
-        holder.held[chain_resource(t.table_id, bucket)] = Mode.EXCLUSIVE
-    held = reads.ConsistentReads(holder_mesh, Locks(), holder, a)  # type: ignore[arg-type]
-    b.status = lambda x: mvcc.COMMITTED if x in a.committed else b.local_status(x)  # type: ignore[method-assign]
-    own = Ownership(CopyLocks(), b)  # type: ignore[arg-type]
-    own.held[CATALOG] = holder.held[CATALOG] = Mode.SHARED
-    cr = reads.ConsistentReads(reader_mesh, CopyLocks(), own, b)  # type: ignore[arg-type]
+    a, b, t, holder_mesh, reader_mesh, held, own, cr = holder_and_reader(tmp_path, buckets=2, rows=10)
     checked: list[int] = []  # blocks of copies installed with Page.decode's checks
     real_decode = Page.decode
 
@@ -419,15 +417,7 @@ def test_a_copy_named_again_is_verified_once(tmp_path: Path, monkeypatch: pytest
     first = chain_resource(t.table_id, 1)
 
     def read_all(xid: int, before_answer: Callable[[], None] = lambda: None) -> list[int]:
-        rows: list[int] = []
-        txn = b.begin(xid, b.local_snapshot(xid))
-
-        def op() -> None:
-            at = 1
-            while at <= t.nbuckets:
-                chunk, at = b.scan_from(txn, t, at)
-                if chunk is not None:
-                    rows.extend(chunk[0].tolist())
+        op, rows = scan_op(b, t, xid)
         assert cr.read(first, op, ahead=1)
         _, _, body = reader_mesh.sent.pop()
         held._on_message(wire.PeerMessage(sender=2, epoch=0, stamp=0, kind=reads.KIND, body=body))
