@@ -28,6 +28,7 @@ class TransactionBlock:
     queried: bool
     saved: dict[str, str]
     local: set[str]
+    portals: dict[str, Any]
 
     def _send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -102,6 +103,7 @@ class TransactionBlock:
         """The block is over: the session is idle; returns its settings at BEGIN and its SET LOCAL names."""
         saved, local = self.saved, self.local
         self.explicit, self.implicit, self.tx, self.queried, self.saved, self.local = False, False, "I", False, {}, set()
+        self.portals.clear()  # a portal lives as long as its transaction (PostgreSQL's are not holdable either)
         return saved, local
 
     def _end_block(self, saved: dict[str, str], undo: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from pglast import ast, enums
 
-from muheam.sql import wire
+from muheam.sql import textinput, wire
 
 Row = dict[str, Any]
 Params = list[Any]
@@ -157,16 +157,17 @@ def coerce(value: Any, oid: int) -> Any:
         return value
     try:
         if oid in wire.INT_TYPES:
-            return int(value.strip())
+            return textinput.parse_int(value, wire.INT_BITS[oid])
         if oid == wire.NUMERIC:
             return wire.parse_numeric(value)
         if oid in wire.FLOAT_TYPES:
-            return float(value.strip())
+            return textinput.parse_float(value, single=oid == wire.FLOAT4)
+        if oid == wire.BOOL:
+            return textinput.parse_bool(value)
+    except textinput.InputError as exc:
+        raise SqlError(exc.code, str(exc)) from None
     except (ValueError, ArithmeticError):
-        kind = "bigint" if oid in wire.INT_TYPES else "numeric" if oid == wire.NUMERIC else "double precision"
-        raise SqlError("22P02", f'invalid input syntax for type {kind}: "{value}"') from None
-    if oid == wire.BOOL:
-        return value.strip().lower() in ("t", "true", "1", "on", "yes", "y")
+        raise SqlError("22P02", f'invalid input syntax for type numeric: "{value}"') from None
     return value
 
 
@@ -367,9 +368,15 @@ class Compiler:
     def __init__(self, param_oids: list[int], settings: Callable[[str], str]) -> None:
         self.param_oids = {i + 1: oid for i, oid in enumerate(param_oids) if oid}
         self.nparams = len(param_oids)
+        self.referenced: set[int] = set()
         self.setting = settings
 
     def param_types(self) -> list[int]:
+        """Each parameter's type: declared, or what its use asked for, or text where nothing did; a parameter no
+        declaration and no use names has no type at all (42P18, as in PostgreSQL: ``SELECT $2``)."""
+        for i in range(1, self.nparams + 1):
+            if i not in self.param_oids and i not in self.referenced:
+                raise SqlError("42P18", f"could not determine data type of parameter ${i}")
         return [self.param_oids.get(i, wire.TEXT) for i in range(1, self.nparams + 1)]
 
     def expr(self, node: Any, table: TableInfo | None, hint: int | None = None) -> Expr:
@@ -378,6 +385,7 @@ class Compiler:
         if isinstance(node, ast.ParamRef):
             n = node.number - 1
             self.nparams = max(self.nparams, n + 1)
+            self.referenced.add(n + 1)
             oid = self.param_oids.get(n + 1) or hint or wire.TEXT
             if hint and (n + 1) not in self.param_oids:
                 self.param_oids[n + 1] = hint

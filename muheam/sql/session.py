@@ -7,8 +7,9 @@ finishes later, from a session operation's callback.  Messages that arrive while
 handled in order once it is done, so a pipelined client (psycopg sends Parse/Bind/Describe/Execute/Sync at once)
 sees its answers in order.
 
-Transactions: outside BEGIN each statement is its own transaction (``begin`` ... ``commit`` through the session
-operations); inside BEGIN the first statement that touches a table takes the XID (as PostgreSQL takes the
+Transactions: outside BEGIN each statement of a simple Query is its own transaction (``begin`` ... ``commit``
+through the session operations), and the extended-protocol messages up to a Sync are one (an implicit block,
+committed at the Sync, as in PostgreSQL); inside BEGIN the first statement that touches a table takes the XID (as PostgreSQL takes the
 snapshot at the first statement).  An error inside BEGIN rolls the transaction back and leaves the connection in
 the failed state (``E``) until COMMIT or ROLLBACK, which both answer ``ROLLBACK``; statements meanwhile get
 ``25P02``.  After an error in the extended protocol, messages are skipped until Sync, as in PostgreSQL.
@@ -28,7 +29,7 @@ from pglast import ast, enums
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import RequestError
-from muheam.sql import execute, plan, settings, wire
+from muheam.sql import execute, plan, settings, textinput, wire
 from muheam.sql.plancache import PlanCache
 from muheam.sql.block import TransactionBlock
 from muheam.sql.startup import Outcome, Phase, Startup
@@ -65,6 +66,12 @@ class Portal:
     formats: list[int]
     replan: Callable[[], Compiled] | None = None
     """Its prepared statement planned afresh (``Session._run_plan``)."""
+    ran: bool = False
+    """Executed once: the statement ran to completion then (MUHEAM computes a result whole); a later Execute
+    fetches what is left of its rows, or, for a statement without rows, is refused (55000) as in PostgreSQL."""
+    rows: list[bytes] | None = None
+    """Its result's DataRow messages not sent yet (an Execute with a row limit sends some and suspends)."""
+    tag: str = ""
 
 
 class Session(TransactionBlock):
@@ -145,7 +152,10 @@ class Session(TransactionBlock):
             self.closing = True
         elif isinstance(ev, wire.Sync):
             self.skip_to_sync = False
-            self._send(wire.msg_ready(self.tx))
+            if self.implicit:  # the implicit transaction of the messages since the last Sync: committed now
+                self._end_pipeline()
+            else:
+                self._synced()
         elif self.skip_to_sync:
             return
         elif isinstance(ev, wire.Query):
@@ -155,8 +165,8 @@ class Session(TransactionBlock):
         else:
             try:
                 self._extended(ev)
-            except SqlError as exc:
-                self._error(exc)
+            except SqlError as exc:  # as any error: it ends the transaction (a block's: failed, E)
+                self._failed(exc)
                 self.skip_to_sync = True
 
     # startup and authentication (muheam.sql.startup) -------------------------------------------------------------
@@ -290,38 +300,70 @@ class Session(TransactionBlock):
             prepared = self._statement(ev.statement)
             compiled = prepared.compiled
             types = compiled.param_types if compiled else []
+            fmts = ev.param_formats
+            if len(fmts) > 1 and len(fmts) != len(ev.params):
+                raise SqlError("08P01", f"bind message has {len(fmts)} parameter formats but {len(ev.params)} "
+                               "parameters")
             if len(ev.params) != len(types):
                 raise SqlError("08P01", f"bind message supplies {len(ev.params)} parameters, but prepared "
                                f'statement "{ev.statement}" requires {len(types)}')
-            fmts = ev.param_formats
+            if self.tx == "E" and not (prepared.stmt is not None and _is_tx_end(prepared.stmt)):
+                raise _aborted()
+            formats = [fmts[0] if len(fmts) == 1 else fmts[i] if fmts else 0 for i in range(len(ev.params))]
+            bad = [f for v, f in zip(ev.params, formats) if v is not None and f not in (0, 1)]
+            if bad:
+                raise SqlError("22023", f"unsupported format code: {bad[0]}")
             try:
-                params = [wire.decode_param(v, oid, fmts[0] if len(fmts) == 1 else fmts[i] if fmts else 0)
-                          for i, (v, oid) in enumerate(zip(ev.params, types))]
+                params = [wire.decode_param(v, oid, f) for v, oid, f in zip(ev.params, types, formats)]
+            except textinput.InputError as exc:
+                raise SqlError(exc.code, str(exc)) from None
             except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
                 raise SqlError("22P02", f"invalid parameter: {exc!r}") from None
+            fields = compiled.fields if compiled else None
+            if fields is not None and len(ev.result_formats) > 1 and len(ev.result_formats) != len(fields):
+                raise SqlError("08P01", f"bind message has {len(ev.result_formats)} result formats but query has "
+                               f"{len(fields)} columns")
             stmt, oids = prepared.stmt, prepared.param_oids
             self.portals[ev.portal] = Portal(compiled, params, ev.result_formats,
                                              lambda: self._compile(stmt, oids))
             self._send(wire.msg_bind_complete())
         elif isinstance(ev, wire.Describe):
+            # in a failed block only what returns no rows is described (PostgreSQL: rows need the catalog)
             if ev.kind == "S":
                 compiled = self._statement(ev.name).compiled
+                if self.tx == "E" and compiled is not None and compiled.fields is not None:
+                    raise _aborted()
                 self._send(wire.msg_parameter_description(compiled.param_types if compiled else []))
                 self._describe(compiled, None)
             else:
                 portal = self._portal(ev.name)
+                if self.tx == "E" and portal.compiled is not None and portal.compiled.fields is not None:
+                    raise _aborted()
                 self._describe(portal.compiled, portal.formats)
         elif isinstance(ev, wire.Execute):
             portal = self._portal(ev.portal)
             if portal.compiled is None:
                 self._send(wire.msg_empty_query())
                 return
+            bad = [f for f in portal.formats if f not in (0, 1)]
+            if bad and portal.compiled.fields is not None:
+                raise SqlError("22023", f"unsupported format code: {bad[0]}")
+            if portal.ran:
+                if self.tx == "E":
+                    raise _aborted()
+                if portal.rows is None:
+                    raise SqlError("55000", f'portal "{ev.portal}" cannot be run')
+                self._fetch(portal, ev.max_rows)
+                return
+            portal.ran = True
+            if not self.explicit:  # what runs until the next Sync is one transaction, as in PostgreSQL
+                self._open_block(implicit=True)
 
             def done(ok: bool) -> None:
                 if not ok:
                     self.skip_to_sync = True
             self._run(portal.compiled, portal.params, portal.formats, describe=False, then=done,
-                      replan=portal.replan)
+                      replan=portal.replan, portal=portal, max_rows=ev.max_rows)
         elif isinstance(ev, wire.Close):
             (self.statements if ev.kind == "S" else self.portals).pop(ev.name, None)
             self._send(wire.msg_close_complete())
@@ -348,6 +390,38 @@ class Session(TransactionBlock):
             raise SqlError("34000", f'portal "{name}" does not exist')
         return self.portals[name]
 
+    def _fetch(self, portal: Portal, max_rows: int) -> None:
+        """The portal's next rows: all of them (``max_rows`` <= 0), or at most ``max_rows`` and PortalSuspended
+        when that many were sent (PostgreSQL learns it is at the end only from a fetch that comes up short); the
+        tag counts the rows of this Execute."""
+        rows = portal.rows
+        assert rows is not None
+        n = len(rows) if max_rows <= 0 else min(max_rows, len(rows))
+        for row in rows[:n]:
+            self._send(row)
+        del rows[:n]
+        if 0 < max_rows == n:
+            self._send(wire.msg_portal_suspended())
+            return
+        head, sep, count = portal.tag.rpartition(" ")
+        self._send(wire.msg_command_complete(f"{head} {n}" if sep and count.isdigit() else portal.tag))
+
+    def _synced(self) -> None:
+        """ReadyForQuery after a Sync; outside a block the transaction is over, and its portals with it."""
+        if not self.explicit:
+            self.portals.clear()
+        self._send(wire.msg_ready(self.tx))
+
+    def _end_pipeline(self) -> None:
+        """Commit the implicit transaction of the extended-protocol messages since the last Sync (its errors
+        are reported; it was rolled back at the first one), then ReadyForQuery."""
+        self.ending_implicit = True
+
+        def done(_ok: bool) -> None:
+            self.ending_implicit = False
+            self._synced()
+        self._run(self._compile(_IMPLICIT_COMMIT, []), [], None, describe=False, then=done, silent=True)
+
     def _describe(self, compiled: Compiled | None, formats: list[int] | None) -> None:
         if compiled is None or compiled.fields is None:
             self._send(wire.msg_no_data())
@@ -357,9 +431,9 @@ class Session(TransactionBlock):
     # running a statement ------------------------------------------------------------------------------------------
     def _run(self, compiled: Compiled, params: list[Any], formats: list[int] | None, describe: bool,
              then: Callable[[bool], None], replan: Callable[[], Compiled] | None = None,
-             silent: bool = False) -> None:
+             silent: bool = False, portal: Portal | None = None, max_rows: int = 0) -> None:
         """Run a statement; ``silent``: no rows or CommandComplete (an implicit block's own COMMIT or ROLLBACK;
-        its errors are still sent)."""
+        its errors are still sent); ``portal``: keep its rows there and send at most ``max_rows`` of them."""
         self.counters["statements"] += 1
         self.running_simple = describe
         fields = compiled.fields
@@ -377,6 +451,11 @@ class Session(TransactionBlock):
                 self._failed(error)
                 then(False)
             elif silent:
+                then(True)
+            elif portal is not None and fields is not None:
+                assert result is not None
+                portal.rows, portal.tag = rows, result.tag
+                self._fetch(portal, max_rows)
                 then(True)
             else:
                 assert result is not None

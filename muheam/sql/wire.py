@@ -17,6 +17,8 @@ from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from dataclasses import dataclass, field
 from typing import Union
 
+from muheam.sql import textinput
+
 PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
@@ -417,6 +419,7 @@ def result_format(formats: list[int] | None, i: int) -> int:
 BOOL, INT8, INT2, INT4, TEXT, FLOAT4, FLOAT8, UNKNOWN, VARCHAR, NUMERIC = 16, 20, 21, 23, 25, 700, 701, 705, 1043, 1700
 TYPE_SIZES = {BOOL: 1, INT8: 8, INT2: 2, INT4: 4, FLOAT4: 4, FLOAT8: 8}
 INT_TYPES = frozenset({INT2, INT4, INT8})
+INT_BITS = {INT2: 16, INT4: 32, INT8: 64}
 FLOAT_TYPES = frozenset({FLOAT4, FLOAT8})
 _TYPE_NAMES = {BOOL: "boolean", INT8: "bigint", INT2: "smallint", INT4: "integer", TEXT: "text", FLOAT4: "real",
                FLOAT8: "double precision", UNKNOWN: "unknown", VARCHAR: "character varying", NUMERIC: "numeric"}
@@ -536,20 +539,22 @@ def text_value(value: object) -> str:
 
 
 def decode_param(data: bytes | None, oid: int, fmt: int) -> object:
-    """A Bind parameter as a Python value: text of any type becomes int, float or str by its type OID (an
-    unspecified type stays a string, coerced later where its use tells the type); binary for the common types."""
+    """A Bind parameter as a Python value: text of any type becomes int, float or str by its type OID, read as
+    PostgreSQL's input functions read it (``muheam.sql.textinput``: a refusal is a ``textinput.InputError`` with
+    its SQLSTATE; an unspecified type stays a string, coerced later where its use tells the type); binary for
+    the common types."""
     if data is None:
         return None
     if fmt == 0:
         s = data.decode("utf-8")
         if oid in INT_TYPES:
-            return int(s)
+            return textinput.parse_int(s, INT_BITS[oid])
         if oid in FLOAT_TYPES:
-            return float(s)
+            return textinput.parse_float(s, single=oid == FLOAT4)
         if oid == NUMERIC:
             return parse_numeric(s)
         if oid == BOOL:
-            return s.lower() in ("t", "true", "1", "on", "yes", "y")
+            return textinput.parse_bool(s)
         return s
     if oid == INT8 and len(data) == 8:
         return int(struct.unpack("!q", data)[0])
