@@ -29,6 +29,11 @@ class TransactionBlock:
     saved: dict[str, str]
     local: set[str]
     portals: dict[str, Any]
+    pipeline: bool
+    """The open block is the implicit transaction of extended-protocol messages up to a Sync: PostgreSQL's
+    TBLOCK_STARTED, not a transaction block (SET LOCAL and SET TRANSACTION warn in it)."""
+    pipelined: int
+    """Statements executed in that pipeline so far (DISCARD ALL may only be its first)."""
 
     def _send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -36,8 +41,9 @@ class TransactionBlock:
     def _setting_statement(self, u: Utility) -> Result:
         """SET [LOCAL], SHOW, RESET, DISCARD ALL and DEALLOCATE, outside a failed block."""
         if u.kind == "set_local":
-            if not self.explicit:
+            if not self.explicit or self.pipeline:
                 self._send(wire.msg_notice("25P01", "SET LOCAL can only be used in transaction blocks"))
+            if not self.explicit:
                 return Result(u.tag)
             self.local.add(u.name)
             u = Utility("set", u.tag, u.name, u.value)
@@ -56,7 +62,9 @@ class TransactionBlock:
                     self._set(setting, settings.check(setting, val, self.settings.get(setting, "")))
         elif u.kind == "reset":
             if u.tag == "DISCARD ALL":
-                if self.explicit:
+                if self.pipeline and self.pipelined > 1:
+                    raise SqlError("25001", "DISCARD ALL cannot be executed within a pipeline")
+                if self.explicit and not self.pipeline:
                     raise SqlError("25001", "DISCARD ALL cannot run inside a transaction block")
                 self.statements = {k: v for k, v in self.statements.items() if not k}
             # RESET ALL leaves the running transaction's characteristics alone (as PostgreSQL does); they and
@@ -88,22 +96,26 @@ class TransactionBlock:
                 self._set(base, v)
         elif not self.explicit:
             self._send(wire.msg_notice("25P01", "SET TRANSACTION can only be used in transaction blocks"))
-        elif self.queried and v != self.settings[base] and (base == "transaction_isolation" or v == "off"):
-            raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query"
-                           if base == "transaction_isolation" else
-                           "transaction read-write mode must be set before any query")
         else:
+            if self.pipeline:  # a pipeline's implicit transaction is no block: PostgreSQL warns, and it applies
+                self._send(wire.msg_notice("25P01", "SET TRANSACTION can only be used in transaction blocks"))
+            if self.queried and v != self.settings[base] and (base == "transaction_isolation" or v == "off"):
+                raise SqlError("25001", "SET TRANSACTION ISOLATION LEVEL must be called before any query"
+                               if base == "transaction_isolation" else
+                               "transaction read-write mode must be set before any query")
             self._set(base, v)
 
-    def _open_block(self, implicit: bool = False) -> None:
-        """A transaction block begins (BEGIN, or a multi-statement Query's ``implicit`` one)."""
+    def _open_block(self, implicit: bool = False, pipeline: bool = False) -> None:
+        """A transaction block begins (BEGIN, or a multi-statement Query's ``implicit`` one, or a ``pipeline``'s)."""
         self.explicit, self.implicit, self.tx, self.saved, self.local = True, implicit, "T", dict(self.settings), set()
+        self.pipeline, self.pipelined = pipeline, 0
 
     def _leave_block(self) -> tuple[dict[str, str], set[str]]:
         """The block is over: the session is idle; returns its settings at BEGIN and its SET LOCAL names."""
         saved, local = self.saved, self.local
         self.explicit, self.implicit, self.tx, self.queried, self.saved, self.local = False, False, "I", False, {}, set()
         self.portals.clear()  # a portal lives as long as its transaction (PostgreSQL's are not holdable either)
+        self.pipeline = False
         return saved, local
 
     def _end_block(self, saved: dict[str, str], undo: Any) -> None:

@@ -94,6 +94,8 @@ class Session(TransactionBlock):
         self.implicit = False
         """The open block is a Query's implicit one (``explicit`` is set too): an error rolls it back and the
         session is idle again; a BEGIN in the Query makes it a regular block; its COMMIT/ROLLBACK warn."""
+        self.pipeline = False
+        self.pipelined = 0
         self.ending_implicit = False
         self.xid: int | None = None
         self.queried = False
@@ -194,6 +196,7 @@ class Session(TransactionBlock):
             except Exception:  # noqa: BLE001 - already rolled back by the node after its error
                 pass
         if self.implicit:  # the Query's own block ends with it: rolled back, idle, its SETs undone
+            self.drops = {}
             saved, _ = self._leave_block()
             self._end_block(saved, saved.keys())
         elif self.explicit:
@@ -357,7 +360,8 @@ class Session(TransactionBlock):
                 return
             portal.ran = True
             if not self.explicit:  # what runs until the next Sync is one transaction, as in PostgreSQL
-                self._open_block(implicit=True)
+                self._open_block(implicit=True, pipeline=True)
+            self.pipelined += 1
 
             def done(ok: bool) -> None:
                 if not ok:
@@ -578,7 +582,7 @@ class Session(TransactionBlock):
             except SqlError:
                 if not p.if_exists:
                     raise SqlError("42P01", f'table "{name}" does not exist') from None
-        if not self.explicit:
+        if not self.explicit or self.implicit:  # (an implicit block's: at once, like its CREATE TABLE)
             for name, table_id in found.items():
                 yield from self.catalog.drop(name, p.if_exists, table_id)
             return Result("DROP TABLE")
@@ -593,14 +597,19 @@ class Session(TransactionBlock):
         if u.kind == "begin":
             if self.tx == "E":
                 raise _aborted()
-            if self.implicit:  # inside a Query's implicit block: it becomes a regular one, as in PostgreSQL
-                self.implicit = False
+            was = self.implicit, self.pipeline
+            if self.implicit:  # inside a Query's or a pipeline's implicit block: it becomes a regular one, as in
+                self.implicit = self.pipeline = False  # PostgreSQL
             elif self.explicit:  # PostgreSQL warns and still applies the modes
                 self._send(wire.msg_notice("25001", "there is already a transaction in progress"))
             else:
                 self._open_block()
-            for setting, val in u.settings:
-                self._characteristic(setting, val)
+            try:
+                for setting, val in u.settings:
+                    self._characteristic(setting, val)
+            except SqlError:
+                self.implicit, self.pipeline = was  # a BEGIN that failed did not make the block a regular one
+                raise
             return Result(u.tag)
         if u.kind in ("commit", "rollback"):
             if not self.explicit:

@@ -499,6 +499,106 @@ def test_an_unreferenced_parameter_of_unknown_type_is_42P18(both: Both) -> None:
     assert mu == pg
 
 
+def _count(dsn: str, table: str) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        try:
+            return c.execute(f"SELECT count(*) FROM {table}").fetchone()
+        except psycopg.Error as exc:
+            return exc.sqlstate
+
+
+YT = [Q("DROP TABLE IF EXISTS yt"), Q("CREATE TABLE yt (id bigint PRIMARY KEY)")]
+RUNTIME_ERROR = [P("SELECT 1 / (b - 10) FROM xt WHERE id = 1"), B(), E()]   # 22012 at Execute on both
+
+
+# --- a pipeline's implicit transaction: what a second review found -------------------------------------------
+
+def test_drop_if_exists_then_create_in_one_pipeline(both: Both) -> None:
+    """P/B/E "DROP TABLE IF EXISTS yt"; P/B/E "CREATE TABLE yt ..."; P/B/E INSERT; Sync.  PostgreSQL: all three
+    succeed.  MUHEAM used to defer the drop to the Sync's COMMIT (the pipeline is now an implicit block), so CREATE
+    got 0A000, the pipeline rolled back, and the drop was left pending: yt answered 42P01 (and the next COMMIT
+    of the session dropped it)."""
+    both.send(*YT)
+    pg, mu = both.send(P("DROP TABLE IF EXISTS yt"), B(), E(), P("CREATE TABLE yt (id bigint PRIMARY KEY)"), B(),
+                       E(), P("INSERT INTO yt VALUES (1)"), B(), E(), S, Q("SELECT count(*) FROM yt"))
+    assert count_row(pg) == [("D", [b"1"])] and not [m for m in pg if m[0] == "E"]
+    assert mu == [m for m in pg if m[0] != "N"]
+
+
+def test_psycopg_autocommit_pipeline_drop_and_create(servers: Servers) -> None:  # noqa: F811
+    """psycopg 3, autocommit, ``with conn.pipeline():`` DROP TABLE IF EXISTS pt; CREATE TABLE pt; INSERT.
+    PostgreSQL: ok, 1 row.  MUHEAM used to answer 0A000 and no row."""
+    seen = []
+    for dsn in (servers.pg_dsn, servers.mu_dsn):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS pt")
+            c.execute("CREATE TABLE pt (id bigint PRIMARY KEY)")
+        got: list[Any] = []
+        with psycopg.connect(dsn, autocommit=True) as c:
+            try:
+                with c.pipeline():
+                    c.execute("DROP TABLE IF EXISTS pt")
+                    c.execute("CREATE TABLE pt (id bigint PRIMARY KEY)")
+                    c.execute("INSERT INTO pt VALUES (1)")
+            except psycopg.Error as exc:
+                got.append(exc.sqlstate)
+            got.append(c.info.transaction_status.name)
+        got.append(_count(dsn, "pt"))
+        seen.append(got)
+    assert seen[0] == ["IDLE", (1,)]
+    assert seen[1] == seen[0]
+
+
+def test_discard_all_as_the_first_statement_of_a_pipeline(both: Both) -> None:
+    """Parse "s"; P/B/E "DISCARD ALL"; Sync; Bind "s"; Execute; Sync (how drivers that always use the extended
+    protocol, and connection pools, reset a session).  PostgreSQL: DISCARD ALL, then 26000 (it deallocated "s").
+    MUHEAM used to answer 25001 "cannot run inside a transaction block" (the pipeline's implicit block counted
+    as one), and "s" survived."""
+    pg, mu = both.send(P("SELECT 1", "s"), P("DISCARD ALL"), B(), E(), S, B("", "s"), E(), S)
+    assert pg == [("1",), ("1",), ("2",), ("C", "DISCARD ALL"), ("Z", "I"), ("E", "ERROR", "26000"), ("Z", "I")]
+    assert mu == pg
+
+
+def test_failed_begin_after_a_query_in_a_pipeline_leaves_the_session_idle(both: Both) -> None:
+    """P/B/E "SELECT b FROM xt WHERE id = 1"; P/B/E "BEGIN ISOLATION LEVEL REPEATABLE READ" (25001: after a query);
+    Sync; Query "SELECT 1".  PostgreSQL: the failed BEGIN aborts the whole transaction and the session is idle
+    (ReadyForQuery I; SELECT 1 answers).  MUHEAM used to make the implicit block a regular one before
+    the characteristic failed, so the error left a failed block: 'E', and SELECT 1 got 25P02."""
+    pg, mu = both.send(P("SELECT b FROM xt WHERE id = 1"), B(), E(), P("BEGIN ISOLATION LEVEL REPEATABLE READ"), B(),
+                       E(), S, Q("SELECT 1"))
+    assert pg[4:] == [("1",), ("2",), ("E", "ERROR", "25001"), ("Z", "I"), ("T", [("?column?", 23, 0)]),
+                      ("D", [b"1"]), ("C", "SELECT 1"), ("Z", "I")]
+    assert mu == pg
+
+
+@pytest.mark.parametrize("sql", ["SET LOCAL application_name = 'q'", "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                                 "SET TRANSACTION READ ONLY"])
+def test_minor_set_local_in_a_pipeline_warns(both: Both, sql: str) -> None:
+    """P/B/E sql; Sync.  PostgreSQL: WARNING 25P01 ("... can only be used in transaction blocks"), the setting
+    still applies until the Sync.  MUHEAM used to send no warning."""
+    pg, mu = both.send(P(sql), B(), E(), S)
+    assert ("N", "WARNING", "25P01") in pg
+    assert mu == pg
+
+
+def test_ddl_in_a_failed_pipeline_took_effect_and_leaves_nothing_pending(both: Both) -> None:
+    """MUHEAM's documented limit, not PostgreSQL's behaviour: the catalog is not transactional, so a CREATE or DROP
+    TABLE in a pipeline takes effect at once and stays when a later statement of the pipeline fails (PostgreSQL
+    rolls both back).  What must hold: nothing of the failed pipeline is left pending for a later transaction of
+    the session (a deferred drop used to run at the next, unrelated COMMIT)."""
+    mu = both.mu
+    mu.send(*YT)
+    mu.send(Q("DROP TABLE IF EXISTS zt"))
+    got = mu.send(P("DROP TABLE yt"), B(), E(), P("CREATE TABLE zt (id bigint PRIMARY KEY)"), B(), E(), *RUNTIME_ERROR,
+                  S)
+    assert got[-2:] == [("E", "ERROR", "22012"), ("Z", "I")]
+    assert _count(both.servers.mu_dsn, "yt") == "42P01" and _count(both.servers.mu_dsn, "zt") == (0,)
+    mu.send(*YT)
+    mu.send(Q("BEGIN"), Q("INSERT INTO xt VALUES (81, 1, 1, 'x')"), Q("COMMIT"))
+    assert _count(both.servers.mu_dsn, "yt") == (0,)  # the later COMMIT dropped nothing
+    mu.send(Q("DROP TABLE zt"))
+
+
 # === what matched from the start (kept so that it stays so) ====================================
 
 def _i(v: int, fmt: str) -> bytes:
