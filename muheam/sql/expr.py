@@ -174,6 +174,8 @@ def coerce(value: Any, oid: int) -> Any:
 def to_float(value: Any) -> float:
     """A number as a double, 22003 where it does not fit one (a ``numeric`` beyond its range, or so small that
     only its sign would be left: PostgreSQL's cast refuses both)."""
+    if isinstance(value, Decimal) and value.is_zero():
+        return 0.0  # (a numeric zero has no sign: -0.0 as a literal is numeric, and a double from it is +0)
     try:
         f = float(value)
     except OverflowError:
@@ -194,8 +196,10 @@ def to_column(value: Any, kind: str, column: str, oid: int = wire.INT8, chars: i
         if isinstance(value, str):
             value = coerce(value, wire.INT8)
         if isinstance(value, Decimal):  # numeric -> integer: half away from zero
+            if value.is_nan():
+                raise SqlError("0A000", f"cannot convert NaN to {int_range(oid)[2]}")
             if not value.is_finite():
-                raise SqlError("22003", f"cannot convert {value} to {int_range(oid)[2]}")
+                raise SqlError("22003", f"cannot convert infinity to {int_range(oid)[2]}")
             value = int(value.to_integral_value(ROUND_HALF_UP))
         elif isinstance(value, float):  # double -> integer: half to even (rint)
             if not math.isfinite(value):
@@ -271,9 +275,15 @@ def _mixed(a: Any, b: Any) -> tuple[Any, Any]:
     return a, b
 
 
+def _is_nan(v: Any) -> bool:
+    return (isinstance(v, float) and v != v) or (isinstance(v, Decimal) and v.is_nan())
+
+
 def _div(a: Any, b: Any) -> Any:
-    if b == 0:
+    if b == 0 and not _is_nan(a):  # (PostgreSQL: NaN / 0 is NaN)
         raise SqlError("22012", "division by zero")
+    if _is_nan(a):
+        return a
     if isinstance(a, int) and isinstance(b, int):
         q = abs(a) // abs(b)
         return q if (a >= 0) == (b >= 0) else -q
@@ -283,12 +293,19 @@ def _div(a: Any, b: Any) -> Any:
 
 
 def _mod(a: Any, b: Any) -> Any:
+    if _is_nan(a) or _is_nan(b):
+        return Decimal("NaN")
     if b == 0:
         raise SqlError("22012", "division by zero")
     if isinstance(a, int) and isinstance(b, int):
         return abs(a) % abs(b) * (1 if a >= 0 else -1)
     if isinstance(a, Decimal) or isinstance(b, Decimal):
-        return wire.EXACT.remainder(Decimal(a), Decimal(b))  # (the sign of the dividend, as PostgreSQL's)
+        a, b = Decimal(a), Decimal(b)
+        if a.is_infinite():  # PostgreSQL: infinity % x is NaN, x % infinity is x
+            return Decimal("NaN")
+        if b.is_infinite():
+            return a
+        return wire.EXACT.remainder(a, b)  # (the sign of the dividend, as PostgreSQL's)
     return a - b * int(a / b)
 
 
@@ -337,6 +354,45 @@ def compare(cmp: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
 def sort_key(v: Any) -> tuple[bool, tuple[int, Any]]:
     """ORDER BY's key: NULL last (first when descending), NaN above every other number."""
     return (v is None, (0, 0) if v is None else order_key(v))
+
+
+def _not_unique(op: str, *operands: Any) -> None:
+    """42725 for an arithmetic operator whose operands are all untyped literals (``- NULL``, ``NULL + NULL``,
+    ``'1' + '2'``): PostgreSQL cannot choose among its numeric types."""
+    if all(isinstance(x, ast.A_Const) and _untyped(x) for x in operands):
+        shown = f"unknown {op} unknown" if len(operands) == 2 else f"{op} unknown"
+        raise SqlError("42725", f"operator is not unique: {shown}",
+                       "Could not choose a best candidate operator. You might need to add explicit type casts.")
+
+
+def _untyped(node: Any) -> bool:
+    """A parameter, or a literal string or NULL: of no type until its use gives it one."""
+    return isinstance(node, ast.ParamRef) or (isinstance(node, ast.A_Const) and (
+        node.isnull or isinstance(node.val, ast.String)))
+
+
+def _as_double(f: Fn) -> Fn:
+    return lambda r, p: None if (v := f(r, p)) is None else to_float(_num(v))
+
+
+def _cut(f: Fn, n: int) -> Fn:
+    return lambda r, p: None if (v := f(r, p)) is None else wire.text_value(v)[:n]
+
+
+def check_assignable(e: Expr, column: str, oid: int) -> None:
+    """42804 for a string stored into a number column (PostgreSQL has no assignment cast from text to a number;
+    an untyped literal or parameter has taken the column's type already)."""
+    if oid in _NUMBER_OIDS and e.oid in _STRING_OIDS:
+        raise SqlError("42804", f'column "{column}" is of type {wire.type_name(oid)} but expression is of type '
+                       f"{wire.type_name(e.oid)}", "You will need to rewrite or cast the expression.")
+
+
+def _typmod(mods: Any) -> int:
+    """The length of ``varchar(n)``."""
+    mod = mods[0]
+    if not (isinstance(mod, ast.A_Const) and isinstance(mod.val, ast.Integer)) or mod.val.ival < 1:
+        raise SqlError("22023", "length for type varchar must be at least 1")
+    return int(mod.val.ival)
 
 
 def _cast_oid(type_name: Any) -> int:
@@ -401,6 +457,9 @@ class Compiler:
             oid = _cast_oid(node.typeName)
             inner = self.expr(node.arg, table, oid)
             f = inner.fn
+            mods = node.typeName.typmods
+            if oid == wire.VARCHAR and mods:  # an explicit cast to varchar(n) cuts the string, as PostgreSQL's
+                f = _cut(f, _typmod(mods))
             if inner.name == "?column?" or inner.weak_name:  # (pglast gives the type's name as PostgreSQL does)
                 return Expr(lambda r, p: _cast(f(r, p), oid), oid, node.typeName.names[-1].sval, inner.constant,
                             weak_name=True)
@@ -457,7 +516,7 @@ class Compiler:
             if len(text) > 1000:
                 raise SqlError("22003", f"the numeric literal of {len(text)} characters is out of range",
                                "MUHEAM keeps numeric literals of at most 1,000 characters")
-            value, oid = Decimal(text), wire.NUMERIC
+            value, oid = wire.numeric_value(Decimal(text)), wire.NUMERIC
             if text.lstrip("-").isdigit() and -(1 << 63) <= value < 1 << 63:  # (pglast folds a minus in)
                 value = int(text)
                 oid = wire.INT4 if -(1 << 31) <= value < 1 << 31 else wire.INT8  # (PostgreSQL's make_const)
@@ -499,12 +558,21 @@ class Compiler:
         op = node.name[-1].sval if node.name else ""
         if kind in (enums.A_Expr_Kind.AEXPR_IN, enums.A_Expr_Kind.AEXPR_BETWEEN,
                     enums.A_Expr_Kind.AEXPR_NOT_BETWEEN):
-            left = self.expr(node.lexpr, table)
+            typed = [x for x in node.rexpr if not _untyped(x)]
+            if _untyped(node.lexpr) and typed:  # NULL IN (1, 2): the untyped side takes the list's type
+                left = self.expr(node.lexpr, table, self.expr(typed[0], table).oid)
+            else:
+                left = self.expr(node.lexpr, table)
             compiled = [self.expr(x, table, left.oid) for x in node.rexpr]
             for item in compiled:
                 self._comparable(left, item, "=")
             items = [c.fn for c in compiled]
             lf = left.fn
+            if kind == enums.A_Expr_Kind.AEXPR_IN and any(e.oid in wire.FLOAT_TYPES for e in (left, *compiled)):
+                # the list and its left side have one common type (PostgreSQL): a double among them makes it
+                # double precision for every comparison, not only that one
+                items = [_as_double(f) for f in items]
+                lf = _as_double(lf)
             if kind == enums.A_Expr_Kind.AEXPR_IN:
                 negate = op == "<>"
 
@@ -535,6 +603,7 @@ class Compiler:
         if kind != enums.A_Expr_Kind.AEXPR_OP:
             raise unsupported(f"the operator kind {kind.name}")
         if node.lexpr is None:  # prefix: -x, +x
+            _not_unique(op, node.rexpr)
             arg = self.expr(node.rexpr, table, hint)
             af = arg.fn
             if op == "-":
@@ -545,8 +614,11 @@ class Compiler:
             if op == "+":
                 return arg
             raise unsupported(f"the prefix operator {op}")
-        # the side that is not a parameter tells the parameter's type
-        if isinstance(node.lexpr, ast.ParamRef) and not isinstance(node.rexpr, ast.ParamRef):
+        # a comparison's operands get no type from its context (its result is a boolean); the side that is not a
+        # parameter or an untyped literal tells the other one its type (PostgreSQL: unknown takes the other side's)
+        hint = None if op in _COMPARE else hint
+        swap = isinstance(node.lexpr, ast.ParamRef) or op in _COMPARE or op in _ARITH  # (|| makes a literal text)
+        if swap and _untyped(node.lexpr) and not _untyped(node.rexpr):
             right = self.expr(node.rexpr, table, hint)
             left = self.expr(node.lexpr, table, right.oid)
         else:
@@ -569,8 +641,13 @@ class Compiler:
                                    f"{type(b).__name__}") from None
             return Expr(comparison, wire.BOOL, constant=constant)
         if op in _ARITH:
+            _not_unique(op, node.lexpr, node.rexpr)
             fn = _ARITH[op]
             oids = (left.oid, right.oid)
+            if op == "%" and (wire.FLOAT8 in oids or wire.FLOAT4 in oids):  # PostgreSQL has no % for doubles
+                raise SqlError("42883", f"operator does not exist: {wire.type_name(left.oid)} % "
+                               f"{wire.type_name(right.oid)}", "No operator matches the given name and argument "
+                               "types. You might need to add explicit type casts.")
             oid = wire.FLOAT8 if wire.FLOAT8 in oids or wire.FLOAT4 in oids else wire.NUMERIC \
                 if wire.NUMERIC in oids else wire.INT8 if wire.INT8 in oids else wire.INT4 \
                 if wire.INT4 in oids else left.oid

@@ -23,8 +23,8 @@ import pglast
 from pglast import ast, enums
 
 from muheam.sql import wire
-from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, check_boolean,
-                             unsupported)
+from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, check_assignable,
+                             check_boolean, unsupported)
 
 Lookup = Callable[[str], TableInfo]
 _CACHE: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
@@ -453,6 +453,11 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
             func = f.funcname[-1].sval.lower()
             if f.agg_distinct or f.agg_filter or f.over or (not f.agg_star and len(f.args or ()) != 1):
                 raise unsupported(f"{func}() with DISTINCT, FILTER, OVER or several arguments")
+            if func in ("sum", "avg") and not f.agg_star and isinstance(f.args[0], ast.A_Const):
+                if f.args[0].isnull or isinstance(f.args[0].val, ast.String):  # sum(NULL): of which type?
+                    raise SqlError("42725", f"function {func}(unknown) is not unique",
+                                   "Could not choose a best candidate function. You might need to add explicit "
+                                   "type casts.")
             arg = None if f.agg_star else c.expr(f.args[0], table)
             aggs.append(Agg(func, arg))
             oid = _aggregate_oid(func, arg)
@@ -465,6 +470,9 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
         check_boolean(where, "argument of WHERE")
     order: list[tuple[Expr, bool]] = []
     named = {e.name: e for e in exprs}  # output columns by name: ORDER BY takes these first, as PostgreSQL
+    sources: dict[str, set[str]] = {}  # ... and refuses a name that two different ones have (42702)
+    for t, e in zip(targets, exprs) if len(targets) == len(exprs) else ():
+        sources.setdefault(e.name, set()).add(repr(t.val))
     for sort in stmt.sortClause or ():
         node = sort.node
         desc = sort.sortby_dir == enums.SortByDir.SORTBY_DESC
@@ -475,6 +483,8 @@ def _select(stmt: Any, lookup: Lookup, c: Compiler) -> Select:
             order.append((exprs[i], desc))
         elif isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(node.fields[0], ast.String) \
                 and node.fields[0].sval in named:
+            if len(sources.get(node.fields[0].sval, ())) > 1:
+                raise SqlError("42702", f'ORDER BY "{node.fields[0].sval}" is ambiguous')
             order.append((named[node.fields[0].sval], desc))
         elif aggs is None:
             order.append((c.expr(node, table), desc))
@@ -522,7 +532,10 @@ def _insert(stmt: Any, lookup: Lookup, c: Compiler) -> Insert:
             raise SqlError("23502", f'null value in column "{missing[0]}" of relation "{table.name}" violates '
                            "not-null constraint", "MUHEAM columns are NOT NULL and have no defaults: give a value "
                            "for every column")
-        rows.append({col: c.expr(v, None, table.oid(col)) for col, v in zip(given, values)})
+        row = {col: c.expr(v, None, table.oid(col)) for col, v in zip(given, values)}
+        for col, e in row.items():
+            check_assignable(e, col, table.oid(col))
+        rows.append(row)
     return Insert(table, rows, _returning(stmt, table, c))
 
 
@@ -542,6 +555,7 @@ def _update(stmt: Any, lookup: Lookup, c: Compiler) -> Update:
             raise SqlError("42703", f'column "{t.name}" of relation "{table.name}" does not exist')
         val = t.val
         sets[t.name] = c.expr(val, table, table.oid(t.name))
+        check_assignable(sets[t.name], t.name, table.oid(t.name))
         if (len(stmt.targetList) == 1 and isinstance(val, ast.A_Expr) and val.kind == enums.A_Expr_Kind.AEXPR_OP
                 and val.name[-1].sval in "+-" and isinstance(val.lexpr, ast.ColumnRef)
                 and val.lexpr.fields[-1].sval == t.name and not table.columns[t.name].startswith("text")):

@@ -9,8 +9,8 @@ sees its answers in order.
 
 Transactions: outside BEGIN each statement of a simple Query is its own transaction (``begin`` ... ``commit``
 through the session operations), and the extended-protocol messages up to a Sync are one (an implicit block,
-committed at the Sync, as in PostgreSQL); inside BEGIN the first statement that touches a table takes the XID (as PostgreSQL takes the
-snapshot at the first statement).  An error inside BEGIN rolls the transaction back and leaves the connection in
+committed at the Sync, as in PostgreSQL); inside BEGIN the first statement that touches a table takes the XID (as
+PostgreSQL takes the snapshot at the first statement).  An error inside BEGIN rolls the transaction back and leaves the connection in
 the failed state (``E``) until COMMIT or ROLLBACK, which both answer ``ROLLBACK``; statements meanwhile get
 ``25P02``.  After an error in the extended protocol, messages are skipped until Sync, as in PostgreSQL.
 """

@@ -442,6 +442,15 @@ def parse_numeric(text: str) -> Decimal:
         raise ValueError(f"invalid input syntax for type numeric: {text!r}") from None
     if value.is_snan():
         raise ValueError(f"invalid input syntax for type numeric: {text!r}")
+    return numeric_value(value)
+
+
+def numeric_value(value: Decimal) -> Decimal:
+    """A numeric as PostgreSQL keeps one: never a negative scale (``1e1`` is 10, of scale 0, so ``1e1 * 2.5`` is
+    25.0; a ``Decimal`` keeps the exponent, and the product came out 25)."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > 0:
+        return value.quantize(Decimal(1), context=EXACT)
     return value
 
 
@@ -528,14 +537,36 @@ def text_value(value: object) -> str:
     if isinstance(value, Decimal):  # (a numeric zero has no sign in PostgreSQL)
         return "NaN" if value.is_nan() else format(value.copy_abs() if value.is_zero() else value, "f")
     if isinstance(value, float):
-        if value != value:
-            return "NaN"
-        if value in (float("inf"), float("-inf")):
-            return "Infinity" if value > 0 else "-Infinity"
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return repr(value)
+        return float_text(value)
     return str(value)
+
+
+def float_text(value: float) -> str:
+    """``float8out``: the shortest digits that read back as the same double (Python's ``repr`` finds the same
+    ones), written out plainly for a decimal exponent from -4 to 14 and as ``d.ddde+XX`` otherwise; ``-0`` keeps
+    its sign."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if str(value).startswith("-") else "0"
+    sign, digit_tuple, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent += len(digit_tuple) - len(digits)  # (the zeros cut off the end)
+    exp10 = exponent + len(digits) - 1
+    if -4 <= exp10 < 15:
+        if exponent >= 0:
+            text = digits + "0" * exponent
+        elif exp10 >= 0:
+            text = digits[:exp10 + 1] + "." + digits[exp10 + 1:]
+        else:
+            text = "0." + "0" * (-exp10 - 1) + digits
+    else:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        text = f"{mantissa}e{'+' if exp10 >= 0 else '-'}{abs(exp10):02d}"
+    return ("-" if sign else "") + text
 
 
 def decode_param(data: bytes | None, oid: int, fmt: int) -> object:
