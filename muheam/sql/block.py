@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pglast
+from pglast import ast, enums
+
 from muheam.sql import settings, wire
 from muheam.sql.execute import Result
 from muheam.sql.expr import SqlError, unsupported
@@ -131,3 +134,17 @@ class TransactionBlock:
         self.settings[name] = value
         if name in settings.REPORTED:
             self._send(wire.msg_parameter_status(name, value))
+
+
+def aborted() -> SqlError:
+    return SqlError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+
+
+IMPLICIT_COMMIT = pglast.parse_sql("COMMIT")[0].stmt
+"""An implicit block's own end, told apart by identity (not through ``plan.parse``, whose cache would hand the
+same node to a client's COMMIT)."""
+
+
+def is_tx_end(stmt: Any) -> bool:
+    return isinstance(stmt, ast.TransactionStmt) and stmt.kind in (
+        enums.TransactionStmtKind.TRANS_STMT_COMMIT, enums.TransactionStmtKind.TRANS_STMT_ROLLBACK)

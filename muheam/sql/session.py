@@ -1,5 +1,6 @@
-"""One SQL connection: the simple and extended query protocols and its transactions; the startup and
-authentication before them are ``muheam.sql.startup``, the transaction block and settings ``muheam.sql.block``.
+"""One SQL connection: the simple query protocol, running statements, and its transactions; the startup and
+authentication before them are ``muheam.sql.startup``, the transaction block and settings ``muheam.sql.block``, the
+extended query protocol ``muheam.sql.extended``.
 
 Pure of I/O: ``feed(bytes)`` parses (``muheam.sql.wire``) and acts; backend bytes collect in ``out`` and the
 owner (``muheam.sql.server``) is told through ``on_output`` that there is something to send, also when a statement
@@ -20,18 +21,17 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping
 
-import pglast
-from pglast import ast, enums
+from pglast import ast
 
 from muheam.errors import MuheamError
 from muheam.net.clientport import RequestError
-from muheam.sql import execute, plan, settings, textinput, wire
+from muheam.sql import execute, plan, settings, wire
 from muheam.sql.plancache import PlanCache
-from muheam.sql.block import TransactionBlock
+from muheam.sql.block import IMPLICIT_COMMIT, aborted
+from muheam.sql.extended import ExtendedProtocol, Portal, Prepared
 from muheam.sql.startup import Outcome, Phase, Startup
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
 from muheam.sql.expr import SqlError
@@ -50,31 +50,7 @@ def _write_verb(p: Any) -> str:
     return {plan.Insert: "INSERT", plan.Update: "UPDATE", plan.Delete: "DELETE"}.get(type(p), "")
 
 
-@dataclass
-class Prepared:
-    compiled: Compiled | None  # None: an empty query
-    stmt: Any = None
-    param_oids: list[int] = field(default_factory=list)
-    generation: int = 0
-    """The SQL catalog's generation it was planned in: planned again once a table is gone (``Session._statement``)."""
-
-
-@dataclass
-class Portal:
-    compiled: Compiled | None
-    params: list[Any]
-    formats: list[int]
-    replan: Callable[[], Compiled] | None = None
-    """Its prepared statement planned afresh (``Session._run_plan``)."""
-    ran: bool = False
-    """Executed once: the statement ran to completion then (MUHEAM computes a result whole); a later Execute
-    fetches what is left of its rows, or, for a statement without rows, is refused (55000) as in PostgreSQL."""
-    rows: list[bytes] | None = None
-    """Its result's DataRow messages not sent yet (an Execute with a row limit sends some and suspends)."""
-    tag: str = ""
-
-
-class Session(TransactionBlock):
+class Session(ExtendedProtocol):
     def __init__(self, ops: Mapping[str, Operation], catalog: Catalog, peer_host: str, auth_method: str,
                  shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None]) -> None:
         self.ops, self.catalog = ops, catalog
@@ -241,7 +217,7 @@ class Session(TransactionBlock):
             # several statements in one Query outside a block run as one transaction, as in PostgreSQL: all of
             # them commit at the end, or an error rolls back the ones before it and the session is idle (an
             # implicit block, ended by a COMMIT the client does not see)
-            self._next_simple([*stmts, _IMPLICIT_COMMIT], implicit=True)
+            self._next_simple([*stmts, IMPLICIT_COMMIT], implicit=True)
             return
         self._next_simple(list(stmts))
 
@@ -251,7 +227,7 @@ class Session(TransactionBlock):
             return
         stmt = stmts.pop(0)
         if implicit:
-            if stmt is _IMPLICIT_COMMIT and not self.implicit:
+            if stmt is IMPLICIT_COMMIT and not self.implicit:
                 self._next_simple(stmts)  # (a COMMIT, ROLLBACK or BEGIN of the Query ended or took over the block)
                 return
             if not self.explicit:  # at the Query's start, or after its COMMIT/ROLLBACK: a new implicit block
@@ -270,9 +246,9 @@ class Session(TransactionBlock):
             else:
                 self._send(wire.msg_ready(self.tx))
 
-        self.ending_implicit = stmt is _IMPLICIT_COMMIT
+        self.ending_implicit = stmt is IMPLICIT_COMMIT
         self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, []),
-                  silent=stmt is _IMPLICIT_COMMIT)
+                  silent=stmt is IMPLICIT_COMMIT)
 
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
         try:
@@ -284,153 +260,6 @@ class Session(TransactionBlock):
 
     def _setting(self, name: str) -> str:
         return self.settings.get(name, "")
-
-    # the extended query protocol ----------------------------------------------------------------------------------
-    def _extended(self, ev: wire.Event) -> None:
-        if isinstance(ev, wire.Parse):
-            if ev.name and ev.name in self.statements:
-                raise SqlError("42P05", f'prepared statement "{ev.name}" already exists')
-            stmts = plan.parse(ev.sql)
-            if len(stmts) > 1:
-                raise SqlError("42601", "cannot insert multiple commands into a prepared statement")
-            if stmts and self.tx == "E" and not _is_tx_end(stmts[0]):
-                raise _aborted()
-            compiled = self._compile(stmts[0], ev.param_types) if stmts else None
-            self.statements[ev.name] = Prepared(compiled, stmts[0] if stmts else None, list(ev.param_types),
-                                                self.catalog.generation)
-            self._send(wire.msg_parse_complete())
-        elif isinstance(ev, wire.Bind):
-            prepared = self._statement(ev.statement)
-            compiled = prepared.compiled
-            types = compiled.param_types if compiled else []
-            fmts = ev.param_formats
-            if len(fmts) > 1 and len(fmts) != len(ev.params):
-                raise SqlError("08P01", f"bind message has {len(fmts)} parameter formats but {len(ev.params)} "
-                               "parameters")
-            if len(ev.params) != len(types):
-                raise SqlError("08P01", f"bind message supplies {len(ev.params)} parameters, but prepared "
-                               f'statement "{ev.statement}" requires {len(types)}')
-            if self.tx == "E" and not (prepared.stmt is not None and _is_tx_end(prepared.stmt)):
-                raise _aborted()
-            formats = [fmts[0] if len(fmts) == 1 else fmts[i] if fmts else 0 for i in range(len(ev.params))]
-            bad = [f for v, f in zip(ev.params, formats) if v is not None and f not in (0, 1)]
-            if bad:
-                raise SqlError("22023", f"unsupported format code: {bad[0]}")
-            try:
-                params = [wire.decode_param(v, oid, f) for v, oid, f in zip(ev.params, types, formats)]
-            except textinput.InputError as exc:
-                raise SqlError(exc.code, str(exc)) from None
-            except (ValueError, UnicodeDecodeError, ArithmeticError) as exc:
-                raise SqlError("22P02", f"invalid parameter: {exc!r}") from None
-            fields = compiled.fields if compiled else None
-            if fields is not None and len(ev.result_formats) > 1 and len(ev.result_formats) != len(fields):
-                raise SqlError("08P01", f"bind message has {len(ev.result_formats)} result formats but query has "
-                               f"{len(fields)} columns")
-            stmt, oids = prepared.stmt, prepared.param_oids
-            self.portals[ev.portal] = Portal(compiled, params, ev.result_formats,
-                                             lambda: self._compile(stmt, oids))
-            self._send(wire.msg_bind_complete())
-        elif isinstance(ev, wire.Describe):
-            # in a failed block only what returns no rows is described (PostgreSQL: rows need the catalog)
-            if ev.kind == "S":
-                compiled = self._statement(ev.name).compiled
-                if self.tx == "E" and compiled is not None and compiled.fields is not None:
-                    raise _aborted()
-                self._send(wire.msg_parameter_description(compiled.param_types if compiled else []))
-                self._describe(compiled, None)
-            else:
-                portal = self._portal(ev.name)
-                if self.tx == "E" and portal.compiled is not None and portal.compiled.fields is not None:
-                    raise _aborted()
-                self._describe(portal.compiled, portal.formats)
-        elif isinstance(ev, wire.Execute):
-            portal = self._portal(ev.portal)
-            if portal.compiled is None:
-                self._send(wire.msg_empty_query())
-                return
-            bad = [f for f in portal.formats if f not in (0, 1)]
-            if bad and portal.compiled.fields is not None:
-                raise SqlError("22023", f"unsupported format code: {bad[0]}")
-            if portal.ran:
-                if self.tx == "E":
-                    raise _aborted()
-                if portal.rows is None:
-                    raise SqlError("55000", f'portal "{ev.portal}" cannot be run')
-                self._fetch(portal, ev.max_rows)
-                return
-            portal.ran = True
-            if not self.explicit:  # what runs until the next Sync is one transaction, as in PostgreSQL
-                self._open_block(implicit=True, pipeline=True)
-            self.pipelined += 1
-
-            def done(ok: bool) -> None:
-                if not ok:
-                    self.skip_to_sync = True
-            self._run(portal.compiled, portal.params, portal.formats, describe=False, then=done,
-                      replan=portal.replan, portal=portal, max_rows=ev.max_rows)
-        elif isinstance(ev, wire.Close):
-            (self.statements if ev.kind == "S" else self.portals).pop(ev.name, None)
-            self._send(wire.msg_close_complete())
-        else:
-            raise SqlError("08P01", f"unexpected message {type(ev).__name__}")
-
-    def _statement(self, name: str) -> Prepared:
-        """The prepared statement, planned again if a table was dropped since (its plan may name it), as
-        PostgreSQL re-plans; like PostgreSQL, refused if that changes its parameters or result columns."""
-        if name not in self.statements:
-            raise SqlError("26000", f'prepared statement "{name}" does not exist')
-        prepared = self.statements[name]
-        old = prepared.compiled
-        if old is not None and prepared.generation != self.catalog.generation:
-            new = self._compile(prepared.stmt, prepared.param_oids)
-            if new.fields != old.fields or new.param_types != old.param_types:
-                raise SqlError("0A000", "cached plan must not change result type",
-                               "prepare the statement again (its table was dropped and made again)")
-            prepared.compiled, prepared.generation = new, self.catalog.generation
-        return prepared
-
-    def _portal(self, name: str) -> Portal:
-        if name not in self.portals:
-            raise SqlError("34000", f'portal "{name}" does not exist')
-        return self.portals[name]
-
-    def _fetch(self, portal: Portal, max_rows: int) -> None:
-        """The portal's next rows: all of them (``max_rows`` <= 0), or at most ``max_rows`` and PortalSuspended
-        when that many were sent (PostgreSQL learns it is at the end only from a fetch that comes up short); the
-        tag counts the rows of this Execute."""
-        rows = portal.rows
-        assert rows is not None
-        n = len(rows) if max_rows <= 0 else min(max_rows, len(rows))
-        for row in rows[:n]:
-            self._send(row)
-        del rows[:n]
-        if 0 < max_rows == n:
-            self._send(wire.msg_portal_suspended())
-            return
-        head, sep, count = portal.tag.rpartition(" ")
-        self._send(wire.msg_command_complete(f"{head} {n}" if sep and count.isdigit() else portal.tag))
-
-    def _synced(self) -> None:
-        """ReadyForQuery after a Sync; outside a block the transaction is over, and its portals with it."""
-        if not self.explicit:
-            self.portals.clear()
-        self._send(wire.msg_ready(self.tx))
-
-    def _end_pipeline(self) -> None:
-        """Commit the implicit transaction of the extended-protocol messages since the last Sync (its errors
-        are reported; it was rolled back at the first one), then ReadyForQuery."""
-        self.ending_implicit = True
-
-        def done(_ok: bool) -> None:
-            self.ending_implicit = False
-            self._synced()
-        self._run(self._compile(_IMPLICIT_COMMIT, []), [], None, describe=False, then=done, silent=True)
-
-    def _describe(self, compiled: Compiled | None, formats: list[int] | None) -> None:
-        if compiled is None or compiled.fields is None:
-            self._send(wire.msg_no_data())
-        else:
-            self._send(wire.msg_row_description(compiled.fields, formats))
 
     # running a statement ------------------------------------------------------------------------------------------
     def _run(self, compiled: Compiled, params: list[Any], formats: list[int] | None, describe: bool,
@@ -483,7 +312,7 @@ class Session(TransactionBlock):
         if isinstance(p, Utility):
             return (yield from self._utility(p))
         if self.tx == "E":
-            raise _aborted()
+            raise aborted()
         if self.explicit:
             self.queried = True
         if self.settings["transaction_read_only"] == "on":
@@ -596,7 +425,7 @@ class Session(TransactionBlock):
     def _utility(self, u: Utility) -> Gen:
         if u.kind == "begin":
             if self.tx == "E":
-                raise _aborted()
+                raise aborted()
             was = self.implicit, self.pipeline
             if self.implicit:  # inside a Query's or a pipeline's implicit block: it becomes a regular one, as in
                 self.implicit = self.pipeline = False  # PostgreSQL
@@ -639,7 +468,7 @@ class Session(TransactionBlock):
                     yield from self.catalog.drop(name, True, table_id)
             return Result("ROLLBACK" if failed else u.tag)
         if self.tx == "E":
-            raise _aborted()
+            raise aborted()
         return self._setting_statement(u)
 
     # cancel and close ---------------------------------------------------------------------------------------------
@@ -704,15 +533,6 @@ its change did not happen when it did (a review found it).  Only a commit's wait
 scope, which may have no end, is ended (``release_commit``), and the client warned that it committed."""
 
 
-def _aborted() -> SqlError:
-    return SqlError("25P02", "current transaction is aborted, commands ignored until end of transaction block")
-
-
-_IMPLICIT_COMMIT = pglast.parse_sql("COMMIT")[0].stmt
-"""An implicit block's own end, told apart by identity (not through ``plan.parse``, whose cache would hand the
-same node to a client's COMMIT)."""
-
-
 def _one_transaction(stmts: list[Any]) -> bool:
     """Several statements: one implicit transaction, as PostgreSQL runs a multi-statement Query (row statements,
     SET/SHOW, and transaction statements, which end or take over the block as there).  Not with CREATE/DROP TABLE
@@ -721,8 +541,3 @@ def _one_transaction(stmts: list[Any]) -> bool:
     return len(stmts) > 1 and all(isinstance(s, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt,
                                                  ast.VariableSetStmt, ast.VariableShowStmt, ast.TransactionStmt))
                                   for s in stmts)
-
-
-def _is_tx_end(stmt: Any) -> bool:
-    return isinstance(stmt, ast.TransactionStmt) and stmt.kind in (
-        enums.TransactionStmtKind.TRANS_STMT_COMMIT, enums.TransactionStmtKind.TRANS_STMT_ROLLBACK)
