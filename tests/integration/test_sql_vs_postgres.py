@@ -80,8 +80,10 @@ class Servers:
                 psycopg.connect(self.mu_dsn, autocommit=autocommit))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """One PostgreSQL and one 1-node MUHEAM for every module that compares them (this one, the message-level and
+    the values modules): each module's tables have names of their own."""
     directory = tmp_path_factory.mktemp("sqldiff") / "cluster"
     _started_dirs.append(directory)
     with pgbase.server() as pg:
