@@ -521,6 +521,9 @@ class NodeAgent:
             self._set_state(NodeState.STOPPING, mode)
         except (EtcdUnavailable, Fenced) as exc:
             log.warning("could not mark node stopping in etcd: %s", exc)
+        if self.sql is not None:  # SQL clients hear why before their transactions are rolled back
+            self.sql.terminate("terminating connection due to immediate shutdown command" if mode == StopMode.IMMEDIATE
+                               else "terminating connection due to administrator command")
         if mode != StopMode.IMMEDIATE:
             self._finish_rounds()
         self._close_ports()

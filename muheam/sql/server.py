@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import zmq
 
+from muheam.sql import wire
 from muheam.sql.auth import is_loopback
 from muheam.sql.execute import Catalog, Operation
 from muheam.sql.session import Session
@@ -185,6 +186,15 @@ class SqlServer:
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "open": len(self.conns)}
+
+    def terminate(self, message: str) -> None:
+        """The node stops: every connection ends as PostgreSQL's shutdown ends its backends, with FATAL 57P01
+        (admin_shutdown, so drivers raise their ``AdminShutdown``) and what its socket takes of it now; closing
+        rolls back its transaction (a COMMIT under way goes on, and its client learns no outcome, as there)."""
+        for conn in list(self.conns.values()):
+            conn.session.out += wire.msg_error("57P01", message, "FATAL")
+            self._flush(conn)
+            self._close(conn)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):

@@ -767,3 +767,51 @@ def test_transaction_settings_follow_postgresql(cluster3: tuple[LocalCluster, di
         conn.execute("DISCARD ALL")
         conn.execute("INSERT INTO st VALUES (5, 5)")
         assert [k for (k,) in conn.execute("SELECT id FROM st ORDER BY id").fetchall()] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_stopping_node_ends_its_sql_connections_with_admin_shutdown(local_cluster: Callable[..., LocalCluster],
+                                                                     mode: str) -> None:
+    """``muheam node stop`` ends every SQL connection as PostgreSQL's shutdown does: FATAL 57P01
+    (admin_shutdown), so a driver raises its usual ``AdminShutdown``, both for a session that is idle in a
+    transaction and for one whose statement waits for a row lock; neither transaction's change is kept."""
+    c = local_cluster(2, security="none")
+    sql = {int(n["node_id"]): str(n["sql_endpoint"]) for n in c.info["nodes"]}
+    with psycopg.connect(conninfo(sql[2]), autocommit=True) as setup:
+        setup.execute("CREATE TABLE sd (id bigint PRIMARY KEY, v bigint)")
+        setup.execute("INSERT INTO sd VALUES (1, 0), (2, 0)")
+    idle, waiting = psycopg.connect(conninfo(sql[1])), psycopg.connect(conninfo(sql[1]))
+    holder = psycopg.connect(conninfo(sql[2]))
+    try:
+        idle.execute("UPDATE sd SET v = 1 WHERE id = 1")
+        holder.execute("UPDATE sd SET v = 2 WHERE id = 2")
+        failed: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                waiting.execute("UPDATE sd SET v = 3 WHERE id = 2")   # waits for the holder's row lock
+            except psycopg.Error as exc:
+                failed.append(exc)
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(1.0)
+        c.cli("node", "stop", "--node-id", "1", "--mode", mode, timeout=90)
+        waiter.join(30)
+        assert not waiter.is_alive() and len(failed) == 1
+        assert isinstance(failed[0], pgerrors.AdminShutdown), repr(failed[0])
+        with pytest.raises(pgerrors.AdminShutdown):
+            idle.execute("SELECT 1")
+        holder.rollback()
+        deadline = time.monotonic() + 30   # node 1's transactions end with it (immediate: by its recovery)
+        while True:
+            try:
+                assert holder.execute("SELECT id, v FROM sd ORDER BY id").fetchall() == [(1, 0), (2, 0)]
+                break
+            except (psycopg.Error, AssertionError):
+                holder.rollback()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        for conn in (idle, waiting, holder):
+            conn.close()
