@@ -54,6 +54,9 @@ class TransactionBlock:
             if u.name == "all":
                 raise unsupported("SHOW ALL")
             value = self.settings.get(u.name)
+            if value is None and u.name.lower() in settings.CONTEXT:  # PostgreSQL's, but MUHEAM keeps no value
+                raise SqlError("0A000", f'parameter "{u.name}" has no value in MUHEAM\'s SQL port',
+                               "it does not act on this parameter; SET stores a value that SHOW then shows")
             if value is None:
                 raise SqlError("42704", f'unrecognized configuration parameter "{u.name}"')
             return Result("SHOW", [[value]])

@@ -73,6 +73,9 @@ class TableInfo:
     table_id: int = 0
     """The engine's id (0: not created yet).  Row operations name the table by it, so a plan made before a
     DROP TABLE fails with 42P01 instead of running against a new table of the same name."""
+    alias: str | None = None
+    """The statement's name for it (``FROM t x``, ``UPDATE t AS x``): columns are qualified by it, not by the
+    table's name, as in PostgreSQL."""
 
     @property
     def ref(self) -> str | int:
@@ -536,7 +539,10 @@ class Compiler:
         name = fields[-1].sval
         if table is None:
             raise RowDependent(name)
-        if len(fields) > 2 or (len(fields) == 2 and fields[0].sval != table.name):
+        if len(fields) > 2 or (len(fields) == 2 and fields[0].sval != (table.alias or table.name)):
+            if table.alias and fields[0].sval == table.name:
+                raise SqlError("42P01", f'invalid reference to FROM-clause entry for table "{table.name}"',
+                               f'Perhaps you meant to reference the table alias "{table.alias}".')
             raise SqlError("42P01", f'missing FROM-clause entry for table "{fields[0].sval}"')
         if not table.has(name):
             raise SqlError("42703", f'column "{name}" does not exist in table "{table.name}"',

@@ -15,6 +15,9 @@ always applied to each row read.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -192,7 +195,29 @@ def _plan(stmt: Any, lookup: Lookup, c: Compiler) -> Plan:
         return Utility("deallocate", "DEALLOCATE ALL" if stmt.isall else "DEALLOCATE", stmt.name or "")
     if isinstance(stmt, ast.DiscardStmt):
         return Utility("reset", "DISCARD ALL")  # settings back to their defaults, prepared statements gone
-    raise unsupported(type(stmt).__name__.removesuffix("Stmt").upper() + " statements")
+    if isinstance(stmt, (ast.AlterRoleStmt, ast.CreateRoleStmt, ast.DropRoleStmt)):
+        raise SqlError("0A000", f"{_statement_words(stmt)} is not supported by MUHEAM's SQL port: its users and "
+                       "their passwords are kept outside SQL", "muheam user add NAME / list / remove -c CONFIG")
+    raise unsupported(_statement_words(stmt))
+
+
+_IRREGULAR = {"Index": "CREATE INDEX", "View": "CREATE VIEW", "CreateSeq": "CREATE SEQUENCE",
+              "AlterSeq": "ALTER SEQUENCE", "Createdb": "CREATE DATABASE", "Dropdb": "DROP DATABASE",
+              "Rule": "CREATE RULE", "CreateTrig": "CREATE TRIGGER", "Define": "CREATE AGGREGATE/OPERATOR/TYPE",
+              "Rename": "ALTER ... RENAME", "Lock": "LOCK TABLE"}
+
+
+def _statement_words(stmt: Any) -> str:
+    """A statement's kind in SQL's words, from pglast's node name: ``AlterRoleStmt`` -> ``ALTER ROLE``,
+    ``CreateTableAsStmt`` -> ``CREATE TABLE AS``; ``VacuumStmt`` is also ANALYZE."""
+    if isinstance(stmt, ast.VacuumStmt):
+        return "VACUUM" if stmt.is_vacuumcmd else "ANALYZE"
+    if isinstance(stmt, ast.GrantStmt):
+        return "GRANT" if stmt.is_grant else "REVOKE"
+    name = type(stmt).__name__.removesuffix("Stmt")
+    if name in _IRREGULAR:
+        return _IRREGULAR[name]
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name).upper()
 
 
 ISOLATION_LEVELS = ("read uncommitted", "read committed", "repeatable read", "serializable")
@@ -300,6 +325,8 @@ def _drop(stmt: Any) -> DropTable:
 def _create(stmt: Any) -> CreateTable:
     if stmt.inhRelations or stmt.partspec or stmt.ofTypename:
         raise unsupported("CREATE TABLE with inheritance, partitions or OF type")
+    if stmt.relation.relpersistence == "t":  # (it would be a permanent table every node sees)
+        raise unsupported("CREATE TEMPORARY TABLE")
     key: str | None = None
     columns: dict[str, str] = {}
     sql_types: dict[str, str] = {}
@@ -344,16 +371,41 @@ def _create(stmt: Any) -> CreateTable:
                        _storage_options(stmt))
 
 
+def _catalogs(node: Any) -> list[str]:
+    """The system catalogs a FROM clause names (``pg_catalog.*``, ``information_schema.*``, ``pg_*``), through
+    joins and subqueries: what psql's ``\\d`` commands send."""
+    if isinstance(node, (list, tuple)):
+        return [name for item in node for name in _catalogs(item)]
+    if isinstance(node, ast.RangeVar):
+        system = node.schemaname in ("pg_catalog", "information_schema") or str(node.relname).startswith("pg_")
+        return [f"{node.schemaname}.{node.relname}" if node.schemaname else str(node.relname)] if system else []
+    if isinstance(node, ast.JoinExpr):
+        return _catalogs(node.larg) + _catalogs(node.rarg)
+    if isinstance(node, ast.RangeSubselect) and isinstance(node.subquery, ast.SelectStmt):
+        return _catalogs(node.subquery.fromClause or ())
+    return []
+
+
+NO_CATALOGS = ("MUHEAM's SQL port has no system catalogs: list the tables with `muheam table list -c CONFIG`, a "
+               "table's columns with SELECT * FROM t LIMIT 0")
+
+
 def _table(from_clause: Any, lookup: Lookup) -> TableInfo | None:
     if not from_clause:
         return None
     if len(from_clause) != 1 or not isinstance(from_clause[0], ast.RangeVar):
+        catalogs = _catalogs(from_clause)
+        if catalogs:  # psql's \d, \dt: a clear word rather than one about joins
+            raise SqlError("0A000", f"system catalogs ({', '.join(sorted(set(catalogs)))}) are not supported",
+                           NO_CATALOGS)
         raise unsupported("a FROM clause with joins, subqueries or several tables")
     rv = from_clause[0]
     if rv.schemaname not in (None, "public"):
-        raise SqlError("42P01", f'relation "{rv.schemaname}.{rv.relname}" does not exist',
-                       "MUHEAM's SQL port has no system catalogs")
-    return lookup(rv.relname)
+        raise SqlError("42P01", f'relation "{rv.schemaname}.{rv.relname}" does not exist', NO_CATALOGS)
+    info = lookup(rv.relname)
+    if rv.alias is not None and info is not None:
+        info = dataclasses.replace(info, alias=rv.alias.aliasname)
+    return info
 
 
 def _key_points(where: Any, table: TableInfo, c: Compiler) -> list[Expr] | None:

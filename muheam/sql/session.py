@@ -116,6 +116,11 @@ class Session(ExtendedProtocol):
     def _send(self, data: bytes) -> None:
         self.out += data
 
+    def _notice(self, code: str, message: str) -> None:
+        """A NOTICE, unless the client asked for fewer messages (``client_min_messages`` above notice)."""
+        if self.settings.get("client_min_messages", "notice").lower() not in ("warning", "error"):
+            self._send(wire.msg_notice(code, message, "NOTICE"))
+
     def _fatal(self, code: str, message: str) -> None:
         self._send(wire.msg_error(code, message, "FATAL"))
         self.closing = True
@@ -327,6 +332,15 @@ class Session(ExtendedProtocol):
                 raise SqlError("0A000", f'CREATE TABLE "{p.info.name}" after its DROP TABLE in the same transaction '
                                "block is not supported: the drop takes effect at COMMIT",
                                "commit the block first, then create the table")
+            if p.if_not_exists:
+                self.catalog.revalidate()
+                try:
+                    self.catalog.lookup(p.info.name)
+                except SqlError:
+                    pass
+                else:
+                    self._notice("42P07", f'relation "{p.info.name}" already exists, skipping')
+                    return Result("CREATE TABLE")
             return (yield from self.catalog.create(p))
         if isinstance(p, DropTable):
             return (yield from self._drop(p))
@@ -411,6 +425,7 @@ class Session(ExtendedProtocol):
             except SqlError:
                 if not p.if_exists:
                     raise SqlError("42P01", f'table "{name}" does not exist') from None
+                self._notice("00000", f'table "{name}" does not exist, skipping')
         if not self.explicit or self.implicit:  # (an implicit block's: at once, like its CREATE TABLE)
             for name, table_id in found.items():
                 yield from self.catalog.drop(name, p.if_exists, table_id)

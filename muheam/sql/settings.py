@@ -26,7 +26,14 @@ DEFAULTS = {"application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO
             "search_path": '"$user", public', "max_identifier_length": "63", "lc_messages": "C",
             "lc_collate": "C", "lc_ctype": "C", "server_version_num": "180000", "extra_float_digits": "1",
             "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
-            "synchronous_commit": "on", "transaction_read_only": "off", "bytea_output": "hex"}
+            "synchronous_commit": "on", "transaction_read_only": "off", "bytea_output": "hex",
+            # PostgreSQL's defaults of parameters clients and tools read (psql's \password reads
+            # password_encryption); the port stores a SET of them and shows it, and acts on none
+            "password_encryption": "scram-sha-256", "work_mem": "4MB", "maintenance_work_mem": "64MB",
+            "client_min_messages": "notice", "default_transaction_deferrable": "off",
+            "transaction_deferrable": "off", "row_security": "on", "check_function_bodies": "on",
+            "xmloption": "content", "timezone_abbreviations": "Default",
+            "lc_monetary": "C", "lc_numeric": "C", "lc_time": "C", "max_connections": "500"}
 
 
 CHARACTERISTICS = ("transaction_isolation", "transaction_read_only")

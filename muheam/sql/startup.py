@@ -22,6 +22,9 @@ from muheam.sql.expr import SqlError
 
 log = logging.getLogger("muheam.sql")
 
+DATABASE = "postgres"
+"""The one database: every table of the cluster is in it, as on a fresh PostgreSQL's ``postgres``."""
+
 
 class Phase(enum.Enum):
     STARTUP = "startup"          # waiting for the StartupMessage (or an SSL/GSS/Cancel request)
@@ -137,7 +140,13 @@ class Startup:
 
     def _ready(self) -> Outcome:
         """Authenticated: AuthenticationOk and the parameters a client expects (the session adds its cancel key
-        and ReadyForQuery)."""
+        and ReadyForQuery); a database other than the one there is ends it, after authentication, as in
+        PostgreSQL (a connection to ``mydb`` must not seem to work: every name would see the same tables)."""
+        database = self.settings.get("database", "")
+        if database != DATABASE:
+            return self._fatal("3D000", f'database "{database}" does not exist'
+                               + f" (MUHEAM's SQL port has one database, {DATABASE}: connect with "
+                               f"dbname={DATABASE}, psql -d {DATABASE})")
         self.phase = Phase.READY
         self.send(wire.msg_auth_ok())
         for name in settings.REPORTED:
