@@ -256,7 +256,7 @@ class ConsistentReads:
         budget = ANSWER_BYTES
         for item in chains:
             if not isinstance(item, list) or len(item) not in (2, 3) \
-                    or not all(type(x) is int and x >= 0 for x in item[:2]) \
+                    or not all(type(x) is int and 0 <= x < 1 << 32 for x in item[:2]) \
                     or (len(item) == 3 and not (isinstance(item[2], bytes) and len(item[2]) == DIGEST)):
                 raise ValueError("a cr chain is [table, bucket] or [table, bucket, digest of the copy kept]")
             resource = chain_resource(item[0], item[1])

@@ -54,6 +54,9 @@ MAX_SCAN_ROWS = 200_000
 """Rows one unpaged ``scan`` may return (its reply is one message); a paged scan has no total limit."""
 MAX_PAGE_ROWS = 100_000
 """The largest ``page_rows`` a paged scan may ask for."""
+MAX_PAGE_CHAINS = 1024
+"""A page also ends after this many hash chains, rows or not: a page of an empty table with many chains walked
+them all in one turn of the loop (seconds), long enough for its peers to take the node for cut off."""
 
 
 def _snapshot_answered(tx: "_Tx", what: str) -> None:
@@ -79,6 +82,8 @@ class _Tx:
     snapshotting: Deferred | None = None
     """Its last ``snapshot`` answer: row operations are refused until it is given (the snapshot may still be
     taken again, ``SnapshotWaits._retake``, and must not have been used by then)."""
+    commit_asked: bool = False
+    """A COMMIT of it was asked for (a second one is refused)."""
     released: bool = False
     """Its client cancelled while its COMMIT was under way (``op_release_commit``): a wait for replicas it would
     start ends at once."""
@@ -167,8 +172,8 @@ class Sessions:
         taken (``_gate_pointer``)."""
         engine.pointer_gate = self._gate_pointer
         self.catalog = CatalogOps(engine, cluster.ownership, fence_check, port)
-        for op in ("begin", "snapshot", "get", "insert", "update", "add", "delete", "lock", "scan", "commit", "rollback",
-                   "writers", "release_commit"):
+        for op in ("begin", "snapshot", "get", "insert", "update", "add", "delete", "lock", "scan", "commit",
+                   "rollback", "writers", "release_commit"):
             port.register(op, getattr(self, "op_" + op))
 
     # writers ------------------------------------------------------------------------------------------------
@@ -404,13 +409,12 @@ class Sessions:
             named[0] = t.table_id
             while at[0] <= t.nbuckets:
                 chunk, at[0] = self.engine.scan_from(txn, t, at[0])
-                if chunk is None:
-                    continue
-                for key, rec in zip(chunk[0].tolist(), chunk[1]):
-                    rows.append([key, t.schema.from_record(rec)])
-                if paged and len(rows) >= limit:
+                if chunk is not None:
+                    for key, rec in zip(chunk[0].tolist(), chunk[1]):
+                        rows.append([key, t.schema.from_record(rec)])
+                if paged and (len(rows) >= limit or at[0] - start >= MAX_PAGE_CHAINS):
                     break
-                if len(rows) > limit or (not paged and failpoints.hit("sessions.scan_limit")):
+                if chunk is not None and (len(rows) > limit or (not paged and failpoints.hit("sessions.scan_limit"))):
                     raise RequestError("bad_request", f"scan of {table} exceeds {limit} rows: page it "
                                                       "(from_bucket, page_rows; the Python client does)")
             if paged:
@@ -429,6 +433,10 @@ class Sessions:
             except ValueError as exc:
                 raise RequestError("bad_request", str(exc)) from None
             tx.scope = scope
+        if tx.commit_asked:  # (answering the second one "rolled back" told the client a lie: the first commits)
+            raise RequestError("bad_request", f"a COMMIT of transaction {tx.txn.xid} is already under way: its "
+                                              "answer says whether the transaction committed")
+        tx.commit_asked = True
         reply = Deferred()
         self.commits.append((tx, reply))
         return reply

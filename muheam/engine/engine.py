@@ -32,7 +32,7 @@ from muheam.engine.errors import (CatalogWriteFailed, Deadlock, EngineStopped, N
 from muheam.engine.heapops import HeapOps, Table, usable_tables
 from muheam.engine.txn import Transaction, adder
 from muheam.storage import Heap, RowConflict, Schema, SchemaError, Snapshot, TupleId, mvcc
-from muheam.storage.heap import MAX_BUCKETS, bucket_block, default_nbuckets, relation_path
+from muheam.storage.heap import bucket_block, default_nbuckets, relation_path
 from muheam.storage.schema import Row, check_key, check_name
 from walmerge import WalError, WalWriter, pack_glsn, unpack_glsn
 
@@ -41,6 +41,13 @@ log = logging.getLogger("muheam.engine")
 Status = str
 EndCallback = Callable[[int, str, frozenset[int]], None]
 """``on_end(xid, "committed" | "aborted", woken_xids)``: called after a transaction finished."""
+
+
+CREATE_MAX_BUCKETS = 1 << 14
+"""The most hash chains a new table gets (the storage format allows ``MAX_BUCKETS``): a create writes every
+bucket page at once, in the node's event loop, and 16,384 pages (128 MiB) already take about a second there; a
+client asking for 2^24 stalled the loop for minutes, and its peers took the node for cut off.  More rows than
+that was sized for make longer chains, not an error."""
 
 
 class Owner(Protocol):
@@ -242,10 +249,10 @@ class Engine:
                 raise TableExists(f"table {name!r} is created but not usable yet ({statefiles.catalog_path(self.shared)}"
                                   f" could not be updated); it becomes usable when the catalog can be written")
             schema = Schema(name, columns)
-            if not 0 <= buckets <= MAX_BUCKETS:
-                raise SchemaError(f"buckets must be between 1 and {MAX_BUCKETS} (0: sized from expected_rows), "
-                                  f"got {buckets}")
-            nbuckets = buckets or default_nbuckets(schema, expected_rows)
+            if not 0 <= buckets <= CREATE_MAX_BUCKETS:
+                raise SchemaError(f"buckets must be between 1 and {CREATE_MAX_BUCKETS} (0: sized from "
+                                  f"expected_rows), got {buckets}")
+            nbuckets = buckets or min(CREATE_MAX_BUCKETS, default_nbuckets(schema, expected_rows))
             table_id = max(max(self.tables_by_id.keys() | self.dropped, default=0), catalog.max_table_id) + 1
             t = Table(table_id, name, schema, nbuckets, dict(sql) if sql else None)
             try:

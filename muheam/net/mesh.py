@@ -15,6 +15,7 @@ Not thread-safe: the node's event loop owns the mesh and its sockets.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -507,7 +508,7 @@ class Mesh:
             return
         try:
             handler(msg)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, struct.error) as exc:  # (a field too big to pack is malformed)
             self.counters["malformed"] += 1
             self.counters["rejected_body"] += 1
             log.warning("dropped %s from node %d: %s", msg.kind, msg.sender, exc)

@@ -15,7 +15,9 @@ probe sent while the process was stopped) with the final state, then stops liste
 from __future__ import annotations
 
 import json
+import logging
 import select
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +28,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from muheam.obs.metrics import SnapshotCollector
+
+log = logging.getLogger("muheam.obs")
 
 HEALTH_PATHS = ("/health", "/liveness", "/readiness")
 
@@ -55,6 +59,21 @@ def _reasons(snap: dict[str, Any] | None, deadline: float | None, fenced: str | 
             "snapshot_age_s": round(age, 3), "epoch": snap.get("epoch"), "node_id": snap.get("node_id")}
 
 
+REQUEST_TIMEOUT = 5.0
+"""Seconds a connection may take to send its request: a stop joins the request threads (every probe that came
+is answered), and one idle connection held the node stopping, its lease taken, for as long as it stayed open."""
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets mid-request is its own business (it got a traceback in the node's log per
+        request); anything else is logged, without the traceback socketserver prints on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        log.warning("metrics/health request from %s failed: %s: %s", client_address, type(exc).__name__, exc)
+
+
 class ObsServer:
     """Serves one node's metrics and health on ``http://HOST:PORT``; bound at construction (a taken port fails the
     node's start), serving once :meth:`start` runs."""
@@ -70,13 +89,15 @@ class ObsServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT  # (a client that sends half a request must not hold the node's stop)
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 owner._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes are not worth a log line
                 return
 
-        self.httpd = ThreadingHTTPServer((parsed.hostname or "127.0.0.1", int(parsed.port or 0)), Handler)
+        self.httpd = _Server((parsed.hostname or "127.0.0.1", int(parsed.port or 0)), Handler)
         self.httpd.daemon_threads = False
         self.httpd.block_on_close = True
         self._thread: threading.Thread | None = None
@@ -113,11 +134,14 @@ class ObsServer:
         else:
             body, status, content_type = b"not found: try /metrics, /health, /liveness, /readiness\n", 404, \
                 "text/plain"
-        req.send_response(status)
-        req.send_header("Content-Type", content_type)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        req.wfile.write(body)
+        try:
+            req.send_response(status)
+            req.send_header("Content-Type", content_type)
+            req.send_header("Content-Length", str(len(body)))
+            req.end_headers()
+            req.wfile.write(body)
+        except OSError:  # the client went (a reset, a closed socket): nothing to answer, nothing to log
+            req.close_connection = True
 
     def close(self, final: dict[str, Any] | None = None) -> None:
         """Stop serving: publish ``final`` (e.g. state fenced), answer every connection already waiting, close."""
