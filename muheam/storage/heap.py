@@ -293,10 +293,13 @@ def unique_conflict(versions: list[Version], snap: Snapshot, status: StatusFn) -
 
     Verdicts, strongest first (the first that applies to any version wins, so chain order does not matter):
 
-    * ``SERIALIZE`` -- a transaction the snapshot does not see committed a write to this key (created or
-      deleted a version): under REPEATABLE READ the inserter must roll back and retry (first committer wins);
-    * ``WAIT`` -- a transaction still running created or deleted a version: wait for it, then retry;
-    * ``DUPLICATE`` -- a live version exists that the snapshot sees (ours or committed): unique violation.
+    * ``DUPLICATE`` -- a live committed version exists, whether the snapshot sees its creator or not, or one of
+      ours: unique violation, as PostgreSQL reports a key a concurrent transaction inserted (or updated) and
+      committed; retrying would meet the same row, so ``40001`` would only send the client round again;
+    * ``SERIALIZE`` -- a transaction the snapshot does not see committed a delete of this key: under REPEATABLE
+      READ the inserter must roll back and retry (first committer wins).  PostgreSQL lets this insert through;
+      refusing it keeps a key chain to one version that any snapshot sees (README, "SQL");
+    * ``WAIT`` -- a transaction still running created or deleted a version: wait for it, then retry.
 
     Versions created by aborted transactions, and versions we or a visible transaction deleted, do not count.
     """
@@ -311,9 +314,6 @@ def unique_conflict(versions: list[Version], snap: Snapshot, status: StatusFn) -
             if creator == mvcc.IN_PROGRESS:
                 found.setdefault(WAIT, v.xmin)
                 continue
-            if not mvcc.xid_visible(v.xmin, snap, st):
-                found.setdefault(SERIALIZE, v.xmin)
-                continue
         if v.xmax and not v.lock_only and v.xmax != xid:
             deleter = st(v.xmax)
             if deleter == mvcc.IN_PROGRESS:
@@ -326,7 +326,7 @@ def unique_conflict(versions: list[Version], snap: Snapshot, status: StatusFn) -
         elif v.xmax == xid and not v.lock_only:
             continue
         found.setdefault(DUPLICATE, v.xmin)
-    for verdict in (SERIALIZE, WAIT, DUPLICATE):
+    for verdict in (DUPLICATE, SERIALIZE, WAIT):
         if verdict in found:
             return verdict, found[verdict]
     return None

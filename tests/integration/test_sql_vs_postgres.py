@@ -524,7 +524,7 @@ def test_psycopg_default_mode_matches(servers: Servers) -> None:
 def concurrency_script(dsn: str) -> list[Any]:
     """Two sessions: REPEATABLE READ lost update (40001, then 25P02), READ COMMITTED waits for a row lock, a
     snapshot does not see a later commit, a deadlock (40P01 to one of them), a duplicate key that waits for the
-    inserting transaction (23505)."""
+    inserting transaction (23505), a REPEATABLE READ insert of a key a later commit inserted or updated (23505)."""
     out: list[Any] = []
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS cc")
@@ -567,6 +567,9 @@ def concurrency_script(dsn: str) -> list[Any]:
         out.append(outcome(a, "COMMIT"))
         t.join(20)
         out.append(("insert waited", blocked, res.get("ins")))
+        for key, change in ((6, "INSERT INTO cc VALUES (6, 6)"), (1, "UPDATE cc SET b = 3 WHERE id = 1")):
+            out += [outcome(a, "BEGIN ISOLATION LEVEL REPEATABLE READ"), outcome(a, "SELECT count(*) FROM cc"),
+                    outcome(b, change), outcome(a, f"INSERT INTO cc VALUES ({key}, 7)"), outcome(a, "ROLLBACK")]
     finally:
         a.close()
         b.close()

@@ -131,9 +131,8 @@ def test_update_delete_lock_and_their_conflicts(tmp_path: Path) -> None:
         with pytest.raises(KeyNotFound):
             heap.update(1, {"bal": 0, "who": ""}, t4, st_fn)
         status[3] = COMMITTED
-        with pytest.raises(RowConflict) as exc:          # committed after t4's snapshot: first committer wins
+        with pytest.raises(DuplicateKey):                # committed after t4's snapshot, still the same key
             heap.insert(1, {"bal": 0, "who": ""}, t4, st_fn)
-        assert exc.value.committed
         status[5] = "in_progress"
         t5 = Snapshot(4, 6, frozenset({4, 5}), 5)
         with pytest.raises(DuplicateKey, match="key 1 already exists"):
@@ -168,6 +167,32 @@ def test_update_delete_lock_and_their_conflicts(tmp_path: Path) -> None:
         assert [v.row["bal"] for v in heap.versions(1)] == [99]
         with pytest.raises(ValueError, match="XID"):
             heap.delete(1, Snapshot(8, 8), st_fn)
+
+
+def test_insert_after_a_concurrent_commit_is_a_duplicate_unless_it_deleted(tmp_path: Path) -> None:
+    """A key a transaction outside the snapshot inserted or updated is 23505, as PostgreSQL says; one it
+    deleted is a serialization failure (PostgreSQL lets it through; a key keeps one version any snapshot sees)."""
+    status: dict[int, str] = {3: COMMITTED}
+    st_fn = status.__getitem__
+    with Heap.create(tmp_path / "r", SCHEMA, table_id=1, nbuckets=2, fsync=False) as heap:
+        heap.insert(1, {"bal": 1, "who": "a"}, writer(3), st_fn)
+        heap.insert(2, {"bal": 2, "who": "b"}, writer(3), st_fn)
+        status.update({4: "in_progress", 5: "in_progress", 6: "in_progress"})
+        late = Snapshot(4, 7, frozenset({4, 5, 6}), 6)    # began while 4 and 5 ran
+        heap.update(1, {"bal": 10, "who": "a"}, writer(4), st_fn)
+        heap.delete(2, writer(5), st_fn)
+        with pytest.raises(RowConflict, match="wait for it") as exc:
+            heap.insert(1, {"bal": 0, "who": ""}, late, st_fn)
+        assert exc.value.blocker == 4
+        status.update({4: COMMITTED, 5: COMMITTED})
+        with pytest.raises(DuplicateKey, match="key 1 already exists"):
+            heap.insert(1, {"bal": 0, "who": ""}, late, st_fn)
+        with pytest.raises(RowConflict, match="roll back and retry") as exc:
+            heap.insert(2, {"bal": 0, "who": ""}, late, st_fn)
+        assert (exc.value.blocker, exc.value.committed) == (5, True)
+        status[8] = "in_progress"
+        heap.insert(2, {"bal": 20, "who": "c"}, writer(8), st_fn)   # a snapshot that sees the delete may insert
+        assert heap.get(2, writer(8), st_fn) == {"bal": 20, "who": "c"}
 
 
 def test_full_chain_is_pruned_before_growing(tmp_path: Path) -> None:

@@ -194,7 +194,14 @@ class History:
         late = any(key in w for _, w in self.model.commits[tx.seen_commits:])
         if op == "insert":
             if late and key not in tx.writes:
-                return "serialize"
+                # A live committed row is a duplicate whoever's snapshot it is outside of (as PostgreSQL);
+                # a version a late commit deleted is first-committer-wins; else wait for the running writer.
+                pending = any(key in t.writes for t in others)
+                if key in self.model.state() and not pending:
+                    return "dup"
+                if self.late_deleted(tx, key):
+                    return "serialize"
+                return "wait"
             if any(key in t.writes for t in others):
                 return "wait"
             if key in tx.writes:
@@ -209,6 +216,11 @@ class History:
         if any(key in t.writes or key in t.locks for t in others):
             return "wait"
         return "ok"
+
+    def late_deleted(self, tx: Tx, key: int) -> bool:
+        """Did a commit that ``tx``'s snapshot does not see end a version of ``key`` (update or delete)?"""
+        return any(key in writes and key in self.model.state(n)
+                   for n, (_, writes) in enumerate(self.model.commits) if n >= tx.seen_commits)
 
     def write(self, tx: Tx, op: str, key: int, value: int) -> None:
         want = self.expected(tx, op, key)
