@@ -1,5 +1,5 @@
 """Single-node storage engine: WAL-logged catalog, transactions over a bounded buffer cache, checkpoints and
-crash recovery by physical redo.  See ``engine`` for the API, ``walrec`` for the WAL payloads, ``statefiles``
+crash recovery by physical redo.  See ``engine`` for the API, ``catalog`` for creating and dropping tables, ``walrec`` for the WAL payloads, ``statefiles``
 for the files in ``global/`` and ``xact/``, ``recovery`` for what ``Engine.open`` does after a crash, ``flusher`` for commits' WAL flushes in a thread
 (the node's loop goes on meanwhile).
 """
