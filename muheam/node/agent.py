@@ -48,7 +48,7 @@ from muheam.cluster.txstate import TxTable
 from muheam.cluster.xidstore import cluster_floor
 from walmerge import pack_glsn
 from muheam import failpoints
-from muheam.node.fence import Fence, LeaseKeeper
+from muheam.node.fence import Fence, LeaseKeeper, LoopWatch
 from muheam.membership import MEMBER_STATES, Lease, Member, MemberEvent, MembershipBackend, MemberWatch, connect
 from muheam.states import NodeState, StopMode
 from muheam.ops.procs import STOP_SIGNALS
@@ -91,6 +91,8 @@ class NodeAgent:
         self.lease: Lease | None = None
         self.fence: Fence | None = None
         self.keeper: LeaseKeeper | None = None
+        self.watch = LoopWatch(cfg.lease_ttl / 2)
+        """The loop's turns, as the lease keeper sees them (``fence.LoopWatch``)."""
         self.member: Member | None = None
         self.mesh: Mesh | None = None
         self.port: ClientPort | None = None
@@ -164,7 +166,8 @@ class NodeAgent:
             self.lease.revoke()
             raise
         self.mesh.epoch = self.member.epoch
-        self.keeper = LeaseKeeper(self.lease, self.fence)  # the loop reads the fence deadline every turn
+        # the loop reads the fence deadline every turn; the keeper renews only while the loop turns
+        self.keeper = LeaseKeeper(self.lease, self.fence, self.watch)
         self.keeper.start()
 
         snapshot, revision = backend.members(cfg.cluster_name)
@@ -407,10 +410,12 @@ class NodeAgent:
         next_tick = 0.0
         try:
             while True:
+                self.watch.turn()
                 self.mesh.uncork()  # (a turn left early still sends what it held)
                 if self.fence.fenced:
                     return self._self_fence()
                 if self.stop_mode is not None:
+                    self.watch.pause()  # the shutdown's own steps keep the lease to the end
                     return self._shutdown(self.stop_mode)
                 ready = dict(poller.poll(self._poll_ms()))
                 # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
@@ -476,6 +481,7 @@ class NodeAgent:
                 if self.port.monitor in ready:
                     self.port.drain_monitor()
         finally:
+            self.watch.pause()
             signal.set_wakeup_fd(-1)
             sig_r.close()
             sig_w.close()

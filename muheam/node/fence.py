@@ -80,18 +80,72 @@ RETRY_AFTER_FAILURE = 0.25
 """Seconds between lease renewal attempts while etcd does not answer."""
 
 
-class LeaseKeeper(threading.Thread):
-    """Renews the lease in the background and feeds the ``Fence``; never fences by itself beyond recording why."""
+class LoopWatch:
+    """When the node's event loop last began a turn: the lease keeper renews only while the loop turns.
 
-    def __init__(self, lease: Lease, fence: Fence) -> None:
+    The lease says "this node is alive" to the cluster, and a node whose loop is stuck is not: it answers no
+    peer, runs no round, and its peers find it silent after 2 x TTL.  If the keeper thread renewed on, the
+    partition decision that follows could not tell the stuck node from a cut-off one (it reports nothing, so
+    it counts as hearing everyone), and in a 2-node tie the healthy peer was the one removed.  So after
+    ``limit`` seconds without a turn (half the TTL) the keeper stops renewing: the lease runs out within
+    about 1.5 x TTL of the stall, before the peers' silence timeout, the survivors fence and recover the node,
+    and if the loop wakes first past its fence deadline it fences itself.  A loop that wakes before the
+    deadline renews again and loses nothing.  Not armed until the first turn (startup may take long) and
+    paused while the node stops (its shutdown steps run outside the loop and keep the lease to the end)."""
+
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._at: float | None = None
+
+    def turn(self) -> None:
+        self._at = self._clock()
+
+    def pause(self) -> None:
+        self._at = None
+
+    def stalled_for(self) -> float:
+        """Seconds since the last turn beyond ``limit``, or 0 while the loop turns (or is not watched)."""
+        at = self._at
+        if at is None:
+            return 0.0
+        return max(0.0, self._clock() - at - self.limit)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the lease in the background and feeds the ``Fence``; never fences by itself beyond recording why.
+    With a ``LoopWatch``, renews only while the node's loop turns."""
+
+    def __init__(self, lease: Lease, fence: Fence, watch: LoopWatch | None = None) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.lease = lease
         self.fence = fence
+        self.watch = watch
         self.interval = max(0.1, lease.ttl / 4)
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # (not ``_stop``: that name is Thread's own, used by ``join``)
+        self.withheld = 0
+        """Renewals not sent because the loop had stalled."""
+
+    def _loop_stalled(self) -> bool:
+        if self.watch is None or not self.watch.stalled_for():
+            if self.withheld:
+                log.warning("the event loop turns again; renewing lease %x again (%.2f s left before "
+                            "self-fencing)", self.lease.id, self.fence.remaining())
+                self.withheld = 0
+            return False
+        if not self.withheld:
+            log.warning("the event loop has not turned for %.2f s; not renewing lease %x, so that the cluster "
+                        "removes this node rather than a healthy peer (it self-fences in %.2f s unless the loop "
+                        "turns before)", self.watch.limit + self.watch.stalled_for(), self.lease.id,
+                        self.fence.remaining())
+        self.withheld += 1
+        return True
 
     def run(self) -> None:
-        while not self._stop.is_set() and not self.fence.fenced:
+        while not self._halt.is_set() and not self.fence.fenced:
+            if self._loop_stalled():
+                self._halt.wait(max(0.0, min(RETRY_AFTER_FAILURE, self.fence.remaining())))
+                continue
             sent = time.monotonic()
             try:
                 granted = self.lease.refresh()
@@ -108,10 +162,10 @@ class LeaseKeeper(threading.Thread):
             # after a failure retry soon: waiting a whole interval can put the last try on the fence deadline
             # although etcd came back long before it
             pause = self.interval if granted > 0 else min(self.interval, RETRY_AFTER_FAILURE)
-            self._stop.wait(max(0.0, min(pause - (time.monotonic() - sent), self.fence.remaining())))
+            self._halt.wait(max(0.0, min(pause - (time.monotonic() - sent), self.fence.remaining())))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 # -- fencing a dead peer (STONITH) -----------------------------------------------------------------------------

@@ -272,3 +272,53 @@ def test_joiner_whose_sync_peer_crashes_unanswered_sees_its_acknowledged_commit(
     log2 = c.log(2)
     assert "cannot claim the recovery of node 1 now (failpoint survivors.claim)" in log2
     assert "the join may end" in log2
+
+
+@pytest.mark.timeout(180)
+def test_a_stalled_loop_loses_its_lease_not_its_healthy_peer(local_cluster: Start,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 1's event loop stalls inside a turn for longer than the peers' silence timeout (2 x TTL; failpoint
+    ``engine.create_unlogged`` pauses a CREATE TABLE there) while its process lives on.  The stalled node must
+    be the one the cluster removes.  Before, its lease keeper (a thread) renewed on, node 2 found node 1
+    silent, node 1 reported nothing (so counted as hearing everyone), and the 2-node tie went to the smaller
+    id: node 2, the healthy one, was evicted and node 1 went on alone once it woke."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "engine.create_unlogged@1=1*pause(9)")
+    c = local_cluster(2)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = [str(m["client_endpoint"]) for m in sorted(c.members(), key=lambda m: int(m["node_id"]))]
+    before = epochs(c)
+    stalled_pid = c.node_pid(1)
+    assert stalled_pid is not None
+
+    def create() -> None:
+        try:
+            with connect(eps[0], 30) as conn:
+                conn.create_table("stalled", {"v": "int64"}, buckets=1)
+        except Exception:  # noqa: BLE001 - the node it asked is meant to go away mid-request
+            pass
+
+    threading.Thread(target=create, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "failpoint engine.create_unlogged" not in c.log(1):
+        time.sleep(0.05)
+    assert "failpoint engine.create_unlogged" in c.log(1)
+    deadline = time.monotonic() + 40  # the pause, then whatever the cluster decided, settled
+    while time.monotonic() < deadline:
+        now = epochs(c)
+        if now.get(1) != before[1] or now.get(2) != before[2]:
+            break
+        time.sleep(0.1)
+    now = epochs(c)
+    assert now.get(2) == before[2], f"the healthy node 2 was removed: members {now}, node 2's log:\n{c.log(2)[-3000:]}"
+    assert now.get(1) != before[1], now
+    wait_recovered(c, 1, before[1], 30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{stalled_pid}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{stalled_pid}"), "the stalled incarnation of node 1 still runs"
+    with connect(eps[1], 30) as conn:
+        conn.create_table("after", {"v": "int64"}, buckets=1)
+        with conn.transaction() as tx:
+            tx.insert("after", 1, {"v": 1})
+        with conn.transaction() as tx:
+            assert tx.get("after", 1) == {"v": 1}
