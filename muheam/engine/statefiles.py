@@ -216,8 +216,11 @@ def add_fence(shared: Path, node_id: int, epoch: int, glsn: int, end_lsn: int) -
     write_state(path, {"fences": sorted(fences + [[epoch, glsn, end_lsn]])})
 
 
-CATALOG_LOCK_WAIT = 5.0
-"""Seconds a catalog rewrite waits for another process's (a write takes milliseconds)."""
+CATALOG_LOCK_WAIT = 1.0
+"""Seconds a catalog rewrite waits for another process's (a write takes milliseconds).  It waits in the node's
+loop, so it stays well below what the loop watch tolerates (``node.fence.LoopWatch``: a turn much longer than
+the TTL costs the node its lease): a holder that keeps the file longer is paused or dying, and the rewrite fails
+with ``CatalogWriteFailed`` rather than taking the waiter down with it."""
 
 
 @contextmanager
