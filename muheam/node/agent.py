@@ -222,6 +222,7 @@ class NodeAgent:
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
         commits, on_outcome = self.commits, self.sessions.on_outcome
+        self.survivors.long_work = self.watch.paused
         self.survivors.on_recovered = lambda node: departures.sync_peer_recovered(
             cfg.shared_dir, node, commits, pack_glsn(self.clock.tick().lamport, self.node_id), on_outcome)
         self.port.register("lock_cycle", lambda req: benchops.lock_cycle(self.locks, req))
@@ -451,6 +452,8 @@ class NodeAgent:
                                          f"write ({self.engine.failed}). A transaction whose COMMIT you sent may "
                                          "or may not be committed: look the change up on another node before "
                                          "retrying it; any other transaction here was not committed")
+                if self.survivors is not None and self.survivors.backlog:
+                    self.survivors.resume()  # a recovery sweep whose chains came faster than one turn's budget
                 if self.sessions is not None:
                     self.sessions.pump()
                     if self.locks is not None:
@@ -491,6 +494,8 @@ class NodeAgent:
         """How long the loop may sleep: 100 ms, or less when the mesh has an acknowledgement or retransmission
         due sooner (a late acknowledgement would make the peer resend for nothing)."""
         assert self.mesh is not None
+        if self.survivors is not None and self.survivors.backlog:
+            return 0
         now = time.monotonic()
         due = self.mesh.next_timer(now)
         if due is None:

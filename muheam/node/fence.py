@@ -16,6 +16,7 @@ time) and wait until it is gone; for a node on another host they run the configu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from muheam.errors import EtcdUnavailable, Fenced
 from muheam.membership import Lease
@@ -103,6 +104,18 @@ class LoopWatch:
 
     def pause(self) -> None:
         self._at = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Not watched meanwhile (work that is slow but healthy, e.g. staging a dead node's pages), then watched
+        again as if the loop had just turned; a watch that was not armed stays so."""
+        armed = self._at is not None
+        self._at = None
+        try:
+            yield
+        finally:
+            if armed:
+                self.turn()
 
     def stalled_for(self) -> float:
         """Seconds since the last turn beyond ``limit``, or 0 while the loop turns (or is not watched)."""

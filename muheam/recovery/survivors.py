@@ -24,11 +24,12 @@ When node X's lease expires, every survivor, *before* its lock manager drops X:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from functools import partial
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from locking.messages import Mode
 from muheam import failpoints
@@ -49,6 +50,9 @@ log = logging.getLogger("muheam.survivors")
 
 SWEEP_WINDOW = 4
 """Chains the recoverer asks for at once."""
+SWEEP_BUDGET = 0.05
+"""Seconds one call of the sweep may spend on chains whose locks are granted at once (a sole survivor's are: it
+has nobody to ask) before it leaves the rest to the loop's next turn (``resume``)."""
 CLAIM_RETRY = 1.0
 CLAIM_RETRY_MAX = 8.0
 """Seconds between claims of a dead node nobody has recovered yet (doubling up to the max while etcd fails)."""
@@ -66,6 +70,9 @@ class _Job:
     known_committed: list[int] = field(default_factory=list)
     staged_ms: float = 0.0
     staged_pages: int = 0
+    wanted: int = 0
+    """Chain locks the sweep may ask for now (``SWEEP_WINDOW`` in flight; one more for each that completes)."""
+    sweeping: bool = False
 
 
 class Survivors:
@@ -96,6 +103,10 @@ class Survivors:
         self.staging: staging.Staging | None = None
         """The recoverer's rebuild of every page the dead nodes touched (``muheam.recovery.staging``), during its sweep."""
         self._written: set[tuple[int, int]] = set()
+        self.long_work: Callable[[], ContextManager[None]] = contextlib.nullcontext
+        """Wraps the work whose length grows with the dead node's WAL (reading it, staging its pages): the node
+        sets it to pause its loop watch (``node.fence.LoopWatch``), so that a long recovery turn costs what it did
+        before the watch (the peers' silence timeout), not the recoverer's lease."""
         self._next_claim = 0.0
         self._claim_backoff = CLAIM_RETRY
         ownership.repair = self
@@ -125,8 +136,9 @@ class Survivors:
             return dead
         t0 = time.monotonic()
         self.engine.reload_catalog()  # tables the dead node created and we never used: its chains need them
-        full = deadwal.load(self.engine.shared, dead.node, dead.epoch, self.system_id, self.engine.tables_by_id.get,
-                            start_lsn=dead.start_lsn)
+        with self.long_work():
+            full = deadwal.load(self.engine.shared, dead.node, dead.epoch, self.system_id,
+                                self.engine.tables_by_id.get, start_lsn=dead.start_lsn)
         full.read_ms = (time.monotonic() - t0) * 1000
         self.observe(full.last_glsn >> 16)
         if self.dead.get(dead.node) is dead:
@@ -280,7 +292,8 @@ class Survivors:
             return
         deads = self._deads()
         if deads:  # every page the sweep will need, rebuilt at once (each grant then writes its chain's pages)
-            self.staging = staging.stage(self.engine.cache, self.engine.tables_by_id.get, deads)
+            with self.long_work():
+                self.staging = staging.stage(self.engine.cache, self.engine.tables_by_id.get, deads)
             job.staged_ms, job.staged_pages = self.staging.ms, self.staging.pages
             self._spent(deads, self.staging.ms / 1000)
             self.counters["staged_pages"] += self.staging.pages
@@ -292,14 +305,42 @@ class Survivors:
     def _next_chain(self, job: _Job) -> None:
         """Take the next chain of the sweep.  A few at a time: each grant redoes one chain inside the event loop,
         and the loop must keep serving (and acknowledging the other survivors' commit rounds) in between."""
-        while job.todo:
-            table_id, head = job.todo.pop()
-            resource = chain_resource(table_id, head)
-            if self.ownership.held.get(resource) is Mode.EXCLUSIVE:
-                self._chain_done(job, table_id, head, more=False)
-                continue
-            self.ownership.acquire(resource, Mode.EXCLUSIVE, partial(self._chain_done, job, table_id, head))
+        job.wanted += 1
+        self._sweep(job)
+
+    def _sweep(self, job: _Job) -> None:
+        """Ask for chains while the sweep may.  A grant can come at once, inside ``acquire`` (a sole survivor
+        asks nobody): its callback only counts one more wanted and this loop takes the next chain.  Taking it
+        from the callback made one nested call per chain, and a sole survivor of a node that held a few hundred
+        chains died of a RecursionError mid-recovery.  Past ``SWEEP_BUDGET`` the rest waits for the next turn."""
+        if job.sweeping:
             return
+        job.sweeping = True
+        deadline = time.monotonic() + SWEEP_BUDGET
+        try:
+            while job.todo and job.wanted > 0:
+                if time.monotonic() >= deadline:
+                    return  # ``resume``, called every loop turn, goes on
+                table_id, head = job.todo.pop()
+                resource = chain_resource(table_id, head)
+                if self.ownership.held.get(resource) is Mode.EXCLUSIVE:
+                    self._chain_done(job, table_id, head, more=False)
+                    continue
+                job.wanted -= 1
+                self.ownership.acquire(resource, Mode.EXCLUSIVE, partial(self._chain_done, job, table_id, head))
+        finally:
+            job.sweeping = False
+
+    @property
+    def backlog(self) -> bool:
+        """A sweep left chains it may ask for now to the next turn (its budget ran out)."""
+        return any(job.todo and job.wanted > 0 for job in self.jobs.values())
+
+    def resume(self) -> None:
+        """Go on with sweeps that ran out of budget (the node loop calls it every turn while ``backlog``)."""
+        for job in list(self.jobs.values()):
+            if job.todo and job.wanted > 0:
+                self._sweep(job)
 
     def _chain_done(self, job: _Job, table_id: int, head: int, more: bool = True) -> None:
         t = self.engine.tables_by_id.get(table_id)

@@ -322,3 +322,27 @@ def test_a_stalled_loop_loses_its_lease_not_its_healthy_peer(local_cluster: Star
             tx.insert("after", 1, {"v": 1})
         with conn.transaction() as tx:
             assert tx.get("after", 1) == {"v": 1}
+
+
+@pytest.mark.timeout(180)
+def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: Start) -> None:
+    """In a 2-node cluster node 1 changes rows in 600 chains and is killed.  Node 2, the only survivor, takes
+    every chain node 1 touched; with no peer to ask, each lock is granted at once, and the sweep used to take the
+    next chain from inside the previous grant's callback: the recursion ran out of stack after about 140
+    chains and the recovery never ended."""
+    c = local_cluster(2)
+    eps = [str(m["client_endpoint"]) for m in sorted(c.members(), key=lambda m: int(m["node_id"]))]
+    before = epochs(c)
+    with connect(eps[0], 60) as conn:
+        conn.create_table("wide", {"v": "int64"}, buckets=600)
+        for start in range(0, 1800, 300):
+            with conn.transaction() as tx:
+                for k in range(start, start + 300):
+                    tx.insert("wide", k, {"v": k})
+    pid = c.node_pid(1)
+    assert pid is not None
+    stop_pid(pid, signal.SIGKILL, 5)
+    wait_recovered(c, 1, before[1], 60)
+    with connect(eps[1], 60) as conn, conn.transaction() as tx:
+        rows = dict(tx.scan("wide"))
+    assert len(rows) == 1800 and all(rows[k] == {"v": k} for k in range(1800))

@@ -35,6 +35,16 @@ def test_a_watch_counts_a_stall_only_while_armed() -> None:
     now[0] += 50
     watch.pause()  # a stopping node's own steps, outside the loop
     assert watch.stalled_for() == 0.0
+    with watch.paused():  # not armed before: stays so
+        now[0] += 50
+    assert watch.stalled_for() == 0.0
+    watch.turn()
+    with watch.paused():  # slow but healthy work (a dead node's WAL staged) is not a stall
+        now[0] += 50
+        assert watch.stalled_for() == 0.0
+    assert watch.stalled_for() == 0.0  # watched again from the end of that work
+    now[0] += 1.25
+    assert abs(watch.stalled_for() - 0.25) < 1e-9
 
 
 def until(cond: object, timeout: float = 3.0) -> bool:
