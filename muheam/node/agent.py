@@ -319,7 +319,10 @@ class NodeAgent:
                 floor = 0
                 if crashed and self.survivors is not None:
                     assert self.member is not None  # before its WAL is read and before anyone takes its chains
-                    departures.fence_peer(member, self.member.host, self.cfg.fence_command)
+                    # a fence agent may take many seconds (and a killed peer stuck in the kernel up to 10 s):
+                    # every survivor waits here at once, and none of them may lose its lease for it
+                    with self.watch.paused():
+                        departures.fence_peer(member, self.member.host, self.cfg.fence_command)
                     floor = self.survivors.expired(member.node_id, member.epoch)
                 elif not crashed:
                     if self.commits is not None:  # before its sync and rounds stop counting

@@ -346,3 +346,32 @@ def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: 
     with connect(eps[1], 60) as conn, conn.transaction() as tx:
         rows = dict(tx.scan("wide"))
     assert len(rows) == 1800 and all(rows[k] == {"v": k} for k in range(1800))
+
+
+@pytest.mark.timeout(240)
+def test_survivors_keep_their_leases_while_a_slow_fence_agent_runs(local_cluster: Start) -> None:
+    """Node 3 counts as another host's (``host`` in the config), so the survivors fence it with the
+    ``fence_command``, a slow one (4 s, as real fence agents are), in their loops.  They must not lose their
+    own leases meanwhile (the loop watch), or one dead node takes the whole cluster down with it."""
+    c = local_cluster(3)
+    text = c.config.read_text()
+    assert '[nodes.3]\nhost = "127.0.0.1"' in text
+    text = text.replace('[nodes.3]\nhost = "127.0.0.1"', '[nodes.3]\nhost = "127.0.0.3"')
+    c.config.write_text('fence_command = "sleep 4"\n' + text)
+    run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=90)
+    run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=120)
+    eps = endpoints(c)
+    with connect(eps[0], 30) as conn:
+        conn.create_table("z", {"v": "int64"}, buckets=4)
+    with connect(eps[2], 30) as conn, conn.transaction() as tx:
+        tx.insert("z", 1, {"v": 1})
+    before = epochs(c)
+    pid = c.node_pid(3)
+    assert pid is not None
+    stop_pid(pid, signal.SIGKILL, 5)
+    wait_recovered(c, 3, before[3], 60)
+    assert all("with the fence command" in c.log(n) for n in (1, 2))
+    now = epochs(c)
+    assert now.get(1) == before[1] and now.get(2) == before[2], (before, now)
+    with connect(eps[1], 30) as conn, conn.transaction() as tx:
+        assert tx.get("z", 1) == {"v": 1}
