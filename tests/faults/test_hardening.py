@@ -17,7 +17,7 @@ import pytest
 
 from muheam.client import connect
 from muheam.ops.procs import stop_pid
-from tests.support.cluster import MUHEAM, LocalCluster, run_cli
+from tests.support.cluster import FULL, MUHEAM, LocalCluster, run_cli
 from muheam.storage.layout import BLOCK_SIZE, MAX_ROW_WIDTH, PAGE_HEADER_SIZE, SLOT_HEADER_SIZE
 from tests.integration.test_cluster_txn import endpoints
 from tests.faults.test_node_failure import wait_recovered
@@ -348,16 +348,17 @@ def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: 
     assert len(rows) == 1800 and all(rows[k] == {"v": k} for k in range(1800))
 
 
+@pytest.mark.skipif(not FULL, reason="restarts the cluster to configure a fence agent (CI time): MUHEAM_FULL=1")
 @pytest.mark.timeout(240)
 def test_survivors_keep_their_leases_while_a_slow_fence_agent_runs(local_cluster: Start) -> None:
     """Node 3 counts as another host's (``host`` in the config), so the survivors fence it with the
-    ``fence_command``, a slow one (4 s, as real fence agents are), in their loops.  They must not lose their
+    ``fence_command``, a slow one (3 s; real fence agents take 2-30 s), in their loops.  They must not lose their
     own leases meanwhile (the loop watch), or one dead node takes the whole cluster down with it."""
     c = local_cluster(3)
     text = c.config.read_text()
     assert '[nodes.3]\nhost = "127.0.0.1"' in text
     text = text.replace('[nodes.3]\nhost = "127.0.0.1"', '[nodes.3]\nhost = "127.0.0.3"')
-    c.config.write_text('fence_command = "sleep 4"\n' + text)
+    c.config.write_text('fence_command = "sleep 3"\n' + text)
     run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=90)
     run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=120)
     eps = endpoints(c)
