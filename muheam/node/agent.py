@@ -12,6 +12,7 @@ without a clean shutdown.  All three mark the member ``stopping`` and revoke the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import logging
@@ -84,6 +85,10 @@ class NodeAgent:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.wake_endpoint = f"inproc://wake-{id(self)}"
         self.events: queue.SimpleQueue[MemberEvent] = queue.SimpleQueue()
+        self._held: collections.deque[MemberEvent] = collections.deque()
+        """Events taken from ``events`` and not applied yet: they wait behind ``_fencing``."""
+        self._fencing: tuple[threading.Thread, MemberEvent] | None = None
+        """A crashed peer's fence running in a thread, and its event (finished by ``_fenced``)."""
         self.stop_mode: StopMode | None = None
         self.state = NodeState.STARTING
         self.members: dict[int, Member] = {}
@@ -319,25 +324,77 @@ class NodeAgent:
                 floor = 0
                 if crashed and self.survivors is not None:
                     assert self.member is not None  # before its WAL is read and before anyone takes its chains
-                    # a fence agent may take many seconds (and a killed peer stuck in the kernel up to 10 s):
-                    # every survivor waits here at once, and none of them may lose its lease for it
-                    with self.watch.paused():
-                        departures.fence_peer(member, self.member.host, self.cfg.fence_command)
-                    floor = self.survivors.expired(member.node_id, member.epoch)
-                elif not crashed:
+                    # a fence agent may take many seconds (a killed peer stuck in the kernel up to 10 s): it runs
+                    # in a thread while the loop turns on (beats, its own fence, clients), and the rest of this
+                    # event, and every later one, waits for it (``_take_events``)
+                    if self.peerwatch is not None:
+                        self.peerwatch.forget(member.node_id)  # gone from etcd: not a silent peer to decide about
+                    fencing = threading.Thread(target=self._fence_peer, name=f"fence-{member.node_id}",
+                                               args=(member, self.member.host), daemon=True)
+                    fencing.start()
+                    self._fencing = (fencing, event)
+                    return
+                if not crashed:
                     if self.commits is not None:  # before its sync and rounds stop counting
                         departures.learn_outcomes(self.cfg.shared_dir, member.node_id, self.commits.table,
                                                   pack_glsn(self.clock.tick().lamport, self.node_id),
                                                   self.sessions.on_outcome if self.sessions else None)
                 self._remove(known, floor, outcomes_known=not crashed)
-                if crashed and self.survivors is not None:
-                    self.survivors.claim_all()
-            if event.kind in ("left", "expired"):
-                log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
-                         event.revision)
+            log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
+                     event.revision)
 
         elif event.kind == "recovered" and self.survivors is not None:
             self.survivors.recovered(member.node_id, member.epoch)
+
+    def _fence_peer(self, member: Member, our_host: str) -> None:
+        """The fencing thread: fence, then wake the loop so that the departure goes on at once."""
+        try:
+            departures.fence_peer(member, our_host, self.cfg.fence_command)
+        finally:
+            self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        """From another thread: end the loop's poll now (a socket of that thread's own)."""
+        try:
+            wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
+        except zmq.ZMQError:
+            return  # the node is stopping; the loop has gone
+        try:
+            wake.connect(self.wake_endpoint)
+            wake.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the loop polls at least every 100 ms anyway
+        finally:
+            wake.close(0)
+
+    def _fenced(self, event: MemberEvent) -> None:
+        """The rest of a crashed member's departure, once it cannot write any more (its fence is done)."""
+        assert self.survivors is not None
+        member = event.member
+        known = self.members.get(member.node_id)
+        if known is not None:
+            floor = self.survivors.expired(member.node_id, member.epoch)
+            self._remove(known, floor, outcomes_known=False)
+            self.survivors.claim_all()
+        log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind, event.revision)
+
+    def _take_events(self) -> None:
+        """Apply the membership events in order, except behind a peer's fence still running (``_apply``): what
+        follows it waits, so every event still sees the members as etcd reported them, one after the other.
+        Our own removal does not wait (it must fence this node at once)."""
+        while not self.events.empty():  # (this loop is the only consumer; no Empty raised per turn)
+            self._held.append(self.events.get_nowait())
+        if self._fencing is not None:
+            thread, event = self._fencing
+            if thread.is_alive():
+                for own in [e for e in self._held if e.member.node_id == self.node_id]:
+                    self._held.remove(own)
+                    self._apply(own)
+                return
+            self._fencing = None
+            self._fenced(event)
+        while self._held and self._fencing is None:
+            self._apply(self._held.popleft())
 
     def _remove(self, member: Member, floor_glsn: int = 0, outcomes_known: bool = False) -> None:
         assert self.mesh is not None
@@ -424,8 +481,7 @@ class NodeAgent:
                 ready = dict(poller.poll(self._poll_ms()))
                 # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
                 self.mesh.cork()
-                while not self.events.empty():  # (this loop is the only consumer; no Empty raised per turn)
-                    self._apply(self.events.get_nowait())
+                self._take_events()
                 if self.fence.fenced:
                     return self._self_fence()
                 if wake in ready:
@@ -487,7 +543,8 @@ class NodeAgent:
                 if self.port.monitor in ready:
                     self.port.drain_monitor()
         finally:
-            self.watch.pause()
+            # (the watch stays armed if an exception left the loop: the lease then runs out and the others
+            # recover this node, rather than it holding a lease while serving nobody)
             signal.set_wakeup_fd(-1)
             sig_r.close()
             sig_w.close()

@@ -81,18 +81,24 @@ RETRY_AFTER_FAILURE = 0.25
 """Seconds between lease renewal attempts while etcd does not answer."""
 
 
+STALL_CHECK = 0.1
+"""Seconds between the keeper's looks at a stalled loop (it renews as soon as the loop turns again)."""
+
+
 class LoopWatch:
     """When the node's event loop last began a turn: the lease keeper renews only while the loop turns.
 
     The lease says "this node is alive" to the cluster, and a node whose loop is stuck is not: it answers no
     peer, runs no round, and its peers find it silent after 2 x TTL.  If the keeper thread renewed on, the
-    partition decision that follows could not tell the stuck node from a cut-off one (it reports nothing, so
-    it counts as hearing everyone), and in a 2-node tie the healthy peer was the one removed.  So after
-    ``limit`` seconds without a turn (half the TTL) the keeper stops renewing: the lease runs out within
+    partition decision that follows could not tell the stuck node from a cut-off one (its last report, from
+    before the stall, says it hears everyone), and in a 2-node tie the healthy peer was the one removed.  So
+    after ``limit`` seconds without a turn (half the TTL) the keeper stops renewing: the lease runs out within
     about 1.5 x TTL of the stall, before the peers' silence timeout, the survivors fence and recover the node,
-    and if the loop wakes first past its fence deadline it fences itself.  A loop that wakes before the
-    deadline renews again and loses nothing.  Not armed until the first turn (startup may take long) and
-    paused while the node stops (its shutdown steps run outside the loop and keep the lease to the end)."""
+    and if the loop wakes first past its fence deadline it fences itself.  A loop that turns again before the
+    deadline (less the keeper's next look, ``STALL_CHECK``, and one renewal's round trip) renews again and
+    loses nothing.  Not armed until the first turn (startup may take long); paused while the node stops (its
+    shutdown steps run outside the loop and keep the lease to the end); left armed when an exception leaves the
+    loop (the lease runs out, and the others recover a node that serves nobody)."""
 
     def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
@@ -157,7 +163,7 @@ class LeaseKeeper(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set() and not self.fence.fenced:
             if self._loop_stalled():
-                self._halt.wait(max(0.0, min(RETRY_AFTER_FAILURE, self.fence.remaining())))
+                self._halt.wait(max(0.0, min(STALL_CHECK, self.fence.remaining())))
                 continue
             sent = time.monotonic()
             try:

@@ -280,7 +280,7 @@ def test_a_stalled_loop_loses_its_lease_not_its_healthy_peer(local_cluster: Star
     """Node 1's event loop stalls inside a turn for longer than the peers' silence timeout (2 x TTL; failpoint
     ``engine.create_unlogged`` pauses a CREATE TABLE there) while its process lives on.  The stalled node must
     be the one the cluster removes.  Before, its lease keeper (a thread) renewed on, node 2 found node 1
-    silent, node 1 reported nothing (so counted as hearing everyone), and the 2-node tie went to the smaller
+    silent, node 1's last report (from before the stall) said it heard everyone, and the 2-node tie went to the smaller
     id: node 2, the healthy one, was evicted and node 1 went on alone once it woke."""
     monkeypatch.setenv("MUHEAM_FAILPOINTS", "engine.create_unlogged@1=1*pause(9)")
     c = local_cluster(2)
@@ -348,17 +348,33 @@ def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: 
     assert len(rows) == 1800 and all(rows[k] == {"v": k} for k in range(1800))
 
 
+SLOW_ON_NODE_1 = """#!/bin/sh
+# the fence agent: slow when node 1 runs it (found on the parent chain's command line), fast for the others
+p=$PPID
+for i in 1 2 3; do
+  if tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -Eq -- '--node-id[= ]1( |$)'; then sleep 8; exit 0; fi
+  p=$(awk '{print $4}' /proc/$p/stat 2>/dev/null)
+done
+exit 0
+"""
+
+
 @pytest.mark.skipif(not FULL, reason="restarts the cluster to configure a fence agent (CI time): MUHEAM_FULL=1")
 @pytest.mark.timeout(240)
 def test_survivors_keep_their_leases_while_a_slow_fence_agent_runs(local_cluster: Start) -> None:
     """Node 3 counts as another host's (``host`` in the config), so the survivors fence it with the
-    ``fence_command``, a slow one (3 s; real fence agents take 2-30 s), in their loops.  They must not lose their
-    own leases meanwhile (the loop watch), or one dead node takes the whole cluster down with it."""
+    ``fence_command``: 8 s when node 1 runs it, at once for node 2 (real fence agents take 2-30 s).  Both
+    survivors must stay.  Run in node 1's loop, the agent made node 1 silent to node 2: under the loop watch it
+    lost its lease; with the watch paused its lease lived on, and the 2-node tie removed node 2, the healthy one
+    (one dead node cost two).  Now the agent runs in a thread and the loop turns on."""
     c = local_cluster(3)
+    agent = c.dir / "fence-agent.sh"
+    agent.write_text(SLOW_ON_NODE_1)
+    agent.chmod(0o755)
     text = c.config.read_text()
     assert '[nodes.3]\nhost = "127.0.0.1"' in text
     text = text.replace('[nodes.3]\nhost = "127.0.0.1"', '[nodes.3]\nhost = "127.0.0.3"')
-    c.config.write_text('fence_command = "sleep 3"\n' + text)
+    c.config.write_text(f'fence_command = "{agent}"\n' + text)
     run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=90)
     run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=120)
     eps = endpoints(c)
@@ -371,6 +387,10 @@ def test_survivors_keep_their_leases_while_a_slow_fence_agent_runs(local_cluster
     assert pid is not None
     stop_pid(pid, signal.SIGKILL, 5)
     wait_recovered(c, 3, before[3], 60)
+    deadline = time.monotonic() + 12  # past node 1's agent, and past a silence timeout after it
+    while time.monotonic() < deadline and "fenced node 3 (epoch" not in c.log(1):
+        time.sleep(0.2)
+    time.sleep(5)
     assert all("with the fence command" in c.log(n) for n in (1, 2))
     now = epochs(c)
     assert now.get(1) == before[1] and now.get(2) == before[2], (before, now)
