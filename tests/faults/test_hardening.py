@@ -30,6 +30,22 @@ def epochs(c: LocalCluster) -> dict[int, int]:
     return {int(m["node_id"]): int(m["epoch"]) for m in c.members()}
 
 
+def kill_after_a_row(c: LocalCluster, eps: list[str], victim: int, *, writer: int, buckets: int,
+                     timeout: float) -> dict[int, int]:
+    """Table ``z`` with row 1 written through node ``writer``, then node ``victim`` killed (-9) and recovered by
+    the others; returns the members' epochs from before the kill."""
+    with connect(eps[0], 30) as conn:
+        conn.create_table("z", {"v": "int64"}, buckets=buckets)
+    with connect(eps[writer - 1], 30) as conn, conn.transaction() as tx:
+        tx.insert("z", 1, {"v": 1})
+    before = epochs(c)
+    pid = c.node_pid(victim)
+    assert pid is not None
+    stop_pid(pid, signal.SIGKILL, 5)
+    wait_recovered(c, victim, before[victim], timeout)
+    return before
+
+
 @pytest.mark.timeout(180)
 def test_survivor_writes_above_a_dead_nodes_clock(local_cluster: Start) -> None:
     """A long transaction runs its node's Lamport clock ahead of everyone (local work sends no message); the
@@ -225,15 +241,7 @@ def test_recovery_is_claimed_again_after_an_etcd_error(local_cluster: Start,
     c = local_cluster(3)
     monkeypatch.delenv("MUHEAM_FAILPOINTS")
     eps = endpoints(c)
-    with connect(eps[0], 30) as conn:
-        conn.create_table("z", {"v": "int64"}, buckets=1)
-    with connect(eps[1], 30) as conn, conn.transaction() as tx:
-        tx.insert("z", 1, {"v": 1})
-    before = epochs(c)
-    pid = c.node_pid(2)
-    assert pid is not None
-    stop_pid(pid, signal.SIGKILL, 5)
-    wait_recovered(c, 2, before[2], 30)
+    kill_after_a_row(c, eps, 2, writer=2, buckets=1, timeout=30)
     assert all("cannot claim the recovery of node 2 now (failpoint survivors.claim)" in c.log(n) for n in (1, 3))
     with connect(eps[2], 30) as conn, conn.transaction() as tx:
         tx.update("z", 1, {"v": 3})
@@ -378,15 +386,7 @@ def test_survivors_keep_their_leases_while_a_slow_fence_agent_runs(local_cluster
     run_cli("cluster", "down", "--dir", str(c.dir), "--mode", "fast", timeout=90)
     run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=120)
     eps = endpoints(c)
-    with connect(eps[0], 30) as conn:
-        conn.create_table("z", {"v": "int64"}, buckets=4)
-    with connect(eps[2], 30) as conn, conn.transaction() as tx:
-        tx.insert("z", 1, {"v": 1})
-    before = epochs(c)
-    pid = c.node_pid(3)
-    assert pid is not None
-    stop_pid(pid, signal.SIGKILL, 5)
-    wait_recovered(c, 3, before[3], 60)
+    before = kill_after_a_row(c, eps, 3, writer=3, buckets=4, timeout=60)
     deadline = time.monotonic() + 12  # past node 1's agent, and past a silence timeout after it
     while time.monotonic() < deadline and "fenced node 3 (epoch" not in c.log(1):
         time.sleep(0.2)
