@@ -272,8 +272,7 @@ class NodeAgent:
         """Feed member events to the loop; after losing etcd resume from the next revision, missing nothing.  If
         etcd compacted that revision meanwhile, ``MemberWatch`` turns a fresh listing, against ``snapshot`` (the
         members at ``revision - 1``) and the events since, into the events missed instead of retrying for ever."""
-        wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
-        wake.connect(self.wake_endpoint)
+        wake = self._wake_socket()
         backend: MembershipBackend | None = None
         watch = MemberWatch(self.cfg.cluster_name, snapshot, revision - 1)
         while not self._stopping.is_set():
@@ -321,7 +320,6 @@ class NodeAgent:
             # only the lease's end removes a member: until then it may still hold locks (I6)
             if known is not None and known.epoch <= member.epoch:
                 crashed = event.kind == "expired" or member.stop_mode == StopMode.IMMEDIATE
-                floor = 0
                 if crashed and self.survivors is not None:
                     assert self.member is not None  # before its WAL is read and before anyone takes its chains
                     # a fence agent may take many seconds (a killed peer stuck in the kernel up to 10 s): it runs
@@ -339,7 +337,7 @@ class NodeAgent:
                         departures.learn_outcomes(self.cfg.shared_dir, member.node_id, self.commits.table,
                                                   pack_glsn(self.clock.tick().lamport, self.node_id),
                                                   self.sessions.on_outcome if self.sessions else None)
-                self._remove(known, floor, outcomes_known=not crashed)
+                self._remove(known, outcomes_known=not crashed)  # (crashed: no survivors here to recover it)
             log.info("node %d (epoch %d) %s at revision %d", member.node_id, member.epoch, event.kind,
                      event.revision)
 
@@ -353,17 +351,23 @@ class NodeAgent:
         finally:
             self._wake_loop()
 
+    def _wake_socket(self) -> zmq.Socket[Any]:
+        """A socket that ends the loop's poll (``send(b"", zmq.NOBLOCK)``), for a thread other than the loop's:
+        each thread has its own (ZeroMQ sockets are not shared between threads)."""
+        wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
+        wake.connect(self.wake_endpoint)
+        return wake
+
     def _wake_loop(self) -> None:
-        """From another thread: end the loop's poll now (a socket of that thread's own)."""
+        """From another thread, once: end the loop's poll now."""
         try:
-            wake: zmq.Socket[Any] = self.ctx.socket(zmq.PUSH)
+            wake = self._wake_socket()
         except zmq.ZMQError:
-            return  # the node is stopping; the loop has gone
+            return  # the node is stopping; the loop has gone (and it polls at least every 100 ms anyway)
         try:
-            wake.connect(self.wake_endpoint)
             wake.send(b"", zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass  # the loop polls at least every 100 ms anyway
+            pass
         finally:
             wake.close(0)
 

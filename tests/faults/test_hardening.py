@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 
 from muheam.client import connect
-from muheam.ops.procs import stop_pid
+from muheam.ops.procs import pid_alive, stop_pid, wait_until
 from tests.support.cluster import FULL, MUHEAM, LocalCluster, run_cli
 from muheam.storage.layout import BLOCK_SIZE, MAX_ROW_WIDTH, PAGE_HEADER_SIZE, SLOT_HEADER_SIZE
 from tests.integration.test_cluster_txn import endpoints
@@ -293,7 +293,7 @@ def test_a_stalled_loop_loses_its_lease_not_its_healthy_peer(local_cluster: Star
     monkeypatch.setenv("MUHEAM_FAILPOINTS", "engine.create_unlogged@1=1*pause(9)")
     c = local_cluster(2)
     monkeypatch.delenv("MUHEAM_FAILPOINTS")
-    eps = [str(m["client_endpoint"]) for m in sorted(c.members(), key=lambda m: int(m["node_id"]))]
+    eps = endpoints(c, nodes=2)
     before = epochs(c)
     stalled_pid = c.node_pid(1)
     assert stalled_pid is not None
@@ -306,24 +306,14 @@ def test_a_stalled_loop_loses_its_lease_not_its_healthy_peer(local_cluster: Star
             pass
 
     threading.Thread(target=create, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "failpoint engine.create_unlogged" not in c.log(1):
-        time.sleep(0.05)
-    assert "failpoint engine.create_unlogged" in c.log(1)
-    deadline = time.monotonic() + 40  # the pause, then whatever the cluster decided, settled
-    while time.monotonic() < deadline:
-        now = epochs(c)
-        if now.get(1) != before[1] or now.get(2) != before[2]:
-            break
-        time.sleep(0.1)
+    assert wait_until(lambda: "failpoint engine.create_unlogged" in c.log(1), 30)
+    # the pause, then whatever the cluster decided, settled
+    wait_until(lambda: epochs(c) != {1: before[1], 2: before[2]}, 40, 0.1)
     now = epochs(c)
     assert now.get(2) == before[2], f"the healthy node 2 was removed: members {now}, node 2's log:\n{c.log(2)[-3000:]}"
     assert now.get(1) != before[1], now
     wait_recovered(c, 1, before[1], 30)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{stalled_pid}"):
-        time.sleep(0.1)
-    assert not os.path.exists(f"/proc/{stalled_pid}"), "the stalled incarnation of node 1 still runs"
+    assert wait_until(lambda: not pid_alive(stalled_pid), 15), "the stalled incarnation of node 1 still runs"
     with connect(eps[1], 30) as conn:
         conn.create_table("after", {"v": "int64"}, buckets=1)
         with conn.transaction() as tx:
@@ -339,7 +329,7 @@ def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: 
     next chain from inside the previous grant's callback: the recursion ran out of stack after about 140
     chains and the recovery never ended."""
     c = local_cluster(2)
-    eps = [str(m["client_endpoint"]) for m in sorted(c.members(), key=lambda m: int(m["node_id"]))]
+    eps = endpoints(c, nodes=2)
     before = epochs(c)
     with connect(eps[0], 60) as conn:
         conn.create_table("wide", {"v": "int64"}, buckets=600)
@@ -387,10 +377,8 @@ def test_survivors_keep_their_leases_while_a_slow_fence_agent_runs(local_cluster
     run_cli("cluster", "up", "--dir", str(c.dir), "--format", "json", timeout=120)
     eps = endpoints(c)
     before = kill_after_a_row(c, eps, 3, writer=3, buckets=4, timeout=60)
-    deadline = time.monotonic() + 12  # past node 1's agent, and past a silence timeout after it
-    while time.monotonic() < deadline and "fenced node 3 (epoch" not in c.log(1):
-        time.sleep(0.2)
-    time.sleep(5)
+    wait_until(lambda: "fenced node 3 (epoch" in c.log(1), 12, 0.2)  # past node 1's agent
+    time.sleep(5)  # and past a silence timeout after it
     assert all("with the fence command" in c.log(n) for n in (1, 2))
     now = epochs(c)
     assert now.get(1) == before[1] and now.get(2) == before[2], (before, now)

@@ -42,10 +42,10 @@ Start = Callable[..., LocalCluster]
 LOCK_TIMEOUT = 10.0  # the node's lock timeout (sessions.py): a deadlock must be resolved well before it
 
 
-def endpoints(c: LocalCluster) -> list[str]:
-    """Client endpoints of nodes 1, 2, 3 (index 0, 1, 2)."""
+def endpoints(c: LocalCluster, nodes: int = 3) -> list[str]:
+    """Client endpoints of nodes 1, 2, 3 (index 0, 1, 2), or of nodes 1 .. ``nodes``."""
     members = sorted(c.members(), key=lambda m: int(m["node_id"]))
-    assert [int(m["node_id"]) for m in members] == [1, 2, 3], members
+    assert [int(m["node_id"]) for m in members] == list(range(1, nodes + 1)), members
     return [str(m["client_endpoint"]) for m in members]
 
 

@@ -6,6 +6,7 @@ import time
 
 from muheam.membership import Lease
 from muheam.node.fence import Fence, LeaseKeeper, LoopWatch
+from muheam.ops.procs import wait_until
 
 
 class CountingLease(Lease):
@@ -47,15 +48,6 @@ def test_a_watch_counts_a_stall_only_while_armed() -> None:
     assert abs(watch.stalled_for() - 0.25) < 1e-9
 
 
-def until(cond: object, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_the_keeper_renews_again_when_a_stalled_loop_turns() -> None:
     lease, watch = CountingLease(2), LoopWatch(0.05)
     fence = Fence(2, time.monotonic())
@@ -64,10 +56,10 @@ def test_the_keeper_renews_again_when_a_stalled_loop_turns() -> None:
     keeper = LeaseKeeper(lease, fence, watch)
     keeper.start()
     try:
-        assert until(lambda: keeper.withheld >= 2)
+        assert wait_until(lambda: keeper.withheld >= 2, 3.0, 0.01)
         assert lease.refreshes == 0
         watch.pause()
-        assert until(lambda: lease.refreshes >= 1)
+        assert wait_until(lambda: lease.refreshes >= 1, 3.0, 0.01)
         assert keeper.withheld == 0 and not fence.fenced
     finally:
         keeper.stop()
