@@ -365,8 +365,10 @@ def test_a_row_operation_pipelined_behind_a_waiting_snapshot_is_refused(local_cl
 
     from muheam.net import wire
 
+    # a 3 s pause of node 2's loop is a slow node under a 4 s lease; under the default 2 s one
+    # its loop watch takes it out of the cluster (node.fence.LoopWatch)
     monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.commit_prepared@2=1*pause(3)")
-    c = local_cluster(2, security="none")
+    c = local_cluster(2, security="none", lease_ttl=4)
     ep1, ep2 = (str(n["client_endpoint"]) for n in sorted(c.info["nodes"], key=lambda n: int(n["node_id"])))
     with connect(ep1) as conn:
         conn.create_table("p", {"v": "int64"}, buckets=8)

@@ -490,8 +490,10 @@ def test_a_cancel_ends_a_waiting_begin_and_not_a_commit_under_way(local_cluster:
       pruning until the idle timeout (300 s).
     * A cancel during a COMMIT's round answered 57014, and the commit went on and committed (a review found
       it): the client was told its change did not happen.  A commit under way is not cancelled."""
+    # a 3 s pause of node 2's loop is a slow node under a 4 s lease; under the default 2 s one
+    # its loop watch takes it out of the cluster (node.fence.LoopWatch)
     monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.commit_prepared@2=1*pause(3)")
-    c = local_cluster(2, security="none")
+    c = local_cluster(2, security="none", lease_ttl=4)
     sql = {int(n["node_id"]): str(n["sql_endpoint"]) for n in c.info["nodes"]}
     client = {int(n["node_id"]): str(n["client_endpoint"]) for n in c.info["nodes"]}
     with psycopg.connect(conninfo(sql[1]), autocommit=True) as setup:
