@@ -226,7 +226,10 @@ class ClientTransaction:
         if exc_type is None:
             self.commit()
         else:
-            self.rollback()
+            try:
+                self.rollback()
+            except ClientError:
+                pass  # the exception that ended the block is the one to see (the node stopping raises again next)
 
     def _op(self, op: str, **args: Any) -> Any:
         try:
@@ -285,11 +288,13 @@ class ClientTransaction:
         return result
 
     def rollback(self) -> None:
+        """Roll back.  Raises ``ClientError`` (code ``StorageFailed``) when the node stopped meanwhile: the
+        transaction is rolled back all the same, but the work must go to another node."""
         if not self.done:
             self.done = True
             try:
                 self.conn.call("rollback", xid=self.xid)
-            except ClientError:
+            except NoSuchTransaction:
                 pass  # already rolled back by the node
 
 

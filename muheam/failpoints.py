@@ -9,7 +9,9 @@ inherited by every node of a ``cluster up``), ``COUNT*`` fires it that many time
 * ``pause(S)``: sleep S seconds right there (the whole loop turn waits, as under a long GC pause);
 * ``sigstop``: the process stops itself with SIGSTOP (a test resumes it with SIGCONT, or the survivors fence it);
 * ``crash``: the process kills itself with SIGKILL (a crash at exactly that point);
-* ``drop``: ``hit`` returns True and the caller drops what it was about to send or do.
+* ``drop``: ``hit`` returns True and the caller drops what it was about to send or do;
+* ``fail``: ``hit`` returns True and the caller fails that step as it fails in the field (a write: ``OSError``
+  ENOSPC, as on a full file system).
 
 Unarmed, ``hit`` is one dictionary lookup on an empty dict.  A malformed spec is refused at node start with an
 error naming the entry, never ignored: a test that believes a failpoint armed must not pass by accident.
@@ -30,7 +32,7 @@ log = logging.getLogger("muheam.failpoints")
 
 ENV = "MUHEAM_FAILPOINTS"
 _ENTRY = re.compile(r"^(?P<name>[a-z][a-z0-9_.]*)(?:@(?P<node>\d+))?=(?:(?P<count>\d+)\*)?"
-                    r"(?P<action>pause\((?P<seconds>\d+(?:\.\d+)?)\)|sigstop|crash|drop)$")
+                    r"(?P<action>pause\((?P<seconds>\d+(?:\.\d+)?)\)|sigstop|crash|drop|fail)$")
 
 
 @dataclass
@@ -53,7 +55,7 @@ def parse(spec: str, node_id: int | None) -> dict[str, _Point]:
         m = _ENTRY.match(entry)
         if m is None:
             raise ConfigError(f"{ENV}: cannot read {entry!r}; write NAME[@NODE]=[COUNT*]ACTION with ACTION one of "
-                              f"pause(SECONDS), sigstop, crash, drop")
+                              f"pause(SECONDS), sigstop, crash, drop, fail")
         if m["node"] is not None and node_id is not None and int(m["node"]) != node_id:
             continue
         action = m["action"].split("(")[0]
@@ -77,7 +79,8 @@ def disarm() -> None:
 
 
 def hit(name: str) -> bool:
-    """Run the failpoint ``name`` if armed; True means "drop it" (only the ``drop`` action returns True)."""
+    """Run the failpoint ``name`` if armed; True means "drop it" (``drop``) or "fail it" (``fail``); the other
+    actions return False."""
     if not _armed:
         return False
     point = _armed.get(name)
@@ -89,6 +92,9 @@ def hit(name: str) -> bool:
         point.remaining -= 1
     point.fired += 1
     if point.action == "drop":
+        return True
+    if point.action == "fail":
+        log.warning("failpoint %s: fail", name)
         return True
     log.warning("failpoint %s: %s", name, point.action if point.action != "pause" else f"pause {point.seconds} s")
     for handler in logging.getLogger().handlers:  # the log line must be on disk before the process stops

@@ -322,7 +322,23 @@ class Sessions:
         if tx.txn.xid in self.txns:
             self.abort_reasons[reason] = self.abort_reasons.get(reason, 0) + 1
         self._abort(tx)
+        stopped = self._stopped()
+        if stopped is not None and reason not in ("StorageFailed", "EngineStopped"):
+            # the rollback's ABORT record (or something before it) stopped the engine: the client must hear that
+            # the node is gone, not a reason to retry here (told "serialization failure", it retried against a
+            # closed port and never learned of the full disk)
+            reply.fail("StorageFailed", f"{exc}; then {stopped} (transaction {tx.txn.xid} rolled back)")
+            return
         reply.fail(reason, f"{exc} (transaction {tx.txn.xid} rolled back)")
+
+    def _stopped(self) -> str | None:
+        """What to tell a client once this node's engine stopped (a WAL or data file write failed: the node stops
+        within this loop turn), or ``None``."""
+        failed = self.engine.failed
+        if failed is None:
+            return None
+        return (f"node {self.engine.node_id} stops: its engine failed ({failed}); the other nodes recover its "
+                f"work: connect to another node, and start this one again once the cause is fixed")
 
     def _table(self, req: dict[str, Any]) -> str | int:
         """A table name, or a table id (the SQL port names tables by id, so a table dropped and created again
@@ -460,7 +476,15 @@ class Sessions:
     def op_rollback(self, req: dict[str, Any]) -> Any:
         tx = self._tx(req)
         reply = Deferred()
-        self._abort(tx, lambda: reply.resolve({"xid": tx.txn.xid}))
+
+        def answer() -> None:
+            stopped = self._stopped() if tx.txn.wrote else None
+            if stopped is None:
+                reply.resolve({"xid": tx.txn.xid})
+            else:  # rolled back all the same (nothing of it committed), but the node stops now: the client must know
+                reply.fail("StorageFailed", f"transaction {tx.txn.xid} rolled back, but {stopped}")
+
+        self._abort(tx, answer)
         return reply
 
     # ending -------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ catalog changed; it raises ``NeedOwnership`` when the node must first acquire it
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from muheam import failpoints
 from muheam.engine import statefiles, walrec
 from muheam.engine.buffer import BufferCache
 from muheam.engine.catalog import Catalog
@@ -418,6 +420,8 @@ class Engine(Catalog):
         with self._lock:
             self._check(txn)
             if txn.wrote and self._failed is None:
+                if failpoints.hit("engine.abort_record"):  # tests: the ABORT record meets a full file system
+                    raise self._fail(OSError(errno.ENOSPC, "No space left on device (failpoint engine.abort_record)"))
                 self._log(walrec.ABORT, b"", txn.xid)
             return self._finish(txn, mvcc.ABORTED)
 

@@ -596,7 +596,11 @@ class NodeAgent:
             self._set_state(NodeState.STOPPING, mode)
         except (EtcdUnavailable, Fenced) as exc:
             log.warning("could not mark node stopping in etcd: %s", exc)
-        if self.sql is not None:  # SQL clients hear why before their transactions are rolled back
+        failed = self.engine.failed if self.engine is not None else None
+        if self.sql is not None and failed is not None:  # SQL clients hear why before their transactions are rolled back
+            self.sql.terminate(f"terminating connection because node {self.node_id}'s engine stopped ({failed}); "
+                               "the other nodes recover its work: connect to another node", "57P02")
+        elif self.sql is not None:
             self.sql.terminate("terminating connection due to immediate shutdown command" if mode == StopMode.IMMEDIATE
                                else "terminating connection due to administrator command")
         if mode != StopMode.IMMEDIATE:

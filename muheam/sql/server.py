@@ -187,12 +187,14 @@ class SqlServer:
     def stats(self) -> dict[str, int]:
         return {**self.counters, "open": len(self.conns)}
 
-    def terminate(self, message: str) -> None:
+    def terminate(self, message: str, code: str = "57P01") -> None:
         """The node stops: every connection ends as PostgreSQL's shutdown ends its backends, with FATAL 57P01
-        (admin_shutdown, so drivers raise their ``AdminShutdown``) and what its socket takes of it now; closing
-        rolls back its transaction (a COMMIT under way goes on, and its client learns no outcome, as there)."""
+        (admin_shutdown, so drivers raise their ``AdminShutdown``; 57P02 crash_shutdown when the node stops
+        because its engine failed, as PostgreSQL's backends end after a crash) and what its socket takes of it now;
+        closing rolls back its transaction (a COMMIT under way goes on, and its client learns no outcome, as
+        there)."""
         for conn in list(self.conns.values()):
-            conn.session.out += wire.msg_error("57P01", message, "FATAL")
+            conn.session.out += wire.msg_error(code, message, "FATAL")
             self._flush(conn)
             self._close(conn)
 

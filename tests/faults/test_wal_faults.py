@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psycopg
 import pytest
 
-from muheam.client import connect
+from muheam.client import ClientError, connect
 from muheam.engine import walrec
 from muheam.ops.procs import stop_pid
 from walmerge import WalWriter
@@ -27,6 +28,7 @@ from tests.support.faults import (
     Load, check_round, damage_wal, final_verify, last_record, live_endpoints, setup_tables, wait_for, wait_pids_gone,
 )
 from tests.integration.test_cluster_recovery import endpoints, kill_all
+from tests.integration.test_sql import conninfo
 from tests.faults.test_node_failure import wait_recovered
 from tests.faults.test_faults import BASE, NODES, acked_progress, cluster_up, count, garbage, garbage_counted, report
 
@@ -161,6 +163,53 @@ def umount(path: Path) -> None:
 
 
 FULL_ROUNDS = 2 if FULL else 1
+
+
+def test_a_rollback_whose_abort_record_fails_tells_the_client_the_node_stops(local_cluster: Start,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write that fails on a full disk may be a rollback's ABORT record: the transaction is rolled back either
+    way (a lost ABORT reads as aborted), but the node stops in that turn.  Before, the client was answered as if
+    nothing happened: told "duplicate key" (the node's own rollback after an error) or "rolled back" (its
+    ROLLBACK), it retried against a closed port and never learned why (a run of the full-disk test failed so).
+    Now both answers say the node stops and why.  Node 2's ABORT fails inside an error's rollback, then node 1's
+    inside a ROLLBACK (failpoint ``engine.abort_record``: ENOSPC); the rows of both stay invisible."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "engine.abort_record@1=1*fail;engine.abort_record@2=1*fail")
+    c = local_cluster(2)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    ep1, ep2 = endpoints(c)
+    epoch2 = {int(m["node_id"]): int(m["epoch"]) for m in c.members()}[2]
+    with connect(ep1, 10) as conn:
+        conn.create_table("t", {"v": "int64"})
+        with conn.transaction() as tx:
+            tx.insert("t", 1, {"v": 1})
+    with connect(ep2, 10) as conn:
+        tx2 = conn.transaction().__enter__()
+        tx2.insert("t", 2, {"v": 2})
+        with pytest.raises(ClientError) as err:
+            tx2.insert("t", 1, {"v": 1})  # a duplicate: node 2 rolls the transaction back, and its ABORT fails
+    assert err.value.code == "StorageFailed", err.value
+    assert "already exists; then node 2 stops" in str(err.value), err.value
+    assert "No space left on device" in str(err.value), err.value
+    wait_recovered(c, 2, epoch2, 60)
+    sql1 = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}[1]
+    pg = psycopg.connect(conninfo(sql1), autocommit=True)  # an idle SQL session on node 1
+    with connect(ep1, 10) as conn:
+        tx1 = conn.transaction().__enter__()
+        tx1.insert("t", 3, {"v": 3})
+        with pytest.raises(ClientError) as err:
+            tx1.rollback()
+    assert err.value.code == "StorageFailed" and "rolled back, but node 1 stops" in str(err.value), err.value
+    pid1 = c.node_pid(1)
+    assert pid1 is not None and wait_pids_gone([pid1], 30), "node 1 kept running with a stopped engine"
+    # the SQL session is told as PostgreSQL's backends are after a crash (57P02), with the cause, not "shutdown"
+    with pytest.raises(psycopg.Error) as pgerr:
+        pg.execute("SELECT 1")
+    pg.close()
+    assert pgerr.value.sqlstate == "57P02" and "engine stopped" in str(pgerr.value), repr(pgerr.value)
+    assert "Traceback" not in c.log(1) + c.log(2), (c.log(1) + c.log(2))[-3000:]
+    cluster_up(c)  # both back: their WALs hold no ABORT for 2 or 3; recovery aborted them, nothing committed
+    with connect(endpoints(c)[0], 10) as conn, conn.transaction() as tx:
+        assert sorted(k for k, _ in tx.scan("t")) == [1]
 
 
 @pytest.mark.timeout(900 if FULL else 300)

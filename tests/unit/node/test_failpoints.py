@@ -33,6 +33,15 @@ def test_entries_for_other_nodes_are_checked_but_not_armed() -> None:
         failpoints.disarm()
 
 
+def test_a_fail_action_makes_the_caller_fail_its_step_a_counted_number_of_times() -> None:
+    failpoints.arm_from_env(1, {"MUHEAM_FAILPOINTS": "w.x=1*fail"})
+    try:
+        assert [failpoints.hit("w.x") for _ in range(2)] == [True, False]
+        assert failpoints.fired("w.x") == 1
+    finally:
+        failpoints.disarm()
+
+
 @pytest.mark.parametrize("spec", ["x", "x=explode", "x@=drop", "X=drop", "x=pause(s)", "x=1*", "x=-1*drop"])
 def test_malformed_specs_are_refused_by_name(spec: str) -> None:
     with pytest.raises(ConfigError, match="MUHEAM_FAILPOINTS: cannot read"):
