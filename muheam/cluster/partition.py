@@ -12,6 +12,9 @@ on its lease) and, once the others had a moment to publish theirs, asks ``decide
   sorted list of node ids, so every node computes the same answer from the same reports;
 * a member with no report yet is taken to hear everyone (nothing says otherwise).
 
+A member about to block its loop on long healthy work (staging a dead node's pages) says so first with a
+``busy`` beat (``muheam.node.peerwatch``): it is heard until the time it named, so its silence meanwhile is not a cut.
+
 The node then removes the losers in one etcd transaction guarded by the members' revisions (whoever decides
 first wins; a decision from an older view fails and is re-read), revokes their leases, and the survivors recover
 them as after a crash (each loser sees its own member key go and fences itself).

@@ -252,6 +252,11 @@ class Mesh:
             for dest, items in corked.items():
                 self._flush_corked(dest, items)
 
+    def flush_to(self, dest: int) -> None:
+        """Send what is held for ``dest`` now, corked or lazy (the loop is about to block, e.g. on long recovery
+        work: what it said before must not wait until the turn ends)."""
+        self._uncork_one(dest)
+
     def _uncork_one(self, dest: int) -> None:
         """Send what is held for ``dest`` now: its link is about to change (reconnect or drop)."""
         if dest in self._lazy:

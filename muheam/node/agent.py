@@ -13,6 +13,7 @@ without a clean shutdown.  All three mark the member ``stopping`` and revoke the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -22,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import zmq
 
@@ -65,6 +66,10 @@ log = logging.getLogger("muheam.node")
 EXIT_FENCED = 3
 HEARTBEAT_IDLE = 0.25
 """Seconds without a WAL record after which the node logs a HEARTBEAT (follow-mode merges wait for idle nodes)."""
+LONG_WORK_BUSY = 30.0
+"""Seconds of silence the node announces to its peers before recovery work that blocks its loop (reading and
+staging a dead node's WAL: seconds for the largest WAL a checkpoint leaves, 256 MiB); the next beat after the work
+ends it.  Work that runs longer ends in the peers' partition decision, as any silence."""
 
 
 def _freeze_heap() -> None:
@@ -227,7 +232,7 @@ class NodeAgent:
                                    lambda: backend, self.lease, self.sessions.on_outcome,
                                    EngineConfig().system_id, observe=self.clock.observe)
         commits, on_outcome = self.commits, self.sessions.on_outcome
-        self.survivors.long_work = self.watch.paused
+        self.survivors.long_work = self._long_work
         self.survivors.on_recovered = lambda node: departures.sync_peer_recovered(
             cfg.shared_dir, node, commits, pack_glsn(self.clock.tick().lamport, self.node_id), on_outcome)
         self.port.register("lock_cycle", lambda req: benchops.lock_cycle(self.locks, req))
@@ -421,6 +426,16 @@ class NodeAgent:
         reply = Deferred()
         self.xids.allocate(count, lambda ranges, waited_us: reply.resolve({"ranges": ranges, "wait_us": waited_us}))
         return reply
+
+    @contextlib.contextmanager
+    def _long_work(self) -> Iterator[None]:
+        """Work in the loop whose length grows with a dead node's WAL (reading it, staging its pages): healthy,
+        so the loop watch is paused (the lease is kept), and the peers are told first (``PeerWatch.busy``), so
+        they do not take the silence for a cut and remove this node or themselves (a 2-node tie)."""
+        if self.peerwatch is not None:
+            self.peerwatch.busy(LONG_WORK_BUSY)
+        with self.watch.paused():
+            yield
 
     # the loop -----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

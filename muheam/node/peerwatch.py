@@ -26,6 +26,9 @@ log = logging.getLogger("muheam.peerwatch")
 KIND = "beat"
 DECIDE_EVERY = 1.0
 """Seconds between decisions while a peer stays silent (a failed or empty one is tried again)."""
+BUSY = "busy"
+MAX_BUSY = 60.0
+"""The longest silence a peer may announce (``busy``); a longer announcement is capped to it."""
 
 
 class PeerWatch:
@@ -43,7 +46,7 @@ class PeerWatch:
         self.next_beat = 0.0
         self.next_decision = 0.0
         self.counters: dict[str, int] = {"beats_sent": 0, "beats_heard": 0, "reach_published": 0, "decisions": 0,
-                                         "evicted": 0}
+                                         "evicted": 0, "busy_heard": 0, "beats_malformed": 0}
         mesh.on(KIND, self._on_beat)
 
     def watch(self, node: int) -> None:
@@ -53,8 +56,29 @@ class PeerWatch:
         self.silence.forget(node)
 
     def _on_beat(self, msg: "wire.PeerMessage") -> None:
+        """A beat: the sender lives.  A ``[busy, ms]`` beat also says it will be silent for up to ``ms`` while
+        it does long healthy work (``busy``): it counts as heard until then, and its next plain beat ends that."""
         self.counters["beats_heard"] += 1
-        self.silence.heard(msg.sender, self.clock())
+        now = self.clock()
+        body = msg.body
+        if body is not None:
+            ms = body[1] if isinstance(body, list) and len(body) == 2 and body[0] == BUSY else None
+            if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
+                self.counters["beats_malformed"] += 1  # still a sign of life; the rest is ignored
+            else:
+                self.counters["busy_heard"] += 1
+                now += min(ms / 1000, MAX_BUSY)
+        self.silence.heard(msg.sender, now)
+
+    def busy(self, seconds: float) -> None:
+        """Tell every peer this loop will not turn for up to ``seconds`` (long healthy work, e.g. staging a dead
+        node's pages, while its lease is kept): they do not take its silence for a cut and remove a survivor.
+        Sent at once, past the turn's cork; a peer of an older version takes it for a plain beat."""
+        body = [BUSY, int(min(seconds, MAX_BUSY) * 1000)]
+        for peer in list(self.silence.last):
+            if self.mesh.send(peer, KIND, body):
+                self.counters["beats_sent"] += 1
+            self.mesh.flush_to(peer)
 
     def tick(self, now: float) -> None:
         if now >= self.next_beat:

@@ -293,6 +293,7 @@ class Survivors:
         deads = self._deads()
         if deads:  # every page the sweep will need, rebuilt at once (each grant then writes its chain's pages)
             with self.long_work():
+                failpoints.hit("survivors.stage")  # tests: a staging longer than the peers' silence timeout
                 self.staging = staging.stage(self.engine.cache, self.engine.tables_by_id.get, deads)
             job.staged_ms, job.staged_pages = self.staging.ms, self.staging.pages
             self._spent(deads, self.staging.ms / 1000)

@@ -323,6 +323,29 @@ def test_a_stalled_loop_loses_its_lease_not_its_healthy_peer(local_cluster: Star
 
 
 @pytest.mark.timeout(180)
+def test_a_recoverer_busy_staging_longer_than_the_silence_timeout_keeps_its_peer(local_cluster: Start,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 3 dies; the survivor that recovers it stages its pages for longer than the peers' silence timeout
+    (2 x TTL; failpoint ``survivors.stage`` pauses there: a WAL of a few hundred MiB takes seconds).  Its lease is
+    kept meanwhile (the work is healthy, the loop watch is paused), so the other survivor found it silent, its last
+    report said it heard everyone, and the tie removed one of the two survivors: one dead node cost two.  Now the
+    busy node tells its peers before it starts, and both survivors stay."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "survivors.stage=1*pause(6)")
+    c = local_cluster(3)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = endpoints(c)
+    before = kill_after_a_row(c, eps, 3, writer=3, buckets=4, timeout=60)
+    busy = [n for n in (1, 2) if "failpoint survivors.stage" in c.log(n)]
+    assert busy, "no survivor staged node 3's pages (the window was not reached)"
+    time.sleep(1)  # a decision taken at the end of the pause would show by now
+    now = epochs(c)
+    assert {n: now.get(n) for n in (1, 2)} == {n: before[n] for n in (1, 2)}, \
+        f"a survivor was removed: members {now}; logs:\n{c.log(1)[-2000:]}\n{c.log(2)[-2000:]}"
+    with connect(eps[2 - busy[0]], 30) as conn, conn.transaction() as tx:  # the other survivor, and the row
+        assert tx.get("z", 1) == {"v": 1}
+
+
+@pytest.mark.timeout(180)
 def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: Start) -> None:
     """In a 2-node cluster node 1 changes rows in 600 chains and is killed.  Node 2, the only survivor, takes
     every chain node 1 touched; with no peer to ask, each lock is granted at once, and the sweep used to take the
