@@ -142,8 +142,8 @@ def initial_copy(pg: psycopg.Connection[Any], name: str, endpoint: str, nodes: C
         finally:
             try:
                 tx.rollback()  # it only read
-            except NodeUnavailable:
-                pass  # the node ends it (idle timeout) or is gone; what PostgreSQL committed stands
+            except (NodeUnavailable, ClientError):
+                pass  # the node ends it (idle timeout), stops or is gone; what PostgreSQL committed stands
     except (NodeUnavailable, ClientError) as exc:
         pg.rollback()
         if isinstance(exc, ClientError) and exc.code == "bad_request":
