@@ -1,12 +1,16 @@
 """How the suite shares two pytest-xdist workers (``-n 2 --dist loadscope`` in ``pyproject.toml``; ``-n 0`` runs
 everything in one process).
 
-Every test that starts real processes (``tests/integration/``, ``tests/faults/``) is one work unit, ``cluster``,
-so those tests still run one after another on one worker: their timings (2 s leases, fence deadlines, detection
-within a TTL) assume that no second cluster competes for the cores.  The unit tests (in-process, mostly CPU) run
-beside them on the other worker, one module per unit so module-scoped fixtures are built once.  Within the unit
-the integration tests run before the fault suites (``pytest_collection_modifyitems``), so the heaviest fault loads
-do not overlap the CPU-bound unit simulators, which run first on the other worker.
+The tests that start real processes form two work units, each run in series on one worker: ``cluster``
+(``tests/integration/``) and ``faults`` (``tests/faults/``).  Their timings (2 s leases, fence deadlines, detection
+within a TTL) assume a machine that is not saturated, and one cluster per unit keeps the load to at most two
+clusters at once on two cores.  The unit tests (in-process, mostly CPU) run one module per unit so module-scoped
+fixtures are built once.  Scopes go to the workers in collection order, not by size: the integration tests first
+(one worker), then the unit modules, then the fault suites (``pytest_collection_modifyitems``), so the other worker
+runs the unit tests and then the fault suites while the first runs the integration tests.
+
+Why two process units: with all of them in one, that worker ran for the whole CI (about 1,200 s of tests, over
+the 20-minute budget) while the other finished the unit tests in 150 s and waited.
 
 The grouping is a scheduler (xdist's ``pytest_xdist_make_scheduler`` hook) rather than ``xdist_group`` marks:
 ``--dist loadgroup`` renames node ids, which pytest 9.2 no longer lets a plugin do, so the marks had no effect."""
@@ -17,13 +21,13 @@ from typing import Any
 
 import pytest
 
-CLUSTER_DIRS = ("tests/integration/", "tests/faults/")
+UNITS = {"tests/integration/": "cluster", "tests/faults/": "faults"}
 
 
 def scope_of(nodeid: str) -> str:
-    """The work unit of a test: ``cluster`` for everything that starts processes, else its module."""
+    """The work unit of a test: ``cluster`` or ``faults`` for the tests that start processes, else its module."""
     path = nodeid.split("::", 1)[0]
-    return "cluster" if path.startswith(CLUSTER_DIRS) else path
+    return next((unit for folder, unit in UNITS.items() if path.startswith(folder)), path)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -31,6 +35,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # collection order (above), not the largest scope first
 
     class ClusterTestsInSeries(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
