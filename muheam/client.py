@@ -288,8 +288,9 @@ class ClientTransaction:
         return result
 
     def rollback(self) -> None:
-        """Roll back.  Raises ``ClientError`` (code ``StorageFailed``) when the node stopped meanwhile: the
-        transaction is rolled back all the same, but the work must go to another node."""
+        """Roll back.  Raises ``ClientError`` when the node could not answer it normally, e.g. ``StorageFailed``
+        or ``engine_stopped`` when the node stops (the transaction is rolled back all the same, but the work must
+        go to another node); an already ended transaction (``NoSuchTransaction``) is not an error here."""
         if not self.done:
             self.done = True
             try:

@@ -434,8 +434,12 @@ class NodeAgent:
         they do not take the silence for a cut and remove this node or themselves (a 2-node tie)."""
         if self.peerwatch is not None:
             self.peerwatch.busy(LONG_WORK_BUSY)
-        with self.watch.paused():
-            yield
+        try:
+            with self.watch.paused():
+                yield
+        finally:
+            if self.peerwatch is not None:
+                self.peerwatch.listening()
 
     # the loop -----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

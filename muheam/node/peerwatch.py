@@ -80,6 +80,14 @@ class PeerWatch:
                 self.counters["beats_sent"] += 1
             self.mesh.flush_to(peer)
 
+    def listening(self) -> None:
+        """The loop turns again after long work: every peer counts as heard now.  Their beats of the meantime are
+        still unread (the work may have run inside a turn, after the mesh was read), and this node must not
+        report them silent, nor publish that it hears nobody, for what was its own deafness."""
+        now = self.clock()
+        for peer in list(self.silence.last):
+            self.silence.heard(peer, now)
+
     def tick(self, now: float) -> None:
         if now >= self.next_beat:
             self.next_beat = now + partition.BEAT_INTERVAL

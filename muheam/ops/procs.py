@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from muheam.errors import ConfigError
 from muheam.states import StopMode
 
 
@@ -29,18 +30,42 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+PORT_RANGE_ENV = "MUHEAM_PORT_RANGE"
+"""``LOW-HIGH``: ``free_port`` picks from ``LOW`` to ``HIGH - 1`` only.  Local clusters that run side by side (the test
+suite's two workers) each get their own range: a cluster that restarts a node on the ports in its config must not
+find one taken by another cluster's ``cluster up`` meanwhile."""
+
+
+def _port_range() -> tuple[int, int]:
+    """Where ``free_port`` picks: ``MUHEAM_PORT_RANGE``, or from 10000 (1024 if the ephemeral range starts lower)
+    up to the kernel's ephemeral range."""
+    spec = os.environ.get(PORT_RANGE_ENV, "").strip()
+    if spec:
+        try:
+            low, high = (int(x) for x in spec.split("-"))
+        except ValueError:
+            low = high = 0
+        if not 1024 <= low < high <= 65536:
+            raise ConfigError(f"{PORT_RANGE_ENV}={spec!r}: write LOW-HIGH with 1024 <= LOW < HIGH <= 65536, "
+                              f"e.g. 10000-20000")
+        return low, high
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    return floor, max(floor + 1000, low)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free on ``host`` now and lies outside the kernel's ephemeral range.
+    """A port that is free on ``host`` now and lies outside the kernel's ephemeral range (or in
+    ``MUHEAM_PORT_RANGE``).
 
     Ports the kernel hands out with ``bind(0)`` come from the same range as the source ports of outgoing
     connections, so a port found that way can be taken by some client before our server binds it.  Ports below
     the ephemeral range are only ever taken by servers that ask for them by number.
     """
-    low, _ = _ephemeral_range()
-    floor = 10000 if low > 12000 else 1024
+    floor, top = _port_range()
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(floor, max(floor + 1000, low))
+        port = rng.randrange(floor, top)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -9,7 +9,8 @@ fixtures are built once.  Scopes go to the workers in collection order, not by s
 (one worker), then the unit modules, then the fault suites (``pytest_collection_modifyitems``), so the other worker
 runs the unit tests and then the fault suites while the first runs the integration tests.
 
-Why two process units: with all of them in one, that worker ran for the whole CI (about 1,200 s of tests, over
+Each worker picks free ports from its own share of the range (``pytest_configure``), so the two clusters never
+pick each other's ports.  Why two process units: with all of them in one, that worker ran for the whole CI (about 1,200 s of tests, over
 the 20-minute budget) while the other finished the unit tests in 150 s and waited.
 
 The grouping is a scheduler (xdist's ``pytest_xdist_make_scheduler`` hook) rather than ``xdist_group`` marks:
@@ -17,9 +18,12 @@ The grouping is a scheduler (xdist's ``pytest_xdist_make_scheduler`` hook) rathe
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+
+from muheam.ops import procs
 
 UNITS = {"tests/integration/": "cluster", "tests/faults/": "faults"}
 
@@ -43,6 +47,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return scope_of(nodeid)
 
     return ClusterTestsInSeries(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each worker picks ports from its own share of the range (``MUHEAM_PORT_RANGE``, inherited by every process
+    its tests start): a fault test restarts nodes and etcd on the ports in its cluster's config, and the other
+    worker's ``cluster up`` must not have taken one meanwhile."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None or procs.PORT_RANGE_ENV in os.environ:
+        return
+    index, count = int(str(worker["workerid"]).removeprefix("gw")), int(worker["workercount"])
+    low, high = procs._port_range()
+    share = (high - low) // count
+    os.environ[procs.PORT_RANGE_ENV] = f"{low + index * share}-{low + (index + 1) * share}"
 
 
 @pytest.hookimpl(tryfirst=True)

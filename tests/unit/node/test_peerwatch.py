@@ -80,3 +80,12 @@ def test_an_announcement_is_capped_and_sent_at_once() -> None:
     beat(pw, mesh, ["busy", 3_600_000])
     now[0] = 100 + MAX_BUSY + 4.1
     assert pw.silence.silent(now[0]) == {2}
+
+
+def test_after_long_work_every_peer_counts_as_heard() -> None:
+    now = [100.0]
+    pw, mesh = watch_of(now)
+    now[0] = 110.0  # the loop was busy: the peer's beats are still unread
+    assert pw.silence.silent(now[0]) == {2}
+    pw.listening()
+    assert pw.silence.silent(now[0]) == frozenset() and pw.silence.hears(now[0]) == {2}
