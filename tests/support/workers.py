@@ -5,13 +5,15 @@ The tests that start real processes form two work units, each run in series on o
 (``tests/integration/``) and ``faults`` (``tests/faults/``).  Their timings (2 s leases, fence deadlines, detection
 within a TTL) assume a machine that is not saturated, and one cluster per unit keeps the load to at most two
 clusters at once on two cores.  The unit tests (in-process, mostly CPU) run one module per unit so module-scoped
-fixtures are built once.  Scopes go to the workers in collection order, not by size: the integration tests first
-(one worker), then the unit modules, then the fault suites (``pytest_collection_modifyitems``), so the other worker
-runs the unit tests and then the fault suites while the first runs the integration tests.
+fixtures are built once.  Scopes go to the workers in collection order, not by size (``pytest_collection_modifyitems``):
+the integration tests to one worker, the fault suites to the other, then the unit modules to whichever runs out of
+work first.  A worker that reaches the unit tests lowers its own CPU priority (``nice`` 10; no cluster test runs
+after them on that worker): the simulators' CPU-bound minutes must not starve the other worker's cluster (a node
+that got no CPU for its lease renewals fenced itself in the middle of a bank test).
 
 Each worker picks free ports from its own share of the range (``pytest_configure``), so the two clusters never
-pick each other's ports.  Why two process units: with all of them in one, that worker ran for the whole CI (about 1,200 s of tests, over
-the 20-minute budget) while the other finished the unit tests in 150 s and waited.
+pick each other's ports.  Why two process units: with all of them in one, that worker ran for the whole CI (about
+1,200 s of tests, over the 20-minute budget) while the other finished the unit tests in 150 s and waited.
 
 The grouping is a scheduler (xdist's ``pytest_xdist_make_scheduler`` hook) rather than ``xdist_group`` marks:
 ``--dist loadgroup`` renames node ids, which pytest 9.2 no longer lets a plugin do, so the marks had no effect."""
@@ -64,5 +66,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The fault suites after the integration tests (module docstring); otherwise collection order (stable)."""
-    items.sort(key=lambda item: "/faults/" in f"/{item.nodeid.split('::', 1)[0]}")
+    """The integration tests, then the fault suites, then the unit tests (module docstring); otherwise collection
+    order (stable)."""
+    order = {"cluster": 0, "faults": 1}
+    items.sort(key=lambda item: order.get(scope_of(item.nodeid), 2))
+
+
+_niced = False
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The first unit test on a worker lowers the worker's CPU priority for the rest of its run (module docstring);
+    not without xdist (``-n 0``: cluster tests may follow)."""
+    global _niced
+    if _niced or not hasattr(item.config, "workerinput") or scope_of(item.nodeid) in UNITS.values():
+        return
+    _niced = True
+    os.nice(10)
