@@ -27,10 +27,12 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 ENV_PREFIX = "MUHEAM_"
 NOT_SETTINGS = frozenset({"MUHEAM_CONFIG", "MUHEAM_CLIENT_KEY", "MUHEAM_DEBUG", "MUHEAM_FAILPOINTS", "MUHEAM_FULL", "MUHEAM_NO_JIT",
-                          "MUHEAM_SIM_EXAMPLES", "MUHEAM_SIM_FIRST_SEED", "MUHEAM_SIM_HAZARD_CHECK"})
+                          "MUHEAM_PORT_RANGE", "MUHEAM_SIM_EXAMPLES", "MUHEAM_SIM_FIRST_SEED",
+                          "MUHEAM_SIM_HAZARD_CHECK"})
 """``MUHEAM_*`` variables that are not cluster settings: the config file, a client's key file (``muheam.security``),
 tracebacks (cli), the long test runs
-(tests), numpy instead of compiled walmerge kernels (``walmerge.jit``); ``MUHEAM_TEST*`` is the tests' too."""
+(tests), numpy instead of compiled walmerge kernels (``walmerge.jit``), where ``cluster up`` picks free ports
+(``muheam.ops.procs``); ``MUHEAM_TEST*`` is the tests' too."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP_KEYS = {"cluster_name", "shared_dir", "run_dir", "etcd_endpoints", "embedded_etcd", "lease_ttl", "nodes",
