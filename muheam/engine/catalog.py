@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 from muheam import failpoints
 from muheam.engine import statefiles, walrec
@@ -42,6 +42,7 @@ class Catalog:
     tables_by_name: dict[str, Table]
     tables_by_id: dict[int, Table]
     dropped: set[int]
+    long_work: Callable[[], ContextManager[None]]
     _lock: threading.RLock
 
     def _writer(self) -> WalWriter:
@@ -220,7 +221,9 @@ class Catalog:
                 log.warning("node %d: relation file %s of table %r is unusable (%s); re-creating it empty, redo "
                             "refills it", self.node_id, path, t.name, e)
                 path.unlink()
-            Heap.create(path, t.schema, table_id=t.table_id, nbuckets=t.nbuckets).close()
+            with self.long_work():  # 0.2 s for the largest table on an idle machine, seconds on a loaded one
+                failpoints.hit("engine.create_file")  # tests: a relation file that takes long to write
+                Heap.create(path, t.schema, table_id=t.table_id, nbuckets=t.nbuckets).close()
         self.cache.attach(t.table_id, t.schema)
         self.tables_by_name[t.name] = t
         self.tables_by_id[t.table_id] = t

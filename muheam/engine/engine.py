@@ -13,6 +13,7 @@ catalog changed; it raises ``NeedOwnership`` when the node must first acquire it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -20,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -105,6 +106,9 @@ class Engine(Catalog):
         """Ids of dropped tables: never reused, and every WAL record of one is ignored by redo."""
         self.catalog_stale = False
         """The catalog lock came back but ``global/catalog`` could not be read: read it before the next operation."""
+        self.long_work: Callable[[], ContextManager[None]] = contextlib.nullcontext
+        """Wraps writing a new table's relation file (every bucket page: up to 128 MiB): a node sets it to excuse
+        its loop's silence meanwhile (``NodeAgent._long_work``)."""
         self.committed: set[int] = set()
         self.aborted: set[int] = set()
         self.running: dict[int, Transaction] = {}

@@ -233,6 +233,7 @@ class NodeAgent:
                                    EngineConfig().system_id, observe=self.clock.observe)
         commits, on_outcome = self.commits, self.sessions.on_outcome
         self.survivors.long_work = self._long_work
+        self.engine.long_work = self._long_work  # a new table's relation file
         self.survivors.on_recovered = lambda node: departures.sync_peer_recovered(
             cfg.shared_dir, node, commits, pack_glsn(self.clock.tick().lamport, self.node_id), on_outcome)
         self.port.register("lock_cycle", lambda req: benchops.lock_cycle(self.locks, req))
@@ -429,9 +430,10 @@ class NodeAgent:
 
     @contextlib.contextmanager
     def _long_work(self) -> Iterator[None]:
-        """Work in the loop whose length grows with a dead node's WAL (reading it, staging its pages): healthy,
-        so the loop watch is paused (the lease is kept), and the peers are told first (``PeerWatch.busy``), so
-        they do not take the silence for a cut and remove this node or themselves (a 2-node tie)."""
+        """Work in the loop whose length grows with a dead node's WAL (reading it, staging its pages) or with a new
+        table's size (its relation file, up to 128 MiB): healthy, so the loop watch is paused (the lease is kept),
+        and the peers are told first (``PeerWatch.busy``), so they do not take the silence for a cut and remove
+        this node or themselves (a 2-node tie)."""
         if self.peerwatch is not None:
             self.peerwatch.busy(LONG_WORK_BUSY)
         try:
