@@ -91,10 +91,9 @@ def hit(name: str) -> bool:
             return False
         point.remaining -= 1
     point.fired += 1
-    if point.action == "drop":
-        return True
-    if point.action == "fail":
-        log.warning("failpoint %s: fail", name)
+    if point.action in ("drop", "fail"):
+        if point.action == "fail":
+            log.warning("failpoint %s: fail", name)
         return True
     log.warning("failpoint %s: %s", name, point.action if point.action != "pause" else f"pause {point.seconds} s")
     for handler in logging.getLogger().handlers:  # the log line must be on disk before the process stops

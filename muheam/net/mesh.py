@@ -147,7 +147,7 @@ class Mesh:
         if current is not None:
             if current.epoch >= epoch:
                 return
-            self._uncork_one(node_id)  # what was sent to the old incarnation goes to it, as unbundled it would
+            self.flush_to(node_id)  # what was sent to the old incarnation goes to it, as unbundled it would
             current.sock.close(0)
         for key in [k for k in self.streams if k[0] == node_id and k[1] < epoch]:
             del self.streams[key]
@@ -169,7 +169,7 @@ class Mesh:
         whatever of its frames waited behind a gap."""
         current = self.peers.get(node_id)
         if current is not None and (epoch is None or current.epoch <= epoch):
-            self._uncork_one(node_id)
+            self.flush_to(node_id)
             current.sock.close(0)
             del self.peers[node_id]
             self.retired[node_id] = max(self.retired.get(node_id, -1), current.epoch)
@@ -253,12 +253,8 @@ class Mesh:
                 self._flush_corked(dest, items)
 
     def flush_to(self, dest: int) -> None:
-        """Send what is held for ``dest`` now, corked or lazy (the loop is about to block, e.g. on long recovery
-        work: what it said before must not wait until the turn ends)."""
-        self._uncork_one(dest)
-
-    def _uncork_one(self, dest: int) -> None:
-        """Send what is held for ``dest`` now: its link is about to change (reconnect or drop)."""
+        """Send what is held for ``dest`` now, lazy then corked: its link is about to change (reconnect or drop),
+        or the loop is about to block on long work and what it said before must not wait until the turn ends."""
         if dest in self._lazy:
             del self._lazy_due[dest]
             self._flush_corked(dest, self._lazy.pop(dest))

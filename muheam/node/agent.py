@@ -67,9 +67,10 @@ EXIT_FENCED = 3
 HEARTBEAT_IDLE = 0.25
 """Seconds without a WAL record after which the node logs a HEARTBEAT (follow-mode merges wait for idle nodes)."""
 LONG_WORK_BUSY = 30.0
-"""Seconds of silence the node announces to its peers before recovery work that blocks its loop (reading and
-staging a dead node's WAL: seconds for the largest WAL a checkpoint leaves, 256 MiB); the next beat after the work
-ends it.  Work that runs longer ends in the peers' partition decision, as any silence."""
+"""Seconds of silence the node announces to its peers before healthy work that blocks its loop (``_long_work``:
+reading and staging a dead node's WAL, seconds for the largest a checkpoint leaves, 256 MiB; writing a new table's
+file, up to 128 MiB); the next beat after the work ends it.  Work that runs longer ends in the peers' partition
+decision, as any silence."""
 
 
 def _freeze_heap() -> None:
@@ -618,12 +619,13 @@ class NodeAgent:
         except (EtcdUnavailable, Fenced) as exc:
             log.warning("could not mark node stopping in etcd: %s", exc)
         failed = self.engine.failed if self.engine is not None else None
-        if self.sql is not None and failed is not None:  # SQL clients hear why before their transactions are rolled back
-            self.sql.terminate(f"terminating connection because node {self.node_id}'s engine stopped ({failed}); "
-                               "the other nodes recover its work: connect to another node", "57P02")
-        elif self.sql is not None:
-            self.sql.terminate("terminating connection due to immediate shutdown command" if mode == StopMode.IMMEDIATE
-                               else "terminating connection due to administrator command")
+        if self.sql is not None:  # SQL clients hear why before their transactions are rolled back
+            if failed is not None:
+                self.sql.terminate(f"terminating connection because node {self.node_id}'s engine stopped ({failed}); "
+                                   "the other nodes recover its work: connect to another node", "57P02")
+            else:
+                self.sql.terminate("terminating connection due to immediate shutdown command"
+                                   if mode == StopMode.IMMEDIATE else "terminating connection due to administrator command")
         if mode != StopMode.IMMEDIATE:
             self._finish_rounds()
         self._close_ports()

@@ -36,7 +36,7 @@ suite's two workers) each get their own range: a cluster that restarts a node on
 find one taken by another cluster's ``cluster up`` meanwhile."""
 
 
-def _port_range() -> tuple[int, int]:
+def port_range() -> tuple[int, int]:
     """Where ``free_port`` picks: ``MUHEAM_PORT_RANGE``, or from 10000 (1024 if the ephemeral range starts lower)
     up to the kernel's ephemeral range."""
     spec = os.environ.get(PORT_RANGE_ENV, "").strip()
@@ -62,7 +62,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     connections, so a port found that way can be taken by some client before our server binds it.  Ports below
     the ephemeral range are only ever taken by servers that ask for them by number.
     """
-    floor, top = _port_range()
+    floor, top = port_range()
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(floor, top)

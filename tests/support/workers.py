@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker is None or procs.PORT_RANGE_ENV in os.environ:
         return
     index, count = int(str(worker["workerid"]).removeprefix("gw")), int(worker["workercount"])
-    low, high = procs._port_range()
+    low, high = procs.port_range()
     share = (high - low) // count
     os.environ[procs.PORT_RANGE_ENV] = f"{low + index * share}-{low + (index + 1) * share}"
 
