@@ -505,6 +505,8 @@ class NodeAgent:
                     self.watch.pause()  # the shutdown's own steps keep the lease to the end
                     return self._shutdown(self.stop_mode)
                 ready = dict(poller.poll(self._poll_ms()))
+                if self.sql is not None:
+                    self.sql.begin_turn()
                 # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
                 self.mesh.cork()
                 self._take_events()
@@ -578,9 +580,10 @@ class NodeAgent:
 
     def _poll_ms(self) -> int:
         """How long the loop may sleep: 100 ms, or less when the mesh has an acknowledgement or retransmission
-        due sooner (a late acknowledgement would make the peer resend for nothing)."""
+        due sooner (a late acknowledgement would make the peer resend for nothing); not at all while a recovery
+        sweep or a SQL statement has work left over from the last turn's budget."""
         assert self.mesh is not None
-        if self.survivors is not None and self.survivors.backlog:
+        if (self.survivors is not None and self.survivors.backlog) or (self.sql is not None and self.sql.pending):
             return 0
         now = time.monotonic()
         due = self.mesh.next_timer(now)

@@ -12,6 +12,7 @@ An operation's error code becomes the SQLSTATE a PostgreSQL client expects (``SQ
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -19,12 +20,14 @@ from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping, cast
 
+from muheam import failpoints
 from muheam.errors import MuheamError
 from muheam.net.clientport import Deferred, RequestError
 from muheam.sql import wire
 from muheam.sql.expr import (Expr, Params, Row, SqlError, TableInfo, arithmetic_error, coerce, int_range,
                              numeric_div, order_key, sort_key, to_column)
 from muheam.sql.plan import CreateTable, Delete, Insert, Select, Update
+from muheam.sql.turns import Turns
 
 Request = tuple[str, dict[str, Any]]
 Gen = Generator[Request, Any, "Result"]
@@ -65,14 +68,17 @@ class Task:
     def __init__(self, gen: Generator[Request, Any, Any], ops: Mapping[str, Operation],
                  done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None],
                  table_gone: Callable[[], object] = lambda: None,
-                 internal_error: Callable[[BaseException], None] | None = None) -> None:
-        """``table_gone``: called when a row operation named a table the node no longer has (dropped since the
-        statement was planned: the caller's catalog must look again).  ``internal_error``: called with an
+                 internal_error: Callable[[BaseException], None] | None = None, turns: Turns | None = None) -> None:
+        """``turns``: the loop turn's time budget; past it, the statement continues at the next turn
+        (``muheam.sql.turns``; without it the statement runs to its first wait).  ``table_gone``: called when a
+        row operation named a table the node no longer has (dropped since the statement was planned: the
+        caller's catalog must look again).  ``internal_error``: called with an
         exception the statement's generator or ``done`` raised while resuming from an operation's answer
         (there, nothing above would catch it but the node's loop); without it the exception propagates."""
         self.gen, self.ops, self.done, self.xid = gen, ops, done, xid
         self.table_gone = table_gone
         self.internal_error = internal_error
+        self.turns = turns
         self.cancelled = False
         self.waiting: str | None = None
         """The operation whose answer the task waits for (``None`` between operations) ..."""
@@ -107,6 +113,7 @@ class Task:
                 args["xid"] = self.xid()
             if "table" in args:
                 args["replannable"] = True  # a table id gone leaves the transaction running: the session decides
+            failpoints.hit("sql.operation")  # tests: row operations slow enough to outlast a loop turn's budget
             ok, value = self._call(op, args)
             if isinstance(value, Deferred):
                 settled = value.take()
@@ -115,6 +122,10 @@ class Task:
                     value.then(self._resume)
                     return
                 ok, value = settled[0], settled[1] if settled[0] else OpFailed(*settled[1])
+            if self.turns is not None and self.turns.spent():  # answered at once, but the turn is over: the
+                self.waiting, self.waiting_args = op, args     # rest goes on at the next, as if answered then
+                self.turns.later(functools.partial(self._go, ok, value))
+                return
 
     def _call(self, op: str, args: dict[str, Any]) -> tuple[bool, Any]:
         try:
@@ -127,16 +138,19 @@ class Task:
             return False, OpFailed("bad_request", f"{op}: {exc}")
 
     def _resume(self, ok: bool, value: Any) -> None:
+        self._go(ok, value if ok else OpFailed(*value))
+
+    def _go(self, ok: bool, value: Any) -> None:
         op, self.waiting = self.waiting, None
         if self.cancelled:
             if ok and op == "begin":  # cancelled (or the connection closed) while the snapshot waited: the
                 self._abandon(value)  # session never learnt this XID, so nobody else would ever end it
             return
         if self.internal_error is None:
-            self._step(ok, value if ok else OpFailed(*value))
+            self._step(ok, value)
             return
         try:
-            self._step(ok, value if ok else OpFailed(*value))
+            self._step(ok, value)
         except Exception as exc:  # noqa: BLE001 - handed to the connection's owner, which closes it
             self.cancelled = True
             self.internal_error(exc)

@@ -24,6 +24,7 @@ from muheam.sql import wire
 from muheam.sql.auth import is_loopback
 from muheam.sql.execute import Catalog, Operation
 from muheam.sql.session import Session
+from muheam.sql.turns import Turns
 
 log = logging.getLogger("muheam.sql")
 
@@ -60,6 +61,7 @@ class SqlServer:
         self.conns: dict[int, _Conn] = {}
         self.poller: zmq.Poller | None = None
         self.next_pid = node_id * 100_000
+        self.turns = Turns()
         self.counters = {"connections": 0, "closed": 0, "refused": 0, "violations": 0}
 
     @property
@@ -70,7 +72,18 @@ class SqlServer:
         self.poller = poller
         poller.register(self.listener.fileno(), zmq.POLLIN)
 
+    def begin_turn(self) -> None:
+        """The node's loop turn begins (its statements' time budget starts now: ``muheam.sql.turns``)."""
+        self.turns.start()
+
+    @property
+    def pending(self) -> bool:
+        """Statements wait to continue: the loop must not sleep."""
+        return self.turns.pending
+
     def handle(self, ready: Mapping[Any, int]) -> None:
+        if self.turns.pending:
+            self.turns.run()  # before new input: the statements that waited longest go first
         if ready.get(self.listener.fileno()):
             self._accept()
         for fd in [fd for fd in self.conns if fd in ready]:
@@ -101,7 +114,8 @@ class SqlServer:
             host = str(addr[0])
             method = "trust" if self.auth == "trust" and is_loopback(host) else "scram-sha-256"
             self.next_pid += 1
-            session = Session(self.ops, self.catalog, host, method, self.shared_dir, self.next_pid, self._cancel)
+            session = Session(self.ops, self.catalog, host, method, self.shared_dir, self.next_pid, self._cancel,
+                              self.turns)
             conn = _Conn(sock, session)
             session.on_output = lambda c=conn: self._flush(c)  # type: ignore[misc]
             self.conns[sock.fileno()] = conn
@@ -185,7 +199,7 @@ class SqlServer:
                 return
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "open": len(self.conns)}
+        return {**self.counters, "open": len(self.conns), "statement_slices": self.turns.slices}
 
     def terminate(self, message: str, code: str = "57P01") -> None:
         """The node stops: every connection ends as PostgreSQL's shutdown ends its backends, with FATAL 57P01

@@ -36,6 +36,7 @@ from muheam.sql.startup import Outcome, Phase, Startup
 from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
 from muheam.sql.expr import SqlError
 from muheam.sql.plan import Compiled, CreateTable, DropTable, Utility
+from muheam.sql.turns import Turns
 
 log = logging.getLogger("muheam.sql")
 
@@ -52,8 +53,9 @@ def _write_verb(p: Any) -> str:
 
 class Session(ExtendedProtocol):
     def __init__(self, ops: Mapping[str, Operation], catalog: Catalog, peer_host: str, auth_method: str,
-                 shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None]) -> None:
-        self.ops, self.catalog = ops, catalog
+                 shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None],
+                 turns: Turns | None = None) -> None:
+        self.ops, self.catalog, self.turns = ops, catalog, turns
         self.pid, self.key = backend_pid, secrets.token_bytes(4)
         self.parser = wire.FrontendParser()
         self.out = bytearray()
@@ -307,7 +309,7 @@ class Session(ExtendedProtocol):
                 self._drain()
 
         task = Task(self._statement_gen(compiled, params, replan), self.ops, done, lambda: self.xid,
-                    self.catalog.revalidate, self._internal_error)
+                    self.catalog.revalidate, self._internal_error, self.turns)
         self.task = task
         task.start()
 

@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psycopg
 import pytest
 
-from muheam.client import connect
+from muheam.client import connect, request
 from muheam.ops.procs import pid_alive, stop_pid, wait_until
 from tests.support.cluster import MUHEAM, LocalCluster, run_cli
 from muheam.storage.layout import BLOCK_SIZE, MAX_ROW_WIDTH, PAGE_HEADER_SIZE, SLOT_HEADER_SIZE
 from tests.integration.test_cluster_txn import endpoints
 from tests.faults.test_node_failure import wait_recovered
+from tests.integration.test_sql import conninfo
 
 pytestmark = pytest.mark.integration
 Start = Callable[..., LocalCluster]
@@ -366,6 +368,45 @@ def test_a_long_create_table_keeps_its_node_in_the_cluster(local_cluster: Start,
     assert epochs(c) == before, (before, epochs(c), c.log(1)[-2000:], c.log(2)[-2000:])
     with connect(eps[1], 30) as conn, conn.transaction() as tx:
         assert tx.get("slow", 1) == {"v": 1}
+
+
+@pytest.mark.timeout(180)
+def test_a_long_sql_statement_runs_over_many_loop_turns(local_cluster: Start,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQL statement whose row operations all answer at once ran to its end in one loop turn: a 5,000-row INSERT
+    under CI's load took longer than the loop watch allows (1 s at the default 2 s lease) and node 3 fenced itself
+    (seen in a CI run).  Now it continues at the next turn once the turn's budget is spent.  Failpoint
+    ``sql.operation`` makes 400 operations take 10 ms each (4 s in all): the node stays a member, its loop answers
+    another client meanwhile, and every row is there."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sql.operation@1=400*pause(0.01)")
+    c = local_cluster(2)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = endpoints(c, nodes=2)
+    sql1 = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}[1]
+    before = epochs(c)
+    with psycopg.connect(conninfo(sql1), autocommit=True) as conn:
+        conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, v integer) WITH (buckets = 4)")
+    outcome: dict[str, object] = {}
+
+    def insert() -> None:
+        try:
+            with psycopg.connect(conninfo(sql1), autocommit=True) as conn:
+                outcome["rows"] = conn.execute(
+                    "INSERT INTO big (id, v) VALUES " + ", ".join(f"({i}, {i})" for i in range(500))).rowcount
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    writer = threading.Thread(target=insert)
+    writer.start()
+    assert wait_until(lambda: c.log(1).count("failpoint sql.operation") >= 40, 30), c.log(1)[-2000:]
+    status = request(eps[0], "status", timeout=10, client_key=c.client_key)  # answered while the INSERT runs
+    assert writer.is_alive(), "the INSERT was over before the status answer: the failpoint did not slow it"
+    writer.join(60)
+    assert not writer.is_alive() and outcome.get("rows") == 500, (outcome, c.log(1)[-2000:])
+    assert status["counters"]["sql"]["statement_slices"] > 0, status["counters"]["sql"]
+    assert epochs(c) == before, (before, epochs(c), c.log(1)[-2000:])
+    with psycopg.connect(conninfo(sql1), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), sum(v) FROM big").fetchone() == (500, sum(range(500)))
 
 
 @pytest.mark.timeout(180)
