@@ -309,6 +309,13 @@ class Redo:
     moved: bool = False
 
 
+SCAN_PAGE_ROWS = 5_000
+"""Rows per page of a statement's table scan: the pages of one statement share its snapshot, so every row comes
+exactly once (``Sessions.op_scan``); a page is one operation of a few milliseconds, and the statement's turn
+budget (``muheam.sql.turns``) applies between pages, so a large table neither hits the unpaged scan's row limit
+nor holds the node's loop for one long turn."""
+
+
 def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
           lock: bool = False, redo: Redo | None = None, nowait: bool = False) -> Generator[Request, Any, list[Row]]:
     rows: list[Row] = []
@@ -327,13 +334,18 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
             if found is not None:
                 found[key] = k
                 rows.append(found)
-    else:
-        for k, found in (yield ("scan", {"table": name})):
-            found[key] = k
-            rows.append(found)
-    if where is not None:
-        wf = where.fn
-        rows = [r for r in rows if wf(r, params)]
+        if where is not None:
+            wf = where.fn
+            rows = [r for r in rows if wf(r, params)]
+    else:  # paged: no row limit, each page one bounded operation (the loop's turn budget applies between them)
+        at: int | None = 1
+        while at is not None:
+            page = yield ("scan", {"table": name, "from_bucket": at, "page_rows": SCAN_PAGE_ROWS})
+            for k, found in page["rows"]:
+                found[key] = k
+                if where is None or where.fn(found, params):
+                    rows.append(found)
+            at = page["next"]
     if lock:
         rows = yield from _change_rows(table, rows, where, params, redo or Redo(),
                                        lambda row: (("lock", {"table": name, "key": row[key],

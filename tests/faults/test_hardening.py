@@ -410,6 +410,34 @@ def test_a_long_sql_statement_runs_over_many_loop_turns(local_cluster: Start,
 
 
 @pytest.mark.timeout(180)
+def test_sql_reads_a_table_page_by_page(local_cluster: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQL statement without a key in its WHERE scanned the whole table in one operation, which refuses more than
+    200,000 rows ("page it") and runs in one loop turn however large the table.  It now reads page by page
+    (5,000 rows, chain boundaries).  Failpoint ``sessions.scan_limit`` makes every unpaged scan fail as an
+    oversized one would: 12,000 rows written through node 1 are counted, summed, filtered and sorted on node 2
+    (whose pages are copies of node 1's chains, fetched page by page)."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.scan_limit=fail")
+    c = local_cluster(2)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    sql = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}
+    with psycopg.connect(conninfo(sql[1]), autocommit=True) as conn:
+        conn.execute("CREATE TABLE wide (id bigint PRIMARY KEY, v integer) WITH (buckets = 64)")
+        for start in range(0, 12_000, 4_000):
+            conn.execute("INSERT INTO wide VALUES " + ", ".join(f"({i}, {i % 97})" for i in range(start, start + 4_000)))
+    with psycopg.connect(conninfo(sql[2])) as conn:
+        assert conn.execute("SELECT count(*), sum(v), min(id), max(id) FROM wide").fetchone() == (
+            12_000, sum(i % 97 for i in range(12_000)), 0, 11_999)
+        assert conn.execute("SELECT count(*) FROM wide WHERE v = 5").fetchone() == (
+            sum(1 for i in range(12_000) if i % 97 == 5),)
+        assert conn.execute("SELECT id FROM wide WHERE v > 95 ORDER BY id DESC LIMIT 3").fetchall() == [
+            (i,) for i in sorted((i for i in range(12_000) if i % 97 == 96), reverse=True)[:3]]
+        conn.execute("UPDATE wide SET v = v + 1 WHERE v = 96")  # a change found by a scan, in the same transaction
+        assert conn.execute("SELECT count(*) FROM wide WHERE v = 97").fetchone() == (
+            sum(1 for i in range(12_000) if i % 97 == 96),)
+        conn.commit()
+
+
+@pytest.mark.timeout(180)
 def test_the_last_survivor_recovers_a_node_that_held_many_chains(local_cluster: Start) -> None:
     """In a 2-node cluster node 1 changes rows in 600 chains and is killed.  Node 2, the only survivor, takes
     every chain node 1 touched; with no peer to ask, each lock is granted at once, and the sweep used to take the
