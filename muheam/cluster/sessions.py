@@ -114,7 +114,20 @@ class Cluster:
 
 
 SCAN_AHEAD = 1 << 30
-"""A scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's end)."""
+"""An unpaged scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's
+end); a paged one at most a page's chains (``MAX_PAGE_CHAINS``): the copies are dropped after each page, and
+every page asking for the rest of the table made a paged scan's copying quadratic in the table's chains."""
+
+
+def page_batch(wanted: int, rows: int, chains: int) -> int:
+    """How many chains a paged scan reads next to come near ``wanted`` more rows, having found ``rows`` rows in
+    ``chains`` chains so far: the engine reads up to 256 chains per call, and a page that checked its size only
+    after each call held a whole table of 256 chains, however many rows (one long loop turn)."""
+    if wanted <= 0:
+        return 1
+    if rows == 0:
+        return 1 if chains == 0 else min(256, chains * 2)  # (one chain first: it tells how full chains are)
+    return max(1, min(256, -(-wanted * chains // rows)))
 
 
 class LockTimeout(MuheamError):
@@ -424,7 +437,11 @@ class Sessions:
             t = self.engine.op_table(named[0])
             named[0] = t.table_id
             while at[0] <= t.nbuckets:
-                chunk, at[0] = self.engine.scan_from(txn, t, at[0])
+                last = None
+                if paged:  # as many chains as should hold the rows still wanted: a page is about page_rows
+                    want = page_batch(limit - len(rows), len(rows), at[0] - start)
+                    last = min(t.nbuckets, at[0] + min(want, start + MAX_PAGE_CHAINS - at[0]) - 1)
+                chunk, at[0] = self.engine.scan_from(txn, t, at[0], last)
                 if chunk is not None:
                     for key, rec in zip(chunk[0].tolist(), chunk[1]):
                         rows.append([key, t.schema.from_record(rec)])
@@ -437,7 +454,7 @@ class Sessions:
                 return {"rows": rows, "next": at[0] if at[0] <= t.nbuckets else None}
             return rows
 
-        return self._row_op(req, scan, ahead=SCAN_AHEAD)
+        return self._row_op(req, scan, ahead=MAX_PAGE_CHAINS - 1 if paged else SCAN_AHEAD)
 
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()

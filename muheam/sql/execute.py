@@ -16,7 +16,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping, cast
 
@@ -24,8 +24,9 @@ from muheam import failpoints
 from muheam.errors import MuheamError
 from muheam.net.clientport import Deferred, RequestError
 from muheam.sql import wire
+from muheam.sql.aggregate import Accumulator
 from muheam.sql.expr import (Expr, Params, Row, SqlError, TableInfo, arithmetic_error, coerce, int_range,
-                             numeric_div, order_key, sort_key, to_column)
+                             sort_key, to_column)
 from muheam.sql.plan import CreateTable, Delete, Insert, Select, Update
 from muheam.sql.turns import Turns
 
@@ -309,6 +310,9 @@ class Redo:
     moved: bool = False
 
 
+MAX_STATEMENT_ROWS = 200_000
+"""Rows one statement may hold (a SELECT's rows before ORDER BY and LIMIT, an UPDATE's or DELETE's before they
+change them): beyond, SQLSTATE 54000 names the limit.  A SELECT of aggregates alone holds none."""
 SCAN_PAGE_ROWS = 5_000
 """Rows per page of a statement's table scan: the pages of one statement share its snapshot, so every row comes
 exactly once (``Sessions.op_scan``); a page is one operation of a few milliseconds, and the statement's turn
@@ -316,11 +320,12 @@ budget (``muheam.sql.turns``) applies between pages, so a large table neither hi
 nor holds the node's loop for one long turn."""
 
 
-def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
-          lock: bool = False, redo: Redo | None = None, nowait: bool = False) -> Generator[Request, Any, list[Row]]:
-    rows: list[Row] = []
+def _read_each(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
+               each: Callable[[list[Row]], None]) -> Generator[Request, Any, None]:
+    """The rows the statement's WHERE selects, handed to ``each`` a page at a time (the key in each row)."""
     name, key = table.ref, table.key
     if points is not None:
+        rows: list[Row] = []
         seen: set[int] = set()
         for p in points:
             v = p.fn({}, params)
@@ -334,21 +339,36 @@ def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, param
             if found is not None:
                 found[key] = k
                 rows.append(found)
-        if where is not None:
-            wf = where.fn
-            rows = [r for r in rows if wf(r, params)]
-    else:  # paged: no row limit, each page one bounded operation (the loop's turn budget applies between them)
-        at: int | None = 1
-        while at is not None:
-            page = yield ("scan", {"table": name, "from_bucket": at, "page_rows": SCAN_PAGE_ROWS})
-            for k, found in page["rows"]:
-                found[key] = k
-                if where is None or where.fn(found, params):
-                    rows.append(found)
-            at = page["next"]
+        each(rows if where is None else [r for r in rows if where.fn(r, params)])
+        return
+    at: int | None = 1  # paged: each page one bounded operation (the loop's turn budget applies between them)
+    while at is not None:
+        page = yield ("scan", {"table": name, "from_bucket": at, "page_rows": SCAN_PAGE_ROWS})
+        found = []
+        for k, row in page["rows"]:
+            row[key] = k
+            if where is None or where.fn(row, params):
+                found.append(row)
+        each(found)
+        at = page["next"]
+
+
+def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
+          lock: bool = False, redo: Redo | None = None, nowait: bool = False) -> Generator[Request, Any, list[Row]]:
+    rows: list[Row] = []
+
+    def keep(found: list[Row]) -> None:
+        if len(rows) + len(found) > MAX_STATEMENT_ROWS:
+            raise SqlError("54000", f"the statement reads more than {MAX_STATEMENT_ROWS:,} rows of table "
+                                    f"{table.name!r}, which MUHEAM's SQL port holds in memory",
+                           "narrow the WHERE (a key, a key range), or read it in parts; aggregates alone "
+                           "(count(*), sum, min, max, avg) have no such limit")
+        rows.extend(found)
+
+    yield from _read_each(table, where, points, params, keep)
     if lock:
         rows = yield from _change_rows(table, rows, where, params, redo or Redo(),
-                                       lambda row: (("lock", {"table": name, "key": row[key],
+                                       lambda row: (("lock", {"table": table.ref, "key": row[table.key],
                                                               **({"nowait": True} if nowait else {})}), row))
     return rows
 
@@ -434,9 +454,21 @@ def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
         if plan.where is not None and not plan.where.fn({}, params):
             return Result("SELECT 0")
         return Result("SELECT 1", [[t.fn({}, params) for t in plan.targets]])
+    if plan.aggs is not None and not plan.lock:  # accumulated page by page: no rows kept
+        accs = [Accumulator(a.func, a.arg) for a in plan.aggs]
+
+        def add(rows: list[Row]) -> None:
+            for acc in accs:
+                acc.add(rows, params)
+
+        yield from _read_each(plan.table, plan.where, plan.points, params, add)
+        return Result("SELECT 1", [[acc.result() for acc in accs]])
     rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, redo, plan.nowait)
     if plan.aggs is not None:
-        return Result("SELECT 1", [[_aggregate(a.func, a.arg, rows, params) for a in plan.aggs]])
+        accs = [Accumulator(a.func, a.arg) for a in plan.aggs]
+        for acc in accs:
+            acc.add(rows, params)
+        return Result("SELECT 1", [[acc.result() for acc in accs]])
     for expr, desc in reversed(plan.order):
         f = expr.fn
         rows.sort(key=lambda r: sort_key(f(r, params)), reverse=desc)
@@ -444,26 +476,6 @@ def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
     rows = rows[offset:] if limit is None else rows[offset:offset + limit]
     out = [[t.fn(r, params) for t in plan.targets] for r in rows]
     return Result(f"SELECT {len(out)}", out)
-
-
-def _aggregate(func: str, arg: Expr | None, rows: list[Row], params: Params) -> Any:
-    if arg is None:
-        return len(rows)
-    values = [v for v in (arg.fn(r, params) for r in rows) if v is not None]
-    if func == "count":
-        return len(values)
-    if not values:
-        return None
-    if func in ("sum", "avg"):
-        with localcontext(wire.EXACT):  # (a numeric's sum is exact; ints and doubles do not use the context)
-            total = sum(values)
-        if func == "sum":
-            return total
-        if all(type(v) is int or isinstance(v, Decimal) for v in values):  # numeric, PostgreSQL's scale
-            return numeric_div(Decimal(total), Decimal(len(values)))
-        return total / len(values)
-    pick = min if func == "min" else max
-    return pick(values, key=order_key)  # (NaN above every other number)
 
 
 def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:

@@ -279,6 +279,10 @@ def test_a_paged_scan_returns_every_row_once_under_one_snapshot(local_cluster: S
         assert dict(got) == expected
         whole = {int(k): row for k, row in rtx._op("scan", table="p")}
         assert whole == expected
+        # a page holds about page_rows rows (about 8 per chain here): it held all 64 chains' rows, since the
+        # engine reads up to 256 chains per call and the page's size was checked only after each call
+        first = rtx._op("scan", table="p", from_bucket=1, page_rows=7)
+        assert 7 <= len(first["rows"]) < 60 and first["next"] is not None, (len(first["rows"]), first["next"])
         with pytest.raises(client.ClientError, match="page_rows must be an integer"):
             rtx._op("scan", table="p", from_bucket=1, page_rows=0)
         rtx.rollback()
