@@ -505,13 +505,13 @@ class NodeAgent:
                     self.watch.pause()  # the shutdown's own steps keep the lease to the end
                     return self._shutdown(self.stop_mode)
                 ready = dict(poller.poll(self._poll_ms()))
-                if self.sql is not None:
-                    self.sql.begin_turn()
                 # one frame per peer per turn for everything this turn sends (muheam.net.mesh: bundling)
                 self.mesh.cork()
                 self._take_events()
                 if self.fence.fenced:
                     return self._self_fence()
+                if self.sql is not None:
+                    self.sql.begin_turn()  # statements parked by the last turn's budget go first
                 if wake in ready:
                     while wake.poll(0):
                         wake.recv()

@@ -73,8 +73,12 @@ class SqlServer:
         poller.register(self.listener.fileno(), zmq.POLLIN)
 
     def begin_turn(self) -> None:
-        """The node's loop turn begins (its statements' time budget starts now: ``muheam.sql.turns``)."""
+        """The node's loop turn begins: its statements' time budget starts now (``muheam.sql.turns``), and the
+        statements the last turn's budget parked go on first, before peers' answers resume others (which then
+        get what is left, at least one operation each)."""
         self.turns.start()
+        if self.turns.pending:
+            self.turns.run()
 
     @property
     def pending(self) -> bool:
@@ -82,8 +86,6 @@ class SqlServer:
         return self.turns.pending
 
     def handle(self, ready: Mapping[Any, int]) -> None:
-        if self.turns.pending:
-            self.turns.run()  # before new input: the statements that waited longest go first
         if ready.get(self.listener.fileno()):
             self._accept()
         for fd in [fd for fd in self.conns if fd in ready]:
