@@ -13,6 +13,8 @@ An operation's error code becomes the SQLSTATE a PostgreSQL client expects (``SQ
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -46,6 +48,15 @@ SQLSTATE_BY_CODE = {
 class Result:
     tag: str
     rows: list[list[Any]] = field(default_factory=list)
+    encoded: list[bytes] | None = None
+    """The rows as DataRow messages, once ``encoded`` made them."""
+
+
+TURN: Request = ("turn", {})
+"""Yielded between slices of a statement's own work on many rows (sorting keys, result columns, encoding): no
+operation, but the statement parks there when the loop turn's budget is spent (``Task``)."""
+SLICE_ROWS = 5_000
+"""Rows per slice of that work."""
 
 
 class OpFailed(Exception):
@@ -110,6 +121,13 @@ class Task:
             except ArithmeticError as exc:  # (a Decimal's edge the checks did not foresee: the statement's error)
                 self.done(None, arithmetic_error(exc))
                 return
+            if op == "turn":  # the statement's own work goes on at the next turn if this one's budget is spent
+                if self.turns is not None and self.turns.spent():
+                    self.waiting, self.waiting_args = op, args
+                    self.turns.later(functools.partial(self._go, True, None))
+                    return
+                ok, value = True, None
+                continue
             if "xid" not in args and op not in ("begin", "tables", "create_table", "drop_table"):
                 args["xid"] = self.xid()
             if "table" in args:
@@ -469,13 +487,38 @@ def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
         for acc in accs:
             acc.add(rows, params)
         return Result("SELECT 1", [[acc.result() for acc in accs]])
-    for expr, desc in reversed(plan.order):
-        f = expr.fn
-        rows.sort(key=lambda r: sort_key(f(r, params)), reverse=desc)
+    for expr, desc in reversed(plan.order):  # stable sorts, last key first
+        rows = yield from _sorted(rows, expr, desc, params)
     offset, limit = _count(plan.offset, params, "OFFSET") or 0, _count(plan.limit, params)
     rows = rows[offset:] if limit is None else rows[offset:offset + limit]
-    out = [[t.fn(r, params) for t in plan.targets] for r in rows]
+    out: list[list[Any]] = []
+    for i in range(0, len(rows), SLICE_ROWS):
+        if i:
+            yield TURN
+        out.extend([t.fn(r, params) for t in plan.targets] for r in rows[i:i + SLICE_ROWS])
     return Result(f"SELECT {len(out)}", out)
+
+
+def _sorted(rows: list[Row], expr: Expr, desc: bool, params: Params) -> Generator[Request, Any, list[Row]]:
+    """``rows`` stably sorted by ``expr`` in slices of ``SLICE_ROWS`` with ``TURN`` between: each slice's keys
+    and order, then a merge of the sorted slices (stable: a tie takes the earlier slice first), taken a slice at
+    a time.  Sorting 200,000 rows in one call took about a second of one loop turn."""
+    f = expr.fn
+    keys: list[Any] = []
+    runs: list[list[int]] = []
+    for i in range(0, len(rows), SLICE_ROWS):
+        if i:
+            yield TURN
+        keys.extend(sort_key(f(r, params)) for r in rows[i:i + SLICE_ROWS])
+        runs.append(sorted(range(i, min(i + SLICE_ROWS, len(rows))), key=keys.__getitem__, reverse=desc))
+    if len(runs) <= 1:
+        return [rows[i] for run in runs for i in run]
+    merged = heapq.merge(*runs, key=keys.__getitem__, reverse=desc)
+    out: list[Row] = []
+    while len(out) < len(rows):
+        yield TURN
+        out.extend(rows[i] for i in itertools.islice(merged, SLICE_ROWS))
+    return out
 
 
 def run_insert(plan: Insert, params: Params, redo: Redo | None = None) -> Gen:
@@ -606,13 +649,26 @@ def run_plan(plan: Select | Insert | Update | Delete, params: Params, rc: bool =
     return run_delete(plan, params, redo)
 
 
-def encode_rows(result: Result, oids: list[int], formats: list[int] | None) -> list[bytes]:
-    """DataRow messages for ``result``; ``SqlError`` for a value its type cannot hold (22003) or a binary format
+def encoded(gen: Gen, oids: list[int], formats: list[int] | None) -> Gen:
+    """``gen``'s result with its rows encoded (``Result.encoded``), slice by slice (``TURN`` between)."""
+    result = yield from gen
+    if result is not None and result.rows:
+        rows: list[bytes] = []
+        for i in range(0, len(result.rows), SLICE_ROWS):
+            if i:
+                yield TURN
+            rows += encode_rows(result.rows[i:i + SLICE_ROWS], oids, formats)
+        result.encoded = rows
+    return result
+
+
+def encode_rows(rows: list[list[Any]], oids: list[int], formats: list[int] | None) -> list[bytes]:
+    """DataRow messages for ``rows``; ``SqlError`` for a value its type cannot hold (22003) or a binary format
     not written (0A000)."""
     fmts = [wire.result_format(formats, i) for i in range(len(oids))]
     try:
         return [wire.msg_data_row([wire.encode_value(v, oid, f) for v, oid, f in zip(row, oids, fmts)])
-                for row in result.rows]
+                for row in rows]
     except OverflowError as exc:
         raise SqlError("22003", str(exc)) from None
     except ValueError as exc:

@@ -283,10 +283,13 @@ class Session(ExtendedProtocol):
             rows: list[bytes] = []
             if error is None:
                 assert result is not None
-                try:
-                    rows = execute.encode_rows(result, [f[1] for f in fields], formats) if fields else []
-                except SqlError as exc:
-                    error = exc
+                if fields and result.encoded is not None:
+                    rows = result.encoded
+                elif fields:
+                    try:
+                        rows = execute.encode_rows(result.rows, [f[1] for f in fields], formats)
+                    except SqlError as exc:
+                        error = exc
             if error is not None:
                 self._failed(error)
                 then(False)
@@ -308,8 +311,10 @@ class Session(ExtendedProtocol):
             if self.task is None:
                 self._drain()
 
-        task = Task(self._statement_gen(compiled, params, replan), self.ops, done, lambda: self.xid,
-                    self.catalog.revalidate, self._internal_error, self.turns)
+        gen = self._statement_gen(compiled, params, replan)
+        if fields and not silent:  # rows encoded by the statement, slice by slice, not all at once in ``done``
+            gen = execute.encoded(gen, [f[1] for f in fields], formats)
+        task = Task(gen, self.ops, done, lambda: self.xid, self.catalog.revalidate, self._internal_error, self.turns)
         self.task = task
         task.start()
 

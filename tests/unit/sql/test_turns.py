@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from muheam.sql import wire
+import pytest
+
+from muheam.sql import execute, wire
 from muheam.sql.execute import Catalog
 from muheam.sql.session import Session
 from muheam.sql.turns import Turns
@@ -126,3 +128,48 @@ def test_statements_parked_together_each_go_on_every_turn() -> None:
     assert sorted(node.inserted()) == list(range(100)) + list(range(1000, 1100))
     assert bytes(first.out).endswith(wire.msg_command_complete("INSERT 0 100") + wire.msg_ready("I"))
     assert bytes(second.out).endswith(wire.msg_command_complete("INSERT 0 100") + wire.msg_ready("I"))
+
+
+def test_a_statements_own_work_on_many_rows_goes_on_over_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorting, result columns and encoding of many rows are the statement's own work, no operation between: in
+    slices of ``SLICE_ROWS`` rows it parks at a spent budget too, and answers exactly what it answers in one go."""
+    monkeypatch.setattr(execute, "SLICE_ROWS", 10)
+    table = {k: {"v": (k * 37) % 11} for k in range(300)}
+    ticks = [0.0]
+
+    def clock() -> float:  # each look at the clock is a millisecond of work: the budget runs out mid-statement
+        ticks[0] += 0.001
+        return ticks[0]
+
+    def session(turns: Turns | None) -> Session:
+        ops: dict[str, Any] = {
+            "tables": lambda req: [{"table_id": 1, "name": "t", "columns": [["v", "int64"]]}],
+            "begin": lambda req: {"xid": 7, "sts": 1},
+            "snapshot": lambda req: {},
+            "scan": lambda req: {"rows": [[k, dict(r)] for k, r in table.items()], "next": None},
+            "commit": lambda req: {"xid": req["xid"]},
+        }
+        s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None, turns)
+        s.feed(_startup())
+        s.out.clear()
+        return s
+
+    query = _query("SELECT key, v FROM t ORDER BY v DESC, key")
+    whole = session(None)
+    whole.feed(query)
+    turns = Turns(0.05, clock=clock)
+    sliced = session(turns)
+    turns.start()
+    sliced.feed(query)
+    assert turns.pending and b"SELECT 300" not in bytes(sliced.out)
+    rounds = 0
+    while turns.pending:
+        turns.start()
+        turns.run()
+        rounds += 1
+        assert rounds < 1000
+    assert rounds > 1 and bytes(sliced.out) == bytes(whole.out)
+    assert bytes(whole.out).endswith(wire.msg_command_complete("SELECT 300") + wire.msg_ready("I"))
+    first = wire.msg_data_row([b"8", b"10"])  # v = 10 first (DESC), then keys ascending: 37 * 8 = 296 = 10 mod 11
+    out = bytes(whole.out)
+    assert out[:1] == b"T" and out[1 + int.from_bytes(out[1:5], "big"):].startswith(first), out[:120]
