@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from muheam.sql import plan, textinput, wire
 from muheam.sql.block import IMPLICIT_COMMIT, TransactionBlock, aborted, is_tx_end
-from muheam.sql.execute import Catalog
+from muheam.sql.catalog import Catalog
 from muheam.sql.expr import SqlError
 from muheam.sql.plan import Compiled
 

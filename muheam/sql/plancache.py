@@ -25,7 +25,7 @@ first seen (anything else is remembered as not cacheable and takes the ordinary 
 
 Plans stay valid: tables are never altered, a plan names its table by id (after a DROP TABLE it fails with
 42P01 rather than reading another table of that name), and a session starts a new cache whenever the node's SQL
-catalog moves to a new generation (``execute.Catalog``); the cache is per connection, so a plan may use that
+catalog moves to a new generation (``catalog.Catalog``); the cache is per connection, so a plan may use that
 session's settings (``current_user``).
 """
 

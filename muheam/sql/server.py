@@ -22,7 +22,8 @@ import zmq
 
 from muheam.sql import wire
 from muheam.sql.auth import is_loopback
-from muheam.sql.execute import Catalog, Operation
+from muheam.sql.catalog import Catalog
+from muheam.sql.execute import Operation
 from muheam.sql.session import Session
 from muheam.sql.turns import Turns
 

@@ -33,7 +33,8 @@ from muheam.sql.plancache import PlanCache
 from muheam.sql.block import IMPLICIT_COMMIT, aborted
 from muheam.sql.extended import ExtendedProtocol, Portal, Prepared
 from muheam.sql.startup import Outcome, Phase, Startup
-from muheam.sql.execute import Catalog, Gen, Operation, Result, Task
+from muheam.sql.catalog import Catalog
+from muheam.sql.execute import Gen, Operation, Result, Task
 from muheam.sql.expr import SqlError
 from muheam.sql.plan import Compiled, CreateTable, DropTable, Utility
 from muheam.sql.turns import Turns

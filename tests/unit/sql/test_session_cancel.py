@@ -10,7 +10,7 @@ from typing import Any
 
 from muheam.net.clientport import Deferred
 from muheam.sql import wire
-from muheam.sql.execute import Catalog
+from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from muheam.net.clientport import Deferred, RequestError
 from muheam.sql import wire
-from muheam.sql.execute import Catalog
+from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
 from tests.unit.sql.test_session_cancel import _query, _startup
 

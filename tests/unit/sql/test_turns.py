@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from muheam.sql import execute, wire
-from muheam.sql.execute import Catalog
+from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
 from muheam.sql.turns import Turns
 from tests.unit.sql.test_session_cancel import _query, _startup
