@@ -150,7 +150,7 @@ class NodeAgent:
             if self.node_cfg.sql_endpoint:
                 # bound now (so a taken port fails the start), served once the sessions exist
                 self.sql = SqlServer(self.node_cfg.sql_endpoint, self.port.ops, cfg.shared_dir, self.node_id,
-                                     cfg.sql_auth)
+                                     cfg.sql_auth, self._long_work)  # (a large statement's parse and compile)
             self.obs = obsfeed.open_server(self)
         except (zmq.ZMQError, OSError) as exc:
             raise ClusterStateError(
@@ -431,8 +431,9 @@ class NodeAgent:
 
     @contextlib.contextmanager
     def _long_work(self) -> Iterator[None]:
-        """Work in the loop whose length grows with a dead node's WAL (reading it, staging its pages) or with a new
-        table's size (its relation file, up to 128 MiB): healthy, so the loop watch is paused (the lease is kept),
+        """Work in the loop whose length grows with a dead node's WAL (reading it, staging its pages), with a new
+        table's size (its relation file, up to 128 MiB) or with a SQL statement's text (parsing and compiling it,
+        from 32 KiB to at most 1 MiB): healthy, so the loop watch is paused (the lease is kept),
         and the peers are told first (``PeerWatch.busy``), so they do not take the silence for a cut and remove
         this node or themselves (a 2-node tie)."""
         if self.peerwatch is not None:

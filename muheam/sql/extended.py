@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from muheam.sql import plan, textinput, wire
+from muheam.sql import textinput, wire
 from muheam.sql.block import IMPLICIT_COMMIT, TransactionBlock, aborted, is_tx_end
 from muheam.sql.catalog import Catalog
 from muheam.sql.expr import SqlError
@@ -54,6 +54,9 @@ class ExtendedProtocol(TransactionBlock):
     skip_to_sync: bool
     ending_implicit: bool
 
+    def _parse(self, sql: str) -> tuple[Any, ...]:
+        raise NotImplementedError
+
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
         raise NotImplementedError
 
@@ -66,7 +69,7 @@ class ExtendedProtocol(TransactionBlock):
         if isinstance(ev, wire.Parse):
             if ev.name and ev.name in self.statements:
                 raise SqlError("42P05", f'prepared statement "{ev.name}" already exists')
-            stmts = plan.parse(ev.sql)
+            stmts = self._parse(ev.sql)
             if len(stmts) > 1:
                 raise SqlError("42601", "cannot insert multiple commands into a prepared statement")
             if stmts and self.tx == "E" and not is_tx_end(stmts[0]):

@@ -25,6 +25,8 @@ from typing import Any, Callable
 import pglast
 from pglast import ast, enums
 
+from muheam import failpoints
+
 from muheam.sql import wire
 from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, check_assignable,
                              check_boolean, unsupported)
@@ -34,8 +36,22 @@ _CACHE: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 _CACHE_SIZE = 2048
 
 
+MAX_STATEMENT_BYTES = 1 << 20
+"""The longest SQL text a node parses: parsing and compiling run inside the node's loop, about 1.5 s per MiB each
+on an idle machine (a 5,000-row INSERT is about 60 KiB); beyond, SQLSTATE 54000 asks for smaller statements."""
+LONG_STATEMENT_BYTES = 32 << 10
+"""SQL text from this size on is parsed and compiled as long work: the loop watch paused and the peers told
+(``Session.long_work``), so that a large INSERT does not fence its node on a loaded machine."""
+
+
 def parse(sql: str) -> tuple[Any, ...]:
-    """The statements of ``sql`` (pglast ``RawStmt`` nodes); a syntax error is SQLSTATE 42601."""
+    """The statements of ``sql`` (pglast ``RawStmt`` nodes); a syntax error is SQLSTATE 42601, a text longer
+    than ``MAX_STATEMENT_BYTES`` 54000."""
+    if len(sql) > MAX_STATEMENT_BYTES:
+        raise SqlError("54000", f"the SQL text is {len(sql):,} characters long, more than MUHEAM parses at once "
+                                f"({MAX_STATEMENT_BYTES:,})", "send it as several statements (e.g. an INSERT of "
+                                "fewer rows per VALUES list)")
+    failpoints.hit("sql.parse")  # tests: a parse that takes long (a large statement on a loaded machine)
     hit = _CACHE.get(sql)
     if hit is not None:
         _CACHE.move_to_end(sql)

@@ -12,10 +12,11 @@ answers wait for it, and every other connection is served meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 from urllib.parse import urlparse
 
 import zmq
@@ -47,7 +48,9 @@ class _Conn:
 
 class SqlServer:
     def __init__(self, endpoint: str, ops: Mapping[str, Operation], shared_dir: Path | None, node_id: int,
-                 auth: str = "trust") -> None:
+                 auth: str = "trust", long_work: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+        """``long_work``: the node's context for work that holds its loop for long (``Session.long_work``)."""
+        self.long_work = long_work
         parsed = urlparse(endpoint)
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 5432
         self.endpoint = endpoint
@@ -118,7 +121,7 @@ class SqlServer:
             method = "trust" if self.auth == "trust" and is_loopback(host) else "scram-sha-256"
             self.next_pid += 1
             session = Session(self.ops, self.catalog, host, method, self.shared_dir, self.next_pid, self._cancel,
-                              self.turns)
+                              self.turns, self.long_work)
             conn = _Conn(sock, session)
             session.on_output = lambda c=conn: self._flush(c)  # type: ignore[misc]
             self.conns[sock.fileno()] = conn

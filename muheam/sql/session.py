@@ -18,11 +18,12 @@ the failed state (``E``) until COMMIT or ROLLBACK, which both answer ``ROLLBACK`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Generator, Mapping
+from typing import Any, Callable, ContextManager, Generator, Mapping
 
 from pglast import ast
 
@@ -55,8 +56,13 @@ def _write_verb(p: Any) -> str:
 class Session(ExtendedProtocol):
     def __init__(self, ops: Mapping[str, Operation], catalog: Catalog, peer_host: str, auth_method: str,
                  shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None],
-                 turns: Turns | None = None) -> None:
-        self.ops, self.catalog, self.turns = ops, catalog, turns
+                 turns: Turns | None = None,
+                 long_work: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+        """``long_work``: a context for work that holds the node's loop for long (parsing and compiling a
+        large statement: ``plan.LONG_STATEMENT_BYTES``), the node's ``_long_work``."""
+        self.ops, self.catalog, self.turns, self.long_work = ops, catalog, turns, long_work
+        self.long_statement = False
+        """The last SQL text parsed was large: its statements compile as long work too."""
         self.pid, self.key = backend_pid, secrets.token_bytes(4)
         self.parser = wire.FrontendParser()
         self.out = bytearray()
@@ -195,6 +201,11 @@ class Session(ExtendedProtocol):
             self.plans, self.plans_generation = PlanCache(), self.catalog.generation
         return self.plans
 
+    def _parse(self, sql: str) -> tuple[Any, ...]:
+        self.long_statement = len(sql) >= plan.LONG_STATEMENT_BYTES
+        with self.long_work() if self.long_statement else contextlib.nullcontext():
+            return plan.parse(sql)
+
     def _simple(self, sql: str) -> None:
         try:
             hit = self._current_plans().lookup(sql, self._compile)
@@ -212,7 +223,7 @@ class Session(ExtendedProtocol):
                       replan=replan)
             return
         try:
-            stmts = list(plan.parse(sql))
+            stmts = list(self._parse(sql))
         except SqlError as exc:
             self._failed(exc)
             self._send(wire.msg_ready(self.tx))
@@ -259,12 +270,13 @@ class Session(ExtendedProtocol):
                   silent=stmt is IMPLICIT_COMMIT)
 
     def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
-        try:
-            return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
-        except SqlError as exc:  # against a table dropped and made again elsewhere (other columns)?
-            if exc.code not in ("42703", "42P01") or not self.catalog.revalidate():
-                raise
-            return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
+        with self.long_work() if self.long_statement else contextlib.nullcontext():
+            try:
+                return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
+            except SqlError as exc:  # against a table dropped and made again elsewhere (other columns)?
+                if exc.code not in ("42703", "42P01") or not self.catalog.revalidate():
+                    raise
+                return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
 
     def _setting(self, name: str) -> str:
         return self.settings.get(name, "")

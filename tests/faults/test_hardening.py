@@ -410,6 +410,33 @@ def test_a_long_sql_statement_runs_over_many_loop_turns(local_cluster: Start,
 
 
 @pytest.mark.timeout(180)
+def test_a_large_statements_parse_keeps_its_node_in_the_cluster(local_cluster: Start,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing and compiling a statement run inside the loop before any of its operations, in proportion to its
+    text: a 5,000-row INSERT (about 60 KiB) took most of a second on a loaded machine, and its node fenced itself
+    (seen while the CI run went on beside).  From 32 KiB on it is long work (the loop watch paused, the peers told);
+    failpoint ``sql.parse`` holds the first parse on node 1 for 3 s.  A text over 1 MiB is refused with 54000 and
+    the connection goes on."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sql.parse@1=1*pause(3)")
+    c = local_cluster(2)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    eps = endpoints(c, nodes=2)
+    sql1 = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}[1]
+    before = epochs(c)
+    with connect(eps[0], 30) as conn:
+        conn.create_table("bulk", {"v": "int64"}, buckets=16)
+    with psycopg.connect(conninfo(sql1), autocommit=True) as conn:
+        text = "INSERT INTO bulk VALUES " + ", ".join(f"({i}, {i})" for i in range(5000))
+        assert len(text) >= 32 << 10
+        assert conn.execute(text).rowcount == 5000
+        assert "failpoint sql.parse" in c.log(1)
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="more than MUHEAM parses at once"):
+            conn.execute("INSERT INTO bulk VALUES " + ", ".join(f"({i}, {i})" for i in range(5000, 100_000)))
+        assert conn.execute("SELECT count(*), sum(v) FROM bulk").fetchone() == (5000, sum(range(5000)))
+    assert epochs(c) == before, (before, epochs(c), c.log(1)[-2000:])
+
+
+@pytest.mark.timeout(180)
 def test_sql_reads_a_table_page_by_page(local_cluster: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SQL statement without a key in its WHERE scanned the whole table in one operation, which refuses more than
     200,000 rows ("page it") and runs in one loop turn however large the table.  It now reads page by page

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from muheam.sql import plan, wire
 from muheam.sql.expr import SqlError, TableInfo
 from muheam.sql.plancache import PlanCache
@@ -84,3 +86,19 @@ def test_the_cache_is_bounded() -> None:
     for n in range(4):
         cache.lookup(f"SELECT id FROM b WHERE id = 1{' AND id = 1' * n}", _compile)
     assert len(cache.plans) == 2
+
+
+def test_a_long_statement_is_not_templated() -> None:
+    """A 5,000-row VALUES list is 15,000 literals: templating it cost more than compiling it, and it is seldom
+    sent twice with the same shape; the ordinary path compiles it."""
+    cache = PlanCache()
+    text = "SELECT balance FROM b WHERE id IN (" + ", ".join(str(i) for i in range(2000)) + ")"
+    assert len(text) > 4096
+    assert cache.lookup(text, _compile) is None
+    assert cache.counters == {"hits": 0, "misses": 0} and not cache.plans
+
+
+def test_a_text_over_the_parse_limit_is_refused_by_name() -> None:
+    with pytest.raises(SqlError, match="more than MUHEAM parses at once") as err:
+        plan.parse("SELECT 1" + " " * plan.MAX_STATEMENT_BYTES)
+    assert err.value.code == "54000"
