@@ -32,6 +32,18 @@ def epochs(c: LocalCluster) -> dict[int, int]:
     return {int(m["node_id"]): int(m["epoch"]) for m in c.members()}
 
 
+def armed(local_cluster: Start, monkeypatch: pytest.MonkeyPatch, failpoints: str, nodes: int = 2) -> LocalCluster:
+    """A cluster whose nodes start with ``MUHEAM_FAILPOINTS=failpoints`` (the test's own commands run without)."""
+    monkeypatch.setenv("MUHEAM_FAILPOINTS", failpoints)
+    c = local_cluster(nodes)
+    monkeypatch.delenv("MUHEAM_FAILPOINTS")
+    return c
+
+
+def sql_endpoints(c: LocalCluster) -> dict[int, str]:
+    return {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}
+
+
 def kill_after_a_row(c: LocalCluster, eps: list[str], victim: int, *, writer: int, buckets: int,
                      timeout: float) -> dict[int, int]:
     """Table ``z`` with row 1 written through node ``writer``, then node ``victim`` killed (-9) and recovered by
@@ -378,11 +390,8 @@ def test_a_long_sql_statement_runs_over_many_loop_turns(local_cluster: Start,
     (seen in a CI run).  Now it continues at the next turn once the turn's budget is spent.  Failpoint
     ``sql.operation`` makes 400 operations take 10 ms each (4 s in all): the node stays a member, its loop answers
     another client meanwhile, and every row is there."""
-    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sql.operation@1=400*pause(0.01)")
-    c = local_cluster(2)
-    monkeypatch.delenv("MUHEAM_FAILPOINTS")
-    eps = endpoints(c, nodes=2)
-    sql1 = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}[1]
+    c = armed(local_cluster, monkeypatch, "sql.operation@1=400*pause(0.01)")
+    eps, sql1 = endpoints(c, nodes=2), sql_endpoints(c)[1]
     before = epochs(c)
     with psycopg.connect(conninfo(sql1), autocommit=True) as conn:
         conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, v integer) WITH (buckets = 4)")
@@ -417,11 +426,8 @@ def test_a_large_statements_parse_keeps_its_node_in_the_cluster(local_cluster: S
     (seen while the CI run went on beside).  From 32 KiB on it is long work (the loop watch paused, the peers told);
     failpoint ``sql.parse`` holds the first parse on node 1 for 3 s.  A text over 1 MiB is refused with 54000 and
     the connection goes on."""
-    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sql.parse@1=1*pause(3)")
-    c = local_cluster(2)
-    monkeypatch.delenv("MUHEAM_FAILPOINTS")
-    eps = endpoints(c, nodes=2)
-    sql1 = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}[1]
+    c = armed(local_cluster, monkeypatch, "sql.parse@1=1*pause(3)")
+    eps, sql1 = endpoints(c, nodes=2), sql_endpoints(c)[1]
     before = epochs(c)
     with connect(eps[0], 30) as conn:
         conn.create_table("bulk", {"v": "int64"}, buckets=16)
@@ -443,10 +449,7 @@ def test_sql_reads_a_table_page_by_page(local_cluster: Start, monkeypatch: pytes
     (5,000 rows, chain boundaries).  Failpoint ``sessions.scan_limit`` makes every unpaged scan fail as an
     oversized one would: 12,000 rows written through node 1 are counted, summed, filtered and sorted on node 2
     (whose pages are copies of node 1's chains, fetched page by page)."""
-    monkeypatch.setenv("MUHEAM_FAILPOINTS", "sessions.scan_limit=fail")
-    c = local_cluster(2)
-    monkeypatch.delenv("MUHEAM_FAILPOINTS")
-    sql = {int(m["node_id"]): str(m["sql_endpoint"]) for m in c.members()}
+    sql = sql_endpoints(armed(local_cluster, monkeypatch, "sessions.scan_limit=fail"))
     with psycopg.connect(conninfo(sql[1]), autocommit=True) as conn:
         conn.execute("CREATE TABLE wide (id bigint PRIMARY KEY, v integer) WITH (buckets = 64)")
         for start in range(0, 12_000, 4_000):
