@@ -115,8 +115,8 @@ class Cluster:
 
 SCAN_AHEAD = 1 << 30
 """An unpaged scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's
-end); a paged one at most a page's chains (``MAX_PAGE_CHAINS``): the copies are dropped after each page, and
-every page asking for the rest of the table made a paged scan's copying quadratic in the table's chains."""
+end); a paged one the chains of its current engine call (``page_batch``): the copies are dropped after each page,
+and every page asking for the rest of the table made a paged scan's copying quadratic in the table's chains."""
 
 
 def page_batch(wanted: int, rows: int, chains: int) -> int:
@@ -255,11 +255,11 @@ class Sessions:
         tx.last_active = time.monotonic()
         return tx
 
-    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any], ahead: int = 0,
-                nowait: bool = False) -> Any:
+    def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any],
+                ahead: int | Callable[[], int] = 0, nowait: bool = False) -> Any:
         """Run ``action`` in the request's transaction, again after each wait it needs.  ``ahead``: a read that
-        lacks a chain will want this many following chains too (a scan), so a consistent-read request asks for
-        them at once.  ``nowait``: a row another transaction holds fails the transaction instead (LockTimeout)."""
+        lacks a chain will want this many following chains too (a scan; a function: as many as it says at that
+        moment), so a consistent-read request asks for them at once.  ``nowait``: a row another transaction holds fails the transaction instead (LockTimeout)."""
         self.fence_check()
         tx = self._tx(req)
         _snapshot_answered(tx, "the transaction's snapshot request")
@@ -276,7 +276,8 @@ class Sessions:
             except NeedOwnership as need:
                 self.counters["ownership_waits"] += 1
                 reads = self.cluster.reads
-                if need.mode is Mode.SHARED and reads is not None and reads.read(need.resource, attempt, ahead):
+                more = ahead() if callable(ahead) else ahead
+                if need.mode is Mode.SHARED and reads is not None and reads.read(need.resource, attempt, more):
                     return
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt, need.keep)
                 return
@@ -432,6 +433,7 @@ class Sessions:
         rows: list[list[Any]] = []
         at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
         named: list[str | int] = [table]  # its id once resolved: a table made anew under the name is another one
+        planned = [0]  # a paged scan: the last chain its current engine call reads (its copies are asked ahead)
 
         def scan(txn: Transaction) -> Any:
             t = self.engine.op_table(named[0])
@@ -440,7 +442,7 @@ class Sessions:
                 last = None
                 if paged:  # as many chains as should hold the rows still wanted: a page is about page_rows
                     want = page_batch(limit - len(rows), len(rows), at[0] - start)
-                    last = min(t.nbuckets, at[0] + min(want, start + MAX_PAGE_CHAINS - at[0]) - 1)
+                    last = planned[0] = min(t.nbuckets, at[0] + min(want, start + MAX_PAGE_CHAINS - at[0]) - 1)
                 chunk, at[0] = self.engine.scan_from(txn, t, at[0], last)
                 if chunk is not None:
                     for key, rec in zip(chunk[0].tolist(), chunk[1]):
@@ -454,7 +456,7 @@ class Sessions:
                 return {"rows": rows, "next": at[0] if at[0] <= t.nbuckets else None}
             return rows
 
-        return self._row_op(req, scan, ahead=MAX_PAGE_CHAINS - 1 if paged else SCAN_AHEAD)
+        return self._row_op(req, scan, ahead=(lambda: max(0, planned[0] - at[0])) if paged else SCAN_AHEAD)
 
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()

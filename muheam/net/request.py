@@ -113,9 +113,9 @@ class Requester:
 
     def request(self, msg: dict[str, Any], timeout: float, label: str = "") -> Any:
         """Send ``msg`` (packed with msgpack) and return the unpacked reply."""
-        self.sock.send_multipart([b"", wire.pack(msg)] if self._envelope else [wire.pack(msg)])
         what = f" {label!r}" if label else ""
         deadline = time.monotonic() + timeout
+        self._send([b"", wire.pack(msg)] if self._envelope else [wire.pack(msg)], deadline, what, timeout)
         while True:
             left = deadline - time.monotonic()
             events = dict(self._poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
@@ -128,6 +128,31 @@ class Requester:
                 raise self._refused_key(self._auth_message(self._handshake_failed))
             if time.monotonic() >= deadline:
                 raise self._unavailable(f"{self.who} at {self.endpoint} did not answer{what} within {timeout:g} s")
+
+    def _send(self, frames: list[bytes], deadline: float, what: str, timeout: float) -> None:
+        """Send without blocking past ``deadline``: a DEALER whose connection failed its handshake has no peer to
+        queue for, and a blocking send then waited for good (a client with a wrong key hung for the whole CI
+        test's timeout instead of being told).  Meanwhile the monitor says why the connection does not come."""
+        waiting = zmq.Poller()
+        waiting.register(self.sock, zmq.POLLOUT)
+        assert self._monitor is not None
+        waiting.register(self._monitor, zmq.POLLIN)
+        while True:
+            try:
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            left = deadline - time.monotonic()
+            events = dict(waiting.poll(max(0, min(100, int(left * 1000))))) if left > 0 else {}
+            if self._monitor in events and self._refused():
+                raise self._unavailable(f"{self.who} at {self.endpoint} refused the connection (nothing listens "
+                                        f"there: is it running?) before taking{what}")
+            if self._handshake_failed is not None:
+                raise self._refused_key(self._auth_message(self._handshake_failed))
+            if left <= 0:
+                raise self._unavailable(f"{self.who} at {self.endpoint} did not take{what} within {timeout:g} s "
+                                        "(no connection: is it running, and is this its address?)")
 
     def _auth_message(self, how: str) -> str:
         """Why the handshake failed, and what to do; names the key's file, never the key."""

@@ -44,6 +44,9 @@ class PeerWatch:
         self.published: frozenset[int] | None = None
         self.published_at = 0.0
         self.next_beat = 0.0
+        self.deaf_since: float | None = None
+        """When the current long work began (``busy``); ``listening`` credits its length to every peer."""
+        self.deaf_depth = 0
         self.next_decision = 0.0
         self.counters: dict[str, int] = {"beats_sent": 0, "beats_heard": 0, "reach_published": 0, "decisions": 0,
                                          "evicted": 0, "busy_heard": 0, "beats_malformed": 0}
@@ -74,6 +77,9 @@ class PeerWatch:
         """Tell every peer this loop will not turn for up to ``seconds`` (long healthy work, e.g. staging a dead
         node's pages, while its lease is kept): they do not take its silence for a cut and remove a survivor.
         Sent at once, past the turn's cork; a peer of an older version takes it for a plain beat."""
+        if self.deaf_since is None:
+            self.deaf_since = self.clock()
+        self.deaf_depth += 1
         body = [BUSY, int(min(seconds, MAX_BUSY) * 1000)]
         for peer in list(self.silence.last):
             if self.mesh.send(peer, KIND, body):
@@ -81,12 +87,18 @@ class PeerWatch:
             self.mesh.flush_to(peer)
 
     def listening(self) -> None:
-        """The loop turns again after long work: every peer counts as heard now.  Their beats of the meantime are
-        still unread (the work may have run inside a turn, after the mesh was read), and this node must not
-        report them silent, nor publish that it hears nobody, for what was its own deafness."""
-        now = self.clock()
-        for peer in list(self.silence.last):
-            self.silence.heard(peer, now)
+        """The loop turns again after the long work ``busy`` announced: every peer's silence is counted without
+        the work's length.  Their beats of the meantime are still unread (the work may have run inside a turn,
+        after the mesh was read), and this node must not report them silent, nor publish that it hears nobody,
+        for what was its own deafness; but a peer silent before the work stays as silent as it was (counting
+        every peer as heard at the work's end made a node that did long work often, e.g. for large SQL
+        statements, never find a dead peer silent)."""
+        self.deaf_depth = max(0, self.deaf_depth - 1)
+        if self.deaf_depth or self.deaf_since is None:
+            return
+        gap, self.deaf_since = max(0.0, self.clock() - self.deaf_since), None
+        for peer, last in list(self.silence.last.items()):
+            self.silence.heard(peer, last + gap)
 
     def tick(self, now: float) -> None:
         if now >= self.next_beat:

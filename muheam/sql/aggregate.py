@@ -3,8 +3,10 @@
 A SELECT of aggregates only keeps one accumulator per aggregate while its table is scanned, not the table's rows:
 ``SELECT count(*) FROM t`` of a table larger than memory, or than a statement may hold (``MAX_STATEMENT_ROWS``),
 works as on PostgreSQL.  The results are those of the whole list at once: sums go left to right from 0 in scan
-order (as ``sum()`` of the whole list, under the same exact context for numerics), and ``min``/``max`` keep the
-first of equal values.
+order (as ``sum()`` of the whole list, under the same exact context for numerics; on Python 3.12 and later
+``sum()`` compensates a double's rounding within each call, so a double's sum over many pages may differ from one
+call's in its last bits, as PostgreSQL's own differs with its scan order), and ``min``/``max`` keep the first of
+equal values.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from muheam.sql.execute import Gen, OpFailed, Operation, Result
 from muheam.sql.expr import SqlError, TableInfo
 from muheam.sql.plan import CreateTable
 
+
 class Catalog:
     """Tables as SQL sees them.  The engine's catalog has the columns and, for a table made through SQL, its SQL
     description (the key column's name, ``id`` in ``CREATE TABLE t (id bigint PRIMARY KEY, ...)``, and the

@@ -233,8 +233,9 @@ nor holds the node's loop for one long turn."""
 
 
 def _read_each(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
-               each: Callable[[list[Row]], None]) -> Generator[Request, Any, None]:
-    """The rows the statement's WHERE selects, handed to ``each`` a page at a time (the key in each row)."""
+               each: Callable[[list[Row]], bool]) -> Generator[Request, Any, None]:
+    """The rows the statement's WHERE selects, handed to ``each`` a page at a time (the key in each row), until
+    ``each`` answers False."""
     name, key = table.ref, table.key
     if points is not None:
         rows: list[Row] = []
@@ -261,21 +262,28 @@ def _read_each(table: TableInfo, where: Expr | None, points: list[Expr] | None, 
             row[key] = k
             if where is None or where.fn(row, params):
                 found.append(row)
-        each(found)
+        if not each(found):
+            return
         at = page["next"]
 
 
 def _read(table: TableInfo, where: Expr | None, points: list[Expr] | None, params: Params,
-          lock: bool = False, redo: Redo | None = None, nowait: bool = False) -> Generator[Request, Any, list[Row]]:
+          lock: bool = False, redo: Redo | None = None, nowait: bool = False,
+          cap: int | None = None) -> Generator[Request, Any, list[Row]]:
+    """The rows selected (at most ``cap``: the first found)."""
     rows: list[Row] = []
 
-    def keep(found: list[Row]) -> None:
+    def keep(found: list[Row]) -> bool:
+        if cap is not None and len(rows) + len(found) >= cap:
+            rows.extend(found[:cap - len(rows)])
+            return False
         if len(rows) + len(found) > MAX_STATEMENT_ROWS:
             raise SqlError("54000", f"the statement reads more than {MAX_STATEMENT_ROWS:,} rows of table "
                                     f"{table.name!r}, which MUHEAM's SQL port holds in memory",
                            "narrow the WHERE (a key, a key range), or read it in parts; aggregates alone "
                            "(count(*), sum, min, max, avg) have no such limit")
         rows.extend(found)
+        return True
 
     yield from _read_each(table, where, points, params, keep)
     if lock:
@@ -362,28 +370,25 @@ def _count(e: Expr | None, params: Params, what: str = "LIMIT") -> int | None:
 
 
 def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
+    offset, limit = _count(plan.offset, params, "OFFSET") or 0, _count(plan.limit, params)
     if plan.table is None:
-        if plan.where is not None and not plan.where.fn({}, params):
-            return Result("SELECT 0")
-        return Result("SELECT 1", [[t.fn({}, params) for t in plan.targets]])
-    if plan.aggs is not None and not plan.lock:  # accumulated page by page: no rows kept
+        one = [] if plan.where is not None and not plan.where.fn({}, params) else [[t.fn({}, params) for t in plan.targets]]
+        return _window(one, offset, limit)
+    if plan.aggs is not None:  # accumulated page by page: no rows kept (the compiler refuses FOR UPDATE here)
         accs = [Accumulator(a.func, a.arg) for a in plan.aggs]
 
-        def add(rows: list[Row]) -> None:
+        def add(rows: list[Row]) -> bool:
             for acc in accs:
                 acc.add(rows, params)
+            return True
 
         yield from _read_each(plan.table, plan.where, plan.points, params, add)
-        return Result("SELECT 1", [[acc.result() for acc in accs]])
-    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, redo, plan.nowait)
-    if plan.aggs is not None:
-        accs = [Accumulator(a.func, a.arg) for a in plan.aggs]
-        for acc in accs:
-            acc.add(rows, params)
-        return Result("SELECT 1", [[acc.result() for acc in accs]])
+        return _window([[acc.result() for acc in accs]], offset, limit)
+    # without ORDER BY, the first offset + limit rows found are the answer: no need to read (and hold) the rest
+    cap = offset + limit if limit is not None and not plan.order and not plan.lock else None
+    rows = yield from _read(plan.table, plan.where, plan.points, params, plan.lock, redo, plan.nowait, cap)
     for expr, desc in reversed(plan.order):  # stable sorts, last key first
         rows = yield from _sorted(rows, expr, desc, params)
-    offset, limit = _count(plan.offset, params, "OFFSET") or 0, _count(plan.limit, params)
     rows = rows[offset:] if limit is None else rows[offset:offset + limit]
     out: list[list[Any]] = []
     for i in range(0, len(rows), SLICE_ROWS):
@@ -391,6 +396,11 @@ def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
             yield TURN
         out.extend([t.fn(r, params) for t in plan.targets] for r in rows[i:i + SLICE_ROWS])
     return Result(f"SELECT {len(out)}", out)
+
+
+def _window(rows: list[list[Any]], offset: int, limit: int | None) -> Result:
+    rows = rows[offset:] if limit is None else rows[offset:offset + limit]
+    return Result(f"SELECT {len(rows)}", rows)
 
 
 def _sorted(rows: list[Row], expr: Expr, desc: bool, params: Params) -> Generator[Request, Any, list[Row]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from muheam.sql import textinput, wire
+from muheam.sql import plan, textinput, wire
 from muheam.sql.block import IMPLICIT_COMMIT, TransactionBlock, aborted, is_tx_end
 from muheam.sql.catalog import Catalog
 from muheam.sql.expr import SqlError
@@ -28,6 +28,8 @@ class Prepared:
     param_oids: list[int] = field(default_factory=list)
     generation: int = 0
     """The SQL catalog's generation it was planned in: planned again once a table is gone (``Session._statement``)."""
+    long: bool = False
+    """From a large text (``plan.is_long``): planned again as long work."""
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ExtendedProtocol(TransactionBlock):
     def _parse(self, sql: str) -> tuple[Any, ...]:
         raise NotImplementedError
 
-    def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
+    def _compile(self, stmt: Any, param_oids: list[int], long: bool = False) -> Compiled:
         raise NotImplementedError
 
     def _run(self, compiled: Compiled, params: list[Any], formats: list[int] | None, describe: bool,
@@ -74,9 +76,10 @@ class ExtendedProtocol(TransactionBlock):
                 raise SqlError("42601", "cannot insert multiple commands into a prepared statement")
             if stmts and self.tx == "E" and not is_tx_end(stmts[0]):
                 raise aborted()
-            compiled = self._compile(stmts[0], ev.param_types) if stmts else None
+            long = plan.is_long(ev.sql)
+            compiled = self._compile(stmts[0], ev.param_types, long) if stmts else None
             self.statements[ev.name] = Prepared(compiled, stmts[0] if stmts else None, list(ev.param_types),
-                                                self.catalog.generation)
+                                                self.catalog.generation, long)
             self._send(wire.msg_parse_complete())
         elif isinstance(ev, wire.Bind):
             prepared = self._statement(ev.statement)
@@ -105,9 +108,9 @@ class ExtendedProtocol(TransactionBlock):
             if fields is not None and len(ev.result_formats) > 1 and len(ev.result_formats) != len(fields):
                 raise SqlError("08P01", f"bind message has {len(ev.result_formats)} result formats but query has "
                                f"{len(fields)} columns")
-            stmt, oids = prepared.stmt, prepared.param_oids
+            stmt, oids, long = prepared.stmt, prepared.param_oids, prepared.long
             self.portals[ev.portal] = Portal(compiled, params, ev.result_formats,
-                                             lambda: self._compile(stmt, oids))
+                                             lambda: self._compile(stmt, oids, long))
             self._send(wire.msg_bind_complete())
         elif isinstance(ev, wire.Describe):
             # in a failed block only what returns no rows is described (PostgreSQL: rows need the catalog)
@@ -161,7 +164,7 @@ class ExtendedProtocol(TransactionBlock):
         prepared = self.statements[name]
         old = prepared.compiled
         if old is not None and prepared.generation != self.catalog.generation:
-            new = self._compile(prepared.stmt, prepared.param_oids)
+            new = self._compile(prepared.stmt, prepared.param_oids, prepared.long)
             if new.fields != old.fields or new.param_types != old.param_types:
                 raise SqlError("0A000", "cached plan must not change result type",
                                "prepare the statement again (its table was dropped and made again)")

@@ -34,6 +34,8 @@ from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, S
 Lookup = Callable[[str], TableInfo]
 _CACHE: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 _CACHE_SIZE = 2048
+_CACHE_TEXT = 4096
+"""Longer texts are not kept: 2,048 texts of up to 1 MiB with their parse trees would be gigabytes."""
 
 
 MAX_STATEMENT_BYTES = 1 << 20
@@ -44,11 +46,16 @@ LONG_STATEMENT_BYTES = 32 << 10
 (``Session.long_work``), so that a large INSERT does not fence its node on a loaded machine."""
 
 
+def is_long(sql: str) -> bool:
+    """Parsing and compiling ``sql`` is long work (``LONG_STATEMENT_BYTES``)."""
+    return len(sql) >= LONG_STATEMENT_BYTES
+
+
 def parse(sql: str) -> tuple[Any, ...]:
     """The statements of ``sql`` (pglast ``RawStmt`` nodes); a syntax error is SQLSTATE 42601, a text longer
     than ``MAX_STATEMENT_BYTES`` 54000."""
-    if len(sql) > MAX_STATEMENT_BYTES:
-        raise SqlError("54000", f"the SQL text is {len(sql):,} characters long, more than MUHEAM parses at once "
+    if len(sql) > MAX_STATEMENT_BYTES // 4 and len(sql.encode()) > MAX_STATEMENT_BYTES:  # (4 bytes a character)
+        raise SqlError("54000", f"the SQL text is {len(sql.encode()):,} bytes long, more than MUHEAM parses at once "
                                 f"({MAX_STATEMENT_BYTES:,})", "send it as several statements (e.g. an INSERT of "
                                 "fewer rows per VALUES list)")
     failpoints.hit("sql.parse")  # tests: a parse that takes long (a large statement on a loaded machine)
@@ -60,6 +67,8 @@ def parse(sql: str) -> tuple[Any, ...]:
         stmts = tuple(s.stmt for s in pglast.parse_sql(sql))
     except pglast.parser.ParseError as exc:
         raise SqlError("42601", f"syntax error: {exc}") from None
+    if len(sql) > _CACHE_TEXT:
+        return stmts
     _CACHE[sql] = stmts
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -493,6 +502,10 @@ def _aggregate_oid(func: str, arg: Expr | None) -> int:
     double a double; avg numeric for integers and numeric, a double for doubles; min/max the argument's."""
     if func == "count" or arg is None:
         return wire.INT8
+    if func in ("sum", "avg") and arg.oid not in (*wire.INT_TYPES, *wire.FLOAT_TYPES, wire.NUMERIC):
+        raise SqlError("42883", f"function {func}({wire.type_name(arg.oid)}) does not exist",
+                       "No function matches the given name and argument types. You might need to add explicit "
+                       "type casts.")
     if func == "sum":
         return wire.INT8 if arg.oid in (wire.INT4, wire.INT2) else wire.NUMERIC if arg.oid in (wire.INT8, wire.NUMERIC) \
             else wire.FLOAT8 if arg.oid in wire.FLOAT_TYPES else arg.oid

@@ -43,10 +43,10 @@ from muheam.sql.expr import SqlError
 from muheam.sql.plan import Compiled, Delete, Insert, Select, Update
 
 SIZE = 256
+"""Plans kept per connection (least recently used goes first)."""
 MAX_BYTES = 4096
 """Longer statements are not templated: a 5,000-row VALUES list is seldom sent twice with the same shape, and
 building its template (15,000 parameters) cost more than compiling it."""
-"""Plans kept per connection (least recently used goes first)."""
 
 _LITERAL = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
 """A free-standing integer literal, as a group: one ``split`` gives the text between the literals and the literals

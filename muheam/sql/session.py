@@ -61,8 +61,6 @@ class Session(ExtendedProtocol):
         """``long_work``: a context for work that holds the node's loop for long (parsing and compiling a
         large statement: ``plan.LONG_STATEMENT_BYTES``), the node's ``_long_work``."""
         self.ops, self.catalog, self.turns, self.long_work = ops, catalog, turns, long_work
-        self.long_statement = False
-        """The last SQL text parsed was large: its statements compile as long work too."""
         self.pid, self.key = backend_pid, secrets.token_bytes(4)
         self.parser = wire.FrontendParser()
         self.out = bytearray()
@@ -202,8 +200,7 @@ class Session(ExtendedProtocol):
         return self.plans
 
     def _parse(self, sql: str) -> tuple[Any, ...]:
-        self.long_statement = len(sql) >= plan.LONG_STATEMENT_BYTES
-        with self.long_work() if self.long_statement else contextlib.nullcontext():
+        with self.long_work() if plan.is_long(sql) else contextlib.nullcontext():
             return plan.parse(sql)
 
     def _simple(self, sql: str) -> None:
@@ -224,6 +221,7 @@ class Session(ExtendedProtocol):
             return
         try:
             stmts = list(self._parse(sql))
+            long = plan.is_long(sql)  # its statements compile as long work too
         except SqlError as exc:
             self._failed(exc)
             self._send(wire.msg_ready(self.tx))
@@ -236,11 +234,11 @@ class Session(ExtendedProtocol):
             # several statements in one Query outside a block run as one transaction, as in PostgreSQL: all of
             # them commit at the end, or an error rolls back the ones before it and the session is idle (an
             # implicit block, ended by a COMMIT the client does not see)
-            self._next_simple([*stmts, IMPLICIT_COMMIT], implicit=True)
+            self._next_simple([*stmts, IMPLICIT_COMMIT], implicit=True, long=long)
             return
-        self._next_simple(list(stmts))
+        self._next_simple(list(stmts), long=long)
 
-    def _next_simple(self, stmts: list[Any], implicit: bool = False) -> None:
+    def _next_simple(self, stmts: list[Any], implicit: bool = False, long: bool = False) -> None:
         if not stmts:
             self._send(wire.msg_ready(self.tx))
             return
@@ -252,7 +250,7 @@ class Session(ExtendedProtocol):
             if not self.explicit:  # at the Query's start, or after its COMMIT/ROLLBACK: a new implicit block
                 self._open_block(implicit=True)
         try:
-            compiled = self._compile(stmt, [])
+            compiled = self._compile(stmt, [], long and stmt is not IMPLICIT_COMMIT)
         except SqlError as exc:
             self._failed(exc)
             self._send(wire.msg_ready(self.tx))
@@ -261,16 +259,17 @@ class Session(ExtendedProtocol):
         def done(ok: bool) -> None:
             self.ending_implicit = False
             if ok:
-                self._next_simple(stmts, implicit)
+                self._next_simple(stmts, implicit, long)
             else:
                 self._send(wire.msg_ready(self.tx))
 
         self.ending_implicit = stmt is IMPLICIT_COMMIT
-        self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, []),
+        self._run(compiled, [], None, describe=True, then=done, replan=lambda: self._compile(stmt, [], long),
                   silent=stmt is IMPLICIT_COMMIT)
 
-    def _compile(self, stmt: Any, param_oids: list[int]) -> Compiled:
-        with self.long_work() if self.long_statement else contextlib.nullcontext():
+    def _compile(self, stmt: Any, param_oids: list[int], long: bool = False) -> Compiled:
+        """``long``: the statement comes from a large text (``plan.is_long``): compiled as long work."""
+        with self.long_work() if long else contextlib.nullcontext():
             try:
                 return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
             except SqlError as exc:  # against a table dropped and made again elsewhere (other columns)?
@@ -324,15 +323,20 @@ class Session(ExtendedProtocol):
             if self.task is None:
                 self._drain()
 
-        gen = self._statement_gen(compiled, params, replan)
+        encode: Callable[[Gen], Gen] | None = None
         if fields and not silent:  # rows encoded by the statement, slice by slice, not all at once in ``done``
-            gen = execute.encoded(gen, [f[1] for f in fields], formats)
-        task = Task(gen, self.ops, done, lambda: self.xid, self.catalog.revalidate, self._internal_error, self.turns)
+            oids = [f[1] for f in fields]
+            encode = lambda run: execute.encoded(run, oids, formats)  # noqa: E731
+        task = Task(self._statement_gen(compiled, params, replan, encode), self.ops, done, lambda: self.xid,
+                    self.catalog.revalidate, self._internal_error, self.turns)
         self.task = task
         task.start()
 
-    def _statement_gen(self, compiled: Compiled, params: list[Any],
-                       replan: Callable[[], Compiled] | None = None) -> Gen:
+    def _statement_gen(self, compiled: Compiled, params: list[Any], replan: Callable[[], Compiled] | None = None,
+                       encode: Callable[[Gen], Gen] | None = None) -> Gen:
+        """``encode``: wraps the plan's run to encode its rows, before an autocommit's COMMIT (as PostgreSQL sends
+        the rows before it commits: an error encoding them fails the statement, and a cancel while they are
+        encoded meets a transaction not yet committed)."""
         p = compiled.plan
         if isinstance(p, Utility):
             return (yield from self._utility(p))
@@ -382,7 +386,8 @@ class Session(ExtendedProtocol):
         if p.table is not None:
             self._same_table(p.table.name, p.table.table_id, use=True,
                              hint="roll back; a new transaction sees the table of that name made since")
-        result = yield from self._run_plan(p, compiled, params, replan if began else None)
+        run = self._run_plan(p, compiled, params, replan if began else None)
+        result = yield from (run if encode is None else encode(run))
         if not self.explicit:
             xid, self.xid = self.xid, None
             if xid is not None:

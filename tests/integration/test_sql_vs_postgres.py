@@ -275,6 +275,10 @@ QUERIES = [
     "SELECT min(name), max(name) FROM {t}", "SELECT min(name), max(name) FROM {t} WHERE id > 1000",
     "SELECT min(id), max(id), count(*) FROM {t} WHERE grp = 3", "SELECT count(qty) FROM {t}",
     "SELECT count(*) AS n FROM {t}", "SELECT sum(qty), sum(id) FROM {t} WHERE name = 'ab'",
+    # an aggregate's one row and a FROM-less SELECT's are windowed too; sum and avg of text do not exist
+    "SELECT count(*) FROM {t} LIMIT 0", "SELECT count(*) FROM {t} OFFSET 1", "SELECT max(id) FROM {t} LIMIT 1",
+    "SELECT 1 LIMIT 0", "SELECT 1 OFFSET 1", "SELECT id FROM {t} WHERE id = 1 LIMIT 1",
+    "SELECT id FROM {t} WHERE id = 1 OFFSET 1", "SELECT sum(name) FROM {t}", "SELECT avg(name) FROM {t}",
     # expressions and types
     "SELECT id * 2, id - 1, id / 2, id % 2, qty * price FROM {t} WHERE id = 7",
     "SELECT id + 1.5, 1.5 + id FROM {t} WHERE id = 1", "SELECT name || 'z', name || id FROM {t} WHERE id = 1",

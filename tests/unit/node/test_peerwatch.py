@@ -85,7 +85,32 @@ def test_an_announcement_is_capped_and_sent_at_once() -> None:
 def test_after_long_work_every_peer_counts_as_heard() -> None:
     now = [100.0]
     pw, mesh = watch_of(now)
+    pw.busy(30)
     now[0] = 110.0  # the loop was busy: the peer's beats are still unread
     assert pw.silence.silent(now[0]) == {2}
     pw.listening()
     assert pw.silence.silent(now[0]) == frozenset() and pw.silence.hears(now[0]) == {2}
+
+
+def test_long_work_does_not_excuse_a_peer_silent_before_it() -> None:
+    """The work's length is taken off each peer's silence, no more: a peer silent 3 s before 10 s of work is
+    silent 3 s after it, and one more second makes it silent (timeout 4 s).  Counting every peer as heard at the
+    work's end meant that a node doing long work often (large SQL statements) never found a dead peer."""
+    now = [97.0]
+    pw, mesh = watch_of(now)  # last heard at 97
+    now[0] = 100.0
+    pw.busy(30)
+    now[0] = 105.0
+    pw.busy(30)  # nested: the outer work goes on after the inner one
+    now[0] = 106.0
+    pw.listening()
+    assert pw.deaf_since == 100.0  # still deaf: nothing credited yet
+    now[0] = 110.0
+    pw.listening()
+    assert pw.silence.hears(110.0) == {2} and pw.silence.silent(111.1) == {2}
+    for _ in range(5):  # a dead peer, and this node busy half of every second: found after 4 s of listening
+        pw.busy(30)
+        now[0] += 0.5
+        pw.listening()
+        now[0] += 0.5
+    assert pw.silence.silent(now[0]) == {2}

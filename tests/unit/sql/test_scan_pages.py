@@ -103,3 +103,17 @@ def test_a_statement_that_holds_too_many_rows_is_refused_by_name(monkeypatch: py
     assert code == b"54000" and rows == []
     s.feed(_query("SELECT key, v FROM t WHERE v = 0 AND key < 500 ORDER BY key LIMIT 2"))  # 72 rows held: fine
     assert _answer(s) == ([["0", "0"], ["7", "0"]], b"")
+
+
+def test_a_limit_without_order_by_stops_reading_once_it_has_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first ``offset + limit`` rows found are the answer (as PostgreSQL's scan stops under a Limit): the rest
+    of the table is neither read nor held, so the row limit does not apply (a review found 54000 here)."""
+    monkeypatch.setattr(execute, "MAX_STATEMENT_ROWS", 100)
+    monkeypatch.setattr(execute, "SCAN_PAGE_ROWS", 50)
+    scans: list[dict[str, Any]] = []
+    s = _session(_table(3_000), scans)
+    s.feed(_query("SELECT v FROM t WHERE v = 2 LIMIT 3 OFFSET 1"))
+    rows, code = _answer(s)
+    assert code == b"" and rows == [["2"], ["2"], ["2"]] and len(scans) == 1
+    s.feed(_query("SELECT v FROM t ORDER BY v LIMIT 3"))  # ORDER BY needs every row: held, and refused
+    assert _answer(s)[1] == b"54000"
