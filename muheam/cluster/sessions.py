@@ -115,8 +115,19 @@ class Cluster:
 
 SCAN_AHEAD = 1 << 30
 """An unpaged scan reads every chain after the one it waits for (``ConsistentReads.read`` stops at the table's
-end); a paged one the chains of its current engine call (``page_batch``): the copies are dropped after each page,
-and every page asking for the rest of the table made a paged scan's copying quadratic in the table's chains."""
+end); a paged one the chains the rest of its page should need (``page_ahead``)."""
+
+
+def page_ahead(wanted: int, rows: int, chains: int) -> int:
+    """How many chains after the one a paged scan waits for its consistent-read request should ask for too, having
+    found ``rows`` rows in ``chains`` chains of this page and wanting ``wanted`` more: as many as should hold them
+    (``wanted`` when nothing is known yet: a chain holds a row or more, or is empty and costs another request),
+    within the page's ``MAX_PAGE_CHAINS``.  The copies are dropped after each page, and every page asking for the
+    rest of the table made a scan in many pages copy the table's chains quadratically (a review); asking only for
+    the chains of the engine's next call made a small table's one page a request per call (more peer messages
+    per bank transfer)."""
+    need = wanted if rows == 0 else -(-wanted * chains // rows)
+    return max(0, min(MAX_PAGE_CHAINS - chains, need) - 1)
 
 
 def page_batch(wanted: int, rows: int, chains: int) -> int:
@@ -433,7 +444,6 @@ class Sessions:
         rows: list[list[Any]] = []
         at = [start]  # the next bucket: a scan resumes there after waiting for a chain's ownership
         named: list[str | int] = [table]  # its id once resolved: a table made anew under the name is another one
-        planned = [0]  # a paged scan: the last chain its current engine call reads (its copies are asked ahead)
 
         def scan(txn: Transaction) -> Any:
             t = self.engine.op_table(named[0])
@@ -442,7 +452,7 @@ class Sessions:
                 last = None
                 if paged:  # as many chains as should hold the rows still wanted: a page is about page_rows
                     want = page_batch(limit - len(rows), len(rows), at[0] - start)
-                    last = planned[0] = min(t.nbuckets, at[0] + min(want, start + MAX_PAGE_CHAINS - at[0]) - 1)
+                    last = min(t.nbuckets, at[0] + min(want, start + MAX_PAGE_CHAINS - at[0]) - 1)
                 chunk, at[0] = self.engine.scan_from(txn, t, at[0], last)
                 if chunk is not None:
                     for key, rec in zip(chunk[0].tolist(), chunk[1]):
@@ -456,7 +466,8 @@ class Sessions:
                 return {"rows": rows, "next": at[0] if at[0] <= t.nbuckets else None}
             return rows
 
-        return self._row_op(req, scan, ahead=(lambda: max(0, planned[0] - at[0])) if paged else SCAN_AHEAD)
+        return self._row_op(req, scan, ahead=(lambda: page_ahead(limit - len(rows), len(rows), at[0] - start))
+                            if paged else SCAN_AHEAD)
 
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()
