@@ -120,14 +120,18 @@ end); a paged one the chains the rest of its page should need (``page_ahead``)."
 
 def page_ahead(wanted: int, rows: int, chains: int) -> int:
     """How many chains after the one a paged scan waits for its consistent-read request should ask for too, having
-    found ``rows`` rows in ``chains`` chains of this page and wanting ``wanted`` more: as many as should hold them
-    (``wanted`` when nothing is known yet: a chain holds a row or more, or is empty and costs another request),
-    within the page's ``MAX_PAGE_CHAINS``.  The copies are dropped after each page, and every page asking for the
-    rest of the table made a scan in many pages copy the table's chains quadratically (a review); asking only for
-    the chains of the engine's next call made a small table's one page a request per call (more peer messages
-    per bank transfer)."""
-    need = wanted if rows == 0 else -(-wanted * chains // rows)
-    return max(0, min(MAX_PAGE_CHAINS - chains, need) - 1)
+    found ``rows`` rows in ``chains`` chains of this page and wanting ``wanted`` more: the rest of the page while it
+    has found nothing, else as many as should hold the rows still wanted, and at least as many again as it has read
+    (so a page whose chains turn sparse asks a few times, doubling, never once per chain), within the page's
+    ``MAX_PAGE_CHAINS``.  Why not always the rest of the table: the copies are dropped after each page, and every
+    page asking for all of it made a scan in many pages copy the table's chains quadratically (a review).  Why not
+    only the engine's next call: a small table's one page made a request per call (more peer messages per bank
+    transfer).  Why not one chain per row wanted: a copy of chains read from the file completes inside the request,
+    so a request per chain nested one call per chain, and an empty table's page of 1,024 chains ended the node in
+    a RecursionError (CI, ``test_a_page_of_an_empty_wide_table_ends_after_so_many_chains``)."""
+    room = MAX_PAGE_CHAINS - chains
+    need = room if rows == 0 else max(-(-wanted * chains // rows), chains)
+    return max(0, min(room, need) - 1)
 
 
 def page_batch(wanted: int, rows: int, chains: int) -> int:

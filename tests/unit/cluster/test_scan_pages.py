@@ -15,8 +15,9 @@ def test_the_engine_reads_about_as_many_chains_as_hold_the_rows_still_wanted() -
 
 
 def test_a_copy_request_asks_for_the_chains_the_page_should_need() -> None:
-    assert page_ahead(10_000, 0, 0) == MAX_PAGE_CHAINS - 1   # a small table's one page: every chain at once
-    assert page_ahead(7, 0, 0) == 6                          # a page of 7 rows: at most 7 chains hold them
+    assert page_ahead(10_000, 0, 0) == MAX_PAGE_CHAINS - 1   # nothing found yet: the rest of the page
+    assert page_ahead(1, 0, 300) == MAX_PAGE_CHAINS - 300 - 1   # (an empty table's page: one request, not 1,024)
     assert page_ahead(100, 50, 10) == 19                     # 5 rows a chain: 20 chains, the waited one included
+    assert page_ahead(1, 50, 10) == 9                        # at least as many again as read: doubling
     assert page_ahead(10_000, 10, 1000) == MAX_PAGE_CHAINS - 1000 - 1   # within the page's chains
-    assert page_ahead(5, 10, 2000) == 0
+    assert page_ahead(5, 10, 1023) == 0
