@@ -130,7 +130,7 @@ def page_ahead(wanted: int, rows: int, chains: int) -> int:
     so a request per chain nested one call per chain, and an empty table's page of 1,024 chains ended the node in
     a RecursionError (CI, ``test_a_page_of_an_empty_wide_table_ends_after_so_many_chains``)."""
     room = MAX_PAGE_CHAINS - chains
-    need = room if rows == 0 else max(-(-wanted * chains // rows), chains)
+    need = room if rows == 0 else max(_chains_for(wanted, rows, chains), chains)
     return max(0, min(room, need) - 1)
 
 
@@ -142,7 +142,12 @@ def page_batch(wanted: int, rows: int, chains: int) -> int:
         return 1
     if rows == 0:
         return 1 if chains == 0 else min(256, chains * 2)  # (one chain first: it tells how full chains are)
-    return max(1, min(256, -(-wanted * chains // rows)))
+    return max(1, min(256, _chains_for(wanted, rows, chains)))
+
+
+def _chains_for(wanted: int, rows: int, chains: int) -> int:
+    """The chains that should hold ``wanted`` rows, ``rows`` having been found in ``chains`` (rounded up)."""
+    return -(-wanted * chains // rows)
 
 
 class LockTimeout(MuheamError):
@@ -271,10 +276,11 @@ class Sessions:
         return tx
 
     def _row_op(self, req: dict[str, Any], action: Callable[[Transaction], Any],
-                ahead: int | Callable[[], int] = 0, nowait: bool = False) -> Any:
-        """Run ``action`` in the request's transaction, again after each wait it needs.  ``ahead``: a read that
-        lacks a chain will want this many following chains too (a scan; a function: as many as it says at that
-        moment), so a consistent-read request asks for them at once.  ``nowait``: a row another transaction holds fails the transaction instead (LockTimeout)."""
+                ahead: Callable[[], int] = lambda: 0, nowait: bool = False) -> Any:
+        """Run ``action`` in the request's transaction, again after each wait it needs.  ``ahead``: how many
+        chains after the one a read lacks it will want too, at that moment (a scan), so a consistent-read
+        request asks for them at once.  ``nowait``: a row another transaction holds fails the transaction
+        instead (LockTimeout)."""
         self.fence_check()
         tx = self._tx(req)
         _snapshot_answered(tx, "the transaction's snapshot request")
@@ -291,8 +297,7 @@ class Sessions:
             except NeedOwnership as need:
                 self.counters["ownership_waits"] += 1
                 reads = self.cluster.reads
-                more = ahead() if callable(ahead) else ahead
-                if need.mode is Mode.SHARED and reads is not None and reads.read(need.resource, attempt, more):
+                if need.mode is Mode.SHARED and reads is not None and reads.read(need.resource, attempt, ahead()):
                     return
                 self.cluster.ownership.acquire(need.resource, need.mode, attempt, need.keep)
                 return
@@ -471,7 +476,7 @@ class Sessions:
             return rows
 
         return self._row_op(req, scan, ahead=(lambda: page_ahead(limit - len(rows), len(rows), at[0] - start))
-                            if paged else SCAN_AHEAD)
+                            if paged else lambda: SCAN_AHEAD)
 
     def op_commit(self, req: dict[str, Any]) -> Deferred:
         self.fence_check()

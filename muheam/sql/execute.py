@@ -119,26 +119,22 @@ class Task:
             except ArithmeticError as exc:  # (a Decimal's edge the checks did not foresee: the statement's error)
                 self.done(None, arithmetic_error(exc))
                 return
-            if op == "turn":  # the statement's own work goes on at the next turn if this one's budget is spent
-                if self.turns is not None and self.turns.spent():
-                    self.waiting, self.waiting_args = op, args
-                    self.turns.later(functools.partial(self._go, True, None))
-                    return
+            if op == "turn":  # no operation: the statement's own work, which goes on here or at the next turn
                 ok, value = True, None
-                continue
-            if "xid" not in args and op not in ("begin", "tables", "create_table", "drop_table"):
-                args["xid"] = self.xid()
-            if "table" in args:
-                args["replannable"] = True  # a table id gone leaves the transaction running: the session decides
-            failpoints.hit("sql.operation")  # tests: row operations slow enough to outlast a loop turn's budget
-            ok, value = self._call(op, args)
-            if isinstance(value, Deferred):
-                settled = value.take()
-                if settled is None:  # it answers later: resume from its callback
-                    self.waiting, self.waiting_args = op, args
-                    value.then(self._resume)
-                    return
-                ok, value = settled[0], settled[1] if settled[0] else OpFailed(*settled[1])
+            else:
+                if "xid" not in args and op not in ("begin", "tables", "create_table", "drop_table"):
+                    args["xid"] = self.xid()
+                if "table" in args:
+                    args["replannable"] = True  # a table id gone leaves the transaction running: the session decides
+                failpoints.hit("sql.operation")  # tests: row operations slow enough to outlast a loop turn's budget
+                ok, value = self._call(op, args)
+                if isinstance(value, Deferred):
+                    settled = value.take()
+                    if settled is None:  # it answers later: resume from its callback
+                        self.waiting, self.waiting_args = op, args
+                        value.then(self._resume)
+                        return
+                    ok, value = settled[0], settled[1] if settled[0] else OpFailed(*settled[1])
             if self.turns is not None and self.turns.spent():  # answered at once, but the turn is over: the
                 self.waiting, self.waiting_args = op, args     # rest goes on at the next, as if answered then
                 self.turns.later(functools.partial(self._go, ok, value))
@@ -390,12 +386,18 @@ def run_select(plan: Select, params: Params, redo: Redo | None = None) -> Gen:
     for expr, desc in reversed(plan.order):  # stable sorts, last key first
         rows = yield from _sorted(rows, expr, desc, params)
     rows = rows[offset:] if limit is None else rows[offset:offset + limit]
-    out: list[list[Any]] = []
-    for i in range(0, len(rows), SLICE_ROWS):
+    out = yield from _in_slices(rows, lambda part: [[t.fn(r, params) for t in plan.targets] for r in part])
+    return Result(f"SELECT {len(out)}", out)
+
+
+def _in_slices(items: list[Any], work: Callable[[list[Any]], list[Any]]) -> Generator[Request, Any, list[Any]]:
+    """``work`` over ``items`` in slices of ``SLICE_ROWS``, with ``TURN`` between, its results concatenated."""
+    out: list[Any] = []
+    for i in range(0, len(items), SLICE_ROWS):
         if i:
             yield TURN
-        out.extend([t.fn(r, params) for t in plan.targets] for r in rows[i:i + SLICE_ROWS])
-    return Result(f"SELECT {len(out)}", out)
+        out += work(items[i:i + SLICE_ROWS])
+    return out
 
 
 def _window(rows: list[list[Any]], offset: int, limit: int | None) -> Result:
@@ -557,12 +559,7 @@ def encoded(gen: Gen, oids: list[int], formats: list[int] | None) -> Gen:
     """``gen``'s result with its rows encoded (``Result.encoded``), slice by slice (``TURN`` between)."""
     result = yield from gen
     if result is not None and result.rows:
-        rows: list[bytes] = []
-        for i in range(0, len(result.rows), SLICE_ROWS):
-            if i:
-                yield TURN
-            rows += encode_rows(result.rows[i:i + SLICE_ROWS], oids, formats)
-        result.encoded = rows
+        result.encoded = yield from _in_slices(result.rows, lambda part: encode_rows(part, oids, formats))
     return result
 
 

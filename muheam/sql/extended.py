@@ -56,7 +56,7 @@ class ExtendedProtocol(TransactionBlock):
     skip_to_sync: bool
     ending_implicit: bool
 
-    def _parse(self, sql: str) -> tuple[Any, ...]:
+    def _parse(self, sql: str, long: bool) -> tuple[Any, ...]:
         raise NotImplementedError
 
     def _compile(self, stmt: Any, param_oids: list[int], long: bool = False) -> Compiled:
@@ -71,12 +71,12 @@ class ExtendedProtocol(TransactionBlock):
         if isinstance(ev, wire.Parse):
             if ev.name and ev.name in self.statements:
                 raise SqlError("42P05", f'prepared statement "{ev.name}" already exists')
-            stmts = self._parse(ev.sql)
+            long = plan.is_long(ev.sql)
+            stmts = self._parse(ev.sql, long)
             if len(stmts) > 1:
                 raise SqlError("42601", "cannot insert multiple commands into a prepared statement")
             if stmts and self.tx == "E" and not is_tx_end(stmts[0]):
                 raise aborted()
-            long = plan.is_long(ev.sql)
             compiled = self._compile(stmts[0], ev.param_types, long) if stmts else None
             self.statements[ev.name] = Prepared(compiled, stmts[0] if stmts else None, list(ev.param_types),
                                                 self.catalog.generation, long)

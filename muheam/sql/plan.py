@@ -26,7 +26,6 @@ import pglast
 from pglast import ast, enums
 
 from muheam import failpoints
-
 from muheam.sql import wire
 from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, SqlError, TableInfo, check_assignable,
                              check_boolean, unsupported)
@@ -34,8 +33,10 @@ from muheam.sql.expr import (DEFAULT_TEXT_BYTES, Compiler, Expr, RowDependent, S
 Lookup = Callable[[str], TableInfo]
 _CACHE: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 _CACHE_SIZE = 2048
-_CACHE_TEXT = 4096
-"""Longer texts are not kept: 2,048 texts of up to 1 MiB with their parse trees would be gigabytes."""
+CACHED_TEXT_BYTES = 4096
+"""Longer texts are kept by neither cache: 2,048 parse trees of texts of up to 1 MiB would be gigabytes, and the
+plan cache's template of a 5,000-row VALUES list (15,000 parameters) cost more than compiling it, for a text
+seldom sent twice with the same shape (``plancache``)."""
 
 
 MAX_STATEMENT_BYTES = 1 << 20
@@ -67,7 +68,7 @@ def parse(sql: str) -> tuple[Any, ...]:
         stmts = tuple(s.stmt for s in pglast.parse_sql(sql))
     except pglast.parser.ParseError as exc:
         raise SqlError("42601", f"syntax error: {exc}") from None
-    if len(sql) > _CACHE_TEXT:
+    if len(sql) > CACHED_TEXT_BYTES:
         return stmts
     _CACHE[sql] = stmts
     if len(_CACHE) > _CACHE_SIZE:

@@ -40,13 +40,10 @@ from pglast import ast
 
 from muheam.sql import wire
 from muheam.sql.expr import SqlError
-from muheam.sql.plan import Compiled, Delete, Insert, Select, Update
+from muheam.sql.plan import CACHED_TEXT_BYTES, Compiled, Delete, Insert, Select, Update
 
 SIZE = 256
 """Plans kept per connection (least recently used goes first)."""
-MAX_BYTES = 4096
-"""Longer statements are not templated: a 5,000-row VALUES list is seldom sent twice with the same shape, and
-building its template (15,000 parameters) cost more than compiling it."""
 
 _LITERAL = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
 """A free-standing integer literal, as a group: one ``split`` gives the text between the literals and the literals
@@ -69,7 +66,7 @@ class PlanCache:
 
     def lookup(self, sql: str, compile_stmt: Compile) -> tuple[Compiled, list[int]] | None:
         """``(plan, literal values)`` for ``sql``, or ``None``: run it the ordinary way."""
-        if len(sql) > MAX_BYTES or _UNSAFE.search(sql) is not None:
+        if len(sql) > CACHED_TEXT_BYTES or _UNSAFE.search(sql) is not None:
             return None
         parts = _LITERAL.split(sql)
         values: list[int] = []

@@ -199,8 +199,12 @@ class Session(ExtendedProtocol):
             self.plans, self.plans_generation = PlanCache(), self.catalog.generation
         return self.plans
 
-    def _parse(self, sql: str) -> tuple[Any, ...]:
-        with self.long_work() if plan.is_long(sql) else contextlib.nullcontext():
+    def _work(self, long: bool) -> ContextManager[None]:
+        """Long work (``long_work``) for a statement from a large text, else nothing."""
+        return self.long_work() if long else contextlib.nullcontext()
+
+    def _parse(self, sql: str, long: bool) -> tuple[Any, ...]:
+        with self._work(long):
             return plan.parse(sql)
 
     def _simple(self, sql: str) -> None:
@@ -220,8 +224,8 @@ class Session(ExtendedProtocol):
                       replan=replan)
             return
         try:
-            stmts = list(self._parse(sql))
-            long = plan.is_long(sql)  # its statements compile as long work too
+            long = plan.is_long(sql)  # parsed, and its statements compiled, as long work
+            stmts = list(self._parse(sql, long))
         except SqlError as exc:
             self._failed(exc)
             self._send(wire.msg_ready(self.tx))
@@ -269,7 +273,7 @@ class Session(ExtendedProtocol):
 
     def _compile(self, stmt: Any, param_oids: list[int], long: bool = False) -> Compiled:
         """``long``: the statement comes from a large text (``plan.is_long``): compiled as long work."""
-        with self.long_work() if long else contextlib.nullcontext():
+        with self._work(long):
             try:
                 return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
             except SqlError as exc:  # against a table dropped and made again elsewhere (other columns)?
