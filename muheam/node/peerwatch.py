@@ -81,10 +81,16 @@ class PeerWatch:
             self.deaf_since = self.clock()
         self.deaf_depth += 1
         body = [BUSY, int(min(seconds, MAX_BUSY) * 1000)]
-        for peer in list(self.silence.last):
-            if self.mesh.send(peer, KIND, body):
-                self.counters["beats_sent"] += 1
-            self.mesh.flush_to(peer)
+        try:
+            for peer in list(self.silence.last):
+                if self.mesh.send(peer, KIND, body):
+                    self.counters["beats_sent"] += 1
+                self.mesh.flush_to(peer)
+        except BaseException:
+            # the caller's work does not start, and nobody will call ``listening`` for it: left counted, every
+            # later ``listening`` stopped one short and no later work was taken off the peers' silence (a review)
+            self.listening()
+            raise
 
     def listening(self) -> None:
         """The loop turns again after the long work ``busy`` announced: every peer's silence is counted without

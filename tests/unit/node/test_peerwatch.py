@@ -114,3 +114,24 @@ def test_long_work_does_not_excuse_a_peer_silent_before_it() -> None:
         pw.listening()
         now[0] += 0.5
     assert pw.silence.silent(now[0]) == {2}
+
+
+def test_a_busy_announcement_that_fails_to_send_leaves_the_count_as_it_was() -> None:
+    """A send error inside ``busy`` (the work never starts, and nobody calls ``listening`` for it) left one long
+    work counted for good: every later ``listening`` stopped short and took nothing off the peers' silence."""
+    now = [100.0]
+    pw, mesh = watch_of(now)
+
+    def broken(dest: int, kind: str, body: Any) -> bool:
+        raise OSError("the link broke")
+
+    sends = mesh.send
+    mesh.send = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        pw.busy(30)
+    mesh.send = sends  # type: ignore[method-assign]
+    assert pw.deaf_depth == 0 and pw.deaf_since is None
+    pw.busy(30)
+    now[0] = 110.0
+    pw.listening()
+    assert pw.deaf_depth == 0 and pw.silence.hears(110.0) == {2}  # the 10 s of work were taken off
