@@ -133,16 +133,18 @@ class Requester:
         """Send without blocking past ``deadline``: a DEALER whose connection failed its handshake has no peer to
         queue for, and a blocking send then waited for good (a client with a wrong key hung for the whole CI
         test's timeout instead of being told).  Meanwhile the monitor says why the connection does not come."""
-        waiting = zmq.Poller()
-        waiting.register(self.sock, zmq.POLLOUT)
-        assert self._monitor is not None
-        waiting.register(self._monitor, zmq.POLLIN)
+        waiting: zmq.Poller | None = None
         while True:
             try:
                 self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 return
             except zmq.Again:
                 pass
+            if waiting is None:
+                waiting = zmq.Poller()
+                waiting.register(self.sock, zmq.POLLOUT)
+                if self._monitor is not None:
+                    waiting.register(self._monitor, zmq.POLLIN)
             left = deadline - time.monotonic()
             events = dict(waiting.poll(max(0, min(100, int(left * 1000))))) if left > 0 else {}
             if self._monitor in events and self._refused():
