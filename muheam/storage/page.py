@@ -43,9 +43,10 @@ A free slot is all zeros.  Visibility rules are in ``muheam.storage.mvcc``.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import struct
-from typing import Any, Final, Mapping, NamedTuple
+from typing import Any, Final, Mapping, NamedTuple, Sequence
 
 import google_crc32c
 import numpy as np
@@ -179,10 +180,13 @@ def _where(what: str, block: int) -> str:
     return f"block {block}: {what}"
 
 
+_NO_SLOTS: tuple[int, ...] = ()
+
+
 class Page:
     """A tuple page (hash bucket or overflow block) of one table; build with ``new`` or ``decode``."""
 
-    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw", "prune_floor")
+    __slots__ = ("schema", "buf", "header", "slots", "_h", "_ss", "_nslots", "_raw", "prune_floor", "_keys")
 
     schema: Schema
     buf: bytearray
@@ -205,6 +209,9 @@ class Page:
         self.prune_floor = 0
         """In memory only, for the engine's opportunistic pruning: versions left by the last prune (live rows
         and versions some snapshot may still see), so it does not prune again before more accumulated."""
+        self._keys: dict[int, list[int]] | None = None
+        """In memory only, built at the first lookup: key -> its used slots, ascending.  Every change of a
+        slot's key or use goes through ``insert``, ``insert_many`` or ``free``, which keep it (or drop it)."""
 
     @classmethod
     def new(cls, schema: Schema, *, block: int, kind: int = KIND_BUCKET, table_id: int = 0) -> "Page":
@@ -315,7 +322,23 @@ class Page:
 
     def find(self, key: int) -> NDArray[np.intp]:
         """Slot indices of every version (visible or not) of ``key`` on this page, ascending."""
-        return np.flatnonzero((self.slots["key"] == key) & self.used_mask())
+        return np.array(self.slots_of(key), dtype=np.intp)
+
+    def slots_of(self, key: int) -> Sequence[int]:
+        """``find`` as a sequence of ints, from the page's key index: a key lookup is a dict lookup instead of
+        two passes over every slot (the passes' set-up was most of a hot row's lookup; the index is built once
+        per page in memory and kept by the page's own changes).  Not to be changed by the caller."""
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = {}
+            used = np.flatnonzero(self.used_mask())
+            for k, i in zip(self.slots["key"][used].tolist(), used.tolist()):
+                slots = keys.get(k)
+                if slots is None:
+                    keys[k] = [i]
+                else:
+                    slots.append(i)
+        return keys.get(key, _NO_SLOTS)
 
     def visible_mask(self, snap: Snapshot, status: StatusFn) -> NDArray[np.bool_]:
         s = self.slots
@@ -332,13 +355,13 @@ class Page:
         version of a key visible to a snapshot, so the order changes only how many are judged.  Each version is
         judged by ``version_visible`` itself, so the status lookups are exactly the rules' (xmin first: a lookup
         of an xmax the rules never ask about must not fail a read)."""
-        idx = self.find(key)
-        if idx.size == 0:
+        idx = self.slots_of(key)
+        if not idx:
             return None
         st, buf, ss = mvcc.checked(status), self.buf, self._ss
         visible = mvcc.version_visible
         heads = []
-        for i in idx.tolist():
+        for i in idx:
             _, xmin, xmax, _, _, flags = _SLOT_HEAD.unpack_from(buf, PAGE_HEADER_SIZE + i * ss)
             heads.append((xmin, i, xmax, flags))
         heads.sort(reverse=True)
@@ -405,6 +428,8 @@ class Page:
             base = self._check_slot(slot, used=False)
         _SLOT_HEAD.pack_into(buf, base, key, xmin, 0, 0, 0, SLOT_USED)
         buf[base + SLOT_HEADER_SIZE:base + SLOT_HEADER_SIZE + width] = data
+        if self._keys is not None:
+            bisect.insort(self._keys.setdefault(key, []), slot)
         _U16.pack_into(buf, _OFF_NUSED, _U16.unpack_from(buf, _OFF_NUSED)[0] + 1)
         if slot == hint:  # the hint stays the lowest free slot: walk to the next free one
             nxt, flag = slot + 1, base + ss + _OFF_SLOT_FLAGS
@@ -436,6 +461,7 @@ class Page:
         if not increasing and np.unique(slots).size != k:
             raise SlotError(f"block {self.block}: a slot is filled twice by one batch of inserts")
         raw[slots] = images
+        self._keys = None  # redo of a batch: rebuilt at the next lookup
         buf = self.buf
         _U16.pack_into(buf, _OFF_NUSED, _U16.unpack_from(buf, _OFF_NUSED)[0] + k)
         hint = _U16.unpack_from(buf, _OFF_FREE_HINT)[0]
@@ -479,6 +505,13 @@ class Page:
             return
         if idx[0] < 0 or idx[-1] >= self.nslots or not np.all(self.used_mask()[idx]):
             raise SlotError(f"block {self.block}: cannot free slots {idx.tolist()}: out of range or not in use")
+        keys = self._keys
+        if keys is not None:
+            for k, i in zip(self.slots["key"][idx].tolist(), idx.tolist()):
+                slots = keys[k]
+                slots.remove(i)
+                if not slots:
+                    del keys[k]
         raw = self.slots.view(np.uint8).reshape(self.nslots, -1)
         raw[idx] = 0
         buf = self.buf

@@ -13,7 +13,8 @@ from muheam.storage import (BLOCK_SIZE, GlsnRegression, Page, PageCorrupt, PageF
                             SlotError, TupleId)
 from muheam.storage.layout import PAGE_HEADER_SIZE, slot_size, slots_per_page
 from muheam.storage.mvcc import SLOT_LOCK_ONLY, SLOT_UPDATED, SLOT_USED
-from muheam.storage.page import HEADER_DTYPE, KIND_OVERFLOW, PAGE_MAGIC, decode_meta_page, encode_meta_page
+from muheam.storage.page import (HEADER_DTYPE, KIND_OVERFLOW, PAGE_MAGIC, decode_meta_page, encode_meta_page,
+                                 slot_images)
 from tests.unit.storage.test_storage_schema import schema_and_rows
 
 ACCT = Schema("acct", {"bal": "int64", "rate": "float64", "who": "text(16)"})
@@ -172,3 +173,45 @@ def test_set_xmax_validation_and_clear() -> None:
     assert (v.xmax, v.flags, v.ctid) == (0, SLOT_USED, None)
     with pytest.raises(ValueError, match="next overflow"):
         p.next_block = 1
+
+
+def _slots_by_scan(p: Page, key: int) -> list[int]:
+    """What the key index must say: the used slots holding ``key``, from the slot bytes themselves."""
+    return np.flatnonzero((p.slots["key"] == key) & ((p.slots["flags"] & SLOT_USED) != 0)).tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_the_key_index_follows_every_change_of_the_page(data: st.DataObject) -> None:
+    """``slots_of`` answers from an in-memory index built at the first lookup and kept by ``insert``,
+    ``insert_many``, ``free`` and ``prune``; after any sequence of them, looked up at any point, it names exactly
+    the used slots of each key, ascending."""
+    p = Page.new(ACCT, block=1)
+    keys = [-3, 0, 1, 2, 7]
+    for _ in range(data.draw(st.integers(1, 60))):
+        op = data.draw(st.sampled_from(["insert", "insert_at", "insert_many", "free", "prune", "look"]))
+        free = np.flatnonzero((p.slots["flags"] & SLOT_USED) == 0).tolist()
+        used = np.flatnonzero((p.slots["flags"] & SLOT_USED) != 0).tolist()
+        if op == "insert" and free:
+            p.insert(data.draw(st.sampled_from(keys)), row(1), data.draw(st.integers(3, 9)))
+        elif op == "insert_at" and free:
+            p.insert(data.draw(st.sampled_from(keys)), row(2), 5, slot=data.draw(st.sampled_from(free)))
+        elif op == "insert_many" and free:
+            at = sorted(data.draw(st.lists(st.sampled_from(free), min_size=1, max_size=4, unique=True)))
+            ks = np.array([data.draw(st.sampled_from(keys)) for _ in at], np.int64)
+            rows = np.frombuffer(ACCT.row_bytes(row(3)) * len(at), np.uint8).reshape(len(at), -1)
+            p.insert_many(np.array(at, np.int64), slot_images(ACCT, ks, np.full(len(at), 4, np.uint64), rows))
+        elif op == "free" and used:
+            p.free(data.draw(st.lists(st.sampled_from(used), min_size=1, max_size=3, unique=True)))
+        elif op == "prune" and used:
+            for s in data.draw(st.lists(st.sampled_from(used), max_size=3, unique=True)):
+                p.set_xmax(s, 6)
+            p.prune(100, lambda xid: "committed")
+        else:
+            key = data.draw(st.sampled_from(keys))
+            assert list(p.slots_of(key)) == _slots_by_scan(p, key)
+    for key in keys:
+        assert list(p.slots_of(key)) == _slots_by_scan(p, key)
+        assert p.find(key).tolist() == _slots_by_scan(p, key)
+    copy = Page.decode(p.encode(), ACCT, block=1)
+    assert all(list(copy.slots_of(k)) == list(p.slots_of(k)) for k in keys)
