@@ -107,6 +107,18 @@ def bench_kv(fmt: str, as_json: bool, clients: int, seconds: float) -> None:
     show(run(clients=clients, seconds=seconds), fmt, as_json)
 
 
+@bench.command("engine")
+@output_options
+@click.option("--transactions", type=click.IntRange(100, 1_000_000), default=2000, show_default=True,
+              help="Transactions per measured round.")
+@click.option("--repeat", type=click.IntRange(1, 50), default=5, show_default=True, help="Measured rounds.")
+def bench_engine(fmt: str, as_json: bool, transactions: int, repeat: int) -> None:
+    """The storage engine alone, in this process: CPU per TPC-B-like transaction (best and median of rounds)."""
+    from muheam.bench.engine import run
+
+    show(run(transactions=transactions, repeat=repeat), fmt, as_json)
+
+
 @bench.command("walmerge")
 @output_options
 @click.option("--mb", type=click.IntRange(10, 100_000), default=1024, show_default=True, help="Input WAL size.")
