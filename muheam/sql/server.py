@@ -26,6 +26,7 @@ from muheam.sql.auth import is_loopback
 from muheam.sql.catalog import Catalog
 from muheam.sql.execute import Operation
 from muheam.sql.session import Session
+from muheam.sql.offloop import ParseWorker
 from muheam.sql.turns import Turns
 
 log = logging.getLogger("muheam.sql")
@@ -66,6 +67,7 @@ class SqlServer:
         self.poller: zmq.Poller | None = None
         self.next_pid = node_id * 100_000
         self.turns = Turns()
+        self.offloop = ParseWorker()
         self.counters = {"connections": 0, "closed": 0, "refused": 0, "violations": 0}
 
     @property
@@ -75,6 +77,7 @@ class SqlServer:
     def attach(self, poller: zmq.Poller) -> None:
         self.poller = poller
         poller.register(self.listener.fileno(), zmq.POLLIN)
+        poller.register(self.offloop.fd, zmq.POLLIN)
 
     def begin_turn(self) -> None:
         """The node's loop turn begins: its statements' time budget starts now (``muheam.sql.turns``), and the
@@ -92,6 +95,8 @@ class SqlServer:
     def handle(self, ready: Mapping[Any, int]) -> None:
         if ready.get(self.listener.fileno()):
             self._accept()
+        if ready.get(self.offloop.fd):
+            self.offloop.drain()  # large texts parsed beside the loop: their sessions go on
         for fd in [fd for fd in self.conns if fd in ready]:
             conn = self.conns.get(fd)
             if conn is None:
@@ -121,7 +126,7 @@ class SqlServer:
             method = "trust" if self.auth == "trust" and is_loopback(host) else "scram-sha-256"
             self.next_pid += 1
             session = Session(self.ops, self.catalog, host, method, self.shared_dir, self.next_pid, self._cancel,
-                              self.turns, self.long_work)
+                              self.turns, self.long_work, self.offloop)
             conn = _Conn(sock, session)
             session.on_output = lambda c=conn: self._flush(c)  # type: ignore[misc]
             self.conns[sock.fileno()] = conn
@@ -205,7 +210,8 @@ class SqlServer:
                 return
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "open": len(self.conns), "statement_slices": self.turns.slices}
+        return {**self.counters, "open": len(self.conns), "statement_slices": self.turns.slices,
+                **self.offloop.counters}
 
     def terminate(self, message: str, code: str = "57P01") -> None:
         """The node stops: every connection ends as PostgreSQL's shutdown ends its backends, with FATAL 57P01
@@ -222,8 +228,10 @@ class SqlServer:
         for conn in list(self.conns.values()):
             self._close(conn)
         if self.poller is not None:
-            try:
-                self.poller.unregister(self.listener.fileno())
-            except KeyError:
-                pass
+            for fd in (self.listener.fileno(), self.offloop.fd):
+                try:
+                    self.poller.unregister(fd)
+                except KeyError:
+                    pass
         self.listener.close()
+        self.offloop.close()

@@ -33,6 +33,7 @@ from muheam.sql import execute, plan, settings, wire
 from muheam.sql.plancache import PlanCache
 from muheam.sql.block import IMPLICIT_COMMIT, aborted
 from muheam.sql.extended import ExtendedProtocol, Portal, Prepared
+from muheam.sql.offloop import Job, OffLoop, Parsed, ParseWorker
 from muheam.sql.startup import Outcome, Phase, Startup
 from muheam.sql.catalog import Catalog
 from muheam.sql.execute import Gen, Operation, Result, Task
@@ -53,14 +54,19 @@ def _write_verb(p: Any) -> str:
     return {plan.Insert: "INSERT", plan.Update: "UPDATE", plan.Delete: "DELETE"}.get(type(p), "")
 
 
-class Session(ExtendedProtocol):
+class Session(ExtendedProtocol, OffLoop):
     def __init__(self, ops: Mapping[str, Operation], catalog: Catalog, peer_host: str, auth_method: str,
                  shared_dir: Path | None, backend_pid: int, cancel: Callable[[int, bytes], None],
                  turns: Turns | None = None,
-                 long_work: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+                 long_work: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                 offloop: ParseWorker | None = None) -> None:
         """``long_work``: a context for work that holds the node's loop for long (parsing and compiling a
-        large statement: ``plan.LONG_STATEMENT_BYTES``), the node's ``_long_work``."""
+        large statement: ``plan.LONG_STATEMENT_BYTES``), the node's ``_long_work``; ``offloop``: the thread that
+        does that work beside the loop instead (``muheam.sql.offloop``; long work is then what it left undone)."""
         self.ops, self.catalog, self.turns, self.long_work = ops, catalog, turns, long_work
+        self.offloop = offloop
+        self.parsing: Job | None = None
+        self.preparsed: Parsed | None = None
         self.pid, self.key = backend_pid, secrets.token_bytes(4)
         self.parser = wire.FrontendParser()
         self.out = bytearray()
@@ -114,8 +120,13 @@ class Session(ExtendedProtocol):
             return  # a statement finished synchronously inside the loop below: it goes on by itself
         self._draining = True
         try:
-            while self.queue and self.task is None and not self.closing:
-                self._handle(self.queue.popleft())
+            while self.queue and self.task is None and self.parsing is None and not self.closing:
+                ev = self.queue.popleft()
+                if self._off_loop(ev, self.startup.phase is Phase.READY):
+                    self.queue.appendleft(ev)  # it waits for the worker's parse (``_parsed`` drains again)
+                    break
+                self._handle(ev)
+                self.preparsed = None
         finally:
             self._draining = False
         self.on_output()
@@ -204,6 +215,9 @@ class Session(ExtendedProtocol):
         return self.long_work() if long else contextlib.nullcontext()
 
     def _parse(self, sql: str, long: bool) -> tuple[Any, ...]:
+        done = self._preparsed_stmts(sql)
+        if done is not None:
+            return done
         with self._work(long):
             return plan.parse(sql)
 
@@ -273,6 +287,9 @@ class Session(ExtendedProtocol):
 
     def _compile(self, stmt: Any, param_oids: list[int], long: bool = False) -> Compiled:
         """``long``: the statement comes from a large text (``plan.is_long``): compiled as long work."""
+        done = self._preparsed_plan(stmt, param_oids)
+        if done is not None:
+            return done
         with self._work(long):
             try:
                 return plan.compile_statement(stmt, self.catalog.lookup, param_oids, self._setting)
@@ -533,6 +550,8 @@ class Session(ExtendedProtocol):
         neither has one whose commit, CREATE or DROP is under way (``_NOT_CANCELLABLE``)."""
         task = self.task
         if task is None:
+            if self._cancel_parse():
+                self._drain()
             return
         if task.waiting in _NOT_CANCELLABLE:
             self._release_commit(task)
@@ -562,6 +581,8 @@ class Session(ExtendedProtocol):
         if task is not None:
             task.cancelled = True
             self._release_commit(task)
+        if self.parsing is not None:
+            self.parsing.cancelled, self.parsing = True, None
         if self.xid is not None:
             xid, self.xid = self.xid, None
             try:

@@ -443,6 +443,37 @@ def test_a_large_statements_parse_keeps_its_node_in_the_cluster(local_cluster: S
 
 
 @pytest.mark.timeout(180)
+def test_a_large_statements_parse_holds_only_its_own_session(local_cluster: Start,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large text (32 KiB and more) is parsed, and a single statement compiled, in a thread beside the node's
+    loop (``muheam.sql.offloop``): in the loop, as long work, it held every other session of the node and every
+    peer's round for as long (half a second for 1 MiB on an idle machine, and a client may send such texts one
+    after the other).  Failpoint ``sql.parse`` holds the first parse on node 1 for 3 s; a short query sent to
+    node 1 meanwhile, on another connection, is answered first, and the large one after it, correctly."""
+    c = armed(local_cluster, monkeypatch, "sql.parse@1=1*pause(3)")
+    sql1 = sql_endpoints(c)[1]
+    finished: list[str] = []
+    results: dict[str, object] = {}
+
+    def large() -> None:
+        with psycopg.connect(conninfo(sql1), autocommit=True) as conn:
+            results["large"] = conn.execute("SELECT 41 + 1 AS answer /* " + "x" * (40 << 10) + " */").fetchone()
+            finished.append("large")
+
+    with psycopg.connect(conninfo(sql1), autocommit=True) as small:
+        thread = threading.Thread(target=large)
+        thread.start()
+        assert wait_until(lambda: "failpoint sql.parse" in c.log(1), 30)  # the large text's parse has begun
+        results["small"] = small.execute("SELECT 1").fetchone()
+        finished.append("small")
+        thread.join(60)
+    assert finished == ["small", "large"], (finished, c.log(1)[-2000:])
+    assert results == {"small": (1,), "large": (42,)}
+    status = request(endpoints(c, nodes=2)[0], "status", timeout=10)
+    assert status["counters"]["sql"]["parsed_off_loop"] >= 1, status["counters"]["sql"]
+
+
+@pytest.mark.timeout(180)
 def test_sql_reads_a_table_page_by_page(local_cluster: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SQL statement without a key in its WHERE scanned the whole table in one operation, which refuses more than
     200,000 rows ("page it") and runs in one loop turn however large the table.  It now reads page by page

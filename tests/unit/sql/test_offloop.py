@@ -1,0 +1,143 @@
+"""Large SQL texts are parsed (and a single statement compiled) in a thread beside the node's loop
+(``muheam.sql.offloop``): the session waits, the loop does not; a cancel or the connection's end drops the
+result; the worker's plan is used only against the tables the session still knows."""
+
+from __future__ import annotations
+
+import select
+import struct
+from typing import Any
+
+import pytest
+
+from muheam.sql import offloop, plan, wire
+from muheam.sql.catalog import Catalog
+from muheam.sql.expr import SqlError, TableInfo
+from muheam.sql.session import Session
+
+ROWS = 3000  # a text of about 40 KiB: over plan.LONG_STATEMENT_BYTES, so it goes to the worker
+
+
+def _startup() -> bytes:
+    body = struct.pack("!i", wire.PROTOCOL_3_0) + b"user\0postgres\0\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def _query(sql: str) -> bytes:
+    body = sql.encode() + b"\0"
+    return b"Q" + struct.pack("!i", len(body) + 4) + body
+
+
+def _big_insert(start: int = 0) -> str:
+    return "INSERT INTO t (id, v) VALUES " + ", ".join(f"({i}, {i})" for i in range(start, start + ROWS))
+
+
+def _session(worker: offloop.ParseWorker | None) -> tuple[Session, list[tuple[str, dict[str, Any]]]]:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def op(name: str, answer: Any) -> Any:
+        return lambda req: calls.append((name, req)) or answer
+
+    ops: dict[str, Any] = {
+        "tables": lambda req: [{"table_id": 1, "name": "t", "columns": [["v", "int64"]], "sql": {"key": "id"}}],
+        "begin": op("begin", {"xid": 7, "sts": 1}), "insert_many": op("insert_many", True),
+        "insert": op("insert", True), "commit": op("commit", {"xid": 7}), "rollback": op("rollback", {"xid": 7}),
+    }
+    s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None, offloop=worker)
+    s.feed(_startup())
+    s.out.clear()
+    return s, calls
+
+
+def _wait_and_drain(worker: offloop.ParseWorker) -> None:
+    ready, _, _ = select.select([worker.fd], [], [], 30)
+    assert ready, "the worker did not finish within 30 s"
+    worker.drain()
+
+
+def _settle(worker: offloop.ParseWorker) -> None:
+    """Every job handed over so far is done or dropped: a last job behind them (FIFO) has come back."""
+    back: list[offloop.Parsed] = []
+    worker.submit(offloop.Job("SELECT 1", [], {}, {}, 0, back.append))
+    while not back:
+        _wait_and_drain(worker)
+
+
+@pytest.fixture
+def worker() -> Any:
+    w = offloop.ParseWorker()
+    yield w
+    w.close()
+
+
+def test_the_thread_parses_and_plans_one_statement_against_the_tables_it_was_given() -> None:
+    info = TableInfo("t", "id", {"v": "int64"}, {"v": "bigint"}, table_id=1)
+    job = offloop.Job(_big_insert(), [], {"t": info}, {}, 4, lambda r: None)
+    done = offloop.work(job)
+    assert done.error is None and done.stmts is not None and len(done.stmts) == 1
+    assert done.compiled is not None and done.generation == 4
+    unknown = offloop.work(offloop.Job(_big_insert(), [], {}, {}, 4, lambda r: None))
+    assert unknown.stmts is not None and unknown.compiled is None  # not in the copy: planned in the loop
+    bad = offloop.work(offloop.Job(_big_insert() + " garbage", [], {"t": info}, {}, 4, lambda r: None))
+    assert bad.stmts is None and isinstance(bad.error, SqlError) and bad.error.code == "42601"
+    two = offloop.work(offloop.Job(_big_insert() + "; SELECT 1", [], {"t": info}, {}, 4, lambda r: None))
+    assert two.stmts is not None and len(two.stmts) == 2 and two.compiled is None
+
+
+def test_a_large_text_waits_for_the_worker_and_the_statements_behind_it_keep_their_order(
+        worker: offloop.ParseWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    in_loop: list[str] = []
+    real = plan.parse
+    monkeypatch.setattr(plan, "parse", lambda sql: in_loop.append(sql) or real(sql))
+    s, calls = _session(worker)
+    s.catalog.lookup("t")  # the session knows the table: the worker plans against it
+    big = _big_insert()
+    s.feed(_query(big) + _query("SELECT 1"))
+    assert s.out == b"" and s.parsing is not None and calls == []  # nothing ran: the text is being parsed
+    _wait_and_drain(worker)
+    out = bytes(s.out)
+    assert out.count(wire.msg_ready("I")) == 2 and out.index(b"INSERT 0 3000") < out.index(b"SELECT 1")
+    assert s.parsing is None and s.preparsed is None
+    assert worker.counters == {"parsed_off_loop": 1, "compiled_off_loop": 1}
+    # the loop parsed only the short text, the large one came from the worker
+    # (``plan.parse`` was also the worker's function, so it appears once for each)
+    assert in_loop.count("SELECT 1") == 1 and in_loop.count(big) == 1
+
+
+def test_a_plan_made_against_an_older_catalog_is_not_used(worker: offloop.ParseWorker) -> None:
+    s, _ = _session(worker)
+    s.catalog.lookup("t")
+    s.feed(_query(_big_insert()))
+    s.catalog.generation += 1  # a table was found gone meanwhile: plans of the old generation are not trusted
+    _wait_and_drain(worker)
+    assert b"INSERT 0 3000" in bytes(s.out)
+    assert s._preparsed_plan(object(), []) is None
+
+
+def test_a_cancel_while_the_worker_parses_ends_the_statement_and_drops_its_result(
+        worker: offloop.ParseWorker) -> None:
+    s, calls = _session(worker)
+    s.feed(_query(_big_insert()) + _query("SELECT 2"))
+    assert s.parsing is not None
+    s.cancel()
+    out = bytes(s.out)
+    assert b"57014" in out and b"SELECT 1" in out  # the next Query ran at once ("SELECT 1" is its tag)
+    assert out.count(wire.msg_ready("I")) == 2
+    s.out.clear()
+    _settle(worker)
+    assert s.out == b"" and not any(name == "insert_many" or name == "insert" for name, _ in calls)
+    assert worker.counters["parsed_off_loop"] == 1  # (the settling job)
+
+
+def test_a_connection_that_ends_while_its_text_is_parsed_leaves_nothing_behind(worker: offloop.ParseWorker) -> None:
+    s, calls = _session(worker)
+    s.feed(_query(_big_insert()))
+    s.close()
+    _settle(worker)
+    assert s.out == b"" and calls == [] and s.parsing is None
+
+
+def test_without_a_worker_a_large_text_is_parsed_in_the_loop_as_before() -> None:
+    s, _ = _session(None)
+    s.feed(_query(_big_insert()))
+    assert b"INSERT 0 3000" in bytes(s.out) and s.parsing is None
