@@ -49,6 +49,13 @@ class Catalog:
             self.generation += 1
         return bool(stale)
 
+    def known(self) -> dict[str, TableInfo]:
+        """Every table of the node, as a copy (for a compile in another thread: ``muheam.sql.offloop``); made
+        complete first, so that a large statement on a table no session of this node used yet is compiled there
+        too (one look at the node's catalog, once per large text)."""
+        self._refresh()
+        return dict(self.tables)
+
     def lookup(self, name: str) -> TableInfo:
         info = self.tables.get(name)
         if info is None:

@@ -40,11 +40,13 @@ seldom sent twice with the same shape (``plancache``)."""
 
 
 MAX_STATEMENT_BYTES = 1 << 20
-"""The longest SQL text a node parses: parsing and compiling run inside the node's loop, about 1.5 s per MiB each
-on an idle machine (a 5,000-row INSERT is about 60 KiB); beyond, SQLSTATE 54000 asks for smaller statements."""
+"""The longest SQL text a node parses: parsing and compiling take about 0.5-1.5 s per MiB each on an idle machine
+(a 5,000-row INSERT is about 60 KiB), in a thread beside the loop that slows it meanwhile
+(``muheam.sql.offloop``); beyond, SQLSTATE 54000 asks for smaller statements."""
 LONG_STATEMENT_BYTES = 32 << 10
-"""SQL text from this size on is parsed and compiled as long work: the loop watch paused and the peers told
-(``Session.long_work``), so that a large INSERT does not fence its node on a loaded machine."""
+"""SQL text from this size on is parsed, and a text of one statement compiled, in a thread beside the node's loop
+(``muheam.sql.offloop``); what is left of its compiling (the statements of a text of several) runs as long work:
+the loop watch paused and the peers told (``Session.long_work``), so that it does not fence its node."""
 
 
 def is_long(sql: str) -> bool:
@@ -68,6 +70,8 @@ def parse(sql: str) -> tuple[Any, ...]:
         stmts = tuple(s.stmt for s in pglast.parse_sql(sql))
     except pglast.parser.ParseError as exc:
         raise SqlError("42601", f"syntax error: {exc}") from None
+    except RecursionError:
+        raise SqlError("54001", "stack depth limit exceeded", "the statement nests too deeply") from None
     if len(sql) > CACHED_TEXT_BYTES:
         return stmts
     _CACHE[sql] = stmts
@@ -187,7 +191,13 @@ class Compiled:
 
 def compile_statement(stmt: Any, lookup: Lookup, param_oids: list[int], setting: Callable[[str], str]) -> Compiled:
     c = Compiler(param_oids, setting)
-    plan = _plan(stmt, lookup, c)
+    try:
+        plan = _plan(stmt, lookup, c)
+    except RowDependent as exc:  # a column where no table is (``SELECT nope``): it cost the connection before
+        raise SqlError("42703", f'column "{exc}" does not exist') from None
+    except RecursionError:  # an expression nested thousands deep (``SELECT 1+1+...+1``)
+        raise SqlError("54001", "stack depth limit exceeded", "the statement nests expressions too deeply; "
+                       "write it flatter (e.g. several statements, or sum() over rows)") from None
     fields: list[tuple[str, int]] | None = None
     if isinstance(plan, Select):
         fields = [(t.name, t.oid) for t in plan.targets]

@@ -26,7 +26,7 @@ from muheam.sql.auth import is_loopback
 from muheam.sql.catalog import Catalog
 from muheam.sql.execute import Operation
 from muheam.sql.session import Session
-from muheam.sql.offloop import ParseWorker
+from muheam.sql.offloop import Job, ParseWorker
 from muheam.sql.turns import Turns
 
 log = logging.getLogger("muheam.sql")
@@ -96,7 +96,7 @@ class SqlServer:
         if ready.get(self.listener.fileno()):
             self._accept()
         if ready.get(self.offloop.fd):
-            self.offloop.drain()  # large texts parsed beside the loop: their sessions go on
+            self.offloop.drain(self._parse_failed)  # large texts parsed beside the loop: their sessions go on
         for fd in [fd for fd in self.conns if fd in ready]:
             conn = self.conns.get(fd)
             if conn is None:
@@ -150,6 +150,13 @@ class SqlServer:
         except Exception:  # noqa: BLE001 - a bug must cost one connection, never the node
             log.exception("SQL port: internal error on a connection; closing it")
             self._close(conn)
+
+    def _parse_failed(self, job: Job, exc: Exception) -> None:
+        """A statement that went on from its parse beside the loop failed with a bug: as in ``_read``."""
+        log.error("SQL port: internal error on a connection; closing it", exc_info=exc)
+        for conn in list(self.conns.values()):
+            if conn.session is job.owner:
+                self._close(conn)
 
     def _flush(self, conn: _Conn) -> None:
         session = conn.session

@@ -909,11 +909,12 @@ def test_omitted_columns_are_null(pair: Pair, sql: str) -> None:
     ("SELECT id FROM {t} ORDER BY id OFFSET -1", "2201X"),
     ("CREATE TABLE {t}_dup (id bigint PRIMARY KEY, id bigint)", "42701"),
     ("CREATE TABLE {t}_v0 (id bigint PRIMARY KEY, v varchar(0))", "22023"),
+    ("SELECT nope", "42703"),
 ])
 def test_errors_postgresql_reports(pair: Pair, sql: str, state: str) -> None:
     """Each of these is an error in PostgreSQL; MUHEAM accepts it (a bigint WHERE, text = integer, two
     assignments to one column, a duplicate column name) or answers another SQLSTATE (2201W for a negative
-    OFFSET, 42601 for varchar(0))."""
+    OFFSET, 42601 for varchar(0)), or closed the connection (a column without a table: an internal error)."""
     types_table(pair, "chk")
     pair.setup("DROP TABLE IF EXISTS chk_dup", "DROP TABLE IF EXISTS chk_v0")
     pg, mu = pair.both(sql.format(t="chk"))

@@ -5,14 +5,17 @@ result; the worker's plan is used only against the tables the session still know
 from __future__ import annotations
 
 import select
+import socket
 import struct
 from typing import Any
 
 import pytest
+import zmq
 
 from muheam.sql import offloop, plan, wire
 from muheam.sql.catalog import Catalog
 from muheam.sql.expr import SqlError, TableInfo
+from muheam.sql.server import SqlServer
 from muheam.sql.session import Session
 
 ROWS = 3000  # a text of about 40 KiB: over plan.LONG_STATEMENT_BYTES, so it goes to the worker
@@ -52,7 +55,10 @@ def _session(worker: offloop.ParseWorker | None) -> tuple[Session, list[tuple[st
 def _wait_and_drain(worker: offloop.ParseWorker) -> None:
     ready, _, _ = select.select([worker.fd], [], [], 30)
     assert ready, "the worker did not finish within 30 s"
-    worker.drain()
+
+    def failed(job: offloop.Job, exc: Exception) -> None:
+        raise AssertionError(f"a statement failed with a bug: {exc!r}")
+    worker.drain(failed)
 
 
 def _settle(worker: offloop.ParseWorker) -> None:
@@ -90,7 +96,7 @@ def test_a_large_text_waits_for_the_worker_and_the_statements_behind_it_keep_the
     real = plan.parse
     monkeypatch.setattr(plan, "parse", lambda sql: in_loop.append(sql) or real(sql))
     s, calls = _session(worker)
-    s.catalog.lookup("t")  # the session knows the table: the worker plans against it
+    # the session has not looked the table up yet: the worker is given every table of the node (``known``)
     big = _big_insert()
     s.feed(_query(big) + _query("SELECT 1"))
     assert s.out == b"" and s.parsing is not None and calls == []  # nothing ran: the text is being parsed
@@ -141,3 +147,59 @@ def test_without_a_worker_a_large_text_is_parsed_in_the_loop_as_before() -> None
     s, _ = _session(None)
     s.feed(_query(_big_insert()))
     assert b"INSERT 0 3000" in bytes(s.out) and s.parsing is None
+
+
+def test_a_bug_in_a_statement_that_went_on_from_the_worker_costs_its_connection_not_the_node(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statement runs from the worker's callback, outside ``SqlServer._read``'s guard: a bug there left the
+    node's loop (a review's reproducer).  Now it closes that connection only; another connection is served."""
+    real = plan.compile_statement
+
+    def compile_statement(stmt: Any, *args: Any) -> Any:
+        if "boom" in repr(stmt):
+            raise RuntimeError("a bug in the compiler")
+        return real(stmt, *args)
+
+    monkeypatch.setattr(plan, "compile_statement", compile_statement)
+    ops: dict[str, Any] = {"tables": lambda req: []}
+    srv = SqlServer("postgresql://127.0.0.1:0", ops, None, 1)
+    poller = zmq.Poller()
+    srv.attach(poller)
+    other = socket.create_connection(("127.0.0.1", srv.port))
+    bad = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        other.sendall(_startup())
+        bad.sendall(_startup() + _query("SELECT 'boom' /* " + "x" * (40 << 10) + " */"))
+        for _ in range(600):
+            srv.handle(dict(poller.poll(50)))  # raised out of here before
+            if srv.counters["closed"]:
+                break
+        assert srv.counters["closed"] == 1 and srv.offloop.counters["parsed_off_loop"] == 1
+        other.sendall(_query("SELECT 3"))
+        got = b""
+        for _ in range(200):
+            srv.handle(dict(poller.poll(50)))
+            other.settimeout(0.05)
+            try:
+                got += other.recv(65536)
+            except TimeoutError:
+                pass
+            if b"SELECT 1" in got and got.endswith(wire.msg_ready("I")):
+                break
+        assert b"SELECT 1" in got  # (the command tag of a one-row SELECT)
+    finally:
+        srv.close()
+        bad.close()
+        other.close()
+
+
+def test_a_column_without_a_table_and_an_expression_nested_too_deep_are_errors_of_the_statement() -> None:
+    """Both escaped the compiler as Python exceptions (``RowDependent``, ``RecursionError``), which cost the
+    connection; PostgreSQL answers 42703 and 54001."""
+    with pytest.raises(SqlError) as missing:
+        plan.compile_statement(plan.parse("SELECT nope")[0], lambda name: None, [], lambda name: "")
+    assert missing.value.code == "42703" and 'column "nope" does not exist' in missing.value.message
+    with pytest.raises(SqlError) as deep:
+        plan.compile_statement(plan.parse("SELECT " + "+".join(["1"] * 5000))[0], lambda name: None, [],
+                               lambda name: "")
+    assert deep.value.code == "54001"
