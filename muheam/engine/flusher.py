@@ -19,10 +19,11 @@ loop's poller watches (``fd``), so callbacks always run in the loop.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections import deque
 from typing import Callable
+
+from muheam.wakeup import Wakeup
 
 log = logging.getLogger("muheam.engine")
 
@@ -38,9 +39,7 @@ class WalFlusher:
         self._done: deque[tuple[Done, BaseException | None]] = deque()
         self._inflight = 0
         self._stopping = False
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-        self._w.setblocking(False)
+        self._wakeup = Wakeup()
         self.fsyncs = 0
         self._thread = threading.Thread(target=self._run, name="wal-flush", daemon=True)
         self._thread.start()
@@ -48,7 +47,7 @@ class WalFlusher:
     @property
     def fd(self) -> int:
         """Readable when flushes have finished: register it with the loop's poller, then call ``drain``."""
-        return self._r.fileno()
+        return self._wakeup.fd
 
     @property
     def pending(self) -> int:
@@ -68,11 +67,7 @@ class WalFlusher:
         """Run the callbacks of finished flushes (in the loop)."""
         if not self._done:
             return
-        try:
-            while self._r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wakeup.clear()
         while self._done:
             then, error = self._done.popleft()
             self._inflight -= 1
@@ -93,11 +88,7 @@ class WalFlusher:
             except BaseException as exc:  # noqa: BLE001 - handed to the loop, which fails the commits
                 error = exc
             self._done.extend((then, error) for _, then in batch)
-            try:
-                self._w.send(b"\0")
-            except (BlockingIOError, InterruptedError):
-                pass  # the loop has a wake-up waiting already
-            except OSError:
+            if not self._wakeup.notify():
                 return  # closed under us: the node is going away
 
     def close(self, timeout: float = 10.0) -> None:

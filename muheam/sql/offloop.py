@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import sys
 import threading
 from collections import deque
@@ -38,6 +37,7 @@ from typing import Any, Callable
 from muheam.sql import plan, wire
 from muheam.sql.expr import SqlError, TableInfo
 from muheam.sql.plan import Compiled
+from muheam.wakeup import Wakeup
 
 log = logging.getLogger("muheam.sql")
 
@@ -105,9 +105,7 @@ class ParseWorker:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: deque[Job] = deque()
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-        self._w.setblocking(False)
+        self._wakeup = Wakeup()
         self.counters = {"parsed_off_loop": 0, "compiled_off_loop": 0}
         self._thread = threading.Thread(target=self._run, name="sql-parse", daemon=True)
         self._thread.start()
@@ -115,7 +113,7 @@ class ParseWorker:
     @property
     def fd(self) -> int:
         """Readable when jobs have finished: register it with the loop's poller, then call ``drain``."""
-        return self._r.fileno()
+        return self._wakeup.fd
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
@@ -124,11 +122,7 @@ class ParseWorker:
         """Run the callbacks of the finished jobs (in the loop).  A callback goes on to run the statement, and a
         bug there is handed to ``failed`` (which closes that connection) and the other jobs still run: raised, it
         left the node's loop (a review's reproducer: ``SELECT nope`` padded to 40 KiB, before it was 42703)."""
-        try:
-            while self._r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wakeup.clear()
         while self._done:
             job = self._done.popleft()
             if job.cancelled or job.result is None:
@@ -143,8 +137,7 @@ class ParseWorker:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(1)  # (a daemon: a parse under way is not waited for)
-        self._r.close()
-        self._w.close()
+        self._wakeup.close()
 
     def _run(self) -> None:
         while True:
@@ -160,12 +153,8 @@ class ParseWorker:
             finally:
                 sys.setswitchinterval(normal)
             self._done.append(job)
-            try:
-                self._w.send(b"\0")
-            except (BlockingIOError, InterruptedError):
-                pass  # the loop has bytes to read already: it will drain
-            except OSError:
-                return  # closed
+            if not self._wakeup.notify():
+                return  # closed: the node is going away
 
 
 class OffLoop:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import select
 import socket
-import struct
 from typing import Any
 
 import pytest
@@ -17,18 +16,10 @@ from muheam.sql.catalog import Catalog
 from muheam.sql.expr import SqlError, TableInfo
 from muheam.sql.server import SqlServer
 from muheam.sql.session import Session
+from tests.unit.sql.frontend import query, startup
 
 ROWS = 3000  # a text of about 40 KiB: over plan.LONG_STATEMENT_BYTES, so it goes to the worker
 
-
-def _startup() -> bytes:
-    body = struct.pack("!i", wire.PROTOCOL_3_0) + b"user\0postgres\0\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def _query(sql: str) -> bytes:
-    body = sql.encode() + b"\0"
-    return b"Q" + struct.pack("!i", len(body) + 4) + body
 
 
 def _big_insert(start: int = 0) -> str:
@@ -47,7 +38,7 @@ def _session(worker: offloop.ParseWorker | None) -> tuple[Session, list[tuple[st
         "insert": op("insert", True), "commit": op("commit", {"xid": 7}), "rollback": op("rollback", {"xid": 7}),
     }
     s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None, offloop=worker)
-    s.feed(_startup())
+    s.feed(startup())
     s.out.clear()
     return s, calls
 
@@ -98,7 +89,7 @@ def test_a_large_text_waits_for_the_worker_and_the_statements_behind_it_keep_the
     s, calls = _session(worker)
     # the session has not looked the table up yet: the worker is given every table of the node (``known``)
     big = _big_insert()
-    s.feed(_query(big) + _query("SELECT 1"))
+    s.feed(query(big) + query("SELECT 1"))
     assert s.out == b"" and s.parsing is not None and calls == []  # nothing ran: the text is being parsed
     _wait_and_drain(worker)
     out = bytes(s.out)
@@ -113,7 +104,7 @@ def test_a_large_text_waits_for_the_worker_and_the_statements_behind_it_keep_the
 def test_a_plan_made_against_an_older_catalog_is_not_used(worker: offloop.ParseWorker) -> None:
     s, _ = _session(worker)
     s.catalog.lookup("t")
-    s.feed(_query(_big_insert()))
+    s.feed(query(_big_insert()))
     s.catalog.generation += 1  # a table was found gone meanwhile: plans of the old generation are not trusted
     _wait_and_drain(worker)
     assert b"INSERT 0 3000" in bytes(s.out)
@@ -123,7 +114,7 @@ def test_a_plan_made_against_an_older_catalog_is_not_used(worker: offloop.ParseW
 def test_a_cancel_while_the_worker_parses_ends_the_statement_and_drops_its_result(
         worker: offloop.ParseWorker) -> None:
     s, calls = _session(worker)
-    s.feed(_query(_big_insert()) + _query("SELECT 2"))
+    s.feed(query(_big_insert()) + query("SELECT 2"))
     assert s.parsing is not None
     s.cancel()
     out = bytes(s.out)
@@ -137,7 +128,7 @@ def test_a_cancel_while_the_worker_parses_ends_the_statement_and_drops_its_resul
 
 def test_a_connection_that_ends_while_its_text_is_parsed_leaves_nothing_behind(worker: offloop.ParseWorker) -> None:
     s, calls = _session(worker)
-    s.feed(_query(_big_insert()))
+    s.feed(query(_big_insert()))
     s.close()
     _settle(worker)
     assert s.out == b"" and calls == [] and s.parsing is None
@@ -145,7 +136,7 @@ def test_a_connection_that_ends_while_its_text_is_parsed_leaves_nothing_behind(w
 
 def test_without_a_worker_a_large_text_is_parsed_in_the_loop_as_before() -> None:
     s, _ = _session(None)
-    s.feed(_query(_big_insert()))
+    s.feed(query(_big_insert()))
     assert b"INSERT 0 3000" in bytes(s.out) and s.parsing is None
 
 
@@ -168,14 +159,14 @@ def test_a_bug_in_a_statement_that_went_on_from_the_worker_costs_its_connection_
     other = socket.create_connection(("127.0.0.1", srv.port))
     bad = socket.create_connection(("127.0.0.1", srv.port))
     try:
-        other.sendall(_startup())
-        bad.sendall(_startup() + _query("SELECT 'boom' /* " + "x" * (40 << 10) + " */"))
+        other.sendall(startup())
+        bad.sendall(startup() + query("SELECT 'boom' /* " + "x" * (40 << 10) + " */"))
         for _ in range(600):
             srv.handle(dict(poller.poll(50)))  # raised out of here before
             if srv.counters["closed"]:
                 break
         assert srv.counters["closed"] == 1 and srv.offloop.counters["parsed_off_loop"] == 1
-        other.sendall(_query("SELECT 3"))
+        other.sendall(query("SELECT 3"))
         got = b""
         for _ in range(200):
             srv.handle(dict(poller.poll(50)))

@@ -13,7 +13,7 @@ import pytest
 from muheam.sql import execute
 from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
-from tests.unit.sql.test_session_cancel import _query, _startup
+from tests.unit.sql.frontend import query, startup
 
 BUCKETS = 16
 
@@ -42,7 +42,7 @@ def _session(rows: dict[int, dict[str, Any]], scans: list[dict[str, Any]]) -> Se
         "rollback": lambda req: {"xid": req["xid"]},
     }
     s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None)
-    s.feed(_startup())
+    s.feed(startup())
     s.out.clear()
     return s
 
@@ -73,12 +73,12 @@ AGGS = "SELECT count(*), count(x), sum(v), avg(v), min(x), max(v), sum(x), avg(x
 def test_aggregates_are_the_same_in_one_page_or_many(monkeypatch: pytest.MonkeyPatch) -> None:
     table, scans = _table(3_000), []
     s = _session(table, scans)
-    s.feed(_query(AGGS))
+    s.feed(query(AGGS))
     whole, code = _answer(s)
     assert code == b"" and len(scans) == 1
     monkeypatch.setattr(execute, "SCAN_PAGE_ROWS", 50)
     scans.clear()
-    s.feed(_query(AGGS))
+    s.feed(query(AGGS))
     paged, code = _answer(s)
     assert code == b"" and len(scans) == BUCKETS  # one chain (about 190 rows) per page
     assert paged == whole
@@ -91,17 +91,17 @@ def test_aggregates_hold_no_rows_and_have_no_row_limit(monkeypatch: pytest.Monke
     monkeypatch.setattr(execute, "MAX_STATEMENT_ROWS", 100)
     monkeypatch.setattr(execute, "SCAN_PAGE_ROWS", 50)
     s = _session(_table(3_000), [])
-    s.feed(_query("SELECT count(*), max(v) FROM t"))
+    s.feed(query("SELECT count(*), max(v) FROM t"))
     assert _answer(s) == ([["3000", "6"]], b"")
 
 
 def test_a_statement_that_holds_too_many_rows_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(execute, "MAX_STATEMENT_ROWS", 100)
     s = _session(_table(3_000), [])
-    s.feed(_query("SELECT v FROM t ORDER BY v LIMIT 1"))
+    s.feed(query("SELECT v FROM t ORDER BY v LIMIT 1"))
     rows, code = _answer(s)
     assert code == b"54000" and rows == []
-    s.feed(_query("SELECT key, v FROM t WHERE v = 0 AND key < 500 ORDER BY key LIMIT 2"))  # 72 rows held: fine
+    s.feed(query("SELECT key, v FROM t WHERE v = 0 AND key < 500 ORDER BY key LIMIT 2"))  # 72 rows held: fine
     assert _answer(s) == ([["0", "0"], ["7", "0"]], b"")
 
 
@@ -112,8 +112,8 @@ def test_a_limit_without_order_by_stops_reading_once_it_has_its_rows(monkeypatch
     monkeypatch.setattr(execute, "SCAN_PAGE_ROWS", 50)
     scans: list[dict[str, Any]] = []
     s = _session(_table(3_000), scans)
-    s.feed(_query("SELECT v FROM t WHERE v = 2 LIMIT 3 OFFSET 1"))
+    s.feed(query("SELECT v FROM t WHERE v = 2 LIMIT 3 OFFSET 1"))
     rows, code = _answer(s)
     assert code == b"" and rows == [["2"], ["2"], ["2"]] and len(scans) == 1
-    s.feed(_query("SELECT v FROM t ORDER BY v LIMIT 3"))  # ORDER BY needs every row: held, and refused
+    s.feed(query("SELECT v FROM t ORDER BY v LIMIT 3"))  # ORDER BY needs every row: held, and refused
     assert _answer(s)[1] == b"54000"

@@ -4,7 +4,6 @@ functions: the commit is not cancelled, but a wait for replicas under a commit s
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 
@@ -12,16 +11,8 @@ from muheam.net.clientport import Deferred
 from muheam.sql import wire
 from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
+from tests.unit.sql.frontend import query, startup
 
-
-def _startup() -> bytes:
-    body = struct.pack("!i", wire.PROTOCOL_3_0) + b"user\0postgres\0\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def _query(sql: str) -> bytes:
-    body = sql.encode() + b"\0"
-    return b"Q" + struct.pack("!i", len(body) + 4) + body
 
 
 def _session() -> tuple[Session, list[Deferred], list[dict[str, Any]]]:
@@ -42,14 +33,14 @@ def _session() -> tuple[Session, list[Deferred], list[dict[str, Any]]]:
         "release_commit": lambda req: released.append(req) or {"released": True},
     }
     s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None)
-    s.feed(_startup())
+    s.feed(startup())
     s.out.clear()
     return s, commits, released
 
 
 def test_a_cancel_during_a_commit_ends_its_wait_for_replicas_and_says_it_committed() -> None:
     s, commits, released = _session()
-    s.feed(_query("INSERT INTO t VALUES (1, 1)"))
+    s.feed(query("INSERT INTO t VALUES (1, 1)"))
     assert commits and s.task is not None and s.task.waiting == "commit"
     s.cancel()
     assert released == [{"xid": 7}] and s.task is not None  # the commit goes on: no 57014
@@ -62,7 +53,7 @@ def test_a_cancel_during_a_commit_ends_its_wait_for_replicas_and_says_it_committ
 
 def test_a_commit_answered_without_a_cancel_has_no_warning() -> None:
     s, commits, released = _session()
-    s.feed(_query("INSERT INTO t VALUES (1, 1)"))
+    s.feed(query("INSERT INTO t VALUES (1, 1)"))
     commits[0].resolve({"xid": 7})
     assert released == [] and b"synchronous" not in bytes(s.out) and b"INSERT 0 1" in bytes(s.out)
 
@@ -87,7 +78,7 @@ def test_an_error_in_the_statements_rest_run_by_a_cancel_costs_its_connection() 
 
     s.ops["insert"], s.ops["release_commit"] = insert, release  # type: ignore[index]
     # (a transaction statement in it: each statement on its own, not one implicit transaction)
-    s.feed(_query("BEGIN; INSERT INTO t VALUES (1, 1); COMMIT; INSERT INTO t VALUES (2, 2)"))
+    s.feed(query("BEGIN; INSERT INTO t VALUES (1, 1); COMMIT; INSERT INTO t VALUES (2, 2)"))
     assert s.task is not None and s.task.waiting == "commit"
     s.cancel()
     out = bytes(s.out)

@@ -9,7 +9,7 @@ from muheam.net.clientport import Deferred, RequestError
 from muheam.sql import wire
 from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
-from tests.unit.sql.test_session_cancel import _query, _startup
+from tests.unit.sql.frontend import query, startup
 
 
 def _session(insert: Any, commit: Any = None) -> tuple[Session, list[Any]]:
@@ -30,7 +30,7 @@ def _session(insert: Any, commit: Any = None) -> tuple[Session, list[Any]]:
         "rollback": lambda req: calls.append(("rollback", req["xid"])) or {"xid": req["xid"]},
     }
     s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None)
-    s.feed(_startup())
+    s.feed(startup())
     s.out.clear()
     return s, calls
 
@@ -49,14 +49,14 @@ def test_cancel_during_an_implicit_transaction_leaves_the_session_idle() -> None
         return True
 
     s, _ = _session(insert)
-    s.feed(_query("INSERT INTO t VALUES (1, 1); INSERT INTO t VALUES (2, 2)"))
+    s.feed(query("INSERT INTO t VALUES (1, 1); INSERT INTO t VALUES (2, 2)"))
     assert waits and s.task is not None
     s.cancel()
     out = bytes(s.out)
     assert b"57014" in out
     assert out.endswith(wire.msg_ready("I")), out[-6:]
     s.out.clear()
-    s.feed(_query("SELECT 1"))
+    s.feed(query("SELECT 1"))
     out = bytes(s.out)
     assert b"25P02" not in out and out.endswith(wire.msg_ready("I")), out
 
@@ -67,10 +67,10 @@ def test_failed_implicit_commit_ends_idle() -> None:
         raise RequestError("SerializationFailure", "could not serialize")
 
     s, _ = _session(lambda req: True, commit)
-    s.feed(_query("INSERT INTO t VALUES (1, 1); INSERT INTO t VALUES (2, 2)"))
+    s.feed(query("INSERT INTO t VALUES (1, 1); INSERT INTO t VALUES (2, 2)"))
     out = bytes(s.out)
     assert b"40001" in out and out.endswith(wire.msg_ready("I")), out
     assert out.count(b"INSERT 0 1") == 2
     s.out.clear()
-    s.feed(_query("SELECT 1"))
+    s.feed(query("SELECT 1"))
     assert bytes(s.out).endswith(wire.msg_ready("I")) and b"25P02" not in bytes(s.out)

@@ -13,7 +13,7 @@ from muheam.sql import execute, wire
 from muheam.sql.catalog import Catalog
 from muheam.sql.session import Session
 from muheam.sql.turns import Turns
-from tests.unit.sql.test_session_cancel import _query, _startup
+from tests.unit.sql.frontend import query, startup
 
 
 class _Node:
@@ -42,7 +42,7 @@ class _Node:
     def session(self) -> Session:
         s = Session(self.ops, Catalog(self.ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None,
                     self.turns)
-        s.feed(_startup())
+        s.feed(startup())
         s.out.clear()
         return s
 
@@ -55,7 +55,7 @@ class _Node:
 
 
 def _insert(rows: range) -> bytes:
-    return _query("INSERT INTO t VALUES " + ", ".join(f"({i}, {i})" for i in rows))
+    return query("INSERT INTO t VALUES " + ", ".join(f"({i}, {i})" for i in rows))
 
 
 def test_a_statement_past_the_budget_goes_on_at_the_next_turns() -> None:
@@ -150,17 +150,17 @@ def test_a_statements_own_work_on_many_rows_goes_on_over_turns(monkeypatch: pyte
             "commit": lambda req: {"xid": req["xid"]},
         }
         s = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 1, lambda pid, key: None, turns)
-        s.feed(_startup())
+        s.feed(startup())
         s.out.clear()
         return s
 
-    query = _query("SELECT key, v FROM t ORDER BY v DESC, key")
+    sorting = query("SELECT key, v FROM t ORDER BY v DESC, key")
     whole = session(None)
-    whole.feed(query)
+    whole.feed(sorting)
     turns = Turns(0.05, clock=clock)
     sliced = session(turns)
     turns.start()
-    sliced.feed(query)
+    sliced.feed(sorting)
     assert turns.pending and b"SELECT 300" not in bytes(sliced.out)
     rounds = 0
     while turns.pending:
