@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from muheam.errors import EtcdUnavailable, Fenced
 from muheam.membership import Lease
-from muheam.ops.procs import pid_alive, wait_until
+from muheam.ops.procs import pid_alive, start_time, wait_until
 
 log = logging.getLogger("muheam.fence")
 
@@ -193,18 +193,6 @@ PEER_KILL_WAIT = 10.0
 """Seconds a survivor waits for a killed peer process to be gone before it goes on regardless (and says so)."""
 
 
-def _proc_start_time(pid: int) -> float | None:
-    """Wall-clock start time of ``pid`` from /proc (None where /proc cannot tell)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of stat: starttime, in clock ticks after boot
-        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                     if line.startswith("btime "))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
 def is_incarnation(pid: int, node_id: int, started_at: float) -> bool:
     """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at``: its command line
     starts that node, and it started no later than it joined (a reused pid belongs to a younger process)."""
@@ -215,7 +203,7 @@ def is_incarnation(pid: int, node_id: int, started_at: float) -> bool:
     wanted = str(node_id).encode()
     named = any(a == b"--node-id" and b == wanted for a, b in zip(argv, argv[1:])) or \
         b"--node-id=" + wanted in argv
-    began = _proc_start_time(pid)
+    began = start_time(pid)
     return named and began is not None and began <= started_at + 1.0
 
 

@@ -24,7 +24,8 @@ from muheam.ops.etcd_server import EtcdServer
 from muheam.security import keys
 from muheam.membership import Member, MembershipBackend, connect
 from muheam.states import ClusterState, NodeState, StopMode
-from muheam.ops.procs import SIGNAL_FOR_MODE, free_port, pid_alive, read_pid, stop_pid, tail, wait_until, write_pid
+from muheam.ops.procs import (SIGNAL_FOR_MODE, free_port, is_process, pid_alive, pid_of, stop_pid, tail, wait_until,
+                              write_pid)
 
 CONFIG_NAME = "muheam.toml"
 
@@ -133,9 +134,14 @@ def _load_or_create(directory: Path, nodes: int, lease_ttl: int | None, security
     return cfg
 
 
+def node_marks(node_id: int) -> list[str]:
+    """What the command line of node ``node_id``'s process holds (``start_node_daemon``)."""
+    return ["--node-id", str(node_id)]
+
+
 def running_pid(cfg: Config, node_id: int) -> int | None:
-    pid = read_pid(pid_file(cfg, node_id))
-    return pid if pid is not None and pid_alive(pid) else None
+    """The node's pid from its pid file, if that process still runs and is still the node (``procs.pid_of``)."""
+    return pid_of(pid_file(cfg, node_id), node_marks(node_id))
 
 
 def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, timeout: float = 60.0,
@@ -183,7 +189,7 @@ def stop_node(cfg: Config, node_id: int, mode: StopMode | str = StopMode.FAST, t
     pid = running_pid(cfg, node_id)
     if pid is None and backend is not None:
         for member in backend.members(cfg.cluster_name)[0]:
-            if member.node_id == node_id and pid_alive(member.pid):
+            if member.node_id == node_id and is_process(member.pid, node_marks(node_id), member.started_at):
                 pid = member.pid
     if pid is None:
         return False
@@ -208,7 +214,8 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None,
         live = {m.node_id: m for m in backend.members(cfg.cluster_name)[0]}
         for node_id in sorted(cfg.nodes)[:max(nodes, 1)]:
             member = live.get(node_id)
-            if member is None or running_pid(cfg, node_id) is None and not pid_alive(member.pid):
+            if member is None or running_pid(cfg, node_id) is None and not is_process(
+                    member.pid, node_marks(node_id), member.started_at):
                 member = start_node_daemon(cfg, node_id, backend)
             started.append({
                 "node_id": node_id, "pid": member.pid, "epoch": member.epoch,

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from muheam.errors import ClusterStateError, EtcdUnavailable
-from muheam.ops.procs import pid_alive, read_pid, stop_pid, tail, wait_until, write_pid
+from muheam.ops.procs import pid_of, stop_pid, tail, wait_until, write_pid
 
 
 def find_etcd_binary() -> str:
@@ -68,8 +68,7 @@ class EtcdServer:
 
     @property
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and pid_alive(pid) else None
+        return pid_of(self.pid_file, ["--data-dir", str(self.data_dir)])
 
     def start(self, timeout: float = 20.0) -> int:
         """Start etcd (or reuse the one already running from this data directory) and wait until it answers."""

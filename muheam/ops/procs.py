@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from muheam.errors import ConfigError
 from muheam.states import StopMode
@@ -99,6 +99,51 @@ def pid_alive(pid: int) -> bool:
         return state != "Z"
     except (OSError, IndexError):
         return True
+
+
+def start_time(pid: int) -> float | None:
+    """Wall-clock start time of ``pid`` from /proc (None where /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: starttime, in clock ticks after boot
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def is_process(pid: int, marks: Sequence[str], not_after: float | None = None) -> bool:
+    """Whether ``pid`` is alive and still the process we started: its command line holds every one of ``marks``
+    (consecutive arguments, e.g. ``["--node-id", "2"]``) and, given ``not_after`` (when its pid file was
+    written), it started no later than that.  A pid file outlives its process (a kill -9, a crash), and Linux
+    hands the pid to a new process once the pid space wraps (32,768 pids by default: a test suite or a busy host
+    gets there within the hour), so signalling the pid a file names, unchecked, can kill anyone's process."""
+    if not pid_alive(pid):
+        return False
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return True  # no /proc here to tell: as before, trust the pid
+    if not any(argv[i:i + len(marks)] == list(marks) for i in range(len(argv))):
+        return False
+    if not_after is None:
+        return True
+    began = start_time(pid)
+    return began is None or began <= not_after + 1.0
+
+
+def pid_of(path: Path, marks: Sequence[str]) -> int | None:
+    """The pid in the pid file ``path`` if that process still runs and is the one the file was written for
+    (``is_process`` with the file's modification time), else None."""
+    pid = read_pid(path)
+    if pid is None:
+        return None
+    try:
+        written = path.stat().st_mtime
+    except OSError:
+        return None
+    return pid if is_process(pid, marks, written) else None
 
 
 def read_pid(path: Path) -> int | None:
