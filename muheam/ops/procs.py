@@ -125,8 +125,9 @@ def is_process(pid: int, marks: Sequence[str], not_after: float | None = None) -
         argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
     except OSError:
         return True  # no /proc here to tell: as before, trust the pid
-    if not any(argv[i:i + len(marks)] == list(marks) for i in range(len(argv))):
-        return False
+    joined = f"{marks[0]}={marks[1]}" if len(marks) == 2 and marks[0].startswith("--") else None
+    if not any(argv[i:i + len(marks)] == list(marks) for i in range(len(argv))) and joined not in argv:
+        return False  # (an option's value may also be given as ``--node-id=2``)
     if not_after is None:
         return True
     began = start_time(pid)

@@ -55,6 +55,9 @@ def test_a_pid_file_names_its_process_only_while_that_process_is_the_one_it_was_
     assert pid_of(old, ["--node-id", "2"]) is None
     assert not is_process(node.pid, ["--node-id", "2"], not_after=time.time() - 3600)
     assert is_process(node.pid, ["--node-id", "2"], not_after=time.time())
+    other = _spawn("--node-id=3")  # the option's other spelling
+    procs.append(other)
+    assert is_process(other.pid, ["--node-id", "3"]) and not is_process(other.pid, ["--node-id", "2"])
 
 
 def test_cluster_down_leaves_alone_a_process_that_took_a_dead_nodes_pid(
