@@ -17,11 +17,16 @@ import pytest
 
 from muheam.ops import cluster as cluster_mod
 from muheam.ops.etcd_server import EtcdServer
-from muheam.ops.procs import is_process, pid_alive, pid_of, stop_pid, write_pid
+from muheam.ops.procs import is_process, pid_alive, pid_of, stop_pid, wait_until, write_pid
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+    """A process with ``args`` on its command line, once it shows them (between fork and exec /proc still
+    shows the parent's command line: a check right after ``Popen`` failed in CI)."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+    cmdline = Path(f"/proc/{p.pid}/cmdline")
+    assert wait_until(lambda: b"time.sleep(60)" in cmdline.read_bytes(), 10)
+    return p
 
 
 @pytest.fixture
@@ -37,7 +42,6 @@ def test_a_pid_file_names_its_process_only_while_that_process_is_the_one_it_was_
         tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     node = _spawn("--node-id", "2")
     procs.append(node)
-    time.sleep(0.05)
     path = tmp_path / "node-2.pid"
     write_pid(path, node.pid)
     assert pid_of(path, ["--node-id", "2"]) == node.pid
