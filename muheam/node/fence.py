@@ -23,12 +23,11 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 from muheam.errors import EtcdUnavailable, Fenced
 from muheam.membership import Lease
-from muheam.ops.procs import pid_alive, start_time, wait_until
+from muheam.ops.procs import is_process, node_marks, pid_alive, wait_until
 
 log = logging.getLogger("muheam.fence")
 
@@ -196,15 +195,7 @@ PEER_KILL_WAIT = 10.0
 def is_incarnation(pid: int, node_id: int, started_at: float) -> bool:
     """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at``: its command line
     starts that node, and it started no later than it joined (a reused pid belongs to a younger process)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    wanted = str(node_id).encode()
-    named = any(a == b"--node-id" and b == wanted for a, b in zip(argv, argv[1:])) or \
-        b"--node-id=" + wanted in argv
-    began = start_time(pid)
-    return named and began is not None and began <= started_at + 1.0
+    return is_process(pid, node_marks(node_id), started_at, strict=True)
 
 
 def kill_incarnation(pid: int, node_id: int, started_at: float, wait: float = PEER_KILL_WAIT) -> str:

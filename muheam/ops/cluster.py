@@ -24,8 +24,8 @@ from muheam.ops.etcd_server import EtcdServer
 from muheam.security import keys
 from muheam.membership import Member, MembershipBackend, connect
 from muheam.states import ClusterState, NodeState, StopMode
-from muheam.ops.procs import (SIGNAL_FOR_MODE, free_port, is_process, pid_alive, pid_of, stop_pid, tail, wait_until,
-                              write_pid)
+from muheam.ops.procs import (SIGNAL_FOR_MODE, free_port, is_process, node_marks, pid_alive, pid_of, stop_pid, tail,
+                              wait_until, write_pid)
 
 CONFIG_NAME = "muheam.toml"
 
@@ -132,11 +132,6 @@ def _load_or_create(directory: Path, nodes: int, lease_ttl: int | None, security
     cfg = local_config(directory, nodes, lease_ttl, security=security)
     path.write_text(cfg.to_toml())
     return cfg
-
-
-def node_marks(node_id: int) -> list[str]:
-    """What the command line of node ``node_id``'s process holds (``start_node_daemon``)."""
-    return ["--node-id", str(node_id)]
 
 
 def running_pid(cfg: Config, node_id: int) -> int | None:

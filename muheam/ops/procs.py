@@ -113,25 +113,32 @@ def start_time(pid: int) -> float | None:
         return None
 
 
-def is_process(pid: int, marks: Sequence[str], not_after: float | None = None) -> bool:
+def node_marks(node_id: int) -> list[str]:
+    """What the command line of node ``node_id``'s process holds (``muheam node start --node-id N``)."""
+    return ["--node-id", str(node_id)]
+
+
+def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, strict: bool = False) -> bool:
     """Whether ``pid`` is alive and still the process we started: its command line holds every one of ``marks``
     (consecutive arguments, e.g. ``["--node-id", "2"]``) and, given ``not_after`` (when its pid file was
     written), it started no later than that.  A pid file outlives its process (a kill -9, a crash), and Linux
     hands the pid to a new process once the pid space wraps (32,768 pids by default: a test suite or a busy host
-    gets there within the hour), so signalling the pid a file names, unchecked, can kill anyone's process."""
+    gets there within the hour), so signalling the pid a file names, unchecked, can kill anyone's process.
+    ``strict``: where /proc cannot tell (no command line, no start time), the answer is no (STONITH kills only
+    what it recognises); else yes (a stop trusts the pid, as before the check)."""
     if not pid_alive(pid):
         return False
     try:
         argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
     except OSError:
-        return True  # no /proc here to tell: as before, trust the pid
+        return not strict
     joined = f"{marks[0]}={marks[1]}" if len(marks) == 2 and marks[0].startswith("--") else None
     if not any(argv[i:i + len(marks)] == list(marks) for i in range(len(argv))) and joined not in argv:
         return False  # (an option's value may also be given as ``--node-id=2``)
     if not_after is None:
         return True
     began = start_time(pid)
-    return began is None or began <= not_after + 1.0
+    return not strict if began is None else began <= not_after + 1.0
 
 
 def pid_of(path: Path, marks: Sequence[str]) -> int | None:

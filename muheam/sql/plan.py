@@ -49,6 +49,12 @@ LONG_STATEMENT_BYTES = 32 << 10
 the loop watch paused and the peers told (``Session.long_work``), so that it does not fence its node."""
 
 
+def too_deep() -> SqlError:
+    """A parse or compile that ran out of Python's recursion (PostgreSQL: stack depth limit exceeded)."""
+    return SqlError("54001", "stack depth limit exceeded", "the statement nests expressions too deeply; write it "
+                    "flatter (e.g. several statements, or sum() over rows)")
+
+
 def is_long(sql: str) -> bool:
     """Parsing and compiling ``sql`` is long work (``LONG_STATEMENT_BYTES``)."""
     return len(sql) >= LONG_STATEMENT_BYTES
@@ -71,7 +77,7 @@ def parse(sql: str) -> tuple[Any, ...]:
     except pglast.parser.ParseError as exc:
         raise SqlError("42601", f"syntax error: {exc}") from None
     except RecursionError:
-        raise SqlError("54001", "stack depth limit exceeded", "the statement nests too deeply") from None
+        raise too_deep() from None
     if len(sql) > CACHED_TEXT_BYTES:
         return stmts
     _CACHE[sql] = stmts
@@ -196,8 +202,7 @@ def compile_statement(stmt: Any, lookup: Lookup, param_oids: list[int], setting:
     except RowDependent as exc:  # a column where no table is (``SELECT nope``): it cost the connection before
         raise SqlError("42703", f'column "{exc}" does not exist') from None
     except RecursionError:  # an expression nested thousands deep (``SELECT 1+1+...+1``)
-        raise SqlError("54001", "stack depth limit exceeded", "the statement nests expressions too deeply; "
-                       "write it flatter (e.g. several statements, or sum() over rows)") from None
+        raise too_deep() from None
     fields: list[tuple[str, int]] | None = None
     if isinstance(plan, Select):
         fields = [(t.name, t.oid) for t in plan.targets]
