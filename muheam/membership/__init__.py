@@ -51,6 +51,9 @@ class Member:
     stop_mode: str = ""
     """A ``StopMode`` value once the node is stopping, else empty."""
     sql_endpoint: str = ""
+    stamp: str = ""
+    """Its process's ``procs.process_stamp`` (boot id and start in ticks after boot), which tells it from a later
+    process with the same pid whatever the wall clock did; empty in records of versions before it."""
     revision: int = field(default=0, compare=False)
 
     def to_json(self) -> bytes:

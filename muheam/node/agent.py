@@ -41,6 +41,7 @@ from muheam.engine.flusher import WalFlusher
 from muheam.engine.replay import wal_tails_lamport
 from muheam.node import benchops, departures, obsfeed, reload, replicas, startup
 from muheam.node.peerwatch import PeerWatch
+from muheam.ops.procs import process_stamp
 from muheam.recovery.survivors import Survivors
 from muheam.cluster.ownership import Ownership
 from muheam.cluster.scopes import ScopeWaits
@@ -169,7 +170,7 @@ class NodeAgent:
             node_id=self.node_id, host=self.node_cfg.host or socket.gethostname(),
             peer_endpoint=self.node_cfg.peer_endpoint, client_endpoint=self.node_cfg.client_endpoint,
             epoch=0, pid=os.getpid(), state=NodeState.STARTING, started_at=time.time(),
-            sql_endpoint=self.node_cfg.sql_endpoint,
+            sql_endpoint=self.node_cfg.sql_endpoint, stamp=process_stamp(os.getpid()) or "",
         )
         try:
             self.member = backend.join(cfg.cluster_name, proposal, self.lease)

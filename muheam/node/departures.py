@@ -25,7 +25,7 @@ def fence_peer(member: Member, our_host: str, fence_command: str) -> None:
     its lease and finishes the turn -- page write-through, checkpoint, outcome file -- before its own fence check.
     Every survivor does it (idempotent) before reading the dead node's WAL tail, so the WAL it reads is final."""
     if member.host == our_host:
-        outcome = fence_mod.kill_incarnation(member.pid, member.node_id, member.started_at)
+        outcome = fence_mod.kill_incarnation(member.pid, member.node_id, member.started_at, member.stamp)
         log_at = log.critical if outcome == "still-there" else log.info
         log_at("fenced node %d (epoch %d, pid %d on this host) before recovering it: %s", member.node_id,
                member.epoch, member.pid, outcome)

@@ -192,19 +192,21 @@ PEER_KILL_WAIT = 10.0
 """Seconds a survivor waits for a killed peer process to be gone before it goes on regardless (and says so)."""
 
 
-def is_incarnation(pid: int, node_id: int, started_at: float) -> bool:
-    """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at``: its command line
-    starts that node, and it started no later than it joined (a reused pid belongs to a younger process)."""
-    return is_process(pid, node_marks(node_id), started_at, strict=True)
+def is_incarnation(pid: int, node_id: int, started_at: float, stamp: str = "") -> bool:
+    """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at`` with the process
+    stamp ``stamp``: its command line starts that node, and it is that process (a reused pid belongs to another
+    one; members written without a stamp: it started no later than it joined)."""
+    return is_process(pid, node_marks(node_id), started_at, strict=True, stamp=stamp)
 
 
-def kill_incarnation(pid: int, node_id: int, started_at: float, wait: float = PEER_KILL_WAIT) -> str:
+def kill_incarnation(pid: int, node_id: int, started_at: float, stamp: str = "",
+                     wait: float = PEER_KILL_WAIT) -> str:
     """SIGKILL node ``node_id``'s process ``pid`` on this host and wait until it is gone.  Returns what happened:
     ``gone`` (no such process any more), ``killed`` (it was there and is gone now), ``not-ours`` (the pid belongs
     to another process now), ``still-there`` (it did not go within ``wait``: stuck in the kernel)."""
     if not pid_alive(pid):
         return "gone"
-    if not is_incarnation(pid, node_id, started_at):
+    if not is_incarnation(pid, node_id, started_at, stamp):
         return "not-ours"
     try:
         os.kill(pid, signal.SIGKILL)  # a SIGSTOPped process dies too; nothing it does in user space runs again

@@ -184,7 +184,8 @@ def stop_node(cfg: Config, node_id: int, mode: StopMode | str = StopMode.FAST, t
     pid = running_pid(cfg, node_id)
     if pid is None and backend is not None:
         for member in backend.members(cfg.cluster_name)[0]:
-            if member.node_id == node_id and is_process(member.pid, node_marks(node_id), member.started_at):
+            if member.node_id == node_id and is_process(member.pid, node_marks(node_id), member.started_at,
+                                                        stamp=member.stamp):
                 pid = member.pid
     if pid is None:
         return False
@@ -210,7 +211,7 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None,
         for node_id in sorted(cfg.nodes)[:max(nodes, 1)]:
             member = live.get(node_id)
             if member is None or running_pid(cfg, node_id) is None and not is_process(
-                    member.pid, node_marks(node_id), member.started_at):
+                    member.pid, node_marks(node_id), member.started_at, stamp=member.stamp):
                 member = start_node_daemon(cfg, node_id, backend)
             started.append({
                 "node_id": node_id, "pid": member.pid, "epoch": member.epoch,

@@ -102,15 +102,37 @@ def pid_alive(pid: int) -> bool:
 
 
 def start_time(pid: int) -> float | None:
-    """Wall-clock start time of ``pid`` from /proc (None where /proc cannot tell)."""
+    """Wall-clock start time of ``pid`` from /proc (None where /proc cannot tell).  Computed from the current
+    clock (/proc/stat's btime is now minus the uptime), so it moves when the wall clock steps: compare it only
+    with records that have nothing better (``process_stamp``)."""
+    ticks = _start_ticks(pid)
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of stat: starttime, in clock ticks after boot
         btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                      if line.startswith("btime "))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+    return None if ticks is None else btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])  # field 22 of stat: starttime, in clock ticks after boot
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_stamp(pid: int) -> str | None:
+    """What tells process ``pid`` from any other that has or had the same pid: this boot's id and its start in
+    clock ticks after boot (``BOOT_ID/TICKS``), as systemd and procps tell processes apart.  Neither moves when
+    the wall clock steps (NTP's makestep, a VM resumed, ``date -s``), unlike a start time on the wall clock.
+    Fixed at fork, so right after ``Popen`` it is already the child's.  None where /proc cannot tell."""
+    ticks = _start_ticks(pid)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return None if ticks is None or not boot else f"{boot}/{ticks}"
 
 
 def node_marks(node_id: int) -> list[str]:
@@ -118,14 +140,17 @@ def node_marks(node_id: int) -> list[str]:
     return ["--node-id", str(node_id)]
 
 
-def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, strict: bool = False) -> bool:
+def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, strict: bool = False,
+               stamp: str = "") -> bool:
     """Whether ``pid`` is alive and still the process we started: its command line holds every one of ``marks``
-    (consecutive arguments, e.g. ``["--node-id", "2"]``) and, given ``not_after`` (when its pid file was
-    written), it started no later than that.  A pid file outlives its process (a kill -9, a crash), and Linux
-    hands the pid to a new process once the pid space wraps (32,768 pids by default: a test suite or a busy host
-    gets there within the hour), so signalling the pid a file names, unchecked, can kill anyone's process.
-    ``strict``: where /proc cannot tell (no command line, no start time), the answer is no (STONITH kills only
-    what it recognises); else yes (a stop trusts the pid, as before the check)."""
+    (consecutive arguments, e.g. ``["--node-id", "2"]``) and it is the process ``stamp`` (``process_stamp``,
+    taken when it started) names, or, for records written without a stamp, it started no later than
+    ``not_after`` (when its pid file or member record was written; a wall-clock comparison, which a forward
+    step of the clock defeats).  A pid file outlives its process (a kill -9, a crash), and Linux hands the pid
+    to a new process once the pid space wraps (32,768 pids by default: a test suite or a busy host gets there
+    within the hour), so signalling the pid a file names, unchecked, can kill anyone's process.  ``strict``:
+    where /proc cannot tell (no command line, no start), the answer is no (STONITH kills only what it
+    recognises); else yes (a stop trusts the pid, as before the check)."""
     if not pid_alive(pid):
         return False
     try:
@@ -135,6 +160,9 @@ def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, s
     joined = f"{marks[0]}={marks[1]}" if len(marks) == 2 and marks[0].startswith("--") else None
     if not any(argv[i:i + len(marks)] == list(marks) for i in range(len(argv))) and joined not in argv:
         return False  # (an option's value may also be given as ``--node-id=2``)
+    if stamp:
+        now = process_stamp(pid)
+        return not strict if now is None else now == stamp
     if not_after is None:
         return True
     began = start_time(pid)
@@ -143,28 +171,37 @@ def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, s
 
 def pid_of(path: Path, marks: Sequence[str]) -> int | None:
     """The pid in the pid file ``path`` if that process still runs and is the one the file was written for
-    (``is_process`` with the file's modification time), else None."""
-    pid = read_pid(path)
+    (``is_process`` with the file's stamp, or its modification time for a file written without one), else
+    None."""
+    pid, stamp = _read_pid_file(path)
     if pid is None:
         return None
     try:
         written = path.stat().st_mtime
     except OSError:
         return None
-    return pid if is_process(pid, marks, written) else None
+    return pid if is_process(pid, marks, written, stamp=stamp) else None
+
+
+def _read_pid_file(path: Path) -> tuple[int | None, str]:
+    """``(pid, stamp)`` from a pid file: ``PID STAMP``, or ``PID`` alone as versions before the stamp wrote."""
+    try:
+        fields = path.read_text().split()
+        return int(fields[0]), fields[1] if len(fields) > 1 else ""
+    except (OSError, ValueError, IndexError):
+        return None, ""
 
 
 def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return _read_pid_file(path)[0]
 
 
 def write_pid(path: Path, pid: int | None = None) -> None:
+    """Write ``PID STAMP`` (``process_stamp``) atomically; the stamp is what ``pid_of`` later checks."""
+    pid = pid or os.getpid()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{pid or os.getpid()}\n")
+    tmp.write_text(f"{pid} {process_stamp(pid) or ''}".rstrip() + "\n")
     os.replace(tmp, path)
 
 

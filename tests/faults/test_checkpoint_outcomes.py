@@ -39,6 +39,7 @@ import pytest
 from muheam import config as config_mod
 from muheam.client import connect
 from muheam.engine import statefiles
+from muheam.ops.procs import write_pid
 from tests.support.cluster import FULL, LocalCluster
 from tests.support.faults import TcpProxy, wait_for
 
@@ -118,7 +119,7 @@ class WrappedNode:
         proc = self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                             start_new_session=True)
-        (self.c.dir / "run" / f"node-{self.node}.pid").write_text(f"{proc.pid}\n")
+        write_pid(self.c.dir / "run" / f"node-{self.node}.pid", proc.pid)
         assert wait_for(lambda: any(int(m["node_id"]) == self.node and m["state"] == "running"
                                     and m.get("answering") and m["pid"] == proc.pid for m in self.c.members()),
                         60), self.c.log(self.node)[-3000:]

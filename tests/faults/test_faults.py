@@ -35,7 +35,7 @@ from muheam import config as config_mod
 from muheam.client import connect
 from muheam.config import NodeConfig
 from muheam.engine import statefiles
-from muheam.ops.procs import free_port, pid_alive, stop_pid
+from muheam.ops.procs import free_port, pid_alive, stop_pid, write_pid
 from muheam.net import wire
 from tests.support.keyed import peer_dealer
 from tests.support.cluster import FULL, LocalCluster, run_cli
@@ -300,7 +300,7 @@ class ProxiedNode:
                                                                   "MUHEAM_ETCD_ENDPOINTS": self.etcd.url("http")},
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, start_new_session=True)
-        (self.c.dir / "run" / "node-3.pid").write_text(f"{proc.pid}\n")
+        write_pid(self.c.dir / "run" / "node-3.pid", proc.pid)
         assert wait_for(lambda: any(m["node_id"] == 3 and m["state"] == "running" and m.get("answering")
                                     and m["pid"] == proc.pid for m in self.c.members()), 60), self.c.log(3)[-2000:]
         return proc.pid

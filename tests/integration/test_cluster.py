@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from muheam.ops.procs import free_port, pid_alive, wait_until
+from muheam.ops.procs import free_port, pid_alive, wait_until, write_pid
 from tests.support.cluster import MUHEAM, LocalCluster, run_cli, snapshot_tree
 from tests.support.watching import Watcher
 
@@ -169,7 +169,7 @@ def test_watch_resumes_after_losing_etcd_without_missing_or_repeating(local_clus
         log = open(c.dir / "etcd" / "etcd.log", "ab")
         etcd = subprocess.Popen([a.decode() for a in etcd_cmd], stdout=log, stderr=log, start_new_session=True)
         try:
-            (c.dir / "etcd" / "etcd.pid").write_text(f"{etcd.pid}\n")
+            write_pid(c.dir / "etcd" / "etcd.pid", etcd.pid)
             # the fenced nodes' leases survive the etcd restart and then expire: the watcher must see both
             w.wait_for("expired", 1, 15)
             w.wait_for("expired", 2, 15)

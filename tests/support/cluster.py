@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from muheam.ops.etcd_server import EtcdServer
-from muheam.ops.procs import free_port, pid_alive, stop_pid
+from muheam.ops.procs import free_port, pid_alive, read_pid, stop_pid
 
 MUHEAM = [sys.executable, "-m", "muheam"]
 FULL = os.environ.get("MUHEAM_FULL") == "1"
@@ -50,10 +50,7 @@ class LocalCluster:
         return int(self.info["etcd"][0]["pid"])
 
     def node_pid(self, node_id: int) -> int | None:
-        try:
-            return int((self.dir / "run" / f"node-{node_id}.pid").read_text())
-        except (OSError, ValueError):
-            return None
+        return read_pid(self.dir / "run" / f"node-{node_id}.pid")
 
     @property
     def client_key(self) -> str | None:

@@ -17,7 +17,10 @@ import pytest
 
 from muheam.ops import cluster as cluster_mod
 from muheam.ops.etcd_server import EtcdServer
-from muheam.ops.procs import is_process, pid_alive, pid_of, stop_pid, wait_until, write_pid
+from muheam.membership import Member
+from muheam.node import startup
+from muheam.node.fence import is_incarnation
+from muheam.ops.procs import is_process, pid_alive, pid_of, process_stamp, stop_pid, wait_until, write_pid
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -50,11 +53,12 @@ def test_a_pid_file_names_its_process_only_while_that_process_is_the_one_it_was_
     procs.append(stranger)
     write_pid(path, stranger.pid)
     assert pid_of(path, ["--node-id", "2"]) is None
-    # the right command line, but started after the file was written: a new process with a reused pid
+    # the right command line, but another process than the file was written for: a reused pid
     old = tmp_path / "old.pid"
-    write_pid(old, 1)
-    os.utime(old, (time.time() - 3600, time.time() - 3600))
-    write_pid(old, node.pid)
+    old.write_text(f"{node.pid} {process_stamp(stranger.pid)}\n")
+    assert pid_of(old, ["--node-id", "2"]) is None
+    # the same in a file without a stamp (as versions before it wrote): started after the file was written
+    old.write_text(f"{node.pid}\n")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert pid_of(old, ["--node-id", "2"]) is None
     assert not is_process(node.pid, ["--node-id", "2"], not_after=time.time() - 3600)
@@ -83,3 +87,58 @@ def test_the_embedded_etcd_is_not_taken_for_running_by_a_stranger_with_its_old_p
     write_pid(server.pid_file, stranger.pid)
     assert server.pid is None  # start() would otherwise "reuse" it, and stop() kill it
     assert server.stop() is False and pid_alive(stranger.pid)
+
+
+def test_a_forward_step_of_the_wall_clock_does_not_make_a_running_node_a_stranger(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """The wall clock steps (NTP's makestep, a VM resumed, ``date -s``); /proc's start times are computed from
+    the current clock, so after a forward step of a minute every process looks a minute younger than the files
+    and records written about it.  Compared by wall clock, ``cluster down`` then stopped nothing, ``node stop``
+    said the node was not running and ``cluster up`` started a second etcd.  (The step is simulated by dating
+    the file back: the same difference the comparison sees.)"""
+    node = _spawn("--node-id", "2")
+    procs.append(node)
+    path = tmp_path / "node-2.pid"
+    write_pid(path, node.pid)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    assert pid_of(path, ["--node-id", "2"]) == node.pid
+    stamp = process_stamp(node.pid)
+    assert stamp is not None
+    assert is_process(node.pid, ["--node-id", "2"], not_after=time.time() - 60, stamp=stamp)
+    assert is_incarnation(node.pid, 2, time.time() - 60, stamp)
+    # a reused pid still is not the process: its stamp differs, whatever the clock says
+    stranger = _spawn("--node-id", "2")
+    procs.append(stranger)
+    boot, ticks = str(process_stamp(stranger.pid)).split("/")
+    before = f"{boot}/{int(ticks) - 500}"  # the process that had the pid five seconds before this one
+    path.write_text(f"{stranger.pid} {before}\n")
+    assert pid_of(path, ["--node-id", "2"]) is None
+    assert not is_incarnation(stranger.pid, 2, time.time() + 60, before)
+    # a pid file an older version wrote (the pid alone) is judged by its time as before
+    path.write_text(f"{node.pid}\n")
+    assert pid_of(path, ["--node-id", "2"]) == node.pid
+
+
+def test_a_dead_nodes_member_whose_pid_went_to_another_process_is_waited_out_not_taken_for_live(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """A node restarted after a crash waits for its dead predecessor's lease to expire; it judged the
+    predecessor alive by its pid alone, so once another process had that pid it refused to start ("held by a
+    live node") instead of waiting the lease out."""
+    cfg = cluster_mod.load_or_create(tmp_path, 1, 2, "none")
+    stranger = _spawn("--node-id", "1")
+    procs.append(stranger)
+    dead = Member(node_id=1, host=cfg.node(1).host, peer_endpoint="", client_endpoint="", epoch=3,
+                  pid=stranger.pid, state="running", started_at=time.time() - 60, stamp="not-its-stamp")
+
+    class Leases:
+        """Membership whose member entry goes once its lease runs out (the third listing)."""
+
+        listings = 0
+
+        def members(self, cluster: str) -> tuple[list[Member], int]:
+            self.listings += 1
+            return ([dead] if self.listings < 3 else []), self.listings
+
+    backend = Leases()
+    startup.refuse_duplicate(cfg, 1, backend)  # type: ignore[arg-type]
+    assert backend.listings == 3
