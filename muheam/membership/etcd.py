@@ -64,8 +64,12 @@ class EtcdBackend(MembershipBackend):
 
     def _unavailable(self, exc: BaseException) -> EtcdUnavailable:
         detail = type(exc).__name__
-        if isinstance(exc, grpc.RpcError):
-            detail = str(exc.code()) if hasattr(exc, "code") else detail
+        # pyetcd raises its own exception inside its handler of the gRPC error: gRPC's status and text (e.g.
+        # "failed to connect to all addresses; last error: ...") are on the exception it replaced
+        rpc = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+        if isinstance(rpc, grpc.RpcError) and hasattr(rpc, "code"):
+            text = rpc.details() if hasattr(rpc, "details") else ""
+            detail = f"{detail}: {rpc.code()}" + (f": {text}" if text else "")
         return EtcdUnavailable(
             f"etcd at {', '.join(self.endpoints)} is unreachable or not answering ({detail}); "
             "start it (muheam cluster up starts an embedded one) or fix etcd_endpoints"

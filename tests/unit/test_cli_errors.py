@@ -140,3 +140,20 @@ def test_replicate_usage_errors_name_the_fix(args: list[str], needle: str, capsy
     monkeypatch.chdir(tmp_path)  # no ./muheam.toml
     code, _, err = run(args, capsys, monkeypatch)
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_etcd_unreachable_says_what_grpc_saw(tmp_path: Path) -> None:
+    """Two CI failures showed a client refused by an etcd that was serving others; the message said only
+    ``ConnectionFailedError``, so why could not be told afterwards.  It now carries gRPC's own account."""
+    from muheam.errors import EtcdUnavailable
+    from muheam.membership.etcd import EtcdBackend
+
+    port = free_port()
+    backend = EtcdBackend([f"http://127.0.0.1:{port}"], timeout=1.0)
+    try:
+        with pytest.raises(EtcdUnavailable) as info:
+            backend.members("c")
+    finally:
+        backend.close()
+    assert "UNAVAILABLE" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+    assert "refused" in str(info.value).lower(), str(info.value)
