@@ -101,6 +101,28 @@ def work(job: Job) -> Parsed:
     return Parsed(job.sql, stmts, None, compiled, tuple(job.param_oids), job.generation)
 
 
+_switches = threading.Lock()
+_working = 0
+_normal_interval = 0.0
+
+
+def _quicker_switches(working: bool) -> None:
+    """Lower the interpreter's switch interval while any worker of the process works, and put back what it was
+    before the first began once the last ends (each worker restoring what it found left it lowered for good when
+    two overlapped)."""
+    global _working, _normal_interval
+    with _switches:
+        if working:
+            if _working == 0:
+                _normal_interval = sys.getswitchinterval()
+                sys.setswitchinterval(SWITCH_INTERVAL)
+            _working += 1
+        else:
+            _working -= 1
+            if _working == 0:
+                sys.setswitchinterval(_normal_interval)
+
+
 class ParseWorker:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -132,7 +154,10 @@ class ParseWorker:
             try:
                 job.done(job.result)
             except Exception as exc:  # noqa: BLE001 - a bug costs its connection, never the node
-                failed(job, exc)
+                try:
+                    failed(job, exc)
+                except Exception:  # noqa: BLE001 - nor may closing it strand the jobs behind it
+                    log.exception("SQL port: handling a failed statement failed too")
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -146,12 +171,11 @@ class ParseWorker:
                 return
             if job.cancelled:
                 continue
-            normal = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)
+            _quicker_switches(True)
             try:
                 job.result = work(job)
             finally:
-                sys.setswitchinterval(normal)
+                _quicker_switches(False)
             self._done.append(job)
             if not self._wakeup.notify():
                 return  # closed: the node is going away

@@ -194,3 +194,70 @@ def test_a_column_without_a_table_and_an_expression_nested_too_deep_are_errors_o
         plan.compile_statement(plan.parse("SELECT " + "+".join(["1"] * 5000))[0], lambda name: None, [],
                                lambda name: "")
     assert deep.value.code == "54001"
+
+
+def test_two_workers_busy_at_once_give_the_process_its_switch_interval_back() -> None:
+    """Each worker lowered the interpreter's switch interval while it worked and put back what it had found: two
+    workers of one process (two SQL ports) overlapping left it at the lowered value for good, so the whole
+    process switched threads ten times as often ever after."""
+    import sys
+    import threading
+
+    normal = sys.getswitchinterval()
+    gate_a, gate_b, inside = threading.Event(), threading.Event(), threading.Barrier(3)
+    real_work = offloop.work
+
+    def held(job: offloop.Job) -> offloop.Parsed:
+        inside.wait(10)
+        (gate_a if job.sql == "SELECT 1" else gate_b).wait(10)
+        return real_work(job)
+
+    a, b = offloop.ParseWorker(), offloop.ParseWorker()
+    try:
+        offloop.work = held  # type: ignore[assignment]
+        back: list[offloop.Parsed] = []
+        a.submit(offloop.Job("SELECT 1", [], {}, {}, 0, back.append))
+        b.submit(offloop.Job("SELECT 2", [], {}, {}, 0, back.append))
+        inside.wait(10)  # both are working
+        assert sys.getswitchinterval() == offloop.SWITCH_INTERVAL
+        gate_a.set()  # a finishes first, b still works
+        _wait_and_drain(a)
+        assert sys.getswitchinterval() == offloop.SWITCH_INTERVAL
+        gate_b.set()
+        _wait_and_drain(b)
+        assert len(back) == 2
+        assert sys.getswitchinterval() == normal
+    finally:
+        offloop.work = real_work  # type: ignore[assignment]
+        gate_a.set()
+        gate_b.set()
+        a.close()
+        b.close()
+        sys.setswitchinterval(normal)
+
+
+def test_a_failing_failure_handler_does_not_strand_the_jobs_behind_it() -> None:
+    """``drain`` hands a statement's bug to ``failed`` (the server closes that connection); had that raised too,
+    the jobs finished behind it waited for the next job's wake-up, which may never come."""
+    worker = offloop.ParseWorker()
+    try:
+        back: list[str] = []
+
+        def broken(parsed: offloop.Parsed) -> None:
+            raise RuntimeError("a bug in the statement")
+        worker.submit(offloop.Job("SELECT 1", [], {}, {}, 0, broken))
+        worker.submit(offloop.Job("SELECT 2", [], {}, {}, 0, lambda p: back.append(p.sql)))
+        seen: list[str] = []
+
+        def failed(job: offloop.Job, exc: Exception) -> None:
+            seen.append(job.sql)
+            raise OSError("closing the connection failed too")
+        deadline = 30.0
+        while not back and deadline > 0:
+            ready, _, _ = select.select([worker.fd], [], [], 1.0)
+            deadline -= 1.0
+            if ready:
+                worker.drain(failed)
+        assert seen == ["SELECT 1"] and back == ["SELECT 2"]
+    finally:
+        worker.close()
