@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from muheam.ops import cluster as cluster_mod
+from muheam.ops.procs import remove_pid
 from muheam import config as config_mod
 from muheam.errors import MuheamError
 from muheam.membership import MemberEvent, connect
@@ -71,7 +72,7 @@ def run(kills: int = 3, stops: int = 3, lease_ttl: int = config_mod.DEFAULT_TTL,
                 os.kill(pid, signal.SIGKILL if killing else signal.SIGINT)
                 at = _wait_for(events, "expired" if killing else "left", node_id, lease_ttl * 3 + 10)
                 (kill_ms if killing else stop_ms).append((at - t0) * 1000)
-                cluster_mod.pid_file(cfg, node_id).unlink(missing_ok=True)
+                remove_pid(cluster_mod.pid_file(cfg, node_id))
                 cluster_mod.start_node_daemon(cfg, node_id, backend)
             stop.set()
             backend.close()

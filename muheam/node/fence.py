@@ -10,8 +10,8 @@ delay fencing.
 Self-fencing alone leaves one window: a node stopped *inside* a loop turn (SIGSTOP, a VM freeze, a long page
 fault) after its last check resumes past its deadline and finishes that turn -- writing pages, a checkpoint, an
 outcome file -- before it checks again.  So the survivors also fence a dead peer from outside before they touch
-anything it held (STONITH): on the same host they SIGKILL its process (identified by pid, command line and start
-time) and wait until it is gone; for a node on another host they run the configured ``fence_command``.
+anything it held (STONITH): on the same host they SIGKILL its process (identified by pid, command line and process
+stamp) and wait until it is gone; for a node on another host they run the configured ``fence_command``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from muheam.security import keys
 from muheam.membership import Member, MembershipBackend, connect
 from muheam.states import ClusterState, NodeState, StopMode
 from muheam.ops.procs import (SIGNAL_FOR_MODE, free_port, is_process, node_marks, pid_alive, pid_of, stop_pid, tail,
-                              wait_until, write_pid)
+                              remove_pid, wait_until, write_pid)
 
 CONFIG_NAME = "muheam.toml"
 
@@ -170,7 +170,7 @@ def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, tim
     if not wait_until(ready, timeout, 0.05) or not found:
         if proc.poll() is None:
             stop_pid(proc.pid, signal.SIGKILL)
-        pid_file(cfg, node_id).unlink(missing_ok=True)
+        remove_pid(pid_file(cfg, node_id))
         code = proc.poll()
         raise MuheamError(
             f"node {node_id} did not start (exit code {code}); last lines of {log_path}:\n{tail(log_path, 6)}"
@@ -190,7 +190,7 @@ def stop_node(cfg: Config, node_id: int, mode: StopMode | str = StopMode.FAST, t
     if pid is None:
         return False
     stop_pid(pid, SIGNAL_FOR_MODE[StopMode(mode)], timeout)
-    pid_file(cfg, node_id).unlink(missing_ok=True)
+    remove_pid(pid_file(cfg, node_id))
     return True
 
 
@@ -255,7 +255,7 @@ def cluster_down(directory: Path, mode: StopMode | str = StopMode.FAST) -> dict[
             continue
         wait_until(lambda: not pid_alive(pid), max(0.1, deadline - time.monotonic()))
         stop_pid(pid, signal.SIGKILL, 5)
-        pid_file(cfg, node_id).unlink(missing_ok=True)
+        remove_pid(pid_file(cfg, node_id))
         stopped.append(node_id)
     if backend is not None:
         try:

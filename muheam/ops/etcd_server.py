@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from muheam.errors import ClusterStateError, EtcdUnavailable
-from muheam.ops.procs import pid_of, stop_pid, tail, wait_until, write_pid
+from muheam.ops.procs import pid_of, remove_pid, stop_pid, tail, wait_until, write_pid
 
 
 def find_etcd_binary() -> str:
@@ -112,7 +112,7 @@ class EtcdServer:
         if pid is None:
             return False
         stop_pid(pid, signal.SIGTERM, timeout)
-        self.pid_file.unlink(missing_ok=True)
+        remove_pid(self.pid_file)
         return True
 
 

@@ -126,7 +126,9 @@ def process_stamp(pid: int) -> str | None:
     """What tells process ``pid`` from any other that has or had the same pid: this boot's id and its start in
     clock ticks after boot (``BOOT_ID/TICKS``), as systemd and procps tell processes apart.  Neither moves when
     the wall clock steps (NTP's makestep, a VM resumed, ``date -s``), unlike a start time on the wall clock.
-    Fixed at fork, so right after ``Popen`` it is already the child's.  None where /proc cannot tell."""
+    Fixed at fork (and kept by exec), so right after ``Popen`` it is already the child's.  None where /proc cannot
+    tell.  (/proc adds the reader's time-namespace boot offset to the ticks: readers in namespaces with different
+    offsets disagree; none is used by the usual container runtimes.)"""
     ticks = _start_ticks(pid)
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -171,38 +173,58 @@ def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, s
 
 def pid_of(path: Path, marks: Sequence[str]) -> int | None:
     """The pid in the pid file ``path`` if that process still runs and is the one the file was written for
-    (``is_process`` with the file's stamp, or its modification time for a file written without one), else
-    None."""
-    pid, stamp = _read_pid_file(path)
+    (``is_process`` with the stamp written beside it, or the file's modification time where there is none),
+    else None."""
+    pid = read_pid(path)
     if pid is None:
         return None
     try:
         written = path.stat().st_mtime
     except OSError:
         return None
-    return pid if is_process(pid, marks, written, stamp=stamp) else None
+    return pid if is_process(pid, marks, written, stamp=_stamp_for(path, pid)) else None
 
 
-def _read_pid_file(path: Path) -> tuple[int | None, str]:
-    """``(pid, stamp)`` from a pid file: ``PID STAMP``, or ``PID`` alone as versions before the stamp wrote."""
+def _stamp_file(path: Path) -> Path:
+    return path.with_name(path.name + ".stamp")
+
+
+def _stamp_for(path: Path, pid: int) -> str:
+    """The stamp written beside pid file ``path`` for ``pid`` (``PID STAMP``), or "" if there is none for it."""
     try:
-        fields = path.read_text().split()
-        return int(fields[0]), fields[1] if len(fields) > 1 else ""
-    except (OSError, ValueError, IndexError):
-        return None, ""
+        fields = _stamp_file(path).read_text().split()
+        return fields[1] if len(fields) == 2 and int(fields[0]) == pid else ""
+    except (OSError, ValueError):
+        return ""
 
 
 def read_pid(path: Path) -> int | None:
-    return _read_pid_file(path)[0]
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def write_pid(path: Path, pid: int | None = None) -> None:
-    """Write ``PID STAMP`` (``process_stamp``) atomically; the stamp is what ``pid_of`` later checks."""
+    """Write the pid file (the pid alone, as every version reads it: a rollback's ``cluster down`` still finds
+    its nodes) and, first, its stamp beside it (``PID STAMP`` in ``path.stamp``), each atomically; the stamp is
+    what ``pid_of`` later checks the process by."""
     pid = pid or os.getpid()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{pid} {process_stamp(pid) or ''}".rstrip() + "\n")
-    os.replace(tmp, path)
+    stamp = process_stamp(pid)
+    for target, text in ((_stamp_file(path), f"{pid} {stamp}\n" if stamp else ""), (path, f"{pid}\n")):
+        if not text:
+            target.unlink(missing_ok=True)
+            continue
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+
+
+def remove_pid(path: Path) -> None:
+    """Remove a pid file and its stamp."""
+    path.unlink(missing_ok=True)
+    _stamp_file(path).unlink(missing_ok=True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -20,7 +20,8 @@ from muheam.ops.etcd_server import EtcdServer
 from muheam.membership import Member
 from muheam.node import startup
 from muheam.node.fence import is_incarnation
-from muheam.ops.procs import is_process, pid_alive, pid_of, process_stamp, stop_pid, wait_until, write_pid
+from muheam.ops.procs import (is_process, pid_alive, pid_of, process_stamp, read_pid, remove_pid, stop_pid, wait_until,
+                              write_pid)
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -53,14 +54,23 @@ def test_a_pid_file_names_its_process_only_while_that_process_is_the_one_it_was_
     procs.append(stranger)
     write_pid(path, stranger.pid)
     assert pid_of(path, ["--node-id", "2"]) is None
-    # the right command line, but another process than the file was written for: a reused pid
+    # the right command line, but another process than the file was written for: a reused pid (its stamp is
+    # that of a process started five seconds earlier; two processes started back to back share a tick)
     old = tmp_path / "old.pid"
-    old.write_text(f"{node.pid} {process_stamp(stranger.pid)}\n")
+    write_pid(old, node.pid)
+    assert read_pid(old) == node.pid and old.read_text() == f"{node.pid}\n"  # as every version reads it
+    boot, ticks = str(process_stamp(node.pid)).split("/")
+    Path(f"{old}.stamp").write_text(f"{node.pid} {boot}/{int(ticks) - 500}\n")
     assert pid_of(old, ["--node-id", "2"]) is None
-    # the same in a file without a stamp (as versions before it wrote): started after the file was written
-    old.write_text(f"{node.pid}\n")
+    # the same without a stamp (as versions before it wrote): started after the file was written
+    Path(f"{old}.stamp").unlink()
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert pid_of(old, ["--node-id", "2"]) is None
+    # a stamp left beside it for another pid is not this process's
+    Path(f"{old}.stamp").write_text(f"{stranger.pid} {process_stamp(stranger.pid)}\n")
+    assert pid_of(old, ["--node-id", "2"]) is None
+    remove_pid(old)
+    assert not old.exists() and not Path(f"{old}.stamp").exists()
     assert not is_process(node.pid, ["--node-id", "2"], not_after=time.time() - 3600)
     assert is_process(node.pid, ["--node-id", "2"], not_after=time.time())
     other = _spawn("--node-id=3")  # the option's other spelling
@@ -111,10 +121,12 @@ def test_a_forward_step_of_the_wall_clock_does_not_make_a_running_node_a_strange
     procs.append(stranger)
     boot, ticks = str(process_stamp(stranger.pid)).split("/")
     before = f"{boot}/{int(ticks) - 500}"  # the process that had the pid five seconds before this one
-    path.write_text(f"{stranger.pid} {before}\n")
+    write_pid(path, stranger.pid)
+    Path(f"{path}.stamp").write_text(f"{stranger.pid} {before}\n")
     assert pid_of(path, ["--node-id", "2"]) is None
     assert not is_incarnation(stranger.pid, 2, time.time() + 60, before)
-    # a pid file an older version wrote (the pid alone) is judged by its time as before
+    # a pid file an older version wrote (the pid alone, no stamp beside it) is judged by its time as before
+    remove_pid(path)
     path.write_text(f"{node.pid}\n")
     assert pid_of(path, ["--node-id", "2"]) == node.pid
 
