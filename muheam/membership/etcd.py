@@ -58,6 +58,7 @@ class EtcdBackend(MembershipBackend):
     def __init__(self, endpoints: Sequence[str], timeout: float = 2.0) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self._last_failure = ""
         eps = []
         for url in self.endpoints:
             parsed = urlparse(url)
@@ -75,7 +76,10 @@ class EtcdBackend(MembershipBackend):
         rpc = exc if isinstance(exc, grpc.RpcError) else exc.__context__
         if isinstance(rpc, grpc.RpcError) and hasattr(rpc, "code"):
             text = rpc.details() if hasattr(rpc, "details") else ""
-            detail = f"{detail}: {rpc.code()}" + (f": {text}" if text else "")
+            detail = self._last_failure = f"{detail}: {rpc.code()}" + (f": {text}" if text else "")
+        elif isinstance(exc, etcd_exc.NoServerAvailableError) and self._last_failure:
+            # pyetcd holds a failed endpoint back for ``time_retry`` and fails calls meanwhile without trying
+            detail = f"{detail}, held back after {self._last_failure}"
         return EtcdUnavailable(
             f"etcd at {', '.join(self.endpoints)} is unreachable or not answering ({detail}); "
             "start it (muheam cluster up starts an embedded one) or fix etcd_endpoints"

@@ -157,3 +157,20 @@ def test_etcd_unreachable_says_what_grpc_saw(tmp_path: Path) -> None:
         backend.close()
     assert "UNAVAILABLE" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
     assert "refused" in str(info.value).lower(), str(info.value)
+
+
+def test_a_call_failed_while_the_endpoint_is_held_back_names_the_failure_before_it(tmp_path: Path) -> None:
+    """pyetcd fails calls without trying for half a second after one failed; their message named only
+    ``NoServerAvailableError``."""
+    from muheam.errors import EtcdUnavailable
+    from muheam.membership.etcd import EtcdBackend
+
+    backend = EtcdBackend([f"http://127.0.0.1:{free_port()}"], timeout=1.0)
+    try:
+        with pytest.raises(EtcdUnavailable):
+            backend.members("c")
+        with pytest.raises(EtcdUnavailable) as info:
+            backend.members("c")  # at once: within pyetcd's 0.5 s
+    finally:
+        backend.close()
+    assert "NoServerAvailableError, held back after" in str(info.value) and "refused" in str(info.value).lower()
