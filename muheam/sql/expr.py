@@ -84,6 +84,13 @@ class TableInfo:
 
     @property
     def order(self) -> list[str]:
+        """The columns in the order they were declared (``SELECT *``, ``INSERT`` without a column list): the key
+        need not come first.  ``sql_types`` holds every column in that order for a table made through SQL; a
+        table made through the Python client has its key first."""
+        declared = list(self.sql_types)
+        if len(declared) == len(self.columns) + 1 and self.key in self.sql_types and \
+                all(c in self.columns for c in declared if c != self.key):
+            return declared
         return [self.key, *self.columns]
 
     def oid(self, column: str) -> int:

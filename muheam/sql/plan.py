@@ -374,7 +374,7 @@ def _create(stmt: Any) -> CreateTable:
     for elt in stmt.tableElts or ():
         if isinstance(elt, ast.Constraint):
             if elt.contype == enums.ConstrType.CONSTR_PRIMARY and elt.keys and len(elt.keys) == 1:
-                key = elt.keys[0].sval
+                key = _one_primary_key(key, elt.keys[0].sval, stmt.relation.relname)
                 continue
             raise unsupported("table constraints other than a one-column PRIMARY KEY")
         if not isinstance(elt, ast.ColumnDef):
@@ -399,7 +399,7 @@ def _create(stmt: Any) -> CreateTable:
                            "use bigint, integer, double precision, text or varchar(n)")
         for con in elt.constraints or ():
             if con.contype == enums.ConstrType.CONSTR_PRIMARY:
-                key = elt.colname
+                key = _one_primary_key(key, elt.colname, stmt.relation.relname)
             elif con.contype not in (enums.ConstrType.CONSTR_NOTNULL, enums.ConstrType.CONSTR_NULL):
                 raise unsupported(f"column constraint {con.contype.name.removeprefix('CONSTR_')}")
         columns[elt.colname] = kind
@@ -410,6 +410,12 @@ def _create(stmt: Any) -> CreateTable:
     del columns[key]
     return CreateTable(TableInfo(stmt.relation.relname, key, columns, sql_types), bool(stmt.if_not_exists),
                        _storage_options(stmt))
+
+
+def _one_primary_key(key: str | None, column: str, table: str) -> str:
+    if key is not None:
+        raise SqlError("42P16", f'multiple primary keys for table "{table}" are not allowed')
+    return column
 
 
 def _catalogs(node: Any) -> list[str]:
