@@ -6,6 +6,8 @@ engine module stays about the engine.
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -84,6 +86,10 @@ def adder(t: "Table", column: str, delta: int | float,
         v = old[column]
         assert not isinstance(v, str)
         new = v + delta
+        if isinstance(new, float) and math.isinf(new) and not math.isinf(v) and not math.isinf(delta):
+            # two finite doubles summed past the range: an error, as PostgreSQL's float8pl, not an infinity stored
+            raise ValueOutOfRange(f"table {t.name!r}, column {column!r}: value out of range: overflow ({v!r} + "
+                                  f"{delta!r})", table=t.name, column=column)
         if bounds is not None and not bounds[0] <= new <= bounds[1]:
             raise ValueOutOfRange(f"table {t.name!r}, column {column!r}: {new} is outside {bounds[0]}..{bounds[1]}",
                                   table=t.name, column=column)

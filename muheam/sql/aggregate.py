@@ -11,11 +11,16 @@ equal values.
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal, localcontext
 from typing import Any
 
 from muheam.sql import wire
-from muheam.sql.expr import Expr, Params, Row, numeric_div, order_key
+from muheam.sql.expr import Expr, Params, Row, SqlError, numeric_div, order_key
+
+
+def _infinite(v: Any) -> bool:
+    return isinstance(v, float) and math.isinf(v)
 
 
 class Accumulator:
@@ -35,8 +40,12 @@ class Accumulator:
             return
         self.n += len(values)
         if self.func in ("sum", "avg"):
+            before = self.total
             with localcontext(wire.EXACT):  # (a numeric's sum is exact; ints and doubles do not use the context)
                 self.total = sum(values, self.total)
+            if isinstance(self.total, float) and math.isinf(self.total) and not _infinite(before) and \
+                    not any(_infinite(v) for v in values):
+                raise SqlError("22003", "value out of range: overflow")  # finite doubles summed past the range
             self.exact = self.exact and all(type(v) is int or isinstance(v, Decimal) for v in values)
         elif self.func in ("min", "max"):
             pick = min if self.func == "min" else max

@@ -11,7 +11,7 @@ import pytest
 from muheam.engine import (Deadlock, Engine, EngineConfig, NoSuchTable, SerializationFailure, StateFileCorrupt,
                            TableExists, TransactionError, WalDamaged)
 from muheam.engine import statefiles
-from muheam.storage import DuplicateKey, KeyNotFound, RowConflict, RowValueError, SchemaError
+from muheam.storage import DuplicateKey, KeyNotFound, RowConflict, RowValueError, SchemaError, ValueOutOfRange
 from walmerge import RecordKind, WalReader, node_wal_dir, segment_name
 
 COLS = {"balance": "int64", "name": "text(16)", "x": "float64"}
@@ -78,6 +78,11 @@ def test_crud_visibility_and_errors(eng: Engine) -> None:
     assert t1.get("a", 1) == {"balance": 105, "name": "one", "x": 2.0}
     with pytest.raises(RowValueError):
         t1.add("a", 1, "name", 1)
+    t1.add("a", 2, "x", 1e308)
+    with pytest.raises(ValueOutOfRange, match="overflow"):  # two finite doubles past the range: not inf stored
+        t1.add("a", 2, "x", 1.7e308)
+    t1.add("a", 2, "x", -1e308)
+    assert t1.get("a", 2) == {"balance": 200, "name": "n", "x": (0.5 + 1e308) - 1e308}  # unchanged by the failures
     reader = eng.begin(11)                # snapshot while 10 runs: sees nothing of it
     assert reader.get("a", 1) is None
     assert t1.commit() == frozenset()
