@@ -96,6 +96,8 @@ class _Parked:
     reply: Deferred
     xid: int
     since: float
+    limit: float
+    """The wait's lock timeout in seconds (the node's, or a SQL session's shorter one)."""
 
 
 @dataclass
@@ -287,7 +289,10 @@ class Sessions:
         reply = Deferred()
         if tx.read_committed:
             tx.outstanding = [d for d in tx.outstanding if not d.done] + [reply]
-        deadline = time.monotonic() + self.lock_timeout
+        limit = req.get("lock_timeout")  # a SQL session's own lock_timeout, within the node's
+        if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit < self.lock_timeout:
+            limit = self.lock_timeout
+        deadline = time.monotonic() + limit
 
         def attempt() -> None:
             if reply.done or self.txns.get(tx.txn.xid) is not tx:
@@ -310,7 +315,7 @@ class Sessions:
                     return
                 self.counters["waits"] += 1
                 self.parked.setdefault(conflict.blocker, []).append(
-                    _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic()))
+                    _Parked(attempt, deadline, reply, tx.txn.xid, time.monotonic(), limit))
                 return
             except RequestError as exc:  # refused (a scan too big unpaged): on a retry this runs in a callback,
                 self._fail_tx(tx, reply, exc, exc.code)  # where nothing else would answer the client
@@ -703,7 +708,7 @@ class Sessions:
                     continue
                 if now >= parked.deadline:
                     self._fail_tx(self.txns[parked.xid], parked.reply, LockTimeout(
-                        f"lock timeout: waited {self.lock_timeout:g} s for transaction {blocker}"))
+                        f"lock timeout: waited {parked.limit:g} s for transaction {blocker}"))
                 else:
                     keep.append(parked)
             if keep:

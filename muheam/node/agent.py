@@ -560,6 +560,8 @@ class NodeAgent:
                                 self.survivors.tick(now)
                             if self.peerwatch is not None:
                                 self.peerwatch.tick(now)
+                            if self.sql is not None:
+                                self.sql.tick(now)
                             if self.engine is not None:
                                 self.engine.heartbeat(HEARTBEAT_IDLE, now)
                             obsfeed.publish(self)

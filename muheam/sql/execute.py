@@ -78,7 +78,8 @@ class Task:
     def __init__(self, gen: Generator[Request, Any, Any], ops: Mapping[str, Operation],
                  done: Callable[[Any, SqlError | None], None], xid: Callable[[], int | None],
                  table_gone: Callable[[], object] = lambda: None,
-                 internal_error: Callable[[BaseException], None] | None = None, turns: Turns | None = None) -> None:
+                 internal_error: Callable[[BaseException], None] | None = None, turns: Turns | None = None,
+                 lock_timeout: float = 0.0) -> None:
         """``turns``: the loop turn's time budget; past it, the statement continues at the next turn
         (``muheam.sql.turns``; without it the statement runs to its first wait).  ``table_gone``: called when a
         row operation named a table the node no longer has (dropped since the statement was planned: the
@@ -89,6 +90,8 @@ class Task:
         self.table_gone = table_gone
         self.internal_error = internal_error
         self.turns = turns
+        self.lock_timeout = lock_timeout
+        """Seconds a row operation may wait for a row lock (the session's ``lock_timeout``; 0: the node's)."""
         self.cancelled = False
         self.waiting: str | None = None
         """The operation whose answer the task waits for (``None`` between operations) ..."""
@@ -126,6 +129,8 @@ class Task:
                     args["xid"] = self.xid()
                 if "table" in args:
                     args["replannable"] = True  # a table id gone leaves the transaction running: the session decides
+                    if self.lock_timeout:
+                        args["lock_timeout"] = self.lock_timeout
                 failpoints.hit("sql.operation")  # tests: row operations slow enough to outlast a loop turn's budget
                 ok, value = self._call(op, args)
                 if isinstance(value, Deferred):

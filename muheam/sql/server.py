@@ -87,6 +87,13 @@ class SqlServer:
         if self.turns.pending:
             self.turns.run()
 
+    def tick(self, now: float) -> None:
+        """A few times a second: statements past their session's ``statement_timeout`` end (57014)."""
+        for conn in list(self.conns.values()):
+            if conn.session.statement_deadline is not None:
+                conn.session.check_timeout(now)
+                self._flush(conn)
+
     @property
     def pending(self) -> bool:
         """Statements wait to continue: the loop must not sleep."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Generator, Mapping
@@ -77,6 +78,8 @@ class Session(ExtendedProtocol, OffLoop):
         self.startup = Startup(self.settings, auth_method, shared_dir, peer_host, backend_pid, self._send, cancel)
         self.queue: deque[wire.Event] = deque()
         self.task: Task | None = None
+        self.statement_deadline: float | None = None
+        """When the running statement exceeds the session's statement_timeout (None: no limit)."""
         self.skip_to_sync = False
         self.tx = "I"
         self.explicit = False
@@ -312,7 +315,7 @@ class Session(ExtendedProtocol, OffLoop):
         fields = compiled.fields
 
         def done(result: Result | None, error: SqlError | None) -> None:
-            self.task = None
+            self.task, self.statement_deadline = None, None
             rows: list[bytes] = []
             if error is None:
                 assert result is not None
@@ -349,9 +352,26 @@ class Session(ExtendedProtocol, OffLoop):
             oids = [f[1] for f in fields]
             encode = lambda run: execute.encoded(run, oids, formats)  # noqa: E731
         task = Task(self._statement_gen(compiled, params, replan, encode), self.ops, done, lambda: self.xid,
-                    self.catalog.revalidate, self._internal_error, self.turns)
+                    self.catalog.revalidate, self._internal_error, self.turns,
+                    lock_timeout=self._timeout("lock_timeout"))
+        timeout = self._timeout("statement_timeout")
+        self.statement_deadline = time.monotonic() + timeout if timeout else None
         self.task = task
         task.start()
+
+    def _timeout(self, name: str) -> float:
+        """A duration setting in seconds (0: none)."""
+        try:
+            return settings.parse_ms(name, self.settings.get(name, "0")) / 1000
+        except SqlError:
+            return 0.0
+
+    def check_timeout(self, now: float) -> None:
+        """``statement_timeout``: a statement still running past it ends as a cancel does, with PostgreSQL's
+        words (checked a few times a second by the server: it may end up to a fifth of a second late)."""
+        if self.task is not None and self.statement_deadline is not None and now >= self.statement_deadline:
+            self.statement_deadline = None
+            self.cancel("canceling statement due to statement timeout")
 
     def _statement_gen(self, compiled: Compiled, params: list[Any], replan: Callable[[], Compiled] | None = None,
                        encode: Callable[[Gen], Gen] | None = None) -> Gen:
@@ -542,7 +562,7 @@ class Session(ExtendedProtocol, OffLoop):
                     "closed and its transaction rolled back")
         self.on_output()
 
-    def cancel(self) -> None:
+    def cancel(self, why: str = "canceling statement due to user request") -> None:
         """A CancelRequest with our key: a statement waiting (a row lock, a begin's snapshot) ends with 57014.
 
         The transaction is rolled back through the session layer, which drops its waits; a statement that is
@@ -558,7 +578,7 @@ class Session(ExtendedProtocol, OffLoop):
             return
         task.cancelled = True
         self.task = None
-        self._failed(SqlError("57014", "canceling statement due to user request"))
+        self._failed(SqlError("57014", why))
         if self.running_simple:
             self._send(wire.msg_ready(self.tx))
         else:

@@ -11,6 +11,8 @@ act on, say, ``work_mem``.
 
 from __future__ import annotations
 
+import re
+
 from muheam.sql import plan
 from muheam.sql.expr import SERVER_VERSION, SqlError
 
@@ -200,6 +202,8 @@ def check(name: str, value: str, current: str) -> str:
         return "UTF8"
     if key == "datestyle":
         return _datestyle(name, value, current)
+    if key in TIMEOUTS:
+        return show_ms(parse_ms(name, value))
     if key == "standard_conforming_strings":
         flag = _BOOLEAN.get(value.strip().lower())
         if flag is None:
@@ -210,6 +214,40 @@ def check(name: str, value: str, current: str) -> str:
                            "write escapes as E'...' strings")
         return "on"
     return value
+
+
+TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+"""Durations in milliseconds (0: none).  The port acts on ``lock_timeout`` (a row lock's wait, 55P03) and
+``statement_timeout`` (57014); ``idle_in_transaction_session_timeout`` is checked and stored only (the node's
+``idle_in_transaction_timeout`` applies)."""
+_MS_UNITS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_MAX_MS = 2_147_483_647
+
+
+def parse_ms(name: str, value: str) -> int:
+    """A duration setting's value in milliseconds as PostgreSQL reads it: a number (milliseconds) or a number
+    with a unit (``us``, ``ms``, ``s``, ``min``, ``h``, ``d``; fractions are rounded to milliseconds), in
+    0 .. 2147483647; else 22023."""
+    text = value.strip().strip("'").strip()
+    m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([a-z]*)", text)
+    if m is None or m.group(2) not in ("", *_MS_UNITS):
+        hint = 'Valid units for this parameter are "us", "ms", "s", "min", "h", and "d".' if m else ""
+        raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"', hint)
+    ms = round(float(m.group(1)) * _MS_UNITS.get(m.group(2) or "ms", 1))
+    if not 0 <= ms <= _MAX_MS:
+        raise SqlError("22023", f'{ms} ms is outside the valid range for parameter "{name}" (0 .. {_MAX_MS})')
+    return ms
+
+
+def show_ms(ms: int) -> str:
+    """As SHOW gives a duration: in the largest unit that divides it (``500ms``, ``2s``, ``1min``), ``0``."""
+    if ms == 0:
+        return "0"
+    for unit in ("d", "h", "min", "s"):
+        size = int(_MS_UNITS[unit])
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _datestyle(name: str, value: str, current: str) -> str:

@@ -135,6 +135,8 @@ class Startup:
         if base in settings.CHARACTERISTICS:
             v = settings.characteristic_value(base, name, value)
             self.settings["default_" + base] = self.settings[base] = v
+        elif name in settings.TIMEOUTS:
+            self.settings[name] = settings.show_ms(settings.parse_ms(name, value))
         else:
             self.settings[name] = value
 
