@@ -154,7 +154,9 @@ class Session(ExtendedProtocol, OffLoop):
             self._startup(ev)
         elif isinstance(ev, wire.Terminate):
             self.closing = True
-        elif isinstance(ev, wire.Sync):
+        elif isinstance(ev, wire.Password):  # outside authentication: PostgreSQL's FATAL, not an ERROR that
+            self._fatal("08P01", "invalid frontend message type 112 (a password message after authentication)")
+        elif isinstance(ev, wire.Sync):     # waits for a Sync the client has no reason to send
             self.skip_to_sync = False
             if self.implicit:  # the implicit transaction of the messages since the last Sync: committed now
                 self._end_pipeline()
