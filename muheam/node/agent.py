@@ -191,6 +191,13 @@ class NodeAgent:
             self.clock.observe(rep.max_lamport)
             self._decided = {x for xids in rep.no_outcome.values() for x in xids}
         else:
+            try:
+                startup.require_live_directory(cfg, self.node_id, backend, self.fence,
+                                               {m.node_id for m in snapshot if m.node_id in peers
+                                                and m.state == NodeState.RUNNING})
+            except ClusterStateError:
+                self._leave_unstarted()
+                raise
             startup.await_own_recovery(cfg, self.node_id, self.fence)
             startup.await_pending_recoveries(cfg, self.node_id, backend, self.fence)
             # the records our own recovery writes (its checkpoint, aborts) come before any peer message: their
@@ -267,6 +274,17 @@ class NodeAgent:
     @property
     def mesh_epoch(self) -> int:
         return self.member.epoch if self.member else 0
+
+    def _leave_unstarted(self) -> None:
+        """A start refused after joining, before this node wrote or took anything: leave as a clean stop does
+        (``stopping``, then the lease revoked), so the peers see it leave rather than expire and recover it."""
+        assert self.keeper is not None and self.lease is not None
+        self.keeper.stop()
+        try:
+            self._set_state(NodeState.STOPPING, StopMode.FAST)
+            self.lease.revoke()
+        except (EtcdUnavailable, Fenced) as exc:
+            log.warning("could not leave the cluster cleanly (%s); the peers will see the lease expire", exc)
 
     def _set_state(self, state: NodeState, stop_mode: StopMode | None = None) -> None:
         assert self.backend and self.member and self.lease and self.fence

@@ -12,11 +12,12 @@ import time
 
 from muheam.config import Config
 from muheam.engine import EngineConfig, statefiles
-from muheam.engine.replay import ReplayReport, redo_cluster
+from muheam.engine.replay import ReplayReport, redo_cluster, wal_tail_glsn
 from muheam.errors import ClusterStateError, NodeIdInUse
 from muheam.membership import MembershipBackend
 from muheam.node.fence import Fence
 from muheam.ops.procs import is_process, node_marks
+from muheam.states import NodeState
 from walmerge import WalError, WalReader, node_wal_dir
 
 log = logging.getLogger("muheam.node")
@@ -43,6 +44,44 @@ def refuse_duplicate(cfg: Config, node_id: int, backend: MembershipBackend) -> N
                 f"{member.epoch}); stop it with 'muheam node stop --node-id {node_id}' or use another id"
             )
         return
+
+
+LIVE_DIRECTORY_POLL = 0.15
+
+
+def require_live_directory(cfg: Config, node_id: int, backend: MembershipBackend, fence: Fence,
+                           running: set[int]) -> None:
+    """Before a node joins running peers: the shared directory it was given must show one of them writing.
+
+    A copy of the shared directory (a backup restored beside the original, ``cp -a``) names the same cluster id,
+    so ``verify_member_dir`` passes it, and a node on it served stale rows to the cluster.  Every running node
+    logs at least a heartbeat every fraction of a second into its WAL in the shared directory, so the real one
+    shows some running peer's WAL tail move within moments; a copy, or another mount of old contents, never does.
+    One moving peer is enough (another may be paused, or busy with long work that keeps its loop from turning);
+    peers that leave meanwhile are no longer waited for.  Waits up to twice the lease TTL, at least 5 s."""
+    system_id = EngineConfig().system_id
+
+    def tails() -> dict[int, int]:  # (each reads its node's last segment: only the running peers')
+        return {n: wal_tail_glsn(cfg.shared_dir, n, system_id) for n in running}
+    first = tails()
+    deadline = time.monotonic() + max(5.0, 2 * cfg.lease_ttl)
+    next_listing = time.monotonic() + 1.0
+    while running:
+        fence.check()
+        now = tails()
+        if any(now[n] > first.get(n, 0) for n in running):
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterStateError(
+                f"shared_dir {cfg.shared_dir} does not show the running node(s) {sorted(running)} writing their WAL "
+                f"(nothing moved in {max(5.0, 2 * cfg.lease_ttl):.0f} s): it is not the directory the cluster runs "
+                "on (a copy or an old backup, or another mount); point node "
+                f"{node_id} at the cluster's shared directory")
+        if time.monotonic() >= next_listing:
+            next_listing = time.monotonic() + 1.0
+            members = backend.members(cfg.cluster_name)[0]
+            running &= {m.node_id for m in members if m.state == NodeState.RUNNING}
+        time.sleep(LIVE_DIRECTORY_POLL)
 
 
 def redo_whole_cluster(cfg: Config, node_id: int, backend: MembershipBackend, fence: Fence,

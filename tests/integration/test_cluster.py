@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -99,6 +100,28 @@ def test_foreign_and_unrelated_directories_refused(local_cluster: Start, tmp_pat
     proc = a.cli("cluster", "init", "--cluster-name", "other", "--shared-dir", str(junk), check=False)
     assert proc.returncode != 0 and "not empty and holds no MUHEAM cluster" in proc.stderr, proc.stderr
     assert snapshot_tree(junk) == before
+
+
+def test_a_copy_of_the_shared_directory_is_refused_while_the_cluster_runs_on_the_original(
+        local_cluster: Start) -> None:
+    """A copy (a backup taken while the cluster was stopped, ``cp -a``) names the same cluster id, so a node
+    pointed at it joined the running cluster and served its stale rows: ``get`` through it said a key was
+    missing that the others had (a black-box test found it).  A node that joins running peers now waits until
+    the shared directory shows a running peer's WAL moving; a copy never does."""
+    c = local_cluster(2)
+    shared = Path(c.info["config"]["shared_dir"])
+    c.cli("table", "create", "t", "v:int64")
+    c.cli("node", "stop", "--node-id", "2")
+    copy = shared.parent / "shared-copy"
+    shutil.copytree(shared, copy, symlinks=True)
+    c.cli("put", "t", "1", "v=1")  # in the original only
+    proc = c.cli("node", "start", "--node-id", "2", "--shared-dir", str(copy), check=False, timeout=60)
+    assert proc.returncode != 0, proc.stdout
+    assert "does not show" in proc.stderr and str(copy) in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr
+    assert [m["node_id"] for m in c.members()] == [1]
+    c.cli("node", "start", "--node-id", "2", "--daemon", timeout=60)  # the real directory is taken
+    assert "1" in c.cli("get", "t", "1", "--node-id", "2", "--format", "json").stdout
 
 
 def test_unreachable_etcd_refused_clearly(local_cluster: Start) -> None:
