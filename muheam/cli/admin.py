@@ -96,14 +96,16 @@ def reload_cmd(fmt: str, node_id: int | None, **kw: Any) -> None:
     idle_in_transaction_timeout, log_level. Settings that need a restart are listed, not applied."""
     from muheam.client import request
     from muheam.membership import current_members
+    from muheam.security.setup import client_for
 
     cfg = load_config(kw, require_shared_dir=False)
+    key = client_for(cfg)  # the config's client key: found from ./muheam.toml alone, reload worked only there
     members = {m.node_id: m for m in current_members(cfg.etcd_endpoints, cfg.cluster_name)}
     if node_id is not None and node_id not in members:
         raise ClusterStateError(f"node {node_id} is not a running member; nothing to reload")
     results = []
     for n in sorted(members) if node_id is None else [node_id]:
-        results.append(dict(request(members[n].client_endpoint, "reload", timeout=10.0)))
+        results.append(dict(request(members[n].client_endpoint, "reload", timeout=10.0, client_key=key)))
     if fmt == "json":
         emit(results, fmt)
         return

@@ -33,6 +33,9 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
     """Join the cluster under a new epoch and serve until stopped or fenced (exit 3 when self-fenced).
 
     --format json applies to --daemon (node_id, pid, epoch); in the foreground the node logs."""
+    overrides = [arg for flag, key in (("--etcd", "etcd_endpoints"), ("--shared-dir", "shared_dir"),
+                                       ("--cluster-name", "cluster_name"), ("--lease-ttl", "lease_ttl"))
+                 if kw.get(key) is not None for arg in (flag, str(kw[key]))]  # (for --daemon's node process)
     cfg = load_config(kw)
     cfg.node(node_id)
     if daemon:
@@ -41,7 +44,8 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
 
         backend = connect(cfg.etcd_endpoints)
         try:
-            member = start_node_daemon(cfg, node_id, backend, accept_data_loss=accept_data_loss)
+            member = start_node_daemon(cfg, node_id, backend, accept_data_loss=accept_data_loss,
+                                       overrides=overrides)
         finally:
             backend.close()
         if fmt == "json":

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from muheam import config as config_mod
 from muheam.ops import control
@@ -24,8 +25,8 @@ from muheam.ops.etcd_server import EtcdServer
 from muheam.security import keys
 from muheam.membership import Member, MembershipBackend, connect
 from muheam.states import ClusterState, NodeState, StopMode
-from muheam.ops.procs import (SIGNAL_FOR_MODE, free_port, is_process, node_marks, pid_alive, pid_of, stop_pid, tail,
-                              remove_pid, wait_until, write_pid)
+from muheam.ops.procs import (SIGNAL_FOR_MODE, config_of, free_port, is_process, node_marks, pid_alive, pid_of,
+                              remove_pid, stop_pid, tail, wait_until, write_pid)
 
 CONFIG_NAME = "muheam.toml"
 
@@ -135,23 +136,51 @@ def _load_or_create(directory: Path, nodes: int, lease_ttl: int | None, security
 
 
 def running_pid(cfg: Config, node_id: int) -> int | None:
-    """The node's pid from its pid file, if that process still runs and is still the node (``procs.pid_of``)."""
-    return pid_of(pid_file(cfg, node_id), node_marks(node_id))
+    """The node's pid from its pid file, if that process still runs and is still the node (``procs.pid_of``) of
+    this cluster: started with this config file, where its command line names one (two clusters given one
+    run_dir share the pid file's name, and ``cluster down`` of one stopped the other's node)."""
+    pid = pid_of(pid_file(cfg, node_id), node_marks(node_id))
+    return None if pid is None or _config_elsewhere(cfg, pid) is not None else pid
+
+
+def _member_pid(cfg: Config, node_id: int, members: Sequence[Member]) -> int | None:
+    """The pid of node ``node_id``'s member entry if it is a process on this host that still is that node (a
+    node started in the foreground writes no pid file)."""
+    host = cfg.node(node_id).host or socket.gethostname()
+    for member in members:
+        if member.node_id == node_id and member.host == host and is_process(
+                member.pid, node_marks(node_id), member.started_at, stamp=member.stamp) and \
+                _config_elsewhere(cfg, member.pid) is None:
+            return member.pid
+    return None
+
+
+def _config_elsewhere(cfg: Config, pid: int) -> Path | None:
+    """The config file node process ``pid`` runs with, if that is not ``cfg``'s (None: the same, or unknown)."""
+    theirs = config_of(pid)
+    return theirs if theirs is not None and cfg.source is not None and theirs != cfg.source.resolve() else None
 
 
 def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, timeout: float = 60.0,
-                      accept_data_loss: bool = False) -> Member:
-    """Start ``muheam node start`` detached, with pid and log files; return its member entry once running."""
+                      accept_data_loss: bool = False, overrides: Sequence[str] = ()) -> Member:
+    """Start ``muheam node start`` detached, with pid and log files; return its member entry once running.
+    ``overrides``: the command line's flags that override config keys (``--lease-ttl 7``), passed on to the
+    node process (it reads the config file again: without them it ran with the file's values)."""
     cfg.node(node_id)
     if cfg.source is None:
         raise ClusterStateError("--daemon needs a config file (-c) so the node process can read it")
     pid = running_pid(cfg, node_id)
     if pid is not None:
         raise ClusterStateError(f"node {node_id} is already running (pid {pid}); stop it first")
+    other = pid_of(pid_file(cfg, node_id), node_marks(node_id))
+    if other is not None and _config_elsewhere(cfg, other) is not None:
+        raise ClusterStateError(
+            f"{pid_file(cfg, node_id)} belongs to node {node_id} of another cluster (pid {other}, config "
+            f"{_config_elsewhere(cfg, other)}): give each cluster its own run_dir")
     log_path = log_file(cfg, node_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "muheam", "node", "start", "--node-id", str(node_id), "-c", str(cfg.source),
-           "--log-file", str(log_path)] + (["--accept-data-loss"] if accept_data_loss else [])
+           "--log-file", str(log_path), *overrides] + (["--accept-data-loss"] if accept_data_loss else [])
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -183,10 +212,7 @@ def stop_node(cfg: Config, node_id: int, mode: StopMode | str = StopMode.FAST, t
     """Signal the node's process (found by pid file, else by its member entry on this host); wait for it."""
     pid = running_pid(cfg, node_id)
     if pid is None and backend is not None:
-        for member in backend.members(cfg.cluster_name)[0]:
-            if member.node_id == node_id and is_process(member.pid, node_marks(node_id), member.started_at,
-                                                        stamp=member.stamp):
-                pid = member.pid
+        pid = _member_pid(cfg, node_id, backend.members(cfg.cluster_name)[0])
     if pid is None:
         return False
     stop_pid(pid, SIGNAL_FOR_MODE[StopMode(mode)], timeout)
@@ -245,6 +271,12 @@ def cluster_down(directory: Path, mode: StopMode | str = StopMode.FAST) -> dict[
     except MuheamError:
         backend = None
     pids = {n: running_pid(cfg, n) for n in cfg.nodes}
+    if backend is not None and None in pids.values():  # nodes started in the foreground have no pid file
+        try:
+            members = backend.members(cfg.cluster_name)[0]
+        except MuheamError:
+            members = []
+        pids = {n: pid if pid is not None else _member_pid(cfg, n, members) for n, pid in pids.items()}
     for node_id, pid in pids.items():
         if pid is not None:
             os.kill(pid, SIGNAL_FOR_MODE[StopMode(mode)])

@@ -137,6 +137,26 @@ def process_stamp(pid: int) -> str | None:
     return None if ticks is None or not boot else f"{boot}/{ticks}"
 
 
+def config_of(pid: int) -> Path | None:
+    """The config file a ``muheam node start`` process was started with (``-c PATH``, ``--config PATH`` or
+    ``--config=PATH`` after ``node start``, the last one given, as click takes it; relative to its working
+    directory), or None where its command line names none or /proc cannot tell.  (Only after ``node start``:
+    an interpreter's own ``-c`` comes before.)"""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    start = next((i + 2 for i in range(len(argv) - 1) if argv[i:i + 2] == ["node", "start"]), None)
+    found = None
+    for i in range(start if start is not None else len(argv), len(argv)):
+        arg = argv[i]
+        value = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else \
+            arg.removeprefix("--config=") if arg.startswith("--config=") else None
+        found = value or found
+    return (cwd / found).resolve() if found else None
+
+
 def node_marks(node_id: int) -> list[str]:
     """What the command line of node ``node_id``'s process holds (``muheam node start --node-id N``)."""
     return ["--node-id", str(node_id)]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -122,6 +124,44 @@ def test_a_copy_of_the_shared_directory_is_refused_while_the_cluster_runs_on_the
     assert [m["node_id"] for m in c.members()] == [1]
     c.cli("node", "start", "--node-id", "2", "--daemon", timeout=60)  # the real directory is taken
     assert "1" in c.cli("get", "t", "1", "--node-id", "2", "--format", "json").stdout
+
+
+def test_a_daemon_node_runs_with_the_flags_it_was_started_with(local_cluster: Start) -> None:
+    """``node start --daemon --lease-ttl 5`` started its node process with the config file alone: it ran with
+    the file's TTL (and with ``--shared-dir`` against the file's directory), silently (a black-box test)."""
+    c = local_cluster(2)
+    c.cli("node", "stop", "--node-id", "2")
+    c.cli("node", "start", "--node-id", "2", "--daemon", "--lease-ttl", "5", timeout=60)
+    # (logged just after the member shows running, which is when the start returns)
+    assert wait_until(lambda: "(TTL 5 s)" in c.log(2).rsplit("node 2 stopping", 1)[-1], 10), c.log(2)[-2000:]
+
+
+def test_cluster_down_stops_a_node_started_in_the_foreground(local_cluster: Start) -> None:
+    """A node started with ``node start`` in the foreground writes no pid file, and ``cluster down`` stopped
+    only the nodes it had pid files for, then etcd: the foreground node lost etcd and fenced itself (exit 3)."""
+    c = local_cluster(2)
+    c.cli("node", "stop", "--node-id", "2")
+    env = {**os.environ, "MUHEAM_CLIENT_KEY": c.client_key or ""}
+    node = subprocess.Popen([sys.executable, "-m", "muheam", "node", "start", "--node-id", "2", "-c", str(c.config),
+                             "--log-file", str(c.dir / "log" / "fg-2.log")], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: any(m["node_id"] == 2 and m["state"] == "running" for m in c.members()), 60)
+        proc = run_cli("cluster", "down", "--dir", str(c.dir), "--format", "json", timeout=120)
+        assert 2 in json.loads(proc.stdout)["stopped_nodes"], proc.stdout
+        assert node.wait(30) == 0, "the foreground node did not stop cleanly"
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(10)
+
+
+def test_reload_finds_the_client_key_through_its_config_from_anywhere(local_cluster: Start) -> None:
+    """``muheam reload -c CONFIG`` asked the nodes without the config's client key (it found one only through a
+    ./muheam.toml), so from any other directory a CURVE node refused it; ``get``, ``table list`` worked."""
+    c = local_cluster(1)
+    proc = run_cli("reload", "-c", str(c.config), env={"MUHEAM_CLIENT_KEY": ""}, check=False)
+    assert proc.returncode == 0 and "node 1:" in proc.stdout, proc.stderr
 
 
 def test_unreachable_etcd_refused_clearly(local_cluster: Start) -> None:

@@ -20,7 +20,8 @@ from muheam.ops.etcd_server import EtcdServer
 from muheam.membership import Member
 from muheam.node import startup
 from muheam.node.fence import is_incarnation
-from muheam.ops.procs import (is_process, pid_alive, pid_of, process_stamp, read_pid, remove_pid, stop_pid, wait_until,
+from muheam.errors import ClusterStateError
+from muheam.ops.procs import (config_of, is_process, pid_alive, pid_of, process_stamp, read_pid, remove_pid, stop_pid, wait_until,
                               write_pid)
 
 
@@ -154,3 +155,25 @@ def test_a_dead_nodes_member_whose_pid_went_to_another_process_is_waited_out_not
     backend = Leases()
     startup.refuse_duplicate(cfg, 1, backend)  # type: ignore[arg-type]
     assert backend.listings == 3
+
+
+def test_a_node_of_another_cluster_in_the_same_run_dir_is_neither_stopped_nor_taken_for_ours(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Two clusters given one run_dir share the pid file's name: the second's ``cluster up`` said its node 1 was
+    already running (the first's), and its ``cluster down`` stopped the first cluster's node (a black-box
+    test).  The node's command line names its config file: only a node of this config is ours."""
+    cfg = cluster_mod.load_or_create(tmp_path / "mine", 1, 2, "none")
+    theirs = tmp_path / "theirs" / "muheam.toml"
+    other = _spawn("node", "start", "--node-id", "1", "-c", str(theirs))
+    procs.append(other)
+    write_pid(cluster_mod.pid_file(cfg, 1), other.pid)
+    assert config_of(other.pid) == theirs.resolve()
+    assert cluster_mod.running_pid(cfg, 1) is None
+    with pytest.raises(ClusterStateError, match="give each cluster its own run_dir"):
+        cluster_mod.start_node_daemon(cfg, 1, None)  # type: ignore[arg-type]
+    cluster_mod.cluster_down(tmp_path / "mine", "immediate")
+    assert pid_alive(other.pid), "cluster down stopped another cluster's node"
+    ours = _spawn("node", "start", "--node-id", "1", "--config=" + str(cfg.source))
+    procs.append(ours)
+    write_pid(cluster_mod.pid_file(cfg, 1), ours.pid)
+    assert cluster_mod.running_pid(cfg, 1) == ours.pid
