@@ -197,6 +197,12 @@ class HandshakeWatch:
         if self.refusals is not None and detail:
             self.refusals("refused a connection to the %s port: %s", self.port, detail)
 
+    def _which(self, value: int) -> int:
+        """The pending connection a handshake event is about: ``value`` if it is one, else the oldest."""
+        if value in self.pending or not self.pending:
+            return value
+        return next(iter(self.pending))
+
     def drain(self, monitor_sock: zmq.Socket[Any]) -> None:
         while True:
             try:
@@ -209,9 +215,13 @@ class HandshakeWatch:
                     self.pending.pop(next(iter(self.pending)))
                 self.pending[fd] = True
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.pending.pop(fd, None)
-            elif kind & HANDSHAKE_FAILURES:
-                self._refused(fd, "" if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
+                # libzmq reports it with the value 0, not the connection's descriptor: the connection accepted
+                # first of those still waiting is taken for the one that succeeded (handshakes mostly end in the
+                # order they began; the count stays right, only which one is blamed may not).  Matching by fd
+                # alone left every good connection pending, and each client that closed was logged refused.
+                self.pending.pop(self._which(fd), None)
+            elif kind & HANDSHAKE_FAILURES:  # (its value is an error number: the same guess as above)
+                self._refused(self._which(fd), "" if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
                               "its handshake failed (no CURVE key, or a key for another server)")
             elif kind == zmq.EVENT_DISCONNECTED and fd in self.pending:
                 self._refused(fd, "it closed before completing a handshake (not ZeroMQ, or no CURVE key)")
