@@ -287,7 +287,12 @@ def load(
     if path is not None:
         source = Path(path).expanduser().resolve()
         try:
-            raw = tomllib.loads(source.read_text())
+            # TOML is UTF-8 by definition: decode it as such whatever the locale, and say so when it is not
+            raw = tomllib.loads(source.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {source} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                              f"offset {exc.start}); a muheam.toml is TOML, which must be UTF-8: fix or rewrite "
+                              "the file, or pass -c with the right path") from None
         except FileNotFoundError:
             raise ConfigError(f"config file {source} does not exist; pass -c with the path of muheam.toml") from None
         except tomllib.TOMLDecodeError as exc:

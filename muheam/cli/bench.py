@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar, cast
 import click
 
 from muheam import config as config_mod
-from muheam.cli.common import emit
+from muheam.cli.common import FiniteRange, emit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,7 +76,8 @@ def bench_membership(fmt: str, as_json: bool, kills: int, stops: int, lease_ttl:
 @bench.command("xid")
 @output_options
 @click.option("--nodes", type=click.IntRange(1, 8), default=3, show_default=True)
-@click.option("--seconds", type=float, default=5.0, show_default=True, help="Length of the throughput phase.")
+@click.option("--seconds", type=FiniteRange(0, 86400, min_open=True), default=5.0, show_default=True,
+              help="Length of the throughput phase.")
 @click.option("--per-request", type=click.IntRange(1, 10_000), default=16, show_default=True,
               help="XIDs a client asks for per request in the throughput phase.")
 def bench_xid(fmt: str, as_json: bool, nodes: int, seconds: float, per_request: int) -> None:
@@ -99,7 +100,7 @@ def bench_lock(fmt: str, as_json: bool, transfers: int) -> None:
 @bench.command("kv")
 @output_options
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
-@click.option("--seconds", type=float, default=5.0, show_default=True)
+@click.option("--seconds", type=FiniteRange(0, 86400, min_open=True), default=5.0, show_default=True)
 def bench_kv(fmt: str, as_json: bool, clients: int, seconds: float) -> None:
     """One node: commits/s and gets/s with concurrent clients, WAL MB/s, fsyncs per commit (group commit)."""
     from muheam.bench.kv import run
@@ -132,7 +133,7 @@ def bench_walmerge(fmt: str, as_json: bool, mb: int, nodes: int) -> None:
 
 @bench.command("bank")
 @output_options
-@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--seconds", type=FiniteRange(0, 86400, min_open=True), default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
 @click.option("--affinity/--no-affinity", default=True, show_default=True,
@@ -165,7 +166,7 @@ def bench_bank(fmt: str, as_json: bool, seconds: float, clients: int, accounts: 
 
 @bench.command("pgbench")
 @output_options
-@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--seconds", type=FiniteRange(0, 86400, min_open=True), default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--scale", type=click.IntRange(1, 100), default=4, show_default=True,
               help="Branches; 10 tellers and 10,000 accounts per branch.")
@@ -182,7 +183,7 @@ def bench_pgbench(fmt: str, as_json: bool, seconds: float, clients: int, scale: 
 
 @bench.command("replicate")
 @output_options
-@click.option("--seconds", type=click.FloatRange(1, 600), default=10.0, show_default=True)
+@click.option("--seconds", type=FiniteRange(1, 600), default=10.0, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=6, show_default=True)
 @click.option("--accounts", type=click.IntRange(2, 100_000), default=100, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
@@ -197,9 +198,9 @@ def bench_replicate(fmt: str, as_json: bool, seconds: float, clients: int, accou
 
 @bench.command("recovery")
 @output_options
-@click.option("--wal-mb", type=click.FloatRange(0.1, 2000), default=20.0, show_default=True,
+@click.option("--wal-mb", type=FiniteRange(0.1, 2000, unit="megabytes"), default=20.0, show_default=True,
               help="WAL the killed node writes before the kill (what the survivors redo).")
-@click.option("--seconds-before", type=click.FloatRange(1, 600), default=4.0, show_default=True,
+@click.option("--seconds-before", type=FiniteRange(1, 600), default=4.0, show_default=True,
               help="Bank load before the kill (the throughput baseline).")
 @click.option("--lease-ttl", type=click.IntRange(config_mod.ETCD_MIN_TTL, 60), default=config_mod.DEFAULT_TTL)
 def bench_recovery(fmt: str, as_json: bool, wal_mb: float, seconds_before: float, lease_ttl: int) -> None:

@@ -74,6 +74,23 @@ def emit(data: Any, fmt: str) -> None:
         click.echo(dumps(data))
 
 
+_ESCAPED = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def table_text(value: Any) -> str:
+    """A value as the table format (``get``, ``scan``) shows it: one row per line, columns separated by tabs.
+
+    A text value holding a newline or a tab broke that layout (a row split over lines, a column that looked like
+    two), so control characters (and the Unicode line separators) are written as escapes: ``\\n``, ``\\t``,
+    ``\\r``, else ``\\xNN`` / ``\\uNNNN``; a backslash is doubled, so the escapes are unambiguous, as in
+    PostgreSQL's COPY text format.  JSON output is not escaped this way: it shows the value as stored."""
+    if not isinstance(value, str):
+        return str(value)
+    return _ESCAPED.sub(lambda m: _NAMED_ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                                                     else f"\\u{ord(m.group()):04x}"), value)
+
+
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                              show_default=True, help="Output format.")
 
@@ -91,7 +108,57 @@ def leave(code: int) -> NoReturn:
 
 
 node_choice = click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), default=None,
-                           help="Node to talk to (default: the lowest configured node id).")
+                           help="Node to talk to (default: the lowest configured node not known to be stopped, "
+                                "i.e. whose pid file on this host does not name an exited process).")
+
+
+class FiniteRange(click.FloatRange):
+    """A float option that must be a finite number within bounds (seconds, megabytes ...).
+
+    Every float option of the CLI uses it: ``click.FloatRange`` lets ``nan`` through (a comparison with NaN is
+    false, so no bound ever refuses it) and ``inf`` when there is no maximum; a sleep then crashed
+    (``time.sleep(nan)``: ValueError; ``inf``: OverflowError) and a deadline of NaN never came (``watch --timeout
+    nan`` ran for ever).  A value out of range is a usage error (exit 2) naming the range, as click words it."""
+
+    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False,
+                 max_open: bool = False, unit: str = "seconds") -> None:
+        super().__init__(min, max, min_open=min_open, max_open=max_open)
+        self.unit = unit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give a number of {self.unit} in the range "
+                      f"{self._describe_range()}", param, ctx)
+        return float(super().convert(number, param, ctx))
+
+
+REFRESH_MIN_S = 0.1
+"""The shortest refresh of ``top --interval`` and ``list --watch``: faster, a view only flickers while the
+scrapes (or etcd reads) load the nodes (``list --watch 0`` redrew about 32 times a second)."""
+
+LONGEST_S = 366 * 86400
+"""The longest ``--duration``/``--timeout`` taken (a year): past that the option is a typo; leave it out to run
+until stopped."""
+
+
+class TcpEndpoint(click.types.StringParamType):
+    """A ZeroMQ endpoint given on the command line (``wal subscribe``, ``--subscribe``, ``--publish``):
+    ``tcp://HOST:PORT`` with a port from 1 to 65535, checked as the config's endpoints are.  Unchecked, ZeroMQ
+    refused ``garbage`` with an internal error (ZMQError), and ``tcp://127.0.0.1:99999`` was connected to without a
+    word: nothing ever answered and the copy ended with 0 records and exit 0."""
+
+    name = "endpoint"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return config_mod.check_tcp_endpoint("endpoint", value)
+        except ConfigError:
+            self.fail(f"{value!r} is not a ZeroMQ endpoint; write tcp://HOST:PORT with a port from 1 to 65535, "
+                      "e.g. tcp://127.0.0.1:5701", param, ctx)
+
+
+tcp_endpoint = TcpEndpoint()
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import click
 
 from muheam.cli.common import (
     INT64_MAX, INT64_MIN, SignedArgs, config_options, dumps, emit, format_option, int64_type, load_config,
-    node_choice,
+    node_choice, table_text,
 )
 from muheam.errors import ConfigError, MuheamError
 
 # tables and rows -------------------------------------------------------------------------------------------
+MAX_BUCKETS = 1 << 14
+"""The most hash chains a table may have (``muheam.engine.catalog.CREATE_MAX_BUCKETS``, which a test holds this
+to); importing the engine to read it would slow every command down."""
 
 
 def _stopped(cfg: Any, node_id: int) -> str | None:
@@ -48,6 +53,44 @@ def _connection(kw: dict[str, Any]) -> Any:
     return connect(cfg.node(node_id).client_endpoint, key=client_for(cfg))
 
 
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+_FLOAT_SPECIAL = re.compile(r"[+-]?(inf|infinity|nan)\Z", re.IGNORECASE)
+
+
+def parse_value(name: str, typ: str, raw: str) -> Any:
+    """One ``put`` value as its column's type, as PostgreSQL's int8in and float8in take it.
+
+    Python's ``int()`` and ``float()`` are more lenient than PostgreSQL: they take ``1_000``, non-ASCII
+    digits and surrounding blanks, and ``float('1e400')`` is silently ``inf`` (``1e-400`` silently 0).  Plain
+    ASCII digits are taken; a finite-looking float that does not fit a double is out of range (PostgreSQL: "is
+    out of range for type double precision"); ``NaN``, ``Infinity`` and ``inf`` are taken as written, as
+    PostgreSQL does.  Raises ``click.UsageError`` (exit 2) naming the column and the form."""
+    item = f"{name}={raw}"
+    if typ == "int64":
+        if not _INT.match(raw):
+            raise click.UsageError(f"{item!r}: {name} is int64; write an integer such as -42 (digits 0-9 only, no "
+                                   "'_' or blanks)")
+        # more than 19 significant digits is out of range anyway; int() of thousands of digits would raise
+        value = int(raw) if len(raw.lstrip("+-").lstrip("0")) <= 19 else INT64_MAX + 1
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise click.UsageError(f"{item!r}: {name} is int64, {INT64_MIN} .. {INT64_MAX}")
+        return value
+    if typ == "float64":
+        if _FLOAT_SPECIAL.match(raw):
+            return float(raw)
+        match = _FLOAT.match(raw)
+        if not match:
+            raise click.UsageError(f"{item!r}: {name} is float64; write a number such as -1.5 or 2.5e-3 (or NaN, "
+                                   "Infinity, -Infinity)")
+        number = float(raw)
+        if math.isinf(number) or number == 0.0 and re.search(r"[1-9]", match.group(1)):
+            raise click.UsageError(f"{item!r}: {raw} is out of range for float64 (a double holds 0 and "
+                                   "magnitudes from about 4.9e-324 to 1.8e308)")
+        return number
+    return raw
+
+
 def _coerce(columns: list[list[str]], assignments: tuple[str, ...]) -> dict[str, Any]:
     types = dict((name, typ) for name, typ in columns)
     row: dict[str, Any] = {}
@@ -55,14 +98,28 @@ def _coerce(columns: list[list[str]], assignments: tuple[str, ...]) -> dict[str,
         name, sep, raw = item.partition("=")
         if not sep or name not in types:
             raise click.UsageError(f"{item!r}: write COLUMN=VALUE with a column of {', '.join(types)}")
-        typ = types[name]
-        try:
-            row[name] = int(raw) if typ == "int64" else float(raw) if typ == "float64" else raw
-        except ValueError:
-            raise click.UsageError(f"{item!r}: {name} is {typ}") from None
-        if typ == "int64" and not INT64_MIN <= row[name] <= INT64_MAX:
-            raise click.UsageError(f"{item!r}: {name} is int64, {INT64_MIN} .. {INT64_MAX}")
+        row[name] = parse_value(name, types[name], raw)
     return row
+
+
+def table_columns(name: str, columns: tuple[str, ...]) -> dict[str, str]:
+    """The ``COLUMN:TYPE`` arguments of ``table create``, checked here as the node would check them (names, types,
+    a column declared twice, the row width) so that a mistake is a usage error (exit 2) naming the allowed
+    values, not a failed request; a column given twice was silently kept once (the last type won)."""
+    from muheam.storage.errors import SchemaError
+    from muheam.storage.schema import Schema
+
+    pairs = []
+    for spec in columns:
+        col, sep, typ = spec.partition(":")
+        if not sep:
+            raise click.UsageError(f"{spec!r}: write COLUMN:TYPE, e.g. balance:int64 or name:text(16)")
+        pairs.append((col, typ))
+    try:
+        Schema(name, pairs)
+    except SchemaError as exc:
+        raise click.UsageError(str(exc)) from None
+    return dict(pairs)
 
 
 @click.group()
@@ -73,8 +130,8 @@ def table() -> None:
 @table.command("create")
 @click.argument("name")
 @click.argument("columns", nargs=-1, required=True)
-@click.option("--expected-rows", type=int, default=0, help="Sizes the hash buckets.")
-@click.option("--buckets", type=click.IntRange(min=0), default=0,
+@click.option("--expected-rows", type=click.IntRange(0, INT64_MAX), default=0, help="Sizes the hash buckets.")
+@click.option("--buckets", type=click.IntRange(0, MAX_BUCKETS), default=0,
               help="Hash chains (0: from --expected-rows); chains are the unit of block ownership between nodes.")
 @format_option
 @node_choice
@@ -82,12 +139,7 @@ def table() -> None:
 def table_create(name: str, columns: tuple[str, ...], expected_rows: int, buckets: int, fmt: str,
                  **kw: Any) -> None:
     """Create table NAME with COLUMN:TYPE ... (types: int64, float64, text(N)); the key is an implicit int64."""
-    cols = {}
-    for spec in columns:
-        col, sep, typ = spec.partition(":")
-        if not sep:
-            raise click.UsageError(f"{spec!r}: write COLUMN:TYPE, e.g. balance:int64 or name:text(16)")
-        cols[col] = typ
+    cols = table_columns(name, columns)
     with _connection(kw) as conn:
         info = conn.create_table(name, cols, expected_rows, buckets)
     if fmt == "json":
@@ -144,7 +196,7 @@ def get_cmd(table_name: str, key: int, fmt: str, **kw: Any) -> None:
     if fmt == "json":
         click.echo(dumps({"key": key, **row}))
     else:
-        click.echo(f"{key}\t" + "\t".join(f"{c}={v}" for c, v in row.items()))
+        click.echo(f"{key}\t" + "\t".join(f"{c}={table_text(v)}" for c, v in row.items()))
 
 
 @click.command("put", cls=SignedArgs)
@@ -189,4 +241,4 @@ def scan_cmd(table_name: str, fmt: str, **kw: Any) -> None:
         emit([{"key": k, **r} for k, r in rows], fmt)
         return
     for k, r in rows:
-        click.echo(f"{k}\t" + "\t".join(f"{c}={v}" for c, v in r.items()))
+        click.echo(f"{k}\t" + "\t".join(f"{c}={table_text(v)}" for c, v in r.items()))

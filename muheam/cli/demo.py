@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from muheam.cli.common import dumps
+from muheam.cli.common import FiniteRange, dumps
 
 
 def _render(progress: Any, seconds: float) -> Any:
@@ -52,7 +52,7 @@ def _render(progress: Any, seconds: float) -> Any:
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="Where the cluster, its WAL and the report go (new, empty, or a previous demo's, which is "
                    "cleared). Default: muheam-demo in the system's temporary directory.")
-@click.option("--seconds", type=click.FloatRange(6, 3600), default=30.0, show_default=True,
+@click.option("--seconds", type=FiniteRange(6, 3600), default=30.0, show_default=True,
               help="Length of the bank workload; one node is killed halfway.")
 @click.option("--open", "open_", is_flag=True, help="Open the report in a web browser at the end.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,

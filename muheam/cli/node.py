@@ -9,7 +9,9 @@ from typing import Any
 import click
 
 from muheam import config as config_mod
-from muheam.cli.common import config_options, emit, format_option, leave, load_config
+from muheam.cli.common import (
+    LONGEST_S, REFRESH_MIN_S, FiniteRange, config_options, emit, format_option, leave, load_config,
+)
 from muheam.errors import MuheamError
 
 
@@ -70,7 +72,8 @@ def node_start(node_id: int, daemon: bool, log_file: str | None, accept_data_los
 @click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), required=True)
 @click.option("--mode", type=click.Choice(["smart", "fast", "immediate"]), default="fast", show_default=True,
               help="smart: wait for clients; fast: abort them; immediate: no clean shutdown.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=FiniteRange(0, 86400), default=60.0, show_default=True,
+              help="Seconds to wait for the node to exit before it is killed.")
 @config_options
 @format_option
 def node_stop(node_id: int, mode: str, timeout: float, fmt: str, **kw: Any) -> None:
@@ -96,7 +99,8 @@ def node_stop(node_id: int, mode: str, timeout: float, fmt: str, **kw: Any) -> N
 @click.command("list")
 @config_options
 @format_option
-@click.option("--watch", "watch_s", type=float, default=None, help="Refresh every N seconds until Ctrl-C.")
+@click.option("--watch", "watch_s", type=FiniteRange(REFRESH_MIN_S, 3600), default=None,
+              help="Refresh every N seconds until Ctrl-C (at least 0.1, as 'muheam top --interval').")
 def list_cmd(fmt: str, watch_s: float | None, **kw: Any) -> None:
     """Show the members: node, host, endpoints, state, epoch, lease TTL left, Lamport clock, lag (Lamport behind
     the most advanced member), chains owned, last error in its log; configured nodes that are not members show as
@@ -118,8 +122,9 @@ def list_cmd(fmt: str, watch_s: float | None, **kw: Any) -> None:
 @click.command("watch")
 @config_options
 @format_option
-@click.option("--count", type=int, default=None, help="Exit after this many events (not counting current members).")
-@click.option("--timeout", type=float, default=None, help="Exit after this many seconds.")
+@click.option("--count", type=click.IntRange(min=0), default=None,
+              help="Exit after this many events (not counting current members).")
+@click.option("--timeout", type=FiniteRange(0, LONGEST_S), default=None, help="Exit after this many seconds.")
 def watch_cmd(fmt: str, count: int | None, timeout: float | None, **kw: Any) -> None:
     """Print the current members, then every membership event (joined, left, expired) as it happens.
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
-from muheam.cli.common import config_options, emit, format_option, leave, load_config
+from muheam.cli.common import (
+    LONGEST_S, FiniteRange, config_options, emit, format_option, leave, load_config, tcp_endpoint,
+)
 from muheam.errors import ConfigError, MuheamError
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -21,7 +23,7 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 @click.command("replicate")
 @click.option("--to", "conninfo", required=True, metavar="CONNINFO",
               help="The PostgreSQL replica: a libpq URI (postgresql://user@host:port/db) or key=value string.")
-@click.option("--subscribe", "endpoint", default=None, metavar="ENDPOINT",
+@click.option("--subscribe", "endpoint", type=tcp_endpoint, default=None, metavar="ENDPOINT",
               help="Replicate from this published merged stream (tcp://HOST:PORT of 'muheam walmerge --follow "
                    "--publish'). Without it, -c is needed and the stream is followed in this process.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -35,7 +37,7 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 @click.option("--no-copy", "no_copy", is_flag=True,
               help="A new replica replays the merged stream from LSN 0 instead of starting with a copy of the "
                    "cluster's rows (works while the nodes keep their whole WAL; needed with --subscribe alone).")
-@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--duration", type=FiniteRange(0, LONGEST_S, min_open=True), default=None,
               help="Stop after this many seconds (default: until SIGINT/SIGTERM).")
 @config_options
 @format_option

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from muheam.cli.common import config_options, dumps, load_config
+from muheam.cli.common import REFRESH_MIN_S, FiniteRange, config_options, dumps, load_config
 from muheam.config import Config
 from muheam.errors import ConfigError
 from muheam.obs.scrape import Sample, rates, scrape
@@ -53,7 +53,7 @@ def _table(rows: list[dict[str, Any]]) -> Any:
 @config_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: a live view refreshed every --interval; json: one sample per member, then exit.")
-@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+@click.option("--interval", type=FiniteRange(REFRESH_MIN_S, 60), default=1.0, show_default=True,
               help="Seconds between samples (rates are over this interval).")
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many refreshes (table).")
 def top_cmd(fmt: str, interval: float, count: int | None, **kw: Any) -> None:

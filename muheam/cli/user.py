@@ -14,6 +14,38 @@ import click
 from muheam.cli.common import config_options, emit, format_option, load_config
 
 
+def _stdin_password() -> str:
+    """The first line of stdin, decoded as UTF-8 here: the text stream's decoding depends on the locale and may
+    turn bytes that are not UTF-8 into lone surrogates, which SASLprep then refused with an internal error."""
+    from muheam.sql.auth import UserError
+
+    stream = getattr(sys.stdin, "buffer", None)
+    line = stream.readline() if stream is not None else sys.stdin.readline().encode("utf-8", "surrogateescape")
+    try:
+        return str(line.decode("utf-8")).rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"the password on stdin is not UTF-8 text (byte {line[exc.start]:#04x} at offset "
+                        f"{exc.start}); give the password as UTF-8 text on one line") from None
+
+
+def _prompted_password() -> str:
+    """The password from a prompt without echo.  With no terminal to prompt on (no /dev/tty: a cron job, a pipe
+    under ssh without -t), getpass would warn (GetPassWarning) and read stdin with echo; say instead what to do."""
+    import getpass
+    import warnings
+
+    from muheam.sql.auth import UserError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", getpass.GetPassWarning)
+        try:
+            return str(click.prompt("password", hide_input=True, confirmation_prompt=True))
+        except getpass.GetPassWarning:
+            raise UserError("no terminal to ask for the password on (the password is never taken from the "
+                            "command line); pipe it in with --password-stdin, e.g. "
+                            "'printf %s \"$PASSWORD\" | muheam user add NAME --password-stdin'") from None
+
+
 @click.group()
 def user() -> None:
     """SQL users (SCRAM-SHA-256) of the PostgreSQL-protocol SQL port."""
@@ -26,13 +58,11 @@ def user() -> None:
 @config_options
 def user_add(name: str, password_stdin: bool, fmt: str, **kw: Any) -> None:
     """Add user NAME, or set a new password for it."""
-    from muheam.sql.auth import add_user
+    from muheam.sql.auth import add_user, check_shared_dir
 
     cfg = load_config(kw)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    check_shared_dir(cfg.shared_dir)
+    password = _stdin_password() if password_stdin else _prompted_password()
     new = add_user(cfg.shared_dir, name, password)
     if fmt == "json":
         emit({"user": name, "created": new}, fmt)
@@ -45,9 +75,10 @@ def user_add(name: str, password_stdin: bool, fmt: str, **kw: Any) -> None:
 @config_options
 def user_list(fmt: str, **kw: Any) -> None:
     """The SQL users (names and mechanism; never a secret)."""
-    from muheam.sql.auth import load_users
+    from muheam.sql.auth import check_shared_dir, load_users
 
     cfg = load_config(kw)
+    check_shared_dir(cfg.shared_dir)
     users = [{"user": name, "mechanism": entry.get("mechanism"), "iterations": entry.get("iterations")}
              for name, entry in sorted(load_users(cfg.shared_dir).items())]
     if fmt == "json":
@@ -65,9 +96,10 @@ def user_list(fmt: str, **kw: Any) -> None:
 @config_options
 def user_remove(name: str, fmt: str, **kw: Any) -> None:
     """Remove user NAME; its next login fails (sessions already open stay)."""
-    from muheam.sql.auth import remove_user
+    from muheam.sql.auth import check_shared_dir, remove_user
 
     cfg = load_config(kw)
+    check_shared_dir(cfg.shared_dir)
     remove_user(cfg.shared_dir, name)
     if fmt == "json":
         emit({"user": name, "removed": True}, fmt)

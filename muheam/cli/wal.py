@@ -12,20 +12,24 @@ from typing import Any
 import click
 
 from muheam import config as config_mod
-from muheam.cli.common import config_options, emit, format_option, leave, load_config
-from muheam.errors import ConfigError, MuheamError
+from muheam.cli.common import (
+    LONGEST_S, FiniteRange, config_options, emit, format_option, leave, load_config, tcp_endpoint,
+)
+from muheam.errors import ClusterStateError, ConfigError, MuheamError
+from walmerge import RecordKind
 from walmerge.record import format_glsn
 
 
 @click.command("waldump")
 @click.option("--node-id", type=click.IntRange(1, config_mod.MAX_NODE_ID), required=True, help="Whose WAL.")
-@click.option("--xid", type=int, default=None, help="Only records of this transaction.")
-@click.option("--kind", default=None, help="Only records of this kind (e.g. COMMIT, HEAP_INSERT).")
+@click.option("--xid", type=click.IntRange(min=0), default=None, help="Only records of this transaction.")
+@click.option("--kind", default=None, callback=lambda _ctx, _param, value: _kind(value),
+              help="Only records of this kind: " + ", ".join(k.name for k in RecordKind) + " (any case).")
 @click.option("--stats", is_flag=True, help="Summary per record kind instead of records.")
-@click.option("--limit", type=int, default=None, help="Stop after this many records.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Stop after this many records.")
 @format_option
 @config_options
-def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, limit: int | None, fmt: str,
+def waldump_cmd(node_id: int, xid: int | None, kind: int | None, stats: bool, limit: int | None, fmt: str,
                 **kw: Any) -> None:
     """Print a node's WAL records (lsn, prev, glsn, xid, node, epoch, kind, length), like pg_waldump."""
     from itertools import islice
@@ -33,7 +37,8 @@ def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, li
     from muheam.ops import waldump
 
     cfg = load_config(kw)
-    rows = waldump.records(cfg.shared_dir, node_id, xid, waldump.parse_kind(kind) if kind else None)
+    _check_node_wal(cfg.shared_dir, node_id)
+    rows = waldump.records(cfg.shared_dir, node_id, xid, kind)
     if stats:
         summary = waldump.stats(rows)
         if fmt == "json":
@@ -54,6 +59,31 @@ def waldump_cmd(node_id: int, xid: int | None, kind: str | None, stats: bool, li
                        f"node: {row['node']}, epoch: {row['epoch']}, len: {row['len']}, desc: {row['kind']}")
 
 
+def _kind(name: str | None) -> int | None:
+    """``--kind``: a record kind's name in any case; an unknown one is a usage error (exit 2) listing the kinds."""
+    from muheam.ops.waldump import parse_kind
+
+    try:
+        return None if name is None else parse_kind(name)
+    except ClusterStateError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kind") from None
+
+
+def _check_node_wal(shared: Path, node_id: int) -> None:
+    """Say which directory was looked for when a node has no WAL there: the bare "No such file or directory"
+    the reader gave named neither the node nor where its WAL should be."""
+    from walmerge.merge import node_dirs
+    from walmerge.segment import node_wal_dir
+
+    directory = node_wal_dir(shared, node_id)
+    if directory.is_dir():
+        return
+    found = sorted(node_dirs(shared))
+    has = f"nodes with a WAL there: {', '.join(map(str, found))}" if found else "no node has a WAL there"
+    raise ClusterStateError(f"node {node_id} has no WAL in {shared}: {directory} does not exist ({has}); check "
+                            "--node-id and the shared directory (-c, --shared-dir)")
+
+
 # walmerge ---------------------------------------------------------------------------------------------------
 _out_bulk = click.option("--out", type=click.Path(file_okay=False), default=None,
                          help="Write the merged stream here (bulk: a new or empty directory; --follow/--subscribe: "
@@ -64,15 +94,15 @@ _merged_opt = click.option("--merged", type=click.Path(file_okay=False), default
                            help="Verify this merged stream.")
 _torn_opt = click.option("--allow-torn-tail", is_flag=True,
                          help="A torn last record (after a crash) is not a problem.")
-_publish_opt = click.option("--publish", default=None, metavar="ENDPOINT",
+_publish_opt = click.option("--publish", type=tcp_endpoint, default=None, metavar="ENDPOINT",
                             help="With --follow: serve the stream to subscribers on this ZeroMQ endpoint "
                                  "(tcp://HOST:PORT).")
 _from_lsn_opt = click.option("--from-lsn", default=None, metavar="LSN",
                              help="With --follow/--subscribe: cut --out back to this merged LSN (HI/LO hex as "
                                   "printed, 0x hex or decimal) and continue from there.")
-_poll_opt = click.option("--poll-interval", type=click.FloatRange(0.001, 60), default=0.05, show_default=True,
+_poll_opt = click.option("--poll-interval", type=FiniteRange(0.001, 60), default=0.05, show_default=True,
                          help="With --follow: seconds between polls of the node WALs.")
-_duration_opt = click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+_duration_opt = click.option("--duration", type=FiniteRange(0, LONGEST_S, min_open=True), default=None,
                              help="With --follow/--subscribe: stop after this many seconds.")
 _idle_opt = click.option("--until-idle", is_flag=True,
                          help="With --follow: stop once no node is live and every WAL has been merged to its end.")
@@ -86,7 +116,7 @@ _idle_opt = click.option("--until-idle", is_flag=True,
 @click.option("--follow", is_flag=True,
               help="Follow mode: merge the node WALs as they grow (live nodes from etcd) until stopped.")
 @_publish_opt
-@click.option("--subscribe", default=None, metavar="ENDPOINT",
+@click.option("--subscribe", type=tcp_endpoint, default=None, metavar="ENDPOINT",
               help="Copy the stream a 'walmerge --follow --publish' serves into --out, resuming where it stops.")
 @_from_lsn_opt
 @_poll_opt
@@ -200,7 +230,7 @@ def wal_follow(out: str, publish: str | None, from_lsn: str | None, poll_interva
 
 
 @wal.command("subscribe")
-@click.argument("endpoint")
+@click.argument("endpoint", type=tcp_endpoint)
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="The copy; resumed where it ends.")
 @_from_lsn_opt

@@ -24,7 +24,7 @@ from typing import Any
 
 import scramp
 
-from muheam.errors import MuheamError
+from muheam.errors import ClusterStateError, MuheamError
 
 MECHANISM = "SCRAM-SHA-256"
 ITERATIONS = 4096
@@ -39,6 +39,17 @@ class UserError(MuheamError):
 
 def users_path(shared_dir: Path) -> Path:
     return shared_dir / "global" / "sql_users.json"
+
+
+def check_shared_dir(shared_dir: Path) -> None:
+    """Refuse a directory that is not a cluster's shared directory (no ``global/control``), as ``recover`` does.
+
+    Without it ``user list`` said "no SQL users" of any directory at all, and ``user add`` failed on the
+    temporary file it could not create under the missing ``global/``."""
+    if not (shared_dir / "global" / "control").is_file():
+        raise ClusterStateError(f"{shared_dir} is not a MUHEAM shared directory (no global/control); point -c or "
+                                "--shared-dir at the shared directory of an initialised cluster ('muheam cluster "
+                                "init' or 'cluster up' makes one)")
 
 
 def load_users(shared_dir: Path) -> dict[str, dict[str, Any]]:
@@ -70,8 +81,14 @@ def add_user(shared_dir: Path, name: str, password: str) -> bool:
         raise UserError(f"user name {name!r} is not valid: 1-63 characters, no NUL")
     if not password:
         raise UserError("the password is empty; give one on stdin (--password-stdin) or at the prompt")
-    salt, stored_key, server_key, iterations = scramp.ScramMechanism(MECHANISM).make_auth_info(
-        password, iteration_count=ITERATIONS)
+    try:
+        salt, stored_key, server_key, iterations = scramp.ScramMechanism(MECHANISM).make_auth_info(
+            password, iteration_count=ITERATIONS)
+    except scramp.ScramException as exc:  # SASLprep (RFC 4013), which SCRAM applies to every password
+        reason = str(exc).split(":")[0]
+        raise UserError(f"the password cannot be used with {MECHANISM}: SASLprep (RFC 4013) refuses it "
+                        f"({reason}); use valid UTF-8 text without control characters (tabs and newlines "
+                        "included)") from None
     users = load_users(shared_dir)
     new = name not in users
     users[name] = {"mechanism": MECHANISM, "iterations": iterations,
