@@ -9,8 +9,10 @@ Every command group lives in its own module and is registered here, explicitly, 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -35,6 +37,24 @@ COMMANDS = (cluster.cluster, node.node, node.list_cmd, node.watch_cmd, data.tabl
             admin.history_cmd, admin.restart_cmd, admin.reload_cmd, admin.remove_cmd)
 for command in COMMANDS:
     cli.add_command(command)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError for the operator: the path, or where it happened when the call had none (``os.write`` on a
+    descriptor: a full disk said only "No space left on device"), and what to do about a full file system."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if not where:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            code = tb.tb_frame.f_code
+            where = f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}:{code.co_name}: "
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += ("; the file system is full: free space where the shared directory, the WAL and run_dir live "
+                 "(their paths are in the config file), then start again")
+    return text
 
 
 def main() -> None:
@@ -64,8 +84,7 @@ def main() -> None:
             click.echo(f"muheam: error: {exc}", err=True)
             sys.exit(2)
         if isinstance(exc, OSError):  # the file system said no: name the path, it is not a bug of ours
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"muheam: error: {where}{exc.strerror or exc}", err=True)
+            click.echo(f"muheam: error: {os_error_text(exc)}", err=True)
             sys.exit(1)
         click.echo(f"muheam: internal error: {type(exc).__name__}: {exc} (set MUHEAM_DEBUG=1 for a traceback "
                    "and report it)", err=True)

@@ -102,9 +102,12 @@ class EtcdServer:
             stop_pid(proc.pid, signal.SIGKILL)
             raise EtcdUnavailable(f"etcd did not answer on {self.client_url} within {timeout:.0f} s; see {self.log_file}")
         if proc.poll() is not None:
+            last = tail(self.log_file)
+            full = "no space left on device" in tail(self.log_file, 200).lower()
             raise EtcdUnavailable(
-                f"etcd exited at start (code {proc.returncode}); last log lines:\n{tail(self.log_file)}"
-            )
+                (f"etcd could not start: the file system of {self.data_dir} is full (no space left on device); "
+                 "free space there and run the command again" if full else
+                 f"etcd exited at start (code {proc.returncode}); last log lines:\n{last}"))
         return proc.pid
 
     def stop(self, timeout: float = 10.0) -> bool:

@@ -4,6 +4,7 @@ problem and the fix, the documented exit code, and at once rather than after a t
 from __future__ import annotations
 
 import errno
+import os
 import json
 import sys
 import time
@@ -174,3 +175,19 @@ def test_a_call_failed_while_the_endpoint_is_held_back_names_the_failure_before_
     finally:
         backend.close()
     assert "NoServerAvailableError, held back after" in str(info.value) and "refused" in str(info.value).lower()
+
+
+def test_a_full_disk_without_a_path_says_where_and_what_to_do() -> None:
+    """A write on a descriptor (``os.write``, ``os.pwrite``) raises ENOSPC without a file name: a node on a full
+    disk died saying only "No space left on device" (a black-box test)."""
+    from muheam.cli.app import os_error_text
+
+    def write_segment() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    try:
+        write_segment()
+    except OSError as exc:
+        text = os_error_text(exc)
+    assert "No space left on device" in text and "file system is full" in text and "write_segment" in text, text
+    named = OSError(errno.EACCES, "Permission denied", "/x/y")
+    assert os_error_text(named) == "/x/y: Permission denied"
