@@ -47,12 +47,21 @@ def read_control(shared: Path) -> dict[str, Any] | None:
         raise ClusterStateError(f"cannot read {path}: {exc.strerror}; check permissions and the mount") from None
     try:
         data = json.loads(raw)
-        if not isinstance(data, dict) or "cluster_id" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("cluster_id"), str):
             raise ValueError("no cluster_id")
     except ValueError as exc:
         raise ClusterStateError(
             f"{path} is damaged ({exc}); restore it from a backup — do not delete it while data files exist"
         ) from None
+    fmt, block = data.get("format"), data.get("block_size")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or not 1 <= fmt <= FORMAT_VERSION:
+        raise ClusterStateError(
+            f"{path} has format {fmt!r}; this version of MUHEAM reads format 1 to {FORMAT_VERSION}: use the "
+            "version that made the cluster (a newer one), or restore the file from a backup if it was changed")
+    if block != BLOCK_SIZE or isinstance(block, bool):
+        raise ClusterStateError(
+            f"{path} says block_size {block!r}; MUHEAM's pages are {BLOCK_SIZE} bytes: restore the file from a "
+            "backup (the data files were written with that size)")
     return data
 
 
