@@ -58,8 +58,8 @@ class WalCorruption(WalError):
         super().__init__(
             f"WAL corruption in segment {path} at offset {offset} (LSN {format_lsn(lsn)}): {reason}. "
             f"Records before LSN {format_lsn(lsn)} are intact; what follows cannot be trusted. Restore the "
-            f"segment from a copy, or accept losing everything from that LSN with "
-            f"walmerge.truncate_at(<wal dir>, {lsn:#x}) (the node's explicit discard-WAL operator flag)."
+            f"segment from a copy, or accept losing everything from that LSN: start the node with "
+            f"'muheam node start --accept-data-loss' (from Python: walmerge.truncate_at(<wal dir>, {lsn:#x}))."
         )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
-from walmerge.errors import RecordTooLarge, WalError, WalMismatch, WalWriteError, format_lsn
+from walmerge.errors import RecordTooLarge, WalCorruption, WalError, WalMismatch, WalWriteError, format_lsn
 from walmerge.reader import TornTail, WalReader
 from walmerge.record import HEADER_SIZE, LamportSource, align8, encode_record, pack_glsn
 from walmerge.segment import (
@@ -55,7 +55,10 @@ class WalWriter:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, node_id: int, system_id: int, epoch: int,
-                 segment_size: int | None = None, merged: bool = False) -> None:
+                 segment_size: int | None = None, merged: bool = False, resume_from: int | None = None) -> None:
+        """``resume_from``: the LSN of a record known to be valid (the node's checkpoint): damage found before it
+        while looking for the end (recovery no longer needs those records) does not stop the writer, which then
+        looks for the end from that record."""
         self.directory = Path(directory)
         self.node_id = node_id
         self.system_id = system_id
@@ -89,7 +92,7 @@ class WalWriter:
             self._seg_start = 0
             pos = SEGMENT_HEADER_SIZE
         else:
-            pos = self._resume(segs, segment_size)
+            pos = self._resume(segs, segment_size, resume_from)
         self._fd = os.open(self._path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         self._pos = pos
         self._tail = (self._fd, pos)
@@ -116,7 +119,7 @@ class WalWriter:
         self.fsync_count += 2
         return path
 
-    def _resume(self, segs: list[tuple[int, Path]], segment_size: int | None) -> int:
+    def _resume(self, segs: list[tuple[int, Path]], segment_size: int | None, resume_from: int | None) -> int:
         with open(segs[0][1], "rb") as f:
             first = decode_segment_header(f.read(SEGMENT_HEADER_SIZE), segs[0][1], node_id=self.node_id,
                                           system_id=self.system_id)
@@ -132,8 +135,20 @@ class WalWriter:
         for k in range(len(segs) - 1, -1, -1):
             reader = WalReader(self.directory, node_id=self.node_id, system_id=self.system_id,
                                start_lsn=segs[k][0])
-            for _ in reader.batches():
-                pass
+            try:
+                for _ in reader.batches():
+                    pass
+            except WalCorruption as e:
+                if resume_from is None or not segs[k][0] <= e.lsn < resume_from:
+                    raise
+                # damage before a record known to be valid: the end is found from that record, whose prev-LSN
+                # the chain goes on from (with no record there, nothing tells where the chain stood: refused)
+                reader = WalReader(self.directory, node_id=self.node_id, system_id=self.system_id,
+                                   start_lsn=resume_from)
+                for _ in reader.batches():
+                    pass
+                if reader.last is None:
+                    raise
             if reader.last is not None or k == 0:
                 break
         self._seg_start, self._path = segs[-1]

@@ -29,6 +29,7 @@ from muheam.engine.redo import Batcher
 from muheam.storage.heap import relation_path
 from walmerge import WalCorruption, WalReader, WalWriter, format_lsn, node_wal_dir, truncate_at, unpack_glsn
 from walmerge.reader import LastRecord, TornTail
+from walmerge.segment import list_segments
 
 if TYPE_CHECKING:
     from muheam.engine.engine import Engine
@@ -85,6 +86,30 @@ def _verify(eng: "Engine", start: int | None, accept_data_loss: bool) -> None:
         rep.torn_tail = str(check.torn)
 
 
+def _report_damage_before(eng: "Engine", start: int | None) -> None:
+    """Damage in the WAL segment of the checkpoint, before it: crash recovery does not read those records (the
+    pages hold their changes), so the node starts; but a merge or an archive recovery through them will stop
+    there, and the operator should hear of it now, with what to do."""
+    if start is None:
+        return
+    wal_dir = node_wal_dir(eng.shared, eng.node_id)
+    segments = [s for s, _ in list_segments(wal_dir) if s <= start]
+    if not segments:
+        return
+    reader = WalReader(wal_dir, node_id=eng.node_id, system_id=eng.config.system_id, start_lsn=segments[-1])
+    try:
+        for batch in reader.batches():
+            if len(batch.headers) and int(batch.headers["lsn"].max()) >= start:
+                return
+    except WalCorruption as e:
+        if e.lsn < start:
+            log.warning("node %d: its WAL is damaged in segment %s at offset %d (LSN %s), before its checkpoint "
+                        "at LSN %s: %s. Crash recovery does not need those records and the node starts, but a "
+                        "merge or an archive recovery through them will stop there: restore the segment from a "
+                        "copy if there is one, and take a new base backup", eng.node_id, e.path, e.offset,
+                        format_lsn(e.lsn), format_lsn(start), e.reason)
+
+
 def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_data_loss: bool) -> None:
     shared, node = eng.shared, eng.node_id
     for sub in ("global", "xact", "base"):
@@ -107,8 +132,9 @@ def recover(eng: "Engine", *, seed_clock: Callable[[int], None] | None, accept_d
 
     _verify(eng, start, accept_data_loss)
     cfg = eng.config
+    _report_damage_before(eng, start)
     wal = WalWriter(node_wal_dir(shared, node), node_id=node, system_id=cfg.system_id, epoch=cfg.epoch,
-                    segment_size=cfg.segment_size)
+                    segment_size=cfg.segment_size, resume_from=start)
     eng._wal = wal
     if ptr is not None and wal.end_lsn < ptr.redo_lsn:  # equal: recovered by others up to the WAL's end
         raise StateFileCorrupt(f"{statefiles.checkpoint_path(shared, node)} points at LSN "

@@ -208,6 +208,32 @@ def test_corrupt_wal_refuses_then_accepts_data_loss(shared: Path) -> None:
     e.close()
 
 
+def test_damage_before_the_checkpoint_does_not_stop_the_node_and_is_reported(
+        shared: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A record damaged before the node's last checkpoint is not needed by its crash recovery, but the WAL
+    writer read the whole last segment to find its end and refused it: the node did not start, with or without
+    accept_data_loss (which would have cut away the checkpoint and everything after it) -- a black-box test.
+    Now the writer continues from the checkpoint, and the damage is reported for what it affects: merges and
+    archive recovery through it."""
+    commits = _commits(shared, 40)
+    e = Engine.open(shared, 1, config=cfg())
+    e.close()  # its shutdown checkpoint is past every commit
+    bad = commits[20]
+    seg = bad - bad % (1 << 16)
+    path = node_wal_dir(shared, 1) / segment_name(seg)
+    data = bytearray(path.read_bytes())
+    data[bad - seg + 9] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        e = Engine.open(shared, 1, config=cfg())
+    t = e.begin(1000)
+    assert sorted(k for k, _ in t.scan("a")) == list(range(40))  # nothing lost: the pages hold it
+    t.commit()
+    e.close()
+    assert any("before its checkpoint" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
+
+
 def test_torn_tail_is_cut_and_logged(shared: Path, caplog: pytest.LogCaptureFixture) -> None:
     commits = _commits(shared, 10)
     last = commits[-1]
