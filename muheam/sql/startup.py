@@ -137,6 +137,9 @@ class Startup:
             self.settings["default_" + base] = self.settings[base] = v
         elif name in settings.TIMEOUTS:
             self.settings[name] = settings.show_ms(settings.parse_ms(name, value))
+        elif name.lower() not in settings.CONTEXT and "." not in name:
+            # as PostgreSQL: a parameter it does not know ends the connection (it was kept and shown by SHOW)
+            raise SqlError("42704", f'unrecognized configuration parameter "{name}"')
         else:
             self.settings[name] = value
 
