@@ -58,13 +58,15 @@ def require_live_directory(cfg: Config, node_id: int, backend: MembershipBackend
     logs at least a heartbeat every fraction of a second into its WAL in the shared directory, so the real one
     shows some running peer's WAL tail move within moments; a copy, or another mount of old contents, never does.
     One moving peer is enough (another may be paused, or busy with long work that keeps its loop from turning);
-    peers that leave meanwhile are no longer waited for.  Waits up to twice the lease TTL, at least 5 s."""
+    peers that leave meanwhile are no longer waited for.  Waits up to three lease TTLs, at least 10 s: a peer whose
+    loop is held by long work (staging a dead node's pages) logs nothing meanwhile."""
     system_id = EngineConfig().system_id
 
     def tails() -> dict[int, int]:  # (each reads its node's last segment: only the running peers')
         return {n: wal_tail_glsn(cfg.shared_dir, n, system_id) for n in running}
     first = tails()
-    deadline = time.monotonic() + max(5.0, 2 * cfg.lease_ttl)
+    limit = max(10.0, 3 * cfg.lease_ttl)
+    deadline = time.monotonic() + limit
     next_listing = time.monotonic() + 1.0
     while running:
         fence.check()
@@ -74,7 +76,7 @@ def require_live_directory(cfg: Config, node_id: int, backend: MembershipBackend
         if time.monotonic() >= deadline:
             raise ClusterStateError(
                 f"shared_dir {cfg.shared_dir} does not show the running node(s) {sorted(running)} writing their WAL "
-                f"(nothing moved in {max(5.0, 2 * cfg.lease_ttl):.0f} s): it is not the directory the cluster runs "
+                f"(nothing moved in {limit:.0f} s): it is not the directory the cluster runs "
                 "on (a copy or an old backup, or another mount); point node "
                 f"{node_id} at the cluster's shared directory")
         if time.monotonic() >= next_listing:
