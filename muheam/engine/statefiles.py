@@ -28,6 +28,7 @@ import msgpack
 import numpy as np
 
 from muheam.engine.errors import StateFileCorrupt
+from walmerge.record import align8
 
 MAGIC = b"MHS1"
 FORMAT = 1
@@ -142,8 +143,13 @@ class CheckpointPointer:
 
 
 def read_checkpoint(shared: Path, node_id: int) -> CheckpointPointer | None:
+    """The node's checkpoint pointer.  Its LSN is where a record starts: survivors and whole-cluster recovery
+    write the end of the last record they applied (``lsn + length``), and records start 8-aligned, so it is
+    rounded up to the next record's start (a reader started at the unaligned end took the padding for a damaged
+    record as soon as records followed it, e.g. a zombie incarnation's after its recovery: the node could not
+    start)."""
     d = read_state(checkpoint_path(shared, node_id))
-    return None if d is None else CheckpointPointer(int(d["redo_lsn"]), int(d["glsn"]))
+    return None if d is None else CheckpointPointer(align8(int(d["redo_lsn"])), int(d["glsn"]))
 
 
 def write_checkpoint(shared: Path, node_id: int, ptr: CheckpointPointer) -> None:

@@ -13,6 +13,7 @@ from muheam.engine import (Deadlock, Engine, EngineConfig, NoSuchTable, Serializ
 from muheam.engine import statefiles
 from muheam.storage import DuplicateKey, KeyNotFound, RowConflict, RowValueError, SchemaError, ValueOutOfRange
 from walmerge import RecordKind, WalReader, node_wal_dir, segment_name
+from walmerge.record import HEADER_SIZE
 
 COLS = {"balance": "int64", "name": "text(16)", "x": "float64"}
 
@@ -232,6 +233,21 @@ def test_damage_before_the_checkpoint_does_not_stop_the_node_and_is_reported(
     e.close()
     assert any("before its checkpoint" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+def test_a_checkpoint_pointer_at_a_records_unaligned_end_reads_the_records_after_it(shared: Path) -> None:
+    """Survivors and whole-cluster recovery set a node's pointer to the end of the last record they applied,
+    which is not where the next record starts (records start 8-aligned).  A reader started there took the
+    padding for damage once records followed (a zombie incarnation's, fenced): the node did not start (a
+    review found it)."""
+    _commits(shared, 6)
+    recs = WalReader(node_wal_dir(shared, 1), node_id=1, system_id=0).read_all()
+    first = next(r for r in recs[:-2] if (r.lsn + HEADER_SIZE + len(r.payload)) % 8)  # records follow it
+    end = first.lsn + HEADER_SIZE + len(first.payload)
+    statefiles.write_checkpoint(shared, 1, statefiles.CheckpointPointer(end, first.glsn))
+    e = Engine.open(shared, 1, config=cfg())  # the records after the pointer are read, not taken for damage
+    assert e.recovery.data_loss is None
+    e.close()
 
 
 def test_torn_tail_is_cut_and_logged(shared: Path, caplog: pytest.LogCaptureFixture) -> None:
