@@ -89,6 +89,10 @@ class _Tx:
     start ends at once."""
 
 
+_IN_TRANSACTION = frozenset({"get", "insert", "update", "add", "delete", "lock", "scan", "commit"})
+"""Operations of a running transaction: a malformed one ends the transaction (``_bad_request_rolls_back``)."""
+
+
 @dataclass
 class _Parked:
     retry: Callable[[], None]
@@ -209,7 +213,26 @@ class Sessions:
         self.catalog = CatalogOps(engine, cluster.ownership, fence_check, port)
         for op in ("begin", "snapshot", "get", "insert", "update", "add", "delete", "lock", "scan", "commit",
                    "rollback", "writers", "release_commit"):
-            port.register(op, getattr(self, "op_" + op))
+            fn = getattr(self, "op_" + op)
+            port.register(op, self._bad_request_rolls_back(fn) if op in _IN_TRANSACTION else fn)
+
+    def _bad_request_rolls_back(self, fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+        """A request of a running transaction that is refused as malformed (a key that is not an integer, a bad
+        page size, an unknown commit scope) ends the transaction too, as every other error inside one does: the
+        client takes any error for the end of its transaction, so one left running held its row locks until the
+        idle timeout with no way to release them (a black-box test)."""
+        def run(req: dict[str, Any]) -> Any:
+            try:
+                return fn(req)
+            except RequestError as exc:
+                xid = req.get("xid")
+                tx = self.txns.get(xid) if isinstance(xid, int) and not isinstance(xid, bool) else None
+                if exc.code != "bad_request" or tx is None:
+                    raise
+                self.abort_reasons["bad_request"] = self.abort_reasons.get("bad_request", 0) + 1
+                self._abort(tx)
+                raise RequestError("bad_request", f"{exc} (transaction {xid} rolled back)") from None
+        return run
 
     # writers ------------------------------------------------------------------------------------------------
 

@@ -312,3 +312,31 @@ def test_a_scan_refused_after_an_ownership_wait_answers_and_the_node_serves_on(
         assert conn.call("status")["counters"]["sessions"]["ownership_waits"] >= 1
         with conn.transaction() as tx2:
             assert dict(tx2.scan("q")) == {k: {"v": k} for k in range(64)}
+
+
+def test_a_malformed_request_inside_a_transaction_ends_it_and_frees_its_rows(local_cluster: Start) -> None:
+    """A key that is not an integer (or a bad page size, or an unknown commit scope) was refused without
+    touching the transaction: the client took the error for its end, as for every other error, and so never
+    sent a rollback, while the node kept it running with its row locks until the idle timeout; a writer of the
+    same row on another node then ran into its 10 s lock timeout (a black-box test)."""
+    c = local_cluster(2)
+    ep1, ep2 = endpoint(c, 1), endpoint(c, 2)
+    with connect(ep1, 10) as a, connect(ep2, 20) as b:
+        a.create_table("q", {"v": "int64"})
+        with a.transaction() as t:
+            t.insert("q", 1, {"v": 1})
+        bad_calls: list[Callable[[Any], Any]] = [lambda tx: tx.get("q", "1"), lambda tx: list(tx.scan("q", page_rows=0)),
+                                                  lambda tx: tx.commit(scope="garbage")]
+        for bad in bad_calls:
+            tx = a.transaction().__enter__()
+            tx.update("q", 1, {"v": 2})
+            with pytest.raises(client.ClientError) as err:
+                bad(tx)
+            assert "rolled back" in str(err.value), err.value
+            assert tx.xid not in a.writers(), "the node kept the transaction running"
+            t0 = time.monotonic()
+            with b.transaction() as other:  # the row is free at once, not after the lock timeout
+                other.update("q", 1, {"v": 3})
+            assert time.monotonic() - t0 < 5
+        with a.transaction() as t:
+            assert t.get("q", 1) == {"v": 3}
