@@ -270,13 +270,18 @@ class ClientTransaction:
         """Every row the transaction sees, a page of about ``page_rows`` at a time (one request each, all under
         the transaction's one snapshot), so a table of any size can be read.  ``table``: its name, or its id
         (``tables()``), which no other table ever gets: a scan by id of a table dropped meanwhile fails with
-        ``NoSuchTable`` rather than read a new table of that name."""
+        ``NoSuchTable`` rather than read a new table of that name.  A scan by name goes on by the id its first
+        page names: a table dropped and made anew under the name between pages is another table (its next page
+        read the new one from the old one's position: rows went missing without a word)."""
         at: int | None = 1
         while at is not None:
             page = self._op("scan", table=table, from_bucket=at, page_rows=page_rows)
             for key, row in page["rows"]:
                 yield int(key), row
             at = page["next"]
+            pinned = page.get("table_id")
+            if type(pinned) is int and pinned > 0:  # (a node of an older version does not name it)
+                table = pinned
 
     def commit(self, scope: str | None = None) -> dict[str, Any]:
         """Commit; ``scope`` (e.g. 'ANY 1 (replicas) ON applied ABORT ON 2s') overrides the cluster's

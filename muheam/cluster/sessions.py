@@ -499,8 +499,8 @@ class Sessions:
                 if chunk is not None and (len(rows) > limit or (not paged and failpoints.hit("sessions.scan_limit"))):
                     raise RequestError("bad_request", f"scan of {table} exceeds {limit} rows: page it "
                                                       "(from_bucket, page_rows; the Python client does)")
-            if paged:
-                return {"rows": rows, "next": at[0] if at[0] <= t.nbuckets else None}
+            if paged:  # (its id: the next page names the table by it, as a name may be another table by then)
+                return {"rows": rows, "next": at[0] if at[0] <= t.nbuckets else None, "table_id": t.table_id}
             return rows
 
         return self._row_op(req, scan, ahead=(lambda: page_ahead(limit - len(rows), len(rows), at[0] - start))

@@ -340,3 +340,23 @@ def test_a_malformed_request_inside_a_transaction_ends_it_and_frees_its_rows(loc
             assert time.monotonic() - t0 < 5
         with a.transaction() as t:
             assert t.get("q", 1) == {"v": 3}
+
+
+def test_a_paged_scan_by_name_does_not_go_on_into_a_table_made_anew_under_that_name(local_cluster: Start) -> None:
+    """A scan by name asked for each page by name: with the table dropped and made again between pages, it went
+    on in the new table from the old one's position and returned some rows of the old table and not others,
+    without an error (a black-box test)."""
+    c = local_cluster(1)
+    with connect(endpoint(c, 1), 10) as a, connect(endpoint(c, 1), 10) as b:
+        a.create_table("e", {"v": "int64"}, buckets=4)
+        with a.transaction() as t:
+            for k in range(8):
+                t.insert("e", k, {"v": k})
+        reader = b.transaction().__enter__()
+        pages = reader.scan("e", page_rows=1)
+        first = next(pages)
+        a.drop_table("e")
+        a.create_table("e", {"v": "int64"}, buckets=4)
+        with pytest.raises(client.NoSuchTable):
+            rest = list(pages)
+            raise AssertionError(f"the scan went on: {first} then {rest}")
