@@ -191,3 +191,14 @@ def test_a_full_disk_without_a_path_says_where_and_what_to_do() -> None:
     assert "No space left on device" in text and "file system is full" in text and "write_segment" in text, text
     named = OSError(errno.EACCES, "Permission denied", "/x/y")
     assert os_error_text(named) == "/x/y: Permission denied"
+
+
+def test_walmerge_of_a_directory_without_wal_is_refused_not_an_empty_archive(tmp_path: Path, capsys: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped --shared-dir (the run directory, an empty one) merged 0 records into a new archive and exited
+    0; --verify of the same already said it was unusable (a black-box test)."""
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(["walmerge", "--shared-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "m")],
+                         capsys, monkeypatch)
+    assert code == 2 and "no node WAL directories" in err and str(tmp_path / "empty") in err, (out, err)
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
