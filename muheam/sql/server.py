@@ -91,7 +91,13 @@ class SqlServer:
         """A few times a second: statements past their session's ``statement_timeout`` end (57014)."""
         for conn in list(self.conns.values()):
             if conn.session.statement_deadline is not None:
-                conn.session.check_timeout(now)
+                try:  # the cancelled statement's rest, and the next one, run here: as ``_cancel``
+                    conn.session.check_timeout(now)
+                except Exception:  # noqa: BLE001 - a bug costs its connection, never the node
+                    log.exception("SQL port: internal error while ending a statement at its statement_timeout; "
+                                  "closing its connection")
+                    self._close(conn)
+                    continue
                 self._flush(conn)
 
     @property

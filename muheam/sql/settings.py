@@ -11,6 +11,7 @@ act on, say, ``work_mem``.
 
 from __future__ import annotations
 
+import math
 import re
 
 from muheam.sql import plan
@@ -233,7 +234,8 @@ def parse_ms(name: str, value: str) -> int:
     if m is None or m.group(2) not in ("", *_MS_UNITS):
         hint = 'Valid units for this parameter are "us", "ms", "s", "min", "h", and "d".' if m else ""
         raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"', hint)
-    ms = round(float(m.group(1)) * _MS_UNITS.get(m.group(2) or "ms", 1))
+    exact = float(m.group(1)) * _MS_UNITS.get(m.group(2) or "ms", 1)
+    ms = round(exact) if math.isfinite(exact) else _MAX_MS + 1  # ('1e400' is not a number of milliseconds)
     if not 0 <= ms <= _MAX_MS:
         raise SqlError("22023", f'{ms} ms is outside the valid range for parameter "{name}" (0 .. {_MAX_MS})')
     return ms

@@ -50,3 +50,48 @@ def test_an_unknown_parameter_in_the_startup_packet_is_fatal_42704_as_in_postgre
     ok = Session(ops, Catalog(ops, None), "127.0.0.1", "trust", None, 2, lambda pid, key: None)
     ok.feed(_startup_with(application_name="psql", lock_timeout="2s", **{"myapp.mode": "x"}))
     assert not ok.closing and ok.settings["lock_timeout"] == "2s" and ok.settings["application_name"] == "psql"
+
+
+def test_a_duration_past_any_number_is_22023_not_an_overflow() -> None:
+    """``SET lock_timeout = '1e400'`` raised OverflowError, which closed the connection as an internal error (a
+    review)."""
+    import pytest
+
+    from muheam.sql import settings
+    from muheam.sql.expr import SqlError
+
+    for value in ("1e400", "1e308d", "'-1e400'"):
+        with pytest.raises(SqlError) as info:
+            settings.check("lock_timeout", value, "0")
+        assert info.value.code == "22023", value
+
+
+def test_a_bug_met_when_a_statement_times_out_costs_its_connection_not_the_node(monkeypatch: Any) -> None:
+    """The server's tick ends statements past their statement_timeout; the cancel runs the statement's rest and
+    the next one there, outside the guard the reads have: a bug there left the node's loop (a review)."""
+    import socket
+
+    import zmq
+
+    from muheam.sql.server import SqlServer
+
+    def broken(self: Session, now: float) -> None:
+        raise RuntimeError("a bug in the cancelled statement's rest")
+    monkeypatch.setattr(Session, "check_timeout", broken)
+    srv = SqlServer("postgresql://127.0.0.1:0", {"tables": lambda req: []}, None, 1)
+    poller = zmq.Poller()
+    srv.attach(poller)
+    client = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        client.sendall(startup())
+        for _ in range(100):
+            srv.handle(dict(poller.poll(20)))
+            if srv.conns:
+                break
+        (conn,) = srv.conns.values()
+        conn.session.statement_deadline = 0.0
+        srv.tick(1.0)  # raised out of here before
+        assert not srv.conns and srv.counters["closed"] == 1
+    finally:
+        client.close()
+        srv.close()
