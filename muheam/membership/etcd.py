@@ -28,15 +28,16 @@ from muheam.membership import (HISTORY_KEEP, Lease, Member, MemberEvent, Members
 T = TypeVar("T")
 _ETCD_ERRORS = (etcd_exc.Etcd3Exception, grpc.RpcError)
 _CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500),
-                    ("grpc.min_reconnect_backoff_ms", 20_000)]
+                    ("grpc.min_reconnect_backoff_ms", 2_000)]
 """gRPC's default reconnect backoff grows to minutes: after an etcd restart a lease renewal would keep failing
 at once although etcd is back, and the node would fence itself for nothing; so the backoff starts at 100 ms and
 stops at 500 ms.  ``min_reconnect_backoff_ms`` is not part of that backoff: gRPC takes it as the least time it
 gives one connection attempt (TCP connect and HTTP/2 handshake), and it was 100 ms here too, so an etcd or a
 machine busy for 100 ms failed a new client's attempt, and every call of that client failed at once (UNAVAILABLE,
 "timed out before receiving SETTINGS frame") while etcd served everyone already connected: twice in CI a
-starting node's lease keeper and a ``muheam list`` (``tests/integration/test_etcd_client.py``).  gRPC's default
-again: each call's own deadline bounds the wait."""
+starting node's lease keeper and a ``muheam list`` (``tests/integration/test_etcd_client.py``).  2 s, not gRPC's
+default 20 s: an etcd host that drops packets (no refusal) holds an attempt until it times out, and a shorter
+one is tried again sooner once etcd is back (a review); each call's own deadline bounds the wait either way."""
 
 
 class EtcdLease(Lease):

@@ -194,7 +194,7 @@ class NodeAgent:
             try:
                 startup.require_live_directory(cfg, self.node_id, backend, self.fence,
                                                {m.node_id for m in snapshot if m.node_id in peers
-                                                and m.state == NodeState.RUNNING})
+                                                and m.state == NodeState.RUNNING}, LONG_WORK_BUSY)
             except ClusterStateError:
                 self._leave_unstarted()
                 raise

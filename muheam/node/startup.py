@@ -50,7 +50,7 @@ LIVE_DIRECTORY_POLL = 0.15
 
 
 def require_live_directory(cfg: Config, node_id: int, backend: MembershipBackend, fence: Fence,
-                           running: set[int]) -> None:
+                           running: set[int], longest_work: float = 0.0) -> None:
     """Before a node joins running peers: the shared directory it was given must show one of them writing.
 
     A copy of the shared directory (a backup restored beside the original, ``cp -a``) names the same cluster id,
@@ -58,14 +58,15 @@ def require_live_directory(cfg: Config, node_id: int, backend: MembershipBackend
     logs at least a heartbeat every fraction of a second into its WAL in the shared directory, so the real one
     shows some running peer's WAL tail move within moments; a copy, or another mount of old contents, never does.
     One moving peer is enough (another may be paused, or busy with long work that keeps its loop from turning);
-    peers that leave meanwhile are no longer waited for.  Waits up to three lease TTLs, at least 10 s: a peer whose
-    loop is held by long work (staging a dead node's pages) logs nothing meanwhile."""
+    peers that leave meanwhile are no longer waited for.  Waits up to three lease TTLs, and longer than
+    ``longest_work``, the longest silence a peer announces for long work (staging a dead node's pages, this
+    node's among them after a crash), during which its loop logs nothing."""
     system_id = EngineConfig().system_id
 
     def tails() -> dict[int, int]:  # (each reads its node's last segment: only the running peers')
         return {n: wal_tail_glsn(cfg.shared_dir, n, system_id) for n in running}
     first = tails()
-    limit = max(10.0, 3 * cfg.lease_ttl)
+    limit = max(10.0, 3 * cfg.lease_ttl, longest_work + 5)
     deadline = time.monotonic() + limit
     next_listing = time.monotonic() + 1.0
     while running:

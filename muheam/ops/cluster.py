@@ -279,7 +279,10 @@ def cluster_down(directory: Path, mode: StopMode | str = StopMode.FAST) -> dict[
         pids = {n: pid if pid is not None else _member_pid(cfg, n, members) for n, pid in pids.items()}
     for node_id, pid in pids.items():
         if pid is not None:
-            os.kill(pid, SIGNAL_FOR_MODE[StopMode(mode)])
+            try:
+                os.kill(pid, SIGNAL_FOR_MODE[StopMode(mode)])
+            except ProcessLookupError:  # gone since it was found: nothing to stop, and etcd still is
+                pass
     deadline = time.monotonic() + 60
     stopped = []
     for node_id, pid in pids.items():

@@ -152,7 +152,8 @@ def config_of(pid: int) -> Path | None:
     for i in range(start if start is not None else len(argv), len(argv)):
         arg = argv[i]
         value = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else \
-            arg.removeprefix("--config=") if arg.startswith("--config=") else None
+            arg.removeprefix("--config=") if arg.startswith("--config=") else \
+            arg[2:] if arg.startswith("-c") and len(arg) > 2 else None  # (``-cPATH``, as click takes it)
         found = value or found
     return (cwd / found).resolve() if found else None
 

@@ -117,7 +117,7 @@ def test_a_copy_of_the_shared_directory_is_refused_while_the_cluster_runs_on_the
     copy = shared.parent / "shared-copy"
     shutil.copytree(shared, copy, symlinks=True)
     c.cli("put", "t", "1", "v=1")  # in the original only
-    proc = c.cli("node", "start", "--node-id", "2", "--shared-dir", str(copy), check=False, timeout=60)
+    proc = c.cli("node", "start", "--node-id", "2", "--shared-dir", str(copy), check=False, timeout=90)
     assert proc.returncode != 0, proc.stdout
     assert "does not show" in proc.stderr and str(copy) in proc.stderr and "Traceback" not in proc.stderr, \
         proc.stderr
