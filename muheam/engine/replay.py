@@ -279,18 +279,33 @@ def wal_tail_glsn(shared: Path, node: int, system_id: int) -> int:
     directory = node_wal_dir(shared, node)
     if not directory.is_dir():
         return 0
-    for start, _ in reversed(list_segments(directory)):
-        reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=start, verify_crc=False)
-        last = 0
-        try:
-            for batch in reader.batches():
-                if len(batch.headers):
-                    last = max(last, int(batch.headers["glsn"].max()))
-        except WalError:
-            return last
+    segments = list_segments(directory)
+    for k in range(len(segments) - 1, -1, -1):
+        start = segments[k][0]
+        last = _tail_from(directory, node, system_id, start)
+        if last is None:  # damaged: a node runs with damage before its checkpoint (it needs nothing before it),
+            ptr = statefiles.read_checkpoint(shared, node)  # and its records after it are the tail that moves
+            following = segments[k + 1][0] if k + 1 < len(segments) else None
+            if ptr is not None and ptr.redo_lsn > start and (following is None or ptr.redo_lsn < following):
+                last = _tail_from(directory, node, system_id, ptr.redo_lsn)
+            return last or _tail_from(directory, node, system_id, start, upto_damage=True) or 0
         if last:
             return last
     return 0
+
+
+def _tail_from(directory: Path, node: int, system_id: int, start: int, upto_damage: bool = False) -> int | None:
+    """The highest GLSN read from ``start``; None where the stream is damaged (``upto_damage``: what was read
+    before the damage)."""
+    reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=start, verify_crc=False)
+    last = 0
+    try:
+        for batch in reader.batches():
+            if len(batch.headers):
+                last = max(last, int(batch.headers["glsn"].max()))
+    except WalError:
+        return last if upto_damage else None
+    return last
 
 
 def wal_tail_glsns(shared: Path, system_id: int) -> dict[int, int]:
