@@ -126,11 +126,23 @@ def ensure_cluster_keys(shared_dir: Path, run_dir: Path, node_ids: list[int]) ->
 
 
 def ensure_node_key(shared_dir: Path, run_dir: Path, node_id: int) -> bool:
-    """Make node ``node_id``'s pair unless it has one (a node added later, on this host, gets one at start)."""
-    if node_secret_file(run_dir, node_id).exists() and node_public_file(shared_dir, node_id).exists():
+    """Make node ``node_id``'s pair unless it has one (a node added later, on this host, gets one at start).  A
+    secret key kept while its public file is missing (a shared directory restored from a backup older than the
+    node's key) gets its public file back, never a new pair: a new secret no longer matched the public file of
+    the directory the cluster runs on, and every handshake of the node failed (a review)."""
+    secret, public = node_secret_file(run_dir, node_id), node_public_file(shared_dir, node_id)
+    if secret.exists() and public.exists():
         return False
-    _make_pair(node_secret_file(run_dir, node_id), node_public_file(shared_dir, node_id),
-               {"node-id": str(node_id)})
+    kept = _public_of(secret) if secret.exists() else None
+    if kept is not None:
+        public.parent.mkdir(parents=True, exist_ok=True)
+        staged = public.with_name(f".{public.name}.new")
+        staged.write_text(f'#   ZeroMQ CURVE Public Certificate of node {node_id} (restored from its secret key)\n'
+                          f'metadata\n    node-id = "{node_id}"\ncurve\n    public-key = "{kept.decode()}"\n')
+        os.chmod(staged, 0o644)
+        os.replace(staged, public)
+        return True
+    _make_pair(secret, public, {"node-id": str(node_id)})
     return True
 
 

@@ -77,3 +77,17 @@ def test_client_key_is_found_in_order(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "missing.key_secret" in str(err.value)
     with pytest.raises(ConfigError, match="no secret key"):
         resolve_client(shared / "keys" / "server.key", env={})
+
+
+def test_a_node_key_whose_public_file_is_missing_keeps_its_secret(tmp_path: Path) -> None:
+    """A node started on a shared directory restored from a backup older than its key found no public file and
+    made a new pair, replacing its secret: back on the cluster's directory, its secret no longer matched the
+    public file there and every handshake failed (a review).  The public file is restored from the secret."""
+    shared, run = make(tmp_path)
+    before = keys.load_secret(keys.node_secret_file(run, 2))
+    keys.node_public_file(shared, 2).unlink()
+    assert keys.ensure_node_key(shared, run, 2)
+    after = keys.load_secret(keys.node_secret_file(run, 2))
+    assert after.secret == before.secret and after.public == before.public
+    assert keys._public_of(keys.node_public_file(shared, 2)) == before.public
+    assert not keys.ensure_node_key(shared, run, 2)
