@@ -187,14 +187,20 @@ def _commits(shared: Path, n: int) -> list[int]:
     return [r.lsn for r in recs if r.kind == RecordKind.COMMIT]
 
 
+def _damage(shared: Path, lsn: int) -> tuple[int, Path]:
+    """Flip a byte inside node 1's record at ``lsn``; returns its segment's start and file."""
+    seg = lsn - lsn % (1 << 16)
+    path = node_wal_dir(shared, 1) / segment_name(seg)
+    data = bytearray(path.read_bytes())
+    data[lsn - seg + 9] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return seg, path
+
+
 def test_corrupt_wal_refuses_then_accepts_data_loss(shared: Path) -> None:
     commits = _commits(shared, 40)
     bad = commits[20]
-    seg = bad - bad % (1 << 16)
-    path = node_wal_dir(shared, 1) / segment_name(seg)
-    data = bytearray(path.read_bytes())
-    data[bad - seg + 9] ^= 0xFF
-    path.write_bytes(bytes(data))
+    seg, path = _damage(shared, bad)
     with pytest.raises(WalDamaged) as ei:
         Engine.open(shared, 1, config=cfg())
     assert ei.value.path == path and ei.value.offset == bad - seg
@@ -221,11 +227,7 @@ def test_damage_before_the_checkpoint_does_not_stop_the_node_and_is_reported(
     e = Engine.open(shared, 1, config=cfg())
     e.close()  # its shutdown checkpoint is past every commit
     bad = commits[20]
-    seg = bad - bad % (1 << 16)
-    path = node_wal_dir(shared, 1) / segment_name(seg)
-    data = bytearray(path.read_bytes())
-    data[bad - seg + 9] ^= 0xFF
-    path.write_bytes(bytes(data))
+    seg, path = _damage(shared, bad)
     with caplog.at_level("WARNING"):
         e = Engine.open(shared, 1, config=cfg())
     t = e.begin(1000)
