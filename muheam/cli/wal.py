@@ -358,13 +358,13 @@ def _walmerge_bulk(shared: str | None, out: str | None, verify_: bool, merged: s
         shared = str(cfg.shared_dir)
     if shared is not None and not Path(shared).is_dir():
         raise ConfigError(f"--shared-dir: {shared} does not exist")
+    if out is not None:
+        _check_out(Path(out))
     if shared is not None and out is not None:
         from walmerge.merge import node_dirs
         if not node_dirs(Path(shared)):  # (a mistyped path made an empty "archive" and said merged, exit 0)
             raise ConfigError(f"--shared-dir: no node WAL directories (wal/node-<id>) under {shared}: it is not a "
                               "MUHEAM shared directory, or no node ever wrote; give the cluster's shared_dir")
-    if out is not None:
-        _check_out(Path(out))
     result: dict[str, Any] = {}
     from muheam.engine.statefiles import read_fences
     from muheam.ops.walcheck import Waits, block_of

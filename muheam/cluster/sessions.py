@@ -89,7 +89,7 @@ class _Tx:
     start ends at once."""
 
 
-_IN_TRANSACTION = frozenset({"get", "insert", "update", "add", "delete", "lock", "scan", "commit"})
+_IN_TRANSACTION = frozenset({"get", "insert", "update", "add", "delete", "lock", "scan"})
 """Operations of a running transaction: a malformed one ends the transaction (``_bad_request_rolls_back``)."""
 
 
@@ -217,8 +217,8 @@ class Sessions:
             port.register(op, self._bad_request_rolls_back(fn) if op in _IN_TRANSACTION else fn)
 
     def _bad_request_rolls_back(self, fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
-        """A request of a running transaction that is refused as malformed (a key that is not an integer, a bad
-        page size, an unknown commit scope) ends the transaction too, as every other error inside one does: the
+        """A row operation of a running transaction that is refused as malformed (a key that is not an integer, a
+        bad page size) ends the transaction too, as every other error inside one does: the
         client takes any error for the end of its transaction, so one left running held its row locks until the
         idle timeout with no way to release them (a black-box test)."""
         def run(req: dict[str, Any]) -> Any:
@@ -227,8 +227,8 @@ class Sessions:
             except RequestError as exc:
                 xid = req.get("xid")
                 tx = self.txns.get(xid) if isinstance(xid, int) and not isinstance(xid, bool) else None
-                if exc.code != "bad_request" or tx is None:
-                    raise
+                if not exc.malformed or tx is None:  # (a request refused for the state it meets, e.g. a
+                    raise                              # second COMMIT under way, leaves the transaction be)
                 self.abort_reasons["bad_request"] = self.abort_reasons.get("bad_request", 0) + 1
                 self._abort(tx)
                 raise RequestError("bad_request", f"{exc} (transaction {xid} rolled back)") from None
@@ -407,7 +407,7 @@ class Sessions:
         under the same name is never mistaken for the one it planned against)."""
         table = req.get("table")
         if not isinstance(table, str) and not (type(table) is int and 0 < table < 1 << 32):
-            raise RequestError("bad_request", "table must be a name (string) or a table id")
+            raise RequestError("bad_request", "table must be a name (string) or a table id", malformed=True)
         return table
 
     def _key(self, req: dict[str, Any]) -> int:
@@ -420,13 +420,13 @@ class Sessions:
     def op_insert(self, req: dict[str, Any]) -> Any:
         table, key, row = self._table(req), self._key(req), req.get("row")
         if not isinstance(row, dict):
-            raise RequestError("bad_request", "row must be a map of column values")
+            raise RequestError("bad_request", "row must be a map of column values", malformed=True)
         return self._row_op(req, lambda t: bool(t.insert(table, key, row)))
 
     def op_update(self, req: dict[str, Any]) -> Any:
         table, key, changes = self._table(req), self._key(req), req.get("changes")
         if not isinstance(changes, dict):
-            raise RequestError("bad_request", "changes must be a map of column values")
+            raise RequestError("bad_request", "changes must be a map of column values", malformed=True)
         return self._row_op(req, lambda t: bool(t.update(table, key, changes)))
 
     def op_add(self, req: dict[str, Any]) -> Any:
@@ -437,11 +437,11 @@ class Sessions:
         if not isinstance(column, str) or isinstance(delta, bool) or not isinstance(delta, (int, float)) \
                 or not isinstance(missing_ok, bool):
             raise RequestError("bad_request", "add needs column (str), a numeric delta and missing_ok (bool, "
-                                              "optional)")
+                                              "optional)", malformed=True)
         bounds: tuple[int, int] | None = None
         if within is not None:
             if not (isinstance(within, list) and len(within) == 2 and all(type(b) is int for b in within)):
-                raise RequestError("bad_request", "add: range must be [lowest, highest] (integers), if given")
+                raise RequestError("bad_request", "add: range must be [lowest, highest] (integers), if given", malformed=True)
             bounds = (within[0], within[1])
 
         def add(t: Transaction) -> bool:
@@ -463,7 +463,7 @@ class Sessions:
         waiting for it (SQL's FOR UPDATE NOWAIT)."""
         table, key, nowait = self._table(req), self._key(req), req.get("nowait", False)
         if not isinstance(nowait, bool):
-            raise RequestError("bad_request", "lock: nowait must be a boolean, if given")
+            raise RequestError("bad_request", "lock: nowait must be a boolean, if given", malformed=True)
         return self._row_op(req, lambda t: bool(t.lock(table, key)), nowait=nowait)
 
     def op_scan(self, req: dict[str, Any]) -> Any:

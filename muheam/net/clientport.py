@@ -28,9 +28,11 @@ Operation = Callable[[dict[str, Any]], Any]
 class RequestError(Exception):
     """A request the node understood but refuses; ``code`` is machine-readable for the client library."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, malformed: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.malformed = malformed
+        """An argument of the request is not what the operation takes (refused before anything was done)."""
 
 
 def int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: int, must: str) -> int:
@@ -38,7 +40,7 @@ def int_arg(req: dict[str, Any], name: str, default: int | None, lo: int, hi: in
     what it must be."""
     v = req.get(name, default)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise RequestError("bad_request", f"{name} must be {must}")
+        raise RequestError("bad_request", f"{name} must be {must}", malformed=True)
     return v
 
 

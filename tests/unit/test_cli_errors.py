@@ -77,7 +77,7 @@ def test_json_output_is_strict() -> None:
 
 def _merge(tmp_path: Path, out: Path, capsys: Any, monkeypatch: Any, *extra: str) -> tuple[int, str, str]:
     shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)
+    (shared / "wal" / "node-1").mkdir(parents=True, exist_ok=True)  # (a directory without any is refused first)
     return run(["walmerge", "--shared-dir", str(shared), "--out", str(out), *extra], capsys, monkeypatch)
 
 
