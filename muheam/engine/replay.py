@@ -282,21 +282,20 @@ def wal_tail_glsn(shared: Path, node: int, system_id: int) -> int:
     segments = list_segments(directory)
     for k in range(len(segments) - 1, -1, -1):
         start = segments[k][0]
-        last = _tail_from(directory, node, system_id, start)
-        if last is None:  # damaged: a node runs with damage before its checkpoint (it needs nothing before it),
-            ptr = statefiles.read_checkpoint(shared, node)  # and its records after it are the tail that moves
+        last, damaged = _tail_from(directory, node, system_id, start)
+        if damaged:  # a node runs with damage before its checkpoint (it needs nothing before it), and its records
+            ptr = statefiles.read_checkpoint(shared, node)  # after the checkpoint are the tail that moves
             following = segments[k + 1][0] if k + 1 < len(segments) else None
             if ptr is not None and ptr.redo_lsn > start and (following is None or ptr.redo_lsn < following):
-                last = _tail_from(directory, node, system_id, ptr.redo_lsn)
-            return last or _tail_from(directory, node, system_id, start, upto_damage=True) or 0
+                last = _tail_from(directory, node, system_id, ptr.redo_lsn)[0] or last
+            return last
         if last:
             return last
     return 0
 
 
-def _tail_from(directory: Path, node: int, system_id: int, start: int, upto_damage: bool = False) -> int | None:
-    """The highest GLSN read from ``start``; None where the stream is damaged (``upto_damage``: what was read
-    before the damage)."""
+def _tail_from(directory: Path, node: int, system_id: int, start: int) -> tuple[int, bool]:
+    """The highest GLSN read from ``start`` (up to damage, if any), and whether damage stopped the reading."""
     reader = WalReader(directory, node_id=node, system_id=system_id, start_lsn=start, verify_crc=False)
     last = 0
     try:
@@ -304,8 +303,8 @@ def _tail_from(directory: Path, node: int, system_id: int, start: int, upto_dama
             if len(batch.headers):
                 last = max(last, int(batch.headers["glsn"].max()))
     except WalError:
-        return last if upto_damage else None
-    return last
+        return last, True
+    return last, False
 
 
 def wal_tail_glsns(shared: Path, system_id: int) -> dict[int, int]:

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from muheam.errors import EtcdUnavailable, Fenced
 from muheam.membership import Lease
-from muheam.ops.procs import is_process, node_marks, pid_alive, wait_until
+from muheam.ops.procs import is_node, pid_alive, wait_until
 
 log = logging.getLogger("muheam.fence")
 
@@ -196,7 +196,7 @@ def is_incarnation(pid: int, node_id: int, started_at: float, stamp: str = "") -
     """Whether ``pid`` is still the process of node ``node_id`` that joined at ``started_at`` with the process
     stamp ``stamp``: its command line starts that node, and it is that process (a reused pid belongs to another
     one; members written without a stamp: it started no later than it joined)."""
-    return is_process(pid, node_marks(node_id), started_at, strict=True, stamp=stamp)
+    return is_node(pid, node_id, started_at, stamp, strict=True)
 
 
 def kill_incarnation(pid: int, node_id: int, started_at: float, stamp: str = "",

@@ -16,7 +16,7 @@ from muheam.engine.replay import ReplayReport, redo_cluster, wal_tail_glsn
 from muheam.errors import ClusterStateError, NodeIdInUse
 from muheam.membership import MembershipBackend
 from muheam.node.fence import Fence
-from muheam.ops.procs import is_process, node_marks
+from muheam.ops.procs import is_node
 from muheam.states import NodeState
 from walmerge import WalError, WalReader, node_wal_dir
 
@@ -30,8 +30,7 @@ def refuse_duplicate(cfg: Config, node_id: int, backend: MembershipBackend) -> N
     deadline = time.monotonic() + cfg.lease_ttl + 2
     while True:
         members = backend.members(cfg.cluster_name)[0]
-        stale = [m for m in members if m.host == host and not is_process(m.pid, node_marks(m.node_id), m.started_at,
-                                                                          stamp=m.stamp)]
+        stale = [m for m in members if m.host == host and not is_node(m.pid, m.node_id, m.started_at, m.stamp)]
         if stale and time.monotonic() < deadline:
             log.info("waiting for the lease(s) of dead process(es) of node(s) %s to expire", [m.node_id for m in stale])
             time.sleep(0.2)

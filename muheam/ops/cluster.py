@@ -25,7 +25,7 @@ from muheam.ops.etcd_server import EtcdServer
 from muheam.security import keys
 from muheam.membership import Member, MembershipBackend, connect
 from muheam.states import ClusterState, NodeState, StopMode
-from muheam.ops.procs import (SIGNAL_FOR_MODE, config_of, free_port, is_process, node_marks, pid_alive, pid_of,
+from muheam.ops.procs import (SIGNAL_FOR_MODE, config_of, free_port, is_node, node_marks, pid_alive, pid_of,
                               remove_pid, stop_pid, tail, wait_until, write_pid)
 
 CONFIG_NAME = "muheam.toml"
@@ -148,8 +148,8 @@ def _member_pid(cfg: Config, node_id: int, members: Sequence[Member]) -> int | N
     node started in the foreground writes no pid file)."""
     host = cfg.node(node_id).host or socket.gethostname()
     for member in members:
-        if member.node_id == node_id and member.host == host and is_process(
-                member.pid, node_marks(node_id), member.started_at, stamp=member.stamp) and \
+        if member.node_id == node_id and member.host == host and \
+                is_node(member.pid, node_id, member.started_at, member.stamp) and \
                 _config_elsewhere(cfg, member.pid) is None:
             return member.pid
     return None
@@ -169,14 +169,13 @@ def start_node_daemon(cfg: Config, node_id: int, backend: MembershipBackend, tim
     cfg.node(node_id)
     if cfg.source is None:
         raise ClusterStateError("--daemon needs a config file (-c) so the node process can read it")
-    pid = running_pid(cfg, node_id)
+    pid = pid_of(pid_file(cfg, node_id), node_marks(node_id))
     if pid is not None:
+        theirs = _config_elsewhere(cfg, pid)
+        if theirs is not None:
+            raise ClusterStateError(f"{pid_file(cfg, node_id)} belongs to node {node_id} of another cluster (pid "
+                                    f"{pid}, config {theirs}): give each cluster its own run_dir")
         raise ClusterStateError(f"node {node_id} is already running (pid {pid}); stop it first")
-    other = pid_of(pid_file(cfg, node_id), node_marks(node_id))
-    if other is not None and _config_elsewhere(cfg, other) is not None:
-        raise ClusterStateError(
-            f"{pid_file(cfg, node_id)} belongs to node {node_id} of another cluster (pid {other}, config "
-            f"{_config_elsewhere(cfg, other)}): give each cluster its own run_dir")
     log_path = log_file(cfg, node_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "muheam", "node", "start", "--node-id", str(node_id), "-c", str(cfg.source),
@@ -236,8 +235,8 @@ def cluster_up(directory: Path, nodes: int, lease_ttl: int | None = None,
         live = {m.node_id: m for m in backend.members(cfg.cluster_name)[0]}
         for node_id in sorted(cfg.nodes)[:max(nodes, 1)]:
             member = live.get(node_id)
-            if member is None or running_pid(cfg, node_id) is None and not is_process(
-                    member.pid, node_marks(node_id), member.started_at, stamp=member.stamp):
+            if member is None or running_pid(cfg, node_id) is None and not is_node(
+                    member.pid, node_id, member.started_at, member.stamp):
                 member = start_node_daemon(cfg, node_id, backend)
             started.append({
                 "node_id": node_id, "pid": member.pid, "epoch": member.epoch,

@@ -102,12 +102,12 @@ class EtcdServer:
             stop_pid(proc.pid, signal.SIGKILL)
             raise EtcdUnavailable(f"etcd did not answer on {self.client_url} within {timeout:.0f} s; see {self.log_file}")
         if proc.poll() is not None:
-            last = tail(self.log_file)
-            full = "no space left on device" in tail(self.log_file, 200).lower()
+            lines = tail(self.log_file, 200)
             raise EtcdUnavailable(
                 (f"etcd could not start: the file system of {self.data_dir} is full (no space left on device); "
-                 "free space there and run the command again" if full else
-                 f"etcd exited at start (code {proc.returncode}); last log lines:\n{last}"))
+                 "free space there and run the command again" if "no space left on device" in lines.lower() else
+                 f"etcd exited at start (code {proc.returncode}); last log lines:\n"
+                 + "\n".join(lines.splitlines()[-5:])))
         return proc.pid
 
     def stop(self, timeout: float = 10.0) -> bool:

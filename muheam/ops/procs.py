@@ -137,15 +137,25 @@ def process_stamp(pid: int) -> str | None:
     return None if ticks is None or not boot else f"{boot}/{ticks}"
 
 
+def _argv(pid: int) -> list[str] | None:
+    """Process ``pid``'s command line (None where /proc cannot tell)."""
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return None
+
+
 def config_of(pid: int) -> Path | None:
     """The config file a ``muheam node start`` process was started with (``-c PATH``, ``--config PATH`` or
     ``--config=PATH`` after ``node start``, the last one given, as click takes it; relative to its working
     directory), or None where its command line names none or /proc cannot tell.  (Only after ``node start``:
     an interpreter's own ``-c`` comes before.)"""
+    argv = _argv(pid)
     try:
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
+        return None
+    if argv is None:
         return None
     start = next((i + 2 for i in range(len(argv) - 1) if argv[i:i + 2] == ["node", "start"]), None)
     found = None
@@ -176,9 +186,8 @@ def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, s
     recognises); else yes (a stop trusts the pid, as before the check)."""
     if not pid_alive(pid):
         return False
-    try:
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
+    argv = _argv(pid)
+    if argv is None:
         return not strict
     joined = f"{marks[0]}={marks[1]}" if len(marks) == 2 and marks[0].startswith("--") else None
     if not any(argv[i:i + len(marks)] == list(marks) for i in range(len(argv))) and joined not in argv:
@@ -190,6 +199,12 @@ def is_process(pid: int, marks: Sequence[str], not_after: float | None = None, s
         return True
     began = start_time(pid)
     return not strict if began is None else began <= not_after + 1.0
+
+
+def is_node(pid: int, node_id: int, started_at: float, stamp: str, strict: bool = False) -> bool:
+    """Whether ``pid`` is still the process of node ``node_id`` whose member record says it started at
+    ``started_at`` with ``stamp`` (``is_process`` with the node's command line)."""
+    return is_process(pid, node_marks(node_id), started_at, strict, stamp)
 
 
 def pid_of(path: Path, marks: Sequence[str]) -> int | None:
@@ -233,13 +248,17 @@ def write_pid(path: Path, pid: int | None = None) -> None:
     pid = pid or os.getpid()
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = process_stamp(pid)
-    for target, text in ((_stamp_file(path), f"{pid} {stamp}\n" if stamp else ""), (path, f"{pid}\n")):
-        if not text:
-            target.unlink(missing_ok=True)
-            continue
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
+    if stamp:
+        _replace_text(_stamp_file(path), f"{pid} {stamp}\n")
+    else:
+        _stamp_file(path).unlink(missing_ok=True)
+    _replace_text(path, f"{pid}\n")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def remove_pid(path: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
@@ -91,11 +90,16 @@ def _make_pair(secret_path: Path, public_path: Path, metadata: Mapping[str, str]
         os.chmod(sec, 0o600)
         public, _ = zmq.auth.load_certificate(pub)
         os.replace(sec, secret_path)
-        staged = public_path.with_name(f".{public_path.name}.new")
-        shutil.copyfile(pub, staged)
-        os.chmod(staged, 0o644)
-        os.replace(staged, public_path)
+        _publish(public_path, Path(pub).read_text())
     return public
+
+
+def _publish(public_path: Path, certificate: str) -> None:
+    """Put a public certificate in place by a rename, readable by all."""
+    staged = public_path.with_name(f".{public_path.name}.new")
+    staged.write_text(certificate)
+    os.chmod(staged, 0o644)
+    os.replace(staged, public_path)
 
 
 def _public_of(path: Path) -> bytes | None:
@@ -136,11 +140,8 @@ def ensure_node_key(shared_dir: Path, run_dir: Path, node_id: int) -> bool:
     kept = _public_of(secret) if secret.exists() else None
     if kept is not None:
         public.parent.mkdir(parents=True, exist_ok=True)
-        staged = public.with_name(f".{public.name}.new")
-        staged.write_text(f'#   ZeroMQ CURVE Public Certificate of node {node_id} (restored from its secret key)\n'
-                          f'metadata\n    node-id = "{node_id}"\ncurve\n    public-key = "{kept.decode()}"\n')
-        os.chmod(staged, 0o644)
-        os.replace(staged, public)
+        _publish(public, f'#   ZeroMQ CURVE Public Certificate of node {node_id} (restored from its secret key)\n'
+                         f'metadata\n    node-id = "{node_id}"\ncurve\n    public-key = "{kept.decode()}"\n')
         return True
     _make_pair(secret, public, {"node-id": str(node_id)})
     return True

@@ -43,8 +43,7 @@ class Accumulator:
             before = self.total
             with localcontext(wire.EXACT):  # (a numeric's sum is exact; ints and doubles do not use the context)
                 self.total = sum(values, self.total)
-            if isinstance(self.total, float) and math.isinf(self.total) and not _infinite(before) and \
-                    not any(_infinite(v) for v in values):
+            if _infinite(self.total) and not _infinite(before) and not any(_infinite(v) for v in values):
                 raise SqlError("22003", "value out of range: overflow")  # finite doubles summed past the range
             self.exact = self.exact and all(type(v) is int or isinstance(v, Decimal) for v in values)
         elif self.func in ("min", "max"):

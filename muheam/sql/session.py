@@ -355,18 +355,11 @@ class Session(ExtendedProtocol, OffLoop):
             encode = lambda run: execute.encoded(run, oids, formats)  # noqa: E731
         task = Task(self._statement_gen(compiled, params, replan, encode), self.ops, done, lambda: self.xid,
                     self.catalog.revalidate, self._internal_error, self.turns,
-                    lock_timeout=self._timeout("lock_timeout"))
-        timeout = self._timeout("statement_timeout")
+                    lock_timeout=settings.seconds("lock_timeout", self.settings.get("lock_timeout", "0")))
+        timeout = settings.seconds("statement_timeout", self.settings.get("statement_timeout", "0"))
         self.statement_deadline = time.monotonic() + timeout if timeout else None
         self.task = task
         task.start()
-
-    def _timeout(self, name: str) -> float:
-        """A duration setting in seconds (0: none)."""
-        try:
-            return settings.parse_ms(name, self.settings.get(name, "0")) / 1000
-        except SqlError:
-            return 0.0
 
     def check_timeout(self, now: float) -> None:
         """``statement_timeout``: a statement still running past it ends as a cancel does, with PostgreSQL's

@@ -11,6 +11,7 @@ act on, say, ``work_mem``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -239,6 +240,16 @@ def parse_ms(name: str, value: str) -> int:
     if not 0 <= ms <= _MAX_MS:
         raise SqlError("22023", f'{ms} ms is outside the valid range for parameter "{name}" (0 .. {_MAX_MS})')
     return ms
+
+
+@functools.lru_cache(maxsize=256)
+def seconds(name: str, shown: str) -> float:
+    """A duration setting as a session keeps it (``show_ms``'s form) in seconds, 0 for none or a value that is not
+    a duration; cached, as every statement asks for its session's timeouts."""
+    try:
+        return parse_ms(name, shown) / 1000
+    except SqlError:
+        return 0.0
 
 
 def show_ms(ms: int) -> str:
